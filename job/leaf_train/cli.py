@@ -1,0 +1,74 @@
+"""``leaf-train``: the job's command line.
+
+Each sub-command lives in its own module exposing ``register(subparsers)``; the
+module sets ``func`` on its parser. Heavy imports (TensorFlow) happen inside the
+command functions so ``--help`` and the light commands start fast.
+
+This is the one place that turns exceptions into a one-line reason and an exit code
+(see ``errors``), so a Kubernetes Job's status and Events say why it failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from leaf_common.config import ConfigError
+from leaf_common.storage import StoreError
+
+from .errors import EXIT_CONFIG, EXIT_FAILURE, LeafTrainError
+
+log = logging.getLogger("leaf_train")
+
+# One module per sub-command (or group of them); each exposes register(subparsers).
+COMMAND_MODULES = (
+    "leaf_train.commands.train",
+    "leaf_train.commands.synth",
+    "leaf_train.commands.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="leaf-train",
+        description="Fine-tune VGG16 on leaf photos from S3, export to ONNX, publish a versioned model.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        log.error("configuration error: %s", e)
+        return EXIT_CONFIG
+    except LeafTrainError as e:
+        log.error("%s: %s", type(e).__name__, e)
+        return e.exit_code
+    except StoreError as e:
+        log.error("storage error: %s", e)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

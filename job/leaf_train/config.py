@@ -1,0 +1,102 @@
+"""Typed configuration of the training job (``leaf-train train``).
+
+Every field is a ``--flag`` and a ``LEAF_TRAIN_<FIELD>`` environment variable (the
+chart sets the latter). Defaults follow the seed and its source, Chollet's *Deep
+Learning with Python* §5.3: 150x150 input, RMSprop at 2e-5 for the head and 1e-5
+for fine-tuning, block5 unfrozen, augmentation rotation 40 / shift 0.2 / shear 0.2 /
+zoom 0.2 / horizontal flip.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from leaf_common.config import option
+
+from .errors import ConfigurationError
+
+ENV_PREFIX = "LEAF_TRAIN_"
+
+_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+
+
+@dataclass
+class TrainConfig:
+    # --- where ---
+    data: str = option("", "Dataset URI: s3://bucket/prefix or a local folder, one sub-folder per class")
+    output: str = option("", "Registry URI (s3:// or local); the model lands in <output>/<model-name>/")
+    model_name: str = option("leaf-classifier", "Model name: the folder under --output")
+    version: str = option("", "Version id to publish; empty = UTC timestamp + dataset fingerprint")
+    run_id: str = option("", "Run id for checkpoints; the chart sets the Kubernetes Job name so a retried pod resumes")
+    cache_dir: str = option("", "Local scratch folder for downloads, decoded images, checkpoints (default: temp)")
+
+    # --- data ---
+    image_size: int = option(150, "Height and width of the model input, pixels")
+    val_fraction: float = option(0.2, "Share of each class held out for validation (hash-stable)")
+    min_images_per_class: int = option(4, "Stop if any class has fewer usable images than this")
+    memory_budget_mb: int = option(2048, "Decoded images above this size live in a memory-mapped file on disk")
+    download_workers: int = option(16, "Parallel S3 downloads")
+    decode_workers: int = option(0, "Parallel decoders; 0 = CPU count of the container")
+    max_pixels: int = option(64_000_000, "Skip photos with more pixels than this (decompression bombs)")
+
+    # --- model ---
+    weights: str = option(
+        "imagenet", "Initial conv-base weights: imagenet (download), none (random), or a URI of a no-top .h5"
+    )
+    fine_tune_from: str = option("block5_conv1", "First VGG16 layer unfrozen in phase 2; all before stay frozen")
+    dense_units: int = option(256, "Units of the hidden Dense layer of the head")
+
+    # --- training ---
+    batch_size: int = option(20, "Batch size (global across GPUs)")
+    head_epochs: int = option(30, "Phase 1 epochs: conv base frozen, head trained")
+    finetune_epochs: int = option(100, "Phase 2 epochs: block5 and head trained at the low learning rate")
+    head_lr: float = option(2e-5, "Phase 1 RMSprop learning rate")
+    finetune_lr: float = option(1e-5, "Phase 2 RMSprop learning rate")
+    early_stopping_patience: int = option(10, "Epochs without val_loss improvement before a phase stops; 0 = off")
+    augment: bool = option(True, "Random rotation/shift/shear/zoom/flip while training (never in the export)")
+    rotation: float = option(40.0, "Augmentation: max rotation, degrees")
+    shift: float = option(0.2, "Augmentation: max width/height shift, fraction")
+    shear: float = option(0.2, "Augmentation: max shear, fraction")
+    zoom: float = option(0.2, "Augmentation: max zoom, fraction")
+    flip: bool = option(True, "Augmentation: random horizontal flip")
+    mixed_precision: str = option(
+        "auto", "mixed_float16 compute: auto (on when a GPU is visible), on, off", choices=("auto", "on", "off")
+    )
+    seed: int = option(1337, "Random seed (weights init, shuffling, augmentation)")
+
+    # --- export ---
+    opset: int = option(17, "ONNX opset of the export")
+    parity_tolerance: float = option(1e-4, "Fail if max |ONNX Runtime - Keras| on validation images exceeds this")
+    parity_images: int = option(64, "Validation images used for the parity check")
+
+    # --- runtime ---
+    progress: str = option("auto", "Progress bars: auto (on a terminal), on, off", choices=("auto", "on", "off"))
+    log_level: str = option("INFO", "Logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def validate(self) -> None:
+        if not self.data:
+            raise ConfigurationError("--data is required: expected s3://bucket/prefix or a local folder; received ''")
+        if not self.output:
+            raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
+        if not _NAME_RE.match(self.model_name):
+            raise ConfigurationError(
+                f"--model-name: expected lowercase letters, digits, '.', '_' or '-'; received {self.model_name!r}"
+            )
+        if self.image_size < 32:
+            raise ConfigurationError(
+                f"--image-size: expected at least 32 (VGG16 pools 5 times); received {self.image_size}"
+            )
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigurationError(f"--val-fraction: expected a value in (0, 1); received {self.val_fraction}")
+        for name in ("batch_size", "min_images_per_class", "download_workers"):
+            if getattr(self, name) < 1:
+                raise ConfigurationError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
+        for name in ("head_epochs", "finetune_epochs", "early_stopping_patience", "decode_workers"):
+            if getattr(self, name) < 0:
+                raise ConfigurationError(f"--{name.replace('_', '-')}: expected >= 0; received {getattr(self, name)}")
+        if self.min_images_per_class < 2:
+            raise ConfigurationError(
+                f"--min-images-per-class: expected >= 2 (one to train, one to validate); "
+                f"received {self.min_images_per_class}"
+            )

@@ -1,0 +1,44 @@
+"""Errors of the training job and the exit codes they map to.
+
+The Job fails loudly once: stages raise these specific errors, ``cli.main`` logs a
+one-line reason and exits with the code below. The chart's ``podFailurePolicy``
+keys on these codes: configuration and data errors fail the Job at once (retrying
+cannot help), a preempted run that saved its checkpoint is retried without counting
+against ``backoffLimit``.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FAILURE = 1  # anything unexpected: retried up to backoffLimit
+EXIT_CONFIG = 2  # bad option or environment: FailJob
+EXIT_DATA = 3  # unusable dataset (too few classes/images): FailJob
+EXIT_PREEMPTED = 75  # SIGTERM, checkpoint saved (EX_TEMPFAIL): Ignore, retry resumes
+
+
+class LeafTrainError(RuntimeError):
+    """Base class; ``exit_code`` is what the process exits with."""
+
+    exit_code = EXIT_FAILURE
+
+
+class ConfigurationError(LeafTrainError):
+    exit_code = EXIT_CONFIG
+
+
+class DataError(LeafTrainError):
+    exit_code = EXIT_DATA
+
+
+class ExportError(LeafTrainError):
+    """Conversion failed or the ONNX model disagrees with Keras."""
+
+
+class PublishError(LeafTrainError):
+    """The model could not be written to the registry."""
+
+
+class Preempted(LeafTrainError):
+    """SIGTERM arrived; a checkpoint was saved and the run can resume."""
+
+    exit_code = EXIT_PREEMPTED

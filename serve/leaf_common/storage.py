@@ -1,0 +1,310 @@
+"""Object storage behind one small interface: ``s3://bucket/prefix`` or a local folder.
+
+S3 goes through boto3 with the standard credential chain; ``AWS_ENDPOINT_URL`` (read
+by botocore itself) points it at MinIO or any S3-compatible store. Retries on
+throttling and 5xx come from botocore's retry modes, not a loop of ours.
+
+Conditional writes give the registry its guarantees: ``if_none_match=True`` writes a
+key only if it does not exist (``If-None-Match: *``), ``if_match=etag`` replaces it
+only if nobody changed it since it was read (compare-and-swap). A local folder gets
+the same semantics through hard links, ``os.replace`` and a lock file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Lock and temporary files of the local store start with this; listings skip them.
+_LOCAL_PRIVATE = ".leafstore-"
+
+
+class StoreError(RuntimeError):
+    """A storage operation failed; the message names the URI."""
+
+
+class NotFound(StoreError):
+    """The key does not exist."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the key exists, or changed since it was read."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str  # relative to the store's root, "/"-separated
+    size: int
+    etag: str
+
+
+def split_s3_uri(uri: str) -> tuple[str, str]:
+    """``s3://bucket/a/b`` -> ``("bucket", "a/b")``."""
+    if not uri.startswith("s3://"):
+        raise StoreError(f"expected an s3://bucket/prefix URI; received {uri!r}")
+    bucket, _, prefix = uri[5:].partition("/")
+    if len(bucket) < 3:
+        raise StoreError(f"expected a bucket name of at least 3 characters in {uri!r}; received {bucket!r}")
+    return bucket, prefix.strip("/")
+
+
+def _join(*parts: str) -> str:
+    return "/".join(p.strip("/") for p in parts if p and p.strip("/"))
+
+
+class Store(ABC):
+    """A prefix in an object store. Keys are relative to it."""
+
+    uri: str
+
+    @abstractmethod
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        """Every object under ``prefix`` (recursive), paginated lazily."""
+
+    @abstractmethod
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        """Bytes and ETag of ``key``; raises :class:`NotFound`."""
+
+    @abstractmethod
+    def head(self, key: str) -> ObjectInfo | None:
+        """Metadata of ``key`` or ``None`` if it does not exist."""
+
+    @abstractmethod
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        """Write ``key``; returns its new ETag. Raises :class:`PreconditionFailed`."""
+
+    @abstractmethod
+    def delete(self, key: str) -> None:
+        """Remove ``key`` (no error if absent)."""
+
+    @abstractmethod
+    def child(self, sub: str) -> Store:
+        """The store rooted at ``<this>/<sub>``."""
+
+    def get(self, key: str) -> bytes:
+        return self.get_with_etag(key)[0]
+
+    def exists(self, key: str) -> bool:
+        return self.head(key) is not None
+
+    def download(self, key: str, path: str | os.PathLike[str]) -> None:
+        Path(path).write_bytes(self.get(key))
+
+    def upload(self, path: str | os.PathLike[str], key: str, *, if_none_match: bool = False) -> str:
+        return self.put(key, Path(path).read_bytes(), if_none_match=if_none_match)
+
+    def url(self, key: str) -> str:
+        return f"{self.uri.rstrip('/')}/{key}"
+
+
+class LocalStore(Store):
+    """A folder on disk with the same conditional-write semantics as S3."""
+
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root).expanduser().absolute()
+        self.uri = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        p = (self.root / key).resolve() if key else self.root
+        if p != self.root and self.root not in p.parents:
+            raise StoreError(f"key {key!r} escapes the store root {self.root}")
+        return p
+
+    @staticmethod
+    def _etag(st: os.stat_result) -> str:
+        # Changes whenever the file is rewritten (a rename gives a new inode).
+        return f"{st.st_ino:x}-{st.st_mtime_ns:x}-{st.st_size:x}"
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self._path(prefix)
+        if not base.exists():
+            return
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if name.startswith(_LOCAL_PRIVATE):
+                    continue
+                p = Path(dirpath) / name
+                st = p.stat()
+                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, self._etag(st))
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        p = self._path(key)
+        try:
+            with open(p, "rb") as f:
+                st = os.fstat(f.fileno())
+                return f.read(), self._etag(st)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+            raise NotFound(f"{self.url(key)} does not exist") from e
+
+    def head(self, key: str) -> ObjectInfo | None:
+        try:
+            st = self._path(key).stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return ObjectInfo(key, st.st_size, self._etag(st))
+
+    @contextlib.contextmanager
+    def _locked(self, p: Path) -> Iterator[None]:
+        lock = p.parent / f"{_LOCAL_PRIVATE}{p.name}.lock"
+        with open(lock, "a") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        p = self._path(key)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{_LOCAL_PRIVATE}tmp-", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            with self._locked(p):
+                if if_none_match:
+                    try:
+                        os.link(tmp, p)  # atomic create-if-absent
+                    except FileExistsError as e:
+                        raise PreconditionFailed(f"{self.url(key)} already exists") from e
+                else:
+                    if if_match is not None:
+                        current = self.head(key)
+                        if current is None or current.etag != if_match:
+                            raise PreconditionFailed(
+                                f"{self.url(key)} changed: expected ETag {if_match}; "
+                                f"found {current.etag if current else 'no object'}"
+                            )
+                    os.replace(tmp, p)  # readers see the old or the new file, never half
+                    tmp = ""
+                return self._etag(p.stat())
+        finally:
+            if tmp:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def child(self, sub: str) -> LocalStore:
+        return LocalStore(self._path(sub))
+
+    def download(self, key: str, path: str | os.PathLike[str]) -> None:
+        Path(path).write_bytes(self.get(key))
+
+
+def make_s3_client(max_pool_connections: int = 32) -> Any:
+    """A boto3 S3 client: standard credential chain, endpoint from ``AWS_ENDPOINT_URL``."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"mode": "standard", "max_attempts": 8},  # backoff on throttling and 5xx
+        max_pool_connections=max_pool_connections,
+        connect_timeout=10,
+        read_timeout=60,
+    )
+    return boto3.session.Session().client("s3", config=config)
+
+
+class S3Store(Store):
+    """A prefix in an S3 bucket."""
+
+    def __init__(self, uri: str, client: Any | None = None, max_pool_connections: int = 32):
+        self.bucket, self.prefix = split_s3_uri(uri)
+        self.uri = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        self.client = client or make_s3_client(max_pool_connections)
+
+    def _key(self, key: str) -> str:
+        return _join(self.prefix, key)
+
+    def _rel(self, full: str) -> str:
+        return full[len(self.prefix) + 1 :] if self.prefix else full
+
+    def _error(self, e: Exception, key: str) -> StoreError:
+        code = getattr(e, "response", {}).get("Error", {}).get("Code", "")
+        status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode")
+        if code in ("PreconditionFailed", "ConditionalRequestConflict") or status in (409, 412):
+            return PreconditionFailed(f"{self.url(key)}: conditional write lost ({code or status})")
+        if code in ("NoSuchKey", "404", "NotFound") or status == 404:
+            return NotFound(f"{self.url(key)} does not exist")
+        return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        full = self._key(prefix)
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
+                for obj in page.get("Contents", []):
+                    if obj["Key"].endswith("/"):
+                        continue  # folder markers made by consoles
+                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, prefix) from e
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+            return resp["Body"].read(), resp["ETag"].strip('"')
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as e:
+            err = self._error(e, key)
+            if isinstance(err, NotFound):
+                return None
+            raise err from e
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'))
+
+    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
+        if if_none_match:
+            kwargs["IfNoneMatch"] = "*"
+        if if_match is not None:
+            kwargs["IfMatch"] = f'"{if_match}"'
+        try:
+            resp = self.client.put_object(**kwargs)
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
+        return resp["ETag"].strip('"')
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
+
+    def child(self, sub: str) -> S3Store:
+        return S3Store(f"s3://{self.bucket}/{_join(self.prefix, sub)}", client=self.client)
+
+
+def open_store(uri: str, *, client: Any | None = None, max_pool_connections: int = 32) -> Store:
+    """Open ``s3://bucket/prefix`` or a local path (``file://`` accepted)."""
+    if uri.startswith("s3://"):
+        return S3Store(uri, client=client, max_pool_connections=max_pool_connections)
+    if "://" in uri and not uri.startswith("file://"):
+        raise StoreError(f"expected an s3:// URI or a local path; received {uri!r}")
+    return LocalStore(uri.removeprefix("file://"))
