@@ -42,3 +42,11 @@ class Preempted(LeafTrainError):
     """SIGTERM arrived; a checkpoint was saved and the run can resume."""
 
     exit_code = EXIT_PREEMPTED
+
+
+class ModelRegistryError(LeafTrainError):
+    """A registry operation was refused: unknown or incomplete version, lost compare-and-swap."""
+
+
+class GateError(LeafTrainError):
+    """The quality gate could not decide (bad inputs, or the champion could not be re-scored)."""
