@@ -13,6 +13,7 @@ these names; nothing else spells them.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from .storage import NotFound, Store, StoreError, open_store
 VERSIONS_DIR = "versions"
 MANIFEST_FILE = "manifest.json"
 POINTER_SCHEMA_VERSION = 1
+MANIFEST_SCHEMA_VERSION = 1
 
 
 class RegistryError(StoreError):
@@ -94,3 +96,77 @@ def resolve_model(uri: str, *, client: Any | None = None) -> ResolvedModel:
     store = open_store(stripped, client=client)
     version = stripped.rsplit("/", 1)[-1]
     return ResolvedModel(store, version)
+
+
+def sha256_hex(data: bytes) -> str:
+    """Hex SHA-256 of ``data``: the digest a manifest lists for each file."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One file of a version: its name inside the version folder, size and SHA-256."""
+
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Contents of ``versions/<v>/manifest.json``, written last: its presence marks a complete version."""
+
+    version: str
+    created_at: str
+    files: tuple[ManifestEntry, ...]
+    name: str = ""
+
+    def entry(self, file_name: str) -> ManifestEntry:
+        for e in self.files:
+            if e.name == file_name:
+                return e
+        raise RegistryError(
+            f"{MANIFEST_FILE} of {self.version}: expected an entry for {file_name!r}; "
+            f"received {[e.name for e in self.files]}"
+        )
+
+    def check(self, file_name: str, data: bytes) -> None:
+        """Raise :class:`RegistryError` unless ``data`` has the listed size and SHA-256."""
+        e = self.entry(file_name)
+        if len(data) != e.size or sha256_hex(data) != e.sha256:
+            raise RegistryError(
+                f"{self.version}/{file_name}: expected {e.size} bytes with sha256 {e.sha256}; "
+                f"received {len(data)} bytes with sha256 {sha256_hex(data)}"
+            )
+
+    def to_json(self) -> bytes:
+        body = {
+            "schema_version": MANIFEST_SCHEMA_VERSION,
+            "name": self.name,
+            "version": self.version,
+            "created_at": self.created_at,
+            "files": [{"name": e.name, "size": e.size, "sha256": e.sha256} for e in self.files],
+        }
+        return json.dumps(body, indent=2).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str = MANIFEST_FILE) -> Manifest:
+        try:
+            d: dict[str, Any] = json.loads(data)
+            files = tuple(ManifestEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in d["files"])
+            return cls(
+                version=str(d["version"]), created_at=str(d["created_at"]), files=files, name=str(d.get("name", ""))
+            )
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            raise RegistryError(
+                f"{where}: expected a JSON object with 'version', 'created_at' and 'files' (name, size, sha256); {e!r}"
+            ) from e
+
+
+def read_manifest(version_store: Store) -> Manifest | None:
+    """The manifest of the version folder ``version_store``, or ``None`` while it is incomplete."""
+    try:
+        data = version_store.get(MANIFEST_FILE)
+    except NotFound:
+        return None
+    return Manifest.from_json(data, version_store.url(MANIFEST_FILE))
