@@ -1,0 +1,139 @@
+"""The seed's two-phase fine-tune (Chollet §5.3), resumable.
+
+Phase 1 trains the randomly initialised head on a frozen conv base: large gradients
+from a random head would otherwise wreck the pretrained features. Phase 2 unfreezes
+from ``block5_conv1``, *recompiles* (Keras fixes the trainable set at compile time)
+and fine-tunes at a lower learning rate. Each phase has its own early stopping, with
+the best weights restored at the phase's end.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
+from .model import freeze_for_phase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    phase: int
+    epochs: int
+    learning_rate: float
+
+
+def gpus_visible() -> bool:
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def use_mixed_precision(mode: str) -> bool:
+    """``auto`` = on when a GPU is visible (float16 on CPU is slower, not faster)."""
+    return mode == "on" or (mode == "auto" and gpus_visible())
+
+
+def compile_for_phase(model: keras.Model, plan: PhasePlan, fine_tune_from: str) -> None:
+    freeze_for_phase(model, plan.phase, fine_tune_from)
+    model.compile(
+        optimizer=keras.optimizers.RMSprop(learning_rate=plan.learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=[
+            keras.metrics.SparseCategoricalAccuracy(name="accuracy"),
+            keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy"),
+        ],
+    )
+    log.info(
+        "phase %d compiled: %d trainable weights, lr %g, jit_compile=%s",
+        plan.phase,
+        len(model.trainable_weights),
+        plan.learning_rate,
+        model.jit_compile,
+    )
+
+
+def run_phases(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    plans: list[PhasePlan],
+    *,
+    fine_tune_from: str,
+    patience: int,
+    checkpoints: RunCheckpoints | None = None,
+    state: RunState | None = None,
+    best_weights: list[np.ndarray] | None = None,
+    on_phase_end: Callable[[int, dict[str, float]], None] | None = None,
+    stop: StopSignal | None = None,
+) -> RunState:
+    """Run the phases in order, resuming from ``state`` (model already restored by the caller)."""
+    state = state or RunState()
+    stop = stop or StopSignal()
+    for plan in plans:
+        if plan.phase < state.phase:
+            continue  # finished before the restart
+        resuming = plan.phase == state.phase and state.epochs_done > 0
+        if not resuming:
+            state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
+            best_weights = None
+            compile_for_phase(model, plan, fine_tune_from)
+        _fit_phase(model, train_ds, val_ds, plan, patience, checkpoints, state, best_weights, stop)
+        if on_phase_end is not None:
+            on_phase_end(plan.phase, _last_metrics(state, plan.phase))
+        best_weights = None
+        state.phase, state.epochs_done = plan.phase + 1, 0
+        if checkpoints is not None:
+            checkpoints.save(state, model)
+    return state
+
+
+def _fit_phase(
+    model: keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset,
+    plan: PhasePlan,
+    patience: int,
+    checkpoints: RunCheckpoints | None,
+    state: RunState,
+    best_weights: list[np.ndarray] | None,
+    stop: StopSignal,
+) -> None:
+    if state.epochs_done >= plan.epochs:
+        return
+    early = None
+    if patience > 0:
+        early = ResumableEarlyStopping(
+            resume=state if state.epochs_done else None,
+            best_weights=best_weights,
+            monitor="val_loss",
+            patience=patience,
+            restore_best_weights=True,
+        )
+    callbacks: list[keras.callbacks.Callback] = [early] if early else []
+    callbacks.append(CheckpointCallback(checkpoints, state, stop, early))
+    log.info("phase %d: epochs %d..%d", plan.phase, state.epochs_done + 1, plan.epochs)
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=plan.epochs,
+        initial_epoch=state.epochs_done,
+        callbacks=callbacks,
+        verbose=2,
+    )
+    if early is not None and early.best_weights is not None:
+        # Keras restores only when it stops early; a phase that ran to the end keeps its best too.
+        model.set_weights(early.best_weights)
+
+
+def _last_metrics(state: RunState, phase: int) -> dict[str, float]:
+    phases = state.history.get("phase", [])
+    idx = [i for i, p in enumerate(phases) if int(p) == phase]
+    if not idx:
+        return {}
+    return {k: v[idx[-1]] for k, v in state.history.items() if k != "phase" and len(v) > idx[-1]}
