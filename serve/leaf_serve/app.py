@@ -1,0 +1,60 @@
+"""Assembly: config -> metrics, repository, executors, routes -> one Starlette app."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+
+from .metrics import ServeMetrics
+from .model import available_cpus
+from .repository import ModelRepository
+from .rest import Api, error_response
+from .settings import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+def build_repository(config: ServeConfig, metrics: ServeMetrics | None = None) -> ModelRepository:
+    """A repository with its own single inference thread (ORT parallelises inside a run)."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leaf-infer")
+    return ModelRepository(config, metrics or ServeMetrics(), executor)
+
+
+def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
+    """The ASGI app serving ``repo``; hot reload runs while the app runs if the URI is a pointer.
+
+    The repository is normally loaded before this (``load_initial``) so start-up fails loudly
+    on a bad model; an unloaded one answers 503 on readiness until it is.
+    """
+    decode_pool = ThreadPoolExecutor(max_workers=config.decode_threads or available_cpus(), thread_name_prefix="decode")
+    api = Api(repo, config, repo.metrics, decode_pool)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        poller = None
+        if repo.follows_pointer and config.poll_interval > 0:
+            poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
+        try:
+            yield
+        finally:
+            api.draining = True
+            if poller is not None:
+                poller.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await poller
+            decode_pool.shutdown(wait=False, cancel_futures=True)
+            log.info("stopped")
+
+    app = Starlette(
+        routes=api.routes(),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: error_response, Exception: error_response},
+    )
+    app.state.api = api
+    return app

@@ -1,0 +1,202 @@
+"""Open Inference Protocol v2 tensors: JSON and the binary tensor data extension.
+
+Binary extension (Triton's ``binary_tensor_data``): the body is a JSON header of
+``Inference-Header-Content-Length`` bytes followed by raw little-endian tensor bytes; an
+input says how many of them are its own with ``parameters.binary_data_size``. Binary
+inputs are read with ``np.frombuffer`` — no JSON float parsing on that path.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import BadRequest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
+}
+_BY_NUMPY = {v: k for k, v in DATATYPES.items()}
+
+
+def datatype_of(dtype: np.dtype[Any] | type) -> str:
+    """The v2 datatype name of a numpy dtype (``float32`` -> ``FP32``)."""
+    return _BY_NUMPY[np.dtype(dtype)]
+
+
+@dataclass
+class InputTensor:
+    name: str
+    shape: list[int]
+    datatype: str
+    array: np.ndarray
+
+
+@dataclass
+class InferRequest:
+    """A decoded ``POST …/infer`` body."""
+
+    inputs: list[InputTensor]
+    id: str | None = None
+    outputs: dict[str, bool | None] | None = None  # requested output -> binary? (None: request default)
+    binary_output: bool = False
+    parameters: dict[str, Any] = field(default_factory=dict)
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        body = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object; received {type(body).__name__}")
+    return body
+
+
+def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
+    params = obj.get("parameters") or {}
+    if not isinstance(params, dict):
+        raise BadRequest(f"{where}.parameters: expected an object; received {type(params).__name__}")
+    return params
+
+
+def _shape(raw: Any, where: str) -> list[int]:
+    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
+        raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r}")
+    return raw
+
+
+def _dtype(raw: Any, where: str) -> np.dtype[Any]:
+    if raw not in DATATYPES:
+        raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r}")
+    return DATATYPES[raw]
+
+
+def _from_binary(chunk: bytes, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+    expected = math.prod(shape) * dtype.itemsize
+    if len(chunk) != expected:
+        raise BadRequest(f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}")
+    return np.frombuffer(chunk, dtype=dtype).reshape(shape)
+
+
+def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+    if data is None:
+        raise BadRequest(f"{where}: expected 'data' or parameters.binary_data_size; received neither")
+    try:
+        array = np.asarray(data, dtype=dtype)
+    except (ValueError, TypeError) as e:
+        raise BadRequest(f"{where}.data: expected numbers of type {dtype.name}; {e}") from e
+    if array.size != math.prod(shape):
+        raise BadRequest(f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}")
+    return array.reshape(shape)
+
+
+def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
+    """Parse a v2 inference request (JSON, or JSON header + binary tensors).
+
+    Args:
+        body: the whole HTTP body.
+        header_length: the ``Inference-Header-Content-Length`` header, if present.
+
+    Raises:
+        BadRequest: malformed JSON, unknown datatype, or data that does not fill the shape.
+    """
+    if header_length is not None and not 0 <= header_length <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}")
+    split = len(body) if header_length is None else header_length
+    obj = _json_object(body[:split])
+    binary = memoryview(body)[split:]
+    raw_inputs = obj.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise BadRequest(f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}")
+    inputs, offset = [], 0
+    for i, raw in enumerate(raw_inputs):
+        tensor, offset = _decode_input(raw, f"inputs[{i}]", binary, offset)
+        inputs.append(tensor)
+    if offset != len(binary):
+        raise BadRequest(f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}")
+    params = _params(obj, "request")
+    return InferRequest(
+        inputs=inputs,
+        id=None if obj.get("id") is None else str(obj["id"]),
+        outputs=_decode_outputs(obj.get("outputs")),
+        binary_output=bool(params.get("binary_data_output", False)),
+        parameters=params,
+    )
+
+
+def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
+    if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+        raise BadRequest(f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}")
+    shape, dtype = _shape(raw.get("shape"), where), _dtype(raw.get("datatype"), where)
+    size = _params(raw, where).get("binary_data_size")
+    if size is None:
+        array = _from_json(raw.get("data"), shape, dtype, where)
+    else:
+        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
+            raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r}")
+        array = _from_binary(bytes(binary[offset : offset + size]), shape, dtype, where)
+        offset += size
+    return InputTensor(raw["name"], shape, raw["datatype"], array), offset
+
+
+def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+        raise BadRequest(f"outputs: expected a list of objects with a name; received {raw!r:.80}")
+    result: dict[str, bool | None] = {}
+    for i, o in enumerate(raw):
+        flag = _params(o, f"outputs[{i}]").get("binary_data")
+        result[o["name"]] = None if flag is None else bool(flag)
+    return result
+
+
+def encode_response(
+    model_name: str,
+    model_version: str,
+    outputs: list[tuple[str, np.ndarray, bool]],
+    request_id: str | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Build a v2 response body and its headers.
+
+    Args:
+        outputs: ``(name, array, binary)`` per output; binary ones go after the JSON header.
+
+    Returns:
+        The body and the headers to send (content type, and the header length when binary).
+    """
+    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": []}
+    if request_id is not None:
+        header["id"] = request_id
+    blobs: list[bytes] = []
+    for name, array, binary in outputs:
+        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        if binary:
+            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = array.reshape(-1).tolist()
+        header["outputs"].append(entry)
+    head = json.dumps(header, separators=(",", ":")).encode()
+    if not blobs:
+        return head, {"content-type": "application/json"}
+    return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}

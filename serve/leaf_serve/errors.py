@@ -1,0 +1,51 @@
+"""Errors that carry their HTTP status; ``rest.py`` has the one handler that renders them."""
+
+from __future__ import annotations
+
+
+class ServeError(Exception):
+    """Base error: a message for the client and the HTTP status to answer with."""
+
+    status_code = 500
+
+    def __init__(self, message: str, status_code: int | None = None):
+        super().__init__(message)
+        self.message = message
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequest(ServeError):
+    """The request is malformed: wrong tensor, undecodable image, bad parameter."""
+
+    status_code = 400
+
+
+class ModelNotFound(ServeError):
+    """The URL names a model or version this server does not serve."""
+
+    status_code = 404
+
+
+class PayloadTooLarge(ServeError):
+    """The body is larger than ``max_body_bytes``."""
+
+    status_code = 413
+
+
+class UnsupportedMediaType(ServeError):
+    """The Content-Type is not one the endpoint reads."""
+
+    status_code = 415
+
+
+class Unavailable(ServeError):
+    """Not ready, draining or overloaded: the client should retry elsewhere or later."""
+
+    status_code = 503
+
+
+class ModelLoadError(ServeError):
+    """A model version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
+
+    status_code = 500

@@ -1,0 +1,172 @@
+"""The model holder: one ONNX Runtime session per served version, ``load()`` / ``predict()`` / ``ready``."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from leaf_common.contract import ModelContract
+
+from .errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+GPU_PROVIDERS = (CUDA, TENSORRT)
+_SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
+_NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
+    """CPUs allowed by the container's cgroup CPU quota (v2 ``cpu.max`` or v1 CFS), or ``None`` if unlimited."""
+    base = Path(root)
+    try:
+        quota, period = (base / "cpu.max").read_text().split()[:2]
+        if quota != "max":
+            return max(1, math.ceil(int(quota) / int(period)))
+        return None
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((base / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((base / "cpu" / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return max(1, math.ceil(quota_us / period_us)) if quota_us > 0 else None
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: the smaller of its affinity mask and its cgroup quota.
+
+    ``os.cpu_count()`` reports the host's cores; a pod limited to 2 CPUs on a 64-core node
+    that starts 64 threads spends its quota in a few milliseconds and is throttled.
+    """
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_limit()
+    return min(affinity, quota) if quota else affinity
+
+
+def resolve_providers(requested: list[str], available: list[str], device_id: int) -> list[Any]:
+    """Turn ``auto`` / short names into the ORT provider list, keeping only installed providers.
+
+    Args:
+        requested: names from the config, e.g. ``["auto"]`` or ``["tensorrt", "cpu"]``.
+        available: ``onnxruntime.get_available_providers()``.
+        device_id: CUDA device used by the GPU providers.
+
+    Raises:
+        ModelLoadError: an unknown provider name, or nothing usable remains.
+    """
+    names: list[str] = []
+    for raw in requested:
+        low = raw.strip().lower()
+        if low == "auto":
+            names += [CUDA, CPU]
+        elif low == "tensorrt":
+            names += [TENSORRT, CUDA]  # TensorRT hands unsupported nodes to CUDA, not to CPU
+        elif low in _SHORT_NAMES:
+            names.append(_SHORT_NAMES[low])
+        elif raw.strip().endswith("ExecutionProvider"):
+            names.append(raw.strip())
+        else:
+            raise ModelLoadError(f"providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got {raw!r}")
+    chosen = [n for i, n in enumerate(names) if n in available and n not in names[:i]]
+    missing = sorted(set(names) - set(available))
+    if missing:
+        log.info("execution providers not installed here, skipped: %s", ", ".join(missing))
+    if not chosen:
+        raise ModelLoadError(f"providers: none of {names} is installed; available: {available}")
+    return [(n, {"device_id": device_id}) if n in GPU_PROVIDERS else n for n in chosen]
+
+
+class OnnxModel:
+    """One model version: its contract and a single InferenceSession created in :meth:`load`."""
+
+    def __init__(
+        self,
+        model_bytes: bytes,
+        contract: ModelContract,
+        *,
+        providers: list[str] | None = None,
+        device_id: int = 0,
+        intra_op_threads: int = 0,
+    ):
+        self.contract = contract
+        self._model_bytes: bytes | None = model_bytes
+        self._providers = providers or ["auto"]
+        self._device_id = device_id
+        self._threads = intra_op_threads
+        self._session: Any = None
+        self.provider = ""  # the execution provider actually in use, reported in metadata
+        self.input_dtype = _NUMPY_DTYPES.get(contract.input.dtype, np.float32)
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    @property
+    def uses_gpu(self) -> bool:
+        return self.provider in GPU_PROVIDERS
+
+    def load(self) -> None:
+        """Create the session and check the graph against the contract.
+
+        Raises:
+            ModelLoadError: the bytes are not a valid ONNX model, or the graph and contract disagree.
+        """
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self._threads or available_cpus()
+        options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers = resolve_providers(self._providers, ort.get_available_providers(), self._device_id)
+        try:
+            session = ort.InferenceSession(self._model_bytes, sess_options=options, providers=providers)
+        except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types for corrupt models
+            raise ModelLoadError(f"{self.contract.model_file}: ONNX Runtime cannot load it: {e}") from e
+        self._check_graph(session)
+        self._session = session
+        self._model_bytes = None  # the session holds its own copy; do not keep two
+        self.provider = session.get_providers()[0]
+        log.info("model %s version %s loaded on %s", self.contract.name, self.contract.version, self.provider)
+
+    def _check_graph(self, session: Any) -> None:
+        spec, out = self.contract.input, self.contract.output
+        inputs = {i.name: i for i in session.get_inputs()}
+        if list(inputs) != [spec.name]:
+            raise ModelLoadError(f"graph inputs: contract expects exactly [{spec.name!r}]; graph has {list(inputs)}")
+        shape = inputs[spec.name].shape
+        h, w = self.contract.image_size
+        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], (h, w, 3), strict=True)):
+            raise ModelLoadError(f"input {spec.name!r}: contract expects [N, {h}, {w}, 3]; graph has {shape}")
+        outputs = [o.name for o in session.get_outputs()]
+        if out.name not in outputs:
+            raise ModelLoadError(f"graph outputs: contract expects {out.name!r}; graph has {outputs}")
+
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities ``[N, num_classes]`` for an NHWC batch in the contract's dtype and range."""
+        if self._session is None:
+            raise ModelLoadError("model not loaded: call load() first")
+        feed = {self.contract.input.name: np.ascontiguousarray(batch, dtype=self.input_dtype)}
+        return self._session.run([self.contract.output.name], feed)[0]
+
+    def smoke_test(self) -> None:
+        """Run one mid-grey image and check the output is ``[1, num_classes]`` probabilities.
+
+        Raises:
+            ModelLoadError: wrong output shape, or values that are not a probability distribution.
+        """
+        h, w = self.contract.image_size
+        probs = self.predict(np.full((1, h, w, 3), 127.0, dtype=self.input_dtype))
+        expected = (1, self.contract.num_classes)
+        if probs.shape != expected:
+            raise ModelLoadError(f"smoke inference: expected output shape {expected}; received {probs.shape}")
+        if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
+            raise ModelLoadError(f"smoke inference: expected probabilities summing to 1; received {probs.tolist()}")

@@ -1,0 +1,225 @@
+"""Where served models come from: fetch and verify a version, poll the pointer, swap atomically.
+
+A candidate version is fully loaded and checked (manifest, contract, graph, smoke
+inference) in a worker thread before one reference assignment makes it current. Requests
+hold the :class:`ServedModel` they started with, so in-flight work finishes on the old
+model; a version that fails any check is logged, counted and remembered (its pointer
+ETag) so it is not retried every poll, and the old model keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from typing import Any
+
+from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
+from leaf_common.registry import MANIFEST_FILE, ResolvedModel, resolve_model
+from leaf_common.storage import Store, StoreError, make_s3_client, open_store
+
+from .batching import Batcher
+from .errors import ModelLoadError, ModelNotFound, Unavailable
+from .metrics import ServeMetrics
+from .model import OnnxModel
+from .settings import ServeConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServedModel:
+    """One loaded version with its own batcher; immutable once current."""
+
+    model: OnnxModel
+    version: str
+    batcher: Batcher
+    pointer_etag: str | None = None
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def name(self) -> str:
+        return self.model.contract.name
+
+    @property
+    def contract(self) -> ModelContract:
+        return self.model.contract
+
+
+def parse_manifest(data: bytes) -> dict[str, tuple[int, str]]:
+    """``manifest.json`` -> ``{file name: (size, sha256)}``.
+
+    Accepts ``{"files": [{"name"|"path"|"key": ..., "size": ..., "sha256": ...}]}`` and
+    ``{"files": {name: {"size": ..., "sha256": ...}}}``.
+
+    Raises:
+        ModelLoadError: not JSON, or no per-file size and sha256.
+    """
+    try:
+        files = json.loads(data)["files"]
+        entries = files.items() if isinstance(files, dict) else ((_entry_name(f), f) for f in files)
+        return {str(name): (int(e["size"]), str(e["sha256"]).lower()) for name, e in entries}
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ModelLoadError(f"{MANIFEST_FILE}: expected {{'files': [{{name, size, sha256}}]}}; {e!r}") from e
+
+
+def _entry_name(entry: dict[str, Any]) -> str:
+    for key in ("name", "path", "key"):
+        if key in entry:
+            return str(entry[key])
+    raise KeyError("name")
+
+
+def verify_file(name: str, data: bytes, manifest: dict[str, tuple[int, str]]) -> None:
+    """Check one downloaded file against its manifest entry; raise :class:`ModelLoadError` on mismatch."""
+    if name not in manifest:
+        raise ModelLoadError(f"{MANIFEST_FILE}: expected an entry for {name}; it lists {sorted(manifest)}")
+    size, sha = manifest[name]
+    digest = hashlib.sha256(data).hexdigest()
+    if len(data) != size or digest != sha:
+        raise ModelLoadError(
+            f"{name}: manifest expects {size} bytes, sha256 {sha[:12]}…; "
+            f"received {len(data)} bytes, sha256 {digest[:12]}…"
+        )
+
+
+def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
+    """Download and verify a version folder's contract and ONNX bytes.
+
+    Raises:
+        ModelLoadError: a file is missing, corrupt, or disagrees with the manifest or contract.
+    """
+    try:
+        contract_bytes = store.get(CONTRACT_FILE)
+        contract = ModelContract.from_json(contract_bytes)
+        model_bytes = store.get(contract.model_file)
+        manifest = store.get(MANIFEST_FILE) if store.exists(MANIFEST_FILE) else None
+    except (StoreError, ContractError) as e:
+        raise ModelLoadError(f"{store.uri}: {e}") from e
+    if manifest is not None:
+        entries = parse_manifest(manifest)
+        verify_file(CONTRACT_FILE, contract_bytes, entries)
+        verify_file(contract.model_file, model_bytes, entries)
+    if contract.model_sha256 and hashlib.sha256(model_bytes).hexdigest() != contract.model_sha256.lower():
+        raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
+    return contract, model_bytes
+
+
+class ModelRepository:
+    """Holds the served model; loads the first version and hot-reloads newer ones."""
+
+    def __init__(self, config: ServeConfig, metrics: ServeMetrics, inference_executor: Executor):
+        self.config = config
+        self.metrics = metrics
+        self._executor = inference_executor
+        self.current: ServedModel | None = None
+        self._rejected_etags: set[str] = set()
+        self._client: Any = make_s3_client() if config.model.startswith("s3://") else None
+
+    @property
+    def follows_pointer(self) -> bool:
+        return self.config.model.rstrip("/").endswith(POINTER_FILE)
+
+    def load_initial(self) -> ServedModel:
+        """Resolve the URI and load it synchronously (start-up: fail loudly if it cannot be served)."""
+        resolved = resolve_model(self.config.model, client=self._client)
+        served = self.build(resolved)
+        self._activate(served)
+        return served
+
+    def build(self, resolved: ResolvedModel) -> ServedModel:
+        """Fetch, verify, load and smoke-test one version; raises :class:`ModelLoadError`."""
+        contract, model_bytes = fetch_version(resolved.store)
+        if contract.version and contract.version != resolved.version:
+            log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
+        model = OnnxModel(
+            model_bytes,
+            contract,
+            providers=self.config.providers,
+            device_id=self.config.device_id,
+            intra_op_threads=self.config.intra_op_threads,
+        )
+        model.load()
+        if self.config.require_gpu and not model.uses_gpu:
+            raise ModelLoadError(
+                f"require_gpu: expected CUDAExecutionProvider or TensorrtExecutionProvider; in use: {model.provider}"
+            )
+        model.smoke_test()
+        batcher = Batcher(
+            model.predict,
+            self._executor,
+            max_batch_size=self.config.max_batch_size,
+            max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
+            max_queue_size=self.config.max_queue_size,
+            metrics=self.metrics,
+        )
+        return ServedModel(model, resolved.version, batcher, resolved.pointer_etag)
+
+    def _activate(self, served: ServedModel) -> None:
+        self.current = served  # one reference assignment: requests see the old or the new model
+        self.metrics.set_model(served.name, served.version, served.model.provider)
+        log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
+
+    def require(self, name: str | None = None, version: str | None = None) -> ServedModel:
+        """The current model, checked against the names in the URL (404) and readiness (503)."""
+        served = self.current
+        if served is None:
+            raise Unavailable("model not loaded yet")
+        if name is not None and name != served.name:
+            raise ModelNotFound(f"unknown model {name!r}; this server serves {served.name!r}")
+        if version and version != served.version:
+            raise ModelNotFound(f"model {served.name!r} has no version {version!r}; serving {served.version!r}")
+        return served
+
+    async def poll_forever(self, interval: float) -> None:
+        """Check the pointer every ``interval`` seconds until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.check_once()
+            except Exception:  # a broken store must not kill the poller; the old model keeps serving
+                log.exception("checking %s for a new version failed", self.config.model)
+
+    async def check_once(self) -> bool:
+        """Load and swap in the version the pointer names, if it changed. Returns True on a swap."""
+        current = self.current
+        etag = await asyncio.to_thread(self._pointer_etag)
+        if etag is None or current is None or etag == current.pointer_etag or etag in self._rejected_etags:
+            return False
+        resolved = await asyncio.to_thread(resolve_model, self.config.model, client=self._client)
+        if resolved.version == current.version:
+            current.pointer_etag = resolved.pointer_etag  # rewritten pointer, same version: nothing to load
+            return False
+        return await self._try_swap(resolved)
+
+    async def _try_swap(self, resolved: ResolvedModel) -> bool:
+        try:
+            served = await asyncio.to_thread(self.build, resolved)
+            self._check_compatible(served)
+        except ModelLoadError as e:
+            self._rejected_etags.add(resolved.pointer_etag or "")
+            self.metrics.reloads.labels("rejected").inc()
+            log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, e)
+            return False
+        self._activate(served)
+        self.metrics.reloads.labels("success").inc()
+        return True
+
+    def _check_compatible(self, served: ServedModel) -> None:
+        current = self.current
+        if current is not None and served.name != current.name:
+            # Clients address the model by name in the URL; a rename would break them all at once.
+            raise ModelLoadError(f"contract name: expected {current.name!r}; received {served.name!r}")
+
+    @property
+    def current_version(self) -> str:
+        return self.current.version if self.current else "none"
+
+    def _pointer_etag(self) -> str | None:
+        root = self.config.model.rstrip("/")[: -len(POINTER_FILE)].rstrip("/") or "."
+        info = open_store(root, client=self._client).head(POINTER_FILE)
+        return info.etag if info else None

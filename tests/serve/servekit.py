@@ -1,0 +1,196 @@
+"""Builders for the serving tests: tiny ONNX models, registry folders and a real server on a loopback port.
+
+The test model: ``image`` [N, H, W, 3] float32 in 0..255 -> mean colour over H, W (/255)
+-> MatMul -> Add -> Softmax. Its output depends on the image's colour, so two versions
+with different weights give visibly different answers, and the expected probabilities
+can be computed with numpy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Pointer
+from leaf_common.storage import Store, open_store
+from PIL import Image
+
+IMAGE_SIZE = (32, 32)
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
+MODEL_NAME = "leaf"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# v1: red -> class 0, green -> 1, blue -> 2.  v2: the other way round, with other labels.
+V1 = {"labels": ["healthy", "rust", "blight"], "weights": np.eye(3, dtype=np.float32) * 8}
+V2 = {"labels": ["blight", "rust", "healthy", "mildew"], "weights": np.eye(3, 4, dtype=np.float32)[::-1] * 8}
+
+
+def onnx_model(weights: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE, input_name: str = INPUT_NAME) -> bytes:
+    """A tiny classifier graph taking NHWC float32 RGB 0..255, returning softmax probabilities."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    h, w = image_size
+    classes = weights.shape[1]
+    bias = np.linspace(-0.1, 0.1, classes).astype(np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", [input_name], ["mean"], axes=[1, 2], keepdims=0),
+        helper.make_node("Div", ["mean", "scale"], ["unit"]),
+        helper.make_node("MatMul", ["unit", "W"], ["logits0"]),
+        helper.make_node("Add", ["logits0", "b"], ["logits"]),
+        helper.make_node("Softmax", ["logits"], [OUTPUT_NAME], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-leaf",
+        [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["N", h, w, 3])],
+        [helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", classes])],
+        initializer=[
+            numpy_helper.from_array(np.array(255.0, dtype=np.float32), "scale"),
+            numpy_helper.from_array(weights.astype(np.float32), "W"),
+            numpy_helper.from_array(bias, "b"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def expected_probs(batch: np.ndarray, spec: dict) -> np.ndarray:
+    """What the tiny model computes, in numpy."""
+    weights = spec["weights"]
+    bias = np.linspace(-0.1, 0.1, weights.shape[1]).astype(np.float32)
+    logits = batch.astype(np.float64).mean(axis=(1, 2)) / 255 @ weights + bias
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def contract_for(spec: dict, version: str, image_size: tuple[int, int] = IMAGE_SIZE) -> ModelContract:
+    h, w = image_size
+    return ModelContract(
+        name=MODEL_NAME,
+        version=version,
+        labels=list(spec["labels"]),
+        image_size=image_size,
+        input=TensorSpec(INPUT_NAME, [None, h, w, 3]),
+        output=TensorSpec(OUTPUT_NAME, [None, len(spec["labels"])]),
+    )
+
+
+def manifest(files: dict[str, bytes]) -> bytes:
+    entries = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()]
+    return json.dumps({"files": entries, "created_at": "2026-01-01T00:00:00Z"}).encode()
+
+
+@dataclass
+class Registry:
+    """A model folder (``<root>/<MODEL_NAME>``) in a local dir or an S3 prefix, written like the job does."""
+
+    root: str
+
+    @property
+    def store(self) -> Store:
+        return open_store(f"{self.root}/{MODEL_NAME}")
+
+    @property
+    def pointer_uri(self) -> str:
+        return f"{self.root}/{MODEL_NAME}/latest.json"
+
+    def version_uri(self, version: str) -> str:
+        return f"{self.root}/{MODEL_NAME}/{VERSIONS_DIR}/{version}"
+
+    def publish(
+        self,
+        version: str,
+        spec: dict,
+        *,
+        contract: ModelContract | None = None,
+        model_bytes: bytes | None = None,
+        tamper: Callable[[dict[str, bytes]], None] | None = None,
+    ) -> None:
+        """Write a version folder; ``tamper`` may corrupt files after the manifest was computed."""
+        contract = contract or contract_for(spec, version)
+        files = {MODEL_FILE: model_bytes or onnx_model(spec["weights"]), CONTRACT_FILE: contract.to_json()}
+        files[MANIFEST_FILE] = manifest(files)
+        if tamper is not None:
+            tamper(files)
+        version_store = self.store.child(f"{VERSIONS_DIR}/{version}")
+        for name, data in files.items():
+            version_store.put(name, data)
+
+    def promote(self, version: str) -> None:
+        self.store.put("latest.json", Pointer(version=version, name=MODEL_NAME).to_json())
+
+
+def colour_image(rgb: tuple[int, int, int], size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
+    """A float32 [1, H, W, 3] batch of one solid colour."""
+    return np.broadcast_to(np.array(rgb, dtype=np.float32), (1, *size, 3)).copy()
+
+
+def encode_image(rgb: tuple[int, ...], fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
+    """Real JPEG/PNG bytes of a solid colour, in the given PIL mode (RGB, L, P, RGBA, LA)."""
+    img = Image.new("RGB", size, rgb[:3])
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+        img.putalpha(rgb[3] if len(rgb) > 3 else 255)
+    elif mode != "RGB":
+        img = img.convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@dataclass
+class RunningServer:
+    """A leaf-serve app on a loopback port, run by uvicorn in a thread."""
+
+    url: str
+    app: object
+    server: object
+    thread: threading.Thread
+    config: object = field(repr=False, default=None)
+
+    @property
+    def repo(self):  # noqa: ANN201 - test helper
+        return self.app.state.api.repo
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+def start_server(model_uri: str, **overrides: object) -> RunningServer:
+    """Load ``model_uri`` and serve it on a free port; returns once uvicorn accepts connections."""
+    import uvicorn
+    from leaf_serve.app import build_repository, create_app
+    from leaf_serve.settings import ServeConfig
+
+    config = ServeConfig(model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1)
+    config = replace(config, **overrides)
+    config.validate()
+    repo = build_repository(config)
+    repo.load_initial()
+    app = create_app(config, repo)
+    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("test server did not start")
+        time.sleep(0.01)
+    return RunningServer(f"http://127.0.0.1:{config.port}", app, server, thread, config)
