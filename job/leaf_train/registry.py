@@ -245,9 +245,10 @@ class ModelRegistry:
         self._verify_files(vstore, manifest, IncompleteVersionError)
         return manifest
 
-    def _contract_dict(self, version: str) -> dict[str, Any] | None:
+    def contract_dict(self, version: str) -> dict[str, Any] | None:
+        """``model.json`` of ``version`` as written (not validated), or ``None`` if absent or unreadable."""
         try:
-            d = json.loads(self.store.get(self._key(version, CONTRACT_FILE)))
+            d = json.loads(self.store.get(self._key(check_version_id(version), CONTRACT_FILE)))
         except (NotFound, json.JSONDecodeError):
             return None
         return d if isinstance(d, dict) else None
@@ -268,7 +269,7 @@ class ModelRegistry:
                 manifest = read_manifest(self._version_store(version))
             except RegistryError:
                 manifest = None  # unreadable manifest: shown as incomplete, never promoted
-            contract = self._contract_dict(version) or {}
+            contract = self.contract_dict(version) or {}
             gate = contract.get("gate") or {}
             rows.append(
                 VersionInfo(
@@ -306,7 +307,7 @@ class ModelRegistry:
             result.update(complete=True, verified=True, manifest=json.loads(manifest.to_json()))
         except IncompleteVersionError as e:
             result.update(complete=self.store.exists(self._key(version, MANIFEST_FILE)), verified=False, problem=str(e))
-        result["contract"] = self._contract_dict(version)
+        result["contract"] = self.contract_dict(version)
         return result
 
     def champion(self) -> Champion | None:

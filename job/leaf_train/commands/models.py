@@ -1,0 +1,138 @@
+"""``leaf-train models``: the operators' view of the registry (list, show, promote, rollback, prune).
+
+Promotion and rollback go through the same compare-and-swap as the training job, so an
+operator racing a scheduled retrain cannot silently overwrite it: one of them gets a clear
+conflict. ``promote`` is also the human override of the quality gate: it refuses only versions
+that are incomplete or fail verification, and warns when the gate had said no.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+
+from leaf_common.config import add_arguments, option, resolve
+from leaf_common.storage import open_store
+
+from ..config import _NAME_RE, ENV_PREFIX, TrainConfig
+from ..errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+# Same flag, env variable, default and help as `leaf-train train`, declared once there.
+_TRAIN = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+@dataclass
+class ModelsConfig:
+    output: str = option(_TRAIN["output"].default, _TRAIN["output"].metadata["help"])
+    model_name: str = option(_TRAIN["model_name"].default, _TRAIN["model_name"].metadata["help"])
+
+    def validate(self) -> None:
+        if not self.output:
+            raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
+        if not _NAME_RE.match(self.model_name):
+            raise ConfigurationError(
+                f"--model-name: expected lowercase letters, digits, '.', '_' or '-'; received {self.model_name!r}"
+            )
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``models`` and its sub-commands to the ``leaf-train`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    add_arguments(common.add_argument_group("registry"), ModelsConfig, ENV_PREFIX)
+    p = sub.add_parser("models", help="list, show, promote, roll back and prune model versions")
+    actions = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+
+    a = actions.add_parser("list", parents=[common], help="every version with accuracy, gate decision and state")
+    a.set_defaults(func=cmd_list)
+    a = actions.add_parser("show", parents=[common], help="one version as JSON (manifest verified, contract)")
+    a.add_argument("version")
+    a.set_defaults(func=cmd_show)
+    a = actions.add_parser("promote", parents=[common], help="serve VERSION (compare-and-swap on latest.json)")
+    a.add_argument("version")
+    a.set_defaults(func=cmd_promote)
+    a = actions.add_parser("rollback", parents=[common], help="serve the previously promoted version again")
+    a.set_defaults(func=cmd_rollback)
+    a = actions.add_parser("prune", parents=[common], help="delete old versions (never the served one)")
+    from ..gate import RetentionConfig  # numpy/PIL: only when the parser is built, not at import
+
+    add_arguments(a.add_argument_group("retention"), RetentionConfig, ENV_PREFIX)
+    a.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    a.set_defaults(func=cmd_prune)
+
+
+def _registry(args: argparse.Namespace):  # noqa: ANN202 -- ModelRegistry, imported lazily
+    from ..registry import ModelRegistry
+
+    cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
+    return ModelRegistry(open_store(cfg.output), cfg.model_name)
+
+
+def _fmt_accuracy(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _fmt_gate(value: bool | None) -> str:
+    return {True: "pass", False: "FAIL", None: "-"}[value]
+
+
+def format_table(rows: list) -> str:  # noqa: ANN001 -- list[VersionInfo]
+    """Aligned columns: VERSION, CREATED, ACCURACY, GATE, STATE, REASON (gate reason, shortened)."""
+    header = ("VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON")
+    lines = [header]
+    for r in rows:
+        state = "incomplete" if not r.complete else "served" if r.served else "promoted-before" if r.promoted else "-"
+        reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
+        lines.append(
+            (r.version, r.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines
+    ).rstrip()
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    rows = registry.list_versions()
+    print(format_table(rows) if rows else f"no versions under {registry.uri()}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    print(json.dumps(_registry(args).show(args.version), indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_promote(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    gate = (registry.contract_dict(args.version) or {}).get("gate") or {}
+    if gate.get("promote") is False:
+        log.warning("overriding the quality gate for %s, which said: %s", args.version, gate.get("reason", "?"))
+    before = registry.pointer()
+    pointer = registry.promote(args.version)
+    print(f"promoted {pointer.version} (was {before[0].version if before else 'nothing'})")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    registry = _registry(args)
+    before = registry.pointer()
+    pointer = registry.rollback()
+    print(f"rolled back to {pointer.version} (was {before[0].version if before else 'nothing'})")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    from ..gate import RetentionConfig
+
+    keep = resolve(RetentionConfig, ENV_PREFIX, {"keep_versions": args.keep_versions}).keep_versions
+    registry = _registry(args)
+    doomed = registry.retention_plan(keep) if args.dry_run else registry.apply_retention(keep)
+    verb = "would delete" if args.dry_run else "deleted"
+    print(f"{verb} {len(doomed)} version(s), keeping the newest {keep}: {', '.join(doomed) or '-'}")
+    return 0
