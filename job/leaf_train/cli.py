@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "leaf_train.commands.train",
     "leaf_train.commands.synth",
     "leaf_train.commands.demo",
+    "leaf_train.commands.models",
 )
 
 
