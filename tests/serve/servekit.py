@@ -37,7 +37,7 @@ def free_port() -> int:
 
 # v1: red -> class 0, green -> 1, blue -> 2.  v2: the other way round, with other labels.
 V1 = {"labels": ["healthy", "rust", "blight"], "weights": np.eye(3, dtype=np.float32) * 8}
-V2 = {"labels": ["blight", "rust", "healthy", "mildew"], "weights": np.eye(3, 4, dtype=np.float32)[::-1] * 8}
+V2 = {"labels": ["healthy", "rust", "blight", "mildew"], "weights": np.eye(3, 4, dtype=np.float32)[::-1] * 8}
 
 
 def onnx_model(weights: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE, input_name: str = INPUT_NAME) -> bytes:

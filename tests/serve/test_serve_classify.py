@@ -1,0 +1,89 @@
+"""The image endpoint with real JPEG/PNG bytes: raw and multipart bodies, colour modes, bad images."""
+
+from __future__ import annotations
+
+import io
+
+import httpx
+import pytest
+from PIL import Image
+from servekit import MODEL_NAME, V1, RunningServer, encode_image
+
+RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
+
+
+@pytest.mark.parametrize(
+    ("rgb", "fmt", "mode", "label"),
+    [
+        (RED, "JPEG", "RGB", "healthy"),
+        (GREEN, "PNG", "RGB", "rust"),
+        (BLUE, "PNG", "P", "blight"),  # palette
+        (BLUE + (255,), "PNG", "RGBA", "blight"),  # opaque alpha: keeps its colour
+        (BLUE + (0,), "PNG", "RGBA", None),  # fully transparent: flattened onto white (next test)
+        ((200, 200, 200), "JPEG", "L", None),  # grayscale: converted, any label
+    ],
+)
+def test_raw_body_gives_top_k_with_version(server: RunningServer, rgb: tuple, fmt: str, mode: str, label: str) -> None:
+    content_type = "image/jpeg" if fmt == "JPEG" else "image/png"
+    r = httpx.post(
+        server.url + "/classify", content=encode_image(rgb, fmt, mode), headers={"Content-Type": content_type}
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["model"], body["version"]) == (MODEL_NAME, "v1")
+    predictions = body["predictions"]
+    assert [p["label"] for p in predictions] != [] and {p["label"] for p in predictions} == set(V1["labels"])
+    probs = [p["probability"] for p in predictions]
+    assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
+    if label is not None:
+        assert predictions[0]["label"] == label
+
+
+def test_transparent_pixels_become_white(server: RunningServer) -> None:
+    transparent = httpx.post(server.url + "/classify", content=encode_image(BLUE + (0,), "PNG", "RGBA"))
+    white = httpx.post(server.url + "/classify", content=encode_image((255, 255, 255), "PNG"))
+    assert transparent.json()["predictions"] == white.json()["predictions"]
+
+
+@pytest.mark.parametrize("field", ["file", "image"])
+def test_multipart_form(server: RunningServer, field: str) -> None:
+    files = {field: ("leaf.jpg", encode_image(GREEN, "JPEG"), "image/jpeg")}
+    r = httpx.post(server.url + "/classify", files=files, data={"note": "from a browser"})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] == "rust"
+
+
+@pytest.mark.parametrize(("query", "count"), [("?top_k=1", 1), ("?top_k=2", 2), ("?top_k=50", 3), ("", 3)])
+def test_top_k_query(server: RunningServer, query: str, count: int) -> None:
+    r = httpx.post(server.url + "/classify" + query, content=encode_image(RED, "PNG"))
+    assert len(r.json()["predictions"]) == count
+
+
+def _bomb() -> bytes:
+    buf = io.BytesIO()
+    Image.new("L", (8000, 6000)).save(buf, format="PNG")  # 48 MP of zeros: a few KB compressed
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "headers", "query", "status", "fragment"),
+    [
+        (b"", {"Content-Type": "image/png"}, "", 400, "received an empty body"),
+        (b"definitely not an image", {"Content-Type": "image/jpeg"}, "", 400, "expected a readable JPEG or PNG"),
+        (encode_image(RED, "PNG")[:60], {"Content-Type": "image/png"}, "", 400, "could not decode"),
+        (encode_image(RED, "GIF"), {"Content-Type": "image/png"}, "", 400, "received GIF data"),
+        (_bomb(), {"Content-Type": "image/png"}, "", 400, "expected at most 40000000 pixels"),
+        (b"{}", {"Content-Type": "application/json"}, "", 415, "received application/json"),
+        (b"a=b", {"Content-Type": "text/plain"}, "", 415, "Content-Type: expected image/jpeg"),
+        (b"--x--", {"Content-Type": "multipart/form-data; boundary=x"}, "", 400, "expected a file field"),
+        (b"x" * (300 * 1024), {"Content-Type": "image/png"}, "", 413, "expected at most 262144 bytes"),
+        (encode_image(RED, "PNG"), {"Content-Type": "image/png"}, "?top_k=0", 400, "top_k: expected a positive"),
+        (encode_image(RED, "PNG"), {"Content-Type": "image/png"}, "?top_k=x", 400, "top_k: expected a positive"),
+    ],
+)
+def test_bad_images_are_4xx(
+    server: RunningServer, content: bytes, headers: dict, query: str, status: int, fragment: str
+) -> None:
+    r = httpx.post(server.url + "/classify" + query, content=content, headers=headers)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
