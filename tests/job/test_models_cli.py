@@ -1,0 +1,131 @@
+"""``leaf-train models`` end to end through the real entry point, on S3 over HTTP and a local folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.storage import open_store
+from leaf_train.cli import main
+from leaf_train.registry import ModelRegistry
+
+MODEL = "leaf-classifier"
+
+
+@pytest.fixture(params=["s3", "local"])
+def output(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "s3":
+        request.getfixturevalue("s3").make_bucket("models")
+        return "s3://models/registry"
+    return str(tmp_path / "registry")
+
+
+def publish(output: str, version: str, *, accuracy: float, promote: bool, reason: str) -> None:
+    contract = ModelContract(
+        name=MODEL,
+        version=version,
+        labels=["healthy", "rust"],
+        image_size=(8, 8),
+        input=TensorSpec("image", [None, 8, 8, 3]),
+        output=TensorSpec("probs", [None, 2]),
+        metrics={"accuracy": accuracy},
+        gate={"promote": promote, "reason": reason, "candidate_accuracy": accuracy},
+    )
+    files = {MODEL_FILE: f"onnx-{version}".encode(), CONTRACT_FILE: contract.to_json()}
+    ModelRegistry(open_store(output), MODEL).publish(version, files)
+
+
+def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    rc = main(["models", *argv])
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> None:
+    o = ["--output", output]
+    assert run(capsys, "list", *o)[:2] == (0, f"no versions under {open_store(output).child(MODEL).uri}\n")
+
+    publish(output, "v1", accuracy=0.91, promote=True, reason="first model")
+    publish(output, "v2", accuracy=0.62, promote=False, reason="regression against the champion")
+    publish(output, "v3", accuracy=0.93, promote=True, reason="no regression")
+    open_store(output).put(f"{MODEL}/versions/v4/{MODEL_FILE}", b"half", if_none_match=True)  # crashed upload
+
+    rc, out, _ = run(capsys, "promote", "v1", *o)
+    assert (rc, out) == (0, "promoted v1 (was nothing)\n")
+    rc, out, err = run(capsys, "promote", "v2", *o)
+    assert (rc, out) == (0, "promoted v2 (was v1)\n")
+    assert "overriding the quality gate for v2" in err  # the human override is allowed, and loud
+
+    rc, out, _ = run(capsys, "list", *o)
+    table = {line.split()[0]: line.split() for line in out.splitlines()}
+    assert rc == 0 and out.splitlines()[0].split() == ["VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON"]
+    assert table["v1"][2:5] == ["0.9100", "pass", "promoted-before"]
+    assert table["v2"][2:5] == ["0.6200", "FAIL", "served"]
+    assert table["v3"][2:5] == ["0.9300", "pass", "-"]
+    assert table["v4"][1:5] == ["-", "-", "-", "incomplete"]
+
+    rc, out, _ = run(capsys, "show", "v2", *o)
+    shown = json.loads(out)
+    assert rc == 0 and shown["served"] and shown["verified"]
+    assert shown["contract"]["gate"]["reason"] == "regression against the champion"
+
+    assert run(capsys, "rollback", *o)[:2] == (0, "rolled back to v1 (was v2)\n")
+
+    rc, out, _ = run(capsys, "prune", "--keep-versions", "1", "--dry-run", *o)
+    assert (rc, out) == (0, "would delete 1 version(s), keeping the newest 1: v2\n")
+    assert json.loads(run(capsys, "show", "v2", *o)[1])["complete"]  # a dry run deletes nothing
+    rc, out, _ = run(capsys, "prune", "--keep-versions", "1", *o)
+    assert (rc, out) == (0, "deleted 1 version(s), keeping the newest 1: v2\n")
+    remaining = {line.split()[0] for line in run(capsys, "list", *o)[1].splitlines()[1:]}
+    assert remaining == {"v1", "v3", "v4"}  # served v1, newest v3, in-progress v4
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["show", "v9"], 1, "v9: expected an existing version; found no files"),
+        (["promote", "v4"], 1, "expected a complete version; it has no manifest.json"),
+        (["promote", "../v1"], 1, "version: expected 1-128 characters"),
+        (["rollback"], 1, "expected a pointer to roll back; found none"),
+        (["prune", "--keep-versions", "0"], 2, "--keep-versions: expected >= 1; received 0"),
+        (["prune", "--keep-versions", "many"], 2, "cannot read 'many' as int"),
+        (["list", "--model-name", "Bad Name"], 2, "--model-name: expected lowercase letters"),
+    ],
+)
+def test_errors_exit_non_zero_with_one_clear_line(
+    output: str, capsys: pytest.CaptureFixture[str], argv: list[str], code: int, message: str
+) -> None:
+    publish(output, "v1", accuracy=0.9, promote=True, reason="first model")
+    open_store(output).put(f"{MODEL}/versions/v4/{MODEL_FILE}", b"half", if_none_match=True)
+    rc, out, err = run(capsys, *argv, "--output", output)
+    assert rc == code, err
+    assert message in err and out == ""
+
+
+def test_output_is_required(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LEAF_TRAIN_OUTPUT", raising=False)
+    rc, _, err = run(capsys, "list")
+    assert rc == 2 and "--output is required" in err
+
+
+def test_installed_command_reads_its_options_from_the_environment(output: str) -> None:
+    # A separate process, configured the way the chart configures pods: LEAF_TRAIN_* variables only.
+    publish(output, "v1", accuracy=0.9, promote=True, reason="first model")
+    env = {**os.environ, "LEAF_TRAIN_OUTPUT": output, "LEAF_TRAIN_MODEL_NAME": MODEL}
+    cmd = [sys.executable, "-m", "leaf_train.cli", "models"]
+    promoted = subprocess.run([*cmd, "promote", "v1"], env=env, capture_output=True, text=True, timeout=120)
+    assert promoted.returncode == 0, promoted.stderr
+    assert promoted.stdout == "promoted v1 (was nothing)\n"
+    listed = subprocess.run([*cmd, "list"], env=env, capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.splitlines()[1].split()[:1] + listed.stdout.splitlines()[1].split()[2:5] == [
+        "v1",
+        "0.9000",
+        "pass",
+        "served",
+    ]
