@@ -1,0 +1,293 @@
+"""Kubernetes integration of the training job: Events, the published-version annotation, rollouts.
+
+Inside a cluster the job tells Kubernetes what it is doing, where ``kubectl describe job``
+shows it: Events on its own Job (started, phase done with metrics, exported, promoted or not
+and why), an annotation with the version it published, and optionally a restart of the
+serving Deployment (for installations that turn the server's hot reload off).
+
+All of it is best effort. Outside a cluster (no service-account token, no kubeconfig) the
+reporter is disabled and says so once; an API error is logged and never reaches the
+training run. The chart grants exactly these calls (``charts/leaf-train/templates/rbac.yaml``).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from leaf_common.config import option
+
+from .errors import ConfigurationError
+
+log = logging.getLogger(__name__)
+
+ENV_PREFIX = "LEAF_TRAIN_"
+VERSION_ANNOTATION = "leaf-train.io/published-version"
+RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
+MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
+REPORTING_CONTROLLER = "leaf-train.io/trainer"
+MERGE_PATCH = "application/merge-patch+json"
+# A dead or slow API server must not stall training: every call gives up after this.
+REQUEST_TIMEOUT_S = 10.0
+# events.k8s.io/v1 limits (the API server rejects longer values).
+_MAX_NOTE = 1024
+_MAX_SHORT = 128
+
+
+@dataclass
+class KubeConfig:
+    """Where the job runs in Kubernetes; every field is also ``LEAF_TRAIN_<FIELD>``."""
+
+    kube_integration: str = option(
+        "auto",
+        "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig exists), on, off",
+        choices=("auto", "on", "off"),
+    )
+    namespace: str = option("", "Namespace of the Job; empty = the service account's or the kubeconfig context's")
+    job_name: str = option("", "This run's Job (the chart sets it via the downward API); empty = no Job to report on")
+    rollout_deployment: str = option("", "Deployment to restart after a promotion; empty = no rollout")
+    kubeconfig: str = option("", "kubeconfig file used outside a cluster; empty = KUBECONFIG or ~/.kube/config")
+
+    def validate(self) -> None:
+        """Reject names the API would refuse, naming what was received."""
+        for name in ("namespace", "job_name", "rollout_deployment"):
+            value = getattr(self, name)
+            if len(value) > 253 or value != value.strip():
+                raise ConfigurationError(
+                    f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}"
+                )
+
+
+def load_client_configuration(cfg: KubeConfig) -> tuple[Any, str] | None:
+    """Credentials for the API: in-cluster service account first, then a kubeconfig.
+
+    Returns:
+        ``(kubernetes.client.Configuration, default namespace)``, or ``None`` when neither exists.
+    """
+    from kubernetes import client, config
+
+    conf = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=conf)
+        return conf, _incluster_namespace()
+    except config.ConfigException:
+        pass
+    try:
+        config.load_kube_config(config_file=cfg.kubeconfig or None, client_configuration=conf)
+        _, active = config.list_kube_config_contexts(config_file=cfg.kubeconfig or None)
+        return conf, (active or {}).get("context", {}).get("namespace") or "default"
+    except (config.ConfigException, OSError, TypeError):
+        return None
+
+
+def _incluster_namespace() -> str:
+    path = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+    try:
+        with open(path) as f:
+            return f.read().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class KubeReporter:
+    """Reports the training run to Kubernetes; every method is a no-op when disabled.
+
+    Methods return ``True`` when the API accepted the call and ``False`` otherwise (disabled,
+    nothing to report on, or an API error, which is logged as a warning).
+    """
+
+    def __init__(
+        self,
+        api_client: Any | None,
+        namespace: str = "default",
+        job_name: str = "",
+        rollout_deployment: str = "",
+        reporting_instance: str = "",
+    ) -> None:
+        """Use :meth:`from_config` in the job; this constructor is for tests and callers with a client.
+
+        Args:
+            api_client: a ``kubernetes.client.ApiClient``, or ``None`` for a disabled reporter.
+            namespace: namespace of the Job and of the Deployment to roll.
+            job_name: this run's Job; empty = Events and the annotation are skipped.
+            rollout_deployment: Deployment :meth:`rollout` restarts when called without one.
+            reporting_instance: who reports (the pod name); empty = this host's name.
+        """
+        self.api_client = api_client
+        self.namespace = namespace
+        self.job_name = job_name
+        self.rollout_deployment = rollout_deployment
+        self.reporting_instance = (reporting_instance or socket.gethostname())[:_MAX_SHORT]
+        self._job_uid: str | None = None
+        self._warned_no_job = False
+
+    @classmethod
+    def from_config(cls, cfg: KubeConfig) -> KubeReporter:
+        """Build the reporter the training job uses.
+
+        Raises:
+            ConfigurationError: ``kube_integration`` is ``on`` but no credentials are found.
+        """
+        if cfg.kube_integration == "off":
+            log.info("Kubernetes integration off (kube_integration=off)")
+            return cls(None)
+        loaded = load_client_configuration(cfg)
+        if loaded is None:
+            if cfg.kube_integration == "on":
+                raise ConfigurationError(
+                    "kube_integration=on: expected an in-cluster service-account token or a kubeconfig; found neither"
+                )
+            log.info("Kubernetes integration off: no service-account token and no kubeconfig")
+            return cls(None)
+        from kubernetes import client
+
+        conf, default_namespace = loaded
+        reporter = cls(
+            client.ApiClient(conf),
+            namespace=cfg.namespace or default_namespace,
+            job_name=cfg.job_name,
+            rollout_deployment=cfg.rollout_deployment,
+        )
+        log.info(
+            "Kubernetes integration on: namespace %s, job %s, rollout %s",
+            reporter.namespace,
+            cfg.job_name or "(none)",
+            cfg.rollout_deployment or "(off)",
+        )
+        return reporter
+
+    @property
+    def enabled(self) -> bool:
+        """Whether calls reach the API at all."""
+        return self.api_client is not None
+
+    def _has_job(self) -> bool:
+        if not self.enabled:
+            return False
+        if not self.job_name:
+            if not self._warned_no_job:
+                log.info("Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or annotations")
+                self._warned_no_job = True
+            return False
+        return True
+
+    def _call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any | None:
+        """Run one API call; log and swallow every failure so training never dies of it."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
+        except ApiException as e:
+            log.warning("Kubernetes API: %s failed: HTTP %s %s", what, e.status, e.reason)
+        except Exception as e:  # noqa: BLE001 - connection, TLS, timeout, decoding: all must stay harmless
+            log.warning("Kubernetes API: %s failed: %s: %s", what, type(e).__name__, e)
+        return None
+
+    def _job_uid_or_none(self) -> str | None:
+        if self._job_uid is None:
+            from kubernetes import client
+
+            job = self._call(
+                f"read job {self.job_name}",
+                client.BatchV1Api(self.api_client).read_namespaced_job,
+                self.job_name,
+                self.namespace,
+            )
+            if job is not None and job.metadata is not None:
+                self._job_uid = job.metadata.uid
+        return self._job_uid
+
+    def event(self, reason: str, message: str, type: str = "Normal") -> bool:  # noqa: A002 - the API's own word
+        """Record an events.k8s.io/v1 Event on this run's Job.
+
+        Args:
+            reason: short CamelCase reason, e.g. ``Started``, ``HeadTrained``, ``Promoted``.
+            message: human-readable note (truncated to the API's 1 kB).
+            type: ``Normal`` or ``Warning``.
+        """
+        if type not in ("Normal", "Warning"):
+            raise ValueError(f"event type: expected 'Normal' or 'Warning'; received {type!r}")
+        if not self._has_job():
+            return False
+        from kubernetes import client
+
+        regarding: dict[str, Any] = {
+            "apiVersion": "batch/v1",
+            "kind": "Job",
+            "name": self.job_name,
+            "namespace": self.namespace,
+        }
+        uid = self._job_uid_or_none()
+        if uid:
+            regarding["uid"] = uid
+        body = client.EventsV1Event.from_dict(
+            {
+                "apiVersion": "events.k8s.io/v1",
+                "kind": "Event",
+                "metadata": {"generateName": f"{self.job_name[:200]}.", "namespace": self.namespace},
+                "eventTime": _now(),
+                "reportingController": REPORTING_CONTROLLER,
+                "reportingInstance": self.reporting_instance,
+                "action": "Train",
+                "reason": reason[:_MAX_SHORT],
+                "note": message[:_MAX_NOTE],
+                "type": type,
+                "regarding": regarding,
+            }
+        )
+        api = client.EventsV1Api(self.api_client)
+        return self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body) is not None
+
+    def annotate_version(self, version: str) -> bool:
+        """Annotate this run's Job with the version it published (``leaf-train.io/published-version``)."""
+        if not self._has_job():
+            return False
+        from kubernetes import client
+
+        patch = {"metadata": {"annotations": {VERSION_ANNOTATION: version}}}
+        api = client.BatchV1Api(self.api_client)
+        result = self._call(
+            f"annotate job {self.job_name}",
+            api.patch_namespaced_job,
+            self.job_name,
+            self.namespace,
+            patch,
+            _content_type=MERGE_PATCH,
+        )
+        return result is not None
+
+    def rollout(self, deployment: str = "", version: str = "") -> bool:
+        """Restart a Deployment's pods the way ``kubectl rollout restart`` does.
+
+        Args:
+            deployment: the Deployment; empty = the configured ``rollout_deployment`` (none = no-op).
+            version: the promoted version, recorded in a pod-template annotation too.
+        """
+        name = deployment or self.rollout_deployment
+        if not self.enabled or not name:
+            return False
+        from kubernetes import client
+
+        annotations = {RESTARTED_AT_ANNOTATION: _now().strftime("%Y-%m-%dT%H:%M:%SZ")}
+        if version:
+            annotations[MODEL_VERSION_ANNOTATION] = version
+        patch = {"spec": {"template": {"metadata": {"annotations": annotations}}}}
+        api = client.AppsV1Api(self.api_client)
+        result = self._call(
+            f"rollout deployment {name}",
+            api.patch_namespaced_deployment,
+            name,
+            self.namespace,
+            patch,
+            _content_type=MERGE_PATCH,
+        )
+        if result is not None:
+            log.info("Kubernetes: restarted deployment %s/%s", self.namespace, name)
+        return result is not None
