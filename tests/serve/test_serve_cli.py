@@ -1,0 +1,111 @@
+"""``leaf-serve`` as a process: options from the environment, start-up failures, graceful SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx
+import pytest
+from servekit import Registry, encode_image, free_port
+
+
+def serve_env(**options: object) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
+    env.update({f"LEAF_SERVE_{k.upper()}": str(v) for k, v in options.items()})
+    return env
+
+
+@contextmanager
+def leaf_serve(**options: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    port = free_port()
+    env = serve_env(host="127.0.0.1", port=port, providers="cpu", intra_op_threads=1, **options)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "leaf_serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"leaf-serve exited {proc.returncode}: {proc.stdout.read()}")
+            try:
+                if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("leaf-serve not ready within 60 s")
+            time.sleep(0.1)
+        yield proc, url
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_sigterm_drains_in_flight_requests_then_exits(local_registry: Registry) -> None:
+    # A long queue delay keeps one request in flight while SIGTERM arrives.
+    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=1500, grace_period=20) as (proc, url):
+        result: dict[str, httpx.Response] = {}
+        image = encode_image((20, 230, 20), "PNG")
+        sender = threading.Thread(target=lambda: result.setdefault("r", httpx.post(url + "/classify", content=image)))
+        sender.start()
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGTERM)
+        sender.join(timeout=30)
+        # uvicorn re-raises the signal after a clean shutdown, so the status names what ended it.
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+        assert result["r"].status_code == 200 and result["r"].json()["predictions"][0]["label"] == "rust"
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/v2/health/live", timeout=2)
+
+
+def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> None:
+    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=60_000, grace_period=1) as (proc, url):
+        sender = threading.Thread(
+            target=lambda: httpx.post(url + "/classify", content=encode_image((1, 2, 3), "PNG"), timeout=90),
+            daemon=True,  # its request is cut off when the server gives up
+        )
+        sender.start()
+        time.sleep(0.4)
+        proc.send_signal(signal.SIGTERM)
+        # Far less than the 60 s the queued request would need: the grace period bounds shutdown.
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+
+
+@pytest.mark.parametrize(
+    ("options", "status", "message"),
+    [
+        ({"require_gpu": "true"}, 1, "require_gpu: expected CUDAExecutionProvider"),
+        ({"port": "eighty"}, 2, "option LEAF_SERVE_PORT: cannot read 'eighty' as int"),
+        ({"max_batch_size": "0"}, 2, "option max_batch_size: expected a positive number; received 0"),
+        ({"log_level": "loud"}, 2, "expected one of debug, info"),
+        ({"providers": "quantum"}, 1, "providers: expected auto, tensorrt, cuda, cpu"),
+        ({"model": "/nonexistent/leaf/latest.json"}, 1, "no pointer; nothing has been promoted yet"),
+    ],
+)
+def test_start_up_fails_loudly(local_registry: Registry, options: dict, status: int, message: str) -> None:
+    options = {"model": local_registry.pointer_uri, "port": free_port(), **options}
+    proc = subprocess.run(
+        [sys.executable, "-m", "leaf_serve"], env=serve_env(**options), capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == status, proc.stderr
+    assert message in proc.stderr
+
+
+def test_flags_override_environment(local_registry: Registry) -> None:
+    from leaf_serve.__main__ import parse_config
+
+    os.environ["LEAF_SERVE_TOP_K"] = "2"
+    try:
+        config = parse_config(["--model", local_registry.pointer_uri, "--top-k", "4", "--providers", "tensorrt,cpu"])
+    finally:
+        del os.environ["LEAF_SERVE_TOP_K"]
+    assert (config.top_k, config.providers, config.port) == (4, ["tensorrt", "cpu"], 8080)

@@ -1,0 +1,127 @@
+"""Small pure pieces: CPU quota, provider choice, manifest parsing, readiness before load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+from leaf_common.config import ConfigError
+from leaf_serve.errors import ModelLoadError
+from leaf_serve.model import CPU, CUDA, TENSORRT, cgroup_cpu_limit, resolve_providers
+from leaf_serve.repository import parse_manifest, verify_file
+from leaf_serve.settings import ServeConfig
+from servekit import Registry, manifest
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "200000 100000\n"}, 2),
+        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads, the second half-used
+        ({"cpu.max": "50000 100000\n"}, 1),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # cgroup v1
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(str(tmp_path)) == expected
+
+
+GPU_HOST = [TENSORRT, CUDA, CPU]
+
+
+@pytest.mark.parametrize(
+    ("requested", "available", "expected"),
+    [
+        (["auto"], [CPU], [CPU]),
+        (["auto"], GPU_HOST, [(CUDA, {"device_id": 1}), CPU]),
+        (["tensorrt", "cpu"], GPU_HOST, [(TENSORRT, {"device_id": 1}), (CUDA, {"device_id": 1}), CPU]),
+        (["cuda", "CPUExecutionProvider"], [CPU], [CPU]),
+    ],
+)
+def test_resolve_providers(requested: list[str], available: list[str], expected: list) -> None:
+    assert resolve_providers(requested, available, device_id=1) == expected
+
+
+@pytest.mark.parametrize(
+    ("requested", "message"), [(["quantum"], "expected auto, tensorrt, cuda, cpu"), (["cuda"], "none of")]
+)
+def test_resolve_providers_errors(requested: list[str], message: str) -> None:
+    with pytest.raises(ModelLoadError, match=message):
+        resolve_providers(requested, [CPU], device_id=0)
+
+
+def test_manifest_formats_and_verification() -> None:
+    files = {"model.onnx": b"abc", "model.json": b"{}"}
+    listed = parse_manifest(manifest(files))
+    as_mapping = parse_manifest(
+        b'{"files": {"model.onnx": {"size": 3, "sha256": "'
+        + listed["model.onnx"][1].encode()
+        + b'"}, "model.json": {"size": 2, "sha256": "'
+        + listed["model.json"][1].encode()
+        + b'"}}}'
+    )
+    assert listed == as_mapping
+    verify_file("model.onnx", b"abc", listed)
+    with pytest.raises(ModelLoadError, match="manifest expects 3 bytes"):
+        verify_file("model.onnx", b"abd", listed)
+    with pytest.raises(ModelLoadError, match="expected an entry for labels.txt"):
+        verify_file("labels.txt", b"", listed)
+    with pytest.raises(ModelLoadError, match="expected {'files'"):
+        parse_manifest(b'{"entries": []}')
+
+
+def test_config_requires_a_model() -> None:
+    with pytest.raises(ConfigError, match="expected a model URI; received nothing"):
+        ServeConfig().validate()
+
+
+def test_not_ready_until_loaded(local_registry: Registry) -> None:
+    """Liveness and readiness are separate: an app whose model is not loaded is live, not ready."""
+    import threading
+    import time
+
+    import uvicorn
+    from leaf_serve.app import build_repository, create_app
+    from servekit import free_port
+
+    config = ServeConfig(model=local_registry.pointer_uri, port=free_port(), poll_interval=0)
+    repo = build_repository(config)
+    server = uvicorn.Server(uvicorn.Config(create_app(config, repo), host="127.0.0.1", port=config.port))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.01)
+    url = f"http://127.0.0.1:{config.port}"
+    try:
+        assert httpx.get(url + "/v2/health/live").json() == {"live": True}
+        not_ready = httpx.get(url + "/v2/health/ready")
+        assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
+        assert httpx.post(url + "/classify", content=b"x").status_code == 503
+        repo.load_initial()
+        assert httpx.get(url + "/v2/health/ready").status_code == 200
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.mark.gpu
+def test_cuda_provider_in_use_when_a_gpu_is_visible(local_registry: Registry) -> None:
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        pytest.skip("no GPU visible: onnxruntime has no CUDAExecutionProvider here")
+    from servekit import start_server
+
+    running = start_server(local_registry.pointer_uri, providers=["auto"], require_gpu=True, poll_interval=0)
+    try:
+        meta = httpx.get(running.url + "/v2/models/leaf").json()
+        assert meta["parameters"]["execution_provider"] == CUDA
+    finally:
+        running.stop()
