@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "leaf_train.commands.synth",
     "leaf_train.commands.demo",
     "leaf_train.commands.models",
+    "leaf_train.commands.kube",
 )
 
 
