@@ -53,7 +53,9 @@ def no_cluster(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Neither a service-account token (no KUBERNETES_SERVICE_HOST) nor any kubeconfig."""
     for var in ("KUBERNETES_SERVICE_HOST", "KUBERNETES_SERVICE_PORT"):
         monkeypatch.delenv(var, raising=False)
+    # The kubernetes library reads KUBECONFIG (default ~/.kube/config) once, at import: patch both.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent-kubeconfig"))
+    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "absent"))
     monkeypatch.setenv("HOME", str(tmp_path))
 
 

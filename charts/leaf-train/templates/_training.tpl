@@ -14,6 +14,7 @@ podFailurePolicy:
     - action: Ignore
       onPodConditions:
         - type: DisruptionTarget
+          status: "True"
     - action: FailJob
       onExitCodes:
         containerName: train
