@@ -1,0 +1,434 @@
+"""The leaf-train chart, rendered by the real helm with every ci/*.yaml value set.
+
+Each rendered object is validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
+strict: unknown fields fail) for the oldest and newest Kubernetes the chart targets; a policy
+scan (checkov) must pass with only the skips the chart documents. helm comes from
+scripts/get-helm.sh (``make test`` provides it), checkov from its own venv in .tools/.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "leaf-train"
+VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
+NAMESPACE = "leaf-train"
+KUBE_VERSIONS = ("1.31", "1.35")  # the chart's kubeVersion floor and a current release
+CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
+JOB_EXIT_CODES = {"config": 2, "data": 3, "preempted": 75}  # leaf_train/errors.py
+
+
+def helm_binary() -> str:
+    path = ROOT / ".tools" / "bin" / "helm"
+    found = str(path) if path.exists() else shutil.which("helm")
+    if not found:
+        pytest.fail("expected helm in .tools/bin (run scripts/get-helm.sh or make test) or on PATH; found none")
+    return found
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=check, timeout=120)
+
+
+def render(*args: str) -> list[dict[str, Any]]:
+    """``helm template`` -> the list of objects (hooks and tests included)."""
+    out = helm("template", "leaf", str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0", *args).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in objs if o["kind"] == kind]
+
+
+def one(objs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
+    found = [
+        o
+        for o in by_kind(objs, kind)
+        if component is None or o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+    ]
+    assert len(found) == 1, f"expected one {kind} ({component}); found {len(found)}"
+    return found[0]
+
+
+def pod_specs(objs: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    """(kind/name, pod spec) of every workload."""
+    specs = []
+    for o in objs:
+        name = f"{o['kind']}/{o['metadata']['name']}"
+        if o["kind"] == "CronJob":
+            specs.append((name, o["spec"]["jobTemplate"]["spec"]["template"]["spec"]))
+        elif o["kind"] in ("Job", "Deployment"):
+            specs.append((name, o["spec"]["template"]["spec"]))
+        elif o["kind"] == "Pod":
+            specs.append((name, o["spec"]))
+    return specs
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+@pytest.fixture(scope="session")
+def renders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, Any]]]:
+    """Every ci value set rendered once per session."""
+    return {name: render("-f", str(CHART / "ci" / name)) for name in VALUE_SETS}
+
+
+def test_value_sets_cover_the_required_scenarios():
+    assert {
+        "default-values.yaml",
+        "cpu-only-values.yaml",
+        "gpu-serving-values.yaml",
+        "no-cronjob-values.yaml",
+        "existing-secret-values.yaml",
+        "minio-values.yaml",
+    } <= set(VALUE_SETS)
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_helm_lint_strict(values):
+    result = helm(
+        "lint", str(CHART), "--strict", "--namespace", NAMESPACE, "-f", str(CHART / "ci" / values), check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+@pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
+def test_every_object_matches_the_kubernetes_openapi_schema(renders, values, kube_version):
+    objs = renders[values]
+    assert objs, "nothing rendered"
+    for obj in objs:
+        try:
+            kubernetes_validate.validate(obj, kube_version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path)
+            pytest.fail(f"{values}: {obj['kind']}/{obj['metadata']['name']}: {path}: {e.message}")
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--set", "surprise=1"], "additional properties 'surprise' not allowed"),
+        (["--set", "training.gpu.cuont=1"], "additional properties 'cuont' not allowed"),
+        (["--set", "serving.replicaCount=two"], "got string, want integer"),
+        (["--set", "training.cronJob.concurrencyPolicy=Allow"], "concurrencyPolicy"),
+        (["--set", "training.config.mixedPrecision=fast"], "mixedPrecision"),
+        (["--set", "s3.endpoint=minio:9000"], "endpoint"),
+        (["--set-string", "serving.service.port=80"], "got string, want integer"),
+        (["--set", "s3.output=leaf-models"], "output"),
+    ],
+)
+def test_schema_rejects_unknown_keys_and_wrong_types(args, error):
+    result = helm("template", "leaf", str(CHART), *args, check=False)
+    assert result.returncode != 0
+    assert error in result.stderr
+
+
+def test_values_are_all_documented():
+    """Every leaf key of values.yaml has a ``## @param`` line naming it (Bitnami convention)."""
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    documented = set(re.findall(r"## @param (\S+)", (CHART / "values.yaml").read_text()))
+
+    def leaves(node: Any, prefix: str = "") -> list[str]:
+        if (
+            isinstance(node, dict)
+            and node
+            and not prefix.endswith(("Probe", "resources", "strategy", "SecurityContext", "securityContext"))
+        ):
+            return [k for key, v in node.items() for k in leaves(v, f"{prefix}.{key}" if prefix else key)]
+        return [prefix]
+
+    missing = [k for k in leaves(values) if k not in documented]
+    assert missing == [], f"values without a ## @param line: {missing}"
+
+
+def test_training_cronjob(renders):
+    cron = one(renders["default-values.yaml"], "CronJob")
+    spec = cron["spec"]
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["timeZone"] == "Etc/UTC"
+    assert spec["startingDeadlineSeconds"] > 0
+    assert spec["successfulJobsHistoryLimit"] >= 1 and spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    for field in ("backoffLimit", "activeDeadlineSeconds", "ttlSecondsAfterFinished"):
+        assert isinstance(job[field], int), field
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+
+
+def test_pod_failure_policy_follows_the_job_exit_codes(renders):
+    rules = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    by_action = {r["action"]: r["onExitCodes"] for r in rules if "onExitCodes" in r}
+    assert by_action["FailJob"] == {
+        "containerName": "train",
+        "operator": "In",
+        "values": [JOB_EXIT_CODES["config"], JOB_EXIT_CODES["data"]],
+    }
+    assert by_action["Ignore"]["values"] == [JOB_EXIT_CODES["preempted"]]
+    from leaf_train import errors
+
+    assert tuple(JOB_EXIT_CODES.values()) == (errors.EXIT_CONFIG, errors.EXIT_DATA, errors.EXIT_PREEMPTED)
+
+
+def test_training_pod_gpu_placement_and_run_id(renders):
+    pod = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    env = env_of(c)
+    job_name = {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
+    assert env["LEAF_TRAIN_RUN_ID"] == job_name and env["LEAF_TRAIN_JOB_NAME"] == job_name
+    assert env["LEAF_TRAIN_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    cpu = one(renders["cpu-only-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert "nvidia.com/gpu" not in json.dumps(cpu["containers"][0]["resources"])
+
+
+def test_training_config_reaches_the_job_as_leaf_train_env(renders):
+    cm = one(renders["default-values.yaml"], "ConfigMap", "training")["data"]
+    assert cm["LEAF_TRAIN_DATA"] == "s3://leaf-data/leaves"
+    assert cm["LEAF_TRAIN_OUTPUT"] == "s3://leaf-models/registry"
+    assert cm["LEAF_TRAIN_IMAGE_SIZE"] == "150" and cm["LEAF_TRAIN_FINETUNE_EPOCHS"] == "100"
+    assert "LEAF_TRAIN_MIN_ACCURACY" not in cm  # null = the job's own default
+    objs = render("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5")
+    cm = one(objs, "ConfigMap", "training")["data"]
+    assert (cm["LEAF_TRAIN_MIN_ACCURACY"], cm["LEAF_TRAIN_KEEP_VERSIONS"]) == ("0.85", "5")
+    # Every LEAF_TRAIN_* key must be an option the job knows (a typo would be silently ignored).
+    from leaf_train.config import TrainConfig
+    from leaf_train.kube import KubeConfig
+
+    known = {f.upper() for cls in (TrainConfig, KubeConfig) for f in cls.__dataclass_fields__}
+    known |= {"MIN_ACCURACY", "MAX_REGRESSION", "KEEP_VERSIONS"}  # the quality gate's agreed names
+    unknown = [k for k in cm if k.removeprefix("LEAF_TRAIN_") not in known]
+    assert unknown == []
+
+
+def test_serving_deployment(renders):
+    objs = renders["default-values.yaml"]
+    dep = one(objs, "Deployment")
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
+    assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert cm["LEAF_SERVE_MODEL"] == "s3://leaf-models/registry/leaf-classifier/latest.json"
+    assert cm["LEAF_SERVE_PORT"] == "8080" and cm["LEAF_SERVE_PROVIDERS"] == "CPUExecutionProvider"
+    svc = one(objs, "Service")
+    assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert one(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
+    assert by_kind(objs, "HorizontalPodAutoscaler") == []
+
+
+def test_gpu_serving(renders):
+    objs = renders["gpu-serving-values.yaml"]
+    dep = one(objs, "Deployment")
+    c = dep["spec"]["template"]["spec"]["containers"][0]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert cm["LEAF_SERVE_PROVIDERS"] == "CUDAExecutionProvider,CPUExecutionProvider"
+    assert cm["LEAF_SERVE_REQUIRE_GPU"] == "true"
+    hpa = one(objs, "HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert "replicas" not in dep["spec"]  # the HPA owns it
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_pod_security_standard_restricted(renders, values):
+    for name, spec in pod_specs(renders[values]):
+        assert spec["securityContext"]["runAsNonRoot"] is True, name
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"] == {"drop": ["ALL"]}, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["runAsUser"] > 10000, name
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_writable_paths_are_emptydir_mounts(renders, values):
+    """readOnlyRootFilesystem holds only if every path the programs write is a mounted emptyDir."""
+    for name, spec in pod_specs(renders[values]):
+        volumes = {v["name"]: v for v in spec.get("volumes", [])}
+        for c in spec["containers"]:
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
+            assert all("emptyDir" in v for v in mounts.values()), name
+            env = env_of(c)
+            writable = [env[k] for k in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR") if k in env]
+            if c["name"] == "train":
+                writable.append("/scratch/cache")  # LEAF_TRAIN_CACHE_DIR
+                assert len(writable) == 5, name
+            for path in writable:
+                assert any(path == m or path.startswith(m + "/") for m in mounts), f"{name}: {path} not writable"
+
+
+def test_s3_credentials_only_by_reference(renders):
+    assert all(by_kind(objs, "Secret") == [] for objs in renders.values())
+    objs = renders["existing-secret-values.yaml"]
+    for name, spec in pod_specs(objs):
+        if name.startswith("Pod/"):
+            continue
+        env = env_of(spec["containers"][0])
+        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "leaf-s3-credentials", "key": "access-key-id"}}
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "secretKeyRef": {"name": "leaf-s3-credentials", "key": "secret-access-key"}
+        }
+        assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
+    default_env = env_of(one(renders["default-values.yaml"], "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    assert "AWS_ACCESS_KEY_ID" not in default_env
+
+
+def test_minio_endpoint_network_policy_and_rollout(renders):
+    objs = renders["minio-values.yaml"]
+    for name, spec in pod_specs(objs):
+        if not name.startswith("Pod/"):
+            assert env_of(spec["containers"][0])["AWS_ENDPOINT_URL"] == "http://minio.minio.svc.cluster.local:9000"
+    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in by_kind(objs, "NetworkPolicy")}
+    assert set(policies) == {"serving", "training"}
+    assert "ingress" not in policies["training"]["spec"]  # nothing may call the training pod
+    assert policies["serving"]["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    egress_ports = {p["port"] for rule in policies["training"]["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 443, 9000} <= egress_ports
+    dep_name = one(objs, "Deployment")["metadata"]["name"]
+    assert one(objs, "ConfigMap", "training")["data"]["LEAF_TRAIN_ROLLOUT_DEPLOYMENT"] == dep_name
+    role = one(objs, "Role")
+    assert {
+        "apiGroups": ["apps"],
+        "resources": ["deployments"],
+        "resourceNames": [dep_name],
+        "verbs": ["get", "patch"],
+    } in role["rules"]
+
+
+def test_rbac_grants_exactly_what_the_integration_uses(renders):
+    objs = renders["default-values.yaml"]
+    assert one(objs, "Role")["rules"] == [
+        {"apiGroups": ["events.k8s.io"], "resources": ["events"], "verbs": ["create"]},
+        {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "patch"]},
+    ]
+    binding = one(objs, "RoleBinding")
+    sa = one(objs, "ServiceAccount")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+    cron_pod = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert cron_pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert cron_pod["automountServiceAccountToken"] is True
+
+
+def test_irsa_annotation_passes_through(renders):
+    sa = one(renders["irsa-values.yaml"], "ServiceAccount")
+    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/leaf-train"}
+
+
+def test_no_cronjob_value_set_runs_once_at_install(renders):
+    objs = renders["no-cronjob-values.yaml"]
+    assert by_kind(objs, "CronJob") == []
+    job = one(objs, "Job")
+    assert "helm.sh/hook" not in job["metadata"].get("annotations", {})  # not a blocking hook
+    assert job["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    upgrade = render("-f", str(CHART / "ci" / "no-cronjob-values.yaml"), "--is-upgrade")
+    assert by_kind(upgrade, "Job") == []
+
+
+def test_config_change_rolls_pods_via_checksum(renders):
+    def checksums(objs):
+        dep = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
+        cron = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]
+        return dep, cron["checksum/config"]
+
+    base = checksums(renders["default-values.yaml"])
+    serving_changed = checksums(render("--set", "serving.config.topK=3"))
+    training_changed = checksums(render("--set", "training.config.batchSize=32"))
+    assert serving_changed[0] != base[0] and serving_changed[1] == base[1]
+    assert training_changed[1] != base[1] and training_changed[0] == base[0]
+
+
+def test_helm_test_hook_checks_readiness_and_infers(renders):
+    pod = one(renders["default-values.yaml"], "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    script = pod["spec"]["containers"][0]["args"][0]
+    assert "/v2/health/ready" in script and "/classify" in script
+    env = env_of(pod["spec"]["containers"][0])
+    svc = one(renders["default-values.yaml"], "Service")
+    assert env["BASE_URL"] == f"http://{svc['metadata']['name']}:80"
+    compile(script, "helm-test", "exec")  # the inline Python at least parses
+
+
+def test_labels_follow_the_recommended_set(renders):
+    for obj in renders["default-values.yaml"]:
+        labels = obj["metadata"]["labels"]
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/instance",
+            "app.kubernetes.io/version",
+            "app.kubernetes.io/managed-by",
+            "helm.sh/chart",
+        ):
+            assert key in labels, f"{obj['kind']}: {key}"
+
+
+def test_notes_say_how_to_start_follow_and_call():
+    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE).stdout
+    notes = out[out.index("NOTES:") :]
+    assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
+    assert "leaf-train status --namespace leaf-train --job" in notes
+    assert "kubectl logs" in notes and "/classify" in notes and "/v2/models/leaf-classifier/infer" in notes
+
+
+@pytest.fixture(scope="session")
+def checkov_report(renders, tmp_path_factory) -> dict[str, Any]:
+    """One checkov run over every render (it is the slow part: about 8 s)."""
+    if not CHECKOV.exists():
+        pytest.fail(f"expected checkov at {CHECKOV.relative_to(ROOT)} (make test installs it); found none")
+    folder = tmp_path_factory.mktemp("renders")
+    for name in VALUE_SETS:
+        out = helm(
+            "template",
+            "leaf",
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            "1.31.0",
+            "-f",
+            str(CHART / "ci" / name),
+        ).stdout
+        (folder / name).write_text(out)
+    result = subprocess.run(
+        [str(CHECKOV), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    report = json.loads(result.stdout)
+    return report[0] if isinstance(report, list) else report
+
+
+def test_checkov_policy_scan_passes(checkov_report):
+    failed = [
+        f"{c['check_id']} {c['check_name']} ({c['resource']} in {Path(c['file_path']).name})"
+        for c in checkov_report["results"]["failed_checks"]
+    ]
+    assert failed == []
+    assert checkov_report["summary"]["passed"] > 100  # it really scanned the workloads
+
+
+def test_every_checkov_skip_carries_a_written_reason(checkov_report):
+    skipped = checkov_report["results"]["skipped_checks"]
+    assert skipped, "expected the documented skips to show up"
+    for check in skipped:
+        reason = (check.get("check_result") or {}).get("suppress_comment", "")
+        assert len(reason.split()) >= 5, f"{check['check_id']} on {check['resource']}: reason {reason!r}"
