@@ -41,6 +41,7 @@ class RunState:
     best: float | None = None  # early stopping's best val_loss in this phase
     wait: int = 0
     best_epoch: int = 0
+    version: str = ""  # chosen at the run's first start, so a retried pod publishes the same id
     published_version: str = ""  # set once published: a retry must not publish twice
 
     @classmethod

@@ -126,14 +126,16 @@ class LocalStore(Store):
         base = self._path(prefix)
         if not base.exists():
             return
-        for dirpath, dirnames, filenames in os.walk(base):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if name.startswith(_LOCAL_PRIVATE):
-                    continue
-                p = Path(dirpath) / name
-                st = p.stat()
-                yield ObjectInfo(p.relative_to(self.root).as_posix(), st.st_size, self._etag(st))
+        found = []
+        for dirpath, _, filenames in os.walk(base):
+            for name in filenames:
+                if not name.startswith(_LOCAL_PRIVATE):
+                    p = Path(dirpath) / name
+                    found.append((p.relative_to(self.root).as_posix(), p))
+        # Lexicographic by key, as S3 lists, so both stores enumerate identically.
+        for key, p in sorted(found):
+            st = p.stat()
+            yield ObjectInfo(key, st.st_size, self._etag(st))
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         p = self._path(key)

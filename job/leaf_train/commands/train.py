@@ -1,0 +1,60 @@
+"""``leaf-train train``: fine-tune, export, gate and publish (the CronJob's command)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from leaf_common.config import add_arguments, resolve
+
+from ..config import ENV_PREFIX, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def _components() -> list[tuple[str, type]]:
+    # Imported here: the gate pulls in numpy/onnxruntime, the kube module the k8s client.
+    from ..gate import GateConfig
+    from ..kube import KubeConfig
+
+    return [("training", TrainConfig), ("quality gate and retention", GateConfig), ("kubernetes", KubeConfig)]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="train, evaluate, export to ONNX and publish a model version",
+        description="Every option can also be set as an environment variable LEAF_TRAIN_<OPTION>.",
+    )
+    for title, cls in _components():
+        add_arguments(p.add_argument_group(title), cls, ENV_PREFIX)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import setup_logging
+
+    cfg, gate_cfg, kube_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
+    setup_logging(cfg.log_level)
+    from ..pipeline import run as run_pipeline
+
+    result = run_pipeline(cfg, gate_cfg, kube_cfg)
+    print(summary(result))
+    return 0
+
+
+def summary(result) -> str:  # noqa: ANN001 -- RunResult, imported lazily with TensorFlow
+    m = result.metrics
+    lines = [
+        f"version:        {result.version}",
+        f"published at:   {result.version_uri}",
+        f"promoted:       {'yes' if result.promoted else 'no'} ({result.gate.get('reason', '')})",
+    ]
+    if m:
+        lines += [
+            f"val accuracy:   {m['accuracy']:.4f}  (top-3 {m['top3_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
+            f"{m['num_images']} images)",
+        ]
+    if result.report.get("skipped_count"):
+        lines.append(f"skipped files:  {result.report['skipped_count']} (listed in report.json)")
+    return "\n".join(lines)

@@ -1,0 +1,359 @@
+"""``leaf-train train``: the stages in order.
+
+config -> storage -> dataset -> decode cache -> model -> train (2 phases) -> evaluate
+-> export + parity -> quality gate -> publish -> promote. Each stage lives in its own
+module; this one only wires them and collects the run report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.imaging import RESIZE_METHOD
+from leaf_common.storage import ObjectInfo, Store, open_store
+
+from . import __version__
+from .cache import DecodedImages, decode_all
+from .checkpoint import RunCheckpoints, RunState, StopSignal
+from .config import TrainConfig
+from .dataset import TRAIN, VAL, DatasetIndex, build_index, check_index, discover
+from .errors import ConfigurationError
+from .gate import GateConfig, GateDecision, decide
+from .kube import KubeConfig, KubeReporter
+from .progress import progress
+from .registry import ModelRegistry, VersionExistsError
+
+log = logging.getLogger(__name__)
+
+RUNS_DIR = "runs"
+
+
+@dataclass
+class RunResult:
+    version: str
+    version_uri: str
+    promoted: bool
+    metrics: dict[str, Any]
+    gate: dict[str, Any]
+    report: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PreparedData:
+    index: DatasetIndex
+    decoded: DecodedImages
+    labels: np.ndarray  # label per slot of decoded.images (class order of ``index``)
+    train_slots: np.ndarray
+    val_slots: np.ndarray
+
+
+def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedData:
+    """List, decode once, drop bad files, and split; classes are re-derived from usable images."""
+    with progress("list", None, cfg.progress) as bar:
+        listed = discover(store, cfg.val_fraction, bar)
+    decoded = decode_all(
+        store,
+        listed.items,
+        cfg.image_size,
+        cache_dir=cache_dir,
+        memory_budget_mb=cfg.memory_budget_mb,
+        download_workers=cfg.download_workers,
+        decode_workers=cfg.decode_workers,
+        max_pixels=cfg.max_pixels,
+        progress_mode=cfg.progress,
+    )
+    # Re-index the usable images: a class whose photos were all corrupt disappears, and the
+    # "every class has validation images" rule applies to what can actually be used.
+    good = [ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if ok]
+    index = build_index(good, store.uri, cfg.val_fraction)
+    index.ignored = listed.ignored
+    check_index(index, cfg.min_images_per_class)
+    slot_of = {it.key: i for i, it in enumerate(listed.items)}
+    labels = np.zeros(len(listed.items), dtype=np.int32)
+    for it in index.items:
+        labels[slot_of[it.key]] = it.label
+    train = np.asarray([slot_of[it.key] for it in index.items if it.split == TRAIN], dtype=np.int64)
+    val = np.asarray([slot_of[it.key] for it in index.items if it.split == VAL], dtype=np.int64)
+    log.info("split: %d train, %d validation images in %d classes", len(train), len(val), len(index.classes))
+    return PreparedData(index, decoded, labels, train, val)
+
+
+def default_version(index: DatasetIndex) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{index.fingerprint()[:8]}"
+
+
+def _weights_path(cfg: TrainConfig, cache_dir: Path) -> str | Path | None:
+    """``imagenet`` (Keras download), ``none``, or a local/s3 .h5 staged into the cache."""
+    choice = cfg.weights.strip()
+    if choice.lower() == "none":
+        return None
+    if choice.lower() == "imagenet":
+        return "imagenet"
+    if not choice.endswith(".h5"):
+        raise ConfigurationError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
+    parent, _, name = choice.rpartition("/")
+    local = cache_dir / name
+    open_store(parent or ".").download(name, local)
+    return local
+
+
+def _setup_precision(cfg: TrainConfig) -> bool:
+    import keras
+
+    from .train import use_mixed_precision
+
+    mixed = use_mixed_precision(cfg.mixed_precision)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    log.info("precision policy: %s", keras.mixed_precision.global_policy().name)
+    return mixed
+
+
+def _build_or_resume(cfg: TrainConfig, data: PreparedData, cache_dir: Path, ckpts: RunCheckpoints | None) -> tuple:
+    from .model import build_model
+
+    restored = ckpts.load() if ckpts else None
+    if restored is not None:
+        state, model, best = restored
+        if model.output_shape[-1] != len(data.index.classes):
+            raise ConfigurationError(
+                f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now has "
+                f"{len(data.index.classes)}: use a new run id"
+            )
+        return model, state, best, True
+    weights = _weights_path(cfg, cache_dir)
+    model = build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units)
+    return model, RunState(), None, False
+
+
+def _fit(cfg: TrainConfig, data: PreparedData, model: Any, state: RunState, best: Any, ckpts: Any, kube: Any) -> None:
+    from .inputs import augmentation, make_dataset
+    from .train import PhasePlan, run_phases
+
+    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if cfg.augment else None
+    images, labels = data.decoded.images, data.labels
+    train_ds = make_dataset(images, labels, data.train_slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
+    val_ds = make_dataset(images, labels, data.val_slots, cfg.batch_size, shuffle=False, seed=cfg.seed)
+    plans = [PhasePlan(1, cfg.head_epochs, cfg.head_lr), PhasePlan(2, cfg.finetune_epochs, cfg.finetune_lr)]
+
+    def phase_done(phase: int, metrics: dict[str, float]) -> None:
+        shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
+        kube.event(f"Phase{phase}Done", f"phase {phase} finished: {shown}")
+
+    stop = StopSignal().install()
+    try:
+        run_phases(
+            model,
+            train_ds,
+            val_ds,
+            plans,
+            fine_tune_from=cfg.fine_tune_from,
+            patience=cfg.early_stopping_patience,
+            checkpoints=ckpts,
+            state=state,
+            best_weights=best,
+            on_phase_end=phase_done,
+            stop=stop,
+        )
+    finally:
+        stop.uninstall()
+
+
+def _predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> np.ndarray:
+    out = [
+        model.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
+        for i in range(0, len(slots), batch)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def _contract(
+    cfg: TrainConfig, version: str, data: PreparedData, onnx_bytes: bytes, metrics: dict, parity: dict
+) -> ModelContract:
+    import hashlib
+
+    n = len(data.index.classes)
+    return ModelContract(
+        name=cfg.model_name,
+        version=version,
+        labels=list(data.index.classes),
+        image_size=(cfg.image_size, cfg.image_size),
+        input=TensorSpec("image", [None, cfg.image_size, cfg.image_size, 3], "float32"),
+        output=TensorSpec("probabilities", [None, n], "float32"),
+        resize_method=RESIZE_METHOD,
+        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        opset=cfg.opset,
+        metrics={k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")},
+        dataset={
+            "uri": data.index.root,
+            "fingerprint": data.index.fingerprint(),
+            "images": len(data.index.items),
+            "train_images": int(len(data.train_slots)),
+            "val_images": int(len(data.val_slots)),
+            "manifest": "dataset.json",
+        },
+        parity=parity,
+        training={
+            k: getattr(cfg, k)
+            for k in (
+                "image_size",
+                "batch_size",
+                "head_epochs",
+                "finetune_epochs",
+                "head_lr",
+                "finetune_lr",
+                "fine_tune_from",
+                "weights",
+                "augment",
+                "seed",
+                "mixed_precision",
+            )
+        },
+        code_version=f"leaf-train {__version__}",
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResult:
+    """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
+    import keras
+
+    started = time.monotonic()
+    kube = KubeReporter.from_config(kube_cfg)
+    keras.utils.set_random_seed(cfg.seed)
+    mixed = _setup_precision(cfg)
+    data_store = open_store(cfg.data, max_pool_connections=max(10, cfg.download_workers))
+    out_store = open_store(cfg.output)
+    registry = ModelRegistry(out_store, cfg.model_name)
+    ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
+    kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
+
+    with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
+        cache_dir = Path(tmp)
+        data = prepare_data(cfg, data_store, cache_dir)
+        model, state, best, resumed = _build_or_resume(cfg, data, cache_dir, ckpts)
+        if state.published_version:
+            log.info("run %s already published %s; nothing to do", cfg.run_id, state.published_version)
+            return RunResult(state.published_version, registry.uri(state.published_version), False, {}, {})
+        state.version = state.version or cfg.version or default_version(data.index)
+        _fit(cfg, data, model, state, best, ckpts, kube)
+
+        from . import evaluate, export
+
+        images = data.decoded.images
+        probs = _predict(model, images, data.val_slots, cfg.batch_size)
+        metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
+        log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+        inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
+        onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
+        parity_slots = data.val_slots[: cfg.parity_images]
+        parity = export.check_parity(inference, onnx_bytes, images[parity_slots], cfg.parity_tolerance)
+        kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
+
+        val_images = np.asarray(images[data.val_slots])
+        val_names = [data.index.classes[i] for i in data.labels[data.val_slots]]
+        champion = registry.champion()
+        decision = decide(
+            gate_cfg,
+            candidate_accuracy=metrics["accuracy"],
+            parity_passed=parity.passed,
+            champion=champion,
+            val_images=val_images,
+            val_labels=val_names,
+        )
+        version = state.version
+        contract = _contract(cfg, version, data, onnx_bytes, metrics, parity.to_dict())
+        contract.gate = decision.to_dict()
+        report = _report(cfg, data, state, mixed, started)
+        files = _artefacts(contract, onnx_bytes, metrics, data, state, report)
+        _publish_once(registry, version, files, resumed=resumed)
+        if ckpts is not None:
+            state.published_version = version
+            ckpts.save_state(state)
+    # CAS against the pointer the gate compared with: if another run promoted meanwhile, we lose.
+    expected = champion.pointer_etag if champion else None
+    promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
+    kube.annotate_version(version)
+    return RunResult(version, registry.uri(version), promoted, metrics, decision.to_dict(), report)
+
+
+def _publish_once(registry: ModelRegistry, version: str, files: dict[str, bytes], resumed: bool) -> None:
+    """Publish; a retried run whose first attempt published before dying reuses that version."""
+    try:
+        registry.publish(version, files)
+    except VersionExistsError:
+        if not resumed:
+            raise
+        registry.verify(version)  # complete and intact, or this raises
+        log.info("version %s was already published by an earlier attempt of this run", version)
+
+
+def _promote(
+    registry: ModelRegistry, version: str, decision: GateDecision, gate_cfg: GateConfig, kube: Any, expected: str | None
+) -> bool:
+    if not decision.promote:
+        log.warning("version %s kept but NOT promoted: %s", version, decision.reason)
+        kube.event("NotPromoted", f"{version}: {decision.reason}", type="Warning")
+        return False
+    registry.promote(version, expected_etag=expected)
+    log.info("promoted %s: %s", version, decision.reason)
+    kube.event("Promoted", f"{version}: {decision.reason}")
+    deleted = registry.apply_retention(gate_cfg.keep_versions)
+    if deleted:
+        log.info("retention removed %d old versions: %s", len(deleted), ", ".join(deleted))
+    kube.rollout(version=version)  # no-op unless --rollout-deployment is set
+    return True
+
+
+def _report(cfg: TrainConfig, data: PreparedData, state: RunState, mixed: bool, started: float) -> dict[str, Any]:
+    return {
+        "classes": data.index.counts(),
+        "train_counts": data.index.counts(TRAIN),
+        "val_counts": data.index.counts(VAL),
+        "skipped_files": [{"key": b.key, "reason": b.reason} for b in data.decoded.bad],
+        "skipped_count": len(data.decoded.bad),
+        "ignored_keys": data.index.ignored[:1000],
+        "ignored_count": len(data.index.ignored),
+        "decoded_on_disk": data.decoded.on_disk,
+        "mixed_precision": mixed,
+        "epochs_run": len(state.history.get("loss", [])),
+        "history": state.history,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def _artefacts(
+    contract: ModelContract, onnx_bytes: bytes, metrics: dict, data: PreparedData, state: RunState, report: dict
+) -> dict[str, bytes]:
+    from . import evaluate
+
+    def js(obj: Any) -> bytes:
+        return json.dumps(obj, indent=2, default=_json_default).encode()
+
+    return {
+        MODEL_FILE: onnx_bytes,
+        CONTRACT_FILE: contract.to_json(),
+        "metrics.json": js(metrics),
+        "report.json": js(report),
+        "dataset.json": data.index.manifest(),
+        "curves.png": evaluate.plot_curves(state.history),
+        "confusion_matrix.png": evaluate.plot_confusion(metrics["confusion_matrix"], data.index.classes),
+    }
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer, np.floating)):
+        return o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")

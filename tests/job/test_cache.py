@@ -1,0 +1,53 @@
+"""Decode-once cache: bad files skipped and reported, RAM or memmap by budget."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from leaf_common.imaging import decode_image
+from leaf_common.storage import open_store
+from leaf_train.cache import decode_all
+from leaf_train.dataset import build_index
+from PIL import Image
+
+
+def jpeg(seed: int) -> bytes:
+    arr = np.random.default_rng(seed).integers(0, 256, (50, 70, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+@pytest.fixture(params=["local", "s3"])
+def photos(request, tmp_path):
+    if request.param == "local":
+        store = open_store(str(tmp_path / "photos"))
+    else:
+        request.getfixturevalue("s3").make_bucket("photos")
+        store = open_store("s3://photos/pv")
+    good = {f"{c}/{i}.jpg": jpeg(10 * c + i) for c in range(2) for i in range(4)}
+    bad = {
+        "0/truncated.jpg": jpeg(99)[:300],
+        "1/not-an-image.png": b"hello, I am text",
+        "1/empty.jpg": b"",
+    }
+    for k, v in {**good, **bad}.items():
+        store.put(k, v)
+    return store, good, bad
+
+
+@pytest.mark.parametrize("budget_mb", [64, 0])  # 0 forces the memory-mapped file
+def test_decode_all_skips_and_reports_bad_files(photos, tmp_path, budget_mb):
+    store, good, bad = photos
+    index = build_index(list(store.list()), store.uri, 0.25)
+    decoded = decode_all(store, index.items, 32, cache_dir=tmp_path / "cache", memory_budget_mb=budget_mb)
+    assert decoded.on_disk == (budget_mb == 0)
+    assert sorted(b.key for b in decoded.bad) == sorted(bad)
+    assert all(b.reason for b in decoded.bad)
+    for slot, item in enumerate(decoded.items):
+        assert decoded.ok[slot] == (item.key in good)
+        if item.key in good:  # the same array decode_image gives: decoded once, stored as is
+            np.testing.assert_array_equal(decoded.images[slot], decode_image(good[item.key], (32, 32)))
+    assert len(decoded.slots()) == len(good)
