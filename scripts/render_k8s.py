@@ -25,9 +25,20 @@ _SOURCE = re.compile(r"^# Source: leaf-train/templates/(?P<path>\S+)$", re.M)
 def render(helm: str) -> dict[str, str]:
     """File name -> content of every k8s/ file, straight from ``helm template``."""
     out = subprocess.run(
-        [helm, "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", KUBE_VERSION,
-         "--skip-tests"],
-        check=True, capture_output=True, text=True,
+        [
+            helm,
+            "template",
+            RELEASE,
+            str(CHART),
+            "--namespace",
+            NAMESPACE,
+            "--kube-version",
+            KUBE_VERSION,
+            "--skip-tests",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     files: dict[str, list[str]] = {}
     for doc in out.split("\n---\n"):

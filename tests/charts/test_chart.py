@@ -310,7 +310,7 @@ def test_minio_endpoint_network_policy_and_rollout(renders):
         "apiGroups": ["apps"],
         "resources": ["deployments"],
         "resourceNames": [dep_name],
-        "verbs": ["get", "patch"],
+        "verbs": ["patch"],
     } in role["rules"]
 
 
