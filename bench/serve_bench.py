@@ -163,11 +163,36 @@ def memory_run(tmp: Path, threads: int, requests: int) -> dict:
     }
 
 
+def overhead_run(tmp: Path, threads: int, requests: int = 400) -> dict:
+    """Per-request cost of the server itself: tiny model at c=1 over HTTP vs its in-process batch-1 run."""
+    import onnxruntime as ort
+
+    pointer = publish(tmp / "tiny-overhead", "leaf", tiny_onnx(), (32, 32), 3)
+    batch = np.full((1, 32, 32, 3), 100.0, np.float32)
+    session = ort.InferenceSession(tiny_onnx(), providers=["CPUExecutionProvider"])
+    lat = []
+    for _ in range(requests):
+        t = time.perf_counter()
+        session.run(None, {"image": batch})
+        lat.append(time.perf_counter() - t)
+    port = 19000 + os.getpid() % 1000
+    url = f"http://127.0.0.1:{port}"
+    proc, _ = start([sys.executable, "-m", "leaf_serve"], serve_env(pointer, port, threads), url)
+    try:
+        body, headers = binary_body(batch)
+        served = asyncio.run(load(url, body, headers, 1, requests))
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    return {"in_process_batch1": percentiles(lat), "leaf_serve_c1": served}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     parser.add_argument("--memory-requests", type=int, default=10_000)
     parser.add_argument("--out", default="", help="write the results as JSON here")
+    parser.add_argument("--overhead-only", action="store_true", help="only the tiny-model c=1 overhead run")
     args = parser.parse_args()
     from leaf_serve.model import available_cpus
 
@@ -176,6 +201,10 @@ def main() -> None:
     results: dict = {"cpus": threads, "cpu_model": _cpu_model()}
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
+        results["overhead"] = overhead_run(tmp, threads)
+        print("overhead:", results["overhead"], flush=True)
+        if args.overhead_only:
+            return
         t = time.perf_counter()
         onnx_bytes = vgg16_onnx()
         results["export_s"] = round(time.perf_counter() - t, 1)
