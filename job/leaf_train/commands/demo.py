@@ -10,6 +10,7 @@ lives only as long as this process.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import socket
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from ..synth import write
 
     cfg = resolve(DemoConfig, ENV_PREFIX, args)
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # the embedded endpoint's access log
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

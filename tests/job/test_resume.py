@@ -1,0 +1,78 @@
+"""Preemption: SIGTERM in the middle of phase 2 -> exit 75 -> the retried pod resumes and publishes once."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from leaf_common.storage import open_store
+from leaf_train.errors import EXIT_PREEMPTED
+from leaf_train.synth import write
+
+pytestmark = pytest.mark.slow
+
+HEAD, FINETUNE = 2, 6
+
+
+def train_cmd(data: Path, out: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "leaf_train.cli", "train",
+        "--data", str(data), "--output", str(out), "--run-id", "nightly-123",
+        "--image-size", "32", "--weights", "none", "--batch-size", "8",
+        "--head-epochs", str(HEAD), "--finetune-epochs", str(FINETUNE), "--head-lr", "1e-3",
+        "--early-stopping-patience", "0", "--augment", "false", "--kube-integration", "off", "--progress", "off",
+    ]  # fmt: skip
+
+
+def wait_for_phase2_epoch(state_file: Path, proc: subprocess.Popen, timeout: float = 240) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it reached phase 2"
+        try:
+            state = json.loads(state_file.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            state = {}
+        if state.get("phase") == 2 and state.get("epochs_done", 0) >= 1:
+            return state
+        time.sleep(0.05)
+    raise AssertionError("no phase-2 checkpoint appeared in time")
+
+
+def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path):
+    data, out = tmp_path / "photos", tmp_path / "registry"
+    write(open_store(str(data)), per_class=8, classes=2, size=64)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    run_dir = out / "leaf-classifier" / "runs" / "nightly-123"
+
+    first = subprocess.Popen(train_cmd(data, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = wait_for_phase2_epoch(run_dir / "state.json", first)
+    first.send_signal(signal.SIGTERM)
+    log1, _ = first.communicate(timeout=120)
+    assert first.returncode == EXIT_PREEMPTED, log1
+    assert "checkpoint saved" in log1
+    saved = json.loads((run_dir / "state.json").read_text())
+    assert saved["phase"] == 2 and saved["epochs_done"] >= seen["epochs_done"] and not saved["published_version"]
+    assert not (out / "leaf-classifier" / "versions").exists()  # nothing published by the preempted pod
+
+    second = subprocess.run(train_cmd(data, out), env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert f"resuming run {run_dir}" in second.stderr and "at phase 2 after" in second.stderr
+
+    versions = list((out / "leaf-classifier" / "versions").iterdir())
+    assert len(versions) == 1
+    report = json.loads((versions[0] / "report.json").read_text())
+    assert report["epochs_run"] == HEAD + FINETUNE  # the same total as an uninterrupted run
+    assert report["history"]["phase"] == [1.0] * HEAD + [2.0] * FINETUNE
+    final = json.loads((run_dir / "state.json").read_text())
+    assert final["published_version"] == versions[0].name == final["version"]
+
+    # A third attempt of the same Job (e.g. the pod died after publishing) publishes nothing new.
+    third = subprocess.run(train_cmd(data, out), env=env, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0, third.stderr
+    assert len(list((out / "leaf-classifier" / "versions").iterdir())) == 1
