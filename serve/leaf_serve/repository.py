@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
 import time
 from concurrent.futures import Executor
@@ -19,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
-from leaf_common.registry import MANIFEST_FILE, ResolvedModel, resolve_model
+from leaf_common.registry import ResolvedModel, read_manifest, resolve_model
 from leaf_common.storage import Store, StoreError, make_s3_client, open_store
 
 from .batching import Batcher
@@ -50,43 +49,6 @@ class ServedModel:
         return self.model.contract
 
 
-def parse_manifest(data: bytes) -> dict[str, tuple[int, str]]:
-    """``manifest.json`` -> ``{file name: (size, sha256)}``.
-
-    Accepts ``{"files": [{"name"|"path"|"key": ..., "size": ..., "sha256": ...}]}`` and
-    ``{"files": {name: {"size": ..., "sha256": ...}}}``.
-
-    Raises:
-        ModelLoadError: not JSON, or no per-file size and sha256.
-    """
-    try:
-        files = json.loads(data)["files"]
-        entries = files.items() if isinstance(files, dict) else ((_entry_name(f), f) for f in files)
-        return {str(name): (int(e["size"]), str(e["sha256"]).lower()) for name, e in entries}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ModelLoadError(f"{MANIFEST_FILE}: expected {{'files': [{{name, size, sha256}}]}}; {e!r}") from e
-
-
-def _entry_name(entry: dict[str, Any]) -> str:
-    for key in ("name", "path", "key"):
-        if key in entry:
-            return str(entry[key])
-    raise KeyError("name")
-
-
-def verify_file(name: str, data: bytes, manifest: dict[str, tuple[int, str]]) -> None:
-    """Check one downloaded file against its manifest entry; raise :class:`ModelLoadError` on mismatch."""
-    if name not in manifest:
-        raise ModelLoadError(f"{MANIFEST_FILE}: expected an entry for {name}; it lists {sorted(manifest)}")
-    size, sha = manifest[name]
-    digest = hashlib.sha256(data).hexdigest()
-    if len(data) != size or digest != sha:
-        raise ModelLoadError(
-            f"{name}: manifest expects {size} bytes, sha256 {sha[:12]}…; "
-            f"received {len(data)} bytes, sha256 {digest[:12]}…"
-        )
-
-
 def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
     """Download and verify a version folder's contract and ONNX bytes.
 
@@ -97,13 +59,13 @@ def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
         contract_bytes = store.get(CONTRACT_FILE)
         contract = ModelContract.from_json(contract_bytes)
         model_bytes = store.get(contract.model_file)
-        manifest = store.get(MANIFEST_FILE) if store.exists(MANIFEST_FILE) else None
-    except (StoreError, ContractError) as e:
+        # The registry's own manifest type: one definition of what "complete and intact" means.
+        manifest = read_manifest(store)
+        if manifest is not None:
+            manifest.check(CONTRACT_FILE, contract_bytes)
+            manifest.check(contract.model_file, model_bytes)
+    except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if manifest is not None:
-        entries = parse_manifest(manifest)
-        verify_file(CONTRACT_FILE, contract_bytes, entries)
-        verify_file(contract.model_file, model_bytes, entries)
     if contract.model_sha256 and hashlib.sha256(model_bytes).hexdigest() != contract.model_sha256.lower():
         raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
     return contract, model_bytes

@@ -8,9 +8,7 @@ can be computed with numpy.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import socket
 import threading
 import time
@@ -19,7 +17,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
-from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Pointer
+from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Manifest, ManifestEntry, Pointer, sha256_hex
 from leaf_common.storage import Store, open_store
 from PIL import Image
 
@@ -91,9 +89,10 @@ def contract_for(spec: dict, version: str, image_size: tuple[int, int] = IMAGE_S
     )
 
 
-def manifest(files: dict[str, bytes]) -> bytes:
-    entries = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()]
-    return json.dumps({"files": entries, "created_at": "2026-01-01T00:00:00Z"}).encode()
+def manifest(files: dict[str, bytes], version: str = "v1") -> bytes:
+    """The registry's manifest for ``files``, exactly as the job's registry writes it."""
+    entries = tuple(ManifestEntry(n, len(d), sha256_hex(d)) for n, d in files.items())
+    return Manifest(version=version, created_at="2026-01-01T00:00:00Z", files=entries, name=MODEL_NAME).to_json()
 
 
 @dataclass
@@ -125,7 +124,7 @@ class Registry:
         """Write a version folder; ``tamper`` may corrupt files after the manifest was computed."""
         contract = contract or contract_for(spec, version)
         files = {MODEL_FILE: model_bytes or onnx_model(spec["weights"]), CONTRACT_FILE: contract.to_json()}
-        files[MANIFEST_FILE] = manifest(files)
+        files[MANIFEST_FILE] = manifest(files, version)
         if tamper is not None:
             tamper(files)
         version_store = self.store.child(f"{VERSIONS_DIR}/{version}")

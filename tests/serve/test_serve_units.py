@@ -9,9 +9,8 @@ import pytest
 from leaf_common.config import ConfigError
 from leaf_serve.errors import ModelLoadError
 from leaf_serve.model import CPU, CUDA, TENSORRT, cgroup_cpu_limit, resolve_providers
-from leaf_serve.repository import parse_manifest, verify_file
 from leaf_serve.settings import ServeConfig
-from servekit import Registry, manifest
+from servekit import MODEL_NAME, V1, Registry
 
 
 @pytest.mark.parametrize(
@@ -57,24 +56,23 @@ def test_resolve_providers_errors(requested: list[str], message: str) -> None:
         resolve_providers(requested, [CPU], device_id=0)
 
 
-def test_manifest_formats_and_verification() -> None:
-    files = {"model.onnx": b"abc", "model.json": b"{}"}
-    listed = parse_manifest(manifest(files))
-    as_mapping = parse_manifest(
-        b'{"files": {"model.onnx": {"size": 3, "sha256": "'
-        + listed["model.onnx"][1].encode()
-        + b'"}, "model.json": {"size": 2, "sha256": "'
-        + listed["model.json"][1].encode()
-        + b'"}}}'
-    )
-    assert listed == as_mapping
-    verify_file("model.onnx", b"abc", listed)
-    with pytest.raises(ModelLoadError, match="manifest expects 3 bytes"):
-        verify_file("model.onnx", b"abd", listed)
-    with pytest.raises(ModelLoadError, match="expected an entry for labels.txt"):
-        verify_file("labels.txt", b"", listed)
-    with pytest.raises(ModelLoadError, match="expected {'files'"):
-        parse_manifest(b'{"entries": []}')
+def test_fetch_version_checks_files_against_the_registry_manifest(tmp_path: Path) -> None:
+    from leaf_common.registry import MANIFEST_FILE
+    from leaf_common.storage import open_store
+    from leaf_serve.repository import fetch_version
+
+    reg = Registry(str(tmp_path))
+    reg.publish("v1", V1)
+    store = open_store(str(tmp_path / MODEL_NAME / "versions" / "v1"))
+    contract, model_bytes = fetch_version(store)
+    assert contract.version == "v1" and model_bytes == store.get("model.onnx")
+
+    store.put("model.onnx", model_bytes[:-1] + b"x")  # same size, different bytes
+    with pytest.raises(ModelLoadError, match="model.onnx: expected .* bytes with sha256"):
+        fetch_version(store)
+    store.put(MANIFEST_FILE, b'{"entries": []}')
+    with pytest.raises(ModelLoadError, match="expected a JSON object with 'version', 'created_at' and 'files'"):
+        fetch_version(store)
 
 
 def test_config_requires_a_model() -> None:
