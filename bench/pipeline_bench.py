@@ -1,0 +1,277 @@
+"""Training input-pipeline benchmark: does feeding the model cost training time, and does the data keep up?
+
+Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 8 minutes on 2 cores;
+``--quick`` about 3). Measures, side by side in one run on this machine:
+
+1. input-pipeline overhead: one epoch of ``model.fit`` on the real ``make_dataset`` pipeline (shuffle,
+   gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
+   on the same number of identically shaped batches already materialised in memory. Model: the seed's
+   VGG16 (``weights=None``) compiled for phase 2 (block5 + head trainable, the expensive phase);
+   the two variants alternate, after a warm-up of each, and the median epoch of each is compared;
+2. decode throughput of ``decode_all`` from a local folder (256x256 leaves and 2000x1500 phone
+   photos) against the model's training throughput from 1.;
+3. S3 fetch: ``decode_all`` through a moto S3 server on loopback with 16 download workers vs 1;
+4. peak memory of ``decode_all`` for three dataset sizes, one child process each, with a memory budget
+   that sends the largest to the memory-mapped cache.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _pipeline_data import (  # noqa: E402
+    items_for,
+    leaf_jpegs,
+    mean_size_kib,
+    phone_jpegs,
+    write_folder,
+    write_store,
+)
+
+HERE = Path(__file__).parent
+NUM_CLASSES = 40  # the seed's head; the step time does not depend on which labels the batches carry
+BUCKET = "bench-leaves"
+
+DEFAULTS = {"batches": 12, "repeats": 3, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160}
+QUICK = {"batches": 3, "repeats": 2, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64}
+
+
+def decode_rate(store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int) -> dict:
+    """Median images/s of ``decode_all`` over ``repeats`` passes (the first pass also warms the page cache)."""
+    from leaf_train.cache import decode_all
+
+    seconds = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        decoded = decode_all(store, items, image_size, cache_dir=cache, progress_mode="off", **kw)
+        seconds.append(time.perf_counter() - t)
+        if not decoded.ok.all():
+            raise RuntimeError(f"expected every image to decode; skipped {decoded.bad[:3]}")
+    return {"images": len(items), "seconds": [round(s, 2) for s in seconds], "images_per_s": _rate(items, seconds)}
+
+
+def _rate(items: list, seconds: list[float]) -> float:
+    return round(len(items) / statistics.median(seconds), 1)
+
+
+def bench_decode(leaves: Path, phones: Path, leaf_files: list, phone_files: list, args: argparse.Namespace) -> dict:
+    from leaf_common.storage import LocalStore
+
+    out = {}
+    for name, folder, files in (("leaf_256", leaves, leaf_files), ("phone_2000x1500", phones, phone_files)):
+        out[name] = {"mean_kib": mean_size_kib(files)}
+        out[name] |= decode_rate(LocalStore(folder), items_for(files), args.image_size, args.tmp / "c", args.repeats)
+        print(f"decode {name}: {out[name]}", flush=True)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# The S3 endpoint runs in its own process, as S3 does: in-process, moto's request handling would
+# share the client's GIL and the parallel client would be measured against a handicapped server.
+_MOTO = (
+    "import sys; from moto.server import ThreadedMotoServer as S; "
+    "s = S(ip_address='127.0.0.1', port=int(sys.argv[1]), verbose=False); s.start(); "
+    "print('ready', flush=True); sys.stdin.read(); s.stop()"
+)
+
+
+def start_moto() -> tuple[subprocess.Popen, str]:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _MOTO, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"moto server did not start (exit code {proc.poll()})")
+    url = f"http://127.0.0.1:{port}"
+    os.environ.update(
+        AWS_ENDPOINT_URL=url,
+        AWS_ACCESS_KEY_ID="testing",
+        AWS_SECRET_ACCESS_KEY="testing",
+        AWS_DEFAULT_REGION="us-east-1",
+    )
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        os.environ.pop(var, None)
+    return proc, url
+
+
+def bench_s3(leaf_files: list, phone_files: list, args: argparse.Namespace) -> dict:
+    from leaf_common.storage import open_store
+
+    proc, url = start_moto()
+    try:
+        root = open_store(f"s3://{BUCKET}")
+        root.client.create_bucket(Bucket=BUCKET)
+        out: dict = {"endpoint": url}
+        sets = (("leaf_256", leaf_files[: args.s3]), ("phone_2000x1500", phone_files))
+        for name, files in sets:
+            store = root.child(name)
+            write_store(store, files)
+            items = items_for(files)
+            store.get(items[0].key)  # connection open before the first timed pass
+            runs: dict = {16: [], 1: []}
+            # Alternate the order so drift in the shared machine's load hits both settings alike.
+            for r in range(args.repeats):
+                for workers in (16, 1) if r % 2 == 0 else (1, 16):
+                    rate = decode_rate(store, items, args.image_size, args.tmp / "c", 1, download_workers=workers)
+                    runs[workers] += rate["seconds"]
+            out[name] = {
+                "images": len(items),
+                "mean_kib": mean_size_kib(files),
+                "workers_16": {"seconds": runs[16], "images_per_s": _rate(items, runs[16])},
+                "workers_1": {"seconds": runs[1], "images_per_s": _rate(items, runs[1])},
+            }
+            out[name]["speedup"] = round(
+                out[name]["workers_16"]["images_per_s"] / out[name]["workers_1"]["images_per_s"], 2
+            )
+            print(f"s3 {name}: {out[name]}", flush=True)
+        return out
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=30)
+
+
+def bench_rss(leaves: Path, args: argparse.Namespace) -> list[dict]:
+    out = []
+    for n in (int(s) for s in args.rss.split(",")):
+        cache = args.tmp / f"rss-{n}"
+        cmd = [sys.executable, str(HERE / "_pipeline_rss.py"), str(leaves), str(n), str(args.budget), str(cache)]
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"RSS child for N={n} failed: {done.stderr[-2000:]}")
+        out.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(f"rss: {out[-1]}", flush=True)
+        for f in cache.glob("*"):
+            f.unlink()  # the memmap of the large set: hundreds of MB of scratch
+    return out
+
+
+def bench_overhead(leaves: Path, leaf_files: list, args: argparse.Namespace) -> dict:
+    import keras
+    import tensorflow as tf
+    from leaf_common.storage import LocalStore
+    from leaf_train.cache import decode_all
+    from leaf_train.config import TrainConfig
+    from leaf_train.inputs import augmentation, make_dataset
+    from leaf_train.model import build_model
+    from leaf_train.train import PhasePlan, compile_for_phase
+
+    cfg = TrainConfig()
+    n = args.batches * cfg.batch_size
+    decoded = decode_all(
+        LocalStore(leaves), items_for(leaf_files, n), args.image_size, cache_dir=args.tmp / "c", progress_mode="off"
+    )
+    labels, slots = decoded.labels(), decoded.slots()
+    keras.utils.set_random_seed(cfg.seed)
+    model = build_model(NUM_CLASSES, args.image_size, None, cfg.dense_units)
+    compile_for_phase(model, PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from)
+    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
+    pipeline = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
+
+    # The baseline gets one augmented epoch materialised up front: same batch count, shapes, dtypes,
+    # so both variants run the same train steps and differ only in where the batches come from.
+    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in pipeline], strict=True)
+    in_memory = tf.data.Dataset.from_tensor_slices((np.stack(xs), np.stack(ys)))
+    t = time.perf_counter()
+    for _ in pipeline:
+        pass
+    pipeline_alone = time.perf_counter() - t  # the pipeline's own epoch, nothing competing for the cores
+
+    for ds in (pipeline, in_memory):  # trace each signature and let tf.data's autotuner settle
+        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
+    runs: dict[str, list[float]] = {"pipeline": [], "in_memory": []}
+    for r in range(args.repeats):
+        order = ("pipeline", "in_memory") if r % 2 == 0 else ("in_memory", "pipeline")
+        for name in order:
+            t = time.perf_counter()
+            model.fit(pipeline if name == "pipeline" else in_memory, epochs=1, verbose=0)
+            runs[name].append(time.perf_counter() - t)
+            print(f"  epoch {name}: {runs[name][-1]:.2f} s", flush=True)
+    pipe, mem = statistics.median(runs["pipeline"]), statistics.median(runs["in_memory"])
+    paired = [p / m for p, m in zip(runs["pipeline"], runs["in_memory"], strict=True)]
+    return {
+        "images": n,
+        "batch_size": cfg.batch_size,
+        "batches": args.batches,
+        "jit_compile": bool(model.jit_compile),
+        "epoch_s": {k: [round(s, 2) for s in v] for k, v in runs.items()},
+        "overhead_ratio": round(pipe / mem, 3),
+        "paired_ratio_median": round(statistics.median(paired), 3),
+        "model_images_per_s": round(n / mem, 2),
+        "pipeline_images_per_s": round(n / pipe, 2),
+        "pipeline_alone_s": round(pipeline_alone, 2),
+        "pipeline_alone_share_of_step": round(pipeline_alone / mem, 3),
+    }
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller settings (about 3 minutes on 2 cores)")
+    parser.add_argument("--batches", type=int, help="batches of 20 per timed epoch")
+    parser.add_argument("--repeats", type=int, help="timed epochs (and decode passes) per variant")
+    parser.add_argument("--leaf", type=int, help="synthetic 256x256 leaf photos")
+    parser.add_argument("--phone", type=int, help="synthetic 2000x1500 phone photos")
+    parser.add_argument("--s3", type=int, help="leaf photos fetched through S3")
+    parser.add_argument("--rss", help="comma-separated dataset sizes for the peak-memory children")
+    parser.add_argument("--budget", type=int, help="memory_budget_mb of the peak-memory children")
+    parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--out", default="", help="write the results as JSON here")
+    args = parser.parse_args()
+    for key, value in (QUICK if args.quick else DEFAULTS).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING)
+    started = time.perf_counter()
+    results: dict = {"cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "load_avg_start": os.getloadavg()}
+    results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out",)}
+    with tempfile.TemporaryDirectory() as d:
+        args.tmp = Path(d)
+        leaf_files, phone_files = leaf_jpegs(args.leaf), phone_jpegs(args.phone)
+        leaves = write_folder(args.tmp / "leaves", leaf_files)
+        phones = write_folder(args.tmp / "phones", phone_files)
+        results["decode"] = bench_decode(leaves, phones, leaf_files, phone_files, args)
+        results["s3"] = bench_s3(leaf_files, phone_files, args)
+        results["rss"] = bench_rss(leaves, args)
+        results["overhead"] = bench_overhead(leaves, leaf_files, args)
+        print(f"overhead: {results['overhead']}", flush=True)
+    model_rate = results["overhead"]["model_images_per_s"]
+    results["decode_vs_model"] = {k: round(v["images_per_s"] / model_rate, 1) for k, v in results["decode"].items()}
+    results["load_avg_end"] = os.getloadavg()
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(results, indent=2))
+    if args.out:
+        Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
