@@ -22,9 +22,9 @@ from typing import Any
 
 import keras
 import numpy as np
-from leaf_common.storage import Store
+from leaf_common.storage import NotFound, Store
 
-from .errors import Preempted
+from .errors import LeafTrainError, Preempted
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,10 @@ class RunState:
         return cls(**json.loads(data))
 
 
+class CheckpointError(LeafTrainError):
+    """A saved run state exists but cannot be used."""
+
+
 class RunCheckpoints:
     """Saves and restores one run's state in the registry store."""
 
@@ -58,10 +62,16 @@ class RunCheckpoints:
     def load(self) -> tuple[RunState, keras.Model, list[np.ndarray] | None] | None:
         """The last saved state, model and best weights, or ``None`` for a fresh run."""
         try:
-            state = RunState.from_json(self.store.get(STATE_FILE))
-        except Exception as e:  # noqa: BLE001 -- missing or unreadable state = fresh run
-            log.debug("no checkpoint state in %s: %s", self.store.uri, e)
-            return None
+            raw = self.store.get(STATE_FILE)
+        except NotFound:
+            return None  # a new run; any other storage error propagates rather than restarting from zero
+        try:
+            state = RunState.from_json(raw)
+        except (ValueError, TypeError) as e:
+            raise CheckpointError(
+                f"{self.store.url(STATE_FILE)}: unreadable checkpoint state ({e}); "
+                "delete the run folder or use a new --run-id"
+            ) from e
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / MODEL_FILE
             self.store.download(MODEL_FILE, path)
