@@ -64,11 +64,28 @@ class TrainConfig:
         "auto", "mixed_float16 compute: auto (on when a GPU is visible), on, off", choices=("auto", "on", "off")
     )
     seed: int = option(1337, "Random seed (weights init, shuffling, augmentation)")
+    jit_compile: str = option(
+        "auto", "XLA-compile the train step: auto (on when a GPU is visible), on, off", choices=("auto", "on", "off")
+    )
+
+    # --- distribution (see distribute.py) ---
+    workers: int = option(1, "Training workers (pods of the Indexed Job); >1 = MultiWorkerMirroredStrategy")
+    worker_index: int = option(-1, "This worker's index; -1 = JOB_COMPLETION_INDEX (set by Kubernetes)")
+    worker_service: str = option("", "Headless Service that is the worker pods' subdomain (the chart sets it)")
+    worker_port: int = option(2222, "Port the workers' collective-ops gRPC server listens on")
+    worker_hosts: list[str] = option(
+        [], "host[:port] of every worker in index order; empty = <job-name>-<index>.<worker-service>"
+    )
+    lr_scaling: str = option(
+        "none", "Learning rates x replicas (linear) or as given (none); batch is global", choices=("none", "linear")
+    )
 
     # --- export ---
     opset: int = option(17, "ONNX opset of the export")
     parity_tolerance: float = option(1e-4, "Fail if max |ONNX Runtime - Keras| on validation images exceeds this")
     parity_images: int = option(64, "Validation images used for the parity check")
+    export_fp16: bool = option(False, "Also publish model.fp16.onnx (float16 weights, float32 inputs/outputs)")
+    fp16_tolerance: float = option(1e-2, "Fail if max |FP16 - FP32| ONNX probabilities exceeds this")
 
     # --- runtime ---
     progress: str = option("auto", "Progress bars: auto (on a terminal), on, off", choices=("auto", "on", "off"))
@@ -95,6 +112,12 @@ class TrainConfig:
         for name in ("head_epochs", "finetune_epochs", "early_stopping_patience", "decode_workers"):
             if getattr(self, name) < 0:
                 raise ConfigurationError(f"--{name.replace('_', '-')}: expected >= 0; received {getattr(self, name)}")
+        if self.workers < 1:
+            raise ConfigurationError(f"--workers: expected >= 1; received {self.workers}")
+        if not 0 < self.worker_port < 65536:
+            raise ConfigurationError(f"--worker-port: expected 1-65535; received {self.worker_port}")
+        if not self.fp16_tolerance > 0:
+            raise ConfigurationError(f"--fp16-tolerance: expected > 0; received {self.fp16_tolerance}")
         if self.min_images_per_class < 2:
             raise ConfigurationError(
                 f"--min-images-per-class: expected >= 2 (one to train, one to validate); "
