@@ -39,9 +39,20 @@ def use_mixed_precision(mode: str) -> bool:
     return mode == "on" or (mode == "auto" and gpus_visible())
 
 
-def compile_for_phase(model: keras.Model, plan: PhasePlan, fine_tune_from: str) -> None:
+def use_jit_compile(mode: str) -> bool:
+    """``auto`` = XLA on when a GPU is visible: on CPU XLA compiles slowly and gains little.
+
+    Augmentation runs in tf.data, outside the compiled step, so every layer of the step supports XLA.
+    """
+    return mode == "on" or (mode == "auto" and gpus_visible())
+
+
+def compile_for_phase(
+    model: keras.Model, plan: PhasePlan, fine_tune_from: str, jit_compile: bool | str = "auto"
+) -> None:
     freeze_for_phase(model, plan.phase, fine_tune_from)
     model.compile(
+        jit_compile=jit_compile,
         optimizer=keras.optimizers.RMSprop(learning_rate=plan.learning_rate),
         loss="sparse_categorical_crossentropy",
         metrics=[
@@ -71,6 +82,7 @@ def run_phases(
     best_weights: list[np.ndarray] | None = None,
     on_phase_end: Callable[[int, dict[str, float]], None] | None = None,
     stop: StopSignal | None = None,
+    jit_compile: bool | str = "auto",
 ) -> RunState:
     """Run the phases in order, resuming from ``state`` (model already restored by the caller)."""
     state = state or RunState()
@@ -82,7 +94,7 @@ def run_phases(
         if not resuming:
             state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
             best_weights = None
-            compile_for_phase(model, plan, fine_tune_from)
+            compile_for_phase(model, plan, fine_tune_from, jit_compile)
         _fit_phase(model, train_ds, val_ds, plan, patience, checkpoints, state, best_weights, stop)
         if on_phase_end is not None:
             on_phase_end(plan.phase, _last_metrics(state, plan.phase))
