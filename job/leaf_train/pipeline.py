@@ -12,7 +12,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from .cache import DecodedImages, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
 from .dataset import TRAIN, VAL, DatasetIndex, build_index, check_index, discover
+from .distribute import Distribution, create, resolve_cluster, weights_digest
 from .errors import ConfigurationError
 from .gate import GateConfig, GateDecision, decide
 from .kube import KubeConfig, KubeReporter
@@ -136,15 +137,66 @@ def _build_or_resume(cfg: TrainConfig, data: PreparedData, cache_dir: Path, ckpt
     return model, RunState(), None, False
 
 
-def _fit(cfg: TrainConfig, data: PreparedData, model: Any, state: RunState, best: Any, ckpts: Any, kube: Any) -> None:
+def _distribution(cfg: TrainConfig, kube_cfg: KubeConfig) -> Distribution:
+    cluster = resolve_cluster(
+        cfg.workers, cfg.worker_index, cfg.worker_port, kube_cfg.job_name, cfg.worker_service, cfg.worker_hosts
+    )
+    return create(cluster)
+
+
+def _writer(ckpts: RunCheckpoints | None, dist: Distribution, cache_dir: Path) -> RunCheckpoints | None:
+    """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one elsewhere.
+
+    Only the chief's checkpoint is real (the others would race it on the same keys), yet every worker
+    must save: saving a mirrored model runs collective ops, and a worker that skipped them would
+    pair its next collective with the chief's save and abort both (TensorFlow's multi-worker rule).
+    """
+    if ckpts is None or dist.is_chief:
+        return ckpts
+    return RunCheckpoints(open_store(str(cache_dir / f"worker-{dist.index}-checkpoints")))
+
+
+def _shard_by_example(ds: Any) -> Any:
+    """Workers split each global batch by example: the arrays are in memory, there are no files to split."""
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.with_options(options)
+
+
+def _fit(
+    cfg: TrainConfig,
+    data: PreparedData,
+    model: Any,
+    state: RunState,
+    best: Any,
+    ckpts: Any,
+    kube: Any,
+    dist: Distribution,
+) -> None:
     from .inputs import augmentation, make_dataset
-    from .train import PhasePlan, run_phases
+    from .train import PhasePlan, run_phases, use_jit_compile
 
     aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if cfg.augment else None
     images, labels = data.decoded.images, data.labels
     train_ds = make_dataset(images, labels, data.train_slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
     val_ds = make_dataset(images, labels, data.val_slots, cfg.batch_size, shuffle=False, seed=cfg.seed)
-    plans = [PhasePlan(1, cfg.head_epochs, cfg.head_lr), PhasePlan(2, cfg.finetune_epochs, cfg.finetune_lr)]
+    if dist.workers > 1:
+        train_ds, val_ds = _shard_by_example(train_ds), _shard_by_example(val_ds)
+    dist.prepare_model(model, train_ds.element_spec)
+    head_lr, finetune_lr = (dist.learning_rate(lr, cfg.lr_scaling) for lr in (cfg.head_lr, cfg.finetune_lr))
+    plans = [PhasePlan(1, cfg.head_epochs, head_lr), PhasePlan(2, cfg.finetune_epochs, finetune_lr)]
+    jit = use_jit_compile(cfg.jit_compile)
+    log.info(
+        "XLA jit_compile=%s (option %s; augmentation runs in tf.data, outside the compiled step); "
+        "learning rates %g / %g (lr_scaling %s)",
+        jit,
+        cfg.jit_compile,
+        head_lr,
+        finetune_lr,
+        cfg.lr_scaling,
+    )
 
     def phase_done(phase: int, metrics: dict[str, float]) -> None:
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
@@ -164,6 +216,7 @@ def _fit(cfg: TrainConfig, data: PreparedData, model: Any, state: RunState, best
             best_weights=best,
             on_phase_end=phase_done,
             stop=stop,
+            jit_compile=jit,
         )
     finally:
         stop.uninstall()
@@ -217,6 +270,10 @@ def _contract(
                 "augment",
                 "seed",
                 "mixed_precision",
+                "jit_compile",
+                "workers",
+                "lr_scaling",
+                "export_fp16",
             )
         },
         code_version=f"leaf-train {__version__}",
@@ -226,10 +283,14 @@ def _contract(
 
 def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResult:
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
+    # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
+    dist = _distribution(cfg, kube_cfg)
     import keras
 
     started = time.monotonic()
-    kube = KubeReporter.from_config(kube_cfg)
+    # One Started/Exported/Promoted per run, not one per worker: only the chief talks to Kubernetes.
+    kube = KubeReporter.from_config(kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off"))
+    log.info("distribution: %s", dist.describe(cfg.batch_size))
     keras.utils.set_random_seed(cfg.seed)
     mixed = _setup_precision(cfg)
     data_store = open_store(cfg.data, max_pool_connections=max(10, cfg.download_workers))
@@ -241,20 +302,29 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
         cache_dir = Path(tmp)
         data = prepare_data(cfg, data_store, cache_dir)
-        model, state, best, resumed = _build_or_resume(cfg, data, cache_dir, ckpts)
+        # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
+        # variables, optimizer slots and the compiled step are mirrored and kept in sync.
+        with dist.strategy.scope():
+            model, state, best, resumed = _build_or_resume(cfg, data, cache_dir, ckpts)
         if state.published_version:
             log.info("run %s already published %s; nothing to do", cfg.run_id, state.published_version)
             return RunResult(state.published_version, registry.uri(state.published_version), False, {}, {})
         state.version = state.version or cfg.version or default_version(data.index)
-        _fit(cfg, data, model, state, best, ckpts, kube)
+        with dist.strategy.scope():
+            _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
+        log.info("final weights sha256 %s (worker %d)", weights_digest(model.get_weights()), dist.index)
+        if not dist.is_chief:
+            log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
+            return RunResult(state.version, "", False, {}, {}, {"worker": dist.index})
 
         from . import evaluate, export
 
         images = data.decoded.images
-        probs = _predict(model, images, data.val_slots, cfg.batch_size)
+        # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
+        inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
+        probs = _predict(inference, images, data.val_slots, cfg.batch_size)
         metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
         log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
-        inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
         onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
         parity_slots = data.val_slots[: cfg.parity_images]
         parity = export.check_parity(inference, onnx_bytes, images[parity_slots], cfg.parity_tolerance)
@@ -275,6 +345,7 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         contract = _contract(cfg, version, data, onnx_bytes, metrics, parity.to_dict())
         contract.gate = decision.to_dict()
         report = _report(cfg, data, state, mixed, started)
+        report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
         files = _artefacts(contract, onnx_bytes, metrics, data, state, report)
         _publish_once(registry, version, files, resumed=resumed)
         if ckpts is not None:
