@@ -1,0 +1,112 @@
+"""Two real workers on loopback: MultiWorkerMirroredStrategy on CPU, the same entrypoint as the Indexed Job.
+
+Each process is ``leaf-train train`` configured as a pod of the chart's Indexed Job is:
+``LEAF_TRAIN_WORKERS=2``, ``JOB_COMPLETION_INDEX`` set per process (Kubernetes sets it), and
+``LEAF_TRAIN_WORKER_HOSTS`` standing in for the pod hostnames (two ports on 127.0.0.1 instead
+of ``<job>-<i>.<service>:2222``). TF_CONFIG is built by the job's own code from those.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from leaf_common.storage import open_store
+from leaf_train.synth import write
+
+pytestmark = pytest.mark.slow
+
+DIGEST = re.compile(r"final weights sha256 ([0-9a-f]{64}) \(worker (\d)\)")
+RUN_ID = "mw-run"
+
+
+def free_ports(n: int) -> list[int]:
+    """Ports the kernel hands out now; held together so they differ, released just before use."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def launch(data: Path, out: Path, hosts: str) -> list[subprocess.Popen]:
+    args = [
+        sys.executable, "-m", "leaf_train.cli", "train",
+        "--data", str(data), "--output", str(out), "--run-id", RUN_ID,
+        "--image-size", "32", "--weights", "none", "--batch-size", "8", "--dense-units", "16",
+        "--head-epochs", "1", "--finetune-epochs", "1", "--head-lr", "1e-3", "--lr-scaling", "linear",
+        "--early-stopping-patience", "0", "--augment", "false", "--kube-integration", "off", "--progress", "off",
+    ]  # fmt: skip
+    procs = []
+    for index in range(2):
+        env = {
+            **os.environ,
+            "PYTHONUNBUFFERED": "1",
+            "LEAF_TRAIN_WORKERS": "2",
+            "LEAF_TRAIN_WORKER_HOSTS": hosts,
+            "JOB_COMPLETION_INDEX": str(index),
+        }
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    return procs
+
+
+def finish(procs: list[subprocess.Popen], timeout: float = 300) -> list[str]:
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=timeout)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
+        assert p.returncode == 0, f"worker {i} exited {p.returncode}:\n{log[-6000:]}"
+    return logs
+
+
+def test_two_workers_train_in_sync_and_only_the_chief_publishes(tmp_path):
+    data, out = tmp_path / "photos", tmp_path / "registry"
+    write(open_store(str(data)), per_class=8, classes=2, size=48)
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+
+    chief, worker = finish(launch(data, out, hosts))
+
+    for index, log in enumerate((chief, worker)):
+        tf_config = {"cluster": {"worker": hosts.split(",")}, "task": {"type": "worker", "index": index}}
+        assert f"TF_CONFIG={json.dumps(tf_config)}" in log
+        assert "MultiWorkerMirroredStrategy: 2 replica(s) on 2 worker(s)" in log
+        assert "global batch 8 = 4 per replica" in log
+        assert "learning rates 0.002 / 2e-05 (lr_scaling linear)" in log  # x2 replicas
+    digests = {int(m.group(2)): m.group(1) for log in (chief, worker) for m in DIGEST.finditer(log)}
+    assert sorted(digests) == [0, 1], (chief[-3000:], worker[-3000:])
+    assert digests[0] == digests[1]  # all-reduced gradients kept both replicas' weights identical
+
+    versions = list((out / "leaf-classifier" / "versions").iterdir())
+    assert len(versions) == 1
+    assert "promoted:       yes" in chief
+    assert "worker 1 done; worker 0 evaluates, exports and publishes" in worker
+    assert "worker 1: trained version" in worker
+    assert "exported ONNX" not in worker and "leaf_train.registry" not in worker and "promoted" not in worker
+    report = json.loads((versions[0] / "report.json").read_text())
+    assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
+    assert report["history"]["phase"] == [1.0, 2.0]
+    state = json.loads((out / "leaf-classifier" / "runs" / RUN_ID / "state.json").read_text())
+    assert state["published_version"] == versions[0].name
+
+    # The Job retried after publishing (say a pod died on its way out): every worker reads the same
+    # run state, sees the published version, and none trains or publishes again.
+    again = finish(launch(data, out, ",".join(f"127.0.0.1:{p}" for p in free_ports(2))))
+    for log in again:
+        assert f"run {RUN_ID} already published {versions[0].name}; nothing to do" in log
+        assert not DIGEST.search(log)
+    assert len(list((out / "leaf-classifier" / "versions").iterdir())) == 1
