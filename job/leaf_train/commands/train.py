@@ -44,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(result) -> str:  # noqa: ANN001 -- RunResult, imported lazily with TensorFlow
+    if "worker" in result.report:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
+        return f"worker {result.report['worker']}: trained version {result.version} in sync; worker 0 publishes it"
     m = result.metrics
     lines = [
         f"version:        {result.version}",
