@@ -162,6 +162,7 @@ class Distribution:
 
     strategy: Any  # tf.distribute.Strategy
     cluster: Cluster | None
+    name: str = "default"  # as the tf.distribute API calls it (MultiWorkerMirroredStrategy's class has another name)
 
     @property
     def is_chief(self) -> bool:
@@ -178,10 +179,6 @@ class Distribution:
     @property
     def replicas(self) -> int:
         return int(self.strategy.num_replicas_in_sync)
-
-    @property
-    def name(self) -> str:
-        return type(self.strategy).__name__
 
     def learning_rate(self, base: float, scaling: str) -> float:
         """``base`` as configured, or ``base * replicas`` with ``linear`` scaling."""
@@ -250,11 +247,11 @@ def create(cluster: Cluster | None) -> Distribution:
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
             raise ConfigurationError(f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}") from e
         _fix_keras_multi_worker_step_reduce()
-        return Distribution(strategy, cluster)
+        return Distribution(strategy, cluster, "MultiWorkerMirroredStrategy")
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
-        return Distribution(tf.distribute.MirroredStrategy(), None)
-    return Distribution(tf.distribute.get_strategy(), None)
+        return Distribution(tf.distribute.MirroredStrategy(), None, "MirroredStrategy")
+    return Distribution(tf.distribute.get_strategy(), None, "default")
 
 
 def _fix_keras_multi_worker_step_reduce() -> None:
