@@ -5,6 +5,9 @@ The training Job's spec, shared by the CronJob's jobTemplate and the optional on
 backoffLimit: {{ .Values.training.backoffLimit }}
 activeDeadlineSeconds: {{ .Values.training.activeDeadlineSeconds }}
 ttlSecondsAfterFinished: {{ .Values.training.ttlSecondsAfterFinished }}
+{{- with include "leaf-train.training.indexedJobSpec" . | trim }}
+{{ . }}
+{{- end }}
 # Exit codes are leaf_train/errors.py's. Retrying cannot fix a configuration (2) or data (3)
 # error: fail the Job at once. A preempted run that saved its checkpoint (75) and pods evicted
 # by preemption or a node drain (DisruptionTarget) are retried without counting against
@@ -41,6 +44,9 @@ template:
   spec:
     # podFailurePolicy requires Never: a failed container makes a new pod, not a restart in place.
     restartPolicy: Never
+    {{- with include "leaf-train.training.workerPodSpec" . | trim }}
+    {{- . | nindent 4 }}
+    {{- end }}
     serviceAccountName: {{ include "leaf-train.serviceAccountName" . }}
     # The Kubernetes integration (Events, version annotation) calls the API with this token.
     automountServiceAccountToken: true
@@ -59,6 +65,9 @@ template:
         image: {{ include "leaf-train.image" (dict "image" .Values.training.image "root" .) }}
         imagePullPolicy: {{ .Values.training.image.pullPolicy }}
         args: ["train"]
+        {{- with include "leaf-train.training.workerPorts" . | trim }}
+        {{- . | nindent 8 }}
+        {{- end }}
         securityContext:
           {{- toYaml .Values.containerSecurityContext | nindent 10 }}
         envFrom:
@@ -88,6 +97,9 @@ template:
           - name: MPLCONFIGDIR
             value: /tmp/matplotlib
           {{- with include "leaf-train.s3Env" . | trim }}
+          {{- . | nindent 10 }}
+          {{- end }}
+          {{- with include "leaf-train.training.workerEnv" . | trim }}
           {{- . | nindent 10 }}
           {{- end }}
           {{- with .Values.training.extraEnv }}
