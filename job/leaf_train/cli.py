@@ -45,11 +45,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _CliHandler(logging.StreamHandler):
+    """The CLI's own stderr handler, so a second setup replaces it and leaves others alone."""
+
+
 def setup_logging(level: str = "INFO") -> None:
-    """One line per record with time and logger; a host that set up logging keeps its handlers."""
+    """One line per record on stderr; handlers a host installed (pytest, an embedding app) stay."""
     root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for h in [h for h in root.handlers if isinstance(h, _CliHandler)]:
+        root.removeHandler(h)
+    handler = _CliHandler()  # binds the current sys.stderr
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
