@@ -329,6 +329,9 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         parity_slots = data.val_slots[: cfg.parity_images]
         parity = export.check_parity(inference, onnx_bytes, images[parity_slots], cfg.parity_tolerance)
         kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
+        parity_record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, images[parity_slots])
+        if extra:
+            parity_record["fp16"] = extra.pop("parity")
 
         val_images = np.asarray(images[data.val_slots])
         val_names = [data.index.classes[i] for i in data.labels[data.val_slots]]
@@ -342,11 +345,11 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
             val_labels=val_names,
         )
         version = state.version
-        contract = _contract(cfg, version, data, onnx_bytes, metrics, parity.to_dict())
+        contract = _contract(cfg, version, data, onnx_bytes, metrics, parity_record)
         contract.gate = decision.to_dict()
         report = _report(cfg, data, state, mixed, started)
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
-        files = _artefacts(contract, onnx_bytes, metrics, data, state, report)
+        files = _artefacts(contract, onnx_bytes, metrics, data, state, report) | extra
         _publish_once(registry, version, files, resumed=resumed)
         if ckpts is not None:
             state.published_version = version
@@ -356,6 +359,24 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
     kube.annotate_version(version)
     return RunResult(version, registry.uri(version), promoted, metrics, decision.to_dict(), report)
+
+
+def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) -> dict[str, Any]:
+    """``{model.fp16.onnx: bytes, "parity": {...}}`` when --export-fp16, else ``{}``.
+
+    The parity record (tolerance, max difference, file, sha256) goes into model.json's ``parity.fp16``,
+    so the server can verify the file and an operator can see how close it is before preferring it.
+    """
+    if not cfg.export_fp16:
+        return {}
+    import hashlib
+
+    from . import export
+
+    fp16 = export.to_fp16(onnx_bytes)
+    check = export.check_fp16_parity(onnx_bytes, fp16, parity_images, cfg.fp16_tolerance)
+    record = {**check.to_dict(), "file": export.FP16_FILE, "sha256": hashlib.sha256(fp16).hexdigest()}
+    return {export.FP16_FILE: fp16, "parity": record}
 
 
 def _publish_once(registry: ModelRegistry, version: str, files: dict[str, bytes], resumed: bool) -> None:
