@@ -8,6 +8,7 @@ of ``<job>-<i>.<service>:2222``). TF_CONFIG is built by the job's own code from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -45,6 +46,7 @@ def launch(data: Path, out: Path, hosts: str) -> list[subprocess.Popen]:
         "--image-size", "32", "--weights", "none", "--batch-size", "8", "--dense-units", "16",
         "--head-epochs", "1", "--finetune-epochs", "1", "--head-lr", "1e-3", "--lr-scaling", "linear",
         "--early-stopping-patience", "0", "--augment", "false", "--kube-integration", "off", "--progress", "off",
+        "--export-fp16", "true",
     ]  # fmt: skip
     procs = []
     for index in range(2):
@@ -100,6 +102,13 @@ def test_two_workers_train_in_sync_and_only_the_chief_publishes(tmp_path):
     report = json.loads((versions[0] / "report.json").read_text())
     assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
     assert report["history"]["phase"] == [1.0, 2.0]
+    contract = json.loads((versions[0] / "model.json").read_text())
+    fp16 = contract["parity"]["fp16"]
+    assert fp16["passed"] and fp16["tolerance"] == 1e-2 and fp16["file"] == "model.fp16.onnx"
+    assert fp16["sha256"] == hashlib.sha256((versions[0] / "model.fp16.onnx").read_bytes()).hexdigest()
+    assert contract["training"]["workers"] == 2 and contract["training"]["lr_scaling"] == "linear"
+    manifest = json.loads((versions[0] / "manifest.json").read_text())
+    assert "model.fp16.onnx" in json.dumps(manifest["files"])
     state = json.loads((out / "leaf-classifier" / "runs" / RUN_ID / "state.json").read_text())
     assert state["published_version"] == versions[0].name
 
