@@ -24,6 +24,15 @@ class ServeConfig:
     )
     require_gpu: bool = option(False, "fail at start-up unless CUDA or TensorRT is the provider in use")
     device_id: int = option(0, "CUDA device index for the CUDA/TensorRT providers")
+    io_binding: str = option(
+        "auto", "bind input/output on the device: auto (on with CUDA/TensorRT), on, off", choices=("auto", "on", "off")
+    )
+    # TensorRT builds an engine per model and shape range (minutes for VGG16): cache it on a volume.
+    trt_engine_cache_path: str = option("", "folder for TensorRT engine/timing caches (a volume); empty = no cache")
+    trt_fp16: bool = option(False, "let TensorRT build FP16 engines")
+    prefer_fp16: bool = option(
+        False, "serve model.fp16.onnx when the version has one (job --export-fp16, parity-checked); else model.onnx"
+    )
     intra_op_threads: int = option(0, "ONNX Runtime intra-op threads; 0 = the container's CPU quota (cgroup)")
     poll_interval: float = option(30.0, "seconds between checks of the registry pointer; 0 turns hot reload off")
     max_batch_size: int = option(8, "largest batch (in images) the dynamic batcher sends to the model")
