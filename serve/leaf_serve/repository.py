@@ -71,6 +71,28 @@ def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
     return contract, model_bytes
 
 
+def fetch_fp16_variant(store: Store, contract: ModelContract) -> tuple[str, bytes] | None:
+    """The version's parity-checked FP16 ONNX (job ``--export-fp16``) as ``(file, bytes)``, or ``None``.
+
+    Raises:
+        ModelLoadError: the contract lists the file but it is missing or differs from its recorded sha256.
+    """
+    record = contract.parity.get("fp16") or {}
+    name = record.get("file")
+    if not name or not record.get("passed"):
+        return None
+    try:
+        data = store.get(name)
+        manifest = read_manifest(store)
+        if manifest is not None:
+            manifest.check(name, data)
+    except StoreError as e:
+        raise ModelLoadError(f"{store.uri}: {e}") from e
+    if hashlib.sha256(data).hexdigest() != str(record.get("sha256", "")).lower():
+        raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.fp16.sha256")
+    return name, data
+
+
 class ModelRepository:
     """Holds the served model; loads the first version and hot-reloads newer ones."""
 
@@ -98,12 +120,23 @@ class ModelRepository:
         contract, model_bytes = fetch_version(resolved.store)
         if contract.version and contract.version != resolved.version:
             log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
+        model_file = contract.model_file
+        if self.config.prefer_fp16:
+            variant = fetch_fp16_variant(resolved.store, contract)
+            if variant is None:
+                log.info("prefer_fp16: version %s has no FP16 export; serving %s", resolved.version, model_file)
+            else:
+                model_file, model_bytes = variant
         model = OnnxModel(
             model_bytes,
             contract,
             providers=self.config.providers,
             device_id=self.config.device_id,
             intra_op_threads=self.config.intra_op_threads,
+            io_binding=self.config.io_binding,
+            trt_engine_cache_path=self.config.trt_engine_cache_path,
+            trt_fp16=self.config.trt_fp16,
+            model_file=model_file,
         )
         model.load()
         if self.config.require_gpu and not model.uses_gpu:
