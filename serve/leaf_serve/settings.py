@@ -8,6 +8,8 @@ from leaf_common.config import ConfigError, option
 
 ENV_PREFIX = "LEAF_SERVE_"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start the server.
+_LOG_LEVEL_CHOICES = LOG_LEVELS + tuple(level.upper() for level in LOG_LEVELS)
 
 
 @dataclass
@@ -43,7 +45,7 @@ class ServeConfig:
     max_body_bytes: int = option(20 * 1024 * 1024, "largest request body accepted (413 above)")
     max_pixels: int = option(40_000_000, "largest image (width x height) decoded; guards decompression bombs")
     top_k: int = option(5, "labels returned by /classify unless ?top_k= says otherwise")
-    log_level: str = option("info", "log level", choices=LOG_LEVELS)
+    log_level: str = option("info", "log level", choices=_LOG_LEVEL_CHOICES)
     grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting")
     # Connections beyond this get 503 from uvicorn itself, before any body is read (memory bound).
     max_concurrency: int = option(0, "open connections/requests before 503; 0 = unlimited")
@@ -51,6 +53,7 @@ class ServeConfig:
 
     def validate(self) -> None:
         """Reject values that cannot work, naming what was expected and received."""
+        self.log_level = self.log_level.lower()  # uvicorn wants lower case
         if not self.model:
             raise ConfigError("option --model / LEAF_SERVE_MODEL: expected a model URI; received nothing")
         positive = {"max_batch_size": self.max_batch_size, "max_queue_size": self.max_queue_size}
