@@ -129,3 +129,42 @@ def test_notes_say_where_the_chief_logs(multi):
     notes = out[out.index("NOTES:") :]
     assert "Indexed Job of 2 workers" in notes
     assert "batch.kubernetes.io/job-completion-index=0" in notes
+
+
+# --- GPU serving options (the accelerator half of the same issue) ---
+
+
+def test_gpu_serving_options_reach_the_server_config():
+    """The TensorRT value set's ConfigMap, read by the server's own config code."""
+    from leaf_serve.settings import ENV_PREFIX as SERVE_PREFIX
+    from leaf_serve.settings import ServeConfig
+
+    objs = render("-f", str(CHART / "ci" / "gpu-tensorrt-values.yaml"))
+    data = one(objs, "ConfigMap", "serving")["data"]
+    cfg = resolve(ServeConfig, SERVE_PREFIX, {}, data)
+    assert cfg.providers == ["tensorrt"] and cfg.io_binding == "auto"
+    assert (cfg.prefer_fp16, cfg.trt_fp16, cfg.trt_engine_cache_path) == (True, True, "/tmp/trt-cache")
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
+    assert "/tmp" in mounts  # the cache folder is on a writable emptyDir under a read-only root
+    training = one(objs, "ConfigMap", "training")["data"]
+    assert resolve(TrainConfig, ENV_PREFIX, {}, training).export_fp16 is True
+
+
+def test_gpu_serving_defaults_leave_the_render_unchanged():
+    data = one(render(), "ConfigMap", "serving")["data"]
+    assert not [k for k in data if any(s in k for s in ("IO_BINDING", "FP16", "TRT"))]
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (["--set", "serving.config.ioBinding=always"], "ioBinding"),
+        (["--set", "serving.config.trtEngineCachePath=relative/dir"], "trtEngineCachePath"),
+        (["--set-string", "serving.config.preferFp16=yes"], "preferFp16"),
+    ],
+)
+def test_schema_rejects_bad_gpu_serving_values(args, error):
+    result = helm("template", "leaf", str(CHART), *args, check=False)
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr
