@@ -1,16 +1,18 @@
 """Training input-pipeline benchmark: does feeding the model cost training time, and does the data keep up?
 
-Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 8 minutes on 2 cores;
-``--quick`` about 3). Measures, side by side in one run on this machine:
+Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 7 minutes on 2 idle cores,
+longer when others share them; ``--quick`` about 3). Measures, side by side in one run on this machine:
 
 1. input-pipeline overhead: one epoch of ``model.fit`` on the real ``make_dataset`` pipeline (shuffle,
    gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
    on the same number of identically shaped batches already materialised in memory. Model: the seed's
    VGG16 (``weights=None``) compiled for phase 2 (block5 + head trainable, the expensive phase);
-   the two variants alternate, after a warm-up of each, and the median epoch of each is compared;
+   the two variants alternate, after a warm-up of each, and the median epoch of each is compared,
+   in wall time and in this process's CPU time (less sensitive to other jobs on shared cores);
 2. decode throughput of ``decode_all`` from a local folder (256x256 leaves and 2000x1500 phone
    photos) against the model's training throughput from 1.;
-3. S3 fetch: ``decode_all`` through a moto S3 server on loopback with 16 download workers vs 1;
+3. S3 fetch: ``decode_all`` through a moto S3 server (its own process) on loopback with 16 download
+   workers vs 1, and once more with 20 ms added before each GET, the first-byte latency loopback lacks;
 4. peak memory of ``decode_all`` for three dataset sizes, one child process each, with a memory budget
    that sends the largest to the memory-mapped cache.
 """
@@ -44,9 +46,10 @@ from _pipeline_data import (  # noqa: E402
 HERE = Path(__file__).parent
 NUM_CLASSES = 40  # the seed's head; the step time does not depend on which labels the batches carry
 BUCKET = "bench-leaves"
+LATENCY_S = 0.020  # a typical S3 GET first-byte latency within a region
 
-DEFAULTS = {"batches": 12, "repeats": 3, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160}
-QUICK = {"batches": 3, "repeats": 2, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64}
+DEFAULTS = {"batches": 6, "repeats": 8, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160}
+QUICK = {"batches": 3, "repeats": 3, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64}
 
 
 def decode_rate(store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int) -> dict:
@@ -95,8 +98,13 @@ _MOTO = (
 
 def start_moto() -> tuple[subprocess.Popen, str]:
     port = _free_port()
+    # stderr is werkzeug's line per request: thousands of lines that would bury the results.
     proc = subprocess.Popen(
-        [sys.executable, "-c", _MOTO, str(port)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _MOTO, str(port)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     if proc.stdout.readline().strip() != "ready":
         raise RuntimeError(f"moto server did not start (exit code {proc.poll()})")
@@ -110,6 +118,34 @@ def start_moto() -> tuple[subprocess.Popen, str]:
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         os.environ.pop(var, None)
     return proc, url
+
+
+class LatencyStore:
+    """Adds a fixed wait before every GET, standing in for S3's first-byte latency that loopback lacks.
+
+    ``decode_all`` only calls ``get``; the wait is a sleep, which releases the GIL like a socket wait.
+    """
+
+    def __init__(self, store: object, delay_s: float):
+        self.store, self.delay_s = store, delay_s
+
+    def get(self, key: str) -> bytes:
+        time.sleep(self.delay_s)
+        return self.store.get(key)
+
+
+def compare_workers(store: object, items: list, files: list, args: argparse.Namespace) -> dict:
+    """``decode_all`` with 16 download workers vs 1, alternating so load drift hits both alike."""
+    runs: dict[int, list[float]] = {16: [], 1: []}
+    for r in range(args.repeats):
+        for workers in (16, 1) if r % 2 == 0 else (1, 16):
+            rate = decode_rate(store, items, args.image_size, args.tmp / "c", 1, download_workers=workers)
+            runs[workers] += rate["seconds"]
+    out = {"images": len(items), "mean_kib": mean_size_kib(files)}
+    for workers, seconds in runs.items():
+        out[f"workers_{workers}"] = {"seconds": seconds, "images_per_s": _rate(items, seconds)}
+    out["speedup"] = round(out["workers_16"]["images_per_s"] / out["workers_1"]["images_per_s"], 2)
+    return out
 
 
 def bench_s3(leaf_files: list, phone_files: list, args: argparse.Namespace) -> dict:
@@ -126,22 +162,12 @@ def bench_s3(leaf_files: list, phone_files: list, args: argparse.Namespace) -> d
             write_store(store, files)
             items = items_for(files)
             store.get(items[0].key)  # connection open before the first timed pass
-            runs: dict = {16: [], 1: []}
-            # Alternate the order so drift in the shared machine's load hits both settings alike.
-            for r in range(args.repeats):
-                for workers in (16, 1) if r % 2 == 0 else (1, 16):
-                    rate = decode_rate(store, items, args.image_size, args.tmp / "c", 1, download_workers=workers)
-                    runs[workers] += rate["seconds"]
-            out[name] = {
-                "images": len(items),
-                "mean_kib": mean_size_kib(files),
-                "workers_16": {"seconds": runs[16], "images_per_s": _rate(items, runs[16])},
-                "workers_1": {"seconds": runs[1], "images_per_s": _rate(items, runs[1])},
-            }
-            out[name]["speedup"] = round(
-                out[name]["workers_16"]["images_per_s"] / out[name]["workers_1"]["images_per_s"], 2
-            )
+            out[name] = compare_workers(store, items, files, args)
             print(f"s3 {name}: {out[name]}", flush=True)
+        few = leaf_files[: min(args.s3, max(20, args.s3 // 3))]
+        delayed = LatencyStore(root.child("leaf_256"), LATENCY_S)
+        out["leaf_256_plus_20ms"] = compare_workers(delayed, items_for(few), few, args)
+        print(f"s3 leaf_256 + {LATENCY_S * 1000:.0f} ms per GET: {out['leaf_256_plus_20ms']}", flush=True)
         return out
     finally:
         proc.stdin.close()
@@ -161,6 +187,17 @@ def bench_rss(leaves: Path, args: argparse.Namespace) -> list[dict]:
         for f in cache.glob("*"):
             f.unlink()  # the memmap of the large set: hundreds of MB of scratch
     return out
+
+
+def epoch_seconds(ds: object, passes: int = 3) -> float:
+    """Median seconds to iterate ``ds`` once (the first pass is not counted: it starts the threads)."""
+    seconds = []
+    for _ in range(passes + 1):
+        t = time.perf_counter()
+        for _ in ds:
+            pass
+        seconds.append(time.perf_counter() - t)
+    return statistics.median(seconds[1:])
 
 
 def bench_overhead(leaves: Path, leaf_files: list, args: argparse.Namespace) -> dict:
@@ -189,21 +226,25 @@ def bench_overhead(leaves: Path, leaf_files: list, args: argparse.Namespace) -> 
     # so both variants run the same train steps and differ only in where the batches come from.
     xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in pipeline], strict=True)
     in_memory = tf.data.Dataset.from_tensor_slices((np.stack(xs), np.stack(ys)))
-    t = time.perf_counter()
-    for _ in pipeline:
-        pass
-    pipeline_alone = time.perf_counter() - t  # the pipeline's own epoch, nothing competing for the cores
+    # The pipeline's own epoch with no model competing for the cores, with and without augmentation:
+    # what it can deliver to a faster device, and how much of that is augmentation.
+    plain = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed)
+    alone = {name: epoch_seconds(ds) for name, ds in (("augmented", pipeline), ("no_augmentation", plain))}
 
     for ds in (pipeline, in_memory):  # trace each signature and let tf.data's autotuner settle
         model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
     runs: dict[str, list[float]] = {"pipeline": [], "in_memory": []}
+    cpu: dict[str, list[float]] = {"pipeline": [], "in_memory": []}
     for r in range(args.repeats):
         order = ("pipeline", "in_memory") if r % 2 == 0 else ("in_memory", "pipeline")
         for name in order:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             model.fit(pipeline if name == "pipeline" else in_memory, epochs=1, verbose=0)
             runs[name].append(time.perf_counter() - t)
-            print(f"  epoch {name}: {runs[name][-1]:.2f} s", flush=True)
+            # CPU seconds of this process, all threads: other engineers' jobs on the shared cores
+            # stretch wall time but barely move this, so it cross-checks the wall-time ratio.
+            cpu[name].append(time.process_time() - c)
+            print(f"  epoch {name}: {runs[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
     pipe, mem = statistics.median(runs["pipeline"]), statistics.median(runs["in_memory"])
     paired = [p / m for p, m in zip(runs["pipeline"], runs["in_memory"], strict=True)]
     return {
@@ -212,12 +253,15 @@ def bench_overhead(leaves: Path, leaf_files: list, args: argparse.Namespace) -> 
         "batches": args.batches,
         "jit_compile": bool(model.jit_compile),
         "epoch_s": {k: [round(s, 2) for s in v] for k, v in runs.items()},
+        "epoch_cpu_s": {k: [round(s, 2) for s in v] for k, v in cpu.items()},
         "overhead_ratio": round(pipe / mem, 3),
         "paired_ratio_median": round(statistics.median(paired), 3),
+        "cpu_ratio": round(statistics.median(cpu["pipeline"]) / statistics.median(cpu["in_memory"]), 3),
         "model_images_per_s": round(n / mem, 2),
         "pipeline_images_per_s": round(n / pipe, 2),
-        "pipeline_alone_s": round(pipeline_alone, 2),
-        "pipeline_alone_share_of_step": round(pipeline_alone / mem, 3),
+        "pipeline_alone_s": {k: round(v, 2) for k, v in alone.items()},
+        "pipeline_alone_images_per_s": {k: round(n / v, 1) for k, v in alone.items()},
+        "pipeline_alone_share_of_epoch": round(alone["augmented"] / mem, 3),
     }
 
 
