@@ -174,7 +174,8 @@ def _fit(
     ckpts: Any,
     kube: Any,
     dist: Distribution,
-) -> None:
+) -> bool:
+    """Train both phases; returns whether the train step was XLA-compiled."""
     from .inputs import augmentation, make_dataset
     from .train import PhasePlan, run_phases, use_jit_compile
 
@@ -220,6 +221,7 @@ def _fit(
         )
     finally:
         stop.uninstall()
+    return jit
 
 
 def _predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> np.ndarray:
@@ -311,7 +313,7 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
             return RunResult(state.published_version, registry.uri(state.published_version), False, {}, {})
         state.version = state.version or cfg.version or default_version(data.index)
         with dist.strategy.scope():
-            _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
+            jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
         log.info("final weights sha256 %s (worker %d)", weights_digest(model.get_weights()), dist.index)
         if not dist.is_chief:
             log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
@@ -349,6 +351,7 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         contract.gate = decision.to_dict()
         report = _report(cfg, data, state, mixed, started)
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
+        report["jit_compile"] = jit
         files = _artefacts(contract, onnx_bytes, metrics, data, state, report) | extra
         _publish_once(registry, version, files, resumed=resumed)
         if ckpts is not None:
