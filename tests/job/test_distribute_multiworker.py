@@ -123,6 +123,7 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     report = json.loads((versions[0] / "report.json").read_text())
     assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
     assert report["history"]["phase"] == [1.0, 2.0]
+    assert report["jit_compile"] is False  # auto: XLA only with a GPU
     contract = json.loads((versions[0] / "model.json").read_text())
     fp16 = contract["parity"]["fp16"]
     assert fp16["passed"] and fp16["tolerance"] == 1e-2 and fp16["file"] == "model.fp16.onnx"
