@@ -21,6 +21,7 @@ TENSORRT = "TensorrtExecutionProvider"
 GPU_PROVIDERS = (CUDA, TENSORRT)
 _SHORT_NAMES = {"cpu": CPU, "cuda": CUDA, "tensorrt": TENSORRT, "trt": TENSORRT}
 IO_BINDING = ("auto", "on", "off")
+PAD_BATCHES = IO_BINDING
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
@@ -139,12 +140,16 @@ class OnnxModel:
         device_id: int = 0,
         intra_op_threads: int = 0,
         io_binding: str = "auto",
+        pad_batches: str = "off",
+        max_batch_size: int = 8,
         trt_engine_cache_path: str = "",
         trt_fp16: bool = False,
         model_file: str = "",
     ):
         if io_binding not in IO_BINDING:
             raise ModelLoadError(f"io_binding: expected one of {', '.join(IO_BINDING)}; received {io_binding!r}")
+        if pad_batches not in PAD_BATCHES:
+            raise ModelLoadError(f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received {pad_batches!r}")
         self.contract = contract
         self.model_file = model_file or contract.model_file  # model.onnx, or model.fp16.onnx when preferred
         self._model_bytes: bytes | None = model_bytes
@@ -152,10 +157,12 @@ class OnnxModel:
         self._device_id = device_id
         self._threads = intra_op_threads
         self._io_binding_mode = io_binding
+        self._pad_mode, self._max_batch = pad_batches, max(1, max_batch_size)
         self._trt = (trt_engine_cache_path, trt_fp16)
         self._session: Any = None
         self.provider = ""  # the execution provider actually in use, reported in metadata
         self.io_binding = False  # whether predict() binds buffers on the device (decided in load())
+        self.pad_to = 0  # rows every run is padded to; 0 = batches run at their own size (decided in load())
         self.input_dtype = _NUMPY_DTYPES.get(contract.input.dtype, np.float32)
 
     @property
@@ -186,6 +193,9 @@ class OnnxModel:
             trt_engine_cache_path=cache_path,
             trt_fp16=trt_fp16,
         )
+        if any(isinstance(p, tuple) for p in providers) and hasattr(ort, "preload_dlls"):
+            # CUDA/cuDNN come as pip wheels (the serve-gpu extra), outside the loader's search path.
+            ort.preload_dlls()
         if cache_path and any(isinstance(p, tuple) and p[0] == TENSORRT for p in providers):
             Path(cache_path).mkdir(parents=True, exist_ok=True)
         try:
@@ -199,13 +209,16 @@ class OnnxModel:
         # On a GPU, binding keeps the output on the device until one copy back, instead of ORT
         # staging both tensors through its own host buffers on every run.
         self.io_binding = self._io_binding_mode == "on" or (self._io_binding_mode == "auto" and self.uses_gpu)
+        pad = self._pad_mode == "on" or (self._pad_mode == "auto" and self.uses_gpu)
+        self.pad_to = self._max_batch if pad else 0
         log.info(
-            "model %s version %s (%s) loaded on %s, I/O binding %s",
+            "model %s version %s (%s) loaded on %s, I/O binding %s, batches padded to %s",
             self.contract.name,
             self.contract.version,
             self.model_file,
             self.provider,
             "on" if self.io_binding else "off",
+            self.pad_to or "no fixed size",
         )
 
     def _check_graph(self, session: Any) -> None:
@@ -226,6 +239,19 @@ class OnnxModel:
         if self._session is None:
             raise ModelLoadError("model not loaded: call load() first")
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
+        if not self.pad_to:
+            return self._run(x)
+        # Fixed shape: chunks of pad_to rows, the last one padded with zeros and its extra rows dropped.
+        out = []
+        for i in range(0, len(x), self.pad_to):
+            chunk = x[i : i + self.pad_to]
+            rows = len(chunk)
+            if rows < self.pad_to:
+                chunk = np.concatenate([chunk, np.zeros((self.pad_to - rows, *chunk.shape[1:]), chunk.dtype)])
+            out.append(self._run(chunk)[:rows])
+        return np.concatenate(out)
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
         if self.io_binding:
             return self._run_bound(x)
         return self._session.run([self.contract.output.name], {self.contract.input.name: x})[0]

@@ -134,6 +134,8 @@ class ModelRepository:
             device_id=self.config.device_id,
             intra_op_threads=self.config.intra_op_threads,
             io_binding=self.config.io_binding,
+            pad_batches=self.config.pad_batches,
+            max_batch_size=self.config.max_batch_size,
             trt_engine_cache_path=self.config.trt_engine_cache_path,
             trt_fp16=self.config.trt_fp16,
             model_file=model_file,

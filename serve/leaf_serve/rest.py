@@ -134,6 +134,7 @@ class Api:
             "outputs": [{"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]}],
             "parameters": {
                 "execution_provider": served.model.provider,
+                "padded_batch_size": served.model.pad_to,
                 "labels": c.labels,
                 "image_size": [h, w],
                 "max_batch_size": self.config.max_batch_size,

@@ -29,6 +29,14 @@ class ServeConfig:
     io_binding: str = option(
         "auto", "bind input/output on the device: auto (on with CUDA/TensorRT), on, off", choices=("auto", "on", "off")
     )
+    # Measured on an H200 (BENCHMARKS.md): ORT's CUDA convolutions redo their cuDNN set-up whenever the
+    # batch shape changes (~150 ms per run for VGG16 with shapes varying 1..8, ~1 ms with one shape), so on
+    # a GPU every batch is padded to max_batch_size: one shape, one cuDNN set-up at load.
+    pad_batches: str = option(
+        "auto",
+        "pad every batch to max_batch_size so the model sees one shape: auto (on with CUDA/TensorRT), on, off",
+        choices=("auto", "on", "off"),
+    )
     # TensorRT builds an engine per model and shape range (minutes for VGG16): cache it on a volume.
     trt_engine_cache_path: str = option("", "folder for TensorRT engine/timing caches (a volume); empty = no cache")
     trt_fp16: bool = option(False, "let TensorRT build FP16 engines")
