@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
-from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Pointer
+from leaf_common.storage import open_store
+from leaf_train.registry import ModelRegistry
 
 VGG_SIZE = (150, 150)
 VGG_CLASSES = 40
@@ -75,12 +74,8 @@ def publish(root: Path, name: str, onnx_bytes: bytes, image_size: tuple[int, int
         input=TensorSpec("image", [None, h, w, 3]),
         output=TensorSpec("probabilities", [None, classes]),
     )
-    folder = root / name / VERSIONS_DIR / "v1"
-    folder.mkdir(parents=True, exist_ok=True)
-    files = {MODEL_FILE: onnx_bytes, CONTRACT_FILE: contract.to_json()}
-    entries = [{"name": n, "size": len(d), "sha256": hashlib.sha256(d).hexdigest()} for n, d in files.items()]
-    files[MANIFEST_FILE] = json.dumps({"files": entries}).encode()
-    for n, d in files.items():
-        (folder / n).write_bytes(d)
-    (root / name / "latest.json").write_bytes(Pointer(version="v1", name=name).to_json())
+    # Published by the job's own registry code: manifest, verification and pointer exactly as in production.
+    registry = ModelRegistry(open_store(str(root)), name)
+    registry.publish("v1", {MODEL_FILE: onnx_bytes, CONTRACT_FILE: contract.to_json()})
+    registry.promote("v1")
     return str(root / name / "latest.json")

@@ -136,6 +136,7 @@ def _fit_phase(
         epochs=plan.epochs,
         initial_epoch=state.epochs_done,
         callbacks=callbacks,
+        shuffle=False,  # the tf.data pipeline shuffles (reshuffled each epoch); Keras cannot shuffle a Dataset
         verbose=2,
     )
     if early is not None and early.best_weights is not None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-
 from leaf_common.storage import open_store
 from leaf_train.checkpoint import CheckpointError, RunCheckpoints, RunState
 from leaf_train.model import build_model
