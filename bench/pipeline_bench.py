@@ -31,24 +31,16 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _pipeline_data import (  # noqa: E402
-    items_for,
-    leaf_jpegs,
-    mean_size_kib,
-    phone_jpegs,
-    write_folder,
-    write_store,
-)
+import _pipeline_overhead  # noqa: E402
+from _pipeline_data import items_for, leaf_jpegs, mean_size_kib, phone_jpegs, write_folder, write_store  # noqa: E402
 
 HERE = Path(__file__).parent
-NUM_CLASSES = 40  # the seed's head; the step time does not depend on which labels the batches carry
 BUCKET = "bench-leaves"
 LATENCY_S = 0.020  # a typical S3 GET first-byte latency within a region
 
 DEFAULTS = {"batches": 6, "repeats": 8, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160}
+PARTS = ("decode", "s3", "rss", "overhead")
 QUICK = {"batches": 3, "repeats": 3, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64}
 
 
@@ -189,82 +181,6 @@ def bench_rss(leaves: Path, args: argparse.Namespace) -> list[dict]:
     return out
 
 
-def epoch_seconds(ds: object, passes: int = 3) -> float:
-    """Median seconds to iterate ``ds`` once (the first pass is not counted: it starts the threads)."""
-    seconds = []
-    for _ in range(passes + 1):
-        t = time.perf_counter()
-        for _ in ds:
-            pass
-        seconds.append(time.perf_counter() - t)
-    return statistics.median(seconds[1:])
-
-
-def bench_overhead(leaves: Path, leaf_files: list, args: argparse.Namespace) -> dict:
-    import keras
-    import tensorflow as tf
-    from leaf_common.storage import LocalStore
-    from leaf_train.cache import decode_all
-    from leaf_train.config import TrainConfig
-    from leaf_train.inputs import augmentation, make_dataset
-    from leaf_train.model import build_model
-    from leaf_train.train import PhasePlan, compile_for_phase
-
-    cfg = TrainConfig()
-    n = args.batches * cfg.batch_size
-    decoded = decode_all(
-        LocalStore(leaves), items_for(leaf_files, n), args.image_size, cache_dir=args.tmp / "c", progress_mode="off"
-    )
-    labels, slots = decoded.labels(), decoded.slots()
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(NUM_CLASSES, args.image_size, None, cfg.dense_units)
-    compile_for_phase(model, PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from)
-    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
-    pipeline = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
-
-    # The baseline gets one augmented epoch materialised up front: same batch count, shapes, dtypes,
-    # so both variants run the same train steps and differ only in where the batches come from.
-    xs, ys = zip(*[(x.numpy(), y.numpy()) for x, y in pipeline], strict=True)
-    in_memory = tf.data.Dataset.from_tensor_slices((np.stack(xs), np.stack(ys)))
-    # The pipeline's own epoch with no model competing for the cores, with and without augmentation:
-    # what it can deliver to a faster device, and how much of that is augmentation.
-    plain = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    alone = {name: epoch_seconds(ds) for name, ds in (("augmented", pipeline), ("no_augmentation", plain))}
-
-    for ds in (pipeline, in_memory):  # trace each signature and let tf.data's autotuner settle
-        model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
-    runs: dict[str, list[float]] = {"pipeline": [], "in_memory": []}
-    cpu: dict[str, list[float]] = {"pipeline": [], "in_memory": []}
-    for r in range(args.repeats):
-        order = ("pipeline", "in_memory") if r % 2 == 0 else ("in_memory", "pipeline")
-        for name in order:
-            t, c = time.perf_counter(), time.process_time()
-            model.fit(pipeline if name == "pipeline" else in_memory, epochs=1, verbose=0)
-            runs[name].append(time.perf_counter() - t)
-            # CPU seconds of this process, all threads: other engineers' jobs on the shared cores
-            # stretch wall time but barely move this, so it cross-checks the wall-time ratio.
-            cpu[name].append(time.process_time() - c)
-            print(f"  epoch {name}: {runs[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
-    pipe, mem = statistics.median(runs["pipeline"]), statistics.median(runs["in_memory"])
-    paired = [p / m for p, m in zip(runs["pipeline"], runs["in_memory"], strict=True)]
-    return {
-        "images": n,
-        "batch_size": cfg.batch_size,
-        "batches": args.batches,
-        "jit_compile": bool(model.jit_compile),
-        "epoch_s": {k: [round(s, 2) for s in v] for k, v in runs.items()},
-        "epoch_cpu_s": {k: [round(s, 2) for s in v] for k, v in cpu.items()},
-        "overhead_ratio": round(pipe / mem, 3),
-        "paired_ratio_median": round(statistics.median(paired), 3),
-        "cpu_ratio": round(statistics.median(cpu["pipeline"]) / statistics.median(cpu["in_memory"]), 3),
-        "model_images_per_s": round(n / mem, 2),
-        "pipeline_images_per_s": round(n / pipe, 2),
-        "pipeline_alone_s": {k: round(v, 2) for k, v in alone.items()},
-        "pipeline_alone_images_per_s": {k: round(n / v, 1) for k, v in alone.items()},
-        "pipeline_alone_share_of_epoch": round(alone["augmented"] / mem, 3),
-    }
-
-
 def cpu_model() -> str:
     for line in Path("/proc/cpuinfo").read_text().splitlines():
         if line.startswith("model name"):
@@ -283,8 +199,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--rss", help="comma-separated dataset sizes for the peak-memory children")
     parser.add_argument("--budget", type=int, help="memory_budget_mb of the peak-memory children")
     parser.add_argument("--image-size", type=int, default=150)
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
+    args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"--parts: expected a subset of {','.join(PARTS)}; received {','.join(unknown)}")
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -303,13 +224,21 @@ def main() -> None:
         leaf_files, phone_files = leaf_jpegs(args.leaf), phone_jpegs(args.phone)
         leaves = write_folder(args.tmp / "leaves", leaf_files)
         phones = write_folder(args.tmp / "phones", phone_files)
-        results["decode"] = bench_decode(leaves, phones, leaf_files, phone_files, args)
-        results["s3"] = bench_s3(leaf_files, phone_files, args)
-        results["rss"] = bench_rss(leaves, args)
-        results["overhead"] = bench_overhead(leaves, leaf_files, args)
-        print(f"overhead: {results['overhead']}", flush=True)
-    model_rate = results["overhead"]["model_images_per_s"]
-    results["decode_vs_model"] = {k: round(v["images_per_s"] / model_rate, 1) for k, v in results["decode"].items()}
+        if "decode" in args.parts:
+            results["decode"] = bench_decode(leaves, phones, leaf_files, phone_files, args)
+        if "s3" in args.parts:
+            results["s3"] = bench_s3(leaf_files, phone_files, args)
+        if "rss" in args.parts:
+            results["rss"] = bench_rss(leaves, args)
+        if "overhead" in args.parts:
+            results["overhead"] = _pipeline_overhead.measure(
+                leaves, leaf_files, args.image_size, args.batches, args.repeats, args.tmp / "c"
+            )
+            print(f"overhead: {results['overhead']}", flush=True)
+    if "decode" in results and "overhead" in results:
+        # Decoding happens once per job, before training; this says how far it is from ever mattering.
+        model_rate = results["overhead"]["model_images_per_s"]
+        results["decode_vs_model"] = {k: round(v["images_per_s"] / model_rate, 1) for k, v in results["decode"].items()}
     results["load_avg_end"] = os.getloadavg()
     results["total_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=2))
