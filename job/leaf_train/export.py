@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import keras
 import numpy as np
@@ -90,18 +92,32 @@ def check_parity(
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    worst = _max_abs_diff(model.predict_on_batch, _runner(session), images, batch)
+    return _verdict("ONNX Runtime disagrees with Keras", "parity: max |ORT - Keras|", worst, tolerance, len(images))
+
+
+def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda x: session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+def _max_abs_diff(
+    reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], images: np.ndarray, batch: int
+) -> float:
+    """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a time."""
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
-        want = model.predict_on_batch(x)
-        got = session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        worst = max(worst, float(np.max(np.abs(np.asarray(want, dtype=np.float32) - got))))
-    parity = Parity(worst, tolerance, len(images))
-    log.info("parity: max |ORT - Keras| = %.3g on %d images (tolerance %g)", worst, len(images), tolerance)
+        diff = np.abs(np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32))
+        worst = max(worst, float(np.max(diff)))
+    return worst
+
+
+def _verdict(failure: str, what: str, worst: float, tolerance: float, n: int, hint: str = "") -> Parity:
+    parity = Parity(worst, tolerance, n)
+    log.info("%s = %.3g on %d images (tolerance %g)", what, worst, n, tolerance)
     if not parity.passed:
         raise ExportError(
-            f"ONNX Runtime disagrees with Keras: max |difference| {worst:.3g} > tolerance {tolerance:g} "
-            f"on {len(images)} validation images"
+            f"{failure}: max |difference| {worst:.3g} > tolerance {tolerance:g} on {n} validation images{hint}"
         )
     return parity
 
@@ -136,16 +152,8 @@ def check_fp16_parity(
 
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])
     half = ort.InferenceSession(fp16_bytes, providers=["CPUExecutionProvider"])
-    worst = 0.0
-    for i in range(0, len(images), batch):
-        feed = {INPUT_NAME: np.asarray(images[i : i + batch], dtype=np.float32)}
-        want, got = full.run([OUTPUT_NAME], feed)[0], half.run([OUTPUT_NAME], feed)[0]
-        worst = max(worst, float(np.max(np.abs(want - got))))
-    parity = Parity(worst, tolerance, len(images))
-    log.info("fp16 parity: max |FP16 - FP32| = %.3g on %d images (tolerance %g)", worst, len(images), tolerance)
-    if not parity.passed:
-        raise ExportError(
-            f"float16 ONNX disagrees with float32: max |difference| {worst:.3g} > tolerance {tolerance:g} "
-            f"on {len(images)} validation images; export without --export-fp16 or raise --fp16-tolerance"
-        )
-    return parity
+    worst = _max_abs_diff(_runner(full), _runner(half), images, batch)
+    hint = "; export without --export-fp16 or raise --fp16-tolerance"
+    return _verdict(
+        "float16 ONNX disagrees with float32", "fp16 parity: max |FP16 - FP32|", worst, tolerance, len(images), hint
+    )
