@@ -1,7 +1,7 @@
 """Training input-pipeline benchmark: does feeding the model cost training time, and does the data keep up?
 
 Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 7 minutes on 2 idle cores,
-longer when others share them; ``--quick`` about 3). Measures, side by side in one run on this machine:
+longer when others share them; ``--quick`` under 2). Measures, side by side in one run on this machine:
 
 1. input-pipeline overhead: one epoch of ``model.fit`` on the real ``make_dataset`` pipeline (shuffle,
    gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
@@ -190,7 +190,7 @@ def cpu_model() -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller settings (about 3 minutes on 2 cores)")
+    parser.add_argument("--quick", action="store_true", help="smaller settings (under 2 minutes on 2 cores)")
     parser.add_argument("--batches", type=int, help="batches of 20 per timed epoch")
     parser.add_argument("--repeats", type=int, help="timed epochs (and decode passes) per variant")
     parser.add_argument("--leaf", type=int, help="synthetic 256x256 leaf photos")
