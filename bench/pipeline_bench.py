@@ -7,8 +7,9 @@ longer when others share them; ``--quick`` under 2). Measures, side by side in o
    gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
    on the same number of identically shaped batches already materialised in memory. Model: the seed's
    VGG16 (``weights=None``) compiled for phase 2 (block5 + head trainable, the expensive phase);
-   the two variants alternate, after a warm-up of each, and the median epoch of each is compared,
-   in wall time and in this process's CPU time (less sensitive to other jobs on shared cores);
+   the two variants alternate after a warm-up of each; compared by the epoch rebuilt from the median
+   step (robust to other jobs' bursts), by epoch wall time and by this process's CPU time
+   (see ``_pipeline_overhead.py``);
 2. decode throughput of ``decode_all`` from a local folder (256x256 leaves and 2000x1500 phone
    photos) against the model's training throughput from 1.;
 3. S3 fetch: ``decode_all`` through a moto S3 server (its own process) on loopback with 16 download
@@ -45,7 +46,7 @@ QUICK = {"batches": 3, "repeats": 3, "leaf": 120, "phone": 12, "s3": 100, "rss":
 
 
 def decode_rate(store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int) -> dict:
-    """Median images/s of ``decode_all`` over ``repeats`` passes (the first pass also warms the page cache)."""
+    """Median images/s of ``decode_all`` over ``repeats`` passes (files already in the page cache)."""
     from leaf_train.cache import decode_all
 
     seconds = []
