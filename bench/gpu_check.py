@@ -164,7 +164,7 @@ def main() -> int:
 
     import onnxruntime as ort
     from leaf_common.contract import ModelContract, TensorSpec
-    from leaf_serve.model import available_cpus
+    from leaf_common.resources import available_cpus
 
     accelerated = CPU if args.cpu_dry_run else CUDA
     if accelerated not in ort.get_available_providers():

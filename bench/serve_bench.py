@@ -194,7 +194,7 @@ def main() -> None:
     parser.add_argument("--out", default="", help="write the results as JSON here")
     parser.add_argument("--overhead-only", action="store_true", help="only the tiny-model c=1 overhead run")
     args = parser.parse_args()
-    from leaf_serve.model import available_cpus
+    from leaf_common.resources import available_cpus
 
     threads = available_cpus()
     n = {c: max(c, int(k * args.scale)) for c, k in zip(CONCURRENCY, (12, 24, 48), strict=True)}

@@ -10,7 +10,6 @@ on an ordinary node. Bad files are skipped and reported, never fatal.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from leaf_common.imaging import ImageDecodeError, decode_image
+from leaf_common.resources import available_cpus
 from leaf_common.storage import Store, StoreError
 
 from .dataset import Item
@@ -82,7 +82,7 @@ def decode_all(
     ok = np.zeros(len(items), dtype=bool)
     bad: list[BadFile] = []
     lock = threading.Lock()
-    decode_workers = decode_workers or len(os.sched_getaffinity(0))
+    decode_workers = decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
     limit = 4 * (download_workers + decode_workers)
     in_flight = threading.BoundedSemaphore(limit)
 

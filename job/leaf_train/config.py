@@ -37,7 +37,7 @@ class TrainConfig:
     min_images_per_class: int = option(4, "Stop if any class has fewer usable images than this")
     memory_budget_mb: int = option(2048, "Decoded images above this size live in a memory-mapped file on disk")
     download_workers: int = option(16, "Parallel S3 downloads")
-    decode_workers: int = option(0, "Parallel decoders; 0 = CPU count of the container")
+    decode_workers: int = option(0, "Parallel decoders; 0 = the container's CPUs (cgroup quota)")
     max_pixels: int = option(64_000_000, "Skip photos with more pixels than this (decompression bombs)")
 
     # --- model ---

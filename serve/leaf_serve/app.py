@@ -8,11 +8,11 @@ import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
+from leaf_common.resources import available_cpus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from .metrics import ServeMetrics
-from .model import available_cpus
 from .repository import ModelRepository
 from .rest import Api, error_response
 from .settings import ServeConfig

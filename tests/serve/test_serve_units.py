@@ -1,4 +1,4 @@
-"""Small pure pieces: CPU quota, provider choice, manifest parsing, readiness before load."""
+"""Small pure pieces: provider choice, manifest parsing, readiness before load."""
 
 from __future__ import annotations
 
@@ -8,29 +8,9 @@ import httpx
 import pytest
 from leaf_common.config import ConfigError
 from leaf_serve.errors import ModelLoadError
-from leaf_serve.model import CPU, CUDA, TENSORRT, cgroup_cpu_limit, resolve_providers
+from leaf_serve.model import CPU, CUDA, TENSORRT, resolve_providers
 from leaf_serve.settings import ServeConfig
 from servekit import MODEL_NAME, V1, Registry
-
-
-@pytest.mark.parametrize(
-    ("files", "expected"),
-    [
-        ({"cpu.max": "200000 100000\n"}, 2),
-        ({"cpu.max": "150000 100000\n"}, 2),  # 1.5 CPUs: two threads, the second half-used
-        ({"cpu.max": "50000 100000\n"}, 1),
-        ({"cpu.max": "max 100000\n"}, None),
-        ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),  # cgroup v1
-        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
-        ({}, None),
-    ],
-)
-def test_cgroup_cpu_limit(tmp_path: Path, files: dict[str, str], expected: int | None) -> None:
-    for name, text in files.items():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(text)
-    assert cgroup_cpu_limit(str(tmp_path)) == expected
-
 
 GPU_HOST = [TENSORRT, CUDA, CPU]
 
