@@ -319,40 +319,16 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
             log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
             return RunResult(state.version, "", False, {}, {}, {"worker": dist.index})
 
-        from . import evaluate, export
-
-        images = data.decoded.images
-        # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
-        inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
-        probs = _predict(inference, images, data.val_slots, cfg.batch_size)
-        metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
-        log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
-        onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
-        parity_slots = data.val_slots[: cfg.parity_images]
-        parity = export.check_parity(inference, onnx_bytes, images[parity_slots], cfg.parity_tolerance)
-        kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
-        parity_record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, images[parity_slots])
-        if extra:
-            parity_record["fp16"] = extra.pop("parity")
-
-        val_images = np.asarray(images[data.val_slots])
-        val_names = [data.index.classes[i] for i in data.labels[data.val_slots]]
+        shipped = _evaluate_and_export(cfg, data, model, kube)
         champion = registry.champion()
-        decision = decide(
-            gate_cfg,
-            candidate_accuracy=metrics["accuracy"],
-            parity_passed=parity.passed,
-            champion=champion,
-            val_images=val_images,
-            val_labels=val_names,
-        )
+        decision = _gate(gate_cfg, data, shipped, champion)
         version = state.version
-        contract = _contract(cfg, version, data, onnx_bytes, metrics, parity_record)
+        contract = _contract(cfg, version, data, shipped.onnx, shipped.metrics, shipped.parity)
         contract.gate = decision.to_dict()
         report = _report(cfg, data, state, mixed, started)
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
         report["jit_compile"] = jit
-        files = _artefacts(contract, onnx_bytes, metrics, data, state, report) | extra
+        files = _artefacts(contract, shipped.onnx, shipped.metrics, data, state, report) | shipped.extra_files
         _publish_once(registry, version, files, resumed=resumed)
         if ckpts is not None:
             state.published_version = version
@@ -361,7 +337,51 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     expected = champion.pointer_etag if champion else None
     promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
     kube.annotate_version(version)
-    return RunResult(version, registry.uri(version), promoted, metrics, decision.to_dict(), report)
+    return RunResult(version, registry.uri(version), promoted, shipped.metrics, decision.to_dict(), report)
+
+
+@dataclass
+class Shipped:
+    """What evaluation and export produced: the numbers describe exactly the ONNX that ships."""
+
+    metrics: dict[str, Any]
+    onnx: bytes
+    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported)
+    parity_passed: bool
+    extra_files: dict[str, bytes]  # model.fp16.onnx when --export-fp16
+
+
+def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube: Any) -> Shipped:
+    """Validation metrics of the float32 copy, its ONNX export, and the parity checks before publishing."""
+    from . import evaluate, export
+
+    images = data.decoded.images
+    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
+    inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
+    probs = _predict(inference, images, data.val_slots, cfg.batch_size)
+    metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
+    log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
+    parity_images = images[data.val_slots[: cfg.parity_images]]
+    parity = export.check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance)
+    kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
+    record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, parity_images)
+    if extra:
+        record["fp16"] = extra.pop("parity")
+    return Shipped(metrics, onnx_bytes, record, parity.passed, extra)
+
+
+def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: Any) -> GateDecision:
+    """The quality gate, with the champion re-scored on this run's validation images."""
+    slots = data.val_slots
+    return decide(
+        gate_cfg,
+        candidate_accuracy=shipped.metrics["accuracy"],
+        parity_passed=shipped.parity_passed,
+        champion=champion,
+        val_images=np.asarray(data.decoded.images[slots]),
+        val_labels=[data.index.classes[i] for i in data.labels[slots]],
+    )
 
 
 def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) -> dict[str, Any]:
