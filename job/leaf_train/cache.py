@@ -87,7 +87,8 @@ def decode_all(
     in_flight = threading.BoundedSemaphore(limit)
 
     with (
-        progress("download+decode", len(items), progress_mode) as bar,
+        progress("download", len(items), progress_mode, position=0) as fetch_bar,
+        progress("decode", len(items), progress_mode, position=1) as decode_bar,
         ThreadPoolExecutor(download_workers, thread_name_prefix="fetch") as fetch_pool,
         ThreadPoolExecutor(decode_workers, thread_name_prefix="decode") as decode_pool,
     ):
@@ -95,7 +96,7 @@ def decode_all(
         def fail(slot: int, reason: str) -> None:
             with lock:
                 bad.append(BadFile(items[slot].key, reason))
-                bar.update(1)
+                decode_bar.update(1)  # counts every item done with, decoded or skipped
             in_flight.release()
 
         def decode(slot: int, data: bytes) -> None:
@@ -109,10 +110,12 @@ def decode_all(
                 return
             ok[slot] = True
             with lock:
-                bar.update(1)
+                decode_bar.update(1)
             in_flight.release()
 
         def fetched(slot: int, fut: Future[bytes]) -> None:
+            with lock:
+                fetch_bar.update(1)
             try:
                 data = fut.result()
             except StoreError as e:

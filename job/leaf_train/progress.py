@@ -40,11 +40,14 @@ class LogProgress:
         self.close()
 
 
-def progress(desc: str, total: int | None = None, mode: str = "auto") -> Any:
-    """A progress counter with ``update(n)`` and context-manager support."""
+def progress(desc: str, total: int | None = None, mode: str = "auto", position: int = 0) -> Any:
+    """A progress counter with ``update(n)`` and context-manager support.
+
+    ``position`` stacks concurrent bars (download and decode run at the same time) on their own lines.
+    """
     on_tty = sys.stderr.isatty()
     if mode == "on" or (mode == "auto" and on_tty):
         from tqdm import tqdm
 
-        return tqdm(desc=desc, total=total, unit="img", dynamic_ncols=True)
+        return tqdm(desc=desc, total=total, unit="img", dynamic_ncols=True, position=position)
     return LogProgress(desc, total)

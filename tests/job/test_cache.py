@@ -51,3 +51,12 @@ def test_decode_all_skips_and_reports_bad_files(photos, tmp_path, budget_mb):
         if item.key in good:  # the same array decode_image gives: decoded once, stored as is
             np.testing.assert_array_equal(decoded.images[slot], decode_image(good[item.key], (32, 32)))
     assert len(decoded.slots()) == len(good)
+
+
+def test_download_and_decode_progress_reach_the_total_in_a_pod_log(photos, tmp_path, caplog):
+    store, good, bad = photos
+    index = build_index(list(store.list()), store.uri, 0.25)
+    with caplog.at_level("INFO", logger="leaf_train.progress"):
+        decode_all(store, index.items, 16, cache_dir=tmp_path, progress_mode="off")  # no terminal: log lines
+    n = len(good) + len(bad)
+    assert f"download: {n}/{n}" in caplog.text and f"decode: {n}/{n}" in caplog.text
