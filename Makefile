@@ -1,16 +1,24 @@
 # Two entry points for a fresh clone (see README): `make demo` and `make test`.
-# Each bootstraps .venv from pyproject.toml; nothing else is needed beforehand.
+# Each bootstraps .venv from the lock (locks/dev.txt): the exact versions the suite passed with.
+# `make lock` re-resolves every lock from pyproject.toml's ranges (on purpose, never implicitly).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXTRAS ?= train-cpu,serve,dev
+LOCK ?= locks/dev.txt
+UV_VERSION := 0.13.9
+UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint lock bench clean
 
-$(VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+# --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
+# The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
+# comes from the lock. The lock is copied into the venv so a training run can record which lock
+# (and whether the environment still matches it) produced a model.
+$(VENV)/.installed: pyproject.toml $(LOCK)
+	$(PYTHON) -m venv --clear $(VENV)
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	cp $(LOCK) $(VENV)/leaf-train.lock
 	touch $@
 
 demo: $(VENV)/.installed
@@ -24,16 +32,25 @@ CHECKOV := .tools/checkov/bin/checkov
 $(HELM): scripts/get-helm.sh
 	scripts/get-helm.sh
 
-$(CHECKOV):
-	$(PYTHON) -m venv .tools/checkov
-	.tools/checkov/bin/python -m pip install --quiet checkov==3.3.30
+$(CHECKOV): locks/checkov.txt
+	$(PYTHON) -m venv --clear .tools/checkov
+	.tools/checkov/bin/python -m pip install --quiet --require-hashes -r locks/checkov.txt
 
 test: $(VENV)/.installed $(HELM) $(CHECKOV)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check job serve tests bench
-	$(VENV)/bin/ruff format --check job serve tests bench
+	$(VENV)/bin/ruff check job serve tests bench scripts
+	$(VENV)/bin/ruff format --check job serve tests bench scripts
+
+$(UV):
+	$(PYTHON) -m venv .tools/uv
+	.tools/uv/bin/python -m pip install --quiet uv==$(UV_VERSION)
+
+# Re-resolve every profile's lock (locks/*.txt) from pyproject.toml; commit the result with the
+# change that needed it. PROFILES='serve dev' limits it to some.
+lock: $(UV)
+	$(PYTHON) scripts/lock.py --uv $(UV) $(PROFILES)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

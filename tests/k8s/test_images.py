@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {"job": ROOT / "job" / "Dockerfile", "serve": ROOT / "serve" / "Dockerfile"}
-EXTRA = {"job": "train", "serve": "serve-gpu"}
+LOCK = {"job": "train", "serve": "serve-gpu"}  # the default (GPU) flavour of each image
 
 
 def hadolint() -> str:
@@ -60,14 +60,16 @@ def test_hadolint_catches_a_bad_dockerfile(image, tmp_path):
 
 
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
-def test_installs_the_projects_extra_with_the_tested_command(image):
+def test_installs_the_lock_of_its_flavour_then_the_project_without_deps(image):
     text = DOCKERFILES[image].read_text()
-    installs = re.findall(r"pip install '\.\[([\w-]+)\]'", text)
-    assert installs == [EXTRA[image]]
-    assert EXTRA[image] in extras()
+    assert re.findall(r"^ARG LOCK=([\w-]+)$", text, re.M) == [LOCK[image]]
+    assert (ROOT / "locks" / f"{LOCK[image]}.txt").exists()
+    installs = re.findall(r"pip install ([^&\n]+)", text)
+    assert installs == ['--require-hashes -r "locks/${LOCK}.txt"', "--no-deps --no-build-isolation . "]
+    assert 'cp "locks/${LOCK}.txt" /opt/venv/leaf-train.lock' in text  # recorded by every training run
     # Everything setuptools needs to build the wheel is copied in (pyproject's readme and packages).
     copied = " ".join(re.findall(r"^COPY (?!--from)(.+)$", text, re.M))
-    for needed in ("pyproject.toml", "README.md", "job/", "serve/"):
+    for needed in ("pyproject.toml", "README.md", "job/", "serve/", "locks/${LOCK}.txt"):
         assert needed in copied, needed
 
 
