@@ -63,7 +63,15 @@ class TrainConfig:
     mixed_precision: str = option(
         "auto", "mixed_float16 compute: auto (on when a GPU is visible), on, off", choices=("auto", "on", "off")
     )
-    seed: int = option(1337, "Random seed (weights init, shuffling, augmentation)")
+    seed: int = option(1337, "Random seed (weights init, shuffling, augmentation); recorded in model.json")
+    # Same seed + same lock + deterministic ops = the same weights, bit for bit (tests/job/test_reproducible.py).
+    # On GPUs deterministic kernels are slower (cuDNN picks no autotuned algorithm, some ops fall back), so
+    # auto leaves it off there; on CPU it costs nothing measurable.
+    deterministic: str = option(
+        "auto",
+        "TensorFlow op determinism: auto (on when no GPU is visible), on, off",
+        choices=("auto", "on", "off"),
+    )
     jit_compile: str = option(
         "auto", "XLA-compile the train step: auto (on when a GPU is visible), on, off", choices=("auto", "on", "off")
     )

@@ -71,6 +71,13 @@ def to_onnx(model: keras.Model, image_size: int, opset: int) -> bytes:
         return {OUTPUT_NAME: model(image, training=False)}
 
     start = time.monotonic()
+    # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the same
+    # value, so one model converts to the same bytes however many conversions this process ran before
+    # (`leaf-train demo` and the tests convert several). The rewriter module takes a name from the counter
+    # when it is first imported, mid-conversion; importing it first keeps that out of the numbering.
+    import tf2onnx.rewriter.loop_rewriter_base  # noqa: F401
+
+    tf2onnx.utils.INTERNAL_NAME = 1
     try:
         proto, _ = tf2onnx.convert.from_function(serve, input_signature=spec, opset=opset)
     except Exception as e:  # tf2onnx raises a zoo of types

@@ -22,7 +22,7 @@ from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, Tenso
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.storage import ObjectInfo, Store, open_store
 
-from . import __version__
+from . import __version__, provenance
 from .cache import DecodedImages, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
@@ -33,6 +33,7 @@ from .gate import GateConfig, GateDecision, decide
 from .kube import KubeConfig, KubeReporter
 from .progress import progress
 from .registry import ModelRegistry, VersionExistsError
+from .train import set_determinism, use_determinism
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +272,7 @@ def _contract(
                 "weights",
                 "augment",
                 "seed",
+                "deterministic",
                 "mixed_precision",
                 "jit_compile",
                 "workers",
@@ -287,13 +289,14 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = _distribution(cfg, kube_cfg)
-    import keras
 
     started = time.monotonic()
     # One Started/Exported/Promoted per run, not one per worker: only the chief talks to Kubernetes.
     kube = KubeReporter.from_config(kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off"))
     log.info("distribution: %s", dist.describe(cfg.batch_size))
-    keras.utils.set_random_seed(cfg.seed)
+    deterministic = use_determinism(cfg.deterministic)
+    set_determinism(cfg.seed, deterministic)
+    log.info("seed %d, deterministic ops %s (option %s)", cfg.seed, deterministic, cfg.deterministic)
     mixed = _setup_precision(cfg)
     data_store = open_store(cfg.data, max_pool_connections=max(10, cfg.download_workers))
     out_store = open_store(cfg.output)
@@ -314,7 +317,8 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         state.version = state.version or cfg.version or default_version(data.index)
         with dist.strategy.scope():
             jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
-        log.info("final weights sha256 %s (worker %d)", weights_digest(model.get_weights()), dist.index)
+        weights_sha256 = weights_digest(model.get_weights())
+        log.info("final weights sha256 %s (worker %d)", weights_sha256, dist.index)
         if not dist.is_chief:
             log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
             return RunResult(state.version, "", False, {}, {}, {"worker": dist.index})
@@ -325,7 +329,9 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         version = state.version
         contract = _contract(cfg, version, data, shipped.onnx, shipped.metrics, shipped.parity)
         contract.gate = decision.to_dict()
+        contract.provenance = provenance.record(cfg.seed, deterministic, cfg.deterministic, weights_sha256)
         report = _report(cfg, data, state, mixed, started)
+        report["provenance"] = contract.provenance
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
         report["jit_compile"] = jit
         files = _artefacts(contract, shipped.onnx, shipped.metrics, data, state, report) | shipped.extra_files

@@ -39,6 +39,22 @@ def use_mixed_precision(mode: str) -> bool:
     return mode == "on" or (mode == "auto" and gpus_visible())
 
 
+def use_determinism(mode: str) -> bool:
+    """``auto`` = deterministic ops unless a GPU is visible, where they cost speed (see config)."""
+    return mode == "on" or (mode == "auto" and not gpus_visible())
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras; with ``deterministic``, make TF ops repeatable.
+
+    ``enable_op_determinism`` also makes tf.data run its parallel maps in order, and raises on an op
+    with no deterministic kernel rather than silently varying.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
+
+
 def use_jit_compile(mode: str) -> bool:
     """``auto`` = XLA on when a GPU is visible: on CPU XLA compiles slowly and gains little.
 

@@ -51,6 +51,8 @@ class ModelContract:
     parity: dict[str, Any] = field(default_factory=dict)
     gate: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
+    # seed, determinism, package versions and install lock of the run (leaf_train.provenance)
+    provenance: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION

@@ -69,16 +69,24 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
     assert table["v3"][2:5] == ["0.9300", "pass", "-"]
     assert table["v4"][1:5] == ["-", "-", "-", "incomplete"]
 
-    rc, out, _ = run(capsys, "show", "v2", *o)
+    rc, out, _ = run(capsys, "show", "v2", "--format", "json", *o)
     shown = json.loads(out)
     assert rc == 0 and shown["served"] and shown["verified"]
     assert shown["contract"]["gate"]["reason"] == "regression against the champion"
+    rc, out, _ = run(capsys, "show", "v2", *o)  # the text view, for people
+    assert rc == 0 and out.splitlines()[:3] == [
+        "version:     v2 (served)",
+        f"uri:         {shown['uri']}",
+        "state:       complete, verified",
+    ]
+    assert "gate:        FAIL: regression against the champion" in out
+    assert "provenance:  (not recorded: published before leaf-train recorded it)" in out
 
     assert run(capsys, "rollback", *o)[:2] == (0, "rolled back to v1 (was v2)\n")
 
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", "--dry-run", *o)
     assert (rc, out) == (0, "would delete 1 version(s), keeping the newest 1: v2\n")
-    assert json.loads(run(capsys, "show", "v2", *o)[1])["complete"]  # a dry run deletes nothing
+    assert json.loads(run(capsys, "show", "v2", "--format", "json", *o)[1])["complete"]  # a dry run deletes nothing
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", *o)
     assert (rc, out) == (0, "deleted 1 version(s), keeping the newest 1: v2\n")
     remaining = {line.split()[0] for line in run(capsys, "list", *o)[1].splitlines()[1:]}

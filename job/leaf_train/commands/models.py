@@ -49,8 +49,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     a = actions.add_parser("list", parents=[common], help="every version with accuracy, gate decision and state")
     a.set_defaults(func=cmd_list)
-    a = actions.add_parser("show", parents=[common], help="one version as JSON (manifest verified, contract)")
+    a = actions.add_parser(
+        "show", parents=[common], help="one version: state, metrics, gate, provenance (seed, lock, packages)"
+    )
     a.add_argument("version")
+    a.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (for people) or json (manifest, contract)"
+    )
     a.set_defaults(func=cmd_show)
     a = actions.add_parser("promote", parents=[common], help="serve VERSION (compare-and-swap on latest.json)")
     a.add_argument("version")
@@ -103,8 +108,61 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def format_show(shown: dict) -> str:
+    """The text view of ``ModelRegistry.show``: what an operator asks first, then what produced it."""
+    contract = shown.get("contract") or {}
+    metrics, gate = contract.get("metrics") or {}, contract.get("gate") or {}
+    role = "served" if shown["served"] else "promoted before" if shown["promoted"] else "not promoted"
+    state = "complete, verified" if shown.get("verified") else f"NOT servable: {shown.get('problem', '?')}"
+    lines = [
+        f"version:     {shown['version']} ({role})",
+        f"uri:         {shown['uri']}",
+        f"state:       {state}",
+        f"created:     {contract.get('created_at') or '-'} by {contract.get('code_version') or '-'}",
+    ]
+    if metrics:
+        acc, top3, f1 = (_fmt_accuracy(metrics.get(k)) for k in ("accuracy", "top3_accuracy", "macro_f1"))
+        images = metrics.get("num_images", "?")
+        lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
+    if gate:
+        lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
+    lines += _format_provenance(contract.get("provenance") or {})
+    lines.append("files:")
+    lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
+    return "\n".join(lines)
+
+
+def _format_provenance(prov: dict) -> list[str]:
+    if not prov:
+        return ["provenance:  (not recorded: published before leaf-train recorded it)"]
+    lock = prov.get("lock")
+    if lock is None:
+        lock_line = "none (installed without a lock)"
+    else:
+        matched = (
+            "environment matched it"
+            if lock.get("environment_matches")
+            else (
+                f"environment differed in {lock.get('mismatch_count', '?')} package(s): "
+                + "; ".join(lock.get("mismatches", [])[:3])
+            )
+        )
+        lock_line = f"{lock.get('profile') or '?'} sha256 {lock.get('sha256', '?')} ({matched})"
+    packages = ", ".join(f"{k} {v or '-'}" for k, v in (prov.get("packages") or {}).items())
+    determinism = "on" if prov.get("deterministic") else "off"
+    return [
+        "provenance:",
+        f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {prov.get('deterministic_option')})",
+        f"  weights:   sha256 {prov.get('weights_sha256', '-')}",
+        f"  lock:      {lock_line}",
+        f"  python:    {prov.get('python', '-')}",
+        f"  packages:  {packages or '-'}",
+    ]
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    print(json.dumps(_registry(args).show(args.version), indent=2, sort_keys=True))
+    shown = _registry(args).show(args.version)
+    print(json.dumps(shown, indent=2, sort_keys=True) if args.format == "json" else format_show(shown))
     return 0
 
 

@@ -1,0 +1,99 @@
+"""What produced a model: seed, determinism, the packages that shape its numbers, and the install lock.
+
+``model.json`` and ``report.json`` carry this record so an operator can answer "what exactly
+produced the model we serve" (``leaf-train models show``). The install paths (``make``, both
+Dockerfiles) copy the lock they installed from into the environment as ``leaf-train.lock``;
+the record names its sha256 and says whether the environment still matches it, because a lock
+only proves something if nothing was installed over it afterwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = "leaf-train.lock"
+# Recorded name -> the distributions that provide it (the first one installed wins).
+NUMERIC_PACKAGES: dict[str, tuple[str, ...]] = {
+    "tensorflow": ("tensorflow", "tensorflow-cpu"),
+    "keras": ("keras",),
+    "numpy": ("numpy",),
+    "pillow": ("pillow",),
+    "tf2onnx": ("tf2onnx",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+}
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.M)
+_PROFILE = re.compile(r"^# leaf-train lock, profile '([\w-]+)'", re.M)
+# Shown when a lock lists more mismatches than this; the count is always complete.
+_MAX_LISTED = 20
+
+
+def normalize(name: str) -> str:
+    """PEP 503 name: ``Pillow`` and ``pillow``, ``tensorflow_cpu`` and ``tensorflow-cpu`` are one package."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def installed_version(distribution: str) -> str | None:
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
+def package_versions() -> dict[str, str | None]:
+    """Installed versions of the packages that shape a model's numbers; ``None`` where absent."""
+    found: dict[str, str | None] = {}
+    for name, distributions in NUMERIC_PACKAGES.items():
+        found[name] = next((v for d in distributions if (v := installed_version(d))), None)
+    return found
+
+
+def lock_pins(lock_text: str) -> dict[str, str]:
+    """``name -> version`` of every ``name==version`` line of a requirements lock."""
+    return {normalize(name): pinned for name, pinned in _PIN.findall(lock_text)}
+
+
+def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
+    """The lock this environment was installed from, or ``None`` if it was installed without one.
+
+    Returns:
+        ``{"profile", "sha256", "environment_matches", "mismatches"}``: ``mismatches`` lists
+        (up to 20) packages whose installed version differs from the pin.
+    """
+    path = Path(prefix) / LOCK_FILE
+    try:
+        raw = path.read_bytes()
+    except OSError:
+        return None
+    text = raw.decode(errors="replace")
+    mismatches = []
+    for name, pinned in sorted(lock_pins(text).items()):
+        have = installed_version(name)
+        if have != pinned:
+            mismatches.append(f"{name}: locked {pinned}, installed {have or 'nothing'}")
+    profile = _PROFILE.search(text)
+    return {
+        "profile": profile.group(1) if profile else "",
+        "sha256": hashlib.sha256(raw).hexdigest(),
+        "environment_matches": not mismatches,
+        "mismatch_count": len(mismatches),
+        "mismatches": mismatches[:_MAX_LISTED],
+    }
+
+
+def record(seed: int, deterministic: bool, determinism_option: str, weights_sha256: str) -> dict[str, Any]:
+    """The provenance block of ``model.json`` and ``report.json``."""
+    return {
+        "seed": seed,
+        "deterministic": deterministic,
+        "deterministic_option": determinism_option,
+        "weights_sha256": weights_sha256,
+        "python": sys.version.split()[0],
+        "packages": package_versions(),
+        "lock": lock_record(),
+    }
