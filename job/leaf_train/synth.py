@@ -51,7 +51,7 @@ CLASSES: dict[str, tuple[tuple[int, int, int], Painter]] = {
     "Tomato___Early_blight": ((125, 105, 35), _spots((80, 45, 15), 9, (5, 11))),
     "Corn_(maize)___Common_rust_": ((190, 120, 40), _spots((150, 50, 10), 40, (2, 4))),
     "Pepper,_bell___Bacterial_spot": ((20, 75, 45), _spots((10, 10, 10), 25, (2, 5))),
-    "Grape___Esca (Black Measles)": ((170, 170, 40), _stripes((110, 70, 20))),
+    "Grape___Esca (Black Measles)": ((95, 40, 110), _stripes((200, 160, 60))),
     "Squash___Powdery_mildew": ((150, 185, 160), _spots((245, 245, 240), 30, (3, 8))),
 }
 

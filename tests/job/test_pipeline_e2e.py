@@ -20,16 +20,21 @@ from leaf_train.cli import main
 pytestmark = pytest.mark.slow
 
 CLASSES = 3
+PER_CLASS = 60  # ~39 validation images: one image is 2.6 points, not 7
+# Measured on 2 cores (AVX-512 and ONEDNN_MAX_CPU_ISA=AVX2 kernels, seeds 1-4): final validation
+# accuracy 1.0 every time. The bar below leaves 12 images of margin; chance is 0.33. The learning
+# rates suit a randomly initialised (weights=none) base: phase 2 at 1e-4 swung val accuracy to 0.38.
+MIN_ACCURACY = 0.7
 TRAIN_ARGS = [
     "--image-size", "48",
     "--weights", "none",
     "--batch-size", "8",
-    "--head-epochs", "5",
+    "--head-epochs", "8",
     "--finetune-epochs", "3",
-    "--head-lr", "3e-3",
-    "--finetune-lr", "3e-4",
+    "--head-lr", "1e-3",
+    "--finetune-lr", "2e-5",
     "--augment", "false",
-    "--early-stopping-patience", "0",
+    "--early-stopping-patience", "3",
     "--kube-integration", "off",
 ]  # fmt: skip
 
@@ -38,7 +43,7 @@ TRAIN_ARGS = [
 def photos(s3):
     s3.make_bucket("photos")
     s3.make_bucket("models")
-    assert main(["synth", "--output", "s3://photos/pv", "--per-class", "24", "--classes", str(CLASSES)]) == 0
+    assert main(["synth", "--output", "s3://photos/pv", "--per-class", str(PER_CLASS), "--classes", str(CLASSES)]) == 0
     s3.client.put_object(Bucket="photos", Key="pv/Grape___Esca (Black Measles)/broken.jpg", Body=b"\xff\xd8\xffnot")
     s3.client.put_object(Bucket="photos", Key="pv/.ipynb_checkpoints/copy.jpg", Body=b"x")
     s3.client.put_object(Bucket="photos", Key="pv/Grape___Esca (Black Measles)/notes.txt", Body=b"x")
@@ -61,11 +66,12 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     data_store = open_store(photos)
     assert contract.labels == sorted({o.key.split("/")[0] for o in data_store.list() if not o.key.startswith(".")})
     assert contract.parity["passed"] and contract.parity["max_abs_diff"] <= 1e-4
-    assert contract.dataset["images"] == CLASSES * 24  # the broken photo is not counted
+    assert contract.dataset["images"] == CLASSES * PER_CLASS  # the broken photo is not counted
     assert contract.gate["promote"] is True
 
     metrics = json.loads(store.get("metrics.json"))
-    assert metrics["accuracy"] >= 0.6, f"chance is {1 / CLASSES:.2f}; got {metrics['accuracy']}"
+    assert metrics["num_images"] >= 30
+    assert metrics["accuracy"] >= MIN_ACCURACY, f"chance is {1 / CLASSES:.2f}; got {metrics['accuracy']}"
     assert len(metrics["confusion_matrix"]) == CLASSES and set(metrics["per_class"]) == set(contract.labels)
 
     report = json.loads(store.get("report.json"))
