@@ -118,8 +118,13 @@ class ModelRepository:
     def build(self, resolved: ResolvedModel) -> ServedModel:
         """Fetch, verify, load and smoke-test one version; raises :class:`ModelLoadError`."""
         contract, model_bytes = fetch_version(resolved.store)
+        version = resolved.version
         if contract.version and contract.version != resolved.version:
-            log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
+            if resolved.pointer_etag is None:
+                # A plain folder (a copy mounted at /model, say): its name is not a version, model.json's is.
+                version = contract.version
+            else:
+                log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
         model_file = contract.model_file
         if self.config.prefer_fp16:
             variant = fetch_fp16_variant(resolved.store, contract)
@@ -154,7 +159,7 @@ class ModelRepository:
             max_queue_size=self.config.max_queue_size,
             metrics=self.metrics,
         )
-        return ServedModel(model, resolved.version, batcher, resolved.pointer_etag)
+        return ServedModel(model, version, batcher, resolved.pointer_etag)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Iterator
 
@@ -108,6 +109,18 @@ def test_version_folder_uri_serves_without_polling(local_registry: Registry) -> 
         local_registry.promote("v2")
         time.sleep(0.5)
         assert top_label(running) == ("v1", "healthy")  # a pinned version never moves
+    finally:
+        running.stop()
+
+
+def test_plain_folder_reports_the_contracts_version(local_registry: Registry, tmp_path) -> None:
+    """A version copied to a folder of another name (mounted at /model) keeps model.json's version."""
+    folder = tmp_path / "model"
+    shutil.copytree(local_registry.version_uri("v1"), folder)
+    running = start_server(str(folder))
+    try:
+        assert top_label(running) == ("v1", "healthy")
+        assert served_version(running) == "v1"
     finally:
         running.stop()
 
