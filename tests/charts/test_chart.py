@@ -26,6 +26,11 @@ NAMESPACE = "leaf-train"
 KUBE_VERSIONS = ("1.31", "1.35")  # the chart's kubeVersion floor and a current release
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 JOB_EXIT_CODES = {"config": 2, "data": 3, "preempted": 75}  # leaf_train/errors.py
+# The chart has no default image repositories (users push what `make images` builds): every render sets them.
+IMAGES = (
+    "--set", "training.image.registry=registry.example.com", "--set", "training.image.repository=leaf-train-job",
+    "--set", "serving.image.registry=registry.example.com", "--set", "serving.image.repository=leaf-serve",
+)  # fmt: skip
 
 
 def helm_binary() -> str:
@@ -42,7 +47,9 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def render(*args: str) -> list[dict[str, Any]]:
     """``helm template`` -> the list of objects (hooks and tests included)."""
-    out = helm("template", "leaf", str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0", *args).stdout
+    out = helm(
+        "template", "leaf", str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0", *IMAGES, *args
+    ).stdout  # fmt: skip
     return [d for d in yaml.safe_load_all(out) if d]
 
 
@@ -98,7 +105,7 @@ def test_value_sets_cover_the_required_scenarios():
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_helm_lint_strict(values):
     result = helm(
-        "lint", str(CHART), "--strict", "--namespace", NAMESPACE, "-f", str(CHART / "ci" / values), check=False
+        "lint", str(CHART), "--strict", "--namespace", NAMESPACE, "-f", str(CHART / "ci" / values), *IMAGES, check=False
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -133,6 +140,34 @@ def test_schema_rejects_unknown_keys_and_wrong_types(args, error):
     result = helm("template", "leaf", str(CHART), *args, check=False)
     assert result.returncode != 0
     assert error in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "missing"),
+    [
+        ([], "training.image.repository and serving.image.repository"),
+        (["--set", "training.image.repository=leaf-train-job"], "serving.image.repository"),
+        (["--set", "serving.image.repository=leaf-serve"], "training.image.repository"),
+        (["--set", "serving.image.repository=leaf-serve", "--set", "training.cronJob.enabled=false"], None),
+    ],
+)
+def test_install_without_image_repositories_fails_with_one_line_naming_them(args, missing):
+    """No ImagePullBackOff from placeholder images: the install stops and says which values to set."""
+    result = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *args, check=False)
+    if missing is None:  # no CronJob and no install-time Job: the training image is not needed
+        assert result.returncode == 0, result.stderr
+        return
+    assert result.returncode != 0
+    (line,) = result.stderr.strip().splitlines()
+    assert f"set {missing} (and *.image.registry)" in line and "make images" in line, line
+
+
+def test_image_reference_with_and_without_registry():
+    pod = one(render(), "Deployment")["spec"]["template"]["spec"]
+    assert pod["containers"][0]["image"] == "registry.example.com/leaf-serve:0.1.0"
+    objs = render("--set", "serving.image.registry=", "--set", "serving.image.repository=ghcr.io/me/leaf-serve")
+    (container,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "ghcr.io/me/leaf-serve:0.1.0"
 
 
 def test_values_are_all_documented():
@@ -381,7 +416,7 @@ def test_labels_follow_the_recommended_set(renders):
 
 
 def test_notes_say_how_to_start_follow_and_call():
-    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE).stdout
+    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *IMAGES).stdout
     notes = out[out.index("NOTES:") :]
     assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
     assert "leaf-train status --namespace leaf-train --job" in notes
@@ -405,6 +440,7 @@ def checkov_report(renders, tmp_path_factory) -> dict[str, Any]:
             "1.31.0",
             "-f",
             str(CHART / "ci" / name),
+            *IMAGES,
         ).stdout
         (folder / name).write_text(out)
     result = subprocess.run(

@@ -16,7 +16,7 @@ import pytest
 from leaf_common.config import resolve
 from leaf_train.config import ENV_PREFIX, TrainConfig
 from leaf_train.distribute import resolve_cluster
-from test_chart import CHART, KUBE_VERSIONS, env_of, helm, one, render
+from test_chart import CHART, IMAGES, KUBE_VERSIONS, env_of, helm, one, render
 
 MULTI = ("-f", str(CHART / "ci" / "multi-worker-values.yaml"))
 
@@ -125,7 +125,7 @@ def test_schema_rejects_impossible_multi_worker_values(args, error):
 
 
 def test_notes_say_where_the_chief_logs(multi):
-    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", "leaf-train", *MULTI).stdout
+    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", "leaf-train", *IMAGES, *MULTI).stdout
     notes = out[out.index("NOTES:") :]
     assert "Indexed Job of 2 workers" in notes
     assert "batch.kubernetes.io/job-completion-index=0" in notes

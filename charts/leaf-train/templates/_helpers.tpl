@@ -70,13 +70,35 @@ app.kubernetes.io/component: training
 {{- end }}
 {{- end }}
 
-{{/* registry/repository:tag or @digest; the tag defaults to the chart's appVersion. */}}
+{{/*
+[registry/]repository:tag or @digest; the tag defaults to the chart's appVersion.
+The images are built from this repository (`make images`) and pushed to the user's own registry, so
+the chart has no default repositories (as `required` values in Helm's own guide): rendering without
+them stops with one line naming what to set, instead of pods that end in ImagePullBackOff.
+*/}}
 {{- define "leaf-train.image" -}}
-{{- $ref := printf "%s/%s" .image.registry .image.repository }}
+{{- include "leaf-train.requireImages" .root }}
+{{- $ref := .image.repository }}
+{{- if .image.registry }}
+{{- $ref = printf "%s/%s" (trimSuffix "/" .image.registry) .image.repository }}
+{{- end }}
 {{- if .image.digest }}
 {{- printf "%s@%s" $ref .image.digest }}
 {{- else }}
 {{- printf "%s:%s" $ref (default .root.Chart.AppVersion .image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "leaf-train.requireImages" -}}
+{{- $missing := list }}
+{{- if and (or .Values.training.cronJob.enabled .Values.training.runOnInstall) (not .Values.training.image.repository) }}
+{{- $missing = append $missing "training.image.repository" }}
+{{- end }}
+{{- if and .Values.serving.enabled (not .Values.serving.image.repository) }}
+{{- $missing = append $missing "serving.image.repository" }}
+{{- end }}
+{{- if $missing }}
+{{- fail (printf "set %s (and *.image.registry): the images you built with `make images` and pushed to your registry (README: From zero to a cluster)" (join " and " $missing)) }}
 {{- end }}
 {{- end }}
 
