@@ -304,6 +304,9 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
     kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
 
+    if cfg.cache_dir:
+        # The chart points it below an emptyDir mount (/scratch/cache), which starts empty.
+        Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
         cache_dir = Path(tmp)
         data = prepare_data(cfg, data_store, cache_dir)
