@@ -8,7 +8,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock bench clean
+.PHONY: demo test lint lock bench clean images
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -42,6 +42,14 @@ test: $(VENV)/.installed $(HELM) $(CHECKOV)
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
 	$(VENV)/bin/ruff format --check job serve tests bench scripts
+
+# Both images (leaf-train-job, leaf-serve) tagged <version> (GPU) and <version>-cpu, with a working docker
+# or podman (scripts/get-podman.sh installs podman where neither works). FLAVOUR=cpu|gpu|all (default all);
+# by default from a wheelhouse of the lock downloaded here (offline builds); ONLINE=1 installs from the index
+# inside the build instead. See scripts/images.py.
+FLAVOUR ?= all
+images:
+	$(PYTHON) scripts/images.py build --flavour $(FLAVOUR) $(if $(ONLINE),--online)
 
 $(UV):
 	$(PYTHON) -m venv .tools/uv

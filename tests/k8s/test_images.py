@@ -1,7 +1,6 @@
 """job/Dockerfile and serve/Dockerfile: hadolint-clean, and they install what the tests install.
 
-No container engine runs on the test machines, so the images are not built here (the kind
-workflow builds them); these checks make a broken install step fail here anyway.
+tests/containers/ builds and runs both images; these static checks fail in seconds, before a build.
 """
 
 from __future__ import annotations
@@ -65,7 +64,10 @@ def test_installs_the_lock_of_its_flavour_then_the_project_without_deps(image):
     assert re.findall(r"^ARG LOCK=([\w-]+)$", text, re.M) == [LOCK[image]]
     assert (ROOT / "locks" / f"{LOCK[image]}.txt").exists()
     installs = re.findall(r"pip install ([^&\n]+)", text)
-    assert installs == ['--require-hashes -r "locks/${LOCK}.txt"', "--no-deps --no-build-isolation . "]
+    # Online from the index, or offline from a wheelhouse in the build context (make images): same lock, same hashes.
+    offline = '${WHEELHOUSE:+--no-index --find-links "/context/${WHEELHOUSE}"}'
+    assert installs == [f'--require-hashes -r "locks/${{LOCK}}.txt" {offline}', "--no-deps --no-build-isolation . "]
+    assert re.search(r'^ARG WHEELHOUSE=""$', text, re.M)
     assert 'cp "locks/${LOCK}.txt" /opt/venv/leaf-train.lock' in text  # recorded by every training run
     # Everything setuptools needs to build the wheel is copied in (pyproject's readme and packages).
     copied = " ".join(re.findall(r"^COPY (?!--from)(.+)$", text, re.M))
@@ -96,3 +98,20 @@ def test_dockerignore_keeps_the_context_small_and_secret_free():
     ignored = set((ROOT / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".tools", "tests"} <= ignored
     assert not ({"job", "serve", "pyproject.toml", "README.md"} & ignored)
+
+
+@pytest.mark.parametrize("image", sorted(DOCKERFILES))
+def test_make_images_hashes_everything_the_build_copies(image):
+    """scripts/images.py skips a build whose inputs' hash is unchanged: it must hash every COPY source."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("images_script", ROOT / "scripts" / "images.py")
+    images = sys.modules["images_script"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    spec.loader.exec_module(images)
+    sources = {
+        src.rstrip("/")
+        for line in re.findall(r"^COPY (?!--from)(.+)$", DOCKERFILES[image].read_text(), re.M)
+        for src in line.split()[:-1]
+    }
+    assert sources == {"locks/${LOCK}.txt", *images.COPIED}
