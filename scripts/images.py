@@ -21,7 +21,7 @@ arguments and prepares what an offline build needs:
 Tags: ``<image>:<version>`` for the GPU flavour (the Dockerfiles' defaults), ``<image>:<version>-cpu``
 for the CPU one; the version is pyproject.toml's. Usage::
 
-    python scripts/images.py build [--flavour cpu|gpu|all] [--image NAME] [--online]
+    python scripts/images.py build [--flavour cpu|gpu|all] [--image NAME] [--online] [--no-cache]
     python scripts/images.py refs [--flavour cpu|gpu|all]      # the tags a build makes, one a line
 """
 
@@ -161,17 +161,18 @@ class Engine:
         self("import", "--change", 'CMD ["python3"]', str(tarball), ref, capture_output=True)
         return ref
 
-    def build(self, image: Image, flavour: str, python_image: str, offline: bool) -> float:
+    def build(self, image: Image, flavour: str, python_image: str, offline: bool, no_cache: bool = False) -> float:
         """Build one image unless its tag was built from the same inputs; returns the seconds it took."""
         lock = image.locks[flavour]
         wheels = wheelhouse(lock).relative_to(ROOT).as_posix() if offline else ""
         args = {"PYTHON_IMAGE": python_image, "LOCK": lock, "VERSION": version(), "WHEELHOUSE": wheels}
         digest = inputs_digest(image, {**args, "PYTHON_IMAGE_ID": self.inspect(python_image, "{{.Id}}") or ""})
         ref = tag(image, flavour)
-        if self.inspect(ref, f'{{{{index .Config.Labels "{INPUTS_LABEL}"}}}}') == digest:
+        if not no_cache and self.inspect(ref, f'{{{{index .Config.Labels "{INPUTS_LABEL}"}}}}') == digest:
             log(f"{ref} is up to date (build inputs sha256 {digest[:12]})")
             return 0.0
         cmd = ["build", "--file", image.dockerfile, "--tag", ref, "--label", f"{INPUTS_LABEL}={digest}"]
+        cmd += ["--no-cache"] if no_cache else []
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
         mode = "offline, from the wheelhouse" if offline else "online"
@@ -234,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--flavour", choices=[*FLAVOURS, "all"], default="all")
     parser.add_argument("--image", choices=[i.name for i in IMAGES], action="append", help="only this one (repeatable)")
     parser.add_argument("--online", action="store_true", help="install from the package index inside the build")
+    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer (for timing a cold build)")
     args = parser.parse_args(argv)
     flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
     images = [i for i in IMAGES if not args.image or i.name in args.image]
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         python_image = engine.base_image()
         for flavour in flavours:
             for image in images:
-                engine.build(image, flavour, python_image, offline=not args.online)
+                engine.build(image, flavour, python_image, offline=not args.online, no_cache=args.no_cache)
     print("\n".join(refs))
     return 0
 
