@@ -20,9 +20,11 @@ from containerkit import NETWORK, PODMAN_ENV, ROOT, job_pod, one, podman, remove
 from scenario import (
     DATA,
     FIRST_JOB,
+    MODEL,
+    OUTPUT,
     BridgeS3,
+    FirstRun,
     Images,
-    PodRun,
     Preemption,
     TrainingPods,
     bindable,
@@ -117,13 +119,16 @@ def training(bridge_s3: BridgeS3, images: Images, tmp_path_factory: pytest.TempP
 
 
 @pytest.fixture(scope="session")
-def first_run(training: TrainingPods) -> PodRun:
-    """One uninterrupted training pod (Job leaf-train-manual-1): trains, publishes, promotes."""
-    return training.run(FIRST_JOB, f"{FIRST_JOB}-abcde")
+def first_run(training: TrainingPods) -> FirstRun:
+    """One uninterrupted training pod (Job leaf-train-manual-1) on an empty registry."""
+    run = training.run(FIRST_JOB, f"{FIRST_JOB}-abcde")
+    pointer = training.s3.json(f"{OUTPUT}/{MODEL}/latest.json") or {}
+    published = (training.state(FIRST_JOB) or {}).get("published_version", "")
+    return FirstRun(run, published, pointer.get("version", ""), training.versions())
 
 
 @pytest.fixture(scope="session")
-def preemption(training: TrainingPods, first_run: PodRun) -> Preemption:
+def preemption(training: TrainingPods, first_run: FirstRun) -> Preemption:
     """Job leaf-train-manual-2: its pod is stopped (podman stop = the kubelet's SIGTERM, SIGKILL after the
     rendered grace period) once phase 2 has a checkpoint; a second pod of the same Job then runs."""
     job = "leaf-train-manual-2"

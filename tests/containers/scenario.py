@@ -181,6 +181,16 @@ class TrainingPods:
 
 
 @dataclass
+class FirstRun:
+    """An uninterrupted training pod, and the registry as it left it (read before any other pod ran)."""
+
+    run: PodRun
+    published: str  # the run's state.json: published_version
+    pointer: str  # latest.json's version
+    versions: list[str]
+
+
+@dataclass
 class Preemption:
     """What was seen around a training pod stopped in phase 2 and the pod that retried its Job."""
 

@@ -37,11 +37,11 @@ def test_entrypoint_help_works(images: Images, name: str):
 
 def test_no_tensorflow_in_the_serving_image(images: Images):
     """Checked inside both images, so the check is seen to find TensorFlow where it is installed."""
-    probe = (
-        "import importlib.metadata as m, importlib.util as u; "
-        "print(u.find_spec('tensorflow') is not None, "
-        "sorted(d.metadata['Name'].lower() for d in m.distributions() if d.metadata['Name'].lower()"
-        ".startswith(('tensorflow', 'keras', 'tf2onnx'))))"
+    probe = (  # importable at all, and which distributions are installed (names normalised as PEP 503 does)
+        "import importlib.metadata as m, importlib.util as u, re; "
+        "names = {re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() for d in m.distributions()}; "
+        "ml = sorted(n for n in names if n.startswith(('tensorflow', 'keras', 'tf2onnx'))); "
+        "print(u.find_spec('tensorflow') is not None, ml)"
     )
     assert run(images.serve, "-c", probe, entrypoint="python").strip() == "False []"
     assert run(images.job, "-c", probe, entrypoint="python").strip() == "True ['keras', 'tensorflow-cpu', 'tf2onnx']"

@@ -11,11 +11,10 @@ import hashlib
 
 import pytest
 from containerkit import ROOT
-from leaf_common.registry import resolve_model
 from leaf_common.storage import open_store
 from leaf_serve.repository import fetch_version
 from leaf_train.errors import EXIT_CONFIG, EXIT_PREEMPTED
-from scenario import FINETUNE_EPOCHS, FIRST_JOB, HEAD_EPOCHS, MODEL, OUTPUT, PodRun, Preemption, TrainingPods
+from scenario import FINETUNE_EPOCHS, HEAD_EPOCHS, MODEL, OUTPUT, FirstRun, PodRun, Preemption, TrainingPods
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -36,25 +35,24 @@ def pod_security(run: PodRun) -> dict:
     }
 
 
-def test_training_pod_trains_and_publishes_a_version_that_verifies(first_run: PodRun, training: TrainingPods):
-    assert first_run.exit_code == 0, first_run.logs[-3000:]
+def test_training_pod_trains_and_publishes_a_version_that_verifies(first_run: FirstRun, training: TrainingPods):
+    run = first_run.run
+    assert run.exit_code == 0, run.logs[-3000:]
     assert training.changes[0] == EXPECTED_CHANGES
-    assert pod_security(first_run) == {
+    assert pod_security(run) == {
         "user": "10001:10001",
         "read_only_root": True,
         "capabilities": [],
         "no_new_privileges": True,
     }
-    state = training.state(FIRST_JOB)
-    version = state["published_version"]
-    assert version and training.versions() == [version]
-
-    # Promoted by the job's own gate, and complete and intact by the server's own checks.
-    client = training.s3.client
-    served = resolve_model(f"{OUTPUT}/{MODEL}/latest.json", client=client)
-    assert served.version == version
-    contract, model_bytes = fetch_version(open_store(f"{OUTPUT}/{MODEL}/versions/{version}", client=client))
+    # One version, promoted by the job's own gate (the registry was empty), read back before other pods ran.
+    version = first_run.published
+    assert version and first_run.versions == [version] and first_run.pointer == version
+    # Complete and intact by the server's own checks.
+    store = open_store(f"{OUTPUT}/{MODEL}/versions/{version}", client=training.s3.client)
+    contract, model_bytes = fetch_version(store)
     assert contract.version == version and contract.parity["passed"] and len(model_bytes) > 1_000_000
+    assert contract.gate["promote"] is True
     # The image was installed from its lock, and the run says so.
     lock = contract.provenance["lock"]
     expected_sha = hashlib.sha256((ROOT / "locks" / "train-cpu.txt").read_bytes()).hexdigest()
