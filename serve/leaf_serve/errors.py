@@ -45,6 +45,15 @@ class Unavailable(ServeError):
     status_code = 503
 
 
+class ClientGone(ServeError):
+    """The client closed the connection (or stalled and was cut off) before its request was complete.
+
+    Nobody is left to answer; 499 is nginx's convention for it, used here only in logs and metrics.
+    """
+
+    status_code = 499
+
+
 class ModelLoadError(ServeError):
     """A model version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
 

@@ -35,6 +35,15 @@ class ServeMetrics:
             registry=r,
         )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
+        self.connections_closed = Counter(
+            "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
+        )
+        self.memory_in_use = Gauge(
+            "leaf_serve_memory_budget_bytes",
+            "Bytes held against each memory budget now (request bodies, image decoding)",
+            ["budget"],
+            registry=r,
+        )
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""

@@ -8,23 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
-from leaf_common.imaging import decode_image
-from starlette.datastructures import Headers, UploadFile
+from leaf_common.imaging import ImageDecodeError, ImageProbe, decode_image, probe
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import codecs
-from .errors import BadRequest, PayloadTooLarge, ServeError, UnsupportedMediaType
+from .errors import BadRequest, ClientGone, PayloadTooLarge, ServeError, UnsupportedMediaType
+from .limits import BodyAllowance, MemoryBudget
 from .metrics import ServeMetrics
 from .repository import ModelRepository, ServedModel
 from .settings import ServeConfig
@@ -35,12 +38,17 @@ EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 _RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
 # Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded, so that one is allowed).
 _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
+_MAX_PARTS = 16  # a form with more parts than this is not an image upload
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 def error_response(request: Request, exc: Exception) -> Response:
-    """The one error handler: ``{"error": message}`` with the status the error carries."""
+    """The one error handler: ``{"error": message}`` with the status the error carries.
+
+    A client's mistake is one WARNING line (no traceback: nothing is wrong with the server); overload
+    and departed clients are INFO; only a failure of the server itself is an ERROR.
+    """
     if isinstance(exc, ServeError):
         status, message = exc.status_code, exc.message
     elif isinstance(exc, HTTPException):
@@ -48,8 +56,13 @@ def error_response(request: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if status >= 500 and isinstance(exc, ServeError) and exc.status_code != 503:
-        log.error("%s %s -> %d: %s", request.method, request.url.path, status, message)
+    line = ("%s %s -> %d: %s", request.method, request.url.path, status, message)
+    if status in (503, ClientGone.status_code):
+        log.info(*line)
+    elif status < 500:
+        log.warning(*line)
+    elif isinstance(exc, ServeError):
+        log.error(*line)
     return JSONResponse({"error": message}, status_code=status)
 
 
@@ -58,6 +71,8 @@ def _outcome(status: int) -> str:
         return "success"
     if status == 503:
         return "unavailable"
+    if status == ClientGone.status_code:
+        return "client_gone"
     return "client_error" if status < 500 else "server_error"
 
 
@@ -76,7 +91,11 @@ class Api:
         self.config = config
         self.metrics = metrics
         self.decode_pool = decode_pool
-        self.draining = False  # set on shutdown so readiness fails while in-flight requests finish
+        self.draining = False  # set at SIGTERM: readiness fails, responses close their connections
+        self.bodies = MemoryBudget(config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight")
+        self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
+        for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
+            metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
 
     def routes(self) -> list[Route]:
         m = "/v2/models/{name}"
@@ -99,10 +118,19 @@ class Api:
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             start = time.perf_counter()
+            allowance = BodyAllowance(self.bodies)
+            request.state.body_allowance = allowance
             try:
                 response = await fn(request)
+            except ClientDisconnect:
+                response = error_response(request, ClientGone("the client closed the connection mid-request"))
             except Exception as e:
                 response = error_response(request, e)
+            finally:
+                allowance.release()
+            if self.draining:
+                # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
+                response.headers["connection"] = "close"
             self.metrics.requests.labels(endpoint, _outcome(response.status_code)).inc()
             self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
             return response
@@ -161,13 +189,14 @@ class Api:
         served = self._served(request)
         served.batcher.check_capacity()  # shed load before reading the body
         _check_type(request.headers.get("content-type", ""), _NOT_INFER_TYPES, "application/json or octet-stream")
-        body = await read_body(request, self.config.max_body_bytes)
         header_length = _header_length(request.headers)
+        body = await read_body(request, self.config.max_body_bytes)
         if header_length is None:  # JSON floats: parse in a worker so the event loop keeps serving
             parsed = await self._off_loop(codecs.decode_request, body, None)
         else:
-            parsed = codecs.decode_request(body, header_length)  # frombuffer only: cheap, stay on the loop
-        batch = _model_input(parsed, served)
+            parsed = codecs.decode_request(body, header_length)  # a small JSON header: cheap, stay on the loop
+        tensor = _model_input(parsed, served, self.config.max_batch_size)
+        batch = await self._off_loop(_materialize, tensor) if tensor.raw is None else _materialize(tensor)
         probs = await served.batcher.submit(batch)
         outputs = _select_outputs(parsed, served, probs)
         payload, headers = codecs.encode_response(served.name, served.version, outputs, parsed.id)
@@ -178,18 +207,27 @@ class Api:
         served.batcher.check_capacity()
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         body = await read_body(request, self.config.max_body_bytes)
-        data = await _image_bytes(request.headers, body)
-        image = await self._off_loop(self._decode, data, served)
+        data = _image_bytes(request.headers, body)
+        size = served.contract.image_size
+        found = await self._off_loop(self._probe, data, size)
+        async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
+            image = await self._off_loop(self._decode, data, served)
         probs = (await served.batcher.submit(image))[0]
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         labels = served.contract.labels
-        predictions = [{"label": labels[i], "probability": float(probs[i])} for i in order]
+        predictions = [{"label": labels[i], "probability": _finite_or_none(probs[i])} for i in order]
         return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
+
+    def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
+        try:
+            return probe(data, size, max_pixels=self.config.max_pixels)
+        except ImageDecodeError as e:  # not JPEG/PNG, unreadable header, or over the pixel limit
+            raise BadRequest(str(e)) from e
 
     def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
         try:
             pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)
-        except ValueError as e:  # ImageDecodeError: empty, corrupt, not JPEG/PNG, or over the pixel limit
+        except ImageDecodeError as e:  # truncated or corrupt
             raise BadRequest(str(e)) from e
         return pixels[None].astype(served.model.input_dtype)
 
@@ -198,15 +236,22 @@ class Api:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes.
+
+    Every chunk is taken from the server's body budget as it arrives (503 once it is spent), and
+    given back when the request ends (see ``Api._instrument``).
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"body: expected at most {limit} bytes; Content-Length says {declared}")
+    allowance: BodyAllowance | None = getattr(request.state, "body_allowance", None)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body: expected at most {limit} bytes; received more")
+        if allowance is not None:
+            allowance.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -217,62 +262,102 @@ def _check_type(content_type: str, refused: tuple[str, ...], expected: str) -> N
         raise UnsupportedMediaType(f"Content-Type: expected {expected}; received {media}")
 
 
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then rejects or misreads.
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _header_length(headers: Headers) -> int | None:
     raw = headers.get(codecs.HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
-        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count; received {raw!r}")
+    if not _DIGITS.fullmatch(raw.strip()):
+        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count (ASCII digits); received {raw!r:.40}")
     return int(raw)
 
 
 def _top_k(raw: str | None, default: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest(f"top_k: expected a positive integer; received {raw!r}")
+    if not _DIGITS.fullmatch(raw) or int(raw) < 1:
+        raise BadRequest(f"top_k: expected a positive integer; received {raw!r:.40}")
     return int(raw)
 
 
-async def _image_bytes(headers: Headers, body: bytes) -> bytes:
-    """The image in a raw body or in the first file field of a multipart form."""
+def _image_bytes(headers: Headers, body: bytes) -> bytes:
+    """The image in a raw body or in the file field of a multipart form."""
     media = headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        return await _first_file(headers, body)
+        return _multipart_file(headers.get("content-type", ""), body)
     if media not in _RAW_IMAGE_TYPES:
         raise UnsupportedMediaType(
             f"Content-Type: expected image/jpeg, image/png, application/octet-stream or multipart/form-data; "
-            f"received {media}"
+            f"received {media:.60}"
         )
     return body
 
 
-async def _first_file(headers: Headers, body: bytes) -> bytes:
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-        yield b""
+def _multipart_file(content_type: str, body: bytes) -> bytes:
+    """The ``file`` field (else the first file) of a multipart form, parsed in memory.
 
+    The body is already in memory (and counted against the body budget): parsing it here keeps the
+    parts there too, where a general form parser would spool every part over 1 MiB to /tmp.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart body: expected a boundary in the Content-Type; received none")
+    parts: list[dict[str, Any]] = []
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": bytearray(), "field": b""})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        parts[-1]["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        field = parts[-1]["field"].lower()
+        parts[-1]["headers"][field] = parts[-1]["headers"].get(field, b"") + data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["field"] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
     try:
-        form = await MultiPartParser(headers, stream(), max_files=4, max_fields=16).parse()
-    except MultiPartException as e:
-        raise BadRequest(f"multipart body: expected a form with a file field; {e.message}") from e
-    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:  # python-multipart raises its own MultipartParseError and ValueErrors
+        raise BadRequest(f"multipart body: expected a form with a file field; could not parse it: {e}") from e
+    files = {}
+    for part in parts[:_MAX_PARTS]:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition:
+            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
     if not files:
-        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received fields {list(form.keys())}")
-    named = form.get("file")
-    chosen = named if isinstance(named, UploadFile) else files[0]
-    try:
-        return await chosen.read()
-    finally:
-        await form.close()
+        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file")
+    return files.get("file", next(iter(files.values())))
 
 
-def _model_input(parsed: codecs.InferRequest, served: ServedModel) -> np.ndarray:
-    """Check the request's one tensor against the contract (name, datatype, shape) and return it."""
+def _finite_or_none(value: Any) -> float | None:
+    v = float(value)
+    return v if np.isfinite(v) else None
+
+
+def _model_input(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int) -> codecs.InputTensor:
+    """Check the request's one tensor against the contract (name, datatype, shape, batch size), data untouched."""
     c = served.contract
     names = [t.name for t in parsed.inputs]
     if names != [c.input.name]:
-        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names}")
+        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}")
     tensor = parsed.inputs[0]
     datatype = codecs.datatype_of(served.model.input_dtype)
     if tensor.datatype != datatype:
@@ -282,7 +367,23 @@ def _model_input(parsed: codecs.InferRequest, served: ServedModel) -> np.ndarray
         raise BadRequest(
             f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received {tensor.shape}"
         )
-    return tensor.array
+    if tensor.shape[0] > max_batch_size:
+        # Like Triton: one request is at most one batch, so no client can hold the model for everyone else.
+        raise BadRequest(
+            f"input {c.input.name!r}: expected at most {max_batch_size} images per request (max_batch_size); "
+            f"received {tensor.shape[0]}"
+        )
+    return tensor
+
+
+def _materialize(tensor: codecs.InputTensor) -> np.ndarray:
+    """The tensor's values, refusing NaN and infinities (they come back as NaN probabilities)."""
+    array = tensor.to_array()
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise BadRequest(f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite")
+    return array
 
 
 def _select_outputs(

@@ -51,12 +51,31 @@ class ServeConfig:
     max_queue_delay_ms: float = option(0.0, "longest a request waits for others to fill a batch (milliseconds)")
     max_queue_size: int = option(64, "requests waiting for the model before new ones get 503")
     max_body_bytes: int = option(20 * 1024 * 1024, "largest request body accepted (413 above)")
-    max_pixels: int = option(40_000_000, "largest image (width x height) decoded; guards decompression bombs")
+    # Bodies are held in memory until decoded: this bounds what many slow or large uploads can pin at once.
+    max_body_bytes_in_flight: int = option(
+        128 * 1024 * 1024, "request body bytes held at once over all requests; a request past it gets 503"
+    )
+    # 50 MP phone photos are JPEGs, decoded already shrunk (DCT scaling): the pixel cap guards, the decode
+    # budget below decides memory (a PNG's pixels are all decoded before the resize).
+    max_pixels: int = option(64_000_000, "largest image (width x height) accepted; guards decompression bombs")
+    max_decode_bytes: int = option(
+        192 * 1024 * 1024,
+        "pixel memory of images being decoded at once (priced from the header); concurrent decodes wait for it, "
+        "an image needing more than all of it gets 413",
+    )
     top_k: int = option(5, "labels returned by /classify unless ?top_k= says otherwise")
     log_level: str = option("info", "log level", choices=_LOG_LEVEL_CHOICES)
     grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting")
-    # Connections beyond this get 503 from uvicorn itself, before any body is read (memory bound).
-    max_concurrency: int = option(0, "open connections/requests before 503; 0 = unlimited")
+    # Kubernetes sends SIGTERM while the endpoints controller is still removing the pod from Services: for
+    # this long readiness fails but every request, old or new, is still served; then the listener closes.
+    drain_delay: float = option(
+        5.0, "seconds after SIGTERM during which readiness fails but requests are still served (then drain)"
+    )
+    # Requests on connections beyond this get 503 from uvicorn itself, before any body is read.
+    max_concurrency: int = option(256, "open connections/requests before 503; 0 = unlimited")
+    # A client that stops sending holds a connection and its partial body: close it (slowloris, dead phones).
+    header_timeout: float = option(30.0, "seconds a client has to send a request's headers before it is closed")
+    body_timeout: float = option(30.0, "seconds a request body may stall (no bytes arrive) before it is closed")
     decode_threads: int = option(0, "threads decoding images off the event loop; 0 = CPU quota")
 
     def validate(self) -> None:
@@ -66,14 +85,22 @@ class ServeConfig:
             raise ConfigError("option --model / LEAF_SERVE_MODEL: expected a model URI; received nothing")
         positive = {"max_batch_size": self.max_batch_size, "max_queue_size": self.max_queue_size}
         positive |= {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels, "top_k": self.top_k}
+        positive |= {"max_decode_bytes": self.max_decode_bytes, "header_timeout": self.header_timeout}
+        positive |= {"body_timeout": self.body_timeout, "max_body_bytes_in_flight": self.max_body_bytes_in_flight}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"option {name}: expected a positive number; received {value}")
         non_negative = {"poll_interval": self.poll_interval, "max_queue_delay_ms": self.max_queue_delay_ms}
         non_negative |= {"intra_op_threads": self.intra_op_threads, "grace_period": self.grace_period}
         non_negative |= {"max_concurrency": self.max_concurrency, "decode_threads": self.decode_threads}
+        non_negative |= {"drain_delay": self.drain_delay}
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"option {name}: expected zero or more; received {value}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"option port: expected 1-65535; received {self.port}")
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ConfigError(
+                f"option max_body_bytes_in_flight: expected at least max_body_bytes ({self.max_body_bytes}) or no "
+                f"request that size could ever be read; received {self.max_body_bytes_in_flight}"
+            )

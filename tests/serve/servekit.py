@@ -174,7 +174,7 @@ class RunningServer:
 
 def start_server(model_uri: str, **overrides: object) -> RunningServer:
     """Load ``model_uri`` and serve it on a free port; returns once uvicorn accepts connections."""
-    import uvicorn
+    from leaf_serve.__main__ import build_server
     from leaf_serve.app import build_repository, create_app
     from leaf_serve.settings import ServeConfig
 
@@ -184,7 +184,7 @@ def start_server(model_uri: str, **overrides: object) -> RunningServer:
     repo = build_repository(config)
     repo.load_initial()
     app = create_app(config, repo)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    server = build_server(replace(config, log_level="warning"), app)  # the production server: deadlines, limits
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
