@@ -38,6 +38,26 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the key exists, or changed since it was read."""
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached or answered with a server error, after botocore's own retries.
+
+    Transient by nature: the same call may succeed later, so callers retry or wait instead of
+    concluding anything about the object.
+    """
+
+
+# Answers that say "try again later", not "this object is wrong".
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeTooSkewed",
+}
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str  # relative to the store's root, "/"-separated
@@ -205,6 +225,14 @@ class LocalStore(Store):
         Path(path).write_bytes(self.get(key))
 
 
+def _is_network_error(e: Exception) -> bool:
+    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying cannot fix."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+    return isinstance(e, (BotoConnectionError, HTTPClientError, IncompleteReadError))
+
+
 def make_s3_client(max_pool_connections: int = 32) -> Any:
     """A boto3 S3 client: standard credential chain, endpoint from ``AWS_ENDPOINT_URL``."""
     import boto3
@@ -240,6 +268,9 @@ class S3Store(Store):
             return PreconditionFailed(f"{self.url(key)}: conditional write lost ({code or status})")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return NotFound(f"{self.url(key)} does not exist")
+        if _is_network_error(e) or code in _TRANSIENT_CODES or (status or 0) >= 500:
+            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that outlived retries.
+            return StoreUnavailable(f"{self.url(key)}: {code or type(e).__name__}: {e}")
         return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:

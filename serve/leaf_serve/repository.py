@@ -10,7 +10,6 @@ ETag) so it is not retried every poll, and the old model keeps serving.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from concurrent.futures import Executor
@@ -18,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
-from leaf_common.registry import ResolvedModel, read_manifest, resolve_model
-from leaf_common.storage import Store, StoreError, make_s3_client, open_store
+from leaf_common.registry import VERSIONS_DIR, ResolvedModel, read_verified_version, resolve_model, sha256_hex
+from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_client, open_store
 
 from .batching import Batcher
 from .errors import ModelLoadError, ModelNotFound, Unavailable
@@ -28,6 +27,19 @@ from .model import OnnxModel
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
+
+RETRY_ATTEMPTS = 4  # reads of a version when the store is briefly away (backoff 0.5, 1, 2 s)
+
+
+def _backoff(attempt: int) -> float:
+    return 0.5 * 2 ** (attempt - 1)
+
+
+def _expected_version(resolved: ResolvedModel) -> str | None:
+    """The version the registry says this folder holds: the pointer's, or the folder name under versions/."""
+    if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[-2:-1] == [VERSIONS_DIR]:
+        return resolved.version
+    return None
 
 
 @dataclass
@@ -49,24 +61,33 @@ class ServedModel:
         return self.model.contract
 
 
-def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
-    """Download and verify a version folder's contract and ONNX bytes.
+def fetch_version(store: Store, expected_version: str | None = None) -> tuple[ModelContract, bytes]:
+    """Download a complete version's contract and ONNX bytes, verified against its manifest.
+
+    Args:
+        store: the version folder.
+        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
+            for a folder mounted anywhere (``/model``), whose manifest then says which version it holds.
 
     Raises:
-        ModelLoadError: a file is missing, corrupt, or disagrees with the manifest or contract.
+        ModelLoadError: no manifest, a manifest or contract of another version, or a file that differs.
+        StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the version).
     """
     try:
-        contract_bytes = store.get(CONTRACT_FILE)
+        contract_bytes = read_verified_version(store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
         contract = ModelContract.from_json(contract_bytes)
-        model_bytes = store.get(contract.model_file)
-        # The registry's own manifest type: one definition of what "complete and intact" means.
-        manifest = read_manifest(store)
-        if manifest is not None:
-            manifest.check(CONTRACT_FILE, contract_bytes)
-            manifest.check(contract.model_file, model_bytes)
+        verified = read_verified_version(store, [contract.model_file], expected_version)
+    except StoreUnavailable:
+        raise
     except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if contract.model_sha256 and hashlib.sha256(model_bytes).hexdigest() != contract.model_sha256.lower():
+    if contract.version != verified.manifest.version:
+        raise ModelLoadError(
+            f"{store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
+            f"received {contract.version!r}"
+        )
+    model_bytes = verified.files[contract.model_file]
+    if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
         raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
     return contract, model_bytes
 
@@ -82,13 +103,12 @@ def fetch_fp16_variant(store: Store, contract: ModelContract) -> tuple[str, byte
     if not name or not record.get("passed"):
         return None
     try:
-        data = store.get(name)
-        manifest = read_manifest(store)
-        if manifest is not None:
-            manifest.check(name, data)
+        data = read_verified_version(store, [name], contract.version).files[name]
+    except StoreUnavailable:
+        raise
     except StoreError as e:
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if hashlib.sha256(data).hexdigest() != str(record.get("sha256", "")).lower():
+    if sha256_hex(data) != str(record.get("sha256", "")).lower():
         raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.fp16.sha256")
     return name, data
 
@@ -109,17 +129,27 @@ class ModelRepository:
         return self.config.model.rstrip("/").endswith(POINTER_FILE)
 
     def load_initial(self) -> ServedModel:
-        """Resolve the URI and load it synchronously (start-up: fail loudly if it cannot be served)."""
-        resolved = resolve_model(self.config.model, client=self._client)
-        served = self.build(resolved)
+        """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail loudly)."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                served = self.build(resolve_model(self.config.model, client=self._client))
+                break
+            except StoreUnavailable as e:
+                if attempt == RETRY_ATTEMPTS:
+                    raise
+                log.warning("reading %s failed (%s); retrying in %g s", self.config.model, e, _backoff(attempt))
+                time.sleep(_backoff(attempt))
         self._activate(served)
         return served
 
     def build(self, resolved: ResolvedModel) -> ServedModel:
-        """Fetch, verify, load and smoke-test one version; raises :class:`ModelLoadError`."""
-        contract, model_bytes = fetch_version(resolved.store)
-        if contract.version and contract.version != resolved.version:
-            log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
+        """Fetch, verify, load and smoke-test one version.
+
+        Raises:
+            ModelLoadError: the version cannot be served.
+            StoreUnavailable: the store failed for now; the version may be fine.
+        """
+        contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
         model_file = contract.model_file
         if self.config.prefer_fp16:
             variant = fetch_fp16_variant(resolved.store, contract)
@@ -154,7 +184,9 @@ class ModelRepository:
             max_queue_size=self.config.max_queue_size,
             metrics=self.metrics,
         )
-        return ServedModel(model, resolved.version, batcher, resolved.pointer_etag)
+        # The manifest's version (checked against the folder when the registry names it): a version folder
+        # mounted at /model still reports the version it holds, not "model".
+        return ServedModel(model, contract.version, batcher, resolved.pointer_etag)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model
@@ -178,6 +210,8 @@ class ModelRepository:
             await asyncio.sleep(interval)
             try:
                 await self.check_once()
+            except StoreUnavailable as e:  # the old model keeps serving; the next poll tries again
+                log.warning("checking %s for a new version failed: %s", self.config.model, e)
             except Exception:  # a broken store must not kill the poller; the old model keeps serving
                 log.exception("checking %s for a new version failed", self.config.model)
 
@@ -194,14 +228,34 @@ class ModelRepository:
         return await self._try_swap(resolved)
 
     async def _try_swap(self, resolved: ResolvedModel) -> bool:
-        try:
-            served = await asyncio.to_thread(self.build, resolved)
-            self._check_compatible(served)
-        except ModelLoadError as e:
-            self._rejected_etags.add(resolved.pointer_etag or "")
-            self.metrics.reloads.labels("rejected").inc()
-            log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, e)
-            return False
+        """Build ``resolved`` and make it current; a version that cannot be served is rejected once.
+
+        A store error that may pass is retried with backoff and, if it persists, left to the next poll:
+        it says nothing about the version, and rejecting a good version for it would leave this replica
+        on the old one while the others move on. Anything else that fails (manifest, contract, graph,
+        smoke inference, even an error type nobody foresaw) is the version's fault: it is rejected for
+        this pointer ETag, counted, and not downloaded again until the pointer changes.
+        """
+        etag = resolved.pointer_etag or ""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                served = await asyncio.to_thread(self.build, resolved)
+                self._check_compatible(served)
+                break
+            except StoreUnavailable as e:
+                self.metrics.reloads.labels("store_unavailable").inc()
+                if attempt == RETRY_ATTEMPTS:
+                    log.warning(
+                        "could not read version %s (%s); still serving %s", resolved.version, e, self.current_version
+                    )
+                    return False
+                await asyncio.sleep(_backoff(attempt))
+            except Exception as e:
+                self._rejected_etags.add(etag)
+                self.metrics.reloads.labels("rejected").inc()
+                detail = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
+                log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, detail)
+                return False
         self._activate(served)
         self.metrics.reloads.labels("success").inc()
         return True
