@@ -233,6 +233,37 @@ def test_serving_deployment(renders):
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
 
 
+def test_serving_limits_reach_the_server_and_every_key_is_an_option(renders):
+    cm = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
+    # On by default (issue #10): connections bounded, a drain window at SIGTERM.
+    assert (cm["LEAF_SERVE_MAX_CONCURRENCY"], cm["LEAF_SERVE_DRAIN_DELAY"]) == ("256", "5")
+    objs = render("--set", "serving.config.headerTimeout=10", "--set", "serving.config.maxDecodeBytes=1000000")
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert (cm["LEAF_SERVE_HEADER_TIMEOUT"], cm["LEAF_SERVE_MAX_DECODE_BYTES"]) == ("10", "1000000")
+    from leaf_serve.settings import ServeConfig
+
+    known = {f.upper() for f in ServeConfig.__dataclass_fields__}
+    assert [k for k in cm if k.removeprefix("LEAF_SERVE_") not in known] == []
+    # ServeConfig.validate accepts what the chart renders (the server would refuse to start otherwise).
+    from leaf_common.config import resolve
+    from leaf_serve.settings import ENV_PREFIX
+
+    assert resolve(ServeConfig, ENV_PREFIX, {}, environ=cm).max_decode_bytes == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("args", "total"),
+    [
+        (["--set", "serving.config.drainDelay=25"], "(35)"),
+        (["--set", "serving.terminationGracePeriodSeconds=15"], "(15)"),
+    ],
+)
+def test_termination_grace_must_cover_the_drain_window_and_grace_period(args, total):
+    result = helm("template", "leaf", str(CHART), "-f", str(CHART / "ci" / "default-values.yaml"), *args, check=False)
+    assert result.returncode != 0
+    assert "must exceed serving.config.drainDelay + serving.config.gracePeriod " + total in result.stderr
+
+
 def test_gpu_serving(renders):
     objs = renders["gpu-serving-values.yaml"]
     dep = one(objs, "Deployment")
