@@ -62,7 +62,7 @@ class DrainingServer(uvicorn.Server):
 def build_server(config: ServeConfig, app: Any) -> DrainingServer:
     """The uvicorn server for ``app``: connection deadlines, concurrency limit, drain on SIGTERM."""
     api = app.state.api
-    protocol = protocol_class(config.header_timeout, config.body_timeout, api.metrics)
+    protocol = protocol_class(config.header_timeout, config.body_timeout, api.metrics, config.http)
     uv_config = uvicorn.Config(
         app,
         host=config.host,

@@ -19,7 +19,9 @@ class ServeConfig:
     # Where the model comes from: a registry pointer (hot reload) or one fixed version folder.
     model: str = option("", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)")
     host: str = option("0.0.0.0", "address to listen on")
-    port: int = option(8080, "TCP port to listen on")
+    port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
+    # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
+    grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
     # "auto" prefers CUDA and falls back to CPU only where the GPU provider is not installed.
     providers: list[str] = option(
         ["auto"], "ONNX Runtime execution providers in order: auto, tensorrt, cuda, cpu or full ORT names"
@@ -76,6 +78,9 @@ class ServeConfig:
     # A client that stops sending holds a connection and its partial body: close it (slowloris, dead phones).
     header_timeout: float = option(30.0, "seconds a client has to send a request's headers before it is closed")
     body_timeout: float = option(30.0, "seconds a request body may stall (no bytes arrive) before it is closed")
+    http: str = option(
+        "auto", "HTTP/1.1 parser: auto (httptools when installed), httptools, h11", choices=("auto", "httptools", "h11")
+    )
     decode_threads: int = option(0, "threads decoding images off the event loop; 0 = CPU quota")
 
     def validate(self) -> None:
@@ -99,6 +104,10 @@ class ServeConfig:
                 raise ConfigError(f"option {name}: expected zero or more; received {value}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"option port: expected 1-65535; received {self.port}")
+        if not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
+            raise ConfigError(
+                f"option grpc_port: expected 0 (off) or 1-65535 other than port {self.port}; received {self.grpc_port}"
+            )
         if self.max_body_bytes_in_flight < self.max_body_bytes:
             raise ConfigError(
                 f"option max_body_bytes_in_flight: expected at least max_body_bytes ({self.max_body_bytes}) or no "

@@ -25,6 +25,7 @@ def serve_env(**options: object) -> dict[str, str]:
 @contextmanager
 def leaf_serve(**options: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
+    options = {"grpc_port": 0, **options}  # each test process on its own free port; gRPC only when asked
     env = serve_env(host="127.0.0.1", port=port, providers="cpu", intra_op_threads=1, **options)
     proc = subprocess.Popen(
         [sys.executable, "-m", "leaf_serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -113,7 +114,10 @@ def test_a_rollout_loses_no_request(local_registry: Registry, drain_delay: float
         threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=kubelet)]
         for t in threads:
             t.start()
-        time.sleep(0.5)
+        deadline = time.monotonic() + 30
+        while answered[0] < 8:  # the pool is up and being served before the signal
+            assert time.monotonic() < deadline and not failures, failures
+            time.sleep(0.05)
         before = answered[0]
         sigterm_at = time.monotonic()
         proc.send_signal(signal.SIGTERM)
@@ -160,7 +164,7 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
     ],
 )
 def test_start_up_fails_loudly(local_registry: Registry, options: dict, status: int, message: str) -> None:
-    options = {"model": local_registry.pointer_uri, "port": free_port(), **options}
+    options = {"model": local_registry.pointer_uri, "port": free_port(), "grpc_port": 0, **options}
     proc = subprocess.run(
         [sys.executable, "-m", "leaf_serve"], env=serve_env(**options), capture_output=True, text=True, timeout=60
     )

@@ -18,9 +18,12 @@ from servekit import Registry, RunningServer, encode_image, start_server
 TIMEOUT = 1.0
 
 
-@pytest.fixture
-def deadline_server(local_registry: Registry) -> Iterator[RunningServer]:
-    running = start_server(local_registry.pointer_uri, header_timeout=TIMEOUT, body_timeout=TIMEOUT, poll_interval=0)
+@pytest.fixture(params=["httptools", "h11"])
+def deadline_server(local_registry: Registry, request: pytest.FixtureRequest) -> Iterator[RunningServer]:
+    """Both HTTP/1.1 implementations uvicorn offers: httptools (installed, so the default) and h11."""
+    running = start_server(
+        local_registry.pointer_uri, header_timeout=TIMEOUT, body_timeout=TIMEOUT, poll_interval=0, http=request.param
+    )
     yield running
     running.stop()
 
