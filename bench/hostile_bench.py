@@ -78,7 +78,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
         env.update(PYTHONPATH=f"{source / 'serve'}:{source / 'job'}", LEAF_SERVE_MODEL=model)
         env.update(LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu")
-        env.update(LEAF_SERVE_POLL_INTERVAL="0")
+        env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT="0")
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; read by output()
         self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 60

@@ -12,6 +12,7 @@ from leaf_common.resources import available_cpus
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
+from .grpc_v2 import service as grpc_service
 from .metrics import ServeMetrics
 from .repository import ModelRepository
 from .rest import Api, error_response
@@ -40,10 +41,14 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         poller = None
         if repo.follows_pointer and config.poll_interval > 0:
             poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
+        # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
+        grpc_server = await grpc_service.start(api, config.host, config.grpc_port) if config.grpc_port else None
         try:
             yield
         finally:
             api.draining = True
+            if grpc_server is not None:  # uvicorn has drained HTTP by now; give gRPC calls the same grace
+                await grpc_server.stop(config.grace_period)
             if poller is not None:
                 poller.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

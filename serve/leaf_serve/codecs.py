@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
 
 from .errors import BadRequest
 
@@ -38,6 +40,7 @@ _BY_NUMPY = {v: k for k, v in DATATYPES.items()}
 # shape like [2**40] before anything is allocated.
 _MAX_RANK = 8
 _MAX_ELEMENTS = 1 << 31
+_MAX_PARTS = 16  # a form with more parts than this is not an image upload
 
 
 def datatype_of(dtype: np.dtype[Any] | type) -> str:
@@ -111,7 +114,7 @@ def _flag(value: Any, where: str) -> bool | None:
     raise BadRequest(f"{where}: expected true or false; received {value!r:.40}")
 
 
-def _shape(raw: Any, where: str) -> list[int]:
+def parse_shape(raw: Any, where: str) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
         raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}")
     if len(raw) > _MAX_RANK or math.prod(raw) > _MAX_ELEMENTS:
@@ -121,7 +124,7 @@ def _shape(raw: Any, where: str) -> list[int]:
     return raw
 
 
-def _dtype(raw: Any, where: str) -> str:
+def parse_datatype(raw: Any, where: str) -> str:
     if not isinstance(raw, str) or raw not in DATATYPES:
         raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}")
     return raw
@@ -189,7 +192,7 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
 def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest(f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}")
-    shape, datatype = _shape(raw.get("shape"), where), _dtype(raw.get("datatype"), where)
+    shape, datatype = parse_shape(raw.get("shape"), where), parse_datatype(raw.get("datatype"), where)
     size = _params(raw, where).get("binary_data_size")
     if size is None:
         return InputTensor(raw["name"], shape, datatype, data=raw.get("data")), offset
@@ -245,3 +248,54 @@ def encode_response(
 def _finite_or_null(values: list[Any]) -> list[Any]:
     """JSON has no NaN or Infinity: such values (a model failing on its input) are sent as null."""
     return [v if not isinstance(v, float) or math.isfinite(v) else None for v in values]
+
+
+def multipart_file(content_type: str, body: bytes) -> bytes:
+    """The ``file`` field (else the first file) of a multipart form, parsed in memory.
+
+    The body is already in memory (and counted against the body budget): parsing it here keeps the
+    parts there too, where a general form parser would spool every part over 1 MiB to /tmp.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart body: expected a boundary in the Content-Type; received none")
+    parts: list[dict[str, Any]] = []
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": bytearray(), "field": b""})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        parts[-1]["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        field = parts[-1]["field"].lower()
+        parts[-1]["headers"][field] = parts[-1]["headers"].get(field, b"") + data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["field"] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:  # python-multipart raises its own MultipartParseError and ValueErrors
+        raise BadRequest(f"multipart body: expected a form with a file field; could not parse it: {e}") from e
+    files = {}
+    for part in parts[:_MAX_PARTS]:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition:
+            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
+    if not files:
+        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file")
+    return files.get("file", next(iter(files.values())))

@@ -1,6 +1,8 @@
-"""Errors that carry their HTTP status; ``rest.py`` has the one handler that renders them."""
+"""Errors that carry their HTTP status; REST (`rest.py`) and gRPC (`grpc_v2.service`) each have one handler."""
 
 from __future__ import annotations
+
+import logging
 
 
 class ServeError(Exception):
@@ -58,3 +60,11 @@ class ModelLoadError(ServeError):
     """A model version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
 
     status_code = 500
+
+
+def log_level(status: int) -> int:
+    """How loudly a refused request is logged: a client's mistake is one WARNING line (no traceback,
+    nothing is wrong with the server); overload and departed clients are INFO; a server failure is ERROR."""
+    if status in (Unavailable.status_code, ClientGone.status_code):
+        return logging.INFO
+    return logging.WARNING if status < 500 else logging.ERROR

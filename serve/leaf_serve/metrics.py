@@ -53,3 +53,14 @@ class ServeMetrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def outcome(status: int) -> str:
+    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the status they carry)."""
+    if status < 400:
+        return "success"
+    if status == 503:
+        return "unavailable"
+    if status == 499:
+        return "client_gone"
+    return "client_error" if status < 500 else "server_error"

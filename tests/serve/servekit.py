@@ -178,7 +178,10 @@ def start_server(model_uri: str, **overrides: object) -> RunningServer:
     from leaf_serve.app import build_repository, create_app
     from leaf_serve.settings import ServeConfig
 
-    config = ServeConfig(model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1)
+    # gRPC off unless a test asks for it (grpc_port=free_port()): the default port would clash between tests.
+    config = ServeConfig(
+        model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1, grpc_port=0
+    )
     config = replace(config, **overrides)
     config.validate()
     repo = build_repository(config)
