@@ -220,7 +220,10 @@ def test_serving_deployment(renders):
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
@@ -229,6 +232,16 @@ def test_serving_deployment(renders):
     assert cm["LEAF_SERVE_PORT"] == "8080" and cm["LEAF_SERVE_PROVIDERS"] == "CPUExecutionProvider"
     svc = one(objs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("http", 80, "http"),
+        ("grpc", 8081, "grpc"),
+    ]
+    assert cm["LEAF_SERVE_GRPC_PORT"] == "8081"
+    # gRPC off: no container port, no Service port, the server told so.
+    off = render("--set", "serving.service.grpcPort=0")
+    assert [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in one(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["http"]
+    assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_GRPC_PORT"] == "0"
     assert one(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
 
@@ -331,7 +344,10 @@ def test_minio_endpoint_network_policy_and_rollout(renders):
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in by_kind(objs, "NetworkPolicy")}
     assert set(policies) == {"serving", "training"}
     assert "ingress" not in policies["training"]["spec"]  # nothing may call the training pod
-    assert policies["serving"]["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert policies["serving"]["spec"]["ingress"][0]["ports"] == [
+        {"port": "http", "protocol": "TCP"},
+        {"port": "grpc", "protocol": "TCP"},
+    ]
     egress_ports = {p["port"] for rule in policies["training"]["spec"]["egress"] for p in rule["ports"]}
     assert {53, 443, 9000} <= egress_ports
     dep_name = one(objs, "Deployment")["metadata"]["name"]
