@@ -7,6 +7,7 @@ module; this one only wires them and collects the run report.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -236,8 +237,6 @@ def _predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> n
 def _contract(
     cfg: TrainConfig, version: str, data: PreparedData, onnx_bytes: bytes, metrics: dict, parity: dict
 ) -> ModelContract:
-    import hashlib
-
     n = len(data.index.classes)
     return ModelContract(
         name=cfg.model_name,
@@ -278,6 +277,7 @@ def _contract(
                 "workers",
                 "lr_scaling",
                 "export_fp16",
+                "export_int8",
             )
         },
         code_version=f"leaf-train {__version__}",
@@ -374,6 +374,10 @@ def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube:
     record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, parity_images)
     if extra:
         record["fp16"] = extra.pop("parity")
+    int8 = _int8_export(cfg, data, onnx_bytes, kube)
+    if int8:
+        record["int8"] = int8.pop("parity")
+        extra |= int8
     return Shipped(metrics, onnx_bytes, record, parity.passed, extra)
 
 
@@ -398,14 +402,42 @@ def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray)
     """
     if not cfg.export_fp16:
         return {}
-    import hashlib
-
     from . import export
 
     fp16 = export.to_fp16(onnx_bytes)
     check = export.check_fp16_parity(onnx_bytes, fp16, parity_images, cfg.fp16_tolerance)
     record = {**check.to_dict(), "file": export.FP16_FILE, "sha256": hashlib.sha256(fp16).hexdigest()}
     return {export.FP16_FILE: fp16, "parity": record}
+
+
+def _int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, kube: Any) -> dict[str, Any]:
+    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
+
+    Calibrated on training images only; judged on every validation image. A refused INT8 model is not
+    published (its record says why) and the FP32 model publishes as usual.
+    """
+    if not cfg.export_int8:
+        return {}
+    from . import export
+
+    rng = np.random.default_rng(cfg.seed)  # which training images calibrate: repeatable with the run's seed
+    chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
+    images = data.decoded.images
+    int8 = export.to_int8(onnx_bytes, images[chosen])
+    check = export.check_int8(
+        onnx_bytes, int8, images[data.val_slots], data.labels[data.val_slots], cfg.int8_max_accuracy_drop
+    )
+    record = {**check.to_dict(), "file": export.INT8_FILE, "format": "QDQ", "calibration_images": len(chosen)}
+    if not check.passed:
+        reason = (
+            f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
+            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not published"
+        )
+        log.warning("%s", reason)
+        kube.event("Int8Refused", reason, type="Warning")
+        return {"parity": {**record, "reason": reason}}
+    record["sha256"] = hashlib.sha256(int8).hexdigest()
+    return {export.INT8_FILE: int8, "parity": record}
 
 
 def _publish_once(registry: ModelRegistry, version: str, files: dict[str, bytes], resumed: bool) -> None:

@@ -92,15 +92,17 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
     return contract, model_bytes
 
 
-def fetch_fp16_variant(store: Store, contract: ModelContract) -> tuple[str, bytes] | None:
-    """The version's parity-checked FP16 ONNX (job ``--export-fp16``) as ``(file, bytes)``, or ``None``.
+def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
+    """The version's checked ``fp16`` or ``int8`` ONNX (job ``--export-fp16`` / ``--export-int8``) as ``(file, bytes)``.
+
+    ``None`` when the version has none (or the job refused it: its record says ``passed: false``).
 
     Raises:
         ModelLoadError: the contract lists the file but it is missing or differs from its recorded sha256.
     """
-    record = contract.parity.get("fp16") or {}
+    record = contract.parity.get(kind) or {}
     name = record.get("file")
-    if not name or not record.get("passed"):
+    if not name or not record.get("passed") or not record.get("sha256"):
         return None
     try:
         data = read_verified_version(store, [name], contract.version).files[name]
@@ -108,8 +110,8 @@ def fetch_fp16_variant(store: Store, contract: ModelContract) -> tuple[str, byte
         raise
     except StoreError as e:
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if sha256_hex(data) != str(record.get("sha256", "")).lower():
-        raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.fp16.sha256")
+    if sha256_hex(data) != str(record["sha256"]).lower():
+        raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.{kind}.sha256")
     return name, data
 
 
@@ -151,10 +153,12 @@ class ModelRepository:
         """
         contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
         model_file = contract.model_file
-        if self.config.prefer_fp16:
-            variant = fetch_fp16_variant(resolved.store, contract)
+        preferred = "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
+        if preferred:
+            variant = fetch_variant(resolved.store, contract, preferred)
             if variant is None:
-                log.info("prefer_fp16: version %s has no FP16 export; serving %s", resolved.version, model_file)
+                log.info("prefer_%s: version %s has no %s export; serving %s", preferred, contract.version,
+                         preferred.upper(), model_file)  # fmt: skip
             else:
                 model_file, model_bytes = variant
         model = OnnxModel(
