@@ -390,6 +390,32 @@ def test_no_cronjob_value_set_runs_once_at_install(renders):
     assert by_kind(upgrade, "Job") == []
 
 
+def test_kueue_queue_and_priority_label_every_training_job(renders):
+    assert "kueue.x-k8s.io/queue-name" not in one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"][
+        "metadata"]["labels"]  # fmt: skip
+    args = ["--set", "training.kueue.queueName=gpu-training", "--set", "training.kueue.priorityClass=nightly"]
+    objs = render("--set", "training.runOnInstall=true", *args)
+    templated = one(objs, "CronJob")["spec"]["jobTemplate"]["metadata"]["labels"]
+    initial = one(objs, "Job")["metadata"]["labels"]
+    for labels in (templated, initial):
+        assert labels["kueue.x-k8s.io/queue-name"] == "gpu-training"
+        assert labels["kueue.x-k8s.io/priority-class"] == "nightly"
+    # The multi-worker Indexed Job is the same template: one workload, admitted as a whole.
+    indexed = render("--set", "training.workers=2", *args)
+    job_template = one(indexed, "CronJob")["spec"]["jobTemplate"]
+    assert job_template["spec"]["completionMode"] == "Indexed"
+    assert job_template["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
+    # `leaf-train submit` copies the template's labels, so a manual run waits in the same queue.
+    from kubernetes import client
+    from leaf_train.commands.kube import job_from_cronjob
+
+    cronjob = client.ApiClient()._ApiClient__deserialize(one(objs, "CronJob"), "V1CronJob")
+    cronjob.metadata.uid, cronjob.metadata.namespace = "uid-1", NAMESPACE
+    assert job_from_cronjob(cronjob, "manual-1")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
+    bad = helm("template", "leaf", str(CHART), "--set", "training.kueue.queueName=Not_A_Name", check=False)
+    assert bad.returncode != 0 and "queueName" in bad.stderr
+
+
 def test_config_change_rolls_pods_via_checksum(renders):
     def checksums(objs):
         dep = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]

@@ -1,4 +1,16 @@
 {{/*
+Labels of a training Job (not its pods): Kueue reads the queue and priority from the Job itself.
+*/}}
+{{- define "leaf-train.training.jobLabels" -}}
+{{- with .Values.training.kueue.queueName }}
+kueue.x-k8s.io/queue-name: {{ . | quote }}
+{{- end }}
+{{- with .Values.training.kueue.priorityClass }}
+kueue.x-k8s.io/priority-class: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 The training Job's spec, shared by the CronJob's jobTemplate and the optional one-off Job.
 */}}
 {{- define "leaf-train.training.jobSpec" -}}
