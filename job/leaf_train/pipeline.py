@@ -462,7 +462,7 @@ def _artefacts(
     from . import evaluate
 
     def js(obj: Any) -> bytes:
-        return json.dumps(obj, indent=2, default=_json_default).encode()
+        return to_json_bytes(obj)
 
     return {
         MODEL_FILE: onnx_bytes,
@@ -475,9 +475,25 @@ def _artefacts(
     }
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
+def to_json_bytes(obj: Any) -> bytes:
+    """Indented JSON that every parser reads: NaN and ±Infinity (a diverged loss) become null.
+
+    ``json.dumps`` writes non-finite floats as bare ``NaN``/``Infinity`` (not JSON) and never calls
+    ``default`` for floats, so they are replaced before dumping; ``allow_nan=False`` makes a missed
+    one fail here rather than in a reader.
+    """
+    return json.dumps(_finite(obj), indent=2, allow_nan=False).encode()
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        o = o.item()
     if isinstance(o, float) and not math.isfinite(o):
         return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o
