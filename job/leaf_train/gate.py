@@ -43,10 +43,19 @@ class RetentionConfig:
         "Versions kept by retention (newest complete ones); the served version and its rollback target are "
         "always kept in addition",
     )
+    incomplete_grace_hours: float = option(
+        24.0,
+        "Retention removes an incomplete version (a publication that died) once nothing in it was written for "
+        "this long; keep it above the training Job's deadline so no attempt of the run that owns it is alive",
+    )
 
     def validate(self) -> None:
         if self.keep_versions < 1:
             raise ConfigurationError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
+        if not self.incomplete_grace_hours > 0:
+            raise ConfigurationError(
+                f"--incomplete-grace-hours: expected hours > 0; received {self.incomplete_grace_hours}"
+            )
 
 
 @dataclass

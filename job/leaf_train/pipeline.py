@@ -3,6 +3,11 @@
 config -> storage -> dataset -> decode cache -> model -> train (2 phases) -> evaluate
 -> export + parity -> quality gate -> publish -> promote. Each stage lives in its own
 module; this one only wires them and collects the run report.
+
+From training to the end, SIGTERM stops the run at the next safe point with exit 75 (a checkpoint
+in training; the next step of export or publication), and every step after training can be
+repeated, so the Job's retried pod finishes what a SIGTERM, an OOM kill or a storage error cut
+short (``publish``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import logging
 import math
 import tempfile
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -33,7 +39,8 @@ from .errors import ConfigurationError
 from .gate import GateConfig, GateDecision, decide
 from .kube import KubeConfig, KubeReporter
 from .progress import progress
-from .registry import ModelRegistry, VersionExistsError
+from .publish import finish, publish_once, run_owner
+from .registry import ModelRegistry
 from .train import set_determinism, use_determinism
 
 log = logging.getLogger(__name__)
@@ -176,6 +183,7 @@ def _fit(
     ckpts: Any,
     kube: Any,
     dist: Distribution,
+    stop: StopSignal,
 ) -> bool:
     """Train both phases; returns whether the train step was XLA-compiled."""
     from .inputs import augmentation, make_dataset
@@ -205,24 +213,20 @@ def _fit(
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         kube.event(f"Phase{phase}Done", f"phase {phase} finished: {shown}")
 
-    stop = StopSignal().install()
-    try:
-        run_phases(
-            model,
-            train_ds,
-            val_ds,
-            plans,
-            fine_tune_from=cfg.fine_tune_from,
-            patience=cfg.early_stopping_patience,
-            checkpoints=ckpts,
-            state=state,
-            best_weights=best,
-            on_phase_end=phase_done,
-            stop=stop,
-            jit_compile=jit,
-        )
-    finally:
-        stop.uninstall()
+    run_phases(
+        model,
+        train_ds,
+        val_ds,
+        plans,
+        fine_tune_from=cfg.fine_tune_from,
+        patience=cfg.early_stopping_patience,
+        checkpoints=ckpts,
+        state=state,
+        best_weights=best,
+        on_phase_end=phase_done,
+        stop=stop,
+        jit_compile=jit,
+    )
     return jit
 
 
@@ -302,28 +306,36 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     out_store = open_store(cfg.output)
     registry = ModelRegistry(out_store, cfg.model_name)
     ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
+    saved = ckpts.load_state() if ckpts else None
+    if saved is not None and saved.published_version:
+        # An earlier attempt published; only promotion and retention may be left. No data, no model.
+        if not dist.is_chief:
+            log.info("run %s already published %s; worker 0 finishes it", cfg.run_id, saved.published_version)
+            return RunResult(saved.published_version, "", False, {}, {}, {"worker": dist.index})
+        return _finish_published(registry, saved.published_version, gate_cfg, kube)
     kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
 
-    with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
+    with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp, ExitStack() as on_exit:
         cache_dir = Path(tmp)
         data = prepare_data(cfg, data_store, cache_dir)
         # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
         # variables, optimizer slots and the compiled step are mirrored and kept in sync.
         with dist.strategy.scope():
-            model, state, best, resumed = _build_or_resume(cfg, data, cache_dir, ckpts)
-        if state.published_version:
-            log.info("run %s already published %s; nothing to do", cfg.run_id, state.published_version)
-            return RunResult(state.published_version, registry.uri(state.published_version), False, {}, {})
+            model, state, best, _ = _build_or_resume(cfg, data, cache_dir, ckpts)
         state.version = state.version or cfg.version or default_version(data.index)
+        # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
+        stop = StopSignal().install()
+        on_exit.callback(stop.uninstall)
         with dist.strategy.scope():
-            jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
+            jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist, stop)
         weights_sha256 = weights_digest(model.get_weights())
         log.info("final weights sha256 %s (worker %d)", weights_sha256, dist.index)
         if not dist.is_chief:
             log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
             return RunResult(state.version, "", False, {}, {}, {"worker": dist.index})
 
-        shipped = _evaluate_and_export(cfg, data, model, kube)
+        stop.check("after training, before evaluation and export")
+        shipped = _evaluate_and_export(cfg, data, model, kube, stop)
         champion = registry.champion()
         decision = _gate(gate_cfg, data, shipped, champion)
         version = state.version
@@ -335,15 +347,32 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
         report["jit_compile"] = jit
         files = _artefacts(contract, shipped.onnx, shipped.metrics, data, state, report) | shipped.extra_files
-        _publish_once(registry, version, files, resumed=resumed)
+        stop.check(f"before publishing {version}")
+        owner, where = run_owner(cfg.run_id), f"while publishing {version}, before writing"
+        publish_once(registry, version, files, owner=owner, on_step=lambda name: stop.check(f"{where} {name}"))
         if ckpts is not None:
             state.published_version = version
             ckpts.save_state(state)
-    # CAS against the pointer the gate compared with: if another run promoted meanwhile, we lose.
-    expected = champion.pointer_etag if champion else None
-    promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
-    kube.annotate_version(version)
+        stop.check(f"after publishing {version}, before promoting it")
+        promoted = _finish(registry, version, gate_cfg, kube)
     return RunResult(version, registry.uri(version), promoted, shipped.metrics, decision.to_dict(), report)
+
+
+def _finish(registry: ModelRegistry, version: str, gate_cfg: GateConfig, kube: Any) -> bool:
+    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
+    grace_s = gate_cfg.incomplete_grace_hours * 3600
+    promoted = finish(registry, version, kube, keep=gate_cfg.keep_versions, incomplete_grace_s=grace_s)
+    kube.annotate_version(version)
+    return promoted
+
+
+def _finish_published(registry: ModelRegistry, version: str, gate_cfg: GateConfig, kube: Any) -> RunResult:
+    """A retried run whose earlier attempt published ``version``: verify it and do what is left."""
+    registry.verify(version)
+    log.info("this run already published %s; finishing its promotion", version)
+    promoted = _finish(registry, version, gate_cfg, kube)
+    gate = (registry.contract_dict(version) or {}).get("gate") or {}
+    return RunResult(version, registry.uri(version), promoted, {}, gate)
 
 
 @dataclass
@@ -357,7 +386,7 @@ class Shipped:
     extra_files: dict[str, bytes]  # model.fp16.onnx when --export-fp16
 
 
-def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube: Any) -> Shipped:
+def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube: Any, stop: StopSignal) -> Shipped:
     """Validation metrics of the float32 copy, its ONNX export, and the parity checks before publishing."""
     from . import evaluate, export
 
@@ -367,7 +396,9 @@ def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube:
     probs = _predict(inference, images, data.val_slots, cfg.batch_size)
     metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    stop.check("after evaluation, before the ONNX export")
     onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
+    stop.check("after the ONNX export, before its parity check")
     parity_images = images[data.val_slots[: cfg.parity_images]]
     parity = export.check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance)
     kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
@@ -440,34 +471,6 @@ def _int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, kube: 
     return {export.INT8_FILE: int8, "parity": record}
 
 
-def _publish_once(registry: ModelRegistry, version: str, files: dict[str, bytes], resumed: bool) -> None:
-    """Publish; a retried run whose first attempt published before dying reuses that version."""
-    try:
-        registry.publish(version, files)
-    except VersionExistsError:
-        if not resumed:
-            raise
-        registry.verify(version)  # complete and intact, or this raises
-        log.info("version %s was already published by an earlier attempt of this run", version)
-
-
-def _promote(
-    registry: ModelRegistry, version: str, decision: GateDecision, gate_cfg: GateConfig, kube: Any, expected: str | None
-) -> bool:
-    if not decision.promote:
-        log.warning("version %s kept but NOT promoted: %s", version, decision.reason)
-        kube.event("NotPromoted", f"{version}: {decision.reason}", type="Warning")
-        return False
-    registry.promote(version, expected_etag=expected)
-    log.info("promoted %s: %s", version, decision.reason)
-    kube.event("Promoted", f"{version}: {decision.reason}")
-    deleted = registry.apply_retention(gate_cfg.keep_versions)
-    if deleted:
-        log.info("retention removed %d old versions: %s", len(deleted), ", ".join(deleted))
-    kube.rollout(version=version)  # no-op unless --rollout-deployment is set
-    return True
-
-
 def _report(cfg: TrainConfig, data: PreparedData, state: RunState, mixed: bool, started: float) -> dict[str, Any]:
     return {
         "classes": data.index.counts(),
@@ -491,7 +494,7 @@ def _artefacts(
     from . import evaluate
 
     def js(obj: Any) -> bytes:
-        return json.dumps(obj, indent=2, default=_json_default).encode()
+        return to_json_bytes(obj)
 
     return {
         MODEL_FILE: onnx_bytes,
@@ -504,9 +507,25 @@ def _artefacts(
     }
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
+def to_json_bytes(obj: Any) -> bytes:
+    """Indented JSON that every parser reads: NaN and ±Infinity (a diverged loss) become null.
+
+    ``json.dumps`` writes non-finite floats as bare ``NaN``/``Infinity`` (not JSON) and never calls
+    ``default`` for floats, so they are replaced before dumping; ``allow_nan=False`` makes a missed
+    one fail here rather than in a reader.
+    """
+    return json.dumps(_finite(obj), indent=2, allow_nan=False).encode()
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        o = o.item()
     if isinstance(o, float) and not math.isfinite(o):
         return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o

@@ -63,6 +63,9 @@ class ObjectInfo:
     key: str  # relative to the store's root, "/"-separated
     size: int
     etag: str
+    # Seconds since the epoch of the last write, by the store's clock (S3 LastModified, file mtime);
+    # what retention ages incomplete versions by. None where a store did not say.
+    modified: float | None = None
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -132,8 +135,12 @@ class LocalStore(Store):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        p = (self.root / key).resolve() if key else self.root
-        if p != self.root and self.root not in p.parents:
+        # Compare resolved with resolved: a root reached through a symlink (/tmp -> /private/tmp, a
+        # mounted volume's link) is still the root. Resolved on each call because the root may not
+        # exist yet, or become a link, after the store was opened.
+        root = self.root.resolve()
+        p = (root / key).resolve() if key else root
+        if p != root and root not in p.parents:
             raise StoreError(f"key {key!r} escapes the store root {self.root}")
         return p
 
@@ -147,15 +154,16 @@ class LocalStore(Store):
         if not base.exists():
             return
         found = []
+        root = self._path("")
         for dirpath, _, filenames in os.walk(base):
             for name in filenames:
                 if not name.startswith(_LOCAL_PRIVATE):
                     p = Path(dirpath) / name
-                    found.append((p.relative_to(self.root).as_posix(), p))
+                    found.append((p.relative_to(root).as_posix(), p))
         # Lexicographic by key, as S3 lists, so both stores enumerate identically.
         for key, p in sorted(found):
             st = p.stat()
-            yield ObjectInfo(key, st.st_size, self._etag(st))
+            yield ObjectInfo(key, st.st_size, self._etag(st), st.st_mtime)
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         p = self._path(key)
@@ -171,7 +179,7 @@ class LocalStore(Store):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key, st.st_size, self._etag(st))
+        return ObjectInfo(key, st.st_size, self._etag(st), st.st_mtime)
 
     @contextlib.contextmanager
     def _locked(self, p: Path) -> Iterator[None]:
@@ -283,7 +291,8 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles
-                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'))
+                    modified = obj["LastModified"].timestamp() if "LastModified" in obj else None
+                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified)
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, prefix) from e
 
@@ -306,7 +315,8 @@ class S3Store(Store):
             if isinstance(err, NotFound):
                 return None
             raise err from e
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'))
+        modified = resp["LastModified"].timestamp() if "LastModified" in resp else None
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'), modified)
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -201,15 +201,23 @@ def test_training_config_reaches_the_job_as_leaf_train_env(renders):
     assert cm["LEAF_TRAIN_OUTPUT"] == "s3://leaf-models/registry"
     assert cm["LEAF_TRAIN_IMAGE_SIZE"] == "150" and cm["LEAF_TRAIN_FINETUNE_EPOCHS"] == "100"
     assert "LEAF_TRAIN_MIN_ACCURACY" not in cm  # null = the job's own default
-    objs = render("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5")
+    objs = render(
+        "--set",
+        "training.config.minAccuracy=0.85",
+        "--set",
+        "training.config.keepVersions=5",
+        "--set",
+        "training.config.incompleteGraceHours=36",
+    )
     cm = one(objs, "ConfigMap", "training")["data"]
     assert (cm["LEAF_TRAIN_MIN_ACCURACY"], cm["LEAF_TRAIN_KEEP_VERSIONS"]) == ("0.85", "5")
+    assert cm["LEAF_TRAIN_INCOMPLETE_GRACE_HOURS"] == "36"
     # Every LEAF_TRAIN_* key must be an option the job knows (a typo would be silently ignored).
     from leaf_train.config import TrainConfig
     from leaf_train.kube import KubeConfig
 
     known = {f.upper() for cls in (TrainConfig, KubeConfig) for f in cls.__dataclass_fields__}
-    known |= {"MIN_ACCURACY", "MAX_REGRESSION", "KEEP_VERSIONS"}  # the quality gate's agreed names
+    known |= {"MIN_ACCURACY", "MAX_REGRESSION", "KEEP_VERSIONS", "INCOMPLETE_GRACE_HOURS"}  # gate and retention
     unknown = [k for k in cm if k.removeprefix("LEAF_TRAIN_") not in known]
     assert unknown == []
 
@@ -320,20 +328,71 @@ def test_writable_paths_are_emptydir_mounts(renders, values):
                 assert any(path == m or path.startswith(m + "/") for m in mounts), f"{name}: {path} not writable"
 
 
-def test_s3_credentials_only_by_reference(renders):
+def test_s3_credentials_only_by_reference_and_each_component_its_own(renders):
     assert all(by_kind(objs, "Secret") == [] for objs in renders.values())
     objs = renders["existing-secret-values.yaml"]
+    secret_of = {"CronJob": "leaf-s3-credentials", "Deployment": "leaf-s3-read-credentials"}
     for name, spec in pod_specs(objs):
-        if name.startswith("Pod/"):
-            continue
         env = env_of(spec["containers"][0])
-        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "leaf-s3-credentials", "key": "access-key-id"}}
-        assert env["AWS_SECRET_ACCESS_KEY"] == {
-            "secretKeyRef": {"name": "leaf-s3-credentials", "key": "secret-access-key"}
-        }
+        if name.startswith("Pod/"):
+            assert "AWS_ACCESS_KEY_ID" not in env  # the helm test pod only calls the Service
+            continue
+        secret = secret_of[name.split("/")[0]]
+        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": secret, "key": "access-key-id"}}, name
+        assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": secret, "key": "secret-access-key"}}, name
         assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
     default_env = env_of(one(renders["default-values.yaml"], "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert "AWS_ACCESS_KEY_ID" not in default_env
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_serving_runs_under_its_own_service_account_never_trainings(renders, values):
+    objs = renders[values]
+    accounts = {sa["metadata"]["labels"]["app.kubernetes.io/component"]: sa for sa in by_kind(objs, "ServiceAccount")}
+    assert set(accounts) == {"training", "serving"}
+    assert all(sa["automountServiceAccountToken"] is False for sa in accounts.values())
+    dep = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert dep["serviceAccountName"] == accounts["serving"]["metadata"]["name"] == "leaf-leaf-train-serve"
+    for name, spec in pod_specs(objs):
+        if name.startswith(("CronJob/", "Job/")):
+            assert spec["serviceAccountName"] == accounts["training"]["metadata"]["name"], name
+    subjects = [s["name"] for b in by_kind(objs, "RoleBinding") for s in b["subjects"]]
+    assert subjects == [accounts["training"]["metadata"]["name"]]  # no Role reaches the server
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--set", "s3.existingSecret=train-keys"],
+            "serving.s3.existingSecret: expected the name of a Secret with read-only S3 keys for the server, "
+            "because s3.existingSecret (train-keys) is set for training; received none",
+        ),
+        (
+            ["--set", "s3.existingSecret=keys", "--set", "serving.s3.existingSecret=keys"],
+            "serving.s3.existingSecret: expected a Secret other than training's s3.existingSecret; received the same",
+        ),
+        (
+            ["--set", "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/train"],
+            "serving.serviceAccount.annotations: expected eks.amazonaws.com/role-arn naming the server's read-only "
+            "role, because training's ServiceAccount has one; received none",
+        ),
+        (
+            ["--set", "training.activeDeadlineSeconds=172800"],
+            "training.config.incompleteGraceHours: expected at least training.activeDeadlineSeconds "
+            "(172800 s = 48.0 h)",
+        ),
+    ],
+)
+def test_render_refuses_settings_that_would_weaken_isolation_or_retention(args, error):
+    result = helm("template", "leaf", str(CHART), "--namespace", NAMESPACE, *args, check=False)
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr
+
+
+def test_training_keys_alone_are_fine_without_a_server():
+    objs = render("--set", "s3.existingSecret=train-keys", "--set", "serving.enabled=false")
+    assert by_kind(objs, "Deployment") == [] and one(objs, "CronJob")
 
 
 def test_minio_endpoint_network_policy_and_rollout(renders):
@@ -368,16 +427,95 @@ def test_rbac_grants_exactly_what_the_integration_uses(renders):
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "patch"]},
     ]
     binding = one(objs, "RoleBinding")
-    sa = one(objs, "ServiceAccount")
+    sa = one(objs, "ServiceAccount", "training")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
     cron_pod = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron_pod["serviceAccountName"] == sa["metadata"]["name"]
     assert cron_pod["automountServiceAccountToken"] is True
 
 
-def test_irsa_annotation_passes_through(renders):
-    sa = one(renders["irsa-values.yaml"], "ServiceAccount")
-    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/leaf-train"}
+def test_irsa_annotations_pass_through_one_role_per_component(renders):
+    objs = renders["irsa-values.yaml"]
+    for component, role in (("training", "leaf-train"), ("serving", "leaf-serve")):
+        sa = one(objs, "ServiceAccount", component)
+        assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": f"arn:aws:iam::123456789012:role/{role}"}
+
+
+def egress_ports(policy: dict[str, Any]) -> dict[int | str, list[dict[str, Any]]]:
+    """Port -> the ``to`` peers of the rule that opens it (empty = anywhere)."""
+    return {p["port"]: rule.get("to", []) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+
+
+def test_network_policies_are_on_by_default_and_least_privilege(renders):
+    objs = renders["default-values.yaml"]
+    serving, training = one(objs, "NetworkPolicy", "serving"), one(objs, "NetworkPolicy", "training")
+    assert serving["spec"]["podSelector"] == one(objs, "Deployment")["spec"]["selector"]
+    # Only the server's ports: HTTP and gRPC.
+    assert serving["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]}
+    ]
+    assert egress_ports(serving) == {53: [], 443: []}  # DNS and S3; no API server
+    assert "ingress" not in training["spec"] and training["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert egress_ports(training) == {53: [], 443: [], 6443: []}  # DNS, S3 and the API server
+    quiet = render("--set", "training.kubeIntegration=off")
+    assert egress_ports(one(quiet, "NetworkPolicy", "training")) == {53: [], 443: []}
+    assert by_kind(render("--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "ports"),
+    [
+        (["--set", "s3.endpoint=http://minio.minio.svc:9000"], {9000}),
+        (["--set", "s3.endpoint=https://s3.example.com"], {443}),
+        (["--set", "s3.endpoint=http://minio.local"], {80}),
+        (["--set", "s3.endpoint=http://[fd00::1]:9100"], {9100}),
+        (["--set", "networkPolicy.storagePorts={9000,9443}"], {9000, 9443}),
+    ],
+)
+def test_storage_egress_follows_the_endpoint(args, ports):
+    serving = one(render(*args), "NetworkPolicy", "serving")
+    assert set(egress_ports(serving)) - {53} == ports
+
+
+def test_minio_narrows_storage_egress_and_lets_helm_test_in(renders):
+    objs = renders["minio-values.yaml"]
+    minio = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}]
+    for component in ("serving", "training"):
+        assert egress_ports(one(objs, "NetworkPolicy", component))[9000] == minio
+    peers = one(objs, "NetworkPolicy", "serving")["spec"]["ingress"][0]["from"]
+    test_pod = one(objs, "Pod")["metadata"]["labels"]
+    assert any(
+        all(test_pod.get(k) == v for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items())
+        and peer.get("podSelector")
+        for peer in peers
+    )
+
+
+def test_rollout_permission_is_limited_to_the_restart_annotations(renders):
+    objs = renders["minio-values.yaml"]  # rolloutServing on
+    policy, binding = one(objs, "ValidatingAdmissionPolicy"), one(objs, "ValidatingAdmissionPolicyBinding")
+    dep_name = one(objs, "Deployment")["metadata"]["name"]
+    sa = one(objs, "ServiceAccount", "training")["metadata"]["name"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["resourceNames"], rule["operations"]) == (["deployments"], [dep_name], ["UPDATE"])
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{sa}'"
+    checked = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "object.spec.template.spec == oldObject.spec.template.spec" in checked
+    from leaf_train.kube import MODEL_VERSION_ANNOTATION, RESTARTED_AT_ANNOTATION
+
+    allowed = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["restartAnnotations"]
+    assert allowed == f"['{RESTARTED_AT_ANNOTATION}', '{MODEL_VERSION_ANNOTATION}']"  # what kube.rollout patches
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
+    }
+    # No rollout, no policy; and an operator without cluster-scope rights can switch it off.
+    assert by_kind(renders["default-values.yaml"], "ValidatingAdmissionPolicy") == []
+    unrestricted = render("-f", str(CHART / "ci" / "minio-values.yaml"), "--set", "rbac.restrictRollout=false")
+    assert by_kind(unrestricted, "ValidatingAdmissionPolicy") == []
 
 
 def test_no_cronjob_value_set_runs_once_at_install(renders):
@@ -505,3 +643,29 @@ def test_every_checkov_skip_carries_a_written_reason(checkov_report):
     for check in skipped:
         reason = (check.get("check_result") or {}).get("suppress_comment", "")
         assert len(reason.split()) >= 5, f"{check['check_id']} on {check['resource']}: reason {reason!r}"
+
+
+def test_readme_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
+    """The policies people will copy are valid JSON, and CI's MinIO user for the server has exactly them."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**Credentials and IAM policies.**") : readme.index("**Network policies**")]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    training, serving, capture = (json.loads(b) for b in blocks)  # capture: the one optional statement
+    assert {s["Sid"] for s in training["Statement"]} == {"ListPhotos", "ReadPhotos", "ListModel", "WriteModel"}
+    actions = {s["Action"] for s in serving["Statement"]}
+    assert actions == {"s3:ListBucket", "s3:GetObject"}  # read-only
+    assert capture["Action"] == "s3:PutObject" and capture["Resource"].endswith("/inbox/*")
+
+    workflow = (ROOT / ".github" / "workflows" / "kind.yaml").read_text()
+    minio = json.loads(re.search(r"cat > /tmp/leaf-serve-policy.json <<'JSON'\n(.*?)\n\s*JSON", workflow, re.S)[1])
+
+    def grants(policy: dict) -> list[tuple]:
+        def as_list(v):
+            return sorted([v] if isinstance(v, str) else v)
+
+        return sorted(
+            (tuple(as_list(s["Action"])), tuple(as_list(s["Resource"])), json.dumps(s.get("Condition"), sort_keys=True))
+            for s in policy["Statement"]
+        )
+
+    assert grants(minio) == grants(serving)

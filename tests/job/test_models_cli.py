@@ -85,10 +85,11 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "rollback", *o)[:2] == (0, "rolled back to v1 (was v2)\n")
 
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", "--dry-run", *o)
-    assert (rc, out) == (0, "would delete 1 version(s), keeping the newest 1: v2\n")
+    kept = "keeping the newest 1 complete version(s) and incomplete ones written to in the last 24 h"
+    assert (rc, out) == (0, f"would delete 1 version(s), {kept}: v2\n")
     assert json.loads(run(capsys, "show", "v2", "--format", "json", *o)[1])["complete"]  # a dry run deletes nothing
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", *o)
-    assert (rc, out) == (0, "deleted 1 version(s), keeping the newest 1: v2\n")
+    assert (rc, out) == (0, f"deleted 1 version(s), {kept}: v2\n")
     remaining = {line.split()[0] for line in run(capsys, "list", *o)[1].splitlines()[1:]}
     assert remaining == {"v1", "v3", "v4"}  # served v1, newest v3, in-progress v4
 
@@ -102,6 +103,7 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
         (["rollback"], 1, "expected a pointer to roll back; found none"),
         (["prune", "--keep-versions", "0"], 2, "--keep-versions: expected >= 1; received 0"),
         (["prune", "--keep-versions", "many"], 2, "cannot read 'many' as int"),
+        (["prune", "--incomplete-grace-hours", "0"], 2, "--incomplete-grace-hours: expected hours > 0; received 0.0"),
         (["list", "--model-name", "Bad Name"], 2, "--model-name: expected lowercase letters"),
     ],
 )

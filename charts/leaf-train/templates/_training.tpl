@@ -108,7 +108,7 @@ template:
             value: /cache/keras
           - name: MPLCONFIGDIR
             value: /tmp/matplotlib
-          {{- with include "leaf-train.s3Env" . | trim }}
+          {{- with include "leaf-train.s3Env" (dict "root" . "creds" .Values.s3) | trim }}
           {{- . | nindent 10 }}
           {{- end }}
           {{- with include "leaf-train.training.workerEnv" . | trim }}
@@ -159,5 +159,5 @@ template:
 {{- define "leaf-train.training.checkovSkips" -}}
 {{ include "leaf-train.checkovImageSkips" . }}
 checkov.io/skip3: "CKV_K8S_38=The training pod mounts its token on purpose, to record Events on its Job and annotate it (RBAC in rbac.yaml)"
-{{- include "leaf-train.checkovSecretEnvSkip" . }}
+{{- include "leaf-train.checkovSecretEnvSkip" .Values.s3 }}
 {{- end }}

@@ -90,7 +90,10 @@ def format_table(rows: list) -> str:  # noqa: ANN001 -- list[VersionInfo]
     header = ("VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON")
     lines = [header]
     for r in rows:
-        state = "incomplete" if not r.complete else "served" if r.served else "promoted-before" if r.promoted else "-"
+        if not r.complete:
+            state = "deleting" if r.deleting else "incomplete"
+        else:
+            state = "served" if r.served else "promoted-before" if r.promoted else "-"
         reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
         lines.append(
             (r.version, r.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
@@ -188,9 +191,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from ..gate import RetentionConfig
 
-    keep = resolve(RetentionConfig, ENV_PREFIX, {"keep_versions": args.keep_versions}).keep_versions
+    cfg = resolve(RetentionConfig, ENV_PREFIX, args)
+    keep, grace_s = cfg.keep_versions, cfg.incomplete_grace_hours * 3600
     registry = _registry(args)
-    doomed = registry.retention_plan(keep) if args.dry_run else registry.apply_retention(keep)
+    plan = registry.retention_plan if args.dry_run else registry.apply_retention
+    doomed = plan(keep, incomplete_grace_s=grace_s)
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {len(doomed)} version(s), keeping the newest {keep}: {', '.join(doomed) or '-'}")
+    print(
+        f"{verb} {len(doomed)} version(s), keeping the newest {keep} complete version(s) and incomplete ones "
+        f"written to in the last {cfg.incomplete_grace_hours:g} h: {', '.join(doomed) or '-'}"
+    )
     return 0
