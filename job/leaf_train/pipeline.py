@@ -29,7 +29,7 @@ from .config import TrainConfig
 from .dataset import TRAIN, VAL, DatasetIndex, build_index, check_index, discover
 from .distribute import Distribution, create, resolve_cluster, weights_digest
 from .errors import ConfigurationError
-from .gate import GateConfig, GateDecision, decide
+from .gate import GateConfig, GateDecision, decide, event_note
 from .kube import KubeConfig, KubeReporter
 from .progress import progress
 from .registry import ModelRegistry, VersionExistsError
@@ -329,6 +329,7 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         version = state.version
         contract = _contract(cfg, version, data, shipped.onnx, shipped.metrics, shipped.parity)
         contract.gate = decision.to_dict()
+        kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
         contract.provenance = provenance.record(cfg.seed, deterministic, cfg.deterministic, weights_sha256)
         report = _report(cfg, data, state, mixed, started)
         report["provenance"] = contract.provenance
@@ -352,8 +353,7 @@ class Shipped:
 
     metrics: dict[str, Any]
     onnx: bytes
-    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported)
-    parity_passed: bool
+    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported); the gate judges it
     extra_files: dict[str, bytes]  # model.fp16.onnx when --export-fp16
 
 
@@ -374,7 +374,7 @@ def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube:
     record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, parity_images)
     if extra:
         record["fp16"] = extra.pop("parity")
-    return Shipped(metrics, onnx_bytes, record, parity.passed, extra)
+    return Shipped(metrics, onnx_bytes, record, extra)
 
 
 def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: Any) -> GateDecision:
@@ -383,7 +383,8 @@ def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: 
     return decide(
         gate_cfg,
         candidate_accuracy=shipped.metrics["accuracy"],
-        parity_passed=shipped.parity_passed,
+        candidate_recall={name: c["recall"] for name, c in shipped.metrics["per_class"].items()},
+        parity=shipped.parity,
         champion=champion,
         val_images=np.asarray(data.decoded.images[slots]),
         val_labels=[data.index.classes[i] for i in data.labels[slots]],

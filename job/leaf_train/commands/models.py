@@ -126,6 +126,10 @@ def format_show(shown: dict) -> str:
         lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
+        if gate.get("rules"):  # versions published before the decision table have only the reason
+            from ..gate import format_rules
+
+            lines += [f"  {line}" for line in format_rules(gate["rules"])]
     lines += _format_provenance(contract.get("provenance") or {})
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
