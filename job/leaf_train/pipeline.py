@@ -22,7 +22,7 @@ from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, Tenso
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.storage import ObjectInfo, Store, open_store
 
-from . import __version__, provenance
+from . import __version__, freshness, provenance
 from .cache import DecodedImages, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
@@ -59,10 +59,14 @@ class PreparedData:
     val_slots: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedData:
-    """List, decode once, drop bad files, and split; classes are re-derived from usable images."""
+def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
     with progress("list", None, cfg.progress) as bar:
-        listed = discover(store, cfg.val_fraction, bar)
+        return discover(store, cfg.val_fraction, bar)
+
+
+def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex | None = None) -> PreparedData:
+    """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
+    listed = list_photos(cfg, store) if listed is None else listed
     decoded = decode_all(
         store,
         listed.items,
@@ -79,6 +83,9 @@ def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedDat
     good = [ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if ok]
     index = build_index(good, store.uri, cfg.val_fraction)
     index.ignored = listed.ignored
+    index.unusable = [
+        ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if not ok
+    ]
     check_index(index, cfg.min_images_per_class)
     slot_of = {it.key: i for i, it in enumerate(listed.items)}
     labels = np.zeros(len(listed.items), dtype=np.int32)
@@ -259,33 +266,18 @@ def _contract(
             "manifest": "dataset.json",
         },
         parity=parity,
-        training={
-            k: getattr(cfg, k)
-            for k in (
-                "image_size",
-                "batch_size",
-                "head_epochs",
-                "finetune_epochs",
-                "head_lr",
-                "finetune_lr",
-                "fine_tune_from",
-                "weights",
-                "augment",
-                "seed",
-                "deterministic",
-                "mixed_precision",
-                "jit_compile",
-                "workers",
-                "lr_scaling",
-                "export_fp16",
-            )
-        },
+        training=freshness.training_record(cfg),
         code_version=f"leaf-train {__version__}",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
-def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResult:
+def run(
+    cfg: TrainConfig,
+    gate_cfg: GateConfig,
+    kube_cfg: KubeConfig,
+    retrain_cfg: freshness.RetrainConfig | None = None,
+) -> RunResult:
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = _distribution(cfg, kube_cfg)
@@ -303,10 +295,15 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     registry = ModelRegistry(out_store, cfg.model_name)
     ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
     kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
+    listed = list_photos(cfg, data_store)
+    retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, registry)
+    if retrain.skip:
+        return _skipped(retrain, registry, kube)
+    log.info("%s", retrain.reason)
 
     with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
         cache_dir = Path(tmp)
-        data = prepare_data(cfg, data_store, cache_dir)
+        data = prepare_data(cfg, data_store, cache_dir, listed)
         # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
         # variables, optimizer slots and the compiled step are mirrored and kept in sync.
         with dist.strategy.scope():
@@ -345,6 +342,15 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
     kube.annotate_version(version)
     return RunResult(version, registry.uri(version), promoted, shipped.metrics, decision.to_dict(), report)
+
+
+def _skipped(retrain: freshness.RetrainDecision, registry: ModelRegistry, kube: KubeReporter) -> RunResult:
+    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
+    log.info("%s", retrain.reason)
+    kube.event("Skipped", retrain.reason)
+    kube.annotate_skipped(retrain.reason)
+    served = retrain.served_version or ""
+    return RunResult(served, registry.uri(served) if served else "", False, {}, {}, {"skipped": retrain.reason})
 
 
 @dataclass
