@@ -131,8 +131,12 @@ header_values = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0
 
 
 def legal(value: str) -> bytes:
-    """The value as UTF-8 bytes without surrounding spaces: what an HTTP client can put on the wire at all."""
-    return value.strip(" \t").encode()
+    """The value as UTF-8 bytes without surrounding spaces: what an HTTP client can put on the wire at all.
+
+    Control characters are dropped too: httpx (h11) refuses to send a header holding CR, LF, NUL or any
+    other one, so a drawn ``"\r"`` failed the test in the client before the server saw a byte.
+    """
+    return "".join(c for c in value if c == "\t" or (c >= " " and c != "\x7f")).strip(" \t").encode()
 
 
 content_types = st.sampled_from(["image/png", "image/jpeg", "application/json", "application/octet-stream",
