@@ -262,4 +262,4 @@ def decide(
             f"only {changes.describe()} since the served version {version}, fewer than "
             f"min_new_images={cfg.min_new_images}; options and code unchanged ({why})"
         )
-    return RetrainDecision(True, f"skipped: {reason}; to train anyway: leaf-train submit --force", version)
+    return RetrainDecision(True, f"{reason}; to train anyway: leaf-train submit --force", version)

@@ -346,7 +346,7 @@ def run(
 
 def _skipped(retrain: freshness.RetrainDecision, registry: ModelRegistry, kube: KubeReporter) -> RunResult:
     """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
-    log.info("%s", retrain.reason)
+    log.info("skipped: %s", retrain.reason)
     kube.event("Skipped", retrain.reason)
     kube.annotate_skipped(retrain.reason)
     served = retrain.served_version or ""

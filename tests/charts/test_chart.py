@@ -436,6 +436,8 @@ def test_notes_say_how_to_start_follow_and_call():
     notes = out[out.index("NOTES:") :]
     assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
     assert "leaf-train status --namespace leaf-train --job" in notes
+    assert "leaf-train submit --namespace leaf-train --cronjob leaf-leaf-train-train" in notes
+    assert "it skips like a scheduled run when nothing changed" in notes  # kubectl --from copies the marking
     assert "kubectl logs" in notes and "/classify" in notes and "/v2/models/leaf-classifier/infer" in notes
 
 

@@ -194,7 +194,7 @@ def serve(registry: ModelRegistry, version: str, contract: dict, dataset: dict) 
 @pytest.mark.parametrize(
     ("case", "cfg", "train", "photos", "skip", "reason"),
     [
-        ("unchanged", SCHEDULED, TRAIN, PHOTOS, True, "skipped: the 12 photos, the training options and the code"),
+        ("unchanged", SCHEDULED, TRAIN, PHOTOS, True, "the 12 photos, the training options and the code are those of"),
         ("manual-run", RetrainConfig(), TRAIN, PHOTOS, False, "skip_if_unchanged=auto and a manual run"),
         ("forced", RetrainConfig("off", 1, "scheduled"), TRAIN, PHOTOS, False, "skip_if_unchanged=off"),
         ("one-new", SCHEDULED, TRAIN, [*PHOTOS, ObjectInfo("rust/x.jpg", 1, "e")], False, "1 added photo(s)"),

@@ -212,7 +212,7 @@ def test_status_shows_why_a_run_skipped_and_the_gate_table_under_its_event(clust
     assert run(["submit", "--cronjob", CRONJOB, "--name", "run-3"], capsys)[0] == 0
     reporter = KubeReporter(cluster.client(), namespace=NS, job_name="run-3", reporting_instance="run-3-pod")
     assert reporter.event("GateDecision", "v1: passes the gate\nRULE  VERDICT\nparity  pass")
-    reason = "skipped: the 120 photos, the training options and the code are those of the served version v1"
+    reason = "the 120 photos, the training options and the code are those of the served version v1"
     assert reporter.event("Skipped", reason) and reporter.annotate_skipped(reason)
     assert cluster.get("jobs", NS, "run-3")["metadata"]["annotations"][SKIPPED_ANNOTATION] == reason
 

@@ -89,7 +89,8 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     assert train(cluster, "nightly-2", *data) == 0
     out = capsys.readouterr().out
     assert f"served:         {first}" in out
-    assert "skipped:        skipped: the 16 photos, the training options and the code are those of the served" in out
+    assert "skipped:        the 16 photos, the training options and the code are those of the served version" in out
+    assert "skipped: the 16 photos" in caplog.text  # the log line
     assert versions() == [first]
     assert not [r for r in caplog.records if r.name == "leaf_train.cache"], "a skipped run decoded photos"
     skipped = events(cluster, "nightly-2")["Skipped"]

@@ -154,10 +154,12 @@ def _format_provenance(prov: dict) -> list[str]:
         lock_line = f"{lock.get('profile') or '?'} sha256 {lock.get('sha256', '?')} ({matched})"
     packages = ", ".join(f"{k} {v or '-'}" for k, v in (prov.get("packages") or {}).items())
     determinism = "on" if prov.get("deterministic") else "off"
+    code = prov.get("code") or {}
     return [
         "provenance:",
         f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {prov.get('deterministic_option')})",
         f"  weights:   sha256 {prov.get('weights_sha256', '-')}",
+        f"  code:      leaf-train {code.get('version', '-')} sha256 {code.get('sha256', '-')}",
         f"  lock:      {lock_line}",
         f"  python:    {prov.get('python', '-')}",
         f"  packages:  {packages or '-'}",
