@@ -1,4 +1,4 @@
-"""ONNX export through tf2onnx, then a parity check against Keras before anything ships.
+"""ONNX export through tf2onnx, then a parity check against Keras that the quality gate judges.
 
 ``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN');
 converting a ``tf.function`` with a named ``input_signature`` through
@@ -10,6 +10,7 @@ float32 graph, and it contains no augmentation (that lives in the input pipeline
 from __future__ import annotations
 
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable
@@ -44,9 +45,10 @@ class Parity:
     def passed(self) -> bool:
         return self.max_abs_diff <= self.tolerance
 
-    def to_dict(self) -> dict[str, float | int | bool]:
+    def to_dict(self) -> dict[str, float | int | bool | None]:
         return {
-            "max_abs_diff": self.max_abs_diff,
+            # JSON has no NaN: a model whose outputs are NaN is recorded as null (and fails the gate's rule).
+            "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
             "tolerance": self.tolerance,
             "images": self.images,
             "passed": self.passed,
@@ -100,12 +102,12 @@ def to_onnx(model: keras.Model, image_size: int, opset: int) -> bytes:
 def check_parity(
     model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities."""
+    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged by the gate)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     worst = _max_abs_diff(model.predict_on_batch, _runner(session), images, batch)
-    return _verdict("ONNX Runtime disagrees with Keras", "parity: max |ORT - Keras|", worst, tolerance, len(images))
+    return _verdict("parity: max |ORT - Keras|", worst, tolerance, len(images))
 
 
 def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -120,17 +122,22 @@ def _max_abs_diff(
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
         diff = np.abs(np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32))
-        worst = max(worst, float(np.max(diff)))
+        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to 0.0.
+        worst = float(np.max([worst, float(np.max(diff))]))
     return worst
 
 
-def _verdict(failure: str, what: str, worst: float, tolerance: float, n: int, hint: str = "") -> Parity:
+def _verdict(what: str, worst: float, tolerance: float, n: int) -> Parity:
+    """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not raised.
+
+    Failing the job here would make the Job retry into the same deterministic disagreement and
+    lose the evidence; as a gate rule the version is kept, rejected, with the numbers that failed.
+    """
     parity = Parity(worst, tolerance, n)
-    log.info("%s = %.3g on %d images (tolerance %g)", what, worst, n, tolerance)
-    if not parity.passed:
-        raise ExportError(
-            f"{failure}: max |difference| {worst:.3g} > tolerance {tolerance:g} on {n} validation images{hint}"
-        )
+    if parity.passed:
+        log.info("%s = %.3g on %d images (tolerance %g)", what, worst, n, tolerance)
+    else:
+        log.warning("%s = %.3g on %d images: exceeds the tolerance %g; the gate will reject", what, worst, n, tolerance)
     return parity
 
 
@@ -155,20 +162,13 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
 def check_fp16_parity(
     fp32_bytes: bytes, fp16_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime.
-
-    Raises:
-        ExportError: the float16 model disagrees with the float32 one beyond ``tolerance``.
-    """
+    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime (judged by the gate)."""
     import onnxruntime as ort
 
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])
     half = ort.InferenceSession(fp16_bytes, providers=["CPUExecutionProvider"])
     worst = _max_abs_diff(_runner(full), _runner(half), images, batch)
-    hint = "; export without --export-fp16 or raise --fp16-tolerance"
-    return _verdict(
-        "float16 ONNX disagrees with float32", "fp16 parity: max |FP16 - FP32|", worst, tolerance, len(images), hint
-    )
+    return _verdict("fp16 parity: max |FP16 - FP32|", worst, tolerance, len(images))
 
 
 def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:

@@ -29,14 +29,14 @@ from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, Tenso
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.storage import ObjectInfo, Store, open_store
 
-from . import __version__, provenance
+from . import __version__, freshness, provenance
 from .cache import DecodedImages, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
 from .dataset import TRAIN, VAL, DatasetIndex, build_index, check_index, discover
 from .distribute import Distribution, create, resolve_cluster, weights_digest
 from .errors import ConfigurationError
-from .gate import GateConfig, GateDecision, decide
+from .gate import GateConfig, GateDecision, decide, event_note
 from .kube import KubeConfig, KubeReporter
 from .progress import progress
 from .publish import finish, publish_once, run_owner
@@ -67,10 +67,14 @@ class PreparedData:
     val_slots: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedData:
-    """List, decode once, drop bad files, and split; classes are re-derived from usable images."""
+def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
     with progress("list", None, cfg.progress) as bar:
-        listed = discover(store, cfg.val_fraction, bar)
+        return discover(store, cfg.val_fraction, bar)
+
+
+def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex | None = None) -> PreparedData:
+    """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
+    listed = list_photos(cfg, store) if listed is None else listed
     decoded = decode_all(
         store,
         listed.items,
@@ -87,6 +91,9 @@ def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedDat
     good = [ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if ok]
     index = build_index(good, store.uri, cfg.val_fraction)
     index.ignored = listed.ignored
+    index.unusable = [
+        ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if not ok
+    ]
     check_index(index, cfg.min_images_per_class)
     slot_of = {it.key: i for i, it in enumerate(listed.items)}
     labels = np.zeros(len(listed.items), dtype=np.int32)
@@ -262,34 +269,18 @@ def _contract(
             "manifest": "dataset.json",
         },
         parity=parity,
-        training={
-            k: getattr(cfg, k)
-            for k in (
-                "image_size",
-                "batch_size",
-                "head_epochs",
-                "finetune_epochs",
-                "head_lr",
-                "finetune_lr",
-                "fine_tune_from",
-                "weights",
-                "augment",
-                "seed",
-                "deterministic",
-                "mixed_precision",
-                "jit_compile",
-                "workers",
-                "lr_scaling",
-                "export_fp16",
-                "export_int8",
-            )
-        },
+        training=freshness.training_record(cfg),
         code_version=f"leaf-train {__version__}",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
-def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResult:
+def run(
+    cfg: TrainConfig,
+    gate_cfg: GateConfig,
+    kube_cfg: KubeConfig,
+    retrain_cfg: freshness.RetrainConfig | None = None,
+) -> RunResult:
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = _distribution(cfg, kube_cfg)
@@ -314,10 +305,15 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
             return RunResult(saved.published_version, "", False, {}, {}, {"worker": dist.index})
         return _finish_published(registry, saved.published_version, gate_cfg, kube)
     kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
+    listed = list_photos(cfg, data_store)
+    retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, registry)
+    if retrain.skip:
+        return _skipped(retrain, registry, kube)
+    log.info("%s", retrain.reason)
 
     with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp, ExitStack() as on_exit:
         cache_dir = Path(tmp)
-        data = prepare_data(cfg, data_store, cache_dir)
+        data = prepare_data(cfg, data_store, cache_dir, listed)
         # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
         # variables, optimizer slots and the compiled step are mirrored and kept in sync.
         with dist.strategy.scope():
@@ -341,6 +337,7 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
         version = state.version
         contract = _contract(cfg, version, data, shipped.onnx, shipped.metrics, shipped.parity)
         contract.gate = decision.to_dict()
+        kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
         contract.provenance = provenance.record(cfg.seed, deterministic, cfg.deterministic, weights_sha256)
         report = _report(cfg, data, state, mixed, started)
         report["provenance"] = contract.provenance
@@ -375,14 +372,22 @@ def _finish_published(registry: ModelRegistry, version: str, gate_cfg: GateConfi
     return RunResult(version, registry.uri(version), promoted, {}, gate)
 
 
+def _skipped(retrain: freshness.RetrainDecision, registry: ModelRegistry, kube: KubeReporter) -> RunResult:
+    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
+    log.info("skipped: %s", retrain.reason)
+    kube.event("Skipped", retrain.reason)
+    kube.annotate_skipped(retrain.reason)
+    served = retrain.served_version or ""
+    return RunResult(served, registry.uri(served) if served else "", False, {}, {}, {"skipped": retrain.reason})
+
+
 @dataclass
 class Shipped:
     """What evaluation and export produced: the numbers describe exactly the ONNX that ships."""
 
     metrics: dict[str, Any]
     onnx: bytes
-    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported)
-    parity_passed: bool
+    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported); the gate judges it
     extra_files: dict[str, bytes]  # model.fp16.onnx when --export-fp16
 
 
@@ -409,7 +414,7 @@ def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube:
     if int8:
         record["int8"] = int8.pop("parity")
         extra |= int8
-    return Shipped(metrics, onnx_bytes, record, parity.passed, extra)
+    return Shipped(metrics, onnx_bytes, record, extra)
 
 
 def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: Any) -> GateDecision:
@@ -418,7 +423,8 @@ def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: 
     return decide(
         gate_cfg,
         candidate_accuracy=shipped.metrics["accuracy"],
-        parity_passed=shipped.parity_passed,
+        candidate_recall={name: c["recall"] for name, c in shipped.metrics["per_class"].items()},
+        parity=shipped.parity,
         champion=champion,
         val_images=np.asarray(data.decoded.images[slots]),
         val_labels=[data.index.classes[i] for i in data.labels[slots]],

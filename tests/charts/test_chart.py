@@ -124,6 +124,9 @@ def test_every_object_matches_the_kubernetes_openapi_schema(renders, values, kub
         (["--set", "serving.replicaCount=two"], "got string, want integer"),
         (["--set", "training.cronJob.concurrencyPolicy=Allow"], "concurrencyPolicy"),
         (["--set", "training.config.mixedPrecision=fast"], "mixedPrecision"),
+        (["--set", "training.config.skipIfUnchanged=sometimes"], "skipIfUnchanged"),
+        (["--set", "training.config.minNewImages=0"], "minNewImages"),
+        (["--set", "training.config.maxClassRegression=1.5"], "maxClassRegression"),
         (["--set", "s3.endpoint=minio:9000"], "endpoint"),
         (["--set-string", "serving.service.port=80"], "got string, want integer"),
         (["--set", "s3.output=leaf-models"], "output"),
@@ -191,6 +194,8 @@ def test_training_pod_gpu_placement_and_run_id(renders):
     job_name = {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
     assert env["LEAF_TRAIN_RUN_ID"] == job_name and env["LEAF_TRAIN_JOB_NAME"] == job_name
     assert env["LEAF_TRAIN_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # The schedule's runs are told so (the retrain policy's auto skips only those); see test_kube_commands for submit.
+    assert env["LEAF_TRAIN_RUN_TRIGGER"] == "scheduled"
     cpu = one(renders["cpu-only-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(cpu["containers"][0]["resources"])
 
@@ -201,25 +206,32 @@ def test_training_config_reaches_the_job_as_leaf_train_env(renders):
     assert cm["LEAF_TRAIN_OUTPUT"] == "s3://leaf-models/registry"
     assert cm["LEAF_TRAIN_IMAGE_SIZE"] == "150" and cm["LEAF_TRAIN_FINETUNE_EPOCHS"] == "100"
     assert "LEAF_TRAIN_MIN_ACCURACY" not in cm  # null = the job's own default
+    assert "LEAF_TRAIN_SKIP_IF_UNCHANGED" not in cm  # null = auto: scheduled runs skip when nothing changed
     objs = render(
-        "--set",
-        "training.config.minAccuracy=0.85",
-        "--set",
-        "training.config.keepVersions=5",
-        "--set",
-        "training.config.incompleteGraceHours=36",
+        *("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5"),
+        *("--set", "training.config.maxClassRegression=0.1", "--set", "training.config.gateMinClassSupport=30"),
+        *("--set", "training.config.skipIfUnchanged=on", "--set", "training.config.minNewImages=50"),
+        *("--set", "training.config.incompleteGraceHours=36"),
     )
     cm = one(objs, "ConfigMap", "training")["data"]
     assert (cm["LEAF_TRAIN_MIN_ACCURACY"], cm["LEAF_TRAIN_KEEP_VERSIONS"]) == ("0.85", "5")
+    assert (cm["LEAF_TRAIN_MAX_CLASS_REGRESSION"], cm["LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT"]) == ("0.1", "30")
+    assert (cm["LEAF_TRAIN_SKIP_IF_UNCHANGED"], cm["LEAF_TRAIN_MIN_NEW_IMAGES"]) == ("on", "50")
     assert cm["LEAF_TRAIN_INCOMPLETE_GRACE_HOURS"] == "36"
-    # Every LEAF_TRAIN_* key must be an option the job knows (a typo would be silently ignored).
-    from leaf_train.config import TrainConfig
-    from leaf_train.kube import KubeConfig
+    # Every LEAF_TRAIN_* key must be an option of `leaf-train train` (a typo would be silently ignored).
+    from leaf_train.commands.train import _components
 
-    known = {f.upper() for cls in (TrainConfig, KubeConfig) for f in cls.__dataclass_fields__}
-    known |= {"MIN_ACCURACY", "MAX_REGRESSION", "KEEP_VERSIONS", "INCOMPLETE_GRACE_HOURS"}  # gate and retention
+    known = {f.upper() for _, cls in _components() for f in cls.__dataclass_fields__}
     unknown = [k for k in cm if k.removeprefix("LEAF_TRAIN_") not in known]
     assert unknown == []
+    # ... and the job reads each one as the value the chart meant.
+    from leaf_common.config import resolve
+    from leaf_train.freshness import RetrainConfig
+    from leaf_train.gate import GateConfig
+
+    gate, retrain = (resolve(cls, "LEAF_TRAIN_", environ=cm) for cls in (GateConfig, RetrainConfig))
+    assert (gate.max_class_regression, gate.gate_min_class_support) == (0.1, 30)
+    assert (retrain.skip_if_unchanged, retrain.min_new_images) == ("on", 50)
 
 
 def test_serving_deployment(renders):
@@ -523,6 +535,8 @@ def test_no_cronjob_value_set_runs_once_at_install(renders):
     assert by_kind(objs, "CronJob") == []
     job = one(objs, "Job")
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})  # not a blocking hook
+    # Not started by the schedule: the retrain policy's auto lets it train.
+    assert "LEAF_TRAIN_RUN_TRIGGER" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
     assert job["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     upgrade = render("-f", str(CHART / "ci" / "no-cronjob-values.yaml"), "--is-upgrade")
     assert by_kind(upgrade, "Job") == []
@@ -596,6 +610,8 @@ def test_notes_say_how_to_start_follow_and_call():
     notes = out[out.index("NOTES:") :]
     assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
     assert "leaf-train status --namespace leaf-train --job" in notes
+    assert "leaf-train submit --namespace leaf-train --cronjob leaf-leaf-train-train" in notes
+    assert "it skips like a scheduled run when nothing changed" in notes  # kubectl --from copies the marking
     assert "kubectl logs" in notes and "/classify" in notes and "/v2/models/leaf-classifier/infer" in notes
 
 

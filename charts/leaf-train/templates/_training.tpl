@@ -12,6 +12,8 @@ kueue.x-k8s.io/priority-class: {{ . | quote }}
 
 {{/*
 The training Job's spec, shared by the CronJob's jobTemplate and the optional one-off Job.
+The CronJob passes the root context merged with runTrigger=scheduled: its pods are told they were
+started by the schedule (the retrain policy's skipIfUnchanged=auto skips only those when nothing changed).
 */}}
 {{- define "leaf-train.training.jobSpec" -}}
 backoffLimit: {{ .Values.training.backoffLimit }}
@@ -99,6 +101,11 @@ template:
             valueFrom:
               fieldRef:
                 fieldPath: metadata.namespace
+          {{- with .runTrigger }}
+          # An env entry, not the ConfigMap: `leaf-train submit` replaces it with "manual" in the Job it creates.
+          - name: LEAF_TRAIN_RUN_TRIGGER
+            value: {{ . | quote }}
+          {{- end }}
           # The root filesystem is read-only: every writer gets an emptyDir.
           - name: HOME
             value: /home/leaf

@@ -129,6 +129,10 @@ def format_show(shown: dict) -> str:
         lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
+        if gate.get("rules"):  # versions published before the decision table have only the reason
+            from ..gate import format_rules
+
+            lines += [f"  {line}" for line in format_rules(gate["rules"])]
     lines += _format_provenance(contract.get("provenance") or {})
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
@@ -153,10 +157,12 @@ def _format_provenance(prov: dict) -> list[str]:
         lock_line = f"{lock.get('profile') or '?'} sha256 {lock.get('sha256', '?')} ({matched})"
     packages = ", ".join(f"{k} {v or '-'}" for k, v in (prov.get("packages") or {}).items())
     determinism = "on" if prov.get("deterministic") else "off"
+    code = prov.get("code") or {}
     return [
         "provenance:",
         f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {prov.get('deterministic_option')})",
         f"  weights:   sha256 {prov.get('weights_sha256', '-')}",
+        f"  code:      leaf-train {code.get('version', '-')} sha256 {code.get('sha256', '-')}",
         f"  lock:      {lock_line}",
         f"  python:    {prov.get('python', '-')}",
         f"  packages:  {packages or '-'}",
