@@ -31,6 +31,11 @@ class RegistryError(StoreError):
     """A pointer or version folder is missing or malformed."""
 
 
+class ManifestMissing(RegistryError):
+    """The version folder has no manifest.json: a publication in progress, one that died, or (for a few
+    milliseconds) a version whose manifest retention is putting back after a promotion raced it."""
+
+
 @dataclass(frozen=True)
 class Pointer:
     """Contents of ``latest.json``."""
@@ -194,7 +199,7 @@ def read_verified_version(version_store: Store, names: list[str], expected_versi
     """
     manifest = read_manifest(version_store)
     if manifest is None:
-        raise RegistryError(
+        raise ManifestMissing(
             f"{version_store.uri}: expected a complete version with {MANIFEST_FILE}; it has none "
             "(a publication in progress or one that failed)"
         )

@@ -62,6 +62,10 @@ class ModelLoadError(ServeError):
     status_code = 500
 
 
+class VersionIncomplete(ModelLoadError):
+    """The version has no manifest (yet): worth a few retries when the pointer names it, then a rejection."""
+
+
 def log_level(status: int) -> int:
     """How loudly a refused request is logged: a client's mistake is one WARNING line (no traceback,
     nothing is wrong with the server); overload and departed clients are INFO; a server failure is ERROR."""

@@ -17,11 +17,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
-from leaf_common.registry import VERSIONS_DIR, ResolvedModel, read_verified_version, resolve_model, sha256_hex
+from leaf_common.registry import (
+    VERSIONS_DIR,
+    ManifestMissing,
+    ResolvedModel,
+    read_verified_version,
+    resolve_model,
+    sha256_hex,
+)
 from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_client, open_store
 
 from .batching import Batcher
-from .errors import ModelLoadError, ModelNotFound, Unavailable
+from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
 from .model import OnnxModel
 from .settings import ServeConfig
@@ -79,6 +86,8 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
         verified = read_verified_version(store, [contract.model_file], expected_version)
     except StoreUnavailable:
         raise
+    except ManifestMissing as e:
+        raise VersionIncomplete(f"{store.uri}: {e}") from e
     except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
     if contract.version != verified.manifest.version:
@@ -236,33 +245,42 @@ class ModelRepository:
 
         A store error that may pass is retried with backoff and, if it persists, left to the next poll:
         it says nothing about the version, and rejecting a good version for it would leave this replica
-        on the old one while the others move on. Anything else that fails (manifest, contract, graph,
+        on the old one while the others move on. A missing manifest is retried too before it counts: the
+        pointer names only verified versions, so it is retention putting a manifest back after a promotion
+        raced it (milliseconds) or a registry someone broke. Anything else that fails (contract, graph,
         smoke inference, even an error type nobody foresaw) is the version's fault: it is rejected for
         this pointer ETag, counted, and not downloaded again until the pointer changes.
         """
-        etag = resolved.pointer_etag or ""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
+            last = attempt == RETRY_ATTEMPTS
             try:
                 served = await asyncio.to_thread(self.build, resolved)
                 self._check_compatible(served)
                 break
             except StoreUnavailable as e:
                 self.metrics.reloads.labels("store_unavailable").inc()
-                if attempt == RETRY_ATTEMPTS:
-                    log.warning(
-                        "could not read version %s (%s); still serving %s", resolved.version, e, self.current_version
-                    )
+                if last:
+                    log.warning("could not read version %s (%s); still serving %s", resolved.version, e,
+                                self.current_version)  # fmt: skip
                     return False
-                await asyncio.sleep(_backoff(attempt))
+            except VersionIncomplete as e:
+                if last:
+                    self._reject(resolved, e)
+                    return False
             except Exception as e:
-                self._rejected_etags.add(etag)
-                self.metrics.reloads.labels("rejected").inc()
-                detail = str(e) if isinstance(e, ModelLoadError) else f"{type(e).__name__}: {e}"
-                log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, detail)
+                self._reject(resolved, e)
                 return False
+            await asyncio.sleep(_backoff(attempt))
         self._activate(served)
         self.metrics.reloads.labels("success").inc()
         return True
+
+    def _reject(self, resolved: ResolvedModel, error: Exception) -> None:
+        """Remember the pointer ETag so the version is not fetched again until the pointer moves; count it."""
+        self._rejected_etags.add(resolved.pointer_etag or "")
+        self.metrics.reloads.labels("rejected").inc()
+        detail = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, detail)
 
     def _check_compatible(self, served: ServedModel) -> None:
         current = self.current

@@ -243,3 +243,24 @@ def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registr
         assert served_version(running) == "v1" and top_label(running) == ("v1", "healthy")
     finally:
         running.stop()
+
+
+def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registry: Registry) -> None:
+    """Retention restores a manifest when a promotion raced it: a reload in that window retries, then loads."""
+    import asyncio
+    import threading
+
+    from leaf_common.registry import ResolvedModel
+
+    running = start_server(local_registry.pointer_uri, poll_interval=0)
+    try:
+        local_registry.publish("v2", V2)
+        version = local_registry.store.child("versions/v2")
+        manifest_bytes = version.get(MANIFEST_FILE)
+        version.delete(MANIFEST_FILE)  # the window: pointer names v2, its manifest is away for ~0.3 s
+        threading.Timer(0.3, version.put, (MANIFEST_FILE, manifest_bytes)).start()
+        resolved = ResolvedModel(version, "v2", pointer_etag="etag-of-v2")
+        assert asyncio.run(running.repo._try_swap(resolved)) is True
+        assert running.repo.current.version == "v2" and reloads(running, "rejected") == 0
+    finally:
+        running.stop()
