@@ -176,6 +176,7 @@ class ModelRepository:
             providers=self.config.providers,
             device_id=self.config.device_id,
             intra_op_threads=self.config.intra_op_threads,
+            intra_op_spinning=self.config.intra_op_spinning,
             io_binding=self.config.io_binding,
             pad_batches=self.config.pad_batches,
             max_batch_size=self.config.max_batch_size,

@@ -50,6 +50,9 @@ class ServeConfig:
         False, "serve model.int8.onnx when the version has one (job --export-int8, accuracy-checked); else model.onnx"
     )
     intra_op_threads: int = option(0, "ONNX Runtime intra-op threads; 0 = the container's CPU quota (cgroup)")
+    # ORT's worker threads busy-wait after each run by default; in a server that CPU is what the event
+    # loop needs to parse the next requests (measured: BENCHMARKS.md, "Serving at the hardware's speed").
+    intra_op_spinning: bool = option(False, "let ONNX Runtime's intra-op threads spin between runs")
     poll_interval: float = option(30.0, "seconds between checks of the registry pointer; 0 turns hot reload off")
     max_batch_size: int = option(8, "largest batch (in images) the dynamic batcher sends to the model")
     # 0 like Triton's default: a lone request runs at once, and under load batches still fill with
