@@ -61,7 +61,7 @@ class InputTensor:
     shape: list[int]
     datatype: str
     data: Any = None  # the JSON "data" (nested lists of numbers), or
-    raw: bytes | None = None  # this input's binary tensor data
+    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy)
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype and shape.
@@ -130,7 +130,7 @@ def parse_datatype(raw: Any, where: str) -> str:
     return raw
 
 
-def _from_binary(chunk: bytes, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _from_binary(chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     if len(chunk) != expected:
         raise BadRequest(f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}")
@@ -198,7 +198,7 @@ def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tupl
         return InputTensor(raw["name"], shape, datatype, data=raw.get("data")), offset
     if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
         raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}")
-    return InputTensor(raw["name"], shape, datatype, raw=bytes(binary[offset : offset + size])), offset + size
+    return InputTensor(raw["name"], shape, datatype, raw=binary[offset : offset + size]), offset + size
 
 
 def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
