@@ -231,7 +231,7 @@ class Api:
                 "this one was not kept, send it again in a minute"
             )
         if dropped == DROPPED_QUEUE:
-            raise Unavailable("capture: the photos waiting to be stored fill capture_queue_bytes; this one was not kept")
+            raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
         return JSONResponse(self._classified_body(done, top_k, record.id))
 
     async def _classify_photo(self, request: Request) -> Classified:
