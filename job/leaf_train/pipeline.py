@@ -18,6 +18,7 @@ import logging
 import math
 import tempfile
 import time
+from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.imaging import RESIZE_METHOD
+from leaf_common.inbox import is_review_key
 from leaf_common.storage import ObjectInfo, Store, open_store
 
 from . import __version__, freshness, provenance
@@ -102,6 +104,9 @@ def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: Datase
     train = np.asarray([slot_of[it.key] for it in index.items if it.split == TRAIN], dtype=np.int64)
     val = np.asarray([slot_of[it.key] for it in index.items if it.split == VAL], dtype=np.int64)
     log.info("split: %d train, %d validation images in %d classes", len(train), len(val), len(index.classes))
+    reviewed = sum(is_review_key(it.key) for it in index.items)
+    if reviewed:
+        log.info("%d of the images came back through review (report.json: from_review)", reviewed)
     return PreparedData(index, decoded, labels, train, val)
 
 
@@ -488,9 +493,26 @@ def _report(cfg: TrainConfig, data: PreparedData, state: RunState, mixed: bool, 
         "ignored_count": len(data.index.ignored),
         "decoded_on_disk": data.decoded.on_disk,
         "mixed_precision": mixed,
+        "from_review": from_review(data.index),
         "epochs_run": len(state.history.get("loss", [])),
         "history": state.history,
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def from_review(index: DatasetIndex) -> dict[str, Any]:
+    """How many training photos came back through review (``leaf-train inbox accept`` or ``/review``).
+
+    Review names every photo it adds ``<class>/capture-<time>-<hex>.<ext>``, so the listing the
+    job already made says which they are (:func:`leaf_common.inbox.is_review_key`).
+    """
+    reviewed = [it for it in index.items if is_review_key(it.key)]
+    by_class = Counter(index.classes[it.label] for it in reviewed)
+    return {
+        "images": len(reviewed),
+        "train": sum(it.split == TRAIN for it in reviewed),
+        "val": sum(it.split == VAL for it in reviewed),
+        "by_class": dict(sorted(by_class.items())),
     }
 
 

@@ -9,6 +9,7 @@ class ServeError(Exception):
     """Base error: a message for the client and the HTTP status to answer with."""
 
     status_code = 500
+    headers: dict[str, str] = {}  # sent with the error response (e.g. WWW-Authenticate)
 
     def __init__(self, message: str, status_code: int | None = None):
         super().__init__(message)
@@ -21,6 +22,33 @@ class BadRequest(ServeError):
     """The request is malformed: wrong tensor, undecodable image, bad parameter."""
 
     status_code = 400
+
+
+class Unauthorized(ServeError):
+    """A review request without the review token (or with a wrong one)."""
+
+    status_code = 401
+    # Basic: a browser asks for the token itself and then sends it with every request of the page,
+    # its API calls and photos included (user name ignored, the token is the password).
+    headers = {"WWW-Authenticate": 'Basic realm="leaf-serve review", charset="UTF-8"'}
+
+
+class NotFound(ServeError):
+    """Nothing at this URL: a feature that is off, a capture already reviewed, a file not published."""
+
+    status_code = 404
+
+
+class Conflict(ServeError):
+    """The action would overwrite or contradict what is stored."""
+
+    status_code = 409
+
+
+class TooManyRequests(ServeError):
+    """A per-minute limit is spent (captures)."""
+
+    status_code = 429
 
 
 class ModelNotFound(ServeError):

@@ -45,6 +45,17 @@ class ServeMetrics:
             registry=r,
         )
 
+        self.captures = Counter(
+            "leaf_serve_captures",
+            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute limit), "
+            "dropped_queue (queue full or shutting down)",
+            ["outcome"],
+            registry=r,
+        )
+        self.capture_queue_bytes = Gauge(
+            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox", registry=r
+        )
+
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
         self.model_info.clear()

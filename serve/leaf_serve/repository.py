@@ -28,6 +28,7 @@ from leaf_common.registry import (
 from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_client, open_store
 
 from .batching import Batcher
+from .card import ModelCard, fetch_card
 from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
 from .model import OnnxModel
@@ -58,6 +59,7 @@ class ServedModel:
     batcher: Batcher
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
 
     @property
     def name(self) -> str:
@@ -135,6 +137,14 @@ class ModelRepository:
         self._rejected_etags: set[str] = set()
         self._client: Any = make_s3_client() if config.model.startswith("s3://") else None
 
+    def s3_client_for(self, uri: str) -> Any:
+        """The repository's S3 client for another ``s3://`` URI (inbox, data prefix): one connection pool."""
+        if not uri.startswith("s3://"):
+            return None
+        if self._client is None:
+            self._client = make_s3_client()
+        return self._client
+
     @property
     def follows_pointer(self) -> bool:
         return self.config.model.rstrip("/").endswith(POINTER_FILE)
@@ -190,6 +200,8 @@ class ModelRepository:
                 f"require_gpu: expected CUDAExecutionProvider or TensorrtExecutionProvider; in use: {model.provider}"
             )
         model.smoke_test()
+        # Read with the version, so the card always describes exactly the model being served.
+        card = fetch_card(resolved.store, contract.version)
         batcher = Batcher(
             model.predict,
             self._executor,
@@ -200,7 +212,7 @@ class ModelRepository:
         )
         # The manifest's version (checked against the folder when the registry names it): a version folder
         # mounted at /model still reports the version it holds, not "model".
-        return ServedModel(model, contract.version, batcher, resolved.pointer_etag)
+        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model

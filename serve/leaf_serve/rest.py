@@ -10,12 +10,15 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 from leaf_common.imaging import ImageDecodeError, ImageProbe, decode_image, probe
+from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
+from leaf_common.labels import readable_label
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -23,7 +26,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import codecs, inference
-from .errors import BadRequest, ClientGone, PayloadTooLarge, ServeError, UnsupportedMediaType, log_level
+from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
+from .errors import (
+    BadRequest,
+    ClientGone,
+    NotFound,
+    PayloadTooLarge,
+    ServeError,
+    TooManyRequests,
+    Unavailable,
+    UnsupportedMediaType,
+    log_level,
+)
 from .limits import BodyAllowance, MemoryBudget
 from .metrics import ServeMetrics, outcome
 from .repository import ModelRepository, ServedModel
@@ -38,10 +52,33 @@ _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class RouteSection(Protocol):
+    """A group of routes kept in its own module (pages, review), instrumented like the rest."""
+
+    def table(self) -> list[tuple[str, Handler, str, str]]:
+        """(path, handler, verb, metrics endpoint) of each route."""
+        ...
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One classified upload: the photo as received, its format, and the model's probabilities."""
+
+    served: ServedModel
+    photo: bytes
+    photo_format: str  # the decoder's name: JPEG, PNG, MPO
+    probs: np.ndarray
+
+    def confident(self, threshold: float) -> bool:
+        top = float(np.max(self.probs)) if self.probs.size else float("nan")
+        return bool(np.isfinite(top) and top >= threshold)
+
+
 def error_response(request: Request, exc: Exception) -> Response:
     """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``."""
+    headers: dict[str, str] = {}
     if isinstance(exc, ServeError):
-        status, message = exc.status_code, exc.message
+        status, message, headers = exc.status_code, exc.message, exc.headers
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
@@ -49,14 +86,26 @@ def error_response(request: Request, exc: Exception) -> Response:
         status, message = 500, f"internal error: {type(exc).__name__}"
     if isinstance(exc, (ServeError, HTTPException)):
         log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message)
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class Api:
     """The endpoints, bound to one repository, config, metrics and decode pool."""
 
-    def __init__(self, repo: ModelRepository, config: ServeConfig, metrics: ServeMetrics, decode_pool: Executor):
+    def __init__(
+        self,
+        repo: ModelRepository,
+        config: ServeConfig,
+        metrics: ServeMetrics,
+        decode_pool: Executor,
+        *,
+        capture: CaptureQueue | None = None,
+        sections: Sequence[RouteSection] = (),
+    ):
+        """``capture``: the inbox writer when --capture is on; ``sections``: more routes (pages, review)."""
         self.repo = repo
+        self.capture = capture
+        self.sections = sections
         self.config = config
         self.metrics = metrics
         self.decode_pool = decode_pool
@@ -80,8 +129,11 @@ class Api:
             (f"{m}/infer", self.infer, "POST", "infer"),
             (f"{v}/infer", self.infer, "POST", "infer"),
             ("/classify", self.classify, "POST", "classify"),
+            ("/feedback", self.feedback, "POST", "feedback"),
             ("/metrics", self.prometheus, "GET", "metrics"),
         ]
+        for section in self.sections:
+            table += section.table()
         return [Route(path, self._instrument(endpoint, fn), methods=[verb]) for path, fn, verb, endpoint in table]
 
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
@@ -156,9 +208,36 @@ class Api:
         return Response(payload, headers=headers)
 
     async def classify(self, request: Request) -> Response:
+        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
+        done = await self._classify_photo(request)
+        captured = None
+        if self.capture is not None and not done.confident(self.config.confidence_threshold):
+            record = self._capture_record(done, "low_confidence")
+            captured = None if self.capture.offer(done.photo, record) else record.id  # a drop is only counted
+        return JSONResponse(self._classified_body(done, top_k, captured))
+
+    async def feedback(self, request: Request) -> Response:
+        """The page's "this diagnosis is wrong": classify the photo again and keep it with the server's own answer."""
+        if self.capture is None:
+            raise NotFound("capture is off on this server: expected --capture (LEAF_SERVE_CAPTURE=true) to keep photos")
+        user_label = _user_label(request.query_params.get("label"))
+        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
+        done = await self._classify_photo(request)
+        record = self._capture_record(done, "marked_wrong", user_label)
+        dropped = self.capture.offer(done.photo, record)
+        if dropped == DROPPED_RATE:
+            raise TooManyRequests(
+                f"capture: expected at most {self.config.capture_per_minute} photos a minute (capture_per_minute); "
+                "this one was not kept, send it again in a minute"
+            )
+        if dropped == DROPPED_QUEUE:
+            raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
+        return JSONResponse(self._classified_body(done, top_k, record.id))
+
+    async def _classify_photo(self, request: Request) -> Classified:
+        """Read, probe, decode (within the budgets) and classify one uploaded photo."""
         served = self.repo.require()
         served.batcher.check_capacity()
-        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         body = await read_body(request, self.config.max_body_bytes)
         data = _image_bytes(request.headers, body)
         size = served.contract.image_size
@@ -166,10 +245,38 @@ class Api:
         async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
             image = await self.off_loop(self._decode, data, served)
         probs = (await served.batcher.submit(image))[0]
+        return Classified(served, data, found.format, probs)
+
+    def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
+        c = done.served.contract
+        probs = [_finite_or_none(p) or 0.0 for p in done.probs]
+        return make_record(
+            done.photo_format,
+            reason=reason,
+            model=c.name,
+            version=done.served.version,
+            labels=c.labels,
+            probabilities=probs,
+            confidence_threshold=self.config.confidence_threshold,
+            user_label=user_label,
+        )
+
+    def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
+        probs = done.probs
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
-        labels = served.contract.labels
-        predictions = [{"label": labels[i], "probability": _finite_or_none(probs[i])} for i in order]
-        return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
+        labels = done.served.contract.labels
+        predictions = [
+            {"label": labels[i], "display": readable_label(labels[i]), "probability": _finite_or_none(probs[i])}
+            for i in order
+        ]
+        return {
+            "model": done.served.name,
+            "version": done.served.version,
+            "predictions": predictions,
+            "confidence_threshold": self.config.confidence_threshold,
+            "confident": done.confident(self.config.confidence_threshold),
+            "captured": captured,
+        }
 
     def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
         try:
@@ -234,6 +341,16 @@ def _top_k(raw: str | None, default: int) -> int:
     if not _DIGITS.fullmatch(raw) or int(raw) < 1:
         raise BadRequest(f"top_k: expected a positive integer; received {raw!r:.40}")
     return int(raw)
+
+
+def _user_label(raw: str | None) -> str | None:
+    """What the person says the photo shows (optional): a class name, as a reviewer would type it."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return check_class_name(raw)
+    except InvalidName as e:
+        raise BadRequest(f"label: {e}") from e
 
 
 def _image_bytes(headers: Headers, body: bytes) -> bytes:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from leaf_common.config import ConfigError, option
+from leaf_common.inbox import inbox_uri_for
 
 ENV_PREFIX = "LEAF_SERVE_"
+MIN_REVIEW_TOKEN = 16  # characters: a token anyone could guess would make /review a public write endpoint
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start the server.
 _LOG_LEVEL_CHOICES = LOG_LEVELS + tuple(level.upper() for level in LOG_LEVELS)
@@ -89,6 +92,28 @@ class ServeConfig:
         "auto", "HTTP/1.1 parser: auto (httptools when installed), httptools, h11", choices=("auto", "httptools", "h11")
     )
     decode_threads: int = option(0, "threads decoding images off the event loop; 0 = CPU quota")
+    # Below this the page says "not sure" instead of naming a disease, and capture keeps the photo: with
+    # less than even odds on its best guess the model is more likely wrong than right about it.
+    confidence_threshold: float = option(
+        0.5, "top probability under which a diagnosis is 'not sure' (the page) and the photo is captured"
+    )
+    # --- capture and review (the loop back into training; README "Capture and review") ---
+    capture: bool = option(
+        False, "keep photos under confidence_threshold, and photos marked wrong on the page, in the inbox"
+    )
+    inbox: str = option(
+        "", "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)"
+    )
+    capture_per_minute: int = option(30, "captures written per minute at most (per replica); more are dropped")
+    # Queued photos are held in memory until the writer has stored them: this bounds that memory.
+    capture_queue_bytes: int = option(
+        32 * 1024 * 1024, "bytes of photos waiting to be written to the inbox; captures beyond it are dropped"
+    )
+    review_token_file: str = option(
+        "", "file holding the review token (a mounted Secret); empty = /review is off. Needs --data"
+    )
+    data: str = option("", "training data URI (s3:// or local): where /review puts accepted photos, <data>/<class>/")
+    review_token: str = field(default="", init=False, repr=False)  # read from review_token_file by validate()
 
     def validate(self) -> None:
         """Reject values that cannot work, naming what was expected and received."""
@@ -117,8 +142,49 @@ class ServeConfig:
             )
         if self.prefer_fp16 and self.prefer_int8:
             raise ConfigError("options prefer_fp16 and prefer_int8: expected at most one; received both")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ConfigError(
+                f"option confidence_threshold: expected a value in [0, 1]; received {self.confidence_threshold}"
+            )
+        for name in ("capture_per_minute", "capture_queue_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option {name}: expected a positive number; received {getattr(self, name)}")
+        self._validate_loop()
         if self.max_body_bytes_in_flight < self.max_body_bytes:
             raise ConfigError(
                 f"option max_body_bytes_in_flight: expected at least max_body_bytes ({self.max_body_bytes}) or no "
                 f"request that size could ever be read; received {self.max_body_bytes_in_flight}"
             )
+
+    @property
+    def review(self) -> bool:
+        return bool(self.review_token_file)
+
+    def _validate_loop(self) -> None:
+        """Capture and review need an inbox; review needs the data prefix and a token it can read."""
+        if (self.capture or self.review) and not self.inbox:
+            derived = inbox_uri_for(self.model)
+            if derived is None:
+                raise ConfigError(
+                    "option inbox: expected a URI, or a --model of the form <output>/<model>/latest.json or "
+                    ".../versions/<v> to derive <output>/<model>/inbox from; "
+                    f"received no inbox and --model {self.model}"
+                )
+            self.inbox = derived
+        if not self.review:
+            return
+        if not self.data:
+            raise ConfigError(
+                "option data: expected the training data URI (s3:// or a folder) when review_token_file is set, "
+                "so /review knows where accepted photos go; received nothing"
+            )
+        try:
+            token = Path(self.review_token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"option review_token_file: expected a readable file; {e}") from e
+        if len(token) < MIN_REVIEW_TOKEN or not token.isprintable():
+            raise ConfigError(
+                f"option review_token_file: expected a token of at least {MIN_REVIEW_TOKEN} printable characters in "
+                f"{self.review_token_file}; received {len(token)} characters"
+            )
+        self.review_token = token

@@ -297,6 +297,43 @@ def test_termination_grace_must_cover_the_drain_window_and_grace_period(args, to
     assert "must exceed serving.config.drainDelay + serving.config.gracePeriod " + total in result.stderr
 
 
+def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, tmp_path):
+    objs = renders["capture-review-values.yaml"]
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert (cm["LEAF_SERVE_CAPTURE"], cm["LEAF_SERVE_CAPTURE_PER_MINUTE"]) == ("true", "20")
+    assert "LEAF_SERVE_CAPTURE_QUEUE_BYTES" not in cm  # null: the server's default
+    assert (cm["LEAF_SERVE_CONFIDENCE_THRESHOLD"], cm["LEAF_SERVE_DATA"]) == ("0.6", "s3://leaf-data/leaves")
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "review-token"]
+    assert volume["secret"] == {
+        "secretName": "leaf-review",
+        "defaultMode": 0o440,  # readable by the pod's fsGroup, not the world
+        "items": [{"key": "token", "path": "token"}],
+    }
+    (c,) = spec["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "review-token"]
+    assert mount["readOnly"] is True and cm["LEAF_SERVE_REVIEW_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    assert [e["name"] for e in c["env"] if "TOKEN" in e["name"]] == []  # a file, never an environment variable
+    assert by_kind(objs, "Secret") == []  # referenced, never created with a value
+    # The server starts with what the chart renders (the Secret's file stands in at a temporary path).
+    from leaf_common.config import resolve
+    from leaf_serve.settings import ENV_PREFIX, ServeConfig
+
+    (tmp_path / "token").write_text("t" * 32)
+    config = resolve(
+        ServeConfig, ENV_PREFIX, {}, environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")}
+    )
+    assert config.capture and config.inbox == "s3://leaf-models/registry/leaf-classifier/inbox"
+    default = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
+    assert [k for k in default if "CAPTURE" in k or "REVIEW" in k or k == "LEAF_SERVE_DATA"] == []  # off by default
+
+
+def test_review_needs_an_existing_secret():
+    result = helm("template", "leaf", str(CHART), "--set", "serving.review.enabled=true", check=False)
+    assert result.returncode != 0
+    assert "serving.review.enabled needs serving.review.existingSecret" in result.stderr
+
+
 def test_gpu_serving(renders):
     objs = renders["gpu-serving-values.yaml"]
     dep = one(objs, "Deployment")
@@ -329,8 +366,10 @@ def test_writable_paths_are_emptydir_mounts(renders, values):
     for name, spec in pod_specs(renders[values]):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in spec["containers"]:
-            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
             assert all("emptyDir" in v for v in mounts.values()), name
+            read_only = [volumes[m["name"]] for m in c.get("volumeMounts", []) if m.get("readOnly")]
+            assert all("secret" in v for v in read_only), name  # the review token, and nothing else
             env = env_of(c)
             writable = [env[k] for k in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR") if k in env]
             if c["name"] == "train":

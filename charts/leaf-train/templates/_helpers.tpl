@@ -95,6 +95,15 @@ app.kubernetes.io/component: training
 {{- printf "%s/%s/latest.json" (trimSuffix "/" .Values.s3.output) .Values.modelName }}
 {{- end }}
 
+{{/* Where the server reads the review token: a read-only mount of serving.review.existingSecret. */}}
+{{- define "leaf-train.reviewTokenDir" -}}
+/etc/leaf-serve/review
+{{- end }}
+
+{{- define "leaf-train.reviewTokenFile" -}}
+{{ include "leaf-train.reviewTokenDir" . }}/token
+{{- end }}
+
 {{/*
 S3 environment of one component: endpoint and region are shared, credentials are the component's
 own (`creds` is .Values.s3 for training, .Values.serving.s3 for serving). Static keys come only
