@@ -8,7 +8,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock bench clean images
+.PHONY: demo test lint lock bench clean chromium images
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -36,7 +36,12 @@ $(CHECKOV): locks/checkov.txt
 	$(PYTHON) -m venv --clear .tools/checkov
 	.tools/checkov/bin/python -m pip install --quiet --require-hashes -r locks/checkov.txt
 
-test: $(VENV)/.installed $(HELM) $(CHECKOV)
+# The browser tests drive Debian's chromium + chromedriver (never a browser a tool downloads); the script
+# installs them with apt when they are missing and does nothing otherwise.
+chromium:
+	scripts/get-chromium.sh
+
+test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

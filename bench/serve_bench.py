@@ -120,7 +120,7 @@ def rss_kib(pid: int) -> int:
 
 def serve_env(model: str, port: int, threads: int, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(LEAF_SERVE_MODEL=model, LEAF_SERVE_PORT=str(port), LEAF_SERVE_HOST="127.0.0.1")
+    env.update(LEAF_SERVE_MODEL=model, LEAF_SERVE_PORT=str(port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_GRPC_PORT="0")
     env.update(LEAF_SERVE_PROVIDERS="cpu", LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
     env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in extra.items()})
     return env

@@ -1,18 +1,23 @@
 """Checkpoints after every epoch, and SIGTERM handling, so a preempted run resumes.
 
-Under ``<output>/<model-name>/runs/<run-id>/``: ``checkpoint.keras`` (weights, the
-compiled optimizer and its state), ``best.npz`` (early stopping's best weights) and
-``state.json`` (phase, epochs done, history, early-stopping counters) written last,
-so a reader never pairs a new state with an old model. The run id defaults to the
-Kubernetes Job name, so a retried pod of the same Job finds and resumes them; a new
-Job starts fresh.
+Under ``<output>/<model-name>/runs/<run-id>/``: ``checkpoint-<digest>.keras`` (weights, the
+compiled optimizer and its state), ``best-<digest>.npz`` (early stopping's best weights) and
+``state.json`` (phase, epochs done, history, early-stopping counters). The model and best
+weights are written under new keys named by their SHA-256, then ``state.json``, which names
+both keys and digests, replaces the old state in one write: that write commits the checkpoint.
+A kill before it leaves the old state naming the old files, which are still there (files no
+state names are removed only after the commit), and ``load`` checks each digest, so new weights
+are never paired with an old state. The run id defaults to the Kubernetes Job name, so a retried
+pod of the same Job finds and resumes them; a new Job starts fresh.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import re
 import signal
 import tempfile
 import threading
@@ -29,8 +34,13 @@ from .errors import LeafTrainError, Preempted
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-MODEL_FILE = "checkpoint.keras"
-BEST_FILE = "best.npz"
+# Before issue 10 the model and best weights had fixed names; a state without keys still means these.
+LEGACY_MODEL_FILE = "checkpoint.keras"
+LEGACY_BEST_FILE = "best.npz"
+# The files a checkpoint writes and garbage-collects; nothing else in the run folder is touched.
+_CHECKPOINT_FILE_RE = re.compile(
+    r"^(checkpoint-[0-9a-f]{16}\.keras|best-[0-9a-f]{16}\.npz|checkpoint\.keras|best\.npz)$"
+)
 
 
 @dataclass
@@ -43,6 +53,11 @@ class RunState:
     best_epoch: int = 0
     version: str = ""  # chosen at the run's first start, so a retried pod publishes the same id
     published_version: str = ""  # set once published: a retry must not publish twice
+    # The files this state belongs to, with their SHA-256 (empty in states written before issue 10).
+    model_key: str = ""
+    model_sha256: str = ""
+    best_key: str = ""
+    best_sha256: str = ""
 
     @classmethod
     def from_json(cls, data: bytes) -> RunState:
@@ -59,48 +74,98 @@ class RunCheckpoints:
     def __init__(self, store: Store):
         self.store = store
 
-    def load(self) -> tuple[RunState, keras.Model, list[np.ndarray] | None] | None:
-        """The last saved state, model and best weights, or ``None`` for a fresh run."""
+    def load_state(self) -> RunState | None:
+        """The last committed state alone (cheap: no model), or ``None`` for a fresh run."""
         try:
             raw = self.store.get(STATE_FILE)
         except NotFound:
             return None  # a new run; any other storage error propagates rather than restarting from zero
         try:
-            state = RunState.from_json(raw)
+            return RunState.from_json(raw)
         except (ValueError, TypeError) as e:
             raise CheckpointError(
                 f"{self.store.url(STATE_FILE)}: unreadable checkpoint state ({e}); "
                 "delete the run folder or use a new --run-id"
             ) from e
+
+    def load(self) -> tuple[RunState, keras.Model, list[np.ndarray] | None] | None:
+        """The last saved state, model and best weights, or ``None`` for a fresh run.
+
+        Raises:
+            CheckpointError: the state names a file that is missing or whose SHA-256 differs.
+        """
+        state = self.load_state()
+        if state is None:
+            return None
+        data = self._read(state.model_key or LEGACY_MODEL_FILE, state.model_sha256)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / MODEL_FILE
-            self.store.download(MODEL_FILE, path)
+            path = Path(tmp) / LEGACY_MODEL_FILE  # load_model wants the .keras suffix
+            path.write_bytes(data)
             model = keras.models.load_model(path, compile=True)
         best = None
-        if self.store.exists(BEST_FILE):
-            with np.load(io.BytesIO(self.store.get(BEST_FILE))) as npz:
+        best_key = state.best_key
+        if not state.model_key and self.store.exists(LEGACY_BEST_FILE):
+            best_key = LEGACY_BEST_FILE  # a state from before issue 10
+        if best_key:
+            with np.load(io.BytesIO(self._read(best_key, state.best_sha256))) as npz:
                 best = [npz[f"w{i}"] for i in range(len(npz.files))]
         log.info("resuming run %s at phase %d after %d epochs", self.store.uri, state.phase, state.epochs_done)
         return state, model, best
 
-    def save(self, state: RunState, model: keras.Model) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / MODEL_FILE
-            model.save(path)
-            self.store.upload(path, MODEL_FILE)
-        self.store.put(STATE_FILE, json.dumps(asdict(state)).encode())  # last: it commits the checkpoint
+    def _read(self, key: str, sha256: str) -> bytes:
+        try:
+            data = self.store.get(key)
+        except NotFound as e:
+            raise CheckpointError(
+                f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found none "
+                "(delete the run folder or use a new --run-id)"
+            ) from e
+        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+            raise CheckpointError(
+                f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; received "
+                f"{hashlib.sha256(data).hexdigest()} ({len(data)} bytes)"
+            )
+        return data
 
-    def save_best(self, weights: list[np.ndarray]) -> None:
+    def _put_addressed(self, prefix: str, suffix: str, data: bytes) -> tuple[str, str]:
+        """Write ``data`` under a key named by its digest; returns (key, sha256)."""
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"{prefix}-{digest[:16]}{suffix}"
+        self.store.put(key, data)
+        return key, digest
+
+    def save(self, state: RunState, model: keras.Model) -> None:
+        """Write the model under a new key, then commit ``state`` naming it; then drop what no state names."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / LEGACY_MODEL_FILE
+            model.save(path)
+            state.model_key, state.model_sha256 = self._put_addressed("checkpoint", ".keras", path.read_bytes())
+        self.save_state(state)
+
+    def save_best(self, state: RunState, weights: list[np.ndarray]) -> None:
+        """Write early stopping's best weights under a new key; the next :meth:`save` commits them."""
         buf = io.BytesIO()
         np.savez(buf, **{f"w{i}": w for i, w in enumerate(weights)})
-        self.store.put(BEST_FILE, buf.getvalue())
+        state.best_key, state.best_sha256 = self._put_addressed("best", ".npz", buf.getvalue())
 
     def save_state(self, state: RunState) -> None:
+        """Commit ``state`` (one write replaces the old one), then remove checkpoint files it does not name."""
         self.store.put(STATE_FILE, json.dumps(asdict(state)).encode())
+        if not state.model_key:
+            return  # a state from before issue 10 still means the fixed-name files: keep them
+        keep = {state.model_key, state.best_key}
+        for obj in list(self.store.list()):
+            if _CHECKPOINT_FILE_RE.match(obj.key) and obj.key not in keep:
+                self.store.delete(obj.key)
 
 
 class StopSignal:
-    """Turns SIGTERM into a flag the training loop checks between batches."""
+    """Turns SIGTERM into a flag checked at safe points: between batches and between steps of export/publication.
+
+    Installed from training to the end of the run, so a SIGTERM during export or publication stops
+    the job at the next step with exit 75 (the retried pod finishes the run) instead of killing it
+    mid-write.
+    """
 
     def __init__(self) -> None:
         self.event = threading.Event()
@@ -112,7 +177,7 @@ class StopSignal:
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        log.warning("SIGTERM: saving a checkpoint and stopping")
+        log.warning("SIGTERM: stopping at the next safe point (a checkpoint, the next export or publication step)")
         self.event.set()
 
     def uninstall(self) -> None:
@@ -123,6 +188,11 @@ class StopSignal:
     @property
     def requested(self) -> bool:
         return self.event.is_set()
+
+    def check(self, where: str) -> None:
+        """Raise :class:`Preempted` if SIGTERM arrived; ``where`` says what was not started yet."""
+        if self.requested:
+            raise Preempted(f"SIGTERM: stopped {where}; a retry of the run resumes from its last checkpoint")
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -162,7 +232,7 @@ class CheckpointCallback(keras.callbacks.Callback):
                 int(self.early.best_epoch),
             )
             if improved and self.checkpoints is not None:
-                self.checkpoints.save_best(self.early.best_weights)
+                self.checkpoints.save_best(self.state, self.early.best_weights)
         self._save()
         if self.stop.requested:
             raise Preempted(f"SIGTERM after phase {self.state.phase}, epoch {epoch + 1}; checkpoint saved")

@@ -31,6 +31,7 @@ COMMAND_MODULES = (
     "leaf_train.commands.demo",
     "leaf_train.commands.models",
     "leaf_train.commands.kube",
+    "leaf_train.commands.inbox",
 )
 
 

@@ -43,6 +43,9 @@ class DatasetIndex:
     classes: list[str]
     items: list[Item]
     ignored: list[str] = field(default_factory=list)  # non-image or hidden keys
+    # Listed images that could not be decoded: not trained on, but recorded, so that the retrain policy
+    # (freshness.py) sees the same listing next time and not "new" photos.
+    unusable: list[ObjectInfo] = field(default_factory=list)
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -59,12 +62,13 @@ class DatasetIndex:
         return h.hexdigest()
 
     def manifest(self) -> bytes:
-        """``dataset.json``: the keys with ETag/size a version was trained on."""
+        """``dataset.json``: the keys with ETag/size a version was trained on, and the unusable ones it skipped."""
         body = {
             "root": self.root,
             "fingerprint": self.fingerprint(),
             "classes": self.classes,
             "images": [{"key": i.key, "etag": i.etag, "size": i.size, "split": i.split} for i in self.items],
+            "unusable": [{"key": o.key, "etag": o.etag, "size": o.size} for o in self.unusable],
         }
         return json.dumps(body, indent=1).encode()
 

@@ -67,7 +67,8 @@ def plot_curves(history: dict[str, list[float]]) -> bytes:
             ax.axvline(switch + 0.5, color="grey", linestyle=":", label="fine-tune starts")
         ax.set_xlabel("epoch")
         ax.set_title(metric)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run that trained no epoch has nothing to label
+            ax.legend()
     data = _png(fig)
     plt.close(fig)
     return data

@@ -1,9 +1,10 @@
 """Kubernetes integration of the training job: Events, the published-version annotation, rollouts.
 
 Inside a cluster the job tells Kubernetes what it is doing, where ``kubectl describe job``
-shows it: Events on its own Job (started, phase done with metrics, exported, promoted or not
-and why), an annotation with the version it published, and optionally a restart of the
-serving Deployment (for installations that turn the server's hot reload off).
+shows it: Events on its own Job (started, skipped and why, phase done with metrics, exported,
+the gate's decision table, promoted or not and why), annotations with the version it published
+or why it skipped, and optionally a restart of the serving Deployment (for installations that
+turn the server's hot reload off).
 
 All of it is best effort. Outside a cluster (no service-account token, no kubeconfig) the
 reporter is disabled and says so once; an API error is logged and never reaches the
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 ENV_PREFIX = "LEAF_TRAIN_"
 VERSION_ANNOTATION = "leaf-train.io/published-version"
+SKIPPED_ANNOTATION = "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
 REPORTING_CONTROLLER = "leaf-train.io/trainer"
@@ -247,11 +249,18 @@ class KubeReporter:
 
     def annotate_version(self, version: str) -> bool:
         """Annotate this run's Job with the version it published (``leaf-train.io/published-version``)."""
+        return self._annotate({VERSION_ANNOTATION: version})
+
+    def annotate_skipped(self, reason: str) -> bool:
+        """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire, the Job stays."""
+        return self._annotate({SKIPPED_ANNOTATION: reason})
+
+    def _annotate(self, annotations: dict[str, str]) -> bool:
         if not self._has_job():
             return False
         from kubernetes import client
 
-        patch = {"metadata": {"annotations": {VERSION_ANNOTATION: version}}}
+        patch = {"metadata": {"annotations": annotations}}
         api = client.BatchV1Api(self.api_client)
         result = self._call(
             f"annotate job {self.job_name}",

@@ -3,15 +3,23 @@
 config -> storage -> dataset -> decode cache -> model -> train (2 phases) -> evaluate
 -> export + parity -> quality gate -> publish -> promote. Each stage lives in its own
 module; this one only wires them and collects the run report.
+
+From training to the end, SIGTERM stops the run at the next safe point with exit 75 (a checkpoint
+in training; the next step of export or publication), and every step after training can be
+repeated, so the Job's retried pod finishes what a SIGTERM, an OOM kill or a storage error cut
+short (``publish``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
 import tempfile
 import time
+from collections import Counter
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,19 +28,21 @@ from typing import Any
 import numpy as np
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.imaging import RESIZE_METHOD
+from leaf_common.inbox import is_review_key
 from leaf_common.storage import ObjectInfo, Store, open_store
 
-from . import __version__, provenance
+from . import __version__, freshness, provenance
 from .cache import DecodedImages, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
 from .dataset import TRAIN, VAL, DatasetIndex, build_index, check_index, discover
 from .distribute import Distribution, create, resolve_cluster, weights_digest
 from .errors import ConfigurationError
-from .gate import GateConfig, GateDecision, decide
+from .gate import GateConfig, GateDecision, decide, event_note
 from .kube import KubeConfig, KubeReporter
 from .progress import progress
-from .registry import ModelRegistry, VersionExistsError
+from .publish import finish, publish_once, run_owner
+from .registry import ModelRegistry
 from .train import set_determinism, use_determinism
 
 log = logging.getLogger(__name__)
@@ -59,10 +69,14 @@ class PreparedData:
     val_slots: np.ndarray
 
 
-def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedData:
-    """List, decode once, drop bad files, and split; classes are re-derived from usable images."""
+def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
     with progress("list", None, cfg.progress) as bar:
-        listed = discover(store, cfg.val_fraction, bar)
+        return discover(store, cfg.val_fraction, bar)
+
+
+def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex | None = None) -> PreparedData:
+    """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
+    listed = list_photos(cfg, store) if listed is None else listed
     decoded = decode_all(
         store,
         listed.items,
@@ -79,6 +93,9 @@ def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedDat
     good = [ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if ok]
     index = build_index(good, store.uri, cfg.val_fraction)
     index.ignored = listed.ignored
+    index.unusable = [
+        ObjectInfo(it.key, it.size, it.etag) for it, ok in zip(listed.items, decoded.ok, strict=True) if not ok
+    ]
     check_index(index, cfg.min_images_per_class)
     slot_of = {it.key: i for i, it in enumerate(listed.items)}
     labels = np.zeros(len(listed.items), dtype=np.int32)
@@ -87,6 +104,9 @@ def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path) -> PreparedDat
     train = np.asarray([slot_of[it.key] for it in index.items if it.split == TRAIN], dtype=np.int64)
     val = np.asarray([slot_of[it.key] for it in index.items if it.split == VAL], dtype=np.int64)
     log.info("split: %d train, %d validation images in %d classes", len(train), len(val), len(index.classes))
+    reviewed = sum(is_review_key(it.key) for it in index.items)
+    if reviewed:
+        log.info("%d of the images came back through review (report.json: from_review)", reviewed)
     return PreparedData(index, decoded, labels, train, val)
 
 
@@ -175,6 +195,7 @@ def _fit(
     ckpts: Any,
     kube: Any,
     dist: Distribution,
+    stop: StopSignal,
 ) -> bool:
     """Train both phases; returns whether the train step was XLA-compiled."""
     from .inputs import augmentation, make_dataset
@@ -204,24 +225,20 @@ def _fit(
         shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
         kube.event(f"Phase{phase}Done", f"phase {phase} finished: {shown}")
 
-    stop = StopSignal().install()
-    try:
-        run_phases(
-            model,
-            train_ds,
-            val_ds,
-            plans,
-            fine_tune_from=cfg.fine_tune_from,
-            patience=cfg.early_stopping_patience,
-            checkpoints=ckpts,
-            state=state,
-            best_weights=best,
-            on_phase_end=phase_done,
-            stop=stop,
-            jit_compile=jit,
-        )
-    finally:
-        stop.uninstall()
+    run_phases(
+        model,
+        train_ds,
+        val_ds,
+        plans,
+        fine_tune_from=cfg.fine_tune_from,
+        patience=cfg.early_stopping_patience,
+        checkpoints=ckpts,
+        state=state,
+        best_weights=best,
+        on_phase_end=phase_done,
+        stop=stop,
+        jit_compile=jit,
+    )
     return jit
 
 
@@ -236,8 +253,6 @@ def _predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> n
 def _contract(
     cfg: TrainConfig, version: str, data: PreparedData, onnx_bytes: bytes, metrics: dict, parity: dict
 ) -> ModelContract:
-    import hashlib
-
     n = len(data.index.classes)
     return ModelContract(
         name=cfg.model_name,
@@ -259,33 +274,18 @@ def _contract(
             "manifest": "dataset.json",
         },
         parity=parity,
-        training={
-            k: getattr(cfg, k)
-            for k in (
-                "image_size",
-                "batch_size",
-                "head_epochs",
-                "finetune_epochs",
-                "head_lr",
-                "finetune_lr",
-                "fine_tune_from",
-                "weights",
-                "augment",
-                "seed",
-                "deterministic",
-                "mixed_precision",
-                "jit_compile",
-                "workers",
-                "lr_scaling",
-                "export_fp16",
-            )
-        },
+        training=freshness.training_record(cfg),
         code_version=f"leaf-train {__version__}",
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )
 
 
-def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResult:
+def run(
+    cfg: TrainConfig,
+    gate_cfg: GateConfig,
+    kube_cfg: KubeConfig,
+    retrain_cfg: freshness.RetrainConfig | None = None,
+) -> RunResult:
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = _distribution(cfg, kube_cfg)
@@ -302,51 +302,91 @@ def run(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> RunResu
     out_store = open_store(cfg.output)
     registry = ModelRegistry(out_store, cfg.model_name)
     ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
+    saved = ckpts.load_state() if ckpts else None
+    if saved is not None and saved.published_version:
+        # An earlier attempt published; only promotion and retention may be left. No data, no model.
+        if not dist.is_chief:
+            log.info("run %s already published %s; worker 0 finishes it", cfg.run_id, saved.published_version)
+            return RunResult(saved.published_version, "", False, {}, {}, {"worker": dist.index})
+        return _finish_published(registry, saved.published_version, gate_cfg, kube)
     kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
+    listed = list_photos(cfg, data_store)
+    retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, registry)
+    if retrain.skip:
+        return _skipped(retrain, registry, kube)
+    log.info("%s", retrain.reason)
 
     if cfg.cache_dir:
         # The chart points it below an emptyDir mount (/scratch/cache), which starts empty.
         Path(cfg.cache_dir).mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp:
+    with tempfile.TemporaryDirectory(prefix="leaf-train-", dir=cfg.cache_dir or None) as tmp, ExitStack() as on_exit:
         cache_dir = Path(tmp)
-        data = prepare_data(cfg, data_store, cache_dir)
+        data = prepare_data(cfg, data_store, cache_dir, listed)
         # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
         # variables, optimizer slots and the compiled step are mirrored and kept in sync.
         with dist.strategy.scope():
-            model, state, best, resumed = _build_or_resume(cfg, data, cache_dir, ckpts)
-        if state.published_version:
-            log.info("run %s already published %s; nothing to do", cfg.run_id, state.published_version)
-            return RunResult(state.published_version, registry.uri(state.published_version), False, {}, {})
+            model, state, best, _ = _build_or_resume(cfg, data, cache_dir, ckpts)
         state.version = state.version or cfg.version or default_version(data.index)
+        # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
+        stop = StopSignal().install()
+        on_exit.callback(stop.uninstall)
         with dist.strategy.scope():
-            jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist)
+            jit = _fit(cfg, data, model, state, best, _writer(ckpts, dist, cache_dir), kube, dist, stop)
         weights_sha256 = weights_digest(model.get_weights())
         log.info("final weights sha256 %s (worker %d)", weights_sha256, dist.index)
         if not dist.is_chief:
             log.info("worker %d done; worker 0 evaluates, exports and publishes", dist.index)
             return RunResult(state.version, "", False, {}, {}, {"worker": dist.index})
 
-        shipped = _evaluate_and_export(cfg, data, model, kube)
+        stop.check("after training, before evaluation and export")
+        shipped = _evaluate_and_export(cfg, data, model, kube, stop)
         champion = registry.champion()
         decision = _gate(gate_cfg, data, shipped, champion)
         version = state.version
         contract = _contract(cfg, version, data, shipped.onnx, shipped.metrics, shipped.parity)
         contract.gate = decision.to_dict()
+        kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
         contract.provenance = provenance.record(cfg.seed, deterministic, cfg.deterministic, weights_sha256)
         report = _report(cfg, data, state, mixed, started)
         report["provenance"] = contract.provenance
         report["distribution"] = {"strategy": dist.name, "replicas": dist.replicas, "workers": dist.workers}
         report["jit_compile"] = jit
         files = _artefacts(contract, shipped.onnx, shipped.metrics, data, state, report) | shipped.extra_files
-        _publish_once(registry, version, files, resumed=resumed)
+        stop.check(f"before publishing {version}")
+        owner, where = run_owner(cfg.run_id), f"while publishing {version}, before writing"
+        publish_once(registry, version, files, owner=owner, on_step=lambda name: stop.check(f"{where} {name}"))
         if ckpts is not None:
             state.published_version = version
             ckpts.save_state(state)
-    # CAS against the pointer the gate compared with: if another run promoted meanwhile, we lose.
-    expected = champion.pointer_etag if champion else None
-    promoted = _promote(registry, version, decision, gate_cfg, kube, expected)
-    kube.annotate_version(version)
+        stop.check(f"after publishing {version}, before promoting it")
+        promoted = _finish(registry, version, gate_cfg, kube)
     return RunResult(version, registry.uri(version), promoted, shipped.metrics, decision.to_dict(), report)
+
+
+def _finish(registry: ModelRegistry, version: str, gate_cfg: GateConfig, kube: Any) -> bool:
+    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
+    grace_s = gate_cfg.incomplete_grace_hours * 3600
+    promoted = finish(registry, version, kube, keep=gate_cfg.keep_versions, incomplete_grace_s=grace_s)
+    kube.annotate_version(version)
+    return promoted
+
+
+def _finish_published(registry: ModelRegistry, version: str, gate_cfg: GateConfig, kube: Any) -> RunResult:
+    """A retried run whose earlier attempt published ``version``: verify it and do what is left."""
+    registry.verify(version)
+    log.info("this run already published %s; finishing its promotion", version)
+    promoted = _finish(registry, version, gate_cfg, kube)
+    gate = (registry.contract_dict(version) or {}).get("gate") or {}
+    return RunResult(version, registry.uri(version), promoted, {}, gate)
+
+
+def _skipped(retrain: freshness.RetrainDecision, registry: ModelRegistry, kube: KubeReporter) -> RunResult:
+    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
+    log.info("skipped: %s", retrain.reason)
+    kube.event("Skipped", retrain.reason)
+    kube.annotate_skipped(retrain.reason)
+    served = retrain.served_version or ""
+    return RunResult(served, registry.uri(served) if served else "", False, {}, {}, {"skipped": retrain.reason})
 
 
 @dataclass
@@ -355,12 +395,11 @@ class Shipped:
 
     metrics: dict[str, Any]
     onnx: bytes
-    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported)
-    parity_passed: bool
+    parity: dict[str, Any]  # model.json's parity record (with ``fp16`` when exported); the gate judges it
     extra_files: dict[str, bytes]  # model.fp16.onnx when --export-fp16
 
 
-def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube: Any) -> Shipped:
+def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube: Any, stop: StopSignal) -> Shipped:
     """Validation metrics of the float32 copy, its ONNX export, and the parity checks before publishing."""
     from . import evaluate, export
 
@@ -370,14 +409,20 @@ def _evaluate_and_export(cfg: TrainConfig, data: PreparedData, model: Any, kube:
     probs = _predict(inference, images, data.val_slots, cfg.batch_size)
     metrics = evaluate.compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    stop.check("after evaluation, before the ONNX export")
     onnx_bytes = export.to_onnx(inference, cfg.image_size, cfg.opset)
+    stop.check("after the ONNX export, before its parity check")
     parity_images = images[data.val_slots[: cfg.parity_images]]
     parity = export.check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance)
     kube.event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
     record, extra = parity.to_dict(), _fp16_export(cfg, onnx_bytes, parity_images)
     if extra:
         record["fp16"] = extra.pop("parity")
-    return Shipped(metrics, onnx_bytes, record, parity.passed, extra)
+    int8 = _int8_export(cfg, data, onnx_bytes, kube)
+    if int8:
+        record["int8"] = int8.pop("parity")
+        extra |= int8
+    return Shipped(metrics, onnx_bytes, record, extra)
 
 
 def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: Any) -> GateDecision:
@@ -386,7 +431,8 @@ def _gate(gate_cfg: GateConfig, data: PreparedData, shipped: Shipped, champion: 
     return decide(
         gate_cfg,
         candidate_accuracy=shipped.metrics["accuracy"],
-        parity_passed=shipped.parity_passed,
+        candidate_recall={name: c["recall"] for name, c in shipped.metrics["per_class"].items()},
+        parity=shipped.parity,
         champion=champion,
         val_images=np.asarray(data.decoded.images[slots]),
         val_labels=[data.index.classes[i] for i in data.labels[slots]],
@@ -401,8 +447,6 @@ def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray)
     """
     if not cfg.export_fp16:
         return {}
-    import hashlib
-
     from . import export
 
     fp16 = export.to_fp16(onnx_bytes)
@@ -411,32 +455,34 @@ def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray)
     return {export.FP16_FILE: fp16, "parity": record}
 
 
-def _publish_once(registry: ModelRegistry, version: str, files: dict[str, bytes], resumed: bool) -> None:
-    """Publish; a retried run whose first attempt published before dying reuses that version."""
-    try:
-        registry.publish(version, files)
-    except VersionExistsError:
-        if not resumed:
-            raise
-        registry.verify(version)  # complete and intact, or this raises
-        log.info("version %s was already published by an earlier attempt of this run", version)
+def _int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, kube: Any) -> dict[str, Any]:
+    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
 
+    Calibrated on training images only; judged on every validation image. A refused INT8 model is not
+    published (its record says why) and the FP32 model publishes as usual.
+    """
+    if not cfg.export_int8:
+        return {}
+    from . import export
 
-def _promote(
-    registry: ModelRegistry, version: str, decision: GateDecision, gate_cfg: GateConfig, kube: Any, expected: str | None
-) -> bool:
-    if not decision.promote:
-        log.warning("version %s kept but NOT promoted: %s", version, decision.reason)
-        kube.event("NotPromoted", f"{version}: {decision.reason}", type="Warning")
-        return False
-    registry.promote(version, expected_etag=expected)
-    log.info("promoted %s: %s", version, decision.reason)
-    kube.event("Promoted", f"{version}: {decision.reason}")
-    deleted = registry.apply_retention(gate_cfg.keep_versions)
-    if deleted:
-        log.info("retention removed %d old versions: %s", len(deleted), ", ".join(deleted))
-    kube.rollout(version=version)  # no-op unless --rollout-deployment is set
-    return True
+    rng = np.random.default_rng(cfg.seed)  # which training images calibrate: repeatable with the run's seed
+    chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
+    images = data.decoded.images
+    int8 = export.to_int8(onnx_bytes, images[chosen])
+    check = export.check_int8(
+        onnx_bytes, int8, images[data.val_slots], data.labels[data.val_slots], cfg.int8_max_accuracy_drop
+    )
+    record = {**check.to_dict(), "file": export.INT8_FILE, "format": "QDQ", "calibration_images": len(chosen)}
+    if not check.passed:
+        reason = (
+            f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
+            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not published"
+        )
+        log.warning("%s", reason)
+        kube.event("Int8Refused", reason, type="Warning")
+        return {"parity": {**record, "reason": reason}}
+    record["sha256"] = hashlib.sha256(int8).hexdigest()
+    return {export.INT8_FILE: int8, "parity": record}
 
 
 def _report(cfg: TrainConfig, data: PreparedData, state: RunState, mixed: bool, started: float) -> dict[str, Any]:
@@ -450,9 +496,26 @@ def _report(cfg: TrainConfig, data: PreparedData, state: RunState, mixed: bool, 
         "ignored_count": len(data.index.ignored),
         "decoded_on_disk": data.decoded.on_disk,
         "mixed_precision": mixed,
+        "from_review": from_review(data.index),
         "epochs_run": len(state.history.get("loss", [])),
         "history": state.history,
         "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def from_review(index: DatasetIndex) -> dict[str, Any]:
+    """How many training photos came back through review (``leaf-train inbox accept`` or ``/review``).
+
+    Review names every photo it adds ``<class>/capture-<time>-<hex>.<ext>``, so the listing the
+    job already made says which they are (:func:`leaf_common.inbox.is_review_key`).
+    """
+    reviewed = [it for it in index.items if is_review_key(it.key)]
+    by_class = Counter(index.classes[it.label] for it in reviewed)
+    return {
+        "images": len(reviewed),
+        "train": sum(it.split == TRAIN for it in reviewed),
+        "val": sum(it.split == VAL for it in reviewed),
+        "by_class": dict(sorted(by_class.items())),
     }
 
 
@@ -462,7 +525,7 @@ def _artefacts(
     from . import evaluate
 
     def js(obj: Any) -> bytes:
-        return json.dumps(obj, indent=2, default=_json_default).encode()
+        return to_json_bytes(obj)
 
     return {
         MODEL_FILE: onnx_bytes,
@@ -475,9 +538,25 @@ def _artefacts(
     }
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer, np.floating)):
-        return o.item()
+def to_json_bytes(obj: Any) -> bytes:
+    """Indented JSON that every parser reads: NaN and ±Infinity (a diverged loss) become null.
+
+    ``json.dumps`` writes non-finite floats as bare ``NaN``/``Infinity`` (not JSON) and never calls
+    ``default`` for floats, so they are replaced before dumping; ``allow_nan=False`` makes a missed
+    one fail here rather than in a reader.
+    """
+    return json.dumps(_finite(obj), indent=2, allow_nan=False).encode()
+
+
+def _finite(o: Any) -> Any:
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _finite(o.tolist())
+    if isinstance(o, (np.integer, np.floating, np.bool_)):
+        o = o.item()
     if isinstance(o, float) and not math.isfinite(o):
         return None
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+    return o

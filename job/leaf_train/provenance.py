@@ -10,8 +10,10 @@ only proves something if nothing was installed over it afterwards.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
 import sys
+from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,8 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", 
 _PROFILE = re.compile(r"^# leaf-train lock, profile '([\w-]+)'", re.M)
 # Shown when a lock lists more mismatches than this; the count is always complete.
 _MAX_LISTED = 20
+# The source that turns photos into a model: the job and what it shares with the server (decoding, storage).
+CODE_PACKAGES = ("leaf_train", "leaf_common")
 
 
 def normalize(name: str) -> str:
@@ -86,9 +90,36 @@ def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
     }
 
 
+def source_digest(roots: Mapping[str, Path]) -> str:
+    """SHA-256 over the relative path and bytes of every ``.py`` file under each ``name -> folder``."""
+    h = hashlib.sha256()
+    for name, root in sorted(roots.items()):
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"{name}/{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def code_record() -> dict[str, str]:
+    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`, see :func:`source_digest`).
+
+    The content, not only ``__version__``: the version string is not bumped with every change, and the
+    retrain policy (``freshness``) must notice any change of the code that trains the model.
+    """
+    from . import __version__
+
+    roots = {}
+    for package in CODE_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is not None and spec.origin is not None:
+            roots[package] = Path(spec.origin).parent
+    return {"version": __version__, "sha256": source_digest(roots)}
+
+
 def record(seed: int, deterministic: bool, determinism_option: str, weights_sha256: str) -> dict[str, Any]:
     """The provenance block of ``model.json`` and ``report.json``."""
     return {
+        "code": code_record(),
         "seed": seed,
         "deterministic": deterministic,
         "deterministic_option": determinism_option,

@@ -3,16 +3,26 @@
 Layout and file names come from :mod:`leaf_common.registry` (the read side the server uses)::
 
     <output>/<model-name>/latest.json                  pointer; moves last, only by compare-and-swap
+    <output>/<model-name>/versions/<v>/claim.json      written first (If-None-Match: *): who publishes <v>
     <output>/<model-name>/versions/<v>/<file>          written once (If-None-Match: *)
     <output>/<model-name>/versions/<v>/manifest.json   written after every file was read back and hashed
+    <output>/<model-name>/versions/<v>/deleting.json   only while retention deletes the version
 
-The guarantees (issue #4):
+The guarantees (issues #4 and #10):
 
-* A version's files are created with ``if_none_match`` so nothing is ever overwritten; a second
-  publication of the same version fails with :class:`VersionExistsError`.
+* A publication starts by creating ``claim.json`` with ``if_none_match``: of two publishers of the
+  same id exactly one owns it. A version's files are created with ``if_none_match`` so nothing is
+  ever overwritten; publishing an id someone else claimed fails with :class:`VersionExistsError`.
 * ``manifest.json`` is written last. A version without it is *incomplete* (a publication in
-  progress or one that crashed): it is listed as such, never promoted, and never counted or
-  deleted by retention (it may belong to a run that is still uploading).
+  progress or one that died): it is listed as such and never promoted.
+* A publication that died (SIGTERM, OOM kill, a storage error) can always be finished: the same
+  owner publishing the same id again removes what the dead attempt left (never its claim) and
+  writes the version anew. A complete version is never rewritten, not even by its owner.
+* Retention never counts incomplete versions, and removes one only once nothing in it was written
+  for ``incomplete_grace_s`` (default 24 h, the chart's Job deadline): by then no attempt of the
+  run that claimed it can still be running. It marks a version ``deleting.json`` before deleting
+  anything and removes the mark last, so a deletion cut short is finished by the next retention
+  at once (a marked version without a manifest is not a publication in progress).
 * ``latest.json`` moves only to a version whose manifest verifies (every file's size and
   SHA-256 re-read from the store), by ``if_match`` on the ETag read before (``if_none_match``
   when there is no pointer yet), so of two concurrent promotions exactly one wins and a reader
@@ -22,6 +32,14 @@ The guarantees (issue #4):
 Retention keeps the newest ``keep`` complete versions plus the served one and the version a
 rollback would return to (``Pointer.history[0]``): an operator's ``rollback`` right after a
 prune must still work.
+
+Retention and promotion may race (a scheduled retrain prunes while an operator promotes an old
+version). Neither side reads-then-acts alone; each writes first and then reads what the other
+writes, so at least one of them sees the other: retention deletes a version's manifest, *then*
+re-reads the pointer and puts the manifest back if the pointer now protects the version;
+promotion swaps the pointer, *then* re-reads the manifest and swaps the pointer back if it is
+gone. S3 is strongly consistent for these reads, so ``latest.json`` never keeps naming a deleted
+version. (Re-reading the pointer before each deletion alone would only narrow the window.)
 """
 
 from __future__ import annotations
@@ -29,7 +47,9 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Mapping
+import time
+import uuid
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -46,7 +66,7 @@ from leaf_common.registry import (
     read_pointer,
     sha256_hex,
 )
-from leaf_common.storage import NotFound, PreconditionFailed, Store
+from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
 
 from .errors import ModelRegistryError, PublishError
 
@@ -58,6 +78,14 @@ _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 MAX_HISTORY = 20
 # Sentinel for ``expected_etag``: "CAS on whatever pointer is there now".
 _READ_NOW: Any = ...
+# Who is publishing a version; written first, kept while the version exists, listed in no manifest.
+CLAIM_FILE = "claim.json"
+# Written by retention before it deletes anything of a version and removed last: a version that has
+# it and no manifest is being deleted, and the next retention finishes that at once (no grace).
+DELETING_FILE = "deleting.json"
+# Retention leaves an incomplete version alone until nothing in it was written for this long. The
+# chart's training Job may run 24 h (activeDeadlineSeconds): after that no attempt of it is alive.
+DEFAULT_INCOMPLETE_GRACE_S = 24 * 3600.0
 
 
 class VersionExistsError(PublishError):
@@ -98,6 +126,8 @@ class VersionInfo:
     gate_reason: str
     served: bool  # named by latest.json
     promoted: bool  # served now or earlier (in the pointer's history)
+    last_write: float | None = None  # newest object's last write (epoch s); ages incomplete versions
+    deleting: bool = False  # retention started deleting it (and was cut short if it is still listed)
 
 
 def utc_now() -> str:
@@ -150,40 +180,52 @@ class ModelRegistry:
         return self.store.url(self._key(version)) if version else self.store.uri
 
     # ---- publication --------------------------------------------------------------------------
-    def publish(self, version: str, files: Mapping[str, bytes]) -> Manifest:
-        """Write a new immutable version: every file, read back and hashed, then its manifest.
+    def publish(
+        self,
+        version: str,
+        files: Mapping[str, bytes],
+        *,
+        owner: str | None = None,
+        on_step: Callable[[str], None] | None = None,
+    ) -> Manifest:
+        """Write a new immutable version: a claim, every file (read back and hashed), then its manifest.
 
         Args:
             version: the new version id (one key segment).
             files: file name -> bytes, e.g. ``{MODEL_FILE: onnx, CONTRACT_FILE: contract.to_json()}``.
+            owner: who publishes (the training job passes its run id). The same owner publishing
+                the same id again finishes a publication that died half-way; ``None`` = a one-off
+                publisher that cannot resume.
+            on_step: called with the name of each object about to be written; an exception from it
+                stops the publication (the job's SIGTERM check), which the same owner can finish later.
 
         Returns:
             The manifest as written and re-read.
 
         Raises:
-            VersionExistsError: any object of this version already exists (complete or partial).
+            VersionExistsError: the version is complete, or another owner claimed it.
             PublishError: a file read back differs from what was written.
         """
         check_version_id(version)
         self._check_files(files)
-        if any(True for _ in self.store.list(self._key(version))):
-            raise VersionExistsError(
-                f"{self.uri(version)}: expected a new version; received one that already exists "
-                f"({self._state(version)}); versions are immutable, publish under another id"
-            )
+        step = on_step or (lambda _name: None)
+        owner = owner or f"one-off-{uuid.uuid4().hex}"
         vstore = self._version_store(version)
+        self._claim(version, vstore, owner, step)
         entries = []
         for name in sorted(files):
             data = files[name]
+            step(name)
             try:
                 vstore.put(name, data, if_none_match=True)
             except PreconditionFailed as e:
-                # Lost a race with another publisher of the same id between the listing and here.
+                # Only the claim's owner writes here: someone removed the claim and published meanwhile.
                 raise VersionExistsError(f"{vstore.url(name)}: already exists; versions are immutable") from e
             entries.append(ManifestEntry(name, len(data), sha256_hex(data)))
         manifest = Manifest(version=version, created_at=utc_now(), files=tuple(entries), name=self.model_name)
         # Read every file back before the manifest exists: what readers will fetch is what we hashed.
         self._verify_files(vstore, manifest, PublishError)
+        step(MANIFEST_FILE)
         try:
             vstore.put(MANIFEST_FILE, manifest.to_json(), if_none_match=True)
         except PreconditionFailed as e:
@@ -194,15 +236,62 @@ class ModelRegistry:
         log.info("published %s (%d files)", self.uri(version), len(entries))
         return manifest
 
+    def _claim(self, version: str, vstore: Store, owner: str, step: Callable[[str], None]) -> None:
+        """Own ``version`` before writing into it: a new claim, or ours from an attempt that died."""
+        existing = [o.key for o in vstore.list()]
+        if not existing:
+            step(CLAIM_FILE)
+            body = json.dumps({"owner": owner, "claimed_at": utc_now()}, indent=2).encode()
+            try:
+                vstore.put(CLAIM_FILE, body, if_none_match=True)
+                return
+            except PreconditionFailed as e:
+                raise VersionExistsError(
+                    f"{self.uri(version)}: expected a new version; another publisher claimed it first"
+                ) from e
+        claimed_by = self.claim_owner(version)
+        if MANIFEST_FILE in existing or claimed_by != owner:
+            by = f"claimed by {claimed_by!r}" if claimed_by else "with no claim"
+            raise VersionExistsError(
+                f"{self.uri(version)}: expected a new version or an unfinished one of {owner!r}; received one that "
+                f"already exists ({self._state(version)}, {by}); versions are immutable, publish under another id"
+            )
+        # Our own earlier attempt died half-way. Its files may differ from ours (the export is re-run),
+        # so start over; the claim stays, so the version stays ours throughout.
+        leftovers = [k for k in existing if k != CLAIM_FILE]
+        log.warning(
+            "%s: finishing the publication an earlier attempt of %s left incomplete (removing its %d files)",
+            self.uri(version),
+            owner,
+            len(leftovers),
+        )
+        for key in leftovers:
+            step(key)
+            vstore.delete(key)
+
+    def claim_owner(self, version: str) -> str | None:
+        """Who claimed ``version`` (``publish(owner=...)``), or ``None`` without a readable claim."""
+        try:
+            claim = json.loads(self._version_store(version).get(CLAIM_FILE))
+        except (NotFound, json.JSONDecodeError):
+            return None
+        owner = claim.get("owner") if isinstance(claim, dict) else None
+        return owner if isinstance(owner, str) else None
+
     @staticmethod
     def _check_files(files: Mapping[str, bytes]) -> None:
         if not files:
             raise PublishError("files: expected at least one file to publish; received none")
         for name, data in files.items():
-            if not isinstance(name, str) or "/" in name or name.startswith(".") or name in ("", MANIFEST_FILE):
+            if (
+                not isinstance(name, str)
+                or "/" in name
+                or name.startswith(".")
+                or name in ("", MANIFEST_FILE, CLAIM_FILE, DELETING_FILE)
+            ):
+                reserved = ", ".join(repr(n) for n in (MANIFEST_FILE, CLAIM_FILE, DELETING_FILE))
                 raise PublishError(
-                    f"file name: expected a plain name other than {MANIFEST_FILE!r}, not starting with '.'; "
-                    f"received {name!r}"
+                    f"file name: expected a plain name other than {reserved}, not starting with '.'; received {name!r}"
                 )
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise PublishError(f"file {name!r}: expected bytes; received {type(data).__name__}")
@@ -253,10 +342,21 @@ class ModelRegistry:
             return None
         return d if isinstance(d, dict) else None
 
-    def _version_ids(self) -> list[str]:
+    def _version_objects(self) -> dict[str, list[ObjectInfo]]:
+        """Every version id with its objects, from one listing."""
         prefix = f"{VERSIONS_DIR}/"
-        seen = {o.key[len(prefix) :].split("/", 1)[0] for o in self.store.list(VERSIONS_DIR) if "/" in o.key}
-        return sorted(v for v in seen if _VERSION_RE.match(v))
+        found: dict[str, list[ObjectInfo]] = {}
+        for o in self.store.list(VERSIONS_DIR):
+            version, sep, _ = o.key[len(prefix) :].partition("/")
+            if sep and _VERSION_RE.match(version):
+                found.setdefault(version, []).append(o)
+        return found
+
+    @staticmethod
+    def _last_write(objects: list[ObjectInfo]) -> float | None:
+        """When the newest object was written; ``None`` if any time is unknown (treated as just now)."""
+        times = [o.modified for o in objects]
+        return None if not times or None in times else max(t for t in times if t is not None)
 
     def list_versions(self) -> list[VersionInfo]:
         """Every version, oldest first (by manifest ``created_at``; incomplete ones last)."""
@@ -264,7 +364,7 @@ class ModelRegistry:
         pointer = found[0] if found else None
         promoted = {pointer.version, *pointer.history} if pointer else set()
         rows = []
-        for version in self._version_ids():
+        for version, objects in sorted(self._version_objects().items()):
             try:
                 manifest = read_manifest(self._version_store(version))
             except RegistryError:
@@ -281,6 +381,8 @@ class ModelRegistry:
                     gate_reason=str(gate.get("reason", "")),
                     served=pointer is not None and pointer.version == version,
                     promoted=version in promoted,
+                    last_write=self._last_write(objects),
+                    deleting=any(o.key.endswith(f"/{DELETING_FILE}") for o in objects),
                 )
             )
         rows.sort(key=lambda r: (not r.complete, r.created_at, r.version))
@@ -308,6 +410,7 @@ class ModelRegistry:
         except IncompleteVersionError as e:
             result.update(complete=self.store.exists(self._key(version, MANIFEST_FILE)), verified=False, problem=str(e))
         result["contract"] = self.contract_dict(version)
+        result["claimed_by"] = self.claim_owner(version)
         return result
 
     def champion(self) -> Champion | None:
@@ -341,19 +444,39 @@ class ModelRegistry:
         """``latest.json`` and its ETag, or ``None`` when nothing is promoted."""
         return read_pointer(self.store)
 
-    def _swap_pointer(self, new: Pointer, expected_etag: str | None, current: Pointer | None) -> Pointer:
+    def _swap_pointer(self, new: Pointer, expected_etag: str | None, current: Pointer | None) -> str:
+        """Write ``new`` by compare-and-swap and return its ETag; then make sure its version survived.
+
+        Retention may have deleted the version between our verification and the swap. It deletes the
+        manifest first and re-reads the pointer afterwards, and we re-read the manifest after the
+        swap: one of the two sees the other. If the manifest is gone, put the previous pointer back.
+        """
         try:
             if expected_etag is None:
-                self.store.put(POINTER_FILE, new.to_json(), if_none_match=True)
+                etag = self.store.put(POINTER_FILE, new.to_json(), if_none_match=True)
             else:
-                self.store.put(POINTER_FILE, new.to_json(), if_match=expected_etag)
+                etag = self.store.put(POINTER_FILE, new.to_json(), if_match=expected_etag)
         except PreconditionFailed as e:
             was = current.version if current else "nothing"
             raise PromotionConflict(
                 f"{self.store.url(POINTER_FILE)}: expected the pointer to still name {was}; it changed meanwhile "
                 f"(another promotion or rollback won); re-read and retry if still wanted"
             ) from e
-        return new
+        if not self.store.exists(self._key(new.version, MANIFEST_FILE)):
+            self._undo_swap(new, etag, current)
+        return etag
+
+    def _undo_swap(self, new: Pointer, etag: str, previous: Pointer | None) -> None:
+        where = self.store.url(POINTER_FILE)
+        gone = f"{self.uri(new.version)} lost its {MANIFEST_FILE} while being promoted (retention deleted it)"
+        if previous is None:
+            # No conditional delete to undo a first pointer with: say so loudly instead.
+            raise IncompleteVersionError(f"{gone}; {where} names it: promote a complete version now")
+        try:
+            self.store.put(POINTER_FILE, previous.to_json(), if_match=etag)
+        except PreconditionFailed:
+            raise IncompleteVersionError(f"{gone}; {where} has moved on since, left as it is") from None
+        raise IncompleteVersionError(f"{gone}; {where} names {previous.version} again")
 
     def _read_expected(self, expected_etag: str | None) -> tuple[Pointer | None, str | None]:
         """The current pointer, and the ETag to swap against (the caller's, or the one read now)."""
@@ -431,29 +554,78 @@ class ModelRegistry:
         )
 
     # ---- retention ----------------------------------------------------------------------------
-    def retention_plan(self, keep: int) -> list[str]:
-        """Versions :meth:`apply_retention` would delete (oldest first), without deleting anything."""
+    def retention_plan(
+        self, keep: int, *, incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S, now: float | None = None
+    ) -> list[str]:
+        """Versions :meth:`apply_retention` would delete, without deleting anything.
+
+        Complete versions beyond the newest ``keep`` come first (oldest first), then incomplete
+        versions in which nothing was written for more than ``incomplete_grace_s`` seconds.
+        """
         if not isinstance(keep, int) or keep < 1:
             raise ModelRegistryError(f"keep: expected an integer >= 1; received {keep!r}")
-        found = read_pointer(self.store)
-        protected = {found[0].version, *found[0].history[:1]} if found else set()
-        complete = [r.version for r in self.list_versions() if r.complete]  # oldest first
+        if not incomplete_grace_s > 0:
+            raise ModelRegistryError(f"incomplete_grace_s: expected seconds > 0; received {incomplete_grace_s!r}")
+        protected = self._protected()
+        rows = self.list_versions()
+        complete = [r.version for r in rows if r.complete]  # oldest first
         newest = set(complete[-keep:])
-        return [v for v in complete if v not in newest and v not in protected]
+        now = time.time() if now is None else now
+        stale = [
+            r.version
+            for r in rows
+            if not r.complete and (r.deleting or (r.last_write is not None and now - r.last_write > incomplete_grace_s))
+        ]
+        return [v for v in complete if v not in newest and v not in protected] + [
+            v for v in stale if v not in protected
+        ]
 
-    def apply_retention(self, keep: int) -> list[str]:
-        """Delete all but the newest ``keep`` complete versions; never the served one or its rollback target.
+    def apply_retention(
+        self, keep: int, *, incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S, now: float | None = None
+    ) -> list[str]:
+        """Delete all but the newest ``keep`` complete versions, and incomplete ones idle beyond the grace.
 
-        Each doomed version loses its manifest first, so it turns incomplete (unpromotable) before
-        any of its files goes. Incomplete versions are left alone: they may be uploads in progress.
+        Never the served version or its rollback target, also when a promotion races this call: each
+        doomed version loses its manifest first (so it turns unpromotable), then the pointer is read
+        again and the manifest put back if the pointer now protects the version (module docstring).
 
         Returns:
-            The deleted version ids, oldest first.
+            The deleted version ids, in :meth:`retention_plan` order.
         """
-        doomed = self.retention_plan(keep)
-        for version in doomed:
-            self.store.delete(self._key(version, MANIFEST_FILE))
-            for obj in list(self.store.list(self._key(version))):
-                self.store.delete(obj.key)
-            log.info("retention deleted %s", self.uri(version))
-        return doomed
+        deleted = []
+        for version in self.retention_plan(keep, incomplete_grace_s=incomplete_grace_s, now=now):
+            if self._delete_version(version, incomplete_grace_s, now):
+                deleted.append(version)
+                log.info("retention deleted %s", self.uri(version))
+        return deleted
+
+    def _protected(self) -> set[str]:
+        """The served version and the one a rollback returns to, as the pointer says now."""
+        found = read_pointer(self.store)
+        return {found[0].version, *found[0].history[:1]} if found else set()
+
+    def _delete_version(self, version: str, incomplete_grace_s: float, now: float | None) -> bool:
+        vstore = self._version_store(version)
+        objects = list(vstore.list())
+        names = {o.key for o in objects}
+        if MANIFEST_FILE not in names and DELETING_FILE not in names:
+            last = self._last_write(objects)
+            if last is None or (time.time() if now is None else now) - last <= incomplete_grace_s:
+                log.info("retention keeps %s: it was written to since it was planned", self.uri(version))
+                return False
+        # Marked first, unmarked last: if this is cut short, the next retention finishes it at once.
+        vstore.put(DELETING_FILE, json.dumps({"deleting_since": utc_now()}).encode())
+        manifest = vstore.get(MANIFEST_FILE) if MANIFEST_FILE in names else None
+        if manifest is not None:
+            vstore.delete(MANIFEST_FILE)  # unpromotable from here on
+        if version in self._protected():
+            if manifest is not None:
+                vstore.put(MANIFEST_FILE, manifest, if_none_match=True)
+            vstore.delete(DELETING_FILE)
+            log.warning("retention keeps %s: a promotion or rollback named it meanwhile", self.uri(version))
+            return False
+        for key in sorted(names - {CLAIM_FILE, DELETING_FILE, MANIFEST_FILE}):
+            vstore.delete(key)
+        vstore.delete(CLAIM_FILE)
+        vstore.delete(DELETING_FILE)
+        return True

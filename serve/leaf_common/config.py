@@ -97,12 +97,15 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
         choices = f.metadata.get("choices")
         if choices:
             help_text += f" (one of: {', '.join(choices)})"
+        # A bare boolean flag means true (`leaf-train submit --force`); `--flag false` still reads a value.
+        switch = {"nargs": "?", "const": "true"} if _base_type(tp) is bool else {}
         parser.add_argument(
             flag_name(f.name),
             dest=f.name,
             default=None,
             metavar=f.name.upper() if _base_type(tp) is not bool else "BOOL",
             help=help_text.replace("%", "%%"),
+            **switch,
         )
 
 

@@ -98,9 +98,11 @@ class ModelContract:
             if "input_range" in d:
                 kwargs["input_range"] = tuple(d["input_range"])
             contract = cls(**kwargs)
-        except (KeyError, TypeError) as e:
+            contract.validate()
+        except ContractError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:  # a field of the wrong type or shape, e.g. image_size [32]
             raise ContractError(f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}") from e
-        contract.validate()
         return contract
 
     @classmethod

@@ -4,15 +4,22 @@ Training decodes every photo with :func:`decode_image` once per job and the serv
 decodes every request with the same function, so the model sees identical arrays on
 both paths (no train/serve skew). The model itself does VGG16's preprocessing;
 this only turns bytes into RGB uint8 ``(height, width, 3)``.
+
+Memory is decided from the header, before any pixel is decoded (:func:`probe`): a
+200 KB PNG of one colour can hold 40 million RGBA pixels, 160 MB once decoded. JPEGs
+are decoded already shrunk (DCT scaling through ``draft``); other formats are decoded
+once at full size and immediately reduced by an integer factor, so EXIF rotation and
+alpha flattening copy a small image, never the full-size one.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 # Resampling used for every resize; recorded in the model contract.
 RESIZE_METHOD = "bilinear"
@@ -22,6 +29,20 @@ _RESAMPLE = Image.Resampling.BILINEAR
 DEFAULT_MAX_PIXELS = 64_000_000
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_FORMATS = ("JPEG", "PNG", "MPO")
+# Bytes per pixel of Pillow's in-memory storage: RGB, RGBA, LA, CMYK ... use 32-bit pixels.
+_NARROW_MODES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
+_ORIENTATION_TAG = 0x0112
+# EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does).
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
 
 
 class ImageDecodeError(ValueError):
@@ -30,6 +51,96 @@ class ImageDecodeError(ValueError):
 
 def is_image_key(key: str) -> bool:
     return key.lower().endswith(IMAGE_EXTENSIONS)
+
+
+@dataclass(frozen=True)
+class ImageProbe:
+    """What the header says, and what decoding will cost, before any pixel is decoded."""
+
+    format: str
+    size: tuple[int, int]  # (width, height) as stored
+    decoded_size: tuple[int, int]  # (width, height) the decoder will produce (smaller for JPEG draft)
+    mode: str
+    decode_bytes: int  # peak bytes of pixel buffers while decoding this image
+
+    @property
+    def pixels(self) -> int:
+        return self.size[0] * self.size[1]
+
+
+def _pixel_bytes(mode: str) -> int:
+    return _NARROW_MODES.get(mode, 4)
+
+
+def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Image, ImageProbe]:
+    """Open ``data`` (header only), check format and pixel count, and plan a shrinking decode."""
+    height, width = size
+    if not data:
+        raise ImageDecodeError("expected JPEG or PNG bytes; received an empty body")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            if img.format not in _FORMATS:
+                raise ImageDecodeError(f"expected a JPEG or PNG image; received {img.format or 'unknown'} data")
+            stored = img.size
+            if stored[0] < 1 or stored[1] < 1 or stored[0] * stored[1] > max_pixels:
+                raise ImageDecodeError(
+                    f"expected at most {max_pixels} pixels; received {stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
+                )
+            if img.format in ("JPEG", "MPO"):
+                # DCT-domain downscale: never below the target size, so quality holds.
+                img.draft("RGB", (width, height))
+    except ImageDecodeError:
+        raise
+    except Exception as e:  # Pillow raises a zoo of types on malformed headers; all mean "not an image"
+        raise ImageDecodeError(
+            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes (header): "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    cost = _decode_cost(img.mode, img.size, (width, height))
+    return img, ImageProbe(img.format, stored, img.size, img.mode, cost)
+
+
+def _decode_cost(mode: str, decoded: tuple[int, int], target: tuple[int, int]) -> int:
+    """Peak bytes of pixel buffers alive at once in :func:`decode_image` (an upper bound).
+
+    The decoded buffer; then, for anything but L/RGB, a 32-bit converted copy and one more
+    (alpha premultiplied before averaging, or flattened onto white); then the reduced image.
+    """
+    full = decoded[0] * decoded[1]
+    cost = full * _pixel_bytes(mode)
+    if mode not in ("L", "RGB"):
+        cost += 2 * full * 4
+    factor = _reduce_factor(decoded, target)
+    return cost + (full * 4) // (factor * factor)
+
+
+def probe(data: bytes, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
+    """Read only the header: format, dimensions and the memory :func:`decode_image` will need.
+
+    Raises:
+        ImageDecodeError: not a JPEG/PNG, unreadable header, or more than ``max_pixels`` pixels.
+    """
+    return _open(data, size, max_pixels)[1]
+
+
+def _reduce_factor(have: tuple[int, int], want: tuple[int, int]) -> int:
+    """Largest integer factor that keeps both sides at or above the target (as JPEG draft does)."""
+    return max(1, min(have[0] // max(1, want[0]), have[1] // max(1, want[1])))
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation, or 1 when absent or unreadable (a damaged EXIF block is not a damaged photo)."""
+    try:
+        value = img.getexif().get(_ORIENTATION_TAG, 1)
+    except Exception:  # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
+        return 1
+    return value if isinstance(value, int) else 1
+
+
+def _has_alpha(img: Image.Image) -> bool:
+    return img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
 
 
 def _flatten_alpha(img: Image.Image) -> Image.Image:
@@ -48,8 +159,9 @@ def decode_image(
     """Decode JPEG/PNG bytes to an RGB uint8 array of shape ``(height, width, 3)``.
 
     Grayscale, palette, CMYK and alpha images are converted; EXIF orientation is
-    applied (phone photos). Large JPEGs are decoded at reduced scale via
-    ``draft`` before the final resize, which is exact enough and much faster.
+    applied (phone photos). Large images are shrunk while decoding (JPEG ``draft``) or
+    right after it (an integer ``reduce``), before rotation, flattening and the final
+    bilinear resize, so only one full-size buffer ever exists (see :func:`probe`).
 
     Args:
         data: encoded image bytes.
@@ -60,32 +172,27 @@ def decode_image(
         ImageDecodeError: empty, truncated, undecodable or oversized input.
     """
     height, width = size
-    if not data:
-        raise ImageDecodeError("expected JPEG or PNG bytes; received an empty body")
+    img, _ = _open(data, size, max_pixels)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in ("JPEG", "PNG", "MPO"):
-                raise ImageDecodeError(f"expected a JPEG or PNG image; received {img.format or 'unknown'} data")
-            pixels = img.size[0] * img.size[1]
-            if pixels > max_pixels:
-                raise ImageDecodeError(
-                    f"expected at most {max_pixels} pixels; received {img.size[0]}x{img.size[1]} = {pixels}"
-                )
-            if img.format in ("JPEG", "MPO"):
-                # DCT-domain downscale: never below the target size, so quality holds.
-                img.draft("RGB", (width, height))
-            img.load()
-    except ImageDecodeError:
+        orientation = _orientation(img)  # read before reduce: the EXIF belongs to the file, not the pixels
+        img.load()
+        factor = _reduce_factor(img.size, (width, height))
+        if factor > 1:
+            if img.mode not in ("L", "RGB", "RGBA", "LA"):  # the modes reduce averages (not palette indices)
+                img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+            img = img.reduce(factor)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
+        if _has_alpha(img):
+            img = _flatten_alpha(img)
+        elif img.mode != "RGB":
+            img = img.convert("RGB")
+        if img.size != (width, height):
+            img = img.resize((width, height), _RESAMPLE)
+        return np.asarray(img, dtype=np.uint8)
+    except MemoryError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes: {e}") from e
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-        img = _flatten_alpha(img)
-    elif img.mode != "RGB":
-        img = img.convert("RGB")
-    if img.size != (width, height):
-        img = img.resize((width, height), _RESAMPLE)
-    return np.asarray(img, dtype=np.uint8)
+    except Exception as e:  # truncated streams, bad CRCs, broken palettes: the bytes are not a usable image
+        raise ImageDecodeError(
+            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes: {type(e).__name__}: {e}"
+        ) from e

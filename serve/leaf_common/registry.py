@@ -31,6 +31,11 @@ class RegistryError(StoreError):
     """A pointer or version folder is missing or malformed."""
 
 
+class ManifestMissing(RegistryError):
+    """The version folder has no manifest.json: a publication in progress, one that died, or (for a few
+    milliseconds) a version whose manifest retention is putting back after a promotion raced it."""
+
+
 @dataclass(frozen=True)
 class Pointer:
     """Contents of ``latest.json``."""
@@ -170,3 +175,46 @@ def read_manifest(version_store: Store) -> Manifest | None:
     except NotFound:
         return None
     return Manifest.from_json(data, version_store.url(MANIFEST_FILE))
+
+
+@dataclass(frozen=True)
+class VerifiedVersion:
+    """A complete version's manifest and the files asked for, each checked against it."""
+
+    manifest: Manifest
+    files: dict[str, bytes]
+
+
+def read_verified_version(version_store: Store, names: list[str], expected_version: str | None) -> VerifiedVersion:
+    """Read ``names`` from a version folder after checking them against its manifest.
+
+    The manifest is required (its absence means a publication in progress or one that died), must
+    name ``expected_version`` when the caller knows it (the pointer's or the folder's), and must list
+    every file; each file's size is checked with a HEAD before it is downloaded (a 500 MB model that
+    cannot match is not fetched), then its size and SHA-256 after.
+
+    Raises:
+        RegistryError: incomplete version, a manifest for another version, or a file that differs.
+        StoreError: the store failed (``StoreUnavailable`` when that may pass).
+    """
+    manifest = read_manifest(version_store)
+    if manifest is None:
+        raise ManifestMissing(
+            f"{version_store.uri}: expected a complete version with {MANIFEST_FILE}; it has none "
+            "(a publication in progress or one that failed)"
+        )
+    if expected_version is not None and manifest.version != expected_version:
+        raise RegistryError(
+            f"{version_store.url(MANIFEST_FILE)}: expected version {expected_version!r}; received {manifest.version!r}"
+        )
+    files: dict[str, bytes] = {}
+    for name in names:
+        entry = manifest.entry(name)
+        info = version_store.head(name)
+        if info is None or info.size != entry.size:
+            found = "no such file" if info is None else f"{info.size} bytes"
+            raise RegistryError(f"{version_store.url(name)}: expected {entry.size} bytes (manifest); found {found}")
+        data = version_store.get(name)
+        manifest.check(name, data)
+        files[name] = data
+    return VerifiedVersion(manifest, files)

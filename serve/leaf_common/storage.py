@@ -38,11 +38,34 @@ class PreconditionFailed(StoreError):
     """A conditional write lost: the key exists, or changed since it was read."""
 
 
+class StoreUnavailable(StoreError):
+    """The store could not be reached or answered with a server error, after botocore's own retries.
+
+    Transient by nature: the same call may succeed later, so callers retry or wait instead of
+    concluding anything about the object.
+    """
+
+
+# Answers that say "try again later", not "this object is wrong".
+_TRANSIENT_CODES = {
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "RequestTimeTooSkewed",
+}
+
+
 @dataclass(frozen=True)
 class ObjectInfo:
     key: str  # relative to the store's root, "/"-separated
     size: int
     etag: str
+    # Seconds since the epoch of the last write, by the store's clock (S3 LastModified, file mtime);
+    # what retention ages incomplete versions by. None where a store did not say.
+    modified: float | None = None
 
 
 def split_s3_uri(uri: str) -> tuple[str, str]:
@@ -112,8 +135,12 @@ class LocalStore(Store):
         self.uri = str(self.root)
 
     def _path(self, key: str) -> Path:
-        p = (self.root / key).resolve() if key else self.root
-        if p != self.root and self.root not in p.parents:
+        # Compare resolved with resolved: a root reached through a symlink (/tmp -> /private/tmp, a
+        # mounted volume's link) is still the root. Resolved on each call because the root may not
+        # exist yet, or become a link, after the store was opened.
+        root = self.root.resolve()
+        p = (root / key).resolve() if key else root
+        if p != root and root not in p.parents:
             raise StoreError(f"key {key!r} escapes the store root {self.root}")
         return p
 
@@ -127,15 +154,16 @@ class LocalStore(Store):
         if not base.exists():
             return
         found = []
+        root = self._path("")
         for dirpath, _, filenames in os.walk(base):
             for name in filenames:
                 if not name.startswith(_LOCAL_PRIVATE):
                     p = Path(dirpath) / name
-                    found.append((p.relative_to(self.root).as_posix(), p))
+                    found.append((p.relative_to(root).as_posix(), p))
         # Lexicographic by key, as S3 lists, so both stores enumerate identically.
         for key, p in sorted(found):
             st = p.stat()
-            yield ObjectInfo(key, st.st_size, self._etag(st))
+            yield ObjectInfo(key, st.st_size, self._etag(st), st.st_mtime)
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         p = self._path(key)
@@ -151,7 +179,7 @@ class LocalStore(Store):
             st = self._path(key).stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key, st.st_size, self._etag(st))
+        return ObjectInfo(key, st.st_size, self._etag(st), st.st_mtime)
 
     @contextlib.contextmanager
     def _locked(self, p: Path) -> Iterator[None]:
@@ -205,6 +233,14 @@ class LocalStore(Store):
         Path(path).write_bytes(self.get(key))
 
 
+def _is_network_error(e: Exception) -> bool:
+    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying cannot fix."""
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+    from botocore.exceptions import HTTPClientError, IncompleteReadError
+
+    return isinstance(e, (BotoConnectionError, HTTPClientError, IncompleteReadError))
+
+
 def make_s3_client(max_pool_connections: int = 32) -> Any:
     """A boto3 S3 client: standard credential chain, endpoint from ``AWS_ENDPOINT_URL``."""
     import boto3
@@ -240,6 +276,9 @@ class S3Store(Store):
             return PreconditionFailed(f"{self.url(key)}: conditional write lost ({code or status})")
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return NotFound(f"{self.url(key)} does not exist")
+        if _is_network_error(e) or code in _TRANSIENT_CODES or (status or 0) >= 500:
+            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that outlived retries.
+            return StoreUnavailable(f"{self.url(key)}: {code or type(e).__name__}: {e}")
         return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
@@ -252,7 +291,8 @@ class S3Store(Store):
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles
-                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'))
+                    modified = obj["LastModified"].timestamp() if "LastModified" in obj else None
+                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified)
         except (ClientError, BotoCoreError) as e:
             raise self._error(e, prefix) from e
 
@@ -275,7 +315,8 @@ class S3Store(Store):
             if isinstance(err, NotFound):
                 return None
             raise err from e
-        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'))
+        modified = resp["LastModified"].timestamp() if "LastModified" in resp else None
+        return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'), modified)
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
         from botocore.exceptions import BotoCoreError, ClientError

@@ -1,20 +1,29 @@
-"""``leaf-serve``: parse options, load the model, serve until SIGTERM, drain within the grace period."""
+"""``leaf-serve``: parse options, load the model, serve until SIGTERM, then drain (see ``DrainingServer``)."""
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
+import signal
 import sys
+import threading
+from types import FrameType
+from typing import Any
 
+import uvicorn
 from leaf_common.config import ConfigError, add_arguments, resolve
 from leaf_common.contract import ContractError
 from leaf_common.storage import StoreError
 
 from .app import build_repository, create_app
+from .connection import protocol_class
 from .errors import ModelLoadError
 from .settings import ENV_PREFIX, ServeConfig
 
 log = logging.getLogger("leaf_serve")
+
+_MMAP_THRESHOLD = 1 << 20  # allocations of 1 MiB and more (decoded images, batches) get their own mapping
 
 
 def parse_config(argv: list[str] | None = None) -> ServeConfig:
@@ -24,30 +33,71 @@ def parse_config(argv: list[str] | None = None) -> ServeConfig:
     return resolve(ServeConfig, ENV_PREFIX, parser.parse_args(argv))
 
 
-def serve(config: ServeConfig) -> None:
-    """Load the model (failing loudly), then run uvicorn; uvicorn handles SIGTERM/SIGINT.
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain window between SIGTERM and closing the listener.
 
-    On SIGTERM uvicorn stops accepting, lets in-flight requests finish for up to
-    ``grace_period`` seconds, then runs the app's shutdown.
+    Kubernetes sends SIGTERM at the same time as it starts removing the pod from the Service's
+    endpoints, which takes a few seconds to reach every node. During ``drain_delay`` readiness
+    fails and every request, including new ones, is still served (with ``Connection: close``);
+    only then does uvicorn stop accepting and finish in-flight requests within ``grace_period``.
+    A second SIGTERM, or SIGINT, skips the window.
     """
-    import uvicorn
 
+    def __init__(self, config: uvicorn.Config, api: Any, drain_delay: float):
+        super().__init__(config)
+        self._api, self._drain_delay = api, drain_delay
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if sig != signal.SIGTERM or self._drain_delay <= 0 or self._timer is not None:
+            super().handle_exit(sig, frame)
+            return
+        self._api.draining = True
+        log.info("SIGTERM: not ready from now; serving for %g s more (drain_delay), then draining", self._drain_delay)
+        self._timer = threading.Timer(self._drain_delay, super().handle_exit, (sig, frame))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def build_server(config: ServeConfig, app: Any) -> DrainingServer:
+    """The uvicorn server for ``app``: connection deadlines, concurrency limit, drain on SIGTERM."""
+    api = app.state.api
+    protocol = protocol_class(config.header_timeout, config.body_timeout, api.metrics, config.http)
+    uv_config = uvicorn.Config(
+        app,
+        host=config.host,
+        port=config.port,
+        http=protocol,
+        log_level=config.log_level,
+        access_log=config.log_level == "debug",
+        timeout_graceful_shutdown=config.grace_period,
+        limit_concurrency=config.max_concurrency or None,
+        lifespan="on",
+    )
+    return DrainingServer(uv_config, api, config.drain_delay)
+
+
+def return_freed_memory_to_the_os() -> None:
+    """Serve big blocks with their own mappings, so freeing a decoded photo gives its memory back.
+
+    glibc raises its mmap threshold after the first large free (up to 32 MiB), and from then on
+    decode buffers come from heaps that are never returned: resident memory stays at its peak
+    (measured: BENCHMARKS.md, "Hostile input"). A fixed threshold turns that adjustment off.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (musl, macOS): nothing to tune
+        return
+    m_mmap_threshold = -3
+    libc.mallopt(m_mmap_threshold, _MMAP_THRESHOLD)
+
+
+def serve(config: ServeConfig) -> None:
+    """Load the model (failing loudly), then serve until SIGTERM; see :class:`DrainingServer`."""
+    return_freed_memory_to_the_os()
     repo = build_repository(config)
     repo.load_initial()
-    app = create_app(config, repo)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            app,
-            host=config.host,
-            port=config.port,
-            log_level=config.log_level,
-            access_log=config.log_level == "debug",
-            timeout_graceful_shutdown=config.grace_period,
-            limit_concurrency=config.max_concurrency or None,
-            lifespan="on",
-        )
-    )
-    server.run()
+    build_server(config, create_app(config, repo)).run()
 
 
 def main(argv: list[str] | None = None) -> int:

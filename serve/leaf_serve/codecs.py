@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from python_multipart import MultipartParser
+from python_multipart.multipart import parse_options_header
 
 from .errors import BadRequest
 
@@ -34,6 +36,11 @@ DATATYPES: dict[str, np.dtype[Any]] = {
     "FP64": np.dtype("<f8"),
 }
 _BY_NUMPY = {v: k for k, v in DATATYPES.items()}
+# Far above any image batch the server accepts (the model's checks come later); bounds the work of a
+# shape like [2**40] before anything is allocated.
+_MAX_RANK = 8
+_MAX_ELEMENTS = 1 << 31
+_MAX_PARTS = 16  # a form with more parts than this is not an image upload
 
 
 def datatype_of(dtype: np.dtype[Any] | type) -> str:
@@ -43,10 +50,29 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
 
 @dataclass
 class InputTensor:
+    """One input as the request declared it; :meth:`to_array` converts its data when the caller has checked it.
+
+    Name, shape and datatype are checked against the model before any data is converted, so a request
+    that cannot be served costs no conversion (and an INT8 tensor's values are range-checked only when
+    INT8 is what the model takes).
+    """
+
     name: str
     shape: list[int]
     datatype: str
-    array: np.ndarray
+    data: Any = None  # the JSON "data" (nested lists of numbers), or
+    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy)
+
+    def to_array(self) -> np.ndarray:
+        """The tensor as a numpy array of its datatype and shape.
+
+        Raises:
+            BadRequest: values that are not numbers, out of the datatype's range, or do not fill the shape.
+        """
+        dtype, where = DATATYPES[self.datatype], f"input {self.name!r}"
+        if self.raw is not None:
+            return _from_binary(self.raw, self.shape, dtype, where)
+        return _from_json(self.data, self.shape, dtype, where)
 
 
 @dataclass
@@ -60,11 +86,13 @@ class InferRequest:
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
-def _json_object(data: bytes) -> dict[str, Any]:
+def _json_object(data: bytes | memoryview) -> dict[str, Any]:
     try:
-        body = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        body = json.loads(bytes(data))
+    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
         raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
+    except RecursionError as e:  # arrays nested tens of thousands deep
+        raise BadRequest("expected a JSON inference request; received JSON nested too deeply to parse") from e
     if not isinstance(body, dict):
         raise BadRequest(f"expected a JSON object; received {type(body).__name__}")
     return body
@@ -77,19 +105,32 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     return params
 
 
-def _shape(raw: Any, where: str) -> list[int]:
+def _flag(value: Any, where: str) -> bool | None:
+    """A boolean parameter: JSON true/false, or the strings "true"/"false" some clients send; else 400."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise BadRequest(f"{where}: expected true or false; received {value!r:.40}")
+
+
+def parse_shape(raw: Any, where: str) -> list[int]:
     if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r}")
+        raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}")
+    if len(raw) > _MAX_RANK or math.prod(raw) > _MAX_ELEMENTS:
+        raise BadRequest(
+            f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; received {raw!r:.80}"
+        )
     return raw
 
 
-def _dtype(raw: Any, where: str) -> np.dtype[Any]:
-    if raw not in DATATYPES:
-        raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r}")
-    return DATATYPES[raw]
+def parse_datatype(raw: Any, where: str) -> str:
+    if not isinstance(raw, str) or raw not in DATATYPES:
+        raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}")
+    return raw
 
 
-def _from_binary(chunk: bytes, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _from_binary(chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     if len(chunk) != expected:
         raise BadRequest(f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}")
@@ -103,26 +144,29 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as e:
         raise BadRequest(f"{where}.data: expected numbers of type {dtype.name}; {e}") from e
+    except OverflowError as e:  # e.g. -1 or 300 as UINT8, 200 as INT8
+        raise BadRequest(f"{where}.data: expected values in the range of {dtype.name}; {e}") from e
     if array.size != math.prod(shape):
         raise BadRequest(f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}")
     return array.reshape(shape)
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse a v2 inference request (JSON, or JSON header + binary tensors).
+    """Parse a v2 inference request (JSON, or JSON header + binary tensors); tensor data stays unconverted.
 
     Args:
         body: the whole HTTP body.
         header_length: the ``Inference-Header-Content-Length`` header, if present.
 
     Raises:
-        BadRequest: malformed JSON, unknown datatype, or data that does not fill the shape.
+        BadRequest: malformed JSON, unknown datatype, bad shape or binary sizes that do not add up.
     """
     if header_length is not None and not 0 <= header_length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}")
     split = len(body) if header_length is None else header_length
-    obj = _json_object(body[:split])
-    binary = memoryview(body)[split:]
+    view = memoryview(body)
+    obj = _json_object(view[:split])
+    binary = view[split:]
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest(f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}")
@@ -133,11 +177,14 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     if offset != len(binary):
         raise BadRequest(f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}")
     params = _params(obj, "request")
+    request_id = obj.get("id")
+    if request_id is not None and not isinstance(request_id, (str, int)):
+        raise BadRequest(f"id: expected a string; received {type(request_id).__name__}")
     return InferRequest(
         inputs=inputs,
-        id=None if obj.get("id") is None else str(obj["id"]),
+        id=None if request_id is None else str(request_id)[:256],
         outputs=_decode_outputs(obj.get("outputs")),
-        binary_output=bool(params.get("binary_data_output", False)),
+        binary_output=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
         parameters=params,
     )
 
@@ -145,16 +192,13 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
 def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
         raise BadRequest(f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}")
-    shape, dtype = _shape(raw.get("shape"), where), _dtype(raw.get("datatype"), where)
+    shape, datatype = parse_shape(raw.get("shape"), where), parse_datatype(raw.get("datatype"), where)
     size = _params(raw, where).get("binary_data_size")
     if size is None:
-        array = _from_json(raw.get("data"), shape, dtype, where)
-    else:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r}")
-        array = _from_binary(bytes(binary[offset : offset + size]), shape, dtype, where)
-        offset += size
-    return InputTensor(raw["name"], shape, raw["datatype"], array), offset
+        return InputTensor(raw["name"], shape, datatype, data=raw.get("data")), offset
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
+        raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}")
+    return InputTensor(raw["name"], shape, datatype, raw=binary[offset : offset + size]), offset + size
 
 
 def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
@@ -164,8 +208,7 @@ def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
         raise BadRequest(f"outputs: expected a list of objects with a name; received {raw!r:.80}")
     result: dict[str, bool | None] = {}
     for i, o in enumerate(raw):
-        flag = _params(o, f"outputs[{i}]").get("binary_data")
-        result[o["name"]] = None if flag is None else bool(flag)
+        result[o["name"]] = _flag(_params(o, f"outputs[{i}]").get("binary_data"), f"outputs[{i}].binary_data")
     return result
 
 
@@ -194,9 +237,65 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = array.reshape(-1).tolist()
+            entry["data"] = _finite_or_null(array.reshape(-1).tolist())
         header["outputs"].append(entry)
-    head = json.dumps(header, separators=(",", ":")).encode()
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+
+
+def _finite_or_null(values: list[Any]) -> list[Any]:
+    """JSON has no NaN or Infinity: such values (a model failing on its input) are sent as null."""
+    return [v if not isinstance(v, float) or math.isfinite(v) else None for v in values]
+
+
+def multipart_file(content_type: str, body: bytes) -> bytes:
+    """The ``file`` field (else the first file) of a multipart form, parsed in memory.
+
+    The body is already in memory (and counted against the body budget): parsing it here keeps the
+    parts there too, where a general form parser would spool every part over 1 MiB to /tmp.
+    """
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise BadRequest("multipart body: expected a boundary in the Content-Type; received none")
+    parts: list[dict[str, Any]] = []
+
+    def on_part_begin() -> None:
+        parts.append({"headers": {}, "data": bytearray(), "field": b""})
+
+    def on_header_field(data: bytes, start: int, end: int) -> None:
+        parts[-1]["field"] += data[start:end]
+
+    def on_header_value(data: bytes, start: int, end: int) -> None:
+        field = parts[-1]["field"].lower()
+        parts[-1]["headers"][field] = parts[-1]["headers"].get(field, b"") + data[start:end]
+
+    def on_header_end() -> None:
+        parts[-1]["field"] = b""
+
+    def on_part_data(data: bytes, start: int, end: int) -> None:
+        parts[-1]["data"] += data[start:end]
+
+    callbacks = {
+        "on_part_begin": on_part_begin,
+        "on_header_field": on_header_field,
+        "on_header_value": on_header_value,
+        "on_header_end": on_header_end,
+        "on_part_data": on_part_data,
+    }
+    try:
+        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser.write(body)
+        parser.finalize()
+    except Exception as e:  # python-multipart raises its own MultipartParseError and ValueErrors
+        raise BadRequest(f"multipart body: expected a form with a file field; could not parse it: {e}") from e
+    files = {}
+    for part in parts[:_MAX_PARTS]:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition:
+            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
+    if not files:
+        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file")
+    return files.get("file", next(iter(files.values())))

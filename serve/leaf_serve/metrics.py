@@ -35,6 +35,26 @@ class ServeMetrics:
             registry=r,
         )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
+        self.connections_closed = Counter(
+            "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
+        )
+        self.memory_in_use = Gauge(
+            "leaf_serve_memory_budget_bytes",
+            "Bytes held against each memory budget now (request bodies, image decoding)",
+            ["budget"],
+            registry=r,
+        )
+
+        self.captures = Counter(
+            "leaf_serve_captures",
+            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute limit), "
+            "dropped_queue (queue full or shutting down)",
+            ["outcome"],
+            registry=r,
+        )
+        self.capture_queue_bytes = Gauge(
+            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox", registry=r
+        )
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
@@ -44,3 +64,14 @@ class ServeMetrics:
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+def outcome(status: int) -> str:
+    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the status they carry)."""
+    if status < 400:
+        return "success"
+    if status == 503:
+        return "unavailable"
+    if status == 499:
+        return "client_gone"
+    return "client_error" if status < 500 else "server_error"

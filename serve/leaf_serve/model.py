@@ -109,6 +109,7 @@ class OnnxModel:
         providers: list[str] | None = None,
         device_id: int = 0,
         intra_op_threads: int = 0,
+        intra_op_spinning: bool = False,
         io_binding: str = "auto",
         pad_batches: str = "off",
         max_batch_size: int = 8,
@@ -125,7 +126,7 @@ class OnnxModel:
         self._model_bytes: bytes | None = model_bytes
         self._providers = providers or ["auto"]
         self._device_id = device_id
-        self._threads = intra_op_threads
+        self._threads, self._spinning = intra_op_threads, intra_op_spinning
         self._io_binding_mode = io_binding
         self._pad_mode, self._max_batch = pad_batches, max(1, max_batch_size)
         self._trt = (trt_engine_cache_path, trt_fp16)
@@ -153,6 +154,7 @@ class OnnxModel:
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self._threads or available_cpus()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spinning else "0")
         options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         cache_path, trt_fp16 = self._trt

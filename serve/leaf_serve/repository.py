@@ -10,7 +10,6 @@ ETag) so it is not retried every poll, and the old model keeps serving.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from concurrent.futures import Executor
@@ -18,16 +17,37 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
-from leaf_common.registry import ResolvedModel, read_manifest, resolve_model
-from leaf_common.storage import Store, StoreError, make_s3_client, open_store
+from leaf_common.registry import (
+    VERSIONS_DIR,
+    ManifestMissing,
+    ResolvedModel,
+    read_verified_version,
+    resolve_model,
+    sha256_hex,
+)
+from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_client, open_store
 
 from .batching import Batcher
-from .errors import ModelLoadError, ModelNotFound, Unavailable
+from .card import ModelCard, fetch_card
+from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
 from .model import OnnxModel
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
+
+RETRY_ATTEMPTS = 4  # reads of a version when the store is briefly away (backoff 0.5, 1, 2 s)
+
+
+def _backoff(attempt: int) -> float:
+    return 0.5 * 2 ** (attempt - 1)
+
+
+def _expected_version(resolved: ResolvedModel) -> str | None:
+    """The version the registry says this folder holds: the pointer's, or the folder name under versions/."""
+    if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[-2:-1] == [VERSIONS_DIR]:
+        return resolved.version
+    return None
 
 
 @dataclass
@@ -39,6 +59,7 @@ class ServedModel:
     batcher: Batcher
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
+    card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
 
     @property
     def name(self) -> str:
@@ -49,47 +70,59 @@ class ServedModel:
         return self.model.contract
 
 
-def fetch_version(store: Store) -> tuple[ModelContract, bytes]:
-    """Download and verify a version folder's contract and ONNX bytes.
+def fetch_version(store: Store, expected_version: str | None = None) -> tuple[ModelContract, bytes]:
+    """Download a complete version's contract and ONNX bytes, verified against its manifest.
+
+    Args:
+        store: the version folder.
+        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
+            for a folder mounted anywhere (``/model``), whose manifest then says which version it holds.
 
     Raises:
-        ModelLoadError: a file is missing, corrupt, or disagrees with the manifest or contract.
+        ModelLoadError: no manifest, a manifest or contract of another version, or a file that differs.
+        StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the version).
     """
     try:
-        contract_bytes = store.get(CONTRACT_FILE)
+        contract_bytes = read_verified_version(store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
         contract = ModelContract.from_json(contract_bytes)
-        model_bytes = store.get(contract.model_file)
-        # The registry's own manifest type: one definition of what "complete and intact" means.
-        manifest = read_manifest(store)
-        if manifest is not None:
-            manifest.check(CONTRACT_FILE, contract_bytes)
-            manifest.check(contract.model_file, model_bytes)
+        verified = read_verified_version(store, [contract.model_file], expected_version)
+    except StoreUnavailable:
+        raise
+    except ManifestMissing as e:
+        raise VersionIncomplete(f"{store.uri}: {e}") from e
     except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if contract.model_sha256 and hashlib.sha256(model_bytes).hexdigest() != contract.model_sha256.lower():
+    if contract.version != verified.manifest.version:
+        raise ModelLoadError(
+            f"{store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
+            f"received {contract.version!r}"
+        )
+    model_bytes = verified.files[contract.model_file]
+    if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
         raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
     return contract, model_bytes
 
 
-def fetch_fp16_variant(store: Store, contract: ModelContract) -> tuple[str, bytes] | None:
-    """The version's parity-checked FP16 ONNX (job ``--export-fp16``) as ``(file, bytes)``, or ``None``.
+def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
+    """The version's checked ``fp16`` or ``int8`` ONNX (job ``--export-fp16`` / ``--export-int8``) as ``(file, bytes)``.
+
+    ``None`` when the version has none (or the job refused it: its record says ``passed: false``).
 
     Raises:
         ModelLoadError: the contract lists the file but it is missing or differs from its recorded sha256.
     """
-    record = contract.parity.get("fp16") or {}
+    record = contract.parity.get(kind) or {}
     name = record.get("file")
-    if not name or not record.get("passed"):
+    if not name or not record.get("passed") or not record.get("sha256"):
         return None
     try:
-        data = store.get(name)
-        manifest = read_manifest(store)
-        if manifest is not None:
-            manifest.check(name, data)
+        data = read_verified_version(store, [name], contract.version).files[name]
+    except StoreUnavailable:
+        raise
     except StoreError as e:
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if hashlib.sha256(data).hexdigest() != str(record.get("sha256", "")).lower():
-        raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.fp16.sha256")
+    if sha256_hex(data) != str(record["sha256"]).lower():
+        raise ModelLoadError(f"{name}: sha256 differs from {CONTRACT_FILE}'s parity.{kind}.sha256")
     return name, data
 
 
@@ -104,32 +137,47 @@ class ModelRepository:
         self._rejected_etags: set[str] = set()
         self._client: Any = make_s3_client() if config.model.startswith("s3://") else None
 
+    def s3_client_for(self, uri: str) -> Any:
+        """The repository's S3 client for another ``s3://`` URI (inbox, data prefix): one connection pool."""
+        if not uri.startswith("s3://"):
+            return None
+        if self._client is None:
+            self._client = make_s3_client()
+        return self._client
+
     @property
     def follows_pointer(self) -> bool:
         return self.config.model.rstrip("/").endswith(POINTER_FILE)
 
     def load_initial(self) -> ServedModel:
-        """Resolve the URI and load it synchronously (start-up: fail loudly if it cannot be served)."""
-        resolved = resolve_model(self.config.model, client=self._client)
-        served = self.build(resolved)
+        """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail loudly)."""
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            try:
+                served = self.build(resolve_model(self.config.model, client=self._client))
+                break
+            except StoreUnavailable as e:
+                if attempt == RETRY_ATTEMPTS:
+                    raise
+                log.warning("reading %s failed (%s); retrying in %g s", self.config.model, e, _backoff(attempt))
+                time.sleep(_backoff(attempt))
         self._activate(served)
         return served
 
     def build(self, resolved: ResolvedModel) -> ServedModel:
-        """Fetch, verify, load and smoke-test one version; raises :class:`ModelLoadError`."""
-        contract, model_bytes = fetch_version(resolved.store)
-        version = resolved.version
-        if contract.version and contract.version != resolved.version:
-            if resolved.pointer_etag is None:
-                # A plain folder (a copy mounted at /model, say): its name is not a version, model.json's is.
-                version = contract.version
-            else:
-                log.warning("version folder %s holds a contract for version %s", resolved.version, contract.version)
+        """Fetch, verify, load and smoke-test one version.
+
+        Raises:
+            ModelLoadError: the version cannot be served.
+            StoreUnavailable: the store failed for now; the version may be fine.
+        """
+        contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
         model_file = contract.model_file
-        if self.config.prefer_fp16:
-            variant = fetch_fp16_variant(resolved.store, contract)
+        preferred = "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
+        if preferred:
+            variant = fetch_variant(resolved.store, contract, preferred)
             if variant is None:
-                log.info("prefer_fp16: version %s has no FP16 export; serving %s", resolved.version, model_file)
+                log.info("prefer_%s: version %s has no %s export; serving %s", preferred, contract.version,
+                         preferred.upper(), model_file)  # fmt: skip
             else:
                 model_file, model_bytes = variant
         model = OnnxModel(
@@ -138,6 +186,7 @@ class ModelRepository:
             providers=self.config.providers,
             device_id=self.config.device_id,
             intra_op_threads=self.config.intra_op_threads,
+            intra_op_spinning=self.config.intra_op_spinning,
             io_binding=self.config.io_binding,
             pad_batches=self.config.pad_batches,
             max_batch_size=self.config.max_batch_size,
@@ -151,6 +200,8 @@ class ModelRepository:
                 f"require_gpu: expected CUDAExecutionProvider or TensorrtExecutionProvider; in use: {model.provider}"
             )
         model.smoke_test()
+        # Read with the version, so the card always describes exactly the model being served.
+        card = fetch_card(resolved.store, contract.version)
         batcher = Batcher(
             model.predict,
             self._executor,
@@ -159,7 +210,9 @@ class ModelRepository:
             max_queue_size=self.config.max_queue_size,
             metrics=self.metrics,
         )
-        return ServedModel(model, version, batcher, resolved.pointer_etag)
+        # The manifest's version (checked against the folder when the registry names it): a version folder
+        # mounted at /model still reports the version it holds, not "model".
+        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model
@@ -183,6 +236,8 @@ class ModelRepository:
             await asyncio.sleep(interval)
             try:
                 await self.check_once()
+            except StoreUnavailable as e:  # the old model keeps serving; the next poll tries again
+                log.warning("checking %s for a new version failed: %s", self.config.model, e)
             except Exception:  # a broken store must not kill the poller; the old model keeps serving
                 log.exception("checking %s for a new version failed", self.config.model)
 
@@ -199,17 +254,46 @@ class ModelRepository:
         return await self._try_swap(resolved)
 
     async def _try_swap(self, resolved: ResolvedModel) -> bool:
-        try:
-            served = await asyncio.to_thread(self.build, resolved)
-            self._check_compatible(served)
-        except ModelLoadError as e:
-            self._rejected_etags.add(resolved.pointer_etag or "")
-            self.metrics.reloads.labels("rejected").inc()
-            log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, e)
-            return False
+        """Build ``resolved`` and make it current; a version that cannot be served is rejected once.
+
+        A store error that may pass is retried with backoff and, if it persists, left to the next poll:
+        it says nothing about the version, and rejecting a good version for it would leave this replica
+        on the old one while the others move on. A missing manifest is retried too before it counts: the
+        pointer names only verified versions, so it is retention putting a manifest back after a promotion
+        raced it (milliseconds) or a registry someone broke. Anything else that fails (contract, graph,
+        smoke inference, even an error type nobody foresaw) is the version's fault: it is rejected for
+        this pointer ETag, counted, and not downloaded again until the pointer changes.
+        """
+        for attempt in range(1, RETRY_ATTEMPTS + 1):
+            last = attempt == RETRY_ATTEMPTS
+            try:
+                served = await asyncio.to_thread(self.build, resolved)
+                self._check_compatible(served)
+                break
+            except StoreUnavailable as e:
+                self.metrics.reloads.labels("store_unavailable").inc()
+                if last:
+                    log.warning("could not read version %s (%s); still serving %s", resolved.version, e,
+                                self.current_version)  # fmt: skip
+                    return False
+            except VersionIncomplete as e:
+                if last:
+                    self._reject(resolved, e)
+                    return False
+            except Exception as e:
+                self._reject(resolved, e)
+                return False
+            await asyncio.sleep(_backoff(attempt))
         self._activate(served)
         self.metrics.reloads.labels("success").inc()
         return True
+
+    def _reject(self, resolved: ResolvedModel, error: Exception) -> None:
+        """Remember the pointer ETag so the version is not fetched again until the pointer moves; count it."""
+        self._rejected_etags.add(resolved.pointer_etag or "")
+        self.metrics.reloads.labels("rejected").inc()
+        detail = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, detail)
 
     def _check_compatible(self, served: ServedModel) -> None:
         current = self.current

@@ -8,30 +8,43 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import Executor
-from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
-from leaf_common.imaging import decode_image
-from starlette.datastructures import Headers, UploadFile
+from leaf_common.imaging import ImageDecodeError, ImageProbe, decode_image, probe
+from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
+from leaf_common.labels import readable_label
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codecs
-from .errors import BadRequest, PayloadTooLarge, ServeError, UnsupportedMediaType
-from .metrics import ServeMetrics
+from . import codecs, inference
+from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
+from .errors import (
+    BadRequest,
+    ClientGone,
+    NotFound,
+    PayloadTooLarge,
+    ServeError,
+    TooManyRequests,
+    Unavailable,
+    UnsupportedMediaType,
+    log_level,
+)
+from .limits import BodyAllowance, MemoryBudget
+from .metrics import ServeMetrics, outcome
 from .repository import ModelRepository, ServedModel
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
 
-EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 _RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
 # Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded, so that one is allowed).
 _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
@@ -39,44 +52,68 @@ _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
 Handler = Callable[[Request], Awaitable[Response]]
 
 
+class RouteSection(Protocol):
+    """A group of routes kept in its own module (pages, review), instrumented like the rest."""
+
+    def table(self) -> list[tuple[str, Handler, str, str]]:
+        """(path, handler, verb, metrics endpoint) of each route."""
+        ...
+
+
+@dataclass(frozen=True)
+class Classified:
+    """One classified upload: the photo as received, its format, and the model's probabilities."""
+
+    served: ServedModel
+    photo: bytes
+    photo_format: str  # the decoder's name: JPEG, PNG, MPO
+    probs: np.ndarray
+
+    def confident(self, threshold: float) -> bool:
+        top = float(np.max(self.probs)) if self.probs.size else float("nan")
+        return bool(np.isfinite(top) and top >= threshold)
+
+
 def error_response(request: Request, exc: Exception) -> Response:
-    """The one error handler: ``{"error": message}`` with the status the error carries."""
+    """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``."""
+    headers: dict[str, str] = {}
     if isinstance(exc, ServeError):
-        status, message = exc.status_code, exc.message
+        status, message, headers = exc.status_code, exc.message, exc.headers
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if status >= 500 and isinstance(exc, ServeError) and exc.status_code != 503:
-        log.error("%s %s -> %d: %s", request.method, request.url.path, status, message)
-    return JSONResponse({"error": message}, status_code=status)
-
-
-def _outcome(status: int) -> str:
-    if status < 400:
-        return "success"
-    if status == 503:
-        return "unavailable"
-    return "client_error" if status < 500 else "server_error"
-
-
-def server_version() -> str:
-    try:
-        return version("leaf-train")
-    except PackageNotFoundError:
-        return "0+unknown"
+    if isinstance(exc, (ServeError, HTTPException)):
+        log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message)
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class Api:
     """The endpoints, bound to one repository, config, metrics and decode pool."""
 
-    def __init__(self, repo: ModelRepository, config: ServeConfig, metrics: ServeMetrics, decode_pool: Executor):
+    def __init__(
+        self,
+        repo: ModelRepository,
+        config: ServeConfig,
+        metrics: ServeMetrics,
+        decode_pool: Executor,
+        *,
+        capture: CaptureQueue | None = None,
+        sections: Sequence[RouteSection] = (),
+    ):
+        """``capture``: the inbox writer when --capture is on; ``sections``: more routes (pages, review)."""
         self.repo = repo
+        self.capture = capture
+        self.sections = sections
         self.config = config
         self.metrics = metrics
         self.decode_pool = decode_pool
-        self.draining = False  # set on shutdown so readiness fails while in-flight requests finish
+        self.draining = False  # set at SIGTERM: readiness fails, responses close their connections
+        self.bodies = MemoryBudget(config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight")
+        self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
+        for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
+            metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
 
     def routes(self) -> list[Route]:
         m = "/v2/models/{name}"
@@ -92,18 +129,30 @@ class Api:
             (f"{m}/infer", self.infer, "POST", "infer"),
             (f"{v}/infer", self.infer, "POST", "infer"),
             ("/classify", self.classify, "POST", "classify"),
+            ("/feedback", self.feedback, "POST", "feedback"),
             ("/metrics", self.prometheus, "GET", "metrics"),
         ]
+        for section in self.sections:
+            table += section.table()
         return [Route(path, self._instrument(endpoint, fn), methods=[verb]) for path, fn, verb, endpoint in table]
 
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             start = time.perf_counter()
+            allowance = self.body_allowance()
+            request.state.body_allowance = allowance
             try:
                 response = await fn(request)
+            except ClientDisconnect:
+                response = error_response(request, ClientGone("the client closed the connection mid-request"))
             except Exception as e:
                 response = error_response(request, e)
-            self.metrics.requests.labels(endpoint, _outcome(response.status_code)).inc()
+            finally:
+                allowance.release()
+            if self.draining:
+                # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
+                response.headers["connection"] = "close"
+            self.metrics.requests.labels(endpoint, outcome(response.status_code)).inc()
             self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
             return response
 
@@ -119,29 +168,12 @@ class Api:
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse({"name": "leaf-serve", "version": server_version(), "extensions": EXTENSIONS})
+        return JSONResponse(
+            {"name": "leaf-serve", "version": inference.server_version(), "extensions": inference.EXTENSIONS}
+        )
 
     async def model_metadata(self, request: Request) -> Response:
-        served = self._served(request)
-        c = served.contract
-        h, w = c.image_size
-        datatype = codecs.datatype_of(served.model.input_dtype)
-        body = {
-            "name": c.name,
-            "versions": [served.version],
-            "platform": "onnxruntime_onnx",
-            "inputs": [{"name": c.input.name, "datatype": datatype, "shape": [-1, h, w, 3]}],
-            "outputs": [{"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]}],
-            "parameters": {
-                "execution_provider": served.model.provider,
-                "padded_batch_size": served.model.pad_to,
-                "labels": c.labels,
-                "image_size": [h, w],
-                "max_batch_size": self.config.max_batch_size,
-                "input_range": list(c.input_range),
-            },
-        }
-        return JSONResponse(body)
+        return JSONResponse(inference.model_metadata(self._served(request), self.config.max_batch_size))
 
     async def model_ready(self, request: Request) -> Response:
         served = self._served(request)
@@ -152,6 +184,10 @@ class Api:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
+    def body_allowance(self) -> BodyAllowance:
+        """What one request may take from the shared body budget; release it when the request ends."""
+        return BodyAllowance(self.bodies)
+
     def _served(self, request: Request) -> ServedModel:
         return self.repo.require(request.path_params["name"], request.path_params.get("version"))
 
@@ -161,52 +197,121 @@ class Api:
         served = self._served(request)
         served.batcher.check_capacity()  # shed load before reading the body
         _check_type(request.headers.get("content-type", ""), _NOT_INFER_TYPES, "application/json or octet-stream")
-        body = await read_body(request, self.config.max_body_bytes)
         header_length = _header_length(request.headers)
+        body = await read_body(request, self.config.max_body_bytes)
         if header_length is None:  # JSON floats: parse in a worker so the event loop keeps serving
-            parsed = await self._off_loop(codecs.decode_request, body, None)
+            parsed = await self.off_loop(codecs.decode_request, body, None)
         else:
-            parsed = codecs.decode_request(body, header_length)  # frombuffer only: cheap, stay on the loop
-        batch = _model_input(parsed, served)
-        probs = await served.batcher.submit(batch)
-        outputs = _select_outputs(parsed, served, probs)
+            parsed = codecs.decode_request(body, header_length)  # a small JSON header: cheap, stay on the loop
+        outputs = await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop)
         payload, headers = codecs.encode_response(served.name, served.version, outputs, parsed.id)
         return Response(payload, headers=headers)
 
     async def classify(self, request: Request) -> Response:
+        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
+        done = await self._classify_photo(request)
+        captured = None
+        if self.capture is not None and not done.confident(self.config.confidence_threshold):
+            record = self._capture_record(done, "low_confidence")
+            captured = None if self.capture.offer(done.photo, record) else record.id  # a drop is only counted
+        return JSONResponse(self._classified_body(done, top_k, captured))
+
+    async def feedback(self, request: Request) -> Response:
+        """The page's "this diagnosis is wrong": classify the photo again and keep it with the server's own answer."""
+        if self.capture is None:
+            raise NotFound("capture is off on this server: expected --capture (LEAF_SERVE_CAPTURE=true) to keep photos")
+        user_label = _user_label(request.query_params.get("label"))
+        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
+        done = await self._classify_photo(request)
+        record = self._capture_record(done, "marked_wrong", user_label)
+        dropped = self.capture.offer(done.photo, record)
+        if dropped == DROPPED_RATE:
+            raise TooManyRequests(
+                f"capture: expected at most {self.config.capture_per_minute} photos a minute (capture_per_minute); "
+                "this one was not kept, send it again in a minute"
+            )
+        if dropped == DROPPED_QUEUE:
+            raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
+        return JSONResponse(self._classified_body(done, top_k, record.id))
+
+    async def _classify_photo(self, request: Request) -> Classified:
+        """Read, probe, decode (within the budgets) and classify one uploaded photo."""
         served = self.repo.require()
         served.batcher.check_capacity()
-        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         body = await read_body(request, self.config.max_body_bytes)
-        data = await _image_bytes(request.headers, body)
-        image = await self._off_loop(self._decode, data, served)
+        data = _image_bytes(request.headers, body)
+        size = served.contract.image_size
+        found = await self.off_loop(self._probe, data, size)
+        async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
+            image = await self.off_loop(self._decode, data, served)
         probs = (await served.batcher.submit(image))[0]
+        return Classified(served, data, found.format, probs)
+
+    def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
+        c = done.served.contract
+        probs = [_finite_or_none(p) or 0.0 for p in done.probs]
+        return make_record(
+            done.photo_format,
+            reason=reason,
+            model=c.name,
+            version=done.served.version,
+            labels=c.labels,
+            probabilities=probs,
+            confidence_threshold=self.config.confidence_threshold,
+            user_label=user_label,
+        )
+
+    def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
+        probs = done.probs
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
-        labels = served.contract.labels
-        predictions = [{"label": labels[i], "probability": float(probs[i])} for i in order]
-        return JSONResponse({"model": served.name, "version": served.version, "predictions": predictions})
+        labels = done.served.contract.labels
+        predictions = [
+            {"label": labels[i], "display": readable_label(labels[i]), "probability": _finite_or_none(probs[i])}
+            for i in order
+        ]
+        return {
+            "model": done.served.name,
+            "version": done.served.version,
+            "predictions": predictions,
+            "confidence_threshold": self.config.confidence_threshold,
+            "confident": done.confident(self.config.confidence_threshold),
+            "captured": captured,
+        }
+
+    def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
+        try:
+            return probe(data, size, max_pixels=self.config.max_pixels)
+        except ImageDecodeError as e:  # not JPEG/PNG, unreadable header, or over the pixel limit
+            raise BadRequest(str(e)) from e
 
     def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
         try:
             pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)
-        except ValueError as e:  # ImageDecodeError: empty, corrupt, not JPEG/PNG, or over the pixel limit
+        except ImageDecodeError as e:  # truncated or corrupt
             raise BadRequest(str(e)) from e
         return pixels[None].astype(served.model.input_dtype)
 
-    async def _off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
+    async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes."""
+    """The request body, refusing (413) as soon as it exceeds ``limit`` bytes.
+
+    Every chunk is taken from the server's body budget as it arrives (503 once it is spent), and
+    given back when the request ends (see ``Api._instrument``).
+    """
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if _DIGITS.fullmatch(declared) and int(declared) > limit:
         raise PayloadTooLarge(f"body: expected at most {limit} bytes; Content-Length says {declared}")
+    allowance: BodyAllowance | None = getattr(request.state, "body_allowance", None)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"body: expected at most {limit} bytes; received more")
+        if allowance is not None:
+            allowance.take(len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -217,84 +322,50 @@ def _check_type(content_type: str, refused: tuple[str, ...], expected: str) -> N
         raise UnsupportedMediaType(f"Content-Type: expected {expected}; received {media}")
 
 
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then rejects or misreads.
+_DIGITS = re.compile(r"[0-9]{1,18}")
+
+
 def _header_length(headers: Headers) -> int | None:
     raw = headers.get(codecs.HEADER_LENGTH)
     if raw is None:
         return None
-    if not raw.strip().isdigit():
-        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count; received {raw!r}")
+    if not _DIGITS.fullmatch(raw.strip()):
+        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count (ASCII digits); received {raw!r:.40}")
     return int(raw)
 
 
 def _top_k(raw: str | None, default: int) -> int:
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise BadRequest(f"top_k: expected a positive integer; received {raw!r}")
+    if not _DIGITS.fullmatch(raw) or int(raw) < 1:
+        raise BadRequest(f"top_k: expected a positive integer; received {raw!r:.40}")
     return int(raw)
 
 
-async def _image_bytes(headers: Headers, body: bytes) -> bytes:
-    """The image in a raw body or in the first file field of a multipart form."""
+def _user_label(raw: str | None) -> str | None:
+    """What the person says the photo shows (optional): a class name, as a reviewer would type it."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        return check_class_name(raw)
+    except InvalidName as e:
+        raise BadRequest(f"label: {e}") from e
+
+
+def _image_bytes(headers: Headers, body: bytes) -> bytes:
+    """The image in a raw body or in the file field of a multipart form."""
     media = headers.get("content-type", "").split(";")[0].strip().lower()
     if media == "multipart/form-data":
-        return await _first_file(headers, body)
+        return codecs.multipart_file(headers.get("content-type", ""), body)
     if media not in _RAW_IMAGE_TYPES:
         raise UnsupportedMediaType(
             f"Content-Type: expected image/jpeg, image/png, application/octet-stream or multipart/form-data; "
-            f"received {media}"
+            f"received {media:.60}"
         )
     return body
 
 
-async def _first_file(headers: Headers, body: bytes) -> bytes:
-    async def stream() -> AsyncIterator[bytes]:
-        yield body
-        yield b""
-
-    try:
-        form = await MultiPartParser(headers, stream(), max_files=4, max_fields=16).parse()
-    except MultiPartException as e:
-        raise BadRequest(f"multipart body: expected a form with a file field; {e.message}") from e
-    files = [v for _, v in form.multi_items() if isinstance(v, UploadFile)]
-    if not files:
-        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received fields {list(form.keys())}")
-    named = form.get("file")
-    chosen = named if isinstance(named, UploadFile) else files[0]
-    try:
-        return await chosen.read()
-    finally:
-        await form.close()
-
-
-def _model_input(parsed: codecs.InferRequest, served: ServedModel) -> np.ndarray:
-    """Check the request's one tensor against the contract (name, datatype, shape) and return it."""
-    c = served.contract
-    names = [t.name for t in parsed.inputs]
-    if names != [c.input.name]:
-        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names}")
-    tensor = parsed.inputs[0]
-    datatype = codecs.datatype_of(served.model.input_dtype)
-    if tensor.datatype != datatype:
-        raise BadRequest(f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}")
-    h, w = c.image_size
-    if len(tensor.shape) != 4 or tensor.shape[1:] != [h, w, 3] or tensor.shape[0] < 1:
-        raise BadRequest(
-            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received {tensor.shape}"
-        )
-    return tensor.array
-
-
-def _select_outputs(
-    parsed: codecs.InferRequest, served: ServedModel, probs: np.ndarray
-) -> list[tuple[str, np.ndarray, bool]]:
-    name = served.contract.output.name
-    if parsed.outputs is None:
-        return [(name, probs, parsed.binary_output)]
-    unknown = sorted(set(parsed.outputs) - {name})
-    if unknown:
-        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown}")
-    if name not in parsed.outputs:
-        return []  # "outputs": [] asks for none
-    flag = parsed.outputs[name]
-    return [(name, probs, parsed.binary_output if flag is None else flag)]
+def _finite_or_none(value: Any) -> float | None:
+    v = float(value)
+    return v if np.isfinite(v) else None

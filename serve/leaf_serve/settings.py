@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from leaf_common.config import ConfigError, option
+from leaf_common.inbox import inbox_uri_for
 
 ENV_PREFIX = "LEAF_SERVE_"
+MIN_REVIEW_TOKEN = 16  # characters: a token anyone could guess would make /review a public write endpoint
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start the server.
 _LOG_LEVEL_CHOICES = LOG_LEVELS + tuple(level.upper() for level in LOG_LEVELS)
@@ -19,7 +22,9 @@ class ServeConfig:
     # Where the model comes from: a registry pointer (hot reload) or one fixed version folder.
     model: str = option("", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)")
     host: str = option("0.0.0.0", "address to listen on")
-    port: int = option(8080, "TCP port to listen on")
+    port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
+    # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
+    grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
     # "auto" prefers CUDA and falls back to CPU only where the GPU provider is not installed.
     providers: list[str] = option(
         ["auto"], "ONNX Runtime execution providers in order: auto, tensorrt, cuda, cpu or full ORT names"
@@ -43,7 +48,14 @@ class ServeConfig:
     prefer_fp16: bool = option(
         False, "serve model.fp16.onnx when the version has one (job --export-fp16, parity-checked); else model.onnx"
     )
+    # For CPU nodes: statically quantized VGG16 ran ~2.5x the images/s of FP32 here (BENCHMARKS.md, "INT8").
+    prefer_int8: bool = option(
+        False, "serve model.int8.onnx when the version has one (job --export-int8, accuracy-checked); else model.onnx"
+    )
     intra_op_threads: int = option(0, "ONNX Runtime intra-op threads; 0 = the container's CPU quota (cgroup)")
+    # ORT's worker threads busy-wait after each run by default; in a server that CPU is what the event
+    # loop needs to parse the next requests (measured: BENCHMARKS.md, "Serving at the hardware's speed").
+    intra_op_spinning: bool = option(False, "let ONNX Runtime's intra-op threads spin between runs")
     poll_interval: float = option(30.0, "seconds between checks of the registry pointer; 0 turns hot reload off")
     max_batch_size: int = option(8, "largest batch (in images) the dynamic batcher sends to the model")
     # 0 like Triton's default: a lone request runs at once, and under load batches still fill with
@@ -51,13 +63,57 @@ class ServeConfig:
     max_queue_delay_ms: float = option(0.0, "longest a request waits for others to fill a batch (milliseconds)")
     max_queue_size: int = option(64, "requests waiting for the model before new ones get 503")
     max_body_bytes: int = option(20 * 1024 * 1024, "largest request body accepted (413 above)")
-    max_pixels: int = option(40_000_000, "largest image (width x height) decoded; guards decompression bombs")
+    # Bodies are held in memory until decoded: this bounds what many slow or large uploads can pin at once.
+    max_body_bytes_in_flight: int = option(
+        128 * 1024 * 1024, "request body bytes held at once over all requests; a request past it gets 503"
+    )
+    # 50 MP phone photos are JPEGs, decoded already shrunk (DCT scaling): the pixel cap guards, the decode
+    # budget below decides memory (a PNG's pixels are all decoded before the resize).
+    max_pixels: int = option(64_000_000, "largest image (width x height) accepted; guards decompression bombs")
+    max_decode_bytes: int = option(
+        192 * 1024 * 1024,
+        "pixel memory of images being decoded at once (priced from the header); concurrent decodes wait for it, "
+        "an image needing more than all of it gets 413",
+    )
     top_k: int = option(5, "labels returned by /classify unless ?top_k= says otherwise")
     log_level: str = option("info", "log level", choices=_LOG_LEVEL_CHOICES)
     grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting")
-    # Connections beyond this get 503 from uvicorn itself, before any body is read (memory bound).
-    max_concurrency: int = option(0, "open connections/requests before 503; 0 = unlimited")
+    # Kubernetes sends SIGTERM while the endpoints controller is still removing the pod from Services: for
+    # this long readiness fails but every request, old or new, is still served; then the listener closes.
+    drain_delay: float = option(
+        5.0, "seconds after SIGTERM during which readiness fails but requests are still served (then drain)"
+    )
+    # Requests on connections beyond this get 503 from uvicorn itself, before any body is read.
+    max_concurrency: int = option(256, "open connections/requests before 503; 0 = unlimited")
+    # A client that stops sending holds a connection and its partial body: close it (slowloris, dead phones).
+    header_timeout: float = option(30.0, "seconds a client has to send a request's headers before it is closed")
+    body_timeout: float = option(30.0, "seconds a request body may stall (no bytes arrive) before it is closed")
+    http: str = option(
+        "auto", "HTTP/1.1 parser: auto (httptools when installed), httptools, h11", choices=("auto", "httptools", "h11")
+    )
     decode_threads: int = option(0, "threads decoding images off the event loop; 0 = CPU quota")
+    # Below this the page says "not sure" instead of naming a disease, and capture keeps the photo: with
+    # less than even odds on its best guess the model is more likely wrong than right about it.
+    confidence_threshold: float = option(
+        0.5, "top probability under which a diagnosis is 'not sure' (the page) and the photo is captured"
+    )
+    # --- capture and review (the loop back into training; README "Capture and review") ---
+    capture: bool = option(
+        False, "keep photos under confidence_threshold, and photos marked wrong on the page, in the inbox"
+    )
+    inbox: str = option(
+        "", "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)"
+    )
+    capture_per_minute: int = option(30, "captures written per minute at most (per replica); more are dropped")
+    # Queued photos are held in memory until the writer has stored them: this bounds that memory.
+    capture_queue_bytes: int = option(
+        32 * 1024 * 1024, "bytes of photos waiting to be written to the inbox; captures beyond it are dropped"
+    )
+    review_token_file: str = option(
+        "", "file holding the review token (a mounted Secret); empty = /review is off. Needs --data"
+    )
+    data: str = option("", "training data URI (s3:// or local): where /review puts accepted photos, <data>/<class>/")
+    review_token: str = field(default="", init=False, repr=False)  # read from review_token_file by validate()
 
     def validate(self) -> None:
         """Reject values that cannot work, naming what was expected and received."""
@@ -66,14 +122,69 @@ class ServeConfig:
             raise ConfigError("option --model / LEAF_SERVE_MODEL: expected a model URI; received nothing")
         positive = {"max_batch_size": self.max_batch_size, "max_queue_size": self.max_queue_size}
         positive |= {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels, "top_k": self.top_k}
+        positive |= {"max_decode_bytes": self.max_decode_bytes, "header_timeout": self.header_timeout}
+        positive |= {"body_timeout": self.body_timeout, "max_body_bytes_in_flight": self.max_body_bytes_in_flight}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"option {name}: expected a positive number; received {value}")
         non_negative = {"poll_interval": self.poll_interval, "max_queue_delay_ms": self.max_queue_delay_ms}
         non_negative |= {"intra_op_threads": self.intra_op_threads, "grace_period": self.grace_period}
         non_negative |= {"max_concurrency": self.max_concurrency, "decode_threads": self.decode_threads}
+        non_negative |= {"drain_delay": self.drain_delay}
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"option {name}: expected zero or more; received {value}")
         if not 0 < self.port < 65536:
             raise ConfigError(f"option port: expected 1-65535; received {self.port}")
+        if not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
+            raise ConfigError(
+                f"option grpc_port: expected 0 (off) or 1-65535 other than port {self.port}; received {self.grpc_port}"
+            )
+        if self.prefer_fp16 and self.prefer_int8:
+            raise ConfigError("options prefer_fp16 and prefer_int8: expected at most one; received both")
+        if not 0.0 <= self.confidence_threshold <= 1.0:
+            raise ConfigError(
+                f"option confidence_threshold: expected a value in [0, 1]; received {self.confidence_threshold}"
+            )
+        for name in ("capture_per_minute", "capture_queue_bytes"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"option {name}: expected a positive number; received {getattr(self, name)}")
+        self._validate_loop()
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ConfigError(
+                f"option max_body_bytes_in_flight: expected at least max_body_bytes ({self.max_body_bytes}) or no "
+                f"request that size could ever be read; received {self.max_body_bytes_in_flight}"
+            )
+
+    @property
+    def review(self) -> bool:
+        return bool(self.review_token_file)
+
+    def _validate_loop(self) -> None:
+        """Capture and review need an inbox; review needs the data prefix and a token it can read."""
+        if (self.capture or self.review) and not self.inbox:
+            derived = inbox_uri_for(self.model)
+            if derived is None:
+                raise ConfigError(
+                    "option inbox: expected a URI, or a --model of the form <output>/<model>/latest.json or "
+                    ".../versions/<v> to derive <output>/<model>/inbox from; "
+                    f"received no inbox and --model {self.model}"
+                )
+            self.inbox = derived
+        if not self.review:
+            return
+        if not self.data:
+            raise ConfigError(
+                "option data: expected the training data URI (s3:// or a folder) when review_token_file is set, "
+                "so /review knows where accepted photos go; received nothing"
+            )
+        try:
+            token = Path(self.review_token_file).read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"option review_token_file: expected a readable file; {e}") from e
+        if len(token) < MIN_REVIEW_TOKEN or not token.isprintable():
+            raise ConfigError(
+                f"option review_token_file: expected a token of at least {MIN_REVIEW_TOKEN} printable characters in "
+                f"{self.review_token_file}; received {len(token)} characters"
+            )
+        self.review_token = token

@@ -131,13 +131,16 @@ def test_every_object_matches_the_kubernetes_openapi_schema(renders, values, kub
         (["--set", "serving.replicaCount=two"], "got string, want integer"),
         (["--set", "training.cronJob.concurrencyPolicy=Allow"], "concurrencyPolicy"),
         (["--set", "training.config.mixedPrecision=fast"], "mixedPrecision"),
+        (["--set", "training.config.skipIfUnchanged=sometimes"], "skipIfUnchanged"),
+        (["--set", "training.config.minNewImages=0"], "minNewImages"),
+        (["--set", "training.config.maxClassRegression=1.5"], "maxClassRegression"),
         (["--set", "s3.endpoint=minio:9000"], "endpoint"),
         (["--set-string", "serving.service.port=80"], "got string, want integer"),
         (["--set", "s3.output=leaf-models"], "output"),
     ],
 )
 def test_schema_rejects_unknown_keys_and_wrong_types(args, error):
-    result = helm("template", "leaf", str(CHART), *args, check=False)
+    result = helm("template", "leaf", str(CHART), *IMAGES, *args, check=False)
     assert result.returncode != 0
     assert error in result.stderr
 
@@ -226,6 +229,8 @@ def test_training_pod_gpu_placement_and_run_id(renders):
     job_name = {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
     assert env["LEAF_TRAIN_RUN_ID"] == job_name and env["LEAF_TRAIN_JOB_NAME"] == job_name
     assert env["LEAF_TRAIN_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    # The schedule's runs are told so (the retrain policy's auto skips only those); see test_kube_commands for submit.
+    assert env["LEAF_TRAIN_RUN_TRIGGER"] == "scheduled"
     cpu = one(renders["cpu-only-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(cpu["containers"][0]["resources"])
 
@@ -236,17 +241,32 @@ def test_training_config_reaches_the_job_as_leaf_train_env(renders):
     assert cm["LEAF_TRAIN_OUTPUT"] == "s3://leaf-models/registry"
     assert cm["LEAF_TRAIN_IMAGE_SIZE"] == "150" and cm["LEAF_TRAIN_FINETUNE_EPOCHS"] == "100"
     assert "LEAF_TRAIN_MIN_ACCURACY" not in cm  # null = the job's own default
-    objs = render("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5")
+    assert "LEAF_TRAIN_SKIP_IF_UNCHANGED" not in cm  # null = auto: scheduled runs skip when nothing changed
+    objs = render(
+        *("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5"),
+        *("--set", "training.config.maxClassRegression=0.1", "--set", "training.config.gateMinClassSupport=30"),
+        *("--set", "training.config.skipIfUnchanged=on", "--set", "training.config.minNewImages=50"),
+        *("--set", "training.config.incompleteGraceHours=36"),
+    )
     cm = one(objs, "ConfigMap", "training")["data"]
     assert (cm["LEAF_TRAIN_MIN_ACCURACY"], cm["LEAF_TRAIN_KEEP_VERSIONS"]) == ("0.85", "5")
-    # Every LEAF_TRAIN_* key must be an option the job knows (a typo would be silently ignored).
-    from leaf_train.config import TrainConfig
-    from leaf_train.kube import KubeConfig
+    assert (cm["LEAF_TRAIN_MAX_CLASS_REGRESSION"], cm["LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT"]) == ("0.1", "30")
+    assert (cm["LEAF_TRAIN_SKIP_IF_UNCHANGED"], cm["LEAF_TRAIN_MIN_NEW_IMAGES"]) == ("on", "50")
+    assert cm["LEAF_TRAIN_INCOMPLETE_GRACE_HOURS"] == "36"
+    # Every LEAF_TRAIN_* key must be an option of `leaf-train train` (a typo would be silently ignored).
+    from leaf_train.commands.train import _components
 
-    known = {f.upper() for cls in (TrainConfig, KubeConfig) for f in cls.__dataclass_fields__}
-    known |= {"MIN_ACCURACY", "MAX_REGRESSION", "KEEP_VERSIONS"}  # the quality gate's agreed names
+    known = {f.upper() for _, cls in _components() for f in cls.__dataclass_fields__}
     unknown = [k for k in cm if k.removeprefix("LEAF_TRAIN_") not in known]
     assert unknown == []
+    # ... and the job reads each one as the value the chart meant.
+    from leaf_common.config import resolve
+    from leaf_train.freshness import RetrainConfig
+    from leaf_train.gate import GateConfig
+
+    gate, retrain = (resolve(cls, "LEAF_TRAIN_", environ=cm) for cls in (GateConfig, RetrainConfig))
+    assert (gate.max_class_regression, gate.gate_min_class_support) == (0.1, 30)
+    assert (retrain.skip_if_unchanged, retrain.min_new_images) == ("on", 50)
 
 
 def test_serving_deployment(renders):
@@ -255,7 +275,10 @@ def test_serving_deployment(renders):
     (c,) = dep["spec"]["template"]["spec"]["containers"]
     assert c["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     assert c["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert c["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "http", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+    ]
     assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
     assert dep["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
@@ -264,8 +287,88 @@ def test_serving_deployment(renders):
     assert cm["LEAF_SERVE_PORT"] == "8080" and cm["LEAF_SERVE_PROVIDERS"] == "CPUExecutionProvider"
     svc = one(objs, "Service")
     assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
+        ("http", 80, "http"),
+        ("grpc", 8081, "grpc"),
+    ]
+    assert cm["LEAF_SERVE_GRPC_PORT"] == "8081"
+    # gRPC off: no container port, no Service port, the server told so.
+    off = render("--set", "serving.service.grpcPort=0")
+    assert [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"]
+    assert [p["name"] for p in one(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["http"]
+    assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_GRPC_PORT"] == "0"
     assert one(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
+
+
+def test_serving_limits_reach_the_server_and_every_key_is_an_option(renders):
+    cm = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
+    # On by default (issue #10): connections bounded, a drain window at SIGTERM.
+    assert (cm["LEAF_SERVE_MAX_CONCURRENCY"], cm["LEAF_SERVE_DRAIN_DELAY"]) == ("256", "5")
+    objs = render("--set", "serving.config.headerTimeout=10", "--set", "serving.config.maxDecodeBytes=1000000")
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert (cm["LEAF_SERVE_HEADER_TIMEOUT"], cm["LEAF_SERVE_MAX_DECODE_BYTES"]) == ("10", "1000000")
+    from leaf_serve.settings import ServeConfig
+
+    known = {f.upper() for f in ServeConfig.__dataclass_fields__}
+    assert [k for k in cm if k.removeprefix("LEAF_SERVE_") not in known] == []
+    # ServeConfig.validate accepts what the chart renders (the server would refuse to start otherwise).
+    from leaf_common.config import resolve
+    from leaf_serve.settings import ENV_PREFIX
+
+    assert resolve(ServeConfig, ENV_PREFIX, {}, environ=cm).max_decode_bytes == 1_000_000
+
+
+@pytest.mark.parametrize(
+    ("args", "total"),
+    [
+        (["--set", "serving.config.drainDelay=25"], "(35)"),
+        (["--set", "serving.terminationGracePeriodSeconds=15"], "(15)"),
+    ],
+)
+def test_termination_grace_must_cover_the_drain_window_and_grace_period(args, total):
+    result = helm(
+        "template", "leaf", str(CHART), *IMAGES, "-f", str(CHART / "ci" / "default-values.yaml"), *args, check=False
+    )
+    assert result.returncode != 0
+    assert "must exceed serving.config.drainDelay + serving.config.gracePeriod " + total in result.stderr
+
+
+def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, tmp_path):
+    objs = renders["capture-review-values.yaml"]
+    cm = one(objs, "ConfigMap", "serving")["data"]
+    assert (cm["LEAF_SERVE_CAPTURE"], cm["LEAF_SERVE_CAPTURE_PER_MINUTE"]) == ("true", "20")
+    assert "LEAF_SERVE_CAPTURE_QUEUE_BYTES" not in cm  # null: the server's default
+    assert (cm["LEAF_SERVE_CONFIDENCE_THRESHOLD"], cm["LEAF_SERVE_DATA"]) == ("0.6", "s3://leaf-data/leaves")
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "review-token"]
+    assert volume["secret"] == {
+        "secretName": "leaf-review",
+        "defaultMode": 0o440,  # readable by the pod's fsGroup, not the world
+        "items": [{"key": "token", "path": "token"}],
+    }
+    (c,) = spec["containers"]
+    (mount,) = [m for m in c["volumeMounts"] if m["name"] == "review-token"]
+    assert mount["readOnly"] is True and cm["LEAF_SERVE_REVIEW_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    assert [e["name"] for e in c["env"] if "TOKEN" in e["name"]] == []  # a file, never an environment variable
+    assert by_kind(objs, "Secret") == []  # referenced, never created with a value
+    # The server starts with what the chart renders (the Secret's file stands in at a temporary path).
+    from leaf_common.config import resolve
+    from leaf_serve.settings import ENV_PREFIX, ServeConfig
+
+    (tmp_path / "token").write_text("t" * 32)
+    config = resolve(
+        ServeConfig, ENV_PREFIX, {}, environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")}
+    )
+    assert config.capture and config.inbox == "s3://leaf-models/registry/leaf-classifier/inbox"
+    default = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
+    assert [k for k in default if "CAPTURE" in k or "REVIEW" in k or k == "LEAF_SERVE_DATA"] == []  # off by default
+
+
+def test_review_needs_an_existing_secret():
+    result = helm("template", "leaf", str(CHART), *IMAGES, "--set", "serving.review.enabled=true", check=False)
+    assert result.returncode != 0
+    assert "serving.review.enabled needs serving.review.existingSecret" in result.stderr
 
 
 def test_gpu_serving(renders):
@@ -300,8 +403,10 @@ def test_writable_paths_are_emptydir_mounts(renders, values):
     for name, spec in pod_specs(renders[values]):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in spec["containers"]:
-            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", [])}
+            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
             assert all("emptyDir" in v for v in mounts.values()), name
+            read_only = [volumes[m["name"]] for m in c.get("volumeMounts", []) if m.get("readOnly")]
+            assert all("secret" in v for v in read_only), name  # the review token, and nothing else
             env = env_of(c)
             writable = [env[k] for k in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR") if k in env]
             if c["name"] == "train":
@@ -311,20 +416,71 @@ def test_writable_paths_are_emptydir_mounts(renders, values):
                 assert any(path == m or path.startswith(m + "/") for m in mounts), f"{name}: {path} not writable"
 
 
-def test_s3_credentials_only_by_reference(renders):
+def test_s3_credentials_only_by_reference_and_each_component_its_own(renders):
     assert all(by_kind(objs, "Secret") == [] for objs in renders.values())
     objs = renders["existing-secret-values.yaml"]
+    secret_of = {"CronJob": "leaf-s3-credentials", "Deployment": "leaf-s3-read-credentials"}
     for name, spec in pod_specs(objs):
-        if name.startswith("Pod/"):
-            continue
         env = env_of(spec["containers"][0])
-        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": "leaf-s3-credentials", "key": "access-key-id"}}
-        assert env["AWS_SECRET_ACCESS_KEY"] == {
-            "secretKeyRef": {"name": "leaf-s3-credentials", "key": "secret-access-key"}
-        }
+        if name.startswith("Pod/"):
+            assert "AWS_ACCESS_KEY_ID" not in env  # the helm test pod only calls the Service
+            continue
+        secret = secret_of[name.split("/")[0]]
+        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": secret, "key": "access-key-id"}}, name
+        assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": secret, "key": "secret-access-key"}}, name
         assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
     default_env = env_of(one(renders["default-values.yaml"], "Deployment")["spec"]["template"]["spec"]["containers"][0])
     assert "AWS_ACCESS_KEY_ID" not in default_env
+
+
+@pytest.mark.parametrize("values", VALUE_SETS)
+def test_serving_runs_under_its_own_service_account_never_trainings(renders, values):
+    objs = renders[values]
+    accounts = {sa["metadata"]["labels"]["app.kubernetes.io/component"]: sa for sa in by_kind(objs, "ServiceAccount")}
+    assert set(accounts) == {"training", "serving"}
+    assert all(sa["automountServiceAccountToken"] is False for sa in accounts.values())
+    dep = one(objs, "Deployment")["spec"]["template"]["spec"]
+    assert dep["serviceAccountName"] == accounts["serving"]["metadata"]["name"] == "leaf-leaf-train-serve"
+    for name, spec in pod_specs(objs):
+        if name.startswith(("CronJob/", "Job/")):
+            assert spec["serviceAccountName"] == accounts["training"]["metadata"]["name"], name
+    subjects = [s["name"] for b in by_kind(objs, "RoleBinding") for s in b["subjects"]]
+    assert subjects == [accounts["training"]["metadata"]["name"]]  # no Role reaches the server
+
+
+@pytest.mark.parametrize(
+    ("args", "error"),
+    [
+        (
+            ["--set", "s3.existingSecret=train-keys"],
+            "serving.s3.existingSecret: expected the name of a Secret with read-only S3 keys for the server, "
+            "because s3.existingSecret (train-keys) is set for training; received none",
+        ),
+        (
+            ["--set", "s3.existingSecret=keys", "--set", "serving.s3.existingSecret=keys"],
+            "serving.s3.existingSecret: expected a Secret other than training's s3.existingSecret; received the same",
+        ),
+        (
+            ["--set", "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/train"],
+            "serving.serviceAccount.annotations: expected eks.amazonaws.com/role-arn naming the server's read-only "
+            "role, because training's ServiceAccount has one; received none",
+        ),
+        (
+            ["--set", "training.activeDeadlineSeconds=172800"],
+            "training.config.incompleteGraceHours: expected at least training.activeDeadlineSeconds "
+            "(172800 s = 48.0 h)",
+        ),
+    ],
+)
+def test_render_refuses_settings_that_would_weaken_isolation_or_retention(args, error):
+    result = helm("template", "leaf", str(CHART), *IMAGES, "--namespace", NAMESPACE, *args, check=False)
+    assert result.returncode != 0
+    assert error in result.stderr, result.stderr
+
+
+def test_training_keys_alone_are_fine_without_a_server():
+    objs = render("--set", "s3.existingSecret=train-keys", "--set", "serving.enabled=false")
+    assert by_kind(objs, "Deployment") == [] and one(objs, "CronJob")
 
 
 def test_minio_endpoint_network_policy_and_rollout(renders):
@@ -335,7 +491,10 @@ def test_minio_endpoint_network_policy_and_rollout(renders):
     policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in by_kind(objs, "NetworkPolicy")}
     assert set(policies) == {"serving", "training"}
     assert "ingress" not in policies["training"]["spec"]  # nothing may call the training pod
-    assert policies["serving"]["spec"]["ingress"][0]["ports"] == [{"port": "http", "protocol": "TCP"}]
+    assert policies["serving"]["spec"]["ingress"][0]["ports"] == [
+        {"port": "http", "protocol": "TCP"},
+        {"port": "grpc", "protocol": "TCP"},
+    ]
     egress_ports = {p["port"] for rule in policies["training"]["spec"]["egress"] for p in rule["ports"]}
     assert {53, 443, 9000} <= egress_ports
     dep_name = one(objs, "Deployment")["metadata"]["name"]
@@ -356,16 +515,95 @@ def test_rbac_grants_exactly_what_the_integration_uses(renders):
         {"apiGroups": ["batch"], "resources": ["jobs"], "verbs": ["get", "patch"]},
     ]
     binding = one(objs, "RoleBinding")
-    sa = one(objs, "ServiceAccount")
+    sa = one(objs, "ServiceAccount", "training")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
     cron_pod = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron_pod["serviceAccountName"] == sa["metadata"]["name"]
     assert cron_pod["automountServiceAccountToken"] is True
 
 
-def test_irsa_annotation_passes_through(renders):
-    sa = one(renders["irsa-values.yaml"], "ServiceAccount")
-    assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/leaf-train"}
+def test_irsa_annotations_pass_through_one_role_per_component(renders):
+    objs = renders["irsa-values.yaml"]
+    for component, role in (("training", "leaf-train"), ("serving", "leaf-serve")):
+        sa = one(objs, "ServiceAccount", component)
+        assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": f"arn:aws:iam::123456789012:role/{role}"}
+
+
+def egress_ports(policy: dict[str, Any]) -> dict[int | str, list[dict[str, Any]]]:
+    """Port -> the ``to`` peers of the rule that opens it (empty = anywhere)."""
+    return {p["port"]: rule.get("to", []) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+
+
+def test_network_policies_are_on_by_default_and_least_privilege(renders):
+    objs = renders["default-values.yaml"]
+    serving, training = one(objs, "NetworkPolicy", "serving"), one(objs, "NetworkPolicy", "training")
+    assert serving["spec"]["podSelector"] == one(objs, "Deployment")["spec"]["selector"]
+    # Only the server's ports: HTTP and gRPC.
+    assert serving["spec"]["ingress"] == [
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]}
+    ]
+    assert egress_ports(serving) == {53: [], 443: []}  # DNS and S3; no API server
+    assert "ingress" not in training["spec"] and training["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert egress_ports(training) == {53: [], 443: [], 6443: []}  # DNS, S3 and the API server
+    quiet = render("--set", "training.kubeIntegration=off")
+    assert egress_ports(one(quiet, "NetworkPolicy", "training")) == {53: [], 443: []}
+    assert by_kind(render("--set", "networkPolicy.enabled=false"), "NetworkPolicy") == []
+
+
+@pytest.mark.parametrize(
+    ("args", "ports"),
+    [
+        (["--set", "s3.endpoint=http://minio.minio.svc:9000"], {9000}),
+        (["--set", "s3.endpoint=https://s3.example.com"], {443}),
+        (["--set", "s3.endpoint=http://minio.local"], {80}),
+        (["--set", "s3.endpoint=http://[fd00::1]:9100"], {9100}),
+        (["--set", "networkPolicy.storagePorts={9000,9443}"], {9000, 9443}),
+    ],
+)
+def test_storage_egress_follows_the_endpoint(args, ports):
+    serving = one(render(*args), "NetworkPolicy", "serving")
+    assert set(egress_ports(serving)) - {53} == ports
+
+
+def test_minio_narrows_storage_egress_and_lets_helm_test_in(renders):
+    objs = renders["minio-values.yaml"]
+    minio = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "minio"}}}]
+    for component in ("serving", "training"):
+        assert egress_ports(one(objs, "NetworkPolicy", component))[9000] == minio
+    peers = one(objs, "NetworkPolicy", "serving")["spec"]["ingress"][0]["from"]
+    test_pod = one(objs, "Pod")["metadata"]["labels"]
+    assert any(
+        all(test_pod.get(k) == v for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items())
+        and peer.get("podSelector")
+        for peer in peers
+    )
+
+
+def test_rollout_permission_is_limited_to_the_restart_annotations(renders):
+    objs = renders["minio-values.yaml"]  # rolloutServing on
+    policy, binding = one(objs, "ValidatingAdmissionPolicy"), one(objs, "ValidatingAdmissionPolicyBinding")
+    dep_name = one(objs, "Deployment")["metadata"]["name"]
+    sa = one(objs, "ServiceAccount", "training")["metadata"]["name"]
+    assert policy["spec"]["failurePolicy"] == "Fail"
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert (rule["resources"], rule["resourceNames"], rule["operations"]) == (["deployments"], [dep_name], ["UPDATE"])
+    (condition,) = policy["spec"]["matchConditions"]
+    assert condition["expression"] == f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{sa}'"
+    checked = " ".join(v["expression"] for v in policy["spec"]["validations"])
+    assert "object.spec.template.spec == oldObject.spec.template.spec" in checked
+    from leaf_train.kube import MODEL_VERSION_ANNOTATION, RESTARTED_AT_ANNOTATION
+
+    allowed = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["restartAnnotations"]
+    assert allowed == f"['{RESTARTED_AT_ANNOTATION}', '{MODEL_VERSION_ANNOTATION}']"  # what kube.rollout patches
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"] == {
+        "matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}
+    }
+    # No rollout, no policy; and an operator without cluster-scope rights can switch it off.
+    assert by_kind(renders["default-values.yaml"], "ValidatingAdmissionPolicy") == []
+    unrestricted = render("-f", str(CHART / "ci" / "minio-values.yaml"), "--set", "rbac.restrictRollout=false")
+    assert by_kind(unrestricted, "ValidatingAdmissionPolicy") == []
 
 
 def test_no_cronjob_value_set_runs_once_at_install(renders):
@@ -373,9 +611,37 @@ def test_no_cronjob_value_set_runs_once_at_install(renders):
     assert by_kind(objs, "CronJob") == []
     job = one(objs, "Job")
     assert "helm.sh/hook" not in job["metadata"].get("annotations", {})  # not a blocking hook
+    # Not started by the schedule: the retrain policy's auto lets it train.
+    assert "LEAF_TRAIN_RUN_TRIGGER" not in env_of(job["spec"]["template"]["spec"]["containers"][0])
     assert job["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
     upgrade = render("-f", str(CHART / "ci" / "no-cronjob-values.yaml"), "--is-upgrade")
     assert by_kind(upgrade, "Job") == []
+
+
+def test_kueue_queue_and_priority_label_every_training_job(renders):
+    assert "kueue.x-k8s.io/queue-name" not in one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"][
+        "metadata"]["labels"]  # fmt: skip
+    args = ["--set", "training.kueue.queueName=gpu-training", "--set", "training.kueue.priorityClass=nightly"]
+    objs = render("--set", "training.runOnInstall=true", *args)
+    templated = one(objs, "CronJob")["spec"]["jobTemplate"]["metadata"]["labels"]
+    initial = one(objs, "Job")["metadata"]["labels"]
+    for labels in (templated, initial):
+        assert labels["kueue.x-k8s.io/queue-name"] == "gpu-training"
+        assert labels["kueue.x-k8s.io/priority-class"] == "nightly"
+    # The multi-worker Indexed Job is the same template: one workload, admitted as a whole.
+    indexed = render("--set", "training.workers=2", *args)
+    job_template = one(indexed, "CronJob")["spec"]["jobTemplate"]
+    assert job_template["spec"]["completionMode"] == "Indexed"
+    assert job_template["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
+    # `leaf-train submit` copies the template's labels, so a manual run waits in the same queue.
+    from kubernetes import client
+    from leaf_train.commands.kube import job_from_cronjob
+
+    cronjob = client.ApiClient()._ApiClient__deserialize(one(objs, "CronJob"), "V1CronJob")
+    cronjob.metadata.uid, cronjob.metadata.namespace = "uid-1", NAMESPACE
+    assert job_from_cronjob(cronjob, "manual-1")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
+    bad = helm("template", "leaf", str(CHART), *IMAGES, "--set", "training.kueue.queueName=Not_A_Name", check=False)
+    assert bad.returncode != 0 and "queueName" in bad.stderr
 
 
 def test_config_change_rolls_pods_via_checksum(renders):
@@ -420,6 +686,8 @@ def test_notes_say_how_to_start_follow_and_call():
     notes = out[out.index("NOTES:") :]
     assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
     assert "leaf-train status --namespace leaf-train --job" in notes
+    assert "leaf-train submit --namespace leaf-train --cronjob leaf-leaf-train-train" in notes
+    assert "it skips like a scheduled run when nothing changed" in notes  # kubectl --from copies the marking
     assert "kubectl logs" in notes and "/classify" in notes and "/v2/models/leaf-classifier/infer" in notes
 
 
@@ -468,3 +736,29 @@ def test_every_checkov_skip_carries_a_written_reason(checkov_report):
     for check in skipped:
         reason = (check.get("check_result") or {}).get("suppress_comment", "")
         assert len(reason.split()) >= 5, f"{check['check_id']} on {check['resource']}: reason {reason!r}"
+
+
+def test_readme_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
+    """The policies people will copy are valid JSON, and CI's MinIO user for the server has exactly them."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("**Credentials and IAM policies.**") : readme.index("**Network policies**")]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    training, serving, capture = (json.loads(b) for b in blocks)  # capture: the one optional statement
+    assert {s["Sid"] for s in training["Statement"]} == {"ListPhotos", "ReadPhotos", "ListModel", "WriteModel"}
+    actions = {s["Action"] for s in serving["Statement"]}
+    assert actions == {"s3:ListBucket", "s3:GetObject"}  # read-only
+    assert capture["Action"] == "s3:PutObject" and capture["Resource"].endswith("/inbox/*")
+
+    workflow = (ROOT / ".github" / "workflows" / "kind.yaml").read_text()
+    minio = json.loads(re.search(r"cat > /tmp/leaf-serve-policy.json <<'JSON'\n(.*?)\n\s*JSON", workflow, re.S)[1])
+
+    def grants(policy: dict) -> list[tuple]:
+        def as_list(v):
+            return sorted([v] if isinstance(v, str) else v)
+
+        return sorted(
+            (tuple(as_list(s["Action"])), tuple(as_list(s["Resource"])), json.dumps(s.get("Condition"), sort_keys=True))
+            for s in policy["Statement"]
+        )
+
+    assert grants(minio) == grants(serving)

@@ -119,7 +119,7 @@ def test_one_off_job_at_install_is_indexed_too_and_valid(kube_version):
     ],
 )
 def test_schema_rejects_impossible_multi_worker_values(args, error):
-    result = helm("template", "leaf", str(CHART), *args, check=False)
+    result = helm("template", "leaf", str(CHART), *IMAGES, *args, check=False)
     assert result.returncode != 0
     assert re.search(error, result.stderr), result.stderr
 
@@ -165,6 +165,6 @@ def test_gpu_serving_defaults_leave_the_render_unchanged():
     ],
 )
 def test_schema_rejects_bad_gpu_serving_values(args, error):
-    result = helm("template", "leaf", str(CHART), *args, check=False)
+    result = helm("template", "leaf", str(CHART), *IMAGES, *args, check=False)
     assert result.returncode != 0
     assert error in result.stderr, result.stderr

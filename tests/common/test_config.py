@@ -37,6 +37,19 @@ def test_env_then_flag_precedence():
 
 
 @pytest.mark.parametrize(
+    ("argv", "env", "flag"),
+    [
+        (["--flag"], {"T_FLAG": "false"}, True),  # a bare switch means true, and beats the environment
+        (["--flag", "false"], {}, False),
+        (["--flag", "no", "--count", "2"], {}, False),
+        ([], {"T_FLAG": "on"}, True),
+    ],
+)
+def test_boolean_flags_work_bare_or_with_a_value(argv, env, flag):
+    assert parse(argv, env).flag is flag
+
+
+@pytest.mark.parametrize(
     "argv, env, match",
     [
         (["--count", "many"], {}, r"--count: cannot read 'many' as int"),

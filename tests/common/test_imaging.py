@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -67,3 +69,64 @@ def test_pixel_limit_guards_against_bombs():
     big = encode(Image.new("RGB", (400, 300)), "PNG")
     with pytest.raises(ImageDecodeError, match="expected at most 10000 pixels; received 400x300"):
         decode_image(big, (16, 16), max_pixels=10_000)
+
+
+def exif_with(tag: int, typ: int, count: int, value: int) -> bytes:
+    """A big-endian EXIF block: orientation 6 plus one more entry, exactly as given (possibly nonsense)."""
+    entries = struct.pack(">HHII", 0x0112, 3, 1, 6 << 16) + struct.pack(">HHII", tag, typ, count, value)
+    return b"Exif\x00\x00MM\x00*" + struct.pack(">IH", 8, 2) + entries + b"\x00\x00\x00\x00"
+
+
+@pytest.mark.parametrize(
+    ("entry", "raised_before"),
+    [
+        ((0x011A, 9, 1, 2834795361), "struct.error: argument out of range"),  # SLONG out of range
+        ((0x011A, 2, 2, 3391405645), "TypeError"),  # a RATIONAL tag holding ASCII
+        ((0x0110, 11, 1, 4040422406), "AttributeError"),  # Model as FLOAT
+        ((0x8769, 8, 1, 2910446806), "ValueError: negative seek"),  # Exif IFD pointer far out of range
+    ],
+)
+def test_a_damaged_exif_block_does_not_lose_the_photo(entry, raised_before):
+    """Found by fuzzing the old decode, which raised these from ImageOps.exif_transpose (outside its try)."""
+    stored = np.zeros((10, 20, 3), dtype=np.uint8)  # 20 wide, 10 high: left half red, right half blue
+    stored[:, :10, 0], stored[:, 10:, 2] = 255, 255
+    data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif_with(*entry))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow warns "Corrupt EXIF data"
+        out = decode_image(data, (20, 10)).astype(int)
+    # Orientation 6 is still applied (the photo is shown upright: 10 wide, 20 high, the left half on top).
+    assert out.shape == (20, 10, 3)
+    assert out[:8, :, 0].mean() > 200 and out[:8, :, 2].mean() < 50
+    assert out[12:, :, 2].mean() > 200 and out[12:, :, 0].mean() < 50
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "pixel_bytes"),
+    [("RGB", "PNG", 4), ("RGBA", "PNG", 4), ("L", "PNG", 1), ("P", "PNG", 1), ("RGB", "JPEG", 4)],
+)
+def test_probe_prices_the_decode_from_the_header(mode, fmt, pixel_bytes):
+    from leaf_common.imaging import probe
+
+    data = encode(Image.new("RGB", (1200, 900), (40, 160, 40)).convert(mode), fmt)
+    found = probe(data, (150, 150))
+    assert (found.format, found.size, found.mode) == (fmt, (1200, 900), "RGB" if fmt == "JPEG" else mode)
+    if fmt == "JPEG":  # DCT scaling: decoded at 1/4, still >= 150 on both sides
+        assert found.decoded_size == (300, 225)
+    full = found.decoded_size[0] * found.decoded_size[1]
+    extra = 0 if mode in ("L", "RGB") else 2 * full * 4  # converted + premultiplied/flattened copies
+    factor = min(found.decoded_size[0] // 150, found.decoded_size[1] // 150)
+    assert found.decode_bytes == full * pixel_bytes + extra + full * 4 // factor**2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "P", "L", "LA"])
+def test_large_images_are_reduced_before_the_resize_and_stay_close_to_a_direct_resize(mode):
+    """The reduce step changes how, not what: within a few levels of one bilinear resize of the original."""
+    rng = np.random.default_rng(1)
+    base = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((100, 100, 1), dtype=np.uint8))
+    img = Image.fromarray(base).convert(mode)  # 1600 x 1200, blocks of 100 px
+    out = decode_image(encode(img, "PNG"), (150, 200))
+    direct = np.asarray(img.convert("RGBA").convert("RGB").resize((200, 150), Image.Resampling.BILINEAR))
+    if mode in ("RGBA", "LA"):  # opaque alpha: flattening onto white changes nothing
+        direct = np.asarray(img.convert("RGB").resize((200, 150), Image.Resampling.BILINEAR))
+    assert out.shape == (150, 200, 3)
+    assert np.abs(out.astype(int) - direct.astype(int)).mean() < 3.0

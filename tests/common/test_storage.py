@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 from leaf_common.storage import LocalStore, NotFound, PreconditionFailed, S3Store, StoreError, open_store
@@ -95,3 +96,28 @@ def test_bad_uris_say_what_was_expected(uri):
 def test_local_store_refuses_escaping_keys(tmp_path):
     with pytest.raises(StoreError, match="escapes"):
         LocalStore(tmp_path).get("../../etc/passwd")
+
+
+def test_local_store_whose_root_goes_through_a_symlink_accepts_its_keys(tmp_path):
+    """A root reached through a link (a mounted volume, macOS's /tmp) is still the root."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    store = LocalStore(tmp_path / "link" / "registry")
+    store.put("m/versions/v1/model.onnx", b"onnx", if_none_match=True)
+    assert store.get("m/versions/v1/model.onnx") == b"onnx"
+    assert [o.key for o in store.list()] == ["m/versions/v1/model.onnx"]
+    assert [o.key for o in store.child("m").list("versions")] == ["versions/v1/model.onnx"]
+    assert store.uri == str(tmp_path / "link" / "registry")  # logs keep the path the user gave
+    (tmp_path / "outside").write_bytes(b"secret")
+    with pytest.raises(StoreError, match="escapes"):
+        store.get("../../outside")
+
+
+def test_listing_and_head_say_when_an_object_was_last_written(store):
+    before = time.time()
+    store.put("a/old.txt", b"1")
+    (listed,) = store.list("a")
+    head = store.head("a/old.txt")
+    # moto stamps LastModified to the second: allow that much rounding on either side.
+    assert listed.modified is not None and before - 2 <= listed.modified <= time.time() + 2
+    assert head is not None and head.modified == pytest.approx(listed.modified, abs=1)

@@ -29,7 +29,8 @@ from containerkit import (
     wait_exit,
 )
 
-SECRET_NAME = "leaf-s3"
+SECRET_NAME = "leaf-s3"  # training's keys (s3.existingSecret)
+SERVING_SECRET_NAME = "leaf-s3-read"  # the server's own, read-only in a real store (serving.s3.existingSecret)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 DATA, OUTPUT, MODEL = "s3://leaf-data/leaves", "s3://leaf-models/registry", "leaf-classifier"
 
@@ -88,6 +89,7 @@ def chart_values(s3: BridgeS3, images: Images) -> dict[str, Any]:
     return {
         "s3.endpoint": s3.pod_url,
         "s3.existingSecret": SECRET_NAME,
+        "serving.s3.existingSecret": SERVING_SECRET_NAME,
         "s3.data": DATA,
         "s3.output": OUTPUT,
         "modelName": MODEL,
@@ -100,11 +102,12 @@ def chart_values(s3: BridgeS3, images: Images) -> dict[str, Any]:
     }
 
 
-def secret() -> dict[str, Any]:
+def secret(name: str = SECRET_NAME) -> dict[str, Any]:
+    """A Secret with the access key pair (moto accepts any; each component gets its own, as in a cluster)."""
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": {"name": SECRET_NAME, "namespace": "leaf-train"},
+        "metadata": {"name": name, "namespace": "leaf-train"},
         "type": "Opaque",
         "stringData": CREDENTIALS,
     }

@@ -1,10 +1,10 @@
-"""The serving Deployment exactly as the chart renders it, with its ConfigMap and a Secret, under podman kube play.
+"""The serving Deployment exactly as the chart renders it, with its ConfigMap and its Secret, under podman kube play.
 
 It serves the registry the training pods published to (tests in test_training_pod.py): the pointer
 ``latest.json`` names the first pod's version, then an operator promotes the resumed pod's version and
 the running server must pick it up by hot reload. Requests go to the pod's address on the bridge, as a
-Service would send them; podman also publishes the container port on the host (podman 4.3 kube play
-publishes every containerPort), so the host's port 8080 must be free.
+Service would send them; podman also publishes the container ports on the host (podman 4.3 kube play
+publishes every containerPort), so the host's ports 8080 and 8081 must be free.
 """
 
 from __future__ import annotations
@@ -33,7 +33,17 @@ from containerkit import (
     wait_for,
 )
 from PIL import Image
-from scenario import MODEL, OUTPUT, BridgeS3, FirstRun, Images, Preemption, chart_values, secret
+from scenario import (
+    MODEL,
+    OUTPUT,
+    SERVING_SECRET_NAME,
+    BridgeS3,
+    FirstRun,
+    Images,
+    Preemption,
+    chart_values,
+    secret,
+)
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -91,7 +101,7 @@ def serving(
     config, _ = for_podman(one(objs, "ConfigMap", "serving"))
     pod = f"{deployment['metadata']['name']}-pod-0"  # kube play's name for a Deployment's one replica
     remove_pod(pod)
-    create_secret(secret())
+    create_secret(secret(SERVING_SECRET_NAME))
     started = time.monotonic()
     play([config, deployment], tmp_path_factory.mktemp("serving-pod"), "serving")
     try:

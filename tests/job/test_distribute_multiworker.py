@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from leaf_common.registry import Pointer
 from leaf_common.storage import open_store
 from leaf_train.synth import write
 
@@ -91,9 +92,13 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     write(open_store(str(data)), per_class=8, classes=2, size=48)
     model_dir = out / "leaf-classifier"
 
-    # Attempt 1: both workers train; then the chief fails before publishing (a parity tolerance no
-    # export meets), as a pod lost after training would. The other worker's part ends with training.
-    chief, worker = finish(launch(data, out, "--parity-tolerance", "1e-30"), expected=(1, 0))
+    # Attempt 1: both workers train; then the chief fails before publishing, as a pod lost after training
+    # would: latest.json names a served version whose files are gone, so re-scoring the champion fails
+    # (exit 1). A parity failure no longer fails the job (the gate rejects it). The other worker's part ends
+    # with training.
+    model_dir.mkdir(parents=True)
+    (model_dir / "latest.json").write_bytes(Pointer(version="gone", name="leaf-classifier").to_json())
+    chief, worker = finish(launch(data, out), expected=(1, 0))
     for index, log in enumerate((chief, worker)):
         assert f'"task": {{"type": "worker", "index": {index}}}' in log  # TF_CONFIG built from JOB_COMPLETION_INDEX
         assert "MultiWorkerMirroredStrategy: 2 replica(s) on 2 worker(s)" in log
@@ -101,7 +106,7 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
         assert "learning rates 0.002 / 2e-05 (lr_scaling linear)" in log  # x2 replicas
     trained = digests(chief, worker)
     assert trained[0] == trained[1]  # all-reduced gradients kept both replicas' weights identical
-    assert "ExportError: ONNX Runtime disagrees with Keras" in chief
+    assert "IncompleteVersionError: served version" in chief and "versions/gone is unusable" in chief
     assert "worker 1: trained version" in worker
     assert not (model_dir / "versions").exists()
     state = json.loads((model_dir / "runs" / RUN_ID / "state.json").read_text())
@@ -109,6 +114,7 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
 
     # Attempt 2 (the Job's retry): every worker loads the chief's checkpoint, so both hold exactly the
     # weights attempt 1 trained, train nothing more, and only the chief exports and publishes.
+    (model_dir / "latest.json").unlink()
     chief, worker = finish(launch(data, out))
     for log in (chief, worker):
         assert f"resuming run {model_dir / 'runs' / RUN_ID} at phase 3 after 0 epochs" in log

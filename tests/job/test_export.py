@@ -1,4 +1,4 @@
-"""ONNX export: one named input, dynamic batch, float32 graph, and a parity check that can fail."""
+"""ONNX export: one named input, dynamic batch, float32 graph, and a parity measurement that can fail."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from leaf_train.errors import ExportError
 from leaf_train.export import INPUT_NAME, OUTPUT_NAME, check_parity, float32_copy, to_onnx
 from leaf_train.model import build_model
 
@@ -44,13 +43,15 @@ def test_onnx_matches_keras_on_raw_rgb(exported, batch):
     assert parity.passed and parity.images == batch
 
 
-def test_parity_failure_stops_the_export(exported):
+def test_parity_failure_is_measured_and_left_to_the_gate(exported):
+    # The gate's "parity" rule rejects it (the version is kept with these numbers); the export does not raise.
     model, _ = exported
     other = build_model(CLASSES, SIZE, weights=None, dense_units=16)  # different random weights
     other_onnx = to_onnx(other, SIZE, opset=17)
     x = np.random.default_rng(0).integers(0, 256, (4, SIZE, SIZE, 3), dtype=np.uint8)
-    with pytest.raises(ExportError, match=r"max \|difference\| .* > tolerance 0.0001 on 4 validation images"):
-        check_parity(model, other_onnx, x, tolerance=1e-4)
+    parity = check_parity(model, other_onnx, x, tolerance=1e-4)
+    assert not parity.passed and parity.max_abs_diff > 1e-4 and parity.images == 4
+    assert parity.to_dict()["passed"] is False
 
 
 def test_mixed_precision_model_exports_float32():

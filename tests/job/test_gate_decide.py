@@ -7,6 +7,8 @@ the identity is a perfect champion, a permutation a hopeless one.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -14,7 +16,7 @@ from leaf_common.config import resolve
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.storage import Store, open_store
 from leaf_train.errors import ConfigurationError, GateError
-from leaf_train.gate import GateConfig, decide, resize_batch
+from leaf_train.gate import GateConfig, decide, event_note, format_rules, resize_batch
 from leaf_train.registry import Champion, ModelRegistry
 from onnx import TensorProto, helper
 
@@ -67,58 +69,219 @@ def val_set(counts: dict[str, int], size: int = 8) -> tuple[np.ndarray, list[str
     return images, labels
 
 
-CFG = GateConfig(min_accuracy=0.5, max_regression=0.02, keep_versions=3)
+# Classes of 3+ validation images are compared per class here, so the small sets below exercise that rule.
+CFG = GateConfig(min_accuracy=0.5, max_regression=0.02, keep_versions=3, gate_min_class_support=3)
+PARITY_OK = {"max_abs_diff": 2e-7, "tolerance": 1e-4, "images": 10, "passed": True}
+PARITY_FAILED = {"max_abs_diff": 3e-3, "tolerance": 1e-4, "images": 10, "passed": False}
+
+
+def judge(
+    champion: str | None,
+    counts: dict[str, int],
+    accuracy: float,
+    recall: dict[str, float] | None = None,
+    parity: dict | None = None,
+    cfg: GateConfig = CFG,
+):
+    """``decide`` on solid-colour validation images; ``recall`` defaults to ``accuracy`` for every class."""
+    images, labels = val_set(counts)
+    return decide(
+        cfg,
+        candidate_accuracy=accuracy,
+        candidate_recall=recall if recall is not None else dict.fromkeys(counts, accuracy),
+        parity=PARITY_OK if parity is None else parity,
+        champion=make_champion(champion) if champion else None,
+        val_images=images,
+        val_labels=labels,
+    )
 
 
 @pytest.mark.parametrize(
     ("case", "candidate", "parity", "champion", "promote", "champion_accuracy", "reason"),
     [
-        ("pass", 0.99, True, "perfect", True, 1.0, "no regression"),
-        ("pass-at-tolerance-edge", 0.98, True, "perfect", True, 1.0, "no regression"),
-        ("regression", 0.97, True, "perfect", False, 1.0, "regression against the champion"),
-        ("beats-weak-champion", 0.6, True, "hopeless", True, 0.0, "no regression"),
-        ("floor", 0.4, True, None, False, None, "below the floor min_accuracy=0.5000"),
-        ("floor-with-champion", 0.4, True, "hopeless", False, 0.0, "below the floor"),
-        ("parity-failed", 1.0, False, "hopeless", False, 0.0, "parity check failed"),
-        ("first-model", 0.7, True, None, True, None, "first model"),
+        ("pass", 0.99, PARITY_OK, "perfect", True, 1.0, "no regression"),
+        ("pass-at-tolerance-edge", 0.98, PARITY_OK, "perfect", True, 1.0, "no regression"),
+        ("regression", 0.97, PARITY_OK, "perfect", False, 1.0, "regression against the champion"),
+        ("beats-weak-champion", 0.6, PARITY_OK, "hopeless", True, 0.0, "no regression"),
+        ("floor", 0.4, PARITY_OK, None, False, None, "below the floor min_accuracy=0.5000"),
+        ("floor-with-champion", 0.4, PARITY_OK, "hopeless", False, 0.0, "below the floor"),
+        (
+            "parity-failed",
+            1.0,
+            PARITY_FAILED,
+            "hopeless",
+            False,
+            0.0,
+            "ONNX parity check failed: the exported model disagrees with the trained one: max |difference| 0.003 "
+            "> tolerance 0.0001 on 10 images",
+        ),
+        ("first-model", 0.7, PARITY_OK, None, True, None, "first model"),
     ],
 )
 def test_gate_decisions(
     case: str,
     candidate: float,
-    parity: bool,
+    parity: dict,
     champion: str | None,
     promote: bool,
     champion_accuracy: float | None,
     reason: str,
 ) -> None:
-    images, labels = val_set({"red": 4, "green": 3, "blue": 3})
-    decision = decide(
-        CFG,
-        candidate_accuracy=candidate,
-        parity_passed=parity,
-        champion=make_champion(champion) if champion else None,
-        val_images=images,
-        val_labels=labels,
-    )
+    decision = judge(champion, {"red": 4, "green": 3, "blue": 3}, candidate, parity=parity)
     assert decision.promote is promote, decision.reason
     assert reason in decision.reason
     assert decision.champion_accuracy == champion_accuracy
     assert decision.champion_version == champion
     assert decision.candidate_accuracy == candidate
     d = decision.to_dict()
-    assert (d["promote"], d["parity_passed"], d["val_images"]) == (promote, parity, 10)
+    assert (d["promote"], d["parity_passed"], d["val_images"]) == (promote, parity["passed"], 10)
+
+
+@pytest.mark.parametrize(
+    ("case", "parity", "promote", "rows", "reason"),
+    [
+        ("both-pass", {**PARITY_OK, "fp16": {**PARITY_OK, "max_abs_diff": 4e-3, "tolerance": 1e-2}}, True, 2, ""),
+        ("fp32-fails", PARITY_FAILED, False, 1, "ONNX parity check failed"),
+        (
+            "fp16-fails",
+            {**PARITY_OK, "fp16": {**PARITY_FAILED, "max_abs_diff": 0.2, "tolerance": 1e-2}},
+            False,
+            2,
+            "float16 parity check failed; export without --export-fp16 or raise --fp16-tolerance: max |difference| "
+            "0.2 > tolerance 0.01",
+        ),
+        # A model whose outputs are NaN is recorded with max_abs_diff null: that fails, it never passes as 0.
+        ("nan-is-a-failure", {**PARITY_OK, "max_abs_diff": None}, False, 1, "max |difference| nan > tolerance"),
+        ("passed-flag-is-not-trusted-alone", {**PARITY_OK, "max_abs_diff": float("nan")}, False, 1, "nan"),
+    ],
+)
+def test_parity_is_a_gate_rule(case: str, parity: dict, promote: bool, rows: int, reason: str) -> None:
+    decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 1.0, parity=parity)
+    assert decision.promote is promote, decision.reason
+    assert reason in decision.reason
+    parity_rows = [r for r in decision.to_dict()["rules"] if r["rule"].startswith("parity")]
+    assert len(parity_rows) == rows
+    assert decision.parity_passed is promote
+    json.dumps(decision.to_dict(), allow_nan=False)  # what model.json gets is plain JSON: NaN is recorded as null
+
+
+# Perfect champion: recall 1.0 on every class. Red has 4 validation images, green and blue 3 (min support 3).
+@pytest.mark.parametrize(
+    ("case", "champion", "recall", "cfg", "promote", "reason"),
+    [
+        ("within", "perfect", {"red": 0.96, "green": 1.0, "blue": 1.0}, CFG, True, "no regression"),
+        ("at-the-edge", "perfect", {"red": 0.95, "green": 1.0, "blue": 1.0}, CFG, True, "on 3 class(es)"),
+        (
+            "one-class-drops",
+            "perfect",
+            {"red": 0.75, "green": 1.0, "blue": 1.0},
+            CFG,
+            False,
+            "recall of class 'red' fell from 1.0000 (champion perfect) to 0.7500 on 4 validation images, more than "
+            "max_class_regression=0.0500",
+        ),
+        (
+            "two-classes-drop-both-named",
+            "perfect",
+            {"red": 1.0, "green": 0.6667, "blue": 0.0},
+            CFG,
+            False,
+            "recall of class 'green' fell from 1.0000 (champion perfect) to 0.6667",
+        ),
+        (
+            "too-few-images-not-compared",
+            "perfect",
+            {"red": 1.0, "green": 0.0, "blue": 1.0},
+            GateConfig(min_accuracy=0.5, max_regression=0.02, gate_min_class_support=4),
+            True,
+            "on 1 class(es) with >= 4 validation images",
+        ),
+        (
+            "looser-threshold",
+            "perfect",
+            {"red": 0.75, "green": 1.0, "blue": 1.0},
+            GateConfig(min_accuracy=0.5, max_regression=0.02, max_class_regression=0.3, gate_min_class_support=3),
+            True,
+            "max_class_regression=0.3000",
+        ),
+        ("weak-champion-nothing-to-lose", "hopeless", {"red": 0.0, "green": 0.0, "blue": 1.0}, CFG, True, ""),
+        (
+            "new-class-reported-not-compared",
+            "knows-red-green",
+            {"red": 1.0, "green": 1.0, "blue": 0.0},
+            CFG,
+            True,
+            "new classes, not compared: blue",
+        ),
+    ],
+)
+def test_per_class_recall_rule(case: str, champion: str, recall: dict, cfg: GateConfig, promote: bool, reason: str):
+    # The overall accuracy passes every case, so only the per-class rule decides.
+    decision = judge(champion, {"red": 4, "green": 3, "blue": 3}, 0.99, recall=recall, cfg=cfg)
+    assert decision.promote is promote, decision.reason
+    assert reason in decision.reason
+    assert "regression against the champion" not in decision.reason
+    rows = {r["class"]: r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"}
+    assert set(rows) == {"red", "green", "blue"}  # every class of the validation set is listed
+    for cls, row in rows.items():
+        assert row["new"] == recall[cls] and row["support"] == {"red": 4, "green": 3, "blue": 3}[cls]
+    if case == "two-classes-drop-both-named":
+        assert "recall of class 'blue' fell from 1.0000 (champion perfect) to 0.0000" in decision.reason
+        assert [rows[c]["verdict"] for c in ("red", "green", "blue")] == ["pass", "fail", "fail"]
+    if case == "new-class-reported-not-compared":
+        assert decision.new_classes == ("blue",)
+        assert (rows["blue"]["champion"], rows["blue"]["verdict"]) == (None, "not compared")
+        assert rows["red"]["verdict"] == "pass"
+    if case == "too-few-images-not-compared":
+        assert [rows[c]["verdict"] for c in ("red", "green", "blue")] == ["pass", "not compared", "not compared"]
+        assert rows["green"]["threshold"] == "3 < 4 images: not compared"
+
+
+def test_champion_recall_is_measured_per_class_on_the_same_images() -> None:
+    # The champion that says green for red, blue for green, red for blue: recall 0 on every class.
+    decision = judge("hopeless", {"red": 4, "green": 3, "blue": 3}, 0.9)
+    rows = [r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"]
+    assert [(r["class"], r["champion"]) for r in rows] == [("blue", 0.0), ("green", 0.0), ("red", 0.0)]
+    decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.9)
+    rows = [r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"]
+    assert [(r["class"], r["champion"]) for r in rows] == [("blue", 1.0), ("green", 1.0), ("red", 1.0)]
+
+
+def test_decision_table_lists_rule_threshold_new_champion_verdict() -> None:
+    decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.99, recall={"red": 0.75, "green": 1, "blue": 1})
+    lines = format_rules(decision.to_dict()["rules"])
+    assert lines[0].split() == ["RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT"]
+    assert [line.split()[0] for line in lines[1:]] == ["parity", "min_accuracy", "max_regression", *["recall"] * 3]
+    red = next(line for line in lines if line.startswith("recall red"))
+    assert red.split()[-3:] == ["0.7500", "1.0000", "FAIL"]
+    assert "recall >= champion - 0.0500" in red
+    assert lines[1].split()[-3:] == ["2e-07", "-", "pass"]  # parity has no champion value
+
+
+def test_event_note_fits_the_api_limit_and_keeps_the_failures() -> None:
+    counts = {"red": 40, "green": 40, "blue": 40}
+    decision = judge("perfect", counts, 0.99, recall={"red": 1.0, "green": 1.0, "blue": 0.5}).to_dict()
+    # Forty more passing classes than fit: the note keeps the general rows and the failed class first.
+    decision["rules"] += [
+        {"rule": "class recall", "class": f"Class_{i:02d}_with_a_long_PlantVillage_name", "support": 30,
+         "threshold": "recall >= champion - 0.0500", "new": 1.0, "champion": 1.0, "verdict": "pass"}
+        for i in range(40)
+    ]  # fmt: skip
+    note = event_note(decision, "v7")
+    assert len(note) <= 1024
+    lines = note.splitlines()
+    assert lines[0] == "v7: REJECTED by the gate"
+    assert lines[2].startswith("parity") and lines[5].startswith("recall blue (n=40)")
+    assert lines[-1].startswith("... ") and lines[-1].endswith("more class row(s): leaf-train models show v7")
+    shown = len(lines) - 3  # verdict line, header, tail
+    assert int(lines[-1].split()[1]) == len(decision["rules"]) - shown
+    small = event_note(judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.99).to_dict(), "v8")
+    assert small.splitlines()[0] == "v8: passes the gate" and "more class row" not in small
 
 
 def test_classes_the_champion_lacks_count_as_its_misses_and_the_reason_says_so() -> None:
-    images, labels = val_set({"red": 4, "green": 4, "blue": 2})
-    decision = decide(
-        CFG,
-        candidate_accuracy=0.79,
-        parity_passed=True,
-        champion=make_champion("knows-red-green"),
-        val_images=images,
-        val_labels=labels,
+    decision = judge(
+        "knows-red-green", {"red": 4, "green": 4, "blue": 2}, 0.79, recall={"red": 1, "green": 1, "blue": 0}
     )
     assert decision.champion_accuracy == pytest.approx(0.8)  # all 8 red/green right, both blue missed
     assert decision.unknown_to_champion == 2
@@ -132,7 +295,8 @@ def test_champion_with_another_input_size_is_fed_resized_images() -> None:
     decision = decide(
         CFG,
         candidate_accuracy=1.0,
-        parity_passed=True,
+        candidate_recall={"red": 1.0, "green": 1.0, "blue": 1.0},
+        parity=PARITY_OK,
         champion=make_champion("perfect", size=4),
         val_images=images,
         val_labels=labels,
@@ -156,23 +320,57 @@ def test_a_champion_that_cannot_be_scored_fails_loudly() -> None:
     broken = Champion("v1", contract_for(RGB, 8), b"not an onnx model", "etag")
     images, labels = val_set({"red": 1, "green": 1})
     with pytest.raises(GateError, match="champion v1: could not re-score its ONNX"):
-        decide(CFG, candidate_accuracy=0.9, parity_passed=True, champion=broken, val_images=images, val_labels=labels)
+        decide(
+            CFG,
+            candidate_accuracy=0.9,
+            candidate_recall={"red": 1.0, "green": 0.8},
+            parity=PARITY_OK,
+            champion=broken,
+            val_images=images,
+            val_labels=labels,
+        )
 
 
 @pytest.mark.parametrize(
-    ("images", "labels", "candidate", "match"),
+    ("images", "labels", "candidate", "recall", "match"),
     [
-        (np.zeros((2, 8, 8, 3), np.float32), ["red", "red"], 0.5, "expected a uint8 array"),
-        (np.zeros((2, 8, 8), np.uint8), ["red", "red"], 0.5, "expected a uint8 array"),
-        (np.zeros((0, 8, 8, 3), np.uint8), [], 0.5, r"expected shape \[N>0"),
-        (np.zeros((2, 8, 8, 3), np.uint8), ["red"], 0.5, r"one class name per image \(2\); received 1"),
-        (np.zeros((2, 8, 8, 3), np.uint8), ["red", "red"], 1.5, r"expected a value in \[0, 1\]; received 1.5"),
+        (np.zeros((2, 8, 8, 3), np.float32), ["red", "red"], 0.5, {"red": 0.5}, "expected a uint8 array"),
+        (np.zeros((2, 8, 8), np.uint8), ["red", "red"], 0.5, {"red": 0.5}, "expected a uint8 array"),
+        (np.zeros((0, 8, 8, 3), np.uint8), [], 0.5, {}, r"expected shape \[N>0"),
+        (np.zeros((2, 8, 8, 3), np.uint8), ["red"], 0.5, {"red": 0.5}, r"one class name per image \(2\); received 1"),
+        (
+            np.zeros((2, 8, 8, 3), np.uint8),
+            ["red", "red"],
+            1.5,
+            {"red": 1},
+            r"expected a value in \[0, 1\]; received 1.5",
+        ),
+        (
+            np.zeros((2, 8, 8, 3), np.uint8),
+            ["red", "blue"],
+            0.5,
+            {"red": 1.0},
+            r"candidate_recall: expected a recall for every validation class; missing \['blue'\]",
+        ),
+        (
+            np.zeros((2, 8, 8, 3), np.uint8),
+            ["red", "red"],
+            0.5,
+            {"red": 2.0},
+            r"candidate_recall: expected values in \[0, 1\]; received \{'red': 2.0\}",
+        ),
     ],
 )
-def test_bad_gate_inputs_name_what_was_expected(images, labels, candidate: float, match: str) -> None:
+def test_bad_gate_inputs_name_what_was_expected(images, labels, candidate: float, recall: dict, match: str) -> None:
     with pytest.raises(GateError, match=match):
         decide(
-            CFG, candidate_accuracy=candidate, parity_passed=True, champion=None, val_images=images, val_labels=labels
+            CFG,
+            candidate_accuracy=candidate,
+            candidate_recall=recall,
+            parity=PARITY_OK,
+            champion=None,
+            val_images=images,
+            val_labels=labels,
         )
 
 
@@ -189,9 +387,15 @@ def test_gate_config_from_environment_and_validation() -> None:
     assert (cfg.min_accuracy, cfg.max_regression, cfg.keep_versions) == (0.6, 0.05, 4)
     defaults = resolve(GateConfig, "LEAF_TRAIN_", environ={})
     assert (defaults.min_accuracy, defaults.max_regression, defaults.keep_versions) == (0.0, 0.02, 10)
+    assert (defaults.max_class_regression, defaults.gate_min_class_support) == (0.05, 20)
+    per_class = {"LEAF_TRAIN_MAX_CLASS_REGRESSION": "0.1", "LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "50"}
+    cfg = resolve(GateConfig, "LEAF_TRAIN_", environ=per_class)
+    assert (cfg.max_class_regression, cfg.gate_min_class_support) == (0.1, 50)
     for env, match in [
         ({"LEAF_TRAIN_MIN_ACCURACY": "1.2"}, r"--min-accuracy: expected a value in \[0, 1\]; received 1.2"),
         ({"LEAF_TRAIN_MAX_REGRESSION": "-0.1"}, r"--max-regression: expected a value in \[0, 1\]"),
+        ({"LEAF_TRAIN_MAX_CLASS_REGRESSION": "1.5"}, r"--max-class-regression: expected a value in \[0, 1\]"),
+        ({"LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "0"}, r"--gate-min-class-support: expected >= 1 image; received 0"),
         ({"LEAF_TRAIN_KEEP_VERSIONS": "0"}, r"--keep-versions: expected >= 1; received 0"),
     ]:
         with pytest.raises(ConfigurationError, match=match):
@@ -225,7 +429,8 @@ def test_retrain_lifecycle_gate_then_cas_promotion(store: Store) -> None:
         decision = decide(
             CFG,
             candidate_accuracy=candidate,
-            parity_passed=True,
+            candidate_recall={"red": candidate, "green": candidate, "blue": candidate},
+            parity=PARITY_OK,
             champion=champion,
             val_images=images,
             val_labels=labels,

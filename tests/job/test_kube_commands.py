@@ -10,7 +10,7 @@ import yaml
 from leaf_common.config import resolve
 from leaf_train.commands import kube as kube_cmd
 from leaf_train.errors import EXIT_CONFIG, EXIT_FAILURE
-from leaf_train.kube import ENV_PREFIX, VERSION_ANNOTATION, KubeReporter
+from leaf_train.kube import ENV_PREFIX, SKIPPED_ANNOTATION, VERSION_ANNOTATION, KubeReporter
 from test_kube_apiserver import FakeApiServer, apiserver, job_object  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -72,8 +72,46 @@ def test_submit_creates_a_manual_job_owned_by_the_cronjob(cluster, capsys):
         }
     ]
     assert job["metadata"]["labels"] == cronjob["spec"]["jobTemplate"]["metadata"]["labels"]
-    # The chart's whole Job spec carries over: GPU, podFailurePolicy, downward-API run id.
-    assert job["spec"] == cronjob["spec"]["jobTemplate"]["spec"]
+    # The chart's whole Job spec carries over (GPU, podFailurePolicy, downward-API run id), except that the
+    # pods are told they were started by hand: the retrain policy's auto skips only scheduled runs.
+    template = cronjob["spec"]["jobTemplate"]["spec"]
+    assert train_env(template)["LEAF_TRAIN_RUN_TRIGGER"] == "scheduled"
+    assert train_env(job["spec"]) == {**train_env(template), "LEAF_TRAIN_RUN_TRIGGER": "manual"}
+    assert without_env(job["spec"]) == without_env(template)
+
+
+def train_env(job_spec: dict) -> dict:
+    (container,) = job_spec["template"]["spec"]["containers"]
+    names = [e["name"] for e in container["env"]]
+    assert len(names) == len(set(names)), f"an env entry appears twice: {names}"
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def without_env(job_spec: dict) -> dict:
+    spec = json.loads(json.dumps(job_spec))
+    for c in spec["template"]["spec"]["containers"]:
+        c.pop("env")
+    return spec
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        ([], {"LEAF_TRAIN_RUN_TRIGGER": "manual"}),
+        (["--force"], {"LEAF_TRAIN_RUN_TRIGGER": "manual", "LEAF_TRAIN_SKIP_IF_UNCHANGED": "off"}),
+        (["--force", "false"], {"LEAF_TRAIN_RUN_TRIGGER": "manual"}),
+    ],
+)
+def test_submit_tells_the_pods_how_the_run_was_started(cluster, capsys, argv, expected):
+    code, _, error = run(["submit", "--cronjob", CRONJOB, "--name", "now", *argv], capsys)
+    assert code == 0, error
+    env = train_env(cluster.get("jobs", NS, "now")["spec"])
+    assert {k: v for k, v in env.items() if k in ("LEAF_TRAIN_RUN_TRIGGER", "LEAF_TRAIN_SKIP_IF_UNCHANGED")} == expected
+    # The job reads them as the retrain policy: a forced run never skips, a manual one skips only with "on".
+    from leaf_train.freshness import RetrainConfig, check_enabled
+
+    policy = resolve(RetrainConfig, ENV_PREFIX, environ={k: v for k, v in env.items() if isinstance(v, str)})
+    assert check_enabled(policy)[0] is False
 
 
 def test_submit_names_the_job_after_the_cronjob_by_default(cluster, capsys):
@@ -168,3 +206,23 @@ def test_status_without_version_says_none_yet(cluster):
     assert report["published_version"] == "" and report["events"] == []
     assert "published version: (none yet)" in kube_cmd.format_status(report)
     assert VERSION_ANNOTATION not in (cluster.get("jobs", NS, "run-2")["metadata"].get("annotations") or {})
+
+
+def test_status_shows_why_a_run_skipped_and_the_gate_table_under_its_event(cluster, capsys):
+    assert run(["submit", "--cronjob", CRONJOB, "--name", "run-3"], capsys)[0] == 0
+    reporter = KubeReporter(cluster.client(), namespace=NS, job_name="run-3", reporting_instance="run-3-pod")
+    assert reporter.event("GateDecision", "v1: passes the gate\nRULE  VERDICT\nparity  pass")
+    reason = "the 120 photos, the training options and the code are those of the served version v1"
+    assert reporter.event("Skipped", reason) and reporter.annotate_skipped(reason)
+    assert cluster.get("jobs", NS, "run-3")["metadata"]["annotations"][SKIPPED_ANNOTATION] == reason
+
+    code, out, _ = run(["status", "--job", "run-3"], capsys)
+    assert code == 0
+    assert "published version: (none: skipped)" in out
+    assert f"skipped:           {reason}" in out
+    lines = out.splitlines()
+    gate = next(i for i, line in enumerate(lines) if "GateDecision" in line)
+    assert lines[gate].endswith("v1: passes the gate")
+    assert lines[gate + 1 : gate + 3] == ["    RULE  VERDICT", "    parity  pass"]  # the table stays readable
+    report = kube_cmd.status(resolve(kube_cmd.StatusConfig, ENV_PREFIX, dict(job="run-3")))
+    assert report["skipped"] == reason

@@ -85,10 +85,11 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "rollback", *o)[:2] == (0, "rolled back to v1 (was v2)\n")
 
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", "--dry-run", *o)
-    assert (rc, out) == (0, "would delete 1 version(s), keeping the newest 1: v2\n")
+    kept = "keeping the newest 1 complete version(s) and incomplete ones written to in the last 24 h"
+    assert (rc, out) == (0, f"would delete 1 version(s), {kept}: v2\n")
     assert json.loads(run(capsys, "show", "v2", "--format", "json", *o)[1])["complete"]  # a dry run deletes nothing
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", *o)
-    assert (rc, out) == (0, "deleted 1 version(s), keeping the newest 1: v2\n")
+    assert (rc, out) == (0, f"deleted 1 version(s), {kept}: v2\n")
     remaining = {line.split()[0] for line in run(capsys, "list", *o)[1].splitlines()[1:]}
     assert remaining == {"v1", "v3", "v4"}  # served v1, newest v3, in-progress v4
 
@@ -102,6 +103,7 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
         (["rollback"], 1, "expected a pointer to roll back; found none"),
         (["prune", "--keep-versions", "0"], 2, "--keep-versions: expected >= 1; received 0"),
         (["prune", "--keep-versions", "many"], 2, "cannot read 'many' as int"),
+        (["prune", "--incomplete-grace-hours", "0"], 2, "--incomplete-grace-hours: expected hours > 0; received 0.0"),
         (["list", "--model-name", "Bad Name"], 2, "--model-name: expected lowercase letters"),
     ],
 )
@@ -137,3 +139,45 @@ def test_installed_command_reads_its_options_from_the_environment(output: str) -
         "pass",
         "served",
     ]
+
+
+def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from leaf_train.gate import GateConfig, decide
+    from test_gate_decide import PARITY_OK, make_champion, val_set
+
+    # A real decision: the champion is perfect on red/green/blue, the candidate lost a quarter of "red".
+    images, labels = val_set({"red": 4, "green": 3, "blue": 3})
+    decision = decide(
+        GateConfig(gate_min_class_support=4),
+        candidate_accuracy=0.9,
+        candidate_recall={"red": 0.75, "green": 1.0, "blue": 1.0},
+        parity=PARITY_OK,
+        champion=make_champion("perfect"),
+        val_images=images,
+        val_labels=labels,
+    )
+    contract = ModelContract(
+        name=MODEL,
+        version="v5",
+        labels=["blue", "green", "red"],
+        image_size=(8, 8),
+        input=TensorSpec("image", [None, 8, 8, 3]),
+        output=TensorSpec("probs", [None, 3]),
+        gate=decision.to_dict(),
+    )
+    ModelRegistry(open_store(output), MODEL).publish("v5", {MODEL_FILE: b"onnx", CONTRACT_FILE: contract.to_json()})
+
+    rc, out, _ = run(capsys, "show", "v5", "--output", output)
+    assert rc == 0
+    lines = out.splitlines()
+    gate = lines.index(next(line for line in lines if line.startswith("gate:")))
+    assert lines[gate].startswith("gate:        FAIL: regression against the champion")  # 0.9 < 1.0 - 0.02
+    assert "recall of class 'red' fell from 1.0000 (champion perfect) to 0.7500" in lines[gate]
+    table = [line.split() for line in lines[gate + 1 : gate + 8]]
+    assert table[0] == ["RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT"]
+    assert [row[0] for row in table[1:]] == ["parity", "min_accuracy", "max_regression", "recall", "recall", "recall"]
+    assert table[3][-3:] == ["0.9000", "1.0000", "FAIL"]
+    by_class = {row[1]: row for row in table[4:]}
+    assert by_class["red"][-3:] == ["0.7500", "1.0000", "FAIL"]
+    assert " ".join(by_class["green"]).endswith("3 < 4 images: not compared 1.0000 1.0000 not compared")
+    assert lines[gate + 8].startswith("provenance:")

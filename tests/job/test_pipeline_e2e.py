@@ -7,15 +7,18 @@ accuracy well above chance shows the pipeline learns and the labels are not scra
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 from leaf_common.contract import ModelContract
 from leaf_common.imaging import decode_image
+from leaf_common.inbox import Inbox, make_record
 from leaf_common.registry import resolve_model
 from leaf_common.storage import open_store
 from leaf_train.cli import main
+from leaf_train.synth import render_leaf
 
 pytestmark = pytest.mark.slow
 
@@ -25,6 +28,7 @@ PER_CLASS = 60  # ~39 validation images: one image is 2.6 points, not 7
 # accuracy 1.0 every time. The bar below leaves 12 images of margin; chance is 0.33. The learning
 # rates suit a randomly initialised (weights=none) base: phase 2 at 1e-4 swung val accuracy to 0.38.
 MIN_ACCURACY = 0.7
+PEPPER = "Pepper,_bell___Bacterial_spot"  # one of the CLASSES synth writes
 TRAIN_ARGS = [
     "--image-size", "48",
     "--weights", "none",
@@ -46,6 +50,14 @@ def photos(s3):
     assert main(["synth", "--output", "s3://photos/pv", "--per-class", str(PER_CLASS), "--classes", str(CLASSES)]) == 0
     s3.client.put_object(Bucket="photos", Key="pv/Grape___Esca (Black Measles)/broken.jpg", Body=b"\xff\xd8\xffnot")
     s3.client.put_object(Bucket="photos", Key="pv/.ipynb_checkpoints/copy.jpg", Body=b"x")
+    # One photo comes back through review: captured by the server into the inbox, accepted from a terminal.
+    leaf = io.BytesIO()
+    render_leaf(PEPPER, np.random.default_rng(7), 128).save(leaf, format="JPEG")
+    record = make_record("JPEG", reason="low_confidence", model="leaf-classifier", version="v0",
+                         labels=[PEPPER, "x"], probabilities=[0.4, 0.6], confidence_threshold=0.5)  # fmt: skip
+    Inbox(open_store("s3://models/reg/leaf-classifier/inbox")).write(leaf.getvalue(), record)
+    accept = ["inbox", "accept", "--output", "s3://models/reg", "--data", "s3://photos/pv", record.id, PEPPER]
+    assert main(accept) == 0
     s3.client.put_object(Bucket="photos", Key="pv/Grape___Esca (Black Measles)/notes.txt", Body=b"x")
     return "s3://photos/pv"
 
@@ -67,7 +79,7 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     data_store = open_store(photos)
     assert contract.labels == sorted({o.key.split("/")[0] for o in data_store.list() if not o.key.startswith(".")})
     assert contract.parity["passed"] and contract.parity["max_abs_diff"] <= 1e-4
-    assert contract.dataset["images"] == CLASSES * PER_CLASS  # the broken photo is not counted
+    assert contract.dataset["images"] == CLASSES * PER_CLASS + 1  # the reviewed one counts, the broken one not
     assert contract.gate["promote"] is True
 
     metrics = json.loads(store.get("metrics.json"))
@@ -78,6 +90,7 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     report = json.loads(store.get("report.json"))
     assert [b["key"] for b in report["skipped_files"]] == ["Grape___Esca (Black Measles)/broken.jpg"]
     assert report["ignored_count"] == 2
+    assert report["from_review"]["images"] == 1 and report["from_review"]["by_class"] == {PEPPER: 1}
 
     # The artefact works on its own: ONNX Runtime on photos read back from S3 agrees with metrics.json.
     import onnxruntime as ort

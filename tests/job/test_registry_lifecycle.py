@@ -13,11 +13,14 @@ import time
 from collections.abc import Callable
 
 import pytest
+from faultstore import FaultyStore, Killed, Plan, kill
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, POINTER_FILE, ModelContract, TensorSpec
 from leaf_common.registry import MANIFEST_FILE, read_manifest, read_pointer, resolve_model
 from leaf_common.storage import PreconditionFailed, Store, open_store
 from leaf_train.errors import ModelRegistryError, PublishError
 from leaf_train.registry import (
+    CLAIM_FILE,
+    DELETING_FILE,
     IncompleteVersionError,
     ModelRegistry,
     PromotionConflict,
@@ -352,3 +355,133 @@ def test_champion_returns_contract_onnx_and_pointer_etag(store: Store) -> None:
     assert champion.onnx == files_for("v1")[MODEL_FILE]
     assert champion.contract.labels == ["healthy", "rust"]
     assert champion.pointer_etag == registry.pointer()[1]
+
+
+# ---- interrupted publications and retention of incomplete versions (issue 10) ----------------------
+
+DAY = 24 * 3600.0
+
+
+def test_the_owner_finishes_its_own_unfinished_publication_nobody_else_does(store: Store) -> None:
+    registry = ModelRegistry(store, MODEL)
+    registry.publish("v1", files_for("v1"), owner="run/a")
+    with pytest.raises(VersionExistsError, match="complete"):
+        registry.publish("v1", files_for("v1", size=99), owner="run/a")  # complete: immutable, even for its owner
+
+    dies = FaultyStore(store, Plan(on_call=[("put */versions/v2/model.onnx", kill)]))
+    with pytest.raises(Killed):
+        ModelRegistry(dies, MODEL).publish("v2", files_for("v2", size=10), owner="run/a")
+    assert registry.claim_owner("v2") == "run/a" and not registry.list_versions()[-1].complete
+    with pytest.raises(VersionExistsError, match=r"claimed by 'run/a'"):
+        registry.publish("v2", files_for("v2"), owner="run/b")
+
+    manifest = registry.publish("v2", files_for("v2", size=64), owner="run/a")
+    assert registry.verify("v2") == manifest
+    assert {e.size for e in manifest.files if e.name == MODEL_FILE} == {64}  # the retry's files, not the dead one's
+
+
+def test_a_partial_version_without_a_claim_is_nobodys_to_finish(store: Store) -> None:
+    store.put(f"{MODEL}/versions/v2/{MODEL_FILE}", b"half", if_none_match=True)  # written before claims existed
+    with pytest.raises(VersionExistsError, match="with no claim"):
+        ModelRegistry(store, MODEL).publish("v2", files_for("v2"), owner="run/a")
+
+
+@pytest.mark.parametrize("name", [CLAIM_FILE, DELETING_FILE])
+def test_publish_refuses_the_registrys_own_file_names(tmp_path, name: str) -> None:
+    with pytest.raises(PublishError, match="file name: expected a plain name other than"):
+        ModelRegistry(open_store(str(tmp_path)), MODEL).publish("v1", {MODEL_FILE: b"x", name: b"{}"})
+
+
+def test_retention_removes_incomplete_versions_only_after_the_grace_period(store: Store) -> None:
+    registry = published(ModelRegistry(store, MODEL), "v1", "v2")
+    registry.promote("v2")
+    with pytest.raises(Killed):  # a publication that died after its claim and one file
+        ModelRegistry(FaultyStore(store, Plan(on_call=[("put */versions/v3/model.onnx", kill)])), MODEL).publish(
+            "v3", files_for("v3"), owner="run/dead"
+        )
+    last_write = {r.version: r.last_write for r in registry.list_versions()}["v3"]
+    assert last_write is not None
+
+    # Within the grace period it may be an upload in progress: kept, not counted against keep.
+    assert registry.apply_retention(5, incomplete_grace_s=DAY, now=last_write + DAY - 60) == []
+    assert "v3" in {r.version for r in registry.list_versions()}
+    # Once nothing was written to it for longer than the grace period, it goes, claim and all.
+    assert registry.retention_plan(5, incomplete_grace_s=DAY, now=last_write + DAY + 60) == ["v3"]
+    assert registry.apply_retention(5, incomplete_grace_s=DAY, now=last_write + DAY + 60) == ["v3"]
+    assert not any(True for _ in store.list(f"{MODEL}/versions/v3"))
+    assert [r.version for r in registry.list_versions()] == ["v1", "v2"]
+
+
+def test_a_deletion_cut_short_is_finished_by_the_next_retention_at_once(store: Store) -> None:
+    registry = published(ModelRegistry(store, MODEL), "v1", "v2", "v3")
+    registry.promote("v2")
+    registry.promote("v3")
+    dies = ModelRegistry(FaultyStore(store, Plan(on_call=[("delete */versions/v1/model.json", kill)])), MODEL)
+    with pytest.raises(Killed):
+        dies.apply_retention(1)
+    row = {r.version: r for r in registry.list_versions()}["v1"]
+    assert (row.complete, row.deleting) == (False, True)  # manifest gone, files half deleted
+    assert registry.retention_plan(1) == ["v1"]  # no grace period for a deletion retention started
+    assert registry.apply_retention(1) == ["v1"]
+    assert [r.version for r in registry.list_versions()] == ["v2", "v3"]  # v2: the rollback target
+
+
+@pytest.mark.parametrize("grace", [0, -1.0])
+def test_retention_rejects_a_grace_period_that_is_not_positive(store: Store, grace: float) -> None:
+    with pytest.raises(ModelRegistryError, match=r"incomplete_grace_s: expected seconds > 0"):
+        ModelRegistry(store, MODEL).apply_retention(1, incomplete_grace_s=grace)
+
+
+# Retention and an operator's promotion of an old version, interleaved at the steps where the old
+# code lost: whatever the order, latest.json must end up naming a version that verifies.
+def _race_setup(store: Store) -> ModelRegistry:
+    registry = published(ModelRegistry(store, MODEL), "v1", "v2", "v3", "v4")
+    registry.promote("v3")
+    registry.promote("v4")  # keep=1 dooms v1 and v2 (v3 is the rollback target)
+    return registry
+
+
+def _assert_pointer_verifies(registry: ModelRegistry) -> str:
+    pointer, _ = registry.pointer()
+    registry.verify(pointer.version)
+    return pointer.version
+
+
+def test_a_promotion_after_retention_planned_keeps_the_version(store: Store) -> None:
+    """The reported race: the plan was made from an old pointer; the promotion lands before deletion."""
+    registry = _race_setup(store)
+    operator = ModelRegistry(store, MODEL)
+    retention = ModelRegistry(
+        FaultyStore(store, Plan(on_call=[("put */versions/v1/deleting.json", lambda _: operator.promote("v1"))])), MODEL
+    )
+    assert retention.apply_retention(1) == ["v2"]  # v1 became the served version mid-way: kept
+    assert _assert_pointer_verifies(registry) == "v1"
+
+
+def test_a_promotion_after_the_manifest_went_is_refused(store: Store) -> None:
+    registry = _race_setup(store)
+    operator = ModelRegistry(store, MODEL)
+    refused: list[Exception] = []
+
+    def promote_v1(_: str) -> None:
+        with pytest.raises(IncompleteVersionError) as e:
+            operator.promote("v1")
+        refused.append(e.value)
+
+    after_manifest = Plan(on_call=[("delete */versions/v1/model.json", promote_v1)])
+    retention = ModelRegistry(FaultyStore(store, after_manifest), MODEL)
+    assert retention.apply_retention(1) == ["v1", "v2"]
+    assert refused and "no manifest.json" in str(refused[0])
+    assert _assert_pointer_verifies(registry) == "v4"
+
+
+def test_a_promotion_verified_before_retention_but_swapped_after_it_is_undone(store: Store) -> None:
+    """The promotion read a complete v1, then retention deleted v1 entirely, then the swap landed."""
+    registry = _race_setup(store)
+    retention = ModelRegistry(store, MODEL)
+    swap = Plan(on_call=[(f"put */{POINTER_FILE}", lambda _: retention.apply_retention(1))])
+    operator = ModelRegistry(FaultyStore(store, swap), MODEL)
+    with pytest.raises(IncompleteVersionError, match=r"lost its manifest.json while being promoted.*names v4 again"):
+        operator.promote("v1")
+    assert _assert_pointer_verifies(registry) == "v4"
+    assert [r.version for r in registry.list_versions()] == ["v3", "v4"]

@@ -107,3 +107,7 @@ def test_provenance_names_the_packages_and_the_lock(photos: str, tmp_path, capsy
     for name, installed in prov["packages"].items():
         assert f"{name} {installed}" in packages
     assert f"weights:   sha256 {prov['weights_sha256']}" in shown
+    from leaf_train import provenance
+
+    code = provenance.code_record()  # what the retrain policy compares with the next run's code
+    assert prov["code"] == code and f"code:      leaf-train {code['version']} sha256 {code['sha256']}" in shown

@@ -28,6 +28,8 @@ def test_kind_workflow_builds_installs_trains_and_tests():
         "helm install",
         "cpu-only-values.yaml",
         "s3.existingSecret=minio-credentials",
+        "serving.s3.existingSecret=minio-read-credentials",
+        "mc admin policy attach local leaf-serve-read",
         "create job --from=cronjob/",
         "--for=condition=complete",
         "helm test",

@@ -120,10 +120,13 @@ class Registry:
         contract: ModelContract | None = None,
         model_bytes: bytes | None = None,
         tamper: Callable[[dict[str, bytes]], None] | None = None,
+        extra: dict[str, bytes] | None = None,
     ) -> None:
-        """Write a version folder; ``tamper`` may corrupt files after the manifest was computed."""
+        """Write a version folder; ``extra`` adds files (metrics.json, PNGs) to it and its manifest;
+        ``tamper`` may corrupt files after the manifest was computed."""
         contract = contract or contract_for(spec, version)
         files = {MODEL_FILE: model_bytes or onnx_model(spec["weights"]), CONTRACT_FILE: contract.to_json()}
+        files |= extra or {}
         files[MANIFEST_FILE] = manifest(files, version)
         if tamper is not None:
             tamper(files)
@@ -174,17 +177,20 @@ class RunningServer:
 
 def start_server(model_uri: str, **overrides: object) -> RunningServer:
     """Load ``model_uri`` and serve it on a free port; returns once uvicorn accepts connections."""
-    import uvicorn
+    from leaf_serve.__main__ import build_server
     from leaf_serve.app import build_repository, create_app
     from leaf_serve.settings import ServeConfig
 
-    config = ServeConfig(model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1)
+    # gRPC off unless a test asks for it (grpc_port=free_port()): the default port would clash between tests.
+    config = ServeConfig(
+        model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1, grpc_port=0
+    )
     config = replace(config, **overrides)
     config.validate()
     repo = build_repository(config)
     repo.load_initial()
     app = create_app(config, repo)
-    server = uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning"))
+    server = build_server(replace(config, log_level="warning"), app)  # the production server: deadlines, limits
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
@@ -193,3 +199,40 @@ def start_server(model_uri: str, **overrides: object) -> RunningServer:
             raise RuntimeError("test server did not start")
         time.sleep(0.01)
     return RunningServer(f"http://127.0.0.1:{config.port}", app, server, thread, config)
+
+
+def png(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:
+    return encode_image(rgb, "PNG", size=size)
+
+
+def card_metrics(labels: list[str], accuracy: float = 0.9167) -> dict:
+    """A metrics.json as the job writes it (leaf_train.evaluate.compute_metrics), with made-up numbers."""
+    n = len(labels)
+    per_class = {
+        label: {"precision": 0.9 - 0.1 * i, "recall": 0.8 + 0.05 * i, "f1": 0.85 - 0.02 * i, "support": 10 + i}
+        for i, label in enumerate(labels)
+    }
+    matrix = [[10 + i if i == j else 1 for j in range(n)] for i in range(n)]
+    return {"num_images": 12 * n, "accuracy": accuracy, "top3_accuracy": 0.9812, "macro_f1": 0.8771,
+            "per_class": per_class, "confusion_matrix": matrix, "labels": labels}  # fmt: skip
+
+
+def publish_with_card(
+    reg: Registry, version: str, spec: dict, *, figures: dict[str, bytes] | None = None, **kwargs: object
+) -> dict:
+    """Publish ``version`` with the job's card artefacts (metrics.json, the two PNGs, gate and dataset in
+    model.json); returns the metrics written. ``figures`` replaces the default tiny PNGs."""
+    import json
+
+    contract = contract_for(spec, version)
+    metrics = card_metrics(contract.labels)
+    contract.metrics = {k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")}
+    contract.created_at = "2026-05-10T03:12:44+00:00"
+    contract.code_version = "leaf-train 0.1.0"
+    contract.dataset = {"images": 180, "train_images": 144, "val_images": 36, "fingerprint": "ab" * 32, "uri": "s3://p"}
+    contract.gate = {"promote": True, "reason": "accuracy 0.9167 >= champion 0.9000 - 0.02 on the same 36 images",
+                     "candidate_accuracy": 0.9167, "champion_accuracy": 0.9, "champion_version": "v0"}  # fmt: skip
+    extra = {"metrics.json": json.dumps(metrics).encode()}
+    extra |= figures or {"curves.png": png((10, 120, 10)), "confusion_matrix.png": png((200, 200, 60))}
+    reg.publish(version, spec, contract=contract, extra=extra, **kwargs)  # type: ignore[arg-type]
+    return metrics

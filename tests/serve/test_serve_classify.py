@@ -59,9 +59,9 @@ def test_top_k_query(server: RunningServer, query: str, count: int) -> None:
     assert len(r.json()["predictions"]) == count
 
 
-def _bomb() -> bytes:
+def _bomb(mode: str = "L", size: tuple[int, int] = (9000, 8000)) -> bytes:
     buf = io.BytesIO()
-    Image.new("L", (8000, 6000)).save(buf, format="PNG")  # 48 MP of zeros: a few KB compressed
+    Image.new(mode, size).save(buf, format="PNG")  # 72 MP of zeros: a few KB compressed
     return buf.getvalue()
 
 
@@ -72,7 +72,9 @@ def _bomb() -> bytes:
         (b"definitely not an image", {"Content-Type": "image/jpeg"}, "", 400, "expected a readable JPEG or PNG"),
         (encode_image(RED, "PNG")[:60], {"Content-Type": "image/png"}, "", 400, "could not decode"),
         (encode_image(RED, "GIF"), {"Content-Type": "image/png"}, "", 400, "received GIF data"),
-        (_bomb(), {"Content-Type": "image/png"}, "", 400, "expected at most 40000000 pixels"),
+        (_bomb(), {"Content-Type": "image/png"}, "", 400, "expected at most 64000000 pixels"),
+        # 20 MP of RGBA is under the pixel cap, but decoding it needs 240 MB: more than the whole decode budget.
+        (_bomb("RGBA", (5000, 4000)), {"Content-Type": "image/png"}, "", 413, "the server allows 201326592"),
         (b"{}", {"Content-Type": "application/json"}, "", 415, "received application/json"),
         (b"a=b", {"Content-Type": "text/plain"}, "", 415, "Content-Type: expected image/jpeg"),
         (b"--x--", {"Content-Type": "multipart/form-data; boundary=x"}, "", 400, "expected a file field"),

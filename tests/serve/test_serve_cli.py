@@ -25,6 +25,7 @@ def serve_env(**options: object) -> dict[str, str]:
 @contextmanager
 def leaf_serve(**options: object) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
+    options = {"grpc_port": 0, **options}  # each test process on its own free port; gRPC only when asked
     env = serve_env(host="127.0.0.1", port=port, providers="cpu", intra_op_threads=1, **options)
     proc = subprocess.Popen(
         [sys.executable, "-m", "leaf_serve"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -52,7 +53,10 @@ def leaf_serve(**options: object) -> Iterator[tuple[subprocess.Popen[str], str]]
 
 def test_sigterm_drains_in_flight_requests_then_exits(local_registry: Registry) -> None:
     # A long queue delay keeps one request in flight while SIGTERM arrives.
-    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=1500, grace_period=20) as (proc, url):
+    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=1500, grace_period=20, drain_delay=0) as (
+        proc,
+        url,
+    ):
         result: dict[str, httpx.Response] = {}
         image = encode_image((20, 230, 20), "PNG")
         sender = threading.Thread(target=lambda: result.setdefault("r", httpx.post(url + "/classify", content=image)))
@@ -67,8 +71,76 @@ def test_sigterm_drains_in_flight_requests_then_exits(local_registry: Registry) 
             httpx.get(url + "/v2/health/live", timeout=2)
 
 
+# How long after readiness fails this test's clients keep sending: the endpoints controller and every
+# node's kube-proxy need about this long to stop routing to a terminating pod.
+PROPAGATION = 1.0
+
+
+@pytest.mark.parametrize(("drain_delay", "loses_requests"), [(2.0, False), (0.0, True)])
+def test_a_rollout_loses_no_request(local_registry: Registry, drain_delay: float, loses_requests: bool) -> None:
+    """SIGTERM under load: readiness fails at once, every request is still answered until clients move on.
+
+    With ``drain_delay=0`` (the behaviour before) the listener closes at SIGTERM, before any client can
+    know, and requests fail: the same test shows that it can fail.
+    """
+    image = encode_image((20, 230, 20), "PNG")
+    with leaf_serve(model=local_registry.pointer_uri, drain_delay=drain_delay, grace_period=5) as (proc, url):
+        failures: list[str] = []
+        answered = [0]
+        not_ready_at: list[float] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            with httpx.Client(timeout=10) as c:  # a pool with keep-alive connections, like a real client
+                while not stop.is_set():
+                    try:
+                        r = c.post(url + "/classify", content=image)
+                        if r.status_code == 200:
+                            answered[0] += 1
+                        else:
+                            failures.append(f"HTTP {r.status_code}")
+                    except httpx.TransportError as e:
+                        failures.append(type(e).__name__)
+
+        def kubelet() -> None:  # readiness probe every 50 ms
+            while not not_ready_at and not stop.is_set():
+                try:
+                    if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 503:
+                        not_ready_at.append(time.monotonic())
+                except httpx.TransportError:
+                    not_ready_at.append(time.monotonic())
+                time.sleep(0.05)
+
+        threads = [threading.Thread(target=client) for _ in range(4)] + [threading.Thread(target=kubelet)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 30
+        while answered[0] < 8:  # the pool is up and being served before the signal
+            assert time.monotonic() < deadline and not failures, failures
+            time.sleep(0.05)
+        before = answered[0]
+        sigterm_at = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while not not_ready_at and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(PROPAGATION)  # the Service still routes here meanwhile
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert proc.wait(timeout=30) == -signal.SIGTERM
+    assert before > 0 and not_ready_at and not_ready_at[0] - sigterm_at < 0.5
+    if loses_requests:
+        assert failures, "closing the listener at SIGTERM should have refused requests"
+    else:
+        assert failures == [] and answered[0] > before  # served through the window, nothing refused or cut
+
+
 def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> None:
-    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=60_000, grace_period=1) as (proc, url):
+    with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=60_000, grace_period=1, drain_delay=0) as (
+        proc,
+        url,
+    ):
         sender = threading.Thread(
             target=lambda: httpx.post(url + "/classify", content=encode_image((1, 2, 3), "PNG"), timeout=90),
             daemon=True,  # its request is cut off when the server gives up
@@ -92,7 +164,7 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
     ],
 )
 def test_start_up_fails_loudly(local_registry: Registry, options: dict, status: int, message: str) -> None:
-    options = {"model": local_registry.pointer_uri, "port": free_port(), **options}
+    options = {"model": local_registry.pointer_uri, "port": free_port(), "grpc_port": 0, **options}
     proc = subprocess.run(
         [sys.executable, "-m", "leaf_serve"], env=serve_env(**options), capture_output=True, text=True, timeout=60
     )

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
-import shutil
+import json
 import time
 from collections.abc import Callable, Iterator
 
 import httpx
 import numpy as np
 import pytest
-from leaf_common.contract import MODEL_FILE
-from servekit import MODEL_NAME, V1, V2, Registry, RunningServer, contract_for, onnx_model, start_server
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
+from leaf_common.registry import MANIFEST_FILE
+from servekit import (
+    INPUT_NAME,
+    MODEL_NAME,
+    V1,
+    V2,
+    Registry,
+    RunningServer,
+    contract_for,
+    manifest,
+    onnx_model,
+    start_server,
+)
 
 RED = (230, 20, 20)
 
@@ -74,7 +86,51 @@ def _corrupt_model(files: dict[str, bytes]) -> None:
     files[MODEL_FILE] = b"\x08\x07garbage" * 10  # manifest still lists the good bytes
 
 
+def _drop_manifest(files: dict[str, bytes]) -> None:
+    del files[MANIFEST_FILE]  # a publication that died before its last write
+
+
+def _manifest_of_another_version(files: dict[str, bytes]) -> None:
+    files[MANIFEST_FILE] = manifest({k: v for k, v in files.items() if k != MANIFEST_FILE}, "v7")
+
+
+def _image_size_of_one_number(files: dict[str, bytes]) -> None:
+    body = json.loads(files[CONTRACT_FILE])
+    body["image_size"] = [32]  # a field of the wrong shape: unpacking it raised ValueError, which was retried forever
+    files[CONTRACT_FILE] = json.dumps(body).encode()
+    files[MANIFEST_FILE] = manifest({k: v for k, v in files.items() if k != MANIFEST_FILE}, "bad")
+
+
+def graph_that_fails_when_run() -> bytes:
+    """Loads and matches the contract's names, but its Reshape cannot be done: it fails at the smoke test."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [
+        helper.make_node("Reshape", [INPUT_NAME, "odd"], ["flat"]),
+        helper.make_node("ReduceMean", ["flat"], ["logits"], axes=[1], keepdims=1),
+        helper.make_node("Tile", ["logits", "reps"], ["tiled"]),
+        helper.make_node("Softmax", ["tiled"], ["probabilities"], axis=-1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "fails-when-run",
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 32, 32, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
+        initializer=[
+            numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "odd"),  # 3072 values are not rows of 7
+            numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "reps"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 12)])
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
 BAD_VERSIONS: dict[str, dict] = {
+    "no manifest": {"tamper": _drop_manifest},
+    "manifest of another version": {"tamper": _manifest_of_another_version},
+    "contract image_size of the wrong shape": {"tamper": _image_size_of_one_number},
+    "graph fails when run": {"model_bytes": graph_that_fails_when_run()},
     "manifest mismatch": {"tamper": _corrupt_model},
     "not an ONNX graph": {"model_bytes": b"not onnx at all"},
     "contract names another input": {"model_bytes": onnx_model(V1["weights"], input_name="pixels")},
@@ -113,23 +169,98 @@ def test_version_folder_uri_serves_without_polling(local_registry: Registry) -> 
         running.stop()
 
 
-def test_plain_folder_reports_the_contracts_version(local_registry: Registry, tmp_path) -> None:
-    """A version copied to a folder of another name (mounted at /model) keeps model.json's version."""
-    folder = tmp_path / "model"
-    shutil.copytree(local_registry.version_uri("v1"), folder)
-    running = start_server(str(folder))
-    try:
-        assert top_label(running) == ("v1", "healthy")
-        assert served_version(running) == "v1"
-    finally:
-        running.stop()
-
-
 def test_local_pointer_reload(local_registry: Registry) -> None:
     running = start_server(local_registry.pointer_uri, poll_interval=0.1)
     try:
         local_registry.publish("v2", V2)
         local_registry.promote("v2")
         wait_for(lambda: served_version(running) == "v2")
+    finally:
+        running.stop()
+
+
+class FlakyStore:
+    """The real store, but the next ``failures`` reads raise StoreUnavailable (an S3 outage, a reset connection)."""
+
+    def __init__(self, store, failures: int):  # noqa: ANN001 - a leaf_common Store
+        self._store, self.failures, self.calls = store, failures, 0
+        self.uri = store.uri
+
+    def _maybe_fail(self, key: str) -> None:
+        from leaf_common.storage import StoreUnavailable
+
+        self.calls += 1
+        if self.failures > 0:
+            self.failures -= 1
+            raise StoreUnavailable(f"{self.uri}/{key}: ReadTimeoutError: read timed out")
+
+    def get(self, key: str) -> bytes:
+        self._maybe_fail(key)
+        return self._store.get(key)
+
+    def head(self, key: str):  # noqa: ANN201
+        self._maybe_fail(key)
+        return self._store.head(key)
+
+    def url(self, key: str) -> str:
+        return self._store.url(key)
+
+
+@pytest.mark.parametrize(("failures", "swapped"), [(2, True), (50, False)])
+def test_a_store_that_fails_for_a_while_never_rejects_a_good_version(
+    local_registry: Registry, failures: int, swapped: bool
+) -> None:
+    """Retried with backoff; if it outlasts the retries, left for the next poll, never remembered as rejected."""
+    import asyncio
+
+    from leaf_common.registry import ResolvedModel
+
+    running = start_server(local_registry.pointer_uri, poll_interval=0)
+    try:
+        local_registry.publish("v2", V2)
+        flaky = FlakyStore(local_registry.store.child("versions/v2"), failures)
+        resolved = ResolvedModel(flaky, "v2", pointer_etag="etag-of-v2")
+        repo = running.repo
+        assert asyncio.run(repo._try_swap(resolved)) is swapped
+        assert reloads(running, "rejected") == 0 and "etag-of-v2" not in repo._rejected_etags
+        assert reloads(running, "store_unavailable") == min(failures, 4)
+        assert repo.current.version == ("v2" if swapped else "v1")
+        if not swapped:  # the store comes back: the next poll loads it
+            flaky.failures = 0
+            assert asyncio.run(repo._try_swap(resolved)) is True and repo.current.version == "v2"
+    finally:
+        running.stop()
+
+
+def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registry: Registry, tmp_path) -> None:
+    """A version copied to /model (a volume) is served as the version its manifest names, not as "model"."""
+    import shutil
+
+    mounted = tmp_path / "model"
+    shutil.copytree(local_registry.version_uri("v1"), mounted)
+    running = start_server(str(mounted), poll_interval=0)
+    try:
+        assert served_version(running) == "v1" and top_label(running) == ("v1", "healthy")
+    finally:
+        running.stop()
+
+
+def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registry: Registry) -> None:
+    """Retention restores a manifest when a promotion raced it: a reload in that window retries, then loads."""
+    import asyncio
+    import threading
+
+    from leaf_common.registry import ResolvedModel
+
+    running = start_server(local_registry.pointer_uri, poll_interval=0)
+    try:
+        local_registry.publish("v2", V2)
+        version = local_registry.store.child("versions/v2")
+        manifest_bytes = version.get(MANIFEST_FILE)
+        version.delete(MANIFEST_FILE)  # the window: pointer names v2, its manifest is away for ~0.3 s
+        threading.Timer(0.3, version.put, (MANIFEST_FILE, manifest_bytes)).start()
+        resolved = ResolvedModel(version, "v2", pointer_etag="etag-of-v2")
+        assert asyncio.run(running.repo._try_swap(resolved)) is True
+        assert running.repo.current.version == "v2" and reloads(running, "rejected") == 0
     finally:
         running.stop()

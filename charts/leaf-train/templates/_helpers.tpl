@@ -62,11 +62,21 @@ app.kubernetes.io/component: serving
 app.kubernetes.io/component: training
 {{- end }}
 
+{{/* Training's ServiceAccount (the name it always had, so IRSA trust policies keep matching). */}}
 {{- define "leaf-train.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
 {{- default (include "leaf-train.fullname" .) .Values.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Serving's own ServiceAccount: never training's, so it never gets training's IRSA role. */}}
+{{- define "leaf-train.serving.serviceAccountName" -}}
+{{- if .Values.serving.serviceAccount.create }}
+{{- default (include "leaf-train.serving.fullname" .) .Values.serving.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serving.serviceAccount.name }}
 {{- end }}
 {{- end }}
 
@@ -107,30 +117,60 @@ them stops with one line naming what to set, instead of pods that end in ImagePu
 {{- printf "%s/%s/latest.json" (trimSuffix "/" .Values.s3.output) .Values.modelName }}
 {{- end }}
 
+{{/* Where the server reads the review token: a read-only mount of serving.review.existingSecret. */}}
+{{- define "leaf-train.reviewTokenDir" -}}
+/etc/leaf-serve/review
+{{- end }}
+
+{{- define "leaf-train.reviewTokenFile" -}}
+{{ include "leaf-train.reviewTokenDir" . }}/token
+{{- end }}
+
 {{/*
-S3 environment shared by both components. Static credentials come only from an existing
-Secret; without one the SDK's default chain applies (IRSA web identity, instance profile).
+S3 environment of one component: endpoint and region are shared, credentials are the component's
+own (`creds` is .Values.s3 for training, .Values.serving.s3 for serving). Static keys come only
+from an existing Secret; without one the SDK's default chain applies (IRSA web identity, instance
+profile).
 */}}
 {{- define "leaf-train.s3Env" -}}
-{{- if .Values.s3.endpoint }}
+{{- $root := .root }}
+{{- if $root.Values.s3.endpoint }}
 - name: AWS_ENDPOINT_URL
-  value: {{ .Values.s3.endpoint | quote }}
+  value: {{ $root.Values.s3.endpoint | quote }}
 {{- end }}
-{{- if .Values.s3.region }}
+{{- if $root.Values.s3.region }}
 - name: AWS_DEFAULT_REGION
-  value: {{ .Values.s3.region | quote }}
+  value: {{ $root.Values.s3.region | quote }}
 {{- end }}
-{{- if .Values.s3.existingSecret }}
+{{- if .creds.existingSecret }}
 - name: AWS_ACCESS_KEY_ID
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.s3.existingSecret }}
-      key: {{ .Values.s3.accessKeyIdKey }}
+      name: {{ .creds.existingSecret }}
+      key: {{ .creds.accessKeyIdKey }}
 - name: AWS_SECRET_ACCESS_KEY
   valueFrom:
     secretKeyRef:
-      name: {{ .Values.s3.existingSecret }}
-      key: {{ .Values.s3.secretAccessKeyKey }}
+      name: {{ .creds.existingSecret }}
+      key: {{ .creds.secretAccessKeyKey }}
+{{- end }}
+{{- end }}
+
+{{/*
+Serving must not run with training's credentials: it faces the network, and training's may rewrite
+latest.json, delete versions and read the photos. Refuse the settings that would silently leave it
+with none, or with the node's, when training has its own.
+*/}}
+{{- define "leaf-train.validateServingCredentials" -}}
+{{- if and .Values.serving.enabled .Values.s3.existingSecret (not .Values.serving.s3.existingSecret) }}
+{{- fail (printf "serving.s3.existingSecret: expected the name of a Secret with read-only S3 keys for the server, because s3.existingSecret (%s) is set for training; received none. The server no longer shares training's keys (README, Kubernetes: credentials)" .Values.s3.existingSecret) }}
+{{- end }}
+{{- if and .Values.serving.enabled .Values.serving.s3.existingSecret (eq .Values.serving.s3.existingSecret .Values.s3.existingSecret) }}
+{{- fail (printf "serving.s3.existingSecret: expected a Secret other than training's s3.existingSecret; received the same one (%s)" .Values.s3.existingSecret) }}
+{{- end }}
+{{- $irsa := "eks.amazonaws.com/role-arn" }}
+{{- if and .Values.serving.enabled (hasKey .Values.serviceAccount.annotations $irsa) (not (hasKey .Values.serving.serviceAccount.annotations $irsa)) }}
+{{- fail (printf "serving.serviceAccount.annotations: expected %s naming the server's read-only role, because training's ServiceAccount has one; received none" $irsa) }}
 {{- end }}
 {{- end }}
 
@@ -170,26 +210,69 @@ checkov.io/skip1: "CKV_K8S_43=Images are referenced by tag by default so the cha
 checkov.io/skip2: "CKV_K8S_15=IfNotPresent is the right policy for immutable version tags and digests; Always adds a registry round-trip per pod start"
 {{- end }}
 
+{{/* `creds`: the component's S3 settings (.Values.s3 or .Values.serving.s3). */}}
 {{- define "leaf-train.checkovSecretEnvSkip" -}}
-{{- if .Values.s3.existingSecret }}
+{{- if .existingSecret }}
 checkov.io/skip9: "CKV_K8S_35=botocore reads static S3 keys from AWS_* environment variables only; IRSA avoids static keys altogether"
 {{- end }}
 {{- end }}
 
-{{/* NetworkPolicy egress shared by both components. */}}
+{{/*
+The object store's TCP port(s): networkPolicy.storagePorts, else the port of s3.endpoint (MinIO's
+9000, say), else 443 (AWS S3).
+*/}}
+{{- define "leaf-train.storagePorts" -}}
+{{- if .Values.networkPolicy.storagePorts }}
+{{- toJson .Values.networkPolicy.storagePorts }}
+{{- else if .Values.s3.endpoint }}
+{{- $url := urlParse .Values.s3.endpoint }}
+{{- $host := $url.host }}
+{{- if and (contains ":" $host) (not (hasSuffix "]" $host)) }}
+{{- toJson (list (atoi (last (splitList ":" $host)))) }}
+{{- else }}
+{{- toJson (list (ternary 443 80 (eq $url.scheme "https"))) }}
+{{- end }}
+{{- else }}
+{{- toJson (list 443) }}
+{{- end }}
+{{- end }}
+
+{{/*
+NetworkPolicy egress of a component (`component`: training or serving). Object stores and API
+servers have no stable pod or namespace labels to select: by port, to anywhere unless
+networkPolicy.storageTo / apiServerTo name them.
+*/}}
 {{- define "leaf-train.egressRules" -}}
-# DNS, then the TCP ports of S3 / MinIO / the Kubernetes API anywhere: object stores and API
-# servers have no stable pod or namespace labels to select.
+{{- $np := .root.Values.networkPolicy -}}
+# DNS
 - ports:
     - port: 53
       protocol: UDP
     - port: 53
       protocol: TCP
-{{- if .Values.networkPolicy.egressPorts }}
+# The object store (S3 / MinIO)
 - ports:
-    {{- range .Values.networkPolicy.egressPorts }}
+    {{- range include "leaf-train.storagePorts" .root | fromJsonArray }}
     - port: {{ . }}
       protocol: TCP
     {{- end }}
+  {{- with $np.storageTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if and (eq .component "training") (ne .root.Values.training.kubeIntegration "off") }}
+# The Kubernetes API server (Events and annotations on the Job; the serving rollout)
+- ports:
+    {{- range $np.apiServerPorts }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+  {{- with $np.apiServerTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
 {{- end }}
 {{- end }}

@@ -1,5 +1,19 @@
 {{/*
+Labels of a training Job (not its pods): Kueue reads the queue and priority from the Job itself.
+*/}}
+{{- define "leaf-train.training.jobLabels" -}}
+{{- with .Values.training.kueue.queueName }}
+kueue.x-k8s.io/queue-name: {{ . | quote }}
+{{- end }}
+{{- with .Values.training.kueue.priorityClass }}
+kueue.x-k8s.io/priority-class: {{ . | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
 The training Job's spec, shared by the CronJob's jobTemplate and the optional one-off Job.
+The CronJob passes the root context merged with runTrigger=scheduled: its pods are told they were
+started by the schedule (the retrain policy's skipIfUnchanged=auto skips only those when nothing changed).
 */}}
 {{- define "leaf-train.training.jobSpec" -}}
 backoffLimit: {{ .Values.training.backoffLimit }}
@@ -87,6 +101,11 @@ template:
             valueFrom:
               fieldRef:
                 fieldPath: metadata.namespace
+          {{- with .runTrigger }}
+          # An env entry, not the ConfigMap: `leaf-train submit` replaces it with "manual" in the Job it creates.
+          - name: LEAF_TRAIN_RUN_TRIGGER
+            value: {{ . | quote }}
+          {{- end }}
           # The root filesystem is read-only: every writer gets an emptyDir.
           - name: HOME
             value: /home/leaf
@@ -96,7 +115,7 @@ template:
             value: /cache/keras
           - name: MPLCONFIGDIR
             value: /tmp/matplotlib
-          {{- with include "leaf-train.s3Env" . | trim }}
+          {{- with include "leaf-train.s3Env" (dict "root" . "creds" .Values.s3) | trim }}
           {{- . | nindent 10 }}
           {{- end }}
           {{- with include "leaf-train.training.workerEnv" . | trim }}
@@ -147,5 +166,5 @@ template:
 {{- define "leaf-train.training.checkovSkips" -}}
 {{ include "leaf-train.checkovImageSkips" . }}
 checkov.io/skip3: "CKV_K8S_38=The training pod mounts its token on purpose, to record Events on its Job and annotate it (RBAC in rbac.yaml)"
-{{- include "leaf-train.checkovSecretEnvSkip" . }}
+{{- include "leaf-train.checkovSecretEnvSkip" .Values.s3 }}
 {{- end }}

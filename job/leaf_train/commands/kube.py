@@ -2,9 +2,11 @@
 
 ``submit`` does what ``kubectl create job --from=cronjob/<name>`` does: it copies the
 CronJob's jobTemplate into a new Job owned by the CronJob and marked as a manual run, so
-the run gets the chart's exact pod spec (GPU, podFailurePolicy, S3 settings). ``status``
-prints a Job's phase, its Events (the job's own and the controller's) and the version it
-published.
+the run gets the chart's exact pod spec (GPU, podFailurePolicy, S3 settings). Unlike kubectl
+it also tells the pods they were started by hand (``LEAF_TRAIN_RUN_TRIGGER=manual``: the retrain
+policy's ``auto`` skips only scheduled runs), and ``--force`` turns the skip off altogether.
+``status`` prints a Job's phase, its Events (the job's own and the controller's) and the
+version it published, or why it skipped.
 """
 
 from __future__ import annotations
@@ -19,7 +21,14 @@ from typing import Any
 from leaf_common.config import add_arguments, option, resolve
 
 from ..errors import ConfigurationError, LeafTrainError
-from ..kube import ENV_PREFIX, REQUEST_TIMEOUT_S, VERSION_ANNOTATION, KubeConfig, load_client_configuration
+from ..kube import (
+    ENV_PREFIX,
+    REQUEST_TIMEOUT_S,
+    SKIPPED_ANNOTATION,
+    VERSION_ANNOTATION,
+    KubeConfig,
+    load_client_configuration,
+)
 
 MANUAL_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 
@@ -32,6 +41,9 @@ class SubmitConfig:
     name: str = option("", "Name of the new Job; empty = <cronjob>-manual-<unix time>")
     namespace: str = option("", "Namespace; empty = the kubeconfig context's (or the service account's)")
     kubeconfig: str = option("", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config")
+    force: bool = option(
+        False, "Train even if the photos, options and code are those of the served version (skip_if_unchanged=off)"
+    )
 
     def validate(self) -> None:
         if not self.cronjob:
@@ -88,12 +100,13 @@ def _api(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise KubeApiError(f"{what}: {type(e).__name__}: {e}") from e
 
 
-def job_from_cronjob(cronjob: Any, name: str) -> dict[str, Any]:
-    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest.
+def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, Any]:
+    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest, with its pods told so.
 
     Args:
         cronjob: a ``V1CronJob`` read from the API.
         name: the new Job's name.
+        force: also turn the retrain policy's skip off (``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``).
     """
     template = cronjob.spec.job_template
     meta = template.metadata
@@ -119,8 +132,24 @@ def job_from_cronjob(cronjob: Any, name: str) -> dict[str, Any]:
                 }
             ],
         },
-        "spec": _camel(template.spec),
+        "spec": _with_env(_camel(template.spec), _run_env(force)),
     }
+
+
+def _run_env(force: bool) -> dict[str, str]:
+    """What the pods of a submitted Job are told; env entries win over the chart's ConfigMap (envFrom)."""
+    env = {f"{ENV_PREFIX}RUN_TRIGGER": "manual"}  # the CronJob's template says "scheduled"
+    if force:
+        env[f"{ENV_PREFIX}SKIP_IF_UNCHANGED"] = "off"
+    return env
+
+
+def _with_env(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
+    """``spec`` with ``env`` set in every container of its pod template, replacing entries of the same name."""
+    for container in spec.get("template", {}).get("spec", {}).get("containers", []):
+        kept = [e for e in container.get("env") or [] if e.get("name") not in env]
+        container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
+    return spec
 
 
 def _camel(obj: Any) -> Any:
@@ -139,7 +168,7 @@ def submit(cfg: SubmitConfig) -> dict[str, Any]:
     cronjob = _api(f"read cronjob {namespace}/{cfg.cronjob}", batch.read_namespaced_cron_job, cfg.cronjob, namespace)
     # 40 + len("-manual-") + 10 digits stays within the 63-character label limit of job-name.
     name = cfg.name or f"{cfg.cronjob[:40].rstrip('-')}-manual-{int(time.time())}"
-    body = client.V1Job.from_dict(job_from_cronjob(cronjob, name))
+    body = client.V1Job.from_dict(job_from_cronjob(cronjob, name, force=cfg.force))
     created = _api(f"create job {namespace}/{name}", batch.create_namespaced_job, namespace, body)
     return _camel(created)
 
@@ -181,6 +210,7 @@ def status(cfg: StatusConfig) -> dict[str, Any]:
         "namespace": namespace,
         "phase": job_phase(job),
         "published_version": annotations.get(VERSION_ANNOTATION, ""),
+        "skipped": annotations.get(SKIPPED_ANNOTATION, ""),
         "events": [
             {
                 "time": _event_time(ev),
@@ -211,13 +241,20 @@ def _newest_job_of(batch: Any, namespace: str, cronjob_name: str) -> Any:
 
 def format_status(report: dict[str, Any]) -> str:
     """The text form of :func:`status`."""
+    published = report["published_version"] or ("(none: skipped)" if report.get("skipped") else "(none yet)")
     lines = [
         f"job:               {report['namespace']}/{report['job']}",
         f"phase:             {report['phase']}",
-        f"published version: {report['published_version'] or '(none yet)'}",
-        "events:" if report["events"] else "events:            (none)",
+        f"published version: {published}",
     ]
-    lines += [f"  {e['time']}  {e['type']:<7} {e['reason']:<16} {e['message']}" for e in report["events"]]
+    if report.get("skipped"):
+        lines.append(f"skipped:           {report['skipped']}")
+    lines.append("events:" if report["events"] else "events:            (none)")
+    for e in report["events"]:
+        # Multi-line notes (the gate's decision table) continue under the message column.
+        first, *rest = (e["message"] or "").splitlines() or [""]
+        lines.append(f"  {e['time']}  {e['type']:<7} {e['reason']:<16} {first}")
+        lines += [f"    {line}" for line in rest]
     return "\n".join(lines)
 
 

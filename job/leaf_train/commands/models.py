@@ -90,7 +90,10 @@ def format_table(rows: list) -> str:  # noqa: ANN001 -- list[VersionInfo]
     header = ("VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON")
     lines = [header]
     for r in rows:
-        state = "incomplete" if not r.complete else "served" if r.served else "promoted-before" if r.promoted else "-"
+        if not r.complete:
+            state = "deleting" if r.deleting else "incomplete"
+        else:
+            state = "served" if r.served else "promoted-before" if r.promoted else "-"
         reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
         lines.append(
             (r.version, r.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
@@ -126,6 +129,10 @@ def format_show(shown: dict) -> str:
         lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
+        if gate.get("rules"):  # versions published before the decision table have only the reason
+            from ..gate import format_rules
+
+            lines += [f"  {line}" for line in format_rules(gate["rules"])]
     lines += _format_provenance(contract.get("provenance") or {})
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
@@ -150,10 +157,12 @@ def _format_provenance(prov: dict) -> list[str]:
         lock_line = f"{lock.get('profile') or '?'} sha256 {lock.get('sha256', '?')} ({matched})"
     packages = ", ".join(f"{k} {v or '-'}" for k, v in (prov.get("packages") or {}).items())
     determinism = "on" if prov.get("deterministic") else "off"
+    code = prov.get("code") or {}
     return [
         "provenance:",
         f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {prov.get('deterministic_option')})",
         f"  weights:   sha256 {prov.get('weights_sha256', '-')}",
+        f"  code:      leaf-train {code.get('version', '-')} sha256 {code.get('sha256', '-')}",
         f"  lock:      {lock_line}",
         f"  python:    {prov.get('python', '-')}",
         f"  packages:  {packages or '-'}",
@@ -188,9 +197,14 @@ def cmd_rollback(args: argparse.Namespace) -> int:
 def cmd_prune(args: argparse.Namespace) -> int:
     from ..gate import RetentionConfig
 
-    keep = resolve(RetentionConfig, ENV_PREFIX, {"keep_versions": args.keep_versions}).keep_versions
+    cfg = resolve(RetentionConfig, ENV_PREFIX, args)
+    keep, grace_s = cfg.keep_versions, cfg.incomplete_grace_hours * 3600
     registry = _registry(args)
-    doomed = registry.retention_plan(keep) if args.dry_run else registry.apply_retention(keep)
+    plan = registry.retention_plan if args.dry_run else registry.apply_retention
+    doomed = plan(keep, incomplete_grace_s=grace_s)
     verb = "would delete" if args.dry_run else "deleted"
-    print(f"{verb} {len(doomed)} version(s), keeping the newest {keep}: {', '.join(doomed) or '-'}")
+    print(
+        f"{verb} {len(doomed)} version(s), keeping the newest {keep} complete version(s) and incomplete ones "
+        f"written to in the last {cfg.incomplete_grace_hours:g} h: {', '.join(doomed) or '-'}"
+    )
     return 0

@@ -14,10 +14,16 @@ log = logging.getLogger(__name__)
 
 def _components() -> list[tuple[str, type]]:
     # Imported here: the gate pulls in numpy/onnxruntime, the kube module the k8s client.
+    from ..freshness import RetrainConfig
     from ..gate import GateConfig
     from ..kube import KubeConfig
 
-    return [("training", TrainConfig), ("quality gate and retention", GateConfig), ("kubernetes", KubeConfig)]
+    return [
+        ("training", TrainConfig),
+        ("quality gate and retention", GateConfig),
+        ("kubernetes", KubeConfig),
+        ("retrain policy", RetrainConfig),
+    ]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,11 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..cli import setup_logging
 
-    cfg, gate_cfg, kube_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
+    cfg, gate_cfg, kube_cfg, retrain_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
     setup_logging(cfg.log_level)
     from ..pipeline import run as run_pipeline
 
-    result = run_pipeline(cfg, gate_cfg, kube_cfg)
+    result = run_pipeline(cfg, gate_cfg, kube_cfg, retrain_cfg)
     print(summary(result))
     return 0
 
@@ -46,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 def summary(result) -> str:  # noqa: ANN001 -- RunResult, imported lazily with TensorFlow
     if "worker" in result.report:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
         return f"worker {result.report['worker']}: trained version {result.version} in sync; worker 0 publishes it"
+    if "skipped" in result.report:  # the retrain policy found nothing new to learn
+        return f"served:         {result.version or '-'}\nskipped:        {result.report['skipped']}"
     m = result.metrics
     lines = [
         f"version:        {result.version}",

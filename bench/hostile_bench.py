@@ -1,0 +1,280 @@
+"""Hostile input against leaf-serve, before and after issue #10, side by side in one run.
+
+Run: ``.venv/bin/python bench/hostile_bench.py [--baseline COMMIT]`` (about 5 minutes on 2 cores).
+The baseline (default ``cf8bcd5``, main before the hardening) is checked out into a temporary git
+worktree and served from there with the same interpreter and packages; "after" is this work tree.
+Both serve the same tiny 64x64 model with default settings (the only options set are the model,
+the port, CPU and hot reload off), as the issue's review did.
+
+Scenarios, each against a fresh server process:
+
+* ``png_rgba``: two concurrent uploads of a 6300x6300 RGBA PNG of one colour (~170 KB each).
+* ``png_rgb``: the same as RGB (accepted by both: 39.7 MP).
+* ``png_rgba_accepted``: two concurrent 3800x3800 RGBA PNGs, near the largest RGBA the new decode
+  budget (192 MiB) admits.
+* ``many_images``: one binary v2 request carrying 420 images of 64x64.
+* ``stalled``: 30 connections that send 60% of a 15 MiB body and stop, and 5 that send half their
+  headers; seconds until the server closed each (75 s cap).
+* ``fuzz``: tests/serve/test_serve_fuzz.py aimed at the server (``LEAF_FUZZ_URL``), counting every
+  case (``LEAF_FUZZ_COUNT_ONLY``); 5xx answers and ERROR/traceback lines in the server's log.
+
+Memory: the server's resident set before (after one warm-up request), its peak during the scenario
+(``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``) and 2 s after the last answer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+from _serve_models import publish, tiny_onnx  # noqa: E402
+
+SIZE = (64, 64)
+STALL_CAP = 75.0
+
+
+def png(mode: str, side: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (side, side), (40, 160, 40, 255)[: len(mode)] if mode != "L" else 120).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) // 1024  # MiB
+    raise RuntimeError(field)
+
+
+class Server:
+    """A leaf-serve process from ``source`` (its serve/ and job/ folders first on sys.path)."""
+
+    def __init__(self, source: Path, model: str):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
+        env.update(PYTHONPATH=f"{source / 'serve'}:{source / 'job'}", LEAF_SERVE_MODEL=model)
+        env.update(LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu")
+        env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT="0")
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; read by output()
+        self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"leaf-serve from {source} exited: {self.output()[-2000:]}")
+            try:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("not ready in 60 s")
+            time.sleep(0.05)
+        imported = subprocess.run(
+            [sys.executable, "-c", "import leaf_serve; print(leaf_serve.__file__)"],
+            env=env, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert imported.startswith(str(source)), f"expected leaf_serve from {source}; Python imports {imported}"
+
+    def output(self) -> str:
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def warm(self) -> int:
+        httpx.post(self.url + "/classify", content=png("RGB", 64), timeout=30)
+        time.sleep(0.5)
+        return status(self.proc.pid, "VmRSS")
+
+    def reset_peak(self) -> None:
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def memory_scenario(server: Server, send) -> dict:  # noqa: ANN001 - a callable doing the requests
+    base = server.warm()
+    server.reset_peak()
+    statuses = send()
+    peak = status(server.proc.pid, "VmHWM")
+    time.sleep(2)
+    after = status(server.proc.pid, "VmRSS")
+    return {"status": statuses, "rss_mib": base, "peak_growth_mib": peak - base, "after_growth_mib": after - base}
+
+
+def concurrent(url: str, body: bytes, n: int = 2) -> list[int]:
+    codes: list[int] = []
+
+    def post() -> None:
+        codes.append(httpx.post(url + "/classify", content=body, timeout=120).status_code)
+
+    threads = [threading.Thread(target=post) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sorted(codes)
+
+
+def many_images(url: str) -> list[int]:
+    batch = np.zeros((420, *SIZE, 3), dtype="<f4")
+    blob = batch.tobytes()
+    tensor = {
+        "name": "image",
+        "shape": list(batch.shape),
+        "datatype": "FP32",
+        "parameters": {"binary_data_size": len(blob)},
+    }
+    header = json.dumps({"inputs": [tensor]}).encode()
+    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
+    return [httpx.post(url + "/v2/models/tiny/infer", content=header + blob, headers=headers, timeout=120).status_code]
+
+
+def stalled(server: Server) -> dict:
+    """Seconds until each stalled connection was closed by the server (STALL_CAP = never, within the cap)."""
+    body_len = 15 * 1024 * 1024
+    socks: list[tuple[str, socket.socket, float]] = []
+    base = server.warm()
+    server.reset_peak()
+    for _ in range(30):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n".encode())
+        with contextlib.suppress(OSError):  # refused mid-body (503) and closed: counted as closed below
+            s.sendall(b"\0" * int(body_len * 0.6))
+        socks.append(("body", s, time.monotonic()))
+    for _ in range(5):
+        s = socket.create_connection(("127.0.0.1", server.port))
+        s.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Ty")
+        socks.append(("headers", s, time.monotonic()))
+    closed: dict[str, list[float]] = {"body": [], "headers": []}
+    for s in (s for _, s, _ in socks):
+        s.settimeout(0.2)
+    pending = list(socks)
+    while pending and time.monotonic() - min(t for _, _, t in pending) < STALL_CAP:
+        still = []
+        for kind, s, t in pending:
+            try:
+                gone = s.recv(65536) == b""
+            except TimeoutError:
+                gone = False
+            except OSError:
+                gone = True
+            if gone:
+                closed[kind].append(round(time.monotonic() - t, 1))
+                s.close()
+            else:
+                still.append((kind, s, t))
+        pending = still
+    for kind, s, _ in pending:
+        closed[kind].append(STALL_CAP)
+        s.close()
+    peak = status(server.proc.pid, "VmHWM")
+    return {
+        "body_closed_s": {"max": max(closed["body"]), "median": float(np.median(closed["body"]))},
+        "headers_closed_s": {"max": max(closed["headers"]), "median": float(np.median(closed["headers"]))},
+        "still_open_at_cap": len(pending),
+        "peak_growth_mib": peak - base,
+    }
+
+
+def fuzz(server: Server) -> dict:
+    with tempfile.NamedTemporaryFile(suffix=".json") as report:
+        env = {**os.environ, "LEAF_FUZZ_URL": server.url, "LEAF_FUZZ_REPORT": report.name, "LEAF_FUZZ_COUNT_ONLY": "1"}
+        test = str(ROOT / "tests/serve/test_serve_fuzz.py")
+        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "not finds_a_5xx"]
+        subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
+        rows = json.loads(Path(report.name).read_text() or "[]")
+    log = server.output()
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[str(r["status"])] = by_status.get(str(r["status"]), 0) + r["count"]
+    return {
+        "cases": sum(r["count"] for r in rows),
+        "by_status": dict(sorted(by_status.items())),
+        "5xx": sum(r["count"] for r in rows if r["status"] >= 500),
+        "5xx_by_kind": {r["kind"]: r["count"] for r in rows if r["status"] >= 500},
+        "tracebacks_logged": log.count("Traceback (most recent call last)"),
+        "error_lines_logged": sum(" ERROR " in line for line in log.splitlines()),
+    }
+
+
+def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> dict:
+    images = {"png_rgba": png("RGBA", 6300), "png_rgb": png("RGB", 6300), "png_rgba_accepted": png("RGBA", 3800)}
+    results: dict[str, dict] = {}
+    for name in scenarios:
+        server = Server(source, fuzz_model if name == "fuzz" else model)  # fuzz: the tests' model, "leaf" 32x32
+        url = server.url
+        try:
+            if name in images:
+                body = images[name]
+                results[name] = memory_scenario(server, lambda: concurrent(url, body))  # noqa: B023 - called at once
+                results[name]["upload_kib"] = len(body) // 1024
+            elif name == "many_images":
+                results[name] = memory_scenario(server, lambda: many_images(url))  # noqa: B023 - called at once
+            elif name == "stalled":
+                results[name] = stalled(server)
+            elif name == "fuzz":
+                results[name] = fuzz(server)
+        finally:
+            server.stop()
+        print(f"  {source.name or source}: {name}: {json.dumps(results[name])}", flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", default="cf8bcd5", help="commit to compare with (main before issue #10)")
+    parser.add_argument(
+        "--scenarios", default="png_rgba,png_rgb,png_rgba_accepted,many_images,stalled,fuzz", help="comma-separated"
+    )
+    parser.add_argument("--out", default="", help="write the results as JSON here too")
+    args = parser.parse_args()
+    scenarios = args.scenarios.split(",")
+    with tempfile.TemporaryDirectory() as tmp:
+        model = publish(Path(tmp) / "models", "tiny", tiny_onnx(SIZE), SIZE, 3)
+        fuzz_model = publish(Path(tmp) / "models", "leaf", tiny_onnx((32, 32)), (32, 32), 3)
+        baseline = Path(tmp) / "baseline"
+        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=ROOT, check=True,
+                       capture_output=True)  # fmt: skip
+        try:
+            print(f"before ({args.baseline}):")
+            before = run_all(baseline, model, fuzz_model, scenarios)
+            print("after (this work tree):")
+            after = run_all(ROOT, model, fuzz_model, scenarios)
+        finally:
+            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False)
+    result = {"baseline": args.baseline, "before": before, "after": after}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

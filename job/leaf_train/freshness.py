@@ -1,0 +1,268 @@
+"""The retrain policy: does this run have anything new to learn? Decided from the listing, before any download.
+
+A scheduled retrain on an unchanged bucket burns a GPU node to publish a near-copy of the served
+model. So, once the photos are listed and before one of them is downloaded, the job compares
+three things with the **served** version (``latest.json``):
+
+* **photos**: every image's key, ETag and size in the listing against the served version's
+  ``dataset.json`` (the usable photos it trained on and the unusable ones it skipped). Keys carry
+  the class folder, so a photo moved to another class is a change; the dataset URI is not compared
+  (the same keys with the same ETags are the same labelled photos, wherever the bucket lives).
+* **training options** that shape the weights or the published files (:data:`SHAPING_OPTIONS`)
+  against ``model.json``'s ``training`` block. Not compared: ``deterministic``, ``mixed_precision``,
+  ``jit_compile`` and ``workers`` (speed and rounding of the same optimisation; the batch is global),
+  and the gate's thresholds (they judge a model, they do not shape it: a version they rejected can
+  be promoted by hand).
+* **code**: the SHA-256 of the training code's source and the versions of the packages that
+  shape a model's numbers (``provenance.code`` and ``provenance.packages``). The content, because
+  ``__version__`` is not bumped with every change: a new image retrains once.
+
+The run is skipped only when the options and code are equal and fewer than ``min_new_images``
+photos were added, changed or removed. Anything that cannot be compared (nothing served, a served
+version without these records, an unreadable ``dataset.json``) means: train.
+
+Whether the check runs at all: ``--skip-if-unchanged on|off``, or ``auto`` = on for runs the
+schedule started. The chart sets ``LEAF_TRAIN_RUN_TRIGGER=scheduled`` on the CronJob's pod template
+(every pod of the Job sees it, no API call needed, and every worker of a multi-worker run decides
+alike); ``leaf-train submit`` sets ``manual`` on the Job it creates, and ``submit --force`` also sets
+``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``. ``kubectl create job --from=cronjob/...`` copies the pod
+template as it is, so such a run counts as scheduled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from leaf_common.config import option
+from leaf_common.contract import CONTRACT_FILE
+from leaf_common.registry import VERSIONS_DIR, RegistryError, read_manifest
+from leaf_common.storage import NotFound
+
+from . import provenance
+from .config import TrainConfig
+from .dataset import DatasetIndex
+from .errors import ConfigurationError
+from .registry import ModelRegistry
+
+log = logging.getLogger(__name__)
+
+DATASET_FILE = "dataset.json"
+SCHEDULED, MANUAL = "scheduled", "manual"
+
+# Training options that shape the weights (data selection and split, architecture, optimisation,
+# augmentation, seed) or the published files (opset, the FP16 and INT8 copies). A change of any one retrains.
+SHAPING_OPTIONS = (
+    "val_fraction",
+    "max_pixels",
+    "image_size",
+    "weights",
+    "fine_tune_from",
+    "dense_units",
+    "batch_size",
+    "head_epochs",
+    "finetune_epochs",
+    "head_lr",
+    "finetune_lr",
+    "lr_scaling",
+    "early_stopping_patience",
+    "augment",
+    "rotation",
+    "shift",
+    "shear",
+    "zoom",
+    "flip",
+    "seed",
+    "opset",
+    "export_fp16",
+    "export_int8",
+    "int8_max_accuracy_drop",
+    "int8_calibration_images",
+)
+# Recorded in model.json for people, not compared: how fast and with which rounding, not what is learned.
+RECORDED_ONLY = ("deterministic", "mixed_precision", "jit_compile", "workers")
+# Differences named in a reason; the count is always complete.
+_MAX_NAMED = 5
+
+
+@dataclass
+class RetrainConfig:
+    """When a run skips itself; every field is ``--flag`` or ``LEAF_TRAIN_<FIELD>``."""
+
+    skip_if_unchanged: str = option(
+        "auto",
+        "Skip the run (exit 0, before downloading any photo) when the photos, the training options and the code "
+        "equal the served version's: auto (on for scheduled runs), on, off",
+        choices=("auto", "on", "off"),
+    )
+    min_new_images: int = option(
+        1, "With the skip on: train only once at least this many photos were added, changed or removed"
+    )
+    run_trigger: str = option(
+        MANUAL,
+        "What started this run: scheduled (the chart sets it on the CronJob's pods) or manual",
+        choices=(MANUAL, SCHEDULED),
+    )
+
+    def validate(self) -> None:
+        if self.min_new_images < 1:
+            raise ConfigurationError(f"--min-new-images: expected >= 1; received {self.min_new_images}")
+
+
+def training_record(cfg: TrainConfig) -> dict[str, Any]:
+    """``model.json``'s ``training`` block: the options compared by the retrain policy, then the recorded ones."""
+    return {name: getattr(cfg, name) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
+
+
+@dataclass(frozen=True)
+class PhotoChanges:
+    """How the listing differs from a version's ``dataset.json``; keys sorted."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)  # same key, other ETag or size: the photo was rewritten
+    removed: list[str] = field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        return len(self.added) + len(self.changed) + len(self.removed)
+
+    def describe(self) -> str:
+        parts = [f"{len(keys)} {what}" for what, keys in self.items() if keys]
+        example = next((f"{what}: {keys[0]}" for what, keys in self.items() if keys), "")
+        return f"{', '.join(parts) or 'no'} photo(s)" + (f" (e.g. {example})" if example else "")
+
+    def items(self) -> list[tuple[str, list[str]]]:
+        return [("added", self.added), ("changed", self.changed), ("removed", self.removed)]
+
+
+def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoChanges:
+    """The listing against ``dataset.json``: photos added, rewritten (other ETag or size) and removed.
+
+    Raises:
+        ValueError: ``dataset`` lacks the image records (key, etag, size) every version writes.
+    """
+    try:
+        records = [*dataset["images"], *dataset.get("unusable", [])]
+        before = {str(r["key"]): (str(r["etag"]), int(r["size"])) for r in records}
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{DATASET_FILE}: expected images with key, etag and size ({type(e).__name__}: {e})") from e
+    now = {it.key: (it.etag, it.size) for it in listed.items}
+    return PhotoChanges(
+        added=sorted(now.keys() - before.keys()),
+        changed=sorted(k for k in now.keys() & before.keys() if now[k] != before[k]),
+        removed=sorted(before.keys() - now.keys()),
+    )
+
+
+def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[str]:
+    """Shaping options whose value differs from (or is missing in) ``model.json``'s ``training`` block."""
+    recorded, now = contract.get("training") or {}, training_record(cfg)
+    diffs = []
+    for name in SHAPING_OPTIONS:
+        if name not in recorded:
+            diffs.append(f"{name} (not recorded by the served version)")
+        elif recorded[name] != now[name]:
+            diffs.append(f"{name} {recorded[name]!r} -> {now[name]!r}")
+    return diffs
+
+
+def code_differences(contract: Mapping[str, Any]) -> list[str]:
+    """The training code's digest and the numeric packages' versions, against ``model.json``'s ``provenance``."""
+    recorded = contract.get("provenance") or {}
+    code = recorded.get("code") or {}
+    diffs = []
+    now = provenance.code_record()
+    if code.get("sha256") != now["sha256"]:
+        was = code.get("sha256", "")[:12] or "not recorded"
+        diffs.append(f"training code sha256 {was} -> {now['sha256'][:12]}")
+    before = recorded.get("packages") or {}
+    for name, version in provenance.package_versions().items():
+        if before.get(name) != version:
+            diffs.append(f"{name} {before.get(name) or 'not recorded'} -> {version or 'absent'}")
+    return diffs
+
+
+@dataclass(frozen=True)
+class RetrainDecision:
+    """Whether this run trains; ``reason`` is the log line, the Event and the Job annotation."""
+
+    skip: bool
+    reason: str
+    served_version: str | None = None
+
+
+def check_enabled(cfg: RetrainConfig) -> tuple[bool, str]:
+    """Whether the skip check runs, and why (for the log)."""
+    if cfg.skip_if_unchanged != "auto":
+        return cfg.skip_if_unchanged == "on", f"skip_if_unchanged={cfg.skip_if_unchanged}"
+    return cfg.run_trigger == SCHEDULED, f"skip_if_unchanged=auto and a {cfg.run_trigger} run"
+
+
+def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[str, Any]] | str:
+    """``(version, model.json, dataset.json)`` of the served version, checked against its manifest; else why not."""
+    found = registry.pointer()
+    if found is None:
+        return "nothing is served yet"
+    version = found[0].version
+    vstore = registry.store.child(f"{VERSIONS_DIR}/{version}")
+    try:
+        manifest = read_manifest(vstore)
+        if manifest is None:
+            raise RegistryError("it has no manifest")
+        parsed = []
+        for name in (CONTRACT_FILE, DATASET_FILE):
+            data = vstore.get(name)
+            manifest.check(name, data)
+            parsed.append(json.loads(data))
+    except (NotFound, RegistryError, ValueError) as e:
+        return f"the served version {version} cannot be compared: {e}"
+    contract, dataset = parsed
+    if not isinstance(contract, dict) or not isinstance(dataset, dict):
+        return f"the served version {version} cannot be compared: expected JSON objects in its records"
+    return version, contract, dataset
+
+
+def decide(
+    cfg: RetrainConfig, train_cfg: TrainConfig, listed: DatasetIndex, registry: ModelRegistry
+) -> RetrainDecision:
+    """Skip or train, from the listing and the served version's records; no photo is downloaded.
+
+    Args:
+        cfg: the retrain policy.
+        train_cfg: this run's training options (compared with the served version's).
+        listed: this run's listing (``dataset.discover``): keys, ETags and sizes.
+        registry: where the served version is.
+    """
+    enabled, why = check_enabled(cfg)
+    if not enabled:
+        return RetrainDecision(False, f"training without comparing with the served version ({why})")
+    served = _served_records(registry)
+    if isinstance(served, str):
+        return RetrainDecision(False, f"training: {served}")
+    version, contract, dataset = served
+    differences = option_differences(train_cfg, contract) + code_differences(contract)
+    if differences:
+        named = ", ".join(differences[:_MAX_NAMED]) + (" ..." if len(differences) > _MAX_NAMED else "")
+        return RetrainDecision(
+            False, f"training: {len(differences)} option/code difference(s) from {version}: {named}", version
+        )
+    try:
+        changes = compare_photos(listed, dataset)
+    except ValueError as e:
+        return RetrainDecision(False, f"training: the served version {version} cannot be compared: {e}", version)
+    if changes.count >= cfg.min_new_images:
+        return RetrainDecision(False, f"training: {changes.describe()} since {version}", version)
+    if changes.count == 0:
+        reason = (
+            f"the {len(listed.items)} photos, the training options and the code are those of the served version "
+            f"{version}: nothing new to learn ({why})"
+        )
+    else:
+        reason = (
+            f"only {changes.describe()} since the served version {version}, fewer than "
+            f"min_new_images={cfg.min_new_images}; options and code unchanged ({why})"
+        )
+    return RetrainDecision(True, f"{reason}; to train anyway: leaf-train submit --force", version)

@@ -1,0 +1,175 @@
+"""HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a stalled body.
+
+uvicorn closes a keep-alive connection that sends nothing, but a client that sends half its
+headers, or 60% of a body and then nothing, keeps its connection (and the partial body) forever.
+Here the headers of each request must arrive within ``header_timeout`` (a total: one byte every
+few seconds does not extend it), and a body may not go ``body_timeout`` without a byte (a pause,
+not a rate: a slow phone on a rural link still uploads). While uvicorn itself has paused reading
+(the app has not consumed what arrived), the body clock does not run.
+
+Both of uvicorn's HTTP/1.1 implementations get the deadlines: httptools (its C parser, used when
+installed: the serve extras install it, ~2x the requests per second of h11 on the tiny model) and
+h11 (pure Python, the fallback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from .metrics import ServeMetrics
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_PARSER_ERROR = (
+    b'{"error": "expected a well-formed HTTP/1.1 request; received bytes the HTTP parser rejected '
+    b'(request line, header names and values, or body framing)"}'
+)
+
+
+class _Deadlines:
+    """The timer shared by both protocol flavours: one deadline at a time, for headers or for the body."""
+
+    header_timeout = 30.0
+    body_timeout = 30.0
+    metrics: ServeMetrics | None = None
+    # Provided by uvicorn's protocol classes:
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    flow: Any
+    client: tuple[str, int] | None
+    cycle: Any
+
+    def _start_deadlines(self) -> None:
+        self._timer: asyncio.TimerHandle | None = None
+        self._waiting_for: str | None = None
+        self._arm("headers", self.header_timeout)  # a connection that never sends a request is closed too
+
+    def _arm(self, what: str, seconds: float) -> None:
+        self._disarm()
+        self._waiting_for = what
+        self._timer = self.loop.call_later(seconds, self._expired, what, seconds)
+
+    def _disarm(self) -> None:
+        if getattr(self, "_timer", None) is not None:
+            self._timer.cancel()
+        self._timer, self._waiting_for = None, None
+
+    def _expired(self, what: str, seconds: float) -> None:
+        self._timer = None
+        if self.transport.is_closing():
+            return
+        if what == "body" and self.flow.read_paused:
+            self._arm(what, seconds)  # we stopped reading, not the client: wait for the app to catch up
+            return
+        client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
+        log.info("closing connection from %s: no complete request %s within %g s", client, what, seconds)
+        if self.metrics is not None:
+            self.metrics.connections_closed.labels(f"{what}_timeout").inc()
+        if what == "headers" and (self.cycle is None or self.cycle.response_complete):
+            self.transport.write(_TIMEOUT_RESPONSE)  # nothing was answered on it yet: say why before closing
+        self.transport.close()  # an app still reading the body sees a disconnect
+
+    def send_400_response(self, msg: str) -> None:
+        """The HTTP parser refused the bytes (bad header value, broken framing): answer like every refusal, in JSON."""
+        log.warning("HTTP parser refused a request from %s: %s", self.client[0] if self.client else "client", msg)
+        if self.metrics is not None:
+            self.metrics.requests.labels("http_parser", "client_error").inc()
+        body = _PARSER_ERROR
+        head = f"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
+        self.transport.close()
+
+
+def _httptools_protocol() -> type | None:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # httptools not installed: h11 only
+        return None
+
+    class DeadlineHttpToolsProtocol(_Deadlines, HttpToolsProtocol):
+        """httptools calls back at each stage of a request: the deadlines follow those calls."""
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._start_deadlines()
+
+        def on_message_begin(self) -> None:
+            super().on_message_begin()
+            if self._waiting_for != "headers":  # the first byte of the next request on a kept-alive connection
+                self._arm("headers", self.header_timeout)
+
+        def on_headers_complete(self) -> None:
+            super().on_headers_complete()
+            self._arm("body", self.body_timeout)  # disarmed at once by on_message_complete when there is none
+
+        def on_body(self, body: bytes) -> None:
+            super().on_body(body)
+            self._arm("body", self.body_timeout)  # re-armed on every chunk: a stall, not a slow upload
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self._disarm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return DeadlineHttpToolsProtocol
+
+
+class DeadlineH11Protocol(_Deadlines, H11Protocol):
+    """h11 exposes where the client is in its request as a state: the deadlines follow that state."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_deadlines()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _follow(self) -> None:
+        if self.transport.is_closing():
+            self._disarm()
+            return
+        state = self.conn.their_state
+        if state is h11.SEND_BODY:
+            self._arm("body", self.body_timeout)
+        elif state is h11.IDLE and self.conn.trailing_data[0]:
+            if self._waiting_for != "headers":  # part of the next request's headers: a total, never extended
+                self._arm("headers", self.header_timeout)
+        elif state is h11.IDLE and self._waiting_for == "headers" and self.cycle is None:
+            pass  # a new connection that has sent nothing yet keeps its first deadline
+        else:
+            self._disarm()  # request complete, or idle between requests (uvicorn's keep-alive timeout)
+
+
+def protocol_class(
+    header_timeout: float, body_timeout: float, metrics: ServeMetrics | None, implementation: str = "auto"
+) -> type[Any]:
+    """A protocol class with these deadlines, for ``uvicorn.Config(http=...)``.
+
+    Args:
+        implementation: ``auto`` (httptools when installed, else h11), ``httptools`` or ``h11``.
+    """
+    base = _httptools_protocol() if implementation in ("auto", "httptools") else None
+    if base is None:
+        if implementation == "httptools":
+            raise RuntimeError("http implementation: expected httptools to be installed; it is not")
+        base = DeadlineH11Protocol
+    attrs = {"header_timeout": header_timeout, "body_timeout": body_timeout, "metrics": metrics}
+    return type(f"Configured{base.__name__}", (base,), attrs)

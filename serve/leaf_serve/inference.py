@@ -1,0 +1,113 @@
+"""What an Open Inference Protocol v2 request does, whatever carried it (REST JSON, REST binary, gRPC).
+
+The transports (``rest``, ``grpc_v2.service``) turn their bytes into a :class:`codecs.InferRequest`;
+everything from there is here, once: the tensor checked against the contract before any data is
+converted, the batch-size limit, NaN refusal, the dynamic batcher, and the outputs asked for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+
+from . import codecs
+from .errors import BadRequest
+from .repository import ServedModel
+
+EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
+
+
+def server_version() -> str:
+    try:
+        return version("leaf-train")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+# Runs a blocking function off the event loop (the server's decode pool).
+OffLoop = Callable[..., Awaitable[Any]]
+Outputs = list[tuple[str, np.ndarray, bool]]
+
+
+def check_input(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int) -> codecs.InputTensor:
+    """The request's one tensor, checked against the contract (name, datatype, shape, batch size); data untouched."""
+    c = served.contract
+    names = [t.name for t in parsed.inputs]
+    if names != [c.input.name]:
+        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}")
+    tensor = parsed.inputs[0]
+    datatype = codecs.datatype_of(served.model.input_dtype)
+    if tensor.datatype != datatype:
+        raise BadRequest(f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}")
+    h, w = c.image_size
+    if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [h, w, 3] or tensor.shape[0] < 1:
+        raise BadRequest(
+            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received {list(tensor.shape)}"
+        )
+    if tensor.shape[0] > max_batch_size:
+        # Like Triton: one request is at most one batch, so no client can hold the model for everyone else.
+        raise BadRequest(
+            f"input {c.input.name!r}: expected at most {max_batch_size} images per request (max_batch_size); "
+            f"received {tensor.shape[0]}"
+        )
+    return tensor
+
+
+def materialize(tensor: codecs.InputTensor) -> np.ndarray:
+    """The tensor's values, refusing NaN and infinities (they come back as NaN probabilities)."""
+    array = tensor.to_array()
+    if array.dtype.kind == "f":
+        bad = int(array.size - np.count_nonzero(np.isfinite(array)))
+        if bad:
+            raise BadRequest(f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite")
+    return array
+
+
+def select_outputs(parsed: codecs.InferRequest, served: ServedModel, probs: np.ndarray) -> Outputs:
+    """``(name, array, binary)`` for each output the request asked for (all of them when it named none)."""
+    name = served.contract.output.name
+    if parsed.outputs is None:
+        return [(name, probs, parsed.binary_output)]
+    unknown = sorted(set(parsed.outputs) - {name})
+    if unknown:
+        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown}")
+    if name not in parsed.outputs:
+        return []  # "outputs": [] asks for none
+    flag = parsed.outputs[name]
+    return [(name, probs, parsed.binary_output if flag is None else flag)]
+
+
+async def infer(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int, off_loop: OffLoop) -> Outputs:
+    """Run one parsed request through the served model's batcher; returns the outputs to send."""
+    tensor = check_input(parsed, served, max_batch_size)
+    # Raw bytes are one frombuffer (cheap, stay on the loop); JSON lists are converted in a worker.
+    batch = materialize(tensor) if tensor.raw is not None else await off_loop(materialize, tensor)
+    probs = await served.batcher.submit(batch)
+    return select_outputs(parsed, served, probs)
+
+
+def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
+    """The v2 model metadata (both transports send this, REST as JSON, gRPC as its message)."""
+    c = served.contract
+    h, w = c.image_size
+    return {
+        "name": c.name,
+        "versions": [served.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": [
+            {"name": c.input.name, "datatype": codecs.datatype_of(served.model.input_dtype), "shape": [-1, h, w, 3]}
+        ],
+        "outputs": [{"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]}],
+        "parameters": {
+            "execution_provider": served.model.provider,
+            "padded_batch_size": served.model.pad_to,
+            "labels": c.labels,
+            "image_size": [h, w],
+            "max_batch_size": max_batch_size,
+            "input_range": list(c.input_range),
+            "model_file": served.model.model_file,
+        },
+    }

@@ -1,0 +1,126 @@
+"""The pages for people: the diagnosis page (``/``), the model card (``/model``) and their files.
+
+The HTML, script and styles ship inside the package (``leaf_serve/ui/``, package data) and are
+read once at start-up: no build step, nothing from a CDN, and an air-gapped cluster serves the
+same page. The pages only call the server's own JSON endpoints (``/classify``, ``/feedback``,
+``/model/card.json``), so everything they show is also reachable by a script.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Awaitable, Callable
+from importlib.resources import files
+
+from leaf_common.labels import readable_label
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .card import FIGURES, card_json
+from .errors import NotFound
+from .repository import ModelRepository
+from .settings import ServeConfig
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+_TYPES = {
+    ".html": "text/html; charset=utf-8",
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+}
+PAGES = ("index.html", "card.html", "review.html")
+ASSETS = (*PAGES, "app.js", "card.js", "review.js", "common.js", "style.css", "icon.svg")
+# The pages show text that came from outside (labels typed in review, file names): the scripts only ever
+# set textContent, and this policy forbids inline script and every other origin in case one day they don't.
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class Asset:
+    """One packaged file, with the ETag browsers revalidate it by (a new image version, a new ETag)."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.body = (files("leaf_serve") / "ui" / name).read_bytes()
+        self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
+        self.media_type = _TYPES[name[name.rindex(".") :]]
+
+    def response(self, request: Request) -> Response:
+        headers = {"ETag": self.etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
+        if request.headers.get("if-none-match") == self.etag:
+            return Response(status_code=304, headers=headers)
+        return Response(self.body, media_type=self.media_type, headers=headers)
+
+
+def load_assets() -> dict[str, Asset]:
+    return {name: Asset(name) for name in ASSETS}
+
+
+class Pages:
+    """The page routes, bound to the repository (for the card) and the config (for the page's settings)."""
+
+    def __init__(self, repo: ModelRepository, config: ServeConfig, assets: dict[str, Asset]):
+        self.repo = repo
+        self.config = config
+        self.assets = assets
+
+    def table(self) -> list[tuple[str, Handler, str, str]]:
+        """(path, handler, verb, metrics endpoint) of every page route."""
+        return [
+            ("/", self.index, "GET", "page"),
+            ("/ui/settings.json", self.settings, "GET", "page"),
+            ("/ui/{name}", self.asset, "GET", "page"),
+            ("/model", self.card_page, "GET", "model_card"),
+            ("/model/card.json", self.card, "GET", "model_card"),
+            ("/model/{figure}", self.figure, "GET", "model_card"),
+        ]
+
+    async def index(self, request: Request) -> Response:
+        return self.assets["index.html"].response(request)
+
+    async def card_page(self, request: Request) -> Response:
+        return self.assets["card.html"].response(request)
+
+    async def asset(self, request: Request) -> Response:
+        name = request.path_params["name"]
+        found = self.assets.get(name)
+        if found is None or name.endswith(".html"):
+            raise NotFound(f"/ui/{name:.60}: expected one of {', '.join(a for a in ASSETS if not a.endswith('.html'))}")
+        return found.response(request)
+
+    async def settings(self, request: Request) -> Response:
+        """What the page needs to know about this server (which buttons to show, where "not sure" starts)."""
+        served = self.repo.require()
+        return JSONResponse(
+            {
+                "model": served.name,
+                "version": served.version,
+                "confidence_threshold": self.config.confidence_threshold,
+                "top_k": self.config.top_k,
+                "capture": self.config.capture,
+                "labels": [{"label": label, "display": readable_label(label)} for label in served.contract.labels],
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def card(self, request: Request) -> Response:
+        served = self.repo.require()
+        since = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(timespec="seconds")
+        body = card_json(served.contract, served.card, served_since=since, provider=served.model.provider)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
+
+    async def figure(self, request: Request) -> Response:
+        served = self.repo.require()
+        name = request.path_params["figure"]
+        data = served.card.figures.get(name)
+        if data is None:
+            expected = ", ".join(FIGURES.values())
+            raise NotFound(f"/model/{name:.60}: expected one of {expected} published with version {served.version}")
+        # no-cache: the URL stays the same when hot reload serves a new version with new figures.
+        return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})

@@ -1,0 +1,181 @@
+"""``/review``: the inbox as a grid, and the two decisions a reviewer makes about each photo.
+
+Off unless a review token is configured (``--review-token-file``, a mounted Secret). Every
+request, the page itself included, must carry the token: ``Authorization: Bearer <token>`` from
+scripts, or Basic auth from a browser (any user name, the token as password), which the browser
+asks for once and then sends with the page's own API calls and photos. Anything else is a 401.
+
+Accepting copies the photo into ``<data>/<class>/<id>.<ext>`` with a conditional write and then
+removes it from the inbox; "not a leaf" deletes it (:class:`leaf_common.inbox.Inbox`). Every
+POST must be ``application/json``: a form on another site cannot send that without a CORS
+preflight, which this server never grants, so a browser holding the token cannot be made to
+review by someone else's page.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from leaf_common.inbox import Inbox, InboxError, InvalidName, ItemNotFound, ReviewConflict
+from leaf_common.labels import readable_label
+from leaf_common.storage import PreconditionFailed, Store, StoreError, StoreUnavailable
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from .errors import BadRequest, Conflict, NotFound, ServeError, Unauthorized, UnsupportedMediaType
+from .pages import SECURITY_HEADERS, Asset
+from .repository import ModelRepository
+from .rest import read_body
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+MAX_ITEMS = 200  # photos per page of the grid: a review session, not an export
+_MAX_ACTION_BYTES = 4096
+
+
+def _token_of(authorization: str) -> bytes | None:
+    """The token in a Bearer or Basic ``Authorization`` header (Basic: the password), else ``None``."""
+    scheme, _, value = authorization.partition(" ")
+    scheme, value = scheme.lower(), value.strip()
+    if scheme == "bearer" and value:
+        return value.encode("latin-1")
+    if scheme == "basic":
+        try:
+            decoded = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        return decoded.partition(b":")[2] or None
+    return None
+
+
+class ReviewApi:
+    """The review routes over one inbox and one data prefix; without a token every route is a 404 (off)."""
+
+    def __init__(self, repo: ModelRepository, assets: dict[str, Asset], token: str = "", stores: tuple | None = None):
+        """``stores``: ``(Inbox, data Store)``, required with a token."""
+        self.repo = repo
+        self._token = token.encode()
+        if token and stores is None:
+            raise ValueError("review: a token without an inbox and a data prefix")
+        self.inbox: Inbox
+        self.data: Store
+        if stores is not None:
+            self.inbox, self.data = stores
+        self.page = assets["review.html"]
+
+    def table(self) -> list[tuple[str, Handler, str, str]]:
+        item = "/review/items/{capture_id}"
+        return [
+            ("/review", self._guard(self.grid), "GET", "review"),
+            ("/review/items", self._guard(self.items), "GET", "review"),
+            (f"{item}/photo", self._guard(self.photo), "GET", "review"),
+            (f"{item}/accept", self._guard(self.accept), "POST", "review"),
+            (f"{item}/reject", self._guard(self.reject), "POST", "review"),
+        ]
+
+    def _guard(self, fn: Handler) -> Handler:
+        async def guarded(request: Request) -> Response:
+            self._authorize(request)
+            try:
+                return await fn(request)
+            except ItemNotFound as e:
+                raise NotFound(str(e)) from e
+            except (ReviewConflict, PreconditionFailed) as e:
+                raise Conflict(str(e)) from e
+            except InvalidName as e:
+                raise BadRequest(str(e)) from e
+            except InboxError as e:  # a damaged record: the inbox holds something review cannot use
+                raise Conflict(str(e)) from e
+            except StoreUnavailable as e:  # may pass: the reviewer tries again
+                raise ServeError(f"review: the store is unavailable: {e}", 503) from e
+            except StoreError as e:  # e.g. access denied: the deployment's credentials, not the request
+                raise ServeError(f"review: the store refused: {e}", 500) from e
+
+        return guarded
+
+    def _authorize(self, request: Request) -> None:
+        if not self._token:
+            raise NotFound("review is off on this server: expected --review-token-file (a mounted Secret) and --data")
+        given = _token_of(request.headers.get("authorization", ""))
+        if given is None:
+            raise Unauthorized(
+                "review: expected the review token (Authorization: Bearer, or Basic with it as password)"
+            )
+        if not hmac.compare_digest(given, self._token):
+            raise Unauthorized("review: the token received is not the review token")
+
+    async def grid(self, request: Request) -> Response:
+        return self.page.response(request)
+
+    async def items(self, request: Request) -> Response:
+        records = await asyncio.to_thread(self.inbox.list, MAX_ITEMS)
+        labels = self.repo.require().contract.labels
+        return JSONResponse(
+            {
+                "inbox": self.inbox.uri,
+                "data": self.data.uri,
+                "labels": [{"label": label, "display": readable_label(label)} for label in labels],
+                "items": [_item(r) for r in records],
+                "limit": MAX_ITEMS,
+            },
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def photo(self, request: Request) -> Response:
+        record, data = await asyncio.to_thread(self.inbox.photo, request.path_params["capture_id"])
+        # Served as the stored type with nosniff: the bytes decoded as an image when they were captured.
+        return Response(data, media_type=record.content_type, headers={"Cache-Control": "private", **SECURITY_HEADERS})
+
+    async def accept(self, request: Request) -> Response:
+        body = await _json_action(request)
+        label = body.get("label")
+        if not isinstance(label, str):
+            raise BadRequest(f"accept: expected a JSON object with a string 'label'; received {body!r:.120}")
+        new_class = body.get("new_class", False)
+        if not isinstance(new_class, bool):
+            raise BadRequest(f"accept: expected 'new_class' true or false; received {new_class!r:.40}")
+        capture_id = request.path_params["capture_id"]
+        uri = await asyncio.to_thread(self.inbox.accept, capture_id, label, self.data, new_class=new_class)
+        return JSONResponse({"id": capture_id, "accepted": uri})
+
+    async def reject(self, request: Request) -> Response:
+        await _json_action(request)
+        capture_id = request.path_params["capture_id"]
+        await asyncio.to_thread(self.inbox.reject, capture_id)
+        return JSONResponse({"id": capture_id, "rejected": True})
+
+
+async def _json_action(request: Request) -> dict[str, Any]:
+    """The JSON object of a review POST (see the module docstring for why nothing else is accepted)."""
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media != "application/json":
+        raise UnsupportedMediaType(f"Content-Type: expected application/json; received {media or 'none':.60}")
+    raw = await read_body(request, _MAX_ACTION_BYTES)
+    try:
+        body = json.loads(raw or b"{}")
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadRequest(f"body: expected a JSON object; {e}") from e
+    if not isinstance(body, dict):
+        raise BadRequest(f"body: expected a JSON object; received {type(body).__name__}")
+    return body
+
+
+def _item(record: Any) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "captured_at": record.captured_at,
+        "reason": record.reason,
+        "label": record.label,
+        "display": readable_label(record.label),
+        "probability": record.probability,
+        "user_label": record.user_label,
+        "user_display": readable_label(record.user_label) if record.user_label else None,
+        "version": record.version,
+        "photo": f"/review/items/{record.id}/photo",
+    }

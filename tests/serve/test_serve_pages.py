@@ -1,0 +1,165 @@
+"""The pages' server side: packaged files, the page settings and the model card from published artefacts."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from pathlib import Path
+
+import httpx
+import pytest
+from servekit import V1, V2, Registry, RunningServer, png, publish_with_card, start_server
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def carded(tmp_path) -> Registry:
+    reg = Registry(str(tmp_path / "models"))
+    publish_with_card(reg, "v1", V1)
+    reg.promote("v1")
+    return reg
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type", "fragment"),
+    [
+        ("/", "text/html", '<input id="photo" name="file" type="file" accept="image/jpeg,image/png" capture='),
+        ("/model", "text/html", "About this model"),
+        ("/ui/app.js", "text/javascript", 'fetch(url("/classify")'),
+        ("/ui/style.css", "text/css", "@media (min-width"),
+    ],
+)
+def test_pages_are_served_from_the_package_with_a_strict_policy(server: RunningServer, path, content_type, fragment):
+    r = httpx.get(server.url + path)
+    assert r.status_code == 200
+    assert r.headers["content-type"].startswith(content_type) and fragment in r.text
+    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'self': no inline, no CDN
+    assert r.headers["content-security-policy"].startswith("default-src 'self'")
+    assert r.headers["x-content-type-options"] == "nosniff"
+    again = httpx.get(server.url + path, headers={"If-None-Match": r.headers["etag"]})
+    assert again.status_code == 304
+
+
+def test_the_pages_load_nothing_from_elsewhere() -> None:
+    ui = ROOT / "serve" / "leaf_serve" / "ui"
+    for f in ui.iterdir():
+        text = f.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a URL to fetch
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name
+        assert "innerHTML" not in text, f"{f.name}: text from the server is shown with textContent only"
+
+
+@pytest.mark.parametrize("name", ["index.html", "nope.js", "app.py", "settings.json.bak"])
+def test_unknown_ui_files_are_404(server: RunningServer, name: str) -> None:
+    r = httpx.get(f"{server.url}/ui/{name}")
+    assert r.status_code == 404 and "expected one of app.js" in r.json()["error"]
+
+
+def test_page_settings(server: RunningServer) -> None:
+    body = httpx.get(server.url + "/ui/settings.json").json()
+    assert body["confidence_threshold"] == 0.5 and body["capture"] is False and body["version"] == "v1"
+    assert body["labels"][1] == {"label": "rust", "display": "Rust"}
+
+
+def test_classify_answers_with_readable_labels_and_the_not_sure_verdict(server: RunningServer) -> None:
+    from servekit import encode_image
+
+    grey = httpx.post(server.url + "/classify", content=encode_image((128, 128, 128), "PNG")).json()
+    assert grey["confident"] is False and grey["captured"] is None
+    red = httpx.post(server.url + "/classify", content=encode_image((230, 20, 20), "PNG")).json()
+    assert red["confident"] is True and red["predictions"][0] == {
+        "label": "healthy", "display": "Healthy", "probability": red["predictions"][0]["probability"]
+    }  # fmt: skip
+
+
+def test_the_card_is_copied_from_the_published_files(carded: Registry) -> None:
+    running = start_server(carded.pointer_uri, poll_interval=0)
+    try:
+        card = httpx.get(running.url + "/model/card.json").json()
+        published = json.loads(carded.store.get("versions/v1/metrics.json"))
+        assert card["version"] == "v1" and card["trained_at"] == "2026-05-10T03:12:44+00:00"
+        assert card["metrics"]["accuracy"] == published["accuracy"] == 0.9167
+        assert card["metrics"]["top3_accuracy"] == 0.9812 and card["metrics"]["source"] == "metrics.json"
+        assert [c["label"] for c in card["metrics"]["per_class"]] == V1["labels"]
+        assert card["metrics"]["per_class"][2] == {
+            "label": "blight", "display": "Blight", **published["per_class"]["blight"]
+        }  # fmt: skip
+        assert card["dataset"]["images"] == 180 and len(card["classes"]) == 3
+        assert card["gate"]["promote"] is True and card["gate"]["reason"].startswith("accuracy 0.9167")
+        assert card["figures"] == {"curves": "/model/curves.png", "confusion_matrix": "/model/confusion_matrix.png"}
+        assert card["missing"] == [] and card["problem"] is None
+        figure = httpx.get(running.url + "/model/curves.png")
+        assert figure.content == carded.store.get("versions/v1/curves.png")
+        assert figure.headers["content-type"] == "image/png"
+        assert httpx.get(running.url + "/model/other.png").status_code == 404
+    finally:
+        running.stop()
+
+
+def test_the_card_follows_hot_reload(carded: Registry) -> None:
+    running = start_server(carded.pointer_uri, poll_interval=0)
+    try:
+        publish_with_card(carded, "v2", V2, figures={"curves.png": png((1, 2, 3))})
+        carded.promote("v2")
+        import asyncio
+
+        assert asyncio.run(running.repo.check_once()) is True
+        card = httpx.get(running.url + "/model/card.json").json()
+        assert card["version"] == "v2" and card["missing"] == ["confusion_matrix.png"]
+        assert card["figures"]["confusion_matrix"] is None
+        assert httpx.get(running.url + "/model/curves.png").content == png((1, 2, 3))
+    finally:
+        running.stop()
+
+
+def test_a_version_without_card_files_still_serves(server: RunningServer) -> None:
+    card = httpx.get(server.url + "/model/card.json").json()
+    assert card["missing"] == ["metrics.json", "curves.png", "confusion_matrix.png"]
+    assert card["metrics"]["accuracy"] is None and card["metrics"]["source"] is None
+
+
+def test_a_card_file_that_fails_verification_is_not_shown(tmp_path) -> None:
+    reg = Registry(str(tmp_path / "models"))
+
+    def tamper(files: dict[str, bytes]) -> None:
+        files["metrics.json"] = files["metrics.json"].replace(b'"accuracy": 0.9167', b'"accuracy": 0.9999')
+
+    publish_with_card(reg, "v1", V1, tamper=tamper)
+    reg.promote("v1")
+    running = start_server(reg.pointer_uri, poll_interval=0)
+    try:
+        card = httpx.get(running.url + "/model/card.json").json()
+        assert "metrics.json: expected" in card["problem"]
+        assert card["metrics"]["accuracy"] == 0.9167  # model.json's summary (verified with the model), not 0.9999
+        assert card["metrics"]["per_class"] == []
+        assert card["figures"]["curves"] == "/model/curves.png"  # verified on its own, still shown
+    finally:
+        running.stop()
+
+
+def test_wheels_carry_the_pages(tmp_path) -> None:
+    """Package data: a wheel (what the images install) holds every file the pages need."""
+    import subprocess
+    import sys
+
+    from leaf_serve.pages import ASSETS
+
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path),
+            str(ROOT),
+        ],
+        check=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("leaf_train-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {f"leaf_serve/ui/{a}" for a in ASSETS} <= names

@@ -1,0 +1,186 @@
+"""``/review`` over real sockets, on S3 over HTTP: the token, the grid's data, accept and reject."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+from leaf_common.config import ConfigError
+from leaf_common.inbox import Inbox
+from leaf_common.storage import Store, open_store
+from leaf_serve.settings import ServeConfig
+from servekit import V1, Registry, RunningServer, encode_image, start_server
+
+TOKEN = "review-token-0123456789abcdef"
+GREY = encode_image((128, 128, 128), "JPEG")
+BEARER = {"Authorization": f"Bearer {TOKEN}"}
+BASIC = {"Authorization": "Basic " + base64.b64encode(f"reviewer:{TOKEN}".encode()).decode()}  # what a browser sends
+
+
+@dataclass
+class Loop:
+    server: RunningServer
+    data: Store
+    inbox: Store
+
+    def capture(self) -> str:
+        r = httpx.post(self.server.url + "/classify", content=GREY)
+        assert self.server.app.state.api.capture.join(10)
+        return r.json()["captured"]
+
+
+@pytest.fixture
+def loop(s3, tmp_path) -> Iterator[Loop]:
+    s3.make_bucket("models")
+    s3.make_bucket("photos")
+    reg = Registry("s3://models/registry")
+    reg.publish("v1", V1)
+    reg.promote("v1")
+    data = open_store("s3://photos/pv")
+    data.put("rust/existing.jpg", b"x")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")  # a Secret's file may end in a newline
+    running = start_server(
+        reg.pointer_uri, poll_interval=0, capture=True, review_token_file=str(token_file), data="s3://photos/pv"
+    )
+    yield Loop(running, data, open_store("s3://models/registry/leaf/inbox"))
+    running.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/review"),
+        ("GET", "/review/items"),
+        ("GET", "/review/items/capture-20260514T101502000Z-3f9a1c2b7d/photo"),
+        ("POST", "/review/items/capture-20260514T101502000Z-3f9a1c2b7d/accept"),
+        ("POST", "/review/items/capture-20260514T101502000Z-3f9a1c2b7d/reject"),
+    ],
+)
+@pytest.mark.parametrize(
+    ("headers", "fragment"),
+    [
+        ({}, "expected the review token"),
+        ({"Authorization": "Bearer wrong-token-0123456789"}, "is not the review token"),
+        ({"Authorization": "Basic bm90LWJhc2U2NA=="}, "expected the review token"),  # "not-base64", no colon
+        ({"Authorization": "Basic dXNlcjp3cm9uZw=="}, "is not the review token"),  # user:wrong
+        ({"Authorization": TOKEN}, "expected the review token"),  # no scheme
+    ],
+)
+def test_every_review_request_without_the_token_is_401(loop: Loop, method, path, headers, fragment) -> None:
+    r = httpx.request(method, loop.server.url + path, headers={**headers, "Content-Type": "application/json"})
+    assert r.status_code == 401, r.text
+    assert fragment in r.json()["error"]
+    assert r.headers["www-authenticate"].startswith('Basic realm="leaf-serve review"')
+
+
+@pytest.mark.parametrize("auth", [BEARER, BASIC])
+def test_the_token_opens_the_page_and_the_grid(loop: Loop, auth) -> None:
+    older, newer = loop.capture(), loop.capture()
+    page = httpx.get(loop.server.url + "/review", headers=auth)
+    assert page.status_code == 200 and "Review the inbox" in page.text
+    r = httpx.get(loop.server.url + "/review/items", headers=auth)
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert [i["id"] for i in body["items"]] == [newer, older]  # newest first
+    assert body["labels"][0] == {"label": "healthy", "display": "Healthy"}
+    assert (body["inbox"], body["data"]) == ("s3://models/registry/leaf/inbox", "s3://photos/pv")
+    photo = httpx.get(loop.server.url + body["items"][0]["photo"], headers=auth)
+    assert photo.content == GREY and photo.headers["content-type"] == "image/jpeg"
+
+
+def test_accept_moves_the_photo_into_the_data_prefix(loop: Loop) -> None:
+    capture_id = loop.capture()
+    r = httpx.post(f"{loop.server.url}/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == f"s3://photos/pv/rust/{capture_id}.jpg"
+    assert loop.data.get(f"rust/{capture_id}.jpg") == GREY
+    assert list(loop.inbox.list()) == []
+    again = httpx.post(f"{loop.server.url}/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    assert again.status_code == 404 and "it is not there" in again.json()["error"]
+
+
+def test_a_new_class_needs_confirming(loop: Loop) -> None:
+    capture_id = loop.capture()
+    url = f"{loop.server.url}/review/items/{capture_id}/accept"
+    r = httpx.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold"})
+    assert r.status_code == 409 and "expected an existing class folder" in r.json()["error"]
+    r = httpx.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold", "new_class": True})
+    assert r.status_code == 200
+    assert loop.data.get(f"Tomato___Leaf_Mold/{capture_id}.jpg") == GREY
+
+
+def test_accept_never_overwrites_the_data(loop: Loop) -> None:
+    capture_id = loop.capture()
+    loop.data.put(f"rust/{capture_id}.jpg", b"another photo")
+    r = httpx.post(f"{loop.server.url}/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    assert r.status_code == 409 and "exists with other bytes" in r.json()["error"]
+    assert loop.data.get(f"rust/{capture_id}.jpg") == b"another photo"
+
+
+def test_not_a_leaf_deletes_it(loop: Loop) -> None:
+    capture_id = loop.capture()
+    r = httpx.post(f"{loop.server.url}/review/items/{capture_id}/reject", headers=BEARER, json={})
+    assert r.status_code == 200 and r.json() == {"id": capture_id, "rejected": True}
+    assert list(loop.inbox.list()) == []
+    assert [o.key for o in loop.data.list()] == ["rust/existing.jpg"]
+
+
+@pytest.mark.parametrize(
+    ("path", "kwargs", "status", "fragment"),
+    [
+        ("accept", {"content": b"label=rust", "headers": {"Content-Type": "application/x-www-form-urlencoded"}},
+         415, "Content-Type: expected application/json"),  # what a form on another site can send
+        ("accept", {"json": {"label": 3}}, 400, "expected a JSON object with a string 'label'"),
+        ("accept", {"json": {"label": "rust", "new_class": "yes"}}, 400, "expected 'new_class' true or false"),
+        ("accept", {"json": {"label": "../../models"}}, 400, "class name: expected 1-100 characters"),
+        ("accept", {"json": ["rust"]}, 400, "body: expected a JSON object; received list"),
+        ("accept", {"content": b"{", "headers": {"Content-Type": "application/json"}}, 400, "body: expected a JSON"),
+        ("reject", {"content": b"{}", "headers": {"Content-Type": "text/plain"}}, 415, "expected application/json"),
+    ],
+)  # fmt: skip
+def test_bad_review_requests_are_4xx(loop: Loop, path, kwargs, status, fragment) -> None:
+    capture_id = loop.capture()
+    headers = {**BEARER, **kwargs.pop("headers", {})}
+    r = httpx.post(f"{loop.server.url}/review/items/{capture_id}/{path}", headers=headers, **kwargs)
+    assert r.status_code == status, r.text
+    assert fragment in r.json()["error"]
+    assert Inbox(loop.inbox).get(capture_id).id == capture_id  # still there
+
+
+@pytest.mark.parametrize(
+    "capture_id", ["capture-x", "capture-20260514T101502000Z-3F9A1C2B7D", "capture-20260514T101502000Z-3f9a1c2b7d.jpg"]
+)
+def test_bad_ids_are_400(loop: Loop, capture_id: str) -> None:
+    r = httpx.get(f"{loop.server.url}/review/items/{capture_id}/photo", headers=BEARER)
+    assert r.status_code == 400 and "expected capture-YYYYMMDDTHHMMSSmmmZ" in r.json()["error"]
+
+
+def test_review_is_a_404_without_a_token(server: RunningServer) -> None:
+    r = httpx.get(server.url + "/review", headers=BEARER)
+    assert r.status_code == 404 and "expected --review-token-file" in r.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        ({"review_token_file": "TOKEN", "data": ""}, "option data: expected the training data URI"),
+        ({"review_token_file": "/nonexistent/token", "data": "/d"}, "option review_token_file: expected a readable"),
+        ({"review_token_file": "SHORT", "data": "/d"}, "expected a token of at least 16 printable characters"),
+        ({"capture": True, "model": "/model"}, "option inbox: expected a URI"),
+        ({"confidence_threshold": 1.5}, "confidence_threshold: expected a value in [0, 1]"),
+        ({"capture_per_minute": 0}, "capture_per_minute: expected a positive number"),
+    ],
+)
+def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: str) -> None:
+    (tmp_path / "TOKEN").write_text(TOKEN)
+    (tmp_path / "SHORT").write_text("abc")
+    for key in ("review_token_file",):
+        if key in overrides and not overrides[key].startswith("/"):
+            overrides[key] = str(tmp_path / overrides[key])
+    config = ServeConfig(**{"model": "s3://b/r/leaf/latest.json", **overrides})
+    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        config.validate()
