@@ -8,7 +8,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock bench clean chromium images
+.PHONY: demo test lint lock speed-bench clean chromium images
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -55,6 +55,12 @@ lint: $(VENV)/.installed
 FLAVOUR ?= all
 images:
 	$(PYTHON) scripts/images.py build --flavour $(FLAVOUR) $(if $(ONLINE),--online)
+
+# Serving speed under native load generators (wrk, h2load from Debian; scripts/get-loadgen.sh), side by
+# side with in-process ONNX Runtime; see BENCHMARKS.md. SPEED_ARGS='--int8 --out speed.json' for the rest.
+speed-bench: $(VENV)/.installed
+	scripts/get-loadgen.sh
+	$(PY) bench/speed_bench.py $(SPEED_ARGS)
 
 $(UV):
 	$(PYTHON) -m venv .tools/uv
