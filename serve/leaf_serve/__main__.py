@@ -20,6 +20,7 @@ from .app import build_repository, create_app
 from .connection import protocol_class
 from .errors import ModelLoadError
 from .settings import ENV_PREFIX, ServeConfig
+from .supervisor import reuse_port_socket, supervise, worker_index
 
 log = logging.getLogger("leaf_serve")
 
@@ -97,7 +98,9 @@ def serve(config: ServeConfig) -> None:
     return_freed_memory_to_the_os()
     repo = build_repository(config)
     repo.load_initial()
-    build_server(config, create_app(config, repo)).run()
+    server = build_server(config, create_app(config, repo))
+    # A supervised worker shares the port with its siblings; uvicorn binds it itself otherwise.
+    server.run(sockets=[reuse_port_socket(config.host, config.port)] if worker_index() is not None else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +110,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"leaf-serve: {e}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = worker_index()
+    who = "" if worker is None else f"[worker {worker}] "
+    logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
+    if config.processes > 1:
+        return supervise(sys.argv[1:] if argv is None else argv, config.processes)
     try:
         serve(config)
     except (ModelLoadError, ContractError, StoreError) as e:

@@ -1,12 +1,47 @@
-"""Prometheus metrics on a private registry (no global state shared between app instances or tests)."""
+"""Prometheus metrics on a private registry (no global state shared between app instances or tests).
+
+Under ``--processes N`` (leaf_serve.supervisor) every worker runs with ``PROMETHEUS_MULTIPROC_DIR``
+set: prometheus_client then keeps counters, histograms and gauges in files there, and ``render`` sums
+every worker's, so a scrape of any worker sees the whole pod. Gauges read through a function at scrape
+time (memory budgets, capture queue) cannot live in those files; they report the worker that answered.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 # Latency buckets from 0.5 ms (tiny models, queue waits) to 10 s (VGG16 batches on a small CPU).
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+class FunctionGauge(Collector):
+    """A gauge whose value is read from a function at scrape time, kept out of the multiprocess files."""
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()):
+        self._name, self._doc, self._labelnames = name, documentation, labelnames
+        self._functions: dict[tuple[str, ...], Callable[[], float]] = {}
+        self._labels: tuple[str, ...] = ()
+
+    def labels(self, *values: str) -> FunctionGauge:
+        bound = FunctionGauge(self._name, self._doc, self._labelnames)
+        bound._functions, bound._labels = self._functions, tuple(values)
+        return bound
+
+    def set_function(self, function: Callable[[], float]) -> None:
+        self._functions[self._labels] = function
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
+        for values, function in self._functions.items():
+            family.add_metric(list(values), float(function()))
+        yield family
 
 
 class ServeMetrics:
@@ -14,6 +49,7 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self._model_labels: tuple[str, str, str] | None = None
         r = self.registry
         self.requests = Counter(
             "leaf_serve_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
@@ -33,17 +69,20 @@ class ServeMetrics:
             "The model version being served (value 1)",
             ["model", "version", "provider"],
             registry=r,
+            multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
         )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
         self.connections_closed = Counter(
             "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
         )
-        self.memory_in_use = Gauge(
+        # Read at scrape time, so on their own registry (see the module's docstring).
+        self.live = CollectorRegistry(auto_describe=True)
+        self.memory_in_use = FunctionGauge(
             "leaf_serve_memory_budget_bytes",
             "Bytes held against each memory budget now (request bodies, image decoding)",
-            ["budget"],
-            registry=r,
+            ("budget",),
         )
+        self.live.register(self.memory_in_use)
 
         self.captures = Counter(
             "leaf_serve_captures",
@@ -52,18 +91,27 @@ class ServeMetrics:
             ["outcome"],
             registry=r,
         )
-        self.capture_queue_bytes = Gauge(
-            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox", registry=r
+        self.capture_queue_bytes = FunctionGauge(
+            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
+        self.live.register(self.capture_queue_bytes)
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
+        # In multiprocess mode a series lives on in its file after clear(): set the old one to 0 first.
+        if self._model_labels:
+            self.model_info.labels(*self._model_labels).set(0)
         self.model_info.clear()
-        self.model_info.labels(name, version, provider).set(1)
+        self._model_labels = (name, version, provider)
+        self.model_info.labels(*self._model_labels).set(1)
 
     def render(self) -> tuple[bytes, str]:
         """The text exposition format and its content type."""
-        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = self.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        return generate_latest(registry) + generate_latest(self.live), CONTENT_TYPE_LATEST
 
 
 def outcome(status: int) -> str:

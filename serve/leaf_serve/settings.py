@@ -25,6 +25,10 @@ class ServeConfig:
     port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
     grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
+    # One process's event loop and protocol code run on one core; a GPU outruns that (leaf_serve.supervisor).
+    processes: int = option(
+        1, "server processes sharing the ports (SO_REUSEPORT), each with its own model session; 1 = this process"
+    )
     # "auto" prefers CUDA and falls back to CPU only where the GPU provider is not installed.
     providers: list[str] = option(
         ["auto"], "ONNX Runtime execution providers in order: auto, tensorrt, cuda, cpu or full ORT names"
@@ -121,6 +125,7 @@ class ServeConfig:
         if not self.model:
             raise ConfigError("option --model / LEAF_SERVE_MODEL: expected a model URI; received nothing")
         positive = {"max_batch_size": self.max_batch_size, "max_queue_size": self.max_queue_size}
+        positive |= {"processes": self.processes}
         positive |= {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels, "top_k": self.top_k}
         positive |= {"max_decode_bytes": self.max_decode_bytes, "header_timeout": self.header_timeout}
         positive |= {"body_timeout": self.body_timeout, "max_body_bytes_in_flight": self.max_body_bytes_in_flight}

@@ -1,0 +1,153 @@
+"""``--processes N``: N server processes on the same ports, so one node's cores can feed one accelerator.
+
+One Python process runs the event loop, the protocol code and the batcher on one core. On a GPU that
+core, not the GPU, is the limit (BENCHMARKS.md, "Serving at the hardware's speed"), so the way to use a
+GPU node is several processes. Each worker is a whole ``leaf-serve`` (its own model session, batcher,
+hot reload; on a GPU, its own CUDA context sharing the device) and binds the REST port with
+``SO_REUSEPORT``, so the kernel spreads new connections over the workers; gRPC's listener sets
+``SO_REUSEPORT`` itself. Nothing is shared between workers but the ports and the metrics files.
+
+This process only supervises: it starts the workers, forwards SIGTERM/SIGINT (each worker drains as
+one server would), restarts a worker that dies of a crash (a signal, an OOM kill), and ends the
+whole server when a worker exits with a documented failure (1: the model cannot be served, 2: a bad
+option, the same in every worker) or when workers keep dying (``MAX_RESTARTS`` within
+``RESTART_WINDOW`` seconds), so Kubernetes restarts the pod rather than a loop hiding a fault.
+
+Metrics: Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder under the
+temporary directory, which the chart mounts as an emptyDir), so ``/metrics`` from any worker sums the
+counters and histograms of all of them; see :class:`leaf_serve.metrics.ServeMetrics`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import deque
+from types import FrameType
+
+log = logging.getLogger("leaf_serve.supervisor")
+
+# Set in a worker's environment by the supervisor; a worker binds its REST port with SO_REUSEPORT.
+WORKER_ENV = "LEAF_SERVE_WORKER_INDEX"
+# Exit statuses that mean "every worker would fail the same way" (see leaf_serve.__main__.main).
+FATAL_EXITS = {1, 2}
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
+_POLL = 0.2
+
+
+def worker_index() -> int | None:
+    """This process's index among the workers, or None when it is not a supervised worker."""
+    value = os.environ.get(WORKER_ENV)
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def reuse_port_socket(host: str, port: int) -> socket.socket:
+    """A bound (not yet listening) TCP socket that other workers can bind too; uvicorn calls listen()."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind(address)
+    return sock
+
+
+class Supervisor:
+    """Starts ``processes`` workers running ``command`` and keeps them running until told to stop."""
+
+    def __init__(self, command: list[str], processes: int):
+        self._command, self._processes = command, processes
+        self._workers: dict[int, subprocess.Popen[bytes]] = {}
+        self._restarts: deque[float] = deque()
+        self._stopping = False
+        self._metrics_dir = tempfile.mkdtemp(prefix="leaf-serve-metrics-")
+
+    def _start(self, index: int) -> None:
+        env = {**os.environ, WORKER_ENV: str(index), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        proc = subprocess.Popen(self._command, env=env, preexec_fn=_die_with_parent)
+        self._workers[index] = proc
+        log.info("worker %d started (pid %d)", index, proc.pid)
+
+    def _forward(self, sig: int, frame: FrameType | None) -> None:
+        self._stopping = True
+        for proc in self._workers.values():
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    def _dead(self, pid: int) -> None:
+        from prometheus_client import multiprocess  # the supervisor itself exports nothing
+
+        multiprocess.mark_process_dead(pid, self._metrics_dir)
+
+    def run(self) -> int:
+        """Supervise until every worker has exited; returns the server's exit status."""
+        signal.signal(signal.SIGTERM, self._forward)
+        signal.signal(signal.SIGINT, self._forward)
+        status = 0
+        try:
+            for index in range(self._processes):
+                self._start(index)
+            while self._workers:
+                time.sleep(_POLL)
+                for index, proc in list(self._workers.items()):
+                    code = proc.poll()
+                    if code is None:
+                        continue
+                    del self._workers[index]
+                    self._dead(proc.pid)
+                    if self._stopping:
+                        status = status or _exit_status(code)
+                        continue
+                    status = self._on_unexpected_exit(index, proc.pid, code) or status
+        finally:
+            self._forward(signal.SIGTERM, None)
+            for proc in self._workers.values():
+                proc.wait()
+            shutil.rmtree(self._metrics_dir, ignore_errors=True)
+        return status
+
+    def _on_unexpected_exit(self, index: int, pid: int, code: int) -> int:
+        """Restart a crashed worker, or stop everything for a fault a restart cannot cure."""
+        now = time.monotonic()
+        while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
+            self._restarts.popleft()
+        if code in FATAL_EXITS or len(self._restarts) >= MAX_RESTARTS:
+            why = "as every worker would" if code in FATAL_EXITS else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
+            log.error("worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why)
+            self._forward(signal.SIGTERM, None)
+            return _exit_status(code) or 1
+        self._restarts.append(now)
+        log.warning("worker %d (pid %d) exited with %d; restarting it", index, pid, code)
+        self._start(index)
+        return 0
+
+
+def _die_with_parent() -> None:
+    """In the worker, before exec: SIGKILL for the supervisor (an OOM kill) is SIGTERM for its workers.
+
+    Without it a killed supervisor leaves workers holding the ports, and the restarted container
+    cannot serve on them.
+    """
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def _exit_status(code: int) -> int:
+    """A worker's status as the server's: a worker ended by the forwarded SIGTERM stopped cleanly."""
+    return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 1)
+
+
+def supervise(argv: list[str], processes: int) -> int:
+    """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
+    # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
+    command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1"]
+    log.info("starting %d worker processes on the same ports (SO_REUSEPORT)", processes)
+    return Supervisor(command, processes).run()

@@ -1,0 +1,134 @@
+"""``leaf-serve --processes N``: workers on one port (SO_REUSEPORT), pod-wide metrics, restarts, one SIGTERM.
+
+Real processes and sockets: the supervisor runs as ``python -m leaf_serve``, its workers are its
+children (``/proc/<pid>/task/<pid>/children``), and every request opens a new connection so the kernel
+spreads them over the workers.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from servekit import Registry, colour_image, free_port
+from test_serve_cli import leaf_serve, serve_env
+
+GREEN = colour_image((20, 230, 20)).ravel().tolist()
+BODY = {"inputs": [{"name": "image", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": GREEN}]}
+
+
+def children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return sorted(int(p) for p in text.split())
+
+
+def cpu_ticks(pid: int) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def wait_for(condition, what: str, seconds: float = 30.0):  # noqa: ANN001, ANN201 - test helper
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"not within {seconds:g} s: {what}")
+
+
+def infer_on_new_connections(url: str, count: int) -> None:
+    for _ in range(count):
+        with httpx.Client() as client:  # one connection per request: the kernel picks a worker for each
+            response = client.post(url + "/v2/models/leaf/infer", json=BODY)
+        assert response.status_code == 200, response.text
+        assert np.argmax(response.json()["outputs"][0]["data"]) == 1  # green -> rust
+
+
+def requests_counted(url: str) -> float:
+    text = httpx.get(url + "/metrics").text
+    found = re.search(r'^leaf_serve_requests_total\{endpoint="infer",outcome="success"\} (\S+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_workers_share_the_port_and_the_metrics(local_registry: Registry) -> None:
+    with leaf_serve(model=local_registry.pointer_uri, processes=2, drain_delay=0) as (proc, url):
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
+        # Both must be ready, not only the one that answered the fixture's probe: each has its model.
+        wait_for(lambda: all(f'pid="{w}"' in httpx.get(url + "/metrics").text for w in workers), "both models")
+        before = {w: cpu_ticks(w) for w in workers}
+        infer_on_new_connections(url, 300)
+        used = {w: cpu_ticks(w) - before[w] for w in workers}
+        # Every worker answered a share of the connections (each request costs ~1-2 ms of CPU).
+        assert all(ticks >= 0.15 * sum(used.values()) for ticks in used.values()), used
+        # Counters are summed over the workers, so any one worker's /metrics sees all 300.
+        assert requests_counted(url) >= 300
+        info = httpx.get(url + "/metrics").text
+        assert len(re.findall(r'^leaf_serve_model_info\{.*version="v1".*\} 1\.0$', info, re.M)) == 2
+
+
+def test_a_crashed_worker_is_restarted_and_service_goes_on(local_registry: Registry) -> None:
+    with leaf_serve(model=local_registry.pointer_uri, processes=2, drain_delay=0) as (proc, url):
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
+        os.kill(workers[0], signal.SIGKILL)
+        infer_on_new_connections(url, 20)  # the other worker answers meanwhile
+        restarted = wait_for(
+            lambda: len(now := children(proc.pid)) == 2 and workers[0] not in now and now, "a replacement worker"
+        )
+        assert workers[1] in restarted
+        replacement = next(w for w in restarted if w != workers[0] and w != workers[1])
+        # The replacement loaded the model: its own series appears in the pod-wide model_info.
+        wait_for(lambda: f'pid="{replacement}"' in httpx.get(url + "/metrics").text, "the replacement's model")
+        infer_on_new_connections(url, 20)
+        assert requests_counted(url) >= 40  # a dead worker's counts still count, as Prometheus expects
+        assert proc.poll() is None
+
+
+def test_sigterm_stops_every_worker_and_the_server_exits_0(local_registry: Registry) -> None:
+    with leaf_serve(model=local_registry.pointer_uri, processes=2, drain_delay=0, grace_period=5) as (proc, url):
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        for worker in workers:
+            assert not Path(f"/proc/{worker}").exists() or "Z" in Path(f"/proc/{worker}/stat").read_text().split()[2]
+        with pytest.raises(httpx.TransportError):
+            httpx.get(url + "/v2/health/live", timeout=2)
+
+
+def test_workers_end_with_a_killed_supervisor(local_registry: Registry) -> None:
+    with leaf_serve(model=local_registry.pointer_uri, processes=2, drain_delay=0, grace_period=2) as (proc, url):
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
+        proc.kill()  # as the kernel's OOM killer would
+        proc.wait()
+        wait_for(lambda: not any(Path(f"/proc/{w}").exists() for w in workers), "the workers to exit", 20)
+
+
+def test_a_model_that_cannot_be_served_ends_the_server_with_1(tmp_path: Path) -> None:
+    env = serve_env(model=str(tmp_path / "nothing" / "latest.json"), processes=2, grpc_port=0, providers="cpu")
+    done = subprocess.run([sys.executable, "-m", "leaf_serve"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1, done.stderr
+    assert "as every worker would" in done.stderr
+
+
+def test_workers_share_the_grpc_port_too(local_registry: Registry) -> None:
+    import tritonclient.grpc as grpcclient
+
+    grpc_port = free_port()
+    with leaf_serve(model=local_registry.pointer_uri, processes=2, grpc_port=grpc_port, drain_delay=0) as (proc, url):
+        workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
+        wait_for(lambda: all(f'pid="{w}"' in httpx.get(url + "/metrics").text for w in workers), "both models")
+        assert proc.poll() is None  # a worker that could not bind the gRPC port would have ended the server
+        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+        image = grpcclient.InferInput("image", [1, 32, 32, 3], "FP32")
+        image.set_data_from_numpy(colour_image((20, 230, 20)).astype(np.float32))
+        result = client.infer("leaf", [image])
+        assert np.argmax(result.as_numpy("probabilities")[0]) == 1
+        client.close()
