@@ -8,7 +8,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock speed-bench clean chromium images
+.PHONY: demo test lint lock speed-bench clean chromium images chart-schema
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -47,6 +47,11 @@ test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
 	$(VENV)/bin/ruff format --check job serve tests bench scripts
+
+# charts/leaf-train/values.schema.json is generated from values.yaml's `## @param` and `## @schema` lines;
+# run this after changing values.yaml and commit both (tests/charts/test_schema.py fails when they differ).
+chart-schema: $(VENV)/.installed
+	$(PY) scripts/chart_schema.py
 
 # Both images (leaf-train-job, leaf-serve) tagged <version> (GPU) and <version>-cpu, with a working docker
 # or podman (scripts/get-podman.sh installs podman where neither works). FLAVOUR=cpu|gpu|all (default all);

@@ -173,24 +173,6 @@ def test_image_reference_with_and_without_registry():
     assert container["image"] == "ghcr.io/me/leaf-serve:0.1.0"
 
 
-def test_values_are_all_documented():
-    """Every leaf key of values.yaml has a ``## @param`` line naming it (Bitnami convention)."""
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    documented = set(re.findall(r"## @param (\S+)", (CHART / "values.yaml").read_text()))
-
-    def leaves(node: Any, prefix: str = "") -> list[str]:
-        if (
-            isinstance(node, dict)
-            and node
-            and not prefix.endswith(("Probe", "resources", "strategy", "SecurityContext", "securityContext"))
-        ):
-            return [k for key, v in node.items() for k in leaves(v, f"{prefix}.{key}" if prefix else key)]
-        return [prefix]
-
-    missing = [k for k in leaves(values) if k not in documented]
-    assert missing == [], f"values without a ## @param line: {missing}"
-
-
 def test_training_cronjob(renders):
     cron = one(renders["default-values.yaml"], "CronJob")
     spec = cron["spec"]
