@@ -58,6 +58,12 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU of a server and its workers (``--processes``): the supervisor and every child."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return cpu_seconds(pid) + sum(cpu_seconds(int(child)) for child in children)
+
+
 class Server:
     def __init__(self, model: str, threads: int, **options: str):
         self.port, self.grpc_port = free_port(), free_port()
@@ -178,15 +184,15 @@ def measure(server: Server, name: str, size, transports: dict, levels: list[int]
             if transport == "grpc":
                 url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
                 h2load(url, spec, c, 3, tmp)  # warm-up
-                before = cpu_seconds(server.proc.pid)
+                before = tree_cpu_seconds(server.proc.pid)
                 r = h2load(url, spec, c, seconds, tmp)
             else:
                 url = server.url + ("/classify" if transport == "classify" else f"/v2/models/{name}/infer")
                 wrk(url, spec, c, 3)
-                before = cpu_seconds(server.proc.pid)
+                before = tree_cpu_seconds(server.proc.pid)
                 r = wrk(url, spec, c, seconds)
             r["server_cpu_ms_per_req"] = round(
-                1000 * (cpu_seconds(server.proc.pid) - before) / max(1, r["requests"]), 3
+                1000 * (tree_cpu_seconds(server.proc.pid) - before) / max(1, r["requests"]), 3
             )
             results[f"{transport}@c{c}"] = r
             print(f"  {name} {transport} c={c}: {json.dumps(r)}", flush=True)
@@ -250,12 +256,39 @@ def int8_run(tmp: Path, threads: int) -> dict:
     }
 
 
+def processes_run(tmp: Path, processes: int, threads: int, seconds: int) -> dict:
+    """The tiny model served by 1 and by ``processes`` workers, alternating twice, same load each time.
+
+    Each worker gets ``threads // processes`` intra-op threads (at least 1), as the supervisor splits the
+    CPU quota, so both sides have the same cores. JSON REST is where one event loop is the limit (its
+    parser runs on the loop); binary REST and gRPC show what a second process costs when it is not.
+    """
+    size = (64, 64)
+    pointer = publish(tmp / "models", "tiny", tiny_onnx(size), size, 3)
+    transports = bodies(tmp, "tiny", size)
+    del transports["classify"]  # decoded on a thread pool already: not what processes change
+    results: dict[str, dict] = {}
+    for rnd in range(2):
+        for n in (1, processes):
+            server = Server(pointer, max(1, threads // n), processes=str(n))
+            try:
+                if n > 1:  # every worker ready, not only the first to answer
+                    time.sleep(3)
+                results[f"processes{n}_round{rnd}"] = measure(server, "tiny", size, transports, [16], seconds, tmp)
+            finally:
+                server.stop()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model only")
     parser.add_argument("--int8", action="store_true", help="also train VGG16 at 150 and compare INT8 with FP32")
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per point")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (server and in-process)")
+    parser.add_argument(
+        "--processes", type=int, default=0, help="only: the tiny model with --processes 1 and N side by side"
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     for tool in ("wrk", "h2load"):
@@ -264,6 +297,12 @@ def main() -> None:
     results: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.processes:
+            results["processes"] = processes_run(tmp, args.processes, args.threads, args.seconds)
+            print(json.dumps(results, indent=1))
+            if args.out:
+                Path(args.out).write_text(json.dumps(results, indent=1))
+            return
         models = [("tiny", (64, 64), tiny_onnx((64, 64)), [1, 4, 16, 64])]
         if not args.quick:
             models.append(("vgg16", (150, 150), vgg16_onnx(), [1, 4, 16]))

@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     who = "" if worker is None else f"[worker {worker}] "
     logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     if config.processes > 1:
-        return supervise(sys.argv[1:] if argv is None else argv, config.processes)
+        argv = sys.argv[1:] if argv is None else argv
+        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads)
     try:
         serve(config)
     except (ModelLoadError, ContractError, StoreError) as e:

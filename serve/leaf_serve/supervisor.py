@@ -33,6 +33,8 @@ import time
 from collections import deque
 from types import FrameType
 
+from leaf_common.resources import available_cpus
+
 log = logging.getLogger("leaf_serve.supervisor")
 
 # Set in a worker's environment by the supervisor; a worker binds its REST port with SO_REUSEPORT.
@@ -145,9 +147,15 @@ def _exit_status(code: int) -> int:
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 1)
 
 
-def supervise(argv: list[str], processes: int) -> int:
+def supervise(argv: list[str], processes: int, intra_op_threads: int, decode_threads: int) -> int:
     """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
     # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
     command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1"]
+    # "0 = the CPU quota" is the pod's quota: split between the workers, or N of them oversubscribe it.
+    share = str(max(1, available_cpus() // processes))
+    if not intra_op_threads:
+        command += ["--intra-op-threads", share]
+    if not decode_threads:
+        command += ["--decode-threads", share]
     log.info("starting %d worker processes on the same ports (SO_REUSEPORT)", processes)
     return Supervisor(command, processes).run()

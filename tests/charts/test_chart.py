@@ -287,9 +287,14 @@ def test_serving_limits_reach_the_server_and_every_key_is_an_option(renders):
     cm = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
     # On by default (issue #10): connections bounded, a drain window at SIGTERM.
     assert (cm["LEAF_SERVE_MAX_CONCURRENCY"], cm["LEAF_SERVE_DRAIN_DELAY"]) == ("256", "5")
-    objs = render("--set", "serving.config.headerTimeout=10", "--set", "serving.config.maxDecodeBytes=1000000")
+    assert "LEAF_SERVE_PROCESSES" not in cm  # one process unless asked (each worker holds its own model)
+    objs = render(
+        "--set", "serving.config.headerTimeout=10", "--set", "serving.config.maxDecodeBytes=1000000",
+        "--set", "serving.config.processes=4",
+    )  # fmt: skip
     cm = one(objs, "ConfigMap", "serving")["data"]
     assert (cm["LEAF_SERVE_HEADER_TIMEOUT"], cm["LEAF_SERVE_MAX_DECODE_BYTES"]) == ("10", "1000000")
+    assert cm["LEAF_SERVE_PROCESSES"] == "4"
     from leaf_serve.settings import ServeConfig
 
     known = {f.upper() for f in ServeConfig.__dataclass_fields__}

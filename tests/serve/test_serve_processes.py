@@ -79,7 +79,10 @@ def test_a_crashed_worker_is_restarted_and_service_goes_on(local_registry: Regis
     with leaf_serve(model=local_registry.pointer_uri, processes=2, drain_delay=0) as (proc, url):
         workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
         os.kill(workers[0], signal.SIGKILL)
-        infer_on_new_connections(url, 20)  # the other worker answers meanwhile
+        # Connections queued at the killed worker are reset, as at any crashed server; once it is gone
+        # the kernel sends every new connection to the live one, before the replacement is up.
+        wait_for(lambda: not Path(f"/proc/{workers[0]}").exists(), "the killed worker gone")
+        infer_on_new_connections(url, 20)
         restarted = wait_for(
             lambda: len(now := children(proc.pid)) == 2 and workers[0] not in now and now, "a replacement worker"
         )
