@@ -311,14 +311,17 @@ def main() -> None:
             model_path = tmp / f"{name}.onnx"
             model_path.write_bytes(onnx_bytes)
             transports = bodies(tmp, name, size)
+            batches = [1] if name == "tiny" else [1, 8]
+            # In process before and after the server: on a shared machine the load can change in between.
+            before = in_process(str(model_path), size, args.threads, batches)
             server = Server(pointer, args.threads)
             try:
                 served = measure(server, name, size, transports, levels, args.seconds, tmp)
             finally:
                 server.stop()
-            batches = [1] if name == "tiny" else [1, 8]
-            results[name] = {"server": served, "in_process": in_process(str(model_path), size, args.threads, batches)}
-            print(f"  {name} in process: {json.dumps(results[name]['in_process'])}", flush=True)
+            after = in_process(str(model_path), size, args.threads, batches)
+            results[name] = {"server": served, "in_process": before, "in_process_after": after}
+            print(f"  {name} in process before/after: {json.dumps(before)} {json.dumps(after)}", flush=True)
         if args.int8:
             results["int8"] = int8_run(tmp, args.threads)
             print(f"  int8: {json.dumps(results['int8'])}", flush=True)
