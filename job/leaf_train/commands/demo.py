@@ -31,7 +31,7 @@ class DemoConfig:
     image_size: int = option(64, "Model input size (the product default is 150; smaller keeps the demo short)")
     head_epochs: int = option(6, "Phase 1 epochs")
     finetune_epochs: int = option(4, "Phase 2 epochs")
-    head_lr: float = option(1e-3, "Phase 1 learning rate (random conv weights need more than the seed's 2e-5)")
+    head_lr: float = option(1e-3, "Phase 1 learning rate (random conv weights need more than the book's 2e-5)")
     finetune_lr: float = option(1e-4, "Phase 2 learning rate")
     weights: str = option("none", "Conv-base weights: none (offline), imagenet (downloads ~60 MB), or a .h5 URI")
 
