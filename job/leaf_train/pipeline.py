@@ -84,26 +84,12 @@ def run(
     log.info("%s", retrain.reason)
     with _scratch(cfg.cache_dir) as cache_dir, ExitStack() as on_exit:
         data = prepare_data(cfg, job.data_store, cache_dir, listed)
-        # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
-        # variables, optimizer slots and the compiled step are mirrored and kept in sync.
-        with job.dist.strategy.scope():
-            model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
-        state.version = state.version or cfg.version or default_version(data.index)
-        # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
-        stop = StopSignal().install()
-        on_exit.callback(stop.uninstall)
-        writer = job.dist.checkpoint_writer(job.ckpts, cache_dir)
-        with job.dist.strategy.scope():
-            phase_done = partial(_phase_done, job.kube)
-            fit = train(cfg, data, model, job.dist, state=state, best_weights=best, checkpoints=writer, stop=stop,
-                        on_phase_end=phase_done)  # fmt: skip
-        weights_sha256 = weights_digest(model.get_weights())
-        log.info("final weights sha256 %s (worker %d)", weights_sha256, job.dist.index)
+        trained = _train(job, data, cache_dir, on_exit)
         if not job.dist.is_chief:
             log.info("worker %d done; worker 0 evaluates, exports and publishes", job.dist.index)
-            return RunResult(state.version, worker=job.dist.index)
-        stop.check("after training, before evaluation and export")
-        return _ship(job, data, model, state, stop, fit.jit_compile, weights_sha256)
+            return RunResult(trained.state.version, worker=job.dist.index)
+        trained.stop.check("after training, before evaluation and export")
+        return _ship(job, data, trained)
 
 
 def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> _Job:
@@ -176,18 +162,55 @@ def _build_or_resume(
     return model, state, best
 
 
+@dataclass
+class _Trained:
+    model: keras.Model
+    state: RunState  # its version is the one this run publishes
+    stop: StopSignal  # installed: SIGTERM is a flag from training to the end of the run
+    jit_compile: bool
+    weights_sha256: str
+
+
+def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -> _Trained:
+    """Build or resume the model and train both phases, on every worker in step."""
+    cfg = job.cfg
+    # Every worker builds (or loads the same checkpoint) and trains under the strategy's scope, so
+    # variables, optimizer slots and the compiled step are mirrored and kept in sync.
+    with job.dist.strategy.scope():
+        model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
+    state.version = state.version or cfg.version or default_version(data.index)
+    # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
+    stop = StopSignal().install()
+    on_exit.callback(stop.uninstall)
+    writer = job.dist.checkpoint_writer(job.ckpts, cache_dir)
+    with job.dist.strategy.scope():
+        phase_done = partial(_phase_done, job.kube)
+        fit = train(
+            cfg,
+            data,
+            model,
+            job.dist,
+            state=state,
+            best_weights=best,
+            checkpoints=writer,
+            stop=stop,
+            on_phase_end=phase_done,
+        )
+    weights_sha256 = weights_digest(model.get_weights())
+    log.info("final weights sha256 %s (worker %d)", weights_sha256, job.dist.index)
+    return _Trained(model, state, stop, fit.jit_compile, weights_sha256)
+
+
 def _phase_done(kube: KubeReporter, phase: int, metrics: dict[str, float]) -> None:
     shown = ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()))
     kube.event(f"Phase{phase}Done", f"phase {phase} finished: {shown}")
 
 
-def _ship(
-    job: _Job, data: PreparedData, model: keras.Model, state: RunState, stop: StopSignal, jit: bool, weights_sha256: str
-) -> RunResult:
+def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     """The chief after training: evaluate, export, gate, report, publish, promote."""
-    cfg, version = job.cfg, state.version
+    cfg, state, stop, version = job.cfg, trained.state, trained.stop, trained.state.version
     # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
-    inference = export.float32_copy(model, len(data.index.classes), cfg.image_size, cfg.dense_units)
+    inference = export.float32_copy(trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units)
     metrics = evaluate.validate(inference, data, cfg.batch_size)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
     stop.check("after evaluation, before the ONNX export")
@@ -196,11 +219,11 @@ def _ship(
     contract = export.build_contract(cfg, version, data, shipped, metrics, freshness.training_record(cfg))
     contract.gate = decision.to_dict()
     job.kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
-    contract.provenance = provenance.record(cfg.seed, job.deterministic, cfg.deterministic, weights_sha256)
+    contract.provenance = provenance.record(cfg.seed, job.deterministic, cfg.deterministic, trained.weights_sha256)
     report = run_report(data, state.history, job.mixed, job.started) | {
         "provenance": contract.provenance,
         "distribution": {"strategy": job.dist.name, "replicas": job.dist.replicas, "workers": job.dist.workers},
-        "jit_compile": jit,
+        "jit_compile": trained.jit_compile,
     }
     files = artefacts(contract, shipped.onnx, metrics, data.index, state.history, report) | shipped.extra_files
     _publish(job, version, files, state, stop)
