@@ -19,6 +19,10 @@ from pathlib import Path
 from leaf_common.config import add_arguments, option, resolve
 from leaf_common.storage import open_store
 
+from ..config import TrainConfig
+from ..kube import KubeConfig
+from .train import summary
+
 ENV_PREFIX = "LEAF_DEMO_"
 DATA_BUCKET, MODEL_BUCKET = "leaf-photos", "leaf-models"
 
@@ -60,12 +64,10 @@ def _point_boto_at(endpoint: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported when the demo runs, not when the CLI starts: moto, TensorFlow (pipeline), numpy/PIL.
     from moto.server import ThreadedMotoServer
 
-    from ..commands.train import summary
-    from ..config import TrainConfig
     from ..gate import GateConfig
-    from ..kube import KubeConfig
     from ..pipeline import run as run_pipeline
     from ..synth import write
 

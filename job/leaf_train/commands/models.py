@@ -190,7 +190,7 @@ def format_show(shown: dict) -> str:
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
         if gate.get("rules"):  # versions published before the decision table have only the reason
-            from ..gate import format_rules
+            from ..gate import format_rules  # numpy/PIL: see register
 
             lines += [f"  {line}" for line in format_rules(gate["rules"])]
     lines += _format_provenance(contract.get("provenance") or {})
