@@ -85,8 +85,8 @@ def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_
     photos.put("b/other.jpg", data)
     index = build_index(list(photos.list()), photos.uri, 0.5)
     decoded = decode_all(photos, [it.key for it in index.items], DecodeOptions(SIZE), cache_dir=tmp_path / "cache")
-    data = PreparedData.of(index, decoded)
-    batch = make_dataset(data.decoded.images, data.labels, np.array([0]), 1, shuffle=False, seed=0)
+    prepared = PreparedData.of(index, decoded)
+    batch = make_dataset(decoded.images, prepared.labels, np.array([0]), 1, shuffle=False, seed=0)
     training_input = next(iter(batch))[0].numpy()[0]
 
     n = SIZE * SIZE * 3
