@@ -21,7 +21,8 @@ from leaf_common.imaging import ImageDecodeError, decode_image
 from leaf_common.resources import available_cpus
 from leaf_common.storage import Store, StoreError
 
-from .dataset import Item
+from .config import TrainConfig
+from .dataset import TRAIN, VAL, DatasetIndex
 from .progress import progress
 
 log = logging.getLogger(__name__)
@@ -33,23 +34,67 @@ class BadFile:
     reason: str
 
 
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How :func:`decode_all` fetches and decodes: built once from the job's config."""
+
+    image_size: int
+    memory_budget_mb: int = 2048
+    download_workers: int = 16
+    decode_workers: int = 0  # 0 = the pod's CPU quota
+    max_pixels: int = 64_000_000
+    progress: str = "auto"
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> DecodeOptions:
+        return cls(
+            image_size=cfg.image_size,
+            memory_budget_mb=cfg.memory_budget_mb,
+            download_workers=cfg.download_workers,
+            decode_workers=cfg.decode_workers,
+            max_pixels=cfg.max_pixels,
+            progress=cfg.progress,
+        )
+
+
 @dataclass
 class DecodedImages:
-    """``images[slot]`` holds the decoded photo of ``items[slot]`` when ``ok[slot]``."""
+    """``images[slot]`` holds the decoded photo of ``keys[slot]`` when ``ok[slot]``.
 
-    items: list[Item]
+    It knows keys only: labels and splits belong to the index of the usable images, which is
+    built after decoding (a class whose photos were all corrupt disappears from it).
+    """
+
+    keys: list[str]
     images: np.ndarray  # uint8 [N, H, W, 3]; np.memmap past the memory budget
     ok: np.ndarray  # bool [N]
     bad: list[BadFile] = field(default_factory=list)
     on_disk: bool = False
 
-    def slots(self, split: str | None = None) -> np.ndarray:
-        """Indices of decoded images, optionally of one split."""
-        sel = [i for i, it in enumerate(self.items) if self.ok[i] and (split is None or it.split == split)]
-        return np.asarray(sel, dtype=np.int64)
+    def slots_of(self, keys: Sequence[str]) -> np.ndarray:
+        """The slot of each of ``keys``, in their order."""
+        slot = {k: i for i, k in enumerate(self.keys)}
+        return np.asarray([slot[k] for k in keys], dtype=np.int64)
 
-    def labels(self) -> np.ndarray:
-        return np.asarray([it.label for it in self.items], dtype=np.int32)
+
+@dataclass
+class PreparedData:
+    """The usable images: their index, the decoded array, and each slot's label and split."""
+
+    index: DatasetIndex  # built from the images that decoded
+    decoded: DecodedImages
+    labels: np.ndarray  # int32 label per slot of decoded.images, in the class order of ``index``
+    train_slots: np.ndarray
+    val_slots: np.ndarray
+
+    @classmethod
+    def of(cls, index: DatasetIndex, decoded: DecodedImages) -> PreparedData:
+        """Labels and splits from ``index``; slots of images not in it keep label 0 and are never read."""
+        labels = np.zeros(len(decoded.keys), dtype=np.int32)
+        labels[decoded.slots_of([it.key for it in index.items])] = [it.label for it in index.items]
+        train = decoded.slots_of([it.key for it in index.split(TRAIN)])
+        val = decoded.slots_of([it.key for it in index.split(VAL)])
+        return cls(index, decoded, labels, train, val)
 
 
 def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tuple[np.ndarray, bool]:
@@ -64,44 +109,34 @@ def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tup
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape), True
 
 
-def decode_all(
-    store: Store,
-    items: Sequence[Item],
-    image_size: int,
-    *,
-    cache_dir: Path,
-    memory_budget_mb: int = 2048,
-    download_workers: int = 16,
-    decode_workers: int = 0,
-    max_pixels: int = 64_000_000,
-    progress_mode: str = "auto",
-) -> DecodedImages:
-    """Download and decode ``items`` in parallel; failures become :class:`BadFile` entries."""
-    items = list(items)
-    images, on_disk = allocate(len(items), image_size, memory_budget_mb * 2**20, cache_dir)
-    ok = np.zeros(len(items), dtype=bool)
+def decode_all(store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path) -> DecodedImages:
+    """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries."""
+    keys = list(keys)
+    size = opts.image_size
+    images, on_disk = allocate(len(keys), size, opts.memory_budget_mb * 2**20, cache_dir)
+    ok = np.zeros(len(keys), dtype=bool)
     bad: list[BadFile] = []
     lock = threading.Lock()
-    decode_workers = decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
-    limit = 4 * (download_workers + decode_workers)
+    decode_workers = opts.decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
+    limit = 4 * (opts.download_workers + decode_workers)
     in_flight = threading.BoundedSemaphore(limit)
 
     with (
-        progress("download", len(items), progress_mode, position=0) as fetch_bar,
-        progress("decode", len(items), progress_mode, position=1) as decode_bar,
-        ThreadPoolExecutor(download_workers, thread_name_prefix="fetch") as fetch_pool,
+        progress("download", len(keys), opts.progress, position=0) as fetch_bar,
+        progress("decode", len(keys), opts.progress, position=1) as decode_bar,
+        ThreadPoolExecutor(opts.download_workers, thread_name_prefix="fetch") as fetch_pool,
         ThreadPoolExecutor(decode_workers, thread_name_prefix="decode") as decode_pool,
     ):
 
         def fail(slot: int, reason: str) -> None:
             with lock:
-                bad.append(BadFile(items[slot].key, reason))
+                bad.append(BadFile(keys[slot], reason))
                 decode_bar.update(1)  # counts every item done with, decoded or skipped
             in_flight.release()
 
         def decode(slot: int, data: bytes) -> None:
             try:
-                images[slot] = decode_image(data, (image_size, image_size), max_pixels=max_pixels)
+                images[slot] = decode_image(data, (size, size), max_pixels=opts.max_pixels)
             except ImageDecodeError as e:
                 fail(slot, str(e))
                 return
@@ -126,9 +161,9 @@ def decode_all(
                 return
             decode_pool.submit(decode, slot, data)
 
-        for slot, item in enumerate(items):
+        for slot, key in enumerate(keys):
             in_flight.acquire()  # bounds bytes held between download and decode
-            fut = fetch_pool.submit(store.get, item.key)
+            fut = fetch_pool.submit(store.get, key)
             fut.add_done_callback(lambda f, s=slot: fetched(s, f))
         for _ in range(limit):
             in_flight.acquire()  # wait until every item has been decoded or failed
@@ -137,4 +172,4 @@ def decode_all(
     for b in bad:
         log.warning("skipped %s: %s", b.key, b.reason)
     log.info("decoded %d images, skipped %d", int(ok.sum()), len(bad))
-    return DecodedImages(items, images, ok, bad, on_disk)
+    return DecodedImages(keys, images, ok, bad, on_disk)

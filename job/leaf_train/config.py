@@ -1,7 +1,7 @@
 """Typed configuration of the training job (``leaf-train train``).
 
 Every field is a ``--flag`` and a ``LEAF_TRAIN_<FIELD>`` environment variable (the
-chart sets the latter). Defaults follow the seed and its source, Chollet's *Deep
+chart sets the latter). Defaults follow Chollet's *Deep
 Learning with Python* §5.3: 150x150 input, RMSprop at 2e-5 for the head and 1e-5
 for fine-tuning, block5 unfrozen, augmentation rotation 40 / shift 0.2 / shear 0.2 /
 zoom 0.2 / horizontal flip.

@@ -12,7 +12,7 @@ import hashlib
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from leaf_common.imaging import is_image_key
@@ -45,7 +45,7 @@ class DatasetIndex:
     ignored: list[str] = field(default_factory=list)  # non-image or hidden keys
     # Listed images that could not be decoded: not trained on, but recorded, so that the retrain policy
     # (freshness.py) sees the same listing next time and not "new" photos.
-    unusable: list[ObjectInfo] = field(default_factory=list)
+    unusable: list[ObjectInfo | Item] = field(default_factory=list)
 
     def split(self, name: str) -> list[Item]:
         return [it for it in self.items if it.split == name]
@@ -72,6 +72,21 @@ class DatasetIndex:
         }
         return json.dumps(body, indent=1).encode()
 
+    def usable(self, ok: Sequence[bool], val_fraction: float) -> DatasetIndex:
+        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the others become ``unusable``.
+
+        Classes are re-derived, so a class whose photos were all corrupt disappears and labels stay
+        dense, and the split rule is re-applied, so "every class has validation images" holds for
+        what can actually be used. A photo keeps its side: the split is a hash of its key.
+        """
+        by_class: dict[str, list[Item]] = {}
+        for it, good in zip(self.items, ok, strict=True):
+            if good:
+                by_class.setdefault(self.classes[it.label], []).append(it)
+        classes, items = _labelled(by_class, val_fraction)
+        unusable = [it for it, good in zip(self.items, ok, strict=True) if not good]
+        return DatasetIndex(self.root, classes, items, self.ignored, unusable)
+
 
 def hash_split(key: str, val_fraction: float) -> str:
     """Stable side for ``key``: depends on nothing but the key itself."""
@@ -97,6 +112,12 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
             ignored.append(obj.key)
             continue
         by_class.setdefault(cls, []).append(obj)
+    classes, items = _labelled(by_class, val_fraction)
+    return DatasetIndex(root, classes, items, ignored)
+
+
+def _labelled(by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float) -> tuple[list[str], list[Item]]:
+    """Classes in output order, and an :class:`Item` (label, split) for each object of each class."""
     classes = sorted(by_class)
     items: list[Item] = []
     for label, cls in enumerate(classes):
@@ -108,7 +129,7 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
             lowest = min(range(len(objs)), key=lambda i: hashlib.sha256(objs[i].key.encode()).digest())
             splits[lowest] = VAL
         items += [Item(o.key, label, o.size, o.etag, s) for o, s in zip(objs, splits, strict=True)]
-    return DatasetIndex(root, classes, items, ignored)
+    return classes, items
 
 
 def check_index(index: DatasetIndex, min_images_per_class: int) -> None:

@@ -17,6 +17,9 @@ makes each epoch shorter. ``lr_scaling=linear`` multiplies the learning rates by
 
 Worker 0 is the chief: it alone writes checkpoints, evaluates, exports and publishes.
 Every worker reads the same checkpoint at start, so a restarted Job resumes consistently.
+
+TensorFlow, Keras and the checkpoint module are imported inside the functions that use them:
+the cluster helpers are used without them (``tests/charts`` resolves clusters from rendered pods).
 """
 
 from __future__ import annotations
@@ -27,9 +30,16 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from leaf_common.storage import open_store
+
+from .config import TrainConfig
 from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .checkpoint import RunCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +226,43 @@ class Distribution:
 
         model._maybe_symbolic_build = symbolic_build
 
+    def shard(self, ds: Any) -> Any:
+        """``ds`` split by example across the workers: the arrays are in memory, there are no files to split."""
+        if self.workers == 1:
+            return ds
+        import tensorflow as tf
+
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        return ds.with_options(options)
+
+    def checkpoint_writer(self, ckpts: RunCheckpoints | None, cache_dir: Path) -> RunCheckpoints | None:
+        """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one elsewhere.
+
+        Only the chief's checkpoint is real (the others would race it on the same keys), yet every worker
+        must save: saving a mirrored model runs collective ops, and a worker that skipped them would
+        pair its next collective with the chief's save and abort both (TensorFlow's multi-worker rule).
+        """
+        if ckpts is None or self.is_chief:
+            return ckpts
+        from .checkpoint import RunCheckpoints
+
+        return RunCheckpoints(open_store(str(cache_dir / f"worker-{self.index}-checkpoints")))
+
     def describe(self, global_batch: int) -> str:
         role = "chief" if self.is_chief else "worker"
         return (
             f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} {self.index}; "
             f"global batch {global_batch} = {self.per_replica_batch(global_batch)} per replica"
         )
+
+
+def from_config(cfg: TrainConfig, job_name: str) -> Distribution:
+    """The run's strategy from its options (``job_name`` names the worker pods); see :func:`create`."""
+    cluster = resolve_cluster(
+        cfg.workers, cfg.worker_index, cfg.worker_port, job_name, cfg.worker_service, cfg.worker_hosts
+    )
+    return create(cluster)
 
 
 def create(cluster: Cluster | None) -> Distribution:

@@ -8,6 +8,23 @@ from typing import Any
 
 import numpy as np
 
+from .cache import PreparedData
+
+
+def predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> np.ndarray:
+    """Probabilities of ``images[slots]``, ``batch`` at a time (a memmap is read a batch at a time too)."""
+    out = [
+        model.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
+        for i in range(0, len(slots), batch)
+    ]
+    return np.concatenate(out).astype(np.float32)
+
+
+def validate(model: Any, data: PreparedData, batch: int) -> dict[str, Any]:
+    """``metrics.json`` of ``model`` on the validation images."""
+    probs = predict(model, data.decoded.images, data.val_slots, batch)
+    return compute_metrics(probs, data.labels[data.val_slots], data.index.classes)
+
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:
     cm = np.zeros((num_classes, num_classes), dtype=np.int64)
@@ -50,6 +67,8 @@ def _png(fig: Any) -> bytes:
 
 def plot_curves(history: dict[str, list[float]]) -> bytes:
     """Accuracy and loss per epoch across both phases; the phase boundary is marked."""
+    # Imported here: the backend must be chosen before pyplot is imported, and choosing it at
+    # module import would be a side effect on every importer.
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +94,7 @@ def plot_curves(history: dict[str, list[float]]) -> bytes:
 
 
 def plot_confusion(cm: Sequence[Sequence[int]], classes: Sequence[str]) -> bytes:
-    import matplotlib
+    import matplotlib  # see plot_curves
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -2,7 +2,7 @@
 
 ``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN');
 converting a ``tf.function`` with a named ``input_signature`` through
-``from_function`` works and matches Keras to ~1e-7 (FIELD-NOTES). The export is
+``from_function`` works and matches Keras to ~1e-7 (``check_parity`` measures it on every export). The export is
 built from a float32 copy of the model, so mixed-precision training still ships a
 float32 graph, and it contains no augmentation (that lives in the input pipeline).
 """
@@ -15,13 +15,21 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
+from leaf_common.contract import ModelContract, TensorSpec
+from leaf_common.imaging import RESIZE_METHOD
+from leaf_common.registry import sha256_hex
 
+from . import __version__
+from .cache import PreparedData
+from .checkpoint import StopSignal
+from .config import TrainConfig
 from .errors import ExportError
 from .model import build_model
 
@@ -53,6 +61,110 @@ class Parity:
             "images": self.images,
             "passed": self.passed,
         }
+
+
+Event = Callable[..., None]  # KubeReporter.event(reason, note, type=...)
+
+
+@dataclass
+class Shipped:
+    """What export produced: the ONNX that ships, its parity record, and the optional variants."""
+
+    onnx: bytes
+    parity: dict[str, Any]  # model.json's parity record (with ``fp16``/``int8`` when exported); the gate judges it
+    extra_files: dict[str, bytes]  # model.fp16.onnx / model.int8.onnx when exported and passed
+
+
+def export_all(cfg: TrainConfig, inference: keras.Model, data: PreparedData, event: Event, stop: StopSignal) -> Shipped:
+    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked for."""
+    onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset)
+    stop.check("after the ONNX export, before its parity check")
+    parity_images = data.decoded.images[data.val_slots[: cfg.parity_images]]
+    parity = check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance)
+    event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
+    record, extra = parity.to_dict(), fp16_export(cfg, onnx_bytes, parity_images)
+    if extra:
+        record["fp16"] = extra.pop("parity")
+    int8 = int8_export(cfg, data, onnx_bytes, event)
+    if int8:
+        record["int8"] = int8.pop("parity")
+        extra |= int8
+    return Shipped(onnx_bytes, record, extra)
+
+
+def build_contract(
+    cfg: TrainConfig,
+    version: str,
+    data: PreparedData,
+    shipped: Shipped,
+    metrics: dict[str, Any],
+    training: dict[str, Any],
+) -> ModelContract:
+    """``model.json`` of the version: what the server needs to load it and what an operator asks about it."""
+    return ModelContract(
+        name=cfg.model_name,
+        version=version,
+        labels=list(data.index.classes),
+        image_size=(cfg.image_size, cfg.image_size),
+        input=TensorSpec(INPUT_NAME, [None, cfg.image_size, cfg.image_size, 3], "float32"),
+        output=TensorSpec(OUTPUT_NAME, [None, len(data.index.classes)], "float32"),
+        resize_method=RESIZE_METHOD,
+        model_sha256=sha256_hex(shipped.onnx),
+        opset=cfg.opset,
+        metrics={k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")},
+        dataset={
+            "uri": data.index.root,
+            "fingerprint": data.index.fingerprint(),
+            "images": len(data.index.items),
+            "train_images": int(len(data.train_slots)),
+            "val_images": int(len(data.val_slots)),
+            "manifest": "dataset.json",
+        },
+        parity=shipped.parity,
+        training=training,
+        code_version=f"leaf-train {__version__}",
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) -> dict[str, Any]:
+    """``{model.fp16.onnx: bytes, "parity": {...}}`` when --export-fp16, else ``{}``.
+
+    The parity record (tolerance, max difference, file, sha256) goes into model.json's ``parity.fp16``,
+    so the server can verify the file and an operator can see how close it is before preferring it.
+    """
+    if not cfg.export_fp16:
+        return {}
+    fp16 = to_fp16(onnx_bytes)
+    check = check_fp16_parity(onnx_bytes, fp16, parity_images, cfg.fp16_tolerance)
+    record = {**check.to_dict(), "file": FP16_FILE, "sha256": sha256_hex(fp16)}
+    return {FP16_FILE: fp16, "parity": record}
+
+
+def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event) -> dict[str, Any]:
+    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
+
+    Calibrated on training images only; judged on every validation image. A refused INT8 model is not
+    published (its record says why) and the FP32 model publishes as usual.
+    """
+    if not cfg.export_int8:
+        return {}
+    rng = np.random.default_rng(cfg.seed)  # which training images calibrate: repeatable with the run's seed
+    chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
+    images, val = data.decoded.images, data.val_slots
+    int8 = to_int8(onnx_bytes, images[chosen])
+    check = check_int8(onnx_bytes, int8, images[val], data.labels[val], cfg.int8_max_accuracy_drop)
+    record = {**check.to_dict(), "file": INT8_FILE, "format": "QDQ", "calibration_images": len(chosen)}
+    if not check.passed:
+        reason = (
+            f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
+            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not published"
+        )
+        log.warning("%s", reason)
+        event("Int8Refused", reason, type="Warning")
+        return {"parity": {**record, "reason": reason}}
+    record["sha256"] = sha256_hex(int8)
+    return {INT8_FILE: int8, "parity": record}
 
 
 def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_units: int) -> keras.Model:
@@ -107,7 +219,7 @@ def check_parity(
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     worst = _max_abs_diff(model.predict_on_batch, _runner(session), images, batch)
-    return _verdict("parity: max |ORT - Keras|", worst, tolerance, len(images))
+    return _measured("parity: max |ORT - Keras|", worst, tolerance, len(images))
 
 
 def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -127,7 +239,7 @@ def _max_abs_diff(
     return worst
 
 
-def _verdict(what: str, worst: float, tolerance: float, n: int) -> Parity:
+def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
     """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not raised.
 
     Failing the job here would make the Job retry into the same deterministic disagreement and
@@ -168,7 +280,7 @@ def check_fp16_parity(
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])
     half = ort.InferenceSession(fp16_bytes, providers=["CPUExecutionProvider"])
     worst = _max_abs_diff(_runner(full), _runner(half), images, batch)
-    return _verdict("fp16 parity: max |FP16 - FP32|", worst, tolerance, len(images))
+    return _measured("fp16 parity: max |FP16 - FP32|", worst, tolerance, len(images))
 
 
 def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:

@@ -41,7 +41,8 @@ from .registry import Champion
 
 # Accuracies are ratios of counts; this absorbs float rounding such as 0.92 - 0.02 = 0.9000000000000001.
 _EPS = 1e-9
-# ORT on 2 CPU cores gains nothing from larger batches of VGG16-sized inputs (FIELD-NOTES).
+# ORT on 2 CPU cores gains nothing from larger batches of VGG16-sized inputs (BENCHMARKS.md: images/s at
+# batch 1, 2, 4 and 8 are within noise), and 8 images bound the memory a re-score holds.
 _SCORE_BATCH = 8
 
 

@@ -1,4 +1,4 @@
-"""tf.data input pipelines over the decoded uint8 array, and the seed's augmentation.
+"""tf.data input pipelines over the decoded uint8 array, and the book's augmentation.
 
 Batches are gathered from the (possibly memory-mapped) array by index, so nothing is
 decoded again after the first pass and memory stays bounded. Augmentation runs in
@@ -15,7 +15,7 @@ from keras import layers
 
 
 def augmentation(rotation: float, shift: float, shear: float, zoom: float, flip: bool, seed: int) -> keras.Sequential:
-    """The seed's recipe (ImageDataGenerator in the book), as Keras 3 layers.
+    """The recipe of Chollet's §5.3 (``ImageDataGenerator`` in the book), as Keras 3 layers.
 
     ``fill_mode="nearest"`` is ImageDataGenerator's default, so borders look the same.
     """

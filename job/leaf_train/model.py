@@ -1,9 +1,11 @@
-"""The seed's model: VGG16 conv base -> Flatten -> Dense(256, relu) -> Dense(classes, softmax).
+"""The classifier of Chollet's *Deep Learning with Python* §5.3.
+
+VGG16 conv base -> Flatten -> Dense(256, relu) -> Dense(classes, softmax).
 
 Raw RGB in [0, 255] goes in; VGG16's caffe-style preprocessing is the first layer, so
 the exported ONNX needs nothing but decode and resize in front of it. With 40 classes
 at 150x150 it has 16,822,376 parameters, 9,187,112 trainable once everything before
-``block5_conv1`` is frozen (the seed's ``model.summary()``).
+``block5_conv1`` is frozen (the book's ``model.summary()``).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import keras
 from keras import layers
+from leaf_common.storage import open_store
 
 from .errors import ConfigurationError
 
@@ -27,8 +30,8 @@ VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 class VggPreprocess(layers.Layer):
     """``vgg16.preprocess_input`` as a layer: RGB->BGR, subtract the ImageNet means.
 
-    ``preprocess_input`` on a symbolic input makes tf2onnx emit a second graph input
-    (FIELD-NOTES); this layer does the same arithmetic and converts to one input.
+    ``preprocess_input`` on a symbolic input makes tf2onnx emit a second graph input (``to_onnx``
+    refuses such a graph); this layer does the same arithmetic and converts to one input.
     """
 
     def call(self, inputs):
@@ -38,6 +41,22 @@ class VggPreprocess(layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
+
+
+def weights_source(choice: str, cache_dir: Path) -> str | Path | None:
+    """``--weights`` as :func:`load_base` takes it: ``imagenet`` (Keras downloads), ``none``, or a
+    local/s3 .h5 staged into ``cache_dir``."""
+    choice = choice.strip()
+    if choice.lower() == "none":
+        return None
+    if choice.lower() == "imagenet":
+        return "imagenet"
+    if not choice.endswith(".h5"):
+        raise ConfigurationError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
+    parent, _, name = choice.rpartition("/")
+    local = cache_dir / name
+    open_store(parent or ".").download(name, local)
+    return local
 
 
 def load_base(weights: str | Path | None, image_size: int) -> keras.Model:
@@ -55,7 +74,7 @@ def build_model(
     weights: str | Path | None = None,
     dense_units: int = 256,
 ) -> keras.Model:
-    """The seed's classifier; the conv base is a nested model named ``vgg16``."""
+    """The book's classifier; the conv base is a nested model named ``vgg16``."""
     if num_classes < 2:
         raise ConfigurationError(f"expected at least 2 classes; received {num_classes}")
     base = load_base(weights, image_size)

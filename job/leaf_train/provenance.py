@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+
 LOCK_FILE = "leaf-train.lock"
 # Recorded name -> the distributions that provide it (the first one installed wins).
 NUMERIC_PACKAGES: dict[str, tuple[str, ...]] = {
@@ -106,8 +108,6 @@ def code_record() -> dict[str, str]:
     The content, not only ``__version__``: the version string is not bumped with every change, and the
     retrain policy (``freshness``) must notice any change of the code that trains the model.
     """
-    from . import __version__
-
     roots = {}
     for package in CODE_PACKAGES:
         spec = importlib.util.find_spec(package)

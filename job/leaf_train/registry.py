@@ -116,14 +116,11 @@ class Champion:
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """One row of ``models list``."""
+    """What the registry knows of one version from a listing and the pointer (``models list`` adds model.json)."""
 
     version: str
     complete: bool  # manifest.json present (sizes/hashes are verified by promote/show, not by list)
     created_at: str  # from the manifest; "" while incomplete
-    accuracy: float | None  # the gate's candidate accuracy, else metrics val_accuracy / accuracy
-    gate_promote: bool | None  # the gate's decision recorded in model.json; None when none recorded
-    gate_reason: str
     served: bool  # named by latest.json
     promoted: bool  # served now or earlier (in the pointer's history)
     last_write: float | None = None  # newest object's last write (epoch s); ages incomplete versions
@@ -142,15 +139,6 @@ def check_version_id(version: str) -> str:
             f"'.', '_' or '-'; received {version!r}"
         )
     return version
-
-
-def _accuracy_of(contract: dict[str, Any]) -> float | None:
-    gate = contract.get("gate") or {}
-    metrics = contract.get("metrics") or {}
-    for value in (gate.get("candidate_accuracy"), metrics.get("val_accuracy"), metrics.get("accuracy")):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
 
 
 class ModelRegistry:
@@ -369,16 +357,11 @@ class ModelRegistry:
                 manifest = read_manifest(self._version_store(version))
             except RegistryError:
                 manifest = None  # unreadable manifest: shown as incomplete, never promoted
-            contract = self.contract_dict(version) or {}
-            gate = contract.get("gate") or {}
             rows.append(
                 VersionInfo(
                     version=version,
                     complete=manifest is not None,
                     created_at=manifest.created_at if manifest else "",
-                    accuracy=_accuracy_of(contract),
-                    gate_promote=bool(gate["promote"]) if "promote" in gate else None,
-                    gate_reason=str(gate.get("reason", "")),
                     served=pointer is not None and pointer.version == version,
                     promoted=version in promoted,
                     last_write=self._last_write(objects),
@@ -388,30 +371,13 @@ class ModelRegistry:
         rows.sort(key=lambda r: (not r.complete, r.created_at, r.version))
         return rows
 
-    def show(self, version: str) -> dict[str, Any]:
-        """Everything known about one version: state, manifest (verified), contract, pointer role."""
-        vstore = self._version_store(version)
-        files = [{"name": o.key, "size": o.size} for o in vstore.list()]
-        if not files:
-            raise VersionNotFoundError(f"{self.uri(version)}: expected an existing version; found no files")
-        found = read_pointer(self.store)
-        pointer = found[0] if found else None
-        result: dict[str, Any] = {
-            "name": self.model_name,
-            "version": version,
-            "uri": self.uri(version),
-            "served": pointer is not None and pointer.version == version,
-            "promoted": pointer is not None and version in (pointer.version, *pointer.history),
-            "files": files,
-        }
-        try:
-            manifest = self.verify(version)
-            result.update(complete=True, verified=True, manifest=json.loads(manifest.to_json()))
-        except IncompleteVersionError as e:
-            result.update(complete=self.store.exists(self._key(version, MANIFEST_FILE)), verified=False, problem=str(e))
-        result["contract"] = self.contract_dict(version)
-        result["claimed_by"] = self.claim_owner(version)
-        return result
+    def files(self, version: str) -> list[ObjectInfo]:
+        """The objects under the version's folder, with keys relative to it."""
+        return list(self._version_store(version).list())
+
+    def has_manifest(self, version: str) -> bool:
+        """Whether the version's publication got as far as its manifest (not whether it verifies)."""
+        return self.store.exists(self._key(version, MANIFEST_FILE))
 
     def champion(self) -> Champion | None:
         """The served version with its contract and ONNX bytes, checked against its manifest.

@@ -1,4 +1,4 @@
-"""The seed's two-phase fine-tune (Chollet §5.3), resumable.
+"""The two-phase fine-tune of Chollet's *Deep Learning with Python* §5.3, resumable.
 
 Phase 1 trains the randomly initialised head on a frozen conv base: large gradients
 from a random head would otherwise wreck the pretrained features. Phase 2 unfreezes
@@ -17,7 +17,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .cache import PreparedData
 from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
+from .config import TrainConfig
+from .distribute import Distribution
+from .inputs import augmentation, make_dataset
 from .model import freeze_for_phase
 
 log = logging.getLogger(__name__)
@@ -30,6 +34,9 @@ class PhasePlan:
     learning_rate: float
 
 
+PhaseEnd = Callable[[int, dict[str, float]], None]  # (phase, its last epoch's metrics)
+
+
 def gpus_visible() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
@@ -37,6 +44,14 @@ def gpus_visible() -> bool:
 def use_mixed_precision(mode: str) -> bool:
     """``auto`` = on when a GPU is visible (float16 on CPU is slower, not faster)."""
     return mode == "on" or (mode == "auto" and gpus_visible())
+
+
+def set_precision(mode: str) -> bool:
+    """Set Keras's global dtype policy for ``--mixed-precision``; returns whether it is mixed_float16."""
+    mixed = use_mixed_precision(mode)
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    log.info("precision policy: %s", keras.mixed_precision.global_policy().name)
+    return mixed
 
 
 def use_determinism(mode: str) -> bool:
@@ -61,6 +76,70 @@ def use_jit_compile(mode: str) -> bool:
     Augmentation runs in tf.data, outside the compiled step, so every layer of the step supports XLA.
     """
     return mode == "on" or (mode == "auto" and gpus_visible())
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How the phases train, built once from the config: plans with their learning rates, stopping, XLA."""
+
+    plans: tuple[PhasePlan, ...]
+    fine_tune_from: str
+    patience: int  # early stopping on val_loss; 0 = off
+    jit_compile: bool
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float) -> FitOptions:
+        """``scale_lr`` maps a configured learning rate to the one used (``Distribution.learning_rate``)."""
+        return cls(
+            plans=(
+                PhasePlan(1, cfg.head_epochs, scale_lr(cfg.head_lr)),
+                PhasePlan(2, cfg.finetune_epochs, scale_lr(cfg.finetune_lr)),
+            ),
+            fine_tune_from=cfg.fine_tune_from,
+            patience=cfg.early_stopping_patience,
+            jit_compile=use_jit_compile(cfg.jit_compile),
+        )
+
+
+def train(
+    cfg: TrainConfig,
+    data: PreparedData,
+    model: keras.Model,
+    dist: Distribution,
+    *,
+    state: RunState,
+    best_weights: list[np.ndarray] | None,
+    checkpoints: RunCheckpoints | None,
+    stop: StopSignal,
+    on_phase_end: PhaseEnd | None = None,
+) -> FitOptions:
+    """Both phases on ``data``'s training images, validated on its validation images; call in ``dist``'s scope."""
+    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if cfg.augment else None
+    images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
+    train_ds = dist.shard(make_dataset(images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug))
+    val_ds = dist.shard(make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed))
+    dist.prepare_model(model, train_ds.element_spec)
+    opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
+    log.info(
+        "XLA jit_compile=%s (option %s; augmentation runs in tf.data, outside the compiled step); "
+        "learning rates %s (lr_scaling %s)",
+        opts.jit_compile,
+        cfg.jit_compile,
+        " / ".join(f"{p.learning_rate:g}" for p in opts.plans),
+        cfg.lr_scaling,
+    )
+    run_phases(
+        model,
+        train_ds,
+        val_ds,
+        opts,
+        checkpoints=checkpoints,
+        state=state,
+        best_weights=best_weights,
+        on_phase_end=on_phase_end,
+        stop=stop,
+    )
+    return opts
 
 
 def compile_for_phase(
@@ -89,29 +168,26 @@ def run_phases(
     model: keras.Model,
     train_ds: tf.data.Dataset,
     val_ds: tf.data.Dataset,
-    plans: list[PhasePlan],
+    opts: FitOptions,
     *,
-    fine_tune_from: str,
-    patience: int,
     checkpoints: RunCheckpoints | None = None,
     state: RunState | None = None,
     best_weights: list[np.ndarray] | None = None,
-    on_phase_end: Callable[[int, dict[str, float]], None] | None = None,
+    on_phase_end: PhaseEnd | None = None,
     stop: StopSignal | None = None,
-    jit_compile: bool | str = "auto",
 ) -> RunState:
     """Run the phases in order, resuming from ``state`` (model already restored by the caller)."""
     state = state or RunState()
     stop = stop or StopSignal()
-    for plan in plans:
+    for plan in opts.plans:
         if plan.phase < state.phase:
             continue  # finished before the restart
         resuming = plan.phase == state.phase and state.epochs_done > 0
         if not resuming:
             state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
             best_weights = None
-            compile_for_phase(model, plan, fine_tune_from, jit_compile)
-        _fit_phase(model, train_ds, val_ds, plan, patience, checkpoints, state, best_weights, stop)
+            compile_for_phase(model, plan, opts.fine_tune_from, opts.jit_compile)
+        _fit_phase(model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop)
         if on_phase_end is not None:
             on_phase_end(plan.phase, _last_metrics(state, plan.phase))
         best_weights = None

@@ -102,3 +102,24 @@ def test_fingerprint_changes_with_content():
     b = build_index([ObjectInfo("a/1.jpg", 10, "other"), ObjectInfo("b/1.jpg", 10, "etag-b/1.jpg")], "x", 0.5)
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == build_index(objs(["b/1.jpg", "a/1.jpg"]), "x", 0.5).fingerprint()
+
+
+def test_usable_index_rederives_classes_labels_and_splits_from_what_decoded():
+    keys = [f"{c}/{i}.jpg" for c in ("apple", "bean", "corn") for i in range(6)] + ["notes.txt"]
+    listed = build_index(objs(keys), "s3://b/p", 0.2)
+    ok = [it.key.split("/")[0] != "bean" and it.key != "corn/0.jpg" for it in listed.items]
+
+    usable = listed.usable(ok, 0.2)
+
+    # bean decoded nothing: it disappears and corn's label moves up, so labels stay dense.
+    assert usable.classes == ["apple", "corn"]
+    assert {it.key: it.label for it in usable.items} == {
+        **{f"apple/{i}.jpg": 0 for i in range(6)},
+        **{f"corn/{i}.jpg": 1 for i in range(1, 6)},
+    }
+    # The same index as one built from the usable listing alone: the split rule applies to what is left.
+    fresh = build_index(objs([it.key for it in usable.items]), "s3://b/p", 0.2)
+    assert usable.items == fresh.items
+    assert {it.label for it in usable.split(VAL)} == {0, 1}  # every remaining class validates
+    assert sorted(o.key for o in usable.unusable) == [*[f"bean/{i}.jpg" for i in range(6)], "corn/0.jpg"]
+    assert usable.ignored == ["notes.txt"] and usable.root == listed.root

@@ -15,6 +15,7 @@ import pytest
 from leaf_common.config import resolve
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.storage import Store, open_store
+from leaf_train.commands.models import list_rows
 from leaf_train.errors import ConfigurationError, GateError
 from leaf_train.gate import GateConfig, decide, event_note, format_rules, resize_batch
 from leaf_train.registry import Champion, ModelRegistry
@@ -440,7 +441,7 @@ def test_retrain_lifecycle_gate_then_cas_promotion(store: Store) -> None:
         if decision.promote:
             registry.promote(version, expected_etag=champion.pointer_etag)
 
-    rows = {r.version: r for r in registry.list_versions()}
-    assert rows["v2"].complete and rows["v2"].gate_promote is False and not rows["v2"].promoted
+    rows = {r.info.version: r for r in list_rows(registry)}  # what `leaf-train models list` shows
+    assert rows["v2"].info.complete and rows["v2"].gate_promote is False and not rows["v2"].info.promoted
     assert "regression" in rows["v2"].gate_reason
-    assert rows["v3"].served and rows["v1"].promoted and not rows["v1"].served
+    assert rows["v3"].info.served and rows["v1"].info.promoted and not rows["v1"].info.served

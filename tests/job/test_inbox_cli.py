@@ -10,7 +10,7 @@ from leaf_common.inbox import Inbox, make_record
 from leaf_common.storage import open_store
 from leaf_train.cli import main
 from leaf_train.dataset import build_index
-from leaf_train.pipeline import from_review
+from leaf_train.report import from_review
 
 MODEL = "leaf-classifier"
 PHOTO = b"\xff\xd8\xff\xe0 jpeg bytes as uploaded"

@@ -11,7 +11,8 @@ import pytest
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.storage import open_store
 from leaf_train.cli import main
-from leaf_train.registry import ModelRegistry
+from leaf_train.commands.models import describe, list_rows
+from leaf_train.registry import ModelRegistry, VersionNotFoundError
 
 MODEL = "leaf-classifier"
 
@@ -181,3 +182,25 @@ def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.Capture
     assert by_class["red"][-3:] == ["0.7500", "1.0000", "FAIL"]
     assert " ".join(by_class["green"]).endswith("3 < 4 images: not compared 1.0000 1.0000 not compared")
     assert lines[gate + 8].startswith("provenance:")
+
+
+def test_list_rows_and_describe_read_the_gate_and_the_pointer_roles(output: str) -> None:
+    """What ``models list`` and ``models show --format json`` print, before any formatting."""
+    publish(output, "v1", accuracy=0.8, promote=True, reason="first model")
+    publish(output, "v2", accuracy=0.5, promote=False, reason="regression")
+    registry = ModelRegistry(open_store(output), MODEL)
+    registry.promote("v1")
+
+    rows = {r.info.version: r for r in list_rows(registry)}
+    assert [r.info.version for r in list_rows(registry)] == ["v1", "v2"]
+    v1, v2 = rows["v1"], rows["v2"]
+    assert (v1.info.served, v1.info.promoted, v1.gate_promote, v1.accuracy) == (True, True, True, 0.8)
+    assert (v2.info.served, v2.info.promoted, v2.gate_promote, v2.gate_reason) == (False, False, False, "regression")
+
+    shown = describe(registry, "v2")
+    assert shown["complete"] and shown["verified"] and not shown["served"]
+    assert shown["contract"]["gate"]["reason"] == "regression"
+    assert {f["name"] for f in shown["manifest"]["files"]} == {MODEL_FILE, CONTRACT_FILE}
+    json.dumps(shown)  # the CLI prints it as JSON
+    with pytest.raises(VersionNotFoundError):
+        describe(registry, "v7")

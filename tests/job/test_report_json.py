@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from leaf_train.pipeline import to_json_bytes
+from leaf_train.report import to_json_bytes
 
 
 def strict_loads(data: bytes):

@@ -75,7 +75,7 @@ def publish(tmp_path, version: str, onnx_bytes: bytes, contract: ModelContract) 
 
 
 def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_path):
-    from leaf_train.cache import decode_all
+    from leaf_train.cache import DecodeOptions, PreparedData, decode_all
     from leaf_train.dataset import build_index
     from leaf_train.inputs import make_dataset
 
@@ -84,8 +84,9 @@ def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_
     photos.put("a/leaf.jpg", data)
     photos.put("b/other.jpg", data)
     index = build_index(list(photos.list()), photos.uri, 0.5)
-    decoded = decode_all(photos, index.items, SIZE, cache_dir=tmp_path / "cache")
-    batch = make_dataset(decoded.images, decoded.labels(), np.array([0]), 1, shuffle=False, seed=0)
+    decoded = decode_all(photos, [it.key for it in index.items], DecodeOptions(SIZE), cache_dir=tmp_path / "cache")
+    prepared = PreparedData.of(index, decoded)
+    batch = make_dataset(decoded.images, prepared.labels, np.array([0]), 1, shuffle=False, seed=0)
     training_input = next(iter(batch))[0].numpy()[0]
 
     n = SIZE * SIZE * 3

@@ -19,6 +19,10 @@ from pathlib import Path
 from leaf_common.config import add_arguments, option, resolve
 from leaf_common.storage import open_store
 
+from ..config import TrainConfig
+from ..kube import KubeConfig
+from .train import summary
+
 ENV_PREFIX = "LEAF_DEMO_"
 DATA_BUCKET, MODEL_BUCKET = "leaf-photos", "leaf-models"
 
@@ -31,7 +35,7 @@ class DemoConfig:
     image_size: int = option(64, "Model input size (the product default is 150; smaller keeps the demo short)")
     head_epochs: int = option(6, "Phase 1 epochs")
     finetune_epochs: int = option(4, "Phase 2 epochs")
-    head_lr: float = option(1e-3, "Phase 1 learning rate (random conv weights need more than the seed's 2e-5)")
+    head_lr: float = option(1e-3, "Phase 1 learning rate (random conv weights need more than the book's 2e-5)")
     finetune_lr: float = option(1e-4, "Phase 2 learning rate")
     weights: str = option("none", "Conv-base weights: none (offline), imagenet (downloads ~60 MB), or a .h5 URI")
 
@@ -60,12 +64,10 @@ def _point_boto_at(endpoint: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported when the demo runs, not when the CLI starts: moto, TensorFlow (pipeline), numpy/PIL.
     from moto.server import ThreadedMotoServer
 
-    from ..commands.train import summary
-    from ..config import TrainConfig
     from ..gate import GateConfig
-    from ..kube import KubeConfig
     from ..pipeline import run as run_pipeline
     from ..synth import write
 

@@ -13,12 +13,14 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from leaf_common.config import add_arguments, option, resolve
 from leaf_common.storage import open_store
 
 from ..config import _NAME_RE, ENV_PREFIX, TrainConfig
 from ..errors import ConfigurationError
+from ..registry import IncompleteVersionError, ModelRegistry, VersionInfo, VersionNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_prune)
 
 
-def _registry(args: argparse.Namespace):  # noqa: ANN202 -- ModelRegistry, imported lazily
-    from ..registry import ModelRegistry
-
+def _registry(args: argparse.Namespace) -> ModelRegistry:
     cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
     return ModelRegistry(open_store(cfg.output), cfg.model_name)
 
@@ -85,18 +85,49 @@ def _fmt_gate(value: bool | None) -> str:
     return {True: "pass", False: "FAIL", None: "-"}[value]
 
 
-def format_table(rows: list) -> str:  # noqa: ANN001 -- list[VersionInfo]
+@dataclass(frozen=True)
+class ListRow:
+    """One row of ``models list``: the registry's facts and what the version's model.json says."""
+
+    info: VersionInfo
+    accuracy: float | None  # the gate's candidate accuracy, else metrics val_accuracy / accuracy
+    gate_promote: bool | None  # the gate's decision recorded in model.json; None when none recorded
+    gate_reason: str
+
+
+def list_rows(registry: ModelRegistry) -> list[ListRow]:
+    """Every version, in ``list_versions`` order, with its recorded accuracy and gate decision."""
+    rows = []
+    for info in registry.list_versions():
+        contract = registry.contract_dict(info.version) or {}
+        gate = contract.get("gate") or {}
+        promote = bool(gate["promote"]) if "promote" in gate else None
+        rows.append(ListRow(info, _accuracy_of(contract), promote, str(gate.get("reason", ""))))
+    return rows
+
+
+def _accuracy_of(contract: dict[str, Any]) -> float | None:
+    gate = contract.get("gate") or {}
+    metrics = contract.get("metrics") or {}
+    for value in (gate.get("candidate_accuracy"), metrics.get("val_accuracy"), metrics.get("accuracy")):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def format_table(rows: list[ListRow]) -> str:
     """Aligned columns: VERSION, CREATED, ACCURACY, GATE, STATE, REASON (gate reason, shortened)."""
     header = ("VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON")
     lines = [header]
     for r in rows:
-        if not r.complete:
-            state = "deleting" if r.deleting else "incomplete"
+        v = r.info
+        if not v.complete:
+            state = "deleting" if v.deleting else "incomplete"
         else:
-            state = "served" if r.served else "promoted-before" if r.promoted else "-"
+            state = "served" if v.served else "promoted-before" if v.promoted else "-"
         reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
         lines.append(
-            (r.version, r.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
+            (v.version, v.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
     return "\n".join(
@@ -106,13 +137,42 @@ def format_table(rows: list) -> str:  # noqa: ANN001 -- list[VersionInfo]
 
 def cmd_list(args: argparse.Namespace) -> int:
     registry = _registry(args)
-    rows = registry.list_versions()
+    rows = list_rows(registry)
     print(format_table(rows) if rows else f"no versions under {registry.uri()}")
     return 0
 
 
+def describe(registry: ModelRegistry, version: str) -> dict[str, Any]:
+    """Everything known about one version: state, manifest (verified), contract, pointer role.
+
+    Raises:
+        VersionNotFoundError: nothing exists under the version's folder.
+    """
+    files = [{"name": o.key, "size": o.size} for o in registry.files(version)]
+    if not files:
+        raise VersionNotFoundError(f"{registry.uri(version)}: expected an existing version; found no files")
+    found = registry.pointer()
+    pointer = found[0] if found else None
+    result: dict[str, Any] = {
+        "name": registry.model_name,
+        "version": version,
+        "uri": registry.uri(version),
+        "served": pointer is not None and pointer.version == version,
+        "promoted": pointer is not None and version in (pointer.version, *pointer.history),
+        "files": files,
+    }
+    try:
+        manifest = registry.verify(version)
+        result.update(complete=True, verified=True, manifest=json.loads(manifest.to_json()))
+    except IncompleteVersionError as e:
+        result.update(complete=registry.has_manifest(version), verified=False, problem=str(e))
+    result["contract"] = registry.contract_dict(version)
+    result["claimed_by"] = registry.claim_owner(version)
+    return result
+
+
 def format_show(shown: dict) -> str:
-    """The text view of ``ModelRegistry.show``: what an operator asks first, then what produced it."""
+    """The text view of :func:`describe`: what an operator asks first, then what produced it."""
     contract = shown.get("contract") or {}
     metrics, gate = contract.get("metrics") or {}, contract.get("gate") or {}
     role = "served" if shown["served"] else "promoted before" if shown["promoted"] else "not promoted"
@@ -130,7 +190,7 @@ def format_show(shown: dict) -> str:
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
         if gate.get("rules"):  # versions published before the decision table have only the reason
-            from ..gate import format_rules
+            from ..gate import format_rules  # numpy/PIL: see register
 
             lines += [f"  {line}" for line in format_rules(gate["rules"])]
     lines += _format_provenance(contract.get("provenance") or {})
@@ -170,7 +230,7 @@ def _format_provenance(prov: dict) -> list[str]:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    shown = _registry(args).show(args.version)
+    shown = describe(_registry(args), args.version)
     print(json.dumps(shown, indent=2, sort_keys=True) if args.format == "json" else format_show(shown))
     return 0
 

@@ -22,7 +22,7 @@ class SynthConfig:
     seed: int = option(0, "Random seed")
 
     def validate(self) -> None:
-        from ..synth import max_classes
+        from ..synth import max_classes  # numpy/PIL: loaded by this command only, not at CLI start
 
         if not self.output:
             raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder")
@@ -41,7 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synth import write
+    from ..synth import write  # see SynthConfig.validate
 
     cfg = resolve(SynthConfig, ENV_PREFIX, args)
     n = write(open_store(cfg.output), cfg.per_class, cfg.classes or None, cfg.size, cfg.seed)

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+from typing import TYPE_CHECKING
 
 from leaf_common.config import add_arguments, resolve
 
+from ..cli import setup_logging
 from ..config import ENV_PREFIX, TrainConfig
+
+if TYPE_CHECKING:
+    from ..report import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import setup_logging
-
     cfg, gate_cfg, kube_cfg, retrain_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
     setup_logging(cfg.log_level)
+    # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
     from ..pipeline import run as run_pipeline
 
     result = run_pipeline(cfg, gate_cfg, kube_cfg, retrain_cfg)
@@ -49,11 +53,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(result) -> str:  # noqa: ANN001 -- RunResult, imported lazily with TensorFlow
-    if "worker" in result.report:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
-        return f"worker {result.report['worker']}: trained version {result.version} in sync; worker 0 publishes it"
-    if "skipped" in result.report:  # the retrain policy found nothing new to learn
-        return f"served:         {result.version or '-'}\nskipped:        {result.report['skipped']}"
+def summary(result: RunResult) -> str:
+    if result.worker is not None:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
+        return f"worker {result.worker}: trained version {result.version} in sync; worker 0 publishes it"
+    if result.skipped:  # the retrain policy found nothing new to learn
+        return f"served:         {result.version or '-'}\nskipped:        {result.skipped}"
     m = result.metrics
     lines = [
         f"version:        {result.version}",
