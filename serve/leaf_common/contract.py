@@ -12,13 +12,15 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import LeafError
+
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 CONTRACT_FILE = "model.json"
 POINTER_FILE = "latest.json"
 
 
-class ContractError(ValueError):
+class ContractError(LeafError, ValueError):
     """A contract file is missing fields or disagrees with its model."""
 
 

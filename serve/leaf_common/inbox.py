@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .contract import POINTER_FILE
+from .errors import LeafError
 from .registry import VERSIONS_DIR
 from .storage import NotFound, PreconditionFailed, Store
 
@@ -49,16 +50,22 @@ _REVIEW_KEY = re.compile(r"capture-\d{8}T\d{9}Z-[0-9a-f]{10}\.(jpg|png)")
 _CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _(),.+'-]{0,99}")
 
 
-class InboxError(ValueError):
+class InboxError(LeafError, ValueError):
     """A review action cannot be done; the message says what was expected and received."""
+
+    http_status = 409  # what the inbox holds contradicts the action
 
 
 class InvalidName(InboxError):
     """A capture id or class name that cannot be one."""
 
+    http_status = 400
+
 
 class ItemNotFound(InboxError):
     """No capture with this id in the inbox (already reviewed, or never there)."""
+
+    http_status = 404
 
 
 class ReviewConflict(InboxError):

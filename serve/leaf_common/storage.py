@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import LeafError
+
 # Lock and temporary files of the local store start with this; listings skip them.
 _LOCAL_PRIVATE = ".leafstore-"
 
 
-class StoreError(RuntimeError):
+class StoreError(LeafError, RuntimeError):
     """A storage operation failed; the message names the URI."""
 
 

@@ -32,17 +32,14 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     """
     import argparse
 
-    from leaf_common.config import ConfigError
-    from leaf_train.errors import LeafTrainError
+    from leaf_common.errors import LeafError
 
     parser = argparse.ArgumentParser(prog="leaf-train")
     kube_cmd.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.func(args), capsys.readouterr().out, ""
-    except ConfigError as e:
-        return EXIT_CONFIG, capsys.readouterr().out, str(e)
-    except LeafTrainError as e:
+    except LeafError as e:
         return e.exit_code, capsys.readouterr().out, str(e)
 
 
