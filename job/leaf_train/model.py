@@ -13,6 +13,7 @@ from pathlib import Path
 
 import keras
 from keras import layers
+from leaf_common.contract import INPUT_NAME, OUTPUT_NAME
 
 from .errors import ConfigurationError
 
@@ -59,14 +60,14 @@ def build_model(
     if num_classes < 2:
         raise ConfigurationError(f"expected at least 2 classes; received {num_classes}")
     base = load_base(weights, image_size)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = VggPreprocess(name="vgg_preprocess")(inputs)
     # training=False keeps the base in inference mode even while block5 trains.
     x = base(x, training=False)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     # Softmax in float32 even under mixed precision: float16 probabilities lose the tail.
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="leaf_classifier")
 
 

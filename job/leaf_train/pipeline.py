@@ -12,7 +12,6 @@ short (``publish``).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.contract import CONTRACT_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelContract, TensorSpec
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.inbox import is_review_key
+from leaf_common.registry import sha256_hex
 from leaf_common.storage import ObjectInfo, Store, open_store
 
 from . import __version__, freshness, provenance
@@ -259,10 +259,10 @@ def _contract(
         version=version,
         labels=list(data.index.classes),
         image_size=(cfg.image_size, cfg.image_size),
-        input=TensorSpec("image", [None, cfg.image_size, cfg.image_size, 3], "float32"),
-        output=TensorSpec("probabilities", [None, n], "float32"),
+        input=TensorSpec(INPUT_NAME, [None, cfg.image_size, cfg.image_size, 3], "float32"),
+        output=TensorSpec(OUTPUT_NAME, [None, n], "float32"),
         resize_method=RESIZE_METHOD,
-        model_sha256=hashlib.sha256(onnx_bytes).hexdigest(),
+        model_sha256=sha256_hex(onnx_bytes),
         opset=cfg.opset,
         metrics={k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")},
         dataset={
@@ -451,7 +451,7 @@ def _fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray)
 
     fp16 = export.to_fp16(onnx_bytes)
     check = export.check_fp16_parity(onnx_bytes, fp16, parity_images, cfg.fp16_tolerance)
-    record = {**check.to_dict(), "file": export.FP16_FILE, "sha256": hashlib.sha256(fp16).hexdigest()}
+    record = {**check.to_dict(), "file": export.FP16_FILE, "sha256": sha256_hex(fp16)}
     return {export.FP16_FILE: fp16, "parity": record}
 
 
@@ -481,7 +481,7 @@ def _int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, kube: 
         log.warning("%s", reason)
         kube.event("Int8Refused", reason, type="Warning")
         return {"parity": {**record, "reason": reason}}
-    record["sha256"] = hashlib.sha256(int8).hexdigest()
+    record["sha256"] = sha256_hex(int8)
     return {export.INT8_FILE: int8, "parity": record}
 
 

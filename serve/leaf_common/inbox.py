@@ -20,7 +20,6 @@ TensorFlow and no web framework.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -31,7 +30,7 @@ from typing import Any
 
 from .contract import POINTER_FILE
 from .errors import LeafError
-from .registry import VERSIONS_DIR
+from .registry import VERSIONS_DIR, sha256_hex
 from .storage import NotFound, PreconditionFailed, Store
 
 log = logging.getLogger(__name__)
@@ -225,7 +224,7 @@ class Inbox:
 
         Neither may exist already (``PreconditionFailed``): nothing in the inbox is ever overwritten.
         """
-        record = replace(record, sha256=hashlib.sha256(photo).hexdigest(), size=len(photo))
+        record = replace(record, sha256=sha256_hex(photo), size=len(photo))
         self.store.put(self._photo_key(record), photo, if_none_match=True)
         self.store.put(self._record_key(record.id), record.to_json(), if_none_match=True)
         return record
@@ -266,7 +265,7 @@ class Inbox:
             data = self.store.get(self._photo_key(record))
         except NotFound as e:
             raise ItemNotFound(f"capture {capture_id}: its record is there but {record.photo_name} is not") from e
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if digest != record.sha256:
             raise ReviewConflict(
                 f"{record.photo_name}: expected sha256 {record.sha256} (its record); received {digest}"

@@ -21,6 +21,8 @@ from leaf_common.registry import (
     VERSIONS_DIR,
     ManifestMissing,
     ResolvedModel,
+    pointer_root,
+    read_verified_model,
     read_verified_version,
     resolve_model,
     sha256_hex,
@@ -83,24 +85,14 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
         StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the version).
     """
     try:
-        contract_bytes = read_verified_version(store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
-        contract = ModelContract.from_json(contract_bytes)
-        verified = read_verified_version(store, [contract.model_file], expected_version)
+        verified = read_verified_model(store, expected_version)
     except StoreUnavailable:
         raise
     except ManifestMissing as e:
         raise VersionIncomplete(f"{store.uri}: {e}") from e
     except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if contract.version != verified.manifest.version:
-        raise ModelLoadError(
-            f"{store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
-            f"received {contract.version!r}"
-        )
-    model_bytes = verified.files[contract.model_file]
-    if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
-        raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
-    return contract, model_bytes
+    return verified.contract, verified.model_bytes
 
 
 def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
@@ -147,7 +139,7 @@ class ModelRepository:
 
     @property
     def follows_pointer(self) -> bool:
-        return self.config.model.rstrip("/").endswith(POINTER_FILE)
+        return pointer_root(self.config.model) is not None
 
     def load_initial(self) -> ServedModel:
         """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail loudly)."""
@@ -306,6 +298,8 @@ class ModelRepository:
         return self.current.version if self.current else "none"
 
     def _pointer_etag(self) -> str | None:
-        root = self.config.model.rstrip("/")[: -len(POINTER_FILE)].rstrip("/") or "."
+        root = pointer_root(self.config.model)
+        if root is None:
+            return None
         info = open_store(root, client=self._client).head(POINTER_FILE)
         return info.etag if info else None

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from leaf_common.config import resolve
 from leaf_train.commands import kube as kube_cmd
+from leaf_train.config import ENV_PREFIX
 from leaf_train.errors import EXIT_CONFIG, EXIT_FAILURE
-from leaf_train.kube import ENV_PREFIX, SKIPPED_ANNOTATION, VERSION_ANNOTATION, KubeReporter
+from leaf_train.kube import SKIPPED_ANNOTATION, VERSION_ANNOTATION, KubeReporter
 from test_kube_apiserver import FakeApiServer, apiserver, job_object  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]

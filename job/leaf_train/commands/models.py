@@ -15,9 +15,10 @@ import logging
 from dataclasses import dataclass
 
 from leaf_common.config import add_arguments, option, resolve
+from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 from leaf_common.storage import open_store
 
-from ..config import _NAME_RE, ENV_PREFIX, TrainConfig
+from ..config import ENV_PREFIX, TrainConfig
 from ..errors import ConfigurationError
 
 log = logging.getLogger(__name__)
@@ -34,10 +35,8 @@ class ModelsConfig:
     def validate(self) -> None:
         if not self.output:
             raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
-        if not _NAME_RE.match(self.model_name):
-            raise ConfigurationError(
-                f"--model-name: expected lowercase letters, digits, '.', '_' or '-'; received {self.model_name!r}"
-            )
+        if not is_model_name(self.model_name):
+            raise ConfigurationError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -182,7 +181,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         log.warning("overriding the quality gate for %s, which said: %s", args.version, gate.get("reason", "?"))
     before = registry.pointer()
     pointer = registry.promote(args.version)
-    print(f"promoted {pointer.version} (was {before[0].version if before else 'nothing'})")
+    print(f"promoted {pointer.version} (was {before.version if before else 'nothing'})")
     return 0
 
 
@@ -190,7 +189,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     registry = _registry(args)
     before = registry.pointer()
     pointer = registry.rollback()
-    print(f"rolled back to {pointer.version} (was {before[0].version if before else 'nothing'})")
+    print(f"rolled back to {pointer.version} (was {before.version if before else 'nothing'})")
     return 0
 
 
