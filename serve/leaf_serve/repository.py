@@ -33,7 +33,7 @@ from .batching import Batcher
 from .card import ModelCard, fetch_card
 from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
-from .model import OnnxModel
+from .model import OnnxModel, RuntimeOptions
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -124,6 +124,7 @@ class ModelRepository:
     def __init__(self, config: ServeConfig, metrics: ServeMetrics, inference_executor: Executor):
         self.config = config
         self.metrics = metrics
+        self.runtime = RuntimeOptions.from_config(config)  # how every version loaded here runs
         self._executor = inference_executor
         self.current: ServedModel | None = None
         self._rejected_etags: set[str] = set()
@@ -172,20 +173,7 @@ class ModelRepository:
                          preferred.upper(), model_file)  # fmt: skip
             else:
                 model_file, model_bytes = variant
-        model = OnnxModel(
-            model_bytes,
-            contract,
-            providers=self.config.providers,
-            device_id=self.config.device_id,
-            intra_op_threads=self.config.intra_op_threads,
-            intra_op_spinning=self.config.intra_op_spinning,
-            io_binding=self.config.io_binding,
-            pad_batches=self.config.pad_batches,
-            max_batch_size=self.config.max_batch_size,
-            trt_engine_cache_path=self.config.trt_engine_cache_path,
-            trt_fp16=self.config.trt_fp16,
-            model_file=model_file,
-        )
+        model = OnnxModel(model_bytes, contract, self.runtime, model_file=model_file)
         model.load()
         if self.config.require_gpu and not model.uses_gpu:
             raise ModelLoadError(
