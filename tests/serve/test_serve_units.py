@@ -74,7 +74,9 @@ def test_not_ready_until_loaded(local_registry: Registry) -> None:
     server = uvicorn.Server(uvicorn.Config(create_app(config, repo), host="127.0.0.1", port=config.port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
         time.sleep(0.01)
     url = f"http://127.0.0.1:{config.port}"
     try:
