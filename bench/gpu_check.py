@@ -66,9 +66,9 @@ def provider_share(model_bytes: bytes, provider: str, image: np.ndarray) -> dict
 
 def in_process(model_bytes: bytes, contract, providers: list[str], size: tuple[int, int], runs: int) -> dict:  # noqa: ANN001
     """leaf-serve's OnnxModel (I/O binding automatic on the GPU): latency at batch 1, images/s per batch."""
-    from leaf_serve.model import OnnxModel
+    from leaf_serve.model import OnnxModel, RuntimeOptions
 
-    model = OnnxModel(model_bytes, contract, providers=providers)
+    model = OnnxModel(model_bytes, contract, RuntimeOptions(providers=tuple(providers)))
     model.load()
     image = np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32)
     for _ in range(3):  # warm-up: CUDA kernels, cuDNN algorithm search, arenas

@@ -13,7 +13,6 @@ pod of the same Job finds and resumes them; a new Job starts fresh.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import logging
@@ -27,6 +26,7 @@ from typing import Any
 
 import keras
 import numpy as np
+from leaf_common.registry import sha256_hex
 from leaf_common.storage import NotFound, Store
 
 from .errors import LeafTrainError, Preempted
@@ -120,16 +120,16 @@ class RunCheckpoints:
                 f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found none "
                 "(delete the run folder or use a new --run-id)"
             ) from e
-        if sha256 and hashlib.sha256(data).hexdigest() != sha256:
+        if sha256 and sha256_hex(data) != sha256:
             raise CheckpointError(
                 f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; received "
-                f"{hashlib.sha256(data).hexdigest()} ({len(data)} bytes)"
+                f"{sha256_hex(data)} ({len(data)} bytes)"
             )
         return data
 
     def _put_addressed(self, prefix: str, suffix: str, data: bytes) -> tuple[str, str]:
         """Write ``data`` under a key named by its digest; returns (key, sha256)."""
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         key = f"{prefix}-{digest[:16]}{suffix}"
         self.store.put(key, data)
         return key, digest

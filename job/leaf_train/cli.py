@@ -5,7 +5,7 @@ module sets ``func`` on its parser. Heavy imports (TensorFlow) happen inside the
 command functions so ``--help`` and the light commands start fast.
 
 This is the one place that turns exceptions into a one-line reason and an exit code
-(see ``errors``), so a Kubernetes Job's status and Events say why it failed.
+(each error's ``exit_code``, see ``errors``), so a Kubernetes Job's status and Events say why it failed.
 """
 
 from __future__ import annotations
@@ -17,10 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from leaf_common.config import ConfigError
-from leaf_common.storage import StoreError
-
-from .errors import EXIT_CONFIG, EXIT_FAILURE, LeafTrainError
+from leaf_common.errors import LeafError
 
 log = logging.getLogger("leaf_train")
 
@@ -69,15 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         return int(args.func(args) or 0)
-    except ConfigError as e:
-        log.error("configuration error: %s", e)
-        return EXIT_CONFIG
-    except LeafTrainError as e:
+    except LeafError as e:  # every error raised on purpose carries its exit code (leaf_common.errors)
         log.error("%s: %s", type(e).__name__, e)
         return e.exit_code
-    except StoreError as e:
-        log.error("storage error: %s", e)
-        return EXIT_FAILURE
     except KeyboardInterrupt:
         log.error("interrupted")
         return 130

@@ -9,16 +9,14 @@ zoom 0.2 / horizontal flip.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from leaf_common.config import option
+from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 
 from .errors import ConfigurationError
 
-ENV_PREFIX = "LEAF_TRAIN_"
-
-_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+ENV_PREFIX = "LEAF_TRAIN_"  # every leaf-train command's options (the commands import it from here)
 
 
 @dataclass
@@ -112,10 +110,8 @@ class TrainConfig:
             raise ConfigurationError("--data is required: expected s3://bucket/prefix or a local folder; received ''")
         if not self.output:
             raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
-        if not _NAME_RE.match(self.model_name):
-            raise ConfigurationError(
-                f"--model-name: expected lowercase letters, digits, '.', '_' or '-'; received {self.model_name!r}"
-            )
+        if not is_model_name(self.model_name):
+            raise ConfigurationError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
         if self.image_size < 32:
             raise ConfigurationError(
                 f"--image-size: expected at least 32 (VGG16 pools 5 times); received {self.image_size}"

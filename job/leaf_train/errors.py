@@ -1,29 +1,31 @@
 """Errors of the training job and the exit codes they map to.
 
 The Job fails loudly once: stages raise these specific errors, ``cli.main`` logs a
-one-line reason and exits with the code below. The chart's ``podFailurePolicy``
-keys on these codes: configuration and data errors fail the Job at once (retrying
-cannot help), a preempted run that saved its checkpoint is retried without counting
-against ``backoffLimit``.
+one-line reason and exits with the error's ``exit_code`` (every error derives from
+:class:`leaf_common.errors.LeafError`). The chart's ``podFailurePolicy`` keys on these
+codes: configuration and data errors fail the Job at once (retrying cannot help), a
+preempted run that saved its checkpoint is retried without counting against ``backoffLimit``.
 """
 
 from __future__ import annotations
 
+from leaf_common.config import ConfigError
+from leaf_common.errors import EXIT_CONFIG as EXIT_CONFIG  # re-exported: the chart keys on the codes here
+from leaf_common.errors import EXIT_FAILURE as EXIT_FAILURE
+from leaf_common.errors import LeafError
+
 EXIT_OK = 0
-EXIT_FAILURE = 1  # anything unexpected: retried up to backoffLimit
-EXIT_CONFIG = 2  # bad option or environment: FailJob
 EXIT_DATA = 3  # unusable dataset (too few classes/images): FailJob
 EXIT_PREEMPTED = 75  # SIGTERM, checkpoint saved (EX_TEMPFAIL): Ignore, retry resumes
 
+# One configuration error for the job and leaf_common (exit code 2). The old name stays as an alias
+# because the job's stages (pipeline, distribute, model, gate, ...) and their tests raise and catch it
+# under that name; new code should use ConfigError.
+ConfigurationError = ConfigError
 
-class LeafTrainError(RuntimeError):
-    """Base class; ``exit_code`` is what the process exits with."""
 
-    exit_code = EXIT_FAILURE
-
-
-class ConfigurationError(LeafTrainError):
-    exit_code = EXIT_CONFIG
+class LeafTrainError(LeafError, RuntimeError):
+    """Base class of the job's own errors; ``exit_code`` is what the process exits with."""
 
 
 class DataError(LeafTrainError):

@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from leaf_common.contract import ModelContract, TensorSpec
+from leaf_common.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, TensorSpec
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.registry import sha256_hex
 
@@ -35,8 +35,6 @@ from .model import build_model
 
 log = logging.getLogger(__name__)
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 FP16_FILE = "model.fp16.onnx"  # optional second artefact beside model.onnx, same contract
 INT8_FILE = "model.int8.onnx"  # optional: statically quantized (QDQ) for CPU nodes, same contract
 _CALIBRATION_BATCH = 8

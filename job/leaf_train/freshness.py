@@ -39,7 +39,7 @@ from typing import Any
 
 from leaf_common.config import option
 from leaf_common.contract import CONTRACT_FILE
-from leaf_common.registry import VERSIONS_DIR, RegistryError, read_manifest
+from leaf_common.registry import VERSIONS_DIR, RegistryError, read_verified_version
 from leaf_common.storage import NotFound
 
 from . import provenance
@@ -206,17 +206,11 @@ def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[
     found = registry.pointer()
     if found is None:
         return "nothing is served yet"
-    version = found[0].version
+    version = found.version
     vstore = registry.store.child(f"{VERSIONS_DIR}/{version}")
     try:
-        manifest = read_manifest(vstore)
-        if manifest is None:
-            raise RegistryError("it has no manifest")
-        parsed = []
-        for name in (CONTRACT_FILE, DATASET_FILE):
-            data = vstore.get(name)
-            manifest.check(name, data)
-            parsed.append(json.loads(data))
+        files = read_verified_version(vstore, [CONTRACT_FILE, DATASET_FILE], version).files
+        parsed = [json.loads(files[name]) for name in (CONTRACT_FILE, DATASET_FILE)]
     except (NotFound, RegistryError, ValueError) as e:
         return f"the served version {version} cannot be compared: {e}"
     contract, dataset = parsed

@@ -25,7 +25,6 @@ from .errors import ConfigurationError
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "LEAF_TRAIN_"
 VERSION_ANNOTATION = "leaf-train.io/published-version"
 SKIPPED_ANNOTATION = "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 from keras import layers
+from leaf_common.contract import INPUT_NAME, OUTPUT_NAME
 from leaf_common.storage import open_store
 
 from .errors import ConfigurationError
@@ -30,8 +31,9 @@ VGG_MEAN_BGR = (103.939, 116.779, 123.68)
 class VggPreprocess(layers.Layer):
     """``vgg16.preprocess_input`` as a layer: RGB->BGR, subtract the ImageNet means.
 
-    ``preprocess_input`` on a symbolic input makes tf2onnx emit a second graph input (``to_onnx``
-    refuses such a graph); this layer does the same arithmetic and converts to one input.
+    ``preprocess_input`` on a symbolic input makes tf2onnx emit a second graph input (such as
+    ``functional_1/Squeeze/input:0``) that ONNX Runtime then demands; this layer does the same
+    arithmetic, converts to one input and keeps ONNX/Keras parity at ~1e-7.
     """
 
     def call(self, inputs):
@@ -78,14 +80,14 @@ def build_model(
     if num_classes < 2:
         raise ConfigurationError(f"expected at least 2 classes; received {num_classes}")
     base = load_base(weights, image_size)
-    inputs = keras.Input((image_size, image_size, 3), name="image")
+    inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = VggPreprocess(name="vgg_preprocess")(inputs)
     # training=False keeps the base in inference mode even while block5 trains.
     x = base(x, training=False)
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(dense_units, activation="relu", name="dense")(x)
     # Softmax in float32 even under mixed precision: float16 probabilities lose the tail.
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
     return keras.Model(inputs, outputs, name="leaf_classifier")
 
 

@@ -18,6 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from leaf_common.registry import sha256_hex
+
 from . import __version__
 
 LOCK_FILE = "leaf-train.lock"
@@ -85,7 +87,7 @@ def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
     profile = _PROFILE.search(text)
     return {
         "profile": profile.group(1) if profile else "",
-        "sha256": hashlib.sha256(raw).hexdigest(),
+        "sha256": sha256_hex(raw),
         "environment_matches": not mismatches,
         "mismatch_count": len(mismatches),
         "mismatches": mismatches[:_MAX_LISTED],

@@ -54,16 +54,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, POINTER_FILE, ContractError, ModelContract
+from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
 from leaf_common.registry import (
     MANIFEST_FILE,
+    MODEL_NAME_RULE,
     VERSIONS_DIR,
     Manifest,
     ManifestEntry,
     Pointer,
+    PointerRead,
     RegistryError,
+    is_model_name,
     read_manifest,
     read_pointer,
+    read_verified_model,
     sha256_hex,
 )
 from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
@@ -151,8 +155,8 @@ class ModelRegistry:
             store: the registry root (``open_store(cfg.output)``).
             model_name: folder under it; the pointer and every version live there.
         """
-        if not model_name or "/" in model_name or model_name.startswith("."):
-            raise ModelRegistryError(f"model name: expected one folder name; received {model_name!r}")
+        if not is_model_name(model_name):
+            raise ModelRegistryError(f"model name: expected {MODEL_NAME_RULE}; received {model_name!r}")
         self.model_name = model_name
         self.store = store.child(model_name)
 
@@ -348,8 +352,8 @@ class ModelRegistry:
 
     def list_versions(self) -> list[VersionInfo]:
         """Every version, oldest first (by manifest ``created_at``; incomplete ones last)."""
-        found = read_pointer(self.store)
-        pointer = found[0] if found else None
+        found = self.pointer()
+        pointer = found.pointer if found else None
         promoted = {pointer.version, *pointer.history} if pointer else set()
         rows = []
         for version, objects in sorted(self._version_objects().items()):
@@ -387,26 +391,18 @@ class ModelRegistry:
         Raises:
             IncompleteVersionError: the pointer names a version whose files are missing or altered.
         """
-        found = read_pointer(self.store)
+        found = self.pointer()
         if found is None:
             return None
-        pointer, etag = found
-        vstore = self._version_store(pointer.version)
+        vstore = self._version_store(found.version)
         try:
-            manifest = read_manifest(vstore)
-            if manifest is None:
-                raise RegistryError(f"expected {MANIFEST_FILE}; found none")
-            contract_bytes = vstore.get(CONTRACT_FILE)
-            manifest.check(CONTRACT_FILE, contract_bytes)
-            contract = ModelContract.from_json(contract_bytes)
-            onnx = vstore.get(contract.model_file or MODEL_FILE)
-            manifest.check(contract.model_file or MODEL_FILE, onnx)
+            verified = read_verified_model(vstore, found.version)
         except (NotFound, RegistryError, ContractError) as e:
             raise IncompleteVersionError(f"served version {vstore.uri} is unusable: {e}") from e
-        return Champion(pointer.version, contract, onnx, etag)
+        return Champion(found.version, verified.contract, verified.model_bytes, found.etag)
 
     # ---- the pointer --------------------------------------------------------------------------
-    def pointer(self) -> tuple[Pointer, str] | None:
+    def pointer(self) -> PointerRead | None:
         """``latest.json`` and its ETag, or ``None`` when nothing is promoted."""
         return read_pointer(self.store)
 
@@ -446,7 +442,7 @@ class ModelRegistry:
 
     def _read_expected(self, expected_etag: str | None) -> tuple[Pointer | None, str | None]:
         """The current pointer, and the ETag to swap against (the caller's, or the one read now)."""
-        found = read_pointer(self.store)
+        found = self.pointer()
         current, etag = found if found else (None, None)
         if expected_etag is _READ_NOW:
             return current, etag
@@ -567,8 +563,8 @@ class ModelRegistry:
 
     def _protected(self) -> set[str]:
         """The served version and the one a rollback returns to, as the pointer says now."""
-        found = read_pointer(self.store)
-        return {found[0].version, *found[0].history[:1]} if found else set()
+        found = self.pointer()
+        return {found.version, *found.pointer.history[:1]} if found else set()
 
     def _delete_version(self, version: str, incomplete_grace_s: float, now: float | None) -> bool:
         vstore = self._version_store(version)

@@ -16,11 +16,15 @@ import typing
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
+from .errors import EXIT_CONFIG, LeafError
+
 T = TypeVar("T")
 
 
-class ConfigError(ValueError):
-    """An option has a value that cannot be used; the message names both."""
+class ConfigError(LeafError, ValueError):
+    """An option or the environment has a value that cannot be used; the message names both."""
+
+    exit_code = EXIT_CONFIG
 
 
 def option(default: Any, help: str, *, choices: Sequence[str] | None = None) -> Any:

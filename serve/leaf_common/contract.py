@@ -12,13 +12,19 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import LeafError
+
 SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 CONTRACT_FILE = "model.json"
 POINTER_FILE = "latest.json"
+# The exported graph's tensors: RGB 0-255 in, softmax out. The job names the Keras layers and the ONNX
+# signature with these; the contract records them, so the server reads them from model.json.
+INPUT_NAME = "image"
+OUTPUT_NAME = "probabilities"
 
 
-class ContractError(ValueError):
+class ContractError(LeafError, ValueError):
     """A contract file is missing fields or disagrees with its model."""
 
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .errors import LeafError
+
 # Resampling used for every resize; recorded in the model contract.
 RESIZE_METHOD = "bilinear"
 _RESAMPLE = Image.Resampling.BILINEAR
@@ -45,8 +47,10 @@ _TRANSPOSE = {
 }
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(LeafError, ValueError):
     """The bytes are not a usable image; the message says what was received."""
+
+    http_status = 400  # a client sent them
 
 
 def is_image_key(key: str) -> bool:

@@ -20,7 +20,6 @@ TensorFlow and no web framework.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -30,7 +29,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .contract import POINTER_FILE
-from .registry import VERSIONS_DIR
+from .errors import LeafError
+from .registry import VERSIONS_DIR, sha256_hex
 from .storage import NotFound, PreconditionFailed, Store
 
 log = logging.getLogger(__name__)
@@ -49,16 +49,22 @@ _REVIEW_KEY = re.compile(r"capture-\d{8}T\d{9}Z-[0-9a-f]{10}\.(jpg|png)")
 _CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _(),.+'-]{0,99}")
 
 
-class InboxError(ValueError):
+class InboxError(LeafError, ValueError):
     """A review action cannot be done; the message says what was expected and received."""
+
+    http_status = 409  # what the inbox holds contradicts the action
 
 
 class InvalidName(InboxError):
     """A capture id or class name that cannot be one."""
 
+    http_status = 400
+
 
 class ItemNotFound(InboxError):
     """No capture with this id in the inbox (already reviewed, or never there)."""
+
+    http_status = 404
 
 
 class ReviewConflict(InboxError):
@@ -218,7 +224,7 @@ class Inbox:
 
         Neither may exist already (``PreconditionFailed``): nothing in the inbox is ever overwritten.
         """
-        record = replace(record, sha256=hashlib.sha256(photo).hexdigest(), size=len(photo))
+        record = replace(record, sha256=sha256_hex(photo), size=len(photo))
         self.store.put(self._photo_key(record), photo, if_none_match=True)
         self.store.put(self._record_key(record.id), record.to_json(), if_none_match=True)
         return record
@@ -259,7 +265,7 @@ class Inbox:
             data = self.store.get(self._photo_key(record))
         except NotFound as e:
             raise ItemNotFound(f"capture {capture_id}: its record is there but {record.photo_name} is not") from e
-        digest = hashlib.sha256(data).hexdigest()
+        digest = sha256_hex(data)
         if digest != record.sha256:
             raise ReviewConflict(
                 f"{record.photo_name}: expected sha256 {record.sha256} (its record); received {digest}"

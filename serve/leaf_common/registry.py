@@ -15,16 +15,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from .contract import POINTER_FILE
+from .contract import CONTRACT_FILE, POINTER_FILE, ModelContract
 from .storage import NotFound, Store, StoreError, open_store
 
 VERSIONS_DIR = "versions"
 MANIFEST_FILE = "manifest.json"
 POINTER_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
+# A model name is one folder under the registry root and a Kubernetes label value (the chart labels the
+# Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or digit.
+MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
+MODEL_NAME_RULE = "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
+
+
+def is_model_name(name: str) -> bool:
+    """Whether ``name`` can name a model (:data:`MODEL_NAME_RULE`)."""
+    return isinstance(name, str) and MODEL_NAME_RE.match(name) is not None
 
 
 class RegistryError(StoreError):
@@ -79,25 +89,44 @@ class ResolvedModel:
     pointer_etag: str | None = None  # ETag of latest.json when resolved through it
 
 
-def read_pointer(model_store: Store) -> tuple[Pointer, str] | None:
+class PointerRead(NamedTuple):
+    """``latest.json`` as read, with the ETag a compare-and-swap of it must name."""
+
+    pointer: Pointer
+    etag: str
+
+    @property
+    def version(self) -> str:
+        return self.pointer.version
+
+
+def read_pointer(model_store: Store) -> PointerRead | None:
     """Pointer and its ETag in ``<output>/<model-name>/``, or ``None`` if nothing is promoted."""
     try:
         data, etag = model_store.get_with_etag(POINTER_FILE)
     except NotFound:
         return None
-    return Pointer.from_json(data, model_store.url(POINTER_FILE)), etag
+    return PointerRead(Pointer.from_json(data, model_store.url(POINTER_FILE)), etag)
+
+
+def pointer_root(uri: str) -> str | None:
+    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), else ``None``."""
+    stripped = uri.rstrip("/")
+    if stripped.endswith("/" + POINTER_FILE) or stripped == POINTER_FILE:
+        return stripped.removesuffix(POINTER_FILE).rstrip("/") or "."
+    return None
 
 
 def resolve_model(uri: str, *, client: Any | None = None) -> ResolvedModel:
     """Resolve ``…/<model>/latest.json`` or ``…/<model>/versions/<v>`` to a version folder."""
-    stripped = uri.rstrip("/")
-    if stripped.endswith("/" + POINTER_FILE) or stripped == POINTER_FILE:
-        model_store = open_store(stripped[: -len(POINTER_FILE)].rstrip("/") or ".", client=client)
+    root = pointer_root(uri)
+    if root is not None:
+        model_store = open_store(root, client=client)
         found = read_pointer(model_store)
         if found is None:
             raise RegistryError(f"{uri}: no pointer; nothing has been promoted yet")
-        pointer, etag = found
-        return ResolvedModel(model_store.child(f"{VERSIONS_DIR}/{pointer.version}"), pointer.version, etag)
+        return ResolvedModel(model_store.child(f"{VERSIONS_DIR}/{found.version}"), found.version, found.etag)
+    stripped = uri.rstrip("/")
     store = open_store(stripped, client=client)
     version = stripped.rsplit("/", 1)[-1]
     return ResolvedModel(store, version)
@@ -218,3 +247,44 @@ def read_verified_version(version_store: Store, names: list[str], expected_versi
         manifest.check(name, data)
         files[name] = data
     return VerifiedVersion(manifest, files)
+
+
+@dataclass(frozen=True)
+class VerifiedModel:
+    """A version's contract and ONNX bytes, both checked against its manifest and each other."""
+
+    contract: ModelContract
+    model_bytes: bytes
+    manifest: Manifest
+
+
+def read_verified_model(version_store: Store, expected_version: str | None) -> VerifiedModel:
+    """Read a complete version's ``model.json`` and the ONNX file it names, the way every reader must.
+
+    Both files are checked against the manifest (:func:`read_verified_version`); the contract must
+    name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when it
+    records one. The job's quality gate (the champion) and the server read versions through this.
+
+    Args:
+        version_store: the version folder.
+        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
+            for a folder mounted anywhere, whose manifest then says which version it holds.
+
+    Raises:
+        ManifestMissing: no manifest (a publication in progress or one that died).
+        RegistryError: a manifest of another version, a file that differs, a contract of another version.
+        ContractError: ``model.json`` is not a valid contract.
+        StoreError: the store failed (``StoreUnavailable`` when that may pass).
+    """
+    contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
+    contract = ModelContract.from_json(contract_bytes)
+    verified = read_verified_version(version_store, [contract.model_file], expected_version)
+    if contract.version != verified.manifest.version:
+        raise RegistryError(
+            f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
+            f"received {contract.version!r}"
+        )
+    model_bytes = verified.files[contract.model_file]
+    if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
+        raise RegistryError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
+    return VerifiedModel(contract, model_bytes, verified.manifest)

@@ -22,11 +22,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .errors import LeafError
+
 # Lock and temporary files of the local store start with this; listings skip them.
 _LOCAL_PRIVATE = ".leafstore-"
 
 
-class StoreError(RuntimeError):
+class StoreError(LeafError, RuntimeError):
     """A storage operation failed; the message names the URI."""
 
 
@@ -229,9 +231,6 @@ class LocalStore(Store):
     def child(self, sub: str) -> LocalStore:
         return LocalStore(self._path(sub))
 
-    def download(self, key: str, path: str | os.PathLike[str]) -> None:
-        Path(path).write_bytes(self.get(key))
-
 
 def _is_network_error(e: Exception) -> bool:
     """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying cannot fix."""
@@ -281,64 +280,54 @@ class S3Store(Store):
             return StoreUnavailable(f"{self.url(key)}: {code or type(e).__name__}: {e}")
         return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    @contextlib.contextmanager
+    def _errors(self, key: str) -> Iterator[None]:
+        """Turn botocore's errors raised inside the block into this module's, naming ``key``."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        try:
+            yield
+        except (ClientError, BotoCoreError) as e:
+            raise self._error(e, key) from e
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
-        try:
+        with self._errors(prefix):
             for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles
                     modified = obj["LastModified"].timestamp() if "LastModified" in obj else None
                     yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, prefix) from e
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._errors(key):
             resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
             return resp["Body"].read(), resp["ETag"].strip('"')
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key) from e
 
     def head(self, key: str) -> ObjectInfo | None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         try:
-            resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as e:
-            err = self._error(e, key)
-            if isinstance(err, NotFound):
-                return None
-            raise err from e
+            with self._errors(key):
+                resp = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except NotFound:
+            return None
         modified = resp["LastModified"].timestamp() if "LastModified" in resp else None
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'), modified)
 
     def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"
         if if_match is not None:
             kwargs["IfMatch"] = f'"{if_match}"'
-        try:
+        with self._errors(key):
             resp = self.client.put_object(**kwargs)
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key) from e
         return resp["ETag"].strip('"')
 
     def delete(self, key: str) -> None:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        try:
+        with self._errors(key):
             self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-        except (ClientError, BotoCoreError) as e:
-            raise self._error(e, key) from e
 
     def child(self, sub: str) -> S3Store:
         return S3Store(f"s3://{self.bucket}/{_join(self.prefix, sub)}", client=self.client)

@@ -13,12 +13,10 @@ from typing import Any
 
 import uvicorn
 from leaf_common.config import ConfigError, add_arguments, resolve
-from leaf_common.contract import ContractError
-from leaf_common.storage import StoreError
+from leaf_common.errors import LeafError
 
 from .app import build_repository, create_app
 from .connection import protocol_class
-from .errors import ModelLoadError
 from .settings import ENV_PREFIX, ServeConfig
 from .supervisor import reuse_port_socket, supervise, worker_index
 
@@ -104,12 +102,12 @@ def serve(config: ServeConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status (2: bad option, 1: model cannot be served)."""
+    """Entry point; returns the exit status: the error's ``exit_code`` (2: bad option, 1: model cannot be served)."""
     try:
         config = parse_config(argv)
-    except ConfigError as e:
+    except ConfigError as e:  # before logging is set up: the option's name and value on stderr
         print(f"leaf-serve: {e}", file=sys.stderr)
-        return 2
+        return e.exit_code
     worker = worker_index()
     who = "" if worker is None else f"[worker {worker}] "
     logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
@@ -118,9 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads)
     try:
         serve(config)
-    except (ModelLoadError, ContractError, StoreError) as e:
+    except LeafError as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)
         log.error("cannot serve %s: %s", config.model, e)
-        return 1
+        return e.exit_code
     return 0
 
 

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from leaf_common.contract import ModelContract
 from leaf_common.resources import available_cpus
 
 from .errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +102,46 @@ def resolve_providers(
     ]
 
 
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How ONNX Runtime runs every version this server loads; built once from the config (:meth:`from_config`).
+
+    Each field is the ``ServeConfig`` option of the same name (documented there).
+    """
+
+    providers: tuple[str, ...] = ("auto",)
+    device_id: int = 0
+    intra_op_threads: int = 0  # 0 = the container's CPU quota
+    intra_op_spinning: bool = False
+    io_binding: str = "auto"  # one of IO_BINDING
+    pad_batches: str = "off"  # one of PAD_BATCHES
+    max_batch_size: int = 8  # what pad_batches pads to
+    trt_engine_cache_path: str = ""
+    trt_fp16: bool = False
+
+    def __post_init__(self) -> None:
+        if self.io_binding not in IO_BINDING:
+            raise ModelLoadError(f"io_binding: expected one of {', '.join(IO_BINDING)}; received {self.io_binding!r}")
+        if self.pad_batches not in PAD_BATCHES:
+            raise ModelLoadError(
+                f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received {self.pad_batches!r}"
+            )
+
+    @classmethod
+    def from_config(cls, config: ServeConfig) -> RuntimeOptions:
+        return cls(
+            providers=tuple(config.providers) or ("auto",),
+            device_id=config.device_id,
+            intra_op_threads=config.intra_op_threads,
+            intra_op_spinning=config.intra_op_spinning,
+            io_binding=config.io_binding,
+            pad_batches=config.pad_batches,
+            max_batch_size=config.max_batch_size,
+            trt_engine_cache_path=config.trt_engine_cache_path,
+            trt_fp16=config.trt_fp16,
+        )
+
+
 class OnnxModel:
     """One model version: its contract and a single InferenceSession created in :meth:`load`."""
 
@@ -105,31 +149,15 @@ class OnnxModel:
         self,
         model_bytes: bytes,
         contract: ModelContract,
+        options: RuntimeOptions = RuntimeOptions(),
         *,
-        providers: list[str] | None = None,
-        device_id: int = 0,
-        intra_op_threads: int = 0,
-        intra_op_spinning: bool = False,
-        io_binding: str = "auto",
-        pad_batches: str = "off",
-        max_batch_size: int = 8,
-        trt_engine_cache_path: str = "",
-        trt_fp16: bool = False,
         model_file: str = "",
     ):
-        if io_binding not in IO_BINDING:
-            raise ModelLoadError(f"io_binding: expected one of {', '.join(IO_BINDING)}; received {io_binding!r}")
-        if pad_batches not in PAD_BATCHES:
-            raise ModelLoadError(f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received {pad_batches!r}")
+        """``model_file``: the file the bytes came from (``model.fp16.onnx`` when preferred), for logs."""
         self.contract = contract
-        self.model_file = model_file or contract.model_file  # model.onnx, or model.fp16.onnx when preferred
+        self.options = options
+        self.model_file = model_file or contract.model_file
         self._model_bytes: bytes | None = model_bytes
-        self._providers = providers or ["auto"]
-        self._device_id = device_id
-        self._threads, self._spinning = intra_op_threads, intra_op_spinning
-        self._io_binding_mode = io_binding
-        self._pad_mode, self._max_batch = pad_batches, max(1, max_batch_size)
-        self._trt = (trt_engine_cache_path, trt_fp16)
         self._session: Any = None
         self.provider = ""  # the execution provider actually in use, reported in metadata
         self.io_binding = False  # whether predict() binds buffers on the device (decided in load())
@@ -152,18 +180,19 @@ class OnnxModel:
         """
         import onnxruntime as ort
 
+        opts = self.options
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self._threads or available_cpus()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if self._spinning else "0")
+        options.intra_op_num_threads = opts.intra_op_threads or available_cpus()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0")
         options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        cache_path, trt_fp16 = self._trt
+        cache_path = opts.trt_engine_cache_path
         providers = resolve_providers(
-            self._providers,
+            list(opts.providers),
             ort.get_available_providers(),
-            self._device_id,
+            opts.device_id,
             trt_engine_cache_path=cache_path,
-            trt_fp16=trt_fp16,
+            trt_fp16=opts.trt_fp16,
         )
         if any(isinstance(p, tuple) for p in providers) and hasattr(ort, "preload_dlls"):
             # CUDA/cuDNN come as pip wheels (the serve-gpu extra), outside the loader's search path.
@@ -180,9 +209,9 @@ class OnnxModel:
         self.provider = session.get_providers()[0]
         # On a GPU, binding keeps the output on the device until one copy back, instead of ORT
         # staging both tensors through its own host buffers on every run.
-        self.io_binding = self._io_binding_mode == "on" or (self._io_binding_mode == "auto" and self.uses_gpu)
-        pad = self._pad_mode == "on" or (self._pad_mode == "auto" and self.uses_gpu)
-        self.pad_to = self._max_batch if pad else 0
+        self.io_binding = opts.io_binding == "on" or (opts.io_binding == "auto" and self.uses_gpu)
+        pad = opts.pad_batches == "on" or (opts.pad_batches == "auto" and self.uses_gpu)
+        self.pad_to = max(1, opts.max_batch_size) if pad else 0
         log.info(
             "model %s version %s (%s) loaded on %s, I/O binding %s, batches padded to %s",
             self.contract.name,
@@ -232,7 +261,7 @@ class OnnxModel:
         """One run with the input copied to the device once and the output left there until the copy back."""
         import onnxruntime as ort
 
-        device, device_id = ("cuda", self._device_id) if self.uses_gpu else ("cpu", 0)
+        device, device_id = ("cuda", self.options.device_id) if self.uses_gpu else ("cpu", 0)
         binding = self._session.io_binding()
         binding.bind_ortvalue_input(self.contract.input.name, ort.OrtValue.ortvalue_from_numpy(x, device, device_id))
         binding.bind_output(self.contract.output.name, device, device_id)  # ORT allocates it on the device

@@ -21,6 +21,8 @@ from leaf_common.registry import (
     VERSIONS_DIR,
     ManifestMissing,
     ResolvedModel,
+    pointer_root,
+    read_verified_model,
     read_verified_version,
     resolve_model,
     sha256_hex,
@@ -31,7 +33,7 @@ from .batching import Batcher
 from .card import ModelCard, fetch_card
 from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
-from .model import OnnxModel
+from .model import OnnxModel, RuntimeOptions
 from .settings import ServeConfig
 
 log = logging.getLogger(__name__)
@@ -83,24 +85,14 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
         StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the version).
     """
     try:
-        contract_bytes = read_verified_version(store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
-        contract = ModelContract.from_json(contract_bytes)
-        verified = read_verified_version(store, [contract.model_file], expected_version)
+        verified = read_verified_model(store, expected_version)
     except StoreUnavailable:
         raise
     except ManifestMissing as e:
         raise VersionIncomplete(f"{store.uri}: {e}") from e
     except (StoreError, ContractError) as e:  # RegistryError is a StoreError
         raise ModelLoadError(f"{store.uri}: {e}") from e
-    if contract.version != verified.manifest.version:
-        raise ModelLoadError(
-            f"{store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
-            f"received {contract.version!r}"
-        )
-    model_bytes = verified.files[contract.model_file]
-    if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
-        raise ModelLoadError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
-    return contract, model_bytes
+    return verified.contract, verified.model_bytes
 
 
 def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
@@ -132,6 +124,7 @@ class ModelRepository:
     def __init__(self, config: ServeConfig, metrics: ServeMetrics, inference_executor: Executor):
         self.config = config
         self.metrics = metrics
+        self.runtime = RuntimeOptions.from_config(config)  # how every version loaded here runs
         self._executor = inference_executor
         self.current: ServedModel | None = None
         self._rejected_etags: set[str] = set()
@@ -147,7 +140,7 @@ class ModelRepository:
 
     @property
     def follows_pointer(self) -> bool:
-        return self.config.model.rstrip("/").endswith(POINTER_FILE)
+        return pointer_root(self.config.model) is not None
 
     def load_initial(self) -> ServedModel:
         """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail loudly)."""
@@ -180,20 +173,7 @@ class ModelRepository:
                          preferred.upper(), model_file)  # fmt: skip
             else:
                 model_file, model_bytes = variant
-        model = OnnxModel(
-            model_bytes,
-            contract,
-            providers=self.config.providers,
-            device_id=self.config.device_id,
-            intra_op_threads=self.config.intra_op_threads,
-            intra_op_spinning=self.config.intra_op_spinning,
-            io_binding=self.config.io_binding,
-            pad_batches=self.config.pad_batches,
-            max_batch_size=self.config.max_batch_size,
-            trt_engine_cache_path=self.config.trt_engine_cache_path,
-            trt_fp16=self.config.trt_fp16,
-            model_file=model_file,
-        )
+        model = OnnxModel(model_bytes, contract, self.runtime, model_file=model_file)
         model.load()
         if self.config.require_gpu and not model.uses_gpu:
             raise ModelLoadError(
@@ -306,6 +286,8 @@ class ModelRepository:
         return self.current.version if self.current else "none"
 
     def _pointer_etag(self) -> str | None:
-        root = self.config.model.rstrip("/")[: -len(POINTER_FILE)].rstrip("/") or "."
+        root = pointer_root(self.config.model)
+        if root is None:
+            return None
         info = open_store(root, client=self._client).head(POINTER_FILE)
         return info.etag if info else None

@@ -1,7 +1,8 @@
 """HTTP routes: Open Inference Protocol v2, the image endpoint, health and metrics.
 
 Handlers only translate HTTP to model calls; decoding lives in ``codecs``/``leaf_common.imaging``,
-batching in ``batching``. Every failure is a :class:`ServeError` rendered by :func:`error_response`.
+batching in ``batching``. Every failure is rendered by :func:`error_response` with the status its
+:class:`~leaf_common.errors.LeafError` carries.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-from leaf_common.imaging import ImageDecodeError, ImageProbe, decode_image, probe
+from leaf_common.imaging import ImageProbe, decode_image, probe
 from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
 from leaf_common.labels import readable_label
 from starlette.datastructures import Headers
@@ -32,10 +33,10 @@ from .errors import (
     ClientGone,
     NotFound,
     PayloadTooLarge,
-    ServeError,
     TooManyRequests,
     Unavailable,
     UnsupportedMediaType,
+    answered,
     log_level,
 )
 from .limits import BodyAllowance, MemoryBudget
@@ -77,14 +78,15 @@ class Classified:
 def error_response(request: Request, exc: Exception) -> Response:
     """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``."""
     headers: dict[str, str] = {}
-    if isinstance(exc, ServeError):
-        status, message, headers = exc.status_code, exc.message, exc.headers
+    known = answered(exc)
+    if known is not None:
+        status, message, headers = known.http_status, str(known), getattr(known, "headers", {})
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if isinstance(exc, (ServeError, HTTPException)):
+    if known is not None or isinstance(exc, HTTPException):
         log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message)
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -279,16 +281,11 @@ class Api:
         }
 
     def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
-        try:
-            return probe(data, size, max_pixels=self.config.max_pixels)
-        except ImageDecodeError as e:  # not JPEG/PNG, unreadable header, or over the pixel limit
-            raise BadRequest(str(e)) from e
+        # ImageDecodeError (not JPEG/PNG, unreadable header, over the pixel limit) is a 400 of its own.
+        return probe(data, size, max_pixels=self.config.max_pixels)
 
     def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
-        try:
-            pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)
-        except ImageDecodeError as e:  # truncated or corrupt
-            raise BadRequest(str(e)) from e
+        pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)  # 400 if corrupt
         return pixels[None].astype(served.model.input_dtype)
 
     async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:

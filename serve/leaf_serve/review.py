@@ -22,7 +22,7 @@ import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from leaf_common.inbox import Inbox, InboxError, InvalidName, ItemNotFound, ReviewConflict
+from leaf_common.inbox import Inbox
 from leaf_common.labels import readable_label
 from leaf_common.storage import PreconditionFailed, Store, StoreError, StoreUnavailable
 from starlette.requests import Request
@@ -84,13 +84,9 @@ class ReviewApi:
             self._authorize(request)
             try:
                 return await fn(request)
-            except ItemNotFound as e:
-                raise NotFound(str(e)) from e
-            except (ReviewConflict, PreconditionFailed) as e:
-                raise Conflict(str(e)) from e
-            except InvalidName as e:
-                raise BadRequest(str(e)) from e
-            except InboxError as e:  # a damaged record: the inbox holds something review cannot use
+            # InboxError answers with its own status: 404 no such item, 400 a bad name, 409 otherwise (a
+            # conflicting action, or a damaged record the inbox holds that review cannot use).
+            except PreconditionFailed as e:
                 raise Conflict(str(e)) from e
             except StoreUnavailable as e:  # may pass: the reviewer tries again
                 raise ServeError(f"review: the store is unavailable: {e}", 503) from e

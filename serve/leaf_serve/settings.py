@@ -8,6 +8,8 @@ from pathlib import Path
 from leaf_common.config import ConfigError, option
 from leaf_common.inbox import inbox_uri_for
 
+from .model import IO_BINDING, PAD_BATCHES  # RuntimeOptions checks the same choices when built in code
+
 ENV_PREFIX = "LEAF_SERVE_"
 MIN_REVIEW_TOKEN = 16  # characters: a token anyone could guess would make /review a public write endpoint
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -36,7 +38,7 @@ class ServeConfig:
     require_gpu: bool = option(False, "fail at start-up unless CUDA or TensorRT is the provider in use")
     device_id: int = option(0, "CUDA device index for the CUDA/TensorRT providers")
     io_binding: str = option(
-        "auto", "bind input/output on the device: auto (on with CUDA/TensorRT), on, off", choices=("auto", "on", "off")
+        "auto", "bind input/output on the device: auto (on with CUDA/TensorRT), on, off", choices=IO_BINDING
     )
     # Measured on an H200 (BENCHMARKS.md): ORT's CUDA convolutions redo their cuDNN set-up whenever the
     # batch shape changes (~150 ms per run for VGG16 with shapes varying 1..8, ~1 ms with one shape), so on
@@ -44,7 +46,7 @@ class ServeConfig:
     pad_batches: str = option(
         "auto",
         "pad every batch to max_batch_size so the model sees one shape: auto (on with CUDA/TensorRT), on, off",
-        choices=("auto", "on", "off"),
+        choices=PAD_BATCHES,
     )
     # TensorRT builds an engine per model and shape range (minutes for VGG16): cache it on a volume.
     trt_engine_cache_path: str = option("", "folder for TensorRT engine/timing caches (a volume); empty = no cache")

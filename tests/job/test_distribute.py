@@ -159,11 +159,18 @@ def test_config_refuses_impossible_distribution_values(field, value, message):
         cfg.validate()
 
 
-@pytest.mark.parametrize(("mode", "expected"), [("on", True), ("off", False), ("auto", False)])
-def test_jit_compile_auto_is_off_without_a_gpu(mode, expected):
+@pytest.mark.parametrize(
+    ("mode", "gpus", "expected"),
+    [("on", [], True), ("off", [], False), ("auto", [], False), ("on", ["GPU:0"], True), ("off", ["GPU:0"], False),
+     ("auto", ["GPU:0"], True)],
+)  # fmt: skip
+def test_jit_compile_auto_follows_the_visible_gpus(monkeypatch, mode, gpus, expected):
+    import tensorflow as tf
     from leaf_train.train import gpus_visible, use_jit_compile
 
-    assert not gpus_visible()  # the machines these tests run on have no GPU
+    # What TensorFlow lists, not what this machine has: the same answers with and without a GPU here.
+    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus) if kind == "GPU" else [])
+    assert gpus_visible() is bool(gpus)
     assert use_jit_compile(mode) is expected
 
 

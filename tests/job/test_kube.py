@@ -7,9 +7,9 @@ import socket
 
 import pytest
 from leaf_common.config import resolve
+from leaf_train.config import ENV_PREFIX
 from leaf_train.errors import ConfigurationError
 from leaf_train.kube import (
-    ENV_PREFIX,
     MODEL_VERSION_ANNOTATION,
     RESTARTED_AT_ANNOTATION,
     VERSION_ANNOTATION,

@@ -9,8 +9,9 @@ import pytest
 import yaml
 from leaf_common.config import resolve
 from leaf_train.commands import kube as kube_cmd
+from leaf_train.config import ENV_PREFIX
 from leaf_train.errors import EXIT_CONFIG, EXIT_FAILURE
-from leaf_train.kube import ENV_PREFIX, SKIPPED_ANNOTATION, VERSION_ANNOTATION, KubeReporter
+from leaf_train.kube import SKIPPED_ANNOTATION, VERSION_ANNOTATION, KubeReporter
 from test_kube_apiserver import FakeApiServer, apiserver, job_object  # noqa: F401 - fixture
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,17 +33,14 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
     """
     import argparse
 
-    from leaf_common.config import ConfigError
-    from leaf_train.errors import LeafTrainError
+    from leaf_common.errors import LeafError
 
     parser = argparse.ArgumentParser(prog="leaf-train")
     kube_cmd.register(parser.add_subparsers(dest="command", required=True))
     args = parser.parse_args(argv)
     try:
         return args.func(args), capsys.readouterr().out, ""
-    except ConfigError as e:
-        return EXIT_CONFIG, capsys.readouterr().out, str(e)
-    except LeafTrainError as e:
+    except LeafError as e:
         return e.exit_code, capsys.readouterr().out, str(e)
 
 

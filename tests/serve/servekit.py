@@ -16,14 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.contract import CONTRACT_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelContract, TensorSpec
 from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Manifest, ManifestEntry, Pointer, sha256_hex
 from leaf_common.storage import Store, open_store
 from PIL import Image
 
 IMAGE_SIZE = (32, 32)
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 MODEL_NAME = "leaf"
 
 

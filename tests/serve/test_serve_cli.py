@@ -51,6 +51,18 @@ def leaf_serve(**options: object) -> Iterator[tuple[subprocess.Popen[str], str]]
             proc.wait()
 
 
+def wait_in_flight(url: str, timeout: float = 30.0) -> None:
+    """Return once the server holds a request's body (its body budget is in use): the request has arrived
+    and is waiting for the model, so a SIGTERM sent now finds it in flight."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in httpx.get(url + "/metrics", timeout=2).text.splitlines():
+            if line.startswith('leaf_serve_memory_budget_bytes{budget="request_bodies"}') and float(line.split()[-1]):
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"no request in flight at {url} within {timeout} s")
+
+
 def test_sigterm_drains_in_flight_requests_then_exits(local_registry: Registry) -> None:
     # A long queue delay keeps one request in flight while SIGTERM arrives.
     with leaf_serve(model=local_registry.pointer_uri, max_queue_delay_ms=1500, grace_period=20, drain_delay=0) as (
@@ -61,7 +73,7 @@ def test_sigterm_drains_in_flight_requests_then_exits(local_registry: Registry) 
         image = encode_image((20, 230, 20), "PNG")
         sender = threading.Thread(target=lambda: result.setdefault("r", httpx.post(url + "/classify", content=image)))
         sender.start()
-        time.sleep(0.4)
+        wait_in_flight(url)
         proc.send_signal(signal.SIGTERM)
         sender.join(timeout=30)
         # uvicorn re-raises the signal after a clean shutdown, so the status names what ended it.
@@ -141,15 +153,27 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
         proc,
         url,
     ):
-        sender = threading.Thread(
-            target=lambda: httpx.post(url + "/classify", content=encode_image((1, 2, 3), "PNG"), timeout=90),
-            daemon=True,  # its request is cut off when the server gives up
-        )
+        outcome: list[object] = []
+
+        def send() -> None:
+            try:
+                outcome.append(httpx.post(url + "/classify", content=encode_image((1, 2, 3), "PNG"), timeout=90))
+            except httpx.TransportError as e:
+                outcome.append(e)
+
+        sender = threading.Thread(target=send, daemon=True)
         sender.start()
-        time.sleep(0.4)
+        wait_in_flight(url)  # without a request in flight the server would exit at once, and prove nothing
+        signalled = time.monotonic()
         proc.send_signal(signal.SIGTERM)
-        # Far less than the 60 s the queued request would need: the grace period bounds shutdown.
+        # Far less than the 60 s the queued request would need: the grace period bounds shutdown...
         assert proc.wait(timeout=30) == -signal.SIGTERM
+        # ...and the server did wait that long for the request, then cut it off without an answer: uvicorn
+        # cancels the task and answers 500 itself (or the connection closes first).
+        assert time.monotonic() - signalled >= 1.0
+        sender.join(timeout=30)
+        (cut,) = outcome
+        assert isinstance(cut, httpx.TransportError) or cut.status_code == 500, cut
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_serve.errors import ModelLoadError
-from leaf_serve.model import CPU, CUDA, TENSORRT, OnnxModel, provider_options, resolve_providers
+from leaf_serve.model import CPU, CUDA, TENSORRT, OnnxModel, RuntimeOptions, provider_options, resolve_providers
 from leaf_serve.settings import ServeConfig
 from servekit import (
     INPUT_NAME,
@@ -71,7 +71,8 @@ def test_tensorrt_first_then_cuda_then_cpu_with_their_options():
 
 
 def loaded(io_binding: str, **kw) -> OnnxModel:
-    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), providers=["cpu"], io_binding=io_binding, **kw)
+    options = RuntimeOptions(providers=("cpu",), io_binding=io_binding, **kw)
+    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), options)
     model.load()
     return model
 
@@ -93,7 +94,7 @@ def test_io_binding_path_gives_the_same_probabilities_on_cpu():
 
 def test_unknown_io_binding_mode_is_refused():
     with pytest.raises(ModelLoadError, match="io_binding: expected one of auto, on, off; received 'always'"):
-        OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), io_binding="always")
+        RuntimeOptions(io_binding="always")
 
 
 def test_tensorrt_cache_folder_is_not_made_without_tensorrt(tmp_path):
@@ -178,7 +179,7 @@ def test_settings_reach_the_model_options():
 def test_cuda_provider_with_io_binding_on_a_gpu():
     if CUDA not in ort.get_available_providers():
         pytest.skip("no GPU visible: CUDAExecutionProvider is not available (CPU onnxruntime or no NVIDIA device)")
-    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), providers=["cuda"], io_binding="auto")
+    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), RuntimeOptions(providers=("cuda",)))
     model.load()
     assert model.provider == CUDA and model.uses_gpu and model.io_binding
     batch = colour_image((10, 200, 10))

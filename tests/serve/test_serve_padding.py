@@ -11,19 +11,13 @@ import httpx
 import numpy as np
 import pytest
 from leaf_serve.errors import ModelLoadError
-from leaf_serve.model import OnnxModel
+from leaf_serve.model import OnnxModel, RuntimeOptions
 from servekit import V1, Registry, contract_for, encode_image, expected_probs, onnx_model, start_server
 
 
 def holder(pad: str, max_batch: int = 4) -> OnnxModel:
-    model = OnnxModel(
-        onnx_model(V1["weights"]),
-        contract_for(V1, "v1"),
-        providers=["cpu"],
-        intra_op_threads=1,
-        pad_batches=pad,
-        max_batch_size=max_batch,
-    )
+    options = RuntimeOptions(providers=("cpu",), intra_op_threads=1, pad_batches=pad, max_batch_size=max_batch)
+    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), options)
     model.load()
     return model
 
@@ -49,7 +43,7 @@ def test_auto_pads_only_on_a_gpu_provider() -> None:
 
 def test_bad_mode_is_refused() -> None:
     with pytest.raises(ModelLoadError, match="pad_batches: expected one of auto, on, off; received 'always'"):
-        OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), pad_batches="always")
+        RuntimeOptions(pad_batches="always")
 
 
 def test_server_reports_and_uses_the_padded_shape(tmp_path) -> None:

@@ -74,7 +74,9 @@ def test_not_ready_until_loaded(local_registry: Registry) -> None:
     server = uvicorn.Server(uvicorn.Config(create_app(config, repo), host="127.0.0.1", port=config.port))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 30
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
         time.sleep(0.01)
     url = f"http://127.0.0.1:{config.port}"
     try:
@@ -108,10 +110,11 @@ def test_cuda_provider_in_use_when_a_gpu_is_visible(local_registry: Registry) ->
 @pytest.mark.parametrize(("spinning", "entry"), [(False, "0"), (True, "1")])
 def test_intra_op_spinning_is_off_unless_asked(spinning: bool, entry: str) -> None:
     """Spinning ORT threads took half the CPU of each tiny-model request from the event loop (BENCHMARKS.md)."""
-    from leaf_serve.model import OnnxModel
+    from leaf_serve.model import OnnxModel, RuntimeOptions
     from servekit import V1, contract_for, onnx_model
 
-    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), providers=["cpu"], intra_op_spinning=spinning)
+    options = RuntimeOptions(providers=("cpu",), intra_op_spinning=spinning)
+    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), options)
     model.load()
     options = model._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == entry

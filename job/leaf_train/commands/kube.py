@@ -20,9 +20,9 @@ from typing import Any
 
 from leaf_common.config import add_arguments, option, resolve
 
+from ..config import ENV_PREFIX
 from ..errors import ConfigurationError, LeafTrainError
 from ..kube import (
-    ENV_PREFIX,
     REQUEST_TIMEOUT_S,
     SKIPPED_ANNOTATION,
     VERSION_ANNOTATION,

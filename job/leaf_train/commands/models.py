@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from leaf_common.config import add_arguments, option, resolve
+from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 from leaf_common.storage import open_store
 
-from ..config import _NAME_RE, ENV_PREFIX, TrainConfig
+from ..config import ENV_PREFIX, TrainConfig
 from ..errors import ConfigurationError
 from ..registry import IncompleteVersionError, ModelRegistry, VersionInfo, VersionNotFoundError
 
@@ -36,10 +37,8 @@ class ModelsConfig:
     def validate(self) -> None:
         if not self.output:
             raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
-        if not _NAME_RE.match(self.model_name):
-            raise ConfigurationError(
-                f"--model-name: expected lowercase letters, digits, '.', '_' or '-'; received {self.model_name!r}"
-            )
+        if not is_model_name(self.model_name):
+            raise ConfigurationError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -152,7 +151,7 @@ def describe(registry: ModelRegistry, version: str) -> dict[str, Any]:
     if not files:
         raise VersionNotFoundError(f"{registry.uri(version)}: expected an existing version; found no files")
     found = registry.pointer()
-    pointer = found[0] if found else None
+    pointer = found.pointer if found else None
     result: dict[str, Any] = {
         "name": registry.model_name,
         "version": version,
@@ -242,7 +241,7 @@ def cmd_promote(args: argparse.Namespace) -> int:
         log.warning("overriding the quality gate for %s, which said: %s", args.version, gate.get("reason", "?"))
     before = registry.pointer()
     pointer = registry.promote(args.version)
-    print(f"promoted {pointer.version} (was {before[0].version if before else 'nothing'})")
+    print(f"promoted {pointer.version} (was {before.version if before else 'nothing'})")
     return 0
 
 
@@ -250,7 +249,7 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     registry = _registry(args)
     before = registry.pointer()
     pointer = registry.rollback()
-    print(f"rolled back to {pointer.version} (was {before[0].version if before else 'nothing'})")
+    print(f"rolled back to {pointer.version} (was {before.version if before else 'nothing'})")
     return 0
 
 

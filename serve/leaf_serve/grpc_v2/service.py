@@ -2,7 +2,7 @@
 
 The same repository, batcher, limits and metrics serve both transports: a gRPC ``ModelInfer`` is
 turned into the same :class:`codecs.InferRequest` a REST body becomes, and goes through
-:func:`inference.infer`. Errors keep the status they carry (``ServeError``): a client's mistake is
+:func:`inference.infer`. Errors keep the status they carry (``LeafError.http_status``): a client's mistake is
 INVALID_ARGUMENT or NOT_FOUND with the same message REST sends, never UNKNOWN or INTERNAL.
 It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thread hop.
 """
@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 
 from .. import codecs, inference
-from ..errors import BadRequest, ClientGone, ServeError, log_level
+from ..errors import BadRequest, ClientGone, answered, log_level
 from ..metrics import outcome
 from . import inference_pb2 as pb
 
@@ -35,13 +35,13 @@ METHODS = {
     "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
     "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
 }
-# HTTP status a ServeError carries -> the gRPC code with the same meaning (as Triton and KServe map them).
+# LeafError.http_status -> the gRPC code with the same meaning (as Triton and KServe map them).
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
     404: grpc.StatusCode.NOT_FOUND,
     413: grpc.StatusCode.RESOURCE_EXHAUSTED,
     415: grpc.StatusCode.INVALID_ARGUMENT,
-    ClientGone.status_code: grpc.StatusCode.CANCELLED,
+    ClientGone.http_status: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
 # Typed contents field for each datatype (when a client sends values instead of raw bytes).
@@ -124,17 +124,19 @@ class InferenceService:
             status = 200
             try:
                 return await fn(request, context)
-            except ServeError as e:
-                status = e.status_code
-                code = GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
-                log.log(log_level(status), "gRPC %s -> %s: %s", rpc, code.name, e.message)
-                await context.abort(code, e.message)
+            except grpc.aio.AbortError:
+                raise
             except Exception as e:
-                if isinstance(e, grpc.aio.AbortError):
-                    raise
-                status = 500
-                log.exception("unhandled error in gRPC %s", rpc)
-                await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+                known = answered(e)
+                if known is None:
+                    status = 500
+                    log.exception("unhandled error in gRPC %s", rpc)
+                    await context.abort(grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}")
+                else:
+                    status = known.http_status
+                    code = GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
+                    log.log(log_level(status), "gRPC %s -> %s: %s", rpc, code.name, known)
+                    await context.abort(code, str(known))
             finally:
                 metrics.requests.labels(endpoint, outcome(status)).inc()
                 metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
