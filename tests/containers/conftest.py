@@ -25,6 +25,7 @@ from scenario import (
     BridgeS3,
     FirstRun,
     Images,
+    PodRun,
     Preemption,
     TrainingPods,
     bindable,
@@ -128,10 +129,22 @@ def first_run(training: TrainingPods) -> FirstRun:
 
 
 @pytest.fixture(scope="session")
-def preemption(training: TrainingPods, first_run: FirstRun) -> Preemption:
-    """Job leaf-train-manual-2: its pod is stopped (podman stop = the kubelet's SIGTERM, SIGKILL after the
-    rendered grace period) once phase 2 has a checkpoint; a second pod of the same Job then runs."""
-    job = "leaf-train-manual-2"
+def unchanged_run(training: TrainingPods, first_run: FirstRun) -> tuple[PodRun, list[str]]:
+    """A pod of the CronJob's next Job on the photos first_run trained on, and the versions after it: the
+    chart tells it it is a scheduled run (LEAF_TRAIN_RUN_TRIGGER), so the retrain policy skips it."""
+    run = training.run("leaf-train-scheduled-1", "leaf-train-scheduled-1-fghij", timeout=300)
+    return run, training.versions()
+
+
+@pytest.fixture(scope="session")
+def preemption(training: TrainingPods, first_run: FirstRun, unchanged_run: tuple[PodRun, list[str]]) -> Preemption:
+    """Job leaf-train-scheduled-2, after new photos arrived: its pod is stopped (podman stop = the kubelet's
+    SIGTERM, SIGKILL after the rendered grace period) once phase 2 has a checkpoint; a second pod of the
+    same Job then runs. (Unchanged photos would have skipped it, as unchanged_run shows.)"""
+    job = "leaf-train-scheduled-2"
+    # New photos: the two classes drawn again with another seed over the first set's keys, plus two each.
+    new_photos = ("--classes", "2", "--per-class", "12", "--size", "48", "--seed", "7")
+    training.s3.host_cli("synth", "--output", DATA, *new_photos)
     before = set(training.versions())
     pod = job_pod(one(training.render(), "CronJob"), job, "unused")
     grace = pod["spec"]["terminationGracePeriodSeconds"]

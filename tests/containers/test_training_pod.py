@@ -59,6 +59,16 @@ def test_training_pod_trains_and_publishes_a_version_that_verifies(first_run: Fi
     assert (lock["profile"], lock["sha256"], lock["environment_matches"]) == ("train-cpu", expected_sha, True)
 
 
+def test_a_scheduled_pod_on_unchanged_photos_skips_and_publishes_nothing(
+    unchanged_run: tuple[PodRun, list[str]], first_run: FirstRun
+):
+    run, versions_after = unchanged_run
+    assert run.exit_code == 0, run.logs[-3000:]
+    assert "skipped:" in run.logs, run.logs[-3000:]
+    assert "phase 1" not in run.logs  # it ended before any training
+    assert versions_after == first_run.versions  # and published nothing
+
+
 def test_bad_configuration_exits_2_from_the_container(training: TrainingPods):
     """A value the job rejects (through the chart's extraEnv) fails the pod with exit 2: FailJob in the chart."""
     bad = [{"name": "LEAF_TRAIN_VAL_FRACTION", "value": "1.5"}]
