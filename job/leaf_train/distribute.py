@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 from leaf_common.storage import open_store
 
 from .config import TrainConfig
-from .errors import ConfigurationError
+from .errors import ConfigError
 
 if TYPE_CHECKING:
     from .checkpoint import RunCheckpoints
@@ -57,9 +57,9 @@ class Cluster:
 
     def __post_init__(self) -> None:
         if len(self.workers) < 2:
-            raise ConfigurationError(f"a cluster needs at least 2 workers; received {list(self.workers)}")
+            raise ConfigError(f"a cluster needs at least 2 workers; received {list(self.workers)}")
         if not 0 <= self.index < len(self.workers):
-            raise ConfigurationError(
+            raise ConfigError(
                 f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} workers; "
                 f"received {self.index}"
             )
@@ -84,16 +84,16 @@ def worker_hosts(workers: int, port: int, job_name: str, service: str, hosts: Se
         hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback runs.
 
     Raises:
-        ConfigurationError: explicit hosts that do not match ``workers``, or no way to name the pods.
+        ConfigError: explicit hosts that do not match ``workers``, or no way to name the pods.
     """
     if hosts:
         if len(hosts) != workers:
-            raise ConfigurationError(
+            raise ConfigError(
                 f"--worker-hosts: expected {workers} hosts (one per worker); received {len(hosts)}: {list(hosts)}"
             )
         return tuple(h if ":" in h else f"{h}:{port}" for h in hosts)
     if not job_name or not service:
-        raise ConfigurationError(
+        raise ConfigError(
             f"--workers {workers}: expected --worker-hosts, or --job-name and --worker-service to derive the "
             f"Indexed Job's pod hostnames; received job name {job_name!r} and service {service!r}"
         )
@@ -104,26 +104,26 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
     """``configured`` if set (>= 0), else Kubernetes' ``JOB_COMPLETION_INDEX``.
 
     Raises:
-        ConfigurationError: neither is set, or the environment holds something that is not an index.
+        ConfigError: neither is set, or the environment holds something that is not an index.
     """
     if configured >= 0:
         return configured
     raw = environ.get(INDEX_ENV)
     if raw is None:
-        raise ConfigurationError(
+        raise ConfigError(
             f"several workers: expected {INDEX_ENV} (set on Indexed Job pods) or --worker-index; found neither"
         )
     try:
         return int(raw)
     except ValueError as e:
-        raise ConfigurationError(f"{INDEX_ENV}: expected a non-negative integer; received {raw!r}") from e
+        raise ConfigError(f"{INDEX_ENV}: expected a non-negative integer; received {raw!r}") from e
 
 
 def cluster_from_tf_config(raw: str) -> Cluster | None:
     """A ``TF_CONFIG`` written by someone else (e.g. Kubeflow's TFJob); ``None`` if it names one worker.
 
     Raises:
-        ConfigurationError: not JSON, or a shape MultiWorkerMirroredStrategy cannot use.
+        ConfigError: not JSON, or a shape MultiWorkerMirroredStrategy cannot use.
     """
     try:
         doc = json.loads(raw)
@@ -131,7 +131,7 @@ def cluster_from_tf_config(raw: str) -> Cluster | None:
         workers = list(spec.get("chief", [])) + list(spec.get("worker", []))
         task_type, task_index = task.get("type", "worker"), int(task.get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise ConfigurationError(
+        raise ConfigError(
             f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., "index": N}}}}; '
             f"received {raw[:200]!r}"
         ) from e
@@ -158,7 +158,7 @@ def resolve_cluster(
     """
     environ = os.environ if environ is None else environ
     if workers < 1:
-        raise ConfigurationError(f"--workers: expected >= 1; received {workers}")
+        raise ConfigError(f"--workers: expected >= 1; received {workers}")
     if workers == 1:
         raw = environ.get(TF_CONFIG_ENV, "").strip()
         return cluster_from_tf_config(raw) if raw else None
@@ -193,7 +193,7 @@ class Distribution:
     def learning_rate(self, base: float, scaling: str) -> float:
         """``base`` as configured, or ``base * replicas`` with ``linear`` scaling."""
         if scaling not in LR_SCALING:
-            raise ConfigurationError(f"--lr-scaling: expected one of {', '.join(LR_SCALING)}; received {scaling!r}")
+            raise ConfigError(f"--lr-scaling: expected one of {', '.join(LR_SCALING)}; received {scaling!r}")
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:
@@ -269,7 +269,7 @@ def create(cluster: Cluster | None) -> Distribution:
     """Make the strategy; call before any other TensorFlow op (collectives are set up on creation).
 
     Raises:
-        ConfigurationError: TensorFlow refused the cluster (e.g. a host that does not resolve).
+        ConfigError: TensorFlow refused the cluster (e.g. a host that does not resolve).
     """
     import tensorflow as tf
 
@@ -286,7 +286,7 @@ def create(cluster: Cluster | None) -> Distribution:
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            raise ConfigurationError(f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}") from e
+            raise ConfigError(f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}") from e
         _fix_keras_multi_worker_step_reduce()
         return Distribution(strategy, cluster, "MultiWorkerMirroredStrategy")
     gpus = tf.config.list_physical_devices("GPU")

@@ -9,7 +9,7 @@ preempted run that saved its checkpoint is retried without counting against ``ba
 
 from __future__ import annotations
 
-from leaf_common.config import ConfigError
+from leaf_common.config import ConfigError as ConfigError  # re-exported: the job's stages raise it from here
 from leaf_common.errors import EXIT_CONFIG as EXIT_CONFIG  # re-exported: the chart keys on the codes here
 from leaf_common.errors import EXIT_FAILURE as EXIT_FAILURE
 from leaf_common.errors import LeafError
@@ -17,11 +17,6 @@ from leaf_common.errors import LeafError
 EXIT_OK = 0
 EXIT_DATA = 3  # unusable dataset (too few classes/images): FailJob
 EXIT_PREEMPTED = 75  # SIGTERM, checkpoint saved (EX_TEMPFAIL): Ignore, retry resumes
-
-# One configuration error for the job and leaf_common (exit code 2). The old name stays as an alias
-# because the job's stages (pipeline, distribute, model, gate, ...) and their tests raise and catch it
-# under that name; new code should use ConfigError.
-ConfigurationError = ConfigError
 
 
 class LeafTrainError(LeafError, RuntimeError):

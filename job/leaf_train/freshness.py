@@ -45,7 +45,7 @@ from leaf_common.storage import NotFound
 from . import provenance
 from .config import TrainConfig
 from .dataset import DatasetIndex
-from .errors import ConfigurationError
+from .errors import ConfigError
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ class RetrainConfig:
 
     def validate(self) -> None:
         if self.min_new_images < 1:
-            raise ConfigurationError(f"--min-new-images: expected >= 1; received {self.min_new_images}")
+            raise ConfigError(f"--min-new-images: expected >= 1; received {self.min_new_images}")
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 from leaf_common.config import option
 from PIL import Image
 
-from .errors import ConfigurationError, GateError
+from .errors import ConfigError, GateError
 from .registry import Champion
 
 # Accuracies are ratios of counts; this absorbs float rounding such as 0.92 - 0.02 = 0.9000000000000001.
@@ -61,11 +61,9 @@ class RetentionConfig:
 
     def validate(self) -> None:
         if self.keep_versions < 1:
-            raise ConfigurationError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
+            raise ConfigError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
         if not self.incomplete_grace_hours > 0:
-            raise ConfigurationError(
-                f"--incomplete-grace-hours: expected hours > 0; received {self.incomplete_grace_hours}"
-            )
+            raise ConfigError(f"--incomplete-grace-hours: expected hours > 0; received {self.incomplete_grace_hours}")
 
 
 @dataclass
@@ -106,11 +104,9 @@ class GateConfig(RetentionConfig):
         for name in ("min_accuracy", "max_regression", "max_class_regression"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigurationError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
         if self.gate_min_class_support < 1:
-            raise ConfigurationError(
-                f"--gate-min-class-support: expected >= 1 image; received {self.gate_min_class_support}"
-            )
+            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {self.gate_min_class_support}")
 
 
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"

@@ -21,7 +21,7 @@ from typing import Any
 
 from leaf_common.config import option
 
-from .errors import ConfigurationError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,7 @@ class KubeConfig:
         for name in ("namespace", "job_name", "rollout_deployment"):
             value = getattr(self, name)
             if len(value) > 253 or value != value.strip():
-                raise ConfigurationError(
-                    f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}"
-                )
+                raise ConfigError(f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}")
 
 
 def load_client_configuration(cfg: KubeConfig) -> tuple[Any, str] | None:
@@ -134,7 +132,7 @@ class KubeReporter:
         """Build the reporter the training job uses.
 
         Raises:
-            ConfigurationError: ``kube_integration`` is ``on`` but no credentials are found.
+            ConfigError: ``kube_integration`` is ``on`` but no credentials are found.
         """
         if cfg.kube_integration == "off":
             log.info("Kubernetes integration off (kube_integration=off)")
@@ -142,7 +140,7 @@ class KubeReporter:
         loaded = load_client_configuration(cfg)
         if loaded is None:
             if cfg.kube_integration == "on":
-                raise ConfigurationError(
+                raise ConfigError(
                     "kube_integration=on: expected an in-cluster service-account token or a kubeconfig; found neither"
                 )
             log.info("Kubernetes integration off: no service-account token and no kubeconfig")

@@ -18,7 +18,7 @@ from keras import layers
 from leaf_common.contract import INPUT_NAME, OUTPUT_NAME
 from leaf_common.storage import open_store
 
-from .errors import ConfigurationError
+from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def weights_source(choice: str, cache_dir: Path) -> str | Path | None:
     if choice.lower() == "imagenet":
         return "imagenet"
     if not choice.endswith(".h5"):
-        raise ConfigurationError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
+        raise ConfigError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
     parent, _, name = choice.rpartition("/")
     local = cache_dir / name
     open_store(parent or ".").download(name, local)
@@ -78,7 +78,7 @@ def build_model(
 ) -> keras.Model:
     """The book's classifier; the conv base is a nested model named ``vgg16``."""
     if num_classes < 2:
-        raise ConfigurationError(f"expected at least 2 classes; received {num_classes}")
+        raise ConfigError(f"expected at least 2 classes; received {num_classes}")
     base = load_base(weights, image_size)
     inputs = keras.Input((image_size, image_size, 3), name=INPUT_NAME)
     x = VggPreprocess(name="vgg_preprocess")(inputs)
@@ -103,7 +103,7 @@ def freeze_for_phase(model: keras.Model, phase: int, fine_tune_from: str = "bloc
     base = conv_base(model)
     names = [layer.name for layer in base.layers]
     if fine_tune_from not in names:
-        raise ConfigurationError(
+        raise ConfigError(
             f"--fine-tune-from: expected a VGG16 layer name ({', '.join(n for n in names if 'conv' in n)}); "
             f"received {fine_tune_from!r}"
         )

@@ -34,7 +34,7 @@ from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
 from .dataset import DatasetIndex, check_index, discover
 from .distribute import Distribution, weights_digest
-from .errors import ConfigurationError
+from .errors import ConfigError
 from .gate import GateConfig, GateDecision, decide, event_note
 from .kube import KubeConfig, KubeReporter
 from .model import build_model, weights_source
@@ -155,7 +155,7 @@ def _build_or_resume(
         return build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units), RunState(), None
     state, model, best = restored
     if model.output_shape[-1] != len(data.index.classes):
-        raise ConfigurationError(
+        raise ConfigError(
             f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now has "
             f"{len(data.index.classes)}: use a new run id"
         )

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras itself asks
 
 from .cache import PreparedData
 from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
@@ -128,6 +129,9 @@ def train(
         " / ".join(f"{p.learning_rate:g}" for p in opts.plans),
         cfg.lr_scaling,
     )
+    if opts.jit_compile and is_op_determinism_enabled():
+        # Keras' own rule (trainer.model_supports_jit): with op determinism it compiles without XLA.
+        log.warning("jit_compile=on has no effect: Keras turns XLA off while op determinism is on (--deterministic)")
     run_phases(
         model,
         train_ds,

@@ -12,7 +12,7 @@ from leaf_common.storage import ObjectInfo, open_store
 from leaf_train import provenance
 from leaf_train.config import TrainConfig
 from leaf_train.dataset import build_index
-from leaf_train.errors import ConfigurationError
+from leaf_train.errors import ConfigError
 from leaf_train.freshness import (
     RECORDED_ONLY,
     SHAPING_OPTIONS,
@@ -73,7 +73,7 @@ def test_config_from_environment_and_validation() -> None:
     cfg = resolve(RetrainConfig, "LEAF_TRAIN_", environ=env)
     assert (cfg.skip_if_unchanged, cfg.min_new_images, cfg.run_trigger) == ("on", 25, "scheduled")
     assert resolve(RetrainConfig, "LEAF_TRAIN_", environ={}) == RetrainConfig("auto", 1, "manual")
-    with pytest.raises(ConfigurationError, match="--min-new-images: expected >= 1; received 0"):
+    with pytest.raises(ConfigError, match="--min-new-images: expected >= 1; received 0"):
         resolve(RetrainConfig, "LEAF_TRAIN_", environ={"LEAF_TRAIN_MIN_NEW_IMAGES": "0"})
 
 

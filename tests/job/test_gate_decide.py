@@ -16,7 +16,7 @@ from leaf_common.config import resolve
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
 from leaf_common.storage import Store, open_store
 from leaf_train.commands.models import list_rows
-from leaf_train.errors import ConfigurationError, GateError
+from leaf_train.errors import ConfigError, GateError
 from leaf_train.gate import GateConfig, decide, event_note, format_rules, resize_batch
 from leaf_train.registry import Champion, ModelRegistry
 from onnx import TensorProto, helper
@@ -399,7 +399,7 @@ def test_gate_config_from_environment_and_validation() -> None:
         ({"LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "0"}, r"--gate-min-class-support: expected >= 1 image; received 0"),
         ({"LEAF_TRAIN_KEEP_VERSIONS": "0"}, r"--keep-versions: expected >= 1; received 0"),
     ]:
-        with pytest.raises(ConfigurationError, match=match):
+        with pytest.raises(ConfigError, match=match):
             resolve(GateConfig, "LEAF_TRAIN_", environ=env)
 
 

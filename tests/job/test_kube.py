@@ -8,7 +8,7 @@ import socket
 import pytest
 from leaf_common.config import resolve
 from leaf_train.config import ENV_PREFIX
-from leaf_train.errors import ConfigurationError
+from leaf_train.errors import ConfigError
 from leaf_train.kube import (
     MODEL_VERSION_ANNOTATION,
     RESTARTED_AT_ANNOTATION,
@@ -179,7 +179,7 @@ def test_disabled_outside_a_cluster_logs_once(caplog):
 
 @pytest.mark.usefixtures("no_cluster")
 def test_required_integration_without_credentials_is_a_configuration_error():
-    with pytest.raises(ConfigurationError, match="kube_integration=on: expected .* found neither"):
+    with pytest.raises(ConfigError, match="kube_integration=on: expected .* found neither"):
         KubeReporter.from_config(KubeConfig(kube_integration="on"))
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
-from leaf_train.errors import ConfigurationError
+from leaf_train.errors import ConfigError
 from leaf_train.model import build_model, conv_base, count_params, freeze_for_phase
 from leaf_train.train import PhasePlan, compile_for_phase
 
@@ -33,7 +33,7 @@ def test_preprocessing_inside_equals_keras_preprocess_input():
 
 
 def test_unknown_fine_tune_layer_is_a_clear_error():
-    with pytest.raises(ConfigurationError, match="received 'block9_conv1'"):
+    with pytest.raises(ConfigError, match="received 'block9_conv1'"):
         freeze_for_phase(build_model(3, 32, weights=None), 2, "block9_conv1")
 
 

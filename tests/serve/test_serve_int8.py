@@ -1,7 +1,7 @@
 """``--prefer-int8`` over a real socket: the job's accuracy-checked model.int8.onnx, verified like FP16.
 
 The INT8 model here is the tiny test graph quantized by ONNX Runtime's own static QDQ quantizer,
-the same call the job makes (leaf_train.export.to_int8 is exercised in tests/job/test_export_int8.py).
+the same call the job makes (leaf_train.quantize.to_int8 is exercised in tests/job/test_quantize.py).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from leaf_common.labels import readable_label
 from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
-from ..errors import ConfigurationError, LeafTrainError
+from ..errors import ConfigError, LeafTrainError
 from .models import ModelsConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ class InboxDataConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ConfigurationError(
+            raise ConfigError(
                 "--data is required to accept: expected the training data URI (s3://bucket/prefix or a folder); "
                 "received ''"
             )
@@ -97,7 +97,7 @@ def _run(action):  # noqa: ANN001, ANN202 -- wraps a command: inbox errors becom
         try:
             return action(args)
         except InvalidName as e:
-            raise ConfigurationError(str(e)) from e
+            raise ConfigError(str(e)) from e
         except InboxError as e:
             raise ReviewError(str(e)) from e
 
@@ -107,7 +107,7 @@ def _run(action):  # noqa: ANN001, ANN202 -- wraps a command: inbox errors becom
 @_run
 def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 0:
-        raise ConfigurationError(f"--limit: expected 0 (all) or a positive number; received {args.limit}")
+        raise ConfigError(f"--limit: expected 0 (all) or a positive number; received {args.limit}")
     inbox = _inbox(args)
     records = inbox.list(args.limit or None)
     if args.format == "json":

@@ -21,7 +21,7 @@ from typing import Any
 from leaf_common.config import add_arguments, option, resolve
 
 from ..config import ENV_PREFIX
-from ..errors import ConfigurationError, LeafTrainError
+from ..errors import ConfigError, LeafTrainError
 from ..kube import (
     REQUEST_TIMEOUT_S,
     SKIPPED_ANNOTATION,
@@ -47,9 +47,9 @@ class SubmitConfig:
 
     def validate(self) -> None:
         if not self.cronjob:
-            raise ConfigurationError("--cronjob is required: expected the name of the training CronJob; received ''")
+            raise ConfigError("--cronjob is required: expected the name of the training CronJob; received ''")
         if len(self.name) > 63:
-            raise ConfigurationError(f"--name: expected at most 63 characters (a label value); received {self.name!r}")
+            raise ConfigError(f"--name: expected at most 63 characters (a label value); received {self.name!r}")
 
 
 @dataclass
@@ -65,7 +65,7 @@ class StatusConfig:
 
     def validate(self) -> None:
         if not self.job and not self.cronjob:
-            raise ConfigurationError("expected --job or --cronjob; received neither")
+            raise ConfigError("expected --job or --cronjob; received neither")
 
 
 class KubeApiError(LeafTrainError):
@@ -77,7 +77,7 @@ def _connect(kubeconfig: str, namespace: str) -> tuple[Any, str]:
 
     loaded = load_client_configuration(KubeConfig(kube_integration="on", kubeconfig=kubeconfig))
     if loaded is None:
-        raise ConfigurationError(
+        raise ConfigError(
             "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster service account; "
             "found neither"
         )

@@ -20,7 +20,7 @@ from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
-from ..errors import ConfigurationError
+from ..errors import ConfigError
 from ..registry import IncompleteVersionError, ModelRegistry, VersionInfo, VersionNotFoundError
 
 log = logging.getLogger(__name__)
@@ -36,9 +36,9 @@ class ModelsConfig:
 
     def validate(self) -> None:
         if not self.output:
-            raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
+            raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
         if not is_model_name(self.model_name):
-            raise ConfigurationError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
+            raise ConfigError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from leaf_common.config import add_arguments, option, resolve
 from leaf_common.storage import open_store
 
-from ..errors import ConfigurationError
+from ..errors import ConfigError
 
 ENV_PREFIX = "LEAF_SYNTH_"
 
@@ -25,13 +25,11 @@ class SynthConfig:
         from ..synth import max_classes  # numpy/PIL: loaded by this command only, not at CLI start
 
         if not self.output:
-            raise ConfigurationError("--output is required: expected s3://bucket/prefix or a local folder")
+            raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder")
         if not 0 <= self.classes <= max_classes() or self.classes == 1:
-            raise ConfigurationError(f"--classes: expected 0 or 2..{max_classes()}; received {self.classes}")
+            raise ConfigError(f"--classes: expected 0 or 2..{max_classes()}; received {self.classes}")
         if self.per_class < 1 or self.size < 32:
-            raise ConfigurationError(
-                f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}"
-            )
+            raise ConfigError(f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -17,8 +17,9 @@ import onnxruntime as ort
 import pytest
 from leaf_common.storage import open_store
 from leaf_train.cli import main
-from leaf_train.export import INT8_FILE, Int8Check, check_int8, to_int8, to_onnx
+from leaf_train.export import to_onnx
 from leaf_train.model import build_model
+from leaf_train.quantize import INT8_FILE, Int8Check, check_int8, to_int8
 from test_export_fp16 import classifier
 
 pytestmark = pytest.mark.slow
