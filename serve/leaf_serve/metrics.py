@@ -98,10 +98,12 @@ class ServeMetrics:
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
-        # In multiprocess mode a series lives on in its file after clear(): set the old one to 0 first.
+        # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):
+        # the old one is set to 0 instead.
         if self._model_labels:
             self.model_info.labels(*self._model_labels).set(0)
-        self.model_info.clear()
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.model_info.clear()
         self._model_labels = (name, version, provider)
         self.model_info.labels(*self._model_labels).set(1)
 

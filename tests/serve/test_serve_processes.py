@@ -69,6 +69,7 @@ def test_workers_share_the_port_and_the_metrics(local_registry: Registry) -> Non
         used = {w: cpu_ticks(w) - before[w] for w in workers}
         # Every worker answered a share of the connections (each request costs ~1-2 ms of CPU).
         assert all(ticks >= 0.15 * sum(used.values()) for ticks in used.values()), used
+        assert children(proc.pid) == workers  # nobody was restarted meanwhile
         # Counters are summed over the workers, so any one worker's /metrics sees all 300.
         assert requests_counted(url) >= 300
         info = httpx.get(url + "/metrics").text
@@ -129,9 +130,12 @@ def test_workers_share_the_grpc_port_too(local_registry: Registry) -> None:
         workers = wait_for(lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers")
         wait_for(lambda: all(f'pid="{w}"' in httpx.get(url + "/metrics").text for w in workers), "both models")
         assert proc.poll() is None  # a worker that could not bind the gRPC port would have ended the server
-        client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
-        image = grpcclient.InferInput("image", [1, 32, 32, 3], "FP32")
-        image.set_data_from_numpy(colour_image((20, 230, 20)).astype(np.float32))
-        result = client.infer("leaf", [image])
-        assert np.argmax(result.as_numpy("probabilities")[0]) == 1
-        client.close()
+        for _ in range(20):  # a new channel (connection) each time: the kernel picks a worker for each
+            client = grpcclient.InferenceServerClient(f"127.0.0.1:{grpc_port}")
+            image = grpcclient.InferInput("image", [1, 32, 32, 3], "FP32")
+            image.set_data_from_numpy(colour_image((20, 230, 20)).astype(np.float32))
+            result = client.infer("leaf", [image])
+            assert np.argmax(result.as_numpy("probabilities")[0]) == 1
+            client.close()
+        # Still the same two workers: none failed to bind the gRPC port and was restarted.
+        assert children(proc.pid) == workers

@@ -20,6 +20,7 @@ import numpy as np
 from .. import codecs, inference
 from ..errors import BadRequest, ClientGone, answered, log_level
 from ..metrics import outcome
+from ..supervisor import worker_index
 from . import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -198,7 +199,9 @@ async def start(api: Any, host: str, port: int) -> grpc.aio.Server:
     options = [
         ("grpc.max_receive_message_length", config.max_body_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        ("grpc.so_reuseport", 0),  # a second server on the same port must fail, not share it silently
+        # A second server on the same port must fail, not share it silently; the workers of --processes
+        # share it on purpose (leaf_serve.supervisor), as they share the REST port.
+        ("grpc.so_reuseport", 0 if worker_index() is None else 1),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrency or None)
     server.add_generic_rpc_handlers((handlers(InferenceService(api)),))
