@@ -71,6 +71,7 @@ class Server:
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
         env.update(LEAF_SERVE_MODEL=model, LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_GRPC_PORT=str(self.grpc_port))
         env.update(LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu", LEAF_SERVE_POLL_INTERVAL="0")
+        # options (e.g. providers="cuda", processes="4") override the defaults above
         env.update(LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
         self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stderr=subprocess.PIPE)
@@ -199,13 +200,18 @@ def measure(server: Server, name: str, size, transports: dict, levels: list[int]
     return results
 
 
-def in_process(model_path: str, size, threads: int, batches: list[int], seconds: float = 5.0) -> dict:
+PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+
+
+def in_process(
+    model_path: str, size, threads: int, batches: list[int], seconds: float = 5.0, providers: str = "cpu"
+) -> dict:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    session = ort.InferenceSession(model_path, options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model_path, options, providers=PROVIDERS[providers])
     out = {}
     for b in batches:
         x = np.random.default_rng(0).uniform(0, 255, (b, *size, 3)).astype(np.float32)
@@ -289,6 +295,11 @@ def main() -> None:
     parser.add_argument(
         "--processes", type=int, default=0, help="only: the tiny model with --processes 1 and N side by side"
     )
+    parser.add_argument(
+        "--providers", choices=sorted(PROVIDERS), default="cpu", help="cuda: the GPU path (onnxruntime-gpu)"
+    )
+    parser.add_argument("--levels", default="", help="connections per point, comma-separated (default per model)")
+    parser.add_argument("--server-processes", type=int, default=1, help="leaf-serve --processes for the main run")
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     for tool in ("wrk", "h2load"):
@@ -311,15 +322,17 @@ def main() -> None:
             model_path = tmp / f"{name}.onnx"
             model_path.write_bytes(onnx_bytes)
             transports = bodies(tmp, name, size)
-            batches = [1] if name == "tiny" else [1, 8]
+            batches = [1] if name == "tiny" else [1, 8] + ([32] if args.providers == "cuda" else [])
+            levels = [int(c) for c in args.levels.split(",")] if args.levels else levels
             # In process before and after the server: on a shared machine the load can change in between.
-            before = in_process(str(model_path), size, args.threads, batches)
-            server = Server(pointer, args.threads)
+            before = in_process(str(model_path), size, args.threads, batches, providers=args.providers)
+            options = {"providers": args.providers, "processes": str(args.server_processes)}
+            server = Server(pointer, args.threads, **options)
             try:
                 served = measure(server, name, size, transports, levels, args.seconds, tmp)
             finally:
                 server.stop()
-            after = in_process(str(model_path), size, args.threads, batches)
+            after = in_process(str(model_path), size, args.threads, batches, providers=args.providers)
             results[name] = {"server": served, "in_process": before, "in_process_after": after}
             print(f"  {name} in process before/after: {json.dumps(before)} {json.dumps(after)}", flush=True)
         if args.int8:
