@@ -25,6 +25,18 @@ IMAGE_SIZE = (32, 32)
 MODEL_NAME = "leaf"
 
 
+def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.05) -> object:
+    """Poll ``condition()`` until it returns something truthy and return that; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

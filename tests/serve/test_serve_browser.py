@@ -16,13 +16,13 @@ from __future__ import annotations
 import base64
 import io
 import os
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+import servekit
 from leaf_common.storage import open_store
 from servekit import Registry, RunningServer, encode_image, publish_with_card, start_server
 
@@ -87,14 +87,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     driver.quit()
 
 
-def wait_for(condition: Callable[[], object], what: str, timeout: float = WAIT) -> object:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"waited {timeout} s for {what}")
+def wait_for(condition: Callable[[], object], what: str) -> object:
+    return servekit.wait_for(condition, what, WAIT, interval=0.1)
 
 
 def by_id(driver, element_id: str):  # noqa: ANN001, ANN201 - a WebElement

@@ -12,13 +12,12 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-from servekit import Registry, colour_image, free_port
+from servekit import Registry, colour_image, free_port, wait_for
 from test_serve_cli import leaf_serve, serve_env
 
 GREEN = colour_image((20, 230, 20)).ravel().tolist()
@@ -33,16 +32,6 @@ def children(pid: int) -> list[int]:
 def cpu_ticks(pid: int) -> int:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return int(fields[11]) + int(fields[12])  # utime + stime
-
-
-def wait_for(condition, what: str, seconds: float = 30.0):  # noqa: ANN001, ANN201 - test helper
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds:g} s: {what}")
 
 
 def infer_on_new_connections(url: str, count: int) -> None:

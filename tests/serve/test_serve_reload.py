@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import numpy as np
@@ -22,6 +22,7 @@ from servekit import (
     manifest,
     onnx_model,
     start_server,
+    wait_for,
 )
 
 RED = (230, 20, 20)
@@ -40,14 +41,6 @@ def served_version(server: RunningServer) -> str:
 
 def reloads(server: RunningServer, outcome: str) -> float:
     return server.repo.metrics.reloads.labels(outcome)._value.get()
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -70,7 +63,7 @@ def test_new_version_is_swapped_in(polling_server: RunningServer, s3_registry: R
     held = polling_server.repo.current  # what an in-flight request holds across the swap
     s3_registry.publish("v2", V2)
     s3_registry.promote("v2")
-    wait_for(lambda: served_version(polling_server) == "v2")
+    wait_for(lambda: served_version(polling_server) == "v2", "v2 served", 20)
     assert top_label(polling_server) == ("v2", "blight")
     meta = httpx.get(f"{polling_server.url}/v2/models/{MODEL_NAME}").json()
     assert meta["parameters"]["labels"] == V2["labels"] and meta["outputs"][0]["shape"] == [-1, 4]
@@ -148,14 +141,14 @@ def test_bad_version_is_rejected_and_old_keeps_serving(
 ) -> None:
     s3_registry.publish("bad", V1, **BAD_VERSIONS[case])
     s3_registry.promote("bad")
-    wait_for(lambda: reloads(polling_server, "rejected") == 1)
+    wait_for(lambda: reloads(polling_server, "rejected") == 1, "one rejection", 20)
     assert served_version(polling_server) == "v1"
     assert top_label(polling_server) == ("v1", "healthy")
     time.sleep(0.5)  # several more polls: the rejected pointer is not retried again and again
     assert reloads(polling_server, "rejected") == 1
     s3_registry.publish("v2", V2)  # a good version after a bad one still gets in
     s3_registry.promote("v2")
-    wait_for(lambda: served_version(polling_server) == "v2")
+    wait_for(lambda: served_version(polling_server) == "v2", "v2 served", 20)
 
 
 def test_version_folder_uri_serves_without_polling(local_registry: Registry) -> None:
@@ -174,7 +167,7 @@ def test_local_pointer_reload(local_registry: Registry) -> None:
     try:
         local_registry.publish("v2", V2)
         local_registry.promote("v2")
-        wait_for(lambda: served_version(running) == "v2")
+        wait_for(lambda: served_version(running) == "v2", "v2 served", 20)
     finally:
         running.stop()
 
