@@ -17,21 +17,6 @@ FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf  # without a font every scr
 if [ -x "$CHROMIUM" ] && [ -x "$CHROMEDRIVER" ] && [ -e "$FONT" ]; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "get-chromium.sh: expected $CHROMIUM and $CHROMEDRIVER, or apt-get to install them; found neither" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "get-chromium.sh: installing chromium needs root; run: apt-get install -y chromium chromium-driver" >&2
-    exit 1
-  fi
-  SUDO="sudo"
-fi
-# Other apt users on the machine (unattended upgrades, a parallel job) hold dpkg's lock: wait for it.
-APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q)
-"${APT[@]}" update
-"${APT[@]}" install -y --no-install-recommends chromium chromium-driver fonts-dejavu-core
+"$(dirname "$0")/apt-install.sh" get-chromium.sh chromium chromium-driver fonts-dejavu-core
 "$CHROMIUM" --version
 "$CHROMEDRIVER" --version

@@ -12,20 +12,6 @@ set -euo pipefail
 if command -v wrk >/dev/null && command -v h2load >/dev/null; then
   exit 0
 fi
-if ! command -v apt-get >/dev/null; then
-  echo "get-loadgen.sh: expected wrk and h2load on PATH, or apt-get to install them; found neither" >&2
-  exit 1
-fi
-SUDO=""
-if [ "$(id -u)" != 0 ]; then
-  if ! command -v sudo >/dev/null; then
-    echo "get-loadgen.sh: installing needs root; run: apt-get install -y wrk nghttp2-client" >&2
-    exit 1
-  fi
-  SUDO="sudo"
-fi
-APT=($SUDO env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600 -q)
-"${APT[@]}" update
-"${APT[@]}" install -y --no-install-recommends wrk nghttp2-client
+"$(dirname "$0")/apt-install.sh" get-loadgen.sh wrk nghttp2-client
 wrk --version 2>&1 | head -1 || true
 h2load --version
