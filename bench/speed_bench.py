@@ -74,19 +74,25 @@ class Server:
         # options (e.g. providers="cuda", processes="4") override the defaults above
         env.update(LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
+        self.processes = int(options.get("processes", "1"))
         self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
                 raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200:
+                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200 and self._all_loaded():
                     return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError("server not ready in 120 s")
             time.sleep(0.05)
+
+    def _all_loaded(self) -> bool:
+        """Every worker of ``--processes`` has its model (one model_info series per worker), not only the first."""
+        text = httpx.get(self.url + "/metrics", timeout=1).text
+        return len(re.findall(r"^leaf_serve_model_info\{.*\} 1\.0$", text, re.M)) >= self.processes
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -278,8 +284,6 @@ def processes_run(tmp: Path, processes: int, threads: int, seconds: int) -> dict
         for n in (1, processes):
             server = Server(pointer, max(1, threads // n), processes=str(n))
             try:
-                if n > 1:  # every worker ready, not only the first to answer
-                    time.sleep(3)
                 results[f"processes{n}_round{rnd}"] = measure(server, "tiny", size, transports, [16], seconds, tmp)
             finally:
                 server.stop()
