@@ -9,8 +9,8 @@ hot reload; on a GPU, its own CUDA context sharing the device) and binds the RES
 
 This process only supervises: it starts the workers, forwards SIGTERM/SIGINT (each worker drains as
 one server would), restarts a worker that dies of a crash (a signal, an OOM kill), and ends the
-whole server when a worker exits with a documented failure (1: the model cannot be served, 2: a bad
-option, the same in every worker) or when workers keep dying (``MAX_RESTARTS`` within
+whole server when a worker exits with a failure every worker shares (1: the model cannot be served,
+2: a bad option, 3: a port that cannot be bound) or when workers keep dying (``MAX_RESTARTS`` within
 ``RESTART_WINDOW`` seconds), so Kubernetes restarts the pod rather than a loop hiding a fault.
 
 Metrics: Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder under the
@@ -39,8 +39,9 @@ log = logging.getLogger("leaf_serve.supervisor")
 
 # Set in a worker's environment by the supervisor; a worker binds its REST port with SO_REUSEPORT.
 WORKER_ENV = "LEAF_SERVE_WORKER_INDEX"
-# Exit statuses that mean "every worker would fail the same way" (see leaf_serve.__main__.main).
-FATAL_EXITS = {1, 2}
+# Exit statuses that mean "every worker would fail the same way": 1 the model cannot be served, 2 a bad
+# option (leaf_serve.__main__.main), 3 uvicorn's start-up failure (a port it cannot bind, a failed startup).
+FATAL_EXITS = {1, 2, 3}
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
 _POLL = 0.2

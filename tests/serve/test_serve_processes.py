@@ -128,3 +128,18 @@ def test_workers_share_the_grpc_port_too(local_registry: Registry) -> None:
             client.close()
         # Still the same two workers: none failed to bind the gRPC port and was restarted.
         assert children(proc.pid) == workers
+
+
+def test_a_port_no_worker_can_bind_ends_the_server_at_once(local_registry: Registry) -> None:
+    import socket
+
+    with socket.socket() as taken:  # another program holds the gRPC port (no SO_REUSEPORT)
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = serve_env(
+            model=local_registry.pointer_uri, processes=2, host="127.0.0.1", port=free_port(),
+            grpc_port=taken.getsockname()[1], providers="cpu", drain_delay=0,
+        )  # fmt: skip
+        done = subprocess.run([sys.executable, "-m", "leaf_serve"], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 3, done.stderr[-3000:]  # uvicorn's start-up failure, not a restart loop
+    assert "as every worker would" in done.stderr and "restarting it" not in done.stderr
