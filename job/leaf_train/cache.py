@@ -10,9 +10,8 @@ on an ordinary node. Bad files are skipped and reported, never fatal.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,66 +109,69 @@ def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tup
 
 
 def decode_all(store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path) -> DecodedImages:
-    """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries."""
+    """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries.
+
+    One loop on this thread owns every item from download to result: at most ``limit`` items are
+    in flight (downloading, downloaded and waiting, or decoding), which bounds the bytes held however
+    large the bucket. A finished download is handed to the decode pool by the same loop.
+    """
     keys = list(keys)
-    size = opts.image_size
-    images, on_disk = allocate(len(keys), size, opts.memory_budget_mb * 2**20, cache_dir)
+    images, on_disk = allocate(len(keys), opts.image_size, opts.memory_budget_mb * 2**20, cache_dir)
     ok = np.zeros(len(keys), dtype=bool)
     bad: list[BadFile] = []
-    lock = threading.Lock()
     decode_workers = opts.decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
     limit = 4 * (opts.download_workers + decode_workers)
-    in_flight = threading.BoundedSemaphore(limit)
-
     with (
         progress("download", len(keys), opts.progress, position=0) as fetch_bar,
         progress("decode", len(keys), opts.progress, position=1) as decode_bar,
         ThreadPoolExecutor(opts.download_workers, thread_name_prefix="fetch") as fetch_pool,
         ThreadPoolExecutor(decode_workers, thread_name_prefix="decode") as decode_pool,
     ):
+        stage: dict[Future, tuple[str, int]] = {}  # every item in flight: which stage, which slot
 
-        def fail(slot: int, reason: str) -> None:
-            with lock:
-                bad.append(BadFile(keys[slot], reason))
-                decode_bar.update(1)  # counts every item done with, decoded or skipped
-            in_flight.release()
-
-        def decode(slot: int, data: bytes) -> None:
-            try:
-                images[slot] = decode_image(data, (size, size), max_pixels=opts.max_pixels)
-            except ImageDecodeError as e:
-                fail(slot, str(e))
-                return
-            except Exception as e:  # a bad photo must never crash the job
-                fail(slot, f"{type(e).__name__}: {e}")
-                return
-            ok[slot] = True
-            with lock:
-                decode_bar.update(1)
-            in_flight.release()
-
-        def fetched(slot: int, fut: Future[bytes]) -> None:
-            with lock:
+        def settle(fut: Future, kind: str, slot: int) -> None:
+            if kind == "fetch":
                 fetch_bar.update(1)
-            try:
-                data = fut.result()
-            except StoreError as e:
-                fail(slot, f"download failed: {e}")
-                return
-            except Exception as e:  # network errors that botocore did not wrap
-                fail(slot, f"download failed: {type(e).__name__}: {e}")
-                return
-            decode_pool.submit(decode, slot, data)
+                data, reason = _outcome(fut, "download failed: ")
+                if reason is None:
+                    stage[decode_pool.submit(_decode, data, opts)] = ("decode", slot)
+                    return
+            else:
+                pixels, reason = _outcome(fut, "")
+                if reason is None:
+                    images[slot], ok[slot] = pixels, True
+            if reason is not None:
+                bad.append(BadFile(keys[slot], reason))
+            decode_bar.update(1)  # counts every item done with, decoded or skipped
+
+        def step() -> None:
+            done, _ = wait(stage, return_when=FIRST_COMPLETED)
+            for fut in done:
+                settle(fut, *stage.pop(fut))
 
         for slot, key in enumerate(keys):
-            in_flight.acquire()  # bounds bytes held between download and decode
-            fut = fetch_pool.submit(store.get, key)
-            fut.add_done_callback(lambda f, s=slot: fetched(s, f))
-        for _ in range(limit):
-            in_flight.acquire()  # wait until every item has been decoded or failed
+            while len(stage) >= limit:
+                step()
+            stage[fetch_pool.submit(store.get, key)] = ("fetch", slot)
+        while stage:
+            step()
 
     bad.sort(key=lambda b: b.key)
     for b in bad:
         log.warning("skipped %s: %s", b.key, b.reason)
     log.info("decoded %d images, skipped %d", int(ok.sum()), len(bad))
     return DecodedImages(keys, images, ok, bad, on_disk)
+
+
+def _decode(data: bytes, opts: DecodeOptions) -> np.ndarray:
+    return decode_image(data, (opts.image_size, opts.image_size), max_pixels=opts.max_pixels)
+
+
+def _outcome(fut: Future, prefix: str) -> tuple[object, str | None]:
+    """``(result, None)``, or ``(None, reason)``: a bad photo or a failed GET never ends the job."""
+    try:
+        return fut.result(), None
+    except (StoreError, ImageDecodeError) as e:
+        return None, f"{prefix}{e}"
+    except Exception as e:  # network errors botocore did not wrap; decoder bugs on odd files
+        return None, f"{prefix}{type(e).__name__}: {e}"
