@@ -48,9 +48,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
 	$(VENV)/bin/ruff format --check job serve tests bench scripts
 
-# charts/leaf-train/values.schema.json is generated from values.yaml's `## @param` and `## @schema` lines;
-# run this after changing values.yaml and commit both (tests/charts/test_schema.py fails when they differ).
+# values.yaml's training.config / serving.config (and docs/configuration.md) are generated from the programs'
+# option tables, then charts/leaf-train/values.schema.json from values.yaml's `## @param` and `## @schema` lines;
+# run this after changing an option or values.yaml and commit all three (tests/charts fails when they differ).
 chart-schema: $(VENV)/.installed
+	PYTHONPATH=job:serve $(PY) scripts/chart_config.py
 	$(PY) scripts/chart_schema.py
 
 # Both images (leaf-train-job, leaf-serve) tagged <version> (GPU) and <version>-cpu, with a working docker
