@@ -364,6 +364,15 @@ def test_the_shell_commands_are_found():
     assert {("helm", "install"), ("leaf-train", "submit"), ("make", "demo"), ("make", "test")} <= found
 
 
+def test_the_readme_is_a_front_door_and_ci_runs_its_test_command():
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200, "README.md is the front door: reference belongs in docs/"
+    opening = [c.argv for c in commands(ROOT / "README.md", readme)][:2]
+    assert opening == [("make", "demo"), ("make", "test")], "the README opens with the two commands"
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == "make test", ".ci/run runs exactly the README's test command"
+
+
 # Each rule must be able to fail: a page with one mistake per line, and the reason each one gets.
 MISTAKES = [
     ("leaf-train train --data s3://a/b --no-such-flag 1", "unrecognized arguments: --no-such-flag"),
