@@ -105,12 +105,18 @@ def shell_blocks(text: str) -> Iterator[tuple[int, list[str]]]:
 def commands(page: Path, text: str) -> Iterator[Command]:
     """Every simple command of the page's shell blocks, with the line it starts on."""
     for first, block in shell_blocks(text):
-        logical, start = "", None
+        logical, start, heredoc = "", None, None
         for offset, line in enumerate(block):
+            if heredoc:  # a here-document's lines are data, not commands
+                heredoc = None if line.strip() == heredoc else heredoc
+                continue
             start = first + offset if start is None else start
+            line = re.sub(r"^\s*\$ ", "", line)  # a prompt someone copied in
             if line.rstrip().endswith("\\"):
                 logical += line.rstrip()[:-1] + " "
                 continue
+            if m := re.search(r"<<-?\s*['\"]?(\w+)['\"]?", line):
+                heredoc = m[1]
             yield from _split(relative(page), start, logical + line)
             logical, start = "", None
 
@@ -118,8 +124,13 @@ def commands(page: Path, text: str) -> Iterator[Command]:
 def _split(page: str, line: int, text: str) -> Iterator[Command]:
     lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split, lexer.commenters = True, "#"
+    try:
+        tokens = [*lexer, ";"]
+    except ValueError as e:  # an unclosed quote: say so rather than stop every other check
+        yield Command(page, line, ("#unreadable", f"{e}: {text.strip()}"))
+        return
     words: list[str] = []
-    for token in [*lexer, ";"]:
+    for token in tokens:
         if token not in (";", "&&", "||", "|", "&"):
             words.append(token)
             continue
@@ -182,9 +193,12 @@ def check_helm(argv: list[str]) -> str | None:
     if sub == "install" and reuse:
         return "--reuse-values is a helm upgrade flag"
     given = [*(REUSED if reuse else ()), *values]
-    return _run([helm, "template", *positional, "--kube-version", "1.31.0", *given]) or _run(
+    failed = _run([helm, "template", *positional, "--kube-version", "1.31.0", *given]) or _run(
         [helm, "lint", positional[1], "--strict", *given]
     )
+    if failed and not reuse:  # the mistake issue 26 found: a feature block written as a fresh install
+        failed += "\n       (a fresh install sets its images itself; on an installed release add --reuse-values)"
+    return failed
 
 
 def _parse(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
@@ -239,6 +253,8 @@ def checked(head: str) -> bool:
 
 def check(command: Command) -> str | None:
     """Why the command is wrong, or None; commands that need a cluster or the network are not run."""
+    if command.argv[0] == "#unreadable":
+        return f"cannot split the line into words ({command.argv[1]})"
     if not checked(command.argv[0]):
         return None  # kubectl, curl, podman, ...: not run here
     try:
@@ -386,6 +402,8 @@ MISTAKES = [
     ("helm upgrade leaf ./charts/leaf-train --reuse-values --set s3.existingSecret=keys", "serving.s3.existingSecret"),
     ("helm upgrade leaf ./charts/leaf-train --reuse-values --set-literal a=b", "does not know it"),
     ("leaf-train models list --output $BUCKET", "$BUCKET is not a placeholder"),
+    ("$ make no-such-target", "no Makefile target no-such-target"),
+    ("leaf-train inbox list --output 'unclosed", "cannot split"),
 ]
 
 
@@ -416,3 +434,10 @@ def test_a_counter_without_total_is_not_a_series():
     exposed = exposed_series()
     assert "leaf_serve_reloads_total" in exposed and "leaf_serve_reloads" not in exposed
     assert "leaf_serve_request_seconds_bucket" in exposed and "leaf_serve_model_info" in exposed
+
+
+def test_here_documents_are_data(tmp_path: Path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\ncat > values.yaml <<'EOF'\nmake no-such-target\nEOF\nmake no-such-either\n```\n")
+    failures = [(c.line, why) for c in commands(page, page.read_text()) if (why := check(c))]
+    assert failures == [(5, "no Makefile target no-such-either")]
