@@ -110,7 +110,9 @@ class ServeConfig:
     inbox: str = option(
         "", "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)"
     )
-    capture_per_minute: int = option(30, "captures written per minute at most, per server process (--processes); more are dropped")
+    capture_per_minute: int = option(
+        30, "captures written per minute at most, per server process (--processes); more are dropped"
+    )
     # Queued photos are held in memory until the writer has stored them: this bounds that memory.
     capture_queue_bytes: int = option(
         32 * 1024 * 1024, "bytes of photos waiting to be written to the inbox; captures beyond it are dropped"
