@@ -88,7 +88,7 @@ TRAINING = Component(
         "data": "`s3.data`",
         "output": "`s3.output`",
         "model_name": "`modelName`",
-        "version": "not settable: a fixed version would collide with next week's run (empty = UTC time + data)",
+        "version": "nothing (a fixed version would collide with next week's run; empty = UTC time + data)",
         "run_id": "the Job's name (downward API), so a retried pod resumes the run",
         "cache_dir": "`/scratch/cache` (the scratch emptyDir, `training.cacheSizeLimit`)",
         "progress": "`off` (pod logs are not a terminal)",
@@ -392,7 +392,9 @@ def regenerate(text: str) -> str:
 
 
 def _cell(text: str) -> str:
-    return text.replace("|", "\\|")
+    """Markdown table cell: a | ends the cell, a <word> would be read as an HTML tag."""
+    parts = text.replace("|", "\\|").split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))  # not inside `code`
 
 
 def reference() -> str:
@@ -416,8 +418,8 @@ def reference() -> str:
         out += [
             f"## `{component.command}` and `{component.path}`",
             "",
-            "| chart value | flag | environment | default | chart default |",
-            "|---|---|---|---|---|",
+            "| chart value | flag | environment | default | chart default | what |",
+            "|---|---|---|---|---|---|",
         ]
         for o in opts:
             default = f"`{shown(o.default)}`" if shown(o.default) else "empty"
@@ -427,7 +429,7 @@ def reference() -> str:
                 chart_value = f"`{component.path}.{o.key}`"
                 pin = component.chart.get(o.name)
                 if pin is None or (pin.value is None and not pin.effective):
-                    chart_default = "null (the program's)"
+                    chart_default = "null: the default"
                 elif pin.effective:
                     chart_default = f"**differs**: null = {pin.effective}: {pin.why}"
                 elif pin.value == o.default:
@@ -435,7 +437,8 @@ def reference() -> str:
                 else:
                     chart_default = f"**differs**: `{shown(pin.value)}`: {pin.why}"
             env = o.env(component.prefix)
-            row = f"| {chart_value} | `{o.flag}` | `{env}` | {_cell(default)} | {_cell(chart_default)} |"
+            what = _cell(o.help)
+            row = f"| {chart_value} | `{o.flag}` | `{env}` | {_cell(default)} | {_cell(chart_default)} | {what} |"
             out.append(row)
         out.append("")
     return "\n".join(out)
