@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import io
 import re
 import shlex
@@ -278,9 +279,14 @@ def check(command: Command) -> str | None:
 # --- page-wide rules ------------------------------------------------------------------------------------
 
 
+@functools.cache
 def top_level() -> set[str]:
-    files = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT, check=True).stdout
-    return {f.split("/")[0] for f in files.splitlines()}
+    """The repository's top-level files and folders: what git tracks, or (an export without .git) what is there."""
+    listed = subprocess.run(["git", "ls-files"], capture_output=True, text=True, cwd=ROOT)
+    if listed.returncode == 0 and listed.stdout:
+        return {f.split("/")[0] for f in listed.stdout.splitlines()}
+    untracked = {".git", ".venv", ".tools", ".cache", ".pytest_cache", "out", "demo-output"}
+    return {p.name for p in ROOT.iterdir()} - untracked
 
 
 def path_mentions(text: str) -> Iterator[tuple[int, str]]:
