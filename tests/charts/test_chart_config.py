@@ -56,17 +56,19 @@ EVERYTHING_ON = (
     *("--set", "training.workers=2", "--set", "training.rolloutServing=true", "--set", "serving.gpu.enabled=true"),
     *("--set", "serving.capture.enabled=true", "--set", "serving.capture.perMinute=20"),
     *("--set", "serving.capture.queueBytes=1000000", "--set", "serving.review.enabled=true"),
-    *("--set", "serving.review.existingSecret=leaf-review", "--set", "training.cronJob.enabled=false"),
+    *("--set", "serving.review.existingSecret=leaf-review"),
     *("--set", "training.runOnInstall=true", "--set", "s3.endpoint=http://minio:9000"),
 )
 # Set by the chart but not as a LEAF_* variable (see SET_BY's words for each).
-NOT_AN_ENV = {"version", "kubeconfig", "worker_index", "worker_hosts", "inbox", "run_trigger"}
+NOT_AN_ENV = {"version", "kubeconfig", "worker_index", "worker_hosts", "inbox"}
 
 
 def _environment(objs: list[dict[str, Any]], component: str) -> set[str]:
     names = set(one(objs, "ConfigMap", component)["data"])
     for obj in objs:
-        spec = obj.get("spec", {}).get("template", {}).get("spec", {})
+        spec = obj.get("spec", {})
+        spec = spec.get("jobTemplate", {}).get("spec", spec)  # a CronJob's pods are one level down
+        spec = spec.get("template", {}).get("spec", {})
         for container in spec.get("containers", []):
             names |= {e["name"] for e in container.get("env", [])}
     return names
