@@ -11,7 +11,8 @@ The rules (docs/development.md, "The docs test", says the same for people):
   already has its images and buckets, so ``REUSED`` (placeholders for those only) is added first.
   ``helm template``/``lint`` run as written; other helm commands are not run.
 * ``leaf-train``/``leaf-serve``: parsed by the program's own argparse parser, built without running
-  anything; an unknown command or flag fails, ``--help`` passes.
+  anything; an unknown command or flag fails, ``--help`` passes. ``leaf-train train`` and ``leaf-serve``
+  lines are then resolved by their config classes (types, choices, bounds), as the programs start.
 * ``make``: every target named exists in the Makefile. ``pip install '.[X]'``: the extra exists.
 * ``python``/``bash`` and commands that are repository paths: the script exists.
 * Shell variables in a checked command must be in ``PLACEHOLDERS`` (an image registry and two buckets).
@@ -37,12 +38,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from leaf_common.config import add_arguments
+from leaf_common.config import add_arguments, resolve
+from leaf_common.errors import LeafError
 from leaf_common.inbox import InvalidName, check_capture_id
 from leaf_serve.metrics import ServeMetrics
 from leaf_serve.settings import ENV_PREFIX as SERVE_PREFIX
 from leaf_serve.settings import ServeConfig
 from leaf_train.cli import build_parser as train_parser
+from leaf_train.commands.train import _components as train_components
+from leaf_train.config import ENV_PREFIX as TRAIN_PREFIX
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -202,13 +206,21 @@ def check_helm(argv: list[str]) -> str | None:
     return failed
 
 
-def _parse(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
+def _parse(
+    parser: argparse.ArgumentParser, args: list[str], configs: tuple[type, ...] = (), prefix: str = ""
+) -> str | None:
+    """argparse's verdict on the words; then, for `train` and leaf-serve, the options' own checks (types, choices)."""
     out, err = io.StringIO(), io.StringIO()
     try:
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            parser.parse_args(args)
+            parsed = parser.parse_args(args)
     except SystemExit as e:
         return None if e.code == 0 else err.getvalue().strip().splitlines()[-1]
+    try:
+        for cls in configs:
+            resolve(cls, prefix, parsed, environ={})  # what the program does first, and nothing after
+    except LeafError as e:
+        return str(e)
     return None
 
 
@@ -266,9 +278,10 @@ def check(command: Command) -> str | None:
     if head == "helm":
         return check_helm(argv)
     if head == "leaf-train":
-        return _parse(train_parser(), argv[1:])
+        configs = tuple(cls for _, cls in train_components()) if argv[1:2] == ["train"] else ()
+        return _parse(train_parser(), argv[1:], configs, TRAIN_PREFIX)
     if head == "leaf-serve":
-        return _parse(serve_parser(), argv[1:])
+        return _parse(serve_parser(), argv[1:], (ServeConfig,), SERVE_PREFIX)
     if head == "make":
         return check_make(argv)
     if head == "pip":
@@ -400,6 +413,8 @@ MISTAKES = [
     ("leaf-train train --data s3://a/b --no-such-flag 1", "unrecognized arguments: --no-such-flag"),
     ("leaf-train fly", "invalid choice: 'fly'"),
     ("leaf-serve --model m --port-number 1", "unrecognized arguments: --port-number"),
+    ("leaf-serve --model m --max-batch-size many", "cannot read 'many' as int"),
+    ("leaf-train train --data d --output o --mixed-precision fast", "expected one of auto, on, off"),
     ("make no-such-target", "no Makefile target no-such-target"),
     ("pip install '.[gui]'", "no extra gui"),
     ("python3 scripts/no_such.py", "scripts/no_such.py does not exist"),
