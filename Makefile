@@ -1,7 +1,10 @@
 # Two entry points for a fresh clone (see README): `make demo` and `make test`.
 # Each bootstraps .venv from the lock (locks/dev.txt): the exact versions the suite passed with.
 # `make lock` re-resolves every lock from pyproject.toml's ranges (on purpose, never implicitly).
-PYTHON ?= python3
+# The locks are resolved for CPython 3.11 (scripts/lock.py): a venv from another Python would install wheels
+# built for 3.11 into it, or fail halfway. python3.11 by name, and a check that says so in one line.
+PYTHON ?= python3.11
+LOCK_PYTHON := 3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 LOCK ?= locks/dev.txt
@@ -15,6 +18,9 @@ UV := .tools/uv/bin/uv
 # comes from the lock. The lock is copied into the venv so a training run can record which lock
 # (and whether the environment still matches it) produced a model.
 $(VENV)/.installed: pyproject.toml $(LOCK)
+	@$(PYTHON) -c 'import sys; sys.exit(0 if "%d.%d" % sys.version_info[:2] == "$(LOCK_PYTHON)" else 1)' 2>/dev/null || \
+	  { echo "make: PYTHON=$(PYTHON) is not CPython $(LOCK_PYTHON), which the locks are resolved for (locks/*.txt);" \
+	    "install python$(LOCK_PYTHON) or run make PYTHON=/path/to/python$(LOCK_PYTHON)" >&2; exit 2; }
 	$(PYTHON) -m venv --clear $(VENV)
 	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
 	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -48,9 +54,11 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
 	$(VENV)/bin/ruff format --check job serve tests bench scripts
 
-# charts/leaf-train/values.schema.json is generated from values.yaml's `## @param` and `## @schema` lines;
-# run this after changing values.yaml and commit both (tests/charts/test_schema.py fails when they differ).
+# values.yaml's training.config / serving.config (and docs/configuration.md) are generated from the programs'
+# option tables, then charts/leaf-train/values.schema.json from values.yaml's `## @param` and `## @schema` lines;
+# run this after changing an option or values.yaml and commit all three (tests/charts fails when they differ).
 chart-schema: $(VENV)/.installed
+	PYTHONPATH=job:serve $(PY) scripts/chart_config.py
 	$(PY) scripts/chart_schema.py
 
 # Both images (leaf-train-job, leaf-serve) tagged <version> (GPU) and <version>-cpu, with a working docker

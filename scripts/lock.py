@@ -30,7 +30,7 @@ LOCKS = ROOT / "locks"
 BUILD_IN = LOCKS / "build.in"
 PYTHON_VERSION = "3.11"
 PLATFORM = "x86_64-manylinux_2_28"
-# profile -> extras: what each install path installs (README "Reproducible installs").
+# profile -> extras: what each install path installs (docs/reproducibility.md).
 PROFILES: dict[str, tuple[str, ...]] = {
     "dev": ("train-cpu", "serve", "dev"),  # make test / make demo / CI
     "train": ("train",),  # job image, GPU flavour

@@ -103,14 +103,16 @@ class ServeConfig:
     confidence_threshold: float = option(
         0.5, "top probability under which a diagnosis is 'not sure' (the page) and the photo is captured"
     )
-    # --- capture and review (the loop back into training; README "Capture and review") ---
+    # --- capture and review (the loop back into training; docs/review-loop.md) ---
     capture: bool = option(
         False, "keep photos under confidence_threshold, and photos marked wrong on the page, in the inbox"
     )
     inbox: str = option(
         "", "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)"
     )
-    capture_per_minute: int = option(30, "captures written per minute at most (per replica); more are dropped")
+    capture_per_minute: int = option(
+        30, "captures written per minute at most, per server process (--processes); more are dropped"
+    )
     # Queued photos are held in memory until the writer has stored them: this bounds that memory.
     capture_queue_bytes: int = option(
         32 * 1024 * 1024, "bytes of photos waiting to be written to the inbox; captures beyond it are dropped"

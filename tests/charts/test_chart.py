@@ -725,10 +725,10 @@ def test_every_checkov_skip_carries_a_written_reason(checkov_report):
         assert len(reason.split()) >= 5, f"{check['check_id']} on {check['resource']}: reason {reason!r}"
 
 
-def test_readme_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
+def test_documented_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
     """The policies people will copy are valid JSON, and CI's MinIO user for the server has exactly them."""
-    readme = (ROOT / "README.md").read_text()
-    section = readme[readme.index("**Credentials and IAM policies.**") : readme.index("**Network policies**")]
+    doc = (ROOT / "docs" / "kubernetes.md").read_text()
+    section = doc[doc.index("### Credentials and IAM policies") : doc.index("**Network policies**")]
     blocks = re.findall(r"```json\n(.*?)```", section, re.S)
     training, serving, capture = (json.loads(b) for b in blocks)  # capture: the one optional statement
     assert {s["Sid"] for s in training["Statement"]} == {"ListPhotos", "ReadPhotos", "ListModel", "WriteModel"}

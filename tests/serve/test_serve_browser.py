@@ -3,7 +3,7 @@
 A synthetic leaf goes through the diagnosis page to a diagnosis and a version; a photo of nothing
 gets "not sure"; "wrong" sends the photo to the inbox, and the review page (with the token, and
 401 without it) moves it into the data prefix on S3; the model card shows the version's numbers.
-Screenshots land in ``out/screenshots/`` (the README shows two of them, copied to ``docs/``).
+Screenshots land in ``out/screenshots/`` (docs/review-loop.md shows two of them, copied to ``docs/``).
 
 Chromium and chromedriver come from Debian's packages (``scripts/get-chromium.sh``, run by
 ``make test``): both paths are given to Selenium, so Selenium Manager never downloads anything.

@@ -108,7 +108,7 @@ them stops with one line naming what to set, instead of pods that end in ImagePu
 {{- $missing = append $missing "serving.image.repository" }}
 {{- end }}
 {{- if $missing }}
-{{- fail (printf "set %s (and *.image.registry): the images you built with `make images` and pushed to your registry (README: From zero to a cluster)" (join " and " $missing)) }}
+{{- fail (printf "set %s (and *.image.registry): the images you built with `make images` and pushed to your registry (README: On a cluster)" (join " and " $missing)) }}
 {{- end }}
 {{- end }}
 
@@ -163,7 +163,7 @@ with none, or with the node's, when training has its own.
 */}}
 {{- define "leaf-train.validateServingCredentials" -}}
 {{- if and .Values.serving.enabled .Values.s3.existingSecret (not .Values.serving.s3.existingSecret) }}
-{{- fail (printf "serving.s3.existingSecret: expected the name of a Secret with read-only S3 keys for the server, because s3.existingSecret (%s) is set for training; received none. The server no longer shares training's keys (README, Kubernetes: credentials)" .Values.s3.existingSecret) }}
+{{- fail (printf "serving.s3.existingSecret: expected the name of a Secret with read-only S3 keys for the server, because s3.existingSecret (%s) is set for training; received none. The server no longer shares training's keys (docs/kubernetes.md, Credentials)" .Values.s3.existingSecret) }}
 {{- end }}
 {{- if and .Values.serving.enabled .Values.serving.s3.existingSecret (eq .Values.serving.s3.existingSecret .Values.s3.existingSecret) }}
 {{- fail (printf "serving.s3.existingSecret: expected a Secret other than training's s3.existingSecret; received the same one (%s)" .Values.s3.existingSecret) }}

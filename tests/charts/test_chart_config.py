@@ -1,0 +1,127 @@
+"""training.config / serving.config are the programs' own options (scripts/chart_config.py): the two must agree.
+
+Every option of ``leaf-train train`` and ``leaf-serve`` is either a ``config`` key or set by the chart from
+another value; values.yaml and docs/configuration.md are what the script writes; every numeric key
+installs through ``helm --set`` (which passes decimals as strings) and reaches the program as the
+number typed.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from typing import Any
+
+import pytest
+import yaml
+from leaf_common.config import resolve
+from test_chart import CHART, ROOT, helm, one, render
+
+SCRIPT = ROOT / "scripts" / "chart_config.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("chart_config", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("chart_config", module)  # dataclasses look their module up by name
+    spec.loader.exec_module(module)
+    return module
+
+
+chart_config = load_script()
+COMPONENTS = {c.path: c for c in chart_config.COMPONENTS}
+VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def test_values_yaml_and_the_reference_are_what_the_script_writes():
+    text = (CHART / "values.yaml").read_text()
+    assert chart_config.regenerate(text) == text, "values.yaml is stale: run make chart-schema"
+    assert chart_config.reference() == chart_config.DOC.read_text(), "docs/configuration.md is stale"
+
+
+@pytest.mark.parametrize("path", sorted(COMPONENTS))
+def test_every_option_is_a_config_key_or_set_by_the_chart(path):
+    component = COMPONENTS[path]
+    section, _ = path.split(".")
+    keys = set(VALUES[section]["config"])
+    options = {o.key: o.name for o in chart_config.options(component)}
+    assert keys - options.keys() == set(), f"{path} keys that are no option of {component.command}"
+    missing = {name for key, name in options.items() if key not in keys} - component.set_by.keys()
+    assert missing == set(), f"options of {component.command} the chart cannot reach"
+    assert len(keys) + len(component.set_by) == len(options)
+
+
+# What a render needs so that every option the chart sets from another value shows up.
+EVERYTHING_ON = (
+    *("--set", "training.workers=2", "--set", "training.rolloutServing=true", "--set", "serving.gpu.enabled=true"),
+    *("--set", "serving.capture.enabled=true", "--set", "serving.capture.perMinute=20"),
+    *("--set", "serving.capture.queueBytes=1000000", "--set", "serving.review.enabled=true"),
+    *("--set", "serving.review.existingSecret=leaf-review"),
+    *("--set", "training.runOnInstall=true", "--set", "s3.endpoint=http://minio:9000"),
+)
+# Set by the chart but not as a LEAF_* variable (see SET_BY's words for each).
+NOT_AN_ENV = {"version", "kubeconfig", "worker_index", "worker_hosts", "inbox"}
+
+
+def _environment(objs: list[dict[str, Any]], component: str) -> set[str]:
+    names = set(one(objs, "ConfigMap", component)["data"])
+    for obj in objs:
+        spec = obj.get("spec", {})
+        spec = spec.get("jobTemplate", {}).get("spec", spec)  # a CronJob's pods are one level down
+        spec = spec.get("template", {}).get("spec", {})
+        for container in spec.get("containers", []):
+            names |= {e["name"] for e in container.get("env", [])}
+    return names
+
+
+def test_every_option_the_chart_sets_reaches_the_program():
+    objs = render(*EVERYTHING_ON)
+    for path, component in COMPONENTS.items():
+        env = _environment(objs, path.split(".")[0])
+        for name in component.set_by.keys() - NOT_AN_ENV:
+            assert component.prefix + name.upper() in env, f"{path}: the chart sets {name}, but no variable has it"
+
+
+def _typed(option, schema: dict[str, Any]) -> str:
+    """A value of the option as a person types it after --set."""
+    if option.type is int:
+        return str(max(option.default, schema.get("minimum", 0)) + 1)
+    if min(schema.get("maximum", 2), schema.get("exclusiveMaximum", 2)) <= 1:
+        return "0.7"
+    return "36.5" if option.name == "incomplete_grace_hours" else "1.5"  # above the Job's 24 h deadline
+
+
+NUMERIC = [
+    (path, o)
+    for path, component in COMPONENTS.items()
+    for o in chart_config.chart_keys(component)
+    if o.type in (int, float)
+]
+
+
+@pytest.mark.parametrize(("path", "option"), NUMERIC, ids=[f"{p}.{o.key}" for p, o in NUMERIC])
+def test_every_numeric_value_installs_with_set(path, option):
+    component = COMPONENTS[path]
+    typed = _typed(option, component.schema.get(option.name, {}))
+    objs = render("--set", f"{path}.{option.key}={typed}")
+    data = one(objs, "ConfigMap", path.split(".")[0])["data"]
+    assert data[option.env(component.prefix)] == typed
+    environ = {**data, "LEAF_SERVE_REVIEW_TOKEN_FILE": ""}
+    configs = [resolve(cls, component.prefix, {}, environ=environ) for cls in component.classes()]
+    resolved = next(getattr(c, option.name) for c in configs if hasattr(c, option.name))
+    assert resolved == type(option.default)(typed if option.type is int else float(typed))
+
+
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ("serving.config.confidenceThreshold=high", "confidenceThreshold"),
+        ("serving.config.confidenceThreshold=1.5", "confidenceThreshold"),
+        ("training.config.headLr=-1e-5", "headLr"),
+        ("training.config.batchSize=0", "batchSize"),
+        ("training.config.notAnOption=1", "notAnOption"),
+    ],
+)
+def test_a_bad_number_is_refused_naming_the_value(setting, named):
+    result = helm("template", "leaf", str(CHART), "--set", setting, check=False)
+    assert result.returncode != 0 and named in result.stderr
