@@ -1,4 +1,4 @@
-"""Assembly: config -> metrics, repository, executors, routes -> one Starlette app."""
+"""Assembly: config -> metrics, repository, executors, data plane -> REST routes and gRPC -> one Starlette app."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from .capture import CaptureQueue
+from .dataplane import DataPlane
 from .grpc_v2 import service as grpc_service
 from .metrics import ServeMetrics
 from .pages import Pages, load_assets
@@ -54,7 +55,8 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data))
     sections = [Pages(repo, config, assets), review]
-    api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
+    plane = DataPlane(repo, config, decode_pool)
+    api = Api(plane, capture=capture, sections=sections)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -68,11 +70,11 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         if repo.follows_pointer and config.poll_interval > 0:
             poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
         # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
-        grpc_server = await grpc_service.start(api, config.host, config.grpc_port) if config.grpc_port else None
+        grpc_server = await grpc_service.start(plane) if config.grpc_port else None
         try:
             yield
         finally:
-            api.draining = True
+            plane.draining = True
             if grpc_server is not None:  # uvicorn has drained HTTP by now; give gRPC calls the same grace
                 await grpc_server.stop(config.grace_period)
             if poller is not None:
@@ -90,4 +92,5 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         exception_handlers={HTTPException: error_response, Exception: error_response},
     )
     app.state.api = api
+    app.state.plane = plane
     return app

@@ -27,6 +27,10 @@ class ServeConfig:
     port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
     grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
+    # --processes N passes it to its workers (leaf_serve.supervisor): the kernel spreads connections over them.
+    reuse_port: bool = option(
+        False, "bind the HTTP and gRPC ports with SO_REUSEPORT, so several processes can share them"
+    )
     # One process's event loop and protocol code run on one core; a GPU outruns that (leaf_serve.supervisor).
     processes: int = option(
         1, "server processes sharing the ports (SO_REUSEPORT), each with its own model session; 1 = this process"
