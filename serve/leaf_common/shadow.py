@@ -216,3 +216,33 @@ def read_reviewed(model_store: Store, candidate: str) -> list[ReviewedAnswer]:
         except (json.JSONDecodeError, KeyError, TypeError, NotFound):
             continue  # a damaged record is not evidence
     return found
+
+
+def answer_key(candidate: str, capture_id: str) -> str:
+    return f"{candidate_dir(candidate)}/answers/{capture_id}.json"
+
+
+def write_answer(model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str) -> None:
+    """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written once)."""
+    body = {"schema_version": SCHEMA_VERSION, "id": capture_id, "champion_label": champion_label, "label": label}
+    with contextlib.suppress(PreconditionFailed):
+        model_store.put(answer_key(candidate, capture_id), json.dumps(body).encode(), if_none_match=True)
+
+
+CAPTURE_EXTRA = "shadow_candidate"  # the key a capture record's ``extra`` names the candidate under
+
+
+def note_review(model_store: Store, record: Any, label: str) -> bool:
+    """A reviewer labelled ``record``'s photo: if the candidate answered it too, keep both answers and the label.
+
+    ``record`` is a :class:`leaf_common.inbox.CaptureRecord`; returns whether evidence was written.
+    """
+    candidate = (record.extra or {}).get(CAPTURE_EXTRA)
+    if not isinstance(candidate, str) or not candidate:
+        return False
+    try:
+        answer = json.loads(model_store.get(answer_key(candidate, record.id)))
+    except (NotFound, json.JSONDecodeError):
+        return False  # the candidate was busy or gone when the photo came in: no evidence, nothing lost
+    write_reviewed(model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"])))
+    return True

@@ -12,19 +12,24 @@ from collections.abc import Callable
 from concurrent.futures import Executor
 from typing import Any
 
+import numpy as np
+
 from . import codecs, inference
 from .limits import BodyAllowance, MemoryBudget
 from .metrics import ServeMetrics
 from .repository import ModelRepository, ServedModel
 from .settings import ServeConfig
+from .shadow import Shadow
 
 
 class DataPlane:
     """What a request can ask of the server, whichever transport carried it."""
 
-    def __init__(self, repo: ModelRepository, config: ServeConfig, decode_pool: Executor):
-        """``decode_pool``: the threads that parse, convert and decode off the event loop."""
+    def __init__(self, repo: ModelRepository, config: ServeConfig, decode_pool: Executor, shadow: Shadow | None = None):
+        """``decode_pool``: the threads that parse, convert and decode off the event loop; ``shadow``: the
+        candidate a share of answered requests is mirrored to (``--shadow-fraction``), if on."""
         self.repo = repo
+        self.shadow = shadow
         self.config = config
         self.metrics: ServeMetrics = repo.metrics
         self.decode_pool = decode_pool
@@ -61,4 +66,9 @@ class DataPlane:
 
     async def infer(self, parsed: codecs.InferRequest, served: ServedModel) -> inference.Outputs:
         """Run one parsed v2 request through ``served``'s batcher; the outputs to send."""
-        return await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop)
+        return await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop, self.answered)
+
+    def answered(self, served: ServedModel, batch: np.ndarray, probs: np.ndarray) -> None:
+        """Every answered inference (v2 on both transports, /classify) passes here once its answer is settled."""
+        if self.shadow is not None:
+            self.shadow.mirror(served, batch, probs)

@@ -12,13 +12,14 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 from leaf_common.imaging import ImageProbe, decode_image, probe
 from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
 from leaf_common.labels import readable_label
+from leaf_common.shadow import CAPTURE_EXTRA
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -68,6 +69,7 @@ class Classified:
     photo: bytes
     photo_format: str  # the decoder's name: JPEG, PNG, MPO
     probs: np.ndarray
+    image: np.ndarray | None = None  # the decoded batch of one the model saw (for the shadow candidate)
 
     def confident(self, threshold: float) -> bool:
         top = float(np.max(self.probs)) if self.probs.size else float("nan")
@@ -231,13 +233,14 @@ class Api:
         found = await self.off_loop(self._probe, data, size)
         async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
             image = await self.off_loop(self._decode, data, served)
-        probs = (await served.batcher.submit(image))[0]
-        return Classified(served, data, found.format, probs)
+        probs = await served.batcher.submit(image)
+        self.plane.answered(served, image, probs)
+        return Classified(served, data, found.format, probs[0], image)
 
     def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
         c = done.served.contract
         probs = [_finite_or_none(p) or 0.0 for p in done.probs]
-        return make_record(
+        record = make_record(
             done.photo_format,
             reason=reason,
             model=c.name,
@@ -247,6 +250,13 @@ class Api:
             confidence_threshold=self.config.confidence_threshold,
             user_label=user_label,
         )
+        shadow = self.plane.shadow
+        if shadow is not None and done.image is not None:
+            # The candidate answers the same photo off the response path; a reviewer's label then scores both.
+            candidate = shadow.answer_capture(done.served, done.image, done.probs, record.id)
+            if candidate is not None:
+                record = replace(record, extra={**record.extra, CAPTURE_EXTRA: candidate})
+        return record
 
     def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
         probs = done.probs
