@@ -3,8 +3,8 @@
 A share of requests (``--shadow-fraction``) is also run on the candidate that ``shadow.json`` names
 (:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it. The
 candidate has its own inference thread and batcher, and mirrored work only uses spare capacity: it is
-dropped (and counted) when the champion has requests waiting or ``--shadow-max-in-flight`` mirrored
-requests are running, never queued without bound. The statistics are written to the registry every
+dropped (and counted) when the champion is busy with other requests or ``--shadow-max-in-flight``
+mirrored requests are running, never queued without bound. The statistics are written to the registry every
 ``--shadow-flush-interval`` seconds, one file per server process, so they survive restarts and add up
 across replicas; ``leaf-train models verdict`` reads them.
 """
@@ -112,7 +112,7 @@ class Shadow:
             return
         if stats.champion != champion.version or not _same_input(candidate, champion):
             return  # statistics compare with the champion the candidate was proposed against, on its inputs
-        if self._in_flight >= self.max_in_flight or champion.batcher.queued:
+        if self._in_flight >= self.max_in_flight or champion.batcher.busy:
             stats.dropped += len(batch)  # the champion's capacity comes first: mirrored work is what gives
             self.repo.metrics.shadow.labels("dropped").inc(len(batch))
             self._unsaved = True
