@@ -149,6 +149,13 @@ TRAINING = Component(
         "max_class_regression": {"minimum": 0, "maximum": 1},
         "gate_min_class_support": {"minimum": 1},
         "min_new_images": {"minimum": 1},
+        "shadow_min_requests": {"minimum": 1},
+        "shadow_min_agreement": {"minimum": 0, "maximum": 1},
+        "shadow_min_class_agreement": {"minimum": 0, "maximum": 1},
+        "shadow_min_class_requests": {"minimum": 1},
+        "shadow_min_reviewed": {"minimum": 1},
+        "shadow_max_review_drop": {"minimum": 0, "maximum": 1},
+        "shadow_max_age_hours": {"exclusiveMinimum": 0},
     },
     notes={
         "incomplete_grace_hours": "The chart refuses a value below training.activeDeadlineSeconds.",
@@ -215,6 +222,9 @@ SERVING = Component(
         "body_timeout": {"exclusiveMinimum": 0},
         "decode_threads": {"minimum": 0},
         "confidence_threshold": {"minimum": 0, "maximum": 1},
+        "shadow_fraction": {"minimum": 0, "maximum": 1},
+        "shadow_max_in_flight": {"minimum": 1},
+        "shadow_flush_interval": {"minimum": 1},
     },
     notes={
         "providers": "Comma-separated.",

@@ -42,6 +42,7 @@ from .progress import progress
 from .publish import finish, publish_once, run_owner
 from .registry import ModelRegistry
 from .report import RunResult, artefacts, run_report
+from .rollout import RolloutConfig, shadow_verdict
 from .train import set_determinism, set_precision, train, use_determinism
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class _Job:
 
     cfg: TrainConfig
     gate_cfg: GateConfig
+    rollout_cfg: RolloutConfig
     dist: Distribution
     kube: KubeReporter
     data_store: Store
@@ -70,9 +72,12 @@ def run(
     gate_cfg: GateConfig,
     kube_cfg: KubeConfig,
     retrain_cfg: freshness.RetrainConfig | None = None,
+    rollout_cfg: RolloutConfig | None = None,
 ) -> RunResult:
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
-    job = _start(cfg, gate_cfg, kube_cfg)
+    job = _start(cfg, gate_cfg, kube_cfg, rollout_cfg or RolloutConfig())
+    if job.dist.is_chief:
+        shadow_verdict(job.registry, job.rollout_cfg, job.kube)  # a waiting candidate is decided first
     saved = job.ckpts.load_state() if job.ckpts else None
     if saved is not None and saved.published_version:
         return _finish_published(job, saved.published_version)  # only promotion may be left: no data, no model
@@ -92,7 +97,7 @@ def run(
         return _ship(job, data, trained)
 
 
-def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> _Job:
+def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig) -> _Job:
     """Strategy, Kubernetes reporting, seeds and precision, stores: everything before the data."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = distribute.from_config(cfg, kube_cfg.job_name)
@@ -108,7 +113,7 @@ def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig) -> _Job
     out_store = open_store(cfg.output)
     ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
     registry = ModelRegistry(out_store, cfg.model_name)
-    return _Job(cfg, gate_cfg, dist, kube, data_store, registry, ckpts, deterministic, mixed, started)
+    return _Job(cfg, gate_cfg, rollout_cfg, dist, kube, data_store, registry, ckpts, deterministic, mixed, started)
 
 
 def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
@@ -261,7 +266,8 @@ def _publish(job: _Job, version: str, files: dict[str, bytes], state: RunState, 
 def _finish(job: _Job, version: str) -> bool:
     """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
-    promoted = finish(job.registry, version, job.kube, keep=job.gate_cfg.keep_versions, incomplete_grace_s=grace_s)
+    keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
+    promoted = finish(job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout)
     job.kube.annotate_version(version)
     return promoted
 

@@ -120,13 +120,23 @@ def finish(
     *,
     keep: int,
     incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
+    rollout: str = "direct",
 ) -> bool:
     """Promote a published version as its recorded gate decided; after a promotion, prune and restart serving.
+
+    With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the shadow
+    candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted directly.
 
     Returns:
         Whether ``version`` is served because of this run.
     """
-    promoted = promote_as_decided(registry, version, Verdict.recorded(registry, version), kube)
+    verdict = Verdict.recorded(registry, version)
+    if rollout == "shadow" and verdict.promote and verdict.champion_version is not None:
+        from .rollout import propose
+
+        propose(registry, version, verdict.champion_version, kube)
+        return False
+    promoted = promote_as_decided(registry, version, verdict, kube)
     if promoted:
         deleted = registry.apply_retention(keep, incomplete_grace_s=incomplete_grace_s)
         if deleted:

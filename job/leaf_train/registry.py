@@ -70,6 +70,7 @@ from leaf_common.registry import (
     read_verified_model,
     sha256_hex,
 )
+from leaf_common.shadow import CANDIDATE_FILE, Candidate, CandidateRead, read_candidate
 from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
 
 from .errors import ModelRegistryError, PublishError
@@ -129,6 +130,7 @@ class VersionInfo:
     promoted: bool  # served now or earlier (in the pointer's history)
     last_write: float | None = None  # newest object's last write (epoch s); ages incomplete versions
     deleting: bool = False  # retention started deleting it (and was cut short if it is still listed)
+    candidate: bool = False  # named by shadow.json: answering mirrored traffic before a verdict
 
 
 def utc_now() -> str:
@@ -355,6 +357,8 @@ class ModelRegistry:
         found = self.pointer()
         pointer = found.pointer if found else None
         promoted = {pointer.version, *pointer.history} if pointer else set()
+        shadow = self.candidate()
+        candidate = shadow.candidate.version if shadow else None
         rows = []
         for version, objects in sorted(self._version_objects().items()):
             try:
@@ -370,6 +374,7 @@ class ModelRegistry:
                     promoted=version in promoted,
                     last_write=self._last_write(objects),
                     deleting=any(o.key.endswith(f"/{DELETING_FILE}") for o in objects),
+                    candidate=version == candidate,
                 )
             )
         rows.sort(key=lambda r: (not r.complete, r.created_at, r.version))
@@ -515,6 +520,59 @@ class ModelRegistry:
             f"its history {list(current.history)} holds no complete version"
         )
 
+    # ---- the candidate of a shadow rollout (leaf_common.shadow) --------------------------------
+    def candidate(self) -> CandidateRead | None:
+        """``shadow.json`` and its ETag; ``None`` if no candidate was ever proposed."""
+        return read_candidate(self.store)
+
+    def propose(self, version: str) -> Candidate:
+        """Make ``version`` the candidate by compare-and-swap on ``shadow.json``, replacing an older one.
+
+        The candidate records the version served now: its shadow statistics compare with that one.
+
+        Raises:
+            IncompleteVersionError / VersionNotFoundError: the version cannot be served.
+            ModelRegistryError: nothing is served (the first version is promoted directly), or it is served.
+            PromotionConflict: ``shadow.json`` changed meanwhile (another proposal or verdict won).
+        """
+        self.verify(version)
+        served = self.pointer()
+        if served is None:
+            raise ModelRegistryError(
+                f"propose {version}: expected a served version to shadow; nothing is promoted yet "
+                "(the first version is promoted directly)"
+            )
+        if served.version == version:
+            raise ModelRegistryError(f"propose {version}: expected a version that is not served; it is served")
+        found = self.candidate()
+        new = Candidate(version, served.version, utc_now(), self.model_name)
+        self._swap_candidate(new, found.etag if found else None)
+        log.info("candidate %s proposed against %s", version, served.version)
+        return new
+
+    def withdraw(self, version: str) -> bool:
+        """Clear ``shadow.json`` if it still names ``version``; ``False`` if a newer candidate replaced it."""
+        found = self.candidate()
+        if found is None or found.candidate.version != version:
+            return False
+        cleared = Candidate(None, found.candidate.champion, utc_now(), self.model_name)
+        try:
+            self._swap_candidate(cleared, found.etag)
+        except PromotionConflict:
+            return False
+        return True
+
+    def _swap_candidate(self, new: Candidate, expected_etag: str | None) -> str:
+        try:
+            if expected_etag is None:
+                return self.store.put(CANDIDATE_FILE, new.to_json(), if_none_match=True)
+            return self.store.put(CANDIDATE_FILE, new.to_json(), if_match=expected_etag)
+        except PreconditionFailed as e:
+            raise PromotionConflict(
+                f"{self.store.url(CANDIDATE_FILE)}: changed since it was read (another proposal or verdict won); "
+                "re-read and retry if still wanted"
+            ) from e
+
     # ---- retention ----------------------------------------------------------------------------
     def retention_plan(
         self, keep: int, *, incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S, now: float | None = None
@@ -562,9 +620,13 @@ class ModelRegistry:
         return deleted
 
     def _protected(self) -> set[str]:
-        """The served version and the one a rollback returns to, as the pointer says now."""
+        """The served version, the one a rollback returns to, and the shadow candidate, as read now."""
         found = self.pointer()
-        return {found.version, *found.pointer.history[:1]} if found else set()
+        shadow = self.candidate()
+        protected = {found.version, *found.pointer.history[:1]} if found else set()
+        if shadow is not None and shadow.candidate.version:
+            protected.add(shadow.candidate.version)
+        return protected
 
     def _delete_version(self, version: str, incomplete_grace_s: float, now: float | None) -> bool:
         vstore = self._version_store(version)

@@ -24,6 +24,7 @@ import json
 import logging
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -206,6 +207,9 @@ def make_record(
 class Inbox:
     """The inbox folder of one model, and the review actions on it."""
 
+    # Told of each accepted capture with its label (the shadow rollout's reviewed-photo evidence).
+    on_accept: Callable[[CaptureRecord, str], None] | None = None
+
     def __init__(self, store: Store):
         self.store = store  # rooted at <output>/<model>/inbox
 
@@ -301,6 +305,8 @@ class Inbox:
                 raise ReviewConflict(f"{data.url(key)}: exists with other bytes; expected to add a new photo") from None
         self._remove(record)
         log.info("inbox: accepted %s as %s -> %s", capture_id, label, data.url(key))
+        if self.on_accept is not None:
+            self.on_accept(record, label)
         return data.url(key)
 
     def reject(self, capture_id: str) -> None:

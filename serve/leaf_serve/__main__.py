@@ -17,6 +17,7 @@ from leaf_common.errors import LeafError
 
 from .app import build_repository, create_app
 from .connection import protocol_class
+from .dataplane import DataPlane
 from .settings import ENV_PREFIX, ServeConfig
 from .supervisor import reuse_port_socket, supervise, worker_index
 
@@ -42,16 +43,16 @@ class DrainingServer(uvicorn.Server):
     A second SIGTERM, or SIGINT, skips the window.
     """
 
-    def __init__(self, config: uvicorn.Config, api: Any, drain_delay: float):
+    def __init__(self, config: uvicorn.Config, plane: DataPlane, drain_delay: float):
         super().__init__(config)
-        self._api, self._drain_delay = api, drain_delay
+        self._plane, self._drain_delay = plane, drain_delay
         self._timer: threading.Timer | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._drain_delay <= 0 or self._timer is not None:
             super().handle_exit(sig, frame)
             return
-        self._api.draining = True
+        self._plane.draining = True
         log.info("SIGTERM: not ready from now; serving for %g s more (drain_delay), then draining", self._drain_delay)
         self._timer = threading.Timer(self._drain_delay, super().handle_exit, (sig, frame))
         self._timer.daemon = True
@@ -60,8 +61,8 @@ class DrainingServer(uvicorn.Server):
 
 def build_server(config: ServeConfig, app: Any) -> DrainingServer:
     """The uvicorn server for ``app``: connection deadlines, concurrency limit, drain on SIGTERM."""
-    api = app.state.api
-    protocol = protocol_class(config.header_timeout, config.body_timeout, api.metrics, config.http)
+    plane = app.state.plane
+    protocol = protocol_class(config.header_timeout, config.body_timeout, plane.metrics, config.http)
     uv_config = uvicorn.Config(
         app,
         host=config.host,
@@ -73,7 +74,7 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
     )
-    return DrainingServer(uv_config, api, config.drain_delay)
+    return DrainingServer(uv_config, plane, config.drain_delay)
 
 
 def return_freed_memory_to_the_os() -> None:
@@ -98,7 +99,7 @@ def serve(config: ServeConfig) -> None:
     repo.load_initial()
     server = build_server(config, create_app(config, repo))
     # A supervised worker shares the port with its siblings; uvicorn binds it itself otherwise.
-    server.run(sockets=[reuse_port_socket(config.host, config.port)] if worker_index() is not None else None)
+    server.run(sockets=[reuse_port_socket(config.host, config.port)] if config.reuse_port else None)
 
 
 def main(argv: list[str] | None = None) -> int:

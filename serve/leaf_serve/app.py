@@ -1,20 +1,23 @@
-"""Assembly: config -> metrics, repository, executors, routes -> one Starlette app."""
+"""Assembly: config -> metrics, repository, executors, data plane -> REST routes and gRPC -> one Starlette app."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 
 from leaf_common.inbox import Inbox
 from leaf_common.resources import available_cpus
+from leaf_common.shadow import note_review
 from leaf_common.storage import open_store
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
 from .capture import CaptureQueue
+from .dataplane import DataPlane
 from .grpc_v2 import service as grpc_service
 from .metrics import ServeMetrics
 from .pages import Pages, load_assets
@@ -22,6 +25,7 @@ from .repository import ModelRepository
 from .rest import Api, error_response
 from .review import ReviewApi
 from .settings import ServeConfig
+from .shadow import Shadow
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +58,11 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data))
     sections = [Pages(repo, config, assets), review]
-    api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
+    shadow = Shadow(repo, config.shadow_fraction, config.shadow_max_in_flight) if config.shadow_fraction > 0 else None
+    plane = DataPlane(repo, config, decode_pool, shadow)
+    if inbox is not None and shadow is not None and shadow.model_store is not None:
+        inbox.on_accept = functools.partial(note_review, shadow.model_store)  # reviewed photos score both models
+    api = Api(plane, capture=capture, sections=sections)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -67,18 +75,25 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
             log.info("review on: /review moves photos from %s into %s", config.inbox, config.data)
         if repo.follows_pointer and config.poll_interval > 0:
             poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
+        shadow_task = None
+        if shadow is not None:
+            interval = config.poll_interval or config.shadow_flush_interval
+            shadow_task = asyncio.create_task(shadow.run_forever(interval, config.shadow_flush_interval))
         # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
-        grpc_server = await grpc_service.start(api, config.host, config.grpc_port) if config.grpc_port else None
+        grpc_server = await grpc_service.start(plane) if config.grpc_port else None
         try:
             yield
         finally:
-            api.draining = True
+            plane.draining = True
             if grpc_server is not None:  # uvicorn has drained HTTP by now; give gRPC calls the same grace
                 await grpc_server.stop(config.grace_period)
-            if poller is not None:
-                poller.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await poller
+            for task in (poller, shadow_task):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            if shadow is not None:
+                await shadow.close()  # what mirroring showed since the last write reaches the registry
             decode_pool.shutdown(wait=False, cancel_futures=True)
             if capture is not None:
                 await asyncio.to_thread(capture.stop, CAPTURE_FLUSH_SECONDS)
@@ -90,4 +105,5 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         exception_handlers={HTTPException: error_response, Exception: error_response},
     )
     app.state.api = api
+    app.state.plane = plane
     return app

@@ -57,6 +57,12 @@ class Batcher:
     def queued(self) -> int:
         return len(self._queue)
 
+    @property
+    def busy(self) -> bool:
+        """A batch is running or waiting. False the moment the last caller's rows are handed over (the worker
+        ends in the same step), so a caller that sees False knows nobody else is waiting for the model."""
+        return self._task is not None
+
     def check_capacity(self) -> None:
         """Raise 503 now if the queue is full, before the caller spends time reading or decoding."""
         if len(self._queue) >= self._max_queue:

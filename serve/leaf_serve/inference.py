@@ -80,12 +80,24 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, probs: np.n
     return [(name, probs, parsed.binary_output if flag is None else flag)]
 
 
-async def infer(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int, off_loop: OffLoop) -> Outputs:
+# Told of every answered batch (the shadow mirror): must return at once, never raise into the request.
+Answered = Callable[[ServedModel, np.ndarray, np.ndarray], None]
+
+
+async def infer(
+    parsed: codecs.InferRequest,
+    served: ServedModel,
+    max_batch_size: int,
+    off_loop: OffLoop,
+    answered: Answered | None = None,
+) -> Outputs:
     """Run one parsed request through the served model's batcher; returns the outputs to send."""
     tensor = check_input(parsed, served, max_batch_size)
     # Raw bytes are one frombuffer (cheap, stay on the loop); JSON lists are converted in a worker.
     batch = materialize(tensor) if tensor.raw is not None else await off_loop(materialize, tensor)
     probs = await served.batcher.submit(batch)
+    if answered is not None:
+        answered(served, batch, probs)
     return select_outputs(parsed, served, probs)
 
 

@@ -72,6 +72,13 @@ class ServeMetrics:
             multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
         )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
+        self.shadow = Counter(
+            "leaf_serve_shadow_requests",
+            "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the champion's top-1), "
+            "dropped (no spare capacity), failed",
+            ["outcome"],
+            registry=r,
+        )
         self.connections_closed = Counter(
             "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
         )

@@ -156,8 +156,8 @@ class ModelRepository:
         self._activate(served)
         return served
 
-    def build(self, resolved: ResolvedModel) -> ServedModel:
-        """Fetch, verify, load and smoke-test one version.
+    def build(self, resolved: ResolvedModel, executor: Executor | None = None) -> ServedModel:
+        """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor`` (default: ours).
 
         Raises:
             ModelLoadError: the version cannot be served.
@@ -184,7 +184,7 @@ class ModelRepository:
         card = fetch_card(resolved.store, contract.version)
         batcher = Batcher(
             model.predict,
-            self._executor,
+            executor or self._executor,
             max_batch_size=self.config.max_batch_size,
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
             max_queue_size=self.config.max_queue_size,

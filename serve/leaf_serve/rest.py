@@ -1,33 +1,34 @@
 """HTTP routes: Open Inference Protocol v2, the image endpoint, health and metrics.
 
-Handlers only translate HTTP to model calls; decoding lives in ``codecs``/``leaf_common.imaging``,
-batching in ``batching``. Every failure is rendered by :func:`error_response` with the status its
+Handlers only translate HTTP to calls on the :class:`~leaf_serve.dataplane.DataPlane` (which gRPC
+shares); decoding lives in ``codecs``/``leaf_common.imaging``, batching in ``batching``. Every
+failure is rendered by :func:`error_response` with the status its
 :class:`~leaf_common.errors.LeafError` carries.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import numpy as np
 from leaf_common.imaging import ImageProbe, decode_image, probe
 from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
 from leaf_common.labels import readable_label
+from leaf_common.shadow import CAPTURE_EXTRA
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codecs, inference
+from . import codecs
 from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
+from .dataplane import DataPlane
 from .errors import (
     BadRequest,
     ClientGone,
@@ -39,10 +40,9 @@ from .errors import (
     answered,
     log_level,
 )
-from .limits import BodyAllowance, MemoryBudget
-from .metrics import ServeMetrics, outcome
-from .repository import ModelRepository, ServedModel
-from .settings import ServeConfig
+from .limits import BodyAllowance
+from .metrics import outcome
+from .repository import ServedModel
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class Classified:
     photo: bytes
     photo_format: str  # the decoder's name: JPEG, PNG, MPO
     probs: np.ndarray
+    image: np.ndarray | None = None  # the decoded batch of one the model saw (for the shadow candidate)
 
     def confident(self, threshold: float) -> bool:
         top = float(np.max(self.probs)) if self.probs.size else float("nan")
@@ -92,30 +93,22 @@ def error_response(request: Request, exc: Exception) -> Response:
 
 
 class Api:
-    """The endpoints, bound to one repository, config, metrics and decode pool."""
+    """The HTTP endpoints over one :class:`DataPlane` (the same one gRPC serves)."""
 
     def __init__(
         self,
-        repo: ModelRepository,
-        config: ServeConfig,
-        metrics: ServeMetrics,
-        decode_pool: Executor,
+        plane: DataPlane,
         *,
         capture: CaptureQueue | None = None,
         sections: Sequence[RouteSection] = (),
     ):
         """``capture``: the inbox writer when --capture is on; ``sections``: more routes (pages, review)."""
-        self.repo = repo
+        self.plane = plane
         self.capture = capture
         self.sections = sections
-        self.config = config
-        self.metrics = metrics
-        self.decode_pool = decode_pool
-        self.draining = False  # set at SIGTERM: readiness fails, responses close their connections
-        self.bodies = MemoryBudget(config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight")
-        self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
-        for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
-            metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
+        # The plane's, under the names the handlers below use.
+        self.repo, self.config, self.metrics = plane.repo, plane.config, plane.metrics
+        self.decoding, self.off_loop = plane.decoding, plane.off_loop
 
     def routes(self) -> list[Route]:
         m = "/v2/models/{name}"
@@ -141,7 +134,7 @@ class Api:
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
             start = time.perf_counter()
-            allowance = self.body_allowance()
+            allowance = self.plane.body_allowance()
             request.state.body_allowance = allowance
             try:
                 response = await fn(request)
@@ -151,7 +144,7 @@ class Api:
                 response = error_response(request, e)
             finally:
                 allowance.release()
-            if self.draining:
+            if self.plane.draining:
                 # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
                 response.headers["connection"] = "close"
             self.metrics.requests.labels(endpoint, outcome(response.status_code)).inc()
@@ -166,32 +159,26 @@ class Api:
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:
-        ok = self.repo.current is not None and not self.draining
+        ok = self.plane.ready()
         return JSONResponse({"ready": ok}, status_code=200 if ok else 503)
 
     async def server_metadata(self, request: Request) -> Response:
-        return JSONResponse(
-            {"name": "leaf-serve", "version": inference.server_version(), "extensions": inference.EXTENSIONS}
-        )
+        return JSONResponse(self.plane.server_metadata())
 
     async def model_metadata(self, request: Request) -> Response:
-        return JSONResponse(inference.model_metadata(self._served(request), self.config.max_batch_size))
+        return JSONResponse(self.plane.model_metadata(self._served(request)))
 
     async def model_ready(self, request: Request) -> Response:
         served = self._served(request)
-        ok = served.model.ready and not self.draining
+        ok = self.plane.model_ready(served)
         return JSONResponse({"name": served.name, "ready": ok}, status_code=200 if ok else 503)
 
     async def prometheus(self, request: Request) -> Response:
         body, content_type = self.metrics.render()
         return Response(body, media_type=content_type)
 
-    def body_allowance(self) -> BodyAllowance:
-        """What one request may take from the shared body budget; release it when the request ends."""
-        return BodyAllowance(self.bodies)
-
     def _served(self, request: Request) -> ServedModel:
-        return self.repo.require(request.path_params["name"], request.path_params.get("version"))
+        return self.plane.served(request.path_params["name"], request.path_params.get("version"))
 
     # -- inference -----------------------------------------------------------------------
 
@@ -205,7 +192,7 @@ class Api:
             parsed = await self.off_loop(codecs.decode_request, body, None)
         else:
             parsed = codecs.decode_request(body, header_length)  # a small JSON header: cheap, stay on the loop
-        outputs = await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop)
+        outputs = await self.plane.infer(parsed, served)
         payload, headers = codecs.encode_response(served.name, served.version, outputs, parsed.id)
         return Response(payload, headers=headers)
 
@@ -246,13 +233,14 @@ class Api:
         found = await self.off_loop(self._probe, data, size)
         async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
             image = await self.off_loop(self._decode, data, served)
-        probs = (await served.batcher.submit(image))[0]
-        return Classified(served, data, found.format, probs)
+        probs = await served.batcher.submit(image)
+        self.plane.answered(served, image, probs)
+        return Classified(served, data, found.format, probs[0], image)
 
     def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
         c = done.served.contract
         probs = [_finite_or_none(p) or 0.0 for p in done.probs]
-        return make_record(
+        record = make_record(
             done.photo_format,
             reason=reason,
             model=c.name,
@@ -262,6 +250,13 @@ class Api:
             confidence_threshold=self.config.confidence_threshold,
             user_label=user_label,
         )
+        shadow = self.plane.shadow
+        if shadow is not None and done.image is not None:
+            # The candidate answers the same photo off the response path; a reviewer's label then scores both.
+            candidate = shadow.answer_capture(done.served, done.image, done.probs, record.id)
+            if candidate is not None:
+                record = replace(record, extra={**record.extra, CAPTURE_EXTRA: candidate})
+        return record
 
     def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
         probs = done.probs
@@ -287,9 +282,6 @@ class Api:
     def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
         pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)  # 400 if corrupt
         return pixels[None].astype(served.model.input_dtype)
-
-    async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self.decode_pool, fn, *args)
 
 
 async def read_body(request: Request, limit: int) -> bytes:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from leaf_common.config import ConfigError, option
 from leaf_common.inbox import inbox_uri_for
+from leaf_common.registry import pointer_root
 
 from .model import IO_BINDING, PAD_BATCHES  # RuntimeOptions checks the same choices when built in code
 
@@ -27,6 +28,10 @@ class ServeConfig:
     port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
     grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
+    # --processes N passes it to its workers (leaf_serve.supervisor): the kernel spreads connections over them.
+    reuse_port: bool = option(
+        False, "bind the HTTP and gRPC ports with SO_REUSEPORT, so several processes can share them"
+    )
     # One process's event loop and protocol code run on one core; a GPU outruns that (leaf_serve.supervisor).
     processes: int = option(
         1, "server processes sharing the ports (SO_REUSEPORT), each with its own model session; 1 = this process"
@@ -121,6 +126,15 @@ class ServeConfig:
         "", "file holding the review token (a mounted Secret); empty = /review is off. Needs --data"
     )
     data: str = option("", "training data URI (s3:// or local): where /review puts accepted photos, <data>/<class>/")
+    shadow_fraction: float = option(
+        0.0,
+        "share of requests (0-1) also run on the shadow candidate (<model>/shadow.json) off the response path; "
+        "0 = shadow off, nothing loaded",
+    )
+    shadow_max_in_flight: int = option(4, "mirrored requests running at once; more are dropped and counted")
+    shadow_flush_interval: float = option(
+        30.0, "seconds between writes of this process's shadow statistics to the registry"
+    )
     review_token: str = field(default="", init=False, repr=False)  # read from review_token_file by validate()
 
     def validate(self) -> None:
@@ -155,7 +169,14 @@ class ServeConfig:
             raise ConfigError(
                 f"option confidence_threshold: expected a value in [0, 1]; received {self.confidence_threshold}"
             )
-        for name in ("capture_per_minute", "capture_queue_bytes"):
+        if not 0.0 <= self.shadow_fraction <= 1.0:
+            raise ConfigError(f"option shadow_fraction: expected a value in [0, 1]; received {self.shadow_fraction}")
+        if self.shadow_fraction > 0 and pointer_root(self.model) is None:
+            raise ConfigError(
+                "option shadow_fraction: expected --model to be a registry pointer (<output>/<model>/latest.json), "
+                f"where shadow.json lives, when mirroring is on; received {self.model!r}"
+            )
+        for name in ("capture_per_minute", "capture_queue_bytes", "shadow_max_in_flight", "shadow_flush_interval"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name}: expected a positive number; received {getattr(self, name)}")
         self._validate_loop()

@@ -37,7 +37,7 @@ from leaf_common.resources import available_cpus
 
 log = logging.getLogger("leaf_serve.supervisor")
 
-# Set in a worker's environment by the supervisor; a worker binds its REST port with SO_REUSEPORT.
+# Set in a worker's environment by the supervisor: names the worker in its log lines (it gets --reuse-port too).
 WORKER_ENV = "LEAF_SERVE_WORKER_INDEX"
 # Exit statuses that mean "every worker would fail the same way": 1 the model cannot be served, 2 a bad
 # option (leaf_serve.__main__.main), 3 uvicorn's start-up failure (a port it cannot bind, a failed startup).
@@ -151,7 +151,7 @@ def _exit_status(code: int) -> int:
 def supervise(argv: list[str], processes: int, intra_op_threads: int, decode_threads: int) -> int:
     """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
     # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
-    command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1"]
+    command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1", "--reuse-port", "true"]
     # "0 = the CPU quota" is the pod's quota: split between the workers, or N of them oversubscribe it.
     share = str(max(1, available_cpus() // processes))
     if not intra_op_threads:

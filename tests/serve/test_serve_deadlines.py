@@ -88,7 +88,7 @@ def test_a_stalled_body_is_closed(deadline_server: RunningServer) -> None:
     assert waited < TIMEOUT + 1.0
     assert closed(deadline_server, "body_timeout") == 1
     deadline = time.monotonic() + 5  # the handler saw the disconnect and gave its bytes back
-    while deadline_server.app.state.api.bodies.in_use:
+    while deadline_server.app.state.plane.bodies.in_use:
         assert time.monotonic() < deadline
         time.sleep(0.05)
 

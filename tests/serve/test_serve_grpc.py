@@ -156,12 +156,12 @@ def test_triton_client_sees_the_error_message(grpc_server) -> None:
 
 def test_readiness_fails_while_draining(grpc_server, stub) -> None:
     running, _ = grpc_server
-    running.app.state.api.draining = True
+    running.app.state.plane.draining = True
     try:
         assert stub.ServerReady(pb.ServerReadyRequest()).ready is False
         assert stub.ServerLive(pb.ServerLiveRequest()).live is True
     finally:
-        running.app.state.api.draining = False
+        running.app.state.plane.draining = False
     assert stub.ServerReady(pb.ServerReadyRequest()).ready is True
 
 

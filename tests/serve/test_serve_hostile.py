@@ -190,8 +190,8 @@ def test_request_bodies_in_flight_are_bounded(local_registry: Registry) -> None:
             sock.sendall(b"\0" * 200_000)
             socks.append(sock)
         deadline = time.monotonic() + 10
-        while running.app.state.api.bodies.in_use < 400_000:
-            assert time.monotonic() < deadline, running.app.state.api.bodies.in_use
+        while running.app.state.plane.bodies.in_use < 400_000:
+            assert time.monotonic() < deadline, running.app.state.plane.bodies.in_use
             time.sleep(0.05)
         r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
         assert r.status_code == 503
@@ -199,7 +199,7 @@ def test_request_bodies_in_flight_are_bounded(local_registry: Registry) -> None:
         for sock in socks:
             sock.close()
         deadline = time.monotonic() + 10
-        while running.app.state.api.bodies.in_use:
+        while running.app.state.plane.bodies.in_use:
             assert time.monotonic() < deadline, "the departed uploads' bytes were never given back"
             time.sleep(0.05)
         r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
@@ -223,7 +223,7 @@ def test_concurrent_decodes_share_one_memory_budget(local_registry: Registry) ->
 
     cost = probe(big, IMAGE_SIZE).decode_bytes
     running = start_server(local_registry.pointer_uri, max_decode_bytes=cost + cost // 2, decode_threads=2)
-    budget = running.app.state.api.decoding
+    budget = running.app.state.plane.decoding
     peak = []
     stop = threading.Event()
 
@@ -248,7 +248,7 @@ def test_concurrent_decodes_share_one_memory_budget(local_registry: Registry) ->
             t.join()
         assert [r.status_code for r in results] == [200, 200, 200]
         assert max(peak) == cost and budget.in_use == 0  # never two at once, all returned
-        too_big = running.app.state.api.decoding.capacity + 1
+        too_big = running.app.state.plane.decoding.capacity + 1
         assert too_big > cost  # and an image that can never fit is refused, not queued forever:
         r = httpx.post(running.url + "/classify", content=_png((1, 2, 3), (4000, 3000)), timeout=60)
         assert r.status_code == 413 and "needs" in r.json()["error"] and "max_decode_bytes" in r.json()["error"]

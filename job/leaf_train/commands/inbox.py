@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from leaf_common.config import add_arguments, option, resolve
 from leaf_common.inbox import INBOX_DIR, CaptureRecord, Inbox, InboxError, InvalidName
 from leaf_common.labels import readable_label
+from leaf_common.shadow import note_review
 from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
@@ -77,7 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _inbox(args: argparse.Namespace) -> Inbox:
     cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
-    return Inbox(open_store(cfg.output).child(f"{cfg.model_name}/{INBOX_DIR}"))
+    model_store = open_store(cfg.output).child(cfg.model_name)
+    inbox = Inbox(model_store.child(INBOX_DIR))
+    inbox.on_accept = functools.partial(note_review, model_store)  # a shadow candidate's answer gets its label
+    return inbox
 
 
 def format_list(records: list[CaptureRecord]) -> str:

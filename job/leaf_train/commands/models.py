@@ -69,6 +69,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_arguments(a.add_argument_group("retention"), RetentionConfig, ENV_PREFIX)
     a.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     a.set_defaults(func=cmd_prune)
+    a = actions.add_parser(
+        "verdict",
+        parents=[common],
+        help="decide on the shadow candidate from what serving mirrored to it: promote, reject or wait",
+    )
+    from ..kube import KubeConfig
+    from ..rollout import RolloutConfig
+
+    add_arguments(a.add_argument_group("shadow verdict"), RolloutConfig, ENV_PREFIX)
+    add_arguments(a.add_argument_group("kubernetes"), KubeConfig, ENV_PREFIX)
+    a.add_argument("--dry-run", action="store_true", help="print the verdict, change nothing")
+    a.set_defaults(func=cmd_verdict)
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
@@ -123,7 +135,7 @@ def format_table(rows: list[ListRow]) -> str:
         if not v.complete:
             state = "deleting" if v.deleting else "incomplete"
         else:
-            state = "served" if v.served else "promoted-before" if v.promoted else "-"
+            state = "served" if v.served else "candidate" if v.candidate else "promoted-before" if v.promoted else "-"
         reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
         lines.append(
             (v.version, v.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
@@ -167,6 +179,11 @@ def describe(registry: ModelRegistry, version: str) -> dict[str, Any]:
         result.update(complete=registry.has_manifest(version), verified=False, problem=str(e))
     result["contract"] = registry.contract_dict(version)
     result["claimed_by"] = registry.claim_owner(version)
+    from ..rollout import recorded
+
+    shadow = registry.candidate()
+    result["candidate"] = shadow is not None and shadow.candidate.version == version
+    result["shadow_verdict"] = recorded(registry, version)
     return result
 
 
@@ -174,7 +191,15 @@ def format_show(shown: dict) -> str:
     """The text view of :func:`describe`: what an operator asks first, then what produced it."""
     contract = shown.get("contract") or {}
     metrics, gate = contract.get("metrics") or {}, contract.get("gate") or {}
-    role = "served" if shown["served"] else "promoted before" if shown["promoted"] else "not promoted"
+    role = (
+        "served"
+        if shown["served"]
+        else "shadow candidate"
+        if shown.get("candidate")
+        else "promoted before"
+        if shown["promoted"]
+        else "not promoted"
+    )
     state = "complete, verified" if shown.get("verified") else f"NOT servable: {shown.get('problem', '?')}"
     lines = [
         f"version:     {shown['version']} ({role})",
@@ -192,6 +217,8 @@ def format_show(shown: dict) -> str:
             from ..gate import format_rules  # numpy/PIL: see register
 
             lines += [f"  {line}" for line in format_rules(gate["rules"])]
+    if shown.get("shadow_verdict"):
+        lines.append("shadow:      " + format_verdict(shown["shadow_verdict"]).replace("\n", "\n  "))
     lines += _format_provenance(contract.get("provenance") or {})
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
@@ -251,6 +278,45 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     pointer = registry.rollback()
     print(f"rolled back to {pointer.version} (was {before.version if before else 'nothing'})")
     return 0
+
+
+def cmd_verdict(args: argparse.Namespace) -> int:
+    return verdict_from_args(args, dry_run=args.dry_run)
+
+
+def verdict_from_args(args: argparse.Namespace, *, dry_run: bool) -> int:
+    """``models verdict`` and ``train --verdict-only``: decide on the candidate, act unless ``dry_run``, print it."""
+    from ..kube import KubeConfig, KubeReporter
+    from ..rollout import WAIT, RolloutConfig, apply, evaluate
+
+    rollout_cfg = resolve(RolloutConfig, ENV_PREFIX, args)
+    registry = _registry(args)
+    verdict = evaluate(registry, rollout_cfg)
+    if verdict is None:
+        print(f"no shadow candidate under {registry.uri()}")
+        return 0
+    if not dry_run and verdict.decision != WAIT:
+        apply(registry, verdict, KubeReporter.from_config(resolve(KubeConfig, ENV_PREFIX, args)))
+    print(format_verdict(verdict.to_dict(), dry_run=dry_run))
+    return 0
+
+
+def format_verdict(verdict: dict[str, Any], *, dry_run: bool = False) -> str:
+    """A shadow verdict for people: the decision and why, the evidence, and the rules table."""
+    from ..gate import format_rules
+
+    decision = str(verdict.get("decision", "?"))
+    head = f"{verdict.get('candidate')} against {verdict.get('champion')}: {decision.upper()}"
+    lines = [head + (" (dry run: nothing changed)" if dry_run else ""), f"  why:      {verdict.get('reason', '')}"]
+    ev = verdict.get("evidence") or {}
+    if ev:
+        lines.append(
+            f"  evidence: {ev.get('mirrored', 0)} mirrored, {ev.get('dropped', 0)} dropped, agreement "
+            f"{ev.get('agreement')}, mean confidence {ev.get('champion_mean_confidence')} -> "
+            f"{ev.get('candidate_mean_confidence')}, {ev.get('reviewed', 0)} reviewed photos"
+        )
+    lines += [f"  {line}" for line in format_rules(verdict.get("rules") or [])]
+    return "\n".join(lines)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:

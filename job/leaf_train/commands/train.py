@@ -22,12 +22,14 @@ def _components() -> list[tuple[str, type]]:
     from ..freshness import RetrainConfig
     from ..gate import GateConfig
     from ..kube import KubeConfig
+    from ..rollout import RolloutConfig
 
     return [
         ("training", TrainConfig),
         ("quality gate and retention", GateConfig),
         ("kubernetes", KubeConfig),
         ("retrain policy", RetrainConfig),
+        ("rollout (direct or shadow)", RolloutConfig),
     ]
 
 
@@ -39,16 +41,27 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     for title, cls in _components():
         add_arguments(p.add_argument_group(title), cls, ENV_PREFIX)
+    p.add_argument(
+        "--verdict-only",
+        action="store_true",
+        help="only decide on the shadow candidate (promote, reject or wait), then exit; trains nothing",
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg, gate_cfg, kube_cfg, retrain_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
+    if getattr(args, "verdict_only", False):
+        # Needs the registry, not the data: only the options that locate it are resolved (and checked).
+        from .models import verdict_from_args
+
+        setup_logging(vars(args).get("log_level") or "INFO")
+        return verdict_from_args(args, dry_run=False)
+    cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
     setup_logging(cfg.log_level)
     # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
     from ..pipeline import run as run_pipeline
 
-    result = run_pipeline(cfg, gate_cfg, kube_cfg, retrain_cfg)
+    result = run_pipeline(cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg)
     print(summary(result))
     return 0
 

@@ -1,9 +1,10 @@
-"""The OIP v2 gRPC service (``inference.GRPCInferenceService``), sharing everything with REST.
+"""The OIP v2 gRPC service (``inference.GRPCInferenceService``): a codec and routes over the data plane.
 
-The same repository, batcher, limits and metrics serve both transports: a gRPC ``ModelInfer`` is
-turned into the same :class:`codecs.InferRequest` a REST body becomes, and goes through
-:func:`inference.infer`. Errors keep the status they carry (``LeafError.http_status``): a client's mistake is
-INVALID_ARGUMENT or NOT_FOUND with the same message REST sends, never UNKNOWN or INTERNAL.
+REST and gRPC share one :class:`~leaf_serve.dataplane.DataPlane` (repository, batcher, budgets,
+readiness, metrics): a gRPC ``ModelInfer`` is turned into the same :class:`codecs.InferRequest` a
+REST body becomes, and goes through :meth:`DataPlane.infer`. Errors keep the status they carry
+(``LeafError.http_status``): a client's mistake is INVALID_ARGUMENT or NOT_FOUND with the same
+message REST sends, never UNKNOWN or INTERNAL.
 It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thread hop.
 """
 
@@ -18,9 +19,9 @@ import grpc
 import numpy as np
 
 from .. import codecs, inference
+from ..dataplane import DataPlane
 from ..errors import BadRequest, ClientGone, answered, log_level
 from ..metrics import outcome
-from ..supervisor import worker_index
 from . import inference_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -102,10 +103,10 @@ Handler = Callable[[Any, Any], Awaitable[Any]]
 
 
 class InferenceService:
-    """``GRPCInferenceService`` bound to the REST ``Api`` whose repository, limits and metrics it shares."""
+    """``GRPCInferenceService`` over the data plane REST serves too."""
 
-    def __init__(self, api: Any):
-        self.api = api
+    def __init__(self, plane: DataPlane):
+        self.plane = plane
         for rpc, endpoint in (
             ("ServerLive", "grpc_health"),
             ("ServerReady", "grpc_health"),
@@ -118,7 +119,7 @@ class InferenceService:
 
     def _instrument(self, rpc: str, endpoint: str, fn: Handler) -> Handler:
         """Metrics, one log line per refused call, and the error's own status as the gRPC status."""
-        metrics = self.api.metrics
+        metrics = self.plane.metrics
 
         async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
@@ -148,20 +149,17 @@ class InferenceService:
         return pb.ServerLiveResponse(live=True)
 
     async def _ServerReady(self, request: Any, context: Any) -> Any:
-        return pb.ServerReadyResponse(ready=self.api.repo.current is not None and not self.api.draining)
+        return pb.ServerReadyResponse(ready=self.plane.ready())
 
     async def _ModelReady(self, request: Any, context: Any) -> Any:
-        served = self.api.repo.require(request.name, request.version or None)
-        return pb.ModelReadyResponse(ready=served.model.ready and not self.api.draining)
+        served = self.plane.served(request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=self.plane.model_ready(served))
 
     async def _ServerMetadata(self, request: Any, context: Any) -> Any:
-        return pb.ServerMetadataResponse(
-            name="leaf-serve", version=inference.server_version(), extensions=inference.EXTENSIONS
-        )
+        return pb.ServerMetadataResponse(**self.plane.server_metadata())
 
     async def _ModelMetadata(self, request: Any, context: Any) -> Any:
-        served = self.api.repo.require(request.name, request.version or None)
-        meta = inference.model_metadata(served, self.api.config.max_batch_size)
+        meta = self.plane.model_metadata(self.plane.served(request.name, request.version or None))
         response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
         for kind in ("inputs", "outputs"):
             for t in meta[kind]:
@@ -169,14 +167,14 @@ class InferenceService:
         return response
 
     async def _ModelInfer(self, request: Any, context: Any) -> Any:
-        api = self.api
-        served = api.repo.require(request.model_name, request.model_version or None)
+        plane = self.plane
+        served = plane.served(request.model_name, request.model_version or None)
         served.batcher.check_capacity()
-        allowance = api.body_allowance()
+        allowance = plane.body_allowance()
         try:
             allowance.take(request.ByteSize())  # grpc has read it already; this bounds what requests hold at once
             parsed = decode_infer_request(request)
-            outputs = await inference.infer(parsed, served, api.config.max_batch_size, api.off_loop)
+            outputs = await plane.infer(parsed, served)
         finally:
             allowance.release()
         return encode_infer_response(served.name, served.version, outputs, parsed.id)
@@ -193,19 +191,20 @@ def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     return grpc.method_handlers_generic_handler(SERVICE_NAME, rpcs)
 
 
-async def start(api: Any, host: str, port: int) -> grpc.aio.Server:
-    """A started gRPC server on ``host:port`` serving ``api``'s model; stop it with ``await server.stop(grace)``."""
-    config = api.config
+async def start(plane: DataPlane) -> grpc.aio.Server:
+    """A started gRPC server on the configured host and ``grpc_port``; stop it with ``await server.stop(grace)``."""
+    config = plane.config
     options = [
         ("grpc.max_receive_message_length", config.max_body_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
         # A second server on the same port must fail, not share it silently; the workers of --processes
         # share it on purpose (leaf_serve.supervisor), as they share the REST port.
-        ("grpc.so_reuseport", 0 if worker_index() is None else 1),
+        ("grpc.so_reuseport", int(config.reuse_port)),
     ]
     server = grpc.aio.server(options=options, maximum_concurrent_rpcs=config.max_concurrency or None)
-    server.add_generic_rpc_handlers((handlers(InferenceService(api)),))
-    address = f"{host}:{port}"
+    server.add_generic_rpc_handlers((handlers(InferenceService(plane)),))
+    host = config.host
+    address = f"{host}:{config.grpc_port}"
     try:
         bound = server.add_insecure_port(address)
     except RuntimeError as e:  # grpc raises RuntimeError("Failed to bind ...")
