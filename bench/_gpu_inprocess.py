@@ -41,6 +41,8 @@ def provider_share(model_bytes: bytes, provider: str, image: np.ndarray) -> dict
     """One run with ORT's profiler: which provider executed each node, by ORT's own account."""
     import onnxruntime as ort
 
+    if provider != ORT_NAMES["cpu"] and hasattr(ort, "preload_dlls"):
+        ort.preload_dlls()  # CUDA/cuDNN from pip wheels, as leaf-serve's model holder does; else ORT falls back
     options = ort.SessionOptions()
     options.enable_profiling = True
     with tempfile.TemporaryDirectory() as d:
@@ -126,7 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.provider == "tensorrt":
         with tempfile.TemporaryDirectory() as cache:
             t = time.perf_counter()
-            session = tensorrt_session(model_bytes, size, batches, cache)
+            try:
+                session = tensorrt_session(model_bytes, size, batches, cache)
+            except Exception as e:  # noqa: BLE001  (ORT raises its own types; TensorRT is optional here)
+                print(json.dumps({"skipped": f"TensorRT session failed: {type(e).__name__}: {str(e)[:300]}"}))
+                return 0
             if session.get_providers()[0] != provider:
                 reason = f"ONNX Runtime fell back to {session.get_providers()} (TensorRT's libnvinfer not loadable?)"
                 print(json.dumps({"skipped": reason}))

@@ -27,7 +27,7 @@
 # --providers cpu (or --cpu-dry-run) runs everything on the CPU: the test suite's dry run.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-STARTED="$(date +%s)"
+STARTED="$(date +%s.%N)"
 HOME_DIR="${GPU_CHECK_HOME:-/tmp/leaf-gpu-check}"
 PART_BYTES=$((56 * 1024 * 1024))  # + the tree (~4 MiB) under the 64 MiB a call carries
 # What the lent machine lacks or has in another version: the server's extra (pyproject [serve-gpu]) less
@@ -142,10 +142,14 @@ install_wheelhouse() {
       "$HOME_DIR/bundle/loadgen/bin/$tool" >"$HOME_DIR/bin/$tool"
     chmod +x "$HOME_DIR/bin/$tool"
     # wrk -v exits 1 after printing its version; what matters is that it loads and prints it.
-    if ! "$HOME_DIR/bin/$tool" --version 2>&1 | grep -qE '^(wrk|h2load)'; then
-      LOADGEN_NOTES="$LOADGEN_NOTES $tool: the carried binary does not run here ($("$HOME_DIR/bin/$tool" --version 2>&1 | head -1));"
-      rm "$HOME_DIR/bin/$tool"
-    fi
+    version="$("$HOME_DIR/bin/$tool" --version 2>&1 || true)"
+    case "$version" in
+      wrk* | h2load*) say "$tool runs here: ${version%%$'\n'*}" ;;
+      *)
+        LOADGEN_NOTES="$LOADGEN_NOTES $tool: the carried binary does not run here (${version%%$'\n'*});"
+        rm "$HOME_DIR/bin/$tool"
+        ;;
+    esac
   done
   export PATH="$HOME_DIR/bin:$PATH"
 }
