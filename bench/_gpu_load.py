@@ -183,7 +183,9 @@ def ramp(run_point: Callable[[int], dict], levels: list[int], time_left: Callabl
             stopped = f"time budget spent before concurrency {c}"
             break
         best_before = max((p["req_per_s"] for p in points), default=0.0)
+        t = time.perf_counter()
         point = {"concurrency": c, **run_point(c)}
+        point["wall_s"] = round(time.perf_counter() - t, 2)  # warm-up and load generator start included
         points.append(point)
         total = point["requests"] + point["failed"]
         if total and point["failed"] / total > MAX_ERROR_SHARE:

@@ -258,6 +258,7 @@ def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget
     pointer = publish(tmp / "models", "leaf", model.read_bytes(), size, classes)
     specs = speed_bench.bodies(tmp, "leaf", size, photo=False)
     options = {"providers": args.providers, "processes": str(processes), "max_batch_size": str(args.max_batch_size)}
+    options["pad_batches"] = args.pad_batches
     options["require_gpu"] = "true" if args.providers != "cpu" else "false"
     chosen = loadgens(args.loadgen)
     result = {
@@ -266,6 +267,7 @@ def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget
         "intra_op_threads_per_process": intra,
         "loadgen_threads": threads,
         "max_batch_size": args.max_batch_size,
+        "pad_batches": args.pad_batches,
         "loadgen": chosen,
     }
     levels = [c for c in (2**i for i in range(12)) if c <= args.max_concurrency]
@@ -353,6 +355,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-concurrency", type=int, default=256, help="highest connection count of the ramp")
     p.add_argument("--processes", type=int, default=0, help="leaf-serve --processes; 0 = the rule for this node")
     p.add_argument("--max-batch-size", type=int, default=8, help="leaf-serve --max-batch-size (its default: 8)")
+    p.add_argument("--pad-batches", choices=("auto", "on", "off"), default="auto", help="leaf-serve --pad-batches")
     p.add_argument("--loadgen", choices=("auto", "native", "python"), default="auto", help="auto: wrk/h2load if there")
     p.add_argument("--fp16", action="store_true", help="also the FP16 conversion in process on CUDA")
     p.add_argument("--tensorrt", choices=("auto", "off"), default="auto", help="auto: when its provider loads")
@@ -397,14 +400,17 @@ def run_check(args: argparse.Namespace, report: dict, budget: Budget, tmp: Path)
     model, size, classes, what = build_model(args.model, tmp)
     report["model"] = {"what": what, "image_size": list(size), "classes": classes, "bytes": model.stat().st_size}
     log(f"in process on {args.providers}: {what}, batches {args.batches}")
+    t = time.perf_counter()
     in_proc = in_process(args, args.providers, model, args.batches, budget)
-    report["in_process"] = in_proc
+    report["in_process"] = in_proc | {"wall_s": round(time.perf_counter() - t, 1)}
     if "skipped" in in_proc:
         raise CheckError(f"in process on {args.providers}: {in_proc['skipped']}")
     profile = in_proc["profile"]
     if profile["session_providers"][0] != ORT_NAMES[args.providers] or profile["heavy_ops_not_on_provider"]:
         raise NotOnProvider(f"{ORT_NAMES[args.providers]} is not running the model's heavy ops: {profile}")
+    t = time.perf_counter()
     report["serving"] = serving(args, model, size, classes, in_proc, budget, tmp)
+    report["serving"]["wall_s"] = round(time.perf_counter() - t, 1)
     report["training"] = training(args, budget)
     if args.providers != "cuda":
         report["tensorrt"] = {"skipped": "--providers cpu"}
