@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# One prepared GPU check (issue 19): prints ONE JSON document on stdout (also $OUT/gpu_check.json when
-# OUT is set, and --out DIR): ONNX Runtime in process on CUDA (and TensorRT when it loads) at batch 1, 8,
-# 32, 64; leaf-serve on the same GPU over binary REST (wrk) and gRPC (h2load) at rising concurrency up
-# to saturation, with GPU utilisation from nvidia-smi at each point; the training step with device and
-# host augmentation where TensorFlow imports. Budget: 8 minutes from this script's start (--budget-s).
-# Progress goes to stderr. Exit codes and sections: bench/gpu_check.py's docstring.
+# One prepared GPU check (issue 19): prints ONE JSON document on stdout (also under $OUT when set, with
+# gpu_check.md, gpu_check.log and server.log, and under --out DIR): ONNX Runtime in process on CUDA (and
+# TensorRT when it loads) at batch 1, 8, 32, 64; leaf-serve on the same GPU over binary REST (wrk) and
+# gRPC (h2load) at rising concurrency up to saturation, with GPU utilisation from nvidia-smi at each
+# point; the training step with device and host augmentation where TensorFlow imports. Budget: 8 minutes
+# from this script's start (--budget-s). Progress goes to stderr. Exit codes and sections: the docstring
+# of bench/gpu_check.py (BENCHMARKS.md, "Running the GPU check", has both and the timings).
 #
 # A GPU node with network:     pip install -e '.[serve-gpu]'; scripts/get-loadgen.sh; bench/gpu_check.sh
 # A GPU machine without network (the lent one: no onnxruntime-gpu, no starlette/uvicorn, no wrk/h2load,
@@ -168,6 +169,12 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+# The whole log (this script's, the check's, ONNX Runtime's) beside the JSON: a device call returns only
+# the tail of its output, mostly the JSON.
+if [ -n "${OUT:-}" ] && [ "$MODE" != prepare ]; then
+  mkdir -p "$OUT"
+  exec 2> >(tee -a "$OUT/gpu_check.log" >&2)
+fi
 case "$MODE" in
   prepare) prepare "$DIR" && exit 0 ;;
   stash) stash "$DIR" && exit 0 ;;

@@ -64,6 +64,7 @@ def test_one_json_document_with_every_section(dry_run: SimpleNamespace) -> None:
         assert section in r, section
     assert json.loads((dry_run.out / "gpu_check.json").read_text()) == r  # $OUT holds the same document
     assert "| in_process (CPUExecutionProvider)" in (dry_run.out / "gpu_check.md").read_text()
+    assert "gpu_check: serving over rest" in (dry_run.out / "gpu_check.log").read_text()  # stderr kept too
     assert r["setup"]["packages"] == {"missing": {}, "recommended_missing": []}
     assert r["tensorrt"] == {"skipped": "--providers cpu"}
     assert 0 < r["wall_s"] <= dry_run.wall + 0.1 < r["budget_s"]
