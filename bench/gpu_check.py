@@ -170,7 +170,7 @@ def in_process(args: argparse.Namespace, provider: str, model: Path, batches: li
     """One provider's figures from bench/_gpu_inprocess.py in a child process, bounded by the budget."""
     cmd = [sys.executable, str(HERE / "_gpu_inprocess.py"), "--model", str(model), "--provider", provider]
     cmd += ["--batches", ",".join(map(str, batches)), "--seconds", str(args.seconds), "--runs", str(args.runs)]
-    cmd += ["--fp16"] if args.fp16 and provider == "cuda" else []
+    cmd += ["--fp16"] if args.fp16 and provider != "tensorrt" else []
     timeout = max(1.0, budget.left())
     try:
         out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, timeout=timeout)
