@@ -65,7 +65,8 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, model: str, threads: int, **options: str):
+    def __init__(self, model: str, threads: int, log: Path | None = None, **options: str):
+        """``log``: a file for the server's stderr (a long run's logs would fill an unread pipe)."""
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
@@ -75,17 +76,22 @@ class Server:
         env.update(LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
         self.processes = int(options.get("processes", "1"))
-        self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stderr=subprocess.PIPE)
+        self.log = log
+        stderr = log.open("ab") if log else subprocess.PIPE
+        self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stderr=stderr)
+        if log:
+            stderr.close()  # the server holds its own copy of the descriptor
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError(self.proc.stderr.read().decode()[-2000:])
+                raise RuntimeError((log.read_bytes() if log else self.proc.stderr.read()).decode()[-2000:])
             try:
                 if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200 and self._all_loaded():
                     return
             except httpx.TransportError:
                 pass
             if time.monotonic() > deadline:
+                self.stop()
                 raise RuntimeError("server not ready in 120 s")
             time.sleep(0.05)
 
@@ -102,8 +108,11 @@ class Server:
             self.proc.kill()
 
 
-def bodies(tmp: Path, name: str, size: tuple[int, int]) -> dict[str, dict]:
-    """Request bodies of one image for each transport, written to files the load generators read."""
+def bodies(tmp: Path, name: str, size: tuple[int, int], photo: bool = True) -> dict[str, dict]:
+    """Request bodies of one image for each transport, written to files the load generators read.
+
+    ``photo=False`` leaves out ``/classify``'s 8 MP JPEG (seconds of CPU to make).
+    """
     from leaf_serve.grpc_v2 import inference_pb2 as pb
     from PIL import Image
 
@@ -118,6 +127,15 @@ def bodies(tmp: Path, name: str, size: tuple[int, int]) -> dict[str, dict]:
     message.inputs.add(name="image", datatype="FP32", shape=[1, h, w, 3])
     payload = message.SerializeToString()
     (tmp / "grpc.bin").write_bytes(struct.pack(">?I", False, len(payload)) + payload)  # gRPC's message frame
+    specs = {
+        "binary_rest": {"body": tmp / "binary.bin", "type": "application/octet-stream", "hlen": str(len(header))},
+        "json_rest": {"body": tmp / "json.json", "type": "application/json"},
+        "classify": {"body": tmp / "photo.jpg", "type": "image/jpeg"},
+        "grpc": {"body": tmp / "grpc.bin"},
+    }
+    if not photo:
+        del specs["classify"]
+        return specs
     # A phone-sized photo: 8 MP of smooth gradients and texture, about what a leaf photo compresses to.
     yy, xx = np.mgrid[0:2448, 0:3264]
     rgb = np.stack([(xx // 13) % 256, (yy // 9) % 256, ((xx + yy) // 17) % 256], axis=-1).astype(np.uint8)
@@ -125,19 +143,14 @@ def bodies(tmp: Path, name: str, size: tuple[int, int]) -> dict[str, dict]:
     buf = io.BytesIO()
     Image.fromarray(rgb // 2 + noise).save(buf, format="JPEG", quality=88)
     (tmp / "photo.jpg").write_bytes(buf.getvalue())
-    return {
-        "binary_rest": {"body": tmp / "binary.bin", "type": "application/octet-stream", "hlen": str(len(header))},
-        "json_rest": {"body": tmp / "json.json", "type": "application/json"},
-        "classify": {"body": tmp / "photo.jpg", "type": "image/jpeg"},
-        "grpc": {"body": tmp / "grpc.bin"},
-    }
+    return specs
 
 
-def wrk(url: str, spec: dict, connections: int, seconds: int) -> dict:
+def wrk(url: str, spec: dict, connections: int, seconds: int, threads: int = 1) -> dict:
     env = {**os.environ, "BODY": str(spec["body"]), "CONTENT_TYPE": spec["type"], "HEADER_LENGTH": spec.get("hlen", "")}
     cmd = [
         "wrk",
-        "-t1",
+        f"-t{min(threads, connections)}",
         f"-c{connections}",
         f"-d{seconds}s",
         "--timeout",
@@ -153,12 +166,13 @@ def wrk(url: str, spec: dict, connections: int, seconds: int) -> dict:
     return result
 
 
-def h2load(url: str, spec: dict, connections: int, seconds: int, tmp: Path) -> dict:
+def h2load(url: str, spec: dict, connections: int, seconds: int, tmp: Path, threads: int = 1) -> dict:
     log = tmp / "h2load.log"
     log.unlink(missing_ok=True)
     # One stream per connection at a time (-m1), like a unary client per connection: comparable with wrk's -c.
-    cmd = ["h2load", "-t1", f"-c{connections}", "-m1", f"-D{seconds}", "-d", str(spec["body"]),
-           "-H", "content-type: application/grpc", "-H", "te: trailers", f"--log-file={log}", url]  # fmt: skip
+    cmd = ["h2load", f"-t{min(threads, connections)}", f"-c{connections}", "-m1", f"-D{seconds}",
+           "-d", str(spec["body"]), "-H", "content-type: application/grpc", "-H", "te: trailers",
+           f"--log-file={log}", url]  # fmt: skip
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
     rows = [line.split("\t") for line in log.read_text().splitlines() if line.strip()]
