@@ -262,7 +262,7 @@ def _finish(job: _Job, version: str) -> bool:
     """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     promoted = finish(job.registry, version, job.kube, keep=job.gate_cfg.keep_versions, incomplete_grace_s=grace_s)
-    job.kube.annotate_version(version)
+    job.kube.annotate_version(version, promoted)
     return promoted
 
 

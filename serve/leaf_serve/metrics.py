@@ -8,6 +8,7 @@ time (memory budgets, capture queue) cannot live in those files; they report the
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Iterator
 
@@ -71,6 +72,15 @@ class ServeMetrics:
             registry=r,
             multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
         )
+        # When the served version was trained (its contract's created_at), so an alert can say "the served
+        # model is older than N days" without reading the registry. "livemin": with several workers, the
+        # oldest model any live worker still serves.
+        self.model_trained = Gauge(
+            "leaf_serve_model_trained_timestamp_seconds",
+            "When the served model version was trained (Unix time; 0 = its contract does not say)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
         self.connections_closed = Counter(
             "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
@@ -96,8 +106,12 @@ class ServeMetrics:
         )
         self.live.register(self.capture_queue_bytes)
 
-    def set_model(self, name: str, version: str, provider: str) -> None:
-        """Point the info gauge at the version now served (exactly one series at a time)."""
+    def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
+        """Point the info gauge at the version now served (exactly one series at a time).
+
+        ``trained_at``: the contract's ``created_at`` (ISO 8601), exported as a Unix time.
+        """
+        self.model_trained.set(_unix_time(trained_at))
         # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):
         # the old one is set to 0 instead.
         if self._model_labels:
@@ -114,6 +128,17 @@ class ServeMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
         return generate_latest(registry) + generate_latest(self.live), CONTENT_TYPE_LATEST
+
+
+def _unix_time(iso: str) -> float:
+    """An ISO 8601 time as seconds since the epoch (no zone = UTC); 0 when absent or unreadable."""
+    try:
+        moment = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def outcome(status: int) -> str:
