@@ -18,18 +18,21 @@ fi
 
 SUDO=()
 [ "$(id -u)" = 0 ] || SUDO=(sudo)
-# With systemd the unit is stopped and disabled; without it (containers, CI runners) the package's
-# init script may have started the daemon through invoke-rc.d: stop that too.
-if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
-  "${SUDO[@]}" systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+# The unit is disabled (that works without a running systemd too: it removes the boot-time link) and, with
+# systemd, stopped; without it (containers, CI runners) the package's init script may have started the
+# daemon through invoke-rc.d: stop that too.
+if command -v systemctl >/dev/null; then
+  "${SUDO[@]}" systemctl disable prometheus.service >/dev/null 2>&1 || true
+  [ -d /run/systemd/system ] && { "${SUDO[@]}" systemctl stop prometheus.service >/dev/null 2>&1 || true; }
 fi
 if [ -x /etc/init.d/prometheus ]; then
   "${SUDO[@]}" /etc/init.d/prometheus stop >/dev/null 2>&1 || true
   command -v update-rc.d >/dev/null && { "${SUDO[@]}" update-rc.d prometheus disable >/dev/null 2>&1 || true; }
 fi
-if pgrep -x prometheus >/dev/null; then
+# The service runs as the package's user; a test's own Prometheus (any other user) is none of our business.
+if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
   echo "get-prometheus.sh: expected the packaged prometheus service to be stopped; it still runs:" >&2
-  pgrep -a -x prometheus >&2
+  pgrep -a -u prometheus -x prometheus >&2
   exit 1
 fi
 prometheus --version | head -1
