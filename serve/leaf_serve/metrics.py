@@ -22,6 +22,11 @@ _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
 
 
+RELOAD_OUTCOMES = ("success", "rejected", "store_unavailable")
+CAPTURE_OUTCOMES = ("written", "failed", "dropped_rate", "dropped_queue")
+CLOSE_REASONS = ("headers_timeout", "body_timeout")
+
+
 class FunctionGauge(Collector):
     """A gauge whose value is read from a function at scrape time, kept out of the multiprocess files."""
 
@@ -105,6 +110,15 @@ class ServeMetrics:
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
+        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and dashboard
+        # see the first failure as a change (a series born at 1 is no increase) and the names exist to check.
+        for counter, values in (
+            (self.reloads, RELOAD_OUTCOMES),
+            (self.captures, CAPTURE_OUTCOMES),
+            (self.connections_closed, CLOSE_REASONS),
+        ):
+            for value in values:
+                counter.labels(value)
 
     def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
         """Point the info gauge at the version now served (exactly one series at a time).

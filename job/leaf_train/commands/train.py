@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from leaf_common.config import add_arguments, resolve
+from leaf_common.logs import set_context as set_log_context
 
 from ..cli import setup_logging
 from ..config import ENV_PREFIX, TrainConfig
@@ -44,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg, gate_cfg, kube_cfg, retrain_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
+    set_log_context(run_id=cfg.run_id or None, version=None)  # the version joins once chosen (pipeline._train)
     # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
     from ..pipeline import run as run_pipeline
 
