@@ -16,7 +16,9 @@ from starlette.exceptions import HTTPException
 
 from .capture import CaptureQueue
 from .grpc_v2 import service as grpc_service
+from .inference import server_version
 from .metrics import ServeMetrics
+from .openapi import OpenApiSection
 from .pages import Pages, load_assets
 from .repository import ModelRepository
 from .rest import Api, error_response
@@ -53,7 +55,7 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data))
-    sections = [Pages(repo, config, assets), review]
+    sections = [Pages(repo, config, assets), review, OpenApiSection(server_version())]
     api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
 
     @contextlib.asynccontextmanager
