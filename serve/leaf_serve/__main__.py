@@ -70,7 +70,7 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         http=protocol,
         log_level=config.log_level,
         log_config=None,  # uvicorn's lines go through the root handler: the same format as ours
-        access_log=config.log_level == "debug",
+        access_log=False,  # the request lines of leaf_serve.rest (DEBUG) carry more: duration, model, version
         timeout_graceful_shutdown=config.grace_period,
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
