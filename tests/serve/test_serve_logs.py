@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import httpx
+from servekit import wait_for
 from test_serve_cli import leaf_serve
 from test_serve_processes import BODY
 
@@ -43,3 +44,13 @@ def test_text_logs_escape_client_strings(local_registry):
         out, _ = proc.communicate(timeout=30)
     (line,) = [line for line in out.splitlines() if "/ready -> 404" in line]
     assert "/v2/models/no\\nsuch/ready -> 404" in line and " WARNING leaf_serve.rest: " in line
+
+
+def test_each_worker_says_which_it_is(local_registry):
+    with leaf_serve(model=local_registry.pointer_uri, log_format="json", processes=2, drain_delay=0) as (proc, url):
+        # Both workers have their model (one info series each), not only the one that answered the probe.
+        wait_for(lambda: httpx.get(url + "/metrics").text.count("leaf_serve_model_info{") == 2, "both models")
+        records = lines_of(proc)
+    serving = [r for r in records if r["logger"] == "leaf_serve.repository" and r["message"].startswith("serving")]
+    assert sorted(r["worker"] for r in serving) == [0, 1]
+    assert any(r["logger"] == "leaf_serve.supervisor" and "worker" not in r for r in records)  # the supervisor's own
