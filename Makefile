@@ -11,7 +11,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock speed-bench clean chromium images chart-schema
+.PHONY: demo test lint lock speed-bench clean chromium prometheus images chart-schema
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -47,7 +47,12 @@ $(CHECKOV): locks/checkov.txt
 chromium:
 	scripts/get-chromium.sh
 
-test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium
+# The monitoring tests check the chart's alert rules with promtool and scrape a real leaf-serve with a real
+# Prometheus, both from Debian's prometheus package (its system service is stopped and disabled).
+prometheus:
+	scripts/get-prometheus.sh
+
+test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed

@@ -1,8 +1,9 @@
 """Serving at the hardware's speed: leaf-serve under native load generators, beside in-process ONNX Runtime.
 
 Run: ``.venv/bin/python bench/speed_bench.py [--quick] [--out results.json]`` (about 10 minutes on 2 cores;
-``--quick``: the tiny model only). Needs ``wrk`` and ``h2load`` (Debian: ``apt-get install wrk
-nghttp2-client``). Everything below is measured in one run, on one machine:
+``--quick``: the tiny model only; ``--json-codecs``: only JSON REST, stdlib codec vs orjson). Needs ``wrk``
+and ``h2load`` (Debian: ``apt-get install wrk nghttp2-client``). Everything below is measured in one run,
+on one machine:
 
 * **Load**: ``wrk`` (C, one thread) with ``bench/wrk/post.lua`` for binary v2 REST, JSON v2 REST and
   ``/classify``; ``h2load`` (C, nghttp2) for gRPC ``ModelInfer`` (a unary gRPC call is an HTTP/2 POST
@@ -65,7 +66,14 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 class Server:
-    def __init__(self, model: str, threads: int, log: Path | None = None, **options: str):
+    def __init__(
+        self,
+        model: str,
+        threads: int,
+        log: Path | None = None,
+        command: tuple[str, ...] = ("-m", "leaf_serve"),
+        **options: str,
+    ):
         """``log``: a file for the server's stderr (a long run's logs would fill an unread pipe)."""
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -78,7 +86,7 @@ class Server:
         self.processes = int(options.get("processes", "1"))
         self.log = log
         stderr = log.open("ab") if log else subprocess.PIPE
-        self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stderr=stderr)
+        self.proc = subprocess.Popen([sys.executable, *command], env=env, stderr=stderr)
         if log:
             stderr.close()  # the server holds its own copy of the descriptor
         deadline = time.monotonic() + 120
@@ -304,6 +312,36 @@ def processes_run(tmp: Path, processes: int, threads: int, seconds: int) -> dict
     return results
 
 
+def json_codecs_run(tmp: Path, threads: int, seconds: int) -> dict:
+    """JSON REST (12,288 FP32 values in, 3 out) with the standard library's codec and with orjson, alternating twice.
+
+    The stdlib server is ``bench/_serve_stdlib_json.py``: leaf-serve with the previous codec functions.
+    """
+    size = (64, 64)
+    pointer = publish(tmp / "models", "tiny", tiny_onnx(size), size, 3)
+    transports = {"json_rest": bodies(tmp, "tiny", size)["json_rest"]}
+    commands = {"stdlib": (str(HERE / "_serve_stdlib_json.py"),), "orjson": ("-m", "leaf_serve")}
+    results: dict[str, dict] = {}
+    for rnd in range(2):
+        for codec, command in commands.items():
+            server = Server(pointer, threads, command=command)
+            try:
+                results[f"{codec}_round{rnd}"] = measure(server, "tiny", size, transports, [1, 16], seconds, tmp)
+            finally:
+                server.stop()
+    for c in (1, 16):
+        key = f"json_rest@c{c}"
+        best = {k: max(results[f"{k}_round{r}"][key]["req_per_s"] for r in range(2)) for k in commands}
+        cpu = {k: min(results[f"{k}_round{r}"][key]["server_cpu_ms_per_req"] for r in range(2)) for k in commands}
+        results[f"summary_c{c}"] = {
+            "req_per_s": best,
+            "server_cpu_ms_per_req": cpu,
+            "orjson_over_stdlib_req_per_s": round(best["orjson"] / best["stdlib"], 2),
+            "stdlib_over_orjson_cpu": round(cpu["stdlib"] / cpu["orjson"], 2),
+        }
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model only")
@@ -318,6 +356,9 @@ def main() -> None:
     )
     parser.add_argument("--levels", default="", help="connections per point, comma-separated (default per model)")
     parser.add_argument("--server-processes", type=int, default=1, help="leaf-serve --processes for the main run")
+    parser.add_argument(
+        "--json-codecs", action="store_true", help="only: JSON REST with the stdlib codec and with orjson side by side"
+    )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     for tool in ("wrk", "h2load"):
@@ -326,8 +367,11 @@ def main() -> None:
     results: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        if args.processes:
-            results["processes"] = processes_run(tmp, args.processes, args.threads, args.seconds)
+        if args.processes or args.json_codecs:
+            if args.processes:
+                results["processes"] = processes_run(tmp, args.processes, args.threads, args.seconds)
+            if args.json_codecs:
+                results["json_codecs"] = json_codecs_run(tmp, args.threads, args.seconds)
             print(json.dumps(results, indent=1))
             if args.out:
                 Path(args.out).write_text(json.dumps(results, indent=1))

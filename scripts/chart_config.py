@@ -114,6 +114,7 @@ TRAINING = Component(
         "mixed_precision": Pin("auto"),
         "early_stopping_patience": Pin(10),
         "log_level": Pin("INFO"),
+        "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
     },
     schema={
         "image_size": {"minimum": 32},
@@ -200,6 +201,7 @@ SERVING = Component(
             "and 5 + 25 does not; raise both together",
         ),
         "log_level": Pin("info"),
+        "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
     },
     schema={
         "device_id": {"minimum": 0},

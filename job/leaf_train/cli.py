@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from leaf_common import logs
 from leaf_common.errors import LeafError
 
 log = logging.getLogger("leaf_train")
@@ -43,19 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _CliHandler(logging.StreamHandler):
-    """The CLI's own stderr handler, so a second setup replaces it and leaves others alone."""
-
-
-def setup_logging(level: str = "INFO") -> None:
-    """One line per record on stderr; handlers a host installed (pytest, an embedding app) stay."""
-    root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, _CliHandler)]:
-        root.removeHandler(h)
-    handler = _CliHandler()  # binds the current sys.stderr
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root.addHandler(handler)
-    root.setLevel(getattr(logging, level.upper(), logging.INFO))
+def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
+    """One line per record on stderr (``text`` or ``json``, see ``leaf_common.logs``); a host's handlers stay."""
+    logs.configure(level, log_format)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

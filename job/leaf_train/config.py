@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from leaf_common.config import option
+from leaf_common.logs import LOG_FORMATS
 from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 
 from .errors import ConfigError
@@ -104,6 +105,8 @@ class TrainConfig:
     # --- runtime ---
     progress: str = option("auto", "Progress bars: auto (on a terminal), on, off", choices=("auto", "on", "off"))
     log_level: str = option("INFO", "Logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # json for log pipelines (the chart's default): one object per line carrying the run id and version.
+    log_format: str = option("text", "Log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
 
     def validate(self) -> None:
         if not self.data:

@@ -29,6 +29,10 @@ VERSION_ANNOTATION = "leaf-train.io/published-version"
 SKIPPED_ANNOTATION = "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
 RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
+# How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an annotation,
+# so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist) and the chart's
+# LeafTrainRetrainsNotPromoted alert can count the runs since the last promotion.
+OUTCOME_LABEL = "leaf-train.io/outcome"
 REPORTING_CONTROLLER = "leaf-train.io/trainer"
 MERGE_PATCH = "application/merge-patch+json"
 # A dead or slow API server must not stall training: every call gives up after this.
@@ -244,20 +248,28 @@ class KubeReporter:
         api = client.EventsV1Api(self.api_client)
         return self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body) is not None
 
-    def annotate_version(self, version: str) -> bool:
-        """Annotate this run's Job with the version it published (``leaf-train.io/published-version``)."""
-        return self._annotate({VERSION_ANNOTATION: version})
+    def annotate_version(self, version: str, promoted: bool | None = None, *, candidate: bool = False) -> bool:
+        """Annotate this run's Job with the version it published (``leaf-train.io/published-version``).
+
+        ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when given;
+        ``candidate``: it passed and became the shadow candidate instead (outcome ``candidate``).
+        """
+        label = "candidate" if candidate else "promoted" if promoted else "rejected"
+        outcome = None if promoted is None and not candidate else {OUTCOME_LABEL: label}
+        return self._annotate({VERSION_ANNOTATION: version}, outcome)
 
     def annotate_skipped(self, reason: str) -> bool:
         """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire, the Job stays."""
-        return self._annotate({SKIPPED_ANNOTATION: reason})
+        return self._annotate({SKIPPED_ANNOTATION: reason}, {OUTCOME_LABEL: "skipped"})
 
-    def _annotate(self, annotations: dict[str, str]) -> bool:
+    def _annotate(self, annotations: dict[str, str], labels: dict[str, str] | None = None) -> bool:
         if not self._has_job():
             return False
         from kubernetes import client
 
-        patch = {"metadata": {"annotations": annotations}}
+        patch: dict[str, Any] = {"metadata": {"annotations": annotations}}
+        if labels:
+            patch["metadata"]["labels"] = labels
         api = client.BatchV1Api(self.api_client)
         result = self._call(
             f"annotate job {self.job_name}",

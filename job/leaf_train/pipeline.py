@@ -26,6 +26,7 @@ from typing import Any
 import keras
 import numpy as np
 from leaf_common.inbox import is_review_key
+from leaf_common.logs import set_context as set_log_context
 from leaf_common.storage import Store, open_store
 
 from . import distribute, evaluate, export, freshness, provenance
@@ -184,6 +185,7 @@ def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -
     with job.dist.strategy.scope():
         model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
     state.version = state.version or cfg.version or default_version(data.index)
+    set_log_context(version=state.version)  # every later line (JSON logs) says which version it is about
     # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
     stop = StopSignal().install()
     on_exit.callback(stop.uninstall)
@@ -268,12 +270,14 @@ def _finish(job: _Job, version: str) -> bool:
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
     promoted = finish(job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout)
-    job.kube.annotate_version(version)
+    shadow = job.registry.candidate() if rollout == "shadow" and not promoted else None
+    job.kube.annotate_version(version, promoted, candidate=shadow is not None and shadow.candidate.version == version)
     return promoted
 
 
 def _finish_published(job: _Job, version: str) -> RunResult:
     """A retried run whose earlier attempt published ``version``: verify it and do what is left."""
+    set_log_context(version=version)
     if not job.dist.is_chief:
         log.info("run %s already published %s; worker 0 finishes it", job.cfg.run_id, version)
         return RunResult(version, worker=job.dist.index)

@@ -14,6 +14,7 @@ from typing import Any
 import uvicorn
 from leaf_common.config import ConfigError, add_arguments, resolve
 from leaf_common.errors import LeafError
+from leaf_common.logs import configure as configure_logging
 
 from .app import build_repository, create_app
 from .connection import protocol_class
@@ -69,7 +70,8 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         port=config.port,
         http=protocol,
         log_level=config.log_level,
-        access_log=config.log_level == "debug",
+        log_config=None,  # uvicorn's lines go through the root handler: the same format as ours
+        access_log=False,  # the request lines of leaf_serve.rest (DEBUG) carry more: duration, model, version
         timeout_graceful_shutdown=config.grace_period,
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     worker = worker_index()
     who = "" if worker is None else f"[worker {worker}] "
-    logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
+    configure_logging(
+        config.log_level, config.log_format, prefix=who, static=None if worker is None else {"worker": worker}
+    )
     if config.processes > 1:
         argv = sys.argv[1:] if argv is None else argv
         return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads)

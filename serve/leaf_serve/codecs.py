@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 from python_multipart import MultipartParser
 from python_multipart.multipart import parse_options_header
 
@@ -87,15 +88,28 @@ class InferRequest:
 
 
 def _json_object(data: bytes | memoryview) -> dict[str, Any]:
+    """The JSON object in ``data``, parsed by orjson (no copy of the body; ~5-10x the standard library's speed).
+
+    What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``, which
+    Python clients send by default (the model's input check then refuses them by name), and its errors
+    say more. That costs time only on bodies that were going to be refused or that are not strict JSON.
+    """
     try:
-        body = json.loads(bytes(data))
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        body = _stdlib_json(data)
+    if not isinstance(body, dict):
+        raise BadRequest(f"expected a JSON object; received {type(body).__name__}")
+    return body
+
+
+def _stdlib_json(data: bytes | memoryview) -> Any:
+    try:
+        return json.loads(bytes(data))
     except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
         raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
     except RecursionError as e:  # arrays nested tens of thousands deep
         raise BadRequest("expected a JSON inference request; received JSON nested too deeply to parse") from e
-    if not isinstance(body, dict):
-        raise BadRequest(f"expected a JSON object; received {type(body).__name__}")
-    return body
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
@@ -182,11 +196,17 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         raise BadRequest(f"id: expected a string; received {type(request_id).__name__}")
     return InferRequest(
         inputs=inputs,
-        id=None if request_id is None else str(request_id)[:256],
+        id=None if request_id is None else _utf8(str(request_id)[:256]),
         outputs=_decode_outputs(obj.get("outputs")),
         binary_output=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
         parameters=params,
     )
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can carry it: a lone surrogate (``"\\ud800"`` in the request) becomes ``?``, so the id
+    can be echoed in the response (orjson writes only valid UTF-8)."""
+    return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
@@ -237,17 +257,14 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            entry["data"] = _finite_or_null(array.reshape(-1).tolist())
+            # orjson writes the array itself (no Python floats in between), and NaN/Infinity as null:
+            # JSON has neither, and a model failing on its input must still produce a valid body.
+            entry["data"] = np.ascontiguousarray(array.reshape(-1))
         header["outputs"].append(entry)
-    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}
     return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
-
-
-def _finite_or_null(values: list[Any]) -> list[Any]:
-    """JSON has no NaN or Infinity: such values (a model failing on its input) are sent as null."""
-    return [v if not isinstance(v, float) or math.isfinite(v) else None for v in values]
 
 
 def multipart_file(content_type: str, body: bytes) -> bytes:

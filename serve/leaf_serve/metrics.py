@@ -8,6 +8,7 @@ time (memory budgets, capture queue) cannot live in those files; they report the
 
 from __future__ import annotations
 
+import datetime
 import os
 from collections.abc import Callable, Iterator
 
@@ -19,6 +20,11 @@ from prometheus_client.registry import Collector
 # Latency buckets from 0.5 ms (tiny models, queue waits) to 10 s (VGG16 batches on a small CPU).
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+RELOAD_OUTCOMES = ("success", "rejected", "store_unavailable")
+CAPTURE_OUTCOMES = ("written", "failed", "dropped_rate", "dropped_queue")
+CLOSE_REASONS = ("headers_timeout", "body_timeout")
 
 
 class FunctionGauge(Collector):
@@ -71,6 +77,15 @@ class ServeMetrics:
             registry=r,
             multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
         )
+        # When the served version was trained (its contract's created_at), so an alert can say "the served
+        # model is older than N days" without reading the registry. "livemin": with several workers, the
+        # oldest model any live worker still serves.
+        self.model_trained = Gauge(
+            "leaf_serve_model_trained_timestamp_seconds",
+            "When the served model version was trained (Unix time; 0 = its contract does not say)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
         self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
         self.shadow = Counter(
             "leaf_serve_shadow_requests",
@@ -102,9 +117,22 @@ class ServeMetrics:
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
+        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and dashboard
+        # see the first failure as a change (a series born at 1 is no increase) and the names exist to check.
+        for counter, values in (
+            (self.reloads, RELOAD_OUTCOMES),
+            (self.captures, CAPTURE_OUTCOMES),
+            (self.connections_closed, CLOSE_REASONS),
+        ):
+            for value in values:
+                counter.labels(value)
 
-    def set_model(self, name: str, version: str, provider: str) -> None:
-        """Point the info gauge at the version now served (exactly one series at a time)."""
+    def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
+        """Point the info gauge at the version now served (exactly one series at a time).
+
+        ``trained_at``: the contract's ``created_at`` (ISO 8601), exported as a Unix time.
+        """
+        self.model_trained.set(_unix_time(trained_at))
         # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):
         # the old one is set to 0 instead.
         if self._model_labels:
@@ -121,6 +149,17 @@ class ServeMetrics:
             registry = CollectorRegistry()
             MultiProcessCollector(registry)
         return generate_latest(registry) + generate_latest(self.live), CONTENT_TYPE_LATEST
+
+
+def _unix_time(iso: str) -> float:
+    """An ISO 8601 time as seconds since the epoch (no zone = UTC); 0 when absent or unreadable."""
+    try:
+        moment = datetime.datetime.fromisoformat(iso)
+    except ValueError:
+        return 0.0
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.UTC)
+    return moment.timestamp()
 
 
 def outcome(status: int) -> str:

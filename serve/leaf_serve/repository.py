@@ -196,7 +196,7 @@ class ModelRepository:
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model
-        self.metrics.set_model(served.name, served.version, served.model.provider)
+        self.metrics.set_model(served.name, served.version, served.model.provider, served.contract.created_at)
         log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
 
     def require(self, name: str | None = None, version: str | None = None) -> ServedModel:

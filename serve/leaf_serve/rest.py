@@ -76,8 +76,11 @@ class Classified:
         return bool(np.isfinite(top) and top >= threshold)
 
 
-def error_response(request: Request, exc: Exception) -> Response:
-    """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``."""
+def error_response(request: Request, exc: Exception, *, logged: bool = True) -> Response:
+    """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``.
+
+    ``logged=False``: the caller writes the request's line itself (``Api._instrument``, with its duration).
+    """
     headers: dict[str, str] = {}
     known = answered(exc)
     if known is not None:
@@ -87,8 +90,10 @@ def error_response(request: Request, exc: Exception) -> Response:
     else:
         log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if known is not None or isinstance(exc, HTTPException):
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message)
+    if logged and (known is not None or isinstance(exc, HTTPException)):
+        fields = {"method": request.method, "path": request.url.path, "status": status}
+        log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message, extra=fields)
+    request.state.error = message
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -139,19 +144,38 @@ class Api:
             try:
                 response = await fn(request)
             except ClientDisconnect:
-                response = error_response(request, ClientGone("the client closed the connection mid-request"))
+                gone = ClientGone("the client closed the connection mid-request")
+                response = error_response(request, gone, logged=False)
             except Exception as e:
-                response = error_response(request, e)
+                response = error_response(request, e, logged=False)
             finally:
                 allowance.release()
             if self.plane.draining:
                 # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
                 response.headers["connection"] = "close"
+            duration = time.perf_counter() - start
             self.metrics.requests.labels(endpoint, outcome(response.status_code)).inc()
-            self.metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
+            self.metrics.request_seconds.labels(endpoint).observe(duration)
+            self._log_request(request, response.status_code, duration)
             return response
 
         return handler
+
+    def _log_request(self, request: Request, status: int, duration: float) -> None:
+        """One line per request: refusals at ``log_level(status)``, successes at DEBUG (off by default)."""
+        level = logging.DEBUG if status < 400 else log_level(status)
+        if not log.isEnabledFor(level):
+            return
+        served = self.repo.current
+        path = request.scope["path"]  # as routed: request.url drops the control characters a client sent
+        fields = {"method": request.method, "path": path, "status": status, "duration": round(duration, 6)}
+        if served is not None:
+            fields |= {"model": served.name, "version": served.version}
+        error = getattr(request.state, "error", None)
+        if error is None:
+            log.log(level, "%s %s -> %d in %.1f ms", request.method, path, status, duration * 1e3, extra=fields)
+        else:
+            log.log(level, "%s %s -> %d: %s", request.method, path, status, error, extra=fields)
 
     # -- health and metadata -------------------------------------------------------------
 

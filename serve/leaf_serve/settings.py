@@ -7,6 +7,7 @@ from pathlib import Path
 
 from leaf_common.config import ConfigError, option
 from leaf_common.inbox import inbox_uri_for
+from leaf_common.logs import LOG_FORMATS
 from leaf_common.registry import pointer_root
 
 from .model import IO_BINDING, PAD_BATCHES  # RuntimeOptions checks the same choices when built in code
@@ -88,6 +89,8 @@ class ServeConfig:
     )
     top_k: int = option(5, "labels returned by /classify unless ?top_k= says otherwise")
     log_level: str = option("info", "log level", choices=_LOG_LEVEL_CHOICES)
+    # json for log pipelines (the chart's default): one object per line, request fields as keys.
+    log_format: str = option("text", "log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
     grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting")
     # Kubernetes sends SIGTERM while the endpoints controller is still removing the pod from Services: for
     # this long readiness fails but every request, old or new, is still served; then the listener closes.

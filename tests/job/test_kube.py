@@ -11,6 +11,7 @@ from leaf_train.config import ENV_PREFIX
 from leaf_train.errors import ConfigError
 from leaf_train.kube import (
     MODEL_VERSION_ANNOTATION,
+    OUTCOME_LABEL,
     RESTARTED_AT_ANNOTATION,
     VERSION_ANNOTATION,
     KubeConfig,
@@ -104,6 +105,21 @@ def test_annotate_version_patches_the_job(apiserver, reporter):  # noqa: F811
     job = apiserver.get("jobs", "ml", "leaf-train-train-1")
     assert job["metadata"]["annotations"] == {VERSION_ANNOTATION: "20260101T000000Z-abc123"}
     assert job["metadata"]["labels"] == {"app.kubernetes.io/component": "training"}  # merge, not replace
+
+
+@pytest.mark.parametrize(
+    ("call", "outcome"),
+    [
+        (lambda r: r.annotate_version("v1", promoted=True), "promoted"),
+        (lambda r: r.annotate_version("v1", promoted=False), "rejected"),
+        (lambda r: r.annotate_version("v1", promoted=False, candidate=True), "candidate"),
+        (lambda r: r.annotate_skipped("nothing new"), "skipped"),
+    ],
+)
+def test_the_run_outcome_is_a_label_kube_state_metrics_can_export(apiserver, reporter, call, outcome):  # noqa: F811
+    assert call(reporter) is True
+    labels = apiserver.get("jobs", "ml", "leaf-train-train-1")["metadata"]["labels"]
+    assert labels == {"app.kubernetes.io/component": "training", OUTCOME_LABEL: outcome}
 
 
 def test_rollout_patches_the_pod_template_like_kubectl_rollout_restart(apiserver, reporter):  # noqa: F811

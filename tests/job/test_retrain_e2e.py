@@ -21,7 +21,7 @@ import pytest
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_common.storage import open_store
 from leaf_train.cli import main
-from leaf_train.kube import SKIPPED_ANNOTATION
+from leaf_train.kube import OUTCOME_LABEL, SKIPPED_ANNOTATION
 from leaf_train.registry import ModelRegistry
 from leaf_train.synth import generate
 from PIL import Image
@@ -79,9 +79,16 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     monkeypatch.setenv("LEAF_TRAIN_RUN_TRIGGER", "scheduled")  # what the chart sets on the CronJob's pods
     data = ["--data", "s3://photos/pv"]
 
-    assert train(cluster, "nightly-1", *data) == 0  # nothing served yet: trains, and is the first model
+    capsys.readouterr()
+    # nothing served yet: trains, and is the first model (logging JSON lines, as the chart's pods do)
+    assert train(cluster, "nightly-1", *data, "--log-format", "json", "--run-id", "nightly-1") == 0
     (first,) = versions()
     assert "training: nothing is served yet" in caplog.text
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith('{"time"')]
+    assert any(r["logger"].startswith("leaf_train") for r in logged)
+    assert all(r["run_id"] == "nightly-1" for r in logged)  # every library's lines too (botocore, ...)
+    assert any(r.get("version") == first and "exported" in r["message"] for r in logged), logged[-5:]
+    assert cluster.get("jobs", NS, "nightly-1")["metadata"]["labels"][OUTCOME_LABEL] == "promoted"
     caplog.clear()
     capsys.readouterr()
 
@@ -101,6 +108,7 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     assert "to train anyway: leaf-train submit --force" in skipped["note"]
     job = cluster.get("jobs", NS, "nightly-2")
     assert job["metadata"]["annotations"][SKIPPED_ANNOTATION] == skipped["note"]
+    assert job["metadata"]["labels"][OUTCOME_LABEL] == "skipped"  # what LeafTrainRetrainsNotPromoted counts
     # `leaf-train status` says so, from the annotation (Events expire after an hour, the Job stays).
     code = main(["status", "--job", "nightly-2", "--namespace", NS])
     status = capsys.readouterr().out

@@ -202,6 +202,34 @@ def test_responses_encode_json_data_or_binary_tails(outputs, expected_header, ex
     assert headers["content-type"] == ("application/octet-stream" if expected_tail else "application/json")
 
 
+@pytest.mark.parametrize("datatype", list(codecs.DATATYPES))
+def test_json_outputs_of_every_datatype_read_back_to_the_same_values(datatype):
+    """orjson writes arrays itself: float32 in its shortest round-trip form, so a client's float32 is bit-exact."""
+    dtype = codecs.DATATYPES[datatype]
+    rng = np.random.default_rng(3)
+    values = (rng.random((2, 5)) * (1 if dtype.kind in "fb" else 100)).astype(dtype)
+    raw, _ = codecs.encode_response("leaf", "v1", [("out", values, False)])
+    (out,) = json.loads(raw)["outputs"]
+    assert out["datatype"] == datatype and out["shape"] == [2, 5]
+    np.testing.assert_array_equal(np.asarray(out["data"], dtype=dtype), values.reshape(-1))
+
+
+def test_what_orjson_refuses_is_parsed_like_before_or_refused_with_the_same_messages():
+    # NaN is not JSON, but Python clients send it: parsed, so the model's input check can name it.
+    (nan,) = codecs.decode_request(
+        b'{"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [NaN]}]}'
+    ).inputs
+    assert np.isnan(nan.to_array()[0])
+    with pytest.raises(BadRequest, match="received JSON nested too deeply to parse"):
+        codecs.decode_request(b'{"inputs": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+    # A lone surrogate in the id (valid JSON escape, not UTF-8) is echoed as "?" instead of failing the response.
+    request = codecs.decode_request(
+        b'{"id": "a\\ud800", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}'
+    )
+    raw, _ = codecs.encode_response("leaf", "v1", [("out", np.ones(1, np.float32), False)], request.id)
+    assert json.loads(raw)["id"] == "a?"
+
+
 @pytest.mark.parametrize(
     ("form", "expected"),
     [

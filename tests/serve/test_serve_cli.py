@@ -183,6 +183,7 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
         ({"port": "eighty"}, 2, "option LEAF_SERVE_PORT: cannot read 'eighty' as int"),
         ({"max_batch_size": "0"}, 2, "option max_batch_size: expected a positive number; received 0"),
         ({"log_level": "loud"}, 2, "expected one of debug, info"),
+        ({"log_format": "xml"}, 2, "expected one of text, json; received 'xml'"),
         ({"providers": "quantum"}, 1, "providers: expected auto, tensorrt, cuda, cpu"),
         ({"model": "/nonexistent/leaf/latest.json"}, 1, "no pointer; nothing has been promoted yet"),
     ],

@@ -7,6 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from leaf_common.config import add_arguments, resolve
+from leaf_common.logs import set_context as set_log_context
 
 from ..cli import setup_logging
 from ..config import ENV_PREFIX, TrainConfig
@@ -54,10 +55,11 @@ def run(args: argparse.Namespace) -> int:
         # Needs the registry, not the data: only the options that locate it are resolved (and checked).
         from .models import verdict_from_args
 
-        setup_logging(vars(args).get("log_level") or "INFO")
+        setup_logging(vars(args).get("log_level") or "INFO", vars(args).get("log_format") or "text")
         return verdict_from_args(args, dry_run=False)
     cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
-    setup_logging(cfg.log_level)
+    setup_logging(cfg.log_level, cfg.log_format)
+    set_log_context(run_id=cfg.run_id or None, version=None)  # the version joins once chosen (pipeline._train)
     # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
     from ..pipeline import run as run_pipeline
 
