@@ -18,7 +18,7 @@ from leaf_common.errors import LeafError
 from .app import build_repository, create_app
 from .connection import protocol_class
 from .settings import ENV_PREFIX, ServeConfig
-from .supervisor import reuse_port_socket, supervise, worker_index
+from .supervisor import beat, heartbeat_file, reuse_port_socket, supervise, worker_index
 
 log = logging.getLogger("leaf_serve")
 
@@ -46,6 +46,14 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._api, self._drain_delay = api, drain_delay
         self._timer: threading.Timer | None = None
+        self._heartbeat = heartbeat_file()
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn calls this on the event loop every 0.1 s: the heartbeat the supervisor watches
+        # (leaf_serve.supervisor) stops exactly when the loop stops turning.
+        if counter % 10 == 0 and self._heartbeat:
+            beat(self._heartbeat)
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._drain_delay <= 0 or self._timer is not None:
@@ -72,6 +80,9 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         timeout_graceful_shutdown=config.grace_period,
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
+        # uvicorn would take X-Forwarded-For from any peer on 127.0.0.1 (a sidecar, or anyone beside it) as the
+        # client's address; per-client limits trust only the header the operator names (client_address_header).
+        proxy_headers=False,
     )
     return DrainingServer(uv_config, api, config.drain_delay)
 
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=config.log_level.upper(), format=f"%(asctime)s %(levelname)s {who}%(name)s: %(message)s")
     if config.processes > 1:
         argv = sys.argv[1:] if argv is None else argv
-        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads)
+        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads, config.worker_timeout)
     try:
         serve(config)
     except LeafError as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)

@@ -46,13 +46,11 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     inbox = Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox))) if config.inbox else None
     capture = None
     if config.capture and inbox is not None:
-        capture = CaptureQueue(
-            inbox, repo.metrics, per_minute=config.capture_per_minute, max_bytes=config.capture_queue_bytes
-        )
+        capture = CaptureQueue.from_config(inbox, repo.metrics, config)
     review = ReviewApi(repo, assets)
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
-        review = ReviewApi(repo, assets, config.review_token, (inbox, data))
+        review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
     sections = [Pages(repo, config, assets), review]
     api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
 

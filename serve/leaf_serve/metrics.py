@@ -8,11 +8,12 @@ time (memory budgets, capture queue) cannot live in those files; they report the
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
@@ -41,6 +42,29 @@ class FunctionGauge(Collector):
         family = GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
         for values, function in self._functions.items():
             family.add_metric(list(values), float(function()))
+        yield family
+
+
+class WorkerRestarts(Collector):
+    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1), read
+    from the file it keeps beside the multiprocess metrics (it serves no /metrics of its own)."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "leaf_serve_worker_restarts",
+            "Workers restarted by the supervisor: hung (heartbeat) or crashed",
+            labels=["reason"],
+        )
+        try:
+            with open(self._path) as f:
+                counts = json.load(f)
+        except (OSError, ValueError):
+            counts = {}
+        for reason in ("hung", "crashed"):
+            family.add_metric([reason], float(counts.get(reason, 0)))
         yield family
 
 
@@ -95,6 +119,10 @@ class ServeMetrics:
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker (leaf_serve.supervisor.RESTARTS_FILE)
+            self.live.register(
+                WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "worker_restarts.json"))
+            )
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""

@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import codecs, inference
-from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
+from .capture import DROPPED_CLIENT, DROPPED_QUEUE, DROPPED_RATE, CaptureQueue, client_key
 from .errors import (
     BadRequest,
     ClientGone,
@@ -38,6 +38,7 @@ from .errors import (
     UnsupportedMediaType,
     answered,
     log_level,
+    quoted,
 )
 from .limits import BodyAllowance, MemoryBudget
 from .metrics import ServeMetrics, outcome
@@ -84,10 +85,11 @@ def error_response(request: Request, exc: Exception) -> Response:
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.exception("unhandled error on %s %s", request.method, quoted(request.url.path), exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if known is not None or isinstance(exc, HTTPException):
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message)
+    if (known is not None and not getattr(known, "logged", False)) or isinstance(exc, HTTPException):
+        # The path and the message carry what the client sent: quoted, so they cannot forge a line.
+        log.log(log_level(status), "%s %s -> %d: %s", request.method, quoted(request.url.path), status, quoted(message))
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -215,7 +217,8 @@ class Api:
         captured = None
         if self.capture is not None and not done.confident(self.config.confidence_threshold):
             record = self._capture_record(done, "low_confidence")
-            captured = None if self.capture.offer(done.photo, record) else record.id  # a drop is only counted
+            dropped = self.capture.offer(done.photo, record, self._client(request))
+            captured = None if dropped else record.id  # a drop is only counted
         return JSONResponse(self._classified_body(done, top_k, captured))
 
     async def feedback(self, request: Request) -> Response:
@@ -226,7 +229,12 @@ class Api:
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         done = await self._classify_photo(request)
         record = self._capture_record(done, "marked_wrong", user_label)
-        dropped = self.capture.offer(done.photo, record)
+        dropped = self.capture.offer(done.photo, record, self._client(request))
+        if dropped == DROPPED_CLIENT:
+            raise TooManyRequests(
+                f"capture: expected at most {self.config.capture_per_client_per_minute} photos a minute from one "
+                "client (capture_per_client_per_minute); this one was not kept, send it again in a minute"
+            )
         if dropped == DROPPED_RATE:
             raise TooManyRequests(
                 f"capture: expected at most {self.config.capture_per_minute} photos a minute (capture_per_minute); "
@@ -235,6 +243,10 @@ class Api:
         if dropped == DROPPED_QUEUE:
             raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
         return JSONResponse(self._classified_body(done, top_k, record.id))
+
+    def _client(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_key(peer, request.headers, self.config.client_address_header)
 
     async def _classify_photo(self, request: Request) -> Classified:
         """Read, probe, decode (within the budgets) and classify one uploaded photo."""
