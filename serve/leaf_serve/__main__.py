@@ -108,8 +108,20 @@ def serve(config: ServeConfig) -> None:
     repo = build_repository(config)
     repo.load_initial()
     server = build_server(config, create_app(config, repo))
-    # A supervised worker shares the port with its siblings; uvicorn binds it itself otherwise.
-    server.run(sockets=[reuse_port_socket(config.host, config.port)] if worker_index() is not None else None)
+    server.run(sockets=listening_sockets(config))
+
+
+def listening_sockets(config: ServeConfig) -> list[Any] | None:
+    """The HTTP port (and the admin port) bound for uvicorn, or None to let uvicorn bind the one port.
+
+    A supervised worker shares its ports with its siblings (SO_REUSEPORT); the admin port is the same
+    app on a second socket (leaf_serve.admin), which uvicorn does not bind by itself.
+    """
+    supervised = worker_index() is not None
+    if not supervised and not config.admin_port:
+        return None
+    ports = [config.port] + ([config.admin_port] if config.admin_port else [])
+    return [reuse_port_socket(config.host, port, reuse_port=supervised) for port in ports]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -14,6 +14,7 @@ from leaf_common.storage import open_store
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
+from .admin import AdminPortOnly
 from .capture import CaptureQueue
 from .grpc_v2 import service as grpc_service
 from .metrics import ServeMetrics
@@ -87,5 +88,7 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HTTPException: error_response, Exception: error_response},
     )
+    if config.admin_port:
+        app.add_middleware(AdminPortOnly, admin_port=config.admin_port)
     app.state.api = api
     return app

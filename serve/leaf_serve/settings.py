@@ -38,6 +38,10 @@ class ServeConfig:
     model: str = option("", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)")
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
+    # NetworkPolicy sees ports, not paths: a port of their own lets the chart keep these to named namespaces.
+    admin_port: int = option(
+        0, "TCP port serving /metrics and /review only (they are then refused on --port); 0 = all on --port"
+    )
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
     grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
     # One process's event loop and protocol code run on one core; a GPU outruns that (leaf_serve.supervisor).
@@ -186,6 +190,11 @@ class ServeConfig:
         if not 0 <= self.grpc_port < 65536 or self.grpc_port == self.port:
             raise ConfigError(
                 f"option grpc_port: expected 0 (off) or 1-65535 other than port {self.port}; received {self.grpc_port}"
+            )
+        if self.admin_port and (not 0 < self.admin_port < 65536 or self.admin_port in (self.port, self.grpc_port)):
+            raise ConfigError(
+                f"option admin_port: expected 0 (off) or 1-65535 other than port {self.port} and grpc_port "
+                f"{self.grpc_port}; received {self.admin_port}"
             )
         if self.prefer_fp16 and self.prefer_int8:
             raise ConfigError("options prefer_fp16 and prefer_int8: expected at most one; received both")
