@@ -62,7 +62,7 @@ function card(item) {
   node.querySelector(".new-label").htmlFor = name.id;
   pick.addEventListener("change", () => show(extra, pick.value === OTHER));
   if (item.user_label) {
-    const use = el("button", { type: "button", class: "use-suggestion secondary" }, `Use “${item.user_display}”`);
+    const use = el("button", { type: "button", class: "use-suggestion" }, `Use “${item.user_display}”`);
     use.addEventListener("click", () => {
       const known = labels.some((l) => l.label === item.user_label);
       pick.value = known ? item.user_label : OTHER;
