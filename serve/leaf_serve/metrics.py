@@ -17,6 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from .supervisor import RESTARTS_FILE
+
 # Latency buckets from 0.5 ms (tiny models, queue waits) to 10 s (VGG16 batches on a small CPU).
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _BATCH = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -119,10 +121,8 @@ class ServeMetrics:
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker (leaf_serve.supervisor.RESTARTS_FILE)
-            self.live.register(
-                WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], "worker_restarts.json"))
-            )
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
+            self.live.register(WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE)))
 
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
