@@ -208,6 +208,14 @@ KEPT_MAX_SIDE = 2048
 _KEPT_JPEG_QUALITY = 95
 
 
+def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> int:
+    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound): the
+    decode as :func:`probe` prices it, then up to three copies of the kept image (reduced, rotated, clean)."""
+    found = _open(data, (max_side, max_side), max_pixels)[1]
+    kept = min(found.decoded_size[0] * found.decoded_size[1], max_side * max_side)
+    return found.decode_bytes + 3 * kept * 4
+
+
 def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> bytes:
     """The pixels of an uploaded JPEG/PNG, and nothing else, in the same format.
 
@@ -225,7 +233,7 @@ def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_sid
     try:
         orientation = _orientation(img)
         img.load()  # frame 0: the default image, as decode_image reads it
-        factor = _reduce_factor(img.size, (max_side, max_side))
+        factor = -(-max(img.size) // max_side)  # the smallest that brings the longest side to max_side
         if img.mode not in ("L", "RGB", "RGBA", "LA"):
             img = img.convert("RGBA" if _has_alpha(img) else "RGB")
         if factor > 1:

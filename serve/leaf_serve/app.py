@@ -54,6 +54,8 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
     sections = [Pages(repo, config, assets), review]
     api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
+    if capture is not None:
+        capture.decode_budget = api.decoding  # re-encoding a kept photo shares the requests' pixel budget
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

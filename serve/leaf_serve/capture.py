@@ -16,6 +16,8 @@ capture would pass either cap, the oldest unreviewed captures are removed first
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 import threading
@@ -24,10 +26,12 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from leaf_common.imaging import ImageDecodeError, reencode_photo
+from leaf_common.imaging import ImageDecodeError, reencode_cost, reencode_photo
 from leaf_common.inbox import CaptureRecord, Inbox
 from leaf_common.storage import StoreError
 
+from .errors import ServeError
+from .limits import MemoryBudget
 from .metrics import ServeMetrics
 from .settings import ServeConfig
 from .supervisor import worker_count
@@ -129,6 +133,10 @@ class CaptureQueue:
         self.clients = ClientRates(limits.per_client_per_minute)
         self._usage: dict[str, int] | None = None  # the writer's tally of the inbox, oldest capture first
         self._usage_at = 0.0
+        # Re-encoding decodes the photo again, off the request: it waits for the requests' decode budget
+        # (set by the app, with the loop the budget lives on) so a large PNG cannot add to its peak.
+        self.decode_budget: MemoryBudget | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._items: deque[tuple[bytes, CaptureRecord]] = deque()
         self._bytes = 0
         self._cond = threading.Condition()
@@ -168,6 +176,9 @@ class CaptureQueue:
         return dropped
 
     def start(self) -> None:
+        """Start the writer; call it on the event loop the decode budget belongs to."""
+        with contextlib.suppress(RuntimeError):  # no running loop (a test driving the queue alone): no budget
+            self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="capture-writer", daemon=True)
         self._thread.start()
 
@@ -216,10 +227,14 @@ class CaptureQueue:
 
     def _write(self, photo: bytes, record: CaptureRecord) -> None:
         try:
-            clean = reencode_photo(photo, max_pixels=self.max_pixels)
-        except ImageDecodeError as e:  # it decoded for the model: only a bug or memory gets here
+            clean = self._reencode(photo)
+        except (ImageDecodeError, ServeError) as e:  # it decoded for the model: too large to redo, or a bug
             self.metrics.captures.labels("failed").inc()
             log.warning("capture %s not kept: %s", record.id, e)
+            return
+        except Exception:  # MemoryError, a bug: the writer must go on with the next capture
+            self.metrics.captures.labels("failed").inc()
+            log.exception("capture %s not kept: re-encoding failed", record.id)
             return
         try:
             if not self._make_room(len(clean) + 2048):  # the record is ~1 KB
@@ -240,6 +255,22 @@ class CaptureQueue:
             self._usage[record.id] = written.size + len(written.to_json())
         log.info("captured %s (%s, %s %.2f) in %s", record.id, record.reason, record.label, record.probability,
                  self.inbox.uri)  # fmt: skip
+
+    def _reencode(self, photo: bytes) -> bytes:
+        """:func:`reencode_photo`, holding its pixel memory against the decode budget while it runs."""
+        budget, loop = self.decode_budget, self._loop
+        if budget is None or loop is None or loop.is_closed():
+            return reencode_photo(photo, max_pixels=self.max_pixels)
+        cost = reencode_cost(photo, max_pixels=self.max_pixels)
+        try:
+            asyncio.run_coroutine_threadsafe(budget.take(cost), loop).result()  # waits its turn; 413 if it never fits
+        except RuntimeError:  # the loop closed meanwhile (shutdown): nothing else decodes any more
+            return reencode_photo(photo, max_pixels=self.max_pixels)
+        try:
+            return reencode_photo(photo, max_pixels=self.max_pixels)
+        finally:
+            with contextlib.suppress(RuntimeError):  # a closed loop: the budget went with it
+                loop.call_soon_threadsafe(budget.give_back, cost)
 
     def _make_room(self, need: int) -> bool:
         """Remove the oldest unreviewed captures until one of ``need`` bytes fits under both caps."""

@@ -319,3 +319,20 @@ def test_per_client_buckets_are_separate_and_bounded() -> None:
 def test_a_replica_s_rates_are_shared_by_its_processes(processes, per_minute, per_client) -> None:
     limits = CaptureLimits(30, 6, 1 << 20, 100, 1 << 30).share(processes)
     assert (limits.per_minute, limits.per_client_per_minute) == (per_minute, per_client)
+
+
+def test_re_encoding_waits_for_the_decode_budget(local_registry: Registry) -> None:
+    """Keeping a photo decodes it again, near full size: that memory is held against max_decode_bytes like a
+    request's decode, so a photo the request could decode shrunk (JPEG draft) but the writer cannot is not kept."""
+    big = encode_image((128, 128, 128), "JPEG", size=(3000, 3000))  # ~86 MB to re-encode, ~1 MB to classify
+    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, max_decode_bytes=40_000_000)
+    try:
+        r = httpx.post(running.url + "/classify", content=big)
+        assert r.status_code == 200 and r.json()["captured"] is not None  # the answer never waits for the writer
+        inbox_of(running)
+        assert (metric(running, "failed"), metric(running, "written")) == (1, 0)
+        ok = httpx.post(running.url + "/classify", content=GREY)  # a photo that fits is kept as ever
+        assert ok.json()["captured"] is not None and inbox_of(running) and metric(running, "written") == 1
+        assert running.app.state.api.decoding.in_use == 0  # given back
+    finally:
+        running.stop()
