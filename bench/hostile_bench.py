@@ -17,6 +17,10 @@ Scenarios, each against a fresh server process:
   headers; seconds until the server closed each (75 s cap).
 * ``fuzz``: tests/serve/test_serve_fuzz.py aimed at the server (``LEAF_FUZZ_URL``), counting every
   case (``LEAF_FUZZ_COUNT_ONLY``); 5xx answers and ERROR/traceback lines in the server's log.
+* ``hung_worker``: ``--processes 2``, then ``kill -STOP`` one worker; rounds of 10 liveness requests
+  (each on a new connection, 1 s timeout) every 0.5 s until two rounds in a row are all answered:
+  seconds from the SIGSTOP to the first of those rounds (60 s cap). Needs a baseline with
+  ``--processes`` (``--baseline 9b21330``, main before issue 20).
 
 Memory: the server's resident set before (after one warm-up request), its peak during the scenario
 (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``) and 2 s after the last answer.
@@ -29,6 +33,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -72,13 +77,14 @@ def status(pid: int, field: str) -> int:
 class Server:
     """A leaf-serve process from ``source`` (its serve/ and job/ folders first on sys.path)."""
 
-    def __init__(self, source: Path, model: str):
+    def __init__(self, source: Path, model: str, **options: str):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
         env.update(PYTHONPATH=f"{source / 'serve'}:{source / 'job'}", LEAF_SERVE_MODEL=model)
         env.update(LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu")
         env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT="0")
+        env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; read by output()
         self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log)
         deadline = time.monotonic() + 60
@@ -225,11 +231,60 @@ def fuzz(server: Server) -> dict:
     }
 
 
+HUNG_CAP = 60.0
+
+
+def live_round(url: str, n: int = 10) -> int:
+    answered = 0
+    for _ in range(n):
+        with contextlib.suppress(httpx.TransportError):
+            answered += httpx.get(url + "/v2/health/live", timeout=1).status_code == 200
+    return answered
+
+
+def hung_worker(server: Server) -> dict:
+    def workers() -> list[int]:
+        return sorted(
+            int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+        )
+
+    deadline = time.monotonic() + 60
+    while not (len(workers()) == 2 and all(f'pid="{w}"' in httpx.get(server.url + "/metrics").text for w in workers())):
+        if time.monotonic() > deadline:
+            raise RuntimeError("two workers with their models not within 60 s")
+        time.sleep(0.2)
+    victim = workers()[0]
+    os.kill(victim, signal.SIGSTOP)
+    start, rounds, full_since = time.monotonic(), [], None
+    try:
+        while time.monotonic() - start < HUNG_CAP:
+            answered = live_round(server.url)
+            rounds.append(answered)
+            if answered == 10:
+                full_since = full_since or time.monotonic()
+                if len(rounds) > 1 and rounds[-2] == 10:
+                    break
+            else:
+                full_since = None
+            time.sleep(0.5)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim, signal.SIGKILL)  # a stopped process ignores SIGTERM: it would outlive the server
+    recovered = full_since is not None and len(rounds) > 1 and rounds[-2:] == [10, 10]
+    return {
+        "recovered_after_s": round(full_since - start, 1) if recovered else None,
+        "cap_s": HUNG_CAP,
+        "answered_per_round": rounds,
+        "restarted": victim not in workers(),
+    }
+
+
 def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> dict:
     images = {"png_rgba": png("RGBA", 6300), "png_rgb": png("RGB", 6300), "png_rgba_accepted": png("RGBA", 3800)}
     results: dict[str, dict] = {}
     for name in scenarios:
-        server = Server(source, fuzz_model if name == "fuzz" else model)  # fuzz: the tests' model, "leaf" 32x32
+        options = {"processes": "2"} if name == "hung_worker" else {}
+        server = Server(source, fuzz_model if name == "fuzz" else model, **options)  # fuzz: "leaf" 32x32
         url = server.url
         try:
             if name in images:
@@ -242,6 +297,8 @@ def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> 
                 results[name] = stalled(server)
             elif name == "fuzz":
                 results[name] = fuzz(server)
+            elif name == "hung_worker":
+                results[name] = hung_worker(server)
         finally:
             server.stop()
         print(f"  {source.name or source}: {name}: {json.dumps(results[name])}", flush=True)

@@ -200,3 +200,59 @@ def decode_image(
         raise ImageDecodeError(
             f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes: {type(e).__name__}: {e}"
         ) from e
+
+
+# Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px, and it
+# lets a JPEG be decoded already shrunk (draft) so re-encoding a 50 MP upload never holds it at full size.
+KEPT_MAX_SIDE = 2048
+_KEPT_JPEG_QUALITY = 95
+
+
+def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> int:
+    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound): the
+    decode as :func:`probe` prices it, then up to three copies of the kept image (reduced, rotated, clean)."""
+    found = _open(data, (max_side, max_side), max_pixels)[1]
+    kept = min(found.decoded_size[0] * found.decoded_size[1], max_side * max_side)
+    return found.decode_bytes + 3 * kept * 4
+
+
+def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> bytes:
+    """The pixels of an uploaded JPEG/PNG, and nothing else, in the same format.
+
+    What a client sends is not what gets kept: EXIF (GPS, camera), XMP, ICC profiles, text chunks,
+    extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied to
+    the pixels (so the tag is not needed), and only the frame :func:`decode_image` gives the model is
+    kept: for an APNG whose default image is not part of its animation that is the default image,
+    which a browser would not show, so the reviewer sees the picture the model saw. The ICC profile
+    is dropped, not applied, for the same reason: the model never saw it.
+
+    Raises:
+        ImageDecodeError: not a readable JPEG/PNG, or over ``max_pixels``.
+    """
+    img, found = _open(data, (max_side, max_side), max_pixels)
+    try:
+        orientation = _orientation(img)
+        img.load()  # frame 0: the default image, as decode_image reads it
+        factor = -(-max(img.size) // max_side)  # the smallest that brings the longest side to max_side
+        if img.mode not in ("L", "RGB", "RGBA", "LA"):
+            img = img.convert("RGBA" if _has_alpha(img) else "RGB")
+        if factor > 1:
+            img = img.reduce(factor)
+        if orientation in _TRANSPOSE:
+            img = img.transpose(_TRANSPOSE[orientation])
+        # A new image from the pixels alone: Pillow carries info (icc_profile, exif, text) into save().
+        clean = Image.frombytes(img.mode, img.size, img.tobytes())
+        out = io.BytesIO()
+        if found.format == "PNG":
+            clean.save(out, "PNG", optimize=False)
+        else:
+            if clean.mode not in ("L", "RGB"):
+                clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")
+            clean.save(out, "JPEG", quality=_KEPT_JPEG_QUALITY)
+        return out.getvalue()
+    except MemoryError:
+        raise
+    except Exception as e:
+        raise ImageDecodeError(
+            f"expected a readable JPEG or PNG image; could not re-encode {len(data)} bytes: {type(e).__name__}: {e}"
+        ) from e

@@ -2,8 +2,9 @@
 
 Layout under ``<output>/<model-name>/inbox/``::
 
-    <YYYY-MM-DD>/<id>.<jpg|png>   the photo exactly as it was uploaded (never re-encoded)
+    <YYYY-MM-DD>/<id>.<jpg|png>   the photo's pixels, re-encoded by the server (no EXIF, GPS, ICC, ...)
     <YYYY-MM-DD>/<id>.json        what the model said about it (:class:`CaptureRecord`)
+    <YYYY-MM-DD>/<id>.claim       present only while a review action on it runs (:meth:`Inbox.claim`)
 
 The photo is written first and the JSON last, both with conditional writes, so a record's
 presence marks a complete capture and nothing is ever overwritten. Review moves a photo to
@@ -20,11 +21,13 @@ TensorFlow and no web framework.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import secrets
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -47,6 +50,8 @@ _EXT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
 _REVIEW_KEY = re.compile(r"capture-\d{8}T\d{9}Z-[0-9a-f]{10}\.(jpg|png)")
 # A class folder the job's dataset listing accepts: one path segment, not hidden. PlantVillage's own
 # names need letters, digits, '_', ',', '(', ')' and spaces ("Pepper,_bell___healthy", "Corn_(maize)___...").
+# A claim older than this is left over from a process that died mid-action: the next action takes it over.
+CLAIM_SECONDS = 300.0
 _CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _(),.+'-]{0,99}")
 
 
@@ -70,6 +75,25 @@ class ItemNotFound(InboxError):
 
 class ReviewConflict(InboxError):
     """The action would overwrite or contradict what is there (a different photo, an unconfirmed new class)."""
+
+
+class ItemBusy(ReviewConflict):
+    """Another review action holds the capture right now (two reviewers, two clicks): this one lost."""
+
+
+@dataclass(frozen=True)
+class InboxUsage:
+    """What the inbox holds: per capture id (oldest first) the bytes of its files, and the totals."""
+
+    sizes: dict[str, int]  # capture id -> bytes of its photo, record (and claim), oldest id first
+
+    @property
+    def files(self) -> int:
+        return len(self.sizes)
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.sizes.values())
 
 
 def new_capture_id(now: datetime) -> str:
@@ -223,6 +247,65 @@ class Inbox:
     def _record_key(self, capture_id: str) -> str:
         return f"{_date_folder(capture_id)}/{capture_id}.json"
 
+    def _claim_key(self, capture_id: str) -> str:
+        return f"{_date_folder(capture_id)}/{capture_id}.claim"
+
+    @contextlib.contextmanager
+    def claim(self, capture_id: str, action: str) -> Iterator[None]:
+        """Hold ``capture_id`` for one action: of two actions at once exactly one gets it, the other
+        :class:`ItemBusy` (409). The claim is a conditional write (S3 ``If-None-Match: *``, a hard link
+        locally), so it holds across threads, processes and replicas; it is removed when the action
+        ends, and one older than :data:`CLAIM_SECONDS` (its holder died) is taken over."""
+        key = self._claim_key(check_capture_id(capture_id))
+        body = json.dumps({"action": action, "at": time.time()}).encode()
+        try:
+            self.store.put(key, body, if_none_match=True)
+        except PreconditionFailed:
+            self._take_over_stale(key, body, capture_id)
+        try:
+            yield
+        finally:
+            self.store.delete(key)
+
+    def _take_over_stale(self, key: str, body: bytes, capture_id: str) -> None:
+        busy = ItemBusy(f"capture {capture_id}: expected no other review action on it; another one is running")
+        try:
+            held, etag = self.store.get_with_etag(key)
+            since = float(json.loads(held).get("at", 0))
+        except NotFound:  # released meanwhile: the other action finished, which this one would contradict
+            raise busy from None
+        except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
+            since = 0.0  # an unreadable claim is as good as a stale one
+        if time.time() - since < CLAIM_SECONDS:
+            raise busy
+        try:
+            self.store.put(key, body, if_match=etag)  # one of several takers wins this too
+        except PreconditionFailed:
+            raise busy from None
+        log.warning("inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since)
+
+    def usage(self) -> InboxUsage:
+        """Bytes per capture (complete or not), oldest first; other keys in the inbox are not counted."""
+        sizes: dict[str, int] = {}
+        for o in self.store.list():
+            name = o.key.rsplit("/", 1)[-1]
+            capture_id = name.rsplit(".", 1)[0]
+            if _ID.fullmatch(capture_id):
+                sizes[capture_id] = sizes.get(capture_id, 0) + o.size
+        return InboxUsage(dict(sorted(sizes.items())))
+
+    def evict(self, capture_id: str) -> bool:
+        """Remove an unreviewed capture to make room (the cap); ``False`` when a review action holds it."""
+        try:
+            with self.claim(capture_id, "evict"):
+                date = _date_folder(capture_id)
+                self.store.delete(self._record_key(capture_id))  # first: a listing never shows half of it
+                for ext in _EXT_TYPES:
+                    self.store.delete(f"{date}/{capture_id}.{ext}")
+        except ItemBusy:
+            return False
+        return True
+
     def write(self, photo: bytes, record: CaptureRecord) -> CaptureRecord:
         """Store the photo, then its record (stamped with the photo's sha256 and size); returns that record.
 
@@ -290,6 +373,10 @@ class Inbox:
             The URI the photo now has in the data prefix.
         """
         label = check_class_name(label)
+        with self.claim(capture_id, "accept"):
+            return self._accept(capture_id, label, data, new_class)
+
+    def _accept(self, capture_id: str, label: str, data: Store, new_class: bool) -> str:
         record, photo = self.photo(capture_id)
         if not new_class and next(iter(data.list(label)), None) is None:
             raise ReviewConflict(
@@ -311,7 +398,8 @@ class Inbox:
 
     def reject(self, capture_id: str) -> None:
         """Delete the capture ("not a leaf"); its record goes first, so a listing never shows half of it."""
-        self._remove(self.get(capture_id))
+        with self.claim(capture_id, "reject"):
+            self._remove(self.get(capture_id))
         log.info("inbox: rejected %s", capture_id)
 
     def _remove(self, record: CaptureRecord) -> None:

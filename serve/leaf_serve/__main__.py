@@ -20,7 +20,7 @@ from .app import build_repository, create_app
 from .connection import protocol_class
 from .dataplane import DataPlane
 from .settings import ENV_PREFIX, ServeConfig
-from .supervisor import reuse_port_socket, supervise, worker_index
+from .supervisor import beat, heartbeat_file, reuse_port_socket, supervise, worker_index
 
 log = logging.getLogger("leaf_serve")
 
@@ -48,6 +48,14 @@ class DrainingServer(uvicorn.Server):
         super().__init__(config)
         self._plane, self._drain_delay = plane, drain_delay
         self._timer: threading.Timer | None = None
+        self._heartbeat = heartbeat_file()
+
+    async def on_tick(self, counter: int) -> bool:
+        # uvicorn calls this on the event loop every 0.1 s: the heartbeat the supervisor watches
+        # (leaf_serve.supervisor) stops exactly when the loop stops turning.
+        if counter % 10 == 0 and self._heartbeat:
+            beat(self._heartbeat)
+        return await super().on_tick(counter)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if sig != signal.SIGTERM or self._drain_delay <= 0 or self._timer is not None:
@@ -75,6 +83,9 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         timeout_graceful_shutdown=config.grace_period,
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
+        # uvicorn would take X-Forwarded-For from any peer on 127.0.0.1 (a sidecar, or anyone beside it) as the
+        # client's address; per-client limits trust only the header the operator names (client_address_header).
+        proxy_headers=False,
     )
     return DrainingServer(uv_config, plane, config.drain_delay)
 
@@ -100,8 +111,20 @@ def serve(config: ServeConfig) -> None:
     repo = build_repository(config)
     repo.load_initial()
     server = build_server(config, create_app(config, repo))
-    # A supervised worker shares the port with its siblings; uvicorn binds it itself otherwise.
-    server.run(sockets=[reuse_port_socket(config.host, config.port)] if config.reuse_port else None)
+    server.run(sockets=listening_sockets(config))
+
+
+def listening_sockets(config: ServeConfig) -> list[Any] | None:
+    """The HTTP port (and the admin port) bound for uvicorn, or None to let uvicorn bind the one port.
+
+    A supervised worker shares its ports with its siblings (SO_REUSEPORT); the admin port is the same
+    app on a second socket (leaf_serve.admin), which uvicorn does not bind by itself.
+    """
+    supervised = worker_index() is not None
+    if not supervised and not config.admin_port:
+        return None
+    ports = [config.port] + ([config.admin_port] if config.admin_port else [])
+    return [reuse_port_socket(config.host, port, reuse_port=supervised) for port in ports]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if config.processes > 1:
         argv = sys.argv[1:] if argv is None else argv
-        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads)
+        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads, config.worker_timeout)
     try:
         serve(config)
     except LeafError as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)

@@ -16,6 +16,7 @@ from leaf_common.storage import open_store
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 
+from .admin import AdminPortOnly
 from .capture import CaptureQueue
 from .dataplane import DataPlane
 from .grpc_v2 import service as grpc_service
@@ -52,19 +53,19 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     inbox = Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox))) if config.inbox else None
     capture = None
     if config.capture and inbox is not None:
-        capture = CaptureQueue(
-            inbox, repo.metrics, per_minute=config.capture_per_minute, max_bytes=config.capture_queue_bytes
-        )
+        capture = CaptureQueue.from_config(inbox, repo.metrics, config)
     review = ReviewApi(repo, assets)
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
-        review = ReviewApi(repo, assets, config.review_token, (inbox, data))
+        review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
     sections = [Pages(repo, config, assets), review, OpenApiSection(server_version())]
     shadow = Shadow(repo, config.shadow_fraction, config.shadow_max_in_flight) if config.shadow_fraction > 0 else None
     plane = DataPlane(repo, config, decode_pool, shadow)
     if inbox is not None and shadow is not None and shadow.model_store is not None:
         inbox.on_accept = functools.partial(note_review, shadow.model_store)  # reviewed photos score both models
     api = Api(plane, capture=capture, sections=sections)
+    if capture is not None:
+        capture.decode_budget = plane.decoding  # re-encoding a kept photo shares the requests' pixel budget
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -106,6 +107,8 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         lifespan=lifespan,
         exception_handlers={HTTPException: error_response, Exception: error_response},
     )
+    if config.admin_port:
+        app.add_middleware(AdminPortOnly, admin_port=config.admin_port)
     app.state.api = api
     app.state.plane = plane
     return app

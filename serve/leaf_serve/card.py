@@ -73,8 +73,14 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def card_json(contract: ModelContract, card: ModelCard, *, served_since: str, provider: str) -> dict[str, Any]:
-    """The card as the page renders it; every number is copied from a published file, never derived."""
+def card_json(contract: ModelContract, card: ModelCard, *, served_since: str, dataset_name: str = "") -> dict[str, Any]:
+    """The card as the page renders it; every number is copied from a published file, never derived.
+
+    Anyone may read it, so it says what a grower needs to trust an answer and nothing an attacker could
+    use: no data URI (it names the bucket), no code version or execution provider (operators read those
+    in ``/v2`` metadata, ``leaf_serve_model_info`` and the logs). The dataset is named by the operator's
+    ``--card-dataset-name`` and identified by its fingerprint, a digest of the file list.
+    """
     published = card.metrics or {}
     summary = {k: _number(published.get(k, contract.metrics.get(k))) for k in ("accuracy", "top3_accuracy", "macro_f1")}
     per_class = published.get("per_class") if isinstance(published.get("per_class"), dict) else {}
@@ -84,11 +90,12 @@ def card_json(contract: ModelContract, card: ModelCard, *, served_since: str, pr
         "name": contract.name,
         "version": contract.version,
         "trained_at": contract.created_at,
-        "code_version": contract.code_version,
         "served_since": served_since,
-        "provider": provider,
         "classes": [{"label": label, "display": readable_label(label)} for label in contract.labels],
-        "dataset": {k: dataset.get(k) for k in ("images", "train_images", "val_images", "fingerprint", "uri")},
+        "dataset": {
+            "name": dataset_name or None,
+            **{k: dataset.get(k) for k in ("images", "train_images", "val_images", "fingerprint")},
+        },
         "metrics": {
             **summary,
             "num_images": published.get("num_images", contract.metrics.get("num_images")),

@@ -21,6 +21,7 @@ from typing import Any
 import h11
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from .errors import quoted
 from .metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,8 @@ class _Deadlines:
 
     def send_400_response(self, msg: str) -> None:
         """The HTTP parser refused the bytes (bad header value, broken framing): answer like every refusal, in JSON."""
-        log.warning("HTTP parser refused a request from %s: %s", self.client[0] if self.client else "client", msg)
+        client = self.client[0] if self.client else "client"
+        log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))  # msg may quote the bytes
         if self.metrics is not None:
             self.metrics.requests.labels("http_parser", "client_error").inc()
         body = _PARSER_ERROR

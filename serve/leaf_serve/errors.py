@@ -16,6 +16,7 @@ class ServeError(LeafError):
     """Base error of the server: a message for the client and the HTTP status to answer with."""
 
     headers: dict[str, str] = {}  # sent with the error response (e.g. WWW-Authenticate)
+    logged = False  # True when the code that raised it logged it already (or chose not to, e.g. per window)
 
     def __init__(self, message: str, http_status: int | None = None):
         super().__init__(message)
@@ -110,6 +111,19 @@ def answered(exc: BaseException) -> LeafError | None:
     if isinstance(exc, ServeError) or (isinstance(exc, LeafError) and exc.http_status < 500):
         return exc
     return None
+
+
+LOGGED_CHARS = 200  # of one client-supplied value in a log line
+
+
+def quoted(value: object, limit: int = LOGGED_CHARS) -> str:
+    """A client-supplied value as a log line may hold it: cut to ``limit`` characters, then ``repr``.
+
+    ``repr`` escapes CR, LF and every other control character, so a path like ``/ui/x%0a2026-... ERROR``
+    stays inside the one line it was logged in and cannot pass for a line of its own.
+    """
+    text = str(value)
+    return repr(text[:limit] + ("..." if len(text) > limit else ""))
 
 
 def log_level(status: int) -> int:

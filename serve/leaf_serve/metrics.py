@@ -9,13 +9,16 @@ time (memory budgets, capture queue) cannot live in those files; they report the
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
+
+from .supervisor import RESTARTS_FILE
 
 # Latency buckets from 0.5 ms (tiny models, queue waits) to 10 s (VGG16 batches on a small CPU).
 _LATENCY = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -47,6 +50,29 @@ class FunctionGauge(Collector):
         family = GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
         for values, function in self._functions.items():
             family.add_metric(list(values), float(function()))
+        yield family
+
+
+class WorkerRestarts(Collector):
+    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1), read
+    from the file it keeps beside the multiprocess metrics (it serves no /metrics of its own)."""
+
+    def __init__(self, path: str):
+        self._path = path
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        family = CounterMetricFamily(
+            "leaf_serve_worker_restarts",
+            "Workers restarted by the supervisor: hung (heartbeat) or crashed",
+            labels=["reason"],
+        )
+        try:
+            with open(self._path) as f:
+                counts = json.load(f)
+        except (OSError, ValueError):
+            counts = {}
+        for reason in ("hung", "crashed"):
+            family.add_metric([reason], float(counts.get(reason, 0)))
         yield family
 
 
@@ -126,6 +152,8 @@ class ServeMetrics:
         ):
             for value in values:
                 counter.labels(value)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
+            self.live.register(WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE)))
 
     def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
         """Point the info gauge at the version now served (exactly one series at a time).

@@ -91,7 +91,9 @@ class Pages:
         name = request.path_params["name"]
         found = self.assets.get(name)
         if found is None or name.endswith(".html"):
-            raise NotFound(f"/ui/{name:.60}: expected one of {', '.join(a for a in ASSETS if not a.endswith('.html'))}")
+            raise NotFound(
+                f"/ui/{name!r:.60}: expected one of {', '.join(a for a in ASSETS if not a.endswith('.html'))}"
+            )
         return found.response(request)
 
     async def settings(self, request: Request) -> Response:
@@ -112,7 +114,7 @@ class Pages:
     async def card(self, request: Request) -> Response:
         served = self.repo.require()
         since = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(timespec="seconds")
-        body = card_json(served.contract, served.card, served_since=since, provider=served.model.provider)
+        body = card_json(served.contract, served.card, served_since=since, dataset_name=self.config.card_dataset_name)
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def figure(self, request: Request) -> Response:
@@ -121,6 +123,7 @@ class Pages:
         data = served.card.figures.get(name)
         if data is None:
             expected = ", ".join(FIGURES.values())
-            raise NotFound(f"/model/{name:.60}: expected one of {expected} published with version {served.version}")
+            raise NotFound(f"/model/{name!r:.60}: expected one of {expected} published with version {served.version}")
         # no-cache: the URL stays the same when hot reload serves a new version with new figures.
-        return Response(data, media_type="image/png", headers={"Cache-Control": "no-cache"})
+        headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
+        return Response(data, media_type="image/png", headers=headers)

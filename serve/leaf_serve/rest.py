@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import codecs
-from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
+from .capture import DROPPED_CLIENT, DROPPED_QUEUE, DROPPED_RATE, CaptureQueue, client_key
 from .dataplane import DataPlane
 from .errors import (
     BadRequest,
@@ -39,6 +39,7 @@ from .errors import (
     UnsupportedMediaType,
     answered,
     log_level,
+    quoted,
 )
 from .limits import BodyAllowance
 from .metrics import outcome
@@ -88,12 +89,15 @@ def error_response(request: Request, exc: Exception, *, logged: bool = True) -> 
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
-        log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        log.exception("unhandled error on %s %s", request.method, quoted(request.url.path), exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if logged and (known is not None or isinstance(exc, HTTPException)):
-        fields = {"method": request.method, "path": request.url.path, "status": status}
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, request.url.path, status, message, extra=fields)
+    if logged and ((known is not None and not getattr(known, "logged", False)) or isinstance(exc, HTTPException)):
+        # The path and the message carry what the client sent: quoted, so they cannot forge a line.
+        fields = {"method": request.method, "path": quoted(request.url.path), "status": status}
+        log.log(log_level(status), "%s %s -> %d: %s", request.method, fields["path"], status, quoted(message),
+                extra=fields)  # fmt: skip
     request.state.error = message
+    request.state.error_logged = bool(getattr(known, "logged", False))  # its raiser logged it, or chose not to
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -164,10 +168,12 @@ class Api:
     def _log_request(self, request: Request, status: int, duration: float) -> None:
         """One line per request: refusals at ``log_level(status)``, successes at DEBUG (off by default)."""
         level = logging.DEBUG if status < 400 else log_level(status)
-        if not log.isEnabledFor(level):
+        if not log.isEnabledFor(level) or getattr(request.state, "error_logged", False):
             return
         served = self.repo.current
-        path = request.scope["path"]  # as routed: request.url drops the control characters a client sent
+        # As routed (request.url drops the control characters a client sent), quoted and cut: a client's path
+        # cannot forge a line of its own.
+        path = quoted(request.scope["path"])
         fields = {"method": request.method, "path": path, "status": status, "duration": round(duration, 6)}
         if served is not None:
             fields |= {"model": served.name, "version": served.version}
@@ -175,7 +181,7 @@ class Api:
         if error is None:
             log.log(level, "%s %s -> %d in %.1f ms", request.method, path, status, duration * 1e3, extra=fields)
         else:
-            log.log(level, "%s %s -> %d: %s", request.method, path, status, error, extra=fields)
+            log.log(level, "%s %s -> %d: %s", request.method, path, status, quoted(error), extra=fields)
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -226,7 +232,8 @@ class Api:
         captured = None
         if self.capture is not None and not done.confident(self.config.confidence_threshold):
             record = self._capture_record(done, "low_confidence")
-            captured = None if self.capture.offer(done.photo, record) else record.id  # a drop is only counted
+            dropped = self.capture.offer(done.photo, record, self._client(request))
+            captured = None if dropped else record.id  # a drop is only counted
         return JSONResponse(self._classified_body(done, top_k, captured))
 
     async def feedback(self, request: Request) -> Response:
@@ -237,7 +244,12 @@ class Api:
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         done = await self._classify_photo(request)
         record = self._capture_record(done, "marked_wrong", user_label)
-        dropped = self.capture.offer(done.photo, record)
+        dropped = self.capture.offer(done.photo, record, self._client(request))
+        if dropped == DROPPED_CLIENT:
+            raise TooManyRequests(
+                f"capture: expected at most {self.config.capture_per_client_per_minute} photos a minute from one "
+                "client (capture_per_client_per_minute); this one was not kept, send it again in a minute"
+            )
         if dropped == DROPPED_RATE:
             raise TooManyRequests(
                 f"capture: expected at most {self.config.capture_per_minute} photos a minute (capture_per_minute); "
@@ -246,6 +258,10 @@ class Api:
         if dropped == DROPPED_QUEUE:
             raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
         return JSONResponse(self._classified_body(done, top_k, record.id))
+
+    def _client(self, request: Request) -> str:
+        peer = request.client.host if request.client else None
+        return client_key(peer, request.headers, self.config.client_address_header)
 
     async def _classify_photo(self, request: Request) -> Classified:
         """Read, probe, decode (within the budgets) and classify one uploaded photo."""

@@ -10,6 +10,13 @@ removes it from the inbox; "not a leaf" deletes it (:class:`leaf_common.inbox.In
 POST must be ``application/json``: a form on another site cannot send that without a CORS
 preflight, which this server never grants, so a browser holding the token cannot be made to
 review by someone else's page.
+
+Guessing is limited: a client (address, or the trusted proxy header) that sends
+``review_failed_logins`` wrong tokens within ``review_login_window`` seconds gets 429 for the rest of
+that window, its right token included, and its failures are logged once per window, not once each.
+A request without any token (a browser's first visit) is not a failure and is not logged.
+Two decisions about one photo cannot both happen: each claims the item first
+(:meth:`leaf_common.inbox.Inbox.claim`), and the one that loses gets 409.
 """
 
 from __future__ import annotations
@@ -19,6 +26,9 @@ import base64
 import binascii
 import hmac
 import json
+import logging
+import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,10 +38,14 @@ from leaf_common.storage import PreconditionFailed, Store, StoreError, StoreUnav
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .errors import BadRequest, Conflict, NotFound, ServeError, Unauthorized, UnsupportedMediaType
+from .capture import MAX_CLIENTS, client_key
+from .errors import BadRequest, Conflict, NotFound, ServeError, TooManyRequests, Unauthorized, UnsupportedMediaType
 from .pages import SECURITY_HEADERS, Asset
 from .repository import ModelRepository
 from .rest import read_body
+from .settings import ServeConfig
+
+log = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 
@@ -54,13 +68,56 @@ def _token_of(authorization: str) -> bytes | None:
     return None
 
 
+class FailedLogins:
+    """Wrong tokens per client in fixed windows; a client at ``limit`` is refused until its window ends."""
+
+    def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
+        self.limit, self.window = limit, window
+        self._clock = clock
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, failures)
+
+    def _current(self, client: str) -> tuple[float, int]:
+        now = self._clock()
+        start, count = self._seen.get(client, (now, 0))
+        return (now, 0) if now - start >= self.window else (start, count)
+
+    def retry_after(self, client: str) -> float:
+        """Seconds until ``client`` may try again; 0 when it may now."""
+        start, count = self._current(client)
+        return max(0.0, start + self.window - self._clock()) if count >= self.limit else 0.0
+
+    def failed(self, client: str) -> int:
+        """Count one wrong token; returns the client's failures in this window."""
+        start, count = self._current(client)
+        self._seen.pop(client, None)
+        self._seen[client] = (start, count + 1)
+        if len(self._seen) > MAX_CLIENTS:
+            self._seen.popitem(last=False)
+        return count + 1
+
+
+def _quiet(error: ServeError) -> ServeError:
+    error.logged = True  # this module logged it (or chose not to): error_response must not log it again
+    return error
+
+
 class ReviewApi:
     """The review routes over one inbox and one data prefix; without a token every route is a 404 (off)."""
 
-    def __init__(self, repo: ModelRepository, assets: dict[str, Asset], token: str = "", stores: tuple | None = None):
-        """``stores``: ``(Inbox, data Store)``, required with a token."""
+    def __init__(
+        self,
+        repo: ModelRepository,
+        assets: dict[str, Asset],
+        token: str = "",
+        stores: tuple | None = None,
+        config: ServeConfig | None = None,
+    ):
+        """``stores``: ``(Inbox, data Store)``, required with a token; ``config``: the login limits."""
         self.repo = repo
         self._token = token.encode()
+        defaults = config or ServeConfig()
+        self.logins = FailedLogins(defaults.review_failed_logins, defaults.review_login_window)
+        self._client_header = defaults.client_address_header
         if token and stores is None:
             raise ValueError("review: a token without an inbox and a data prefix")
         self.inbox: Inbox
@@ -98,13 +155,27 @@ class ReviewApi:
     def _authorize(self, request: Request) -> None:
         if not self._token:
             raise NotFound("review is off on this server: expected --review-token-file (a mounted Secret) and --data")
+        client = client_key(request.client.host if request.client else None, request.headers, self._client_header)
+        wait = self.logins.retry_after(client)
+        if wait:  # refused before the token is even compared: guessing on is pointless
+            error = TooManyRequests(
+                f"review: expected at most {self.logins.limit} wrong tokens in {self.logins.window:g} s from one "
+                f"client (review_failed_logins); try again in {wait:.0f} s"
+            )
+            error.headers = {"Retry-After": str(max(1, round(wait)))}
+            raise _quiet(error)
         given = _token_of(request.headers.get("authorization", ""))
-        if given is None:
-            raise Unauthorized(
-                "review: expected the review token (Authorization: Bearer, or Basic with it as password)"
+        if given is None:  # a browser's first request, before it asks for the token: nothing to log
+            raise _quiet(
+                Unauthorized("review: expected the review token (Authorization: Bearer, or Basic with it as password)")
             )
         if not hmac.compare_digest(given, self._token):
-            raise Unauthorized("review: the token received is not the review token")
+            if self.logins.failed(client) == 1:
+                log.warning(
+                    "review: a wrong token from %s; its further failures in the next %g s are counted, not logged "
+                    "(%d get it 429)", client, self.logins.window, self.logins.limit,
+                )  # fmt: skip
+            raise _quiet(Unauthorized("review: the token received is not the review token"))
 
     async def grid(self, request: Request) -> Response:
         return self.page.response(request)

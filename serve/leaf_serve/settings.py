@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,9 +15,21 @@ from .model import IO_BINDING, PAD_BATCHES  # RuntimeOptions checks the same cho
 
 ENV_PREFIX = "LEAF_SERVE_"
 MIN_REVIEW_TOKEN = 16  # characters: a token anyone could guess would make /review a public write endpoint
+MIN_REVIEW_TOKEN_BITS = 64  # estimated by token_bits: 16 random hex digits are 64 bits; "aaaa..." is 0
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start the server.
 _LOG_LEVEL_CHOICES = LOG_LEVELS + tuple(level.upper() for level in LOG_LEVELS)
+
+
+def token_bits(token: str) -> float:
+    """An estimate of a token's entropy: its length times the Shannon entropy of its own characters.
+
+    It cannot prove a token random (``abcdefghijklmnop`` scores 64), but it refuses what people type
+    when asked for a secret: one character repeated, a short word padded, a few characters cycled.
+    """
+    n = len(token)
+    counts = [token.count(c) for c in set(token)]
+    return max(0.0, -n * sum(k / n * math.log2(k / n) for k in counts))
 
 
 @dataclass
@@ -27,6 +40,10 @@ class ServeConfig:
     model: str = option("", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)")
     host: str = option("0.0.0.0", "address to listen on")
     port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)")
+    # NetworkPolicy sees ports, not paths: a port of their own lets the chart keep these to named namespaces.
+    admin_port: int = option(
+        0, "TCP port serving /metrics and /review only (they are then refused on --port); 0 = all on --port"
+    )
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
     grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off")
     # --processes N passes it to its workers (leaf_serve.supervisor): the kernel spreads connections over them.
@@ -118,8 +135,21 @@ class ServeConfig:
     inbox: str = option(
         "", "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)"
     )
-    capture_per_minute: int = option(
-        30, "captures written per minute at most, per server process (--processes); more are dropped"
+    # Per replica: under --processes N each worker takes 1/N of both rates (leaf_serve.capture.CaptureLimits).
+    capture_per_minute: int = option(30, "captures written per minute at most (per replica); more are dropped")
+    # A share per client so that one client's burst cannot spend the replica's rate (or /feedback's) for all.
+    capture_per_client_per_minute: int = option(
+        6, "captures per minute one client (address, IPv6 /64) may cause, per replica; /feedback past it gets 429"
+    )
+    # Only a header that the proxy in front sets itself can be trusted: any client can send one.
+    client_address_header: str = option(
+        "",
+        "header holding the client's address, set by a trusted proxy (e.g. X-Forwarded-For, last entry used); "
+        "empty = the connection's peer address",
+    )
+    inbox_max_files: int = option(5000, "captures the inbox may hold; the oldest unreviewed are removed for new ones")
+    inbox_max_bytes: int = option(
+        2 * 1024**3, "bytes the inbox may hold; the oldest unreviewed captures are removed for new ones"
     )
     # Queued photos are held in memory until the writer has stored them: this bounds that memory.
     capture_queue_bytes: int = option(
@@ -129,6 +159,18 @@ class ServeConfig:
         "", "file holding the review token (a mounted Secret); empty = /review is off. Needs --data"
     )
     data: str = option("", "training data URI (s3:// or local): where /review puts accepted photos, <data>/<class>/")
+    # A wrong token costs a guess; past this many in a window the client gets 429 and is logged once.
+    review_failed_logins: int = option(
+        10, "wrong review tokens one client may send per review_login_window before /review answers it 429"
+    )
+    review_login_window: float = option(60.0, "seconds over which review_failed_logins are counted")
+    # What the anonymous card calls the training data instead of its URI (which would name the bucket).
+    card_dataset_name: str = option("", "dataset name the public model card shows; empty = only its fingerprint")
+    # The supervisor (--processes > 1) kills a worker whose event loop has not ticked for this long. The
+    # loop never waits for a batch (inference runs on its own thread), so a silence this long is a hang.
+    worker_timeout: float = option(
+        15.0, "seconds a worker may stop answering its supervisor's heartbeat before it is killed and restarted"
+    )
     shadow_fraction: float = option(
         0.0,
         "share of requests (0-1) also run on the shadow candidate (<model>/shadow.json) off the response path; "
@@ -166,6 +208,11 @@ class ServeConfig:
             raise ConfigError(
                 f"option grpc_port: expected 0 (off) or 1-65535 other than port {self.port}; received {self.grpc_port}"
             )
+        if self.admin_port and (not 0 < self.admin_port < 65536 or self.admin_port in (self.port, self.grpc_port)):
+            raise ConfigError(
+                f"option admin_port: expected 0 (off) or 1-65535 other than port {self.port} and grpc_port "
+                f"{self.grpc_port}; received {self.admin_port}"
+            )
         if self.prefer_fp16 and self.prefer_int8:
             raise ConfigError("options prefer_fp16 and prefer_int8: expected at most one; received both")
         if not 0.0 <= self.confidence_threshold <= 1.0:
@@ -179,7 +226,10 @@ class ServeConfig:
                 "option shadow_fraction: expected --model to be a registry pointer (<output>/<model>/latest.json), "
                 f"where shadow.json lives, when mirroring is on; received {self.model!r}"
             )
-        for name in ("capture_per_minute", "capture_queue_bytes", "shadow_max_in_flight", "shadow_flush_interval"):
+        loop_options = ("capture_per_minute", "capture_queue_bytes", "capture_per_client_per_minute")
+        loop_options += ("inbox_max_files", "inbox_max_bytes", "review_failed_logins", "review_login_window")
+        loop_options += ("worker_timeout", "shadow_max_in_flight", "shadow_flush_interval")
+        for name in loop_options:
             if getattr(self, name) < 1:
                 raise ConfigError(f"option {name}: expected a positive number; received {getattr(self, name)}")
         self._validate_loop()
@@ -219,5 +269,12 @@ class ServeConfig:
             raise ConfigError(
                 f"option review_token_file: expected a token of at least {MIN_REVIEW_TOKEN} printable characters in "
                 f"{self.review_token_file}; received {len(token)} characters"
+            )
+        bits = token_bits(token)
+        if bits < MIN_REVIEW_TOKEN_BITS:
+            raise ConfigError(
+                f"option review_token_file: expected a random token (about {MIN_REVIEW_TOKEN_BITS} bits or more, e.g. "
+                f"`openssl rand -hex 32`) in {self.review_token_file}; received {len(token)} characters estimated at "
+                f"{bits:.0f} bits (repeated or few distinct characters)"
             )
         self.review_token = token

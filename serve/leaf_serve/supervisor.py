@@ -8,10 +8,17 @@ hot reload; on a GPU, its own CUDA context sharing the device) and binds the RES
 ``SO_REUSEPORT`` itself. Nothing is shared between workers but the ports and the metrics files.
 
 This process only supervises: it starts the workers, forwards SIGTERM/SIGINT (each worker drains as
-one server would), restarts a worker that dies of a crash (a signal, an OOM kill), and ends the
+one server would), restarts a worker that dies of a crash (a signal, an OOM kill) or hangs, and ends the
 whole server when a worker exits with a failure every worker shares (1: the model cannot be served,
 2: a bad option, 3: a port that cannot be bound) or when workers keep dying (``MAX_RESTARTS`` within
 ``RESTART_WINDOW`` seconds), so Kubernetes restarts the pod rather than a loop hiding a fault.
+
+A hang is noticed by a heartbeat: each worker's event loop touches its own file every second
+(``DrainingServer.on_tick``), and a worker whose file has not been touched for ``--worker-timeout``
+seconds (stopped, deadlocked, spinning in code that never yields) is killed with SIGKILL and restarted
+like a crashed one. The clock starts at the first beat, so loading a model (minutes for a TensorRT
+engine) is not a hang. Without this the kernel keeps sending a share of new connections to a worker
+that never answers them, and the kubelet's probe passes whenever it lands on a healthy one.
 
 Metrics: Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder under the
 temporary directory, which the chart mounts as an emptyDir), so ``/metrics`` from any worker sums the
@@ -20,7 +27,9 @@ counters and histograms of all of them; see :class:`leaf_serve.metrics.ServeMetr
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import json
 import logging
 import os
 import shutil
@@ -39,6 +48,12 @@ log = logging.getLogger("leaf_serve.supervisor")
 
 # Set in a worker's environment by the supervisor: names the worker in its log lines (it gets --reuse-port too).
 WORKER_ENV = "LEAF_SERVE_WORKER_INDEX"
+# How many workers share the replica: per-replica limits (capture rates) are divided by it.
+WORKER_COUNT_ENV = "LEAF_SERVE_WORKER_COUNT"
+# The file a worker's event loop touches every second (its mtime is the heartbeat).
+HEARTBEAT_ENV = "LEAF_SERVE_HEARTBEAT_FILE"
+# Restarts by reason, written by the supervisor beside the metrics files; every worker exports them.
+RESTARTS_FILE = "worker_restarts.json"
 # Exit statuses that mean "every worker would fail the same way": 1 the model cannot be served, 2 a bad
 # option (leaf_serve.__main__.main), 3 uvicorn's start-up failure (a port it cannot bind, a failed startup).
 FATAL_EXITS = {1, 2, 3}
@@ -53,12 +68,30 @@ def worker_index() -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def reuse_port_socket(host: str, port: int) -> socket.socket:
+def heartbeat_file() -> str | None:
+    """The file this worker's event loop touches, or None when no supervisor watches it."""
+    return os.environ.get(HEARTBEAT_ENV) or None
+
+
+def beat(path: str) -> None:
+    """One heartbeat: the file's mtime becomes now (cheap: one syscall, no data written)."""
+    with contextlib.suppress(OSError):  # the supervisor is shutting down and removed the folder
+        os.utime(path)
+
+
+def worker_count() -> int:
+    """How many server processes share this replica (1 when not supervised)."""
+    value = os.environ.get(WORKER_COUNT_ENV, "")
+    return int(value) if value.isdigit() and int(value) > 0 else 1
+
+
+def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
     """A bound (not yet listening) TCP socket that other workers can bind too; uvicorn calls listen()."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(address)
     return sock
 
@@ -66,18 +99,53 @@ def reuse_port_socket(host: str, port: int) -> socket.socket:
 class Supervisor:
     """Starts ``processes`` workers running ``command`` and keeps them running until told to stop."""
 
-    def __init__(self, command: list[str], processes: int):
-        self._command, self._processes = command, processes
+    def __init__(self, command: list[str], processes: int, worker_timeout: float = 15.0):
+        self._command, self._processes, self._timeout = command, processes, worker_timeout
         self._workers: dict[int, subprocess.Popen[bytes]] = {}
         self._restarts: deque[float] = deque()
         self._stopping = False
         self._metrics_dir = tempfile.mkdtemp(prefix="leaf-serve-metrics-")
+        self._beats: dict[int, str] = {}  # worker index -> its heartbeat file
+        self._started: dict[int, float] = {}  # worker index -> wall-clock start (heartbeats are mtimes)
+        self._hung: set[int] = set()  # killed for silence: their exit is a hang, not a crash
+        self._restart_counts = {"hung": 0, "crashed": 0}
 
     def _start(self, index: int) -> None:
+        beat_file = self._beats.setdefault(index, os.path.join(self._metrics_dir, f"heartbeat-{index}"))
+        with open(beat_file, "wb"):
+            pass
+        os.utime(beat_file, (0, 0))  # no beat yet: the worker is loading its model
         env = {**os.environ, WORKER_ENV: str(index), "PROMETHEUS_MULTIPROC_DIR": self._metrics_dir}
+        env |= {WORKER_COUNT_ENV: str(self._processes), HEARTBEAT_ENV: beat_file}
         proc = subprocess.Popen(self._command, env=env, preexec_fn=_die_with_parent)
         self._workers[index] = proc
+        self._started[index] = time.time()
         log.info("worker %d started (pid %d)", index, proc.pid)
+
+    def _check_heartbeat(self, index: int, proc: subprocess.Popen[bytes]) -> None:
+        """SIGKILL a worker whose event loop has been silent for worker_timeout (after its first beat)."""
+        if index in self._hung or self._stopping:
+            return
+        try:
+            last = os.stat(self._beats[index]).st_mtime
+        except OSError:
+            return
+        if last < self._started[index]:
+            return  # still loading: the clock starts at the first beat
+        silent = time.time() - last
+        if silent > self._timeout:
+            log.error("worker %d (pid %d) silent for %.1f s (worker_timeout %g s): killing it (SIGKILL) to restart it",
+                      index, proc.pid, silent, self._timeout)  # fmt: skip
+            self._hung.add(index)
+            proc.kill()  # SIGKILL ends a stopped (SIGSTOP) or deadlocked process too
+
+    def _count_restart(self, reason: str) -> None:
+        """Add one to the restart counts the workers export (``leaf_serve_worker_restarts_total``)."""
+        self._restart_counts[reason] += 1
+        path = os.path.join(self._metrics_dir, RESTARTS_FILE)
+        with open(path + ".tmp", "w") as f:
+            json.dump(self._restart_counts, f)
+        os.replace(path + ".tmp", path)  # a scrape reads the old counts or the new, never half
 
     def _forward(self, sig: int, frame: FrameType | None) -> None:
         self._stopping = True
@@ -103,6 +171,7 @@ class Supervisor:
                 for index, proc in list(self._workers.items()):
                     code = proc.poll()
                     if code is None:
+                        self._check_heartbeat(index, proc)
                         continue
                     del self._workers[index]
                     self._dead(proc.pid)
@@ -122,13 +191,17 @@ class Supervisor:
         now = time.monotonic()
         while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
             self._restarts.popleft()
-        if code in FATAL_EXITS or len(self._restarts) >= MAX_RESTARTS:
+        if (code in FATAL_EXITS and index not in self._hung) or len(self._restarts) >= MAX_RESTARTS:
             why = "as every worker would" if code in FATAL_EXITS else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
             log.error("worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why)
             self._forward(signal.SIGTERM, None)
             return _exit_status(code) or 1
         self._restarts.append(now)
-        log.warning("worker %d (pid %d) exited with %d; restarting it", index, pid, code)
+        hung = index in self._hung
+        self._hung.discard(index)
+        self._count_restart("hung" if hung else "crashed")
+        why = "killed for not answering its heartbeat" if hung else f"exited with {code}"
+        log.warning("worker %d (pid %d) %s; restarting it", index, pid, why)
         self._start(index)
         return 0
 
@@ -148,7 +221,9 @@ def _exit_status(code: int) -> int:
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 1)
 
 
-def supervise(argv: list[str], processes: int, intra_op_threads: int, decode_threads: int) -> int:
+def supervise(
+    argv: list[str], processes: int, intra_op_threads: int, decode_threads: int, worker_timeout: float = 15.0
+) -> int:
     """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
     # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
     command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1", "--reuse-port", "true"]
@@ -159,4 +234,4 @@ def supervise(argv: list[str], processes: int, intra_op_threads: int, decode_thr
     if not decode_threads:
         command += ["--decode-threads", share]
     log.info("starting %d worker processes on the same ports (SO_REUSEPORT)", processes)
-    return Supervisor(command, processes).run()
+    return Supervisor(command, processes, worker_timeout).run()

@@ -263,6 +263,7 @@ def test_serving_deployment(renders):
     assert c["ports"] == [
         {"name": "http", "containerPort": 8080, "protocol": "TCP"},
         {"name": "grpc", "containerPort": 8081, "protocol": "TCP"},
+        {"name": "admin", "containerPort": 8082, "protocol": "TCP"},
     ]
     assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
     assert c["resources"]["requests"]["cpu"] and c["resources"]["limits"]["memory"]
@@ -275,13 +276,15 @@ def test_serving_deployment(renders):
     assert [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]] == [
         ("http", 80, "http"),
         ("grpc", 8081, "grpc"),
+        ("admin", 9090, "admin"),
     ]
-    assert cm["LEAF_SERVE_GRPC_PORT"] == "8081"
+    assert (cm["LEAF_SERVE_GRPC_PORT"], cm["LEAF_SERVE_ADMIN_PORT"]) == ("8081", "8082")
     # gRPC off: no container port, no Service port, the server told so.
-    off = render("--set", "serving.service.grpcPort=0")
+    off = render("--set", "serving.service.grpcPort=0", "--set", "serving.service.adminPort=0")
     assert [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"]
     assert [p["name"] for p in one(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["http"]
     assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_GRPC_PORT"] == "0"
+    assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_ADMIN_PORT"] == "0"
     assert one(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
     assert by_kind(objs, "HorizontalPodAutoscaler") == []
 
@@ -346,13 +349,28 @@ def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, t
     from leaf_common.config import resolve
     from leaf_serve.settings import ENV_PREFIX, ServeConfig
 
-    (tmp_path / "token").write_text("t" * 32)
+    (tmp_path / "token").write_text("3f9a1c2b7d5e8f0146ab" * 2)  # random enough: the server refuses "t" * 32
     config = resolve(
         ServeConfig, ENV_PREFIX, {}, environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")}
     )
     assert config.capture and config.inbox == "s3://leaf-models/registry/leaf-classifier/inbox"
+    assert (config.capture_per_client_per_minute, config.inbox_max_files, config.review_failed_logins) == (4, 1000, 5)
+    assert (config.client_address_header, config.admin_port) == ("X-Forwarded-For", 8082)
+    assert config.card_dataset_name == "PlantVillage tomato 2026"
     default = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
     assert [k for k in default if "CAPTURE" in k or "REVIEW" in k or k == "LEAF_SERVE_DATA"] == []  # off by default
+
+
+def test_admin_port_and_storage_egress_narrow_to_what_the_user_names(renders):
+    serving = one(renders["capture-review-values.yaml"], "NetworkPolicy", "serving")
+    assert serving["spec"]["ingress"][1]["from"] == [
+        {"podSelector": {}},
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
+    ]
+    assert egress_ports(serving)[443] == [{"ipBlock": {"cidr": "52.216.0.0/15"}}]  # not 443 to anywhere
+    dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+    narrowed = render("--set-json", "networkPolicy.dnsTo=" + json.dumps(dns))
+    assert egress_ports(one(narrowed, "NetworkPolicy", "serving"))[53] == dns
 
 
 def test_review_needs_an_existing_secret():
@@ -528,9 +546,11 @@ def test_network_policies_are_on_by_default_and_least_privilege(renders):
     objs = renders["default-values.yaml"]
     serving, training = one(objs, "NetworkPolicy", "serving"), one(objs, "NetworkPolicy", "training")
     assert serving["spec"]["podSelector"] == one(objs, "Deployment")["spec"]["selector"]
-    # Only the server's ports: HTTP and gRPC.
+    # Only the server's ports: HTTP and gRPC from anywhere; /metrics and /review (the admin port) from the
+    # release's own namespace only (issue 20: any pod could reach them).
     assert serving["spec"]["ingress"] == [
-        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]}
+        {"ports": [{"port": "http", "protocol": "TCP"}, {"port": "grpc", "protocol": "TCP"}]},
+        {"ports": [{"port": "admin", "protocol": "TCP"}], "from": [{"podSelector": {}}]},
     ]
     assert egress_ports(serving) == {53: [], 443: []}  # DNS and S3; no API server
     assert "ingress" not in training["spec"] and training["spec"]["policyTypes"] == ["Ingress", "Egress"]

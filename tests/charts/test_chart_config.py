@@ -58,6 +58,9 @@ EVERYTHING_ON = (
     *("--set", "serving.capture.queueBytes=1000000", "--set", "serving.review.enabled=true"),
     *("--set", "serving.review.existingSecret=leaf-review"),
     *("--set", "training.runOnInstall=true", "--set", "s3.endpoint=http://minio:9000"),
+    *("--set", "serving.capture.perClientPerMinute=6", "--set", "serving.capture.inboxMaxFiles=100"),
+    *("--set", "serving.capture.inboxMaxBytes=1000000", "--set", "serving.review.failedLogins=5"),
+    *("--set", "serving.review.loginWindow=30"),
 )
 # Set by the chart but not as a LEAF_* variable (see SET_BY's words for each).
 NOT_AN_ENV = {"version", "kubeconfig", "worker_index", "worker_hosts", "inbox"}

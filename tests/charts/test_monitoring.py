@@ -138,8 +138,13 @@ def test_service_monitor_scrapes_the_serving_service_metrics_port(monitoring):
 def test_a_narrowed_network_policy_lets_prometheus_scrape():
     objs = render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
     policy = one(objs, "NetworkPolicy", "serving")
-    peers = policy["spec"]["ingress"][0]["from"]
-    assert {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}} in peers
+    # /metrics is on the admin port (serving.service.adminPort): Prometheus is let in there, not to HTTP.
+    (admin,) = [r for r in policy["spec"]["ingress"] if [p["port"] for p in r["ports"]] == ["admin"]]
+    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    assert prometheus in admin["from"]
+    assert all(prometheus not in r.get("from", []) for r in policy["spec"]["ingress"] if r is not admin)
+    monitor = one(objs, "ServiceMonitor", "serving")
+    assert monitor["spec"]["endpoints"][0]["port"] == "admin"
 
 
 def test_every_alert_has_a_summary_description_and_a_runbook_section(rules):

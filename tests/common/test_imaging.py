@@ -130,3 +130,38 @@ def test_large_images_are_reduced_before_the_resize_and_stay_close_to_a_direct_r
         direct = np.asarray(img.convert("RGB").resize((200, 150), Image.Resampling.BILINEAR))
     assert out.shape == (150, 200, 3)
     assert np.abs(out.astype(int) - direct.astype(int)).mean() < 3.0
+
+
+def _photo(mode: str, fmt: str) -> bytes:
+    img = Image.new("RGB", (80, 60), (30, 140, 60))
+    img.paste((200, 40, 40), (0, 0, 80, 15))
+    if mode == "RGBA":
+        img = img.convert("RGBA")
+        img.putalpha(Image.linear_gradient("L").resize((80, 60)))
+    elif mode != "RGB":
+        img = img.convert(mode)
+    return encode(img, fmt)
+
+
+@pytest.mark.parametrize(
+    ("mode", "fmt", "tolerance"),
+    [("RGB", "PNG", 0), ("L", "PNG", 0), ("P", "PNG", 0), ("RGBA", "PNG", 0), ("RGB", "JPEG", 2), ("CMYK", "JPEG", 3)],
+)
+def test_a_re_encoded_photo_is_the_picture_the_model_sees(mode: str, fmt: str, tolerance: float) -> None:
+    from leaf_common.imaging import reencode_cost, reencode_photo
+
+    data = _photo(mode, fmt)
+    kept = reencode_photo(data)
+    with Image.open(io.BytesIO(kept)) as img:
+        assert img.format == fmt and not img.info.get("icc_profile") and not img.getexif()
+    seen, again = decode_image(data, (60, 80)).astype(int), decode_image(kept, (60, 80)).astype(int)
+    assert np.abs(seen - again).mean() <= tolerance
+    assert reencode_cost(data) >= 80 * 60 * 4
+
+
+def test_a_re_encoded_photo_is_at_most_2048_pixels_a_side() -> None:
+    from leaf_common.imaging import reencode_photo
+
+    kept = reencode_photo(encode(Image.new("RGB", (5000, 1000), (9, 99, 9)), "PNG"))
+    with Image.open(io.BytesIO(kept)) as img:
+        assert max(img.size) <= 2048 and abs(img.size[0] / img.size[1] - 5) < 0.02  # the shape kept

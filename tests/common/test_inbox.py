@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 from datetime import UTC, datetime
 
 import pytest
 from leaf_common.inbox import (
+    CLAIM_SECONDS,
     Inbox,
     InvalidName,
+    ItemBusy,
     ItemNotFound,
     ReviewConflict,
     check_capture_id,
@@ -57,7 +61,9 @@ def test_capture_layout_record_and_photo_as_uploaded(roots) -> None:
     assert record.id.startswith("capture-20260514T101502000Z-")
     keys = sorted(o.key for o in open_store(model).list())
     assert keys == [f"inbox/2026-05-14/{record.id}.jpg", f"inbox/2026-05-14/{record.id}.json"]
-    assert open_store(model).get(f"inbox/2026-05-14/{record.id}.jpg") == PHOTO  # byte for byte, no re-encode
+    assert (
+        open_store(model).get(f"inbox/2026-05-14/{record.id}.jpg") == PHOTO
+    )  # as given: the server re-encodes before (leaf_serve.capture)
     stored = json.loads(open_store(model).get(f"inbox/2026-05-14/{record.id}.json"))
     assert stored["label"] == "Tomato___healthy" and stored["probability"] == 0.7
     assert stored["probabilities"] == {"Tomato___Early_blight": 0.3, "Tomato___healthy": 0.7}
@@ -220,3 +226,73 @@ def test_inbox_uri_follows_the_registry_layout(model_uri: str, inbox: str | None
 )
 def test_readable_labels(label: str, readable: str) -> None:
     assert readable_label(label) == readable
+
+
+def race(actions: list) -> list:
+    """Run every action at the same moment in its own thread; returns each one's result or exception."""
+    start = threading.Barrier(len(actions))
+    results: list = [None] * len(actions)
+
+    def run(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = actions[i]()
+        except Exception as e:  # noqa: BLE001  # the loser's exception is the result under test
+            results[i] = e
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(actions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_of_concurrent_decisions_exactly_one_wins(roots, attempt: int) -> None:
+    model, data_uri = roots
+    inbox, data = Inbox(open_store(model).child("inbox")), open_store(data_uri)
+    for label in LABELS:
+        data.put(f"{label}/existing.jpg", b"x")
+    record = capture(inbox, datetime(2026, 5, 14, tzinfo=UTC))
+    accepts = [lambda label=label: inbox.accept(record.id, label, data) for label in LABELS * 2]
+    results = race([*accepts, lambda: inbox.reject(record.id)])
+    won = [r for r in results if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1, results
+    # Losers that came while the winner held the item: 409; those after it finished: 404 (reviewed).
+    assert all(isinstance(e, (ItemBusy, ItemNotFound)) for e in lost), lost
+    copies = [o.key for o in data.list() if record.id in o.key]
+    assert len(copies) == (0 if won == [None] else 1), copies  # one class at most, never two
+    assert [o.key for o in inbox.store.list()] == []  # nothing left: no record, photo or claim
+
+
+def test_a_held_claim_is_a_409_and_a_stale_one_is_taken_over(roots) -> None:
+    model, data_uri = roots
+    inbox, data = Inbox(open_store(model).child("inbox")), open_store(data_uri)
+    data.put("Tomato___healthy/existing.jpg", b"x")
+    record = capture(inbox, datetime(2026, 5, 14, tzinfo=UTC))
+    claim = f"2026-05-14/{record.id}.claim"
+    inbox.store.put(claim, json.dumps({"action": "accept", "at": time.time()}).encode())
+    with pytest.raises(ItemBusy, match="another one is running") as busy:
+        inbox.reject(record.id)
+    assert busy.value.http_status == 409 and inbox.get(record.id).id == record.id
+    # The holder died CLAIM_SECONDS ago: the next decision takes its claim over and goes through.
+    inbox.store.put(claim, json.dumps({"action": "accept", "at": time.time() - CLAIM_SECONDS - 1}).encode())
+    inbox.accept(record.id, "Tomato___healthy", data)
+    assert data.exists(f"Tomato___healthy/{record.id}.jpg") and list(inbox.store.list()) == []
+
+
+def test_usage_and_evict(roots) -> None:
+    model, _ = roots
+    inbox = Inbox(open_store(model).child("inbox"))
+    old = capture(inbox, datetime(2026, 5, 1, tzinfo=UTC))
+    new = capture(inbox, datetime(2026, 5, 14, tzinfo=UTC))
+    usage = inbox.usage()
+    assert list(usage.sizes) == [old.id, new.id] and usage.files == 2
+    assert usage.bytes == 2 * len(PHOTO) + len(old.to_json()) + len(new.to_json())
+    assert inbox.evict(old.id) is True
+    assert [r.id for r in inbox.list()] == [new.id] and list(inbox.usage().sizes) == [new.id]
+    inbox.store.put(f"2026-05-14/{new.id}.claim", json.dumps({"at": time.time()}).encode())
+    assert inbox.evict(new.id) is False  # a reviewer holds it: left alone
+    assert inbox.get(new.id).id == new.id

@@ -41,7 +41,7 @@ import pytest
 from leaf_common.config import add_arguments, resolve
 from leaf_common.errors import LeafError
 from leaf_common.inbox import InvalidName, check_capture_id
-from leaf_serve.metrics import ServeMetrics
+from leaf_serve.metrics import ServeMetrics, WorkerRestarts
 from leaf_serve.settings import ENV_PREFIX as SERVE_PREFIX
 from leaf_serve.settings import ServeConfig
 from leaf_train.cli import build_parser as train_parser
@@ -335,8 +335,10 @@ def link_problems(page: Path, text: str) -> Iterator[str]:
 def exposed_series() -> set[str]:
     """Every series name leaf-serve's /metrics can show, and the histogram families people name."""
     metrics, names = ServeMetrics(), set()
-    for registry in (metrics.registry, metrics.live):
-        for family in registry.collect():
+    # Under --processes the supervisor's restart counts join /metrics too (a collector only workers register).
+    supervised = [WorkerRestarts("/nonexistent").collect()]
+    for families in (metrics.registry.collect(), metrics.live.collect(), *supervised):
+        for family in families:
             if family.type == "counter":
                 names |= {family.name + "_total", family.name + "_created"}
             elif family.type == "histogram":

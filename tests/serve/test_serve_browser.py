@@ -237,7 +237,8 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         assert running.app.state.api.capture.join(10)
         inbox = open_store("s3://models/registry/leaf/inbox")
         (photo_key,) = [o.key for o in inbox.list() if o.key.endswith(".jpg")]
-        assert inbox.get(photo_key) == leaf
+        kept = inbox.get(photo_key)  # re-encoded: the pixels of the upload and nothing else
+        assert b"Exif" not in kept and kept.endswith(b"\xff\xd9")
 
         # Without the token: the page and its API are 401.
         assert httpx.get(running.url + "/review").status_code == 401
@@ -245,14 +246,18 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         browser.get(running.url + "/review")  # headless Chromium cancels the login prompt: nothing of the page
         assert browser.find_elements("id", "grid") == [] and "Review the inbox" not in browser.page_source
 
-        # With it (what the browser's Basic prompt does): the grid, preselected with what the person said.
+        # With it (what the browser's Basic prompt does): the grid, preselected with the model's answer; what
+        # the person said (anyone can send /feedback?label=) is shown and used only when the reviewer asks.
         host = running.url.removeprefix("http://")
         browser.get(f"http://reviewer:{TOKEN}@{host}/review")
         wait_for(lambda: browser.find_elements("css selector", "#grid li"), "the grid")
         (item,) = browser.find_elements("css selector", "#grid li")
         assert "Marked wrong on the page (the model said Tomato — early blight" in item.text
         assert "the person said Tomato — late blight)" in item.text
-        assert Select(item.find_element("css selector", "select")).first_selected_option.text == "Tomato — late blight"
+        pick = Select(item.find_element("css selector", "select"))
+        assert pick.first_selected_option.text == "Tomato — early blight"
+        item.find_element("css selector", "button.use-suggestion").click()
+        assert pick.first_selected_option.text == "Tomato — late blight"
         wait_for(
             lambda: int(item.find_element("css selector", "img").get_attribute("naturalWidth") or 0) == 256, "photo"
         )
@@ -263,7 +268,7 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         assert by_id(browser, "status").text == (
             f"Added to the training data: s3://photos/pv/Tomato___Late_blight/{capture_id}.jpg The inbox is empty."
         )
-        assert data.get(f"Tomato___Late_blight/{capture_id}.jpg") == leaf
+        assert data.get(f"Tomato___Late_blight/{capture_id}.jpg") == kept
         assert list(inbox.list()) == []
     finally:
         running.stop()

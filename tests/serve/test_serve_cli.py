@@ -186,6 +186,7 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
         ({"log_format": "xml"}, 2, "expected one of text, json; received 'xml'"),
         ({"providers": "quantum"}, 1, "providers: expected auto, tensorrt, cuda, cpu"),
         ({"model": "/nonexistent/leaf/latest.json"}, 1, "no pointer; nothing has been promoted yet"),
+        ({"admin_port": "70000"}, 2, "option admin_port: expected 0 (off) or 1-65535 other than port"),
     ],
 )
 def test_start_up_fails_loudly(local_registry: Registry, options: dict, status: int, message: str) -> None:
@@ -206,3 +207,21 @@ def test_flags_override_environment(local_registry: Registry) -> None:
     finally:
         del os.environ["LEAF_SERVE_TOP_K"]
     assert (config.top_k, config.providers, config.port) == (4, ["tensorrt", "cpu"], 8080)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_the_admin_port_keeps_metrics_and_review_off_the_public_port(local_registry: Registry, processes) -> None:
+    """NetworkPolicy sees ports: with --admin-port the operators' routes answer only there (one app, two sockets)."""
+    admin = free_port()
+    with leaf_serve(model=local_registry.pointer_uri, admin_port=admin, processes=processes, drain_delay=0) as (_, url):
+        public_metrics = httpx.get(url + "/metrics")
+        assert public_metrics.status_code == 404 and "admin port only" in public_metrics.json()["error"]
+        assert httpx.get(url + "/review").status_code == 404
+        assert httpx.get(url + "/metricsz").status_code == 404  # not a prefix match of another route
+        assert httpx.get(url + "/v2/health/ready").status_code == 200  # probes and the public API stay
+        assert httpx.post(url + "/classify", content=encode_image((230, 20, 20), "PNG")).status_code == 200
+        admin_url = f"http://127.0.0.1:{admin}"
+        text = httpx.get(admin_url + "/metrics").text
+        assert 'leaf_serve_requests_total{endpoint="classify",outcome="success"}' in text
+        assert httpx.get(admin_url + "/review").status_code == 404  # review off here: its own 404, not ours
+        assert "review is off" in httpx.get(admin_url + "/review").json()["error"]

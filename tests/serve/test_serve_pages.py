@@ -163,3 +163,57 @@ def test_wheels_carry_the_pages(tmp_path) -> None:
     (wheel,) = tmp_path.glob("leaf_train-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     assert {f"leaf_serve/ui/{a}" for a in ASSETS} <= names
+
+
+def test_the_public_card_says_nothing_only_operators_need(tmp_path) -> None:
+    reg = Registry(str(tmp_path / "models"))
+    publish_with_card(reg, "v1", V1)  # its model.json names the data "s3://p" and the code "leaf-train 0.1.0"
+    reg.promote("v1")
+    running = start_server(reg.pointer_uri, poll_interval=0, card_dataset_name="PlantVillage tomato, 2026")
+    try:
+        r = httpx.get(running.url + "/model/card.json")
+        card = r.json()
+        assert "s3://" not in r.text and "leaf-train 0.1.0" not in r.text and "ExecutionProvider" not in r.text
+        assert not {"code_version", "provider"} & set(card) and "uri" not in card["dataset"]
+        assert card["dataset"] == {
+            "name": "PlantVillage tomato, 2026", "images": 180, "train_images": 144, "val_images": 36,
+            "fingerprint": "ab" * 32,
+        }  # fmt: skip
+        figure = httpx.get(running.url + "/model/curves.png")
+        assert figure.headers["x-content-type-options"] == "nosniff"
+    finally:
+        running.stop()
+
+
+FORGED = "2026-12-07 06:30:00,000 ERROR leaf_serve: forged"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/ui/x%0a" + FORGED.replace(" ", "%20"),
+        "/model/x%0d%0a" + FORGED.replace(" ", "%20"),
+        "/v2/models/x%0a" + FORGED.replace(" ", "%20") + "/ready",
+    ],
+)
+def test_a_client_cannot_forge_a_log_line(server: RunningServer, path: str) -> None:
+    import io
+    import logging
+
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # the server's
+    logger = logging.getLogger("leaf_serve")
+    logger.addHandler(handler)
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        r = httpx.get(server.url + path)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert r.status_code in (400, 404)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 1, lines  # one request refused, one line: the CR/LF came out escaped
+    assert not any(line.startswith(FORGED[:23]) for line in lines)
+    assert "\\n" + FORGED[:10] in lines[0] and "-> 4" in lines[0]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import logging
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -30,6 +32,10 @@ class Loop:
         r = httpx.post(self.server.url + "/classify", content=GREY)
         assert self.server.app.state.api.capture.join(10)
         return r.json()["captured"]
+
+    def kept(self, capture_id: str) -> bytes:
+        """The photo as the inbox holds it (re-encoded at capture): what accept copies into the data."""
+        return Inbox(self.inbox).photo(capture_id)[1]
 
 
 @pytest.fixture
@@ -89,15 +95,16 @@ def test_the_token_opens_the_page_and_the_grid(loop: Loop, auth) -> None:
     assert body["labels"][0] == {"label": "healthy", "display": "Healthy"}
     assert (body["inbox"], body["data"]) == ("s3://models/registry/leaf/inbox", "s3://photos/pv")
     photo = httpx.get(loop.server.url + body["items"][0]["photo"], headers=auth)
-    assert photo.content == GREY and photo.headers["content-type"] == "image/jpeg"
+    assert photo.content == loop.kept(body["items"][0]["id"]) and photo.headers["content-type"] == "image/jpeg"
 
 
 def test_accept_moves_the_photo_into_the_data_prefix(loop: Loop) -> None:
     capture_id = loop.capture()
+    kept = loop.kept(capture_id)
     r = httpx.post(f"{loop.server.url}/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == f"s3://photos/pv/rust/{capture_id}.jpg"
-    assert loop.data.get(f"rust/{capture_id}.jpg") == GREY
+    assert loop.data.get(f"rust/{capture_id}.jpg") == kept
     assert list(loop.inbox.list()) == []
     again = httpx.post(f"{loop.server.url}/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
     assert again.status_code == 404 and "it is not there" in again.json()["error"]
@@ -105,12 +112,13 @@ def test_accept_moves_the_photo_into_the_data_prefix(loop: Loop) -> None:
 
 def test_a_new_class_needs_confirming(loop: Loop) -> None:
     capture_id = loop.capture()
+    kept = loop.kept(capture_id)
     url = f"{loop.server.url}/review/items/{capture_id}/accept"
     r = httpx.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold"})
     assert r.status_code == 409 and "expected an existing class folder" in r.json()["error"]
     r = httpx.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold", "new_class": True})
     assert r.status_code == 200
-    assert loop.data.get(f"Tomato___Leaf_Mold/{capture_id}.jpg") == GREY
+    assert loop.data.get(f"Tomato___Leaf_Mold/{capture_id}.jpg") == kept
 
 
 def test_accept_never_overwrites_the_data(loop: Loop) -> None:
@@ -170,6 +178,8 @@ def test_review_is_a_404_without_a_token(server: RunningServer) -> None:
         ({"review_token_file": "TOKEN", "data": ""}, "option data: expected the training data URI"),
         ({"review_token_file": "/nonexistent/token", "data": "/d"}, "option review_token_file: expected a readable"),
         ({"review_token_file": "SHORT", "data": "/d"}, "expected a token of at least 16 printable characters"),
+        ({"review_token_file": "SAME", "data": "/d"}, "expected a random token .about 64 bits or more"),
+        ({"review_token_file": "CYCLE", "data": "/d"}, "received 24 characters estimated at 48 bits"),
         ({"capture": True, "model": "/model"}, "option inbox: expected a URI"),
         ({"confidence_threshold": 1.5}, "confidence_threshold: expected a value in [0, 1]"),
         ({"capture_per_minute": 0}, "capture_per_minute: expected a positive number"),
@@ -178,9 +188,73 @@ def test_review_is_a_404_without_a_token(server: RunningServer) -> None:
 def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: str) -> None:
     (tmp_path / "TOKEN").write_text(TOKEN)
     (tmp_path / "SHORT").write_text("abc")
+    (tmp_path / "SAME").write_text("a" * 16)  # issue 20: accepted before
+    (tmp_path / "CYCLE").write_text("abcd" * 6)
     for key in ("review_token_file",):
         if key in overrides and not overrides[key].startswith("/"):
             overrides[key] = str(tmp_path / overrides[key])
     config = ServeConfig(**{"model": "s3://b/r/leaf/latest.json", **overrides})
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
         config.validate()
+
+
+def post_at_once(requests: list[tuple[str, dict]]) -> list[httpx.Response]:
+    """POST every (url, json) at the same moment, each on its own connection and thread."""
+    start = threading.Barrier(len(requests))
+    answers: list = [None] * len(requests)
+
+    def send(i: int) -> None:
+        url, body = requests[i]
+        with httpx.Client(timeout=30) as client:
+            start.wait()
+            answers[i] = client.post(url, headers=BEARER, json=body)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return answers
+
+
+@pytest.mark.parametrize("rival", ["accept", "reject"])
+def test_two_concurrent_decisions_one_wins_the_other_gets_409(loop: Loop, rival: str) -> None:
+    loop.data.put("healthy/existing.jpg", b"x")
+    for _ in range(4):  # issue 20: 4 of 4 tries put the photo in both classes, both answered 200
+        capture_id = loop.capture()
+        item = f"{loop.server.url}/review/items/{capture_id}"
+        second = (f"{item}/accept", {"label": "healthy"}) if rival == "accept" else (f"{item}/reject", {})
+        answers = post_at_once([(f"{item}/accept", {"label": "rust"}), second])
+        codes = sorted(a.status_code for a in answers)
+        assert codes[0] == 200 and codes[1] in (404, 409), [a.text for a in answers]
+        if codes[1] == 409:
+            assert "another one is running" in next(a for a in answers if a.status_code == 409).json()["error"]
+        copies = [o.key for o in loop.data.list() if capture_id in o.key]
+        assert len(copies) <= 1, copies  # never in two classes
+        assert not [o.key for o in loop.inbox.list() if capture_id in o.key]  # record, photo and claim gone
+
+
+def test_wrong_tokens_are_limited_per_client_and_logged_once(s3, tmp_path, caplog) -> None:
+    s3.make_bucket("models")
+    reg = Registry("s3://models/registry")
+    reg.publish("v1", V1)
+    reg.promote("v1")
+    (tmp_path / "token").write_text(TOKEN)
+    running = start_server(
+        reg.pointer_uri, poll_interval=0, capture=True, review_token_file=str(tmp_path / "token"), data="s3://photos/pv",
+        review_failed_logins=3, review_login_window=60,
+    )  # fmt: skip
+    try:
+        caplog.set_level(logging.INFO, logger="leaf_serve")
+        assert httpx.get(running.url + "/review").status_code == 401  # no token at all: not a failure, no line
+        wrong = {"Authorization": "Bearer not-the-token-0123456789"}
+        codes = [httpx.get(running.url + "/review/items", headers=wrong).status_code for _ in range(5)]
+        assert codes == [401, 401, 401, 429, 429]
+        refused = httpx.get(running.url + "/review/items", headers=BEARER)  # the right token, from the guesser
+        assert refused.status_code == 429 and 0 < int(refused.headers["retry-after"]) <= 60
+        assert "expected at most 3 wrong tokens in 60 s from one client" in refused.json()["error"]
+        lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(lines) == 1 and "a wrong token from 127.0.0.1" in lines[0], lines
+        assert TOKEN not in caplog.text and "not-the-token" not in caplog.text
+    finally:
+        running.stop()

@@ -250,15 +250,25 @@ networkPolicy.storageTo / apiServerTo name them.
       protocol: UDP
     - port: 53
       protocol: TCP
+  {{- with $np.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
 # The object store (S3 / MinIO)
 - ports:
     {{- range include "leaf-train.storagePorts" .root | fromJsonArray }}
     - port: {{ . }}
       protocol: TCP
     {{- end }}
-  {{- with $np.storageTo }}
+  {{- if or $np.storageTo $np.storageCIDRs }}
   to:
+    {{- with $np.storageTo }}
     {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- range $np.storageCIDRs }}
+    - ipBlock:
+        cidr: {{ . | quote }}
+    {{- end }}
   {{- end }}
 {{- if and (eq .component "training") (ne .root.Values.training.kubeIntegration "off") }}
 # The Kubernetes API server (Events and annotations on the Job; the serving rollout)

@@ -18,7 +18,7 @@ function fill(card) {
   $("accuracy").textContent = pct(card.metrics.accuracy, 1);
   $("top3").textContent = pct(card.metrics.top3_accuracy, 1);
   $("f1").textContent = typeof card.metrics.macro_f1 === "number" ? card.metrics.macro_f1.toFixed(3) : "–";
-  $("since").textContent = `${when(card.served_since)} on ${card.provider}`;
+  $("since").textContent = when(card.served_since);
   show($("summary"), true);
 
   if (card.gate && card.gate.reason) {

@@ -48,10 +48,11 @@ function card(item) {
   const pick = node.querySelector(".pick");
   pick.id = `${base}-pick`;
   node.querySelector(".pick-label").htmlFor = pick.id;
-  const guess = item.user_label && labels.some((l) => l.label === item.user_label) ? item.user_label : item.label;
+  // The model's answer is preselected, never the label that came with /feedback: anyone can send that,
+  // so it is only shown, and used when the reviewer asks for it (the "Use …" button).
   for (const { label, display } of labels) {
     const option = el("option", { value: label }, display);
-    option.selected = label === guess;
+    option.selected = label === item.label;
     pick.append(option);
   }
   pick.append(el("option", { value: OTHER }, "Another class (type its name)…"));
@@ -59,12 +60,17 @@ function card(item) {
   const name = node.querySelector(".new-name");
   name.id = `${base}-name`;
   node.querySelector(".new-label").htmlFor = name.id;
-  if (item.user_label && !labels.some((l) => l.label === item.user_label)) {
-    pick.value = OTHER;
-    name.value = item.user_label;
-    show(extra, true);
-  }
   pick.addEventListener("change", () => show(extra, pick.value === OTHER));
+  if (item.user_label) {
+    const use = el("button", { type: "button", class: "use-suggestion" }, `Use “${item.user_display}”`);
+    use.addEventListener("click", () => {
+      const known = labels.some((l) => l.label === item.user_label);
+      pick.value = known ? item.user_label : OTHER;
+      name.value = known ? "" : item.user_label;
+      show(extra, !known);
+    });
+    node.querySelector(".actions").prepend(use);
+  }
 
   const form = node.querySelector(".decide");
   form.addEventListener("submit", async (event) => {
