@@ -373,14 +373,13 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "ModelCard": {
         "type": "object",
-        "required": ["name", "version", "trained_at", "served_since", "provider", "classes", "metrics", "gate"],
+        # Anonymous: no data URI, code version or execution provider (leaf_serve.card, issue #20).
+        "required": ["name", "version", "trained_at", "served_since", "classes", "metrics", "gate"],
         "properties": {
             "name": _STR,
             "version": _STR,
             "trained_at": _STR,
-            "code_version": _STR,
             "served_since": _STR,
-            "provider": _STR,
             "classes": {"type": "array", "items": _LABEL},
             "dataset": {"type": "object"},
             "metrics": {
