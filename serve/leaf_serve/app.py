@@ -70,12 +70,18 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
         if repo.follows_pointer and config.poll_interval > 0:
             poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
         # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
-        grpc_server = await grpc_service.start(plane) if config.grpc_port else None
+        grpc_server = grpc_check = None
+        if config.grpc_port:
+            grpc_server, grpc_check = await grpc_service.start(plane)
+            plane.live_checks.append(grpc_check)
         try:
             yield
         finally:
             plane.draining = True
-            if grpc_server is not None:  # uvicorn has drained HTTP by now; give gRPC calls the same grace
+            if grpc_server is not None and grpc_check is not None:
+                plane.live_checks.remove(grpc_check)
+                await grpc_check.close()
+                # uvicorn has drained HTTP by now; give gRPC calls the same grace
                 await grpc_server.stop(config.grace_period)
             if poller is not None:
                 poller.cancel()

@@ -98,3 +98,11 @@ class BodyAllowance:
         if self.held:
             self._budget.give_back(self.held)
             self.held = 0
+
+    def settle(self, n: int) -> None:
+        """Hold exactly ``n`` bytes: give back a worst-case reservation once the real size is known."""
+        if n <= self.held:
+            self._budget.give_back(self.held - n)
+            self.held = n
+        else:
+            self.take(n - self.held)
