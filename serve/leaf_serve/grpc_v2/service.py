@@ -11,6 +11,7 @@ It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import os
@@ -25,7 +26,7 @@ from google.protobuf.message import DecodeError
 from .. import codecs, inference
 from ..dataplane import DataPlane
 from ..errors import BadRequest, ClientGone, Unavailable, answered, log_level
-from ..limits import BodyAllowance
+from ..limits import BodyAllowance, return_heap_to_the_os
 from ..metrics import outcome
 from ..settings import ServeConfig
 from . import inference_pb2 as pb
@@ -149,6 +150,8 @@ class InferenceService:
     def __init__(self, plane: DataPlane):
         self.plane = plane
         self.in_flight = 0
+        self.slow_bytes = 0  # worst-case reservations of messages still arriving (_reserve_slow)
+        self._trim: asyncio.TimerHandle | None = None
         self.rpcs: dict[str, Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]] = {}
         for rpc, endpoint in (
             ("ServerLive", "grpc_health"),
@@ -204,10 +207,12 @@ class InferenceService:
         """
         config = self.plane.config
         read = asyncio.ensure_future(context.read())
+        slow = False
         try:
             done, _ = await asyncio.wait({read}, timeout=RESERVE_AFTER)
             if not done:
-                allowance.take(config.max_body_bytes)
+                self._reserve_slow(allowance)
+                slow = True
                 done, _ = await asyncio.wait({read}, timeout=max(0.0, config.body_timeout - RESERVE_AFTER))
             if not done:
                 self.plane.metrics.connections_closed.labels("grpc_message").inc()
@@ -218,9 +223,15 @@ class InferenceService:
         finally:
             if not read.done():
                 read.cancel()
+            if slow:
+                self.slow_bytes -= config.max_body_bytes
+                self._trim_later()
         raw = read.result()
-        if raw is grpc.aio.EOF:
-            raise BadRequest(f"expected one {request_type.DESCRIPTOR.name} message; the client sent none")
+        if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+            raise BadRequest(
+                f"expected one {request_type.DESCRIPTOR.name} message of at most {config.max_body_bytes} bytes "
+                "(max_body_bytes); received none, or a larger one"
+            )
         allowance.settle(len(raw))
         try:  # a large message (typed contents) is parsed in the decode pool, like a REST JSON body
             return (
@@ -232,6 +243,32 @@ class InferenceService:
             raise BadRequest(
                 f"expected a {request_type.DESCRIPTOR.name} protobuf message; {len(raw)} bytes did not parse ({e})"
             ) from e
+
+    def _reserve_slow(self, allowance: BodyAllowance) -> None:
+        """Charge a message still arriving its worst case, within half the body budget.
+
+        Half: such a reservation costs the client no bytes (headers alone make it), so slow gRPC calls
+        must not be able to refuse every REST upload; the other half stays for bodies that arrive.
+        """
+        need, capacity = self.plane.config.max_body_bytes, self.plane.bodies.capacity
+        limit = max(capacity // 2, need)
+        if self.slow_bytes + need > limit:
+            raise Unavailable(
+                f"server busy: gRPC messages still arriving hold {self.slow_bytes} of the {limit} bytes they may "
+                "(half of max_body_bytes_in_flight); retry this call"
+            )
+        allowance.take(need)
+        self.slow_bytes += need
+
+    def _trim_later(self) -> None:
+        """Once a slow call has been freed, give grpcio's buffers back to the OS (a second later, once)."""
+        if self._trim is None:
+            self._trim = asyncio.get_running_loop().call_later(1.0, self._trim_now)
+
+    def _trim_now(self) -> None:
+        self._trim = None
+        with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
+            asyncio.get_running_loop().run_in_executor(self.plane.decode_pool, return_heap_to_the_os)
 
     def _refusal(self, rpc: str, e: Exception) -> tuple[int, grpc.StatusCode, str]:
         """(status for the metrics, gRPC code, message) of a failed call, logged at REST's level."""
