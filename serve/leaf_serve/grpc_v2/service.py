@@ -207,10 +207,11 @@ class InferenceService:
         """
         config = self.plane.config
         read = asyncio.ensure_future(context.read())
-        slow = False
+        slow = waited = False
         try:
             done, _ = await asyncio.wait({read}, timeout=RESERVE_AFTER)
             if not done:
+                waited = True
                 self._reserve_slow(allowance)
                 slow = True
                 done, _ = await asyncio.wait({read}, timeout=max(0.0, config.body_timeout - RESERVE_AFTER))
@@ -225,6 +226,7 @@ class InferenceService:
                 read.cancel()
             if slow:
                 self.slow_bytes -= config.max_body_bytes
+            if waited:  # refused or not, grpcio may have buffered much of a message for this call
                 self._trim_later()
         raw = read.result()
         if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
@@ -261,7 +263,7 @@ class InferenceService:
         self.slow_bytes += need
 
     def _trim_later(self) -> None:
-        """Once a slow call has been freed, give grpcio's buffers back to the OS (a second later, once)."""
+        """Once slow calls have been freed, give grpcio's buffers back to the OS (a second later, once)."""
         if self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(1.0, self._trim_now)
 
