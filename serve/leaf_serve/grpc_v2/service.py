@@ -205,30 +205,8 @@ class InferenceService:
         message still arriving after ``RESERVE_AFTER`` is charged the receive limit (max_body_bytes)
         until it is complete, and the call is refused (503) when the budget cannot cover that.
         """
+        raw = await _Receipt(self, allowance).read(context)
         config = self.plane.config
-        read = asyncio.ensure_future(context.read())
-        slow = waited = False
-        try:
-            done, _ = await asyncio.wait({read}, timeout=RESERVE_AFTER)
-            if not done:
-                waited = True
-                self._reserve_slow(allowance)
-                slow = True
-                done, _ = await asyncio.wait({read}, timeout=max(0.0, config.body_timeout - RESERVE_AFTER))
-            if not done:
-                self.plane.metrics.connections_closed.labels("grpc_message").inc()
-                raise MessageStalled(
-                    f"request message: expected all of it within body_timeout ({config.body_timeout:g} s); "
-                    "the call is ended"
-                )
-        finally:
-            if not read.done():
-                read.cancel()
-            if slow:
-                self.slow_bytes -= config.max_body_bytes
-            if waited:  # refused or not, grpcio may have buffered much of a message for this call
-                self._trim_later()
-        raw = read.result()
         if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
             raise BadRequest(
                 f"expected one {request_type.DESCRIPTOR.name} message of at most {config.max_body_bytes} bytes "
@@ -312,6 +290,63 @@ class InferenceService:
         parsed = decode_infer_request(request)
         outputs = await plane.infer(parsed, served)
         return encode_infer_response(served.name, served.version, outputs, parsed.id)
+
+
+class _Receipt:
+    """One call's wait for its message, timed by the loop's timers (no task or wait per call: the fast path).
+
+    At ``RESERVE_AFTER`` the message is charged its worst case (:meth:`InferenceService._reserve_slow`);
+    at ``body_timeout`` the wait ends. Either refusal cancels the waiting handler and is raised in it.
+    """
+
+    def __init__(self, service: InferenceService, allowance: BodyAllowance):
+        self._service, self._allowance = service, allowance
+        self._refusal: Exception | None = None
+        self._slow = self._waited = False
+        self._task = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
+        self._timer = self._loop.call_later(RESERVE_AFTER, self._reserve)
+
+    async def read(self, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await context.read()
+        except asyncio.CancelledError:
+            if self._refusal is None or self._task is None:
+                raise  # the client went away
+            self._task.uncancel()
+            raise self._refusal from None
+        finally:
+            self._timer.cancel()
+            if self._slow:
+                self._service.slow_bytes -= self._service.plane.config.max_body_bytes
+            if self._waited:  # refused or not, grpcio may have buffered much of a message for this call
+                self._service._trim_later()
+
+    def _reserve(self) -> None:
+        self._waited = True
+        try:
+            self._service._reserve_slow(self._allowance)
+        except Unavailable as e:
+            self._refuse(e)
+            return
+        self._slow = True
+        config = self._service.plane.config
+        self._timer = self._loop.call_later(max(0.0, config.body_timeout - RESERVE_AFTER), self._stalled)
+
+    def _stalled(self) -> None:
+        config = self._service.plane.config
+        self._service.plane.metrics.connections_closed.labels("grpc_message").inc()
+        self._refuse(
+            MessageStalled(
+                f"request message: expected all of it within body_timeout ({config.body_timeout:g} s); "
+                "the call is ended"
+            )
+        )
+
+    def _refuse(self, error: Exception) -> None:
+        self._refusal = error
+        if self._task is not None:
+            self._task.cancel()
 
 
 def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
