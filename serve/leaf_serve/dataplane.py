@@ -1,6 +1,6 @@
 """The data plane both transports call: repository, draining, budgets, the off-loop pool, readiness, inference.
 
-REST (``rest.Api``) and gRPC (``grpc_v2.service``) are each only a codec and routes over one
+REST (``rest.Api``) and gRPC (``grpc_v2``) are each only a codec and routes over one
 :class:`DataPlane`, as MLServer's transports are over its ``DataPlane``: what "ready" means, which
 bytes a request may hold and where blocking work runs are decided here, once.
 """
@@ -33,7 +33,7 @@ class DataPlane:
         self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
         for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
             self.metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
-        # What liveness asks besides "this event loop answers": gRPC adds a call to itself (grpc_v2.service).
+        # What liveness asks besides "this event loop answers": gRPC adds a call to itself (grpc_v2.service.SelfCheck).
         self.live_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     async def live(self) -> str | None:

@@ -186,10 +186,10 @@ def test_typed_contents_are_counted_against_the_shape_before_any_conversion(serv
 
 def test_typed_contents_convert_in_the_tensors_own_dtype() -> None:
     from leaf_serve.codecs import BadRequest, InputTensor
-    from leaf_serve.grpc_v2 import service
+    from leaf_serve.grpc_v2 import codec
 
     message = pb.ModelInferRequest.FromString(typed_request(3 * 4, [1, 2, 2, 3]))
-    tensor = service.decode_infer_request(message).inputs[0]
+    tensor = codec.decode_infer_request(message).inputs[0]
     assert tensor.typed is not None and tensor.to_array().dtype == np.float32  # not a float64 copy first
     with pytest.raises(BadRequest, match="expected values in the range of uint8"):
         InputTensor("image", [1], "UINT8", typed=[300]).to_array()

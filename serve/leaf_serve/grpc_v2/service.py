@@ -1,4 +1,8 @@
-"""The OIP v2 gRPC service (``inference.GRPCInferenceService``): a codec and routes over the data plane.
+"""The OIP v2 gRPC service (``inference.GRPCInferenceService``): routes over the data plane.
+
+Messages are converted in ``codec``, what a call may hold before its message is complete is decided in
+``admission``; what is left here is the RPC table, one error handler, the server's options and its
+liveness check.
 
 REST and gRPC share one :class:`~leaf_serve.dataplane.DataPlane` (repository, batcher, budgets,
 readiness, metrics): a gRPC ``ModelInfer`` is turned into the same :class:`codecs.InferRequest` a
@@ -11,39 +15,27 @@ It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thr
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
-import numpy as np
-from google.protobuf.message import DecodeError
 
-from .. import codecs, inference
 from ..dataplane import DataPlane
-from ..errors import BadRequest, ClientGone, Unavailable, answered, log_level
-from ..limits import BodyAllowance, return_heap_to_the_os
+from ..errors import BadRequest, ClientGone, answered, log_level
+from ..limits import BodyAllowance
 from ..metrics import outcome
 from ..settings import ServeConfig
+from . import codec
 from . import inference_pb2 as pb
+from .admission import Admission
 
 log = logging.getLogger(__name__)
 
 # The protocol's service name: clients call "/inference.GRPCInferenceService/ModelInfer" and so on.
 SERVICE_NAME = "inference.GRPCInferenceService"
-# RPC -> (request message, response message).
-METHODS = {
-    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
-    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
-    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
-    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
-    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
-    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
-}
 # LeafError.http_status -> the gRPC code with the same meaning (as Triton and KServe map them).
 GRPC_CODES = {
     400: grpc.StatusCode.INVALID_ARGUMENT,
@@ -53,90 +45,15 @@ GRPC_CODES = {
     ClientGone.http_status: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-# A request message not complete this long after its call began is charged the whole receive limit
-# against the body budget until it is (InferenceService._receive): loopback and LAN clients finish well
-# within it, and it bounds how long bytes grpcio buffers out of our sight go uncounted.
-RESERVE_AFTER = 0.5
 # Messages from this size on are parsed in the decode pool (5 M fp32_contents: ~40 ms of the loop's time).
 _PARSE_ON_LOOP = 64 * 1024
 # A gRPC status message travels as a header; clients refuse headers over ~8-16 KiB.
 _MAX_MESSAGE = 2000
 # How long /v2/health/live waits for gRPC to answer its own ServerLive (the chart's probe allows 3 s).
 SELF_CHECK_SECONDS = 2.0
-# Typed contents field for each datatype (when a client sends values instead of raw bytes).
-_CONTENTS = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-}
-
-
-def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
-    """The transport-neutral request a gRPC ``ModelInferRequest`` carries (tensor data still unconverted).
-
-    Typed contents are counted against the declared shape here (``len`` of a repeated field costs
-    nothing); converting them is left to :func:`inference.infer`, in the decode pool.
-
-    Raises:
-        BadRequest: raw contents that do not pair with the inputs, a bad shape or datatype, or typed
-            contents whose count does not fill the shape.
-    """
-    raw = request.raw_input_contents
-    if raw and len(raw) != len(request.inputs):
-        raise BadRequest(
-            f"raw_input_contents: expected one entry per input ({len(request.inputs)}); received {len(raw)}"
-        )
-    inputs = []
-    for i, tensor in enumerate(request.inputs):
-        where = f"inputs[{i}]"
-        shape = codecs.parse_shape(list(tensor.shape), where)
-        datatype = codecs.parse_datatype(tensor.datatype, where)
-        if raw:
-            inputs.append(codecs.InputTensor(tensor.name, shape, datatype, raw=raw[i]))
-            continue
-        field = _CONTENTS.get(datatype)
-        if field is None:  # FP16 has no typed field in the protocol
-            raise BadRequest(f"{where}: expected raw_input_contents for datatype {datatype}; received typed contents")
-        values = getattr(tensor.contents, field)
-        if values and len(values) != math.prod(shape):
-            raise BadRequest(
-                f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; received {len(values)}"
-            )
-        inputs.append(codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None))
-    outputs = {o.name: None for o in request.outputs} if request.outputs else None
-    return codecs.InferRequest(inputs=inputs, id=request.id[:256] or None, outputs=outputs)
-
-
-def encode_infer_response(name: str, version: str, outputs: inference.Outputs, request_id: str | None) -> Any:
-    """A ``ModelInferResponse`` with every output as raw little-endian bytes (what tritonclient reads fastest)."""
-    response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id or "")
-    for output_name, array, _ in outputs:
-        response.outputs.add(name=output_name, datatype=codecs.datatype_of(array.dtype), shape=list(array.shape))
-        response.raw_output_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
-    return response
 
 
 Handler = Callable[[Any, BodyAllowance], Awaitable[Any]]
-
-
-class CallsExhausted(Unavailable):
-    """Every gRPC call slot (``max_concurrency``) is taken: this call is refused, the others go on."""
-
-    grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
-
-
-class MessageStalled(ClientGone):
-    """The request message did not arrive within ``body_timeout``: the call ends, freeing what it held."""
-
-    grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 class InferenceService:
@@ -149,9 +66,7 @@ class InferenceService:
 
     def __init__(self, plane: DataPlane):
         self.plane = plane
-        self.in_flight = 0
-        self.slow_bytes = 0  # worst-case reservations of messages still arriving (_reserve_slow)
-        self._trim: asyncio.TimerHandle | None = None
+        self.admission = Admission(plane)
         self.rpcs: dict[str, Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]] = {}
         for rpc, endpoint in (
             ("ServerLive", "grpc_health"),
@@ -165,14 +80,14 @@ class InferenceService:
 
     def _instrument(self, rpc: str, endpoint: str, fn: Handler) -> Any:
         """Admission, the message's arrival, metrics, one log line per refused call, the error's own status."""
-        metrics, request_type = self.plane.metrics, METHODS[rpc][0]
+        metrics, request_type = self.plane.metrics, codec.METHODS[rpc][0]
 
         async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             status, admitted = 200, False
             allowance = self.plane.body_allowance()
             try:
-                self._admit()
+                self.admission.admit()
                 admitted = True
                 request = await self._receive(context, request_type, allowance)
                 return await fn(request, allowance)
@@ -183,72 +98,26 @@ class InferenceService:
                 status, code, message = self._refusal(rpc, e)
                 await context.abort(code, message)
             finally:
-                self.in_flight -= admitted
+                self.admission.in_flight -= admitted
                 allowance.release()
                 metrics.requests.labels(endpoint, outcome(status)).inc()
                 metrics.request_seconds.labels(endpoint).observe(time.perf_counter() - start)
 
         return handler
 
-    def _admit(self) -> None:
-        cap = self.plane.config.max_concurrency
-        if cap and self.in_flight >= cap:
-            raise CallsExhausted(
-                f"server busy: {self.in_flight} gRPC calls in flight (max_concurrency {cap}); retry this one"
-            )
-        self.in_flight += 1
-
     async def _receive(self, context: grpc.aio.ServicerContext, request_type: Any, allowance: BodyAllowance) -> Any:
-        """The call's one request message, parsed; within body_timeout, and charged to the body budget.
-
-        grpcio buffers a message until all of it is there and shows the server nothing before, so a
-        message still arriving after ``RESERVE_AFTER`` is charged the receive limit (max_body_bytes)
-        until it is complete, and the call is refused (503) when the budget cannot cover that.
-        """
-        raw = await _Receipt(self, allowance).read(context)
-        config = self.plane.config
+        """The call's one request message, parsed (see :meth:`Admission.receive` for the rules)."""
+        raw = await self.admission.receive(context, allowance)
         if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
             raise BadRequest(
-                f"expected one {request_type.DESCRIPTOR.name} message of at most {config.max_body_bytes} bytes "
-                "(max_body_bytes); received none, or a larger one"
+                f"expected one {request_type.DESCRIPTOR.name} message of at most "
+                f"{self.plane.config.max_body_bytes} bytes (max_body_bytes); received none, or a larger one"
             )
         allowance.settle(len(raw))
-        try:  # a large message (typed contents) is parsed in the decode pool, like a REST JSON body
-            return (
-                request_type.FromString(raw)
-                if len(raw) < _PARSE_ON_LOOP
-                else await self.plane.off_loop(request_type.FromString, raw)
-            )
-        except DecodeError as e:
-            raise BadRequest(
-                f"expected a {request_type.DESCRIPTOR.name} protobuf message; {len(raw)} bytes did not parse ({e})"
-            ) from e
-
-    def _reserve_slow(self, allowance: BodyAllowance) -> None:
-        """Charge a message still arriving its worst case, within half the body budget.
-
-        Half: such a reservation costs the client no bytes (headers alone make it), so slow gRPC calls
-        must not be able to refuse every REST upload; the other half stays for bodies that arrive.
-        """
-        need, capacity = self.plane.config.max_body_bytes, self.plane.bodies.capacity
-        limit = max(capacity // 2, need)
-        if self.slow_bytes + need > limit:
-            raise Unavailable(
-                f"server busy: gRPC messages still arriving hold {self.slow_bytes} of the {limit} bytes they may "
-                "(half of max_body_bytes_in_flight); retry this call"
-            )
-        allowance.take(need)
-        self.slow_bytes += need
-
-    def _trim_later(self) -> None:
-        """Once slow calls have been freed, give grpcio's buffers back to the OS (a second later, once)."""
-        if self._trim is None:
-            self._trim = asyncio.get_running_loop().call_later(1.0, self._trim_now)
-
-    def _trim_now(self) -> None:
-        self._trim = None
-        with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
-            asyncio.get_running_loop().run_in_executor(self.plane.decode_pool, return_heap_to_the_os)
+        # A large message (typed contents) is parsed in the decode pool, like a REST JSON body.
+        if len(raw) < _PARSE_ON_LOOP:
+            return codec.parse(request_type, raw)
+        return await self.plane.off_loop(codec.parse, request_type, raw)
 
     def _refusal(self, rpc: str, e: Exception) -> tuple[int, grpc.StatusCode, str]:
         """(status for the metrics, gRPC code, message) of a failed call, logged at REST's level."""
@@ -287,73 +156,16 @@ class InferenceService:
         plane = self.plane
         served = plane.served(request.model_name, request.model_version or None)
         served.batcher.check_capacity()
-        parsed = decode_infer_request(request)
+        parsed = codec.decode_infer_request(request)
         outputs = await plane.infer(parsed, served)
-        return encode_infer_response(served.name, served.version, outputs, parsed.id)
-
-
-class _Receipt:
-    """One call's wait for its message, timed by the loop's timers (no task or wait per call: the fast path).
-
-    At ``RESERVE_AFTER`` the message is charged its worst case (:meth:`InferenceService._reserve_slow`);
-    at ``body_timeout`` the wait ends. Either refusal cancels the waiting handler and is raised in it.
-    """
-
-    def __init__(self, service: InferenceService, allowance: BodyAllowance):
-        self._service, self._allowance = service, allowance
-        self._refusal: Exception | None = None
-        self._slow = self._waited = False
-        self._task = asyncio.current_task()
-        self._loop = asyncio.get_running_loop()
-        self._timer = self._loop.call_later(RESERVE_AFTER, self._reserve)
-
-    async def read(self, context: grpc.aio.ServicerContext) -> Any:
-        try:
-            return await context.read()
-        except asyncio.CancelledError:
-            if self._refusal is None or self._task is None:
-                raise  # the client went away
-            self._task.uncancel()
-            raise self._refusal from None
-        finally:
-            self._timer.cancel()
-            if self._slow:
-                self._service.slow_bytes -= self._service.plane.config.max_body_bytes
-            if self._waited:  # refused or not, grpcio may have buffered much of a message for this call
-                self._service._trim_later()
-
-    def _reserve(self) -> None:
-        self._waited = True
-        try:
-            self._service._reserve_slow(self._allowance)
-        except Unavailable as e:
-            self._refuse(e)
-            return
-        self._slow = True
-        config = self._service.plane.config
-        self._timer = self._loop.call_later(max(0.0, config.body_timeout - RESERVE_AFTER), self._stalled)
-
-    def _stalled(self) -> None:
-        config = self._service.plane.config
-        self._service.plane.metrics.connections_closed.labels("grpc_message").inc()
-        self._refuse(
-            MessageStalled(
-                f"request message: expected all of it within body_timeout ({config.body_timeout:g} s); "
-                "the call is ended"
-            )
-        )
-
-    def _refuse(self, error: Exception) -> None:
-        self._refusal = error
-        if self._task is not None:
-            self._task.cancel()
+        return codec.encode_infer_response(served.name, served.version, outputs, parsed.id)
 
 
 def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     """The service's RPCs under the protocol's wire name; requests arrive as bytes (see ``_receive``)."""
     rpcs = {
         name: grpc.stream_unary_rpc_method_handler(service.rpcs[name], response_serializer=resp.SerializeToString)
-        for name, (_, resp) in METHODS.items()
+        for name, (_, resp) in codec.METHODS.items()
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, rpcs)
 
