@@ -1,8 +1,9 @@
 """Hostile input against leaf-serve, before and after issue #10, side by side in one run.
 
-Run: ``.venv/bin/python bench/hostile_bench.py [--baseline COMMIT]`` (about 5 minutes on 2 cores).
-The baseline (default ``cf8bcd5``, main before the hardening) is checked out into a temporary git
-worktree and served from there with the same interpreter and packages; "after" is this work tree.
+Run: ``.venv/bin/python bench/hostile_bench.py [--baseline COMMIT | --baseline-source DIR]`` (about
+5 minutes on 2 cores). The baseline (default ``cf8bcd5``, main before the hardening) is checked out
+into a temporary git worktree, or taken as it is from DIR (its serve/ and job/ folders), and served
+with the same interpreter and packages; "after" is this work tree.
 Both serve the same tiny 64x64 model with default settings (the only options set are the model,
 the port, CPU and hot reload off), as the issue's review did.
 
@@ -21,6 +22,16 @@ Scenarios, each against a fresh server process:
   (each on a new connection, 1 s timeout) every 0.5 s until two rounds in a row are all answered:
   seconds from the SIGSTOP to the first of those rounds (60 s cap). Needs a baseline with
   ``--processes`` (``--baseline 9b21330``, main before issue 20).
+
+gRPC (issue 20), the server's gRPC port on, attacked with tests/serve/h2raw.py (a raw HTTP/2 client):
+
+* ``grpc_stalled``: one connection opens 256 ModelInfer streams and sends only HEADERS; another client
+  calls ServerLive on a new connection every second for 45 s (``GRPC_CAP``): how many were refused,
+  the first second one succeeded, REST liveness meanwhile, and the refusals the metrics counted.
+* ``grpc_partial``: 8 streams each declaring a 20,000,000-byte message, sending 18 MB and stopping:
+  resident memory before, at its peak, and 45 s later; the body budget's gauge while they stall.
+* ``grpc_typed``: ModelInfer with 5 M ``fp32_contents`` and shape [1, 64, 64, 3], once and six at
+  once, while ``/v2/health/live`` is asked in a loop: its latency before and at its worst during.
 
 Memory: the server's resident set before (after one warm-up request), its peak during the scenario
 (``VmHWM`` after resetting it through ``/proc/<pid>/clear_refs``) and 2 s after the last answer.
@@ -49,10 +60,16 @@ from PIL import Image
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests" / "serve"))
+import grpc  # noqa: E402
 from _serve_models import publish, tiny_onnx  # noqa: E402
+from h2raw import RawH2, grpc_message  # noqa: E402
 
 SIZE = (64, 64)
 STALL_CAP = 75.0
+GRPC_CAP = 45.0
+GRPC_INFER = "/inference.GRPCInferenceService/ModelInfer"
+GRPC_LIVE = "/inference.GRPCInferenceService/ServerLive"
 
 
 def png(mode: str, side: int) -> bytes:
@@ -77,13 +94,14 @@ def status(pid: int, field: str) -> int:
 class Server:
     """A leaf-serve process from ``source`` (its serve/ and job/ folders first on sys.path)."""
 
-    def __init__(self, source: Path, model: str, **options: str):
+    def __init__(self, source: Path, model: str, grpc_on: bool = False, **options: str):
         self.port = free_port()
+        self.grpc_port = free_port() if grpc_on else 0
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
         env.update(PYTHONPATH=f"{source / 'serve'}:{source / 'job'}", LEAF_SERVE_MODEL=model)
         env.update(LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu")
-        env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT="0")
+        env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT=str(self.grpc_port))
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; read by output()
         self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log)
@@ -210,22 +228,167 @@ def stalled(server: Server) -> dict:
     }
 
 
+def grpc_call(port: int, path: str, payload: bytes, timeout: float) -> str:
+    """The status code's name of one call with raw bytes, on a connection of its own."""
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        try:
+            channel.unary_unary(path)(payload, timeout=timeout)
+        except grpc.RpcError as e:
+            return e.code().name
+    return "OK"
+
+
+def counted_grpc(server: Server) -> dict[str, float]:
+    """leaf_serve_requests by outcome over the gRPC endpoints."""
+    text = httpx.get(server.url + "/metrics", timeout=10).text
+    counts: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith('leaf_serve_requests_total{endpoint="grpc_'):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            counts[outcome] = counts.get(outcome, 0) + float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def grpc_stalled(server: Server) -> dict:
+    """Item 1: 256 HEADERS-only streams on one connection; a second client's ServerLive once a second."""
+    attacker = RawH2("127.0.0.1", server.grpc_port)
+    before = counted_grpc(server)
+    start = time.monotonic()
+    for _ in range(256):
+        attacker.open(GRPC_INFER)
+    time.sleep(1.0)
+    results, rest_live = [], []
+    while time.monotonic() - start < GRPC_CAP:
+        t = time.monotonic()
+        results.append((round(t - start, 1), grpc_call(server.grpc_port, GRPC_LIVE, b"", 2.0)))
+        rest_live.append(httpx.get(server.url + "/v2/health/live", timeout=5).status_code)
+        time.sleep(max(0.0, 1.0 - (time.monotonic() - t)))
+    open_at_end = 256 - len(attacker.ended) if not (attacker.eof or attacker.goaway) else 0
+    attacker.close()
+    after = counted_grpc(server)
+    ok = [t for t, code in results if code == "OK"]
+    return {
+        "victim_calls": len(results),
+        "victim_refused": sum(code != "OK" for _, code in results),
+        "victim_codes": sorted({code for _, code in results}),
+        "victim_first_ok_s": ok[0] if ok else None,
+        "victim_refused_after_s": max((t for t, code in results if code != "OK"), default=None),
+        "attacker_streams_open_at_cap": open_at_end,
+        "rest_live_statuses": sorted(set(rest_live)),
+        "grpc_outcomes_counted": {k: after.get(k, 0) - before.get(k, 0) for k in after},
+    }
+
+
+def budget_gauge(server: Server) -> float:
+    for line in httpx.get(server.url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith('leaf_serve_memory_budget_bytes{budget="request_bodies"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return float("nan")
+
+
+def grpc_partial(server: Server) -> dict:
+    """Item 2: 8 streams each declaring 20,000,000 bytes, sending 18 MB, stopping; memory over 45 s."""
+    base = server.warm()
+    server.reset_peak()
+    attacker = RawH2("127.0.0.1", server.grpc_port)
+    streams = [attacker.open(GRPC_INFER) for _ in range(8)]
+    payload = grpc_message(b"\0" * 18_000_000, declared=20_000_000)
+    sent: list[int] = []
+    senders = [threading.Thread(target=lambda s=s: sent.append(attacker.send(s, payload, timeout=20))) for s in streams]
+    start = time.monotonic()
+    for t in senders:
+        t.start()
+    for t in senders:
+        t.join()
+    time.sleep(2)
+    gauge_stalled = budget_gauge(server)
+    rss_stalled = status(server.proc.pid, "VmRSS")
+    while time.monotonic() - start < GRPC_CAP:
+        time.sleep(0.5)
+    ended = sum(1 for s in streams if s in attacker.ended) if not attacker.eof else len(streams)
+    rss_late = status(server.proc.pid, "VmRSS")
+    peak = status(server.proc.pid, "VmHWM")
+    attacker.close()
+    return {
+        "sent_mb": round(sum(sent) / 1e6, 1),
+        "rss_mib": base,
+        "peak_growth_mib": peak - base,
+        "growth_2s_after_mib": rss_stalled - base,
+        "growth_at_45s_mib": rss_late - base,
+        "budget_gauge_while_stalled": gauge_stalled,
+        "streams_ended_by_server_at_45s": ended,
+    }
+
+
+def typed_request(model: str, values: int, side: int) -> bytes:
+    from leaf_serve.grpc_v2 import inference_pb2 as pb  # either tree's copy: the messages are the same
+
+    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="FP32", shape=[1, side, side, 3])
+    tensor.contents.fp32_contents.extend(np.zeros(values, np.float32))
+    return pb.ModelInferRequest(model_name=model, inputs=[tensor]).SerializeToString()
+
+
+def grpc_typed(server: Server) -> dict:
+    """Item 3: 5 M fp32_contents for a [1, 64, 64, 3] tensor; REST liveness latency meanwhile."""
+    server.warm()
+    payload = typed_request("tiny", 5_000_000, SIZE[0])
+
+    def live_ms() -> float:
+        t = time.perf_counter()
+        try:
+            httpx.get(server.url + "/v2/health/live", timeout=3)
+        except httpx.TimeoutException:
+            return float("inf")
+        return (time.perf_counter() - t) * 1000
+
+    idle = sorted(live_ms() for _ in range(20))
+    out: dict = {"live_idle_p50_ms": round(idle[10], 1)}
+    for n in (1, 6):
+        codes: list[str] = []
+
+        def infer(codes: list[str] = codes) -> None:
+            codes.append(grpc_call(server.grpc_port, GRPC_INFER, payload, 60))
+
+        callers = [threading.Thread(target=infer) for _ in range(n)]
+        start = time.monotonic()
+        for t in callers:
+            t.start()
+        during = []
+        while any(t.is_alive() for t in callers):
+            during.append(live_ms())
+        for t in callers:
+            t.join()
+        out[f"calls_{n}"] = {
+            "codes": sorted(set(codes)),
+            "seconds": round(time.monotonic() - start, 2),
+            "live_max_ms": round(max(during, default=0.0), 1),
+            "live_failed_3s": sum(d == float("inf") for d in during),
+            "live_requests": len(during),
+        }
+    return out
+
+
 def fuzz(server: Server) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
         env = {**os.environ, "LEAF_FUZZ_URL": server.url, "LEAF_FUZZ_REPORT": report.name, "LEAF_FUZZ_COUNT_ONLY": "1"}
+        if server.grpc_port:
+            env["LEAF_FUZZ_GRPC"] = f"127.0.0.1:{server.grpc_port}"
         test = str(ROOT / "tests/serve/test_serve_fuzz.py")
         cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "not finds_a_5xx"]
         subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         rows = json.loads(Path(report.name).read_text() or "[]")
     log = server.output()
     by_status: dict[str, int] = {}
-    for r in rows:
+    for r in (r for r in rows if r["kind"] != "grpc"):
         by_status[str(r["status"])] = by_status.get(str(r["status"]), 0) + r["count"]
     return {
         "cases": sum(r["count"] for r in rows),
         "by_status": dict(sorted(by_status.items())),
         "5xx": sum(r["count"] for r in rows if r["status"] >= 500),
         "5xx_by_kind": {r["kind"]: r["count"] for r in rows if r["status"] >= 500},
+        # gRPC cases record the status code's number: 2 UNKNOWN and 13 INTERNAL are the server's failures
+        "grpc_cases": sum(r["count"] for r in rows if r["kind"] == "grpc"),
+        "grpc_unknown_or_internal": sum(r["count"] for r in rows if r["kind"] == "grpc" and r["status"] in (2, 13)),
         "tracebacks_logged": log.count("Traceback (most recent call last)"),
         "error_lines_logged": sum(" ERROR " in line for line in log.splitlines()),
     }
@@ -284,7 +447,9 @@ def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> 
     results: dict[str, dict] = {}
     for name in scenarios:
         options = {"processes": "2"} if name == "hung_worker" else {}
-        server = Server(source, fuzz_model if name == "fuzz" else model, **options)  # fuzz: "leaf" 32x32
+        # fuzz: the tests' model, "leaf" 32x32; gRPC on for the grpc_ scenarios and the fuzz (its gRPC cases)
+        grpc_on = name.startswith("grpc") or name == "fuzz"
+        server = Server(source, fuzz_model if name == "fuzz" else model, grpc_on=grpc_on, **options)
         url = server.url
         try:
             if name in images:
@@ -299,6 +464,8 @@ def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> 
                 results[name] = fuzz(server)
             elif name == "hung_worker":
                 results[name] = hung_worker(server)
+            elif name in ("grpc_stalled", "grpc_partial", "grpc_typed"):
+                results[name] = globals()[name](server)
         finally:
             server.stop()
         print(f"  {source.name or source}: {name}: {json.dumps(results[name])}", flush=True)
@@ -308,6 +475,7 @@ def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", default="cf8bcd5", help="commit to compare with (main before issue #10)")
+    parser.add_argument("--baseline-source", default="", help="a folder with serve/ and job/ to compare with instead")
     parser.add_argument(
         "--scenarios", default="png_rgba,png_rgb,png_rgba_accepted,many_images,stalled,fuzz", help="comma-separated"
     )
@@ -317,17 +485,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = publish(Path(tmp) / "models", "tiny", tiny_onnx(SIZE), SIZE, 3)
         fuzz_model = publish(Path(tmp) / "models", "leaf", tiny_onnx((32, 32)), (32, 32), 3)
-        baseline = Path(tmp) / "baseline"
-        subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=ROOT, check=True,
-                       capture_output=True)  # fmt: skip
+        baseline = Path(args.baseline_source) if args.baseline_source else Path(tmp) / "baseline"
+        if not args.baseline_source:
+            subprocess.run(["git", "worktree", "add", "--detach", str(baseline), args.baseline], cwd=ROOT, check=True,
+                           capture_output=True)  # fmt: skip
         try:
-            print(f"before ({args.baseline}):")
+            print(f"before ({args.baseline_source or args.baseline}):")
             before = run_all(baseline, model, fuzz_model, scenarios)
             print("after (this work tree):")
             after = run_all(ROOT, model, fuzz_model, scenarios)
         finally:
-            subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False)
-    result = {"baseline": args.baseline, "before": before, "after": after}
+            if not args.baseline_source:
+                subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False)
+    result = {"baseline": args.baseline_source or args.baseline, "before": before, "after": after}
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

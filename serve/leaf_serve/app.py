@@ -83,12 +83,18 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
             interval = config.poll_interval or config.shadow_flush_interval
             shadow_task = asyncio.create_task(shadow.run_forever(interval, config.shadow_flush_interval))
         # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
-        grpc_server = await grpc_service.start(plane) if config.grpc_port else None
+        grpc_server = grpc_check = None
+        if config.grpc_port:
+            grpc_server, grpc_check = await grpc_service.start(plane)
+            plane.live_checks.append(grpc_check)
         try:
             yield
         finally:
             plane.draining = True
-            if grpc_server is not None:  # uvicorn has drained HTTP by now; give gRPC calls the same grace
+            if grpc_server is not None and grpc_check is not None:
+                plane.live_checks.remove(grpc_check)
+                await grpc_check.close()
+                # uvicorn has drained HTTP by now; give gRPC calls the same grace
                 await grpc_server.stop(config.grace_period)
             for task in (poller, shadow_task):
                 if task is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,7 +63,8 @@ class InputTensor:
     shape: list[int]
     datatype: str
     data: Any = None  # the JSON "data" (nested lists of numbers), or
-    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy)
+    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy), or
+    typed: Sequence[Any] | None = None  # gRPC typed contents (fp32_contents...), its length checked by the codec
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype and shape.
@@ -73,6 +75,8 @@ class InputTensor:
         dtype, where = DATATYPES[self.datatype], f"input {self.name!r}"
         if self.raw is not None:
             return _from_binary(self.raw, self.shape, dtype, where)
+        if self.typed is not None:
+            return _from_typed(self.typed, self.shape, dtype, where)
         return _from_json(self.data, self.shape, dtype, where)
 
 
@@ -162,6 +166,15 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
         raise BadRequest(f"{where}.data: expected values in the range of {dtype.name}; {e}") from e
     if array.size != math.prod(shape):
         raise BadRequest(f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}")
+    return array.reshape(shape)
+
+
+def _from_typed(values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+    """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the memory)."""
+    try:
+        array = np.fromiter(values, dtype=dtype, count=len(values))
+    except OverflowError as e:  # 300 in uint_contents for a UINT8 tensor
+        raise BadRequest(f"{where}.contents: expected values in the range of {dtype.name}; {e}") from e
     return array.reshape(shape)
 
 

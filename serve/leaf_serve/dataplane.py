@@ -1,6 +1,6 @@
 """The data plane both transports call: repository, draining, budgets, the off-loop pool, readiness, inference.
 
-REST (``rest.Api``) and gRPC (``grpc_v2.service``) are each only a codec and routes over one
+REST (``rest.Api``) and gRPC (``grpc_v2``) are each only a codec and routes over one
 :class:`DataPlane`, as MLServer's transports are over its ``DataPlane``: what "ready" means, which
 bytes a request may hold and where blocking work runs are decided here, once.
 """
@@ -8,7 +8,7 @@ bytes a request may hold and where blocking work runs are decided here, once.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from typing import Any
 
@@ -38,6 +38,16 @@ class DataPlane:
         self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
         for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
             self.metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
+        # What liveness asks besides "this event loop answers": gRPC adds a call to itself (grpc_v2.service.SelfCheck).
+        self.live_checks: list[Callable[[], Awaitable[str | None]]] = []
+
+    async def live(self) -> str | None:
+        """None when the server can take calls on every transport; else what cannot (liveness fails)."""
+        for check in self.live_checks:
+            problem = await check()
+            if problem is not None:
+                return problem
+        return None
 
     def ready(self) -> bool:
         """Whether the server takes inference: a model is loaded and SIGTERM has not come."""

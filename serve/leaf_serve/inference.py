@@ -73,7 +73,7 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, probs: np.n
         return [(name, probs, parsed.binary_output)]
     unknown = sorted(set(parsed.outputs) - {name})
     if unknown:
-        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown}")
+        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown!r:.120}")
     if name not in parsed.outputs:
         return []  # "outputs": [] asks for none
     flag = parsed.outputs[name]

@@ -200,14 +200,17 @@ class ModelRepository:
         log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
 
     def require(self, name: str | None = None, version: str | None = None) -> ServedModel:
-        """The current model, checked against the names in the URL (404) and readiness (503)."""
+        """The current model, checked against the names in the URL (404) and readiness (503).
+
+        The names come from clients (a gRPC field can be megabytes): messages quote them cut to 80 characters.
+        """
         served = self.current
         if served is None:
             raise Unavailable("model not loaded yet")
         if name is not None and name != served.name:
-            raise ModelNotFound(f"unknown model {name!r}; this server serves {served.name!r}")
+            raise ModelNotFound(f"unknown model {name!r:.80}; this server serves {served.name!r}")
         if version and version != served.version:
-            raise ModelNotFound(f"model {served.name!r} has no version {version!r}; serving {served.version!r}")
+            raise ModelNotFound(f"model {served.name!r} has no version {version!r:.80}; serving {served.version!r}")
         return served
 
     async def poll_forever(self, interval: float) -> None:

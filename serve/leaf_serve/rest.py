@@ -186,6 +186,10 @@ class Api:
     # -- health and metadata -------------------------------------------------------------
 
     async def live(self, request: Request) -> Response:
+        problem = await self.plane.live()
+        if problem is not None:
+            log.warning("liveness fails: %s", problem)
+            return JSONResponse({"live": False, "error": problem}, status_code=503)
         return JSONResponse({"live": True})
 
     async def ready(self, request: Request) -> Response:

@@ -119,6 +119,16 @@ class ServeConfig:
     # A client that stops sending holds a connection and its partial body: close it (slowloris, dead phones).
     header_timeout: float = option(30.0, "seconds a client has to send a request's headers before it is closed")
     body_timeout: float = option(30.0, "seconds a request body may stall (no bytes arrive) before it is closed")
+    # gRPC held to the same rules (docs/serving.md, "Limits"): calls in flight count against max_concurrency,
+    # a request message must arrive within body_timeout, and these bound what one connection can hold.
+    grpc_max_streams: int = option(
+        32, "gRPC calls one HTTP/2 connection may have open at once (MAX_CONCURRENT_STREAMS)"
+    )
+    grpc_keepalive: float = option(60.0, "seconds between the gRPC server's pings on a quiet connection (dead peers)")
+    grpc_max_idle: float = option(300.0, "seconds a gRPC connection with no call may stay open; 0 = no limit")
+    grpc_max_age: float = option(
+        1800.0, "seconds before a gRPC connection is asked to reconnect (spreads clients over replicas); 0 = never"
+    )
     http: str = option(
         "auto", "HTTP/1.1 parser: auto (httptools when installed), httptools, h11", choices=("auto", "httptools", "h11")
     )
@@ -192,6 +202,7 @@ class ServeConfig:
         positive |= {"max_body_bytes": self.max_body_bytes, "max_pixels": self.max_pixels, "top_k": self.top_k}
         positive |= {"max_decode_bytes": self.max_decode_bytes, "header_timeout": self.header_timeout}
         positive |= {"body_timeout": self.body_timeout, "max_body_bytes_in_flight": self.max_body_bytes_in_flight}
+        positive |= {"grpc_max_streams": self.grpc_max_streams, "grpc_keepalive": self.grpc_keepalive}
         for name, value in positive.items():
             if value < 1:
                 raise ConfigError(f"option {name}: expected a positive number; received {value}")
@@ -199,6 +210,7 @@ class ServeConfig:
         non_negative |= {"intra_op_threads": self.intra_op_threads, "grace_period": self.grace_period}
         non_negative |= {"max_concurrency": self.max_concurrency, "decode_threads": self.decode_threads}
         non_negative |= {"drain_delay": self.drain_delay}
+        non_negative |= {"grpc_max_idle": self.grpc_max_idle, "grpc_max_age": self.grpc_max_age}
         for name, value in non_negative.items():
             if value < 0:
                 raise ConfigError(f"option {name}: expected zero or more; received {value}")

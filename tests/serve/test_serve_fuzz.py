@@ -1,14 +1,17 @@
 """Fuzzing the serving endpoint over a real socket: thousands of malformed requests, never a 5xx.
 
-Hypothesis generates requests of six kinds: arbitrary JSON, near-valid v2 tensors with one field
+Hypothesis generates requests of seven kinds: arbitrary JSON, near-valid v2 tensors with one field
 replaced by something else, binary bodies with arbitrary header lengths, arbitrary headers and
-query strings, multipart forms, and real PNG/JPEG bytes with bits flipped, cut short or padded.
-After every case the server must still answer ``/v2/health/live``; at the end no ERROR line and
-no traceback may have been logged. ``derandomize`` makes every run try the same cases, so a
+query strings, multipart forms, real PNG/JPEG bytes with bits flipped, cut short or padded, and
+gRPC messages (arbitrary bytes, near-valid ``ModelInferRequest`` and friends, cut short or with bits
+flipped) that must never be answered UNKNOWN or INTERNAL. After every case the server must still
+answer ``/v2/health/live`` (which asks gRPC too); at the end no ERROR line and no traceback may have
+been logged. ``derandomize`` makes every run try the same cases, so a
 failure in CI reproduces on a laptop.
 
 ``LEAF_FUZZ_URL`` points the cases at a server already running elsewhere (bench/hostile_bench.py
-uses it to fuzz an older build), ``LEAF_FUZZ_COUNT_ONLY`` records answers without asserting, and
+uses it to fuzz an older build; ``LEAF_FUZZ_GRPC`` is that server's gRPC ``host:port``, else the gRPC
+cases are skipped), ``LEAF_FUZZ_COUNT_ONLY`` records answers without asserting, and
 ``LEAF_FUZZ_REPORT`` writes the count of each kind and status.
 """
 
@@ -21,13 +24,15 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 
+import grpc
 import httpx
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from PIL import Image
-from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, start_server
+from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, free_port, start_server
+from tritonclient.grpc import service_pb2 as pb  # the client's copy of the messages, not the server's
 
 H, W = IMAGE_SIZE
 INFER = f"/v2/models/{MODEL_NAME}/infer"
@@ -139,21 +144,88 @@ def legal(value: str) -> bytes:
 content_types = st.sampled_from(["image/png", "image/jpeg", "application/json", "application/octet-stream",
                                  "multipart/form-data", "text/plain", "", "image/", ";;;"]) | header_values  # fmt: skip
 
+# Typed contents field -> values that fit it (protobuf refuses out-of-range values when the message is built).
+_TYPED = {
+    "bool_contents": st.booleans(),
+    "int_contents": st.integers(-(2**31), 2**31 - 1),
+    "int64_contents": st.integers(-(2**63), 2**63 - 1),
+    "uint_contents": st.integers(0, 2**32 - 1),
+    "fp32_contents": st.floats(width=32),
+    "fp64_contents": st.floats(),
+}
+names = st.sampled_from([MODEL_NAME, "", "v1", "x" * 300, "\x00", "\u202e"]) | st.text(max_size=12)
+
+
+@st.composite
+def infer_messages(draw: st.DrawFn) -> pb.ModelInferRequest:
+    """A ModelInferRequest near a valid one: any field may be off, typed contents of any length."""
+    message = pb.ModelInferRequest(
+        model_name=draw(st.just(MODEL_NAME) | names), model_version=draw(st.sampled_from(["", "v1"]) | names)
+    )
+    message.id = draw(st.text(max_size=8))
+    for _ in range(draw(st.integers(0, 2))):
+        tensor = message.inputs.add(name=draw(st.sampled_from([INPUT_NAME]) | names))
+        tensor.datatype = draw(st.sampled_from(["FP32", "UINT8", "INT8", "FP16", "BOOL", "INT64", "BYTES", "fp32", ""]))
+        tensor.shape.extend(draw(st.sampled_from([[1, H, W, 3], [2, H, W, 3], [1, 3]]) | st.lists(
+            st.integers(-2, 2**40), max_size=5)))  # fmt: skip
+        field = draw(st.sampled_from(sorted(_TYPED)))
+        getattr(tensor.contents, field).extend(draw(st.lists(_TYPED[field], max_size=40)))
+    if draw(st.booleans()):
+        message.raw_input_contents.extend(draw(st.lists(st.binary(max_size=64), max_size=2)))
+    for name in draw(st.lists(st.sampled_from(["probabilities"]) | names, max_size=2)):
+        message.outputs.add(name=name)
+    return message
+
+
+@st.composite
+def grpc_requests(draw: st.DrawFn) -> tuple[str, bytes]:
+    """(RPC, the bytes of its request message): arbitrary, structured, or structured then damaged."""
+    rpc = draw(st.sampled_from(["ModelInfer", "ModelInfer", "ModelMetadata", "ModelReady", "ServerLive"]))
+    if draw(st.integers(0, 3)) == 0:
+        return rpc, draw(st.binary(max_size=200))
+    if rpc == "ModelInfer":
+        raw = draw(infer_messages()).SerializeToString()
+    else:
+        raw = pb.ModelReadyRequest(name=draw(names), version=draw(names)).SerializeToString()
+    damage = draw(st.sampled_from(["none", "cut", "flip"]))
+    if damage == "cut" and raw:
+        raw = raw[: draw(st.integers(0, len(raw) - 1))]
+    elif damage == "flip" and raw:
+        at = draw(st.integers(0, len(raw) - 1))
+        raw = raw[:at] + bytes([raw[at] ^ (1 << draw(st.integers(0, 7)))]) + raw[at + 1 :]
+    return rpc, raw
+
+
 # --- harness --------------------------------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str | None]]:
+    """(REST URL, gRPC address or None) of the server under test."""
     external = os.environ.get("LEAF_FUZZ_URL")
     if external:
-        yield external.rstrip("/")
+        yield external.rstrip("/"), os.environ.get("LEAF_FUZZ_GRPC")
         return
     reg = Registry(str(tmp_path_factory.mktemp("models")))
     reg.publish("v1", V1)
     reg.promote("v1")
-    running = start_server(reg.pointer_uri, poll_interval=0, max_body_bytes=1024 * 1024)
-    yield running.url
+    port = free_port()
+    running = start_server(reg.pointer_uri, poll_interval=0, max_body_bytes=1024 * 1024, grpc_port=port)
+    yield running.url, f"127.0.0.1:{port}"
     running.stop()
+
+
+@pytest.fixture(scope="module")
+def target(servers: tuple[str, str | None]) -> str:
+    return servers[0]
+
+
+@pytest.fixture(scope="module")
+def grpc_channel(servers: tuple[str, str | None]) -> Iterator[grpc.Channel]:
+    if servers[1] is None:
+        pytest.skip("LEAF_FUZZ_URL without LEAF_FUZZ_GRPC: no gRPC port to fuzz")
+    with grpc.insecure_channel(servers[1]) as channel:
+        yield channel
 
 
 @pytest.fixture(scope="module")
@@ -185,6 +257,26 @@ def send(client: httpx.Client, url: str, kind: str, method: str, path: str, **kw
     if r.status_code >= 400:
         assert isinstance(r.json().get("error"), str)  # every refusal says why, as JSON
     assert client.get(url + "/v2/health/live").status_code == 200
+
+
+# A client's mistake or a missing model; never UNKNOWN (an unhandled exception) or INTERNAL.
+GRPC_ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
+
+
+def send_grpc(channel: grpc.Channel, url: str, rpc: str, payload: bytes) -> None:
+    code = grpc.StatusCode.OK
+    try:
+        channel.unary_unary(f"/inference.GRPCInferenceService/{rpc}")(payload, timeout=30)
+    except grpc.RpcError as e:
+        code, details = e.code(), e.details()
+    OUTCOMES[("grpc", code.value[0])] += 1
+    if COUNT_ONLY:
+        return
+    assert code in GRPC_ANSWERS, f"{rpc} {payload[:60]!r} -> {code.name}: {details[:300]}"
+    assert code == grpc.StatusCode.OK or details, "every refusal says why"
+    live = channel.unary_unary("/inference.GRPCInferenceService/ServerLive")
+    assert live(b"", timeout=10) == b"\x08\x01"  # live: true
+    assert httpx.get(url + "/v2/health/live").status_code == 200
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +367,12 @@ def test_paths_and_methods(
     target: str, client: httpx.Client, errors_logged: list, method: str, path: str, name: str
 ) -> None:
     send(client, target, "paths", method, path.format(name, name), content=b"{}")
+
+
+@FUZZ
+@given(request=grpc_requests())
+def test_grpc_messages(target: str, grpc_channel: grpc.Channel, errors_logged: list, request: tuple) -> None:
+    send_grpc(grpc_channel, target, *request)
 
 
 def test_nothing_was_logged_as_a_server_error(target: str, errors_logged: list) -> None:
