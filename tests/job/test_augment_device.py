@@ -112,6 +112,7 @@ def test_device_draws_the_host_augmentations_distribution(host_geometry):
     device, _ = geometries(device_samples(N, SEED, AugmentParams.from_config(cfg)))
     critical = ks_critical(N, N)
     distances = {k: ks_statistic(host_geometry[k], device[k]) for k in STATS}
+    print(f"KS D per statistic (critical {critical:.3f}):", {k: round(d, 3) for k, d in distances.items()})
     assert all(d < critical for d in distances.values()), (distances, critical)
     assert 0.45 < (host_geometry["flip_sign"] < 0).mean() < 0.55
 
