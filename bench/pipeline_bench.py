@@ -1,7 +1,9 @@
 """Training input-pipeline benchmark: does feeding the model cost training time, and does the data keep up?
 
-Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 7 minutes on 2 idle cores,
-longer when others share them; ``--quick`` under 2). Measures, side by side in one run on this machine:
+Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (parts 1-4 took about 7 minutes on
+2 idle cores, longer when others share them; ``--quick`` under 2; part 5 alone took 14 minutes on heavily
+shared cores with ``--parts augment --leaf 200 --feed-images 1000 --batches 4 --repeats 4``).
+Measures, side by side in one run on this machine:
 
 1. input-pipeline overhead: one epoch of ``model.fit`` on the real ``make_dataset`` pipeline (shuffle,
    gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
