@@ -1,7 +1,9 @@
 """Training input-pipeline benchmark: does feeding the model cost training time, and does the data keep up?
 
-Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (about 7 minutes on 2 idle cores,
-longer when others share them; ``--quick`` under 2). Measures, side by side in one run on this machine:
+Run: ``.venv/bin/python bench/pipeline_bench.py --out pipeline.json`` (parts 1-4 took about 7 minutes on
+2 idle cores, longer when others share them; ``--quick`` under 2; part 5 alone took 14 minutes on heavily
+shared cores with ``--parts augment --leaf 200 --feed-images 1000 --batches 4 --repeats 4``).
+Measures, side by side in one run on this machine:
 
 1. input-pipeline overhead: one epoch of ``model.fit`` on the real ``make_dataset`` pipeline (shuffle,
    gather from the decoded uint8 array, the seed's augmentation) divided by one epoch of ``model.fit``
@@ -15,7 +17,11 @@ longer when others share them; ``--quick`` under 2). Measures, side by side in o
 3. S3 fetch: ``decode_all`` through a moto S3 server (its own process) on loopback with 16 download
    workers vs 1, and once more with 20 ms added before each GET, the first-byte latency loopback lacks;
 4. peak memory of ``decode_all`` for three dataset sizes, one child process each, with a memory budget
-   that sends the largest to the memory-mapped cache.
+   that sends the largest to the memory-mapped cache;
+5. augmentation (``--parts augment``): host CPU seconds per training image with ``--augment host`` and
+   ``device`` (the host-side pipeline alone, this process's CPU time), the images/s one host core can
+   feed, the cores a GPU at 1,000 / 3,000 / 10,000 images/s needs, and on CPU the training step with
+   device augmentation against the host pipeline's (see ``_pipeline_augment.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+import _pipeline_augment  # noqa: E402
 import _pipeline_overhead  # noqa: E402
 from _pipeline_data import items_for, leaf_jpegs, mean_size_kib, phone_jpegs, write_folder, write_store  # noqa: E402
 
@@ -40,9 +47,16 @@ HERE = Path(__file__).parent
 BUCKET = "bench-leaves"
 LATENCY_S = 0.020  # a typical S3 GET first-byte latency within a region
 
-DEFAULTS = {"batches": 6, "repeats": 8, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160}
-PARTS = ("decode", "s3", "rss", "overhead")
-QUICK = {"batches": 3, "repeats": 3, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64}
+DEFAULTS = {
+    "batches": 6, "repeats": 8, "leaf": 400, "phone": 40, "s3": 300, "rss": "500,2000,8000", "budget": 160,
+    "feed_images": 2000,
+}  # fmt: skip
+PARTS = ("decode", "s3", "rss", "overhead", "augment")
+QUICK = {
+    "batches": 3, "repeats": 3, "leaf": 120, "phone": 12, "s3": 100, "rss": "200,800,3000", "budget": 64,
+    "feed_images": 400,
+}  # fmt: skip
+FEED_BATCHES = (20, 128)  # the seed's batch, and one a GPU would run
 
 
 def decode_rate(store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int) -> dict:
@@ -199,6 +213,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--s3", type=int, help="leaf photos fetched through S3")
     parser.add_argument("--rss", help="comma-separated dataset sizes for the peak-memory children")
     parser.add_argument("--budget", type=int, help="memory_budget_mb of the peak-memory children")
+    parser.add_argument("--feed-images", type=int, help="images per epoch of the augmentation feed part")
     parser.add_argument("--image-size", type=int, default=150)
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--out", default="", help="write the results as JSON here")
@@ -236,6 +251,12 @@ def main() -> None:
                 leaves, leaf_files, args.image_size, args.batches, args.repeats, args.tmp / "c"
             )
             print(f"overhead: {results['overhead']}", flush=True)
+        if "augment" in args.parts:
+            results["augment"] = _pipeline_augment.measure(
+                leaves, leaf_files, args.image_size, args.feed_images, FEED_BATCHES, args.batches, args.repeats,
+                args.tmp / "c",
+            )  # fmt: skip
+            print(f"augment step on CPU: {results['augment']['step_on_cpu']}", flush=True)
     if "decode" in results and "overhead" in results:
         # Decoding happens once per job, before training; this says how far it is from ever mattering.
         model_rate = results["overhead"]["model_images_per_s"]

@@ -150,6 +150,7 @@ TRAINING = Component(
         "max_class_regression": {"minimum": 0, "maximum": 1},
         "gate_min_class_support": {"minimum": 1},
         "min_new_images": {"minimum": 1},
+        "augment": {"enum": ["auto", "host", "device", "off", None]},
         "shadow_min_requests": {"minimum": 1},
         "shadow_min_agreement": {"minimum": 0, "maximum": 1},
         "shadow_min_class_agreement": {"minimum": 0, "maximum": 1},

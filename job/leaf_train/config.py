@@ -19,6 +19,26 @@ from .errors import ConfigError
 
 ENV_PREFIX = "LEAF_TRAIN_"  # every leaf-train command's options (the commands import it from here)
 
+AUGMENT_MODES = ("auto", "host", "device", "off")
+# What --augment true/false meant before the modes existed: kept, so existing env and values still work.
+_AUGMENT_LEGACY = {"true": "auto", "1": "auto", "yes": "auto", "on": "auto", "false": "off", "0": "off", "no": "off"}
+
+
+def normalize_augment(value: object) -> str:
+    """``--augment`` as one of :data:`AUGMENT_MODES`; the older booleans mean ``auto`` (true) and ``off``.
+
+    Raises:
+        ConfigError: anything else, naming the expected values.
+    """
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    text = str(value).strip().lower()
+    if text in AUGMENT_MODES or text in _AUGMENT_LEGACY:
+        return _AUGMENT_LEGACY.get(text, text)
+    raise ConfigError(
+        f"--augment: expected one of {', '.join(AUGMENT_MODES)} (or the older true/false); received {value!r}"
+    )
+
 
 @dataclass
 class TrainConfig:
@@ -53,7 +73,12 @@ class TrainConfig:
     head_lr: float = option(2e-5, "Phase 1 RMSprop learning rate")
     finetune_lr: float = option(1e-5, "Phase 2 RMSprop learning rate")
     early_stopping_patience: int = option(10, "Epochs without val_loss improvement before a phase stops; 0 = off")
-    augment: bool = option(True, "Random rotation/shift/shear/zoom/flip while training (never in the export)")
+    # str, not choices=: the older true/false values still resolve (to auto/off) in validate().
+    augment: str = option(
+        "auto",
+        "Random rotation/shift/shear/zoom/flip while training, never in the export: auto (device when a GPU "
+        "is visible, else host), host (tf.data on the CPU), device (inside the train step), off",
+    )
     rotation: float = option(40.0, "Augmentation: max rotation, degrees")
     shift: float = option(0.2, "Augmentation: max width/height shift, fraction")
     shear: float = option(0.2, "Augmentation: max shear, fraction")
@@ -109,6 +134,7 @@ class TrainConfig:
     log_format: str = option("text", "Log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
 
     def validate(self) -> None:
+        self.augment = normalize_augment(self.augment)
         if not self.data:
             raise ConfigError("--data is required: expected s3://bucket/prefix or a local folder; received ''")
         if not self.output:

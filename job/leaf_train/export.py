@@ -4,7 +4,9 @@
 converting a ``tf.function`` with a named ``input_signature`` through
 ``from_function`` works and matches Keras to ~1e-7 (``check_parity`` measures it on every export). The export is
 built from a float32 copy of the model, so mixed-precision training still ships a
-float32 graph, and it contains no augmentation (that lives in the input pipeline).
+float32 graph, and it contains no augmentation: host augmentation lives in the input pipeline,
+device augmentation on the trained model object's train step (augment.py), and the copy is a
+freshly built model given only the weights.
 """
 
 from __future__ import annotations

@@ -10,7 +10,8 @@ three things with the **served** version (``latest.json``):
   (the same keys with the same ETags are the same labelled photos, wherever the bucket lives).
 * **training options** that shape the weights or the published files (:data:`SHAPING_OPTIONS`)
   against ``model.json``'s ``training`` block. Not compared: ``deterministic``, ``mixed_precision``,
-  ``jit_compile`` and ``workers`` (speed and rounding of the same optimisation; the batch is global),
+  ``jit_compile``, ``workers`` and where augmentation runs (speed and rounding of the same
+  optimisation; the batch is global),
   and the gate's thresholds (they judge a model, they do not shape it: a version they rejected can
   be promoted by hand).
 * **code**: the SHA-256 of the training code's source and the versions of the packages that
@@ -43,7 +44,7 @@ from leaf_common.registry import VERSIONS_DIR, RegistryError, read_verified_vers
 from leaf_common.storage import NotFound
 
 from . import provenance
-from .config import TrainConfig
+from .config import TrainConfig, normalize_augment
 from .dataset import DatasetIndex
 from .errors import ConfigError
 from .registry import ModelRegistry
@@ -83,7 +84,8 @@ SHAPING_OPTIONS = (
     "int8_calibration_images",
 )
 # Recorded in model.json for people, not compared: how fast and with which rounding, not what is learned.
-RECORDED_ONLY = ("deterministic", "mixed_precision", "jit_compile", "workers")
+# ``augment_mode`` is where the augmentation runs (host/device/auto); ``augment`` (compared) is whether.
+RECORDED_ONLY = ("deterministic", "mixed_precision", "jit_compile", "workers", "augment_mode")
 # Differences named in a reason; the count is always complete.
 _MAX_NAMED = 5
 
@@ -114,7 +116,11 @@ class RetrainConfig:
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:
     """``model.json``'s ``training`` block: the options compared by the retrain policy, then the recorded ones."""
-    return {name: getattr(cfg, name) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
+    record = {name: getattr(cfg, name, None) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
+    # Host and device augmentation draw the same transforms (augment.py), so moving it is no reason
+    # to retrain; a bool also equals what versions before --augment host|device recorded.
+    mode = normalize_augment(cfg.augment)
+    return record | {"augment": mode != "off", "augment_mode": mode}
 
 
 @dataclass(frozen=True)

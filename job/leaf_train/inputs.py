@@ -1,9 +1,11 @@
 """tf.data input pipelines over the decoded uint8 array, and the book's augmentation.
 
 Batches are gathered from the (possibly memory-mapped) array by index, so nothing is
-decoded again after the first pass and memory stays bounded. Augmentation runs in
-the input pipeline, not in the model: the export stays augmentation-free and the
-compiled train step keeps XLA (geometric Keras layers do not support it).
+decoded again after the first pass and memory stays bounded. With ``--augment host``
+augmentation runs here, in the input pipeline, not in the model: the export stays
+augmentation-free and the compiled train step keeps XLA (geometric Keras layers do not
+support it). With ``--augment device`` the batches stay uint8 (``cast=False``) and
+``augment.py`` casts and augments inside the train step.
 """
 
 from __future__ import annotations
@@ -42,8 +44,15 @@ def make_dataset(
     shuffle: bool,
     seed: int,
     augment: keras.Sequential | None = None,
+    cast: bool = True,
 ) -> tf.data.Dataset:
-    """Batches of ``(float32 RGB [0,255], int label)`` for the given slots of ``images``."""
+    """Batches of ``(float32 RGB [0,255], int label)`` for the given slots of ``images``.
+
+    ``cast=False`` keeps them uint8 (a quarter of the bytes to copy and to send to the device) for a
+    train step that casts on the device; ``augment`` then must be ``None``.
+    """
+    if not cast and augment is not None:
+        raise ValueError("make_dataset: host augmentation works on float32 batches; received cast=False")
     _, height, width, channels = images.shape
     ds = tf.data.Dataset.from_tensor_slices(slots.astype(np.int64))
     if shuffle:
@@ -57,7 +66,7 @@ def make_dataset(
         x, y = tf.numpy_function(gather, [idx], [tf.uint8, tf.int32], stateful=False)
         x.set_shape([None, height, width, channels])
         y.set_shape([None])
-        return tf.cast(x, tf.float32), y
+        return (tf.cast(x, tf.float32) if cast else x), y
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None and len(augment.layers):

@@ -174,6 +174,7 @@ class _Trained:
     state: RunState  # its version is the one this run publishes
     stop: StopSignal  # installed: SIGTERM is a flag from training to the end of the run
     jit_compile: bool
+    augment: str  # resolved: host, device or off
     weights_sha256: str
 
 
@@ -205,7 +206,7 @@ def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -
         )
     weights_sha256 = weights_digest(model.get_weights())
     log.info("final weights sha256 %s (worker %d)", weights_sha256, job.dist.index)
-    return _Trained(model, state, stop, fit.jit_compile, weights_sha256)
+    return _Trained(model, state, stop, fit.jit_compile, fit.augment, weights_sha256)
 
 
 def _phase_done(kube: KubeReporter, phase: int, metrics: dict[str, float]) -> None:
@@ -226,11 +227,14 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     contract = export.build_contract(cfg, version, data, shipped, metrics, freshness.training_record(cfg))
     contract.gate = decision.to_dict()
     job.kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
-    contract.provenance = provenance.record(cfg.seed, job.deterministic, cfg.deterministic, trained.weights_sha256)
+    contract.provenance = provenance.record(
+        cfg.seed, job.deterministic, cfg.deterministic, trained.weights_sha256, augment=trained.augment
+    )
     report = run_report(data, state.history, job.mixed, job.started) | {
         "provenance": contract.provenance,
         "distribution": {"strategy": job.dist.name, "replicas": job.dist.replicas, "workers": job.dist.workers},
         "jit_compile": trained.jit_compile,
+        "augment": trained.augment,
     }
     files = artefacts(contract, shipped.onnx, metrics, data.index, state.history, report) | shipped.extra_files
     _publish(job, version, files, state, stop)

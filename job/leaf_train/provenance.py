@@ -118,14 +118,17 @@ def code_record() -> dict[str, str]:
     return {"version": __version__, "sha256": source_digest(roots)}
 
 
-def record(seed: int, deterministic: bool, determinism_option: str, weights_sha256: str) -> dict[str, Any]:
-    """The provenance block of ``model.json`` and ``report.json``."""
+def record(
+    seed: int, deterministic: bool, determinism_option: str, weights_sha256: str, augment: str | None = None
+) -> dict[str, Any]:
+    """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved mode."""
     return {
         "code": code_record(),
         "seed": seed,
         "deterministic": deterministic,
         "deterministic_option": determinism_option,
         "weights_sha256": weights_sha256,
+        **({"augment": augment} if augment is not None else {}),
         "python": sys.version.split()[0],
         "packages": package_versions(),
         "lock": lock_record(),

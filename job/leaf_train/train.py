@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.python.framework.config import is_op_determinism_enabled  # what Keras itself asks
 
+from .augment import AugmentParams, attach, resolve_mode
 from .cache import PreparedData
 from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
@@ -74,7 +75,8 @@ def set_determinism(seed: int, deterministic: bool) -> None:
 def use_jit_compile(mode: str) -> bool:
     """``auto`` = XLA on when a GPU is visible: on CPU XLA compiles slowly and gains little.
 
-    Augmentation runs in tf.data, outside the compiled step, so every layer of the step supports XLA.
+    Host augmentation runs in tf.data, outside the compiled step; device augmentation is gathers and
+    arithmetic (augment.py): either way every op of the step supports XLA.
     """
     return mode == "on" or (mode == "auto" and gpus_visible())
 
@@ -87,10 +89,14 @@ class FitOptions:
     fine_tune_from: str
     patience: int  # early stopping on val_loss; 0 = off
     jit_compile: bool
+    augment: str = "host"  # resolved --augment: host, device or off
+    device_augment: AugmentParams | None = None  # the ranges, when augment == "device"
+    seed: int = 0  # the device augmentation's stateless seed
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float) -> FitOptions:
         """``scale_lr`` maps a configured learning rate to the one used (``Distribution.learning_rate``)."""
+        augment = resolve_mode(cfg.augment, gpus_visible())
         return cls(
             plans=(
                 PhasePlan(1, cfg.head_epochs, scale_lr(cfg.head_lr)),
@@ -99,7 +105,15 @@ class FitOptions:
             fine_tune_from=cfg.fine_tune_from,
             patience=cfg.early_stopping_patience,
             jit_compile=use_jit_compile(cfg.jit_compile),
+            augment=augment,
+            device_augment=AugmentParams.from_config(cfg) if augment == "device" else None,
+            seed=cfg.seed,
         )
+
+    @property
+    def uint8_batches(self) -> bool:
+        """Whether the host sends uint8 batches, cast (and augmented) by the train step on the device."""
+        return self.augment == "device"
 
 
 def train(
@@ -115,15 +129,19 @@ def train(
     on_phase_end: PhaseEnd | None = None,
 ) -> FitOptions:
     """Both phases on ``data``'s training images, validated on its validation images; call in ``dist``'s scope."""
-    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if cfg.augment else None
-    images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
-    train_ds = dist.shard(make_dataset(images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug))
-    val_ds = dist.shard(make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed))
-    dist.prepare_model(model, train_ds.element_spec)
     opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
+    host_aug = opts.augment == "host"
+    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if host_aug else None
+    images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
+    cast = not opts.uint8_batches  # device augmentation: uint8 to the device, cast there
+    train_ds = make_dataset(images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast)
+    train_ds = dist.shard(train_ds)
+    val_ds = dist.shard(make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast))
+    dist.prepare_model(model, float_spec(train_ds.element_spec))
     log.info(
-        "XLA jit_compile=%s (option %s; augmentation runs in tf.data, outside the compiled step); "
-        "learning rates %s (lr_scaling %s)",
+        "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s (lr_scaling %s)",
+        opts.augment,
+        cfg.augment,
         opts.jit_compile,
         cfg.jit_compile,
         " / ".join(f"{p.learning_rate:g}" for p in opts.plans),
@@ -144,6 +162,12 @@ def train(
         stop=stop,
     )
     return opts
+
+
+def float_spec(spec: tuple) -> tuple:
+    """The batches' spec as the model sees them: uint8 images are cast in the train step."""
+    x, *rest = spec
+    return (tf.TensorSpec(x.shape, tf.float32, x.name), *rest) if x.dtype == tf.uint8 else spec
 
 
 def compile_for_phase(
@@ -191,6 +215,8 @@ def run_phases(
             state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
             best_weights = None
             compile_for_phase(model, plan, opts.fine_tune_from, opts.jit_compile)
+        if opts.uint8_batches:  # per phase (its seed names the phase); a loaded checkpoint is a fresh object
+            attach(model, opts.device_augment, opts.seed, plan.phase)
         _fit_phase(model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop)
         if on_phase_end is not None:
             on_phase_end(plan.phase, _last_metrics(state, plan.phase))

@@ -116,6 +116,7 @@ def test_one_off_job_at_install_is_indexed_too_and_valid(kube_version):
         (["--set", "training.backoffLimitPerIndex=-1"], "backoffLimitPerIndex"),
         (["--set", "training.config.lrScaling=sqrt"], "lrScaling"),
         (["--set", "training.config.jitCompile=maybe"], "jitCompile"),
+        (["--set", "training.config.augment=gpu"], "augment"),
     ],
 )
 def test_schema_rejects_impossible_multi_worker_values(args, error):
@@ -129,6 +130,16 @@ def test_notes_say_where_the_chief_logs(multi):
     notes = out[out.index("NOTES:") :]
     assert "Indexed Job of 2 workers" in notes
     assert "batch.kubernetes.io/job-completion-index=0" in notes
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "auto"), ("device", "device"), ("off", "off")])
+def test_augment_value_reaches_the_job_config(value, expected):
+    """null leaves the job's default (auto: device with a GPU); a set value is the job's --augment."""
+    args = ["--set", f"training.config.augment={value}"] if value else []
+    configmap = one(render(*args), "ConfigMap", "training")["data"]
+    assert configmap.get("LEAF_TRAIN_AUGMENT") == value
+    cfg = resolve(TrainConfig, ENV_PREFIX, {}, {**configmap, "LEAF_TRAIN_DATA": "d", "LEAF_TRAIN_OUTPUT": "o"})
+    assert cfg.augment == expected
 
 
 # --- GPU serving options (the accelerator half of the same issue) ---

@@ -139,3 +139,16 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     assert "model.fp16.onnx" in json.dumps(manifest["files"])
     state = json.loads((model_dir / "runs" / RUN_ID / "state.json").read_text())
     assert state["published_version"] == versions[0].name
+
+
+def test_two_workers_augmenting_on_the_device_stay_in_sync(tmp_path):
+    """Device augmentation under MultiWorkerMirroredStrategy: uint8 batches, each replica its own draws."""
+    data, out = tmp_path / "photos", tmp_path / "registry"
+    write(open_store(str(data)), per_class=8, classes=2, size=48)
+    chief, worker = finish(launch(data, out, "--augment", "device"))  # the later flag wins
+    for log in (chief, worker):
+        assert "augmentation device (option device)" in log
+    trained = digests(chief, worker)
+    assert trained[0] == trained[1]
+    (version,) = (out / "leaf-classifier" / "versions").iterdir()
+    assert json.loads((version / "report.json").read_text())["augment"] == "device"

@@ -113,7 +113,7 @@ def test_a_dataset_record_without_images_cannot_be_compared() -> None:
         compare_photos(listing(PHOTOS), {"root": "x"})
 
 
-@pytest.mark.parametrize("name", SHAPING_OPTIONS)
+@pytest.mark.parametrize("name", [n for n in SHAPING_OPTIONS if n != "augment"])  # augment: below
 def test_every_shaping_option_is_compared(name: str) -> None:
     value = getattr(TRAIN, name)
     changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2, str: lambda v: v + "x"}
@@ -122,7 +122,26 @@ def test_every_shaping_option_is_compared(name: str) -> None:
     assert diff.startswith(f"{name} {value!r} -> ")
 
 
-@pytest.mark.parametrize("name", RECORDED_ONLY)
+@pytest.mark.parametrize(
+    ("served", "now", "difference"),
+    [("auto", "off", ["augment True -> False"]), ("off", "host", ["augment False -> True"])]
+    + [("host", "device", []), ("auto", "host", []), ("device", "true", [])],
+)
+def test_augmentation_on_or_off_is_compared_not_where_it_runs(served: str, now: str, difference: list[str]) -> None:
+    """Host and device draw the same transforms (test_augment_device), so moving them is no reason to retrain."""
+    other = dataclasses.replace(TRAIN, augment=now)
+    assert option_differences(other, served_contract(dataclasses.replace(TRAIN, augment=served))) == difference
+    assert training_record(other)["augment_mode"] == {"true": "auto"}.get(now, now)
+
+
+def test_a_version_from_before_the_augment_modes_compares_equal() -> None:
+    contract = served_contract()
+    contract["training"]["augment"] = True  # what --augment true recorded
+    del contract["training"]["augment_mode"]
+    assert option_differences(dataclasses.replace(TRAIN, augment="device"), contract) == []
+
+
+@pytest.mark.parametrize("name", [n for n in RECORDED_ONLY if n != "augment_mode"])  # augment_mode: above
 def test_speed_and_rounding_options_are_recorded_not_compared(name: str) -> None:
     value = getattr(TRAIN, name)
     other = dataclasses.replace(TRAIN, **{name: 4 if name == "workers" else "on" if value != "on" else "off"})

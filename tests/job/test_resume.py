@@ -20,13 +20,13 @@ pytestmark = pytest.mark.slow
 HEAD, FINETUNE = 2, 6
 
 
-def train_cmd(data: Path, out: Path) -> list[str]:
+def train_cmd(data: Path, out: Path, augment: str = "false") -> list[str]:
     return [
         sys.executable, "-m", "leaf_train.cli", "train",
         "--data", str(data), "--output", str(out), "--run-id", "nightly-123",
         "--image-size", "32", "--weights", "none", "--batch-size", "8",
         "--head-epochs", str(HEAD), "--finetune-epochs", str(FINETUNE), "--head-lr", "1e-3",
-        "--early-stopping-patience", "0", "--augment", "false", "--kube-integration", "off", "--progress", "off",
+        "--early-stopping-patience", "0", "--augment", augment, "--kube-integration", "off", "--progress", "off",
     ]  # fmt: skip
 
 
@@ -44,13 +44,18 @@ def wait_for_phase2_epoch(state_file: Path, proc: subprocess.Popen, timeout: flo
     raise AssertionError("no phase-2 checkpoint appeared in time")
 
 
-def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path):
+# device: the resumed process loads the checkpoint into a new model object, which must get the
+# augmenting train step again (train.run_phases attaches it per phase).
+@pytest.mark.parametrize("augment", ["false", "device"])
+def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path, augment):
     data, out = tmp_path / "photos", tmp_path / "registry"
     write(open_store(str(data)), per_class=8, classes=2, size=64)
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     run_dir = out / "leaf-classifier" / "runs" / "nightly-123"
 
-    first = subprocess.Popen(train_cmd(data, out), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        train_cmd(data, out, augment), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = wait_for_phase2_epoch(run_dir / "state.json", first)
     first.send_signal(signal.SIGTERM)
     log1, _ = first.communicate(timeout=120)
@@ -60,7 +65,7 @@ def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path):
     assert saved["phase"] == 2 and saved["epochs_done"] >= seen["epochs_done"] and not saved["published_version"]
     assert not (out / "leaf-classifier" / "versions").exists()  # nothing published by the preempted pod
 
-    second = subprocess.run(train_cmd(data, out), env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(train_cmd(data, out, augment), env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout + second.stderr
     assert f"resuming run {run_dir}" in second.stderr and "at phase 2 after" in second.stderr
 
@@ -68,11 +73,12 @@ def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path):
     assert len(versions) == 1
     report = json.loads((versions[0] / "report.json").read_text())
     assert report["epochs_run"] == HEAD + FINETUNE  # the same total as an uninterrupted run
+    assert report["augment"] == {"false": "off"}.get(augment, augment)
     assert report["history"]["phase"] == [1.0] * HEAD + [2.0] * FINETUNE
     final = json.loads((run_dir / "state.json").read_text())
     assert final["published_version"] == versions[0].name == final["version"]
 
     # A third attempt of the same Job (e.g. the pod died after publishing) publishes nothing new.
-    third = subprocess.run(train_cmd(data, out), env=env, capture_output=True, text=True, timeout=600)
+    third = subprocess.run(train_cmd(data, out, augment), env=env, capture_output=True, text=True, timeout=600)
     assert third.returncode == 0, third.stderr
     assert len(list((out / "leaf-classifier" / "versions").iterdir())) == 1
