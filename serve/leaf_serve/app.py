@@ -17,6 +17,7 @@ from starlette.exceptions import HTTPException
 from .capture import CaptureQueue
 from .grpc_v2 import service as grpc_service
 from .metrics import ServeMetrics
+from .offline import PAGE_SECURITY, OfflinePages
 from .pages import Pages, load_assets
 from .repository import ModelRepository
 from .rest import Api, error_response
@@ -53,7 +54,9 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data))
-    sections = [Pages(repo, config, assets), review]
+    sections = [Pages(repo, config, assets, PAGE_SECURITY if config.offline_page else None), review]
+    if config.offline_page:
+        sections.append(OfflinePages(repo, config, assets))
     api = Api(repo, config, repo.metrics, decode_pool, capture=capture, sections=sections)
 
     @contextlib.asynccontextmanager

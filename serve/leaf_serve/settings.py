@@ -119,6 +119,10 @@ class ServeConfig:
         "", "file holding the review token (a mounted Secret); empty = /review is off. Needs --data"
     )
     data: str = option("", "training data URI (s3:// or local): where /review puts accepted photos, <data>/<class>/")
+    # Off by default: the page then hands the served version's model file (INT8 or FP32) to any visitor.
+    offline_page: bool = option(
+        False, "the page installs as a web app and diagnoses offline in the browser (gives the model file away)"
+    )
     review_token: str = field(default="", init=False, repr=False)  # read from review_token_file by validate()
 
     def validate(self) -> None:
