@@ -214,6 +214,16 @@ def test_offline_is_off_by_default(registry: Registry) -> None:
         running.stop()
 
 
+def test_a_package_built_without_the_runtime_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    import leaf_serve.offline as offline
+    from leaf_common.config import ConfigError
+
+    monkeypatch.setattr(offline, "VENDOR", (*offline.VENDOR, "ort-missing.wasm"))
+    with pytest.raises(ConfigError, match=r"missing ort-missing.wasm: run scripts/vendor-ort-web.sh") as e:
+        offline.load_vendor()
+    assert e.value.exit_code == 2
+
+
 def test_the_bundle_names_the_int8_file_and_its_sha256(tmp_path) -> None:
     reg = Registry(str(tmp_path / "models"))
     publish(reg, "v1", TOMATO, int8=True)
