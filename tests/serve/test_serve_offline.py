@@ -34,7 +34,6 @@ from test_serve_browser import TOMATO, browser, by_id, screenshot, synthetic_lea
 pytestmark = pytest.mark.browser
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
 VENDOR_DIR = ROOT / "serve" / "leaf_serve" / "ui" / "vendor"
 AGREEMENT = 0.99  # issue 25: top-1 agreement with the server on held-out photos
 # JPEG at full size: Chromium's and Pillow's libjpeg give the same pixels (measured: identical). Photos large
@@ -307,6 +306,12 @@ def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Regi
         assert by_id(browser, "offline-status").text.startswith(
             "Ready without a network: version v1 of the model (FP32,"
         )
+        leaf = synthetic_leaf()
+        photo = tmp_path / "leaf.jpg"
+        photo.write_bytes(leaf)
+        by_id(browser, "photo").send_keys(str(photo))  # online: the server answers, and the page says so
+        wait_for(lambda: by_id(browser, "model-line").text, "a result")
+        assert by_id(browser, "model-line").text == "Model leaf, version v1. Diagnosed on the server."
 
         # No network: the browser cannot reach anything, and there is nothing to reach.
         network(browser, online=False)
@@ -314,23 +319,17 @@ def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Regi
         browser.refresh()
         wait_for(lambda: browser.execute_script("return document.readyState") == "complete", "the page from its cache")
         wait_for(lambda: by_id(browser, "offline").is_displayed(), "the offline panel")
-        leaf = synthetic_leaf()
-        photo = tmp_path / "leaf.jpg"
-        photo.write_bytes(leaf)
         by_id(browser, "photo").send_keys(str(photo))
         wait_for(lambda: by_id(browser, "result").is_displayed() or by_id(browser, "error").is_displayed(), "a result")
         assert not by_id(browser, "error").is_displayed(), by_id(browser, "error").text
         assert by_id(browser, "verdict").text.startswith("Most likely: Tomato — early blight (")
-        assert by_id(browser, "model-line").text == (
-            "Model leaf, version v1. Diagnosed on this device, version v1 (no network)."
-        )
+        assert by_id(browser, "model-line").text == "Model leaf, version v1. Diagnosed on this device (no network)."
         Select(by_id(browser, "actual")).select_by_visible_text("Tomato — late blight")
         by_id(browser, "wrong").click()
         wait_for(lambda: "kept on this device" in by_id(browser, "feedback-status").text, "the photo kept")
         assert by_id(browser, "offline-queue").text.startswith("1 photo marked wrong without a network")
-        DOCS.mkdir(exist_ok=True)
-        screenshot(browser, "offline-diagnosis.png").replace(DOCS / "offline-diagnosis.png")
-        screenshot(browser, "offline-phone.png", width=390).replace(DOCS / "offline-phone.png")
+        screenshot(browser, "offline-diagnosis.png")  # out/screenshots/; docs/offline.md shows copies
+        screenshot(browser, "offline-phone.png", width=390)
 
         # The network is back: the server first (same port), then the browser's network.
         running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True, port=port)

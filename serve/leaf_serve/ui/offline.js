@@ -191,7 +191,7 @@ export async function diagnoseHere(blob) {
     abstain: v.abstain,
     abstain_reason: v.reason,
     ood_score: v.score,
-    where: `Diagnosed on this device, version ${bundle.version} (no network).`,
+    where: "Diagnosed on this device (no network).",
     offline: true,
   };
 }
