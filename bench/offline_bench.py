@@ -131,13 +131,22 @@ def network(driver, online: bool) -> None:  # noqa: ANN001
 
 
 def install_bytes(url: str) -> dict[str, int]:
-    """What a device downloads to work offline: the page's files, the runtime, the model (uncompressed)."""
+    """What a device downloads to work offline (bytes over the wire, gzip asked for as browsers do) and
+    stores: the page's files, the runtime, the model."""
     from leaf_serve.offline import SHELL
 
-    page = sum(len(httpx.get(url + p).content) for p in SHELL if not p.startswith("/ui/vendor/"))
-    runtime = sum(len(httpx.get(url + p).content) for p in SHELL if p.startswith("/ui/vendor/"))
-    model = httpx.get(url + "/offline/bundle.json").json()["bytes"]
-    return {"page": page, "runtime": runtime, "model": model, "total": page + runtime + model}
+    got = {p: httpx.get(url + p, headers={"Accept-Encoding": "gzip"}) for p in SHELL}
+    bundle = httpx.get(url + "/offline/bundle.json")
+    model = httpx.get(url + bundle.json()["url"], headers={"Accept-Encoding": "gzip"})
+    out = {}
+    for part, rows in (("page", [r for p, r in got.items() if not p.startswith("/ui/vendor/")] + [bundle]),
+                       ("runtime", [r for p, r in got.items() if p.startswith("/ui/vendor/")]),
+                       ("model", [model])):  # fmt: skip
+        out[f"{part}_wire"] = sum(r.num_bytes_downloaded for r in rows)
+        out[f"{part}_stored"] = sum(len(r.content) for r in rows)
+    out["total_wire"] = sum(v for k, v in out.items() if k.endswith("_wire"))
+    out["total_stored"] = sum(v for k, v in out.items() if k.endswith("_stored"))
+    return out
 
 
 def one_round(pointer: str, variant: str, photos: list[bytes], tmp: Path, k: int) -> dict:

@@ -240,8 +240,13 @@ def test_the_bundle_names_the_int8_file_and_its_sha256(tmp_path) -> None:
         )
         assert httpx.get(running.url + "/offline/model/v0").status_code == 404
         assert "'wasm-unsafe-eval'" in httpx.get(running.url + "/").headers["Content-Security-Policy"]
-        wasm = httpx.get(running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm")
+        wasm = httpx.get(running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm")  # httpx asks for gzip
         assert wasm.headers["content-type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
+        assert wasm.headers["content-encoding"] == "gzip" and wasm.num_bytes_downloaded < len(wasm.content) / 2
+        plain = httpx.get(
+            running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm", headers={"Accept-Encoding": "identity"}
+        )
+        assert "content-encoding" not in plain.headers and plain.content == wasm.content
         assert "MIT License" in httpx.get(running.url + "/ui/vendor/LICENSE").text
     finally:
         running.stop()
