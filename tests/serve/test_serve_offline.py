@@ -17,6 +17,7 @@ import base64
 import hashlib
 import io
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 
@@ -271,6 +272,39 @@ def test_the_browser_makes_the_servers_input_array(browser, registry: Registry) 
                     mean, p99 = diff.mean(), np.percentile(diff, 99)
                     print(f"{case} at {size}: mean |diff| {mean:.2f}, 99th percentile {p99:.0f}, max {diff.max()}")
                     assert mean <= JPEG_MEAN_TOLERANCE and p99 <= JPEG_P99_TOLERANCE, f"{case} {size}: {mean} {p99}"
+    finally:
+        running.stop()
+
+
+# serve/leaf_serve/trust.py's rule (branch i22-trust, docs/trust.md): not a leaf first - a version with the
+# detector and a score above its threshold, or no finite score - then low confidence under the threshold.
+VERDICTS = [
+    # probs, ood_score, ood threshold, confidence threshold -> abstain_reason
+    ([0.9, 0.1], None, None, 0.5, None),
+    ([0.4, 0.35, 0.25], None, None, 0.5, "low_confidence"),
+    ([0.5, 0.5], None, None, 0.5, None),  # at the threshold is sure, as the server's >=
+    ([0.9, 0.1], 12.0, 9.91, 0.5, "not_a_leaf"),
+    ([0.9, 0.1], 9.91, 9.91, 0.5, None),  # at the threshold is still a leaf (score > threshold abstains)
+    ([0.4, 0.6], 3.0, 9.91, 0.7, "low_confidence"),
+    ([0.9, 0.1], None, 9.91, 0.5, "not_a_leaf"),  # a version with the detector but no score: cannot vouch
+    ([0.9, 0.1], float("nan"), 9.91, 0.5, "not_a_leaf"),
+    ([float("nan"), 0.1], None, None, 0.5, "low_confidence"),
+]
+
+
+def test_the_abstain_rule_is_the_servers(browser, registry: Registry) -> None:  # noqa: F811
+    running = start_server(registry.pointer_uri, poll_interval=0)
+    try:
+        open_page(browser, running)
+        script = """
+        const [cases, done] = [arguments[0], arguments[1]];
+        import("/ui/offline.js").then((m) => done(cases.map(([p, o, t, c]) =>
+          m.verdict(p.map((x) => x ?? NaN), o === "nan" ? NaN : o, t, c).reason)));
+        """
+        nan = math.isnan  # JSON has no NaN: sent as null / "nan" and turned back in the page
+        cases = [[[None if nan(x) else x for x in p], "nan" if o is not None and nan(o) else o, t, c]
+                 for p, o, t, c, _ in VERDICTS]  # fmt: skip
+        assert run_js(browser, script, cases) == [want for *_, want in VERDICTS]
     finally:
         running.stop()
 
