@@ -407,3 +407,61 @@ def test_a_new_version_is_fetched_and_a_broken_download_never_used(browser, regi
         assert "version v2 of the model (INT8," in by_id(browser, "offline-status").text
     finally:
         running.stop()
+
+
+def test_the_queue_is_bounded_and_the_user_can_clear_it(browser, registry: Registry) -> None:  # noqa: F811
+    running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True)
+    try:
+        forget(browser, running)
+        open_page(browser, running)
+        installed(browser, "v1")
+        # What the "wrong" button does with no network, 21 times: fetch rejects with a TypeError.
+        script = """
+        const done = arguments[arguments.length - 1];
+        import("/ui/offline.js").then(async (m) => {
+          const noNetwork = () => Promise.reject(new TypeError("Failed to fetch"));
+          const out = [];
+          for (let i = 0; i <= m.MAX_QUEUED; i++) {
+            const photo = new File([new Uint8Array([255, 216, i])], `leaf-${i}.jpg`, { type: "image/jpeg" });
+            try { out.push(await m.feedback(photo, "", noNetwork)); } catch (e) { out.push(e.message); }
+          }
+          done(out);
+        });
+        """
+        out = run_js(browser, script)
+        assert out[:20] == [None] * 20  # kept
+        assert out[20] == "there is no network and 20 photos already wait on this device; send or clear them first"
+        assert by_id(browser, "offline-queue").text.startswith("20 photos marked wrong without a network")
+        by_id(browser, "offline-clear").click()
+        wait_for(lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0", "cleared")
+        assert by_id(browser, "offline-queue-status").text == "The waiting photos were deleted from this device."
+        assert not by_id(browser, "offline-queue-actions").is_displayed()
+    finally:
+        running.stop()
+
+
+def test_a_waiting_photo_the_server_refuses_does_not_block_the_others(browser, registry: Registry) -> None:  # noqa: F811
+    running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True)
+    try:
+        forget(browser, running)
+        open_page(browser, running)
+        installed(browser, "v1")
+        script = """
+        const [leaf, done] = [arguments[0], arguments[arguments.length - 1]];
+        import("/ui/offline.js").then(async (m) => {
+          const noNetwork = () => Promise.reject(new TypeError("Failed to fetch"));
+          const bytes = Uint8Array.from(atob(leaf), (c) => c.charCodeAt(0));
+          await m.feedback(new File([new Uint8Array([1, 2, 3])], "broken.jpg", { type: "image/jpeg" }), "", noNetwork);
+          await m.feedback(new File([bytes], "leaf.jpg", { type: "image/jpeg" }), "", noNetwork);
+          await m.sendQueued();
+          done(document.getElementById("offline-queue-status").textContent);
+        });
+        """
+        status = run_js(browser, script, b64(synthetic_leaf()))
+        assert status.startswith("Sent 1 waiting photo(s) for review. The server refused 1: broken.jpg: expected")
+        assert browser.execute_script("return document.documentElement.dataset.queued") == "0"
+        assert running.app.state.api.capture.join(10)
+        inbox = open_store(f"{registry.root}/leaf/inbox")
+        assert len([o.key for o in inbox.list() if o.key.endswith(".jpg")]) == 1
+    finally:
+        running.stop()

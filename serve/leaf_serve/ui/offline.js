@@ -245,12 +245,23 @@ export async function feedback(photo, label, online) {
   return null;
 }
 
+// A refusal the server will repeat forever (400 not an image, 404 capture off, 413 too big) drops the photo;
+// 429 and 5xx are "not now": it stays for the next try.
+const refusedForGood = (error) => error.status >= 400 && error.status < 500 && error.status !== 429;
+
 async function sendOne(key, item) {
   const form = new FormData();
   form.append("file", item.photo, item.name);
   const query = item.label ? `?label=${encodeURIComponent(item.label)}` : "";
-  await readJSON(await fetch(url(`/feedback${query}`), { method: "POST", body: form }));
+  let refused = null;
+  try {
+    await readJSON(await fetch(url(`/feedback${query}`), { method: "POST", body: form }));
+  } catch (error) {
+    if (!refusedForGood(error)) throw error;
+    refused = error.message;
+  }
   await tx(QUEUE, "readwrite", (s) => s.delete(key));
+  return refused;
 }
 
 export async function sendQueued() {
@@ -259,8 +270,17 @@ export async function sendQueued() {
   try {
     const keys = await queuedKeys();
     const items = await queued();
-    for (let i = 0; i < keys.length; i++) await sendOne(keys[i], items[i]);
-    if (keys.length) $("offline-queue-status").textContent = `Sent ${keys.length} waiting photo(s) for review.`;
+    const refused = [];
+    for (let i = 0; i < keys.length; i++) {
+      const reason = await sendOne(keys[i], items[i]);
+      if (reason) refused.push(`${items[i].name}: ${reason}`);
+    }
+    const sent = keys.length - refused.length;
+    if (keys.length) {
+      $("offline-queue-status").textContent =
+        `Sent ${sent} waiting photo(s) for review.` +
+        (refused.length ? ` The server refused ${refused.length}: ${refused.join("; ")}` : "");
+    }
   } catch (error) {
     if (!noNetwork(error)) $("offline-queue-status").textContent = `Waiting photos not sent: ${error.message}`;
   } finally {
