@@ -11,7 +11,7 @@ LOCK ?= locks/dev.txt
 UV_VERSION := 0.13.9
 UV := .tools/uv/bin/uv
 
-.PHONY: demo test lint lock speed-bench clean chromium prometheus images chart-schema
+.PHONY: demo test lint lock speed-bench clean chromium prometheus images chart-schema ort-web
 
 # --clear: a venv is rebuilt from the lock, never upgraded in place, so nothing outside it lingers.
 # The project goes in last with --no-deps --no-build-isolation: everything, setuptools included,
@@ -52,7 +52,13 @@ chromium:
 prometheus:
 	scripts/get-prometheus.sh
 
-test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus
+# ONNX Runtime Web for the offline page (--offline-page), from the npm registry at a pinned version checked
+# against its committed sha512, copied into serve/leaf_serve/ui/vendor/ (gitignored; wheels and images carry
+# it as package data). Not committed: the .wasm alone is 14.8 MB. Does nothing when already there.
+ort-web:
+	scripts/vendor-ort-web.sh
+
+test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
@@ -71,7 +77,7 @@ chart-schema: $(VENV)/.installed
 # by default from a wheelhouse of the lock downloaded here (offline builds); ONLINE=1 installs from the index
 # inside the build instead. See scripts/images.py.
 FLAVOUR ?= all
-images:
+images: ort-web
 	$(PYTHON) scripts/images.py build --flavour $(FLAVOUR) $(if $(ONLINE),--online)
 
 # Serving speed under native load generators (wrk, h2load from Debian; scripts/get-loadgen.sh), side by

@@ -22,6 +22,7 @@ from .dataplane import DataPlane
 from .grpc_v2 import service as grpc_service
 from .inference import server_version
 from .metrics import ServeMetrics
+from .offline import PAGE_SECURITY, OfflinePages
 from .openapi import OpenApiSection
 from .pages import Pages, load_assets
 from .repository import ModelRepository
@@ -58,7 +59,10 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
-    sections = [Pages(repo, config, assets), review, OpenApiSection(server_version())]
+    page_security = PAGE_SECURITY if config.offline_page else None
+    sections = [Pages(repo, config, assets, page_security), review, OpenApiSection(server_version())]
+    if config.offline_page:
+        sections.append(OfflinePages(repo, config, assets))
     shadow = Shadow(repo, config.shadow_fraction, config.shadow_max_in_flight) if config.shadow_fraction > 0 else None
     plane = DataPlane(repo, config, decode_pool, shadow)
     if inbox is not None and shadow is not None and shadow.model_store is not None:

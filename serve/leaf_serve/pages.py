@@ -29,9 +29,11 @@ _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
     ".svg": "image/svg+xml",
+    ".mjs": "text/javascript; charset=utf-8",
+    ".wasm": "application/wasm",  # WebAssembly.instantiateStreaming insists on it
 }
 PAGES = ("index.html", "card.html", "review.html")
-ASSETS = (*PAGES, "app.js", "card.js", "review.js", "common.js", "style.css", "icon.svg")
+ASSETS = (*PAGES, "app.js", "card.js", "review.js", "common.js", "style.css", "icon.svg", "offline.js", "preprocess.js")
 # The pages show text that came from outside (labels typed in review, file names): the scripts only ever
 # set textContent, and this policy forbids inline script and every other origin in case one day they don't.
 SECURITY_HEADERS = {
@@ -49,10 +51,10 @@ class Asset:
         self.name = name
         self.body = (files("leaf_serve") / "ui" / name).read_bytes()
         self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
-        self.media_type = _TYPES[name[name.rindex(".") :]]
+        self.media_type = _TYPES.get(name[name.rfind(".") :], "text/plain; charset=utf-8")  # LICENSE
 
-    def response(self, request: Request) -> Response:
-        headers = {"ETag": self.etag, "Cache-Control": "no-cache", **SECURITY_HEADERS}
+    def response(self, request: Request, security: dict[str, str] = SECURITY_HEADERS) -> Response:
+        headers = {"ETag": self.etag, "Cache-Control": "no-cache", **security}
         if request.headers.get("if-none-match") == self.etag:
             return Response(status_code=304, headers=headers)
         return Response(self.body, media_type=self.media_type, headers=headers)
@@ -65,10 +67,17 @@ def load_assets() -> dict[str, Asset]:
 class Pages:
     """The page routes, bound to the repository (for the card) and the config (for the page's settings)."""
 
-    def __init__(self, repo: ModelRepository, config: ServeConfig, assets: dict[str, Asset]):
+    def __init__(
+        self,
+        repo: ModelRepository,
+        config: ServeConfig,
+        assets: dict[str, Asset],
+        security: dict[str, str] | None = None,
+    ):
         self.repo = repo
         self.config = config
         self.assets = assets
+        self.security = security or SECURITY_HEADERS  # the offline page's also lets WebAssembly compile
 
     def table(self) -> list[tuple[str, Handler, str, str]]:
         """(path, handler, verb, metrics endpoint) of every page route."""
@@ -82,7 +91,7 @@ class Pages:
         ]
 
     async def index(self, request: Request) -> Response:
-        return self.assets["index.html"].response(request)
+        return self.assets["index.html"].response(request, self.security)
 
     async def card_page(self, request: Request) -> Response:
         return self.assets["card.html"].response(request)
@@ -106,6 +115,7 @@ class Pages:
                 "confidence_threshold": self.config.confidence_threshold,
                 "top_k": self.config.top_k,
                 "capture": self.config.capture,
+                "offline_page": self.config.offline_page,
                 "labels": [{"label": label, "display": readable_label(label)} for label in served.contract.labels],
             },
             headers={"Cache-Control": "no-store"},

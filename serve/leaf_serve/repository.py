@@ -62,6 +62,7 @@ class ServedModel:
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
     card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
+    offline: OfflineModel | None = None  # what the offline page downloads (only with --offline-page)
 
     @property
     def name(self) -> str:
@@ -118,6 +119,24 @@ def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str
     return name, data
 
 
+@dataclass(frozen=True)
+class OfflineModel:
+    """The file the offline page runs in the browser: the version's INT8 export when it has a good one, else FP32."""
+
+    file: str
+    data: bytes
+    variant: str  # "int8" or "fp32"
+    sha256: str
+
+
+def offline_model(store: Store, contract: ModelContract, fp32: bytes) -> OfflineModel:
+    """The version's INT8 file (smaller to carry to a phone, accuracy-checked by the job), else its FP32 file."""
+    variant = fetch_variant(store, contract, "int8")
+    if variant is None:
+        return OfflineModel(contract.model_file, fp32, "fp32", sha256_hex(fp32))
+    return OfflineModel(variant[0], variant[1], "int8", sha256_hex(variant[1]))
+
+
 class ModelRepository:
     """Holds the served model; loads the first version and hot-reloads newer ones."""
 
@@ -165,6 +184,7 @@ class ModelRepository:
         """
         contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
         model_file = contract.model_file
+        offline = offline_model(resolved.store, contract, model_bytes) if self.config.offline_page else None
         preferred = "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
         if preferred:
             variant = fetch_variant(resolved.store, contract, preferred)
@@ -192,7 +212,7 @@ class ModelRepository:
         )
         # The manifest's version (checked against the folder when the registry names it): a version folder
         # mounted at /model still reports the version it holds, not "model".
-        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card)
+        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card, offline=offline)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model

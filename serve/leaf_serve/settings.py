@@ -190,6 +190,10 @@ class ServeConfig:
     shadow_flush_interval: float = option(
         30.0, "seconds between writes of this process's shadow statistics to the registry"
     )
+    # Off by default: the page then hands the served version's model file (INT8 or FP32) to any visitor.
+    offline_page: bool = option(
+        False, "the page installs as a web app and diagnoses offline in the browser (gives the model file away)"
+    )
     review_token: str = field(default="", init=False, repr=False)  # read from review_token_file by validate()
 
     def validate(self) -> None:

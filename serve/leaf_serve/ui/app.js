@@ -1,5 +1,6 @@
 // The diagnosis page: one photo in, the top diagnoses out, through the same /classify as any client.
 import { el, getJSON, pct, readJSON, show, url } from "/ui/common.js";
+import { classify, feedback, startOffline } from "/ui/offline.js";
 
 const $ = (id) => document.getElementById(id);
 const TYPES = ["image/jpeg", "image/png"];
@@ -27,6 +28,7 @@ async function loadSettings() {
   const select = $("actual");
   const labels = [...settings.labels].sort((a, b) => a.display.localeCompare(b.display));
   for (const { label, display } of labels) select.append(el("option", { value: label }, display));
+  startOffline(settings); // --offline-page only
 }
 
 async function diagnose(file) {
@@ -46,7 +48,8 @@ async function diagnose(file) {
   form.append("file", file, file.name || "leaf");
   let body;
   try {
-    body = await readJSON(await fetch(url("/classify"), { method: "POST", body: form }));
+    const send = (signal) => fetch(url("/classify"), { method: "POST", body: form, signal }).then(readJSON);
+    body = await classify(file, send); // the server, or this device's copy of the model with no network
   } catch (error) {
     setStatus("");
     setError(`The photo could not be diagnosed: ${error.message}`);
@@ -80,7 +83,7 @@ function render(body) {
     item.append(bar);
     list.append(item);
   }
-  $("model-line").textContent = `Model ${body.model}, version ${body.version}.`;
+  $("model-line").textContent = `Model ${body.model}, version ${body.version}.${body.where ? ` ${body.where}` : ""}`;
   show($("result"), true);
   const canReport = Boolean(settings && settings.capture);
   show($("feedback"), canReport && !body.captured);
@@ -101,8 +104,11 @@ async function reportWrong(event) {
   const label = $("actual").value;
   const query = label ? `?label=${encodeURIComponent(label)}` : "";
   try {
-    const body = await readJSON(await fetch(url(`/feedback${query}`), { method: "POST", body: form }));
-    $("feedback-status").textContent = `Thank you. The photo was sent for review (${body.captured}).`;
+    const send = () => fetch(url(`/feedback${query}`), { method: "POST", body: form }).then(readJSON);
+    const body = await feedback(current, label, send); // null: no network, kept on this device for later
+    $("feedback-status").textContent = body
+      ? `Thank you. The photo was sent for review (${body.captured}).`
+      : "Thank you. There is no network: the photo is kept on this device and sent when the network is back.";
     show($("feedback"), false);
   } catch (error) {
     $("feedback-status").textContent = `The photo was not sent: ${error.message}`;
