@@ -16,6 +16,7 @@ import numpy as np
 from . import codecs
 from .errors import BadRequest
 from .repository import ServedModel
+from .trust import Scores
 
 EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 
@@ -66,18 +67,26 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
     return array
 
 
-def select_outputs(parsed: codecs.InferRequest, served: ServedModel, probs: np.ndarray) -> Outputs:
-    """``(name, array, binary)`` for each output the request asked for (all of them when it named none)."""
+def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Scores) -> Outputs:
+    """``(name, array, binary)`` for each output the request asked for (the probabilities when it named none).
+
+    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so clients
+    that ignore it see the same response as before.
+    """
     name = served.contract.output.name
+    arrays = {name: scores.probs}
+    if served.contract.ood_output is not None and scores.ood is not None:
+        arrays[served.contract.ood_output.name] = scores.ood
     if parsed.outputs is None:
-        return [(name, probs, parsed.binary_output)]
-    unknown = sorted(set(parsed.outputs) - {name})
+        return [(name, scores.probs, parsed.binary_output)]
+    unknown = sorted(set(parsed.outputs) - set(arrays))
     if unknown:
-        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown}")
-    if name not in parsed.outputs:
-        return []  # "outputs": [] asks for none
-    flag = parsed.outputs[name]
-    return [(name, probs, parsed.binary_output if flag is None else flag)]
+        raise BadRequest(f"outputs: expected some of {sorted(arrays)}; received unknown {unknown}")
+    return [
+        (n, arrays[n], parsed.binary_output if parsed.outputs[n] is None else parsed.outputs[n])
+        for n in arrays
+        if n in parsed.outputs
+    ]
 
 
 async def infer(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int, off_loop: OffLoop) -> Outputs:
@@ -85,8 +94,8 @@ async def infer(parsed: codecs.InferRequest, served: ServedModel, max_batch_size
     tensor = check_input(parsed, served, max_batch_size)
     # Raw bytes are one frombuffer (cheap, stay on the loop); JSON lists are converted in a worker.
     batch = materialize(tensor) if tensor.raw is not None else await off_loop(materialize, tensor)
-    probs = await served.batcher.submit(batch)
-    return select_outputs(parsed, served, probs)
+    scores = await served.batcher.submit(batch)
+    return select_outputs(parsed, served, scores)
 
 
 def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
@@ -100,7 +109,10 @@ def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
         "inputs": [
             {"name": c.input.name, "datatype": codecs.datatype_of(served.model.input_dtype), "shape": [-1, h, w, 3]}
         ],
-        "outputs": [{"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]}],
+        "outputs": [
+            {"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]},
+            *([{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}] if c.ood_output else []),
+        ],
         "parameters": {
             "execution_provider": served.model.provider,
             "padded_batch_size": served.model.pad_to,

@@ -96,6 +96,10 @@ class ServeMetrics:
         )
         self.live.register(self.capture_queue_bytes)
 
+        from .drift import DriftMetrics  # drift imports FunctionGauge from here
+
+        self.drift = DriftMetrics(r, self.live)
+
     def set_model(self, name: str, version: str, provider: str) -> None:
         """Point the info gauge at the version now served (exactly one series at a time)."""
         # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):

@@ -31,6 +31,7 @@ from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_cli
 
 from .batching import Batcher
 from .card import ModelCard, fetch_card
+from .drift import DriftMonitor
 from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
 from .model import OnnxModel, RuntimeOptions
@@ -62,6 +63,7 @@ class ServedModel:
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
     card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
+    drift: DriftMonitor | None = None  # what the server has seen of this version (leaf_serve.drift)
 
     @property
     def name(self) -> str:
@@ -182,8 +184,10 @@ class ModelRepository:
         model.smoke_test()
         # Read with the version, so the card always describes exactly the model being served.
         card = fetch_card(resolved.store, contract.version)
+        # Every scored batch, whatever carried it, feeds the version's drift window and series.
+        drift = DriftMonitor(contract, self.metrics.drift if self.metrics else None)
         batcher = Batcher(
-            model.predict,
+            lambda batch: drift.observe(model.score(batch)),
             self._executor,
             max_batch_size=self.config.max_batch_size,
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
@@ -192,7 +196,7 @@ class ModelRepository:
         )
         # The manifest's version (checked against the folder when the registry names it): a version folder
         # mounted at /model still reports the version it holds, not "model".
-        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card)
+        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card, drift=drift)
 
     def _activate(self, served: ServedModel) -> None:
         self.current = served  # one reference assignment: requests see the old or the new model

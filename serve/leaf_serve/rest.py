@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codecs, inference
+from . import codecs, inference, trust
 from .capture import DROPPED_QUEUE, DROPPED_RATE, CaptureQueue
 from .errors import (
     BadRequest,
@@ -69,10 +69,14 @@ class Classified:
     photo: bytes
     photo_format: str  # the decoder's name: JPEG, PNG, MPO
     probs: np.ndarray
+    ood: float | None = None  # the version's OOD score for the photo; None when it ships no detector
 
     def confident(self, threshold: float) -> bool:
         top = float(np.max(self.probs)) if self.probs.size else float("nan")
         return bool(np.isfinite(top) and top >= threshold)
+
+    def verdict(self, confidence_threshold: float) -> trust.Verdict:
+        return trust.verdict(self.probs, self.ood, trust.ood_threshold(self.served.contract), confidence_threshold)
 
 
 def error_response(request: Request, exc: Exception) -> Response:
@@ -213,7 +217,7 @@ class Api:
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         done = await self._classify_photo(request)
         captured = None
-        if self.capture is not None and not done.confident(self.config.confidence_threshold):
+        if self.capture is not None and done.verdict(self.config.confidence_threshold).abstain:
             record = self._capture_record(done, "low_confidence")
             captured = None if self.capture.offer(done.photo, record) else record.id  # a drop is only counted
         return JSONResponse(self._classified_body(done, top_k, captured))
@@ -246,8 +250,9 @@ class Api:
         found = await self.off_loop(self._probe, data, size)
         async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
             image = await self.off_loop(self._decode, data, served)
-        probs = (await served.batcher.submit(image))[0]
-        return Classified(served, data, found.format, probs)
+        scores = await served.batcher.submit(image)
+        ood = None if scores.ood is None else float(scores.ood[0])
+        return Classified(served, data, found.format, scores.probs[0], ood)
 
     def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
         c = done.served.contract
@@ -261,6 +266,7 @@ class Api:
             probabilities=probs,
             confidence_threshold=self.config.confidence_threshold,
             user_label=user_label,
+            abstain_reason=done.verdict(self.config.confidence_threshold).reason,
         )
 
     def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
@@ -278,6 +284,7 @@ class Api:
             "confidence_threshold": self.config.confidence_threshold,
             "confident": done.confident(self.config.confidence_threshold),
             "captured": captured,
+            **trust.answer_fields(done.verdict(self.config.confidence_threshold)),
         }
 
     def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
