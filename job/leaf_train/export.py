@@ -239,21 +239,20 @@ def _plain_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...]) -> Any:
 def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head: TrustHead) -> Any:
     """Features -> logits / T -> softmax, and features -> distance to the nearest class mean."""
     features = feature_model(model)
-    kernel, bias = tf.constant(head.kernel, tf.float32), tf.constant(head.bias, tf.float32)
-    inv_t = tf.constant(1.0 / head.temperature, tf.float32)
-    spaces = [
-        (tf.constant(s.projection, tf.float32), tf.constant(s.means[None], tf.float32), 1.0 / s.scale)
-        for s in head.spaces
-    ]
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    kernel, bias, inv_t = f32(head.kernel), f32(head.bias), np.float32(1.0 / head.temperature)
+    spaces = [(f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces]
 
     @tf.function(input_signature=spec)
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Constants made inside the function become graph constants; tensors made outside would be
+        # captured as extra graph inputs that ONNX Runtime then demands.
         fs = features(image, training=False)
-        probs = tf.nn.softmax((tf.matmul(fs[-1], kernel) + bias) * inv_t, axis=-1)
+        probs = tf.nn.softmax((tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1)
         ood = tf.zeros_like(probs[:, 0])
         for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
             # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32.
-            delta = tf.matmul(f, projection)[:, None, :] - means  # [N, K, F]
+            delta = tf.matmul(f, tf.constant(projection))[:, None, :] - tf.constant(means)  # [N, K, F]
             ood += tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale
         return {OUTPUT_NAME: probs, OOD_NAME: ood}
 

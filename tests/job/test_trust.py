@@ -15,6 +15,7 @@ from leaf_common import trust as maths
 from leaf_common.contract import INPUT_NAME, OOD_NAME, OUTPUT_NAME
 from leaf_train import oodset, trust
 from leaf_train.export import OOD_PARITY_TOLERANCE, check_ood_parity, check_parity, to_onnx
+from PIL import Image, ImageFilter
 from trustkit import leaf_data, train_small
 
 pytestmark = pytest.mark.slow
@@ -99,3 +100,50 @@ def test_reference_distributions_are_recorded(fitted):
         assert sum(ref[key]) == pytest.approx(1.0)
     assert len(ref["ood_share"]) == len(ref["ood_edges"])  # the last edge (infinity) is implied
     assert trust.plot_reliability(fit.reliability)[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _replay(fit, onnx_bytes: bytes, images: np.ndarray) -> list[float]:
+    """The server's drift gauge (``max`` PSI) after each request, one photo per request."""
+    from leaf_common.contract import ModelContract, TensorSpec
+    from leaf_serve.drift import DriftMonitor
+    from leaf_serve.trust import Scores
+
+    contract = ModelContract(
+        name="leaf", version="v1", labels=[f"c{i}" for i in range(len(fit.reference["predicted_class_share"]))],
+        image_size=(SIZE, SIZE), input=TensorSpec(INPUT_NAME, [None, SIZE, SIZE, 3]),
+        output=TensorSpec(OUTPUT_NAME, [None, len(fit.reference["predicted_class_share"])]),
+        ood_output=TensorSpec(OOD_NAME, [None]), ood=fit.ood, reference=fit.reference,
+    )  # fmt: skip
+    monitor = DriftMonitor(contract, None)
+    probs, ood = run(onnx_bytes, images)
+    gauge = []
+    for i in range(len(images)):
+        monitor.observe(Scores(probs[i : i + 1], ood[i : i + 1]))
+        gauge.append(monitor.psi().get("max", 0.0))
+    return gauge
+
+
+def _fresh_leaves(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    other = leaf_data(n_per_class, SIZE, classes=6, seed=seed)  # new photos: none was trained or fitted on
+    return other.decoded.images, other.labels
+
+
+def test_drift_stays_quiet_on_leaves_and_fires_on_a_shifted_stream(fitted):
+    from leaf_serve.drift import ALERT_PSI
+
+    _, _, fit, onnx_bytes, _, _ = fitted
+    images, labels = _fresh_leaves(100, seed=11)  # 600 photos, 600 requests
+    order = np.random.default_rng(0).permutation(len(images))
+    quiet = _replay(fit, onnx_bytes, images[order])
+    assert max(quiet) < ALERT_PSI, max(quiet)
+    shifts = {
+        "darker": (images[order] * 0.45).astype(np.uint8),
+        "blurred": np.stack(
+            [np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(3))) for x in images[order]]
+        ),
+        "one class only": images[np.flatnonzero(labels == 0)].repeat(6, axis=0)[:600],
+    }
+    for name, stream in shifts.items():
+        gauge = _replay(fit, onnx_bytes, stream)
+        crossed = next((i for i, g in enumerate(gauge) if g > ALERT_PSI), None)
+        assert crossed is not None and crossed < 500, (name, max(gauge))
