@@ -165,3 +165,31 @@ def test_versions_without_the_detector_answer_as_before(server: RunningServer) -
     assert grey["abstain"] is True and grey["abstain_reason"] == "low_confidence"
     card = httpx.get(server.url + "/model/card.json").json()
     assert card["trust"]["drift"]["status"].startswith("no reference")
+
+
+def test_grpc_clients_can_ask_for_ood_score(tmp_path) -> None:
+    import tritonclient.grpc as grpcclient
+    from servekit import free_port
+
+    reg = Registry(str(tmp_path / "models"))
+    contract = contract_for(V1, "v1")
+    contract.ood_output = TensorSpec(OOD_NAME, [None])
+    contract.ood = {"method": "test brightness", "threshold": THRESHOLD}
+    reg.publish("v1", V1, contract=contract, model_bytes=onnx_with_ood(V1["weights"]))
+    reg.promote("v1")
+    port = free_port()
+    running = start_server(reg.pointer_uri, poll_interval=0, grpc_port=port)
+    client = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    try:
+        meta = client.get_model_metadata("leaf")
+        assert [o.name for o in meta.outputs] == [OUTPUT_NAME, OOD_NAME]
+        batch = np.stack([np.full((*IMAGE_SIZE, 3), v, np.float32) for v in (255.0, 30.0)])
+        inputs = [grpcclient.InferInput("image", list(batch.shape), "FP32")]
+        inputs[0].set_data_from_numpy(batch)
+        asked = [grpcclient.InferRequestedOutput(OOD_NAME), grpcclient.InferRequestedOutput(OUTPUT_NAME)]
+        result = client.infer("leaf", inputs, outputs=asked)
+        np.testing.assert_allclose(result.as_numpy(OOD_NAME), [1.0, 30 / 255], atol=1e-6)
+        assert result.as_numpy(OUTPUT_NAME).shape == (2, 3)
+    finally:
+        client.close()
+        running.stop()
