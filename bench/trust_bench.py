@@ -70,6 +70,30 @@ def other_background(images: np.ndarray, seed: int) -> np.ndarray:
     return out
 
 
+def per_space_rates(model, fit, data, ood_images: np.ndarray) -> dict[str, dict[str, float]]:
+    """Each feature space alone, and all together, each with its own fit-half threshold (Keras features)."""
+    from leaf_common import trust as maths
+    from leaf_train import trust
+
+    features = trust.feature_model(model)
+    keys = [data.decoded.keys[s] for s in data.val_slots]
+    fit_i, rep_i, _ = trust.halves(keys)
+    val = trust.features_of(features, data.decoded.images, data.val_slots, 16)
+    ood = trust.features_of(features, ood_images, np.arange(len(ood_images)), 16)
+    names = [*trust.BASE_LAYERS, trust.FEATURE_LAYER]
+    out = {}
+    for label, chosen in [*((n, [i]) for i, n in enumerate(names)), ("all (shipped)", list(range(len(names))))]:
+        spaces = tuple(fit.head.spaces[i] for i in chosen)
+        v = trust.ood_score(spaces, [val[i] for i in chosen])
+        o = trust.ood_score(spaces, [ood[i] for i in chosen])
+        threshold = maths.threshold_for(v[fit_i], trust.OOD_FIT_RATE)
+        out[label] = {
+            "heldout_abstain": float(np.mean(v[rep_i] > threshold)),
+            "ood_abstain": float(np.mean(o > threshold)),
+        }
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--per-class", type=int, default=60)
@@ -126,6 +150,7 @@ def main() -> None:
         crossed = next((i + 1 for i, g in enumerate(gauge) if g > ALERT_PSI), None)
         drift[name] = {"requests": len(gauge), "max_psi": max(gauge), "crossed_at_request": crossed}
 
+    ablation = per_space_rates(model, fit, data, ood_images)
     total, _ = count_params(model)
     result = {
         "data": {
@@ -155,6 +180,7 @@ def main() -> None:
             if names
             else "scikit-image not installed",
         },
+        "ablation": ablation,
         "drift": {"window": WINDOW, "min_answers": MIN_ANSWERS, "alert_psi": ALERT_PSI, "streams": drift},
         "seconds": round(time.monotonic() - started, 1),
     }
