@@ -249,11 +249,14 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
         # captured as extra graph inputs that ONNX Runtime then demands.
         fs = features(image, training=False)
         probs = tf.nn.softmax((tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1)
-        ood = tf.zeros_like(probs[:, 0])
+        terms = []
         for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
-            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32.
-            delta = tf.matmul(f, tf.constant(projection))[:, None, :] - tf.constant(means)  # [N, K, F]
-            ood += tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale
+            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32. expand_dims and
+            # add_n (not [:, None] and zeros_like) keep the graph simple enough for ORT's shape inference,
+            # which INT8 quantization runs first.
+            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)  # [N, K, F]
+            terms.append(tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale)
+        ood = tf.add_n(terms)
         return {OUTPUT_NAME: probs, OOD_NAME: ood}
 
     return serve
