@@ -11,6 +11,7 @@ PSI above ``ALERT_PSI`` (0.25, the usual "significant shift") is drift.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import deque
 from typing import Any
@@ -76,6 +77,19 @@ class DriftMonitor:
             for signal in (*SIGNALS, "max"):
                 metrics.psi.labels(*key, signal).set_function(lambda s=signal: self.psi().get(s, 0.0))
 
+    def retire(self) -> None:
+        """Drop this version's series once another version is served (/metrics shows the served one)."""
+        m, self._metrics = self._metrics, None  # requests still draining on it record nothing more
+        if m is None:
+            return
+        key = (self.contract.name, self.contract.version)
+        for signal in (*SIGNALS, "max"):
+            m.psi.remove(*key, signal)
+        for metric in (m.confidence, m.ood_ratio, m.not_a_leaf):
+            _remove(metric, *key)
+        for label in self.contract.labels:
+            _remove(m.predictions, *key, label)
+
     def observe(self, scores: Scores) -> Scores:
         """Record a batch's answers; returns ``scores`` unchanged (it wraps the model's scoring)."""
         probs = np.asarray(scores.probs)
@@ -84,12 +98,13 @@ class DriftMonitor:
         with self._lock:
             self._window.extend(zip(top.tolist(), conf.tolist(), ood, strict=True))
             self.seen += len(probs)
-        if self._metrics is not None:
-            self._record(top, conf, ood)
+        metrics = self._metrics  # read once: retire() may clear it from the event loop meanwhile
+        if metrics is not None:
+            self._record(metrics, top, conf, ood)
         return scores
 
-    def _record(self, top: np.ndarray, conf: np.ndarray, ood: list[float | None]) -> None:
-        m, key, labels = self._metrics, (self.contract.name, self.contract.version), self.contract.labels
+    def _record(self, m: DriftMetrics, top: np.ndarray, conf: np.ndarray, ood: list[float | None]) -> None:
+        key, labels = (self.contract.name, self.contract.version), self.contract.labels
         for k, c, o in zip(top.tolist(), conf.tolist(), ood, strict=True):
             m.predictions.labels(*key, labels[k]).inc()
             m.confidence.labels(*key).observe(c)
@@ -139,3 +154,8 @@ class DriftMonitor:
             "alert_psi": ALERT_PSI,
             "status": status,
         }
+
+
+def _remove(metric: Counter | Histogram, *labels: str) -> None:
+    with contextlib.suppress(KeyError):  # never observed: nothing to remove
+        metric.remove(*labels)

@@ -37,6 +37,10 @@ class FunctionGauge(Collector):
     def set_function(self, function: Callable[[], float]) -> None:
         self._functions[self._labels] = function
 
+    def remove(self, *values: str) -> None:
+        """Stop reporting the series with these label values (a retired model version's)."""
+        self._functions.pop(tuple(values), None)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
         for values, function in self._functions.items():

@@ -199,7 +199,9 @@ class ModelRepository:
         return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card, drift=drift)
 
     def _activate(self, served: ServedModel) -> None:
-        self.current = served  # one reference assignment: requests see the old or the new model
+        old, self.current = self.current, served  # one reference assignment: requests see the old or the new model
+        if old is not None and old.drift is not None and old.version != served.version:
+            old.drift.retire()
         self.metrics.set_model(served.name, served.version, served.model.provider)
         log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
 
