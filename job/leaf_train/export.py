@@ -22,7 +22,7 @@ from typing import Any
 import keras
 import numpy as np
 import tensorflow as tf
-from leaf_common.contract import INPUT_NAME, OUTPUT_NAME, ModelContract, TensorSpec
+from leaf_common.contract import INPUT_NAME, OOD_NAME, OUTPUT_NAME, ModelContract, TensorSpec
 from leaf_common.imaging import RESIZE_METHOD
 from leaf_common.registry import sha256_hex
 
@@ -33,6 +33,7 @@ from .config import TrainConfig
 from .errors import ExportError
 from .model import build_model
 from .quantize import INT8_FILE, check_int8, to_int8
+from .trust import TrustFit, TrustHead, feature_model
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +72,28 @@ class Shipped:
     extra_files: dict[str, bytes]  # model.fp16.onnx / model.int8.onnx when exported and passed
 
 
-def export_all(cfg: TrainConfig, inference: keras.Model, data: PreparedData, event: Event, stop: StopSignal) -> Shipped:
-    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked for."""
-    onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset)
+def export_all(
+    cfg: TrainConfig,
+    inference: keras.Model,
+    data: PreparedData,
+    event: Event,
+    stop: StopSignal,
+    trust: TrustFit | None = None,
+) -> Shipped:
+    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked for.
+
+    With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity covers both.
+    """
+    head = trust.head if trust else None
+    onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset, head)
     stop.check("after the ONNX export, before its parity check")
     parity_images = data.decoded.images[data.val_slots[: cfg.parity_images]]
-    parity = check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance)
+    parity = check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance, head=head)
     event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
     record, extra = parity.to_dict(), fp16_export(cfg, onnx_bytes, parity_images)
+    if head is not None:
+        record["ood"] = check_ood_parity(inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head).to_dict()
+        record["ood"]["relative_to"] = "threshold"
     if extra:
         record["fp16"] = extra.pop("parity")
     int8 = int8_export(cfg, data, onnx_bytes, event)
@@ -95,6 +110,7 @@ def build_contract(
     shipped: Shipped,
     metrics: dict[str, Any],
     training: dict[str, Any],
+    trust: TrustFit | None = None,
 ) -> ModelContract:
     """``model.json`` of the version: what the server needs to load it and what an operator asks about it."""
     return ModelContract(
@@ -104,6 +120,10 @@ def build_contract(
         image_size=(cfg.image_size, cfg.image_size),
         input=TensorSpec(INPUT_NAME, [None, cfg.image_size, cfg.image_size, 3], "float32"),
         output=TensorSpec(OUTPUT_NAME, [None, len(data.index.classes)], "float32"),
+        ood_output=TensorSpec(OOD_NAME, [None], "float32") if trust else None,
+        calibration=trust.calibration if trust else {},
+        ood=trust.ood if trust else {},
+        reference=trust.reference if trust else {},
         resize_method=RESIZE_METHOD,
         model_sha256=sha256_hex(shipped.onnx),
         opset=cfg.opset,
@@ -175,15 +195,17 @@ def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_un
     return clone
 
 
-def to_onnx(model: keras.Model, image_size: int, opset: int) -> bytes:
-    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``."""
+def to_onnx(model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None) -> bytes:
+    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
+
+    With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N] holds
+    the squared Mahalanobis distance to the nearest class mean, the constants baked into the graph.
+    """
     import tf2onnx
 
     spec = (tf.TensorSpec((None, image_size, image_size, 3), tf.float32, name=INPUT_NAME),)
-
-    @tf.function(input_signature=spec)
-    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
-        return {OUTPUT_NAME: model(image, training=False)}
+    serve = _plain_function(model, spec) if head is None else _trusted_function(model, spec, head)
+    expected_out = {OUTPUT_NAME} if head is None else {OUTPUT_NAME, OOD_NAME}
 
     start = time.monotonic()
     # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the same
@@ -199,23 +221,91 @@ def to_onnx(model: keras.Model, image_size: int, opset: int) -> bytes:
         raise ExportError(f"tf2onnx conversion failed at opset {opset}: {e}") from e
     names_in = [i.name for i in proto.graph.input]
     names_out = [o.name for o in proto.graph.output]
-    if names_in != [INPUT_NAME] or names_out != [OUTPUT_NAME]:
+    if names_in != [INPUT_NAME] or set(names_out) != expected_out:
         raise ExportError(
-            f"expected ONNX input [{INPUT_NAME!r}] and output [{OUTPUT_NAME!r}]; received {names_in} and {names_out}"
+            f"expected ONNX input [{INPUT_NAME!r}] and outputs {sorted(expected_out)}; "
+            f"received {names_in} and {names_out}"
         )
     log.info("exported ONNX (opset %d) in %.1f s", opset, time.monotonic() - start)
     return proto.SerializeToString()
 
 
+def _plain_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...]) -> Any:
+    @tf.function(input_signature=spec)
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {OUTPUT_NAME: model(image, training=False)}
+
+    return serve
+
+
+def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head: TrustHead) -> Any:
+    """Features -> logits / T -> softmax, and features -> distance to the nearest class mean."""
+    features = feature_model(model)
+    f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
+    kernel, bias, inv_t = f32(head.kernel), f32(head.bias), np.float32(1.0 / head.temperature)
+    spaces = [(f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces]
+
+    @tf.function(input_signature=spec)
+    def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
+        # Constants made inside the function become graph constants; tensors made outside would be
+        # captured as extra graph inputs that ONNX Runtime then demands.
+        fs = features(image, training=False)
+        probs = tf.nn.softmax((tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1)
+        terms = []
+        for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
+            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32. expand_dims and
+            # add_n (not [:, None] and zeros_like) keep the graph simple enough for ORT's shape inference,
+            # which INT8 quantization runs first.
+            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)  # [N, K, F]
+            terms.append(tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale)
+        ood = tf.add_n(terms)
+        return {OUTPUT_NAME: probs, OOD_NAME: ood}
+
+    return serve
+
+
+OOD_PARITY_TOLERANCE = 1e-3  # max |ORT - numpy| of ood_score, as a fraction of the threshold
+
+
+def _trusted_reference(model: keras.Model, head: TrustHead) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """What the exported graph must compute: Keras features, then the head in float64 numpy."""
+    features = feature_model(model)
+    return lambda x: head.apply(features.predict_on_batch(x))
+
+
 def check_parity(
-    model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
+    model: keras.Model,
+    onnx_bytes: bytes,
+    images: np.ndarray,
+    tolerance: float,
+    batch: int = 16,
+    head: TrustHead | None = None,
 ) -> Parity:
-    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged by the gate)."""
+    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged by the gate).
+
+    With ``head`` the Keras side is the features model followed by the calibrated head in numpy.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    worst = _max_abs_diff(model.predict_on_batch, _runner(session), images, batch)
+    reference = model.predict_on_batch if head is None else (lambda x, r=_trusted_reference(model, head): r(x)[0])
+    worst = _max_abs_diff(reference, _runner(session), images, batch)
     return _measured("parity: max |ORT - Keras|", worst, tolerance, len(images))
+
+
+def check_ood_parity(
+    model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, head: TrustHead, batch: int = 16
+) -> Parity:
+    """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides abstaining)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    scale = max(head.threshold, 1e-6)
+    reference = _trusted_reference(model, head)
+    worst = _max_abs_diff(
+        lambda x: reference(x)[1] / scale, lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale, images, batch
+    )
+    return _measured("ood parity: max |ORT - Keras| / threshold", worst, tolerance, len(images))
 
 
 def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:

@@ -8,7 +8,8 @@ accuracy was measured on a different, smaller split.
 The rules, each one row of the decision table recorded in ``model.json`` (``gate.rules``):
 
 1. ``parity``: the exported ONNX matches the trained model (and ``parity fp16``: model.fp16.onnx
-   matches model.onnx, when exported) within the tolerance. A failure is a rejection, not a crash:
+   matches model.onnx, when exported; ``parity ood``: the graph's ``ood_score`` matches the fitted
+   detector, relative to its threshold) within the tolerance. A failure is a rejection, not a crash:
    the version is kept with the numbers that failed, so the disagreeing export can be inspected,
    and the Job is not retried into the same deterministic failure.
 2. ``min_accuracy``: validation accuracy is at least the floor.
@@ -19,6 +20,8 @@ The rules, each one row of the decision table recorded in ``model.json`` (``gate
    ``max_class_regression``. An average can gain a point while one disease loses half its
    recall; this rule refuses that. Classes new to the champion, and classes with too few images
    to measure, are listed as "not compared".
+
+5. ``calibration``: the held-out ECE after calibration is not worse than before (``leaf_train.trust``).
 
 A version is promoted when no rule fails. The champion is scored whenever one exists, even if an
 earlier rule already failed, so the recorded decision always carries both sides.
@@ -110,7 +113,8 @@ class GateConfig(RetentionConfig):
 
 
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"
-PARITY_RULES = ("parity", "parity fp16")
+PARITY_RULES = ("parity", "parity fp16", "parity ood")
+CALIBRATION_RULE = "calibration"
 CLASS_RULE = "class recall"
 
 
@@ -251,6 +255,7 @@ def decide(
     champion: Champion | None,
     val_images: np.ndarray,
     val_labels: Sequence[str],
+    calibration: Mapping[str, Any] | None = None,
 ) -> GateDecision:
     """Decide whether the candidate replaces the champion.
 
@@ -263,6 +268,8 @@ def decide(
         champion: the served version (``ModelRegistry.champion()``), or ``None`` for the first model.
         val_images: uint8 ``[N, H, W, 3]`` RGB at the candidate's image size.
         val_labels: the class name of each image.
+        calibration: ``model.json``'s calibration record (``before``/``after`` ECE on held-out images);
+            when given, a version whose calibrated ECE is worse than its uncalibrated ECE is refused.
 
     Raises:
         GateError: the inputs are malformed or the champion cannot be re-scored (a real failure:
@@ -271,6 +278,8 @@ def decide(
     _check_inputs(candidate_accuracy, candidate_recall, val_images, val_labels)
     score = score_champion(champion, val_images, val_labels) if champion is not None else None
     rows = [*_parity_rows(parity), _floor_row(cfg, candidate_accuracy)]
+    if calibration:
+        rows.append(_calibration_row(calibration))
     new_classes: list[str] = []
     if champion is not None and score is not None:
         rows.append(_regression_row(cfg, candidate_accuracy, champion.version, score))
@@ -306,6 +315,8 @@ def _parity_rows(parity: Mapping[str, Any]) -> list[Rule]:
     if isinstance(parity.get("fp16"), Mapping):
         hint = "; export without --export-fp16 or raise --fp16-tolerance"
         checks.append(("parity fp16", parity["fp16"], f"float16 parity check failed{hint}"))
+    if isinstance(parity.get("ood"), Mapping):
+        checks.append(("parity ood", parity["ood"], "ood_score parity check failed (difference / threshold)"))
     for name, check, failure in checks:
         diff, tolerance = _finite(check.get("max_abs_diff")), check.get("tolerance")
         passed = bool(check.get("passed")) and diff is not None
@@ -313,6 +324,20 @@ def _parity_rows(parity: Mapping[str, Any]) -> list[Rule]:
         why = f"{failure}: max |difference| {shown} > tolerance {tolerance:g} on {check.get('images', '?')} images"
         rows.append(Rule(name, f"max |diff| <= {tolerance:g}", diff, None, PASS if passed else FAIL, why=why))
     return rows
+
+
+def _calibration_row(calibration: Mapping[str, Any]) -> Rule:
+    """Calibration must not make confidence worse: held-out ECE after <= ECE before (same report images)."""
+    before = _finite((calibration.get("before") or {}).get("ece"))
+    after = _finite((calibration.get("after") or {}).get("ece"))
+    failed = before is None or after is None or after > before + _EPS
+    shown = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
+    why = (
+        f"calibration made confidence worse: held-out ECE {shown(after)} after {calibration.get('method', '?')} "
+        f"calibration > {shown(before)} before, on {calibration.get('report_images', '?')} images"
+    )
+    threshold = f"ECE after <= before ({shown(before)})"
+    return Rule(CALIBRATION_RULE, threshold, after, None, FAIL if failed else PASS, why=why)
 
 
 def _floor_row(cfg: GateConfig, candidate: float) -> Rule:

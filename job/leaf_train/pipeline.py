@@ -29,7 +29,7 @@ from leaf_common.inbox import is_review_key
 from leaf_common.logs import set_context as set_log_context
 from leaf_common.storage import Store, open_store
 
-from . import distribute, evaluate, export, freshness, provenance
+from . import distribute, evaluate, export, freshness, oodset, provenance, trust
 from .cache import DecodeOptions, PreparedData, decode_all
 from .checkpoint import RunCheckpoints, RunState, StopSignal
 from .config import TrainConfig
@@ -221,10 +221,14 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     inference = export.float32_copy(trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units)
     metrics = evaluate.validate(inference, data, cfg.batch_size)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    # Calibration and the not-a-leaf detector, fitted on held-out and training images (leaf_train.trust).
+    ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
+    fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
     stop.check("after evaluation, before the ONNX export")
-    shipped = export.export_all(cfg, inference, data, job.kube.event, stop)
-    decision = _gate(job.gate_cfg, data, metrics, shipped.parity, job.registry.champion())
-    contract = export.build_contract(cfg, version, data, shipped, metrics, freshness.training_record(cfg))
+    shipped = export.export_all(cfg, inference, data, job.kube.event, stop, fitted)
+    decision = _gate(job.gate_cfg, data, metrics, shipped.parity, job.registry.champion(), fitted.calibration)
+    training = freshness.training_record(cfg)
+    contract = export.build_contract(cfg, version, data, shipped, metrics, training, fitted)
     contract.gate = decision.to_dict()
     job.kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
     contract.provenance = provenance.record(
@@ -235,15 +239,23 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
         "distribution": {"strategy": job.dist.name, "replicas": job.dist.replicas, "workers": job.dist.workers},
         "jit_compile": trained.jit_compile,
         "augment": trained.augment,
+        "calibration": fitted.calibration,
+        "ood": fitted.ood,
     }
     files = artefacts(contract, shipped.onnx, metrics, data.index, state.history, report) | shipped.extra_files
+    files[trust.RELIABILITY_FILE] = trust.plot_reliability(fitted.reliability)
     _publish(job, version, files, state, stop)
     promoted = _finish(job, version)
     return RunResult(version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report)
 
 
 def _gate(
-    gate_cfg: GateConfig, data: PreparedData, metrics: dict[str, Any], parity: dict[str, Any], champion: Any
+    gate_cfg: GateConfig,
+    data: PreparedData,
+    metrics: dict[str, Any],
+    parity: dict[str, Any],
+    champion: Any,
+    calibration: dict[str, Any] | None = None,
 ) -> GateDecision:
     """The quality gate, with the champion re-scored on this run's validation images."""
     slots = data.val_slots
@@ -255,6 +267,7 @@ def _gate(
         champion=champion,
         val_images=np.asarray(data.decoded.images[slots]),
         val_labels=[data.index.classes[i] for i in data.labels[slots]],
+        calibration=calibration,
     )
 
 

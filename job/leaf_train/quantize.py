@@ -76,6 +76,7 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
                 # to steps of 1/255: probabilities that no longer sum to 1 (the server's smoke test refuses them).
                 op_types_to_quantize=QUANTIZED_OPS,
                 per_channel=True,
+                nodes_to_exclude=_head_matmuls(prepared),
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
             )
@@ -86,6 +87,19 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
         "quantized ONNX to INT8 (QDQ, %d calibration images) in %.1f s", len(calibration), time.monotonic() - start
     )
     return data
+
+
+def _head_matmuls(model_path: Path) -> list[str]:
+    """The MatMuls export.py adds after the Keras features (logits / T, the OOD distances): kept float32.
+
+    They cost nothing next to the convolutions, and the OOD threshold was fitted on float32 distances.
+    tf2onnx names every node of the Keras model under its scope (``leaf_features_1/...``); the head's
+    nodes are top-level.
+    """
+    import onnx
+
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    return [n.name for n in graph.node if n.op_type == "MatMul" and "/" not in n.name]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,9 @@ POINTER_FILE = "latest.json"
 # signature with these; the contract records them, so the server reads them from model.json.
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
+# Optional second output (issue 22): [N] out-of-distribution score; above ``ood["threshold"]`` the photo
+# does not look like the training photos. Versions exported before it have no such output and still serve.
+OOD_NAME = "ood_score"
 
 
 class ContractError(LeafError, ValueError):
@@ -45,6 +48,7 @@ class ModelContract:
     image_size: tuple[int, int]  # (height, width)
     input: TensorSpec
     output: TensorSpec
+    ood_output: TensorSpec | None = None  # the optional ``ood_score`` output; None for older versions
     resize_method: str = "bilinear"
     input_range: tuple[float, float] = (0.0, 255.0)
     color: str = "RGB"
@@ -59,6 +63,12 @@ class ModelContract:
     training: dict[str, Any] = field(default_factory=dict)
     # seed, determinism, package versions and install lock of the run (leaf_train.provenance)
     provenance: dict[str, Any] = field(default_factory=dict)
+    # Calibration fitted by the run (method, temperature, ECE/NLL before and after on held-out images).
+    calibration: dict[str, Any] = field(default_factory=dict)
+    # The OOD detector: method, threshold, held-out and OOD-set abstain rates.
+    ood: dict[str, Any] = field(default_factory=dict)
+    # Held-out distributions (predicted classes, top-1 confidence, OOD score) the server's drift gauge compares with.
+    reference: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     created_at: str = ""
     schema_version: int = SCHEMA_VERSION
@@ -77,6 +87,14 @@ class ModelContract:
                 f"output shape: expected [None, {self.num_classes}] for {self.num_classes} labels; "
                 f"received {self.output.shape}"
             )
+        if self.ood_output is not None:
+            if self.ood_output.name == self.output.name or list(self.ood_output.shape) != [None]:
+                raise ContractError(
+                    f"ood_output: expected a [None] tensor named apart from {self.output.name!r}; "
+                    f"received {self.ood_output.name!r} {self.ood_output.shape}"
+                )
+            if not isinstance(self.ood.get("threshold"), (int, float)):
+                raise ContractError(f"ood.threshold: expected a number with ood_output; received {self.ood!r:.80}")
         if self.num_classes < 2:
             raise ContractError(f"labels: expected at least 2; received {self.labels}")
         if len(set(self.labels)) != len(self.labels):
@@ -100,6 +118,8 @@ class ModelContract:
             kwargs = {k: v for k, v in d.items() if k in known}
             kwargs["input"] = TensorSpec(**d["input"])
             kwargs["output"] = TensorSpec(**d["output"])
+            if d.get("ood_output") is not None:
+                kwargs["ood_output"] = TensorSpec(**d["ood_output"])
             kwargs["image_size"] = tuple(d["image_size"])
             if "input_range" in d:
                 kwargs["input_range"] = tuple(d["input_range"])

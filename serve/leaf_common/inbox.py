@@ -158,6 +158,9 @@ class CaptureRecord:
     sha256: str  # of the photo bytes, checked again when the photo is reviewed
     size: int
     user_label: str | None = None  # what the person who marked it wrong said it is, if anything
+    # The answer's abstain reason ("not_a_leaf" or "low_confidence"; None: it answered), so reviewers can
+    # sort photos that are no leaf at all from leaves the model was unsure about.
+    abstain_reason: str | None = None
     schema_version: int = RECORD_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -201,6 +204,7 @@ def make_record(
     confidence_threshold: float,
     user_label: str | None = None,
     now: datetime | None = None,
+    abstain_reason: str | None = None,
 ) -> CaptureRecord:
     """The record of one capture, without the photo's digest (:meth:`Inbox.write` stamps it).
 
@@ -225,6 +229,7 @@ def make_record(
         sha256="",
         size=0,
         user_label=user_label,
+        abstain_reason=abstain_reason,
     )
 
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 FIGURES = {"curves": "curves.png", "confusion_matrix": "confusion_matrix.png"}
 CARD_FILES = (METRICS_FILE, *FIGURES.values())
+# Published by versions trained with calibration (issue 22); older versions simply have none, so it is
+# shown when there and never listed as missing.
+RELIABILITY_FILE = "reliability.png"
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,7 @@ def fetch_card(store: Store, version: str) -> ModelCard:
     listed = {e.name for e in manifest.files} if manifest else set()
     files: dict[str, bytes] = {}
     problems = []
-    for name in (n for n in CARD_FILES if n in listed):
+    for name in (n for n in (*CARD_FILES, RELIABILITY_FILE) if n in listed):
         try:
             files[name] = read_verified_version(store, [name], version).files[name]
         except StoreUnavailable:
@@ -63,7 +66,7 @@ def fetch_card(store: Store, version: str) -> ModelCard:
         log.warning("model card of %s: not shown: %s", version, problem)
     return ModelCard(
         metrics if isinstance(metrics, dict) else None,
-        {name: files[name] for name in FIGURES.values() if name in files},
+        {name: files[name] for name in (*FIGURES.values(), RELIABILITY_FILE) if name in files},
         tuple(name for name in CARD_FILES if name not in listed),
         "; ".join(problems),
     )
@@ -73,13 +76,22 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def card_json(contract: ModelContract, card: ModelCard, *, served_since: str, dataset_name: str = "") -> dict[str, Any]:
+def card_json(
+    contract: ModelContract,
+    card: ModelCard,
+    *,
+    served_since: str,
+    dataset_name: str = "",
+    drift: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The card as the page renders it; every number is copied from a published file, never derived.
 
     Anyone may read it, so it says what a grower needs to trust an answer and nothing an attacker could
     use: no data URI (it names the bucket), no code version or execution provider (operators read those
     in ``/v2`` metadata, ``leaf_serve_model_info`` and the logs). The dataset is named by the operator's
-    ``--card-dataset-name`` and identified by its fingerprint, a digest of the file list.
+    ``--card-dataset-name`` and identified by its fingerprint, a digest of the file list. ``drift`` is the
+    server's own record of what it has seen since it loaded the version (``DriftMonitor.state``), the one
+    part that is not a published file.
     """
     published = card.metrics or {}
     summary = {k: _number(published.get(k, contract.metrics.get(k))) for k in ("accuracy", "top3_accuracy", "macro_f1")}
@@ -110,6 +122,34 @@ def card_json(contract: ModelContract, card: ModelCard, *, served_since: str, da
         "figures": {key: f"/model/{name}" if name in card.figures else None for key, name in FIGURES.items()},
         "missing": list(card.missing),
         "problem": card.problem or None,
+        "trust": trust_json(contract, card, drift),
+    }
+
+
+def trust_json(contract: ModelContract, card: ModelCard, drift: dict[str, Any] | None) -> dict[str, Any]:
+    """Calibration before/after, the OOD operating point (both from model.json) and the drift state."""
+    cal, ood = contract.calibration or {}, contract.ood or {}
+    return {
+        "calibration": {
+            k: cal.get(k) for k in ("method", "temperature", "fit_images", "report_images", "bins", "before", "after")
+        }
+        if cal
+        else None,  # fmt: skip
+        "ood": {
+            k: ood.get(k)
+            for k in (
+                "method",
+                "threshold",
+                "heldout_images",
+                "heldout_abstain_rate",
+                "ood_set_images",
+                "ood_set_abstain_rate",
+            )
+        }
+        if ood
+        else None,  # fmt: skip
+        "reliability_figure": f"/model/{RELIABILITY_FILE}" if RELIABILITY_FILE in card.figures else None,
+        "drift": drift,
     }
 
 

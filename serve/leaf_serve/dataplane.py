@@ -20,6 +20,7 @@ from .metrics import ServeMetrics
 from .repository import ModelRepository, ServedModel
 from .settings import ServeConfig
 from .shadow import Shadow
+from .trust import Scores
 
 
 class DataPlane:
@@ -33,6 +34,7 @@ class DataPlane:
         self.config = config
         self.metrics: ServeMetrics = repo.metrics
         self.decode_pool = decode_pool
+        self.active = 0  # requests being answered now, both transports (shadow mirroring waits for a lull)
         self.draining = False  # set at SIGTERM: readiness fails, REST responses close their connections
         self.bodies = MemoryBudget(config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight")
         self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
@@ -78,7 +80,7 @@ class DataPlane:
         """Run one parsed v2 request through ``served``'s batcher; the outputs to send."""
         return await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop, self.answered)
 
-    def answered(self, served: ServedModel, batch: np.ndarray, probs: np.ndarray) -> None:
+    def answered(self, served: ServedModel, batch: np.ndarray, scores: Scores) -> None:
         """Every answered inference (v2 on both transports, /classify) passes here once its answer is settled."""
         if self.shadow is not None:
-            self.shadow.mirror(served, batch, probs)
+            self.shadow.mirror(served, batch, scores, others=self.active - 1)

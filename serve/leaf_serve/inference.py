@@ -16,6 +16,7 @@ import numpy as np
 from . import codecs
 from .errors import BadRequest
 from .repository import ServedModel
+from .trust import Scores
 
 EXTENSIONS = ["binary_tensor_data", "model_repository_metadata"]
 
@@ -66,22 +67,30 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
     return array
 
 
-def select_outputs(parsed: codecs.InferRequest, served: ServedModel, probs: np.ndarray) -> Outputs:
-    """``(name, array, binary)`` for each output the request asked for (all of them when it named none)."""
+def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Scores) -> Outputs:
+    """``(name, array, binary)`` for each output the request asked for (the probabilities when it named none).
+
+    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so clients
+    that ignore it see the same response as before.
+    """
     name = served.contract.output.name
+    arrays = {name: scores.probs}
+    if served.contract.ood_output is not None and scores.ood is not None:
+        arrays[served.contract.ood_output.name] = scores.ood
     if parsed.outputs is None:
-        return [(name, probs, parsed.binary_output)]
-    unknown = sorted(set(parsed.outputs) - {name})
+        return [(name, scores.probs, parsed.binary_output)]
+    unknown = sorted(set(parsed.outputs) - set(arrays))
     if unknown:
-        raise BadRequest(f"outputs: expected {name!r}; received unknown {unknown!r:.120}")
-    if name not in parsed.outputs:
-        return []  # "outputs": [] asks for none
-    flag = parsed.outputs[name]
-    return [(name, probs, parsed.binary_output if flag is None else flag)]
+        raise BadRequest(f"outputs: expected some of {sorted(arrays)}; received unknown {unknown!r:.120}")
+    return [
+        (n, arrays[n], parsed.binary_output if parsed.outputs[n] is None else parsed.outputs[n])
+        for n in arrays
+        if n in parsed.outputs
+    ]
 
 
 # Told of every answered batch (the shadow mirror): must return at once, never raise into the request.
-Answered = Callable[[ServedModel, np.ndarray, np.ndarray], None]
+Answered = Callable[[ServedModel, np.ndarray, Any], None]  # (served, batch, its trust.Scores)
 
 
 async def infer(
@@ -95,10 +104,10 @@ async def infer(
     tensor = check_input(parsed, served, max_batch_size)
     # Raw bytes are one frombuffer (cheap, stay on the loop); JSON lists are converted in a worker.
     batch = materialize(tensor) if tensor.raw is not None else await off_loop(materialize, tensor)
-    probs = await served.batcher.submit(batch)
+    scores = await served.batcher.submit(batch)
     if answered is not None:
-        answered(served, batch, probs)
-    return select_outputs(parsed, served, probs)
+        answered(served, batch, scores)
+    return select_outputs(parsed, served, scores)
 
 
 def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
@@ -112,7 +121,10 @@ def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
         "inputs": [
             {"name": c.input.name, "datatype": codecs.datatype_of(served.model.input_dtype), "shape": [-1, h, w, 3]}
         ],
-        "outputs": [{"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]}],
+        "outputs": [
+            {"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]},
+            *([{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}] if c.ood_output else []),
+        ],
         "parameters": {
             "execution_provider": served.model.provider,
             "padded_batch_size": served.model.pad_to,

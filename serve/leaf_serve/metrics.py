@@ -46,6 +46,10 @@ class FunctionGauge(Collector):
     def set_function(self, function: Callable[[], float]) -> None:
         self._functions[self._labels] = function
 
+    def remove(self, *values: str) -> None:
+        """Stop reporting the series with these label values (a retired model version's)."""
+        self._functions.pop(tuple(values), None)
+
     def collect(self) -> Iterator[GaugeMetricFamily]:
         family = GaugeMetricFamily(self._name, self._doc, labels=self._labelnames)
         for values, function in self._functions.items():
@@ -154,6 +158,10 @@ class ServeMetrics:
                 counter.labels(value)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
             self.live.register(WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE)))
+
+        from .drift import DriftMetrics  # drift imports FunctionGauge from here
+
+        self.drift = DriftMetrics(r, self.live)
 
     def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
         """Point the info gauge at the version now served (exactly one series at a time).

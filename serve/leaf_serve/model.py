@@ -12,6 +12,7 @@ from leaf_common.contract import ModelContract
 from leaf_common.resources import available_cpus
 
 from .errors import ModelLoadError
+from .trust import Scores
 
 if TYPE_CHECKING:
     from .settings import ServeConfig
@@ -234,14 +235,31 @@ class OnnxModel:
         outputs = [o.name for o in session.get_outputs()]
         if out.name not in outputs:
             raise ModelLoadError(f"graph outputs: contract expects {out.name!r}; graph has {outputs}")
+        ood = self.contract.ood_output
+        if ood is not None and ood.name not in outputs:
+            raise ModelLoadError(f"graph outputs: contract declares {ood.name!r}; graph has {outputs}")
+
+    @property
+    def output_names(self) -> list[str]:
+        """What one run fetches: the probabilities, and the OOD score when the contract declares it."""
+        ood = self.contract.ood_output
+        return [self.contract.output.name] + ([ood.name] if ood is not None else [])
+
+    def score(self, batch: np.ndarray) -> Scores:
+        """Probabilities and (for versions that ship it) the OOD score of an NHWC batch, in one run."""
+        out = self._outputs(batch, self.output_names)
+        return Scores(out[0], out[1] if len(out) > 1 else None)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Class probabilities ``[N, num_classes]`` for an NHWC batch in the contract's dtype and range."""
+        return self._outputs(batch, [self.contract.output.name])[0]
+
+    def _outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
         if self._session is None:
             raise ModelLoadError("model not loaded: call load() first")
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if not self.pad_to:
-            return self._run(x)
+            return self._run(x, names)
         # Fixed shape: chunks of pad_to rows, the last one padded with zeros and its extra rows dropped.
         out = []
         for i in range(0, len(x), self.pad_to):
@@ -249,24 +267,25 @@ class OnnxModel:
             rows = len(chunk)
             if rows < self.pad_to:
                 chunk = np.concatenate([chunk, np.zeros((self.pad_to - rows, *chunk.shape[1:]), chunk.dtype)])
-            out.append(self._run(chunk)[:rows])
-        return np.concatenate(out)
+            out.append([o[:rows] for o in self._run(chunk, names)])
+        return [np.concatenate([o[j] for o in out]) for j in range(len(names))]
 
-    def _run(self, x: np.ndarray) -> np.ndarray:
+    def _run(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
         if self.io_binding:
-            return self._run_bound(x)
-        return self._session.run([self.contract.output.name], {self.contract.input.name: x})[0]
+            return self._run_bound(x, names)
+        return self._session.run(names, {self.contract.input.name: x})
 
-    def _run_bound(self, x: np.ndarray) -> np.ndarray:
-        """One run with the input copied to the device once and the output left there until the copy back."""
+    def _run_bound(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
+        """One run with the input copied to the device once and the outputs left there until the copy back."""
         import onnxruntime as ort
 
         device, device_id = ("cuda", self.options.device_id) if self.uses_gpu else ("cpu", 0)
         binding = self._session.io_binding()
         binding.bind_ortvalue_input(self.contract.input.name, ort.OrtValue.ortvalue_from_numpy(x, device, device_id))
-        binding.bind_output(self.contract.output.name, device, device_id)  # ORT allocates it on the device
+        for name in names:
+            binding.bind_output(name, device, device_id)  # ORT allocates it on the device
         self._session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        return binding.copy_outputs_to_cpu()
 
     def smoke_test(self) -> None:
         """Run one mid-grey image and check the output is ``[1, num_classes]`` probabilities.

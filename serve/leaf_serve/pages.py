@@ -17,7 +17,7 @@ from leaf_common.labels import readable_label
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from .card import FIGURES, card_json
+from .card import FIGURES, RELIABILITY_FILE, card_json
 from .errors import NotFound
 from .repository import ModelRepository
 from .settings import ServeConfig
@@ -124,7 +124,10 @@ class Pages:
     async def card(self, request: Request) -> Response:
         served = self.repo.require()
         since = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(timespec="seconds")
-        body = card_json(served.contract, served.card, served_since=since, dataset_name=self.config.card_dataset_name)
+        drift = served.drift.state() if served.drift else None
+        body = card_json(
+            served.contract, served.card, served_since=since, dataset_name=self.config.card_dataset_name, drift=drift
+        )
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     async def figure(self, request: Request) -> Response:
@@ -132,7 +135,7 @@ class Pages:
         name = request.path_params["figure"]
         data = served.card.figures.get(name)
         if data is None:
-            expected = ", ".join(FIGURES.values())
+            expected = ", ".join([*FIGURES.values(), RELIABILITY_FILE])
             raise NotFound(f"/model/{name!r:.60}: expected one of {expected} published with version {served.version}")
         # no-cache: the URL stays the same when hot reload serves a new version with new figures.
         headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}

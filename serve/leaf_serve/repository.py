@@ -31,6 +31,7 @@ from leaf_common.storage import Store, StoreError, StoreUnavailable, make_s3_cli
 
 from .batching import Batcher
 from .card import ModelCard, fetch_card
+from .drift import DriftMonitor
 from .errors import ModelLoadError, ModelNotFound, Unavailable, VersionIncomplete
 from .metrics import ServeMetrics
 from .model import OnnxModel, RuntimeOptions
@@ -63,6 +64,7 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
     offline: OfflineModel | None = None  # what the offline page downloads (only with --offline-page)
+    drift: DriftMonitor | None = None  # what the server has seen of this version (leaf_serve.drift)
 
     @property
     def name(self) -> str:
@@ -175,8 +177,11 @@ class ModelRepository:
         self._activate(served)
         return served
 
-    def build(self, resolved: ResolvedModel, executor: Executor | None = None) -> ServedModel:
+    def build(self, resolved: ResolvedModel, executor: Executor | None = None, *, shadow: bool = False) -> ServedModel:
         """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor`` (default: ours).
+
+        ``shadow``: a candidate answering mirrored requests; it feeds no drift series (those describe what the
+        served version answers).
 
         Raises:
             ModelLoadError: the version cannot be served.
@@ -202,8 +207,10 @@ class ModelRepository:
         model.smoke_test()
         # Read with the version, so the card always describes exactly the model being served.
         card = fetch_card(resolved.store, contract.version)
+        # Every scored batch, whatever carried it, feeds the version's drift window and series.
+        drift = None if shadow else DriftMonitor(contract, self.metrics.drift if self.metrics else None)
         batcher = Batcher(
-            model.predict,
+            model.score if drift is None else lambda batch: drift.observe(model.score(batch)),
             executor or self._executor,
             max_batch_size=self.config.max_batch_size,
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
@@ -212,10 +219,14 @@ class ModelRepository:
         )
         # The manifest's version (checked against the folder when the registry names it): a version folder
         # mounted at /model still reports the version it holds, not "model".
-        return ServedModel(model, contract.version, batcher, resolved.pointer_etag, card=card, offline=offline)
+        return ServedModel(
+            model, contract.version, batcher, resolved.pointer_etag, card=card, drift=drift, offline=offline
+        )
 
     def _activate(self, served: ServedModel) -> None:
-        self.current = served  # one reference assignment: requests see the old or the new model
+        old, self.current = self.current, served  # one reference assignment: requests see the old or the new model
+        if old is not None and old.drift is not None and old.version != served.version:
+            old.drift.retire()
         self.metrics.set_model(served.name, served.version, served.model.provider, served.contract.created_at)
         log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
 

@@ -26,7 +26,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codecs
+from . import codecs, trust
 from .capture import DROPPED_CLIENT, DROPPED_QUEUE, DROPPED_RATE, CaptureQueue, client_key
 from .dataplane import DataPlane
 from .errors import (
@@ -71,10 +71,14 @@ class Classified:
     photo_format: str  # the decoder's name: JPEG, PNG, MPO
     probs: np.ndarray
     image: np.ndarray | None = None  # the decoded batch of one the model saw (for the shadow candidate)
+    ood: float | None = None  # the version's OOD score for the photo; None when it ships no detector
 
     def confident(self, threshold: float) -> bool:
         top = float(np.max(self.probs)) if self.probs.size else float("nan")
         return bool(np.isfinite(top) and top >= threshold)
+
+    def verdict(self, confidence_threshold: float) -> trust.Verdict:
+        return trust.verdict(self.probs, self.ood, trust.ood_threshold(self.served.contract), confidence_threshold)
 
 
 def error_response(request: Request, exc: Exception, *, logged: bool = True) -> Response:
@@ -145,6 +149,7 @@ class Api:
             start = time.perf_counter()
             allowance = self.plane.body_allowance()
             request.state.body_allowance = allowance
+            self.plane.active += 1
             try:
                 response = await fn(request)
             except ClientDisconnect:
@@ -153,6 +158,7 @@ class Api:
             except Exception as e:
                 response = error_response(request, e, logged=False)
             finally:
+                self.plane.active -= 1
                 allowance.release()
             if self.plane.draining:
                 # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
@@ -234,7 +240,7 @@ class Api:
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         done = await self._classify_photo(request)
         captured = None
-        if self.capture is not None and not done.confident(self.config.confidence_threshold):
+        if self.capture is not None and done.verdict(self.config.confidence_threshold).abstain:
             record = self._capture_record(done, "low_confidence")
             dropped = self.capture.offer(done.photo, record, self._client(request))
             captured = None if dropped else record.id  # a drop is only counted
@@ -277,9 +283,10 @@ class Api:
         found = await self.off_loop(self._probe, data, size)
         async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
             image = await self.off_loop(self._decode, data, served)
-        probs = await served.batcher.submit(image)
-        self.plane.answered(served, image, probs)
-        return Classified(served, data, found.format, probs[0], image)
+        scores = await served.batcher.submit(image)
+        self.plane.answered(served, image, scores)
+        ood = None if scores.ood is None else float(scores.ood[0])
+        return Classified(served, data, found.format, scores.probs[0], image, ood)
 
     def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
         c = done.served.contract
@@ -293,6 +300,7 @@ class Api:
             probabilities=probs,
             confidence_threshold=self.config.confidence_threshold,
             user_label=user_label,
+            abstain_reason=done.verdict(self.config.confidence_threshold).reason,
         )
         shadow = self.plane.shadow
         if shadow is not None and done.image is not None:
@@ -317,6 +325,7 @@ class Api:
             "confidence_threshold": self.config.confidence_threshold,
             "confident": done.confident(self.config.confidence_threshold),
             "captured": captured,
+            **trust.answer_fields(done.verdict(self.config.confidence_threshold)),
         }
 
     def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:

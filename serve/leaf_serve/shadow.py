@@ -3,7 +3,7 @@
 A share of requests (``--shadow-fraction``) is also run on the candidate that ``shadow.json`` names
 (:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it. The
 candidate has its own inference thread and batcher, and mirrored work only uses spare capacity: it is
-dropped (and counted) when the champion is busy with other requests or ``--shadow-max-in-flight``
+dropped (and counted) whenever the server is answering other requests or ``--shadow-max-in-flight``
 mirrored requests are running, never queued without bound. The statistics are written to the registry every
 ``--shadow-flush-interval`` seconds, one file per server process, so they survive restarts and add up
 across replicas; ``leaf-train models verdict`` reads them.
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
 import os
 import random
@@ -26,7 +27,9 @@ from leaf_common.registry import VERSIONS_DIR, ResolvedModel, pointer_root
 from leaf_common.shadow import ShadowStats, read_candidate, write_answer, write_stats
 from leaf_common.storage import Store, StoreUnavailable, open_store
 
+from . import trust
 from .repository import ModelRepository, ServedModel
+from .trust import Scores
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +83,8 @@ class Shadow:
             return False
         store = self._store.child(f"{VERSIONS_DIR}/{version}")
         try:
-            served = await asyncio.to_thread(self.repo.build, ResolvedModel(store, version), self._executor)
+            resolved = ResolvedModel(store, version)
+            served = await asyncio.to_thread(functools.partial(self.repo.build, shadow=True), resolved, self._executor)
         except StoreUnavailable as e:
             log.warning("could not read shadow candidate %s (%s); trying again at the next poll", version, e)
             return False
@@ -105,25 +109,28 @@ class Shadow:
         self.candidate, self.stats = None, None
 
     # ---- mirroring ----------------------------------------------------------------------------
-    def mirror(self, champion: ServedModel, batch: np.ndarray, probs: np.ndarray) -> None:
-        """After the champion answered ``batch`` with ``probs``: maybe run it on the candidate, in the background."""
+    def mirror(self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0) -> None:
+        """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in the background.
+
+        ``others``: requests the server is answering besides this one; any at all means no spare capacity.
+        """
         candidate, stats = self.candidate, self.stats
         if candidate is None or stats is None or self._rng.random() >= self.fraction:
             return
         if stats.champion != champion.version or not _same_input(candidate, champion):
             return  # statistics compare with the champion the candidate was proposed against, on its inputs
-        if self._in_flight >= self.max_in_flight or champion.batcher.busy:
+        if others > 0 or self._in_flight >= self.max_in_flight or champion.batcher.busy:
             stats.dropped += len(batch)  # the champion's capacity comes first: mirrored work is what gives
             self.repo.metrics.shadow.labels("dropped").inc(len(batch))
             self._unsaved = True
             return
         self._in_flight += 1
-        task = asyncio.create_task(self._run(candidate, stats, champion.contract.labels, batch, probs))
+        task = asyncio.create_task(self._run(candidate, stats, champion, batch, scores))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, candidate: ServedModel, stats: ShadowStats, labels: list[str], batch: np.ndarray, probs: np.ndarray
+        self, candidate: ServedModel, stats: ShadowStats, champion: ServedModel, batch: np.ndarray, ours: Scores
     ) -> None:
         try:
             theirs = await candidate.batcher.submit(batch)
@@ -134,16 +141,28 @@ class Shadow:
             return
         finally:
             self._in_flight -= 1
-        cand_labels = candidate.contract.labels
-        for ours, other in zip(probs, theirs, strict=True):
-            i, j = int(np.argmax(ours)), int(np.argmax(other))
-            stats.record((labels[i], float(ours[i])), (cand_labels[j], float(other[j])))
+        labels, cand_labels = champion.contract.labels, candidate.contract.labels
+        for row in range(len(batch)):
+            i, j = int(np.argmax(ours.probs[row])), int(np.argmax(theirs.probs[row]))
+            stats.record(
+                (labels[i], float(ours.probs[row][i])),
+                (cand_labels[j], float(theirs.probs[row][j])),
+                champion_abstained=self._abstains(champion, ours, row),
+                candidate_abstained=self._abstains(candidate, theirs, row),
+            )
             self.repo.metrics.shadow.labels("agreed" if labels[i] == cand_labels[j] else "disagreed").inc()
         self._unsaved = True
+
+    def _abstains(self, served: ServedModel, scores: Scores, row: int) -> bool:
+        """Whether this model's answer abstains (not a leaf, or below the server's confidence threshold)."""
+        ood = None if scores.ood is None else float(scores.ood[row])
+        threshold = trust.ood_threshold(served.contract)
+        return trust.verdict(scores.probs[row], ood, threshold, self.repo.config.confidence_threshold).abstain
 
     def answer_capture(
         self, champion: ServedModel, image: np.ndarray, probs: np.ndarray, capture_id: str
     ) -> str | None:
+        # ``probs``: the champion's probabilities for the one photo.
         """A photo going to the inbox: run it on the candidate too (whatever the fraction), in the background, so a
         reviewer's label later scores both models. Returns the candidate version its record should name."""
         candidate, stats = self.candidate, self.stats
@@ -168,7 +187,7 @@ class Shadow:
             return
         finally:
             self._in_flight -= 1
-        label = candidate.contract.labels[int(np.argmax(theirs[0]))]
+        label = candidate.contract.labels[int(np.argmax(theirs.probs[0]))]
         try:
             await asyncio.to_thread(write_answer, self._store, candidate.version, capture_id, champion_label, label)
         except Exception as e:  # the review then simply has no candidate answer for this photo

@@ -46,3 +46,31 @@ def test_inconsistent_contract_is_rejected(change, match):
 def test_malformed_files_are_rejected(payload):
     with pytest.raises(ContractError, match="model.json"):
         ModelContract.from_json(payload)
+
+
+def test_the_optional_ood_output_round_trips_and_older_files_load_without_it():
+    c = contract(
+        ood_output=TensorSpec("ood_score", [None]),
+        ood={"method": "mahalanobis", "threshold": 9.9},
+        calibration={"method": "temperature", "temperature": 0.5},
+        reference={"images": 10},
+    )
+    back = ModelContract.from_json(c.to_json())
+    assert back == c and back.ood_output == TensorSpec("ood_score", [None])
+    old = json.loads(contract().to_json())
+    for key in ("ood_output", "ood", "calibration", "reference"):
+        old.pop(key)  # what versions exported before issue 22 wrote
+    assert ModelContract.from_dict(old).ood_output is None
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"ood_output": TensorSpec("probabilities", [None]), "ood": {"threshold": 1.0}}, "named apart from"),
+        ({"ood_output": TensorSpec("ood_score", [None, 3]), "ood": {"threshold": 1.0}}, r"\[None, 3\]"),
+        ({"ood_output": TensorSpec("ood_score", [None]), "ood": {}}, "ood.threshold: expected a number"),
+    ],
+)
+def test_an_inconsistent_ood_output_is_rejected(change, match):
+    with pytest.raises(ContractError, match=match):
+        ModelContract.from_json(contract(**change).to_json())

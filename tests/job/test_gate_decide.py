@@ -445,3 +445,43 @@ def test_retrain_lifecycle_gate_then_cas_promotion(store: Store) -> None:
     assert rows["v2"].info.complete and rows["v2"].gate_promote is False and not rows["v2"].info.promoted
     assert "regression" in rows["v2"].gate_reason
     assert rows["v3"].info.served and rows["v1"].info.promoted and not rows["v1"].info.served
+
+
+def _calibration(before: float | None, after: float | None) -> dict:
+    return {"method": "temperature", "report_images": 40, "before": {"ece": before}, "after": {"ece": after}}
+
+
+@pytest.mark.parametrize(
+    ("case", "calibration", "promote", "reason"),
+    [
+        ("better", _calibration(0.12, 0.03), True, "first model"),
+        ("equal", _calibration(0.05, 0.05), True, "first model"),
+        (
+            "worse",
+            _calibration(0.03, 0.08),
+            False,
+            "calibration made confidence worse: held-out ECE 0.0800 after temperature calibration > 0.0300 before, "
+            "on 40 images",
+        ),
+        ("missing-is-a-failure", _calibration(0.03, None), False, "held-out ECE nan after"),
+        ("ood-parity-fails", None, False, "ood_score parity check failed"),
+    ],
+)
+def test_calibration_and_ood_parity_are_gate_rules(case: str, calibration: dict | None, promote: bool, reason: str):
+    images, labels = val_set({"red": 4, "green": 3, "blue": 3})
+    parity = {**PARITY_OK, "ood": {**PARITY_OK, "passed": calibration is not None}}
+    if calibration is None:
+        parity["ood"]["max_abs_diff"] = 0.5
+    decision = decide(
+        CFG,
+        candidate_accuracy=0.9,
+        candidate_recall=dict.fromkeys(["red", "green", "blue"], 0.9),
+        parity=parity,
+        champion=None,
+        val_images=images,
+        val_labels=labels,
+        calibration=calibration,
+    )
+    assert decision.promote is promote and reason in decision.reason, decision.reason
+    names = [r["rule"] for r in decision.to_dict()["rules"]]
+    assert "parity ood" in names and ("calibration" in names) is (calibration is not None)

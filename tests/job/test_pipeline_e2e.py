@@ -66,7 +66,9 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     cache = tmp_path / "scratch" / "cache"  # as in the chart: a folder below an empty emptyDir, not there yet
     rc = main(["train", "--data", photos, "--output", "s3://models/reg", "--cache-dir", str(cache), *TRAIN_ARGS])
     assert rc == 0
-    assert "promoted:       yes" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "promoted:       yes" in printed
+    assert "calibration: temperature T=" in printed and "not a leaf:  mahalanobis score >" in printed
 
     served = resolve_model("s3://models/reg/leaf-classifier/latest.json")
     store = served.store
@@ -81,6 +83,13 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     assert contract.parity["passed"] and contract.parity["max_abs_diff"] <= 1e-4
     assert contract.dataset["images"] == CLASSES * PER_CLASS + 1  # the reviewed one counts, the broken one not
     assert contract.gate["promote"] is True
+    # Trust (docs/trust.md): calibrated, with the not-a-leaf output, both covered by parity and the gate.
+    assert contract.ood_output is not None and contract.parity["ood"]["passed"]
+    assert contract.calibration["method"] == "temperature" and contract.calibration["report_images"] > 0
+    assert {"parity ood", "calibration"} <= {r["rule"] for r in contract.gate["rules"]}
+    assert contract.ood["ood_set_images"] >= 96 and 0.0 <= contract.ood["heldout_abstain_rate"] <= 1.0
+    assert sum(contract.reference["predicted_class_share"]) == pytest.approx(1.0)
+    assert store.get("reliability.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
     metrics = json.loads(store.get("metrics.json"))
     assert metrics["num_images"] >= 30
@@ -98,7 +107,8 @@ def test_train_publishes_a_learned_parity_checked_model(photos, tmp_path, capsys
     session = ort.InferenceSession(store.get("model.onnx"), providers=["CPUExecutionProvider"])
     val = [i for i in json.loads(store.get("dataset.json"))["images"] if i["split"] == "val"]
     x = np.stack([decode_image(data_store.get(i["key"]), contract.image_size) for i in val]).astype(np.float32)
-    probs = session.run([contract.output.name], {contract.input.name: x})[0]
+    probs, ood = session.run([contract.output.name, contract.ood_output.name], {contract.input.name: x})
+    assert ood.shape == (len(val),)
     truth = [contract.labels.index(i["key"].split("/")[0]) for i in val]
     assert float((probs.argmax(1) == np.asarray(truth)).mean()) == pytest.approx(metrics["accuracy"])
 

@@ -28,7 +28,7 @@ def test_padded_runs_answer_like_unpadded_ones(rows: int) -> None:
     assert (padded.pad_to, plain.pad_to) == (4, 0)
     shapes: list[int] = []
     run = padded._run
-    padded._run = lambda x: (shapes.append(len(x)), run(x))[1]  # type: ignore[method-assign]
+    padded._run = lambda x, names: (shapes.append(len(x)), run(x, names))[1]  # type: ignore[method-assign]
     batch = np.random.default_rng(rows).uniform(0, 255, (rows, 32, 32, 3)).astype(np.float32)
     got = padded.predict(batch)
     assert got.shape == (rows, 3)

@@ -211,6 +211,7 @@ def format_show(shown: dict) -> str:
         acc, top3, f1 = (_fmt_accuracy(metrics.get(k)) for k in ("accuracy", "top3_accuracy", "macro_f1"))
         images = metrics.get("num_images", "?")
         lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
+    lines += format_trust(contract)
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
         if gate.get("rules"):  # versions published before the decision table have only the reason
@@ -223,6 +224,35 @@ def format_show(shown: dict) -> str:
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
     return "\n".join(lines)
+
+
+def _pct(value: object) -> str:
+    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+
+
+def format_trust(record: dict) -> list[str]:
+    """Calibration before/after and the OOD operating point of ``model.json`` (or ``report.json``)."""
+    cal, ood = record.get("calibration") or {}, record.get("ood") or {}
+    if not cal and not ood:
+        return ["calibration: (not recorded: published before leaf-train calibrated)"]
+    lines = []
+    if cal:
+        before, after = cal.get("before") or {}, cal.get("after") or {}
+        num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
+        lines.append(
+            f"calibration: {cal.get('method')} T={num(cal.get('temperature'))}; held-out ECE {num(before.get('ece'))}"
+            f" -> {num(after.get('ece'))}, NLL {num(before.get('nll'))} -> {num(after.get('nll'))} "
+            f"({cal.get('report_images', '?')} report images, fitted on {cal.get('fit_images', '?')})"
+        )
+    if ood:
+        threshold = ood.get("threshold")
+        shown = f"{threshold:.4g}" if isinstance(threshold, (int, float)) else "-"
+        lines.append(
+            f"not a leaf:  {ood.get('method')} score > {shown}; abstains on {_pct(ood.get('heldout_abstain_rate'))} "
+            f"of {ood.get('heldout_images', '?')} held-out leaves, {_pct(ood.get('ood_set_abstain_rate'))} of "
+            f"{ood.get('ood_set_images', '?')} out-of-distribution images"
+        )
+    return lines
 
 
 def _format_provenance(prov: dict) -> list[str]:

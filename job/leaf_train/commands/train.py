@@ -84,6 +84,10 @@ def summary(result: RunResult) -> str:
             f"val accuracy:   {m['accuracy']:.4f}  (top-3 {m['top3_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
             f"{m['num_images']} images)",
         ]
+    if result.report.get("calibration") or result.report.get("ood"):
+        from .models import format_trust
+
+        lines += format_trust(result.report)
     if result.report.get("skipped_count"):
         lines.append(f"skipped files:  {result.report['skipped_count']} (listed in report.json)")
     return "\n".join(lines)

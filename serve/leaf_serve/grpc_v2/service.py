@@ -86,6 +86,7 @@ class InferenceService:
             start = time.perf_counter()
             status, admitted = 200, False
             allowance = self.plane.body_allowance()
+            self.plane.active += 1
             try:
                 self.admission.admit()
                 admitted = True
@@ -98,6 +99,7 @@ class InferenceService:
                 status, code, message = self._refusal(rpc, e)
                 await context.abort(code, message)
             finally:
+                self.plane.active -= 1
                 self.admission.in_flight -= admitted
                 allowance.release()
                 metrics.requests.labels(endpoint, outcome(status)).inc()

@@ -60,9 +60,17 @@ async function diagnose(file) {
 
 function render(body) {
   const [best] = body.predictions;
-  const unsure = !body.confident;
+  const notLeaf = body.abstain_reason === "not_a_leaf";
+  const unsure = !body.confident || notLeaf;
   show($("unsure"), unsure);
-  if (unsure) {
+  show($("list-title"), !notLeaf);
+  show($("predictions"), !notLeaf);
+  if (notLeaf) {
+    // Its probabilities describe a leaf it is not looking at: show no disease at all.
+    $("unsure-text").textContent =
+      "This does not look like a leaf photo. Take a photo of one leaf, in focus, in daylight, filling most of the picture.";
+    $("verdict").textContent = "";
+  } else if (unsure) {
     $("unsure-text").textContent =
       `The best guess, ${best.display}, is only ${pct(best.probability)} likely ` +
       `(the model says it is sure from ${pct(body.confidence_threshold)}). ` +
@@ -91,7 +99,8 @@ function render(body) {
   $("feedback-status").textContent = body.captured
     ? "Because the model was not sure, this photo was kept so that people can check it."
     : "";
-  setStatus(unsure ? "Not sure. See the diagnosis below." : `Diagnosis ready: ${best.display}.`);
+  if (notLeaf) setStatus("This does not look like a leaf photo.");
+  else setStatus(unsure ? "Not sure. See the diagnosis below." : `Diagnosis ready: ${best.display}.`);
   $("result-title").focus();
 }
 

@@ -45,6 +45,7 @@ function fill(card) {
       show($(section), true);
     }
   }
+  fillTrust(card.trust || {});
   if (card.missing.length) {
     $("missing").textContent = `Not published with this version: ${card.missing.join(", ")}.`;
     show($("missing"), true);
@@ -53,6 +54,31 @@ function fill(card) {
     $("problem").textContent = `Some published files could not be verified and are not shown: ${card.problem}`;
     show($("problem"), true);
   }
+}
+
+function fillTrust(trust) {
+  const cal = trust.calibration;
+  const ood = trust.ood;
+  if (!cal && !ood && !trust.drift) return;
+  $("calibration").textContent = cal
+    ? `${cal.method} (T = ${cal.temperature.toFixed(3)}): expected calibration error ${pct(cal.before.ece, 1)} before, ` +
+      `${pct(cal.after.ece, 1)} after, on ${number(cal.report_images)} held-out photos`
+    : "not calibrated (trained before calibration)";
+  $("ood").textContent = ood
+    ? `${pct(ood.heldout_abstain_rate, 1)} of ${number(ood.heldout_images)} held-out leaf photos and ` +
+      `${pct(ood.ood_set_abstain_rate, 1)} of ${number(ood.ood_set_images)} photos that are no leaves are answered ` +
+      "\"This does not look like a leaf photo\""
+    : "no detector in this version";
+  const drift = trust.drift;
+  $("drift").textContent = drift
+    ? `${number(drift.answers_seen)} answers; drift ${drift.status}` +
+      (drift.psi ? ` (PSI ${drift.psi.max.toFixed(3)} over the last ${number(drift.window)}, alert above ${drift.alert_psi})` : "")
+    : "–";
+  if (trust.reliability_figure) {
+    $("reliability-img").src = trust.reliability_figure;
+    show($("reliability"), true);
+  }
+  show($("trust"), true);
 }
 
 async function main() {
