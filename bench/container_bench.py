@@ -97,17 +97,17 @@ def used_bytes() -> int:
 
 def build_sampled(*args: str) -> dict[str, object]:
     """``scripts/images.py build ARGS`` while sampling ``df``: seconds, peak extra and extra after, in GB."""
-    samples: list[int] = []
+    samples: list[tuple[int, float]] = []  # (bytes used, seconds into the build)
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):
-            samples.append(used_bytes())
+            samples.append((used_bytes(), time.monotonic() - start))
 
     before = used_bytes()
+    start = time.monotonic()
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    start = time.monotonic()
     try:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "build", *args], check=True)
     finally:
@@ -115,9 +115,11 @@ def build_sampled(*args: str) -> dict[str, object]:
         sampler.join()
     took = time.monotonic() - start
     after = used_bytes()
+    peak, peak_at = max([*samples, (after, took)])
     return {
         "seconds": round(took, 1),
-        "peak_extra_GB": round((max([*samples, after]) - before) / 1e9, 2),
+        "peak_extra_GB": round((peak - before) / 1e9, 2),
+        "peak_at_s": round(peak_at),
         "extra_after_GB": round((after - before) / 1e9, 2),
     }
 

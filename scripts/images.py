@@ -15,8 +15,10 @@ arguments and prepares what an offline build needs:
   only one that works where builds cannot reach a package index. ``--online`` leaves WHEELHOUSE empty
   and pip uses the index from inside the build.
 * **Up to date**: each image is labelled with the sha256 of what its build reads (Dockerfile, lock,
-  copied sources, build arguments, base image id); a tag whose label matches is not rebuilt. (Even a
-  fully cached build re-hashes the venv the runtime stage copies: ~100 s for the 2 GB training one.)
+  copied sources, build arguments, base image id); a tag whose label matches is not rebuilt.
+* **Disk** (docs/images.md): an image a build replaces is removed with the cached layers only it used,
+  and a lock's earlier wheelhouses are removed when its content changes. The Dockerfiles install the
+  venv in parts, one layer each, because committing a layer briefly takes four times its size.
 
 Tags: ``<image>:<version>`` for the GPU flavour (the Dockerfiles' defaults), ``<image>:<version>-cpu``
 for the CPU one; the version is pyproject.toml's. Usage::
