@@ -20,7 +20,8 @@ Needs podman (``scripts/get-podman.sh``) and the images ``make images`` builds; 
   what a rebuild after a change to job/ or serve/ costs, less one small step. During each, ``df`` of the
   filesystem holding podman's storage, /var/tmp and .cache/ is sampled every 0.5 s: the peak minus the
   figure before the build is the build's peak extra disk. The machine is shared, so other people's
-  writes are in that figure too (they add noise, never subtract from the peak).
+  writes are in that figure too; ``du`` of those three places alone (``du_*``, a sample every few
+  seconds, so it can miss a short peak) is the build's own.
 """
 
 from __future__ import annotations
@@ -95,32 +96,58 @@ def used_bytes() -> int:
     return shutil.disk_usage("/var/lib/containers").used  # one filesystem here: / (checked in gpu_builds)
 
 
+OWN = ("/var/lib/containers/storage", "/var/tmp", str(ROOT / ".cache" / "images"))  # what a build writes
+
+
+def own_bytes() -> int:
+    """``du`` of podman's storage, /var/tmp (buildah's temporary tars) and the wheelhouses: this build's
+    disk without other people's writes (slow: a few seconds a sample)."""
+    # --exclude=merged: a running build container's mounted root would count every layer below it again.
+    du = ["du", "-s", "-B1", "--total", "--exclude=merged", *OWN]
+    out = subprocess.run(du, capture_output=True, text=True).stdout
+    return int(out.splitlines()[-1].split()[0])
+
+
 def build_sampled(*args: str) -> dict[str, object]:
     """``scripts/images.py build ARGS`` while sampling ``df``: seconds, peak extra and extra after, in GB."""
-    samples: list[tuple[int, float]] = []  # (bytes used, seconds into the build)
+    samples: list[tuple[int, float]] = []  # df: (bytes used, seconds into the build)
+    own: list[tuple[int, float]] = []  # du of OWN
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.5):
             samples.append((used_bytes(), time.monotonic() - start))
 
-    before = used_bytes()
+    def sample_own() -> None:
+        while not stop.wait(0.1):
+            own.append((own_bytes(), time.monotonic() - start))
+
+    before, own_before = used_bytes(), own_bytes()
     start = time.monotonic()
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
+    samplers = [threading.Thread(target=f, daemon=True) for f in (sample, sample_own)]
+    for sampler in samplers:
+        sampler.start()
     try:
         subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "build", *args], check=True)
     finally:
         stop.set()
-        sampler.join()
+        for sampler in samplers:
+            sampler.join()
     took = time.monotonic() - start
-    after = used_bytes()
+    after, own_after = used_bytes(), own_bytes()
     peak, peak_at = max([*samples, (after, took)])
+    own_peak, own_peak_at = max([*own, (own_after, took)])
     return {
         "seconds": round(took, 1),
         "peak_extra_GB": round((peak - before) / 1e9, 2),
         "peak_at_s": round(peak_at),
         "extra_after_GB": round((after - before) / 1e9, 2),
+        "du_samples": len(own),
+        "du_peak_extra_GB": round((own_peak - own_before) / 1e9, 2),
+        "du_peak_at_s": round(own_peak_at),
+        "du_extra_after_GB": round((own_after - own_before) / 1e9, 2),
+        # every 10th df sample, to see when the disk filled (GB above `before`)
+        "df_trace": [(round(s), round((b - before) / 1e9, 1)) for b, s in samples[::20]],
     }
 
 
@@ -150,8 +177,9 @@ def gpu_builds() -> dict[str, object]:
         images[ref] = {"GB": round(size / 1e9, 2), "layers": kept}
     out["images"] = images
     out["images_total_GB"] = round(sum(i["GB"] for i in images.values()), 2)
-    out["peak_over_largest_image"] = round(out["cold"]["peak_extra_GB"] / max(i["GB"] for i in images.values()), 2)
-    out["peak_over_both_images"] = round(out["cold"]["peak_extra_GB"] / out["images_total_GB"], 2)
+    for key in ("peak_extra_GB", "du_peak_extra_GB"):
+        out[f"{key} / largest image"] = round(out["cold"][key] / max(i["GB"] for i in images.values()), 2)
+        out[f"{key} / both images"] = round(out["cold"][key] / out["images_total_GB"], 2)
     return out
 
 
