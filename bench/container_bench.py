@@ -4,6 +4,7 @@ Needs podman (``scripts/get-podman.sh``) and the images ``make images`` builds; 
 
     .venv/bin/python bench/container_bench.py --out container.json            # sizes + start-to-ready
     .venv/bin/python bench/container_bench.py --cold-build --out container.json   # + builds without layer cache
+    .venv/bin/python bench/container_bench.py --gpu-build --out gpu-images.json   # the GPU images only (below)
 
 * sizes: ``podman image inspect`` (uncompressed, all layers) of every leaf-train image present, the base,
   and what the serving venv holds, by package.
@@ -13,6 +14,14 @@ Needs podman (``scripts/get-podman.sh``) and the images ``make images`` builds; 
   /tmp tmpfs, no capabilities) on a version folder mounted at /model, until ``/v2/health/ready`` answers
   200; the seed's VGG16 (150x150, 40 classes) and a tiny graph, 5 starts each; once more with
   ``PYTHONPYCACHEPREFIX`` pointing at an empty folder, i.e. what a venv without compiled bytecode would cost.
+* ``--gpu-build`` (instead of the above): ``make images FLAVOUR=gpu`` as a fresh clone runs it, twice. Cold:
+  the GPU images, their cached layers and their wheelhouses removed first (the base image kept), so the
+  time includes ``pip download``. Cached: the tags removed again (every layer still cached), which is
+  what a rebuild after a change to job/ or serve/ costs, less one small step. During each, ``df`` of the
+  filesystem holding podman's storage, /var/tmp and .cache/ is sampled every 0.5 s: the peak minus the
+  figure before the build is the build's peak extra disk. The machine is shared, so other people's
+  writes are in that figure too; ``du`` of those three places alone (``du_*``, a sample every few
+  seconds, so it can miss a short peak) is the build's own.
 """
 
 from __future__ import annotations
@@ -20,10 +29,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -79,6 +90,97 @@ def cold_builds() -> dict[str, float]:
         )  # fmt: skip
         took[f"build {name} cpu"] = float(re.search(r"built \S+ in (\d+) s", result.stderr).group(1))
     return took
+
+
+def used_bytes() -> int:
+    return shutil.disk_usage("/var/lib/containers").used  # one filesystem here: / (checked in gpu_builds)
+
+
+OWN = ("/var/lib/containers/storage", "/var/tmp", str(ROOT / ".cache" / "images"))  # what a build writes
+
+
+def own_bytes() -> int:
+    """``du`` of podman's storage, /var/tmp (buildah's temporary tars) and the wheelhouses: this build's
+    disk without other people's writes (slow: a few seconds a sample)."""
+    # --exclude=merged: a running build container's mounted root would count every layer below it again.
+    du = ["du", "-s", "-B1", "--total", "--exclude=merged", *OWN]
+    out = subprocess.run(du, capture_output=True, text=True).stdout
+    return int(out.splitlines()[-1].split()[0])
+
+
+def build_sampled(*args: str) -> dict[str, object]:
+    """``scripts/images.py build ARGS`` while sampling ``df``: seconds, peak extra and extra after, in GB."""
+    samples: list[tuple[int, float]] = []  # df: (bytes used, seconds into the build)
+    own: list[tuple[int, float]] = []  # du of OWN
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.5):
+            samples.append((used_bytes(), time.monotonic() - start))
+
+    def sample_own() -> None:
+        while not stop.wait(0.1):
+            own.append((own_bytes(), time.monotonic() - start))
+
+    before, own_before = used_bytes(), own_bytes()
+    start = time.monotonic()
+    samplers = [threading.Thread(target=f, daemon=True) for f in (sample, sample_own)]
+    for sampler in samplers:
+        sampler.start()
+    try:
+        subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "build", *args], check=True)
+    finally:
+        stop.set()
+        for sampler in samplers:
+            sampler.join()
+    took = time.monotonic() - start
+    after, own_after = used_bytes(), own_bytes()
+    peak, peak_at = max([*samples, (after, took)])
+    own_peak, own_peak_at = max([*own, (own_after, took)])
+    return {
+        "seconds": round(took, 1),
+        "peak_extra_GB": round((peak - before) / 1e9, 2),
+        "peak_at_s": round(peak_at),
+        "extra_after_GB": round((after - before) / 1e9, 2),
+        "du_samples": len(own),
+        "du_peak_extra_GB": round((own_peak - own_before) / 1e9, 2),
+        "du_peak_at_s": round(own_peak_at),
+        "du_extra_after_GB": round((own_after - own_before) / 1e9, 2),
+        # every 10th df sample, to see when the disk filled (GB above `before`)
+        "df_trace": [(round(s), round((b - before) / 1e9, 1)) for b, s in samples[::20]],
+    }
+
+
+def gpu_builds() -> dict[str, object]:
+    """Cold then cached ``images.py build --flavour gpu`` with their disk, and the images' sizes."""
+    devices = {Path(p).stat().st_dev for p in ("/var/lib/containers", "/var/tmp", ROOT)}
+    assert len(devices) == 1, "podman's storage, /var/tmp and the repository must share one filesystem here"
+    refs = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "images.py"), "refs", "--flavour", "gpu"],
+        check=True, capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    for ref in refs:
+        podman("rmi", "--force", "--ignore", ref)
+    podman("image", "prune", "--force")  # the removed images' intermediate (cached) layers
+    for folder in (ROOT / ".cache" / "images" / "wheels").glob("*"):
+        if folder.name.startswith(("train-", "serve-gpu-")):
+            shutil.rmtree(folder)
+    out: dict[str, object] = {"cold": build_sampled("--flavour", "gpu")}
+    for ref in refs:
+        podman("untag", ref)
+    out["cached"] = build_sampled("--flavour", "gpu")
+    images = {}
+    for ref in refs:
+        size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
+        layers = podman("history", "--format", "{{.Size}}\t{{.CreatedBy}}", ref).stdout.splitlines()
+        kept = [line[:140] for line in layers if not line.startswith("0B")]
+        images[ref] = {"GB": round(size / 1e9, 2), "layers": kept}
+    out["images"] = images
+    out["images_total_GB"] = round(sum(i["GB"] for i in images.values()), 2)
+    for key in ("peak_extra_GB", "du_peak_extra_GB"):
+        out[f"{key} / largest image"] = round(out["cold"][key] / max(i["GB"] for i in images.values()), 2)
+        out[f"{key} / both images"] = round(out["cold"][key] / out["images_total_GB"], 2)
+    return out
 
 
 def publish_models(root: Path) -> dict[str, Path]:
@@ -143,9 +245,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--cold-build", action="store_true", help="also time builds without layer cache (~8 min)")
+    parser.add_argument("--gpu-build", action="store_true", help="only the GPU images: cold + cached, disk (~20 min)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     result: dict[str, object] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    if args.gpu_build:
+        result["gpu_build"] = gpu_builds()
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
     if args.cold_build:
         result["build_seconds"] = cold_builds()
     result["sizes"] = sizes()

@@ -15,8 +15,10 @@ arguments and prepares what an offline build needs:
   only one that works where builds cannot reach a package index. ``--online`` leaves WHEELHOUSE empty
   and pip uses the index from inside the build.
 * **Up to date**: each image is labelled with the sha256 of what its build reads (Dockerfile, lock,
-  copied sources, build arguments, base image id); a tag whose label matches is not rebuilt. (Even a
-  fully cached build re-hashes the venv the runtime stage copies: ~100 s for the 2 GB training one.)
+  copied sources, build arguments, base image id); a tag whose label matches is not rebuilt.
+* **Disk** (docs/images.md): an image a build replaces is removed with the cached layers only it used,
+  and a lock's earlier wheelhouses are removed when its content changes. The Dockerfiles install the
+  venv in parts, one layer each, because committing a layer briefly takes four times its size.
 
 Tags: ``<image>:<version>`` for the GPU flavour (the Dockerfiles' defaults), ``<image>:<version>-cpu``
 for the CPU one; the version is pyproject.toml's. Usage::
@@ -32,6 +34,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -61,7 +64,7 @@ BASE_RECIPE = (
 )
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # What the Dockerfiles COPY from the context besides locks/<lock>.txt (tests/k8s/test_images.py checks).
-COPIED = ("pyproject.toml", "README.md", "job", "serve")
+COPIED = ("pyproject.toml", "README.md", "job", "serve", "locks/install_part.py")
 INPUTS_LABEL = "io.leaf-train.build-inputs-sha256"
 
 
@@ -177,11 +180,23 @@ class Engine:
             cmd += ["--build-arg", f"{key}={value}"]
         mode = "offline, from the wheelhouse" if offline else "online"
         log(f"building {ref} with {self.name} (lock {lock}, base {python_image}, {mode})")
+        replaced = self.inspect(ref, "{{.Id}}")
         start = time.monotonic()
         self(*cmd, ".", cwd=ROOT, stdout=sys.stderr if os.environ.get("IMAGES_VERBOSE") else subprocess.DEVNULL)
         took = time.monotonic() - start
         log(f"built {ref} in {took:.0f} s")
+        if replaced and replaced != self.inspect(ref, "{{.Id}}"):
+            self.remove_replaced(replaced)
         return took
+
+    def remove_replaced(self, image_id: str) -> None:
+        """Remove the image a build replaced, with its cached layers that nothing else uses (a GPU image's are
+        6 GB). Left alone when something still uses it: another tag, a container, a child image."""
+        removed = self("rmi", image_id, check=False, capture_output=True, text=True)
+        if removed.returncode == 0:
+            log(f"removed the replaced image {image_id[:12]} and its unused cached layers")
+        else:
+            log(f"kept the replaced image {image_id[:12]}: {removed.stderr.strip()}")
 
 
 def inputs_digest(image: Image, args: dict[str, str]) -> str:
@@ -226,6 +241,11 @@ def wheelhouse(lock: str) -> Path:
         partial.rename(folder)
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+    # A lock's earlier wheelhouses (its content before the last `make lock`): up to 3.3 GB each, never read again.
+    for old in folder.parent.iterdir():
+        if old != folder and re.fullmatch(rf"{re.escape(lock)}-[0-9a-f]{{12}}", old.name):
+            log(f"removing the wheelhouse of an earlier locks/{lock}.txt: {old.relative_to(ROOT)}")
+            shutil.rmtree(old)
     return folder
 
 

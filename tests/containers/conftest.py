@@ -51,19 +51,32 @@ def engine() -> str:
     return result.stdout.strip()
 
 
-@pytest.fixture(scope="session")
-def images(engine: str) -> Images:
-    """Both CPU images, built by the same script as `make images` (not rebuilt when their inputs are unchanged)."""
+def build_images(flavour: str, timeout: float) -> Images:
+    """Both images of ``flavour``, built by the same script as `make images`: not rebuilt when their inputs
+    are unchanged, and a replaced image's layers removed (scripts/images.py)."""
     result = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "images.py"), "build", "--flavour", "cpu"],
+        [sys.executable, str(ROOT / "scripts" / "images.py"), "build", "--flavour", flavour],
         env={**PODMAN_ENV, "ENGINE": "podman"},
         capture_output=True,
         text=True,
-        timeout=1800,
+        timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     refs = {ref.split(":")[0]: f"localhost/{ref}" for ref in result.stdout.split()}  # podman's local names
     return Images(job=refs["leaf-train-job"], serve=refs["leaf-serve"])
+
+
+@pytest.fixture(scope="session")
+def images(engine: str) -> Images:
+    """Both CPU images (``<version>-cpu``)."""
+    return build_images("cpu", timeout=1800)
+
+
+@pytest.fixture(scope="session")
+def gpu_images(engine: str) -> Images:
+    """Both GPU images (``<version>``): 9 GB together, ~15 min to build from nothing on 2 cores (BENCHMARKS
+    "Containers"); seconds when up to date."""
+    return build_images("gpu", timeout=3000)
 
 
 @pytest.fixture(scope="session")

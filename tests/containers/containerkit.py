@@ -45,6 +45,32 @@ def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.C
     return result
 
 
+# As the chart runs a container: read-only root, no capabilities, no privilege escalation, /tmp writable.
+LOCKED_DOWN = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+
+
+def run_locked_down(image: str, *args: str, entrypoint: str | None = None, timeout: float = 120) -> str:
+    """stdout of ``podman run`` of ``image`` as the chart runs it (``LOCKED_DOWN``), removed afterwards."""
+    cmd = ["run", "--rm", *LOCKED_DOWN, *(["--entrypoint", entrypoint] if entrypoint else []), image, *args]
+    return podman(*cmd, timeout=timeout).stdout
+
+
+# Inside an image: every installed distribution as name==version (names normalised as PEP 503 does) and the
+# sha256 of the lock the venv records (leaf_train.provenance reads it as sys.prefix/leaf-train.lock).
+VENV_PROBE = (
+    "import hashlib, importlib.metadata as m, json, re, sys; "
+    "names = sorted({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower() + '==' + d.version "
+    "for d in m.distributions()}); "
+    "lock = open(sys.prefix + '/leaf-train.lock', 'rb').read(); "
+    "print(json.dumps({'installed': names, 'lock_sha256': hashlib.sha256(lock).hexdigest()}))"
+)
+
+
+def venv_facts(image: str) -> dict[str, Any]:
+    """``VENV_PROBE`` run in ``image``: what its venv holds and which lock it records."""
+    return json.loads(run_locked_down(image, "-c", VENV_PROBE, entrypoint="python"))
+
+
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     """``helm template`` of the chart with ``values`` (dotted keys, as --set-json) -> its objects."""
     args = [str(HELM), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0"]

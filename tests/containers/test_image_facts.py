@@ -1,23 +1,25 @@
-"""Facts about the two CPU images, checked inside them: user, read-only root, entrypoints, no TensorFlow to serve."""
+"""Facts about the two CPU images, checked inside them: user, read-only root, entrypoints, the lock, no TensorFlow
+to serve."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import tomllib
 
 import pytest
-from containerkit import podman
+from containerkit import ROOT, podman, venv_facts
+from containerkit import run_locked_down as run
+from leaf_train.provenance import lock_pins
 from scenario import Images
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
 IMAGES = {"job": "leaf-train", "serve": "leaf-serve"}  # image -> its entrypoint program
-# As the chart runs them: read-only root, no capabilities, no privilege escalation, /tmp writable.
-LOCKED_DOWN = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
 
 
-def run(image: str, *args: str, entrypoint: str | None = None) -> str:
-    cmd = ["run", "--rm", *LOCKED_DOWN, *(["--entrypoint", entrypoint] if entrypoint else []), image, *args]
-    return podman(*cmd, timeout=120).stdout
+def version() -> str:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 
 
 @pytest.mark.parametrize("name", sorted(IMAGES))
@@ -45,3 +47,12 @@ def test_no_tensorflow_in_the_serving_image(images: Images):
     )
     assert run(images.serve, "-c", probe, entrypoint="python").strip() == "False []"
     assert run(images.job, "-c", probe, entrypoint="python").strip() == "True ['keras', 'tensorflow-cpu', 'tf2onnx']"
+
+
+@pytest.mark.parametrize(("name", "lock"), [("job", "train-cpu"), ("serve", "serve")])
+def test_the_venv_is_its_lock_and_the_project(images: Images, name: str, lock: str):
+    text = (ROOT / "locks" / f"{lock}.txt").read_bytes()
+    facts = venv_facts(getattr(images, name))
+    assert facts["lock_sha256"] == hashlib.sha256(text).hexdigest()
+    pins = {f"{n}=={v}" for n, v in lock_pins(text.decode()).items()}
+    assert set(facts["installed"]) == pins | {f"leaf-train=={version()}"}

@@ -16,7 +16,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
-from leaf_common.config import add_arguments, option, resolve
+from leaf_common.config import ConfigError, add_arguments, option, resolve
 from leaf_common.storage import open_store
 
 from ..config import TrainConfig
@@ -65,7 +65,13 @@ def _point_boto_at(endpoint: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     # Imported when the demo runs, not when the CLI starts: moto, TensorFlow (pipeline), numpy/PIL.
-    from moto.server import ThreadedMotoServer
+    try:
+        from moto.server import ThreadedMotoServer
+    except ImportError as e:  # the GPU job image leaves the demo's S3 out (pyproject's `demo` extra)
+        raise ConfigError(
+            "leaf-train demo: expected moto[server] (the demo's embedded S3, the `demo` extra: "
+            f"pip install 'leaf-train[demo]', or the CPU image); received ImportError: {e}"
+        ) from e
 
     from ..gate import GateConfig
     from ..pipeline import run as run_pipeline
