@@ -105,14 +105,18 @@ def header(pyproject: dict, profile: str) -> str:
     )
 
 
-def compile_profile(uv: str, profile: str) -> None:
+def compile_profile(uv: str, profile: str, upgrade: bool = False) -> None:
     """Resolve ``profile`` with uv and write locks/<profile>.txt (header first)."""
     pyproject = load_pyproject()
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "lock.txt"
+        if lock_path(profile).exists() and not upgrade:
+            # uv prefers the versions already in its output file: adding a dependency moves nothing else.
+            out.write_text(lock_path(profile).read_text())
         inputs = [str(TOOLS[profile].relative_to(ROOT))] if profile in TOOLS else ["pyproject.toml", "locks/build.in"]
         cmd = [uv, "pip", "compile", *inputs, "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM]
         cmd += ["--generate-hashes", "--quiet", "--custom-compile-command", "make lock"]
+        cmd += ["--upgrade"] if upgrade else []
         for extra in PROFILES.get(profile, ()):
             cmd += ["--extra", extra]
         subprocess.run([*cmd, "-o", str(out)], cwd=ROOT, check=True)
@@ -124,12 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--uv", required=True, help="the uv executable (make lock installs a pinned one)")
     parser.add_argument("profiles", nargs="*", help=f"default: all of {', '.join([*PROFILES, *TOOLS])}")
+    parser.add_argument("--upgrade", action="store_true", help="newest versions the ranges allow (default: keep)")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.profiles) - {*PROFILES, *TOOLS})
     if unknown:
         parser.error(f"expected profiles among {', '.join([*PROFILES, *TOOLS])}; received {', '.join(unknown)}")
     for profile in args.profiles or [*PROFILES, *TOOLS]:
-        compile_profile(args.uv, profile)
+        compile_profile(args.uv, profile, args.upgrade)
     return 0
 
 
