@@ -21,7 +21,8 @@ The rules, each one row of the decision table recorded in ``model.json`` (``gate
    recall; this rule refuses that. Classes new to the champion, and classes with too few images
    to measure, are listed as "not compared".
 
-5. ``calibration``: the held-out ECE after calibration is not worse than before (``leaf_train.trust``).
+5. ``calibration``: the held-out ECE after calibration is not worse than before (``leaf_train.trust``),
+   judged on at least ``CALIBRATION_MIN_IMAGES`` (30) report images.
 
 A version is promoted when no rule fails. The champion is scored whenever one exists, even if an
 earlier rule already failed, so the recorded decision always carries both sides.
@@ -115,6 +116,7 @@ class GateConfig(RetentionConfig):
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"
 PARITY_RULES = ("parity", "parity fp16", "parity ood")
 CALIBRATION_RULE = "calibration"
+CALIBRATION_MIN_IMAGES = 30  # held-out report images before the ECE comparison is judged
 CLASS_RULE = "class recall"
 
 
@@ -327,9 +329,17 @@ def _parity_rows(parity: Mapping[str, Any]) -> list[Rule]:
 
 
 def _calibration_row(calibration: Mapping[str, Any]) -> Rule:
-    """Calibration must not make confidence worse: held-out ECE after <= ECE before (same report images)."""
+    """Calibration must not make confidence worse: held-out ECE after <= ECE before (same report images).
+
+    On fewer than ``CALIBRATION_MIN_IMAGES`` report images the two ECEs are mostly the noise of 15 bins
+    holding a few images each: the row is shown, not judged (a tiny dataset's first model is not refused
+    for it)."""
     before = _finite((calibration.get("before") or {}).get("ece"))
     after = _finite((calibration.get("after") or {}).get("ece"))
+    images = calibration.get("report_images")
+    if isinstance(images, int) and images < CALIBRATION_MIN_IMAGES:
+        threshold = f"{images} < {CALIBRATION_MIN_IMAGES} report images: not compared"
+        return Rule(CALIBRATION_RULE, threshold, after, None, NOT_COMPARED)
     failed = before is None or after is None or after > before + _EPS
     shown = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
     why = (

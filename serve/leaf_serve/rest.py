@@ -97,9 +97,9 @@ def error_response(request: Request, exc: Exception, *, logged: bool = True) -> 
         status, message = 500, f"internal error: {type(exc).__name__}"
     if logged and ((known is not None and not getattr(known, "logged", False)) or isinstance(exc, HTTPException)):
         # The path and the message carry what the client sent: quoted, so they cannot forge a line.
-        fields = {"method": request.method, "path": quoted(request.url.path), "status": status}
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, fields["path"], status, quoted(message),
-                extra=fields)  # fmt: skip
+        fields = {"method": request.method, "path": request.url.path, "status": status}  # JSON escapes it
+        log.log(log_level(status), "%s %s -> %d: %s", request.method, quoted(request.url.path), status,
+                quoted(message), extra=fields)  # fmt: skip
     request.state.error = message
     request.state.error_logged = bool(getattr(known, "logged", False))  # its raiser logged it, or chose not to
     return JSONResponse({"error": message}, status_code=status, headers=headers)
@@ -177,10 +177,11 @@ class Api:
         if not log.isEnabledFor(level) or getattr(request.state, "error_logged", False):
             return
         served = self.repo.current
-        # As routed (request.url drops the control characters a client sent), quoted and cut: a client's path
-        # cannot forge a line of its own.
-        path = quoted(request.scope["path"])
-        fields = {"method": request.method, "path": path, "status": status, "duration": round(duration, 6)}
+        # As routed (request.url drops the control characters a client sent). The JSON field keeps it as sent
+        # (JSON escapes it); the message quotes and cuts it, so a client's path cannot forge a line of its own.
+        raw = request.scope["path"]
+        path = quoted(raw)
+        fields = {"method": request.method, "path": raw, "status": status, "duration": round(duration, 6)}
         if served is not None:
             fields |= {"model": served.name, "version": served.version}
         error = getattr(request.state, "error", None)

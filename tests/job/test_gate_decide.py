@@ -485,3 +485,16 @@ def test_calibration_and_ood_parity_are_gate_rules(case: str, calibration: dict 
     assert decision.promote is promote and reason in decision.reason, decision.reason
     names = [r["rule"] for r in decision.to_dict()["rules"]]
     assert "parity ood" in names and ("calibration" in names) is (calibration is not None)
+
+
+def test_calibration_on_too_few_report_images_is_shown_not_judged():
+    from leaf_train.gate import CALIBRATION_MIN_IMAGES, _calibration_row
+
+    few = {"method": "temperature", "report_images": CALIBRATION_MIN_IMAGES - 1, "before": {"ece": 0.1}}
+    row = _calibration_row(few | {"after": {"ece": 0.2}})
+    assert (row.verdict, row.threshold) == (
+        "not compared",
+        f"{CALIBRATION_MIN_IMAGES - 1} < 30 report images: not compared",
+    )
+    enough = _calibration_row(few | {"report_images": CALIBRATION_MIN_IMAGES, "after": {"ece": 0.2}})
+    assert enough.verdict == "fail"
