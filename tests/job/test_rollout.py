@@ -167,6 +167,17 @@ def test_shadow_rollout_proposes_instead_of_promoting(output: str) -> None:
     assert registry.candidate().candidate.version == "v2"
 
 
+def shadowing(output: str) -> tuple[object, ModelRegistry]:
+    """The registry at ``output`` with v1 served and v2 proposed as its shadow candidate."""
+    store = open_store(output)
+    registry = ModelRegistry(store, MODEL)
+    publish(registry, "v1", champion=None)
+    registry.promote("v1")
+    publish(registry, "v2", champion="v1")
+    registry.propose("v2")
+    return store, registry
+
+
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
     capsys.readouterr()
     rc = main(list(argv))
@@ -175,12 +186,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 @pytest.mark.parametrize("entry", [("models", "verdict"), ("train", "--verdict-only")])
 def test_verdict_command_promotes_on_evidence(output: str, capsys, entry) -> None:
-    store = open_store(output)
-    registry = ModelRegistry(store, MODEL)
-    publish(registry, "v1", champion=None)
-    registry.promote("v1")
-    publish(registry, "v2", champion="v1")
-    registry.propose("v2")
+    store, registry = shadowing(output)
     model_store = store.child(MODEL)
     o = ["--output", output, "--shadow-min-requests", "300", "--kube-integration", "off"]
 
@@ -206,12 +212,7 @@ def test_verdict_command_promotes_on_evidence(output: str, capsys, entry) -> Non
 
 
 def test_lost_class_is_rejected_and_the_champion_keeps_serving(output: str, capsys) -> None:
-    store = open_store(output)
-    registry = ModelRegistry(store, MODEL)
-    publish(registry, "v1", champion=None)
-    registry.promote("v1")
-    publish(registry, "v2", champion="v1")
-    registry.propose("v2")
+    store, registry = shadowing(output)
     write_stats(store.child(MODEL), traffic("v2", "v1", EQUAL | {"blight": (90, 54)}))
     rc, out = run_cli(capsys, "models", "verdict", "--output", output, "--kube-integration", "off")
     assert rc == 0 and out.startswith("v2 against v1: REJECT") and "'blight'" in out

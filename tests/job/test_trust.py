@@ -84,8 +84,8 @@ def test_heldout_leaves_pass_and_generated_not_leaves_abstain(fitted):
 
 def test_packaged_photos_abstain(fitted):
     photos, names = oodset.packaged_photos(SIZE)
-    if not names:
-        pytest.skip("scikit-image is not installed: its bundled photos (skimage/data) are the real-photo OOD set")
+    # scikit-image is in locks/dev.txt: a suite without its bundled photos has lost the real-photo OOD set.
+    assert names, "expected scikit-image's bundled photos (skimage/data, locks/dev.txt); found none: run make test"
     _, _, fit, onnx_bytes, _, _ = fitted
     _, scores = run(onnx_bytes, photos)
     missed = [n for n, s in zip(names, scores, strict=True) if s <= fit.ood["threshold"]]

@@ -64,22 +64,15 @@ def saved_mirrored(reg: Registry, candidate: str) -> int:
     return read_stats(reg.store, candidate, "v1")[0].mirrored
 
 
-def verdict(reg: Registry, *extra: str) -> tuple[int, str]:
+def leaf_train(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``leaf-train ARGV`` in its own process, as an operator or the verdict CronJob runs it."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "leaf_train.cli",
-        "models",
-        "verdict",
-        "--output",
-        reg.root,
-        "--model-name",
-        MODEL_NAME,
-        *VERDICT_ARGS,
-        *extra,
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+    cmd = [sys.executable, "-m", "leaf_train.cli", *argv]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=env)
+
+
+def verdict(reg: Registry, *extra: str) -> tuple[int, str]:
+    done = leaf_train("models", "verdict", "--output", reg.root, "--model-name", MODEL_NAME, *VERDICT_ARGS, *extra)
     return done.returncode, done.stdout + done.stderr
 
 
@@ -188,21 +181,8 @@ def test_reviewed_photo_scores_both_models(registry: Registry, serve, tmp_path) 
     inbox = Inbox(registry.store.child("inbox"))
     wait_for(lambda: inbox.list(), "the capture reaches the inbox")
     assert inbox.get(capture_id).extra == {"shadow_candidate": "v2"}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    cmd = [
-        sys.executable,
-        "-m",
-        "leaf_train.cli",
-        "inbox",
-        "accept",
-        "--output",
-        registry.root,
-        "--model-name",
-        MODEL_NAME,
-        "--data",
-        str(data),
-    ]
-    done = subprocess.run([*cmd, capture_id, "blight"], capture_output=True, text=True, timeout=120, env=env)
+    accept = ("inbox", "accept", "--output", registry.root, "--model-name", MODEL_NAME, "--data", str(data))
+    done = leaf_train(*accept, capture_id, "blight")
     assert done.returncode == 0, done.stderr
     reviewed = json.loads(registry.store.get(f"shadow/v2/reviewed/{capture_id}.json"))
     assert (reviewed["label"], reviewed["champion_label"], reviewed["candidate_label"]) == ("blight", "blight", "rust")
