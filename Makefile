@@ -58,8 +58,11 @@ prometheus:
 ort-web:
 	scripts/vendor-ort-web.sh
 
+# Two worker processes (pytest-xdist) by default: most tests wait on sockets, subprocesses or podman, so two
+# keep both cores of a CI machine busy; TEST_WORKERS=0 runs in one process (tests/conftest.py: the groups).
+TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts

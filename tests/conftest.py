@@ -57,3 +57,15 @@ def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoin
         monkeypatch.delenv(var, raising=False)
     client = boto3.session.Session().client("s3")
     yield S3Endpoint(_moto_server, client)
+
+
+# `make test` runs the suite on two worker processes (pytest-xdist, `--dist loadgroup`). A module's tests
+# stay on one worker, so a module-scoped fixture (a server, a trained model) is built once, not once per
+# worker; the container tests are one group, since their session fixtures build and play the images, and
+# they go first: they are the longest group, and starting them last would leave the other worker idle.
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            group = "containers" if item.get_closest_marker("container") else item.nodeid.split("::")[0]
+            item.add_marker(pytest.mark.xdist_group(group))
+    items.sort(key=lambda item: item.get_closest_marker("container") is None)  # stable: the rest keep order
