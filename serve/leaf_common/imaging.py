@@ -14,13 +14,16 @@ alpha flattening copy a small image, never the full-size one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from . import formats
 from .errors import LeafError
 
 # Resampling used for every resize; recorded in the model contract.
@@ -30,8 +33,6 @@ _RESAMPLE = Image.Resampling.BILINEAR
 # Pillow's own bomb guard warns at ~89 MP; we enforce a configurable limit instead.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_FORMATS = ("JPEG", "PNG", "MPO")
 # Bytes per pixel of Pillow's in-memory storage: RGB, RGBA, LA, CMYK ... use 32-bit pixels.
 _NARROW_MODES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _ORIENTATION_TAG = 0x0112
@@ -54,7 +55,8 @@ class ImageDecodeError(LeafError, ValueError):
 
 
 def is_image_key(key: str) -> bool:
-    return key.lower().endswith(IMAGE_EXTENSIONS)
+    """Whether a file name ends like a photo in an accepted format (:mod:`leaf_common.formats`)."""
+    return key.lower().endswith(formats.extensions())
 
 
 @dataclass(frozen=True)
@@ -80,30 +82,41 @@ def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Im
     """Open ``data`` (header only), check format and pixel count, and plan a shrinking decode."""
     height, width = size
     if not data:
-        raise ImageDecodeError("expected JPEG or PNG bytes; received an empty body")
+        raise ImageDecodeError(f"expected {formats.names()} bytes; received an empty body")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in _FORMATS:
-                raise ImageDecodeError(f"expected a JPEG or PNG image; received {img.format or 'unknown'} data")
+            img, found = _identify(data)
             stored = img.size
             if stored[0] < 1 or stored[1] < 1 or stored[0] * stored[1] > max_pixels:
                 raise ImageDecodeError(
                     f"expected at most {max_pixels} pixels; received {stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
                 )
-            if img.format in ("JPEG", "MPO"):
+            if found.draft:
                 # DCT-domain downscale: never below the target size, so quality holds.
                 img.draft("RGB", (width, height))
     except ImageDecodeError:
         raise
     except Exception as e:  # Pillow raises a zoo of types on malformed headers; all mean "not an image"
         raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes (header): "
+            f"expected a readable {formats.names()} image; could not decode {len(data)} bytes (header): "
             f"{type(e).__name__}: {e}"
         ) from e
     cost = _decode_cost(img.mode, img.size, (width, height))
     return img, ImageProbe(img.format, stored, img.size, img.mode, cost)
+
+
+def _identify(data: bytes) -> tuple[Image.Image, formats.ImageFormat]:
+    """Open the header with the plugin its magic bytes name, so no other Pillow parser reads it.
+
+    Bytes of no accepted format are identified by all of Pillow's plugins, only to name them.
+    """
+    sniffed = formats.sniff(data)
+    img = Image.open(io.BytesIO(data), formats=sniffed.pillow if sniffed else None)
+    found = formats.by_pillow(img.format)
+    if found is None:
+        raise ImageDecodeError(f"expected a {formats.names()} image; received {img.format or 'unknown'} data")
+    return img, found
 
 
 def _decode_cost(mode: str, decoded: tuple[int, int], target: tuple[int, int]) -> int:
@@ -124,7 +137,7 @@ def probe(data: bytes, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_P
     """Read only the header: format, dimensions and the memory :func:`decode_image` will need.
 
     Raises:
-        ImageDecodeError: not a JPEG/PNG, unreadable header, or more than ``max_pixels`` pixels.
+        ImageDecodeError: not an accepted format (:mod:`leaf_common.formats`), unreadable header, or more than ``max_pixels`` pixels.
     """
     return _open(data, size, max_pixels)[1]
 
@@ -154,13 +167,43 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def _reducible(img: Image.Image) -> Image.Image:
+    """``img`` in a mode ``reduce`` averages (it would average palette indices)."""
+    if img.mode in ("L", "RGB", "RGBA", "LA"):
+        return img
+    return img.convert("RGBA" if _has_alpha(img) else "RGB")
+
+
+def _reduced_upright(img: Image.Image, factor: int, orientation: int) -> Image.Image:
+    """``img`` shrunk by an integer ``factor``, then turned as its EXIF ``orientation`` says."""
+    if factor > 1:
+        img = _reducible(img).reduce(factor)
+    if orientation in _TRANSPOSE:
+        img = img.transpose(_TRANSPOSE[orientation])
+    return img
+
+
+@contextlib.contextmanager
+def _not_usable(data: bytes, action: str) -> Iterator[None]:
+    """Any failure but running out of memory means the bytes are not a usable image (a 400)."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as e:  # truncated streams, bad CRCs, broken palettes
+        raise ImageDecodeError(
+            f"expected a readable {formats.names()} image; could not {action} {len(data)} bytes: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
 def decode_image(
     data: bytes,
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an RGB uint8 array of shape ``(height, width, 3)``.
+    """Decode image bytes to an RGB uint8 array of shape ``(height, width, 3)``.
 
     Grayscale, palette, CMYK and alpha images are converted; EXIF orientation is
     applied (phone photos). Large images are shrunk while decoding (JPEG ``draft``) or
@@ -168,7 +211,7 @@ def decode_image(
     bilinear resize, so only one full-size buffer ever exists (see :func:`probe`).
 
     Args:
-        data: encoded image bytes.
+        data: encoded image bytes, in a format of :mod:`leaf_common.formats`.
         size: ``(height, width)`` of the output.
         max_pixels: refuse images with more pixels than this (decompression bombs).
 
@@ -177,16 +220,10 @@ def decode_image(
     """
     height, width = size
     img, _ = _open(data, size, max_pixels)
-    try:
+    with _not_usable(data, "decode"):
         orientation = _orientation(img)  # read before reduce: the EXIF belongs to the file, not the pixels
         img.load()
-        factor = _reduce_factor(img.size, (width, height))
-        if factor > 1:
-            if img.mode not in ("L", "RGB", "RGBA", "LA"):  # the modes reduce averages (not palette indices)
-                img = img.convert("RGBA" if _has_alpha(img) else "RGB")
-            img = img.reduce(factor)
-        if orientation in _TRANSPOSE:
-            img = img.transpose(_TRANSPOSE[orientation])
+        img = _reduced_upright(img, _reduce_factor(img.size, (width, height)), orientation)
         if _has_alpha(img):
             img = _flatten_alpha(img)
         elif img.mode != "RGB":
@@ -194,18 +231,11 @@ def decode_image(
         if img.size != (width, height):
             img = img.resize((width, height), _RESAMPLE)
         return np.asarray(img, dtype=np.uint8)
-    except MemoryError:
-        raise
-    except Exception as e:  # truncated streams, bad CRCs, broken palettes: the bytes are not a usable image
-        raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes: {type(e).__name__}: {e}"
-        ) from e
 
 
 # Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px, and it
 # lets a JPEG be decoded already shrunk (draft) so re-encoding a 50 MP upload never holds it at full size.
 KEPT_MAX_SIDE = 2048
-_KEPT_JPEG_QUALITY = 95
 
 
 def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> int:
@@ -217,7 +247,7 @@ def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side
 
 
 def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> bytes:
-    """The pixels of an uploaded JPEG/PNG, and nothing else, in the same format.
+    """The pixels of an uploaded photo, and nothing else, in the same format.
 
     What a client sends is not what gets kept: EXIF (GPS, camera), XMP, ICC profiles, text chunks,
     extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied to
@@ -227,32 +257,20 @@ def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_sid
     is dropped, not applied, for the same reason: the model never saw it.
 
     Raises:
-        ImageDecodeError: not a readable JPEG/PNG, or over ``max_pixels``.
+        ImageDecodeError: not a readable photo of an accepted format, or over ``max_pixels``.
     """
     img, found = _open(data, (max_side, max_side), max_pixels)
-    try:
+    kept_as = formats.by_pillow(found.format)
+    assert kept_as is not None  # _open refuses every other format
+    with _not_usable(data, "re-encode"):
         orientation = _orientation(img)
         img.load()  # frame 0: the default image, as decode_image reads it
         factor = -(-max(img.size) // max_side)  # the smallest that brings the longest side to max_side
-        if img.mode not in ("L", "RGB", "RGBA", "LA"):
-            img = img.convert("RGBA" if _has_alpha(img) else "RGB")
-        if factor > 1:
-            img = img.reduce(factor)
-        if orientation in _TRANSPOSE:
-            img = img.transpose(_TRANSPOSE[orientation])
+        img = _reduced_upright(_reducible(img), factor, orientation)
         # A new image from the pixels alone: Pillow carries info (icc_profile, exif, text) into save().
         clean = Image.frombytes(img.mode, img.size, img.tobytes())
+        if not kept_as.alpha and clean.mode not in ("L", "RGB"):
+            clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")
         out = io.BytesIO()
-        if found.format == "PNG":
-            clean.save(out, "PNG", optimize=False)
-        else:
-            if clean.mode not in ("L", "RGB"):
-                clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")
-            clean.save(out, "JPEG", quality=_KEPT_JPEG_QUALITY)
+        clean.save(out, kept_as.pillow[0], **kept_as.save)
         return out.getvalue()
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not re-encode {len(data)} bytes: {type(e).__name__}: {e}"
-        ) from e

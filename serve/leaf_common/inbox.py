@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from . import formats
 from .contract import POINTER_FILE
 from .errors import LeafError
 from .registry import VERSIONS_DIR, sha256_hex
@@ -44,10 +45,6 @@ RECORD_SCHEMA_VERSION = 1
 REASONS = ("low_confidence", "marked_wrong")
 _ID_PREFIX = "capture-"
 _ID = re.compile(r"capture-(\d{8})T\d{9}Z-[0-9a-f]{10}")
-# What the server accepts as a photo, and what the file is called: the decoder's format names.
-PHOTO_TYPES = {"JPEG": ("jpg", "image/jpeg"), "MPO": ("jpg", "image/jpeg"), "PNG": ("png", "image/png")}
-_EXT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
-_REVIEW_KEY = re.compile(r"capture-\d{8}T\d{9}Z-[0-9a-f]{10}\.(jpg|png)")
 # A class folder the job's dataset listing accepts: one path segment, not hidden. PlantVillage's own
 # names need letters, digits, '_', ',', '(', ')' and spaces ("Pepper,_bell___healthy", "Corn_(maize)___...").
 # A claim older than this is left over from a process that died mid-action: the next action takes it over.
@@ -106,7 +103,9 @@ def new_capture_id(now: datetime) -> str:
 def check_capture_id(raw: str) -> str:
     """``raw`` if it is a capture id; :class:`InvalidName` otherwise (ids become storage keys)."""
     if not _ID.fullmatch(raw):
-        raise InvalidName(f"capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received {raw!r:.80}")
+        raise InvalidName(
+            f"capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received {raw!r:.80}"
+        )
     return raw
 
 
@@ -128,7 +127,8 @@ def check_class_name(raw: str) -> str:
 
 def is_review_key(key: str) -> bool:
     """Whether a dataset key (``<class>/<file>``) is a photo that came into the data through review."""
-    return bool(_REVIEW_KEY.fullmatch(key.rsplit("/", 1)[-1]))
+    stem, _, ext = key.rsplit("/", 1)[-1].rpartition(".")
+    return bool(_ID.fullmatch(stem)) and formats.kept(ext) is not None
 
 
 def inbox_uri_for(model_uri: str) -> str | None:
@@ -146,7 +146,7 @@ class CaptureRecord:
     """The JSON beside a captured photo: what was served, what it said, and why the photo was kept."""
 
     id: str
-    ext: str  # "jpg" or "png": the uploaded format
+    ext: str  # names the kept photo: its format's ImageFormat.ext (leaf_common.formats)
     captured_at: str  # ISO 8601, UTC
     reason: str  # one of REASONS
     model: str
@@ -170,7 +170,7 @@ class CaptureRecord:
 
     @property
     def content_type(self) -> str:
-        return _EXT_TYPES[self.ext]
+        return formats.kept(self.ext).mime  # type: ignore[union-attr]  # from_json checked it
 
     @property
     def folder(self) -> str:
@@ -186,10 +186,12 @@ class CaptureRecord:
             known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
             record = cls(**known)
             check_capture_id(record.id)
-            if record.ext not in _EXT_TYPES:
+            if formats.kept(record.ext) is None:
                 raise ValueError(f"ext {record.ext!r}")
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
-            raise InboxError(f"{where}: expected a capture record (id, ext, reason, label, ...); {e}") from e
+            raise InboxError(
+                f"{where}: expected a capture record (id, ext, reason, label, ...); {e}"
+            ) from e
         return record
 
 
@@ -217,7 +219,7 @@ def make_record(
     best = max(range(len(labels)), key=lambda i: probabilities[i])
     return CaptureRecord(
         id=new_capture_id(when),
-        ext=PHOTO_TYPES[photo_format][0],
+        ext=formats.by_pillow(photo_format).ext,  # type: ignore[union-attr]  # the decoder accepted it
         captured_at=when.astimezone(UTC).isoformat(timespec="milliseconds"),
         reason=reason,
         model=model,
@@ -273,11 +275,15 @@ class Inbox:
             self.store.delete(key)
 
     def _take_over_stale(self, key: str, body: bytes, capture_id: str) -> None:
-        busy = ItemBusy(f"capture {capture_id}: expected no other review action on it; another one is running")
+        busy = ItemBusy(
+            f"capture {capture_id}: expected no other review action on it; another one is running"
+        )
         try:
             held, etag = self.store.get_with_etag(key)
             since = float(json.loads(held).get("at", 0))
-        except NotFound:  # released meanwhile: the other action finished, which this one would contradict
+        except (
+            NotFound
+        ):  # released meanwhile: the other action finished, which this one would contradict
             raise busy from None
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
             since = 0.0  # an unreadable claim is as good as a stale one
@@ -287,7 +293,9 @@ class Inbox:
             self.store.put(key, body, if_match=etag)  # one of several takers wins this too
         except PreconditionFailed:
             raise busy from None
-        log.warning("inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since)
+        log.warning(
+            "inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since
+        )
 
     def usage(self) -> InboxUsage:
         """Bytes per capture (complete or not), oldest first; other keys in the inbox are not counted."""
@@ -304,8 +312,10 @@ class Inbox:
         try:
             with self.claim(capture_id, "evict"):
                 date = _date_folder(capture_id)
-                self.store.delete(self._record_key(capture_id))  # first: a listing never shows half of it
-                for ext in _EXT_TYPES:
+                self.store.delete(
+                    self._record_key(capture_id)
+                )  # first: a listing never shows half of it
+                for ext in formats.kept_extensions():
                     self.store.delete(f"{date}/{capture_id}.{ext}")
         except ItemBusy:
             return False
@@ -327,7 +337,8 @@ class Inbox:
             {
                 o.key.rsplit("/", 1)[-1].removesuffix(".json")
                 for o in self.store.list()
-                if o.key.endswith(".json") and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
+                if o.key.endswith(".json")
+                and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
             },
             reverse=True,
         )
@@ -344,10 +355,14 @@ class Inbox:
         try:
             data = self.store.get(key)
         except NotFound as e:
-            raise ItemNotFound(f"capture {capture_id}: expected it in {self.uri}; it is not there") from e
+            raise ItemNotFound(
+                f"capture {capture_id}: expected it in {self.uri}; it is not there"
+            ) from e
         record = CaptureRecord.from_json(data, self.store.url(key))
         if record.id != capture_id:
-            raise InboxError(f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}")
+            raise InboxError(
+                f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}"
+            )
         return record
 
     def photo(self, capture_id: str) -> tuple[CaptureRecord, bytes]:
@@ -356,7 +371,9 @@ class Inbox:
         try:
             data = self.store.get(self._photo_key(record))
         except NotFound as e:
-            raise ItemNotFound(f"capture {capture_id}: its record is there but {record.photo_name} is not") from e
+            raise ItemNotFound(
+                f"capture {capture_id}: its record is there but {record.photo_name} is not"
+            ) from e
         digest = sha256_hex(data)
         if digest != record.sha256:
             raise ReviewConflict(
@@ -394,7 +411,9 @@ class Inbox:
         except PreconditionFailed:
             # Accepted before and then interrupted before the inbox copy was removed: same bytes, finish the job.
             if data.get(key) != photo:
-                raise ReviewConflict(f"{data.url(key)}: exists with other bytes; expected to add a new photo") from None
+                raise ReviewConflict(
+                    f"{data.url(key)}: exists with other bytes; expected to add a new photo"
+                ) from None
         self._remove(record)
         log.info("inbox: accepted %s as %s -> %s", capture_id, label, data.url(key))
         if self.on_accept is not None:

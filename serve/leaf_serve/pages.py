@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import html
 from collections.abc import Awaitable, Callable
 from importlib.resources import files
 
+from leaf_common import formats
 from leaf_common.labels import readable_label
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -47,9 +49,12 @@ SECURITY_HEADERS = {
 class Asset:
     """One packaged file, with the ETag browsers revalidate it by (a new image version, a new ETag)."""
 
-    def __init__(self, name: str):
+    def __init__(self, name: str, fill: dict[str, str] | None = None):
+        """``fill``: what the server writes into the file's ``{{placeholders}}`` (the accepted formats)."""
         self.name = name
         self.body = (files("leaf_serve") / "ui" / name).read_bytes()
+        for key, value in (fill or {}).items():
+            self.body = self.body.replace(b"{{%s}}" % key.encode(), html.escape(value).encode())
         self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
         self.media_type = _TYPES.get(name[name.rfind(".") :], "text/plain; charset=utf-8")  # LICENSE
 
@@ -61,7 +66,9 @@ class Asset:
 
 
 def load_assets() -> dict[str, Asset]:
-    return {name: Asset(name) for name in ASSETS}
+    """The page files; the diagnosis page's file input accepts the formats of ``leaf_common.formats``."""
+    photo = {"photo_types": ",".join(formats.mime_types()), "photo_formats": formats.names()}
+    return {name: Asset(name, photo if name == "index.html" else None) for name in ASSETS}
 
 
 class Pages:
@@ -139,4 +146,4 @@ class Pages:
             raise NotFound(f"/model/{name!r:.60}: expected one of {expected} published with version {served.version}")
         # no-cache: the URL stays the same when hot reload serves a new version with new figures.
         headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
-        return Response(data, media_type="image/png", headers=headers)
+        return Response(data, media_type=formats.PNG.mime, headers=headers)  # every figure is a PNG
