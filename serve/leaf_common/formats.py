@@ -18,7 +18,8 @@ class ImageFormat:
     """One accepted format, and how a photo in it is kept once the server has cleaned it."""
 
     name: str  # what people read in messages: "JPEG"
-    pillow: tuple[str, ...]  # Pillow's names for it (Image.format); a kept photo is saved as the first
+    # Pillow's names for it (Image.format); a kept photo is saved as the first
+    pillow: tuple[str, ...]
     magic: tuple[tuple[int, bytes], ...]  # (offset, bytes) every file of the format has
     mime: str  # its Content-Type, in the page's accept list and on a kept photo
     extensions: tuple[str, ...]  # lower case, with the dot; the first names a kept photo
@@ -62,7 +63,9 @@ FORMATS: tuple[ImageFormat, ...] = (JPEG, PNG)
 def names() -> str:
     """The accepted formats for a message: "JPEG or PNG", "JPEG, PNG or WebP"."""
     all_names = [f.name for f in FORMATS]
-    return " or ".join([", ".join(all_names[:-1]), all_names[-1]] if len(all_names) > 1 else all_names)
+    if len(all_names) == 1:
+        return all_names[0]
+    return f"{', '.join(all_names[:-1])} or {all_names[-1]}"
 
 
 def pillow_names() -> tuple[str, ...]:

@@ -65,7 +65,8 @@ class ImageProbe:
 
     format: str
     size: tuple[int, int]  # (width, height) as stored
-    decoded_size: tuple[int, int]  # (width, height) the decoder will produce (smaller for JPEG draft)
+    # (width, height) the decoder will produce (smaller for JPEG draft)
+    decoded_size: tuple[int, int]
     mode: str
     decode_bytes: int  # peak bytes of pixel buffers while decoding this image
 
@@ -97,7 +98,8 @@ def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Im
                 img.draft("RGB", (width, height))
     except ImageDecodeError:
         raise
-    except Exception as e:  # Pillow raises a zoo of types on malformed headers; all mean "not an image"
+    # Pillow raises a zoo of types on malformed headers; all mean "not an image"
+    except Exception as e:
         raise ImageDecodeError(
             f"expected a readable {formats.names()} image; could not decode {len(data)} bytes (header): "
             f"{type(e).__name__}: {e}"
@@ -151,7 +153,8 @@ def _orientation(img: Image.Image) -> int:
     """The EXIF orientation, or 1 when absent or unreadable (a damaged EXIF block is not a damaged photo)."""
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
+    # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
+    except Exception:
         return 1
     return value if isinstance(value, int) else 1
 
@@ -221,7 +224,8 @@ def decode_image(
     height, width = size
     img, _ = _open(data, size, max_pixels)
     with _not_usable(data, "decode"):
-        orientation = _orientation(img)  # read before reduce: the EXIF belongs to the file, not the pixels
+        # read before reduce: the EXIF belongs to the file, not the pixels
+        orientation = _orientation(img)
         img.load()
         img = _reduced_upright(img, _reduce_factor(img.size, (width, height)), orientation)
         if _has_alpha(img):
@@ -265,7 +269,8 @@ def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_sid
     with _not_usable(data, "re-encode"):
         orientation = _orientation(img)
         img.load()  # frame 0: the default image, as decode_image reads it
-        factor = -(-max(img.size) // max_side)  # the smallest that brings the longest side to max_side
+        # the smallest that brings the longest side to max_side
+        factor = -(-max(img.size) // max_side)
         img = _reduced_upright(_reducible(img), factor, orientation)
         # A new image from the pixels alone: Pillow carries info (icc_profile, exif, text) into save().
         clean = Image.frombytes(img.mode, img.size, img.tobytes())

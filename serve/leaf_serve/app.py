@@ -1,4 +1,4 @@
-"""Assembly: config -> metrics, repository, executors, data plane -> REST routes and gRPC -> one Starlette app."""
+"""Assembly: config -> repository, executors, data plane -> routes and gRPC -> one Starlette app."""
 
 from __future__ import annotations
 
@@ -52,11 +52,12 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     """
     threads = config.decode_threads or available_cpus()
     decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
-    inbox = Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox))) if config.inbox else None
+    inbox = _inbox(config, repo)
     shadow = _shadow(config, repo)
     plane = DataPlane(repo, config, decode_pool, shadow)
     if inbox is not None and shadow is not None and shadow.model_store is not None:
-        inbox.on_accept = functools.partial(note_review, shadow.model_store)  # reviewed photos score both
+        # reviewed photos score both
+        inbox.on_accept = functools.partial(note_review, shadow.model_store)
     capture = _capture(config, plane, inbox)
     api = Api(plane, sections=_sections(config, repo, ClassifyApi(plane, capture), inbox))
     app = Starlette(
@@ -70,6 +71,12 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     return app
 
 
+def _inbox(config: ServeConfig, repo: ModelRepository) -> Inbox | None:
+    if not config.inbox:
+        return None
+    return Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox)))
+
+
 def _shadow(config: ServeConfig, repo: ModelRepository) -> Shadow | None:
     if config.shadow_fraction <= 0:
         return None
@@ -81,21 +88,27 @@ def _capture(config: ServeConfig, plane: DataPlane, inbox: Inbox | None) -> Capt
     if not config.capture or inbox is None:
         return None
     capture = CaptureQueue.from_config(inbox, plane.metrics, config)
-    capture.decode_budget = plane.decoding  # re-encoding a kept photo shares the requests' pixel budget
+    # re-encoding a kept photo shares the requests' pixel budget
+    capture.decode_budget = plane.decoding
     return capture
 
 
 def _sections(
     config: ServeConfig, repo: ModelRepository, classify: ClassifyApi, inbox: Inbox | None
 ) -> list[RouteSection]:
-    """Every route outside the v2 protocol: classify, the pages, review, OpenAPI, the offline page."""
+    """Every route outside the v2 protocol: classify, pages, review, OpenAPI, the offline page."""
     assets = load_assets()
     review = ReviewApi(repo, assets)  # review off: its routes say so
     if config.review and inbox is not None:
         data = open_store(config.data, client=repo.s3_client_for(config.data))
         review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
     page_security = PAGE_SECURITY if config.offline_page else None
-    sections = [classify, Pages(repo, config, assets, page_security), review, OpenApiSection(server_version())]
+    sections = [
+        classify,
+        Pages(repo, config, assets, page_security),
+        review,
+        OpenApiSection(server_version()),
+    ]
     if config.offline_page:
         sections.append(OfflinePages(repo, config, assets))
     return sections
@@ -109,7 +122,7 @@ async def _lifespan(
     decode_pool: ThreadPoolExecutor,
     app: Starlette,
 ) -> AsyncIterator[None]:
-    """Start the background work (capture, hot reload, shadow, gRPC) and stop it in order at shutdown."""
+    """Start the background work (capture, hot reload, shadow, gRPC); stop it in order at exit."""
     if capture is not None:
         capture.start()
     _log_features(config, capture)
@@ -126,13 +139,15 @@ async def _lifespan(
         if grpc_server is not None and grpc_check is not None:
             plane.live_checks.remove(grpc_check)
             await grpc_check.close()
-            await grpc_server.stop(config.grace_period)  # uvicorn has drained HTTP; gRPC gets the same grace
+            # uvicorn has drained HTTP; gRPC gets the same grace
+            await grpc_server.stop(config.grace_period)
         for task in tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if plane.shadow is not None:
-            await plane.shadow.close()  # what mirroring showed since the last write reaches the registry
+            # what mirroring showed since the last write reaches the registry
+            await plane.shadow.close()
         decode_pool.shutdown(wait=False, cancel_futures=True)
         if capture is not None:
             await asyncio.to_thread(capture.stop, CAPTURE_FLUSH_SECONDS)
@@ -142,7 +157,7 @@ async def _lifespan(
 def _log_features(config: ServeConfig, capture: CaptureQueue | None) -> None:
     if capture is not None:
         log.info(
-            "capture on: photos under confidence %g and marked wrong go to %s (at most %d a minute)",
+            "capture on: photos under confidence %g and marked wrong go to %s (%d a minute)",
             config.confidence_threshold,
             capture.inbox.uri,
             config.capture_per_minute,
@@ -152,11 +167,12 @@ def _log_features(config: ServeConfig, capture: CaptureQueue | None) -> None:
 
 
 def _start_tasks(config: ServeConfig, plane: DataPlane) -> list[asyncio.Task[None]]:
-    """Hot reload (when the URI is a pointer) and the shadow's flushes, as tasks on the app's loop."""
+    """Hot reload (when the URI is a pointer) and the shadow's flushes, as tasks on the loop."""
     tasks = []
     if plane.repo.follows_pointer and config.poll_interval > 0:
         tasks.append(asyncio.create_task(plane.repo.poll_forever(config.poll_interval)))
     if plane.shadow is not None:
         interval = config.poll_interval or config.shadow_flush_interval
-        tasks.append(asyncio.create_task(plane.shadow.run_forever(interval, config.shadow_flush_interval)))
+        flushes = plane.shadow.run_forever(interval, config.shadow_flush_interval)
+        tasks.append(asyncio.create_task(flushes))
     return tasks

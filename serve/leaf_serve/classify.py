@@ -1,4 +1,4 @@
-"""``/classify`` and ``/feedback``: one photo in, the top labels out, and the photos kept for review.
+"""``/classify`` and ``/feedback``: one photo in, the top labels out; photos kept for review.
 
 A route section like the pages and review (:class:`~leaf_serve.rest.RouteSection`): the photo is
 read, probed and decoded within the server's budgets, classified through the data plane's batcher,
@@ -39,8 +39,10 @@ class Classified:
     photo: bytes
     photo_format: str  # the decoder's name (Image.format), a row of leaf_common.formats
     probs: np.ndarray
-    image: np.ndarray | None = None  # the decoded batch of one the model saw (for the shadow candidate)
-    ood: float | None = None  # the version's OOD score for the photo; None when it ships no detector
+    # the decoded batch of one the model saw (for the shadow candidate)
+    image: np.ndarray | None = None
+    # the version's OOD score for the photo; None when it ships no detector
+    ood: float | None = None
 
     def confident(self, threshold: float) -> bool:
         top = float(np.max(self.probs)) if self.probs.size else float("nan")
@@ -77,9 +79,10 @@ class ClassifyApi:
         return JSONResponse(self._classified_body(done, top_k, captured))
 
     async def feedback(self, request: Request) -> Response:
-        """The page's "this diagnosis is wrong": classify the photo again, keep it with the answer."""
+        """The page's "this diagnosis is wrong": classify again, keep photo and answer."""
         if self.capture is None:
-            raise NotFound("capture is off on this server: expected --capture (LEAF_SERVE_CAPTURE=true) to keep photos")
+            flag = "--capture (LEAF_SERVE_CAPTURE=true)"
+            raise NotFound(f"capture is off on this server: expected {flag} to keep photos")
         user_label = _user_label(request.query_params.get("label"))
         top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
         done = await self._classify_photo(request)
@@ -98,9 +101,11 @@ class ClassifyApi:
             )
         if dropped == DROPPED_RATE:
             limit = self.config.capture_per_minute
-            raise TooManyRequests(f"capture: expected at most {limit} photos a minute (capture_per_minute); {again}")
+            what = f"at most {limit} photos a minute (capture_per_minute)"
+            raise TooManyRequests(f"capture: expected {what}; {again}")
         if dropped == DROPPED_QUEUE:
-            raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
+            full = "photos waiting to be stored fill capture_queue_bytes"
+            raise Unavailable(f"capture: {full}; this one was not kept")
 
     def _client(self, request: Request) -> str:
         peer = request.client.host if request.client else None
@@ -113,14 +118,20 @@ class ClassifyApi:
         body = await read_body(request, self.config.max_body_bytes)
         data = _image_bytes(request.headers, body)
         found = await self.plane.off_loop(self._probe, data, served.contract.image_size)
-        async with self.plane.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel
+        # priced from the header, before any pixel
+        async with self.plane.decoding.hold(found.decode_bytes):
             image = await self.plane.off_loop(self._decode, data, served)
         scores = await served.batcher.submit(image)
         self.plane.answered(served, image, scores)
         ood = None if scores.ood is None else float(scores.ood[0])
         return Classified(served, data, found.format, scores.probs[0], image, ood)
 
-    def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
+    def _capture_record(
+        self,
+        done: Classified,
+        reason: str,
+        user_label: str | None = None,
+    ) -> CaptureRecord:
         c = done.served.contract
         threshold = self.config.confidence_threshold
         record = make_record(
@@ -136,13 +147,19 @@ class ClassifyApi:
         )
         shadow = self.plane.shadow
         if shadow is not None and done.image is not None:
-            # The candidate answers the same photo off the response path; a reviewer's label scores both.
+            # The candidate answers the same photo off the response path; a reviewer's label
+            # then scores both.
             candidate = shadow.answer_capture(done.served, done.image, done.probs, record.id)
             if candidate is not None:
                 record = replace(record, extra={**record.extra, CAPTURE_EXTRA: candidate})
         return record
 
-    def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
+    def _classified_body(
+        self,
+        done: Classified,
+        top_k: int,
+        captured: str | None,
+    ) -> dict[str, Any]:
         probs = done.probs
         order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
         labels = done.served.contract.labels
@@ -165,11 +182,12 @@ class ClassifyApi:
         }
 
     def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
-        # ImageDecodeError (no accepted format, unreadable header, over the pixel limit) is a 400 of its own.
+        # ImageDecodeError (no accepted format, unreadable header, over the pixel limit) is a 400.
         return probe(data, size, max_pixels=self.config.max_pixels)
 
     def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
-        pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)  # 400 if corrupt
+        # 400 if corrupt
+        pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)
         return pixels[None].astype(served.model.input_dtype)
 
 
@@ -182,7 +200,7 @@ def _top_k(raw: str | None, default: int) -> int:
 
 
 def _user_label(raw: str | None) -> str | None:
-    """What the person says the photo shows (optional): a class name, as a reviewer would type it."""
+    """What the person says the photo shows (optional): a class name, as a reviewer types it."""
     if raw is None or not raw.strip():
         return None
     try:
@@ -197,10 +215,9 @@ def _image_bytes(headers: Headers, body: bytes) -> bytes:
     if media == "multipart/form-data":
         return codecs.multipart_file(headers.get("content-type", ""), body)
     if media not in (*formats.accepted_mime_types(), *_RAW_OTHER_TYPES):
-        expected = ", ".join(formats.mime_types())
-        raise UnsupportedMediaType(
-            f"Content-Type: expected {expected}, application/octet-stream or multipart/form-data; received {media:.60}"
-        )
+        raw = [*formats.mime_types(), _RAW_OTHER_TYPES[0]]
+        expected = f"{', '.join(raw)} or multipart/form-data"
+        raise UnsupportedMediaType(f"Content-Type: expected {expected}; received {media:.60}")
     return body
 
 

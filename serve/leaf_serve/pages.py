@@ -35,7 +35,17 @@ _TYPES = {
     ".wasm": "application/wasm",  # WebAssembly.instantiateStreaming insists on it
 }
 PAGES = ("index.html", "card.html", "review.html")
-ASSETS = (*PAGES, "app.js", "card.js", "review.js", "common.js", "style.css", "icon.svg", "offline.js", "preprocess.js")
+ASSETS = (
+    *PAGES,
+    "app.js",
+    "card.js",
+    "review.js",
+    "common.js",
+    "style.css",
+    "icon.svg",
+    "offline.js",
+    "preprocess.js",
+)
 # The pages show text that came from outside (labels typed in review, file names): the scripts only ever
 # set textContent, and this policy forbids inline script and every other origin in case one day they don't.
 SECURITY_HEADERS = {
@@ -56,7 +66,8 @@ class Asset:
         for key, value in (fill or {}).items():
             self.body = self.body.replace(b"{{%s}}" % key.encode(), html.escape(value).encode())
         self.etag = '"' + hashlib.sha256(self.body).hexdigest()[:16] + '"'
-        self.media_type = _TYPES.get(name[name.rfind(".") :], "text/plain; charset=utf-8")  # LICENSE
+        # LICENSE
+        self.media_type = _TYPES.get(name[name.rfind(".") :], "text/plain; charset=utf-8")
 
     def response(self, request: Request, security: dict[str, str] = SECURITY_HEADERS) -> Response:
         headers = {"ETag": self.etag, "Cache-Control": "no-cache", **security}
@@ -84,7 +95,8 @@ class Pages:
         self.repo = repo
         self.config = config
         self.assets = assets
-        self.security = security or SECURITY_HEADERS  # the offline page's also lets WebAssembly compile
+        # the offline page's also lets WebAssembly compile
+        self.security = security or SECURITY_HEADERS
 
     def table(self) -> list[tuple[str, Handler, str, str]]:
         """(path, handler, verb, metrics endpoint) of every page route."""
@@ -133,7 +145,11 @@ class Pages:
         since = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(timespec="seconds")
         drift = served.drift.state() if served.drift else None
         body = card_json(
-            served.contract, served.card, served_since=since, dataset_name=self.config.card_dataset_name, drift=drift
+            served.contract,
+            served.card,
+            served_since=since,
+            dataset_name=self.config.card_dataset_name,
+            drift=drift,
         )
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 

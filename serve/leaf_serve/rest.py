@@ -75,7 +75,8 @@ def error_response(request: Request, exc: Exception, *, logged: bool = True) -> 
         log.log(log_level(status), "%s %s -> %d: %s", request.method, quoted(request.url.path), status,
                 quoted(message), extra=fields)  # fmt: skip
     request.state.error = message
-    request.state.error_logged = bool(getattr(known, "logged", False))  # its raiser logged it, or chose not to
+    # its raiser logged it, or chose not to
+    request.state.error_logged = bool(getattr(known, "logged", False))
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
@@ -214,7 +215,8 @@ class Api:
         if header_length is None:  # JSON floats: parse in a worker so the event loop keeps serving
             parsed = await self.off_loop(codecs.decode_request, body, None)
         else:
-            parsed = codecs.decode_request(body, header_length)  # a small JSON header: cheap, stay on the loop
+            # a small JSON header: cheap, stay on the loop
+            parsed = codecs.decode_request(body, header_length)
         outputs = await self.plane.infer(parsed, served)
         payload, headers = codecs.encode_response(served.name, served.version, outputs, parsed.id)
         return Response(payload, headers=headers)
