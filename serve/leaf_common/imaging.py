@@ -36,7 +36,7 @@ DEFAULT_MAX_PIXELS = 64_000_000
 # Bytes per pixel of Pillow's in-memory storage: RGB, RGBA, LA, CMYK ... use 32-bit pixels.
 _NARROW_MODES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _ORIENTATION_TAG = 0x0112
-# EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does).
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose does).
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -90,9 +90,8 @@ def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Im
             img, found = _identify(data)
             stored = img.size
             if stored[0] < 1 or stored[1] < 1 or stored[0] * stored[1] > max_pixels:
-                raise ImageDecodeError(
-                    f"expected at most {max_pixels} pixels; received {stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
-                )
+                shape = f"{stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
+                raise ImageDecodeError(f"expected at most {max_pixels} pixels; received {shape}")
             if found.draft:
                 # DCT-domain downscale: never below the target size, so quality holds.
                 img.draft("RGB", (width, height))
@@ -100,10 +99,8 @@ def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Im
         raise
     # Pillow raises a zoo of types on malformed headers; all mean "not an image"
     except Exception as e:
-        raise ImageDecodeError(
-            f"expected a readable {formats.names()} image; could not decode {len(data)} bytes (header): "
-            f"{type(e).__name__}: {e}"
-        ) from e
+        what = f"could not decode {len(data)} bytes (header): {type(e).__name__}: {e}"
+        raise ImageDecodeError(f"expected a readable {formats.names()} image; {what}") from e
     cost = _decode_cost(img.mode, img.size, (width, height))
     return img, ImageProbe(img.format, stored, img.size, img.mode, cost)
 
@@ -117,7 +114,8 @@ def _identify(data: bytes) -> tuple[Image.Image, formats.ImageFormat]:
     img = Image.open(io.BytesIO(data), formats=sniffed.pillow if sniffed else None)
     found = formats.by_pillow(img.format)
     if found is None:
-        raise ImageDecodeError(f"expected a {formats.names()} image; received {img.format or 'unknown'} data")
+        received = img.format or "unknown"
+        raise ImageDecodeError(f"expected a {formats.names()} image; received {received} data")
     return img, found
 
 
@@ -135,11 +133,17 @@ def _decode_cost(mode: str, decoded: tuple[int, int], target: tuple[int, int]) -
     return cost + (full * 4) // (factor * factor)
 
 
-def probe(data: bytes, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
+def probe(
+    data: bytes,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageProbe:
     """Read only the header: format, dimensions and the memory :func:`decode_image` will need.
 
     Raises:
-        ImageDecodeError: not an accepted format (:mod:`leaf_common.formats`), unreadable header, or more than ``max_pixels`` pixels.
+        ImageDecodeError: not an accepted format (:mod:`leaf_common.formats`), unreadable
+            header, or more than ``max_pixels`` pixels.
     """
     return _open(data, size, max_pixels)[1]
 
@@ -150,7 +154,7 @@ def _reduce_factor(have: tuple[int, int], want: tuple[int, int]) -> int:
 
 
 def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation, or 1 when absent or unreadable (a damaged EXIF block is not a damaged photo)."""
+    """The EXIF orientation; 1 when absent or unreadable (a damaged EXIF is not a damaged photo)."""
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
     # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
@@ -237,28 +241,41 @@ def decode_image(
         return np.asarray(img, dtype=np.uint8)
 
 
-# Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px, and it
-# lets a JPEG be decoded already shrunk (draft) so re-encoding a 50 MP upload never holds it at full size.
+# Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px,
+# and it lets a JPEG be decoded already shrunk (draft): a 50 MP upload is never held at full size.
 KEPT_MAX_SIDE = 2048
 
 
-def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> int:
-    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound): the
-    decode as :func:`probe` prices it, then up to three copies of the kept image (reduced, rotated, clean)."""
+def reencode_cost(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = KEPT_MAX_SIDE,
+) -> int:
+    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound).
+
+    The decode as :func:`probe` prices it, then up to three copies of the kept image (reduced,
+    rotated, clean).
+    """
     found = _open(data, (max_side, max_side), max_pixels)[1]
     kept = min(found.decoded_size[0] * found.decoded_size[1], max_side * max_side)
     return found.decode_bytes + 3 * kept * 4
 
 
-def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> bytes:
+def reencode_photo(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = KEPT_MAX_SIDE,
+) -> bytes:
     """The pixels of an uploaded photo, and nothing else, in the same format.
 
     What a client sends is not what gets kept: EXIF (GPS, camera), XMP, ICC profiles, text chunks,
-    extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied to
-    the pixels (so the tag is not needed), and only the frame :func:`decode_image` gives the model is
-    kept: for an APNG whose default image is not part of its animation that is the default image,
-    which a browser would not show, so the reviewer sees the picture the model saw. The ICC profile
-    is dropped, not applied, for the same reason: the model never saw it.
+    extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied
+    to the pixels (so the tag is not needed), and only the frame :func:`decode_image` gives the
+    model is kept: for an APNG whose default image is not part of its animation that is the default
+    image, which a browser would not show, so the reviewer sees the picture the model saw. The ICC
+    profile is dropped, not applied, for the same reason: the model never saw it.
 
     Raises:
         ImageDecodeError: not a readable photo of an accepted format, or over ``max_pixels``.
@@ -272,7 +289,7 @@ def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_sid
         # the smallest that brings the longest side to max_side
         factor = -(-max(img.size) // max_side)
         img = _reduced_upright(_reducible(img), factor, orientation)
-        # A new image from the pixels alone: Pillow carries info (icc_profile, exif, text) into save().
+        # A new image from the pixels alone: Pillow carries info (ICC, EXIF, text) into save().
         clean = Image.frombytes(img.mode, img.size, img.tobytes())
         if not kept_as.alpha and clean.mode not in ("L", "RGB"):
             clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")

@@ -103,9 +103,7 @@ def new_capture_id(now: datetime) -> str:
 def check_capture_id(raw: str) -> str:
     """``raw`` if it is a capture id; :class:`InvalidName` otherwise (ids become storage keys)."""
     if not _ID.fullmatch(raw):
-        raise InvalidName(
-            f"capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received {raw!r:.80}"
-        )
+        raise InvalidName(f"capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received {raw!r:.80}")
     return raw
 
 
@@ -189,9 +187,7 @@ class CaptureRecord:
             if formats.kept(record.ext) is None:
                 raise ValueError(f"ext {record.ext!r}")
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
-            raise InboxError(
-                f"{where}: expected a capture record (id, ext, reason, label, ...); {e}"
-            ) from e
+            raise InboxError(f"{where}: expected a capture record (id, ext, reason, label, ...); {e}") from e
         return record
 
 
@@ -275,15 +271,11 @@ class Inbox:
             self.store.delete(key)
 
     def _take_over_stale(self, key: str, body: bytes, capture_id: str) -> None:
-        busy = ItemBusy(
-            f"capture {capture_id}: expected no other review action on it; another one is running"
-        )
+        busy = ItemBusy(f"capture {capture_id}: expected no other review action on it; another one is running")
         try:
             held, etag = self.store.get_with_etag(key)
             since = float(json.loads(held).get("at", 0))
-        except (
-            NotFound
-        ):  # released meanwhile: the other action finished, which this one would contradict
+        except NotFound:  # released meanwhile: the other action finished, which this one would contradict
             raise busy from None
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
             since = 0.0  # an unreadable claim is as good as a stale one
@@ -293,9 +285,7 @@ class Inbox:
             self.store.put(key, body, if_match=etag)  # one of several takers wins this too
         except PreconditionFailed:
             raise busy from None
-        log.warning(
-            "inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since
-        )
+        log.warning("inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since)
 
     def usage(self) -> InboxUsage:
         """Bytes per capture (complete or not), oldest first; other keys in the inbox are not counted."""
@@ -312,9 +302,7 @@ class Inbox:
         try:
             with self.claim(capture_id, "evict"):
                 date = _date_folder(capture_id)
-                self.store.delete(
-                    self._record_key(capture_id)
-                )  # first: a listing never shows half of it
+                self.store.delete(self._record_key(capture_id))  # first: a listing never shows half of it
                 for ext in formats.kept_extensions():
                     self.store.delete(f"{date}/{capture_id}.{ext}")
         except ItemBusy:
@@ -337,8 +325,7 @@ class Inbox:
             {
                 o.key.rsplit("/", 1)[-1].removesuffix(".json")
                 for o in self.store.list()
-                if o.key.endswith(".json")
-                and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
+                if o.key.endswith(".json") and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
             },
             reverse=True,
         )
@@ -355,14 +342,10 @@ class Inbox:
         try:
             data = self.store.get(key)
         except NotFound as e:
-            raise ItemNotFound(
-                f"capture {capture_id}: expected it in {self.uri}; it is not there"
-            ) from e
+            raise ItemNotFound(f"capture {capture_id}: expected it in {self.uri}; it is not there") from e
         record = CaptureRecord.from_json(data, self.store.url(key))
         if record.id != capture_id:
-            raise InboxError(
-                f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}"
-            )
+            raise InboxError(f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}")
         return record
 
     def photo(self, capture_id: str) -> tuple[CaptureRecord, bytes]:
@@ -371,9 +354,7 @@ class Inbox:
         try:
             data = self.store.get(self._photo_key(record))
         except NotFound as e:
-            raise ItemNotFound(
-                f"capture {capture_id}: its record is there but {record.photo_name} is not"
-            ) from e
+            raise ItemNotFound(f"capture {capture_id}: its record is there but {record.photo_name} is not") from e
         digest = sha256_hex(data)
         if digest != record.sha256:
             raise ReviewConflict(
@@ -411,9 +392,7 @@ class Inbox:
         except PreconditionFailed:
             # Accepted before and then interrupted before the inbox copy was removed: same bytes, finish the job.
             if data.get(key) != photo:
-                raise ReviewConflict(
-                    f"{data.url(key)}: exists with other bytes; expected to add a new photo"
-                ) from None
+                raise ReviewConflict(f"{data.url(key)}: exists with other bytes; expected to add a new photo") from None
         self._remove(record)
         log.info("inbox: accepted %s as %s -> %s", capture_id, label, data.url(key))
         if self.on_accept is not None:

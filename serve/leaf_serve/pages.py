@@ -46,21 +46,30 @@ ASSETS = (
     "offline.js",
     "preprocess.js",
 )
-# The pages show text that came from outside (labels typed in review, file names): the scripts only ever
-# set textContent, and this policy forbids inline script and every other origin in case one day they don't.
+# The pages show text that came from outside (labels typed in review, file names): the scripts only
+# ever set textContent, and this policy forbids inline script and every other origin in case one day
+# they don't.
 SECURITY_HEADERS = {
-    "Content-Security-Policy": "default-src 'self'; img-src 'self' blob:; object-src 'none'; base-uri 'none'; "
-    "frame-ancestors 'none'; form-action 'self'",
+    "Content-Security-Policy": "; ".join(
+        [
+            "default-src 'self'",
+            "img-src 'self' blob:",
+            "object-src 'none'",
+            "base-uri 'none'",
+            "frame-ancestors 'none'",
+            "form-action 'self'",
+        ]
+    ),
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
 
 
 class Asset:
-    """One packaged file, with the ETag browsers revalidate it by (a new image version, a new ETag)."""
+    """One packaged file, with the ETag browsers revalidate it by (a new image, a new ETag)."""
 
     def __init__(self, name: str, fill: dict[str, str] | None = None):
-        """``fill``: what the server writes into the file's ``{{placeholders}}`` (the accepted formats)."""
+        """``fill``: what the server writes into the file's ``{{placeholders}}``."""
         self.name = name
         self.body = (files("leaf_serve") / "ui" / name).read_bytes()
         for key, value in (fill or {}).items():
@@ -77,13 +86,13 @@ class Asset:
 
 
 def load_assets() -> dict[str, Asset]:
-    """The page files; the diagnosis page's file input accepts the formats of ``leaf_common.formats``."""
+    """The page files; the diagnosis page's file input takes ``leaf_common.formats``' formats."""
     photo = {"photo_types": ",".join(formats.mime_types()), "photo_formats": formats.names()}
     return {name: Asset(name, photo if name == "index.html" else None) for name in ASSETS}
 
 
 class Pages:
-    """The page routes, bound to the repository (for the card) and the config (for the page's settings)."""
+    """The page routes, bound to the repository (the card) and the config (the page's settings)."""
 
     def __init__(
         self,
@@ -119,14 +128,14 @@ class Pages:
         name = request.path_params["name"]
         found = self.assets.get(name)
         if found is None or name.endswith(".html"):
-            raise NotFound(
-                f"/ui/{name!r:.60}: expected one of {', '.join(a for a in ASSETS if not a.endswith('.html'))}"
-            )
+            shown = ", ".join(a for a in ASSETS if not a.endswith(".html"))
+            raise NotFound(f"/ui/{name!r:.60}: expected one of {shown}")
         return found.response(request)
 
     async def settings(self, request: Request) -> Response:
-        """What the page needs to know about this server (which buttons to show, where "not sure" starts)."""
+        """What the page needs to know of this server (buttons to show, where "not sure" starts)."""
         served = self.repo.require()
+        labels = served.contract.labels
         return JSONResponse(
             {
                 "model": served.name,
@@ -135,14 +144,15 @@ class Pages:
                 "top_k": self.config.top_k,
                 "capture": self.config.capture,
                 "offline_page": self.config.offline_page,
-                "labels": [{"label": label, "display": readable_label(label)} for label in served.contract.labels],
+                "labels": [{"label": x, "display": readable_label(x)} for x in labels],
             },
             headers={"Cache-Control": "no-store"},
         )
 
     async def card(self, request: Request) -> Response:
         served = self.repo.require()
-        since = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC).isoformat(timespec="seconds")
+        loaded = datetime.datetime.fromtimestamp(served.loaded_at, datetime.UTC)
+        since = loaded.isoformat(timespec="seconds")
         drift = served.drift.state() if served.drift else None
         body = card_json(
             served.contract,
@@ -159,7 +169,8 @@ class Pages:
         data = served.card.figures.get(name)
         if data is None:
             expected = ", ".join([*FIGURES.values(), RELIABILITY_FILE])
-            raise NotFound(f"/model/{name!r:.60}: expected one of {expected} published with version {served.version}")
+            expected += f" published with version {served.version}"
+            raise NotFound(f"/model/{name!r:.60}: expected one of {expected}")
         # no-cache: the URL stays the same when hot reload serves a new version with new figures.
         headers = {"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"}
         return Response(data, media_type=formats.PNG.mime, headers=headers)  # every figure is a PNG

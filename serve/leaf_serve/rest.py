@@ -37,14 +37,14 @@ from .repository import ServedModel
 
 log = logging.getLogger(__name__)
 
-# Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded, so that one is allowed).
+# Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded: allowed).
 _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class RouteSection(Protocol):
-    """A group of routes kept in its own module (classify, pages, review), instrumented like the rest."""
+    """Routes kept in their own module (classify, pages, review), instrumented like the rest."""
 
     def table(self) -> list[tuple[str, Handler, str, str]]:
         """(path, handler, verb, metrics endpoint) of each route."""
@@ -52,9 +52,9 @@ class RouteSection(Protocol):
 
 
 def error_response(request: Request, exc: Exception, *, logged: bool = True) -> Response:
-    """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``.
+    """The one error handler: ``{"error": message}`` with the error's status, logged at log_level.
 
-    ``logged=False``: the caller writes the request's line itself (``Api._instrument``, with its duration).
+    ``logged=False``: the caller logs the request itself (``Api._instrument``, with its duration).
     """
     headers: dict[str, str] = {}
     known = answered(exc)
@@ -63,19 +63,18 @@ def error_response(request: Request, exc: Exception, *, logged: bool = True) -> 
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
-        log.exception("unhandled error on %s %s", request.method, quoted(request.url.path), exc_info=exc)
+        where = quoted(request.url.path)
+        log.exception("unhandled error on %s %s", request.method, where, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if logged and ((known is not None and not getattr(known, "logged", False)) or isinstance(exc, HTTPException)):
-        # The path and the message carry what the client sent: quoted, so they cannot forge a line.
-        fields = {
-            "method": request.method,
-            "path": request.url.path,
-            "status": status,
-        }  # JSON escapes it
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, quoted(request.url.path), status,
-                quoted(message), extra=fields)  # fmt: skip
+    told = known is not None and not getattr(known, "logged", False)
+    if logged and (told or isinstance(exc, HTTPException)):
+        # The path and the message carry what the client sent: quoted, so they cannot forge a line
+        # (the JSON field is escaped by JSON).
+        fields = {"method": request.method, "path": request.url.path, "status": status}
+        level, where, said = log_level(status), quoted(request.url.path), quoted(message)
+        log.log(level, "%s %s -> %d: %s", request.method, where, status, said, extra=fields)
     request.state.error = message
-    # its raiser logged it, or chose not to
+    # Its raiser logged it, or chose not to.
     request.state.error_logged = bool(getattr(known, "logged", False))
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
@@ -108,7 +107,7 @@ class Api:
         ]
         for section in self.sections:
             table += section.table()
-        return [Route(path, self._instrument(endpoint, fn), methods=[verb]) for path, fn, verb, endpoint in table]
+        return [Route(path, self._instrument(e, fn), methods=[verb]) for path, fn, verb, e in table]
 
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
@@ -127,7 +126,7 @@ class Api:
                 self.plane.active -= 1
                 allowance.release()
             if self.plane.draining:
-                # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
+                # Clients reconnect, and the Service sends the new connection to a pod not stopping.
                 response.headers["connection"] = "close"
             duration = time.perf_counter() - start
             self.metrics.requests.labels(endpoint, outcome(response.status_code)).inc()
@@ -138,13 +137,14 @@ class Api:
         return handler
 
     def _log_request(self, request: Request, status: int, duration: float) -> None:
-        """One line per request: refusals at ``log_level(status)``, successes at DEBUG (off by default)."""
+        """One line per request: refusals at ``log_level(status)``, successes at DEBUG."""
         level = logging.DEBUG if status < 400 else log_level(status)
         if not log.isEnabledFor(level) or getattr(request.state, "error_logged", False):
             return
         served = self.repo.current
-        # As routed (request.url drops the control characters a client sent). The JSON field keeps it as sent
-        # (JSON escapes it); the message quotes and cuts it, so a client's path cannot forge a line of its own.
+        # As routed (request.url drops the control characters a client sent). The JSON field keeps
+        # it as sent (JSON escapes it); the message quotes and cuts it, so a client's path cannot
+        # forge a line of its own.
         raw = request.scope["path"]
         path = quoted(raw)
         fields = {
@@ -167,7 +167,8 @@ class Api:
                 extra=fields,
             )
         else:
-            log.log(level, "%s %s -> %d: %s", request.method, path, status, quoted(error), extra=fields)
+            said = quoted(error)
+            log.log(level, "%s %s -> %d: %s", request.method, path, status, said, extra=fields)
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -230,7 +231,8 @@ async def read_body(request: Request, limit: int) -> bytes:
     """
     declared = request.headers.get("content-length", "")
     if DIGITS.fullmatch(declared) and int(declared) > limit:
-        raise PayloadTooLarge(f"body: expected at most {limit} bytes; Content-Length says {declared}")
+        says = f"Content-Length says {declared}"
+        raise PayloadTooLarge(f"body: expected at most {limit} bytes; {says}")
     allowance: BodyAllowance | None = getattr(request.state, "body_allowance", None)
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -258,5 +260,6 @@ def _header_length(headers: Headers) -> int | None:
     if raw is None:
         return None
     if not DIGITS.fullmatch(raw.strip()):
-        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count (ASCII digits); received {raw!r:.40}")
+        expected = "expected a byte count (ASCII digits)"
+        raise BadRequest(f"{codecs.HEADER_LENGTH}: {expected}; received {raw!r:.40}")
     return int(raw)
