@@ -110,13 +110,13 @@ def packaged_photos_dir() -> Path | None:
 
 
 def packaged_photos(size: int) -> tuple[np.ndarray, list[str]]:
-    """scikit-image's bundled sample photos (RGB or grey, JPEG/PNG), resized like served photos; empty if absent."""
-    from leaf_common.imaging import decode_image
+    """scikit-image's bundled photos in an accepted format, resized like served photos; empty if absent."""
+    from leaf_common.imaging import decode_image, is_image_key
 
     folder = packaged_photos_dir()
     images, names = [], []
     for path in sorted(folder.iterdir()) if folder else ():
-        if path.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+        if not is_image_key(path.name):
             continue
         try:
             images.append(decode_image(path.read_bytes(), (size, size)))

@@ -14,13 +14,16 @@ alpha flattening copy a small image, never the full-size one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
+from . import formats
 from .errors import LeafError
 
 # Resampling used for every resize; recorded in the model contract.
@@ -30,12 +33,10 @@ _RESAMPLE = Image.Resampling.BILINEAR
 # Pillow's own bomb guard warns at ~89 MP; we enforce a configurable limit instead.
 DEFAULT_MAX_PIXELS = 64_000_000
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-_FORMATS = ("JPEG", "PNG", "MPO")
 # Bytes per pixel of Pillow's in-memory storage: RGB, RGBA, LA, CMYK ... use 32-bit pixels.
 _NARROW_MODES = {"1": 1, "L": 1, "P": 1, "I;16": 2, "I;16B": 2, "I;16L": 2, "I;16N": 2}
 _ORIENTATION_TAG = 0x0112
-# EXIF orientation -> the transpose that shows the photo upright (what ImageOps.exif_transpose does).
+# EXIF orientation -> the transpose that shows the photo upright (as ImageOps.exif_transpose does).
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -54,7 +55,8 @@ class ImageDecodeError(LeafError, ValueError):
 
 
 def is_image_key(key: str) -> bool:
-    return key.lower().endswith(IMAGE_EXTENSIONS)
+    """Whether a file name ends like a photo in an accepted format (:mod:`leaf_common.formats`)."""
+    return key.lower().endswith(formats.extensions())
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class ImageProbe:
 
     format: str
     size: tuple[int, int]  # (width, height) as stored
-    decoded_size: tuple[int, int]  # (width, height) the decoder will produce (smaller for JPEG draft)
+    # (width, height) the decoder will produce (smaller for JPEG draft)
+    decoded_size: tuple[int, int]
     mode: str
     decode_bytes: int  # peak bytes of pixel buffers while decoding this image
 
@@ -80,30 +83,40 @@ def _open(data: bytes, size: tuple[int, int], max_pixels: int) -> tuple[Image.Im
     """Open ``data`` (header only), check format and pixel count, and plan a shrinking decode."""
     height, width = size
     if not data:
-        raise ImageDecodeError("expected JPEG or PNG bytes; received an empty body")
+        raise ImageDecodeError(f"expected {formats.names()} bytes; received an empty body")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            if img.format not in _FORMATS:
-                raise ImageDecodeError(f"expected a JPEG or PNG image; received {img.format or 'unknown'} data")
+            img, found = _identify(data)
             stored = img.size
             if stored[0] < 1 or stored[1] < 1 or stored[0] * stored[1] > max_pixels:
-                raise ImageDecodeError(
-                    f"expected at most {max_pixels} pixels; received {stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
-                )
-            if img.format in ("JPEG", "MPO"):
+                shape = f"{stored[0]}x{stored[1]} = {stored[0] * stored[1]}"
+                raise ImageDecodeError(f"expected at most {max_pixels} pixels; received {shape}")
+            if found.draft:
                 # DCT-domain downscale: never below the target size, so quality holds.
                 img.draft("RGB", (width, height))
     except ImageDecodeError:
         raise
-    except Exception as e:  # Pillow raises a zoo of types on malformed headers; all mean "not an image"
-        raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes (header): "
-            f"{type(e).__name__}: {e}"
-        ) from e
+    # Pillow raises a zoo of types on malformed headers; all mean "not an image"
+    except Exception as e:
+        what = f"could not decode {len(data)} bytes (header): {type(e).__name__}: {e}"
+        raise ImageDecodeError(f"expected a readable {formats.names()} image; {what}") from e
     cost = _decode_cost(img.mode, img.size, (width, height))
     return img, ImageProbe(img.format, stored, img.size, img.mode, cost)
+
+
+def _identify(data: bytes) -> tuple[Image.Image, formats.ImageFormat]:
+    """Open the header with the plugin its magic bytes name, so no other Pillow parser reads it.
+
+    Bytes of no accepted format are identified by all of Pillow's plugins, only to name them.
+    """
+    sniffed = formats.sniff(data)
+    img = Image.open(io.BytesIO(data), formats=sniffed.pillow if sniffed else None)
+    found = formats.by_pillow(img.format)
+    if found is None:
+        received = img.format or "unknown"
+        raise ImageDecodeError(f"expected a {formats.names()} image; received {received} data")
+    return img, found
 
 
 def _decode_cost(mode: str, decoded: tuple[int, int], target: tuple[int, int]) -> int:
@@ -120,11 +133,17 @@ def _decode_cost(mode: str, decoded: tuple[int, int], target: tuple[int, int]) -
     return cost + (full * 4) // (factor * factor)
 
 
-def probe(data: bytes, size: tuple[int, int], *, max_pixels: int = DEFAULT_MAX_PIXELS) -> ImageProbe:
+def probe(
+    data: bytes,
+    size: tuple[int, int],
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> ImageProbe:
     """Read only the header: format, dimensions and the memory :func:`decode_image` will need.
 
     Raises:
-        ImageDecodeError: not a JPEG/PNG, unreadable header, or more than ``max_pixels`` pixels.
+        ImageDecodeError: not an accepted format (:mod:`leaf_common.formats`), unreadable
+            header, or more than ``max_pixels`` pixels.
     """
     return _open(data, size, max_pixels)[1]
 
@@ -135,10 +154,11 @@ def _reduce_factor(have: tuple[int, int], want: tuple[int, int]) -> int:
 
 
 def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation, or 1 when absent or unreadable (a damaged EXIF block is not a damaged photo)."""
+    """The EXIF orientation; 1 when absent or unreadable (a damaged EXIF is not a damaged photo)."""
     try:
         value = img.getexif().get(_ORIENTATION_TAG, 1)
-    except Exception:  # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
+    # Pillow's EXIF parser raises struct.error, SyntaxError, ... on malformed blocks
+    except Exception:
         return 1
     return value if isinstance(value, int) else 1
 
@@ -154,13 +174,43 @@ def _flatten_alpha(img: Image.Image) -> Image.Image:
     return Image.alpha_composite(background, rgba).convert("RGB")
 
 
+def _reducible(img: Image.Image) -> Image.Image:
+    """``img`` in a mode ``reduce`` averages (it would average palette indices)."""
+    if img.mode in ("L", "RGB", "RGBA", "LA"):
+        return img
+    return img.convert("RGBA" if _has_alpha(img) else "RGB")
+
+
+def _reduced_upright(img: Image.Image, factor: int, orientation: int) -> Image.Image:
+    """``img`` shrunk by an integer ``factor``, then turned as its EXIF ``orientation`` says."""
+    if factor > 1:
+        img = _reducible(img).reduce(factor)
+    if orientation in _TRANSPOSE:
+        img = img.transpose(_TRANSPOSE[orientation])
+    return img
+
+
+@contextlib.contextmanager
+def _not_usable(data: bytes, action: str) -> Iterator[None]:
+    """Any failure but running out of memory means the bytes are not a usable image (a 400)."""
+    try:
+        yield
+    except MemoryError:
+        raise
+    except Exception as e:  # truncated streams, bad CRCs, broken palettes
+        raise ImageDecodeError(
+            f"expected a readable {formats.names()} image; could not {action} {len(data)} bytes: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+
+
 def decode_image(
     data: bytes,
     size: tuple[int, int],
     *,
     max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> np.ndarray:
-    """Decode JPEG/PNG bytes to an RGB uint8 array of shape ``(height, width, 3)``.
+    """Decode image bytes to an RGB uint8 array of shape ``(height, width, 3)``.
 
     Grayscale, palette, CMYK and alpha images are converted; EXIF orientation is
     applied (phone photos). Large images are shrunk while decoding (JPEG ``draft``) or
@@ -168,7 +218,7 @@ def decode_image(
     bilinear resize, so only one full-size buffer ever exists (see :func:`probe`).
 
     Args:
-        data: encoded image bytes.
+        data: encoded image bytes, in a format of :mod:`leaf_common.formats`.
         size: ``(height, width)`` of the output.
         max_pixels: refuse images with more pixels than this (decompression bombs).
 
@@ -177,16 +227,11 @@ def decode_image(
     """
     height, width = size
     img, _ = _open(data, size, max_pixels)
-    try:
-        orientation = _orientation(img)  # read before reduce: the EXIF belongs to the file, not the pixels
+    with _not_usable(data, "decode"):
+        # read before reduce: the EXIF belongs to the file, not the pixels
+        orientation = _orientation(img)
         img.load()
-        factor = _reduce_factor(img.size, (width, height))
-        if factor > 1:
-            if img.mode not in ("L", "RGB", "RGBA", "LA"):  # the modes reduce averages (not palette indices)
-                img = img.convert("RGBA" if _has_alpha(img) else "RGB")
-            img = img.reduce(factor)
-        if orientation in _TRANSPOSE:
-            img = img.transpose(_TRANSPOSE[orientation])
+        img = _reduced_upright(img, _reduce_factor(img.size, (width, height)), orientation)
         if _has_alpha(img):
             img = _flatten_alpha(img)
         elif img.mode != "RGB":
@@ -194,65 +239,60 @@ def decode_image(
         if img.size != (width, height):
             img = img.resize((width, height), _RESAMPLE)
         return np.asarray(img, dtype=np.uint8)
-    except MemoryError:
-        raise
-    except Exception as e:  # truncated streams, bad CRCs, broken palettes: the bytes are not a usable image
-        raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not decode {len(data)} bytes: {type(e).__name__}: {e}"
-        ) from e
 
 
-# Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px, and it
-# lets a JPEG be decoded already shrunk (draft) so re-encoding a 50 MP upload never holds it at full size.
+# Longest side of a kept photo (capture): plenty for a reviewer's eye and for training at 224 px,
+# and it lets a JPEG be decoded already shrunk (draft): a 50 MP upload is never held at full size.
 KEPT_MAX_SIDE = 2048
-_KEPT_JPEG_QUALITY = 95
 
 
-def reencode_cost(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> int:
-    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound): the
-    decode as :func:`probe` prices it, then up to three copies of the kept image (reduced, rotated, clean)."""
+def reencode_cost(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = KEPT_MAX_SIDE,
+) -> int:
+    """Peak bytes of pixel buffers :func:`reencode_photo` needs (from the header, an upper bound).
+
+    The decode as :func:`probe` prices it, then up to three copies of the kept image (reduced,
+    rotated, clean).
+    """
     found = _open(data, (max_side, max_side), max_pixels)[1]
     kept = min(found.decoded_size[0] * found.decoded_size[1], max_side * max_side)
     return found.decode_bytes + 3 * kept * 4
 
 
-def reencode_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS, max_side: int = KEPT_MAX_SIDE) -> bytes:
-    """The pixels of an uploaded JPEG/PNG, and nothing else, in the same format.
+def reencode_photo(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_side: int = KEPT_MAX_SIDE,
+) -> bytes:
+    """The pixels of an uploaded photo, and nothing else, in the same format.
 
     What a client sends is not what gets kept: EXIF (GPS, camera), XMP, ICC profiles, text chunks,
-    extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied to
-    the pixels (so the tag is not needed), and only the frame :func:`decode_image` gives the model is
-    kept: for an APNG whose default image is not part of its animation that is the default image,
-    which a browser would not show, so the reviewer sees the picture the model saw. The ICC profile
-    is dropped, not applied, for the same reason: the model never saw it.
+    extra frames and bytes after the image's end are all dropped. The EXIF orientation is applied
+    to the pixels (so the tag is not needed), and only the frame :func:`decode_image` gives the
+    model is kept: for an APNG whose default image is not part of its animation that is the default
+    image, which a browser would not show, so the reviewer sees the picture the model saw. The ICC
+    profile is dropped, not applied, for the same reason: the model never saw it.
 
     Raises:
-        ImageDecodeError: not a readable JPEG/PNG, or over ``max_pixels``.
+        ImageDecodeError: not a readable photo of an accepted format, or over ``max_pixels``.
     """
     img, found = _open(data, (max_side, max_side), max_pixels)
-    try:
+    kept_as = formats.by_pillow(found.format)
+    assert kept_as is not None  # _open refuses every other format
+    with _not_usable(data, "re-encode"):
         orientation = _orientation(img)
         img.load()  # frame 0: the default image, as decode_image reads it
-        factor = -(-max(img.size) // max_side)  # the smallest that brings the longest side to max_side
-        if img.mode not in ("L", "RGB", "RGBA", "LA"):
-            img = img.convert("RGBA" if _has_alpha(img) else "RGB")
-        if factor > 1:
-            img = img.reduce(factor)
-        if orientation in _TRANSPOSE:
-            img = img.transpose(_TRANSPOSE[orientation])
-        # A new image from the pixels alone: Pillow carries info (icc_profile, exif, text) into save().
+        # the smallest that brings the longest side to max_side
+        factor = -(-max(img.size) // max_side)
+        img = _reduced_upright(_reducible(img), factor, orientation)
+        # A new image from the pixels alone: Pillow carries info (ICC, EXIF, text) into save().
         clean = Image.frombytes(img.mode, img.size, img.tobytes())
+        if not kept_as.alpha and clean.mode not in ("L", "RGB"):
+            clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")
         out = io.BytesIO()
-        if found.format == "PNG":
-            clean.save(out, "PNG", optimize=False)
-        else:
-            if clean.mode not in ("L", "RGB"):
-                clean = _flatten_alpha(clean) if _has_alpha(clean) else clean.convert("RGB")
-            clean.save(out, "JPEG", quality=_KEPT_JPEG_QUALITY)
+        clean.save(out, kept_as.pillow[0], **kept_as.save)
         return out.getvalue()
-    except MemoryError:
-        raise
-    except Exception as e:
-        raise ImageDecodeError(
-            f"expected a readable JPEG or PNG image; could not re-encode {len(data)} bytes: {type(e).__name__}: {e}"
-        ) from e

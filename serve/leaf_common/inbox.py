@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from . import formats
 from .contract import POINTER_FILE
 from .errors import LeafError
 from .registry import VERSIONS_DIR, sha256_hex
@@ -44,10 +45,6 @@ RECORD_SCHEMA_VERSION = 1
 REASONS = ("low_confidence", "marked_wrong")
 _ID_PREFIX = "capture-"
 _ID = re.compile(r"capture-(\d{8})T\d{9}Z-[0-9a-f]{10}")
-# What the server accepts as a photo, and what the file is called: the decoder's format names.
-PHOTO_TYPES = {"JPEG": ("jpg", "image/jpeg"), "MPO": ("jpg", "image/jpeg"), "PNG": ("png", "image/png")}
-_EXT_TYPES = {"jpg": "image/jpeg", "png": "image/png"}
-_REVIEW_KEY = re.compile(r"capture-\d{8}T\d{9}Z-[0-9a-f]{10}\.(jpg|png)")
 # A class folder the job's dataset listing accepts: one path segment, not hidden. PlantVillage's own
 # names need letters, digits, '_', ',', '(', ')' and spaces ("Pepper,_bell___healthy", "Corn_(maize)___...").
 # A claim older than this is left over from a process that died mid-action: the next action takes it over.
@@ -128,7 +125,8 @@ def check_class_name(raw: str) -> str:
 
 def is_review_key(key: str) -> bool:
     """Whether a dataset key (``<class>/<file>``) is a photo that came into the data through review."""
-    return bool(_REVIEW_KEY.fullmatch(key.rsplit("/", 1)[-1]))
+    stem, _, ext = key.rsplit("/", 1)[-1].rpartition(".")
+    return bool(_ID.fullmatch(stem)) and formats.kept(ext) is not None
 
 
 def inbox_uri_for(model_uri: str) -> str | None:
@@ -146,7 +144,7 @@ class CaptureRecord:
     """The JSON beside a captured photo: what was served, what it said, and why the photo was kept."""
 
     id: str
-    ext: str  # "jpg" or "png": the uploaded format
+    ext: str  # names the kept photo: its format's ImageFormat.ext (leaf_common.formats)
     captured_at: str  # ISO 8601, UTC
     reason: str  # one of REASONS
     model: str
@@ -170,7 +168,7 @@ class CaptureRecord:
 
     @property
     def content_type(self) -> str:
-        return _EXT_TYPES[self.ext]
+        return formats.kept(self.ext).mime  # type: ignore[union-attr]  # from_json checked it
 
     @property
     def folder(self) -> str:
@@ -186,7 +184,7 @@ class CaptureRecord:
             known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
             record = cls(**known)
             check_capture_id(record.id)
-            if record.ext not in _EXT_TYPES:
+            if formats.kept(record.ext) is None:
                 raise ValueError(f"ext {record.ext!r}")
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
             raise InboxError(f"{where}: expected a capture record (id, ext, reason, label, ...); {e}") from e
@@ -217,7 +215,7 @@ def make_record(
     best = max(range(len(labels)), key=lambda i: probabilities[i])
     return CaptureRecord(
         id=new_capture_id(when),
-        ext=PHOTO_TYPES[photo_format][0],
+        ext=formats.by_pillow(photo_format).ext,  # type: ignore[union-attr]  # the decoder accepted it
         captured_at=when.astimezone(UTC).isoformat(timespec="milliseconds"),
         reason=reason,
         model=model,
@@ -305,7 +303,7 @@ class Inbox:
             with self.claim(capture_id, "evict"):
                 date = _date_folder(capture_id)
                 self.store.delete(self._record_key(capture_id))  # first: a listing never shows half of it
-                for ext in _EXT_TYPES:
+                for ext in formats.kept_extensions():
                     self.store.delete(f"{date}/{capture_id}.{ext}")
         except ItemBusy:
             return False

@@ -1,4 +1,4 @@
-"""Assembly: config -> metrics, repository, executors, data plane -> REST routes and gRPC -> one Starlette app."""
+"""Assembly: config -> repository, executors, data plane -> routes and gRPC -> one Starlette app."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 
 from .admin import AdminPortOnly
 from .capture import CaptureQueue
+from .classify import ClassifyApi
 from .dataplane import DataPlane
 from .grpc_v2 import service as grpc_service
 from .inference import server_version
@@ -26,7 +27,7 @@ from .offline import PAGE_SECURITY, OfflinePages
 from .openapi import OpenApiSection
 from .pages import Pages, load_assets
 from .repository import ModelRepository
-from .rest import Api, error_response
+from .rest import Api, RouteSection, error_response
 from .review import ReviewApi
 from .settings import ServeConfig
 from .shadow import Shadow
@@ -49,76 +50,129 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     The repository is normally loaded before this (``load_initial``) so start-up fails loudly
     on a bad model; an unloaded one answers 503 on readiness until it is.
     """
-    decode_pool = ThreadPoolExecutor(max_workers=config.decode_threads or available_cpus(), thread_name_prefix="decode")
-    assets = load_assets()
-    inbox = Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox))) if config.inbox else None
-    capture = None
-    if config.capture and inbox is not None:
-        capture = CaptureQueue.from_config(inbox, repo.metrics, config)
-    review = ReviewApi(repo, assets)
-    if config.review and inbox is not None:
-        data = open_store(config.data, client=repo.s3_client_for(config.data))
-        review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
-    page_security = PAGE_SECURITY if config.offline_page else None
-    sections = [Pages(repo, config, assets, page_security), review, OpenApiSection(server_version())]
-    if config.offline_page:
-        sections.append(OfflinePages(repo, config, assets))
-    shadow = Shadow(repo, config.shadow_fraction, config.shadow_max_in_flight) if config.shadow_fraction > 0 else None
+    threads = config.decode_threads or available_cpus()
+    decode_pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    inbox = _inbox(config, repo)
+    shadow = _shadow(config, repo)
     plane = DataPlane(repo, config, decode_pool, shadow)
     if inbox is not None and shadow is not None and shadow.model_store is not None:
-        inbox.on_accept = functools.partial(note_review, shadow.model_store)  # reviewed photos score both models
-    api = Api(plane, capture=capture, sections=sections)
-    if capture is not None:
-        capture.decode_budget = plane.decoding  # re-encoding a kept photo shares the requests' pixel budget
-
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        poller = None
-        if capture is not None:
-            capture.start()
-            log.info("capture on: photos under confidence %g and marked wrong go to %s (at most %d a minute)",
-                     config.confidence_threshold, capture.inbox.uri, config.capture_per_minute)  # fmt: skip
-        if config.review:
-            log.info("review on: /review moves photos from %s into %s", config.inbox, config.data)
-        if repo.follows_pointer and config.poll_interval > 0:
-            poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
-        shadow_task = None
-        if shadow is not None:
-            interval = config.poll_interval or config.shadow_flush_interval
-            shadow_task = asyncio.create_task(shadow.run_forever(interval, config.shadow_flush_interval))
-        # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
-        grpc_server = grpc_check = None
-        if config.grpc_port:
-            grpc_server, grpc_check = await grpc_service.start(plane)
-            plane.live_checks.append(grpc_check)
-        try:
-            yield
-        finally:
-            plane.draining = True
-            if grpc_server is not None and grpc_check is not None:
-                plane.live_checks.remove(grpc_check)
-                await grpc_check.close()
-                # uvicorn has drained HTTP by now; give gRPC calls the same grace
-                await grpc_server.stop(config.grace_period)
-            for task in (poller, shadow_task):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if shadow is not None:
-                await shadow.close()  # what mirroring showed since the last write reaches the registry
-            decode_pool.shutdown(wait=False, cancel_futures=True)
-            if capture is not None:
-                await asyncio.to_thread(capture.stop, CAPTURE_FLUSH_SECONDS)
-            log.info("stopped")
-
+        # reviewed photos score both
+        inbox.on_accept = functools.partial(note_review, shadow.model_store)
+    capture = _capture(config, plane, inbox)
+    api = Api(plane, sections=_sections(config, repo, ClassifyApi(plane, capture), inbox))
     app = Starlette(
         routes=api.routes(),
-        lifespan=lifespan,
+        lifespan=functools.partial(_lifespan, config, plane, capture, decode_pool),
         exception_handlers={HTTPException: error_response, Exception: error_response},
     )
     if config.admin_port:
         app.add_middleware(AdminPortOnly, admin_port=config.admin_port)
-    app.state.api = api
-    app.state.plane = plane
+    app.state.api, app.state.plane, app.state.capture = api, plane, capture
     return app
+
+
+def _inbox(config: ServeConfig, repo: ModelRepository) -> Inbox | None:
+    if not config.inbox:
+        return None
+    return Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox)))
+
+
+def _shadow(config: ServeConfig, repo: ModelRepository) -> Shadow | None:
+    if config.shadow_fraction <= 0:
+        return None
+    return Shadow(repo, config.shadow_fraction, config.shadow_max_in_flight)
+
+
+def _capture(config: ServeConfig, plane: DataPlane, inbox: Inbox | None) -> CaptureQueue | None:
+    """The inbox writer, when --capture is on and there is an inbox."""
+    if not config.capture or inbox is None:
+        return None
+    capture = CaptureQueue.from_config(inbox, plane.metrics, config)
+    # re-encoding a kept photo shares the requests' pixel budget
+    capture.decode_budget = plane.decoding
+    return capture
+
+
+def _sections(
+    config: ServeConfig, repo: ModelRepository, classify: ClassifyApi, inbox: Inbox | None
+) -> list[RouteSection]:
+    """Every route outside the v2 protocol: classify, pages, review, OpenAPI, the offline page."""
+    assets = load_assets()
+    review = ReviewApi(repo, assets)  # review off: its routes say so
+    if config.review and inbox is not None:
+        data = open_store(config.data, client=repo.s3_client_for(config.data))
+        review = ReviewApi(repo, assets, config.review_token, (inbox, data), config)
+    page_security = PAGE_SECURITY if config.offline_page else None
+    sections = [
+        classify,
+        Pages(repo, config, assets, page_security),
+        review,
+        OpenApiSection(server_version()),
+    ]
+    if config.offline_page:
+        sections.append(OfflinePages(repo, config, assets))
+    return sections
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(
+    config: ServeConfig,
+    plane: DataPlane,
+    capture: CaptureQueue | None,
+    decode_pool: ThreadPoolExecutor,
+    app: Starlette,
+) -> AsyncIterator[None]:
+    """Start the background work (capture, hot reload, shadow, gRPC); stop it in order at exit."""
+    if capture is not None:
+        capture.start()
+    _log_features(config, capture)
+    tasks = _start_tasks(config, plane)
+    # gRPC on the same event loop: the batcher, budgets and metrics are shared without a thread hop.
+    grpc_server = grpc_check = None
+    if config.grpc_port:
+        grpc_server, grpc_check = await grpc_service.start(plane)
+        plane.live_checks.append(grpc_check)
+    try:
+        yield
+    finally:
+        plane.draining = True
+        if grpc_server is not None and grpc_check is not None:
+            plane.live_checks.remove(grpc_check)
+            await grpc_check.close()
+            # uvicorn has drained HTTP; gRPC gets the same grace
+            await grpc_server.stop(config.grace_period)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if plane.shadow is not None:
+            # what mirroring showed since the last write reaches the registry
+            await plane.shadow.close()
+        decode_pool.shutdown(wait=False, cancel_futures=True)
+        if capture is not None:
+            await asyncio.to_thread(capture.stop, CAPTURE_FLUSH_SECONDS)
+        log.info("stopped")
+
+
+def _log_features(config: ServeConfig, capture: CaptureQueue | None) -> None:
+    if capture is not None:
+        log.info(
+            "capture on: photos under confidence %g and marked wrong go to %s (%d a minute)",
+            config.confidence_threshold,
+            capture.inbox.uri,
+            config.capture_per_minute,
+        )
+    if config.review:
+        log.info("review on: /review moves photos from %s into %s", config.inbox, config.data)
+
+
+def _start_tasks(config: ServeConfig, plane: DataPlane) -> list[asyncio.Task[None]]:
+    """Hot reload (when the URI is a pointer) and the shadow's flushes, as tasks on the loop."""
+    tasks = []
+    if plane.repo.follows_pointer and config.poll_interval > 0:
+        tasks.append(asyncio.create_task(plane.repo.poll_forever(config.poll_interval)))
+    if plane.shadow is not None:
+        interval = config.poll_interval or config.shadow_flush_interval
+        flushes = plane.shadow.run_forever(interval, config.shadow_flush_interval)
+        tasks.append(asyncio.create_task(flushes))
+    return tasks

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from leaf_common import formats
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -45,21 +46,23 @@ _TOP_K = {
     "schema": {"type": "integer", "minimum": 1},
     "description": "labels to return (default: the server's --top-k)",
 }
-_IMAGE_BODY = {
-    "required": True,
-    "description": "one JPEG or PNG photo, raw or as the file field of a form",
-    "content": {
-        "image/jpeg": {"schema": {"type": "string", "contentMediaType": "image/jpeg"}},
-        "image/png": {"schema": {"type": "string", "contentMediaType": "image/png"}},
-        "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
-        "multipart/form-data": {
-            "schema": {
-                "type": "object",
-                "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"}},
-            }
+# The image endpoints' body: a marker, filled in from leaf_common.formats when the document is built.
+_IMAGE_BODY: dict[str, Any] = {}
+
+
+def _image_body() -> dict[str, Any]:
+    raw = (*formats.mime_types(), "application/octet-stream")
+    form = {"type": "object", "properties": {"file": {"type": "string", "contentMediaType": raw[-1]}}}
+    return {
+        "required": True,
+        "description": f"one {formats.names()} photo, raw or as the file field of a form",
+        "content": {
+            **{t: {"schema": {"type": "string", "contentMediaType": t}} for t in raw},
+            "multipart/form-data": {"schema": form},
         },
-    },
-}
+    }
+
+
 _INFER_BODY = {
     "required": True,
     "description": (
@@ -211,7 +214,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "A figure of the model card (PNG)",
         "model card",
         {
-            "200": {"description": "the figure", "content": {"image/png": {"schema": {"type": "string"}}}},
+            "200": {"description": "the figure", "content": {formats.PNG.mime: {"schema": {"type": "string"}}}},
             "404": _error("the version published no such figure"),
         },
         parameters=[{"name": "figure", "in": "path", "required": True, "schema": {"type": "string"}}],
@@ -404,6 +407,8 @@ def document(server_version: str) -> dict[str, Any]:
     """The whole OpenAPI 3.1 document."""
     paths: dict[str, dict[str, Any]] = {}
     for (path, verb), operation in OPERATIONS.items():
+        if operation.get("requestBody") is _IMAGE_BODY:
+            operation = {**operation, "requestBody": _image_body()}
         paths.setdefault(path, {})[verb.lower()] = operation
     return {
         "openapi": "3.1.0",

@@ -1,8 +1,8 @@
-"""HTTP routes: Open Inference Protocol v2, the image endpoint, health and metrics.
+"""HTTP routes: the Open Inference Protocol v2, health and metrics, and the route sections' tables.
 
 Handlers only translate HTTP to calls on the :class:`~leaf_serve.dataplane.DataPlane` (which gRPC
-shares); decoding lives in ``codecs``/``leaf_common.imaging``, batching in ``batching``. Every
-failure is rendered by :func:`error_response` with the status its
+shares); the other routes live in sections (``classify``, ``pages``, ``review``, ...). Every route
+is instrumented here, and every failure rendered by :func:`error_response` with the status its
 :class:`~leaf_common.errors.LeafError` carries.
 """
 
@@ -12,30 +12,20 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Protocol
 
-import numpy as np
-from leaf_common.imaging import ImageProbe, decode_image, probe
-from leaf_common.inbox import CaptureRecord, InvalidName, check_class_name, make_record
-from leaf_common.labels import readable_label
-from leaf_common.shadow import CAPTURE_EXTRA
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import codecs, trust
-from .capture import DROPPED_CLIENT, DROPPED_QUEUE, DROPPED_RATE, CaptureQueue, client_key
+from . import codecs
 from .dataplane import DataPlane
 from .errors import (
     BadRequest,
     ClientGone,
-    NotFound,
     PayloadTooLarge,
-    TooManyRequests,
-    Unavailable,
     UnsupportedMediaType,
     answered,
     log_level,
@@ -47,44 +37,24 @@ from .repository import ServedModel
 
 log = logging.getLogger(__name__)
 
-_RAW_IMAGE_TYPES = ("image/jpeg", "image/jpg", "image/png", "application/octet-stream", "")
-# Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded, so that one is allowed).
+# Content types that can never hold a v2 request (curl -d sends x-www-form-urlencoded: allowed).
 _NOT_INFER_TYPES = ("image/", "multipart/", "audio/", "video/")
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
 class RouteSection(Protocol):
-    """A group of routes kept in its own module (pages, review), instrumented like the rest."""
+    """Routes kept in their own module (classify, pages, review), instrumented like the rest."""
 
     def table(self) -> list[tuple[str, Handler, str, str]]:
         """(path, handler, verb, metrics endpoint) of each route."""
         ...
 
 
-@dataclass(frozen=True)
-class Classified:
-    """One classified upload: the photo as received, its format, and the model's probabilities."""
-
-    served: ServedModel
-    photo: bytes
-    photo_format: str  # the decoder's name: JPEG, PNG, MPO
-    probs: np.ndarray
-    image: np.ndarray | None = None  # the decoded batch of one the model saw (for the shadow candidate)
-    ood: float | None = None  # the version's OOD score for the photo; None when it ships no detector
-
-    def confident(self, threshold: float) -> bool:
-        top = float(np.max(self.probs)) if self.probs.size else float("nan")
-        return bool(np.isfinite(top) and top >= threshold)
-
-    def verdict(self, confidence_threshold: float) -> trust.Verdict:
-        return trust.verdict(self.probs, self.ood, trust.ood_threshold(self.served.contract), confidence_threshold)
-
-
 def error_response(request: Request, exc: Exception, *, logged: bool = True) -> Response:
-    """The one error handler: ``{"error": message}`` with the status the error carries, logged by ``log_level``.
+    """The one error handler: ``{"error": message}`` with the error's status, logged at log_level.
 
-    ``logged=False``: the caller writes the request's line itself (``Api._instrument``, with its duration).
+    ``logged=False``: the caller logs the request itself (``Api._instrument``, with its duration).
     """
     headers: dict[str, str] = {}
     known = answered(exc)
@@ -93,35 +63,32 @@ def error_response(request: Request, exc: Exception, *, logged: bool = True) -> 
     elif isinstance(exc, HTTPException):
         status, message = exc.status_code, str(exc.detail)
     else:
-        log.exception("unhandled error on %s %s", request.method, quoted(request.url.path), exc_info=exc)
+        where = quoted(request.url.path)
+        log.exception("unhandled error on %s %s", request.method, where, exc_info=exc)
         status, message = 500, f"internal error: {type(exc).__name__}"
-    if logged and ((known is not None and not getattr(known, "logged", False)) or isinstance(exc, HTTPException)):
-        # The path and the message carry what the client sent: quoted, so they cannot forge a line.
-        fields = {"method": request.method, "path": request.url.path, "status": status}  # JSON escapes it
-        log.log(log_level(status), "%s %s -> %d: %s", request.method, quoted(request.url.path), status,
-                quoted(message), extra=fields)  # fmt: skip
+    told = known is not None and not getattr(known, "logged", False)
+    if logged and (told or isinstance(exc, HTTPException)):
+        # The path and the message carry what the client sent: quoted, so they cannot forge a line
+        # (the JSON field is escaped by JSON).
+        fields = {"method": request.method, "path": request.url.path, "status": status}
+        level, where, said = log_level(status), quoted(request.url.path), quoted(message)
+        log.log(level, "%s %s -> %d: %s", request.method, where, status, said, extra=fields)
     request.state.error = message
-    request.state.error_logged = bool(getattr(known, "logged", False))  # its raiser logged it, or chose not to
+    # Its raiser logged it, or chose not to.
+    request.state.error_logged = bool(getattr(known, "logged", False))
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 class Api:
     """The HTTP endpoints over one :class:`DataPlane` (the same one gRPC serves)."""
 
-    def __init__(
-        self,
-        plane: DataPlane,
-        *,
-        capture: CaptureQueue | None = None,
-        sections: Sequence[RouteSection] = (),
-    ):
-        """``capture``: the inbox writer when --capture is on; ``sections``: more routes (pages, review)."""
+    def __init__(self, plane: DataPlane, *, sections: Sequence[RouteSection] = ()):
+        """``sections``: the routes kept in their own modules (classify, pages, review, ...)."""
         self.plane = plane
-        self.capture = capture
         self.sections = sections
         # The plane's, under the names the handlers below use.
         self.repo, self.config, self.metrics = plane.repo, plane.config, plane.metrics
-        self.decoding, self.off_loop = plane.decoding, plane.off_loop
+        self.off_loop = plane.off_loop
 
     def routes(self) -> list[Route]:
         m = "/v2/models/{name}"
@@ -136,13 +103,11 @@ class Api:
             (f"{v}/ready", self.model_ready, "GET", "health"),
             (f"{m}/infer", self.infer, "POST", "infer"),
             (f"{v}/infer", self.infer, "POST", "infer"),
-            ("/classify", self.classify, "POST", "classify"),
-            ("/feedback", self.feedback, "POST", "feedback"),
             ("/metrics", self.prometheus, "GET", "metrics"),
         ]
         for section in self.sections:
             table += section.table()
-        return [Route(path, self._instrument(endpoint, fn), methods=[verb]) for path, fn, verb, endpoint in table]
+        return [Route(path, self._instrument(e, fn), methods=[verb]) for path, fn, verb, e in table]
 
     def _instrument(self, endpoint: str, fn: Handler) -> Handler:
         async def handler(request: Request) -> Response:
@@ -161,7 +126,7 @@ class Api:
                 self.plane.active -= 1
                 allowance.release()
             if self.plane.draining:
-                # Clients reconnect, and the Service sends the new connection to a pod that is not stopping.
+                # Clients reconnect, and the Service sends the new connection to a pod not stopping.
                 response.headers["connection"] = "close"
             duration = time.perf_counter() - start
             self.metrics.requests.labels(endpoint, outcome(response.status_code)).inc()
@@ -172,23 +137,38 @@ class Api:
         return handler
 
     def _log_request(self, request: Request, status: int, duration: float) -> None:
-        """One line per request: refusals at ``log_level(status)``, successes at DEBUG (off by default)."""
+        """One line per request: refusals at ``log_level(status)``, successes at DEBUG."""
         level = logging.DEBUG if status < 400 else log_level(status)
         if not log.isEnabledFor(level) or getattr(request.state, "error_logged", False):
             return
         served = self.repo.current
-        # As routed (request.url drops the control characters a client sent). The JSON field keeps it as sent
-        # (JSON escapes it); the message quotes and cuts it, so a client's path cannot forge a line of its own.
+        # As routed (request.url drops the control characters a client sent). The JSON field keeps
+        # it as sent (JSON escapes it); the message quotes and cuts it, so a client's path cannot
+        # forge a line of its own.
         raw = request.scope["path"]
         path = quoted(raw)
-        fields = {"method": request.method, "path": raw, "status": status, "duration": round(duration, 6)}
+        fields = {
+            "method": request.method,
+            "path": raw,
+            "status": status,
+            "duration": round(duration, 6),
+        }
         if served is not None:
             fields |= {"model": served.name, "version": served.version}
         error = getattr(request.state, "error", None)
         if error is None:
-            log.log(level, "%s %s -> %d in %.1f ms", request.method, path, status, duration * 1e3, extra=fields)
+            log.log(
+                level,
+                "%s %s -> %d in %.1f ms",
+                request.method,
+                path,
+                status,
+                duration * 1e3,
+                extra=fields,
+            )
         else:
-            log.log(level, "%s %s -> %d: %s", request.method, path, status, quoted(error), extra=fields)
+            said = quoted(error)
+            log.log(level, "%s %s -> %d: %s", request.method, path, status, said, extra=fields)
 
     # -- health and metadata -------------------------------------------------------------
 
@@ -226,116 +206,21 @@ class Api:
     async def infer(self, request: Request) -> Response:
         served = self._served(request)
         served.batcher.check_capacity()  # shed load before reading the body
-        _check_type(request.headers.get("content-type", ""), _NOT_INFER_TYPES, "application/json or octet-stream")
+        _check_type(
+            request.headers.get("content-type", ""),
+            _NOT_INFER_TYPES,
+            "application/json or octet-stream",
+        )
         header_length = _header_length(request.headers)
         body = await read_body(request, self.config.max_body_bytes)
         if header_length is None:  # JSON floats: parse in a worker so the event loop keeps serving
             parsed = await self.off_loop(codecs.decode_request, body, None)
         else:
-            parsed = codecs.decode_request(body, header_length)  # a small JSON header: cheap, stay on the loop
+            # a small JSON header: cheap, stay on the loop
+            parsed = codecs.decode_request(body, header_length)
         outputs = await self.plane.infer(parsed, served)
         payload, headers = codecs.encode_response(served.name, served.version, outputs, parsed.id)
         return Response(payload, headers=headers)
-
-    async def classify(self, request: Request) -> Response:
-        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
-        done = await self._classify_photo(request)
-        captured = None
-        if self.capture is not None and done.verdict(self.config.confidence_threshold).abstain:
-            record = self._capture_record(done, "low_confidence")
-            dropped = self.capture.offer(done.photo, record, self._client(request))
-            captured = None if dropped else record.id  # a drop is only counted
-        return JSONResponse(self._classified_body(done, top_k, captured))
-
-    async def feedback(self, request: Request) -> Response:
-        """The page's "this diagnosis is wrong": classify the photo again and keep it with the server's own answer."""
-        if self.capture is None:
-            raise NotFound("capture is off on this server: expected --capture (LEAF_SERVE_CAPTURE=true) to keep photos")
-        user_label = _user_label(request.query_params.get("label"))
-        top_k = _top_k(request.query_params.get("top_k"), self.config.top_k)
-        done = await self._classify_photo(request)
-        record = self._capture_record(done, "marked_wrong", user_label)
-        dropped = self.capture.offer(done.photo, record, self._client(request))
-        if dropped == DROPPED_CLIENT:
-            raise TooManyRequests(
-                f"capture: expected at most {self.config.capture_per_client_per_minute} photos a minute from one "
-                "client (capture_per_client_per_minute); this one was not kept, send it again in a minute"
-            )
-        if dropped == DROPPED_RATE:
-            raise TooManyRequests(
-                f"capture: expected at most {self.config.capture_per_minute} photos a minute (capture_per_minute); "
-                "this one was not kept, send it again in a minute"
-            )
-        if dropped == DROPPED_QUEUE:
-            raise Unavailable("capture: photos waiting to be stored fill capture_queue_bytes; this one was not kept")
-        return JSONResponse(self._classified_body(done, top_k, record.id))
-
-    def _client(self, request: Request) -> str:
-        peer = request.client.host if request.client else None
-        return client_key(peer, request.headers, self.config.client_address_header)
-
-    async def _classify_photo(self, request: Request) -> Classified:
-        """Read, probe, decode (within the budgets) and classify one uploaded photo."""
-        served = self.repo.require()
-        served.batcher.check_capacity()
-        body = await read_body(request, self.config.max_body_bytes)
-        data = _image_bytes(request.headers, body)
-        size = served.contract.image_size
-        found = await self.off_loop(self._probe, data, size)
-        async with self.decoding.hold(found.decode_bytes):  # priced from the header, before any pixel exists
-            image = await self.off_loop(self._decode, data, served)
-        scores = await served.batcher.submit(image)
-        self.plane.answered(served, image, scores)
-        ood = None if scores.ood is None else float(scores.ood[0])
-        return Classified(served, data, found.format, scores.probs[0], image, ood)
-
-    def _capture_record(self, done: Classified, reason: str, user_label: str | None = None) -> CaptureRecord:
-        c = done.served.contract
-        probs = [_finite_or_none(p) or 0.0 for p in done.probs]
-        record = make_record(
-            done.photo_format,
-            reason=reason,
-            model=c.name,
-            version=done.served.version,
-            labels=c.labels,
-            probabilities=probs,
-            confidence_threshold=self.config.confidence_threshold,
-            user_label=user_label,
-            abstain_reason=done.verdict(self.config.confidence_threshold).reason,
-        )
-        shadow = self.plane.shadow
-        if shadow is not None and done.image is not None:
-            # The candidate answers the same photo off the response path; a reviewer's label then scores both.
-            candidate = shadow.answer_capture(done.served, done.image, done.probs, record.id)
-            if candidate is not None:
-                record = replace(record, extra={**record.extra, CAPTURE_EXTRA: candidate})
-        return record
-
-    def _classified_body(self, done: Classified, top_k: int, captured: str | None) -> dict[str, Any]:
-        probs = done.probs
-        order = np.argsort(-probs, kind="stable")[: min(top_k, len(probs))]
-        labels = done.served.contract.labels
-        predictions = [
-            {"label": labels[i], "display": readable_label(labels[i]), "probability": _finite_or_none(probs[i])}
-            for i in order
-        ]
-        return {
-            "model": done.served.name,
-            "version": done.served.version,
-            "predictions": predictions,
-            "confidence_threshold": self.config.confidence_threshold,
-            "confident": done.confident(self.config.confidence_threshold),
-            "captured": captured,
-            **trust.answer_fields(done.verdict(self.config.confidence_threshold)),
-        }
-
-    def _probe(self, data: bytes, size: tuple[int, int]) -> ImageProbe:
-        # ImageDecodeError (not JPEG/PNG, unreadable header, over the pixel limit) is a 400 of its own.
-        return probe(data, size, max_pixels=self.config.max_pixels)
-
-    def _decode(self, data: bytes, served: ServedModel) -> np.ndarray:
-        pixels = decode_image(data, served.contract.image_size, max_pixels=self.config.max_pixels)  # 400 if corrupt
-        return pixels[None].astype(served.model.input_dtype)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -345,8 +230,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     given back when the request ends (see ``Api._instrument``).
     """
     declared = request.headers.get("content-length", "")
-    if _DIGITS.fullmatch(declared) and int(declared) > limit:
-        raise PayloadTooLarge(f"body: expected at most {limit} bytes; Content-Length says {declared}")
+    if DIGITS.fullmatch(declared) and int(declared) > limit:
+        says = f"Content-Length says {declared}"
+        raise PayloadTooLarge(f"body: expected at most {limit} bytes; {says}")
     allowance: BodyAllowance | None = getattr(request.state, "body_allowance", None)
     chunks, size = [], 0
     async for chunk in request.stream():
@@ -366,49 +252,14 @@ def _check_type(content_type: str, refused: tuple[str, ...], expected: str) -> N
 
 
 # ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() then rejects or misreads.
-_DIGITS = re.compile(r"[0-9]{1,18}")
+DIGITS = re.compile(r"[0-9]{1,18}")
 
 
 def _header_length(headers: Headers) -> int | None:
     raw = headers.get(codecs.HEADER_LENGTH)
     if raw is None:
         return None
-    if not _DIGITS.fullmatch(raw.strip()):
-        raise BadRequest(f"{codecs.HEADER_LENGTH}: expected a byte count (ASCII digits); received {raw!r:.40}")
+    if not DIGITS.fullmatch(raw.strip()):
+        expected = "expected a byte count (ASCII digits)"
+        raise BadRequest(f"{codecs.HEADER_LENGTH}: {expected}; received {raw!r:.40}")
     return int(raw)
-
-
-def _top_k(raw: str | None, default: int) -> int:
-    if raw is None:
-        return default
-    if not _DIGITS.fullmatch(raw) or int(raw) < 1:
-        raise BadRequest(f"top_k: expected a positive integer; received {raw!r:.40}")
-    return int(raw)
-
-
-def _user_label(raw: str | None) -> str | None:
-    """What the person says the photo shows (optional): a class name, as a reviewer would type it."""
-    if raw is None or not raw.strip():
-        return None
-    try:
-        return check_class_name(raw)
-    except InvalidName as e:
-        raise BadRequest(f"label: {e}") from e
-
-
-def _image_bytes(headers: Headers, body: bytes) -> bytes:
-    """The image in a raw body or in the file field of a multipart form."""
-    media = headers.get("content-type", "").split(";")[0].strip().lower()
-    if media == "multipart/form-data":
-        return codecs.multipart_file(headers.get("content-type", ""), body)
-    if media not in _RAW_IMAGE_TYPES:
-        raise UnsupportedMediaType(
-            f"Content-Type: expected image/jpeg, image/png, application/octet-stream or multipart/form-data; "
-            f"received {media:.60}"
-        )
-    return body
-
-
-def _finite_or_none(value: Any) -> float | None:
-    v = float(value)
-    return v if np.isfinite(v) else None

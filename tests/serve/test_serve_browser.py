@@ -234,7 +234,7 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         Select(by_id(browser, "actual")).select_by_visible_text("Tomato — late blight")
         by_id(browser, "wrong").click()
         wait_for(lambda: by_id(browser, "feedback-status").text.startswith("Thank you."), "the feedback")
-        assert running.app.state.api.capture.join(10)
+        assert running.app.state.capture.join(10)
         inbox = open_store("s3://models/registry/leaf/inbox")
         (photo_key,) = [o.key for o in inbox.list() if o.key.endswith(".jpg")]
         kept = inbox.get(photo_key)  # re-encoded: the pixels of the upload and nothing else

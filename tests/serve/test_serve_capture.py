@@ -52,7 +52,7 @@ def capturing(registry: Registry) -> Iterator[RunningServer]:
 
 
 def inbox_of(server: RunningServer) -> Inbox:
-    capture = server.app.state.api.capture
+    capture = server.app.state.capture
     assert capture.join(10), "the capture writer did not finish"
     return capture.inbox
 
@@ -333,6 +333,6 @@ def test_re_encoding_waits_for_the_decode_budget(local_registry: Registry) -> No
         assert (metric(running, "failed"), metric(running, "written")) == (1, 0)
         ok = httpx.post(running.url + "/classify", content=GREY)  # a photo that fits is kept as ever
         assert ok.json()["captured"] is not None and inbox_of(running) and metric(running, "written") == 1
-        assert running.app.state.api.decoding.in_use == 0  # given back
+        assert running.app.state.plane.decoding.in_use == 0  # given back
     finally:
         running.stop()

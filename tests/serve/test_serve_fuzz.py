@@ -385,7 +385,7 @@ def test_nothing_was_logged_as_a_server_error(target: str, errors_logged: list) 
 
 def test_the_fuzzer_finds_a_5xx_when_there_is_one(tmp_path, monkeypatch) -> None:
     """The harness can fail: a server whose decoder crashes on bad bytes is caught within a few cases."""
-    from leaf_serve import rest
+    from leaf_serve import classify
 
     reg = Registry(str(tmp_path / "models"))
     reg.publish("v1", V1)
@@ -395,7 +395,7 @@ def test_the_fuzzer_finds_a_5xx_when_there_is_one(tmp_path, monkeypatch) -> None
     def crashing(self, data: bytes, size):  # noqa: ANN001 - stands in for the old decode path
         raise RuntimeError("decoder crashed")
 
-    monkeypatch.setattr(rest.Api, "_probe", crashing)
+    monkeypatch.setattr(classify.ClassifyApi, "_probe", crashing)
     try:
         with httpx.Client(timeout=30) as c, pytest.raises(AssertionError, match="-> 500"):
             send(c, running.url, "selftest", "POST", "/classify", content=bytes(np.arange(64, dtype=np.uint8)))

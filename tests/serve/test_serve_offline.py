@@ -375,7 +375,7 @@ def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Regi
         network(browser, online=True)
         wait_for(lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0", "the send")
         assert by_id(browser, "offline-queue-status").text == "Sent 1 waiting photo(s) for review."
-        assert running.app.state.api.capture.join(10)
+        assert running.app.state.capture.join(10)
         inbox = open_store(f"{registry.root}/leaf/inbox")
         (key,) = [o.key for o in inbox.list() if o.key.endswith(".jpg")]
         # The photo chosen offline (compared as pixels: capture may re-encode what it keeps).
@@ -462,7 +462,7 @@ def test_a_waiting_photo_the_server_refuses_does_not_block_the_others(browser, r
         status = run_js(browser, script, b64(synthetic_leaf()))
         assert status.startswith("Sent 1 waiting photo(s) for review. The server refused 1: broken.jpg: expected")
         assert browser.execute_script("return document.documentElement.dataset.queued") == "0"
-        assert running.app.state.api.capture.join(10)
+        assert running.app.state.capture.join(10)
         inbox = open_store(f"{registry.root}/leaf/inbox")
         assert len([o.key for o in inbox.list() if o.key.endswith(".jpg")]) == 1
     finally:

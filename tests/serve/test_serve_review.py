@@ -30,7 +30,7 @@ class Loop:
 
     def capture(self) -> str:
         r = httpx.post(self.server.url + "/classify", content=GREY)
-        assert self.server.app.state.api.capture.join(10)
+        assert self.server.app.state.capture.join(10)
         return r.json()["captured"]
 
     def kept(self, capture_id: str) -> bytes:

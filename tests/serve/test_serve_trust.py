@@ -108,7 +108,7 @@ def test_capture_records_the_abstain_reason(trusted) -> None:
     photos = ((WHITE, "not_a_leaf"), (GREY, "low_confidence"))
     captured = {classify(server, photo)["captured"]: reason for photo, reason in photos}
     assert None not in captured
-    assert server.app.state.api.capture.join(10)
+    assert server.app.state.capture.join(10)
     store = open_store(f"{reg.root}/leaf/inbox")
     records = [json.loads(store.get(o.key)) for o in store.list() if o.key.endswith(".json")]
     got = {r["id"]: r["abstain_reason"] for r in records}

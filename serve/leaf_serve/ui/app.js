@@ -3,7 +3,8 @@ import { el, getJSON, pct, readJSON, show, url } from "/ui/common.js";
 import { classify, feedback, startOffline } from "/ui/offline.js";
 
 const $ = (id) => document.getElementById(id);
-const TYPES = ["image/jpeg", "image/png"];
+// The server writes the accepted formats (leaf_common.formats) into the page: one list for both checks.
+const TYPES = $("photo").accept.split(",");
 let settings = null;
 let current = null; // the photo on screen, sent again if the user marks the diagnosis wrong
 let previewUrl = null;
@@ -36,7 +37,8 @@ async function diagnose(file) {
   $("feedback-status").textContent = "";
   if (!file) return;
   if (!TYPES.includes(file.type)) {
-    setError(`Please choose a JPEG or PNG photo; this file is ${file.type || "of an unknown type"}.`);
+    const formats = $("photo-formats").textContent;
+    setError(`Please choose a ${formats} photo; this file is ${file.type || "of an unknown type"}.`);
     return;
   }
   current = file;
