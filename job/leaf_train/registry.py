@@ -1,45 +1,8 @@
 """Write side of the model registry: immutable versions, verified manifests, compare-and-swap promotion.
 
-Layout and file names come from :mod:`leaf_common.registry` (the read side the server uses)::
-
-    <output>/<model-name>/latest.json                  pointer; moves last, only by compare-and-swap
-    <output>/<model-name>/versions/<v>/claim.json      written first (If-None-Match: *): who publishes <v>
-    <output>/<model-name>/versions/<v>/<file>          written once (If-None-Match: *)
-    <output>/<model-name>/versions/<v>/manifest.json   written after every file was read back and hashed
-    <output>/<model-name>/versions/<v>/deleting.json   only while retention deletes the version
-
-The guarantees (issues #4 and #10):
-
-* A publication starts by creating ``claim.json`` with ``if_none_match``: of two publishers of the
-  same id exactly one owns it. A version's files are created with ``if_none_match`` so nothing is
-  ever overwritten; publishing an id someone else claimed fails with :class:`VersionExistsError`.
-* ``manifest.json`` is written last. A version without it is *incomplete* (a publication in
-  progress or one that died): it is listed as such and never promoted.
-* A publication that died (SIGTERM, OOM kill, a storage error) can always be finished: the same
-  owner publishing the same id again removes what the dead attempt left (never its claim) and
-  writes the version anew. A complete version is never rewritten, not even by its owner.
-* Retention never counts incomplete versions, and removes one only once nothing in it was written
-  for ``incomplete_grace_s`` (default 24 h, the chart's Job deadline): by then no attempt of the
-  run that claimed it can still be running. It marks a version ``deleting.json`` before deleting
-  anything and removes the mark last, so a deletion cut short is finished by the next retention
-  at once (a marked version without a manifest is not a publication in progress).
-* ``latest.json`` moves only to a version whose manifest verifies (every file's size and
-  SHA-256 re-read from the store), by ``if_match`` on the ETag read before (``if_none_match``
-  when there is no pointer yet), so of two concurrent promotions exactly one wins and a reader
-  never sees a pointer to a partial version. A local folder gets the same semantics from
-  :class:`leaf_common.storage.LocalStore` (hard links, ``os.replace``, a lock file).
-
-Retention keeps the newest ``keep`` complete versions plus the served one and the version a
-rollback would return to (``Pointer.history[0]``): an operator's ``rollback`` right after a
-prune must still work.
-
-Retention and promotion may race (a scheduled retrain prunes while an operator promotes an old
-version). Neither side reads-then-acts alone; each writes first and then reads what the other
-writes, so at least one of them sees the other: retention deletes a version's manifest, *then*
-re-reads the pointer and puts the manifest back if the pointer now protects the version;
-promotion swaps the pointer, *then* re-reads the manifest and swaps the pointer back if it is
-gone. S3 is strongly consistent for these reads, so ``latest.json`` never keeps naming a deleted
-version. (Re-reading the pointer before each deletion alone would only narrow the window.)
+The layout and file names come from :mod:`leaf_common.registry` (the read side the server uses). What
+each write guarantees, and how retention and a promotion racing it cannot lose the served version:
+docs/registry.md.
 """
 
 from __future__ import annotations
@@ -54,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from leaf_common.config import option
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
 from leaf_common.registry import (
     MANIFEST_FILE,
@@ -73,7 +37,7 @@ from leaf_common.registry import (
 from leaf_common.shadow import CANDIDATE_FILE, Candidate, CandidateRead, read_candidate
 from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
 
-from .errors import ModelRegistryError, PublishError
+from .errors import ConfigError, ModelRegistryError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +55,30 @@ DELETING_FILE = "deleting.json"
 # Retention leaves an incomplete version alone until nothing in it was written for this long. The
 # chart's training Job may run 24 h (activeDeadlineSeconds): after that no attempt of it is alive.
 DEFAULT_INCOMPLETE_GRACE_S = 24 * 3600.0
+
+
+@dataclass
+class RetentionConfig:
+    """Options of retention (``leaf-train models prune``, and the training job after publishing)."""
+
+    keep_versions: int = option(
+        10,
+        "Versions kept by retention (newest complete ones); the served version and its rollback "
+        "target are always kept in addition",
+    )
+    incomplete_grace_hours: float = option(
+        DEFAULT_INCOMPLETE_GRACE_S / 3600,
+        "Retention removes an incomplete version (a publication that died) once nothing in it was "
+        "written for this long; keep it above the training Job's deadline so no attempt of the run "
+        "that owns it is alive",
+    )
+
+    def validate(self) -> None:
+        if self.keep_versions < 1:
+            raise ConfigError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
+        if not self.incomplete_grace_hours > 0:
+            hours = self.incomplete_grace_hours
+            raise ConfigError(f"--incomplete-grace-hours: expected hours > 0; received {hours}")
 
 
 class VersionExistsError(PublishError):
@@ -203,9 +191,21 @@ class ModelRegistry:
         check_version_id(version)
         self._check_files(files)
         step = on_step or (lambda _name: None)
-        owner = owner or f"one-off-{uuid.uuid4().hex}"
         vstore = self._version_store(version)
-        self._claim(version, vstore, owner, step)
+        self._claim(version, vstore, owner or f"one-off-{uuid.uuid4().hex}", step)
+        entries = self._write_files(vstore, files, step)
+        manifest = Manifest(version=version, created_at=utc_now(), files=entries, name=self.model_name)
+        # Read every file back before the manifest exists: what readers will fetch is what we hashed.
+        self._verify_files(vstore, manifest, PublishError)
+        self._write_manifest(vstore, manifest, step)
+        log.info("published %s (%d files)", self.uri(version), len(entries))
+        return manifest
+
+    @staticmethod
+    def _write_files(
+        vstore: Store, files: Mapping[str, bytes], step: Callable[[str], None]
+    ) -> tuple[ManifestEntry, ...]:
+        """Create each file (never overwrite one) and return its manifest entry."""
         entries = []
         for name in sorted(files):
             data = files[name]
@@ -216,19 +216,20 @@ class ModelRegistry:
                 # Only the claim's owner writes here: someone removed the claim and published meanwhile.
                 raise VersionExistsError(f"{vstore.url(name)}: already exists; versions are immutable") from e
             entries.append(ManifestEntry(name, len(data), sha256_hex(data)))
-        manifest = Manifest(version=version, created_at=utc_now(), files=tuple(entries), name=self.model_name)
-        # Read every file back before the manifest exists: what readers will fetch is what we hashed.
-        self._verify_files(vstore, manifest, PublishError)
+        return tuple(entries)
+
+    @staticmethod
+    def _write_manifest(vstore: Store, manifest: Manifest, step: Callable[[str], None]) -> None:
+        """Create the manifest (the version's last write) and check it reads back as written."""
+        where = vstore.url(MANIFEST_FILE)
         step(MANIFEST_FILE)
         try:
             vstore.put(MANIFEST_FILE, manifest.to_json(), if_none_match=True)
         except PreconditionFailed as e:
-            raise VersionExistsError(f"{vstore.url(MANIFEST_FILE)}: already exists; versions are immutable") from e
+            raise VersionExistsError(f"{where}: already exists; versions are immutable") from e
         written = read_manifest(vstore)
         if written != manifest:
-            raise PublishError(f"{vstore.url(MANIFEST_FILE)}: expected the manifest just written; read {written}")
-        log.info("published %s (%d files)", self.uri(version), len(entries))
-        return manifest
+            raise PublishError(f"{where}: expected the manifest just written; read {written}")
 
     def _claim(self, version: str, vstore: Store, owner: str, step: Callable[[str], None]) -> None:
         """Own ``version`` before writing into it: a new claim, or ours from an attempt that died."""
@@ -607,7 +608,7 @@ class ModelRegistry:
 
         Never the served version or its rollback target, also when a promotion races this call: each
         doomed version loses its manifest first (so it turns unpromotable), then the pointer is read
-        again and the manifest put back if the pointer now protects the version (module docstring).
+        again and the manifest put back if the pointer now protects the version (docs/registry.md).
 
         Returns:
             The deleted version ids, in :meth:`retention_plan` order.

@@ -21,7 +21,13 @@ from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
 from ..errors import ConfigError
-from ..registry import IncompleteVersionError, ModelRegistry, VersionInfo, VersionNotFoundError
+from ..registry import (
+    IncompleteVersionError,
+    ModelRegistry,
+    RetentionConfig,
+    VersionInfo,
+    VersionNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +70,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     a = actions.add_parser("rollback", parents=[common], help="serve the previously promoted version again")
     a.set_defaults(func=cmd_rollback)
     a = actions.add_parser("prune", parents=[common], help="delete old versions (never the served one)")
-    from ..gate import RetentionConfig  # numpy/PIL: only when the parser is built, not at import
-
     add_arguments(a.add_argument_group("retention"), RetentionConfig, ENV_PREFIX)
     a.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
     a.set_defaults(func=cmd_prune)
@@ -215,9 +219,10 @@ def format_show(shown: dict) -> str:
     if gate:
         lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
         if gate.get("rules"):  # versions published before the decision table have only the reason
-            from ..gate import format_rules  # numpy/PIL: see register
+            from ..views import failed_rules, format_rules  # the gate's numpy: only when shown
 
             lines += [f"  {line}" for line in format_rules(gate["rules"])]
+            lines += [f"  {line}" for line in failed_rules(gate["rules"])]
     if shown.get("shadow_verdict"):
         lines.append("shadow:      " + format_verdict(shown["shadow_verdict"]).replace("\n", "\n  "))
     lines += _format_provenance(contract.get("provenance") or {})
@@ -333,7 +338,7 @@ def verdict_from_args(args: argparse.Namespace, *, dry_run: bool) -> int:
 
 def format_verdict(verdict: dict[str, Any], *, dry_run: bool = False) -> str:
     """A shadow verdict for people: the decision and why, the evidence, and the rules table."""
-    from ..gate import format_rules
+    from ..views import format_rules
 
     decision = str(verdict.get("decision", "?"))
     head = f"{verdict.get('candidate')} against {verdict.get('champion')}: {decision.upper()}"
@@ -350,8 +355,6 @@ def format_verdict(verdict: dict[str, Any], *, dry_run: bool = False) -> str:
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..gate import RetentionConfig
-
     cfg = resolve(RetentionConfig, ENV_PREFIX, args)
     keep, grace_s = cfg.keep_versions, cfg.incomplete_grace_hours * 3600
     registry = _registry(args)
