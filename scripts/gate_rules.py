@@ -33,7 +33,8 @@ def _defaults() -> dict[str, object]:
 def _threshold(options: tuple[str, ...], defaults: dict[str, object]) -> str:
     unknown = [o for o in options if o not in defaults]
     if unknown:
-        raise RulesTableError(f"gate.RULES: expected options of leaf-train train; received {unknown}")
+        wanted = "options of leaf-train train"
+        raise RulesTableError(f"gate.RULES: expected {wanted}; received {unknown}")
     shown = [f"`--{o.replace('_', '-')}` ({defaults[o]:g})" for o in options]
     return ", ".join(shown) or "fixed"
 
@@ -59,7 +60,7 @@ def table() -> list[str]:
 
 
 def regenerate(text: str) -> str:
-    """``text`` (docs/training.md) with the lines between the markers rewritten, at the markers' indent."""
+    """``text`` (docs/training.md) with the lines between the markers rewritten, at their indent."""
     lines = text.splitlines()
     starts = [i for i, line in enumerate(lines) if line.strip() == BEGIN]
     ends = [i for i, line in enumerate(lines) if line.strip() == END]

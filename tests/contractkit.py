@@ -1,4 +1,4 @@
-"""One builder of model contracts for the tests of every package (``from contractkit import contract``).
+"""One builder of model contracts for every test package: ``from contractkit import contract``.
 
 Importable from tests/job, tests/serve and tests/charts because pytest puts tests/ on ``sys.path``
 when it loads tests/conftest.py (the default ``prepend`` import mode; the folders have no __init__).

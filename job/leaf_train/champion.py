@@ -30,7 +30,7 @@ class ChampionScore:
 
 
 def resize_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB images to ``(height, width)`` with PIL bilinear, as ``leaf_common.imaging`` does.
+    """Resize uint8 RGB images to ``(height, width)``, PIL bilinear as ``leaf_common.imaging``.
 
     ``leaf_common.imaging.decode_image`` takes encoded bytes, and these images are decoded already
     (at the candidate's size), so this is a second resample with the same filter: a champion with
@@ -61,11 +61,16 @@ def _predict(champion: Champion, images: np.ndarray) -> np.ndarray:
             (probs,) = session.run([contract.output.name], {contract.input.name: batch})
             preds.append(np.argmax(probs, axis=-1))
     except Exception as e:  # ORT raises its own untyped errors (Fail, InvalidArgument, ...)
-        raise GateError(f"champion {champion.version}: could not re-score its ONNX with ONNX Runtime: {e}") from e
+        what = f"champion {champion.version}: could not re-score its ONNX with ONNX Runtime"
+        raise GateError(f"{what}: {e}") from e
     return np.concatenate(preds)
 
 
-def score_champion(champion: Champion, val_images: np.ndarray, val_labels: Sequence[str]) -> ChampionScore:
+def score_champion(
+    champion: Champion,
+    val_images: np.ndarray,
+    val_labels: Sequence[str],
+) -> ChampionScore:
     """Accuracy and per-class recall of the champion's ONNX on these images, by class name.
 
     Images whose class the champion has no label for count as misses of its accuracy, and

@@ -20,7 +20,7 @@ from .champion import ChampionScore, score_champion
 from .errors import ConfigError, GateError
 from .registry import Champion, RetentionConfig
 
-# Accuracies are ratios of counts; this absorbs float rounding such as 0.92 - 0.02 = 0.9000000000000001.
+# Accuracies are ratios of counts; this absorbs float rounding (0.92 - 0.02 = 0.9000000000000001).
 _EPS = 1e-9
 
 
@@ -37,18 +37,18 @@ class GateConfig(RetentionConfig):
     )
     max_regression: float = option(
         0.02,
-        "Quality gate: largest accuracy drop (0-1, absolute) allowed against the served model, both scored on "
-        "this run's validation images",
+        "Quality gate: largest accuracy drop (0-1, absolute) allowed against the served model, "
+        "both scored on this run's validation images",
     )
     max_class_regression: float = option(
         0.05,
-        "Quality gate: largest drop of one class's recall (0-1, absolute) allowed against the served model, "
-        "both scored on this run's validation images",
+        "Quality gate: largest drop of one class's recall (0-1, absolute) allowed against the "
+        "served model, both scored on this run's validation images",
     )
     gate_min_class_support: int = option(
         20,
-        "Quality gate: classes with fewer validation images than this are listed but not compared per class "
-        "(too few to measure a recall)",
+        "Quality gate: classes with fewer validation images than this are listed but not "
+        "compared per class (too few to measure a recall)",
     )
 
     def validate(self) -> None:
@@ -59,7 +59,8 @@ class GateConfig(RetentionConfig):
                 flag = f"--{name.replace('_', '-')}"
                 raise ConfigError(f"{flag}: expected a value in [0, 1]; received {value}")
         if self.gate_min_class_support < 1:
-            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {self.gate_min_class_support}")
+            support = self.gate_min_class_support
+            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {support}")
 
 
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"
@@ -91,7 +92,7 @@ class Rule:
 
 @dataclass(frozen=True)
 class GateDecision:
-    """What the gate decided and why; ``to_dict()`` is the version's ``model.json`` ``gate`` field."""
+    """What the gate decided and why; ``to_dict()`` is ``model.json``'s ``gate`` field."""
 
     promote: bool
     reason: str
@@ -136,7 +137,7 @@ class Case:
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """One rule of the gate: how ``decide`` judges it and how docs and ``models show`` describe it."""
+    """One rule of the gate: how ``decide`` judges it, how docs and ``models show`` describe it."""
 
     name: str  # the ``rule`` of its rows in ``gate.rules``
     passes_when: str  # for people, with the option names in backquotes
@@ -182,7 +183,8 @@ def _floor(case: Case) -> list[Rule]:
     candidate, floor = case.candidate_accuracy, case.cfg.min_accuracy
     failed = candidate + _EPS < floor
     why = f"validation accuracy {candidate:.4f} is below the floor min_accuracy={floor:.4f}"
-    return [Rule("min_accuracy", f"accuracy >= {floor:.4f}", candidate, None, _verdict(failed), why=why)]
+    threshold = f"accuracy >= {floor:.4f}"
+    return [Rule("min_accuracy", threshold, candidate, None, _verdict(failed), why=why)]
 
 
 def _calibration(case: Case) -> list[Rule]:
@@ -219,7 +221,8 @@ def _versus(case: Case) -> str:
         f"the same validation images, max_regression={case.cfg.max_regression:.4f}"
     )
     if score.unknown:
-        versus += f"; {score.unknown} images of classes the champion does not know count as its misses"
+        unknown = f"{score.unknown} images of classes the champion does not know"
+        versus += f"; {unknown} count as its misses"
     return versus
 
 
@@ -244,7 +247,8 @@ def _class_recall(case: Case) -> list[Rule]:
 def _class_row(case: Case, cls: str, n: int) -> Rule:
     new, old = float(case.candidate_recall[cls]), case.score.recall.get(cls)
     if old is None:
-        return Rule(CLASS_RULE, "new class: reported, not compared", new, None, NOT_COMPARED, cls, n)
+        threshold = "new class: reported, not compared"
+        return Rule(CLASS_RULE, threshold, new, None, NOT_COMPARED, cls, n)
     cfg = case.cfg
     if n < cfg.gate_min_class_support:
         threshold = f"{n} < {cfg.gate_min_class_support} images: not compared"
@@ -352,7 +356,8 @@ def decide(
     # Scored whenever there is a champion, even if a rule fails anyway: the record has both sides.
     score = score_champion(champion, val_images, val_labels) if champion is not None else None
     support = {cls: list(val_labels).count(cls) for cls in sorted(set(val_labels))}
-    case = Case(cfg, candidate_accuracy, candidate_recall, parity, calibration, champion, score, support)
+    candidate = candidate_accuracy, candidate_recall, parity, calibration
+    case = Case(cfg, *candidate, champion, score, support)
     rows = [row for spec in RULES for row in spec.judge(case)]
     return _decision(case, rows)
 
@@ -384,27 +389,29 @@ def _check_inputs(
     val_labels: Sequence[str],
 ) -> None:
     if not 0.0 <= candidate_accuracy <= 1.0:
-        raise GateError(f"candidate_accuracy: expected a value in [0, 1]; received {candidate_accuracy}")
+        got = candidate_accuracy
+        raise GateError(f"candidate_accuracy: expected a value in [0, 1]; received {got}")
     _check_images(val_images)
     if len(val_labels) != val_images.shape[0]:
-        raise GateError(
-            f"val_labels: expected one class name per image ({val_images.shape[0]}); received {len(val_labels)}"
-        )
+        wanted = f"one class name per image ({val_images.shape[0]})"
+        raise GateError(f"val_labels: expected {wanted}; received {len(val_labels)}")
     missing = sorted(set(val_labels) - set(candidate_recall))
     if missing:
-        raise GateError(f"candidate_recall: expected a recall for every validation class; missing {missing}")
+        wanted = "a recall for every validation class"
+        raise GateError(f"candidate_recall: expected {wanted}; missing {missing}")
     bad = {c: r for c, r in candidate_recall.items() if not 0.0 <= r <= 1.0}
     if bad:
         raise GateError(f"candidate_recall: expected values in [0, 1]; received {bad}")
 
 
 def _check_images(val_images: Any) -> None:
-    if not isinstance(val_images, np.ndarray) or val_images.dtype != np.uint8 or val_images.ndim != 4:
-        ok = isinstance(val_images, np.ndarray)
-        got = f"{val_images.dtype} {val_images.shape}" if ok else type(val_images)
+    array = isinstance(val_images, np.ndarray)
+    if not array or val_images.dtype != np.uint8 or val_images.ndim != 4:
+        got = f"{val_images.dtype} {val_images.shape}" if array else type(val_images)
         raise GateError(f"val_images: expected a uint8 array [N, H, W, 3]; received {got}")
     if val_images.shape[-1] != 3 or val_images.shape[0] == 0:
-        raise GateError(f"val_images: expected shape [N>0, H, W, 3]; received {list(val_images.shape)}")
+        shape = list(val_images.shape)
+        raise GateError(f"val_images: expected shape [N>0, H, W, 3]; received {shape}")
 
 
 def _reason(case: Case, rows: list[Rule]) -> str:

@@ -32,9 +32,17 @@ def _row_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
 
 def format_rules(rows: Sequence[Mapping[str, Any]]) -> list[str]:
     """The decision table as aligned text lines: RULE, THRESHOLD, NEW, CHAMPION, VERDICT."""
-    cells = [_HEADER, *(_row_cells(r) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(_HEADER) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in cells]
+    return columns([_HEADER, *(_row_cells(r) for r in rows)])
+
+
+def columns(rows: Sequence[Sequence[str]]) -> list[str]:
+    """Aligned text lines: every cell but the last padded to its column's width."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        padded = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+        lines.append("  ".join([*padded, row[-1]]))
+    return lines
 
 
 def flag(option: str) -> str:
@@ -53,7 +61,7 @@ def failed_rules(rows: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def event_note(gate: Mapping[str, Any], version: str, limit: int = EVENT_NOTE_LIMIT) -> str:
-    """The decision as an Event note: a verdict line, then the rows that fit in ``limit`` characters.
+    """The decision as an Event note: a verdict line, then the rows that fit in ``limit``.
 
     Every row that is not a class row is kept, then failed classes, then the others; rows left out
     are counted on the last line, which says where the whole table is.

@@ -7,7 +7,7 @@ import pytest
 
 @pytest.fixture(params=["s3", "local"])
 def output(request: pytest.FixtureRequest, tmp_path) -> str:
-    """A registry root on S3 over HTTP (moto on loopback) and in a local folder: each test runs on both."""
+    """A registry root on S3 over HTTP (moto on loopback), then in a local folder."""
     if request.param == "s3":
         request.getfixturevalue("s3").make_bucket("models")
         return "s3://models/registry"
