@@ -1,106 +1,54 @@
 """The quality gate: promote a new version only if it is at least as good as what is served.
 
-Like TFX's Evaluator "blessing", the decision compares candidate and champion **on the same
-images**: the champion's ONNX is re-scored here with ONNX Runtime (CPU) on the new run's
-validation split, because the dataset grows between retrains and the champion's own recorded
-accuracy was measured on a different, smaller split.
-
-The rules, each one row of the decision table recorded in ``model.json`` (``gate.rules``):
-
-1. ``parity``: the exported ONNX matches the trained model (and ``parity fp16``: model.fp16.onnx
-   matches model.onnx, when exported; ``parity ood``: the graph's ``ood_score`` matches the fitted
-   detector, relative to its threshold) within the tolerance. A failure is a rejection, not a crash:
-   the version is kept with the numbers that failed, so the disagreeing export can be inspected,
-   and the Job is not retried into the same deterministic failure.
-2. ``min_accuracy``: validation accuracy is at least the floor.
-3. ``max_regression``: no champion, or the candidate's accuracy is at least the champion's minus
-   ``max_regression`` (absolute accuracy points, e.g. 0.02).
-4. ``class recall``: for every class with at least ``gate_min_class_support`` validation images
-   that the champion knows, the candidate's recall is at least the champion's minus
-   ``max_class_regression``. An average can gain a point while one disease loses half its
-   recall; this rule refuses that. Classes new to the champion, and classes with too few images
-   to measure, are listed as "not compared".
-
-5. ``calibration``: the held-out ECE after calibration is not worse than before (``leaf_train.trust``),
-   judged on at least ``CALIBRATION_MIN_IMAGES`` (30) report images.
-
-A version is promoted when no rule fails. The champion is scored whenever one exists, even if an
-earlier rule already failed, so the recorded decision always carries both sides.
+The rules are one table, :data:`RULES`: :func:`decide` runs it, ``leaf-train models show`` explains
+its failed rows with it, and docs/training.md's table of the rules is generated from it
+(``scripts/gate_rules.py``), where the rules are described for people.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from leaf_common.config import option
-from PIL import Image
 
+from .champion import ChampionScore, score_champion
 from .errors import ConfigError, GateError
-from .registry import Champion
+from .registry import Champion, RetentionConfig
 
-# Accuracies are ratios of counts; this absorbs float rounding such as 0.92 - 0.02 = 0.9000000000000001.
+# Accuracies are ratios of counts; this absorbs float rounding (0.92 - 0.02 = 0.9000000000000001).
 _EPS = 1e-9
-# ORT on 2 CPU cores gains nothing from larger batches of VGG16-sized inputs (BENCHMARKS.md: images/s at
-# batch 1, 2, 4 and 8 are within noise), and 8 images bound the memory a re-score holds.
-_SCORE_BATCH = 8
-
-
-@dataclass
-class RetentionConfig:
-    keep_versions: int = option(
-        10,
-        "Versions kept by retention (newest complete ones); the served version and its rollback target are "
-        "always kept in addition",
-    )
-    incomplete_grace_hours: float = option(
-        24.0,
-        "Retention removes an incomplete version (a publication that died) once nothing in it was written for "
-        "this long; keep it above the training Job's deadline so no attempt of the run that owns it is alive",
-    )
-
-    def validate(self) -> None:
-        if self.keep_versions < 1:
-            raise ConfigError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
-        if not self.incomplete_grace_hours > 0:
-            raise ConfigError(f"--incomplete-grace-hours: expected hours > 0; received {self.incomplete_grace_hours}")
 
 
 @dataclass
 class GateConfig(RetentionConfig):
     """Options of the quality gate (and retention), ``--flag`` or ``LEAF_TRAIN_<FIELD>``.
 
-    ``min_accuracy`` defaults to 0.0 on purpose: a useful floor depends on the dataset (chance is
-    2.5% with 40 classes and 25% with 4), so no single default suits every deployment; the chart
-    sets it per model. Once a champion exists, ``max_regression`` and ``max_class_regression`` are
-    what keep serving from getting worse, and they need no dataset-specific number.
-
-    ``gate_min_class_support`` defaults to 20 because at 20 images one image moves a class's
-    recall by exactly 0.05, the default ``max_class_regression``: one image that the candidate
-    gets wrong and the champion right can never reject a version on its own.
+    Why the defaults are what they are: docs/training.md (quality gate and publication).
     """
 
     min_accuracy: float = option(
-        0.0, "Quality gate: lowest validation accuracy (0-1) a new version needs to be promoted; 0 = no floor"
+        0.0,
+        "Quality gate: lowest validation accuracy (0-1) a new version needs to be promoted; 0 = no floor",
     )
     max_regression: float = option(
         0.02,
-        "Quality gate: largest accuracy drop (0-1, absolute) allowed against the served model, both scored on "
-        "this run's validation images",
+        "Quality gate: largest accuracy drop (0-1, absolute) allowed against the served model, "
+        "both scored on this run's validation images",
     )
     max_class_regression: float = option(
         0.05,
-        "Quality gate: largest drop of one class's recall (0-1, absolute) allowed against the served model, "
-        "both scored on this run's validation images",
+        "Quality gate: largest drop of one class's recall (0-1, absolute) allowed against the "
+        "served model, both scored on this run's validation images",
     )
     gate_min_class_support: int = option(
         20,
-        "Quality gate: classes with fewer validation images than this are listed but not compared per class "
-        "(too few to measure a recall)",
+        "Quality gate: classes with fewer validation images than this are listed but not "
+        "compared per class (too few to measure a recall)",
     )
 
     def validate(self) -> None:
@@ -108,13 +56,14 @@ class GateConfig(RetentionConfig):
         for name in ("min_accuracy", "max_regression", "max_class_regression"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
+                flag = f"--{name.replace('_', '-')}"
+                raise ConfigError(f"{flag}: expected a value in [0, 1]; received {value}")
         if self.gate_min_class_support < 1:
-            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {self.gate_min_class_support}")
+            support = self.gate_min_class_support
+            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {support}")
 
 
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"
-PARITY_RULES = ("parity", "parity fp16", "parity ood")
 CALIBRATION_RULE = "calibration"
 CALIBRATION_MIN_IMAGES = 30  # held-out report images before the ECE comparison is judged
 CLASS_RULE = "class recall"
@@ -137,12 +86,13 @@ class Rule:
         row: dict[str, Any] = {"rule": self.rule}
         if self.cls is not None:
             row |= {"class": self.cls, "support": self.support}
-        return row | {"threshold": self.threshold, "new": self.new, "champion": self.champion, "verdict": self.verdict}
+        numbers = {"new": self.new, "champion": self.champion}
+        return row | {"threshold": self.threshold, **numbers, "verdict": self.verdict}
 
 
 @dataclass(frozen=True)
 class GateDecision:
-    """What the gate decided and why; ``to_dict()`` goes into the version's ``model.json`` ``gate`` field."""
+    """What the gate decided and why; ``to_dict()`` is ``model.json``'s ``gate`` field."""
 
     promote: bool
     reason: str
@@ -156,7 +106,7 @@ class GateDecision:
     min_class_support: int = 0
     val_images: int = 0
     unknown_to_champion: int = 0  # validation images of classes the champion has no label for
-    new_classes: tuple[str, ...] = ()  # classes the champion has no label for: reported, not compared
+    new_classes: tuple[str, ...] = ()  # classes the champion has no label for: not compared
     rules: tuple[dict[str, Any], ...] = ()  # the decision table, one ``Rule.to_dict()`` per row
 
     def to_dict(self) -> dict[str, Any]:
@@ -165,87 +115,213 @@ class GateDecision:
 
 
 @dataclass(frozen=True)
-class ChampionScore:
-    """The champion's accuracy and per-class recall on the candidate's validation images."""
+class Case:
+    """What one decision judges: the thresholds, the candidate's records, the champion's score."""
 
-    accuracy: float
-    unknown: int  # images of classes the champion has no label for (they count as its misses)
-    recall: dict[str, float]  # per class the champion knows and the images contain
+    cfg: GateConfig
+    candidate_accuracy: float
+    candidate_recall: Mapping[str, float]
+    parity: Mapping[str, Any]
+    calibration: Mapping[str, Any] | None
+    champion: Champion | None
+    score: ChampionScore | None
+    support: dict[str, int]  # validation images per class
 
-
-def _check_inputs(
-    candidate_accuracy: float,
-    candidate_recall: Mapping[str, float],
-    val_images: np.ndarray,
-    val_labels: Sequence[str],
-) -> None:
-    if not 0.0 <= candidate_accuracy <= 1.0:
-        raise GateError(f"candidate_accuracy: expected a value in [0, 1]; received {candidate_accuracy}")
-    if not isinstance(val_images, np.ndarray) or val_images.dtype != np.uint8 or val_images.ndim != 4:
-        got = f"{val_images.dtype} {val_images.shape}" if isinstance(val_images, np.ndarray) else type(val_images)
-        raise GateError(f"val_images: expected a uint8 array [N, H, W, 3]; received {got}")
-    if val_images.shape[-1] != 3 or val_images.shape[0] == 0:
-        raise GateError(f"val_images: expected shape [N>0, H, W, 3]; received {list(val_images.shape)}")
-    if len(val_labels) != val_images.shape[0]:
-        raise GateError(
-            f"val_labels: expected one class name per image ({val_images.shape[0]}); received {len(val_labels)}"
-        )
-    missing = sorted(set(val_labels) - set(candidate_recall))
-    if missing:
-        raise GateError(f"candidate_recall: expected a recall for every validation class; missing {missing}")
-    bad = {c: r for c, r in candidate_recall.items() if not 0.0 <= r <= 1.0}
-    if bad:
-        raise GateError(f"candidate_recall: expected values in [0, 1]; received {bad}")
+    @property
+    def new_classes(self) -> list[str]:
+        """Classes the champion has no label for (none without a champion)."""
+        if self.champion is None:
+            return []
+        return [cls for cls in self.support if cls not in set(self.champion.contract.labels)]
 
 
-def resize_batch(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize uint8 RGB images to ``(height, width)`` with PIL bilinear, as ``leaf_common.imaging`` does.
+@dataclass(frozen=True)
+class RuleSpec:
+    """One rule of the gate: how ``decide`` judges it, how docs and ``models show`` describe it."""
 
-    The images were already decoded at the candidate's size, so this is a second resample; a
-    champion with another input size therefore sees slightly softer pixels than if the photos had
-    been decoded straight to its size. The gate accepts that small bias (it works against the
-    champion) rather than decoding every validation photo twice.
-    """
-    height, width = size
-    if images.shape[1:3] == (height, width):
-        return images
-    out = np.empty((images.shape[0], height, width, 3), dtype=np.uint8)
-    for i, img in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(img).resize((width, height), Image.Resampling.BILINEAR))
-    return out
+    name: str  # the ``rule`` of its rows in ``gate.rules``
+    passes_when: str  # for people, with the option names in backquotes
+    options: tuple[str, ...]  # the options that set its threshold (TrainConfig/GateConfig fields)
+    not_compared: str  # when it has no row, or its row says "not compared"
+    judge: Callable[[Case], list[Rule]]  # its rows for one case: none, one, or one per class
 
 
-def score_champion(champion: Champion, val_images: np.ndarray, val_labels: Sequence[str]) -> ChampionScore:
-    """Accuracy and per-class recall of the champion's ONNX on these images, matching predictions by class name.
+def _finite(value: Any) -> float | None:
+    """JSON has no NaN: a diverged or missing number is recorded as null (and fails its rule)."""
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
 
-    Images whose class the champion has no label for count as misses of its accuracy, and
-    ``unknown`` says how many there were; they have no recall entry.
 
-    Raises:
-        GateError: the champion's ONNX cannot be loaded or run as its contract describes.
-    """
-    import onnxruntime as ort  # heavy; only the train command needs it
+def _parity_row(name: str, check: Any, failure: str) -> list[Rule]:
+    """A parity record's row (none when this export did not record that check)."""
+    if not isinstance(check, Mapping):
+        return []
+    diff, tolerance = _finite(check.get("max_abs_diff")), check.get("tolerance")
+    passed = bool(check.get("passed")) and diff is not None
+    shown = "nan" if diff is None else f"{diff:.3g}"
+    images = check.get("images", "?")
+    why = f"{failure}: max |difference| {shown} > tolerance {tolerance:g} on {images} images"
+    verdict = PASS if passed else FAIL
+    return [Rule(name, f"max |diff| <= {tolerance:g}", diff, None, verdict, why=why)]
 
-    contract = champion.contract
-    images = resize_batch(val_images, tuple(contract.image_size))
-    try:
-        session = ort.InferenceSession(champion.onnx, providers=["CPUExecutionProvider"])
-        preds = []
-        for start in range(0, len(images), _SCORE_BATCH):
-            batch = images[start : start + _SCORE_BATCH].astype(np.dtype(contract.input.dtype))
-            (probs,) = session.run([contract.output.name], {contract.input.name: batch})
-            preds.append(np.argmax(probs, axis=-1))
-    except Exception as e:  # ORT raises its own untyped errors (Fail, InvalidArgument, ...)
-        raise GateError(f"champion {champion.version}: could not re-score its ONNX with ONNX Runtime: {e}") from e
-    predicted = [contract.labels[i] for i in np.concatenate(preds)]
-    known = set(contract.labels)
-    hits = [p == t for p, t in zip(predicted, val_labels, strict=True)]
-    recall = {}
-    for cls in sorted(set(val_labels) & known):
-        mine = [hit for hit, t in zip(hits, val_labels, strict=True) if t == cls]
-        recall[cls] = sum(mine) / len(mine)
-    unknown = sum(t not in known for t in val_labels)
-    return ChampionScore(sum(hits) / len(val_labels), unknown, recall)
+
+def _parity(case: Case) -> list[Rule]:
+    failure = "ONNX parity check failed: the exported model disagrees with the trained one"
+    return _parity_row("parity", case.parity, failure)
+
+
+def _parity_fp16(case: Case) -> list[Rule]:
+    failure = "float16 parity check failed; export without --export-fp16 or raise --fp16-tolerance"
+    return _parity_row("parity fp16", case.parity.get("fp16"), failure)
+
+
+def _parity_ood(case: Case) -> list[Rule]:
+    failure = "ood_score parity check failed (difference / threshold)"
+    return _parity_row("parity ood", case.parity.get("ood"), failure)
+
+
+def _floor(case: Case) -> list[Rule]:
+    candidate, floor = case.candidate_accuracy, case.cfg.min_accuracy
+    failed = candidate + _EPS < floor
+    why = f"validation accuracy {candidate:.4f} is below the floor min_accuracy={floor:.4f}"
+    threshold = f"accuracy >= {floor:.4f}"
+    return [Rule("min_accuracy", threshold, candidate, None, _verdict(failed), why=why)]
+
+
+def _calibration(case: Case) -> list[Rule]:
+    return [_calibration_row(case.calibration)] if case.calibration else []
+
+
+def _calibration_row(calibration: Mapping[str, Any]) -> Rule:
+    """Held-out ECE after calibration <= ECE before, on the same report images.
+
+    On fewer than ``CALIBRATION_MIN_IMAGES`` report images the two ECEs are mostly the noise of 15
+    bins holding a few images each: the row is shown, not judged (a tiny dataset's first model is
+    not refused for it)."""
+    before = _finite((calibration.get("before") or {}).get("ece"))
+    after = _finite((calibration.get("after") or {}).get("ece"))
+    images = calibration.get("report_images")
+    if isinstance(images, int) and images < CALIBRATION_MIN_IMAGES:
+        threshold = f"{images} < {CALIBRATION_MIN_IMAGES} report images: not compared"
+        return Rule(CALIBRATION_RULE, threshold, after, None, NOT_COMPARED)
+    failed = before is None or after is None or after > before + _EPS
+    shown = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
+    why = (
+        f"calibration made confidence worse: held-out ECE {shown(after)} after "
+        f"{calibration.get('method', '?')} calibration > {shown(before)} before, on "
+        f"{calibration.get('report_images', '?')} images"
+    )
+    threshold = f"ECE after <= before ({shown(before)})"
+    return Rule(CALIBRATION_RULE, threshold, after, None, _verdict(failed), why=why)
+
+
+def _versus(case: Case) -> str:
+    score, version = case.score, case.champion.version
+    versus = (
+        f"candidate {case.candidate_accuracy:.4f} vs champion {version} {score.accuracy:.4f} on "
+        f"the same validation images, max_regression={case.cfg.max_regression:.4f}"
+    )
+    if score.unknown:
+        unknown = f"{score.unknown} images of classes the champion does not know"
+        versus += f"; {unknown} count as its misses"
+    return versus
+
+
+def _regression(case: Case) -> list[Rule]:
+    if case.score is None:
+        return []
+    candidate, champion, allowed = (
+        case.candidate_accuracy,
+        case.score.accuracy,
+        case.cfg.max_regression,
+    )
+    failed = candidate + _EPS < champion - allowed
+    why = f"regression against the champion: {_versus(case)}"
+    threshold = f"accuracy >= champion - {allowed:.4f}"
+    return [Rule("max_regression", threshold, candidate, champion, _verdict(failed), why=why)]
+
+
+def _class_recall(case: Case) -> list[Rule]:
+    return [_class_row(case, cls, n) for cls, n in case.support.items()] if case.score else []
+
+
+def _class_row(case: Case, cls: str, n: int) -> Rule:
+    new, old = float(case.candidate_recall[cls]), case.score.recall.get(cls)
+    if old is None:
+        threshold = "new class: reported, not compared"
+        return Rule(CLASS_RULE, threshold, new, None, NOT_COMPARED, cls, n)
+    cfg = case.cfg
+    if n < cfg.gate_min_class_support:
+        threshold = f"{n} < {cfg.gate_min_class_support} images: not compared"
+        return Rule(CLASS_RULE, threshold, new, old, NOT_COMPARED, cls, n)
+    failed = new + _EPS < old - cfg.max_class_regression
+    why = (
+        f"recall of class {cls!r} fell from {old:.4f} (champion {case.champion.version}) to "
+        f"{new:.4f} on {n} validation images, more than "
+        f"max_class_regression={cfg.max_class_regression:.4f}"
+    )
+    threshold = f"recall >= champion - {cfg.max_class_regression:.4f}"
+    return Rule(CLASS_RULE, threshold, new, old, _verdict(failed), cls, n, why)
+
+
+def _verdict(failed: bool) -> str:
+    return FAIL if failed else PASS
+
+
+# The rules, in the order of their rows. docs/training.md's table is generated from this one
+# (scripts/gate_rules.py; tests/job/test_gate_decide.py fails when they disagree).
+RULES: tuple[RuleSpec, ...] = (
+    RuleSpec(
+        "parity",
+        "max |ONNX Runtime − Keras| on the parity images ≤ the tolerance",
+        ("parity_tolerance",),
+        "never: always judged",
+        _parity,
+    ),
+    RuleSpec(
+        "parity fp16",
+        "max |FP16 − FP32| probabilities of model.fp16.onnx ≤ the tolerance",
+        ("fp16_tolerance",),
+        "no row without `--export-fp16`",
+        _parity_fp16,
+    ),
+    RuleSpec(
+        "parity ood",
+        "the graph's `ood_score` matches the fitted detector within 1e-3 of its threshold",
+        (),
+        "no row when the export has no `ood_score`",
+        _parity_ood,
+    ),
+    RuleSpec(
+        "min_accuracy",
+        "validation accuracy ≥ the floor (0: no floor)",
+        ("min_accuracy",),
+        "never: always judged",
+        _floor,
+    ),
+    RuleSpec(
+        CALIBRATION_RULE,
+        "held-out ECE after calibration ≤ before (`leaf_train.trust`)",
+        (),
+        f"fewer than {CALIBRATION_MIN_IMAGES} report images; no row without a calibration record",
+        _calibration,
+    ),
+    RuleSpec(
+        "max_regression",
+        "accuracy ≥ the champion's − the allowed drop, both on this run's validation images",
+        ("max_regression",),
+        "no row without a champion (the first model)",
+        _regression,
+    ),
+    RuleSpec(
+        CLASS_RULE,
+        "recall of each compared class ≥ the champion's − the allowed drop (a row per class)",
+        ("max_class_regression", "gate_min_class_support"),
+        "a class the champion does not know, or with fewer validation images than "
+        "`--gate-min-class-support`; no rows without a champion",
+        _class_recall,
+    ),
+)
+PARITY_RULES = tuple(spec.name for spec in RULES if spec.name.startswith("parity"))
 
 
 def decide(
@@ -259,39 +335,39 @@ def decide(
     val_labels: Sequence[str],
     calibration: Mapping[str, Any] | None = None,
 ) -> GateDecision:
-    """Decide whether the candidate replaces the champion.
+    """Decide whether the candidate replaces the champion: every rule of :data:`RULES`.
 
     Args:
         cfg: thresholds.
         candidate_accuracy: the candidate's accuracy on ``val_images``.
-        candidate_recall: the candidate's recall per class on ``val_images`` (``metrics.json`` per_class).
-        parity: ``model.json``'s parity record: ``max_abs_diff``, ``tolerance``, ``images``, ``passed``,
-            and ``fp16`` with the same keys when model.fp16.onnx was exported.
-        champion: the served version (``ModelRegistry.champion()``), or ``None`` for the first model.
+        candidate_recall: its recall per class on ``val_images`` (``metrics.json`` per_class).
+        parity: ``model.json``'s parity record: ``max_abs_diff``, ``tolerance``, ``images``,
+            ``passed``, and ``fp16`` / ``ood`` with the same keys when those were checked.
+        champion: the served version (``ModelRegistry.champion()``), or ``None`` for the first.
         val_images: uint8 ``[N, H, W, 3]`` RGB at the candidate's image size.
         val_labels: the class name of each image.
-        calibration: ``model.json``'s calibration record (``before``/``after`` ECE on held-out images);
-            when given, a version whose calibrated ECE is worse than its uncalibrated ECE is refused.
+        calibration: ``model.json``'s calibration record (``before``/``after`` held-out ECE).
 
     Raises:
         GateError: the inputs are malformed or the champion cannot be re-scored (a real failure:
             the gate must not guess).
     """
     _check_inputs(candidate_accuracy, candidate_recall, val_images, val_labels)
+    # Scored whenever there is a champion, even if a rule fails anyway: the record has both sides.
     score = score_champion(champion, val_images, val_labels) if champion is not None else None
-    rows = [*_parity_rows(parity), _floor_row(cfg, candidate_accuracy)]
-    if calibration:
-        rows.append(_calibration_row(calibration))
-    new_classes: list[str] = []
-    if champion is not None and score is not None:
-        rows.append(_regression_row(cfg, candidate_accuracy, champion.version, score))
-        support = {cls: list(val_labels).count(cls) for cls in sorted(set(val_labels))}
-        new_classes = [cls for cls in support if cls not in set(champion.contract.labels)]
-        rows += _class_rows(cfg, candidate_recall, score, support, champion.version)
+    support = {cls: list(val_labels).count(cls) for cls in sorted(set(val_labels))}
+    candidate = candidate_accuracy, candidate_recall, parity, calibration
+    case = Case(cfg, *candidate, champion, score, support)
+    rows = [row for spec in RULES for row in spec.judge(case)]
+    return _decision(case, rows)
+
+
+def _decision(case: Case, rows: list[Rule]) -> GateDecision:
+    cfg, score, champion = case.cfg, case.score, case.champion
     return GateDecision(
         promote=not any(r.verdict == FAIL for r in rows),
-        reason=_reason(cfg, rows, candidate_accuracy, champion, score, new_classes),
-        candidate_accuracy=candidate_accuracy,
+        reason=_reason(case, rows),
+        candidate_accuracy=case.candidate_accuracy,
         champion_accuracy=score.accuracy if score else None,
         champion_version=champion.version if champion else None,
         parity_passed=all(r.verdict == PASS for r in rows if r.rule in PARITY_RULES),
@@ -299,173 +375,60 @@ def decide(
         max_regression=cfg.max_regression,
         max_class_regression=cfg.max_class_regression,
         min_class_support=cfg.gate_min_class_support,
-        val_images=len(val_labels),
+        val_images=sum(case.support.values()),
         unknown_to_champion=score.unknown if score else 0,
-        new_classes=tuple(new_classes),
+        new_classes=tuple(case.new_classes),
         rules=tuple(r.to_dict() for r in rows),
     )
 
 
-def _finite(value: Any) -> float | None:
-    """JSON has no NaN: a diverged or missing number is recorded as null (and fails its rule)."""
-    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+def _check_inputs(
+    candidate_accuracy: float,
+    candidate_recall: Mapping[str, float],
+    val_images: np.ndarray,
+    val_labels: Sequence[str],
+) -> None:
+    if not 0.0 <= candidate_accuracy <= 1.0:
+        got = candidate_accuracy
+        raise GateError(f"candidate_accuracy: expected a value in [0, 1]; received {got}")
+    _check_images(val_images)
+    if len(val_labels) != val_images.shape[0]:
+        wanted = f"one class name per image ({val_images.shape[0]})"
+        raise GateError(f"val_labels: expected {wanted}; received {len(val_labels)}")
+    missing = sorted(set(val_labels) - set(candidate_recall))
+    if missing:
+        wanted = "a recall for every validation class"
+        raise GateError(f"candidate_recall: expected {wanted}; missing {missing}")
+    bad = {c: r for c, r in candidate_recall.items() if not 0.0 <= r <= 1.0}
+    if bad:
+        raise GateError(f"candidate_recall: expected values in [0, 1]; received {bad}")
 
 
-def _parity_rows(parity: Mapping[str, Any]) -> list[Rule]:
-    rows = []
-    checks = [("parity", parity, "ONNX parity check failed: the exported model disagrees with the trained one")]
-    if isinstance(parity.get("fp16"), Mapping):
-        hint = "; export without --export-fp16 or raise --fp16-tolerance"
-        checks.append(("parity fp16", parity["fp16"], f"float16 parity check failed{hint}"))
-    if isinstance(parity.get("ood"), Mapping):
-        checks.append(("parity ood", parity["ood"], "ood_score parity check failed (difference / threshold)"))
-    for name, check, failure in checks:
-        diff, tolerance = _finite(check.get("max_abs_diff")), check.get("tolerance")
-        passed = bool(check.get("passed")) and diff is not None
-        shown = "nan" if diff is None else f"{diff:.3g}"
-        why = f"{failure}: max |difference| {shown} > tolerance {tolerance:g} on {check.get('images', '?')} images"
-        rows.append(Rule(name, f"max |diff| <= {tolerance:g}", diff, None, PASS if passed else FAIL, why=why))
-    return rows
+def _check_images(val_images: Any) -> None:
+    array = isinstance(val_images, np.ndarray)
+    if not array or val_images.dtype != np.uint8 or val_images.ndim != 4:
+        got = f"{val_images.dtype} {val_images.shape}" if array else type(val_images)
+        raise GateError(f"val_images: expected a uint8 array [N, H, W, 3]; received {got}")
+    if val_images.shape[-1] != 3 or val_images.shape[0] == 0:
+        shape = list(val_images.shape)
+        raise GateError(f"val_images: expected shape [N>0, H, W, 3]; received {shape}")
 
 
-def _calibration_row(calibration: Mapping[str, Any]) -> Rule:
-    """Calibration must not make confidence worse: held-out ECE after <= ECE before (same report images).
-
-    On fewer than ``CALIBRATION_MIN_IMAGES`` report images the two ECEs are mostly the noise of 15 bins
-    holding a few images each: the row is shown, not judged (a tiny dataset's first model is not refused
-    for it)."""
-    before = _finite((calibration.get("before") or {}).get("ece"))
-    after = _finite((calibration.get("after") or {}).get("ece"))
-    images = calibration.get("report_images")
-    if isinstance(images, int) and images < CALIBRATION_MIN_IMAGES:
-        threshold = f"{images} < {CALIBRATION_MIN_IMAGES} report images: not compared"
-        return Rule(CALIBRATION_RULE, threshold, after, None, NOT_COMPARED)
-    failed = before is None or after is None or after > before + _EPS
-    shown = lambda v: "nan" if v is None else f"{v:.4f}"  # noqa: E731
-    why = (
-        f"calibration made confidence worse: held-out ECE {shown(after)} after {calibration.get('method', '?')} "
-        f"calibration > {shown(before)} before, on {calibration.get('report_images', '?')} images"
-    )
-    threshold = f"ECE after <= before ({shown(before)})"
-    return Rule(CALIBRATION_RULE, threshold, after, None, FAIL if failed else PASS, why=why)
-
-
-def _floor_row(cfg: GateConfig, candidate: float) -> Rule:
-    failed = candidate + _EPS < cfg.min_accuracy
-    why = f"validation accuracy {candidate:.4f} is below the floor min_accuracy={cfg.min_accuracy:.4f}"
-    threshold = f"accuracy >= {cfg.min_accuracy:.4f}"
-    return Rule("min_accuracy", threshold, candidate, None, FAIL if failed else PASS, why=why)
-
-
-def _versus(cfg: GateConfig, candidate: float, version: str, score: ChampionScore) -> str:
-    versus = (
-        f"candidate {candidate:.4f} vs champion {version} {score.accuracy:.4f} on the same "
-        f"validation images, max_regression={cfg.max_regression:.4f}"
-    )
-    if score.unknown:
-        versus += f"; {score.unknown} images of classes the champion does not know count as its misses"
-    return versus
-
-
-def _regression_row(cfg: GateConfig, candidate: float, version: str, score: ChampionScore) -> Rule:
-    failed = candidate + _EPS < score.accuracy - cfg.max_regression
-    why = f"regression against the champion: {_versus(cfg, candidate, version, score)}"
-    threshold = f"accuracy >= champion - {cfg.max_regression:.4f}"
-    return Rule("max_regression", threshold, candidate, score.accuracy, FAIL if failed else PASS, why=why)
-
-
-def _class_rows(
-    cfg: GateConfig, recall: Mapping[str, float], score: ChampionScore, support: dict[str, int], version: str
-) -> list[Rule]:
-    rows = []
-    for cls, n in support.items():
-        new, old = float(recall[cls]), score.recall.get(cls)
-        if old is None:
-            rows.append(Rule(CLASS_RULE, "new class: reported, not compared", new, None, NOT_COMPARED, cls, n))
-            continue
-        if n < cfg.gate_min_class_support:
-            threshold = f"{n} < {cfg.gate_min_class_support} images: not compared"
-            rows.append(Rule(CLASS_RULE, threshold, new, old, NOT_COMPARED, cls, n))
-            continue
-        failed = new + _EPS < old - cfg.max_class_regression
-        why = (
-            f"recall of class {cls!r} fell from {old:.4f} (champion {version}) to {new:.4f} on {n} validation "
-            f"images, more than max_class_regression={cfg.max_class_regression:.4f}"
-        )
-        threshold = f"recall >= champion - {cfg.max_class_regression:.4f}"
-        rows.append(Rule(CLASS_RULE, threshold, new, old, FAIL if failed else PASS, cls, n, why))
-    return rows
-
-
-def _reason(
-    cfg: GateConfig,
-    rows: list[Rule],
-    candidate: float,
-    champion: Champion | None,
-    score: ChampionScore | None,
-    new_classes: list[str],
-) -> str:
+def _reason(case: Case, rows: list[Rule]) -> str:
     """Every failed rule's sentence, or what was compared when all passed."""
     failed = [r.why for r in rows if r.verdict == FAIL]
     if failed:
         return "; ".join(failed)
-    if champion is None or score is None:
-        return f"first model: no champion to compare with; accuracy {candidate:.4f} meets the floor"
+    cfg = case.cfg
+    if case.score is None:
+        accuracy = case.candidate_accuracy
+        return f"first model: no champion to compare with; accuracy {accuracy:.4f} meets the floor"
     compared = sum(1 for r in rows if r.rule == CLASS_RULE and r.verdict == PASS)
     reason = (
-        f"no regression: {_versus(cfg, candidate, champion.version, score)}; recall within "
-        f"max_class_regression={cfg.max_class_regression:.4f} of the champion's on {compared} class(es) with "
-        f">= {cfg.gate_min_class_support} validation images"
+        f"no regression: {_versus(case)}; recall within "
+        f"max_class_regression={cfg.max_class_regression:.4f} of the champion's on {compared} "
+        f"class(es) with >= {cfg.gate_min_class_support} validation images"
     )
-    if new_classes:
-        reason += f"; new classes, not compared: {', '.join(new_classes)}"
+    if case.new_classes:
+        reason += f"; new classes, not compared: {', '.join(case.new_classes)}"
     return reason
-
-
-# ---- the decision table for people: `leaf-train models show` and the job's Events ----------------
-_HEADER = ("RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT")
-_VERDICT_SHOWN = {PASS: "pass", FAIL: "FAIL", NOT_COMPARED: "not compared"}
-# events.k8s.io/v1 notes are at most 1 kB (kube.py truncates longer ones; better to choose rows).
-EVENT_NOTE_LIMIT = 1024
-
-
-def _number(rule: str, value: Any) -> str:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return "-"
-    return f"{value:.2g}" if rule in PARITY_RULES else f"{value:.4f}"
-
-
-def _row_cells(row: Mapping[str, Any]) -> tuple[str, ...]:
-    rule = str(row.get("rule", "?"))
-    name = f"recall {row.get('class')} (n={row.get('support')})" if rule == CLASS_RULE else rule
-    verdict = str(row.get("verdict", "?"))
-    shown = _VERDICT_SHOWN.get(verdict, verdict)
-    return name, str(row.get("threshold", "")), _number(rule, row.get("new")), _number(rule, row.get("champion")), shown
-
-
-def format_rules(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """The decision table as aligned text lines: RULE, THRESHOLD, NEW, CHAMPION, VERDICT."""
-    cells = [_HEADER, *(_row_cells(r) for r in rows)]
-    widths = [max(len(c[i]) for c in cells) for i in range(len(_HEADER) - 1)]
-    return ["  ".join(c.ljust(w) for c, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in cells]
-
-
-def event_note(gate: Mapping[str, Any], version: str, limit: int = EVENT_NOTE_LIMIT) -> str:
-    """The decision as an Event note: a verdict line, then the table rows that fit in ``limit`` characters.
-
-    Every row that is not a class row is kept, then failed classes, then the others; rows left out
-    are counted on the last line, which says where the whole table is.
-    """
-    rows = list(gate.get("rules") or [])
-    order = {FAIL: 0, PASS: 1, NOT_COMPARED: 2}
-    general = [r for r in rows if r.get("rule") != CLASS_RULE]
-    classes = sorted((r for r in rows if r.get("rule") == CLASS_RULE), key=lambda r: order.get(r.get("verdict"), 3))
-    head = f"{version}: {'passes the gate' if gate.get('promote') else 'REJECTED by the gate'}"
-    shown = general + classes
-    while True:
-        left = len(rows) - len(shown)
-        tail = [f"... {left} more class row(s): leaf-train models show {version}"] if left else []
-        note = "\n".join([head, *format_rules(shown), *tail])
-        if len(note) <= limit or len(shown) <= len(general):
-            return note[:limit]
-        shown = shown[:-1]

@@ -36,7 +36,7 @@ from .config import TrainConfig
 from .dataset import DatasetIndex, check_index, discover
 from .distribute import Distribution, weights_digest
 from .errors import ConfigError
-from .gate import GateConfig, GateDecision, decide, event_note
+from .gate import GateConfig, GateDecision, decide
 from .kube import KubeConfig, KubeReporter
 from .model import build_model, weights_source
 from .progress import progress
@@ -45,6 +45,7 @@ from .registry import ModelRegistry
 from .report import RunResult, artefacts, run_report
 from .rollout import RolloutConfig, shadow_verdict
 from .train import set_determinism, set_precision, train, use_determinism
+from .views import event_note
 
 log = logging.getLogger(__name__)
 

@@ -1,45 +1,8 @@
-"""Write side of the model registry: immutable versions, verified manifests, compare-and-swap promotion.
+"""Write side of the model registry: immutable versions, verified manifests, CAS promotion.
 
-Layout and file names come from :mod:`leaf_common.registry` (the read side the server uses)::
-
-    <output>/<model-name>/latest.json                  pointer; moves last, only by compare-and-swap
-    <output>/<model-name>/versions/<v>/claim.json      written first (If-None-Match: *): who publishes <v>
-    <output>/<model-name>/versions/<v>/<file>          written once (If-None-Match: *)
-    <output>/<model-name>/versions/<v>/manifest.json   written after every file was read back and hashed
-    <output>/<model-name>/versions/<v>/deleting.json   only while retention deletes the version
-
-The guarantees (issues #4 and #10):
-
-* A publication starts by creating ``claim.json`` with ``if_none_match``: of two publishers of the
-  same id exactly one owns it. A version's files are created with ``if_none_match`` so nothing is
-  ever overwritten; publishing an id someone else claimed fails with :class:`VersionExistsError`.
-* ``manifest.json`` is written last. A version without it is *incomplete* (a publication in
-  progress or one that died): it is listed as such and never promoted.
-* A publication that died (SIGTERM, OOM kill, a storage error) can always be finished: the same
-  owner publishing the same id again removes what the dead attempt left (never its claim) and
-  writes the version anew. A complete version is never rewritten, not even by its owner.
-* Retention never counts incomplete versions, and removes one only once nothing in it was written
-  for ``incomplete_grace_s`` (default 24 h, the chart's Job deadline): by then no attempt of the
-  run that claimed it can still be running. It marks a version ``deleting.json`` before deleting
-  anything and removes the mark last, so a deletion cut short is finished by the next retention
-  at once (a marked version without a manifest is not a publication in progress).
-* ``latest.json`` moves only to a version whose manifest verifies (every file's size and
-  SHA-256 re-read from the store), by ``if_match`` on the ETag read before (``if_none_match``
-  when there is no pointer yet), so of two concurrent promotions exactly one wins and a reader
-  never sees a pointer to a partial version. A local folder gets the same semantics from
-  :class:`leaf_common.storage.LocalStore` (hard links, ``os.replace``, a lock file).
-
-Retention keeps the newest ``keep`` complete versions plus the served one and the version a
-rollback would return to (``Pointer.history[0]``): an operator's ``rollback`` right after a
-prune must still work.
-
-Retention and promotion may race (a scheduled retrain prunes while an operator promotes an old
-version). Neither side reads-then-acts alone; each writes first and then reads what the other
-writes, so at least one of them sees the other: retention deletes a version's manifest, *then*
-re-reads the pointer and puts the manifest back if the pointer now protects the version;
-promotion swaps the pointer, *then* re-reads the manifest and swaps the pointer back if it is
-gone. S3 is strongly consistent for these reads, so ``latest.json`` never keeps naming a deleted
-version. (Re-reading the pointer before each deletion alone would only narrow the window.)
+The layout and file names come from :mod:`leaf_common.registry` (the read side the server
+uses). What each write guarantees, and how retention and a promotion racing it cannot lose
+the served version: docs/registry.md.
 """
 
 from __future__ import annotations
@@ -54,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from leaf_common.config import option
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
 from leaf_common.registry import (
     MANIFEST_FILE,
@@ -73,7 +37,7 @@ from leaf_common.registry import (
 from leaf_common.shadow import CANDIDATE_FILE, Candidate, CandidateRead, read_candidate
 from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
 
-from .errors import ModelRegistryError, PublishError
+from .errors import ConfigError, ModelRegistryError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +55,30 @@ DELETING_FILE = "deleting.json"
 # Retention leaves an incomplete version alone until nothing in it was written for this long. The
 # chart's training Job may run 24 h (activeDeadlineSeconds): after that no attempt of it is alive.
 DEFAULT_INCOMPLETE_GRACE_S = 24 * 3600.0
+
+
+@dataclass
+class RetentionConfig:
+    """Options of retention (``leaf-train models prune``, and the training job after publishing)."""
+
+    keep_versions: int = option(
+        10,
+        "Versions kept by retention (newest complete ones); the served version and its rollback "
+        "target are always kept in addition",
+    )
+    incomplete_grace_hours: float = option(
+        DEFAULT_INCOMPLETE_GRACE_S / 3600,
+        "Retention removes an incomplete version (a publication that died) once nothing in it was "
+        "written for this long; keep it above the training Job's deadline so no attempt of the run "
+        "that owns it is alive",
+    )
+
+    def validate(self) -> None:
+        if self.keep_versions < 1:
+            raise ConfigError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
+        if not self.incomplete_grace_hours > 0:
+            hours = self.incomplete_grace_hours
+            raise ConfigError(f"--incomplete-grace-hours: expected hours > 0; received {hours}")
 
 
 class VersionExistsError(PublishError):
@@ -116,20 +104,21 @@ class Champion:
     version: str
     contract: ModelContract
     onnx: bytes
-    pointer_etag: str  # pass to promote(expected_etag=...) so a decision against a stale champion loses
+    # Pass to promote(expected_etag=...) so a decision against a stale champion loses.
+    pointer_etag: str
 
 
 @dataclass(frozen=True)
 class VersionInfo:
-    """What the registry knows of one version from a listing and the pointer (``models list`` adds model.json)."""
+    """What a listing and the pointer say of one version (``models list`` adds model.json)."""
 
     version: str
     complete: bool  # manifest.json present (sizes/hashes are verified by promote/show, not by list)
     created_at: str  # from the manifest; "" while incomplete
     served: bool  # named by latest.json
     promoted: bool  # served now or earlier (in the pointer's history)
-    last_write: float | None = None  # newest object's last write (epoch s); ages incomplete versions
-    deleting: bool = False  # retention started deleting it (and was cut short if it is still listed)
+    last_write: float | None = None  # newest object's write (epoch s): ages incomplete ones
+    deleting: bool = False  # retention started deleting it (cut short if still listed)
     candidate: bool = False  # named by shadow.json: answering mirrored traffic before a verdict
 
 
@@ -141,8 +130,8 @@ def check_version_id(version: str) -> str:
     """Return ``version`` or raise if it cannot be a single, visible key segment."""
     if not isinstance(version, str) or not _VERSION_RE.match(version):
         raise ModelRegistryError(
-            f"version: expected 1-128 characters of letters, digits, '.', '_' or '-', not starting with "
-            f"'.', '_' or '-'; received {version!r}"
+            "version: expected 1-128 characters of letters, digits, '.', '_' or '-', not "
+            f"starting with '.', '_' or '-'; received {version!r}"
         )
     return version
 
@@ -158,7 +147,8 @@ class ModelRegistry:
             model_name: folder under it; the pointer and every version live there.
         """
         if not is_model_name(model_name):
-            raise ModelRegistryError(f"model name: expected {MODEL_NAME_RULE}; received {model_name!r}")
+            wanted, got = MODEL_NAME_RULE, model_name
+            raise ModelRegistryError(f"model name: expected {wanted}; received {got!r}")
         self.model_name = model_name
         self.store = store.child(model_name)
 
@@ -182,16 +172,16 @@ class ModelRegistry:
         owner: str | None = None,
         on_step: Callable[[str], None] | None = None,
     ) -> Manifest:
-        """Write a new immutable version: a claim, every file (read back and hashed), then its manifest.
+        """Write a new immutable version: a claim, every file (read back, hashed), its manifest.
 
         Args:
             version: the new version id (one key segment).
-            files: file name -> bytes, e.g. ``{MODEL_FILE: onnx, CONTRACT_FILE: contract.to_json()}``.
+            files: file name -> bytes, e.g. ``{MODEL_FILE: onnx, CONTRACT_FILE: contract_json}``.
             owner: who publishes (the training job passes its run id). The same owner publishing
                 the same id again finishes a publication that died half-way; ``None`` = a one-off
                 publisher that cannot resume.
-            on_step: called with the name of each object about to be written; an exception from it
-                stops the publication (the job's SIGTERM check), which the same owner can finish later.
+            on_step: called with the name of each object about to be written; an exception from
+                it stops the publication (the job's SIGTERM check); the same owner can finish it.
 
         Returns:
             The manifest as written and re-read.
@@ -203,9 +193,21 @@ class ModelRegistry:
         check_version_id(version)
         self._check_files(files)
         step = on_step or (lambda _name: None)
-        owner = owner or f"one-off-{uuid.uuid4().hex}"
         vstore = self._version_store(version)
-        self._claim(version, vstore, owner, step)
+        self._claim(version, vstore, owner or f"one-off-{uuid.uuid4().hex}", step)
+        entries = self._write_files(vstore, files, step)
+        manifest = Manifest(version, utc_now(), entries, name=self.model_name)
+        # Read every file back before the manifest exists: readers will fetch what we hashed.
+        self._verify_files(vstore, manifest, PublishError)
+        self._write_manifest(vstore, manifest, step)
+        log.info("published %s (%d files)", self.uri(version), len(entries))
+        return manifest
+
+    @staticmethod
+    def _write_files(
+        vstore: Store, files: Mapping[str, bytes], step: Callable[[str], None]
+    ) -> tuple[ManifestEntry, ...]:
+        """Create each file (never overwrite one) and return its manifest entry."""
         entries = []
         for name in sorted(files):
             data = files[name]
@@ -213,25 +215,27 @@ class ModelRegistry:
             try:
                 vstore.put(name, data, if_none_match=True)
             except PreconditionFailed as e:
-                # Only the claim's owner writes here: someone removed the claim and published meanwhile.
-                raise VersionExistsError(f"{vstore.url(name)}: already exists; versions are immutable") from e
+                # Only the claim's owner writes here: someone removed the claim and published.
+                where = vstore.url(name)
+                raise VersionExistsError(f"{where}: already exists; versions are immutable") from e
             entries.append(ManifestEntry(name, len(data), sha256_hex(data)))
-        manifest = Manifest(version=version, created_at=utc_now(), files=tuple(entries), name=self.model_name)
-        # Read every file back before the manifest exists: what readers will fetch is what we hashed.
-        self._verify_files(vstore, manifest, PublishError)
+        return tuple(entries)
+
+    @staticmethod
+    def _write_manifest(vstore: Store, manifest: Manifest, step: Callable[[str], None]) -> None:
+        """Create the manifest (the version's last write) and check it reads back as written."""
+        where = vstore.url(MANIFEST_FILE)
         step(MANIFEST_FILE)
         try:
             vstore.put(MANIFEST_FILE, manifest.to_json(), if_none_match=True)
         except PreconditionFailed as e:
-            raise VersionExistsError(f"{vstore.url(MANIFEST_FILE)}: already exists; versions are immutable") from e
+            raise VersionExistsError(f"{where}: already exists; versions are immutable") from e
         written = read_manifest(vstore)
         if written != manifest:
-            raise PublishError(f"{vstore.url(MANIFEST_FILE)}: expected the manifest just written; read {written}")
-        log.info("published %s (%d files)", self.uri(version), len(entries))
-        return manifest
+            raise PublishError(f"{where}: expected the manifest just written; read {written}")
 
     def _claim(self, version: str, vstore: Store, owner: str, step: Callable[[str], None]) -> None:
-        """Own ``version`` before writing into it: a new claim, or ours from an attempt that died."""
+        """Own ``version`` before writing to it: a new claim, or ours from an attempt that died."""
         existing = [o.key for o in vstore.list()]
         if not existing:
             step(CLAIM_FILE)
@@ -240,18 +244,18 @@ class ModelRegistry:
                 vstore.put(CLAIM_FILE, body, if_none_match=True)
                 return
             except PreconditionFailed as e:
-                raise VersionExistsError(
-                    f"{self.uri(version)}: expected a new version; another publisher claimed it first"
-                ) from e
+                claimed = "expected a new version; another publisher claimed it first"
+                raise VersionExistsError(f"{self.uri(version)}: {claimed}") from e
         claimed_by = self.claim_owner(version)
         if MANIFEST_FILE in existing or claimed_by != owner:
             by = f"claimed by {claimed_by!r}" if claimed_by else "with no claim"
             raise VersionExistsError(
-                f"{self.uri(version)}: expected a new version or an unfinished one of {owner!r}; received one that "
-                f"already exists ({self._state(version)}, {by}); versions are immutable, publish under another id"
+                f"{self.uri(version)}: expected a new version or an unfinished one of {owner!r}; "
+                f"received one that already exists ({self._state(version)}, {by}); versions are "
+                "immutable, publish under another id"
             )
-        # Our own earlier attempt died half-way. Its files may differ from ours (the export is re-run),
-        # so start over; the claim stays, so the version stays ours throughout.
+        # Our own earlier attempt died half-way. Its files may differ from ours (the export is
+        # re-run), so start over; the claim stays, so the version stays ours throughout.
         leftovers = [k for k in existing if k != CLAIM_FILE]
         log.warning(
             "%s: finishing the publication an earlier attempt of %s left incomplete (removing its %d files)",
@@ -264,7 +268,7 @@ class ModelRegistry:
             vstore.delete(key)
 
     def claim_owner(self, version: str) -> str | None:
-        """Who claimed ``version`` (``publish(owner=...)``), or ``None`` without a readable claim."""
+        """Who claimed ``version`` (``publish``'s owner); ``None`` without a readable claim."""
         try:
             claim = json.loads(self._version_store(version).get(CLAIM_FILE))
         except (NotFound, json.JSONDecodeError):
@@ -284,9 +288,8 @@ class ModelRegistry:
                 or name in ("", MANIFEST_FILE, CLAIM_FILE, DELETING_FILE)
             ):
                 reserved = ", ".join(repr(n) for n in (MANIFEST_FILE, CLAIM_FILE, DELETING_FILE))
-                raise PublishError(
-                    f"file name: expected a plain name other than {reserved}, not starting with '.'; received {name!r}"
-                )
+                wanted = f"a plain name other than {reserved}, not starting with '.'"
+                raise PublishError(f"file name: expected {wanted}; received {name!r}")
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise PublishError(f"file {name!r}: expected bytes; received {type(data).__name__}")
 
@@ -300,10 +303,11 @@ class ModelRegistry:
 
     # ---- reading versions ---------------------------------------------------------------------
     def _state(self, version: str) -> str:
-        return "complete" if self.store.exists(self._key(version, MANIFEST_FILE)) else "incomplete: no manifest"
+        complete = self.store.exists(self._key(version, MANIFEST_FILE))
+        return "complete" if complete else "incomplete: no manifest"
 
     def verify(self, version: str) -> Manifest:
-        """The manifest of ``version`` after re-reading every listed file and checking size and SHA-256.
+        """The manifest of ``version`` after re-reading every file: size and SHA-256.
 
         Raises:
             VersionNotFoundError: nothing exists under the version's folder.
@@ -316,20 +320,20 @@ class ModelRegistry:
             raise IncompleteVersionError(str(e)) from e
         if manifest is None:
             if not any(True for _ in self.store.list(self._key(version))):
-                raise VersionNotFoundError(f"{self.uri(version)}: expected an existing version; found no files")
+                missing = "expected an existing version; found no files"
+                raise VersionNotFoundError(f"{self.uri(version)}: {missing}")
             raise IncompleteVersionError(
                 f"{self.uri(version)}: expected a complete version; it has no {MANIFEST_FILE} "
                 "(a publication in progress or one that failed)"
             )
         if manifest.version != version:
-            raise IncompleteVersionError(
-                f"{vstore.url(MANIFEST_FILE)}: expected version {version!r}; received {manifest.version!r}"
-            )
+            where, got = vstore.url(MANIFEST_FILE), manifest.version
+            raise IncompleteVersionError(f"{where}: expected version {version!r}; received {got!r}")
         self._verify_files(vstore, manifest, IncompleteVersionError)
         return manifest
 
     def contract_dict(self, version: str) -> dict[str, Any] | None:
-        """``model.json`` of ``version`` as written (not validated), or ``None`` if absent or unreadable."""
+        """``model.json`` of ``version``, unvalidated; ``None`` if absent or unreadable."""
         try:
             d = json.loads(self.store.get(self._key(check_version_id(version), CONTRACT_FILE)))
         except (NotFound, json.JSONDecodeError):
@@ -348,7 +352,7 @@ class ModelRegistry:
 
     @staticmethod
     def _last_write(objects: list[ObjectInfo]) -> float | None:
-        """When the newest object was written; ``None`` if any time is unknown (treated as just now)."""
+        """When the newest object was written; ``None`` if any time is unknown (read: just now)."""
         times = [o.modified for o in objects]
         return None if not times or None in times else max(t for t in times if t is not None)
 
@@ -385,7 +389,7 @@ class ModelRegistry:
         return list(self._version_store(version).list())
 
     def has_manifest(self, version: str) -> bool:
-        """Whether the version's publication got as far as its manifest (not whether it verifies)."""
+        """Whether the version's publication got as far as its manifest (not if it verifies)."""
         return self.store.exists(self._key(version, MANIFEST_FILE))
 
     def champion(self) -> Champion | None:
@@ -411,8 +415,13 @@ class ModelRegistry:
         """``latest.json`` and its ETag, or ``None`` when nothing is promoted."""
         return read_pointer(self.store)
 
-    def _swap_pointer(self, new: Pointer, expected_etag: str | None, current: Pointer | None) -> str:
-        """Write ``new`` by compare-and-swap and return its ETag; then make sure its version survived.
+    def _swap_pointer(
+        self,
+        new: Pointer,
+        expected_etag: str | None,
+        current: Pointer | None,
+    ) -> str:
+        """Write ``new`` by compare-and-swap and return its ETag; then check its version survived.
 
         Retention may have deleted the version between our verification and the swap. It deletes the
         manifest first and re-reads the pointer afterwards, and we re-read the manifest after the
@@ -426,8 +435,9 @@ class ModelRegistry:
         except PreconditionFailed as e:
             was = current.version if current else "nothing"
             raise PromotionConflict(
-                f"{self.store.url(POINTER_FILE)}: expected the pointer to still name {was}; it changed meanwhile "
-                f"(another promotion or rollback won); re-read and retry if still wanted"
+                f"{self.store.url(POINTER_FILE)}: expected the pointer to still name {was}; it "
+                "changed meanwhile (another promotion or rollback won); re-read and retry if still "
+                "wanted"
             ) from e
         if not self.store.exists(self._key(new.version, MANIFEST_FILE)):
             self._undo_swap(new, etag, current)
@@ -435,14 +445,17 @@ class ModelRegistry:
 
     def _undo_swap(self, new: Pointer, etag: str, previous: Pointer | None) -> None:
         where = self.store.url(POINTER_FILE)
-        gone = f"{self.uri(new.version)} lost its {MANIFEST_FILE} while being promoted (retention deleted it)"
+        lost = f"lost its {MANIFEST_FILE} while being promoted (retention deleted it)"
+        gone = f"{self.uri(new.version)} {lost}"
         if previous is None:
             # No conditional delete to undo a first pointer with: say so loudly instead.
-            raise IncompleteVersionError(f"{gone}; {where} names it: promote a complete version now")
+            now = "promote a complete version now"
+            raise IncompleteVersionError(f"{gone}; {where} names it: {now}")
         try:
             self.store.put(POINTER_FILE, previous.to_json(), if_match=etag)
         except PreconditionFailed:
-            raise IncompleteVersionError(f"{gone}; {where} has moved on since, left as it is") from None
+            moved = "has moved on since, left as it is"
+            raise IncompleteVersionError(f"{gone}; {where} {moved}") from None
         raise IncompleteVersionError(f"{gone}; {where} names {previous.version} again")
 
     def _read_expected(self, expected_etag: str | None) -> tuple[Pointer | None, str | None]:
@@ -454,8 +467,9 @@ class ModelRegistry:
         if expected_etag != etag:
             # Fail before writing: the write would lose anyway, and the message is clearer here.
             raise PromotionConflict(
-                f"{self.store.url(POINTER_FILE)}: expected ETag {expected_etag or 'none (no pointer)'}; "
-                f"found {etag or 'no pointer'} naming {current.version if current else 'nothing'}"
+                f"{self.store.url(POINTER_FILE)}: expected ETag "
+                f"{expected_etag or 'none (no pointer)'}; found {etag or 'no pointer'} naming "
+                f"{current.version if current else 'nothing'}"
             )
         return current, expected_etag
 
@@ -499,7 +513,8 @@ class ModelRegistry:
         """
         current, etag = self._read_expected(expected_etag)
         if current is None:
-            raise ModelRegistryError(f"{self.store.url(POINTER_FILE)}: expected a pointer to roll back; found none")
+            where = self.store.url(POINTER_FILE)
+            raise ModelRegistryError(f"{where}: expected a pointer to roll back; found none")
         for i, target in enumerate(current.history):
             try:
                 self.verify(target)
@@ -516,8 +531,9 @@ class ModelRegistry:
             log.info("rolled back %s -> %s", current.version, target)
             return new
         raise ModelRegistryError(
-            f"rollback: expected an earlier promoted version to return to; {current.version} is served and "
-            f"its history {list(current.history)} holds no complete version"
+            "rollback: expected an earlier promoted version to return to; "
+            f"{current.version} is served and its history {list(current.history)} holds no "
+            "complete version"
         )
 
     # ---- the candidate of a shadow rollout (leaf_common.shadow) --------------------------------
@@ -526,13 +542,14 @@ class ModelRegistry:
         return read_candidate(self.store)
 
     def propose(self, version: str) -> Candidate:
-        """Make ``version`` the candidate by compare-and-swap on ``shadow.json``, replacing an older one.
+        """Make ``version`` the candidate by compare-and-swap on ``shadow.json`` (replacing one).
 
         The candidate records the version served now: its shadow statistics compare with that one.
 
         Raises:
             IncompleteVersionError / VersionNotFoundError: the version cannot be served.
-            ModelRegistryError: nothing is served (the first version is promoted directly), or it is served.
+            ModelRegistryError: nothing is served (the first version is promoted directly), or
+                ``version`` is.
             PromotionConflict: ``shadow.json`` changed meanwhile (another proposal or verdict won).
         """
         self.verify(version)
@@ -543,7 +560,8 @@ class ModelRegistry:
                 "(the first version is promoted directly)"
             )
         if served.version == version:
-            raise ModelRegistryError(f"propose {version}: expected a version that is not served; it is served")
+            wanted = "expected a version that is not served; it is served"
+            raise ModelRegistryError(f"propose {version}: {wanted}")
         found = self.candidate()
         new = Candidate(version, served.version, utc_now(), self.model_name)
         self._swap_candidate(new, found.etag if found else None)
@@ -551,7 +569,7 @@ class ModelRegistry:
         return new
 
     def withdraw(self, version: str) -> bool:
-        """Clear ``shadow.json`` if it still names ``version``; ``False`` if a newer candidate replaced it."""
+        """Clear ``shadow.json`` if it still names ``version``; ``False`` if a newer one did."""
         found = self.candidate()
         if found is None or found.candidate.version != version:
             return False
@@ -569,13 +587,17 @@ class ModelRegistry:
             return self.store.put(CANDIDATE_FILE, new.to_json(), if_match=expected_etag)
         except PreconditionFailed as e:
             raise PromotionConflict(
-                f"{self.store.url(CANDIDATE_FILE)}: changed since it was read (another proposal or verdict won); "
-                "re-read and retry if still wanted"
+                f"{self.store.url(CANDIDATE_FILE)}: changed since it was read (another proposal "
+                "or verdict won); re-read and retry if still wanted"
             ) from e
 
     # ---- retention ----------------------------------------------------------------------------
     def retention_plan(
-        self, keep: int, *, incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S, now: float | None = None
+        self,
+        keep: int,
+        *,
+        incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
+        now: float | None = None,
     ) -> list[str]:
         """Versions :meth:`apply_retention` would delete, without deleting anything.
 
@@ -585,29 +607,32 @@ class ModelRegistry:
         if not isinstance(keep, int) or keep < 1:
             raise ModelRegistryError(f"keep: expected an integer >= 1; received {keep!r}")
         if not incomplete_grace_s > 0:
-            raise ModelRegistryError(f"incomplete_grace_s: expected seconds > 0; received {incomplete_grace_s!r}")
+            got = incomplete_grace_s
+            raise ModelRegistryError(f"incomplete_grace_s: expected seconds > 0; received {got!r}")
         protected = self._protected()
         rows = self.list_versions()
         complete = [r.version for r in rows if r.complete]  # oldest first
         newest = set(complete[-keep:])
         now = time.time() if now is None else now
-        stale = [
-            r.version
-            for r in rows
-            if not r.complete and (r.deleting or (r.last_write is not None and now - r.last_write > incomplete_grace_s))
-        ]
+        since = {r.version: now - r.last_write for r in rows if r.last_write is not None}
+        idle = {v for v, seconds in since.items() if seconds > incomplete_grace_s}
+        stale = [r.version for r in rows if not r.complete and (r.deleting or r.version in idle)]
         return [v for v in complete if v not in newest and v not in protected] + [
             v for v in stale if v not in protected
         ]
 
     def apply_retention(
-        self, keep: int, *, incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S, now: float | None = None
+        self,
+        keep: int,
+        *,
+        incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
+        now: float | None = None,
     ) -> list[str]:
-        """Delete all but the newest ``keep`` complete versions, and incomplete ones idle beyond the grace.
+        """Delete all but the newest ``keep`` complete versions, and incomplete ones idle too long.
 
         Never the served version or its rollback target, also when a promotion races this call: each
         doomed version loses its manifest first (so it turns unpromotable), then the pointer is read
-        again and the manifest put back if the pointer now protects the version (module docstring).
+        again and the manifest put back if the pointer now protects the version (docs/registry.md).
 
         Returns:
             The deleted version ids, in :meth:`retention_plan` order.
@@ -620,7 +645,7 @@ class ModelRegistry:
         return deleted
 
     def _protected(self) -> set[str]:
-        """The served version, the one a rollback returns to, and the shadow candidate, as read now."""
+        """The served version, the one a rollback returns to and the shadow candidate, read now."""
         found = self.pointer()
         shadow = self.candidate()
         protected = {found.version, *found.pointer.history[:1]} if found else set()
@@ -635,7 +660,8 @@ class ModelRegistry:
         if MANIFEST_FILE not in names and DELETING_FILE not in names:
             last = self._last_write(objects)
             if last is None or (time.time() if now is None else now) - last <= incomplete_grace_s:
-                log.info("retention keeps %s: it was written to since it was planned", self.uri(version))
+                why = "it was written to since it was planned"
+                log.info("retention keeps %s: %s", self.uri(version), why)
                 return False
         # Marked first, unmarked last: if this is cut short, the next retention finishes it at once.
         vstore.put(DELETING_FILE, json.dumps({"deleting_since": utc_now()}).encode())
@@ -646,7 +672,8 @@ class ModelRegistry:
             if manifest is not None:
                 vstore.put(MANIFEST_FILE, manifest, if_none_match=True)
             vstore.delete(DELETING_FILE)
-            log.warning("retention keeps %s: a promotion or rollback named it meanwhile", self.uri(version))
+            why = "a promotion or rollback named it meanwhile"
+            log.warning("retention keeps %s: %s", self.uri(version), why)
             return False
         for key in sorted(names - {CLAIM_FILE, DELETING_FILE, MANIFEST_FILE}):
             vstore.delete(key)

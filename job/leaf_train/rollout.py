@@ -4,7 +4,7 @@ With ``--rollout shadow`` the job publishes a passing version as the *candidate*
 :mod:`leaf_common.shadow`) instead of promoting it. Serving mirrors a share of requests to it off the
 response path and writes what it saw; :func:`decide` turns that evidence into promote, reject or wait,
 and :func:`apply` carries the decision out with the registry's compare-and-swap. The decision table has
-the gate's shape (``gate.format_rules``) so ``models show`` and Events print both the same way.
+the gate's shape (``views.format_rules``) so ``models show`` and Events print both the same way.
 """
 
 from __future__ import annotations

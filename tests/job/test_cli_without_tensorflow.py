@@ -17,7 +17,8 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from contractkit import contract as make_contract
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_common.storage import open_store
 from leaf_train.registry import ModelRegistry
 from packaging.requirements import Requirement
@@ -103,16 +104,8 @@ def test_help_of_every_operator_command(cli_python: Path, argv: list[str]):
 def test_models_and_inbox_against_s3(cli_python: Path, s3):
     s3.make_bucket("models")
     output = "s3://models/registry"
-    contract = ModelContract(
-        name="leaf-classifier",
-        version="v1",
-        labels=["healthy", "rust"],
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 2]),
-        metrics={"accuracy": 0.91},
-        gate={"promote": True, "reason": "first model", "candidate_accuracy": 0.91},
-    )
+    gate = {"promote": True, "reason": "first model", "candidate_accuracy": 0.91}
+    contract = make_contract("v1", metrics={"accuracy": 0.91}, gate=gate)
     files = {MODEL_FILE: b"onnx-v1", CONTRACT_FILE: contract.to_json()}
     ModelRegistry(open_store(output), "leaf-classifier").publish("v1", files)
 

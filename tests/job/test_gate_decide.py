@@ -7,18 +7,24 @@ the identity is a perfect champion, a permutation a hopeless one.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from contractkit import contract as make_contract
 from leaf_common.config import resolve
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract
 from leaf_common.storage import Store, open_store
+from leaf_train.champion import resize_batch
 from leaf_train.commands.models import list_rows
 from leaf_train.errors import ConfigError, GateError
-from leaf_train.gate import GateConfig, decide, event_note, format_rules, resize_batch
+from leaf_train.gate import RULES, GateConfig, decide
 from leaf_train.registry import Champion, ModelRegistry
+from leaf_train.views import event_note, format_rules
 from onnx import TensorProto, helper
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255)}
@@ -45,14 +51,7 @@ def tiny_onnx(weights: np.ndarray, size: int) -> bytes:
 
 
 def contract_for(labels: list[str], size: int, version: str = "champ") -> ModelContract:
-    return ModelContract(
-        name="leaf-classifier",
-        version=version,
-        labels=labels,
-        image_size=(size, size),
-        input=TensorSpec("image", [None, size, size, 3]),
-        output=TensorSpec("probs", [None, len(labels)]),
-    )
+    return make_contract(version, labels, size=size, output="probs")  # tiny_onnx's output
 
 
 def make_champion(kind: str, size: int = 8) -> Champion:
@@ -392,23 +391,28 @@ def test_gate_config_from_environment_and_validation() -> None:
     per_class = {"LEAF_TRAIN_MAX_CLASS_REGRESSION": "0.1", "LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "50"}
     cfg = resolve(GateConfig, "LEAF_TRAIN_", environ=per_class)
     assert (cfg.max_class_regression, cfg.gate_min_class_support) == (0.1, 50)
-    for env, match in [
+
+
+@pytest.mark.parametrize(
+    ("env", "match"),
+    [
         ({"LEAF_TRAIN_MIN_ACCURACY": "1.2"}, r"--min-accuracy: expected a value in \[0, 1\]; received 1.2"),
         ({"LEAF_TRAIN_MAX_REGRESSION": "-0.1"}, r"--max-regression: expected a value in \[0, 1\]"),
         ({"LEAF_TRAIN_MAX_CLASS_REGRESSION": "1.5"}, r"--max-class-regression: expected a value in \[0, 1\]"),
         ({"LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "0"}, r"--gate-min-class-support: expected >= 1 image; received 0"),
         ({"LEAF_TRAIN_KEEP_VERSIONS": "0"}, r"--keep-versions: expected >= 1; received 0"),
-    ]:
-        with pytest.raises(ConfigError, match=match):
-            resolve(GateConfig, "LEAF_TRAIN_", environ=env)
+        ({"LEAF_TRAIN_INCOMPLETE_GRACE_HOURS": "0"}, r"--incomplete-grace-hours: expected hours > 0; received 0"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+def test_gate_config_errors_name_the_option_and_the_value(env: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        resolve(GateConfig, "LEAF_TRAIN_", environ=env)
 
 
-@pytest.fixture(params=["s3", "local"])
-def store(request: pytest.FixtureRequest, tmp_path) -> Store:
-    if request.param == "s3":
-        request.getfixturevalue("s3").make_bucket("models")
-        return open_store("s3://models/registry")
-    return open_store(str(tmp_path / "registry"))
+@pytest.fixture
+def store(output: str) -> Store:
+    return open_store(output)
 
 
 def publish_tiny(registry: ModelRegistry, version: str, weights: np.ndarray, gate: dict | None = None) -> None:
@@ -498,3 +502,48 @@ def test_calibration_on_too_few_report_images_is_shown_not_judged():
     )
     enough = _calibration_row(few | {"report_images": CALIBRATION_MIN_IMAGES, "after": {"ece": 0.2}})
     assert enough.verdict == "fail"
+
+
+def _gate_rules_script():
+    path = Path(__file__).resolve().parents[2] / "scripts" / "gate_rules.py"
+    spec = importlib.util.spec_from_file_location("gate_rules", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_docs_table_of_rules_is_generated_from_the_rules():
+    script = _gate_rules_script()
+    text = script.DOC.read_text()
+    assert script.regenerate(text) == text, "docs/training.md's gate rules are stale: run scripts/gate_rules.py"
+    # A row edited by hand is what the comparison catches.
+    edited = text.replace("| `min_accuracy` | validation accuracy", "| `min_accuracy` | accuracy")
+    assert edited != text and script.regenerate(edited) == text
+
+
+def test_a_rule_naming_an_option_train_does_not_have_is_refused(monkeypatch: pytest.MonkeyPatch):
+    from leaf_train import gate
+
+    script = _gate_rules_script()
+    bad = dataclasses.replace(gate.RULES[0], options=("parity_tolerence",))
+    monkeypatch.setattr(gate, "RULES", (bad, *gate.RULES[1:]))
+    with pytest.raises(script.RulesTableError, match=r"received \['parity_tolerence'\]"):
+        script.table()
+
+
+def test_the_decision_rows_follow_the_rules_table() -> None:
+    images, labels = val_set({"red": 4, "green": 3, "blue": 3})
+    parity = PARITY_OK | {"fp16": PARITY_OK, "ood": PARITY_OK}
+    decision = decide(
+        GateConfig(gate_min_class_support=1),
+        candidate_accuracy=0.9,
+        candidate_recall={"red": 0.75, "green": 1.0, "blue": 1.0},
+        parity=parity,
+        champion=make_champion("perfect"),
+        val_images=images,
+        val_labels=labels,
+        calibration=_calibration(0.1, 0.05),
+    )
+    order = [spec.name for spec in RULES]
+    rows = [r["rule"] for r in decision.to_dict()["rules"]]
+    assert rows == [*order[:-1], *[order[-1]] * 3]  # every rule, in table order, one row per class

@@ -8,7 +8,8 @@ import subprocess
 import sys
 
 import pytest
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from contractkit import contract as make_contract
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_common.storage import open_store
 from leaf_train.cli import main
 from leaf_train.commands.models import describe, list_rows
@@ -17,25 +18,9 @@ from leaf_train.registry import ModelRegistry, VersionNotFoundError
 MODEL = "leaf-classifier"
 
 
-@pytest.fixture(params=["s3", "local"])
-def output(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "s3":
-        request.getfixturevalue("s3").make_bucket("models")
-        return "s3://models/registry"
-    return str(tmp_path / "registry")
-
-
 def publish(output: str, version: str, *, accuracy: float, promote: bool, reason: str) -> None:
-    contract = ModelContract(
-        name=MODEL,
-        version=version,
-        labels=["healthy", "rust"],
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 2]),
-        metrics={"accuracy": accuracy},
-        gate={"promote": promote, "reason": reason, "candidate_accuracy": accuracy},
-    )
+    gate = {"promote": promote, "reason": reason, "candidate_accuracy": accuracy}
+    contract = make_contract(version, name=MODEL, metrics={"accuracy": accuracy}, gate=gate)
     files = {MODEL_FILE: f"onnx-{version}".encode(), CONTRACT_FILE: contract.to_json()}
     ModelRegistry(open_store(output), MODEL).publish(version, files)
 
@@ -157,15 +142,7 @@ def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.Capture
         val_images=images,
         val_labels=labels,
     )
-    contract = ModelContract(
-        name=MODEL,
-        version="v5",
-        labels=["blue", "green", "red"],
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 3]),
-        gate=decision.to_dict(),
-    )
+    contract = make_contract("v5", ["blue", "green", "red"], name=MODEL, gate=decision.to_dict())
     ModelRegistry(open_store(output), MODEL).publish("v5", {MODEL_FILE: b"onnx", CONTRACT_FILE: contract.to_json()})
 
     rc, out, _ = run(capsys, "show", "v5", "--output", output)
@@ -181,7 +158,11 @@ def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.Capture
     by_class = {row[1]: row for row in table[4:]}
     assert by_class["red"][-3:] == ["0.7500", "1.0000", "FAIL"]
     assert " ".join(by_class["green"]).endswith("3 < 4 images: not compared 1.0000 1.0000 not compared")
-    assert lines[gate + 8].startswith("provenance:")
+    # Under the table, what each failed rule needs and the options that set it (gate.RULES).
+    assert lines[gate + 8].strip().startswith("max_regression passes when accuracy ≥ the champion's")
+    assert lines[gate + 8].endswith("(--max-regression)")
+    assert lines[gate + 9].endswith("(--max-class-regression, --gate-min-class-support)")
+    assert lines[gate + 10].startswith("provenance:")
 
 
 def test_list_rows_and_describe_read_the_gate_and_the_pointer_roles(output: str) -> None:

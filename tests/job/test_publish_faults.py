@@ -12,8 +12,9 @@ retention applied as a clean run would. S3 is moto's server over HTTP; the same 
 from __future__ import annotations
 
 import pytest
+from contractkit import contract as make_contract
 from faultstore import FaultyStore, Killed, Plan, fail, kill
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_common.registry import MANIFEST_FILE
 from leaf_common.storage import Store, StoreError, open_store
 from leaf_train.checkpoint import RunCheckpoints, RunState
@@ -52,15 +53,8 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Store:
 
 def files_of(attempt: str, version: str = VERSION, champion: str | None = "v2") -> dict[str, bytes]:
     """A version's files as one attempt exports them: a re-run export differs in its bytes."""
-    contract = ModelContract(
-        name=MODEL,
-        version=version,
-        labels=["healthy", "rust"],
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 2]),
-        gate={"promote": True, "reason": f"no regression ({attempt})", "champion_version": champion},
-    )
+    gate = {"promote": True, "reason": f"no regression ({attempt})", "champion_version": champion}
+    contract = make_contract(version, name=MODEL, gate=gate)
     return {
         MODEL_FILE: f"onnx of {version} by {attempt}".encode() * 50,
         CONTRACT_FILE: contract.to_json(),

@@ -12,8 +12,9 @@ import time
 from collections.abc import Callable
 
 import pytest
+from contractkit import contract as make_contract
 from faultstore import FaultyStore, Killed, Plan, kill
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, POINTER_FILE, ModelContract, TensorSpec
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, POINTER_FILE
 from leaf_common.registry import MANIFEST_FILE, read_manifest, read_pointer, resolve_model
 from leaf_common.storage import PreconditionFailed, Store, open_store
 from leaf_train.errors import ModelRegistryError, PublishError
@@ -40,17 +41,7 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Store:
 
 
 def contract_json(version: str, accuracy: float = 0.9, gate: dict | None = None) -> bytes:
-    contract = ModelContract(
-        name=MODEL,
-        version=version,
-        labels=["healthy", "rust"],
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 2]),
-        metrics={"val_accuracy": accuracy},
-        gate=gate or {},
-    )
-    return contract.to_json()
+    return make_contract(version, name=MODEL, metrics={"val_accuracy": accuracy}, gate=gate or {}).to_json()
 
 
 def files_for(version: str, size: int = 64, **contract_kw) -> dict[str, bytes]:

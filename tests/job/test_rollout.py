@@ -10,7 +10,8 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from contractkit import contract as make_contract
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_common.shadow import CANDIDATE_FILE, Candidate, ReviewedAnswer, ShadowStats, write_reviewed, write_stats
 from leaf_common.storage import open_store
 from leaf_train.cli import main
@@ -35,25 +36,9 @@ class Kube:
         return False
 
 
-@pytest.fixture(params=["s3", "local"])
-def output(request: pytest.FixtureRequest, tmp_path) -> str:
-    if request.param == "s3":
-        request.getfixturevalue("s3").make_bucket("models")
-        return "s3://models/registry"
-    return str(tmp_path / "registry")
-
-
 def publish(registry: ModelRegistry, version: str, *, champion: str | None, promote: bool = True) -> None:
-    contract = ModelContract(
-        name=MODEL,
-        version=version,
-        labels=LABELS,
-        image_size=(8, 8),
-        input=TensorSpec("image", [None, 8, 8, 3]),
-        output=TensorSpec("probs", [None, 3]),
-        metrics={"accuracy": 0.9},
-        gate={"promote": promote, "reason": "test", "champion_version": champion},
-    )
+    gate = {"promote": promote, "reason": "test", "champion_version": champion}
+    contract = make_contract(version, LABELS, name=MODEL, metrics={"accuracy": 0.9}, gate=gate)
     registry.publish(version, {MODEL_FILE: f"onnx-{version}".encode(), CONTRACT_FILE: contract.to_json()})
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
-from leaf_common.contract import CONTRACT_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelContract, TensorSpec
+from contractkit import contract
+from leaf_common.contract import CONTRACT_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelContract
 from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Manifest, ManifestEntry, Pointer, sha256_hex
 from leaf_common.storage import Store, open_store
 from PIL import Image
@@ -88,15 +89,7 @@ def expected_probs(batch: np.ndarray, spec: dict) -> np.ndarray:
 
 
 def contract_for(spec: dict, version: str, image_size: tuple[int, int] = IMAGE_SIZE) -> ModelContract:
-    h, w = image_size
-    return ModelContract(
-        name=MODEL_NAME,
-        version=version,
-        labels=list(spec["labels"]),
-        image_size=image_size,
-        input=TensorSpec(INPUT_NAME, [None, h, w, 3]),
-        output=TensorSpec(OUTPUT_NAME, [None, len(spec["labels"])]),
-    )
+    return contract(version, spec["labels"], name=MODEL_NAME, size=image_size)
 
 
 def manifest(files: dict[str, bytes], version: str = "v1") -> bytes:

@@ -15,7 +15,8 @@ import io
 import httpx
 import numpy as np
 import pytest
-from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract, TensorSpec
+from contractkit import contract as make_contract
+from leaf_common.contract import CONTRACT_FILE, MODEL_FILE, ModelContract
 from leaf_common.imaging import decode_image
 from leaf_common.storage import open_store
 from PIL import Image
@@ -90,14 +91,7 @@ def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_
     training_input = next(iter(batch))[0].numpy()[0]
 
     n = SIZE * SIZE * 3
-    contract = ModelContract(
-        name="echo",
-        version="v1",
-        labels=[f"p{i}" for i in range(n)] + ["rest"],
-        image_size=(SIZE, SIZE),
-        input=TensorSpec("image", [None, SIZE, SIZE, 3]),
-        output=TensorSpec("probabilities", [None, n + 1]),
-    )
+    contract = make_contract("v1", [f"p{i}" for i in range(n)] + ["rest"], name="echo", size=SIZE)
     server = start_server(publish(tmp_path / "reg", "v1", echo_onnx(SIZE), contract))
     try:
         r = httpx.post(
@@ -123,14 +117,7 @@ def test_server_answers_like_keras_on_a_real_export(tmp_path):
     labels = ["Tomato___Early_blight", "Tomato___healthy", "Pepper,_bell___Bacterial_spot"]
     model = build_model(len(labels), 48, weights=None, dense_units=32)
     onnx_bytes = to_onnx(model, 48, opset=17)
-    contract = ModelContract(
-        name="leaf-classifier",
-        version="real",
-        labels=labels,
-        image_size=(48, 48),
-        input=TensorSpec("image", [None, 48, 48, 3]),
-        output=TensorSpec("probabilities", [None, 3]),
-    )
+    contract = make_contract("real", labels, size=48)
     server = start_server(publish(tmp_path, "real", onnx_bytes, contract))
     try:
         data = photo()

@@ -1,4 +1,4 @@
-"""``leaf-train models``: the operators' view of the registry (list, show, promote, rollback, prune).
+"""``leaf-train models``: the operators' view of the registry (list, show, promote, prune...).
 
 Promotion and rollback go through the same compare-and-swap as the training job, so an
 operator racing a scheduled retrain cannot silently overwrite it: one of them gets a clear
@@ -21,7 +21,13 @@ from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
 from ..errors import ConfigError
-from ..registry import IncompleteVersionError, ModelRegistry, VersionInfo, VersionNotFoundError
+from ..registry import (
+    IncompleteVersionError,
+    ModelRegistry,
+    RetentionConfig,
+    VersionInfo,
+    VersionNotFoundError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +42,11 @@ class ModelsConfig:
 
     def validate(self) -> None:
         if not self.output:
-            raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder; received ''")
+            wanted = "s3://bucket/prefix or a local folder"
+            raise ConfigError(f"--output is required: expected {wanted}; received ''")
         if not is_model_name(self.model_name):
-            raise ConfigError(f"--model-name: expected {MODEL_NAME_RULE}; received {self.model_name!r}")
+            wanted, got = MODEL_NAME_RULE, self.model_name
+            raise ConfigError(f"--model-name: expected {wanted}; received {got!r}")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -48,32 +56,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("models", help="list, show, promote, roll back and prune model versions")
     actions = p.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
-    a = actions.add_parser("list", parents=[common], help="every version with accuracy, gate decision and state")
-    a.set_defaults(func=cmd_list)
-    a = actions.add_parser(
-        "show", parents=[common], help="one version: state, metrics, gate, provenance (seed, lock, packages)"
-    )
+    helps = {
+        "list": "every version with accuracy, gate decision and state",
+        "show": "one version: state, metrics, gate, provenance (seed, lock, packages)",
+        "promote": "serve VERSION (compare-and-swap on latest.json)",
+        "rollback": "serve the previously promoted version again",
+        "prune": "delete old versions (never the served one)",
+        "verdict": "decide on the shadow candidate from mirrored traffic: promote, reject or wait",
+    }
+    add = {name: actions.add_parser(name, parents=[common], help=h) for name, h in helps.items()}
+    add["list"].set_defaults(func=cmd_list)
+    a = add["show"]
     a.add_argument("version")
-    a.add_argument(
-        "--format", choices=("text", "json"), default="text", help="text (for people) or json (manifest, contract)"
-    )
+    formats = "text (for people) or json (manifest, contract)"
+    a.add_argument("--format", choices=("text", "json"), default="text", help=formats)
     a.set_defaults(func=cmd_show)
-    a = actions.add_parser("promote", parents=[common], help="serve VERSION (compare-and-swap on latest.json)")
-    a.add_argument("version")
-    a.set_defaults(func=cmd_promote)
-    a = actions.add_parser("rollback", parents=[common], help="serve the previously promoted version again")
-    a.set_defaults(func=cmd_rollback)
-    a = actions.add_parser("prune", parents=[common], help="delete old versions (never the served one)")
-    from ..gate import RetentionConfig  # numpy/PIL: only when the parser is built, not at import
-
+    add["promote"].add_argument("version")
+    add["promote"].set_defaults(func=cmd_promote)
+    add["rollback"].set_defaults(func=cmd_rollback)
+    a = add["prune"]
     add_arguments(a.add_argument_group("retention"), RetentionConfig, ENV_PREFIX)
-    a.add_argument("--dry-run", action="store_true", help="print what would be deleted, delete nothing")
+    dry_run = "print what would be deleted, delete nothing"
+    a.add_argument("--dry-run", action="store_true", help=dry_run)
     a.set_defaults(func=cmd_prune)
-    a = actions.add_parser(
-        "verdict",
-        parents=[common],
-        help="decide on the shadow candidate from what serving mirrored to it: promote, reject or wait",
-    )
+    a = add["verdict"]
     from ..kube import KubeConfig
     from ..rollout import RolloutConfig
 
@@ -84,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args: argparse.Namespace) -> ModelRegistry:
-    cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
+    given = {k: getattr(args, k, None) for k in ("output", "model_name")}
+    cfg = resolve(ModelsConfig, ENV_PREFIX, given)
     return ModelRegistry(open_store(cfg.output), cfg.model_name)
 
 
@@ -120,7 +127,8 @@ def list_rows(registry: ModelRegistry) -> list[ListRow]:
 def _accuracy_of(contract: dict[str, Any]) -> float | None:
     gate = contract.get("gate") or {}
     metrics = contract.get("metrics") or {}
-    for value in (gate.get("candidate_accuracy"), metrics.get("val_accuracy"), metrics.get("accuracy")):
+    recorded = gate.get("candidate_accuracy"), metrics.get("val_accuracy"), metrics.get("accuracy")
+    for value in recorded:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     return None
@@ -129,21 +137,22 @@ def _accuracy_of(contract: dict[str, Any]) -> float | None:
 def format_table(rows: list[ListRow]) -> str:
     """Aligned columns: VERSION, CREATED, ACCURACY, GATE, STATE, REASON (gate reason, shortened)."""
     header = ("VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON")
+    from ..views import columns
+
     lines = [header]
     for r in rows:
         v = r.info
-        if not v.complete:
-            state = "deleting" if v.deleting else "incomplete"
-        else:
-            state = "served" if v.served else "candidate" if v.candidate else "promoted-before" if v.promoted else "-"
         reason = r.gate_reason if len(r.gate_reason) <= 60 else r.gate_reason[:57] + "..."
-        lines.append(
-            (v.version, v.created_at or "-", _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote), state, reason)
-        )
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header) - 1)]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(line[:-1], widths, strict=True)) + "  " + line[-1] for line in lines
-    ).rstrip()
+        numbers = _fmt_accuracy(r.accuracy), _fmt_gate(r.gate_promote)
+        lines.append((v.version, v.created_at or "-", *numbers, _state(v), reason))
+    return "\n".join(columns(lines)).rstrip()
+
+
+def _state(v: VersionInfo) -> str:
+    if not v.complete:
+        return "deleting" if v.deleting else "incomplete"
+    roles = ((v.served, "served"), (v.candidate, "candidate"), (v.promoted, "promoted-before"))
+    return next((name for held, name in roles if held), "-")
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -161,7 +170,8 @@ def describe(registry: ModelRegistry, version: str) -> dict[str, Any]:
     """
     files = [{"name": o.key, "size": o.size} for o in registry.files(version)]
     if not files:
-        raise VersionNotFoundError(f"{registry.uri(version)}: expected an existing version; found no files")
+        missing = "expected an existing version; found no files"
+        raise VersionNotFoundError(f"{registry.uri(version)}: {missing}")
     found = registry.pointer()
     pointer = found.pointer if found else None
     result: dict[str, Any] = {
@@ -191,47 +201,54 @@ def format_show(shown: dict) -> str:
     """The text view of :func:`describe`: what an operator asks first, then what produced it."""
     contract = shown.get("contract") or {}
     metrics, gate = contract.get("metrics") or {}, contract.get("gate") or {}
-    role = (
-        "served"
-        if shown["served"]
-        else "shadow candidate"
-        if shown.get("candidate")
-        else "promoted before"
-        if shown["promoted"]
-        else "not promoted"
-    )
-    state = "complete, verified" if shown.get("verified") else f"NOT servable: {shown.get('problem', '?')}"
+    roles = ("served", "served"), ("candidate", "shadow candidate"), ("promoted", "promoted before")
+    role = next((name for key, name in roles if shown.get(key)), "not promoted")
+    problem = f"NOT servable: {shown.get('problem', '?')}"
+    state = "complete, verified" if shown.get("verified") else problem
+    created_at, code_version = contract.get("created_at"), contract.get("code_version")
     lines = [
         f"version:     {shown['version']} ({role})",
         f"uri:         {shown['uri']}",
         f"state:       {state}",
-        f"created:     {contract.get('created_at') or '-'} by {contract.get('code_version') or '-'}",
+        f"created:     {created_at or '-'} by {code_version or '-'}",
     ]
     if metrics:
-        acc, top3, f1 = (_fmt_accuracy(metrics.get(k)) for k in ("accuracy", "top3_accuracy", "macro_f1"))
+        names = "accuracy", "top3_accuracy", "macro_f1"
+        acc, top3, f1 = (_fmt_accuracy(metrics.get(k)) for k in names)
         images = metrics.get("num_images", "?")
-        lines.append(f"accuracy:    {acc} (top-3 {top3}, macro F1 {f1}, {images} validation images)")
+        more = f"top-3 {top3}, macro F1 {f1}, {images} validation images"
+        lines.append(f"accuracy:    {acc} ({more})")
     lines += format_trust(contract)
-    if gate:
-        lines.append(f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}")
-        if gate.get("rules"):  # versions published before the decision table have only the reason
-            from ..gate import format_rules  # numpy/PIL: see register
-
-            lines += [f"  {line}" for line in format_rules(gate["rules"])]
+    lines += _format_gate(gate)
     if shown.get("shadow_verdict"):
-        lines.append("shadow:      " + format_verdict(shown["shadow_verdict"]).replace("\n", "\n  "))
+        verdict = format_verdict(shown["shadow_verdict"])
+        lines.append("shadow:      " + verdict.replace("\n", "\n  "))
     lines += _format_provenance(contract.get("provenance") or {})
     lines.append("files:")
     lines += [f"  {f['name']:<24} {f['size']:>12,} bytes" for f in shown["files"]]
     return "\n".join(lines)
 
 
+def _format_gate(gate: dict) -> list[str]:
+    """The decision, its table, and what each failed rule needs (``gate.RULES``)."""
+    if not gate:
+        return []
+    lines = [f"gate:        {_fmt_gate(gate.get('promote'))}: {gate.get('reason', '')}"]
+    if gate.get("rules"):  # versions published before the decision table have only the reason
+        from ..views import failed_rules, format_rules  # the gate's numpy: only when shown
+
+        lines += [f"  {line}" for line in format_rules(gate["rules"])]
+        lines += [f"  {line}" for line in failed_rules(gate["rules"])]
+    return lines
+
+
 def _pct(value: object) -> str:
-    return f"{value:.1%}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f"{value:.1%}" if number else "-"
 
 
 def format_trust(record: dict) -> list[str]:
-    """Calibration before/after and the OOD operating point of ``model.json`` (or ``report.json``)."""
+    """Calibration before/after and the OOD operating point of ``model.json`` or ``report.json``."""
     cal, ood = record.get("calibration") or {}, record.get("ood") or {}
     if not cal and not ood:
         return ["calibration: (not recorded: published before leaf-train calibrated)"]
@@ -240,16 +257,18 @@ def format_trust(record: dict) -> list[str]:
         before, after = cal.get("before") or {}, cal.get("after") or {}
         num = lambda v: f"{v:.4f}" if isinstance(v, (int, float)) else "-"  # noqa: E731
         lines.append(
-            f"calibration: {cal.get('method')} T={num(cal.get('temperature'))}; held-out ECE {num(before.get('ece'))}"
-            f" -> {num(after.get('ece'))}, NLL {num(before.get('nll'))} -> {num(after.get('nll'))} "
-            f"({cal.get('report_images', '?')} report images, fitted on {cal.get('fit_images', '?')})"
+            f"calibration: {cal.get('method')} T={num(cal.get('temperature'))}; held-out ECE "
+            f"{num(before.get('ece'))} -> {num(after.get('ece'))}, NLL {num(before.get('nll'))} -> "
+            f"{num(after.get('nll'))} ({cal.get('report_images', '?')} report images, fitted on "
+            f"{cal.get('fit_images', '?')})"
         )
     if ood:
         threshold = ood.get("threshold")
         shown = f"{threshold:.4g}" if isinstance(threshold, (int, float)) else "-"
         lines.append(
-            f"not a leaf:  {ood.get('method')} score > {shown}; abstains on {_pct(ood.get('heldout_abstain_rate'))} "
-            f"of {ood.get('heldout_images', '?')} held-out leaves, {_pct(ood.get('ood_set_abstain_rate'))} of "
+            f"not a leaf:  {ood.get('method')} score > {shown}; abstains on "
+            f"{_pct(ood.get('heldout_abstain_rate'))} of {ood.get('heldout_images', '?')} held-out "
+            f"leaves, {_pct(ood.get('ood_set_abstain_rate'))} of "
             f"{ood.get('ood_set_images', '?')} out-of-distribution images"
         )
     return lines
@@ -273,10 +292,11 @@ def _format_provenance(prov: dict) -> list[str]:
         lock_line = f"{lock.get('profile') or '?'} sha256 {lock.get('sha256', '?')} ({matched})"
     packages = ", ".join(f"{k} {v or '-'}" for k, v in (prov.get("packages") or {}).items())
     determinism = "on" if prov.get("deterministic") else "off"
+    option = prov.get("deterministic_option")
     code = prov.get("code") or {}
     return [
         "provenance:",
-        f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {prov.get('deterministic_option')})",
+        f"  seed:      {prov.get('seed')} (deterministic ops {determinism}, option {option})",
         f"  weights:   sha256 {prov.get('weights_sha256', '-')}",
         f"  code:      leaf-train {code.get('version', '-')} sha256 {code.get('sha256', '-')}",
         f"  lock:      {lock_line}",
@@ -287,7 +307,8 @@ def _format_provenance(prov: dict) -> list[str]:
 
 def cmd_show(args: argparse.Namespace) -> int:
     shown = describe(_registry(args), args.version)
-    print(json.dumps(shown, indent=2, sort_keys=True) if args.format == "json" else format_show(shown))
+    as_json = args.format == "json"
+    print(json.dumps(shown, indent=2, sort_keys=True) if as_json else format_show(shown))
     return 0
 
 
@@ -295,7 +316,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     registry = _registry(args)
     gate = (registry.contract_dict(args.version) or {}).get("gate") or {}
     if gate.get("promote") is False:
-        log.warning("overriding the quality gate for %s, which said: %s", args.version, gate.get("reason", "?"))
+        said = gate.get("reason", "?")
+        log.warning("overriding the quality gate for %s, which said: %s", args.version, said)
     before = registry.pointer()
     pointer = registry.promote(args.version)
     print(f"promoted {pointer.version} (was {before.version if before else 'nothing'})")
@@ -315,7 +337,7 @@ def cmd_verdict(args: argparse.Namespace) -> int:
 
 
 def verdict_from_args(args: argparse.Namespace, *, dry_run: bool) -> int:
-    """``models verdict`` and ``train --verdict-only``: decide on the candidate, act unless ``dry_run``, print it."""
+    """``models verdict``, ``train --verdict-only``: decide, act unless ``dry_run``, print it."""
     from ..kube import KubeConfig, KubeReporter
     from ..rollout import WAIT, RolloutConfig, apply, evaluate
 
@@ -333,25 +355,25 @@ def verdict_from_args(args: argparse.Namespace, *, dry_run: bool) -> int:
 
 def format_verdict(verdict: dict[str, Any], *, dry_run: bool = False) -> str:
     """A shadow verdict for people: the decision and why, the evidence, and the rules table."""
-    from ..gate import format_rules
+    from ..views import format_rules
 
     decision = str(verdict.get("decision", "?"))
     head = f"{verdict.get('candidate')} against {verdict.get('champion')}: {decision.upper()}"
-    lines = [head + (" (dry run: nothing changed)" if dry_run else ""), f"  why:      {verdict.get('reason', '')}"]
+    head += " (dry run: nothing changed)" if dry_run else ""
+    lines = [head, f"  why:      {verdict.get('reason', '')}"]
     ev = verdict.get("evidence") or {}
+    confidence = ev.get("champion_mean_confidence"), ev.get("candidate_mean_confidence")
     if ev:
         lines.append(
-            f"  evidence: {ev.get('mirrored', 0)} mirrored, {ev.get('dropped', 0)} dropped, agreement "
-            f"{ev.get('agreement')}, mean confidence {ev.get('champion_mean_confidence')} -> "
-            f"{ev.get('candidate_mean_confidence')}, {ev.get('reviewed', 0)} reviewed photos"
+            f"  evidence: {ev.get('mirrored', 0)} mirrored, {ev.get('dropped', 0)} dropped, "
+            f"agreement {ev.get('agreement')}, mean confidence {confidence[0]} -> {confidence[1]}, "
+            f"{ev.get('reviewed', 0)} reviewed photos"
         )
     lines += [f"  {line}" for line in format_rules(verdict.get("rules") or [])]
     return "\n".join(lines)
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
-    from ..gate import RetentionConfig
-
     cfg = resolve(RetentionConfig, ENV_PREFIX, args)
     keep, grace_s = cfg.keep_versions, cfg.incomplete_grace_hours * 3600
     registry = _registry(args)
@@ -359,7 +381,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     doomed = plan(keep, incomplete_grace_s=grace_s)
     verb = "would delete" if args.dry_run else "deleted"
     print(
-        f"{verb} {len(doomed)} version(s), keeping the newest {keep} complete version(s) and incomplete ones "
-        f"written to in the last {cfg.incomplete_grace_hours:g} h: {', '.join(doomed) or '-'}"
+        f"{verb} {len(doomed)} version(s), keeping the newest {keep} complete version(s) and "
+        f"incomplete ones written to in the last {cfg.incomplete_grace_hours:g} h: "
+        f"{', '.join(doomed) or '-'}"
     )
     return 0
