@@ -69,10 +69,12 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check job serve tests bench scripts
 
 # values.yaml's training.config / serving.config (and docs/configuration.md) are generated from the programs'
-# option tables, then charts/leaf-train/values.schema.json from values.yaml's `## @param` and `## @schema` lines;
-# run this after changing an option or values.yaml and commit all three (tests/charts fails when they differ).
+# option tables, then charts/leaf-train/values.schema.json from values.yaml's `## @param` and `## @schema` lines,
+# and docs/training.md's gate rules from leaf_train.gate.RULES; run this after changing an option, a gate rule or
+# values.yaml and commit what changed (tests/charts and tests/job/test_gate_decide.py fail when they differ).
 chart-schema: $(VENV)/.installed
 	PYTHONPATH=job:serve $(PY) scripts/chart_config.py
+	PYTHONPATH=job:serve $(PY) scripts/gate_rules.py
 	$(PY) scripts/chart_schema.py
 
 # Both images (leaf-train-job, leaf-serve) tagged <version> (GPU) and <version>-cpu, with a working docker
