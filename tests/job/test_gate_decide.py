@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -547,3 +548,18 @@ def test_the_decision_rows_follow_the_rules_table() -> None:
     order = [spec.name for spec in RULES]
     rows = [r["rule"] for r in decision.to_dict()["rules"]]
     assert rows == [*order[:-1], *[order[-1]] * 3]  # every rule, in table order, one row per class
+
+
+def test_the_readme_states_the_gate_thresholds_the_code_has():
+    """README's summary names the gate's options with their defaults (`maxRegression` (0.02)): a changed
+    default, or a rule option the summary invents, fails here rather than misleading a reader."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    defaults = {f.name: f.default for f in dataclasses.fields(GateConfig)}
+    options = {name for spec in RULES for name in spec.options}
+    camel = {re.sub(r"_(\w)", lambda m: m.group(1).upper(), name): name for name in options}
+    stated = re.findall(r"`(\w+)` \(([0-9.]+)\)", readme)
+    named = [(key, value) for key, value in stated if key in camel]
+    assert named, "README's gate summary names no rule option with its value"
+    for key, value in named:
+        default = defaults[camel[key]]
+        assert float(value) == default, f"README says {key}={value}, GateConfig's default is {default}"
