@@ -38,15 +38,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from leaf_common.config import option
+from leaf_common.config import option, option_error
 from leaf_common.contract import CONTRACT_FILE
 from leaf_common.registry import VERSIONS_DIR, RegistryError, read_verified_version
 from leaf_common.storage import NotFound
 
 from . import provenance
-from .config import TrainConfig, normalize_augment
+from .config import ENV_PREFIX, TrainConfig, normalize_augment
 from .dataset import DatasetIndex
-from .errors import ConfigError
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -111,7 +110,7 @@ class RetrainConfig:
 
     def validate(self) -> None:
         if self.min_new_images < 1:
-            raise ConfigError(f"--min-new-images: expected >= 1; received {self.min_new_images}")
+            raise option_error(ENV_PREFIX, "min_new_images", "an integer >= 1", self.min_new_images)
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:

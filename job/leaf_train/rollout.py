@@ -15,11 +15,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from leaf_common.config import option
+from leaf_common.config import option, option_error
 from leaf_common.shadow import VERDICT_FILE, Candidate, ShadowStats, candidate_dir, read_reviewed, read_stats
 from leaf_common.storage import NotFound, PreconditionFailed
 
-from .errors import ConfigError
+from .config import ENV_PREFIX
 from .registry import ModelRegistry, PromotionConflict, utc_now
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,12 @@ class RolloutConfig:
         for name in ("shadow_min_agreement", "shadow_min_class_agreement", "shadow_max_review_drop"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
+                raise option_error(ENV_PREFIX, name, "a number from 0 to 1", value)
         for name in ("shadow_min_requests", "shadow_min_class_requests", "shadow_min_reviewed"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
+                raise option_error(ENV_PREFIX, name, "an integer >= 1", getattr(self, name))
         if not self.shadow_max_age_hours > 0:
-            raise ConfigError(f"--shadow-max-age-hours: expected hours > 0; received {self.shadow_max_age_hours}")
+            raise option_error(ENV_PREFIX, "shadow_max_age_hours", "hours > 0", self.shadow_max_age_hours)
 
 
 @dataclass(frozen=True)

@@ -51,7 +51,8 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
     """
     decode_pool = ThreadPoolExecutor(max_workers=config.decode_threads or available_cpus(), thread_name_prefix="decode")
     assets = load_assets()
-    inbox = Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox))) if config.inbox else None
+    uri = config.inbox_uri  # --inbox, or derived from --model (ServeConfig's derived values)
+    inbox = Inbox(open_store(uri, client=repo.s3_client_for(uri))) if uri else None
     capture = None
     if config.capture and inbox is not None:
         capture = CaptureQueue.from_config(inbox, repo.metrics, config)
@@ -79,7 +80,7 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
             log.info("capture on: photos under confidence %g and marked wrong go to %s (at most %d a minute)",
                      config.confidence_threshold, capture.inbox.uri, config.capture_per_minute)  # fmt: skip
         if config.review:
-            log.info("review on: /review moves photos from %s into %s", config.inbox, config.data)
+            log.info("review on: /review moves photos from %s into %s", config.inbox_uri, config.data)
         if repo.follows_pointer and config.poll_interval > 0:
             poller = asyncio.create_task(repo.poll_forever(config.poll_interval))
         shadow_task = None
