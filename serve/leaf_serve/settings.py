@@ -30,6 +30,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start
 # the server. Parsing lowers them (uvicorn wants lower case).
 _LOG_LEVEL_CHOICES = LOG_LEVELS + tuple(level.upper() for level in LOG_LEVELS)
+_TIMEOUT_WHY = "less closes healthy clients on slow links"
 _PORT = {"at_least": 1, "at_most": 65535}
 _PORT_OR_OFF = {"at_least": 0, "at_most": 65535}
 
@@ -180,11 +181,20 @@ class ServeConfig:
     # Requests on connections beyond this get 503 from uvicorn itself, before any body is read.
     max_concurrency: int = option(256, "open connections/requests before 503; 0 = unlimited", at_least=0)
     # A client that stops sending holds a connection and its partial body: close it (slowloris).
+    # At least 1 s: one lost segment stalls a healthy client for a retransmission timeout (RFC
+    # 6298's minimum is 1 s, Linux's 200 ms, doubling on a lossy phone link); and on gRPC a
+    # body_timeout under RESERVE_AFTER (0.5 s, grpc_v2/admission.py) would act as 0.5 s.
     header_timeout: float = option(
-        30.0, "seconds a client has to send a request's headers before it is closed", at_least=1
+        30.0,
+        "seconds a client has to send a request's headers before it is closed",
+        at_least=1,
+        why=_TIMEOUT_WHY,
     )
     body_timeout: float = option(
-        30.0, "seconds a request body may stall (no bytes arrive) before it is closed", at_least=1
+        30.0,
+        "seconds a request body may stall (no bytes arrive) before it is closed",
+        at_least=1,
+        why=_TIMEOUT_WHY,
     )
     # gRPC held to the same rules (docs/serving.md, "Limits"): calls in flight count against
     # max_concurrency, a request message must arrive within body_timeout, and these bound what one

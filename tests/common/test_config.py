@@ -96,6 +96,9 @@ def train(argv: list[str]) -> TrainConfig:
          "--port (LEAF_SERVE_PORT): expected an integer from 1 to 65535, received 65536"),
         (lambda: serve({"LEAF_SERVE_SHADOW_FRACTION": "2"}),
          "--shadow-fraction (LEAF_SERVE_SHADOW_FRACTION): expected a number from 0 to 1, received 2.0"),
+        (lambda: serve({"LEAF_SERVE_HEADER_TIMEOUT": "0.5"}),
+         "--header-timeout (LEAF_SERVE_HEADER_TIMEOUT): expected a number >= 1 (less closes healthy "
+         "clients on slow links), received 0.5"),
         (lambda: train(["--image-size", "16"]),
          "--image-size (LEAF_TRAIN_IMAGE_SIZE): expected an integer >= 32 (VGG16 pools 5 times), "
          "received 16"),
@@ -138,3 +141,4 @@ def test_help_names_env_variable_and_default():
     add_arguments(p, Cfg, "T_")
     text = p.format_help()
     assert "T_COUNT" in text and "default: 3" in text and "one of: auto, on, off" in text
+
