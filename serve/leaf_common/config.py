@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -102,6 +103,15 @@ def option_error(prefix: str, names: str | Sequence[str], expected: str, receive
     return ConfigError(f"{who}: expected {expected}, received {received}")
 
 
+def help_names_choices(help: str, choices: Sequence[str]) -> bool:
+    """Whether ``help`` names every choice as a word, in any case.
+
+    Such a help is not followed by the list again (``auto (...), on, off (auto, on, off)``).
+    """
+    words = [rf"(?<![\w-]){re.escape(c)}(?![\w-])" for c in choices]
+    return all(re.search(word, help, re.IGNORECASE) for word in words)
+
+
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
@@ -178,7 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
         help_text = f"{f.metadata.get('help', '')} [env {env_name(prefix, f.name)}; default: {shown}]"
         choices = f.metadata.get("choices")
-        if choices:
+        if choices and not help_names_choices(f.metadata.get("help", ""), choices):
             help_text += f" (one of: {', '.join(choices)})"
         # A bare boolean flag means true (`leaf-train submit --force`); `--flag false` still reads a value.
         switch = {"nargs": "?", "const": "true"} if _base_type(tp) is bool else {}

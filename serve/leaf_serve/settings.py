@@ -166,7 +166,12 @@ class ServeConfig:
         at_least=1,
     )
     top_k: int = option(5, "labels returned by /classify unless ?top_k= says otherwise", at_least=1)
-    log_level: str = option("info", "log level", choices=_LOG_LEVEL_CHOICES, normalize=str.lower)
+    log_level: str = option(
+        "info",
+        "log level: debug, info, warning, error or critical, in either case",
+        choices=_LOG_LEVEL_CHOICES,
+        normalize=str.lower,
+    )
     # json for log pipelines (the chart's default): one object per line, request fields as keys.
     log_format: str = option("text", "log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
     grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting", at_least=0)

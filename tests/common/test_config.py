@@ -142,3 +142,14 @@ def test_help_names_env_variable_and_default():
     text = p.format_help()
     assert "T_COUNT" in text and "default: 3" in text and "one of: auto, on, off" in text
 
+
+@dataclass
+class Named:
+    mode: str = option("auto", "a choice: auto (on when it can), on, OFF", choices=("auto", "on", "off"))
+
+
+def test_help_lists_the_choices_once():
+    p = argparse.ArgumentParser()
+    add_arguments(p, Named, "T_")
+    text = " ".join(p.format_help().split())  # argparse wraps lines
+    assert "a choice: auto (on when it can), on, OFF" in text and "one of:" not in text
