@@ -38,13 +38,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from leaf_common.config import option, option_error
+from leaf_common.config import option
 from leaf_common.contract import CONTRACT_FILE
 from leaf_common.registry import VERSIONS_DIR, RegistryError, read_verified_version
 from leaf_common.storage import NotFound
 
 from . import provenance
-from .config import ENV_PREFIX, TrainConfig, normalize_augment
+from .config import TrainConfig, normalize_augment
 from .dataset import DatasetIndex
 from .registry import ModelRegistry
 
@@ -100,17 +100,15 @@ class RetrainConfig:
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(
-        1, "With the skip on: train only once at least this many photos were added, changed or removed"
+        1,
+        "With the skip on: train only if at least this many photos were added, changed or removed",
+        at_least=1,
     )
     run_trigger: str = option(
         MANUAL,
         "What started this run: scheduled (the chart sets it on the CronJob's pods) or manual",
         choices=(MANUAL, SCHEDULED),
     )
-
-    def validate(self) -> None:
-        if self.min_new_images < 1:
-            raise option_error(ENV_PREFIX, "min_new_images", "an integer >= 1", self.min_new_images)
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:
