@@ -222,6 +222,40 @@ def test_the_program_admits_and_refuses_where_the_schema_does(path, option):
                 assert option.flag in str(e)
 
 
+def _value_schema(path: str) -> dict[str, Any]:
+    node = SCHEMA
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def _one_value(component, option) -> str | None:
+    """The chart value that sets ``option`` if set_by names just it: `serving.capture.perMinute`."""
+    match = re.fullmatch(r"`([\w.]+)`", component.set_by.get(option.name, ""))
+    return match.group(1) if match else None
+
+
+SET_FROM_A_VALUE = [
+    (path, o, _one_value(component, o))
+    for path, component in COMPONENTS.items()
+    for o in chart_config.options(component)
+    if o.type in (int, float) and _one_value(component, o)
+]
+VALUE_IDS = [value for _, _, value in SET_FROM_A_VALUE]
+
+
+@pytest.mark.parametrize(("path", "option", "value"), SET_FROM_A_VALUE, ids=VALUE_IDS)
+def test_the_program_starts_with_every_edge_a_chart_value_admits(path, option, value):
+    """A chart value may be stricter than its option (training.workerPort >= 1024), never looser."""
+    component = COMPONENTS[path]
+    schema = _value_schema(value)
+    assert AS_JSON_SCHEMA.values() & schema.keys(), f"{value}: no bound; {option.name} has some"
+    for admitted, _ in _edges(schema, option.type is int):
+        text = str(int(admitted)) if option.type is int else str(admitted)
+        environ = {**BASE[path], option.env(component.prefix): text}
+        [resolve(cls, component.prefix, {}, environ=environ) for cls in component.classes()]
+
+
 def _words(text: str, word: str) -> int:
     return len(re.findall(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text, re.IGNORECASE))
 
