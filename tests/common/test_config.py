@@ -97,8 +97,8 @@ def train(argv: list[str]) -> TrainConfig:
         (lambda: serve({"LEAF_SERVE_SHADOW_FRACTION": "2"}),
          "--shadow-fraction (LEAF_SERVE_SHADOW_FRACTION): expected a number from 0 to 1, received 2.0"),
         (lambda: serve({"LEAF_SERVE_HEADER_TIMEOUT": "0.5"}),
-         "--header-timeout (LEAF_SERVE_HEADER_TIMEOUT): expected a number >= 1 (less closes healthy "
-         "clients on slow links), received 0.5"),
+         "--header-timeout (LEAF_SERVE_HEADER_TIMEOUT): expected a number >= 1 (less closes "
+         "healthy clients on slow links), received 0.5"),
         (lambda: train(["--image-size", "16"]),
          "--image-size (LEAF_TRAIN_IMAGE_SIZE): expected an integer >= 32 (VGG16 pools 5 times), "
          "received 16"),
@@ -145,11 +145,11 @@ def test_help_names_env_variable_and_default():
 
 @dataclass
 class Named:
-    mode: str = option("auto", "a choice: auto (on when it can), on, OFF", choices=("auto", "on", "off"))
+    mode: str = option("auto", "a choice: auto (if it can), on, OFF", choices=("auto", "on", "off"))
 
 
 def test_help_lists_the_choices_once():
     p = argparse.ArgumentParser()
     add_arguments(p, Named, "T_")
     text = " ".join(p.format_help().split())  # argparse wraps lines
-    assert "a choice: auto (on when it can), on, OFF" in text and "one of:" not in text
+    assert "a choice: auto (if it can), on, OFF" in text and "one of:" not in text
