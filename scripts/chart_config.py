@@ -20,8 +20,9 @@ chart differs.
 
 Numbers and ``helm --set``: ``--set a=3`` gives an integer, ``--set a=0.7`` a *string* (helm's strvals
 parses only integers, booleans and null). So a float option admits a number or a string that reads as
-one (a pattern; bounds of strings are checked by the program, exit 2), and an integer option admits an
-integer.
+one, and an integer option admits an integer. The string's pattern holds the option's bounds where
+their shape is in ``_BOUNDED_PATTERNS`` (>= 0, >= 1, > 0, [0, 1], (0, 1)); other bounds of a
+string are checked by the program (exit 2).
 
 Usage: ``make chart-schema`` (runs this, then chart_schema.py) or ``python scripts/chart_config.py [--check]``.
 """
@@ -50,6 +51,14 @@ END = "# END generated {path}"
 # A number helm --set passes as a string: 0.7, 1e-5, 30. Signed only where the option may be negative.
 _UNSIGNED = r"^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 _FRACTION = r"^(0?\.[0-9]+|0\.?|1(\.0*)?)$"
+# Some digit other than 0, so > 0 (no lookahead: helm's JSON Schema library uses Go's RE2).
+_ABOVE_ZERO = r"^([0-9]*[1-9][0-9]*\.?[0-9]*|[0-9]*\.[0-9]*[1-9][0-9]*)([eE][-+]?[0-9]+)?$"
+_BOUNDED_PATTERNS = {
+    (("maximum", 1), ("minimum", 0)): _FRACTION,
+    (("exclusiveMaximum", 1), ("exclusiveMinimum", 0)): r"^0*\.[0-9]*[1-9][0-9]*$",
+    (("minimum", 1),): r"^0*[1-9][0-9]*(\.[0-9]*)?([eE]\+?[0-9]+)?$",  # no 10e-1: stricter is safe
+    (("exclusiveMinimum", 0),): _ABOVE_ZERO,
+}
 
 
 @dataclass(frozen=True)
@@ -298,8 +307,9 @@ def schema_of(option: Option, extra: dict[str, Any]) -> dict[str, Any]:
     elif option.type is int:
         schema = {"type": ["integer", "null"]}
     elif option.type is float:
-        fraction = extra.get("minimum") == 0 and extra.get("maximum") == 1
-        schema = {"type": ["number", "string", "null"], "pattern": _FRACTION if fraction else _UNSIGNED}
+        bounds = tuple(sorted((k, v) for k, v in extra.items() if k in BOUND_KEYWORDS.values()))
+        pattern = _BOUNDED_PATTERNS.get(bounds, _UNSIGNED)
+        schema = {"type": ["number", "string", "null"], "pattern": pattern}
     else:  # str, list[str] (comma-separated)
         schema = {"type": ["string", "null"]}
     if option.choices:

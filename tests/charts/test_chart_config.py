@@ -134,6 +134,8 @@ def test_every_numeric_value_installs_with_set(path, option):
         ("serving.config.confidenceThreshold=1.5", "confidenceThreshold"),
         ("training.config.headLr=-1e-5", "headLr"),
         ("training.config.batchSize=0", "batchSize"),
+        ("serving.config.headerTimeout=0.5", "headerTimeout"),  # a string to helm: the pattern
+        ("training.config.valFraction=0", "valFraction"),
         ("training.config.notAnOption=1", "notAnOption"),
     ],
 )
@@ -207,12 +209,15 @@ BOUNDED = [(p, o) for p, o in NUMERIC if AS_JSON_SCHEMA.values() & key_schema(p,
 @pytest.mark.parametrize(("path", "option"), BOUNDED, ids=[f"{p}.{o.key}" for p, o in BOUNDED])
 def test_the_program_admits_and_refuses_where_the_schema_does(path, option):
     """Whatever wrote the bound (an option's declaration, or the script's table for options that
-    declare none): a value at the edge the schema admits starts the program, one past it exits 2."""
-    component = COMPONENTS[path]
+    declare none): a value at the edge the schema admits starts the program, one past it exits 2.
+    A float's string form (``helm --set`` passes 0.5 as a string) is held by the pattern."""
+    component, schema = COMPONENTS[path], key_schema(path, option.key)
     env = option.env(component.prefix)
-    for admitted, refused in _edges(key_schema(path, option.key), option.type is int):
+    for admitted, refused in _edges(schema, option.type is int):
         for value, ok in ((admitted, True), (refused, False)):
             text = str(int(value)) if option.type is int else str(value)
+            if option.type is float:
+                assert bool(re.search(schema["pattern"], text)) == ok, f"{text!r} and the pattern"
             environ = {**BASE[path], **COMPANIONS.get(option.name, {}), env: text}
             try:
                 [resolve(cls, component.prefix, {}, environ=environ) for cls in component.classes()]
