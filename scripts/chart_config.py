@@ -372,9 +372,13 @@ def _shared(schema: dict[str, Any], defs: dict[str, str]) -> dict[str, Any]:
     key = json.dumps(schema, sort_keys=True)
     if key in defs:
         return {"$ref": defs[key]}
-    words = [str(c) for c in schema["enum"] if c is not None]
-    defs[key] = words[0].lower() + "".join(w.capitalize() for w in words[1:]) + "Choice"
-    return {"$def": defs[key], **schema}
+    # info and INFO are one word of the name
+    words = list(dict.fromkeys(str(c).lower() for c in schema["enum"] if c is not None))
+    name = words[0] + "".join(w.capitalize() for w in words[1:]) + "Choice"
+    if name in defs.values():
+        raise ConfigTableError(f"two choice lists would both be $defs.{name}: {schema['enum']}")
+    defs[key] = name
+    return {"$def": name, **schema}
 
 
 def block(component: Component, indent: str = "    ", defs: dict[str, str] | None = None) -> list[str]:
