@@ -1,12 +1,16 @@
 """Generate the chart's ``training.config`` and ``serving.config`` from the programs' own option tables.
 
 The options are declared once, with ``option(...)`` in the programs' config dataclasses
-(``leaf-train train``: TrainConfig, GateConfig, KubeConfig, RetrainConfig; ``leaf-serve``: ServeConfig).
+(``leaf-train train``: TrainConfig, GateConfig, KubeConfig, RetrainConfig, RolloutConfig;
+``leaf-serve``: ServeConfig).
 This script writes, between two marker lines of ``charts/leaf-train/values.yaml``, one value per
 option that the chart leaves to the user, with its ``## @param`` (the option's help) and its
-``## @schema`` (type, choices, bounds), so ``make chart-schema`` turns them into the schema like any
-other value. An option the chart sets from another value (``s3.data``, ``training.workers``...) is in
-``SET_BY`` with that value, and is not a ``config`` key.
+``## @schema`` (type, and the choices and bounds the option declares, as ``enum``, ``minimum``,
+``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``), so ``make chart-schema`` turns them into
+the schema like any other value. ``Component.schema`` holds only what the programs cannot declare
+(patterns, lengths) and the bounds of options that do not declare theirs yet. An option the chart
+sets from another value (``s3.data``, ``training.workers``...) is in ``set_by`` with that value,
+and is not a ``config`` key.
 
 The chart's value of a key is ``null`` (the program's own default applies; the ConfigMap leaves the
 variable out) unless ``CHART`` pins it: pinned to the program's default (written out so the chart's
@@ -16,8 +20,9 @@ chart differs.
 
 Numbers and ``helm --set``: ``--set a=3`` gives an integer, ``--set a=0.7`` a *string* (helm's strvals
 parses only integers, booleans and null). So a float option admits a number or a string that reads as
-one (a pattern; bounds of strings are checked by the program, exit 2), and an integer option admits an
-integer.
+one, and an integer option admits an integer. The string's pattern holds the option's bounds where
+their shape is in ``_BOUNDED_PATTERNS`` (>= 0, >= 1, > 0, [0, 1], (0, 1)); other bounds of a
+string are checked by the program (exit 2).
 
 Usage: ``make chart-schema`` (runs this, then chart_schema.py) or ``python scripts/chart_config.py [--check]``.
 """
@@ -35,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from leaf_common.config import help_names_choices
+
 ROOT = Path(__file__).resolve().parent.parent
 VALUES = ROOT / "charts" / "leaf-train" / "values.yaml"
 DOC = ROOT / "docs" / "configuration.md"
@@ -44,6 +51,14 @@ END = "# END generated {path}"
 # A number helm --set passes as a string: 0.7, 1e-5, 30. Signed only where the option may be negative.
 _UNSIGNED = r"^([0-9]+\.?[0-9]*|\.[0-9]+)([eE][-+]?[0-9]+)?$"
 _FRACTION = r"^(0?\.[0-9]+|0\.?|1(\.0*)?)$"
+# Some digit other than 0, so > 0 (no lookahead: helm's JSON Schema library uses Go's RE2).
+_ABOVE_ZERO = r"^([0-9]*[1-9][0-9]*\.?[0-9]*|[0-9]*\.[0-9]*[1-9][0-9]*)([eE][-+]?[0-9]+)?$"
+_BOUNDED_PATTERNS = {
+    (("maximum", 1), ("minimum", 0)): _FRACTION,
+    (("exclusiveMaximum", 1), ("exclusiveMinimum", 0)): r"^0*\.[0-9]*[1-9][0-9]*$",
+    (("minimum", 1),): r"^0*[1-9][0-9]*(\.[0-9]*)?([eE]\+?[0-9]+)?$",  # no 10e-1: stricter is safe
+    (("exclusiveMinimum", 0),): _ABOVE_ZERO,
+}
 
 
 @dataclass(frozen=True)
@@ -63,7 +78,8 @@ class Component:
     classes: Callable[[], list[type]]
     set_by: dict[str, str]  # option -> the chart value (or fixed value) that sets it
     chart: dict[str, Pin] = field(default_factory=dict)
-    schema: dict[str, dict[str, Any]] = field(default_factory=dict)  # extra JSON Schema keywords per option
+    # JSON Schema keywords per option that its option(...) cannot say; never one it declares.
+    schema: dict[str, dict[str, Any]] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)  # chart-specific words after the option's help
 
 
@@ -117,47 +133,16 @@ TRAINING = Component(
         "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
     },
     schema={
-        "image_size": {"minimum": 32},
-        "val_fraction": {"exclusiveMinimum": 0, "exclusiveMaximum": 1},
-        "min_images_per_class": {"minimum": 2},
-        "memory_budget_mb": {"minimum": 0},
-        "download_workers": {"minimum": 1},
-        "decode_workers": {"minimum": 0},
-        "max_pixels": {"minimum": 1},
         "weights": {"minLength": 1},
-        "dense_units": {"minimum": 1},
-        "batch_size": {"minimum": 1},
-        "head_epochs": {"minimum": 0},
-        "finetune_epochs": {"minimum": 0},
-        "head_lr": {"minimum": 0},
-        "finetune_lr": {"minimum": 0},
-        "early_stopping_patience": {"minimum": 0},
-        "rotation": {"minimum": 0},
-        "shift": {"minimum": 0},
-        "shear": {"minimum": 0},
-        "zoom": {"minimum": 0},
-        "seed": {"minimum": 0},
-        "opset": {"minimum": 7},
-        "parity_tolerance": {"minimum": 0},
-        "parity_images": {"minimum": 1},
-        "fp16_tolerance": {"exclusiveMinimum": 0},
-        "int8_max_accuracy_drop": {"minimum": 0, "maximum": 1},
-        "int8_calibration_images": {"minimum": 1},
+        # GateConfig (leaf_train/gate.py) checks these in its validate() and declares no bounds
+        # yet; drop them here once it does (this script then refuses the copy).
+        # tests/charts/test_chart_config.py checks the program refuses a value past each.
         "keep_versions": {"minimum": 1},
         "incomplete_grace_hours": {"exclusiveMinimum": 0},
         "min_accuracy": {"minimum": 0, "maximum": 1},
         "max_regression": {"minimum": 0, "maximum": 1},
         "max_class_regression": {"minimum": 0, "maximum": 1},
         "gate_min_class_support": {"minimum": 1},
-        "min_new_images": {"minimum": 1},
-        "augment": {"enum": ["auto", "host", "device", "off", None]},
-        "shadow_min_requests": {"minimum": 1},
-        "shadow_min_agreement": {"minimum": 0, "maximum": 1},
-        "shadow_min_class_agreement": {"minimum": 0, "maximum": 1},
-        "shadow_min_class_requests": {"minimum": 1},
-        "shadow_min_reviewed": {"minimum": 1},
-        "shadow_max_review_drop": {"minimum": 0, "maximum": 1},
-        "shadow_max_age_hours": {"exclusiveMinimum": 0},
     },
     notes={
         "incomplete_grace_hours": "The chart refuses a value below training.activeDeadlineSeconds.",
@@ -211,31 +196,8 @@ SERVING = Component(
         "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
     },
     schema={
-        "device_id": {"minimum": 0},
-        "processes": {"minimum": 1},
         "trt_engine_cache_path": {"pattern": "^(/.*)?$"},
-        "intra_op_threads": {"minimum": 0},
-        "poll_interval": {"minimum": 0},
-        "max_batch_size": {"minimum": 1},
-        "max_queue_delay_ms": {"minimum": 0},
-        "max_queue_size": {"minimum": 1},
-        "max_body_bytes": {"minimum": 1},
-        "max_body_bytes_in_flight": {"minimum": 1},
-        "max_pixels": {"minimum": 1},
-        "max_decode_bytes": {"minimum": 1},
-        "top_k": {"minimum": 1},
-        "grace_period": {"minimum": 0},
-        "drain_delay": {"minimum": 0},
-        "max_concurrency": {"minimum": 0},
-        "header_timeout": {"exclusiveMinimum": 0},
-        "body_timeout": {"exclusiveMinimum": 0},
-        "decode_threads": {"minimum": 0},
-        "confidence_threshold": {"minimum": 0, "maximum": 1},
-        "shadow_fraction": {"minimum": 0, "maximum": 1},
-        "worker_timeout": {"minimum": 1},
         "client_address_header": {"pattern": "^[A-Za-z0-9-]*$"},
-        "shadow_max_in_flight": {"minimum": 1},
-        "shadow_flush_interval": {"minimum": 1},
     },
     notes={
         "providers": "Comma-separated.",
@@ -244,6 +206,17 @@ SERVING = Component(
     },
 )
 COMPONENTS = (TRAINING, SERVING)
+
+
+# option(at_least=, ...) as JSON Schema: inclusive minimum/maximum, exclusive above/below.
+BOUND_KEYWORDS = {
+    "at_least": "minimum",
+    "at_most": "maximum",
+    "above": "exclusiveMinimum",
+    "below": "exclusiveMaximum",
+}
+# What a program declares beside the field (choices are ``enum``): this script's tables must not.
+DECLARED_KEYWORDS = ("enum", *BOUND_KEYWORDS.values())
 
 
 class ConfigTableError(Exception):
@@ -257,6 +230,7 @@ class Option:
     default: Any
     help: str
     choices: tuple[str, ...] | None
+    bounds: dict[str, float]  # JSON Schema keywords of option(at_least=, ...): {"minimum": 1}
 
     @property
     def key(self) -> str:
@@ -286,8 +260,16 @@ def options(component: Component) -> list[Option]:
             if not f.init or f.name.startswith("_") or f.name in found:
                 continue
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            meta = f.metadata
+            bounds = meta.get("bounds")
+            declared = dataclasses.asdict(bounds) if bounds else {}
             found[f.name] = Option(
-                f.name, _base(hints[f.name]), default, f.metadata.get("help", ""), f.metadata.get("choices")
+                f.name,
+                _base(hints[f.name]),
+                default,
+                meta.get("help", ""),
+                meta.get("choices"),
+                {BOUND_KEYWORDS[k]: v for k, v in declared.items() if v is not None},
             )
     return list(found.values())
 
@@ -314,14 +296,20 @@ def _yaml_scalar(value: Any) -> str:
 
 
 def schema_of(option: Option, extra: dict[str, Any]) -> dict[str, Any]:
-    """JSON Schema keywords of one key: what ``helm --set`` and values files can give, null = default."""
+    """JSON Schema keywords of one key: what ``helm --set`` and values files give; null = default.
+
+    The option's declared choices and bounds, then ``extra`` (``Component.schema``: what it cannot
+    declare).
+    """
+    extra = {**option.bounds, **extra}
     if option.type is bool:
         schema: dict[str, Any] = {"type": ["boolean", "null"]}
     elif option.type is int:
         schema = {"type": ["integer", "null"]}
     elif option.type is float:
-        fraction = extra.get("minimum") == 0 and extra.get("maximum") == 1
-        schema = {"type": ["number", "string", "null"], "pattern": _FRACTION if fraction else _UNSIGNED}
+        bounds = tuple(sorted((k, v) for k, v in extra.items() if k in BOUND_KEYWORDS.values()))
+        pattern = _BOUNDED_PATTERNS.get(bounds, _UNSIGNED)
+        schema = {"type": ["number", "string", "null"], "pattern": pattern}
     else:  # str, list[str] (comma-separated)
         schema = {"type": ["string", "null"]}
     if option.choices:
@@ -335,6 +323,13 @@ def _check_tables(component: Component, opts: list[Option]) -> None:
     stale = sorted(named - names)
     if stale:
         raise ConfigTableError(f"{component.path}: no option of `{component.command}` is named {', '.join(stale)}")
+    for o in opts:
+        copied = sorted(set(component.schema.get(o.name, {})) & set(DECLARED_KEYWORDS))
+        if copied and (o.bounds or o.choices):
+            raise ConfigTableError(
+                f"{component.path}.{o.key}: expected its {', '.join(copied)} from the option's own "
+                f"declaration (option(...)), received a copy in this script's schema table"
+            )
     both = sorted(component.set_by.keys() & component.chart.keys())
     if both:
         raise ConfigTableError(f"{component.path}: {', '.join(both)}: set by the chart and a config key at once")
@@ -356,7 +351,7 @@ def chart_keys(component: Component) -> list[Option]:
 
 def _description(component: Component, o: Option) -> str:
     words = o.help.rstrip(".")
-    if o.choices:
+    if o.choices and not help_names_choices(o.help, o.choices):
         words += f" ({', '.join(o.choices)})"
     pin = component.chart.get(o.name)
     if pin and pin.effective:
@@ -377,9 +372,13 @@ def _shared(schema: dict[str, Any], defs: dict[str, str]) -> dict[str, Any]:
     key = json.dumps(schema, sort_keys=True)
     if key in defs:
         return {"$ref": defs[key]}
-    words = [str(c) for c in schema["enum"] if c is not None]
-    defs[key] = words[0].lower() + "".join(w.capitalize() for w in words[1:]) + "Choice"
-    return {"$def": defs[key], **schema}
+    # info and INFO are one word of the name
+    words = list(dict.fromkeys(str(c).lower() for c in schema["enum"] if c is not None))
+    name = words[0] + "".join(w.capitalize() for w in words[1:]) + "Choice"
+    if name in defs.values():
+        raise ConfigTableError(f"two choice lists would both be $defs.{name}: {schema['enum']}")
+    defs[key] = name
+    return {"$def": name, **schema}
 
 
 def block(component: Component, indent: str = "    ", defs: dict[str, str] | None = None) -> list[str]:

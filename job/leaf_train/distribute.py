@@ -33,9 +33,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from leaf_common.config import option_error
 from leaf_common.storage import open_store
 
-from .config import TrainConfig
+from .config import ENV_PREFIX, TrainConfig
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -88,14 +89,15 @@ def worker_hosts(workers: int, port: int, job_name: str, service: str, hosts: Se
     """
     if hosts:
         if len(hosts) != workers:
-            raise ConfigError(
-                f"--worker-hosts: expected {workers} hosts (one per worker); received {len(hosts)}: {list(hosts)}"
-            )
+            expected = f"{workers} hosts (one per worker)"
+            raise option_error(ENV_PREFIX, "worker_hosts", expected, f"{len(hosts)}: {list(hosts)}")
         return tuple(h if ":" in h else f"{h}:{port}" for h in hosts)
     if not job_name or not service:
-        raise ConfigError(
-            f"--workers {workers}: expected --worker-hosts, or --job-name and --worker-service to derive the "
-            f"Indexed Job's pod hostnames; received job name {job_name!r} and service {service!r}"
+        raise option_error(
+            ENV_PREFIX,
+            ("job_name", "worker_service"),
+            f"both set, to derive the Indexed Job's pod hostnames for --workers {workers} (or --worker-hosts)",
+            f"{job_name!r} and {service!r}",
         )
     return tuple(f"{job_name}-{i}.{service}:{port}" for i in range(workers))
 
@@ -110,9 +112,8 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
         return configured
     raw = environ.get(INDEX_ENV)
     if raw is None:
-        raise ConfigError(
-            f"several workers: expected {INDEX_ENV} (set on Indexed Job pods) or --worker-index; found neither"
-        )
+        expected = f"{INDEX_ENV} (set on Indexed Job pods) or an index, with several workers"
+        raise option_error(ENV_PREFIX, "worker_index", expected, "neither")
     try:
         return int(raw)
     except ValueError as e:
@@ -158,7 +159,7 @@ def resolve_cluster(
     """
     environ = os.environ if environ is None else environ
     if workers < 1:
-        raise ConfigError(f"--workers: expected >= 1; received {workers}")
+        raise option_error(ENV_PREFIX, "workers", "an integer >= 1", workers)
     if workers == 1:
         raw = environ.get(TF_CONFIG_ENV, "").strip()
         return cluster_from_tf_config(raw) if raw else None
@@ -193,7 +194,7 @@ class Distribution:
     def learning_rate(self, base: float, scaling: str) -> float:
         """``base`` as configured, or ``base * replicas`` with ``linear`` scaling."""
         if scaling not in LR_SCALING:
-            raise ConfigError(f"--lr-scaling: expected one of {', '.join(LR_SCALING)}; received {scaling!r}")
+            raise option_error(ENV_PREFIX, "lr_scaling", f"one of {', '.join(LR_SCALING)}", repr(scaling))
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:

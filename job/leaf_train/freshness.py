@@ -46,7 +46,6 @@ from leaf_common.storage import NotFound
 from . import provenance
 from .config import TrainConfig, normalize_augment
 from .dataset import DatasetIndex
-from .errors import ConfigError
 from .registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -101,17 +100,15 @@ class RetrainConfig:
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(
-        1, "With the skip on: train only once at least this many photos were added, changed or removed"
+        1,
+        "With the skip on: train only if at least this many photos were added, changed or removed",
+        at_least=1,
     )
     run_trigger: str = option(
         MANUAL,
         "What started this run: scheduled (the chart sets it on the CronJob's pods) or manual",
         choices=(MANUAL, SCHEDULED),
     )
-
-    def validate(self) -> None:
-        if self.min_new_images < 1:
-            raise ConfigError(f"--min-new-images: expected >= 1; received {self.min_new_images}")
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:

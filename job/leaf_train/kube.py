@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from leaf_common.config import option
+from leaf_common.config import option, option_error
 
-from .errors import ConfigError
+from .config import ENV_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class KubeConfig:
         for name in ("namespace", "job_name", "rollout_deployment"):
             value = getattr(self, name)
             if len(value) > 253 or value != value.strip():
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}")
+                raise option_error(ENV_PREFIX, name, "a Kubernetes object name", repr(value))
 
 
 def load_client_configuration(cfg: KubeConfig) -> tuple[Any, str] | None:
@@ -144,8 +144,11 @@ class KubeReporter:
         loaded = load_client_configuration(cfg)
         if loaded is None:
             if cfg.kube_integration == "on":
-                raise ConfigError(
-                    "kube_integration=on: expected an in-cluster service-account token or a kubeconfig; found neither"
+                raise option_error(
+                    ENV_PREFIX,
+                    "kube_integration",
+                    "auto or off where no service-account token or kubeconfig exists",
+                    "on, and neither was found",
                 )
             log.info("Kubernetes integration off: no service-account token and no kubeconfig")
             return cls(None)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import keras
 from keras import layers
+from leaf_common.config import option_error
 from leaf_common.contract import INPUT_NAME, OUTPUT_NAME
 from leaf_common.storage import open_store
 
+from .config import ENV_PREFIX
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,7 +56,7 @@ def weights_source(choice: str, cache_dir: Path) -> str | Path | None:
     if choice.lower() == "imagenet":
         return "imagenet"
     if not choice.endswith(".h5"):
-        raise ConfigError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
+        raise option_error(ENV_PREFIX, "weights", "imagenet, none, or a URI of a .h5 file", repr(choice))
     parent, _, name = choice.rpartition("/")
     local = cache_dir / name
     open_store(parent or ".").download(name, local)
@@ -103,10 +105,8 @@ def freeze_for_phase(model: keras.Model, phase: int, fine_tune_from: str = "bloc
     base = conv_base(model)
     names = [layer.name for layer in base.layers]
     if fine_tune_from not in names:
-        raise ConfigError(
-            f"--fine-tune-from: expected a VGG16 layer name ({', '.join(n for n in names if 'conv' in n)}); "
-            f"received {fine_tune_from!r}"
-        )
+        expected = f"a VGG16 layer name ({', '.join(n for n in names if 'conv' in n)})"
+        raise option_error(ENV_PREFIX, "fine_tune_from", expected, repr(fine_tune_from))
     if phase == 1:
         base.trainable = False
         return

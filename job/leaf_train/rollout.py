@@ -19,7 +19,6 @@ from leaf_common.config import option
 from leaf_common.shadow import VERDICT_FILE, Candidate, ShadowStats, candidate_dir, read_reviewed, read_stats
 from leaf_common.storage import NotFound, PreconditionFailed
 
-from .errors import ConfigError
 from .registry import ModelRegistry, PromotionConflict, utc_now
 
 log = logging.getLogger(__name__)
@@ -43,34 +42,44 @@ class RolloutConfig:
         "mirrored traffic, and `models verdict` promotes it on that evidence",
         choices=("direct", "shadow"),
     )
-    shadow_min_requests: int = option(500, "Shadow verdict: mirrored requests needed before deciding")
-    shadow_min_agreement: float = option(0.90, "Shadow verdict: lowest top-1 agreement with the champion (0-1)")
+    shadow_min_requests: int = option(
+        500,
+        "Shadow verdict: mirrored requests needed before deciding",
+        at_least=1,
+    )
+    shadow_min_agreement: float = option(
+        0.90,
+        "Shadow verdict: lowest top-1 agreement with the champion (0-1)",
+        at_least=0,
+        at_most=1,
+    )
     shadow_min_class_agreement: float = option(
-        0.80, "Shadow verdict: lowest agreement on the photos of any one champion class (0-1)"
+        0.80,
+        "Shadow verdict: lowest agreement on the photos of any one champion class (0-1)",
+        at_least=0,
+        at_most=1,
     )
     shadow_min_class_requests: int = option(
-        30, "Shadow verdict: classes with fewer mirrored requests than this are listed but not judged"
+        30,
+        "Shadow verdict: classes with fewer mirrored requests than this are listed but not judged",
+        at_least=1,
     )
     shadow_min_reviewed: int = option(
-        20, "Shadow verdict: reviewed photos needed before the two models' accuracy on them is compared"
+        20,
+        "Shadow verdict: reviewed photos needed before the models' accuracy on them is compared",
+        at_least=1,
     )
     shadow_max_review_drop: float = option(
-        0.05, "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed against the champion"
+        0.05,
+        "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed vs the champion",
+        at_least=0,
+        at_most=1,
     )
     shadow_max_age_hours: float = option(
-        168.0, "Shadow verdict: a candidate still without enough evidence after this long is rejected"
+        168.0,
+        "Shadow verdict: a candidate still without enough evidence after this long is rejected",
+        above=0,
     )
-
-    def validate(self) -> None:
-        for name in ("shadow_min_agreement", "shadow_min_class_agreement", "shadow_max_review_drop"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
-        for name in ("shadow_min_requests", "shadow_min_class_requests", "shadow_min_reviewed"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
-        if not self.shadow_max_age_hours > 0:
-            raise ConfigError(f"--shadow-max-age-hours: expected hours > 0; received {self.shadow_max_age_hours}")
 
 
 @dataclass(frozen=True)

@@ -28,10 +28,13 @@ _MMAP_THRESHOLD = 1 << 20  # allocations of 1 MiB and more (decoded images, batc
 
 
 def parse_config(argv: list[str] | None = None) -> ServeConfig:
-    """Options from flags, then ``LEAF_SERVE_*`` environment variables, then defaults."""
+    """Options from flags, then ``LEAF_SERVE_*`` environment variables, then defaults.
+
+    Parsed and validated by ``resolve``, then derived (the review token read) once, here.
+    """
     parser = argparse.ArgumentParser(prog="leaf-serve", description=__doc__)
     add_arguments(parser, ServeConfig, ENV_PREFIX)
-    return resolve(ServeConfig, ENV_PREFIX, parser.parse_args(argv))
+    return resolve(ServeConfig, ENV_PREFIX, parser.parse_args(argv)).derive()
 
 
 class DrainingServer(uvicorn.Server):
@@ -62,7 +65,10 @@ class DrainingServer(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._plane.draining = True
-        log.info("SIGTERM: not ready from now; serving for %g s more (drain_delay), then draining", self._drain_delay)
+        log.info(
+            "SIGTERM: not ready from now; serving for %g s more (drain_delay), then draining",
+            self._drain_delay,
+        )
         self._timer = threading.Timer(self._drain_delay, super().handle_exit, (sig, frame))
         self._timer.daemon = True
         self._timer.start()
@@ -137,11 +143,20 @@ def main(argv: list[str] | None = None) -> int:
     worker = worker_index()
     who = "" if worker is None else f"[worker {worker}] "
     configure_logging(
-        config.log_level, config.log_format, prefix=who, static=None if worker is None else {"worker": worker}
+        config.log_level,
+        config.log_format,
+        prefix=who,
+        static=None if worker is None else {"worker": worker},
     )
     if config.processes > 1:
         argv = sys.argv[1:] if argv is None else argv
-        return supervise(argv, config.processes, config.intra_op_threads, config.decode_threads, config.worker_timeout)
+        return supervise(
+            argv,
+            config.processes,
+            config.intra_op_threads,
+            config.decode_threads,
+            config.worker_timeout,
+        )
     try:
         serve(config)
     except LeafError as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)

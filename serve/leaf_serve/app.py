@@ -72,9 +72,10 @@ def create_app(config: ServeConfig, repo: ModelRepository) -> Starlette:
 
 
 def _inbox(config: ServeConfig, repo: ModelRepository) -> Inbox | None:
-    if not config.inbox:
+    uri = config.inbox_uri  # --inbox, or derived from --model (ServeConfig's derived values)
+    if not uri:
         return None
-    return Inbox(open_store(config.inbox, client=repo.s3_client_for(config.inbox)))
+    return Inbox(open_store(uri, client=repo.s3_client_for(uri)))
 
 
 def _shadow(config: ServeConfig, repo: ModelRepository) -> Shadow | None:
@@ -163,7 +164,7 @@ def _log_features(config: ServeConfig, capture: CaptureQueue | None) -> None:
             config.capture_per_minute,
         )
     if config.review:
-        log.info("review on: /review moves photos from %s into %s", config.inbox, config.data)
+        log.info("review on: /review moves photos from %s into %s", config.inbox_uri, config.data)
 
 
 def _start_tasks(config: ServeConfig, plane: DataPlane) -> list[asyncio.Task[None]]:

@@ -22,7 +22,7 @@ import gzip
 import json
 from importlib.resources import files
 
-from leaf_common.config import ConfigError
+from leaf_common.config import option_error
 from leaf_common.labels import readable_label
 from leaf_common.registry import sha256_hex
 from starlette.requests import Request
@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, Response
 from .errors import NotFound
 from .pages import SECURITY_HEADERS, Asset, Handler
 from .repository import ModelRepository, ServedModel
-from .settings import ServeConfig
+from .settings import ENV_PREFIX, ServeConfig
 
 VENDOR = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "LICENSE")
 VENDOR_SCRIPT = "scripts/vendor-ort-web.sh"
@@ -66,9 +66,12 @@ def load_vendor() -> dict[str, Asset]:
     folder = files("leaf_serve") / "ui" / "vendor"
     missing = [name for name in VENDOR if not (folder / name).is_file()]
     if missing:
-        raise ConfigError(
-            f"option offline_page: expected ONNX Runtime Web in leaf_serve/ui/vendor/ ({', '.join(VENDOR)}); "
-            f"missing {', '.join(missing)}: run {VENDOR_SCRIPT} before building or installing the package"
+        raise option_error(
+            ENV_PREFIX,
+            "offline_page",
+            f"ONNX Runtime Web in leaf_serve/ui/vendor/ ({', '.join(VENDOR)}; run {VENDOR_SCRIPT} "
+            "before building or installing the package)",
+            f"true, with {', '.join(missing)} missing",
         )
     return {name: Asset(f"vendor/{name}") for name in VENDOR}
 

@@ -353,7 +353,7 @@ def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, t
     config = resolve(
         ServeConfig, ENV_PREFIX, {}, environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")}
     )
-    assert config.capture and config.inbox == "s3://leaf-models/registry/leaf-classifier/inbox"
+    assert config.capture and config.inbox_uri == "s3://leaf-models/registry/leaf-classifier/inbox"
     assert (config.capture_per_client_per_minute, config.inbox_max_files, config.review_failed_logins) == (4, 1000, 5)
     assert (config.client_address_header, config.admin_port) == ("X-Forwarded-For", 8082)
     assert config.card_dataset_name == "PlantVillage tomato 2026"

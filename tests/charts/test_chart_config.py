@@ -8,13 +8,16 @@ number typed.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import re
 import sys
 from typing import Any
 
 import pytest
 import yaml
-from leaf_common.config import resolve
+from leaf_common.config import ConfigError, resolve
 from test_chart import CHART, ROOT, helm, one, render
 
 SCRIPT = ROOT / "scripts" / "chart_config.py"
@@ -31,6 +34,15 @@ def load_script():
 chart_config = load_script()
 COMPONENTS = {c.path: c for c in chart_config.COMPONENTS}
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
+SCHEMA = json.loads((CHART / "values.schema.json").read_text())
+
+
+def key_schema(path: str, key: str) -> dict[str, Any]:
+    """What values.schema.json, as helm reads it, says of ``<path>.<key>``; a ``$ref`` resolved."""
+    section, config = path.split(".")
+    node = SCHEMA["properties"][section]["properties"][config]["properties"][key]
+    ref = node.get("$ref", "").removeprefix("#/$defs/")
+    return {**SCHEMA["$defs"][ref], **node} if ref else node
 
 
 def test_values_yaml_and_the_reference_are_what_the_script_writes():
@@ -105,7 +117,7 @@ NUMERIC = [
 @pytest.mark.parametrize(("path", "option"), NUMERIC, ids=[f"{p}.{o.key}" for p, o in NUMERIC])
 def test_every_numeric_value_installs_with_set(path, option):
     component = COMPONENTS[path]
-    typed = _typed(option, component.schema.get(option.name, {}))
+    typed = _typed(option, key_schema(path, option.key))
     objs = render("--set", f"{path}.{option.key}={typed}")
     data = one(objs, "ConfigMap", path.split(".")[0])["data"]
     assert data[option.env(component.prefix)] == typed
@@ -122,9 +134,150 @@ def test_every_numeric_value_installs_with_set(path, option):
         ("serving.config.confidenceThreshold=1.5", "confidenceThreshold"),
         ("training.config.headLr=-1e-5", "headLr"),
         ("training.config.batchSize=0", "batchSize"),
+        ("serving.config.headerTimeout=0.5", "headerTimeout"),  # a string to helm: the pattern
+        ("training.config.valFraction=0", "valFraction"),
         ("training.config.notAnOption=1", "notAnOption"),
     ],
 )
 def test_a_bad_number_is_refused_naming_the_value(setting, named):
     result = helm("template", "leaf", str(CHART), "--set", setting, check=False)
     assert result.returncode != 0 and named in result.stderr
+
+
+# option(at_least=, ...) as JSON Schema, written here again on purpose: the test's own reading.
+AS_JSON_SCHEMA = {
+    "at_least": "minimum",
+    "at_most": "maximum",
+    "above": "exclusiveMinimum",
+    "below": "exclusiveMaximum",
+}
+
+
+def _declared(path: str) -> list[tuple[str, str, dataclasses.Field]]:
+    """(option name, chart key, field) of each chart key whose field declares bounds or choices."""
+    component, found = COMPONENTS[path], {}
+    for cls in component.classes():
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            if f.name in component.set_by or f.name in found or not f.init:
+                continue
+            if meta.get("bounds") or meta.get("choices"):
+                head, *rest = f.name.split("_")
+                found[f.name] = (f.name, head + "".join(w.capitalize() for w in rest), f)
+    return list(found.values())
+
+
+DECLARED = [(path, *d) for path in sorted(COMPONENTS) for d in _declared(path)]
+DECLARED_IDS = [f"{path}.{key}" for path, _, key, _ in DECLARED]
+
+
+@pytest.mark.parametrize(("path", "name", "key", "field"), DECLARED, ids=DECLARED_IDS)
+def test_the_schema_carries_the_bounds_and_choices_the_program_declares(path, name, key, field):
+    schema = key_schema(path, key)
+    bounds = field.metadata.get("bounds")
+    declared = dataclasses.asdict(bounds) if bounds else {}
+    wanted = {AS_JSON_SCHEMA[k]: v for k, v in declared.items() if v is not None}
+    carried = {k: schema[k] for k in AS_JSON_SCHEMA.values() if k in schema}
+    assert carried == wanted, f"{path}.{key}: the chart's bounds are not {name}'s option(...)"
+    choices = field.metadata.get("choices")
+    assert schema.get("enum") == ([*choices, None] if choices else None)
+
+
+# Base environment that resolves; per option, others that its own rules compare it with.
+BASE = {
+    "training.config": {"LEAF_TRAIN_DATA": "s3://b/data", "LEAF_TRAIN_OUTPUT": "s3://b/reg"},
+    "serving.config": {"LEAF_SERVE_MODEL": "s3://b/reg/leaf/latest.json"},
+}
+COMPANIONS = {"max_body_bytes_in_flight": {"LEAF_SERVE_MAX_BODY_BYTES": "1"}}
+
+
+def _edges(schema: dict[str, Any], integer: bool) -> list[tuple[float, float]]:
+    """(admitted, refused) pairs either side of each bound of a key's schema."""
+    step = 1 if integer else 0.01
+    moves = {"minimum": (0, -step), "maximum": (0, step)}
+    moves |= {"exclusiveMinimum": (step, 0), "exclusiveMaximum": (-step, 0)}
+    return [
+        (round(schema[k] + inside, 6), round(schema[k] + outside, 6))
+        for k, (inside, outside) in moves.items()
+        if k in schema
+    ]
+
+
+BOUNDED = [(p, o) for p, o in NUMERIC if AS_JSON_SCHEMA.values() & key_schema(p, o.key).keys()]
+
+
+@pytest.mark.parametrize(("path", "option"), BOUNDED, ids=[f"{p}.{o.key}" for p, o in BOUNDED])
+def test_the_program_admits_and_refuses_where_the_schema_does(path, option):
+    """Whatever wrote the bound (an option's declaration, or the script's table for options that
+    declare none): a value at the edge the schema admits starts the program, one past it exits 2.
+    A float's string form (``helm --set`` passes 0.5 as a string) is held by the pattern."""
+    component, schema = COMPONENTS[path], key_schema(path, option.key)
+    env = option.env(component.prefix)
+    for admitted, refused in _edges(schema, option.type is int):
+        for value, ok in ((admitted, True), (refused, False)):
+            text = str(int(value)) if option.type is int else str(value)
+            if option.type is float:
+                assert bool(re.search(schema["pattern"], text)) == ok, f"{text!r} and the pattern"
+            environ = {**BASE[path], **COMPANIONS.get(option.name, {}), env: text}
+            try:
+                [resolve(cls, component.prefix, {}, environ=environ) for cls in component.classes()]
+                assert ok, f"{env}={text}: the chart refuses it, the program starts"
+            except ConfigError as e:
+                assert not ok, f"{env}={text}: the chart admits it, the program refuses: {e}"
+                assert option.flag in str(e)
+
+
+def _value_schema(path: str) -> dict[str, Any]:
+    node = SCHEMA
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def _one_value(component, option) -> str | None:
+    """The chart value that sets ``option`` if set_by names just it: `serving.capture.perMinute`."""
+    match = re.fullmatch(r"`([\w.]+)`", component.set_by.get(option.name, ""))
+    return match.group(1) if match else None
+
+
+SET_FROM_A_VALUE = [
+    (path, o, _one_value(component, o))
+    for path, component in COMPONENTS.items()
+    for o in chart_config.options(component)
+    if o.type in (int, float) and _one_value(component, o)
+]
+VALUE_IDS = [value for _, _, value in SET_FROM_A_VALUE]
+
+
+@pytest.mark.parametrize(("path", "option", "value"), SET_FROM_A_VALUE, ids=VALUE_IDS)
+def test_the_program_starts_with_every_edge_a_chart_value_admits(path, option, value):
+    """A chart value may be stricter than its option (training.workerPort >= 1024), never looser."""
+    component = COMPONENTS[path]
+    schema = _value_schema(value)
+    assert AS_JSON_SCHEMA.values() & schema.keys(), f"{value}: no bound; {option.name} has some"
+    for admitted, _ in _edges(schema, option.type is int):
+        text = str(int(admitted)) if option.type is int else str(admitted)
+        environ = {**BASE[path], option.env(component.prefix): text}
+        [resolve(cls, component.prefix, {}, environ=environ) for cls in component.classes()]
+
+
+def _words(text: str, word: str) -> int:
+    return len(re.findall(rf"(?<![\w-]){re.escape(word)}(?![\w-])", text, re.IGNORECASE))
+
+
+CHOICES = [(p, o) for p, c in COMPONENTS.items() for o in chart_config.chart_keys(c) if o.choices]
+
+
+@pytest.mark.parametrize(("path", "option"), CHOICES, ids=[f"{p}.{o.key}" for p, o in CHOICES])
+def test_a_description_names_each_choice_once(path, option):
+    """Choices are listed after the help only where it does not name them already."""
+    description = key_schema(path, option.key)["description"]
+    said = re.split(r"; null = |; the chart's ", description)[0]
+    for choice in option.choices:
+        assert _words(said, choice) == max(1, _words(option.help, choice)), description
+
+
+def test_a_bound_copied_into_the_scripts_table_is_refused():
+    copy = dataclasses.replace(chart_config.SERVING, schema={"header_timeout": {"minimum": 1}})
+    with pytest.raises(chart_config.ConfigTableError, match=r"headerTimeout: expected its minimum"):
+        chart_config.chart_keys(copy)

@@ -74,7 +74,7 @@ def test_bad_configuration_exits_2_from_the_container(training: TrainingPods):
     bad = [{"name": "LEAF_TRAIN_VAL_FRACTION", "value": "1.5"}]
     run = training.run("leaf-train-bad", "leaf-train-bad-xyz12", timeout=300, **{"training.extraEnv": bad})
     assert run.exit_code == EXIT_CONFIG, run.logs[-3000:]
-    assert "--val-fraction: expected a value in (0, 1); received 1.5" in run.logs
+    assert "--val-fraction (LEAF_TRAIN_VAL_FRACTION): expected a number > 0 and < 1, received 1.5" in run.logs
 
 
 def test_stop_in_phase2_exits_75_and_the_next_pod_resumes_and_publishes_once(

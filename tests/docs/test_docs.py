@@ -415,7 +415,7 @@ MISTAKES = [
     ("leaf-train train --data s3://a/b --no-such-flag 1", "unrecognized arguments: --no-such-flag"),
     ("leaf-train fly", "invalid choice: 'fly'"),
     ("leaf-serve --model m --port-number 1", "unrecognized arguments: --port-number"),
-    ("leaf-serve --model m --max-batch-size many", "cannot read 'many' as int"),
+    ("leaf-serve --model m --max-batch-size many", "expected an integer, received 'many'"),
     ("leaf-train train --data d --output o --mixed-precision fast", "expected one of auto, on, off"),
     ("make no-such-target", "no Makefile target no-such-target"),
     ("pip install '.[gui]'", "no extra gui"),

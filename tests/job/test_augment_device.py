@@ -41,7 +41,9 @@ def test_augment_option_takes_the_modes_and_the_older_booleans(given, expected):
 
 @pytest.mark.parametrize("given", ["gpu", "", "maybe"])
 def test_unknown_augment_value_names_the_expected_ones(given):
-    with pytest.raises(ConfigError, match=rf"--augment: expected one of auto, host, device, off .*received '{given}'"):
+    with pytest.raises(
+        ConfigError, match=rf"\(LEAF_TRAIN_AUGMENT\): expected one of auto, host, device, off .*'{given}'"
+    ):
         TrainConfig(data="d", output="o", augment=given).validate()
 
 

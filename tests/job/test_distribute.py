@@ -37,9 +37,9 @@ def test_explicit_hosts_get_the_port_unless_they_name_one():
 @pytest.mark.parametrize(
     ("job", "service", "hosts", "message"),
     [
-        ("", "svc", (), "--job-name and --worker-service"),
-        ("job", "", (), "received job name 'job' and service ''"),
-        ("job", "svc", ("a", "b", "c"), "expected 2 hosts (one per worker); received 3"),
+        ("", "svc", (), "--job-name (LEAF_TRAIN_JOB_NAME) and --worker-service (LEAF_TRAIN_WORKER_SERVICE)"),
+        ("job", "", (), "received 'job' and ''"),
+        ("job", "svc", ("a", "b", "c"), "expected 2 hosts (one per worker), received 3"),
     ],
 )
 def test_hosts_that_cannot_be_named_are_refused(job, service, hosts, message):
@@ -131,7 +131,7 @@ def test_batch_is_global_and_lr_scales_linearly_only_when_asked(replicas, scalin
 
 def test_unknown_lr_scaling_is_refused():
     dist = Distribution(SimpleNamespace(num_replicas_in_sync=2), None)
-    with pytest.raises(ConfigError, match="expected one of none, linear; received 'sqrt'"):
+    with pytest.raises(ConfigError, match="expected one of none, linear, received 'sqrt'"):
         dist.learning_rate(1e-3, "sqrt")
 
 
@@ -148,9 +148,9 @@ def test_weights_digest_sees_values_shapes_and_dtypes():
 @pytest.mark.parametrize(
     ("field", "value", "message"),
     [
-        ("workers", 0, "--workers: expected >= 1; received 0"),
-        ("worker_port", 70000, "--worker-port: expected 1-65535; received 70000"),
-        ("fp16_tolerance", 0.0, "--fp16-tolerance: expected > 0; received 0.0"),
+        ("workers", 0, "--workers (LEAF_TRAIN_WORKERS): expected an integer >= 1, received 0"),
+        ("worker_port", 70000, "PORT): expected an integer from 1 to 65535, received 70000"),
+        ("fp16_tolerance", 0.0, "--fp16-tolerance (LEAF_TRAIN_FP16_TOLERANCE): expected a number > 0, received 0.0"),
     ],
 )
 def test_config_refuses_impossible_distribution_values(field, value, message):

@@ -73,7 +73,7 @@ def test_config_from_environment_and_validation() -> None:
     cfg = resolve(RetrainConfig, "LEAF_TRAIN_", environ=env)
     assert (cfg.skip_if_unchanged, cfg.min_new_images, cfg.run_trigger) == ("on", 25, "scheduled")
     assert resolve(RetrainConfig, "LEAF_TRAIN_", environ={}) == RetrainConfig("auto", 1, "manual")
-    with pytest.raises(ConfigError, match="--min-new-images: expected >= 1; received 0"):
+    with pytest.raises(ConfigError, match=r"\(LEAF_TRAIN_MIN_NEW_IMAGES\): expected an integer >= 1, received 0"):
         resolve(RetrainConfig, "LEAF_TRAIN_", environ={"LEAF_TRAIN_MIN_NEW_IMAGES": "0"})
 
 

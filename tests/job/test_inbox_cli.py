@@ -99,7 +99,7 @@ def test_accept_needs_data(where, caplog) -> None:
     output, _ = where
     capture_id = captured(output, 8)
     assert main(["inbox", "accept", "--output", output, capture_id, "Tomato___healthy"]) == 2
-    assert "--data is required to accept" in caplog.text
+    assert "--data (LEAF_TRAIN_DATA): expected the training data URI" in caplog.text
 
 
 def test_report_counts_the_photos_that_came_through_review() -> None:

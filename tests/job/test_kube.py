@@ -195,7 +195,7 @@ def test_disabled_outside_a_cluster_logs_once(caplog):
 
 @pytest.mark.usefixtures("no_cluster")
 def test_required_integration_without_credentials_is_a_configuration_error():
-    with pytest.raises(ConfigError, match="kube_integration=on: expected .* found neither"):
+    with pytest.raises(ConfigError, match=r"--kube-integration \(LEAF_TRAIN_KUBE_INTEGRATION\): expected auto or off"):
         KubeReporter.from_config(KubeConfig(kube_integration="on"))
 
 
@@ -231,7 +231,7 @@ def test_no_job_name_skips_job_calls_and_says_so_once(apiserver, caplog):  # noq
     assert apiserver.requests == []
 
 
-@pytest.mark.parametrize(("value", "message"), [("maybe", "expected one of auto, on, off; received 'maybe'")])
+@pytest.mark.parametrize(("value", "message"), [("maybe", "expected one of auto, on, off, received 'maybe'")])
 def test_config_rejects_bad_values(value, message):
     from leaf_common.config import ConfigError
 

@@ -128,11 +128,15 @@ def test_submit_names_the_job_after_the_cronjob_by_default(cluster, capsys):
             EXIT_FAILURE,
             'read cronjob leaf-train/absent: HTTP 404: cronjobs "absent"',
         ),
-        (["submit"], EXIT_CONFIG, "--cronjob is required: expected the name of the training CronJob; received ''"),
+        (["submit"], EXIT_CONFIG, "(LEAF_TRAIN_CRONJOB): expected the name of the training CronJob, received nothing"),
         (["submit", "--cronjob", CRONJOB, "--name", "x" * 64], EXIT_CONFIG, "expected at most 63 characters"),
-        (["status"], EXIT_CONFIG, "expected --job or --cronjob; received neither"),
+        (["status"], EXIT_CONFIG, "and --cronjob (LEAF_TRAIN_CRONJOB): expected one of them, received neither"),
         (["status", "--job", "absent"], EXIT_FAILURE, 'read job leaf-train/absent: HTTP 404: jobs "absent" not found'),
-        (["status", "--job", "j", "--format", "xml"], EXIT_CONFIG, "expected one of text, json; received 'xml'"),
+        (
+            ["status", "--job", "j", "--format", "xml"],
+            EXIT_CONFIG,
+            "FORMAT): expected one of text, json, received 'xml'",
+        ),
     ],
 )
 def test_errors_name_what_failed(cluster, capsys, argv, code, message):

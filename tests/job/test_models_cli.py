@@ -88,7 +88,7 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
         (["promote", "../v1"], 1, "version: expected 1-128 characters"),
         (["rollback"], 1, "expected a pointer to roll back; found none"),
         (["prune", "--keep-versions", "0"], 2, "--keep-versions: expected >= 1; received 0"),
-        (["prune", "--keep-versions", "many"], 2, "cannot read 'many' as int"),
+        (["prune", "--keep-versions", "many"], 2, "VERSIONS): expected an integer, received 'many'"),
         (["prune", "--incomplete-grace-hours", "0"], 2, "--incomplete-grace-hours: expected hours > 0; received 0.0"),
         (["list", "--model-name", "Bad Name"], 2, "--model-name: expected lowercase letters"),
     ],

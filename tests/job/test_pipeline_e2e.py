@@ -130,4 +130,4 @@ def test_too_few_classes_fails_with_one_line_and_exit_3(s3, tmp_path, caplog):
 def test_bad_option_exits_2_naming_it(tmp_path, caplog):
     rc = main(["train", "--data", str(tmp_path), "--output", str(tmp_path), "--batch-size", "lots"])
     assert rc == 2
-    assert "--batch-size: cannot read 'lots' as int" in caplog.text
+    assert "--batch-size (LEAF_TRAIN_BATCH_SIZE): expected an integer, received 'lots'" in caplog.text

@@ -180,13 +180,13 @@ def test_sigterm_gives_up_after_the_grace_period(local_registry: Registry) -> No
     ("options", "status", "message"),
     [
         ({"require_gpu": "true"}, 1, "require_gpu: expected CUDAExecutionProvider"),
-        ({"port": "eighty"}, 2, "option LEAF_SERVE_PORT: cannot read 'eighty' as int"),
-        ({"max_batch_size": "0"}, 2, "option max_batch_size: expected a positive number; received 0"),
+        ({"port": "eighty"}, 2, "--port (LEAF_SERVE_PORT): expected an integer, received 'eighty'"),
+        ({"max_batch_size": "0"}, 2, "(LEAF_SERVE_MAX_BATCH_SIZE): expected an integer >= 1, received 0"),
         ({"log_level": "loud"}, 2, "expected one of debug, info"),
-        ({"log_format": "xml"}, 2, "expected one of text, json; received 'xml'"),
+        ({"log_format": "xml"}, 2, "--log-format (LEAF_SERVE_LOG_FORMAT): expected one of text, json, received 'xml'"),
         ({"providers": "quantum"}, 1, "providers: expected auto, tensorrt, cuda, cpu"),
         ({"model": "/nonexistent/leaf/latest.json"}, 1, "no pointer; nothing has been promoted yet"),
-        ({"admin_port": "70000"}, 2, "option admin_port: expected 0 (off) or 1-65535 other than port"),
+        ({"admin_port": "70000"}, 2, "(LEAF_SERVE_ADMIN_PORT): expected an integer from 0 to 65535, received 70000"),
     ],
 )
 def test_start_up_fails_loudly(local_registry: Registry, options: dict, status: int, message: str) -> None:

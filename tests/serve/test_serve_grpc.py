@@ -169,7 +169,9 @@ def test_grpc_port_must_differ_from_the_http_port() -> None:
     from leaf_common.config import ConfigError
     from leaf_serve.settings import ServeConfig
 
-    with pytest.raises(ConfigError, match="expected 0 \\(off\\) or 1-65535 other than port 8080; received 8080"):
+    with pytest.raises(
+        ConfigError, match=r"PORT\): expected 0 \(off\) or a port other than --port 8080, received 8080"
+    ):
         ServeConfig(model="x", grpc_port=8080).validate()
 
 

@@ -89,5 +89,7 @@ def test_a_corrupt_int8_export_is_refused_not_served(tmp_path: Path):
 
 
 def test_prefer_int8_and_prefer_fp16_are_exclusive():
-    with pytest.raises(ConfigError, match="prefer_fp16 and prefer_int8: expected at most one; received both"):
+    with pytest.raises(
+        ConfigError, match=r"--prefer-int8 \(LEAF_SERVE_PREFER_INT8\): expected at most one, received both"
+    ):
         ServeConfig(model="x", prefer_fp16=True, prefer_int8=True).validate()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import re
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -175,14 +176,14 @@ def test_review_is_a_404_without_a_token(server: RunningServer) -> None:
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"review_token_file": "TOKEN", "data": ""}, "option data: expected the training data URI"),
-        ({"review_token_file": "/nonexistent/token", "data": "/d"}, "option review_token_file: expected a readable"),
+        ({"review_token_file": "TOKEN", "data": ""}, "--data (LEAF_SERVE_DATA): expected the training data URI"),
+        ({"review_token_file": "/nonexistent/token", "data": "/d"}, "TOKEN_FILE): expected a readable file"),
         ({"review_token_file": "SHORT", "data": "/d"}, "expected a token of at least 16 printable characters"),
-        ({"review_token_file": "SAME", "data": "/d"}, "expected a random token .about 64 bits or more"),
+        ({"review_token_file": "SAME", "data": "/d"}, "expected a random token (about 64 bits or more"),
         ({"review_token_file": "CYCLE", "data": "/d"}, "received 24 characters estimated at 48 bits"),
-        ({"capture": True, "model": "/model"}, "option inbox: expected a URI"),
-        ({"confidence_threshold": 1.5}, "confidence_threshold: expected a value in [0, 1]"),
-        ({"capture_per_minute": 0}, "capture_per_minute: expected a positive number"),
+        ({"capture": True, "model": "/model"}, "--inbox (LEAF_SERVE_INBOX): expected a URI"),
+        ({"confidence_threshold": 1.5}, "THRESHOLD): expected a number from 0 to 1, received 1.5"),
+        ({"capture_per_minute": 0}, "(LEAF_SERVE_CAPTURE_PER_MINUTE): expected an integer >= 1, received 0"),
     ],
 )
 def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: str) -> None:
@@ -194,8 +195,9 @@ def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: 
         if key in overrides and not overrides[key].startswith("/"):
             overrides[key] = str(tmp_path / overrides[key])
     config = ServeConfig(**{"model": "s3://b/r/leaf/latest.json", **overrides})
-    with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
         config.validate()
+        config.derive()  # reads the token file
 
 
 def post_at_once(requests: list[tuple[str, dict]]) -> list[httpx.Response]:

@@ -56,7 +56,7 @@ def test_fetch_version_checks_files_against_the_registry_manifest(tmp_path: Path
 
 
 def test_config_requires_a_model() -> None:
-    with pytest.raises(ConfigError, match="expected a model URI; received nothing"):
+    with pytest.raises(ConfigError, match=r"--model \(LEAF_SERVE_MODEL\): expected a model URI, received nothing"):
         ServeConfig().validate()
 
 

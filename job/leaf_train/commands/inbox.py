@@ -16,7 +16,7 @@ import json
 import logging
 from dataclasses import dataclass
 
-from leaf_common.config import add_arguments, option, resolve
+from leaf_common.config import add_arguments, option, option_error, resolve
 from leaf_common.inbox import INBOX_DIR, CaptureRecord, Inbox, InboxError, InvalidName
 from leaf_common.labels import readable_label
 from leaf_common.shadow import note_review
@@ -41,10 +41,8 @@ class InboxDataConfig:
 
     def validate(self) -> None:
         if not self.data:
-            raise ConfigError(
-                "--data is required to accept: expected the training data URI (s3://bucket/prefix or a folder); "
-                "received ''"
-            )
+            expected = "the training data URI (s3://bucket/prefix or a folder) to accept into"
+            raise option_error(ENV_PREFIX, "data", expected, "nothing")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -112,7 +110,7 @@ def _run(action):  # noqa: ANN001, ANN202 -- wraps a command: inbox errors becom
 @_run
 def cmd_list(args: argparse.Namespace) -> int:
     if args.limit < 0:
-        raise ConfigError(f"--limit: expected 0 (all) or a positive number; received {args.limit}")
+        raise ConfigError(f"--limit: expected 0 (all) or a positive number, received {args.limit}")
     inbox = _inbox(args)
     records = inbox.list(args.limit or None)
     if args.format == "json":

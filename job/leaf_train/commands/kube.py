@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from leaf_common.config import add_arguments, option, resolve
+from leaf_common.config import add_arguments, option, option_error, resolve
 
 from ..config import ENV_PREFIX
 from ..errors import ConfigError, LeafTrainError
@@ -47,9 +47,10 @@ class SubmitConfig:
 
     def validate(self) -> None:
         if not self.cronjob:
-            raise ConfigError("--cronjob is required: expected the name of the training CronJob; received ''")
+            raise option_error(ENV_PREFIX, "cronjob", "the name of the training CronJob", "nothing")
         if len(self.name) > 63:
-            raise ConfigError(f"--name: expected at most 63 characters (a label value); received {self.name!r}")
+            expected = "at most 63 characters (a label value)"
+            raise option_error(ENV_PREFIX, "name", expected, repr(self.name))
 
 
 @dataclass
@@ -65,7 +66,7 @@ class StatusConfig:
 
     def validate(self) -> None:
         if not self.job and not self.cronjob:
-            raise ConfigError("expected --job or --cronjob; received neither")
+            raise option_error(ENV_PREFIX, ("job", "cronjob"), "one of them", "neither")
 
 
 class KubeApiError(LeafTrainError):

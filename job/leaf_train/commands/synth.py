@@ -5,10 +5,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from leaf_common.config import add_arguments, option, resolve
+from leaf_common.config import add_arguments, option, option_error, resolve
 from leaf_common.storage import open_store
-
-from ..errors import ConfigError
 
 ENV_PREFIX = "LEAF_SYNTH_"
 
@@ -16,20 +14,18 @@ ENV_PREFIX = "LEAF_SYNTH_"
 @dataclass
 class SynthConfig:
     output: str = option("", "Where to write: s3://bucket/prefix or a local folder")
-    per_class: int = option(40, "Images per class")
+    per_class: int = option(40, "Images per class", at_least=1)
     classes: int = option(0, "Number of classes (0 = all built-in classes)")
-    size: int = option(128, "Image side, pixels")
+    size: int = option(128, "Image side, pixels", at_least=32)
     seed: int = option(0, "Random seed")
 
     def validate(self) -> None:
         from ..synth import max_classes  # numpy/PIL: loaded by this command only, not at CLI start
 
         if not self.output:
-            raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder")
+            raise option_error(ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing")
         if not 0 <= self.classes <= max_classes() or self.classes == 1:
-            raise ConfigError(f"--classes: expected 0 or 2..{max_classes()}; received {self.classes}")
-        if self.per_class < 1 or self.size < 32:
-            raise ConfigError(f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}")
+            raise option_error(ENV_PREFIX, "classes", f"0 or 2..{max_classes()}", self.classes)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
