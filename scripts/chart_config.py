@@ -134,15 +134,6 @@ TRAINING = Component(
     },
     schema={
         "weights": {"minLength": 1},
-        # GateConfig (leaf_train/gate.py) checks these in its validate() and declares no bounds
-        # yet; drop them here once it does (this script then refuses the copy).
-        # tests/charts/test_chart_config.py checks the program refuses a value past each.
-        "keep_versions": {"minimum": 1},
-        "incomplete_grace_hours": {"exclusiveMinimum": 0},
-        "min_accuracy": {"minimum": 0, "maximum": 1},
-        "max_regression": {"minimum": 0, "maximum": 1},
-        "max_class_regression": {"minimum": 0, "maximum": 1},
-        "gate_min_class_support": {"minimum": 1},
     },
     notes={
         "incomplete_grace_hours": "The chart refuses a value below training.activeDeadlineSeconds.",

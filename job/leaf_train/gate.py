@@ -17,7 +17,7 @@ import numpy as np
 from leaf_common.config import option
 
 from .champion import ChampionScore, score_champion
-from .errors import ConfigError, GateError
+from .errors import GateError
 from .registry import Champion, RetentionConfig
 
 # Accuracies are ratios of counts; this absorbs float rounding (0.92 - 0.02 = 0.9000000000000001).
@@ -34,33 +34,29 @@ class GateConfig(RetentionConfig):
     min_accuracy: float = option(
         0.0,
         "Quality gate: lowest validation accuracy (0-1) a new version needs to be promoted; 0 = no floor",
+        at_least=0,
+        at_most=1,
     )
     max_regression: float = option(
         0.02,
         "Quality gate: largest accuracy drop (0-1, absolute) allowed against the served model, "
         "both scored on this run's validation images",
+        at_least=0,
+        at_most=1,
     )
     max_class_regression: float = option(
         0.05,
         "Quality gate: largest drop of one class's recall (0-1, absolute) allowed against the "
         "served model, both scored on this run's validation images",
+        at_least=0,
+        at_most=1,
     )
     gate_min_class_support: int = option(
         20,
         "Quality gate: classes with fewer validation images than this are listed but not "
         "compared per class (too few to measure a recall)",
+        at_least=1,
     )
-
-    def validate(self) -> None:
-        super().validate()
-        for name in ("min_accuracy", "max_regression", "max_class_regression"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                flag = f"--{name.replace('_', '-')}"
-                raise ConfigError(f"{flag}: expected a value in [0, 1]; received {value}")
-        if self.gate_min_class_support < 1:
-            support = self.gate_min_class_support
-            raise ConfigError(f"--gate-min-class-support: expected >= 1 image; received {support}")
 
 
 PASS, FAIL, NOT_COMPARED = "pass", "fail", "not compared"

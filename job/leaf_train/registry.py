@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from leaf_common.config import option
+from leaf_common.config import check_options, option
 from leaf_common.contract import CONTRACT_FILE, POINTER_FILE, ContractError, ModelContract
 from leaf_common.registry import (
     MANIFEST_FILE,
@@ -37,7 +37,8 @@ from leaf_common.registry import (
 from leaf_common.shadow import CANDIDATE_FILE, Candidate, CandidateRead, read_candidate
 from leaf_common.storage import NotFound, ObjectInfo, PreconditionFailed, Store
 
-from .errors import ConfigError, ModelRegistryError, PublishError
+from .config import ENV_PREFIX
+from .errors import ModelRegistryError, PublishError
 
 log = logging.getLogger(__name__)
 
@@ -65,20 +66,18 @@ class RetentionConfig:
         10,
         "Versions kept by retention (newest complete ones); the served version and its rollback "
         "target are always kept in addition",
+        at_least=1,
     )
     incomplete_grace_hours: float = option(
         DEFAULT_INCOMPLETE_GRACE_S / 3600,
         "Retention removes an incomplete version (a publication that died) once nothing in it was "
         "written for this long; keep it above the training Job's deadline so no attempt of the run "
         "that owns it is alive",
+        above=0,
     )
 
     def validate(self) -> None:
-        if self.keep_versions < 1:
-            raise ConfigError(f"--keep-versions: expected >= 1; received {self.keep_versions}")
-        if not self.incomplete_grace_hours > 0:
-            hours = self.incomplete_grace_hours
-            raise ConfigError(f"--incomplete-grace-hours: expected hours > 0; received {hours}")
+        check_options(self, ENV_PREFIX)  # the bounds above, also for a config built in code
 
 
 class VersionExistsError(PublishError):

@@ -397,12 +397,30 @@ def test_gate_config_from_environment_and_validation() -> None:
 @pytest.mark.parametrize(
     ("env", "match"),
     [
-        ({"LEAF_TRAIN_MIN_ACCURACY": "1.2"}, r"--min-accuracy: expected a value in \[0, 1\]; received 1.2"),
-        ({"LEAF_TRAIN_MAX_REGRESSION": "-0.1"}, r"--max-regression: expected a value in \[0, 1\]"),
-        ({"LEAF_TRAIN_MAX_CLASS_REGRESSION": "1.5"}, r"--max-class-regression: expected a value in \[0, 1\]"),
-        ({"LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "0"}, r"--gate-min-class-support: expected >= 1 image; received 0"),
-        ({"LEAF_TRAIN_KEEP_VERSIONS": "0"}, r"--keep-versions: expected >= 1; received 0"),
-        ({"LEAF_TRAIN_INCOMPLETE_GRACE_HOURS": "0"}, r"--incomplete-grace-hours: expected hours > 0; received 0"),
+        (
+            {"LEAF_TRAIN_MIN_ACCURACY": "1.2"},
+            r"--min-accuracy \(LEAF_TRAIN_MIN_ACCURACY\): expected a number from 0 to 1, received 1.2",
+        ),
+        (
+            {"LEAF_TRAIN_MAX_REGRESSION": "-0.1"},
+            r"--max-regression \(LEAF_TRAIN_MAX_REGRESSION\): expected a number from 0 to 1",
+        ),
+        (
+            {"LEAF_TRAIN_MAX_CLASS_REGRESSION": "1.5"},
+            r"--max-class-regression \(.*\): expected a number from 0 to 1, received 1.5",
+        ),
+        (
+            {"LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "0"},
+            r"--gate-min-class-support \(.*\): expected an integer >= 1, received 0",
+        ),
+        (
+            {"LEAF_TRAIN_KEEP_VERSIONS": "0"},
+            r"--keep-versions \(LEAF_TRAIN_KEEP_VERSIONS\): expected an integer >= 1, received 0",
+        ),
+        (
+            {"LEAF_TRAIN_INCOMPLETE_GRACE_HOURS": "0"},
+            r"--incomplete-grace-hours \(.*\): expected a number > 0, received 0",
+        ),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
 )

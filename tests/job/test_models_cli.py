@@ -87,10 +87,18 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
         (["promote", "v4"], 1, "expected a complete version; it has no manifest.json"),
         (["promote", "../v1"], 1, "version: expected 1-128 characters"),
         (["rollback"], 1, "expected a pointer to roll back; found none"),
-        (["prune", "--keep-versions", "0"], 2, "--keep-versions: expected >= 1; received 0"),
+        (
+            ["prune", "--keep-versions", "0"],
+            2,
+            "--keep-versions (LEAF_TRAIN_KEEP_VERSIONS): expected an integer >= 1, received 0",
+        ),
         (["prune", "--keep-versions", "many"], 2, "VERSIONS): expected an integer, received 'many'"),
-        (["prune", "--incomplete-grace-hours", "0"], 2, "--incomplete-grace-hours: expected hours > 0; received 0.0"),
-        (["list", "--model-name", "Bad Name"], 2, "--model-name: expected lowercase letters"),
+        (
+            ["prune", "--incomplete-grace-hours", "0"],
+            2,
+            "--incomplete-grace-hours (LEAF_TRAIN_INCOMPLETE_GRACE_HOURS): expected a number > 0, received 0.0",
+        ),
+        (["list", "--model-name", "Bad Name"], 2, "--model-name (LEAF_TRAIN_MODEL_NAME): expected lowercase letters"),
     ],
 )
 def test_errors_exit_non_zero_with_one_clear_line(
@@ -106,7 +114,10 @@ def test_errors_exit_non_zero_with_one_clear_line(
 def test_output_is_required(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("LEAF_TRAIN_OUTPUT", raising=False)
     rc, _, err = run(capsys, "list")
-    assert rc == 2 and "--output is required" in err
+    assert (
+        rc == 2
+        and "--output (LEAF_TRAIN_OUTPUT): expected s3://bucket/prefix or a local folder, received nothing" in err
+    )
 
 
 def test_installed_command_reads_its_options_from_the_environment(output: str) -> None:

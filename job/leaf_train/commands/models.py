@@ -15,12 +15,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from leaf_common.config import add_arguments, option, resolve
+from leaf_common.config import add_arguments, option, option_error, resolve
 from leaf_common.registry import MODEL_NAME_RULE, is_model_name
 from leaf_common.storage import open_store
 
 from ..config import ENV_PREFIX, TrainConfig
-from ..errors import ConfigError
 from ..registry import (
     IncompleteVersionError,
     ModelRegistry,
@@ -42,11 +41,9 @@ class ModelsConfig:
 
     def validate(self) -> None:
         if not self.output:
-            wanted = "s3://bucket/prefix or a local folder"
-            raise ConfigError(f"--output is required: expected {wanted}; received ''")
+            raise option_error(ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing")
         if not is_model_name(self.model_name):
-            wanted, got = MODEL_NAME_RULE, self.model_name
-            raise ConfigError(f"--model-name: expected {wanted}; received {got!r}")
+            raise option_error(ENV_PREFIX, "model_name", MODEL_NAME_RULE, repr(self.model_name))
 
 
 def register(sub: argparse._SubParsersAction) -> None:
