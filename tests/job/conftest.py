@@ -1,0 +1,26 @@
+"""Artefacts that several job test modules read and none changes, built once per session.
+
+Converting VGG16 with tf2onnx costs seconds on 2 cores (most of it tf2onnx's optimizer copying the
+base's 58 MB of constants), so the modules that only read a converted random-weight model share one.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+VGG32_SIZE, VGG32_CLASSES, VGG32_DENSE = 32, 3, 16
+
+
+@pytest.fixture(scope="session")
+def vgg32_onnx():
+    """``(model, onnx_bytes)``: the job's classifier at 32x32, random weights (seed 3), and its export.
+
+    Shared: use the model for predictions only (no training, no set_weights).
+    """
+    import keras
+    from leaf_train.export import to_onnx
+    from leaf_train.model import build_model
+
+    keras.utils.set_random_seed(3)
+    model = build_model(VGG32_CLASSES, VGG32_SIZE, weights=None, dense_units=VGG32_DENSE)
+    return model, to_onnx(model, VGG32_SIZE, opset=17)
