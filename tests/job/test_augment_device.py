@@ -167,7 +167,8 @@ def fit_tiny(jit: bool, seed: int, params: AugmentParams | None) -> tuple[keras.
     return model, model.get_weights()
 
 
-@pytest.mark.parametrize("jit", [False, True])
+# jit=True is slow: XLA compiles the train and validation steps for each of the four fits.
+@pytest.mark.parametrize("jit", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_the_train_step_augments_uint8_batches_repeatably(jit):
     model, weights = fit_tiny(jit, seed=1, params=AugmentParams())
     assert model.jit_compile is jit  # no layer in the step turns XLA off
@@ -208,6 +209,7 @@ _MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a TensorFlow process of its own (two logical CPUs must be set before TF starts)
 def test_device_augmentation_trains_under_a_mirrored_strategy():
     done = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

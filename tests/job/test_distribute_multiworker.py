@@ -5,7 +5,9 @@ Each process is ``leaf-train train`` configured as a pod of the chart's Indexed 
 ``LEAF_TRAIN_WORKER_HOSTS`` standing in for the pod hostnames (two ports on 127.0.0.1 instead
 of ``<job>-<i>.<service>:2222``). TF_CONFIG is built by the job's own code from those.
 Two attempts of the same Job (same run id): the first trains and then fails before publishing,
-the retry resumes both workers from the chief's checkpoint and publishes once.
+the retry resumes both workers from the chief's checkpoint and publishes once. The workers augment
+on the device (uint8 batches, each replica its own draws), the mode a multi-GPU Job runs in, so the
+same run shows the replicas stay in sync with augmentation in the train step.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.slow
 
 DIGEST = re.compile(r"final weights sha256 ([0-9a-f]{64}) \(worker (\d)\)")
 RUN_ID = "mw-run"
+DEVICE = ("--augment", "device")  # after launch()'s "--augment false": the later flag wins
 
 
 def free_ports(n: int) -> list[int]:
@@ -98,12 +101,13 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     # with training.
     model_dir.mkdir(parents=True)
     (model_dir / "latest.json").write_bytes(Pointer(version="gone", name="leaf-classifier").to_json())
-    chief, worker = finish(launch(data, out), expected=(1, 0))
+    chief, worker = finish(launch(data, out, *DEVICE), expected=(1, 0))
     for index, log in enumerate((chief, worker)):
         assert f'"task": {{"type": "worker", "index": {index}}}' in log  # TF_CONFIG built from JOB_COMPLETION_INDEX
         assert "MultiWorkerMirroredStrategy: 2 replica(s) on 2 worker(s)" in log
         assert "global batch 8 = 4 per replica" in log
         assert "learning rates 0.002 / 2e-05 (lr_scaling linear)" in log  # x2 replicas
+        assert "augmentation device (option device)" in log
     trained = digests(chief, worker)
     assert trained[0] == trained[1]  # all-reduced gradients kept both replicas' weights identical
     assert "IncompleteVersionError: served version" in chief and "versions/gone is unusable" in chief
@@ -115,7 +119,7 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     # Attempt 2 (the Job's retry): every worker loads the chief's checkpoint, so both hold exactly the
     # weights attempt 1 trained, train nothing more, and only the chief exports and publishes.
     (model_dir / "latest.json").unlink()
-    chief, worker = finish(launch(data, out))
+    chief, worker = finish(launch(data, out, *DEVICE))
     for log in (chief, worker):
         assert f"resuming run {model_dir / 'runs' / RUN_ID} at phase 3 after 0 epochs" in log
         assert "phase 1 compiled" not in log and "phase 2 compiled" not in log
@@ -129,6 +133,7 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     report = json.loads((versions[0] / "report.json").read_text())
     assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
     assert report["history"]["phase"] == [1.0, 2.0]
+    assert report["augment"] == "device"
     assert report["jit_compile"] is False  # auto: XLA only with a GPU
     contract = json.loads((versions[0] / "model.json").read_text())
     fp16 = contract["parity"]["fp16"]
@@ -139,16 +144,3 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     assert "model.fp16.onnx" in json.dumps(manifest["files"])
     state = json.loads((model_dir / "runs" / RUN_ID / "state.json").read_text())
     assert state["published_version"] == versions[0].name
-
-
-def test_two_workers_augmenting_on_the_device_stay_in_sync(tmp_path):
-    """Device augmentation under MultiWorkerMirroredStrategy: uint8 batches, each replica its own draws."""
-    data, out = tmp_path / "photos", tmp_path / "registry"
-    write(open_store(str(data)), per_class=8, classes=2, size=48)
-    chief, worker = finish(launch(data, out, "--augment", "device"))  # the later flag wins
-    for log in (chief, worker):
-        assert "augmentation device (option device)" in log
-    trained = digests(chief, worker)
-    assert trained[0] == trained[1]
-    (version,) = (out / "leaf-classifier" / "versions").iterdir()
-    assert json.loads((version / "report.json").read_text())["augment"] == "device"

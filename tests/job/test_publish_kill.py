@@ -5,7 +5,9 @@ stopped by SIGTERM while it exports (exit 75, nothing published), the second is 
 by the OOM killer) half-way through uploading the version, the third gets SIGTERM while
 publishing (it finishes the second's upload up to the manifest, then stops with exit 75), and the
 fourth completes the run: exactly one complete version, verified and served. Signals are sent by
-``fault_driver.py`` from inside the job at the named step, so each lands where the test says.
+``fault_driver.py`` from inside the job at the named step, so each lands where the test says. The
+pods that get no signal run ``leaf-train`` in this process: they start from the files alone, as a new
+pod would, without another TensorFlow start-up.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 from leaf_common.registry import MANIFEST_FILE
 from leaf_common.storage import open_store
+from leaf_train.cli import main
 from leaf_train.errors import EXIT_PREEMPTED
 from leaf_train.registry import CLAIM_FILE, ModelRegistry
 from leaf_train.synth import write
@@ -30,19 +33,23 @@ DRIVER = Path(__file__).with_name("fault_driver.py")
 RUN_ID = "nightly-42"
 
 
-def train(data: Path, out: Path, *fault: str) -> subprocess.CompletedProcess[str]:
-    argv = [
+def train_argv(data: Path, out: Path) -> list[str]:
+    return [
         "train", "--data", str(data), "--output", str(out), "--run-id", RUN_ID,
         "--image-size", "32", "--weights", "none", "--batch-size", "8",
         "--head-epochs", "1", "--finetune-epochs", "1", "--early-stopping-patience", "0",
         "--augment", "false", "--kube-integration", "off", "--progress", "off",
     ]  # fmt: skip
+
+
+def train(data: Path, out: Path, *fault: str) -> subprocess.CompletedProcess[str]:
+    """One pod in a process of its own, with ``fault`` (fault_driver.py's options) delivering its signal."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, str(DRIVER), *fault, "--", *argv]
+    cmd = [sys.executable, str(DRIVER), *fault, "--", *train_argv(data, out)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp_path):
+def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp_path, caplog):
     data, out = tmp_path / "photos", tmp_path / "registry"
     write(open_store(str(data)), per_class=8, classes=2, size=48)
     versions = out / "leaf-classifier" / "versions"
@@ -68,8 +75,7 @@ def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp
     assert f"SIGTERM: stopped while publishing {version}, before writing {MANIFEST_FILE}" in third.stderr
     assert not (versions / version / MANIFEST_FILE).exists()
 
-    fourth = train(data, out)
-    assert fourth.returncode == 0, fourth.stderr[-3000:]
+    assert main(train_argv(data, out)) == 0, caplog.text[-3000:]  # the fourth pod
     assert [p.name for p in versions.iterdir()] == [version]
     registry = ModelRegistry(open_store(str(out)), "leaf-classifier")
     manifest = registry.verify(version)
@@ -79,7 +85,7 @@ def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp
     assert json.loads(state_file.read_text())["published_version"] == version
 
     # A fifth pod (the fourth died after finishing, say) finds the run done and changes nothing.
-    fifth = train(data, out)
-    assert fifth.returncode == 0, fifth.stderr[-3000:]
-    assert f"this run already published {version}" in fifth.stderr
+    caplog.clear()
+    assert main(train_argv(data, out)) == 0, caplog.text[-3000:]
+    assert f"this run already published {version}" in caplog.text
     assert [p.name for p in versions.iterdir()] == [version] and registry.pointer()[0].version == version

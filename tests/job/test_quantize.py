@@ -1,9 +1,10 @@
 """INT8 export: ONNX Runtime's static QDQ quantization, and the accuracy rule that decides whether it ships.
 
-The quantizer runs on the seed's own network (VGG16 base, 32x32, random weights) so every op the
-real export has is quantized; the end-to-end run through the CLI publishes model.int8.onnx with its
-record. Whether INT8 passes is a pure function of two accuracies and the allowed drop (a table), and
-check_int8 is run on a pair of models that disagree, so the refusal is shown, not assumed.
+The quantizer runs on the seed's own network (VGG16 base, 32x32, random weights: the session's
+``vgg32_onnx``, shared with test_export) so every op the real export has is quantized; the end-to-end
+run through the CLI publishes model.int8.onnx with its record. Whether INT8 passes is a pure function
+of two accuracies and the allowed drop (a table), and check_int8 is run on a pair of models that
+disagree, so the refusal is shown, not assumed.
 """
 
 from __future__ import annotations
@@ -17,17 +18,14 @@ import onnxruntime as ort
 import pytest
 from leaf_common.storage import open_store
 from leaf_train.cli import main
-from leaf_train.export import to_onnx
-from leaf_train.model import build_model
 from leaf_train.quantize import INT8_FILE, Int8Check, check_int8, to_int8
 from test_export_fp16 import classifier
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vgg32")]  # share vgg32_onnx (conftest)
 
 
-def test_quantizes_the_seed_network_to_qdq_int8_close_to_fp32():
-    model = build_model(3, 32, None)
-    fp32 = to_onnx(model, 32, 17)
+def test_quantizes_the_seed_network_to_qdq_int8_close_to_fp32(vgg32_onnx):
+    _, fp32 = vgg32_onnx
     rng = np.random.default_rng(0)
     calibration = rng.integers(0, 256, (16, 32, 32, 3)).astype(np.uint8)
     int8 = to_int8(fp32, calibration)

@@ -7,6 +7,8 @@ the equality above would prove nothing.
 ``model.onnx`` is compared by its initializers and outputs, not its bytes: when tf2onnx merges
 identical constants, which of their names survives varies from run to run (seen here: the same
 weights, one constant input named ``const_one__9`` in one file and ``const_ends__92`` in the other).
+
+The three runs are made once for the module; the provenance test reads the first one's record.
 """
 
 from __future__ import annotations
@@ -49,7 +51,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(root)
 
 
-def train(photos: str, out: str, seed: int) -> tuple[ModelContract, dict, bytes]:
+Run = tuple[ModelContract, dict, bytes]
+
+
+def train(photos: str, out: str, seed: int) -> Run:
     """One run; returns the published contract, report.json and model.onnx."""
     assert main(["train", "--data", photos, "--output", out, "--seed", str(seed), "--version", "v1", *ARGS]) == 0
     version = open_store(out).child("leaf-classifier/versions/v1")
@@ -69,10 +74,18 @@ def outputs(model: bytes) -> np.ndarray:
     return session.run(None, {"image": x})[0]
 
 
-def test_same_seed_same_weights_and_onnx_bytes_different_seed_differs(photos: str, tmp_path) -> None:
-    first = train(photos, str(tmp_path / "a"), seed=7)
-    second = train(photos, str(tmp_path / "b"), seed=7)
-    other = train(photos, str(tmp_path / "c"), seed=8)
+@pytest.fixture(scope="module")
+def runs(photos: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Run, Run, Run]:
+    """Two runs with seed 7 and one with seed 8; also the first run's output folder."""
+    tmp = tmp_path_factory.mktemp("runs")
+    first = train(photos, str(tmp / "a"), seed=7)
+    second = train(photos, str(tmp / "b"), seed=7)
+    other = train(photos, str(tmp / "c"), seed=8)
+    return tmp / "a", first, second, other
+
+
+def test_same_seed_same_weights_and_onnx_bytes_different_seed_differs(runs) -> None:
+    _, first, second, other = runs
 
     prov = [c.provenance for c, _, _ in (first, second, other)]
     assert prov[0]["seed"] == 7 and prov[0]["deterministic"] is True and prov[0]["deterministic_option"] == "on"
@@ -87,8 +100,8 @@ def test_same_seed_same_weights_and_onnx_bytes_different_seed_differs(photos: st
     assert first[1]["history"] != other[1]["history"]
 
 
-def test_provenance_names_the_packages_and_the_lock(photos: str, tmp_path, capsys) -> None:
-    contract, _, _ = train(photos, str(tmp_path / "p"), seed=1)
+def test_provenance_names_the_packages_and_the_lock(runs, capsys) -> None:
+    out, (contract, _, _), _, _ = runs
     prov = contract.provenance
     assert set(prov["packages"]) == {"tensorflow", "keras", "numpy", "pillow", "tf2onnx", "onnx", "onnxruntime"}
     assert prov["packages"]["tensorflow"] == version("tensorflow-cpu") and prov["packages"]["keras"] == version("keras")
@@ -99,9 +112,9 @@ def test_provenance_names_the_packages_and_the_lock(photos: str, tmp_path, capsy
 
     # What an operator sees: "what exactly produced the model we serve".
     capsys.readouterr()
-    assert main(["models", "show", "v1", "--output", str(tmp_path / "p")]) == 0
+    assert main(["models", "show", "v1", "--output", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "seed:      1 (deterministic ops on, option on)" in shown
+    assert "seed:      7 (deterministic ops on, option on)" in shown
     assert f"lock:      dev sha256 {lock['sha256']} (environment matched it)" in shown
     packages = next(line for line in shown.splitlines() if line.startswith("  packages:"))
     for name, installed in prov["packages"].items():
