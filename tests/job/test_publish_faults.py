@@ -113,7 +113,8 @@ def assert_finished(store: Store, attempts: list[dict[str, bytes]], step: str) -
     ("backend", "fault"),
     # A failing store differs from a kill only in being an Exception the code could catch, which it
     # does the same way on both stores: the folder is enough for that sweep (moto costs ~40 s a sweep).
-    [("s3", kill), ("local", kill), ("local", fail)],
+    # The S3 sweep (~40 s of HTTP) is `slow`: the fast subset keeps the same sweep on a folder.
+    [pytest.param("s3", kill, marks=pytest.mark.slow), ("local", kill), ("local", fail)],
     ids=["s3-killed", "local-killed", "local-store-failed"],
 )
 def test_publication_cut_short_at_any_step_is_finished_by_the_retry(request, tmp_path, backend, fault) -> None:
