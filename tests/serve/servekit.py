@@ -242,7 +242,8 @@ def in_process(model_uri: str, **overrides: object) -> Iterator[AppClient]:
     """Like :func:`start_server`, but the app runs in-process: its lifespan (start-up, shutdown) runs as under
     uvicorn, requests go through the whole app, nothing listens on a port."""
     config, app = build_app(model_uri, **overrides)
-    with AppClient(app, raise_server_exceptions=False) as client:
+    # The peer a loopback socket would show, for per-client limits and log lines; a 500 is answered, not raised.
+    with AppClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         client.config = config
         yield client
 
