@@ -25,7 +25,8 @@ from leaf_common.storage import Store, open_store
 from PIL import Image
 
 with warnings.catch_warnings():
-    # Starlette 1.x would rather have httpx2; httpx 0.28.1 is the locked client, and TestClient works on it.
+    # Starlette 1.x would rather have httpx2; httpx 0.28.1 is the locked client, and TestClient
+    # works on it.
     warnings.simplefilter("ignore")
     from starlette.testclient import TestClient
 
@@ -193,7 +194,8 @@ class RunningServer:
 
 
 def build_app(model_uri: str, **overrides: object) -> tuple[object, object]:
-    """(config, app): ``model_uri`` loaded and leaf-serve's ASGI app over it, as ``leaf-serve`` builds them."""
+    """(config, app): ``model_uri`` loaded and leaf-serve's ASGI app over it, as leaf-serve builds
+    them."""
     from leaf_serve.app import build_repository, create_app
     from leaf_serve.settings import ServeConfig
 
@@ -239,10 +241,11 @@ class AppClient(TestClient):
 
 @contextmanager
 def in_process(model_uri: str, **overrides: object) -> Iterator[AppClient]:
-    """Like :func:`start_server`, but the app runs in-process: its lifespan (start-up, shutdown) runs as under
-    uvicorn, requests go through the whole app, nothing listens on a port."""
+    """Like :func:`start_server`, but the app runs in-process: its lifespan (start-up, shutdown)
+    runs as under uvicorn, requests go through the whole app, nothing listens on a port."""
     config, app = build_app(model_uri, **overrides)
-    # The peer a loopback socket would show, for per-client limits and log lines; a 500 is answered, not raised.
+    # The peer a loopback socket would show, for per-client limits and log lines; a 500 is answered,
+    # not raised.
     with AppClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
         client.config = config
         yield client

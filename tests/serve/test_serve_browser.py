@@ -88,7 +88,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     driver.quit()
 
 
-# The one poller, with the page's timeout; each poll is a round trip to chromedriver, hence the longer interval.
+# The one poller, with the page's timeout; each poll is a round trip to chromedriver, hence the
+# longer interval.
 wait_for = functools.partial(testkit.wait_for, timeout=WAIT, interval=0.1)
 
 

@@ -1,8 +1,9 @@
 """Capture: hard photos reach the inbox as pixels only, and never slow or fail an inference.
 
 Hostile uploads (issue 20): EXIF with GPS, ICC, trailing HTML, an APNG whose browsers show another frame;
-a flood that would fill the inbox; one client spending everybody's rate. The app is called in-process
-(``in_process``), except where a request must not wait: that one has a real socket and a client timeout.
+a flood that would fill the inbox; one client spending everybody's rate. The app is called
+in-process (``in_process``), except where a request must not wait: that one has a real socket and
+a client timeout.
 """
 
 from __future__ import annotations

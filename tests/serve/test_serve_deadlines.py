@@ -23,8 +23,8 @@ TIMEOUT = 1.0
 def deadline_server(
     tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[RunningServer]:
-    """Both HTTP/1.1 implementations uvicorn offers: httptools (installed, so the default) and h11; one server
-    each for the module (the tests count closed connections as differences, not totals)."""
+    """Both HTTP/1.1 implementations uvicorn offers: httptools (installed, so the default) and h11;
+    one server each for the module (the tests count closed connections as differences)."""
     reg = Registry(str(tmp_path_factory.mktemp("models")))
     reg.publish("v1", V1)
     reg.promote("v1")

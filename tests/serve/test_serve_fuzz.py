@@ -5,9 +5,9 @@ replaced by something else, binary bodies with arbitrary header lengths, arbitra
 query strings, multipart forms, real PNG/JPEG bytes with bits flipped, cut short or padded, and
 gRPC messages (arbitrary bytes, near-valid ``ModelInferRequest`` and friends, cut short or with bits
 flipped) that must never be answered UNKNOWN or INTERNAL. After every case the server must still
-answer ``/v2/health/live`` (which asks gRPC too), and after each kind's cases no ERROR line and no
-traceback may have been logged. Each test stands alone (any order, any subset). ``derandomize`` makes
-every run try the same cases, so a failure in CI reproduces on a laptop.
+answer ``/v2/health/live`` (which asks gRPC too), and after each kind's cases no ERROR line and
+no traceback may have been logged. Each test stands alone (any order, any subset). ``derandomize``
+makes every run try the same cases, so a failure in CI reproduces on a laptop.
 
 ``LEAF_FUZZ_URL`` points the cases at a server already running elsewhere (bench/hostile_bench.py
 uses it to fuzz an older build; ``LEAF_FUZZ_GRPC`` is that server's gRPC ``host:port``, else the gRPC
@@ -281,8 +281,8 @@ def send_grpc(channel: grpc.Channel, client: httpx.Client, url: str, rpc: str, p
 
 @pytest.fixture
 def errors_logged() -> Iterator[list[logging.LogRecord]]:
-    """ERROR records and tracebacks logged while one test's cases ran: there may be none, and the cases must
-    have reached the server (a strategy that rejects everything would otherwise pass)."""
+    """ERROR records and tracebacks logged while one test's cases ran: there may be none, and the
+    cases must have reached the server (a strategy that rejects everything would otherwise pass)."""
     records: list[logging.LogRecord] = []
 
     class Collect(logging.Handler):

@@ -1,4 +1,4 @@
-"""``--prefer-int8``: the job's accuracy-checked model.int8.onnx, verified like FP16 (the app called in-process).
+"""``--prefer-int8``: the job's accuracy-checked model.int8.onnx, verified like FP16 (in-process).
 
 The INT8 model here is the tiny test graph quantized by ONNX Runtime's own static QDQ quantizer,
 the same call the job makes (leaf_train.quantize.to_int8 is exercised in tests/job/test_quantize.py).

@@ -1,6 +1,5 @@
-"""The pages' server side: packaged files, the page settings and the model card from published artefacts.
-
-All of it is what a handler answers, so the app is called in-process (``client``, ``in_process``).
+"""The pages' server side: packaged files, the page settings and the model card from published
+artefacts. All of it is what a handler answers, so the app is called in-process.
 """
 
 from __future__ import annotations

@@ -36,8 +36,8 @@ def cpu_ticks(pid: int) -> int:
 
 
 def infer_on_new_connections(url: str, count: int) -> None:
-    # No keep-alive: one connection per request, so the kernel picks a worker for each (one client, because
-    # building a client, its TLS context included, costs more than the request).
+    # No keep-alive: one connection per request, so the kernel picks a worker for each. One client,
+    # because building a client (its TLS context included) costs more than the request.
     with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
         for _ in range(count):
             response = client.post(url + "/v2/models/leaf/infer", json=BODY)

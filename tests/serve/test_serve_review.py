@@ -1,4 +1,4 @@
-"""``/review``: the token, the grid's data, accept and reject, on S3 over HTTP (the app called in-process).
+"""``/review``: the token, the grid's data, accept and reject, on S3 over HTTP (app in-process).
 
 Requests refused before they change anything share one loop in local folders per module.
 """
@@ -46,7 +46,7 @@ class Loop:
 
 @contextmanager
 def review_loop(models: str, data_uri: str, token_dir: Path, **overrides: object) -> Iterator[Loop]:
-    """v1 published under ``models``, a server with capture and review on; photos land in ``data_uri``."""
+    """v1 published under ``models``, an app with capture and review on; photos go to ``data_uri``."""
     reg = Registry(models)
     reg.publish("v1", V1)
     reg.promote("v1")
@@ -71,8 +71,8 @@ def loop(s3, tmp_path) -> Iterator[Loop]:
 
 @pytest.fixture(scope="module")
 def local_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
-    """The loop in local folders, one per module: for requests refused before they change anything, with room
-    for every capture and wrong token the module sends (the limits have their own tests)."""
+    """The loop in local folders, one per module: for requests refused before they change anything,
+    with room for every capture and wrong token the module sends (the limits have their own tests)."""
     root = tmp_path_factory.mktemp("loop")
     roomy = {"review_failed_logins": 1000, "capture_per_minute": 1000, "capture_per_client_per_minute": 1000}
     with review_loop(str(root / "models"), str(root / "pv"), root, **roomy) as made:
@@ -223,7 +223,8 @@ def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: 
 
 
 def post_at_once(client: AppClient, requests: list[tuple[str, dict]]) -> list[httpx.Response]:
-    """POST every (path, json) at the same moment, each from its own thread: the app runs them concurrently."""
+    """POST every (path, json) at the same moment, each from its own thread: the app runs them at
+    once."""
     start = threading.Barrier(len(requests))
     answers: list = [None] * len(requests)
 

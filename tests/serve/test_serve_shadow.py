@@ -1,8 +1,9 @@
 """Shadow before promotion, end to end: the server mirrors traffic to the candidate, the CLI decides.
 
-Registry on S3 over HTTP (moto), the app in-process (on a loopback port where 40 clients arrive at once), the verdict
-through ``leaf-train models verdict`` in its own process. The tiny models answer by colour (servekit):
-an equal candidate agrees everywhere; a candidate that "lost" blight answers rust for blue photos.
+Registry on S3 over HTTP (moto), the app in-process (on a loopback port where 40 clients arrive at
+once), the verdict through ``leaf-train models verdict`` in its own process. The tiny models answer
+by colour (servekit): an equal candidate agrees everywhere; a candidate that "lost" blight answers
+rust for blue photos.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def job_registry(reg: Registry) -> ModelRegistry:
 
 @pytest.fixture
 def serve(registry: Registry) -> Iterator:
-    """Starts the app over ``registry`` in-process, or on a socket where the test needs concurrent clients."""
+    """Starts the app over ``registry`` in-process, or on a socket where a test needs many clients."""
     with contextlib.ExitStack() as stack:
 
         def start(socket: bool = False, **overrides: object) -> AppClient | RunningServer:

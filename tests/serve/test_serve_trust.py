@@ -1,4 +1,4 @@
-"""Trust: abstain fields, the OIP ood_score output, capture's abstain_reason, drift (in-process; gRPC on a socket).
+"""Trust: abstain fields, the OIP ood_score output, capture's abstain_reason, drift (in-process).
 
 The test model is servekit's tiny colour classifier with a second output, as versions trained with
 the OOD detector have: ``ood_score`` = mean brightness (0..1). Its version's threshold is 0.7, so a
