@@ -6,17 +6,11 @@ exactly as it talks to AWS or MinIO, through ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from testkit import free_port
 
 
 @dataclass

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from containerkit import NETWORK, PODMAN_ENV, ROOT, job_pod, one, podman, remove_pod, wait_for
+from containerkit import NETWORK, PODMAN_ENV, ROOT, job_pod, one, podman, remove_pod
 from scenario import (
     DATA,
     FIRST_JOB,
@@ -31,6 +31,7 @@ from scenario import (
     bindable,
     free_port,
 )
+from testkit import wait_for
 
 
 @pytest.fixture(scope="session")
@@ -93,7 +94,7 @@ def bridge_s3(images: Images) -> Iterator[BridgeS3]:
     podman("rm", "--force", "--ignore", "--time", "0", anchor)
     podman("run", "--detach", "--name", anchor, "--network", NETWORK, "--entrypoint", "sleep", images.serve, "infinity")
     # The address exists once the anchor runs; bind it only then.
-    wait_for(lambda: bindable(gateway), 30, f"the bridge address {gateway} on this host")
+    wait_for(lambda: bindable(gateway), f"the bridge address {gateway} on this host", timeout=30, interval=0.2)
     port = free_port(gateway)
     pod_url = f"http://host.containers.internal:{port}"
     # moto takes the first label of a dotted Host header for a bucket (virtual-hosted style) unless the
@@ -165,8 +166,9 @@ def preemption(training: TrainingPods, first_run: FirstRun, unchanged_run: tuple
     container = training.start(job, f"{job}-aaaaa")
     seen = wait_for(
         lambda: (s := training.state(job)) and s.get("phase") == 2 and s.get("epochs_done", 0) >= 1 and s,
-        600,
         f"a phase-2 checkpoint of {job}",
+        timeout=600,
+        interval=0.2,
     )
     podman("stop", "--time", str(grace), container, timeout=grace + 60)
     stopped = training.finish(f"{job}-aaaaa", container, started)

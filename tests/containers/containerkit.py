@@ -20,7 +20,6 @@ import copy
 import json
 import os
 import subprocess
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -175,15 +174,3 @@ def logs(container: str) -> str:
 
 def remove_pod(pod_name: str) -> None:
     podman("pod", "rm", "--force", "--ignore", pod_name, check=False)
-
-
-def wait_for(condition, timeout: float, what: str, interval: float = 0.2):  # noqa: ANN001, ANN201
-    """Poll ``condition()`` until it returns something truthy; fail naming ``what`` after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)

@@ -30,7 +30,6 @@ from containerkit import (
     remove_pod,
     render,
     wait_exit,
-    wait_for,
 )
 from PIL import Image
 from scenario import (
@@ -44,6 +43,7 @@ from scenario import (
     chart_values,
     secret,
 )
+from testkit import wait_for
 
 pytestmark = [pytest.mark.container, pytest.mark.slow]
 
@@ -109,7 +109,7 @@ def serving(
         infra = inspect(podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip())
         address = infra["NetworkSettings"]["Networks"]["podman"]["IPAddress"]
         url = f"http://{address}:8080"
-        wait_for(lambda: ready(url), 120, f"readiness of {url} ({container})", interval=0.1)
+        wait_for(lambda: ready(url), f"readiness of {url} ({container})", timeout=120, interval=0.1)
         yield ServingPod(pod, container, url, deployment, time.monotonic() - started, first, second, bridge_s3)
     finally:
         remove_pod(pod)
@@ -147,7 +147,12 @@ def test_served_as_rendered_ready_and_answers_with_the_pointers_version(serving:
 
 def test_promoting_a_second_version_is_picked_up_by_hot_reload(serving: ServingPod):
     promote(serving.s3, serving.second_version)
-    wait_for(lambda: served_version(serving.url) == serving.second_version, 20 * POLL_INTERVAL, "the hot reload")
+    wait_for(
+        lambda: served_version(serving.url) == serving.second_version,
+        "the hot reload",
+        timeout=20 * POLL_INTERVAL,
+        interval=0.2,
+    )
     body = httpx.post(f"{serving.url}/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30)
     assert body.json()["version"] == serving.second_version
 

@@ -8,12 +8,15 @@ can be computed with numpy.
 
 from __future__ import annotations
 
+import functools
 import io
-import socket
+import sys
 import threading
-import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 from contractkit import contract
@@ -22,26 +25,19 @@ from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Manifest, Manifest
 from leaf_common.storage import Store, open_store
 from PIL import Image
 
+with warnings.catch_warnings():
+    # Starlette 1.x would rather have httpx2; httpx 0.28.1 is the locked client, and TestClient
+    # works on it.
+    warnings.simplefilter("ignore")
+    from starlette.testclient import TestClient
+
+# pytest puts tests/ on sys.path (tests/conftest.py); bench/ scripts put only tests/serve there.
+if str(Path(__file__).resolve().parent.parent) not in sys.path:
+    sys.path.append(str(Path(__file__).resolve().parent.parent))
+from testkit import free_port, wait_for  # noqa: E402
+
 IMAGE_SIZE = (32, 32)
 MODEL_NAME = "leaf"
-
-
-def wait_for(condition: Callable[[], object], what: str, timeout: float = 30.0, interval: float = 0.05) -> object:
-    """Poll ``condition()`` until it returns something truthy and return that; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:g} s: {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # v1: red -> class 0, green -> 1, blue -> 2.  v2: the other way round, with other labels.
@@ -104,8 +100,8 @@ class Registry:
 
     root: str
 
-    @property
-    def store(self) -> Store:
+    @functools.cached_property
+    def store(self) -> Store:  # one client for the registry's life: an S3 client takes up to a second to build
         return open_store(f"{self.root}/{MODEL_NAME}")
 
     @property
@@ -173,14 +169,26 @@ class RunningServer:
     def repo(self):  # noqa: ANN201 - test helper
         return self.app.state.api.repo
 
+    # The calls an AppClient takes, over the socket: a test can move between the two unchanged.
+    def request(self, method: str, path: str, **kwargs: object):  # noqa: ANN201 - an httpx.Response
+        import httpx
+
+        return httpx.request(method, self.url + path, **kwargs)
+
+    def get(self, path: str, **kwargs: object):  # noqa: ANN201
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: object):  # noqa: ANN201
+        return self.request("POST", path, **kwargs)
+
     def stop(self) -> None:
         self.server.should_exit = True
         self.thread.join(timeout=30)
 
 
-def start_server(model_uri: str, **overrides: object) -> RunningServer:
-    """Load ``model_uri`` and serve it on a free port; returns once uvicorn accepts connections."""
-    from leaf_serve.__main__ import build_server
+def build_app(model_uri: str, **overrides: object) -> tuple[object, object]:
+    """(config, app): ``model_uri`` loaded and leaf-serve's ASGI app over it, as leaf-serve builds
+    them."""
     from leaf_serve.app import build_repository, create_app
     from leaf_serve.settings import ServeConfig
 
@@ -192,16 +200,48 @@ def start_server(model_uri: str, **overrides: object) -> RunningServer:
     config.validate()
     repo = build_repository(config)
     repo.load_initial()
-    app = create_app(config, repo)
+    return config, create_app(config, repo)
+
+
+def start_server(model_uri: str, **overrides: object) -> RunningServer:
+    """Load ``model_uri`` and serve it on a free port; returns once uvicorn accepts connections."""
+    from leaf_serve.__main__ import build_server
+
+    config, app = build_app(model_uri, **overrides)
     server = build_server(replace(config, log_level="warning"), app)  # the production server: deadlines, limits
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("test server did not start")
-        time.sleep(0.01)
+    wait_for(lambda: server.started or not thread.is_alive(), "uvicorn accepting connections", interval=0.01)
+    if not server.started:
+        raise RuntimeError("test server did not start (its thread ended: see the log above)")
     return RunningServer(f"http://127.0.0.1:{config.port}", app, server, thread, config)
+
+
+class AppClient(TestClient):
+    """leaf-serve's app called in-process by Starlette's TestClient: no uvicorn, no socket.
+
+    For what a handler answers (status, headers, body, metrics). What lives outside the app
+    (header and body deadlines, the concurrency limit, draining, HTTP/2, gRPC) needs
+    :func:`start_server`.
+    """
+
+    config: object = None
+
+    @property
+    def repo(self):  # noqa: ANN201 - test helper
+        return self.app.state.api.repo
+
+
+@contextmanager
+def in_process(model_uri: str, **overrides: object) -> Iterator[AppClient]:
+    """Like :func:`start_server`, but the app runs in-process: its lifespan (start-up, shutdown)
+    runs as under uvicorn, requests go through the whole app, nothing listens on a port."""
+    config, app = build_app(model_uri, **overrides)
+    # The peer a loopback socket would show, for per-client limits and log lines; a 500 is answered,
+    # not raised.
+    with AppClient(app, raise_server_exceptions=False, client=("127.0.0.1", 50000)) as client:
+        client.config = config
+        yield client
 
 
 def png(rgb: tuple[int, int, int], size: tuple[int, int] = (40, 30)) -> bytes:

@@ -9,7 +9,17 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-from servekit import INPUT_NAME, MODEL_NAME, V1, Registry, RunningServer, colour_image, expected_probs, start_server
+from servekit import (
+    INPUT_NAME,
+    MODEL_NAME,
+    V1,
+    AppClient,
+    Registry,
+    RunningServer,
+    colour_image,
+    expected_probs,
+    start_server,
+)
 
 INFER = f"/v2/models/{MODEL_NAME}/infer"
 
@@ -94,10 +104,10 @@ async def _overload(url: str) -> list[tuple[str, int]]:
     return done
 
 
-def test_metrics_count_requests_latency_and_model(server: RunningServer) -> None:
-    httpx.post(server.url + INFER, json=request_for(colour_image((1, 2, 3))))
-    httpx.post(server.url + "/v2/models/nope/infer", json={})
-    text = httpx.get(server.url + "/metrics").text
+def test_metrics_count_requests_latency_and_model(client: AppClient) -> None:
+    client.post(INFER, json=request_for(colour_image((1, 2, 3))))
+    client.post("/v2/models/nope/infer", json={})
+    text = client.get("/metrics").text
     assert metric(text, 'leaf_serve_requests_total{endpoint="infer",outcome="success"}') >= 1
     assert metric(text, 'leaf_serve_requests_total{endpoint="infer",outcome="client_error"}') >= 1
     assert metric(text, 'leaf_serve_request_seconds_count{endpoint="infer"}') >= 2

@@ -14,15 +14,16 @@ ran in a browser.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
-import servekit
+import testkit
 from leaf_common.storage import open_store
 from servekit import Registry, RunningServer, encode_image, publish_with_card, start_server
 
@@ -87,8 +88,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     driver.quit()
 
 
-def wait_for(condition: Callable[[], object], what: str) -> object:
-    return servekit.wait_for(condition, what, WAIT, interval=0.1)
+# The one poller, with the page's timeout; each poll is a round trip to chromedriver, hence the
+# longer interval.
+wait_for = functools.partial(testkit.wait_for, timeout=WAIT, interval=0.1)
 
 
 def by_id(driver, element_id: str):  # noqa: ANN001, ANN201 - a WebElement

@@ -1,7 +1,9 @@
-"""Capture over real sockets: hard photos reach the inbox as pixels only, and never slow or fail an inference.
+"""Capture: hard photos reach the inbox as pixels only, and never slow or fail an inference.
 
 Hostile uploads (issue 20): EXIF with GPS, ICC, trailing HTML, an APNG whose browsers show another frame;
-a flood that would fill the inbox; one client spending everybody's rate.
+a flood that would fill the inbox; one client spending everybody's rate. The app is called
+in-process (``in_process``), except where a request must not wait: that one has a real socket and
+a client timeout.
 """
 
 from __future__ import annotations
@@ -20,14 +22,14 @@ from leaf_common.inbox import Inbox
 from leaf_common.storage import open_store
 from leaf_serve.capture import CaptureLimits, ClientRates, RateLimit, client_key
 from PIL import Image
-from servekit import V1, Registry, RunningServer, encode_image, start_server
+from servekit import V1, AppClient, Registry, RunningServer, encode_image, in_process, start_server
 
 GREY = encode_image((128, 128, 128), "JPEG")  # the tiny model: ~0.37 for its best class, under 0.5
 RED = encode_image((230, 20, 20), "PNG")  # ~0.997 for "healthy"
 
 
-def metric(server: RunningServer, outcome: str) -> float:
-    text = httpx.get(server.url + "/metrics").text
+def metric(server: AppClient | RunningServer, outcome: str) -> float:
+    text = server.get("/metrics").text
     found = re.search(rf'^leaf_serve_captures_total{{outcome="{outcome}"}} (\S+)$', text, re.M)
     return float(found.group(1)) if found else 0.0
 
@@ -45,13 +47,12 @@ def registry(request, tmp_path) -> Registry:
 
 
 @pytest.fixture
-def capturing(registry: Registry) -> Iterator[RunningServer]:
-    running = start_server(registry.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5)
-    yield running
-    running.stop()
+def capturing(registry: Registry) -> Iterator[AppClient]:
+    with in_process(registry.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5) as running:
+        yield running
 
 
-def inbox_of(server: RunningServer) -> Inbox:
+def inbox_of(server: AppClient | RunningServer) -> Inbox:
     capture = server.app.state.capture
     assert capture.join(10), "the capture writer did not finish"
     return capture.inbox
@@ -63,8 +64,8 @@ def same_pixels(a: bytes, b: bytes, tolerance: float = 0) -> bool:
     return bool(np.abs(pa - pb).mean() <= tolerance)
 
 
-def test_a_photo_the_model_is_not_sure_about_is_kept(capturing: RunningServer, registry) -> None:
-    r = httpx.post(capturing.url + "/classify", content=GREY, headers={"Content-Type": "image/jpeg"})
+def test_a_photo_the_model_is_not_sure_about_is_kept(capturing: AppClient, registry) -> None:
+    r = capturing.post("/classify", content=GREY, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["confident"] is False and body["confidence_threshold"] == 0.5
@@ -82,16 +83,16 @@ def test_a_photo_the_model_is_not_sure_about_is_kept(capturing: RunningServer, r
     assert set(record["probabilities"]) == set(V1["labels"]) and record["captured_at"].endswith("+00:00")
 
 
-def test_a_confident_answer_is_not_kept(capturing: RunningServer, registry) -> None:
-    r = httpx.post(capturing.url + "/classify", content=RED, headers={"Content-Type": "image/png"})
+def test_a_confident_answer_is_not_kept(capturing: AppClient, registry) -> None:
+    r = capturing.post("/classify", content=RED, headers={"Content-Type": "image/png"})
     assert r.json()["confident"] is True and r.json()["captured"] is None
     inbox_of(capturing)
     assert list(open_store(f"{registry.root}/leaf/inbox").list()) == []
 
 
-def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(capturing: RunningServer) -> None:
+def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(capturing: AppClient) -> None:
     files = {"file": ("leaf.png", RED, "image/png")}
-    r = httpx.post(capturing.url + "/feedback", params={"label": "rust"}, files=files)
+    r = capturing.post("/feedback", params={"label": "rust"}, files=files)
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["label"] == "healthy"  # the server's own answer, computed again
     record, photo = inbox_of(capturing).photo(r.json()["captured"])
@@ -107,29 +108,26 @@ def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(capt
     ],
 )
 def test_bad_feedback_is_4xx_and_keeps_nothing(capturing, params, content_type, status, fragment) -> None:
-    r = httpx.post(capturing.url + "/feedback", params=params, content=RED, headers={"Content-Type": content_type})
+    r = capturing.post("/feedback", params=params, content=RED, headers={"Content-Type": content_type})
     assert r.status_code == status and fragment in r.json()["error"]
     assert metric(capturing, "written") == 0
 
 
-def test_feedback_is_a_404_when_capture_is_off(server: RunningServer) -> None:
-    r = httpx.post(server.url + "/feedback", content=RED, headers={"Content-Type": "image/png"})
+def test_feedback_is_a_404_when_capture_is_off(client: AppClient) -> None:
+    r = client.post("/feedback", content=RED, headers={"Content-Type": "image/png"})
     assert r.status_code == 404
     assert "expected --capture (LEAF_SERVE_CAPTURE=true)" in r.json()["error"]
 
 
 def test_the_rate_limit_drops_and_counts_captures_never_inferences(local_registry: Registry) -> None:
-    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_minute=2)
-    try:
-        answers = [httpx.post(running.url + "/classify", content=GREY) for _ in range(4)]
+    with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_minute=2) as running:
+        answers = [running.post("/classify", content=GREY) for _ in range(4)]
         assert [a.status_code for a in answers] == [200] * 4
         assert [a.json()["captured"] is not None for a in answers] == [True, True, False, False]
         inbox_of(running)
         assert (metric(running, "written"), metric(running, "dropped_rate")) == (2, 2)
-        r = httpx.post(running.url + "/feedback", content=GREY)
+        r = running.post("/feedback", content=GREY)
         assert r.status_code == 429 and "expected at most 2 photos a minute" in r.json()["error"]
-    finally:
-        running.stop()
 
 
 def test_a_stuck_store_never_delays_an_inference(local_registry: Registry, monkeypatch) -> None:
@@ -161,17 +159,14 @@ def test_a_stuck_store_never_delays_an_inference(local_registry: Registry, monke
 
 
 def test_a_failing_store_never_fails_an_inference(local_registry: Registry, s3, caplog) -> None:
-    running = start_server(
+    with in_process(
         local_registry.pointer_uri, poll_interval=0, capture=True, inbox="s3://no-such-bucket/leaf/inbox"
-    )
-    try:
-        r = httpx.post(running.url + "/classify", content=GREY)
+    ) as running:
+        r = running.post("/classify", content=GREY)
         assert r.status_code == 200 and r.json()["captured"] is not None
         inbox_of(running)
         assert (metric(running, "failed"), metric(running, "written")) == (1, 0)
         assert "not written to s3://no-such-bucket/leaf/inbox" in caplog.text
-    finally:
-        running.stop()
 
 
 def test_rate_limit_refills_over_the_minute() -> None:
@@ -200,14 +195,14 @@ def hostile_jpeg() -> bytes:
     return buf.getvalue() + b"<html><script>alert(1)</script></html>" + bytes(4096)
 
 
-def kept_photo(server: RunningServer, capture_id: str) -> bytes:
+def kept_photo(server: AppClient, capture_id: str) -> bytes:
     return inbox_of(server).photo(capture_id)[1]
 
 
-def test_only_pixels_are_kept(capturing: RunningServer) -> None:
+def test_only_pixels_are_kept(capturing: AppClient) -> None:
     upload = hostile_jpeg()
     assert b"Pixel 9 Pro" in upload and b"<script>" in upload
-    r = httpx.post(capturing.url + "/feedback", content=upload, headers={"Content-Type": "image/jpeg"})
+    r = capturing.post("/feedback", content=upload, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     kept = kept_photo(capturing, r.json()["captured"])
     for trace in (b"Exif", b"Pixel 9 Pro", b"ICCFAKEPROFILE", b"<script>", b"http://ns.adobe.com/xap"):
@@ -230,9 +225,9 @@ def apng(default: tuple[int, int, int], shown: tuple[int, int, int]) -> bytes:
     return buf.getvalue()
 
 
-def test_the_kept_picture_is_the_one_the_model_saw(capturing: RunningServer) -> None:
+def test_the_kept_picture_is_the_one_the_model_saw(capturing: AppClient) -> None:
     upload = apng((230, 20, 20), (20, 230, 20))
-    r = httpx.post(capturing.url + "/feedback", content=upload, headers={"Content-Type": "image/png"})
+    r = capturing.post("/feedback", content=upload, headers={"Content-Type": "image/png"})
     assert r.json()["predictions"][0]["label"] == "healthy"  # red: the model saw the default image
     kept = kept_photo(capturing, r.json()["captured"])
     assert b"acTL" not in kept and b"fdAT" not in kept  # no animation left for a browser to show
@@ -240,17 +235,16 @@ def test_the_kept_picture_is_the_one_the_model_saw(capturing: RunningServer) -> 
         assert getattr(img, "n_frames", 1) == 1 and img.convert("RGB").getpixel((0, 0)) == (230, 20, 20)
 
 
-def inbox_ids(server: RunningServer) -> list[str]:
+def inbox_ids(server: AppClient) -> list[str]:
     return sorted(r.id for r in inbox_of(server).list())
 
 
 @pytest.mark.parametrize("cap", [{"inbox_max_files": 3}, {"inbox_max_bytes": 6000}])
 def test_the_inbox_is_capped_and_the_oldest_go_first(local_registry: Registry, cap: dict) -> None:
-    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, **cap)
-    try:
+    with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, **cap) as running:
         ids = []
         for _ in range(5):  # one at a time: each written before the next, so "oldest" is well defined
-            ids.append(httpx.post(running.url + "/classify", content=GREY).json()["captured"])
+            ids.append(running.post("/classify", content=GREY).json()["captured"])
             inbox_of(running)
         assert None not in ids
         kept = inbox_ids(running)
@@ -258,38 +252,32 @@ def test_the_inbox_is_capped_and_the_oldest_go_first(local_registry: Registry, c
         assert metric(running, "evicted") == 5 - len(kept) and metric(running, "written") == 5
         usage = inbox_of(running).usage()
         assert usage.files == len(kept) and usage.bytes <= cap.get("inbox_max_bytes", 10**9)
-    finally:
-        running.stop()
 
 
 def test_one_client_cannot_spend_everybody_s_captures(local_registry: Registry) -> None:
-    running = start_server(
+    with in_process(
         local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_minute=30,
         capture_per_client_per_minute=3, client_address_header="X-Forwarded-For",
-    )  # fmt: skip
-    try:
-        flood = [httpx.post(running.url + "/feedback", content=GREY, headers={"X-Forwarded-For": "203.0.113.7"})
+    ) as running:  # fmt: skip
+        flood = [running.post("/feedback", content=GREY, headers={"X-Forwarded-For": "203.0.113.7"})
                  for _ in range(12)]  # fmt: skip
         assert [r.status_code for r in flood] == [200] * 3 + [429] * 9
         assert "from one client (capture_per_client_per_minute)" in flood[-1].json()["error"]
         # Another grower (the proxy's last entry is what counts; what a client puts before it is ignored):
         other = {"X-Forwarded-For": "203.0.113.7, 198.51.100.20"}
-        assert httpx.post(running.url + "/feedback", content=GREY, headers=other).status_code == 200
+        assert running.post("/feedback", content=GREY, headers=other).status_code == 200
         assert metric(running, "dropped_client") == 9 and metric(running, "dropped_rate") == 0
-    finally:
-        running.stop()
 
 
 def test_a_forwarded_header_counts_only_when_the_operator_trusts_it(local_registry: Registry) -> None:
-    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_client_per_minute=2)
-    try:
+    with in_process(
+        local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_client_per_minute=2
+    ) as running:
         codes = [
-            httpx.post(running.url + "/feedback", content=GREY, headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+            running.post("/feedback", content=GREY, headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
             for i in range(4)
         ]
         assert codes == [200, 200, 429, 429]  # all from 127.0.0.1, whatever they claim
-    finally:
-        running.stop()
 
 
 @pytest.mark.parametrize(
@@ -325,14 +313,11 @@ def test_re_encoding_waits_for_the_decode_budget(local_registry: Registry) -> No
     """Keeping a photo decodes it again, near full size: that memory is held against max_decode_bytes like a
     request's decode, so a photo the request could decode shrunk (JPEG draft) but the writer cannot is not kept."""
     big = encode_image((128, 128, 128), "JPEG", size=(3000, 3000))  # ~86 MB to re-encode, ~1 MB to classify
-    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, max_decode_bytes=40_000_000)
-    try:
-        r = httpx.post(running.url + "/classify", content=big)
+    with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, max_decode_bytes=40_000_000) as running:
+        r = running.post("/classify", content=big)
         assert r.status_code == 200 and r.json()["captured"] is not None  # the answer never waits for the writer
         inbox_of(running)
         assert (metric(running, "failed"), metric(running, "written")) == (1, 0)
-        ok = httpx.post(running.url + "/classify", content=GREY)  # a photo that fits is kept as ever
+        ok = running.post("/classify", content=GREY)  # a photo that fits is kept as ever
         assert ok.json()["captured"] is not None and inbox_of(running) and metric(running, "written") == 1
         assert running.app.state.plane.decoding.in_use == 0  # given back
-    finally:
-        running.stop()

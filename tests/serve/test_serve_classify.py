@@ -1,13 +1,15 @@
-"""The image endpoint with real JPEG/PNG bytes: raw and multipart bodies, colour modes, bad images."""
+"""The image endpoint with real JPEG/PNG bytes: raw and multipart bodies, colour modes, bad images.
+
+Each case is about what the handler answers, so the app is called in-process (``client``).
+"""
 
 from __future__ import annotations
 
 import io
 
-import httpx
 import pytest
 from PIL import Image
-from servekit import MODEL_NAME, V1, RunningServer, encode_image
+from servekit import MODEL_NAME, V1, AppClient, encode_image
 
 RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
 
@@ -23,11 +25,9 @@ RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
         ((200, 200, 200), "JPEG", "L", None),  # grayscale: converted, any label
     ],
 )
-def test_raw_body_gives_top_k_with_version(server: RunningServer, rgb: tuple, fmt: str, mode: str, label: str) -> None:
+def test_raw_body_gives_top_k_with_version(client: AppClient, rgb: tuple, fmt: str, mode: str, label: str) -> None:
     content_type = "image/jpeg" if fmt == "JPEG" else "image/png"
-    r = httpx.post(
-        server.url + "/classify", content=encode_image(rgb, fmt, mode), headers={"Content-Type": content_type}
-    )
+    r = client.post("/classify", content=encode_image(rgb, fmt, mode), headers={"Content-Type": content_type})
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["model"], body["version"]) == (MODEL_NAME, "v1")
@@ -39,23 +39,23 @@ def test_raw_body_gives_top_k_with_version(server: RunningServer, rgb: tuple, fm
         assert predictions[0]["label"] == label
 
 
-def test_transparent_pixels_become_white(server: RunningServer) -> None:
-    transparent = httpx.post(server.url + "/classify", content=encode_image(BLUE + (0,), "PNG", "RGBA"))
-    white = httpx.post(server.url + "/classify", content=encode_image((255, 255, 255), "PNG"))
+def test_transparent_pixels_become_white(client: AppClient) -> None:
+    transparent = client.post("/classify", content=encode_image(BLUE + (0,), "PNG", "RGBA"))
+    white = client.post("/classify", content=encode_image((255, 255, 255), "PNG"))
     assert transparent.json()["predictions"] == white.json()["predictions"]
 
 
 @pytest.mark.parametrize("field", ["file", "image"])
-def test_multipart_form(server: RunningServer, field: str) -> None:
+def test_multipart_form(client: AppClient, field: str) -> None:
     files = {field: ("leaf.jpg", encode_image(GREEN, "JPEG"), "image/jpeg")}
-    r = httpx.post(server.url + "/classify", files=files, data={"note": "from a browser"})
+    r = client.post("/classify", files=files, data={"note": "from a browser"})
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["label"] == "rust"
 
 
 @pytest.mark.parametrize(("query", "count"), [("?top_k=1", 1), ("?top_k=2", 2), ("?top_k=50", 3), ("", 3)])
-def test_top_k_query(server: RunningServer, query: str, count: int) -> None:
-    r = httpx.post(server.url + "/classify" + query, content=encode_image(RED, "PNG"))
+def test_top_k_query(client: AppClient, query: str, count: int) -> None:
+    r = client.post("/classify" + query, content=encode_image(RED, "PNG"))
     assert len(r.json()["predictions"]) == count
 
 
@@ -84,8 +84,8 @@ def _bomb(mode: str = "L", size: tuple[int, int] = (9000, 8000)) -> bytes:
     ],
 )
 def test_bad_images_are_4xx(
-    server: RunningServer, content: bytes, headers: dict, query: str, status: int, fragment: str
+    client: AppClient, content: bytes, headers: dict, query: str, status: int, fragment: str
 ) -> None:
-    r = httpx.post(server.url + "/classify" + query, content=content, headers=headers)
+    r = client.post("/classify" + query, content=content, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, RunningServer, colour_image, start_server
+from testkit import wait_for
 
 H, W = IMAGE_SIZE
 INFER = f"/v2/models/{MODEL_NAME}/infer"
@@ -163,10 +164,7 @@ def test_a_client_that_disconnects_mid_upload_is_info_not_error(hostile_server: 
         sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
         sock.sendall(b"\x89PNG" + b"\0" * 20_000)
         time.sleep(0.3)  # the handler is reading the body now
-    deadline = time.monotonic() + 10
-    while _outcome(hostile_server, "classify", "client_gone") == before:
-        assert time.monotonic() < deadline, "the disconnect was never recorded"
-        time.sleep(0.05)
+    wait_for(lambda: _outcome(hostile_server, "classify", "client_gone") != before, "the disconnect recorded", 10)
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert any("client closed the connection mid-request" in r.getMessage() for r in caplog.records)
     assert _outcome(hostile_server, "classify", "server_error") == 0
@@ -189,19 +187,14 @@ def test_request_bodies_in_flight_are_bounded(local_registry: Registry) -> None:
             )
             sock.sendall(b"\0" * 200_000)
             socks.append(sock)
-        deadline = time.monotonic() + 10
-        while running.app.state.plane.bodies.in_use < 400_000:
-            assert time.monotonic() < deadline, running.app.state.plane.bodies.in_use
-            time.sleep(0.05)
+        bodies = running.app.state.plane.bodies
+        wait_for(lambda: bodies.in_use >= 400_000, "400 KB of partial bodies held", 10)
         r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
         assert r.status_code == 503
         assert "request bodies holds 400000 of 400000 bytes (max_body_bytes_in_flight)" in r.json()["error"]
         for sock in socks:
             sock.close()
-        deadline = time.monotonic() + 10
-        while running.app.state.plane.bodies.in_use:
-            assert time.monotonic() < deadline, "the departed uploads' bytes were never given back"
-            time.sleep(0.05)
+        wait_for(lambda: not bodies.in_use, "the departed uploads' bytes given back", 10)
         r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
         assert r.status_code == 200
     finally:

@@ -1,4 +1,4 @@
-"""``--prefer-int8`` over a real socket: the job's accuracy-checked model.int8.onnx, verified like FP16.
+"""``--prefer-int8``: the job's accuracy-checked model.int8.onnx, verified like FP16 (in-process).
 
 The INT8 model here is the tiny test graph quantized by ONNX Runtime's own static QDQ quantizer,
 the same call the job makes (leaf_train.quantize.to_int8 is exercised in tests/job/test_quantize.py).
@@ -6,20 +6,21 @@ the same call the job makes (leaf_train.quantize.to_int8 is exercised in tests/j
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 from leaf_common.config import ConfigError
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_serve.settings import ServeConfig
-from servekit import MODEL_NAME, V1, Registry, contract_for, encode_image, manifest, onnx_model, start_server
+from servekit import MODEL_NAME, V1, Registry, build_app, contract_for, encode_image, in_process, manifest, onnx_model
 
 INT8_FILE = "model.int8.onnx"
 
 
+@functools.cache  # the same bytes quantize to the same bytes: once per run, not once per test
 def quantized(model: bytes) -> bytes:
     import tempfile
 
@@ -69,14 +70,11 @@ def publish(registry: Registry, version: str, *, record: dict | None = None, cor
 def test_prefer_int8_serves_the_int8_export_when_there_is_a_good_one(tmp_path: Path, record, prefer, served):
     registry = Registry(str(tmp_path / "models"))
     publish(registry, "v1", record=record)
-    server = start_server(registry.pointer_uri, prefer_int8=prefer, poll_interval=0)
-    try:
-        meta = httpx.get(f"{server.url}/v2/models/{MODEL_NAME}").json()
+    with in_process(registry.pointer_uri, prefer_int8=prefer, poll_interval=0) as server:
+        meta = server.get(f"/v2/models/{MODEL_NAME}").json()
         assert meta["parameters"]["model_file"] == served
-        r = httpx.post(server.url + "/classify", content=encode_image((230, 20, 20), "PNG"))
+        r = server.post("/classify", content=encode_image((230, 20, 20), "PNG"))
         assert r.status_code == 200 and r.json()["predictions"][0]["label"] == "healthy"  # INT8 still right
-    finally:
-        server.stop()
 
 
 def test_a_corrupt_int8_export_is_refused_not_served(tmp_path: Path):
@@ -85,7 +83,7 @@ def test_a_corrupt_int8_export_is_refused_not_served(tmp_path: Path):
     registry = Registry(str(tmp_path / "models"))
     publish(registry, "v1", corrupt=True)
     with pytest.raises(ModelLoadError, match="model.int8.onnx: expected .* bytes with sha256"):
-        start_server(registry.pointer_uri, prefer_int8=True, poll_interval=0)
+        build_app(registry.pointer_uri, prefer_int8=True, poll_interval=0)
 
 
 def test_prefer_int8_and_prefer_fp16_are_exclusive():

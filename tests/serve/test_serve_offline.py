@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import io
 import json
@@ -96,6 +97,7 @@ def field_photo(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
 
 
+@functools.cache  # the same photos for the FP32 and the INT8 run: drawn once
 def held_out_photos(n: int, seed: int = 25) -> list[tuple[str, bytes]]:
     """``n`` photos of many sizes, JPEG and PNG (none seen by any test before)."""
     rng = np.random.default_rng(seed)
@@ -321,7 +323,8 @@ def test_top1_agrees_with_the_server(browser, tmp_path, int8: bool) -> None:  # 
         installed(browser, "v1")
         photos = held_out_photos(240)
         here = run_js(browser, JS_DIAGNOSE, [[t, b64(d)] for t, d in photos])
-        server = [httpx.post(running.url + "/classify", content=d).json()["predictions"] for _, d in photos]
+        with httpx.Client(base_url=running.url) as client:  # one client: building one costs more than a request
+            server = [client.post("/classify", content=d).json()["predictions"] for _, d in photos]
         agree = sum(h[0][0] == s[0]["label"] for h, s in zip(here, server, strict=True)) / len(photos)
         assert agree >= AGREEMENT, f"top-1 agreement {agree:.3f} < {AGREEMENT}"
         gaps = [

@@ -1,14 +1,13 @@
 """``/openapi.json``: a valid OpenAPI 3.1 document that describes exactly the routes the server registers.
 
 Validated with openapi-spec-validator (the document) and openapi-schema-validator (real responses
-against the document's schemas), over a real socket.
+against the document's schemas), with the app called in-process (``client``).
 """
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 import pytest
 from leaf_serve.codecs import HEADER_LENGTH
@@ -23,8 +22,8 @@ JSON_INFER = {
 
 
 @pytest.fixture(scope="module")
-def doc(server) -> dict:
-    response = httpx.get(server.url + "/openapi.json")
+def doc(client) -> dict:
+    response = client.get("/openapi.json")
     assert response.status_code == 200 and response.headers["content-type"] == "application/json"
     return response.json()
 
@@ -41,8 +40,8 @@ def test_a_broken_document_is_refused(doc):
     assert list(OpenAPIV31SpecValidator(broken).iter_errors())
 
 
-def test_every_registered_route_is_described_and_every_description_is_a_route(server, doc):
-    registered = {(r.path, m) for r in server.app.routes for m in r.methods if m != "HEAD"}
+def test_every_registered_route_is_described_and_every_description_is_a_route(client, doc):
+    registered = {(r.path, m) for r in client.app.routes for m in r.methods if m != "HEAD"}
     described = {(path, verb.upper()) for path, ops in doc["paths"].items() for verb in ops}
     assert registered - described == set(), "routes without a description in leaf_serve/openapi.py"
     assert described - registered == set(), "descriptions of routes the server does not have"
@@ -74,13 +73,13 @@ CASES = [
 
 
 @pytest.mark.parametrize(("url", "verb", "kwargs", "path", "status"), CASES)
-def test_real_responses_match_the_documented_schema(server, doc, url, verb, kwargs, path, status):
-    response = httpx.request(verb.upper(), server.url + url, **kwargs)
+def test_real_responses_match_the_documented_schema(client, doc, url, verb, kwargs, path, status):
+    response = client.request(verb.upper(), url, **kwargs)
     assert response.status_code == status, response.text
     OAS31Validator(schema_of(doc, path, verb, status)).validate(response.json())
 
 
-def test_binary_infer_response_header_matches_the_documented_schema(server, doc):
+def test_binary_infer_response_header_matches_the_documented_schema(client, doc):
     header = json.dumps(
         {
             "inputs": [
@@ -95,8 +94,8 @@ def test_binary_infer_response_header_matches_the_documented_schema(server, doc)
         }
     ).encode()
     body = header + GREEN.astype("<f4").tobytes()
-    response = httpx.post(
-        server.url + "/v2/models/leaf/infer",
+    response = client.post(
+        "/v2/models/leaf/infer",
         content=body,
         headers={"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
     )
@@ -109,6 +108,6 @@ def test_binary_infer_response_header_matches_the_documented_schema(server, doc)
     assert np.frombuffer(response.content[split:], "<f4").shape == (3,)
 
 
-def test_the_pages_link_to_the_document(server):
+def test_the_pages_link_to_the_document(client):
     for page in ("/", "/model"):
-        assert 'href="/openapi.json"' in httpx.get(server.url + page).text, page
+        assert 'href="/openapi.json"' in client.get(page).text, page

@@ -1,4 +1,6 @@
-"""The pages' server side: packaged files, the page settings and the model card from published artefacts."""
+"""The pages' server side: packaged files, the page settings and the model card from published
+artefacts. All of it is what a handler answers, so the app is called in-process.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +8,8 @@ import json
 import zipfile
 from pathlib import Path
 
-import httpx
 import pytest
-from servekit import V1, V2, Registry, RunningServer, png, publish_with_card, start_server
+from servekit import V1, V2, AppClient, Registry, in_process, png, publish_with_card
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -30,14 +31,14 @@ def carded(tmp_path) -> Registry:
         ("/ui/style.css", "text/css", "@media (min-width"),
     ],
 )
-def test_pages_are_served_from_the_package_with_a_strict_policy(server: RunningServer, path, content_type, fragment):
-    r = httpx.get(server.url + path)
+def test_pages_are_served_from_the_package_with_a_strict_policy(client: AppClient, path, content_type, fragment):
+    r = client.get(path)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith(content_type) and fragment in r.text
     assert "script-src" not in r.headers["content-security-policy"]  # default-src 'self': no inline, no CDN
     assert r.headers["content-security-policy"].startswith("default-src 'self'")
     assert r.headers["x-content-type-options"] == "nosniff"
-    again = httpx.get(server.url + path, headers={"If-None-Match": r.headers["etag"]})
+    again = client.get(path, headers={"If-None-Match": r.headers["etag"]})
     assert again.status_code == 304
 
 
@@ -52,32 +53,31 @@ def test_the_pages_load_nothing_from_elsewhere() -> None:
 
 
 @pytest.mark.parametrize("name", ["index.html", "nope.js", "app.py", "settings.json.bak"])
-def test_unknown_ui_files_are_404(server: RunningServer, name: str) -> None:
-    r = httpx.get(f"{server.url}/ui/{name}")
+def test_unknown_ui_files_are_404(client: AppClient, name: str) -> None:
+    r = client.get(f"/ui/{name}")
     assert r.status_code == 404 and "expected one of app.js" in r.json()["error"]
 
 
-def test_page_settings(server: RunningServer) -> None:
-    body = httpx.get(server.url + "/ui/settings.json").json()
+def test_page_settings(client: AppClient) -> None:
+    body = client.get("/ui/settings.json").json()
     assert body["confidence_threshold"] == 0.5 and body["capture"] is False and body["version"] == "v1"
     assert body["labels"][1] == {"label": "rust", "display": "Rust"}
 
 
-def test_classify_answers_with_readable_labels_and_the_not_sure_verdict(server: RunningServer) -> None:
+def test_classify_answers_with_readable_labels_and_the_not_sure_verdict(client: AppClient) -> None:
     from servekit import encode_image
 
-    grey = httpx.post(server.url + "/classify", content=encode_image((128, 128, 128), "PNG")).json()
+    grey = client.post("/classify", content=encode_image((128, 128, 128), "PNG")).json()
     assert grey["confident"] is False and grey["captured"] is None
-    red = httpx.post(server.url + "/classify", content=encode_image((230, 20, 20), "PNG")).json()
+    red = client.post("/classify", content=encode_image((230, 20, 20), "PNG")).json()
     assert red["confident"] is True and red["predictions"][0] == {
         "label": "healthy", "display": "Healthy", "probability": red["predictions"][0]["probability"]
     }  # fmt: skip
 
 
 def test_the_card_is_copied_from_the_published_files(carded: Registry) -> None:
-    running = start_server(carded.pointer_uri, poll_interval=0)
-    try:
-        card = httpx.get(running.url + "/model/card.json").json()
+    with in_process(carded.pointer_uri, poll_interval=0) as running:
+        card = running.get("/model/card.json").json()
         published = json.loads(carded.store.get("versions/v1/metrics.json"))
         assert card["version"] == "v1" and card["trained_at"] == "2026-05-10T03:12:44+00:00"
         assert card["metrics"]["accuracy"] == published["accuracy"] == 0.9167
@@ -90,32 +90,27 @@ def test_the_card_is_copied_from_the_published_files(carded: Registry) -> None:
         assert card["gate"]["promote"] is True and card["gate"]["reason"].startswith("accuracy 0.9167")
         assert card["figures"] == {"curves": "/model/curves.png", "confusion_matrix": "/model/confusion_matrix.png"}
         assert card["missing"] == [] and card["problem"] is None
-        figure = httpx.get(running.url + "/model/curves.png")
+        figure = running.get("/model/curves.png")
         assert figure.content == carded.store.get("versions/v1/curves.png")
         assert figure.headers["content-type"] == "image/png"
-        assert httpx.get(running.url + "/model/other.png").status_code == 404
-    finally:
-        running.stop()
+        assert running.get("/model/other.png").status_code == 404
 
 
 def test_the_card_follows_hot_reload(carded: Registry) -> None:
-    running = start_server(carded.pointer_uri, poll_interval=0)
-    try:
+    with in_process(carded.pointer_uri, poll_interval=0) as running:
         publish_with_card(carded, "v2", V2, figures={"curves.png": png((1, 2, 3))})
         carded.promote("v2")
         import asyncio
 
         assert asyncio.run(running.repo.check_once()) is True
-        card = httpx.get(running.url + "/model/card.json").json()
+        card = running.get("/model/card.json").json()
         assert card["version"] == "v2" and card["missing"] == ["confusion_matrix.png"]
         assert card["figures"]["confusion_matrix"] is None
-        assert httpx.get(running.url + "/model/curves.png").content == png((1, 2, 3))
-    finally:
-        running.stop()
+        assert running.get("/model/curves.png").content == png((1, 2, 3))
 
 
-def test_a_version_without_card_files_still_serves(server: RunningServer) -> None:
-    card = httpx.get(server.url + "/model/card.json").json()
+def test_a_version_without_card_files_still_serves(client: AppClient) -> None:
+    card = client.get("/model/card.json").json()
     assert card["missing"] == ["metrics.json", "curves.png", "confusion_matrix.png"]
     assert card["metrics"]["accuracy"] is None and card["metrics"]["source"] is None
 
@@ -128,15 +123,12 @@ def test_a_card_file_that_fails_verification_is_not_shown(tmp_path) -> None:
 
     publish_with_card(reg, "v1", V1, tamper=tamper)
     reg.promote("v1")
-    running = start_server(reg.pointer_uri, poll_interval=0)
-    try:
-        card = httpx.get(running.url + "/model/card.json").json()
+    with in_process(reg.pointer_uri, poll_interval=0) as running:
+        card = running.get("/model/card.json").json()
         assert "metrics.json: expected" in card["problem"]
         assert card["metrics"]["accuracy"] == 0.9167  # model.json's summary (verified with the model), not 0.9999
         assert card["metrics"]["per_class"] == []
         assert card["figures"]["curves"] == "/model/curves.png"  # verified on its own, still shown
-    finally:
-        running.stop()
 
 
 def test_wheels_carry_the_pages(tmp_path) -> None:
@@ -171,9 +163,8 @@ def test_the_public_card_says_nothing_only_operators_need(tmp_path) -> None:
     reg = Registry(str(tmp_path / "models"))
     publish_with_card(reg, "v1", V1)  # its model.json names the data "s3://p" and the code "leaf-train 0.1.0"
     reg.promote("v1")
-    running = start_server(reg.pointer_uri, poll_interval=0, card_dataset_name="PlantVillage tomato, 2026")
-    try:
-        r = httpx.get(running.url + "/model/card.json")
+    with in_process(reg.pointer_uri, poll_interval=0, card_dataset_name="PlantVillage tomato, 2026") as running:
+        r = running.get("/model/card.json")
         card = r.json()
         assert "s3://" not in r.text and "leaf-train 0.1.0" not in r.text and "ExecutionProvider" not in r.text
         assert not {"code_version", "provider"} & set(card) and "uri" not in card["dataset"]
@@ -181,10 +172,8 @@ def test_the_public_card_says_nothing_only_operators_need(tmp_path) -> None:
             "name": "PlantVillage tomato, 2026", "images": 180, "train_images": 144, "val_images": 36,
             "fingerprint": "ab" * 32,
         }  # fmt: skip
-        figure = httpx.get(running.url + "/model/curves.png")
+        figure = running.get("/model/curves.png")
         assert figure.headers["x-content-type-options"] == "nosniff"
-    finally:
-        running.stop()
 
 
 FORGED = "2026-12-07 06:30:00,000 ERROR leaf_serve: forged"
@@ -198,7 +187,7 @@ FORGED = "2026-12-07 06:30:00,000 ERROR leaf_serve: forged"
         "/v2/models/x%0a" + FORGED.replace(" ", "%20") + "/ready",
     ],
 )
-def test_a_client_cannot_forge_a_log_line(server: RunningServer, path: str) -> None:
+def test_a_client_cannot_forge_a_log_line(client: AppClient, path: str) -> None:
     import io
     import logging
 
@@ -210,7 +199,7 @@ def test_a_client_cannot_forge_a_log_line(server: RunningServer, path: str) -> N
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        r = httpx.get(server.url + path)
+        r = client.get(path)
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -36,11 +36,13 @@ def cpu_ticks(pid: int) -> int:
 
 
 def infer_on_new_connections(url: str, count: int) -> None:
-    for _ in range(count):
-        with httpx.Client() as client:  # one connection per request: the kernel picks a worker for each
+    # No keep-alive: one connection per request, so the kernel picks a worker for each. One client,
+    # because building a client (its TLS context included) costs more than the request.
+    with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        for _ in range(count):
             response = client.post(url + "/v2/models/leaf/infer", json=BODY)
-        assert response.status_code == 200, response.text
-        assert np.argmax(response.json()["outputs"][0]["data"]) == 1  # green -> rust
+            assert response.status_code == 200, response.text
+            assert np.argmax(response.json()["outputs"][0]["data"]) == 1  # green -> rust
 
 
 def requests_counted(url: str) -> float:

@@ -1,4 +1,7 @@
-"""Hot reload from an S3 endpoint on loopback (moto server): swap v1 -> v2, reject bad versions."""
+"""Hot reload from an S3 endpoint on loopback (moto server): swap v1 -> v2, reject bad versions.
+
+The app runs in-process (its poller on the test client's event loop, as it would on uvicorn's).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,6 @@ import json
 import time
 from collections.abc import Iterator
 
-import httpx
 import numpy as np
 import pytest
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
@@ -16,30 +18,30 @@ from servekit import (
     MODEL_NAME,
     V1,
     V2,
+    AppClient,
     Registry,
-    RunningServer,
     contract_for,
+    in_process,
     manifest,
     onnx_model,
-    start_server,
     wait_for,
 )
 
 RED = (230, 20, 20)
 
 
-def top_label(server: RunningServer) -> tuple[str, str]:
+def top_label(server: AppClient) -> tuple[str, str]:
     from servekit import encode_image
 
-    body = httpx.post(server.url + "/classify", content=encode_image(RED, "PNG")).json()
+    body = server.post("/classify", content=encode_image(RED, "PNG")).json()
     return body["version"], body["predictions"][0]["label"]
 
 
-def served_version(server: RunningServer) -> str:
-    return httpx.get(f"{server.url}/v2/models/{MODEL_NAME}").json()["versions"][0]
+def served_version(server: AppClient) -> str:
+    return server.get(f"/v2/models/{MODEL_NAME}").json()["versions"][0]
 
 
-def reloads(server: RunningServer, outcome: str) -> float:
+def reloads(server: AppClient, outcome: str) -> float:
     return server.repo.metrics.reloads.labels(outcome)._value.get()
 
 
@@ -52,25 +54,24 @@ def s3_registry(s3) -> Registry:  # noqa: ANN001 - the shared moto fixture
 
 
 @pytest.fixture
-def polling_server(s3_registry: Registry) -> Iterator[RunningServer]:
-    running = start_server(s3_registry.pointer_uri, poll_interval=0.1)
-    yield running
-    running.stop()
+def polling_server(s3_registry: Registry) -> Iterator[AppClient]:
+    with in_process(s3_registry.pointer_uri, poll_interval=0.1) as running:
+        yield running
 
 
-def test_new_version_is_swapped_in(polling_server: RunningServer, s3_registry: Registry) -> None:
+def test_new_version_is_swapped_in(polling_server: AppClient, s3_registry: Registry) -> None:
     assert top_label(polling_server) == ("v1", "healthy")
     held = polling_server.repo.current  # what an in-flight request holds across the swap
     s3_registry.publish("v2", V2)
     s3_registry.promote("v2")
     wait_for(lambda: served_version(polling_server) == "v2", "v2 served", 20)
     assert top_label(polling_server) == ("v2", "blight")
-    meta = httpx.get(f"{polling_server.url}/v2/models/{MODEL_NAME}").json()
+    meta = polling_server.get(f"/v2/models/{MODEL_NAME}").json()
     assert meta["parameters"]["labels"] == V2["labels"] and meta["outputs"][0]["shape"] == [-1, 4]
     assert reloads(polling_server, "success") == 1
     # The old model object still answers (requests that started before the swap finish on it).
     assert held.version == "v1" and held.model.predict(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 3)
-    metrics = httpx.get(polling_server.url + "/metrics").text
+    metrics = polling_server.get("/metrics").text
     assert 'leaf_serve_model_info{model="leaf",provider="CPUExecutionProvider",version="v2"} 1.0' in metrics
     assert 'version="v1"' not in metrics
 
@@ -137,7 +138,7 @@ BAD_VERSIONS: dict[str, dict] = {
 
 @pytest.mark.parametrize("case", list(BAD_VERSIONS))
 def test_bad_version_is_rejected_and_old_keeps_serving(
-    polling_server: RunningServer, s3_registry: Registry, case: str
+    polling_server: AppClient, s3_registry: Registry, case: str
 ) -> None:
     s3_registry.publish("bad", V1, **BAD_VERSIONS[case])
     s3_registry.promote("bad")
@@ -152,24 +153,18 @@ def test_bad_version_is_rejected_and_old_keeps_serving(
 
 
 def test_version_folder_uri_serves_without_polling(local_registry: Registry) -> None:
-    running = start_server(local_registry.version_uri("v1"), poll_interval=0.1)
-    try:
+    with in_process(local_registry.version_uri("v1"), poll_interval=0.1) as running:
         local_registry.publish("v2", V2)
         local_registry.promote("v2")
         time.sleep(0.5)
         assert top_label(running) == ("v1", "healthy")  # a pinned version never moves
-    finally:
-        running.stop()
 
 
 def test_local_pointer_reload(local_registry: Registry) -> None:
-    running = start_server(local_registry.pointer_uri, poll_interval=0.1)
-    try:
+    with in_process(local_registry.pointer_uri, poll_interval=0.1) as running:
         local_registry.publish("v2", V2)
         local_registry.promote("v2")
         wait_for(lambda: served_version(running) == "v2", "v2 served", 20)
-    finally:
-        running.stop()
 
 
 class FlakyStore:
@@ -208,8 +203,7 @@ def test_a_store_that_fails_for_a_while_never_rejects_a_good_version(
 
     from leaf_common.registry import ResolvedModel
 
-    running = start_server(local_registry.pointer_uri, poll_interval=0)
-    try:
+    with in_process(local_registry.pointer_uri, poll_interval=0) as running:
         local_registry.publish("v2", V2)
         flaky = FlakyStore(local_registry.store.child("versions/v2"), failures)
         resolved = ResolvedModel(flaky, "v2", pointer_etag="etag-of-v2")
@@ -221,8 +215,6 @@ def test_a_store_that_fails_for_a_while_never_rejects_a_good_version(
         if not swapped:  # the store comes back: the next poll loads it
             flaky.failures = 0
             assert asyncio.run(repo._try_swap(resolved)) is True and repo.current.version == "v2"
-    finally:
-        running.stop()
 
 
 def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registry: Registry, tmp_path) -> None:
@@ -231,11 +223,8 @@ def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registr
 
     mounted = tmp_path / "model"
     shutil.copytree(local_registry.version_uri("v1"), mounted)
-    running = start_server(str(mounted), poll_interval=0)
-    try:
+    with in_process(str(mounted), poll_interval=0) as running:
         assert served_version(running) == "v1" and top_label(running) == ("v1", "healthy")
-    finally:
-        running.stop()
 
 
 def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registry: Registry) -> None:
@@ -245,8 +234,7 @@ def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registr
 
     from leaf_common.registry import ResolvedModel
 
-    running = start_server(local_registry.pointer_uri, poll_interval=0)
-    try:
+    with in_process(local_registry.pointer_uri, poll_interval=0) as running:
         local_registry.publish("v2", V2)
         version = local_registry.store.child("versions/v2")
         manifest_bytes = version.get(MANIFEST_FILE)
@@ -255,5 +243,3 @@ def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registr
         resolved = ResolvedModel(version, "v2", pointer_etag="etag-of-v2")
         assert asyncio.run(running.repo._try_swap(resolved)) is True
         assert running.repo.current.version == "v2" and reloads(running, "rejected") == 0
-    finally:
-        running.stop()

@@ -1,12 +1,14 @@
-"""Shadow before promotion, end to end: a real server mirrors traffic to the candidate, the CLI decides.
+"""Shadow before promotion, end to end: the server mirrors traffic to the candidate, the CLI decides.
 
-Registry on S3 over HTTP (moto), the server on a loopback port (uvicorn, as in production), the verdict
-through ``leaf-train models verdict`` in its own process. The tiny models answer by colour (servekit):
-an equal candidate agrees everywhere; a candidate that "lost" blight answers rust for blue photos.
+Registry on S3 over HTTP (moto), the app in-process (on a loopback port where 40 clients arrive at
+once), the verdict through ``leaf-train models verdict`` in its own process. The tiny models answer
+by colour (servekit): an equal candidate agrees everywhere; a candidate that "lost" blight answers
+rust for blue photos.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -19,7 +21,17 @@ import pytest
 from leaf_common.shadow import read_stats
 from leaf_common.storage import open_store
 from leaf_train.registry import ModelRegistry
-from servekit import MODEL_NAME, V1, Registry, RunningServer, encode_image, start_server, wait_for
+from servekit import (
+    MODEL_NAME,
+    V1,
+    AppClient,
+    Registry,
+    RunningServer,
+    encode_image,
+    in_process,
+    start_server,
+    wait_for,
+)
 
 COLOURS = {"healthy": (230, 20, 20), "rust": (20, 230, 20), "blight": (20, 20, 230)}
 LOST_BLIGHT = {"labels": V1["labels"], "weights": np.array([[8, 0, 0], [0, 8, 0], [0, 8, 0]], dtype=np.float32)}
@@ -40,24 +52,25 @@ def job_registry(reg: Registry) -> ModelRegistry:
 
 @pytest.fixture
 def serve(registry: Registry) -> Iterator:
-    started: list[RunningServer] = []
+    """Starts the app over ``registry`` in-process, or on a socket where a test needs many clients."""
+    with contextlib.ExitStack() as stack:
 
-    def start(**overrides: object) -> RunningServer:
-        options = {"poll_interval": 0.1, "shadow_fraction": 1.0, "shadow_flush_interval": 1.0} | overrides
-        started.append(start_server(registry.pointer_uri, **options))
-        return started[-1]
+        def start(socket: bool = False, **overrides: object) -> AppClient | RunningServer:
+            options = {"poll_interval": 0.1, "shadow_fraction": 1.0, "shadow_flush_interval": 1.0} | overrides
+            if not socket:
+                return stack.enter_context(in_process(registry.pointer_uri, **options))
+            running = start_server(registry.pointer_uri, **options)
+            stack.callback(running.stop)
+            return running
 
-    yield start
-    for server in started:
-        server.stop()
+        yield start
 
 
-def classify_each(server: RunningServer, per_colour: int) -> None:
-    with httpx.Client(base_url=server.url, timeout=10) as client:
-        for _ in range(per_colour):
-            for rgb in COLOURS.values():
-                r = client.post("/classify", content=encode_image(rgb, "PNG"))
-                assert r.status_code == 200, r.text
+def classify_each(server: AppClient, per_colour: int) -> None:
+    for _ in range(per_colour):
+        for rgb in COLOURS.values():
+            r = server.post("/classify", content=encode_image(rgb, "PNG"))
+            assert r.status_code == 200, r.text
 
 
 def saved_mirrored(reg: Registry, candidate: str) -> int:
@@ -115,7 +128,7 @@ def test_candidate_that_lost_a_class_is_rejected_and_the_champion_keeps_serving(
     assert job_registry(registry).pointer().version == "v1"
     assert json.loads(registry.store.get("shadow/v2/verdict.json"))["decision"] == "reject"
     wait_for(lambda: server.app.state.api.plane.shadow.candidate is None, "the rejected candidate is unloaded")
-    r = httpx.post(server.url + "/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
+    r = server.post("/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
     assert (r["version"], r["predictions"][0]["label"]) == ("v1", "blight")
 
 
@@ -136,7 +149,7 @@ def test_too_little_traffic_waits_then_expires(registry: Registry, serve) -> Non
 
 
 def test_mirrored_work_is_dropped_not_queued_and_clients_never_see_it(registry: Registry, serve) -> None:
-    server = serve(shadow_max_in_flight=1)
+    server = serve(socket=True, shadow_max_in_flight=1)  # 40 clients at once
     propose(registry, "v2", V1)
     shadow = server.app.state.api.plane.shadow
     wait_for(lambda: shadow.candidate is not None, "the server loads the candidate")
@@ -172,7 +185,7 @@ def test_reviewed_photo_scores_both_models(registry: Registry, serve, tmp_path) 
     server = serve(capture=True, confidence_threshold=0.999)  # every answer is "not sure": all captured
     propose(registry, "v2", LOST_BLIGHT)
     wait_for(lambda: server.app.state.api.plane.shadow.candidate is not None, "the server loads the candidate")
-    r = httpx.post(server.url + "/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
+    r = server.post("/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
     capture_id = r["captured"]
     assert capture_id
     wait_for(lambda: list(registry.store.list("shadow/v2/answers")), "the candidate's answer is kept")

@@ -1,4 +1,4 @@
-"""Trust over real sockets: abstain fields, the OIP ood_score output, capture's abstain_reason, drift.
+"""Trust: abstain fields, the OIP ood_score output, capture's abstain_reason, drift (in-process).
 
 The test model is servekit's tiny colour classifier with a second output, as versions trained with
 the OOD detector have: ``ood_score`` = mean brightness (0..1). Its version's threshold is 0.7, so a
@@ -17,7 +17,7 @@ from leaf_common import trust as maths
 from leaf_common.contract import OOD_NAME, OUTPUT_NAME, TensorSpec
 from leaf_common.storage import open_store
 from leaf_serve.drift import ALERT_PSI, MIN_ANSWERS
-from servekit import IMAGE_SIZE, V1, Registry, RunningServer, contract_for, encode_image, start_server
+from servekit import IMAGE_SIZE, V1, AppClient, Registry, contract_for, encode_image, in_process, start_server
 
 WHITE = encode_image((255, 255, 255), "PNG")
 RED = encode_image((230, 20, 20), "PNG")
@@ -68,7 +68,7 @@ def reference() -> dict:
 
 
 @pytest.fixture(scope="module")
-def trusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningServer, Registry]]:
+def trusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppClient, Registry]]:
     reg = Registry(str(tmp_path_factory.mktemp("models")))
     contract = contract_for(V1, "v1")
     contract.ood_output = TensorSpec(OOD_NAME, [None])
@@ -76,14 +76,13 @@ def trusted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RunningS
     contract.reference = reference()
     reg.publish("v1", V1, contract=contract, model_bytes=onnx_with_ood(V1["weights"]))
     reg.promote("v1")
-    running = start_server(reg.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5,
-                           max_queue_delay_ms=1.0)  # fmt: skip
-    yield running, reg
-    running.stop()
+    with in_process(reg.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5,
+                    max_queue_delay_ms=1.0) as running:  # fmt: skip
+        yield running, reg
 
 
-def classify(server: RunningServer, photo: bytes) -> dict:
-    r = httpx.post(server.url + "/classify", content=photo, headers={"Content-Type": "image/png"})
+def classify(server: AppClient, photo: bytes) -> dict:
+    r = server.post("/classify", content=photo, headers={"Content-Type": "image/png"})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -115,8 +114,8 @@ def test_capture_records_the_abstain_reason(trusted) -> None:
     assert all(got[i] == reason for i, reason in captured.items())
 
 
-def _infer(server: RunningServer, body: dict) -> httpx.Response:
-    return httpx.post(server.url + "/v2/models/leaf/infer", json=body)
+def _infer(server: AppClient, body: dict) -> httpx.Response:
+    return server.post("/v2/models/leaf/infer", json=body)
 
 
 def _tensor(value: float) -> dict:
@@ -132,7 +131,7 @@ def test_oip_clients_get_ood_score_only_when_they_ask(trusted) -> None:
     outputs = {o["name"]: o for o in asked.json()["outputs"]}
     assert outputs[OOD_NAME]["shape"] == [1] and outputs[OOD_NAME]["data"] == [pytest.approx(1.0)]
     assert outputs[OUTPUT_NAME]["shape"] == [1, 3]
-    meta = httpx.get(server.url + "/v2/models/leaf").json()
+    meta = server.get("/v2/models/leaf").json()
     assert [o["name"] for o in meta["outputs"]] == [OUTPUT_NAME, OOD_NAME]
     bad = _infer(server, {"inputs": [_tensor(1.0)], "outputs": [{"name": "logits"}]})
     assert bad.status_code == 400 and "received unknown ['logits']" in bad.json()["error"]
@@ -149,21 +148,22 @@ def test_a_shifted_stream_shows_as_drift_in_metrics_and_on_the_card(trusted) -> 
     server = trusted[0]
     for _ in range(MIN_ANSWERS):
         classify(server, RED)  # one class only, confident, dim: far from the reference's class mix
-    text = httpx.get(server.url + "/metrics").text
+    text = server.get("/metrics").text
     assert 'leaf_serve_predictions_total{class="healthy",model="leaf",version="v1"}' in text
     assert "leaf_serve_top1_confidence_bucket" in text and "leaf_serve_ood_score_ratio_bucket" in text
     assert _psi_max(text) > ALERT_PSI
-    card = httpx.get(server.url + "/model/card.json").json()
+    card = server.get("/model/card.json").json()
     assert card["trust"]["drift"]["status"] == "DRIFT" and card["trust"]["drift"]["answers_seen"] >= MIN_ANSWERS
     assert card["trust"]["ood"]["threshold"] == THRESHOLD and card["trust"]["calibration"] is None
 
 
-def test_versions_without_the_detector_answer_as_before(server: RunningServer) -> None:
+def test_versions_without_the_detector_answer_as_before(client: AppClient) -> None:
+    server = client
     body = classify(server, RED)
     assert body["abstain"] is False and body["abstain_reason"] is None and body["ood_score"] is None
     grey = classify(server, GREY)
     assert grey["abstain"] is True and grey["abstain_reason"] == "low_confidence"
-    card = httpx.get(server.url + "/model/card.json").json()
+    card = server.get("/model/card.json").json()
     assert card["trust"]["drift"]["status"].startswith("no reference")
 
 

@@ -62,33 +62,18 @@ def test_config_requires_a_model() -> None:
 
 def test_not_ready_until_loaded(local_registry: Registry) -> None:
     """Liveness and readiness are separate: an app whose model is not loaded is live, not ready."""
-    import threading
-    import time
-
-    import uvicorn
     from leaf_serve.app import build_repository, create_app
-    from servekit import free_port
+    from servekit import AppClient
 
-    config = ServeConfig(model=local_registry.pointer_uri, port=free_port(), poll_interval=0)
+    config = ServeConfig(model=local_registry.pointer_uri, poll_interval=0)
     repo = build_repository(config)
-    server = uvicorn.Server(uvicorn.Config(create_app(config, repo), host="127.0.0.1", port=config.port))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start within 30 s"
-        time.sleep(0.01)
-    url = f"http://127.0.0.1:{config.port}"
-    try:
-        assert httpx.get(url + "/v2/health/live").json() == {"live": True}
-        not_ready = httpx.get(url + "/v2/health/ready")
+    with AppClient(create_app(config, repo)) as client:
+        assert client.get("/v2/health/live").json() == {"live": True}
+        not_ready = client.get("/v2/health/ready")
         assert (not_ready.status_code, not_ready.json()) == (503, {"ready": False})
-        assert httpx.post(url + "/classify", content=b"x").status_code == 503
+        assert client.post("/classify", content=b"x").status_code == 503
         repo.load_initial()
-        assert httpx.get(url + "/v2/health/ready").status_code == 200
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
+        assert client.get("/v2/health/ready").status_code == 200
 
 
 @pytest.mark.gpu

@@ -1,13 +1,26 @@
-"""Open Inference Protocol v2 over a real socket: health, metadata, JSON and binary inference, errors."""
+"""Open Inference Protocol v2: health, metadata, JSON and binary inference, errors.
+
+The handlers' answers are checked in-process (``client``); Triton's own HTTP client talks to a
+real server on a socket.
+"""
 
 from __future__ import annotations
 
 import json
 
-import httpx
 import numpy as np
 import pytest
-from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, OUTPUT_NAME, V1, RunningServer, colour_image, expected_probs
+from servekit import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    MODEL_NAME,
+    OUTPUT_NAME,
+    V1,
+    AppClient,
+    RunningServer,
+    colour_image,
+    expected_probs,
+)
 
 H, W = IMAGE_SIZE
 INFER = f"/v2/models/{MODEL_NAME}/infer"
@@ -43,20 +56,20 @@ def mixed_batch() -> np.ndarray:
         ("/v2/models/other/ready", 404, {"error": "unknown model 'other'; this server serves 'leaf'"}),
     ],
 )
-def test_health(server: RunningServer, path: str, status: int, body: dict) -> None:
-    r = httpx.get(server.url + path)
+def test_health(client: AppClient, path: str, status: int, body: dict) -> None:
+    r = client.get(path)
     assert (r.status_code, r.json()) == (status, body)
 
 
-def test_server_metadata_advertises_binary_extension(server: RunningServer) -> None:
-    body = httpx.get(server.url + "/v2").json()
+def test_server_metadata_advertises_binary_extension(client: AppClient) -> None:
+    body = client.get("/v2").json()
     assert body["name"] == "leaf-serve"
     assert "binary_tensor_data" in body["extensions"]
 
 
 @pytest.mark.parametrize("path", [f"/v2/models/{MODEL_NAME}", f"/v2/models/{MODEL_NAME}/versions/v1"])
-def test_model_metadata_comes_from_the_contract(server: RunningServer, path: str) -> None:
-    body = httpx.get(server.url + path).json()
+def test_model_metadata_comes_from_the_contract(client: AppClient, path: str) -> None:
+    body = client.get(path).json()
     assert body["name"] == MODEL_NAME and body["versions"] == ["v1"]
     assert body["inputs"] == [{"name": INPUT_NAME, "datatype": "FP32", "shape": [-1, H, W, 3]}]
     assert body["outputs"] == [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, 3]}]
@@ -64,9 +77,9 @@ def test_model_metadata_comes_from_the_contract(server: RunningServer, path: str
     assert body["parameters"]["labels"] == V1["labels"]
 
 
-def test_json_infer_matches_the_model_and_echoes_id(server: RunningServer) -> None:
+def test_json_infer_matches_the_model_and_echoes_id(client: AppClient) -> None:
     batch = mixed_batch()
-    r = httpx.post(server.url + INFER, json=json_request(batch, id="req-42"))
+    r = client.post(INFER, json=json_request(batch, id="req-42"))
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["id"], body["model_name"], body["model_version"]) == ("req-42", MODEL_NAME, "v1")
@@ -76,10 +89,10 @@ def test_json_infer_matches_the_model_and_echoes_id(server: RunningServer) -> No
 
 
 @pytest.mark.parametrize("binary_output", [True, False])
-def test_binary_infer(server: RunningServer, binary_output: bool) -> None:
+def test_binary_infer(client: AppClient, binary_output: bool) -> None:
     batch = mixed_batch()
     body, headers = binary_request(batch, binary_data_output=binary_output)
-    r = httpx.post(server.url + INFER, content=body, headers=headers)
+    r = client.post(INFER, content=body, headers=headers)
     assert r.status_code == 200, r.text
     if binary_output:
         n = int(r.headers["Inference-Header-Content-Length"])
@@ -93,10 +106,10 @@ def test_binary_infer(server: RunningServer, binary_output: bool) -> None:
     np.testing.assert_allclose(probs, expected_probs(batch, V1), atol=1e-5)
 
 
-def test_per_output_binary_flag_and_versioned_url(server: RunningServer) -> None:
+def test_per_output_binary_flag_and_versioned_url(client: AppClient) -> None:
     batch = colour_image((10, 250, 10))
     req = json_request(batch, outputs=[{"name": OUTPUT_NAME, "parameters": {"binary_data": True}}])
-    r = httpx.post(server.url + f"/v2/models/{MODEL_NAME}/versions/v1/infer", json=req)
+    r = client.post(f"/v2/models/{MODEL_NAME}/versions/v1/infer", json=req)
     n = int(r.headers["Inference-Header-Content-Length"])
     probs = np.frombuffer(r.content[n:], dtype="<f4")
     assert int(np.argmax(probs)) == 1
@@ -144,8 +157,8 @@ def _tensor(**changes: object) -> dict:
         ([1, 2], "expected a JSON object; received list"),
     ],
 )
-def test_bad_tensors_are_400(server: RunningServer, request_body: object, fragment: str) -> None:
-    r = httpx.post(server.url + INFER, json=request_body)
+def test_bad_tensors_are_400(client: AppClient, request_body: object, fragment: str) -> None:
+    r = client.post(INFER, json=request_body)
     assert r.status_code == 400, r.text
     assert fragment in r.json()["error"]
 
@@ -160,17 +173,15 @@ def test_bad_tensors_are_400(server: RunningServer, request_body: object, fragme
         (b"x" * (300 * 1024), {}, 413, "expected at most 262144 bytes"),
     ],
 )
-def test_malformed_infer_bodies(
-    server: RunningServer, content: bytes, headers: dict, status: int, fragment: str
-) -> None:
-    r = httpx.post(server.url + INFER, content=content, headers=headers)
+def test_malformed_infer_bodies(client: AppClient, content: bytes, headers: dict, status: int, fragment: str) -> None:
+    r = client.post(INFER, content=content, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]
 
 
-def test_binary_size_mismatch_is_400(server: RunningServer) -> None:
+def test_binary_size_mismatch_is_400(client: AppClient) -> None:
     body, headers = binary_request(colour_image((1, 2, 3)))
-    r = httpx.post(server.url + INFER, content=body[:-4], headers=headers)
+    r = client.post(INFER, content=body[:-4], headers=headers)
     assert r.status_code == 400 and "binary_data_size" in r.json()["error"]
 
 
@@ -184,7 +195,7 @@ def test_binary_size_mismatch_is_400(server: RunningServer) -> None:
         ("GET", INFER, 405),
     ],
 )
-def test_unknown_models_and_routes(server: RunningServer, method: str, path: str, status: int) -> None:
-    r = httpx.request(method, server.url + path, json=json_request(colour_image((1, 2, 3))))
+def test_unknown_models_and_routes(client: AppClient, method: str, path: str, status: int) -> None:
+    r = client.request(method, path, json=json_request(colour_image((1, 2, 3))))
     assert r.status_code == status
     assert r.json()["error"]

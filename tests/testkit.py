@@ -1,0 +1,38 @@
+"""Helpers for every test folder: polling for a condition, and a free loopback port.
+
+``tests/`` is on ``sys.path`` in every run (pytest's default import mode puts the folder of
+``tests/conftest.py`` there), so any test module imports these as ``from testkit import wait_for``.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05) -> T:
+    """Poll ``condition()`` until it returns something truthy and return that value.
+
+    Fails naming ``what`` once ``timeout`` seconds have passed; the condition is always tried
+    once more after the deadline, so a slow machine that got there in time still passes.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        past = time.monotonic() > deadline
+        value = condition()
+        if value:
+            return value
+        if past:
+            raise AssertionError(f"not within {timeout:g} s: {what}")
+        time.sleep(interval)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
