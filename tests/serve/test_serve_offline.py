@@ -221,7 +221,8 @@ def test_a_package_built_without_the_runtime_refuses_to_start(monkeypatch: pytes
     from leaf_common.config import ConfigError
 
     monkeypatch.setattr(offline, "VENDOR", (*offline.VENDOR, "ort-missing.wasm"))
-    with pytest.raises(ConfigError, match=r"missing ort-missing.wasm: run scripts/vendor-ort-web.sh") as e:
+    pattern = r"--offline-page \(LEAF_SERVE_OFFLINE_PAGE\): expected .*run scripts/vendor-ort-web.sh.*ort-missing.wasm missing"
+    with pytest.raises(ConfigError, match=pattern) as e:
         offline.load_vendor()
     assert e.value.exit_code == 2
 
