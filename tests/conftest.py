@@ -6,6 +6,7 @@ exactly as it talks to AWS or MinIO, through ``AWS_ENDPOINT_URL``.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,6 +22,19 @@ class S3Endpoint:
     def make_bucket(self, name: str) -> str:
         self.client.create_bucket(Bucket=name)
         return name
+
+
+@pytest.fixture(autouse=True)
+def _op_determinism_restored() -> Iterator[None]:
+    """A training run in the pytest process (``cli.main``) switches TensorFlow's op determinism on for the
+    whole process (``set_determinism``), and Keras then refuses XLA: put it back so a later test on the same
+    worker sees what it would alone. Free when TensorFlow was never imported."""
+    yield
+    if "tensorflow" in sys.modules:
+        from tensorflow.python.framework import config as tf_config
+
+        if tf_config.is_op_determinism_enabled():
+            tf_config.disable_op_determinism()
 
 
 @pytest.fixture(scope="session")
