@@ -69,7 +69,9 @@ def _uniform(u: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return low + (high - low) * u
 
 
-def random_matrices(seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams) -> tf.Tensor:
+def random_matrices(
+    seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams
+) -> tf.Tensor:
     """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` (shape [2])."""
     # An XLA-compiled step draws other (equally distributed) numbers than an uncompiled one from the
     # same seed; each is repeatable, which is what a run needs.
@@ -95,7 +97,11 @@ def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.
         return tf.stack([tf.stack(list(r), axis=-1) for r in rows], axis=-2)
 
     cos, sin = tf.cos(angle), tf.sin(angle)
-    rot = mat((cos, -sin, cx - cx * cos + cy * sin), (sin, cos, cy - cx * sin - cy * cos), (zero, zero, one))
+    rot = mat(
+        (cos, -sin, cx - cx * cos + cy * sin),
+        (sin, cos, cy - cx * sin - cy * cos),
+        (zero, zero, one),
+    )
     shift = mat((one, zero, -tx), (zero, one, -ty), (zero, zero, one))
     shear = mat((one, sx, zero), (sy, one, zero), (zero, zero, one))
     zoom = mat((zx, zero, cx * (1 - zx)), (zero, zy, cy * (1 - zy)), (zero, zero, one))
@@ -112,8 +118,12 @@ def warp(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
     n, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    grid = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0)  # (3, h*w)
+    ys, xs = tf.meshgrid(
+        tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij"
+    )
+    grid = tf.stack(
+        [tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0
+    )  # (3, h*w)
     src = tf.einsum("nij,jp->nip", matrices[:, :2, :], grid)  # (n, 2, h*w)
     wmax, hmax = tf.cast(w - 1, tf.float32), tf.cast(h - 1, tf.float32)
     x = tf.clip_by_value(src[:, 0], 0.0, wmax)
@@ -137,7 +147,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, p: AugmentParams) -> tf.Te
     """``images`` (uint8 or float, n x h x w x c) augmented as float32 RGB 0-255."""
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None:
-        raise ValueError(f"device augmentation needs a static image size; received shape {images.shape}")
+        raise ValueError(
+            f"device augmentation needs a static image size; received shape {images.shape}"
+        )
     matrices = random_matrices(seed, tf.shape(images)[0], int(height), int(width), p)
     return warp(images, matrices)
 

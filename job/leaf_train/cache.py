@@ -96,7 +96,9 @@ class PreparedData:
         return cls(index, decoded, labels, train, val)
 
 
-def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tuple[np.ndarray, bool]:
+def allocate(
+    n: int, image_size: int, budget_bytes: int, cache_dir: Path
+) -> tuple[np.ndarray, bool]:
     """RAM array when it fits the budget, else a memory-mapped file in ``cache_dir``."""
     shape = (n, image_size, image_size, 3)
     nbytes = int(np.prod(shape))
@@ -108,7 +110,9 @@ def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tup
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape), True
 
 
-def decode_all(store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path) -> DecodedImages:
+def decode_all(
+    store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path
+) -> DecodedImages:
     """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries.
 
     One loop on this thread owns every item from download to result: at most ``limit`` items are
@@ -119,7 +123,9 @@ def decode_all(store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_
     images, on_disk = allocate(len(keys), opts.image_size, opts.memory_budget_mb * 2**20, cache_dir)
     ok = np.zeros(len(keys), dtype=bool)
     bad: list[BadFile] = []
-    decode_workers = opts.decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
+    decode_workers = (
+        opts.decode_workers or available_cpus()
+    )  # the pod's CPU quota, not the node's cores
     limit = 4 * (opts.download_workers + decode_workers)
     with (
         progress("download", len(keys), opts.progress, position=0) as fetch_bar,

@@ -109,7 +109,12 @@ class RunCheckpoints:
         if best_key:
             with np.load(io.BytesIO(self._read(best_key, state.best_sha256))) as npz:
                 best = [npz[f"w{i}"] for i in range(len(npz.files))]
-        log.info("resuming run %s at phase %d after %d epochs", self.store.uri, state.phase, state.epochs_done)
+        log.info(
+            "resuming run %s at phase %d after %d epochs",
+            self.store.uri,
+            state.phase,
+            state.epochs_done,
+        )
         return state, model, best
 
     def _read(self, key: str, sha256: str) -> bytes:
@@ -139,7 +144,9 @@ class RunCheckpoints:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / LEGACY_MODEL_FILE
             model.save(path)
-            state.model_key, state.model_sha256 = self._put_addressed("checkpoint", ".keras", path.read_bytes())
+            state.model_key, state.model_sha256 = self._put_addressed(
+                "checkpoint", ".keras", path.read_bytes()
+            )
         self.save_state(state)
 
     def save_best(self, state: RunState, weights: list[np.ndarray]) -> None:
@@ -177,7 +184,9 @@ class StopSignal:
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        log.warning("SIGTERM: stopping at the next safe point (a checkpoint, the next export or publication step)")
+        log.warning(
+            "SIGTERM: stopping at the next safe point (a checkpoint, the next export or publication step)"
+        )
         self.event.set()
 
     def uninstall(self) -> None:
@@ -192,7 +201,9 @@ class StopSignal:
     def check(self, where: str) -> None:
         """Raise :class:`Preempted` if SIGTERM arrived; ``where`` says what was not started yet."""
         if self.requested:
-            raise Preempted(f"SIGTERM: stopped {where}; a retry of the run resumes from its last checkpoint")
+            raise Preempted(
+                f"SIGTERM: stopped {where}; a retry of the run resumes from its last checkpoint"
+            )
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -210,7 +221,12 @@ class CheckpointCallback(keras.callbacks.Callback):
         early_stopping: ResumableEarlyStopping | None,
     ):
         super().__init__()
-        self.checkpoints, self.state, self.stop, self.early = checkpoints, state, stop, early_stopping
+        self.checkpoints, self.state, self.stop, self.early = (
+            checkpoints,
+            state,
+            stop,
+            early_stopping,
+        )
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.stop.requested:
@@ -235,7 +251,9 @@ class CheckpointCallback(keras.callbacks.Callback):
                 self.checkpoints.save_best(self.state, self.early.best_weights)
         self._save()
         if self.stop.requested:
-            raise Preempted(f"SIGTERM after phase {self.state.phase}, epoch {epoch + 1}; checkpoint saved")
+            raise Preempted(
+                f"SIGTERM after phase {self.state.phase}, epoch {epoch + 1}; checkpoint saved"
+            )
 
     def _save(self) -> None:
         if self.checkpoints is not None:
@@ -253,12 +271,21 @@ def _float_or_none(x: Any) -> float | None:
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping whose counters and best weights survive a restart."""
 
-    def __init__(self, resume: RunState | None = None, best_weights: list[np.ndarray] | None = None, **kw: Any):
+    def __init__(
+        self,
+        resume: RunState | None = None,
+        best_weights: list[np.ndarray] | None = None,
+        **kw: Any,
+    ):
         super().__init__(**kw)
         self._resume, self._resume_weights = resume, best_weights
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         if self._resume is not None and self._resume.best is not None:
-            self.best, self.wait, self.best_epoch = self._resume.best, self._resume.wait, self._resume.best_epoch
+            self.best, self.wait, self.best_epoch = (
+                self._resume.best,
+                self._resume.wait,
+                self._resume.best_epoch,
+            )
             self.best_weights = self._resume_weights

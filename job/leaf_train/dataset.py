@@ -67,7 +67,9 @@ class DatasetIndex:
             "root": self.root,
             "fingerprint": self.fingerprint(),
             "classes": self.classes,
-            "images": [{"key": i.key, "etag": i.etag, "size": i.size, "split": i.split} for i in self.items],
+            "images": [
+                {"key": i.key, "etag": i.etag, "size": i.size, "split": i.split} for i in self.items
+            ],
             "unusable": [{"key": o.key, "etag": o.etag, "size": o.size} for o in self.unusable],
         }
         return json.dumps(body, indent=1).encode()
@@ -116,7 +118,9 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
     return DatasetIndex(root, classes, items, ignored)
 
 
-def _labelled(by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float) -> tuple[list[str], list[Item]]:
+def _labelled(
+    by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float
+) -> tuple[list[str], list[Item]]:
     """Classes in output order, and an :class:`Item` (label, split) for each object of each class."""
     classes = sorted(by_class)
     items: list[Item] = []
@@ -126,7 +130,9 @@ def _labelled(by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction:
         if VAL not in splits and len(objs) > 1:
             # Tiny classes can hash entirely to train; hold out the key that hashes lowest,
             # which is still a pure function of the class's keys.
-            lowest = min(range(len(objs)), key=lambda i: hashlib.sha256(objs[i].key.encode()).digest())
+            lowest = min(
+                range(len(objs)), key=lambda i: hashlib.sha256(objs[i].key.encode()).digest()
+            )
             splits[lowest] = VAL
         items += [Item(o.key, label, o.size, o.etag, s) for o, s in zip(objs, splits, strict=True)]
     return classes, items

@@ -70,10 +70,15 @@ class Cluster:
 
     def tf_config(self) -> dict[str, Any]:
         """The ``TF_CONFIG`` document TensorFlow's cluster resolvers read."""
-        return {"cluster": {"worker": list(self.workers)}, "task": {"type": "worker", "index": self.index}}
+        return {
+            "cluster": {"worker": list(self.workers)},
+            "task": {"type": "worker", "index": self.index},
+        }
 
 
-def worker_hosts(workers: int, port: int, job_name: str, service: str, hosts: Sequence[str] = ()) -> tuple[str, ...]:
+def worker_hosts(
+    workers: int, port: int, job_name: str, service: str, hosts: Sequence[str] = ()
+) -> tuple[str, ...]:
     """``host:port`` of every worker, in index order.
 
     Args:
@@ -193,7 +198,9 @@ class Distribution:
     def learning_rate(self, base: float, scaling: str) -> float:
         """``base`` as configured, or ``base * replicas`` with ``linear`` scaling."""
         if scaling not in LR_SCALING:
-            raise ConfigError(f"--lr-scaling: expected one of {', '.join(LR_SCALING)}; received {scaling!r}")
+            raise ConfigError(
+                f"--lr-scaling: expected one of {', '.join(LR_SCALING)}; received {scaling!r}"
+            )
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:
@@ -233,10 +240,14 @@ class Distribution:
         import tensorflow as tf
 
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
         return ds.with_options(options)
 
-    def checkpoint_writer(self, ckpts: RunCheckpoints | None, cache_dir: Path) -> RunCheckpoints | None:
+    def checkpoint_writer(
+        self, ckpts: RunCheckpoints | None, cache_dir: Path
+    ) -> RunCheckpoints | None:
         """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one elsewhere.
 
         Only the chief's checkpoint is real (the others would race it on the same keys), yet every worker
@@ -260,7 +271,12 @@ class Distribution:
 def from_config(cfg: TrainConfig, job_name: str) -> Distribution:
     """The run's strategy from its options (``job_name`` names the worker pods); see :func:`create`."""
     cluster = resolve_cluster(
-        cfg.workers, cfg.worker_index, cfg.worker_port, job_name, cfg.worker_service, cfg.worker_hosts
+        cfg.workers,
+        cfg.worker_index,
+        cfg.worker_port,
+        job_name,
+        cfg.worker_service,
+        cfg.worker_hosts,
     )
     return create(cluster)
 
@@ -286,7 +302,9 @@ def create(cluster: Cluster | None) -> Distribution:
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            raise ConfigError(f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}") from e
+            raise ConfigError(
+                f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}"
+            ) from e
         _fix_keras_multi_worker_step_reduce()
         return Distribution(strategy, cluster, "MultiWorkerMirroredStrategy")
     gpus = tf.config.list_physical_devices("GPU")

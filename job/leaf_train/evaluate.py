@@ -32,7 +32,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
-def compute_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def compute_metrics(
+    probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy, top-3 accuracy, per-class precision/recall/F1 and the confusion matrix."""
     n = len(classes)
     y_pred = probs.argmax(axis=1)
@@ -51,7 +53,9 @@ def compute_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str
     return {
         "num_images": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-        "top3_accuracy": float((topk == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0,
+        "top3_accuracy": float((topk == y_true[:, None]).any(axis=1).mean())
+        if len(y_true)
+        else 0.0,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

@@ -68,7 +68,9 @@ class Shipped:
     """What export produced: the ONNX that ships, its parity record, and the optional variants."""
 
     onnx: bytes
-    parity: dict[str, Any]  # model.json's parity record (with ``fp16``/``int8`` when exported); the gate judges it
+    parity: dict[
+        str, Any
+    ]  # model.json's parity record (with ``fp16``/``int8`` when exported); the gate judges it
     extra_files: dict[str, bytes]  # model.fp16.onnx / model.int8.onnx when exported and passed
 
 
@@ -92,7 +94,9 @@ def export_all(
     event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
     record, extra = parity.to_dict(), fp16_export(cfg, onnx_bytes, parity_images)
     if head is not None:
-        record["ood"] = check_ood_parity(inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head).to_dict()
+        record["ood"] = check_ood_parity(
+            inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head
+        ).to_dict()
         record["ood"]["relative_to"] = "threshold"
     if extra:
         record["fp16"] = extra.pop("parity")
@@ -157,7 +161,9 @@ def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) 
     return {FP16_FILE: fp16, "parity": record}
 
 
-def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event) -> dict[str, Any]:
+def int8_export(
+    cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event
+) -> dict[str, Any]:
     """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
 
     Calibrated on training images only; judged on every validation image. A refused INT8 model is not
@@ -165,12 +171,19 @@ def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: 
     """
     if not cfg.export_int8:
         return {}
-    rng = np.random.default_rng(cfg.seed)  # which training images calibrate: repeatable with the run's seed
+    rng = np.random.default_rng(
+        cfg.seed
+    )  # which training images calibrate: repeatable with the run's seed
     chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
     images, val = data.decoded.images, data.val_slots
     int8 = to_int8(onnx_bytes, images[chosen])
     check = check_int8(onnx_bytes, int8, images[val], data.labels[val], cfg.int8_max_accuracy_drop)
-    record = {**check.to_dict(), "file": INT8_FILE, "format": "QDQ", "calibration_images": len(chosen)}
+    record = {
+        **check.to_dict(),
+        "file": INT8_FILE,
+        "format": "QDQ",
+        "calibration_images": len(chosen),
+    }
     if not check.passed:
         reason = (
             f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
@@ -183,7 +196,9 @@ def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: 
     return {INT8_FILE: int8, "parity": record}
 
 
-def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_units: int) -> keras.Model:
+def float32_copy(
+    model: keras.Model, num_classes: int, image_size: int, dense_units: int
+) -> keras.Model:
     """Same architecture and weights, built under the float32 policy."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
@@ -195,7 +210,9 @@ def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_un
     return clone
 
 
-def to_onnx(model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None) -> bytes:
+def to_onnx(
+    model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None
+) -> bytes:
     """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
 
     With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N] holds
@@ -243,20 +260,26 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
     features = feature_model(model)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     kernel, bias, inv_t = f32(head.kernel), f32(head.bias), np.float32(1.0 / head.temperature)
-    spaces = [(f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces]
+    spaces = [
+        (f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces
+    ]
 
     @tf.function(input_signature=spec)
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         # Constants made inside the function become graph constants; tensors made outside would be
         # captured as extra graph inputs that ONNX Runtime then demands.
         fs = features(image, training=False)
-        probs = tf.nn.softmax((tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1)
+        probs = tf.nn.softmax(
+            (tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1
+        )
         terms = []
         for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
             # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32. expand_dims and
             # add_n (not [:, None] and zeros_like) keep the graph simple enough for ORT's shape inference,
             # which INT8 quantization runs first.
-            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)  # [N, K, F]
+            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(
+                means
+            )  # [N, K, F]
             terms.append(tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale)
         ood = tf.add_n(terms)
         return {OUTPUT_NAME: probs, OOD_NAME: ood}
@@ -267,7 +290,9 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
 OOD_PARITY_TOLERANCE = 1e-3  # max |ORT - numpy| of ood_score, as a fraction of the threshold
 
 
-def _trusted_reference(model: keras.Model, head: TrustHead) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _trusted_reference(
+    model: keras.Model, head: TrustHead
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """What the exported graph must compute: Keras features, then the head in float64 numpy."""
     features = feature_model(model)
     return lambda x: head.apply(features.predict_on_batch(x))
@@ -288,13 +313,22 @@ def check_parity(
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    reference = model.predict_on_batch if head is None else (lambda x, r=_trusted_reference(model, head): r(x)[0])
+    reference = (
+        model.predict_on_batch
+        if head is None
+        else (lambda x, r=_trusted_reference(model, head): r(x)[0])
+    )
     worst = _max_abs_diff(reference, _runner(session), images, batch)
     return _measured("parity: max |ORT - Keras|", worst, tolerance, len(images))
 
 
 def check_ood_parity(
-    model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, head: TrustHead, batch: int = 16
+    model: keras.Model,
+    onnx_bytes: bytes,
+    images: np.ndarray,
+    tolerance: float,
+    head: TrustHead,
+    batch: int = 16,
 ) -> Parity:
     """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides abstaining)."""
     import onnxruntime as ort
@@ -303,7 +337,10 @@ def check_ood_parity(
     scale = max(head.threshold, 1e-6)
     reference = _trusted_reference(model, head)
     worst = _max_abs_diff(
-        lambda x: reference(x)[1] / scale, lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale, images, batch
+        lambda x: reference(x)[1] / scale,
+        lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale,
+        images,
+        batch,
     )
     return _measured("ood parity: max |ORT - Keras| / threshold", worst, tolerance, len(images))
 
@@ -313,13 +350,18 @@ def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _max_abs_diff(
-    reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], images: np.ndarray, batch: int
+    reference: Callable[[np.ndarray], Any],
+    candidate: Callable[[np.ndarray], Any],
+    images: np.ndarray,
+    batch: int,
 ) -> float:
     """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a time."""
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
-        diff = np.abs(np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32))
+        diff = np.abs(
+            np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32)
+        )
         # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to 0.0.
         worst = float(np.max([worst, float(np.max(diff))]))
     return worst
@@ -335,7 +377,13 @@ def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
     if parity.passed:
         log.info("%s = %.3g on %d images (tolerance %g)", what, worst, n, tolerance)
     else:
-        log.warning("%s = %.3g on %d images: exceeds the tolerance %g; the gate will reject", what, worst, n, tolerance)
+        log.warning(
+            "%s = %.3g on %d images: exceeds the tolerance %g; the gate will reject",
+            what,
+            worst,
+            n,
+            tolerance,
+        )
     return parity
 
 
@@ -351,9 +399,13 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
     start = time.monotonic()
     try:
         half = convert_float_to_float16(onnx.load_from_string(onnx_bytes), keep_io_types=True)
-    except Exception as e:  # the converter raises plain Exceptions/ValueErrors on graphs it cannot handle
+    except (
+        Exception
+    ) as e:  # the converter raises plain Exceptions/ValueErrors on graphs it cannot handle
         raise ExportError(f"float16 conversion failed: {e}") from e
-    log.info("converted ONNX to float16 (float32 inputs/outputs) in %.1f s", time.monotonic() - start)
+    log.info(
+        "converted ONNX to float16 (float32 inputs/outputs) in %.1f s", time.monotonic() - start
+    )
     return half.SerializeToString()
 
 

@@ -101,7 +101,8 @@ class RetrainConfig:
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(
-        1, "With the skip on: train only once at least this many photos were added, changed or removed"
+        1,
+        "With the skip on: train only once at least this many photos were added, changed or removed",
     )
     run_trigger: str = option(
         MANUAL,
@@ -128,7 +129,9 @@ class PhotoChanges:
     """How the listing differs from a version's ``dataset.json``; keys sorted."""
 
     added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)  # same key, other ETag or size: the photo was rewritten
+    changed: list[str] = field(
+        default_factory=list
+    )  # same key, other ETag or size: the photo was rewritten
     removed: list[str] = field(default_factory=list)
 
     @property
@@ -154,7 +157,9 @@ def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoCha
         records = [*dataset["images"], *dataset.get("unusable", [])]
         before = {str(r["key"]): (str(r["etag"]), int(r["size"])) for r in records}
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{DATASET_FILE}: expected images with key, etag and size ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{DATASET_FILE}: expected images with key, etag and size ({type(e).__name__}: {e})"
+        ) from e
     now = {it.key: (it.etag, it.size) for it in listed.items}
     return PhotoChanges(
         added=sorted(now.keys() - before.keys()),
@@ -221,7 +226,9 @@ def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[
         return f"the served version {version} cannot be compared: {e}"
     contract, dataset = parsed
     if not isinstance(contract, dict) or not isinstance(dataset, dict):
-        return f"the served version {version} cannot be compared: expected JSON objects in its records"
+        return (
+            f"the served version {version} cannot be compared: expected JSON objects in its records"
+        )
     return version, contract, dataset
 
 
@@ -245,14 +252,20 @@ def decide(
     version, contract, dataset = served
     differences = option_differences(train_cfg, contract) + code_differences(contract)
     if differences:
-        named = ", ".join(differences[:_MAX_NAMED]) + (" ..." if len(differences) > _MAX_NAMED else "")
+        named = ", ".join(differences[:_MAX_NAMED]) + (
+            " ..." if len(differences) > _MAX_NAMED else ""
+        )
         return RetrainDecision(
-            False, f"training: {len(differences)} option/code difference(s) from {version}: {named}", version
+            False,
+            f"training: {len(differences)} option/code difference(s) from {version}: {named}",
+            version,
         )
     try:
         changes = compare_photos(listed, dataset)
     except ValueError as e:
-        return RetrainDecision(False, f"training: the served version {version} cannot be compared: {e}", version)
+        return RetrainDecision(
+            False, f"training: the served version {version} cannot be compared: {e}", version
+        )
     if changes.count >= cfg.min_new_images:
         return RetrainDecision(False, f"training: {changes.describe()} since {version}", version)
     if changes.count == 0:

@@ -16,7 +16,9 @@ import tensorflow as tf
 from keras import layers
 
 
-def augmentation(rotation: float, shift: float, shear: float, zoom: float, flip: bool, seed: int) -> keras.Sequential:
+def augmentation(
+    rotation: float, shift: float, shear: float, zoom: float, flip: bool, seed: int
+) -> keras.Sequential:
     """The recipe of Chollet's §5.3 (``ImageDataGenerator`` in the book), as Keras 3 layers.
 
     ``fill_mode="nearest"`` is ImageDataGenerator's default, so borders look the same.
@@ -27,7 +29,9 @@ def augmentation(rotation: float, shift: float, shear: float, zoom: float, flip:
     if shift:
         aug.append(layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
     if shear:
-        aug.append(layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode="nearest", seed=seed + 2))
+        aug.append(
+            layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode="nearest", seed=seed + 2)
+        )
     if zoom:
         aug.append(layers.RandomZoom(zoom, zoom, fill_mode="nearest", seed=seed + 3))
     if flip:
@@ -52,7 +56,9 @@ def make_dataset(
     train step that casts on the device; ``augment`` then must be ``None``.
     """
     if not cast and augment is not None:
-        raise ValueError("make_dataset: host augmentation works on float32 batches; received cast=False")
+        raise ValueError(
+            "make_dataset: host augmentation works on float32 batches; received cast=False"
+        )
     _, height, width, channels = images.shape
     ds = tf.data.Dataset.from_tensor_slices(slots.astype(np.int64))
     if shuffle:
@@ -70,5 +76,7 @@ def make_dataset(
 
     ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     if augment is not None and len(augment.layers):
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -26,8 +26,12 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 VERSION_ANNOTATION = "leaf-train.io/published-version"
-SKIPPED_ANNOTATION = "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
-RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
+SKIPPED_ANNOTATION = (
+    "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
+)
+RESTARTED_AT_ANNOTATION = (
+    "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
+)
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
 # How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an annotation,
 # so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist) and the chart's
@@ -51,17 +55,27 @@ class KubeConfig:
         "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig exists), on, off",
         choices=("auto", "on", "off"),
     )
-    namespace: str = option("", "Namespace of the Job; empty = the service account's or the kubeconfig context's")
-    job_name: str = option("", "This run's Job (the chart sets it via the downward API); empty = no Job to report on")
-    rollout_deployment: str = option("", "Deployment to restart after a promotion; empty = no rollout")
-    kubeconfig: str = option("", "kubeconfig file used outside a cluster; empty = KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace of the Job; empty = the service account's or the kubeconfig context's"
+    )
+    job_name: str = option(
+        "", "This run's Job (the chart sets it via the downward API); empty = no Job to report on"
+    )
+    rollout_deployment: str = option(
+        "", "Deployment to restart after a promotion; empty = no rollout"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file used outside a cluster; empty = KUBECONFIG or ~/.kube/config"
+    )
 
     def validate(self) -> None:
         """Reject names the API would refuse, naming what was received."""
         for name in ("namespace", "job_name", "rollout_deployment"):
             value = getattr(self, name)
             if len(value) > 253 or value != value.strip():
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}"
+                )
 
 
 def load_client_configuration(cfg: KubeConfig) -> tuple[Any, str] | None:
@@ -176,7 +190,9 @@ class KubeReporter:
             return False
         if not self.job_name:
             if not self._warned_no_job:
-                log.info("Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or annotations")
+                log.info(
+                    "Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or annotations"
+                )
                 self._warned_no_job = True
             return False
         return True
@@ -234,7 +250,10 @@ class KubeReporter:
             {
                 "apiVersion": "events.k8s.io/v1",
                 "kind": "Event",
-                "metadata": {"generateName": f"{self.job_name[:200]}.", "namespace": self.namespace},
+                "metadata": {
+                    "generateName": f"{self.job_name[:200]}.",
+                    "namespace": self.namespace,
+                },
                 "eventTime": _now(),
                 "reportingController": REPORTING_CONTROLLER,
                 "reportingInstance": self.reporting_instance,
@@ -246,9 +265,14 @@ class KubeReporter:
             }
         )
         api = client.EventsV1Api(self.api_client)
-        return self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body) is not None
+        return (
+            self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body)
+            is not None
+        )
 
-    def annotate_version(self, version: str, promoted: bool | None = None, *, candidate: bool = False) -> bool:
+    def annotate_version(
+        self, version: str, promoted: bool | None = None, *, candidate: bool = False
+    ) -> bool:
         """Annotate this run's Job with the version it published (``leaf-train.io/published-version``).
 
         ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when given;

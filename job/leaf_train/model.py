@@ -54,7 +54,9 @@ def weights_source(choice: str, cache_dir: Path) -> str | Path | None:
     if choice.lower() == "imagenet":
         return "imagenet"
     if not choice.endswith(".h5"):
-        raise ConfigError(f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}")
+        raise ConfigError(
+            f"--weights: expected imagenet, none, or a URI of a .h5 file; received {choice!r}"
+        )
     parent, _, name = choice.rpartition("/")
     local = cache_dir / name
     open_store(parent or ".").download(name, local)

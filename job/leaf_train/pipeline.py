@@ -78,10 +78,14 @@ def run(
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     job = _start(cfg, gate_cfg, kube_cfg, rollout_cfg or RolloutConfig())
     if job.dist.is_chief:
-        shadow_verdict(job.registry, job.rollout_cfg, job.kube)  # a waiting candidate is decided first
+        shadow_verdict(
+            job.registry, job.rollout_cfg, job.kube
+        )  # a waiting candidate is decided first
     saved = job.ckpts.load_state() if job.ckpts else None
     if saved is not None and saved.published_version:
-        return _finish_published(job, saved.published_version)  # only promotion may be left: no data, no model
+        return _finish_published(
+            job, saved.published_version
+        )  # only promotion may be left: no data, no model
     job.kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
     listed = list_photos(cfg, job.data_store)
     retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, job.registry)
@@ -98,23 +102,45 @@ def run(
         return _ship(job, data, trained)
 
 
-def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig) -> _Job:
+def _start(
+    cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig
+) -> _Job:
     """Strategy, Kubernetes reporting, seeds and precision, stores: everything before the data."""
     # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
     dist = distribute.from_config(cfg, kube_cfg.job_name)
     started = time.monotonic()
     # One Started/Exported/Promoted per run, not one per worker: only the chief talks to Kubernetes.
-    kube = KubeReporter.from_config(kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off"))
+    kube = KubeReporter.from_config(
+        kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off")
+    )
     log.info("distribution: %s", dist.describe(cfg.batch_size))
     deterministic = use_determinism(cfg.deterministic)
     set_determinism(cfg.seed, deterministic)
-    log.info("seed %d, deterministic ops %s (option %s)", cfg.seed, deterministic, cfg.deterministic)
+    log.info(
+        "seed %d, deterministic ops %s (option %s)", cfg.seed, deterministic, cfg.deterministic
+    )
     mixed = set_precision(cfg.mixed_precision)
     data_store = open_store(cfg.data, max_pool_connections=max(10, cfg.download_workers))
     out_store = open_store(cfg.output)
-    ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
+    ckpts = (
+        RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}"))
+        if cfg.run_id
+        else None
+    )
     registry = ModelRegistry(out_store, cfg.model_name)
-    return _Job(cfg, gate_cfg, rollout_cfg, dist, kube, data_store, registry, ckpts, deterministic, mixed, started)
+    return _Job(
+        cfg,
+        gate_cfg,
+        rollout_cfg,
+        dist,
+        kube,
+        data_store,
+        registry,
+        ckpts,
+        deterministic,
+        mixed,
+        started,
+    )
 
 
 def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
@@ -122,14 +148,20 @@ def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
         return discover(store, cfg.val_fraction, bar)
 
 
-def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex) -> PreparedData:
+def prepare_data(
+    cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex
+) -> PreparedData:
     """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
-    decoded = decode_all(store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir)
+    decoded = decode_all(
+        store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir
+    )
     index = listed.usable(decoded.ok, cfg.val_fraction)
     check_index(index, cfg.min_images_per_class)
     data = PreparedData.of(index, decoded)
     train_n, val_n = len(data.train_slots), len(data.val_slots)
-    log.info("split: %d train, %d validation images in %d classes", train_n, val_n, len(index.classes))
+    log.info(
+        "split: %d train, %d validation images in %d classes", train_n, val_n, len(index.classes)
+    )
     reviewed = sum(is_review_key(it.key) for it in index.items)
     if reviewed:
         log.info("%d of the images came back through review (report.json: from_review)", reviewed)
@@ -158,7 +190,11 @@ def _build_or_resume(
     restored = ckpts.load() if ckpts else None
     if restored is None:
         weights = weights_source(cfg.weights, cache_dir)
-        return build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units), RunState(), None
+        return (
+            build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units),
+            RunState(),
+            None,
+        )
     state, model, best = restored
     if model.output_shape[-1] != len(data.index.classes):
         raise ConfigError(
@@ -186,7 +222,9 @@ def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -
     with job.dist.strategy.scope():
         model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
     state.version = state.version or cfg.version or default_version(data.index)
-    set_log_context(version=state.version)  # every later line (JSON logs) says which version it is about
+    set_log_context(
+        version=state.version
+    )  # every later line (JSON logs) says which version it is about
     # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
     stop = StopSignal().install()
     on_exit.callback(stop.uninstall)
@@ -218,7 +256,9 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     """The chief after training: evaluate, export, gate, report, publish, promote."""
     cfg, state, stop, version = job.cfg, trained.state, trained.stop, trained.state.version
     # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
-    inference = export.float32_copy(trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units)
+    inference = export.float32_copy(
+        trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units
+    )
     metrics = evaluate.validate(inference, data, cfg.batch_size)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
     # Calibration and the not-a-leaf detector, fitted on held-out and training images (leaf_train.trust).
@@ -226,27 +266,46 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
     stop.check("after evaluation, before the ONNX export")
     shipped = export.export_all(cfg, inference, data, job.kube.event, stop, fitted)
-    decision = _gate(job.gate_cfg, data, metrics, shipped.parity, job.registry.champion(), fitted.calibration)
+    decision = _gate(
+        job.gate_cfg, data, metrics, shipped.parity, job.registry.champion(), fitted.calibration
+    )
     training = freshness.training_record(cfg)
     contract = export.build_contract(cfg, version, data, shipped, metrics, training, fitted)
     contract.gate = decision.to_dict()
-    job.kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
+    job.kube.event(
+        "GateDecision",
+        event_note(contract.gate, version),
+        type="Normal" if decision.promote else "Warning",
+    )
     contract.provenance = provenance.record(
-        cfg.seed, job.deterministic, cfg.deterministic, trained.weights_sha256, augment=trained.augment
+        cfg.seed,
+        job.deterministic,
+        cfg.deterministic,
+        trained.weights_sha256,
+        augment=trained.augment,
     )
     report = run_report(data, state.history, job.mixed, job.started) | {
         "provenance": contract.provenance,
-        "distribution": {"strategy": job.dist.name, "replicas": job.dist.replicas, "workers": job.dist.workers},
+        "distribution": {
+            "strategy": job.dist.name,
+            "replicas": job.dist.replicas,
+            "workers": job.dist.workers,
+        },
         "jit_compile": trained.jit_compile,
         "augment": trained.augment,
         "calibration": fitted.calibration,
         "ood": fitted.ood,
     }
-    files = artefacts(contract, shipped.onnx, metrics, data.index, state.history, report) | shipped.extra_files
+    files = (
+        artefacts(contract, shipped.onnx, metrics, data.index, state.history, report)
+        | shipped.extra_files
+    )
     files[trust.RELIABILITY_FILE] = trust.plot_reliability(fitted.reliability)
     _publish(job, version, files, state, stop)
     promoted = _finish(job, version)
-    return RunResult(version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report)
+    return RunResult(
+        version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report
+    )
 
 
 def _gate(
@@ -271,11 +330,19 @@ def _gate(
     )
 
 
-def _publish(job: _Job, version: str, files: dict[str, bytes], state: RunState, stop: StopSignal) -> None:
+def _publish(
+    job: _Job, version: str, files: dict[str, bytes], state: RunState, stop: StopSignal
+) -> None:
     """Publish once under the run's claim, then record it in the run so a retry only promotes."""
     stop.check(f"before publishing {version}")
     owner, where = run_owner(job.cfg.run_id), f"while publishing {version}, before writing"
-    publish_once(job.registry, version, files, owner=owner, on_step=lambda name: stop.check(f"{where} {name}"))
+    publish_once(
+        job.registry,
+        version,
+        files,
+        owner=owner,
+        on_step=lambda name: stop.check(f"{where} {name}"),
+    )
     if job.ckpts is not None:
         state.published_version = version
         job.ckpts.save_state(state)
@@ -286,9 +353,13 @@ def _finish(job: _Job, version: str) -> bool:
     """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
-    promoted = finish(job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout)
+    promoted = finish(
+        job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout
+    )
     shadow = job.registry.candidate() if rollout == "shadow" and not promoted else None
-    job.kube.annotate_version(version, promoted, candidate=shadow is not None and shadow.candidate.version == version)
+    job.kube.annotate_version(
+        version, promoted, candidate=shadow is not None and shadow.candidate.version == version
+    )
     return promoted
 
 

@@ -99,7 +99,9 @@ def source_digest(roots: Mapping[str, Path]) -> str:
     h = hashlib.sha256()
     for name, root in sorted(roots.items()):
         for path in sorted(root.rglob("*.py")):
-            h.update(f"{name}/{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+            h.update(
+                f"{name}/{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode()
+            )
             h.update(path.read_bytes())
     return h.hexdigest()
 
@@ -119,7 +121,11 @@ def code_record() -> dict[str, str]:
 
 
 def record(
-    seed: int, deterministic: bool, determinism_option: str, weights_sha256: str, augment: str | None = None
+    seed: int,
+    deterministic: bool,
+    determinism_option: str,
+    weights_sha256: str,
+    augment: str | None = None,
 ) -> dict[str, Any]:
     """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved mode."""
     return {

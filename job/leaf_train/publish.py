@@ -19,7 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .registry import DEFAULT_INCOMPLETE_GRACE_S, ModelRegistry, PromotionConflict, VersionExistsError
+from .registry import (
+    DEFAULT_INCOMPLETE_GRACE_S,
+    ModelRegistry,
+    PromotionConflict,
+    VersionExistsError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +75,17 @@ class Verdict:
         """The decision in ``model.json`` of ``version``; a version without one is not promoted."""
         gate: Any = (registry.contract_dict(version) or {}).get("gate")
         if not isinstance(gate, dict) or "promote" not in gate:
-            return cls(False, f"{version} records no gate decision in model.json; promote it by hand if wanted", None)
+            return cls(
+                False,
+                f"{version} records no gate decision in model.json; promote it by hand if wanted",
+                None,
+            )
         champion = gate.get("champion_version")
-        return cls(bool(gate["promote"]), str(gate.get("reason", "")), champion if isinstance(champion, str) else None)
+        return cls(
+            bool(gate["promote"]),
+            str(gate.get("reason", "")),
+            champion if isinstance(champion, str) else None,
+        )
 
 
 def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, kube: Any) -> bool:
@@ -90,7 +103,11 @@ def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, 
         return True
     served = current.version if current else None
     if current is not None and version in current.history:
-        return _not_promoted(version, f"it was promoted before and {served} has replaced it since; left as it is", kube)
+        return _not_promoted(
+            version,
+            f"it was promoted before and {served} has replaced it since; left as it is",
+            kube,
+        )
     if served != verdict.champion_version:
         return _not_promoted(
             version,

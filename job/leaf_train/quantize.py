@@ -47,7 +47,12 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     Raises:
         ExportError: the quantizer failed.
     """
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Batches(CalibrationDataReader):
@@ -57,13 +62,17 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
         def get_next(self) -> dict[str, np.ndarray] | None:
             if self._next >= len(calibration):
                 return None
-            batch = np.asarray(calibration[self._next : self._next + _CALIBRATION_BATCH], dtype=np.float32)
+            batch = np.asarray(
+                calibration[self._next : self._next + _CALIBRATION_BATCH], dtype=np.float32
+            )
             self._next += _CALIBRATION_BATCH
             return {INPUT_NAME: batch}
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
-        source, prepared, quantized = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        source, prepared, quantized = (
+            Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx")
+        )
         source.write_bytes(onnx_bytes)
         try:
             quant_pre_process(str(source), str(prepared))
@@ -80,11 +89,15 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
                 activation_type=QuantType.QInt8,
                 weight_type=QuantType.QInt8,
             )
-        except Exception as e:  # the quantizer raises plain Exceptions and ValueErrors on graphs it cannot handle
+        except (
+            Exception
+        ) as e:  # the quantizer raises plain Exceptions and ValueErrors on graphs it cannot handle
             raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from e
         data = quantized.read_bytes()
     log.info(
-        "quantized ONNX to INT8 (QDQ, %d calibration images) in %.1f s", len(calibration), time.monotonic() - start
+        "quantized ONNX to INT8 (QDQ, %d calibration images) in %.1f s",
+        len(calibration),
+        time.monotonic() - start,
     )
     return data
 
@@ -118,7 +131,9 @@ class Int8Check:
 
     @property
     def passed(self) -> bool:
-        return self.accuracy_drop <= self.max_accuracy_drop + 1e-9  # accuracies are ratios of counts
+        return (
+            self.accuracy_drop <= self.max_accuracy_drop + 1e-9
+        )  # accuracies are ratios of counts
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -133,7 +148,11 @@ class Int8Check:
 
 
 def check_int8(
-    fp32_bytes: bytes, int8_bytes: bytes, images: np.ndarray, labels: np.ndarray, max_accuracy_drop: float
+    fp32_bytes: bytes,
+    int8_bytes: bytes,
+    images: np.ndarray,
+    labels: np.ndarray,
+    max_accuracy_drop: float,
 ) -> Int8Check:
     """Top-1 agreement and accuracy of both models on the same validation images, both run by ONNX Runtime."""
     import onnxruntime as ort
@@ -144,7 +163,10 @@ def check_int8(
         run = partial(_probabilities, session)
         predictions.append(
             np.concatenate(
-                [np.argmax(run(np.asarray(images[i : i + 16], np.float32)), axis=1) for i in range(0, len(images), 16)]
+                [
+                    np.argmax(run(np.asarray(images[i : i + 16], np.float32)), axis=1)
+                    for i in range(0, len(images), 16)
+                ]
             )
         )
     fp32, int8 = predictions

@@ -37,7 +37,9 @@ class RunResult:
     skipped: str = ""  # why nothing was trained
 
 
-def run_report(data: PreparedData, history: dict[str, list[float]], mixed: bool, started: float) -> dict[str, Any]:
+def run_report(
+    data: PreparedData, history: dict[str, list[float]], mixed: bool, started: float
+) -> dict[str, Any]:
     """``report.json`` without the parts only the end of the run knows (provenance, distribution, jit)."""
     return {
         "classes": data.index.counts(),

@@ -16,7 +16,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from leaf_common.config import option
-from leaf_common.shadow import VERDICT_FILE, Candidate, ShadowStats, candidate_dir, read_reviewed, read_stats
+from leaf_common.shadow import (
+    VERDICT_FILE,
+    Candidate,
+    ShadowStats,
+    candidate_dir,
+    read_reviewed,
+    read_stats,
+)
 from leaf_common.storage import NotFound, PreconditionFailed
 
 from .errors import ConfigError
@@ -43,34 +50,52 @@ class RolloutConfig:
         "mirrored traffic, and `models verdict` promotes it on that evidence",
         choices=("direct", "shadow"),
     )
-    shadow_min_requests: int = option(500, "Shadow verdict: mirrored requests needed before deciding")
-    shadow_min_agreement: float = option(0.90, "Shadow verdict: lowest top-1 agreement with the champion (0-1)")
+    shadow_min_requests: int = option(
+        500, "Shadow verdict: mirrored requests needed before deciding"
+    )
+    shadow_min_agreement: float = option(
+        0.90, "Shadow verdict: lowest top-1 agreement with the champion (0-1)"
+    )
     shadow_min_class_agreement: float = option(
         0.80, "Shadow verdict: lowest agreement on the photos of any one champion class (0-1)"
     )
     shadow_min_class_requests: int = option(
-        30, "Shadow verdict: classes with fewer mirrored requests than this are listed but not judged"
+        30,
+        "Shadow verdict: classes with fewer mirrored requests than this are listed but not judged",
     )
     shadow_min_reviewed: int = option(
-        20, "Shadow verdict: reviewed photos needed before the two models' accuracy on them is compared"
+        20,
+        "Shadow verdict: reviewed photos needed before the two models' accuracy on them is compared",
     )
     shadow_max_review_drop: float = option(
-        0.05, "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed against the champion"
+        0.05,
+        "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed against the champion",
     )
     shadow_max_age_hours: float = option(
-        168.0, "Shadow verdict: a candidate still without enough evidence after this long is rejected"
+        168.0,
+        "Shadow verdict: a candidate still without enough evidence after this long is rejected",
     )
 
     def validate(self) -> None:
-        for name in ("shadow_min_agreement", "shadow_min_class_agreement", "shadow_max_review_drop"):
+        for name in (
+            "shadow_min_agreement",
+            "shadow_min_class_agreement",
+            "shadow_max_review_drop",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: expected a value in [0, 1]; received {value}"
+                )
         for name in ("shadow_min_requests", "shadow_min_class_requests", "shadow_min_reviewed"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}")
+                raise ConfigError(
+                    f"--{name.replace('_', '-')}: expected >= 1; received {getattr(self, name)}"
+                )
         if not self.shadow_max_age_hours > 0:
-            raise ConfigError(f"--shadow-max-age-hours: expected hours > 0; received {self.shadow_max_age_hours}")
+            raise ConfigError(
+                f"--shadow-max-age-hours: expected hours > 0; received {self.shadow_max_age_hours}"
+            )
 
 
 @dataclass(frozen=True)
@@ -96,8 +121,17 @@ class ShadowVerdict:
         }
 
 
-def _row(rule: str, threshold: str, new: float | None, old: float | None, verdict: str, **extra: Any) -> dict:
-    return {"rule": rule, "threshold": threshold, "new": new, "champion": old, "verdict": verdict, **extra}
+def _row(
+    rule: str, threshold: str, new: float | None, old: float | None, verdict: str, **extra: Any
+) -> dict:
+    return {
+        "rule": rule,
+        "threshold": threshold,
+        "new": new,
+        "champion": old,
+        "verdict": verdict,
+        **extra,
+    }
 
 
 def _age_hours(proposed_at: str, now: datetime) -> float:
@@ -128,14 +162,26 @@ def decide(
     age = _age_hours(candidate.proposed_at, now)
 
     def verdict(decision: str, reason: str, rules: list[dict]) -> ShadowVerdict:
-        return ShadowVerdict(decision, version, champion, reason, rules, evidence | {"age_hours": round(age, 2)})
+        return ShadowVerdict(
+            decision, version, champion, reason, rules, evidence | {"age_hours": round(age, 2)}
+        )
 
     if served != champion:
         why = f"the statistics compare with {champion}, but {served or 'nothing'} is served now"
-        return verdict(REJECT, why, [_row("champion unchanged", f"served = {champion}", None, None, FAIL, why=why)])
+        return verdict(
+            REJECT,
+            why,
+            [_row("champion unchanged", f"served = {champion}", None, None, FAIL, why=why)],
+        )
     enough = stats.mirrored >= cfg.shadow_min_requests
     rows = [
-        _row("mirrored requests", f">= {cfg.shadow_min_requests}", stats.mirrored, None, PASS if enough else FAIL),
+        _row(
+            "mirrored requests",
+            f">= {cfg.shadow_min_requests}",
+            stats.mirrored,
+            None,
+            PASS if enough else FAIL,
+        ),
     ]
     if not enough:
         if age > cfg.shadow_max_age_hours:
@@ -166,12 +212,30 @@ def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
     agreement = stats.agreed / stats.mirrored
     failed = agreement < cfg.shadow_min_agreement
     why = f"top-1 agreement with {stats.champion} is {agreement:.4f}, below {cfg.shadow_min_agreement:.4f}"
-    rows = [_row("agreement", f">= {cfg.shadow_min_agreement:.4f}", agreement, None, FAIL if failed else PASS, why=why)]
+    rows = [
+        _row(
+            "agreement",
+            f">= {cfg.shadow_min_agreement:.4f}",
+            agreement,
+            None,
+            FAIL if failed else PASS,
+            why=why,
+        )
+    ]
     for label, (n, agreed) in sorted(stats.per_class.items()):
         share = agreed / n
         if n < cfg.shadow_min_class_requests:
             threshold = f"{n} < {cfg.shadow_min_class_requests} requests: not judged"
-            rows.append(_row(CLASS_RULE, threshold, share, None, NOT_COMPARED, **{"class": label, "support": n}))
+            rows.append(
+                _row(
+                    CLASS_RULE,
+                    threshold,
+                    share,
+                    None,
+                    NOT_COMPARED,
+                    **{"class": label, "support": n},
+                )
+            )
             continue
         failed = share < cfg.shadow_min_class_agreement
         why = (
@@ -180,7 +244,17 @@ def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
         )
         threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
         verdict = FAIL if failed else PASS
-        rows.append(_row(CLASS_RULE, threshold, share, None, verdict, why=why, **{"class": label, "support": n}))
+        rows.append(
+            _row(
+                CLASS_RULE,
+                threshold,
+                share,
+                None,
+                verdict,
+                why=why,
+                **{"class": label, "support": n},
+            )
+        )
     return rows
 
 
@@ -197,7 +271,17 @@ def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> li
         f"over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
     )
     threshold = f">= champion - {cfg.shadow_max_review_drop:.4f}"
-    return [_row("reviewed accuracy", threshold, candidate, champion, FAIL if failed else PASS, why=why, support=n)]
+    return [
+        _row(
+            "reviewed accuracy",
+            threshold,
+            candidate,
+            champion,
+            FAIL if failed else PASS,
+            why=why,
+            support=n,
+        )
+    ]
 
 
 def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -215,7 +299,9 @@ def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[
     }
 
 
-def evaluate(registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None) -> ShadowVerdict | None:
+def evaluate(
+    registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None
+) -> ShadowVerdict | None:
     """The verdict on the current candidate, from what is in the registry now; ``None`` without a candidate."""
     found = registry.candidate()
     if found is None or not found.candidate.version:
@@ -275,7 +361,9 @@ def _record(registry: ModelRegistry, verdict: ShadowVerdict) -> None:
     """``shadow/<candidate>/verdict.json``, written once: model.json is immutable, so the decision lives beside it."""
     key = f"{candidate_dir(verdict.candidate)}/{VERDICT_FILE}"
     try:
-        registry.store.put(key, json.dumps(verdict.to_dict(), indent=2).encode(), if_none_match=True)
+        registry.store.put(
+            key, json.dumps(verdict.to_dict(), indent=2).encode(), if_none_match=True
+        )
     except PreconditionFailed:
         log.info("a verdict on %s was already recorded; kept", verdict.candidate)
 
@@ -296,7 +384,10 @@ def propose(registry: ModelRegistry, version: str, champion_version: str | None,
     """
     found = registry.candidate()
     if found is not None and found.candidate.version == version:
-        log.info("%s is already the shadow candidate (proposed by an earlier attempt of this run)", version)
+        log.info(
+            "%s is already the shadow candidate (proposed by an earlier attempt of this run)",
+            version,
+        )
         return True
     if recorded(registry, version) is not None:
         log.info("%s was a shadow candidate and has a verdict already; left as it is", version)

@@ -20,7 +20,13 @@ from tensorflow.python.framework.config import is_op_determinism_enabled  # what
 
 from .augment import AugmentParams, attach, resolve_mode
 from .cache import PreparedData
-from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
+from .checkpoint import (
+    CheckpointCallback,
+    ResumableEarlyStopping,
+    RunCheckpoints,
+    RunState,
+    StopSignal,
+)
 from .config import TrainConfig
 from .distribute import Distribution
 from .inputs import augmentation, make_dataset
@@ -94,7 +100,9 @@ class FitOptions:
     seed: int = 0  # the device augmentation's stateless seed
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float) -> FitOptions:
+    def from_config(
+        cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float
+    ) -> FitOptions:
         """``scale_lr`` maps a configured learning rate to the one used (``Distribution.learning_rate``)."""
         augment = resolve_mode(cfg.augment, gpus_visible())
         return cls(
@@ -131,12 +139,20 @@ def train(
     """Both phases on ``data``'s training images, validated on its validation images; call in ``dist``'s scope."""
     opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
     host_aug = opts.augment == "host"
-    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if host_aug else None
+    aug = (
+        augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
+        if host_aug
+        else None
+    )
     images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
     cast = not opts.uint8_batches  # device augmentation: uint8 to the device, cast there
-    train_ds = make_dataset(images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast)
+    train_ds = make_dataset(
+        images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast
+    )
     train_ds = dist.shard(train_ds)
-    val_ds = dist.shard(make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast))
+    val_ds = dist.shard(
+        make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast)
+    )
     dist.prepare_model(model, float_spec(train_ds.element_spec))
     log.info(
         "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s (lr_scaling %s)",
@@ -149,7 +165,9 @@ def train(
     )
     if opts.jit_compile and is_op_determinism_enabled():
         # Keras' own rule (trainer.model_supports_jit): with op determinism it compiles without XLA.
-        log.warning("jit_compile=on has no effect: Keras turns XLA off while op determinism is on (--deterministic)")
+        log.warning(
+            "jit_compile=on has no effect: Keras turns XLA off while op determinism is on (--deterministic)"
+        )
     run_phases(
         model,
         train_ds,
@@ -212,12 +230,22 @@ def run_phases(
             continue  # finished before the restart
         resuming = plan.phase == state.phase and state.epochs_done > 0
         if not resuming:
-            state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
+            state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = (
+                plan.phase,
+                0,
+                None,
+                0,
+                0,
+            )
             best_weights = None
             compile_for_phase(model, plan, opts.fine_tune_from, opts.jit_compile)
-        if opts.uint8_batches:  # per phase (its seed names the phase); a loaded checkpoint is a fresh object
+        if (
+            opts.uint8_batches
+        ):  # per phase (its seed names the phase); a loaded checkpoint is a fresh object
             attach(model, opts.device_augment, opts.seed, plan.phase)
-        _fit_phase(model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop)
+        _fit_phase(
+            model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop
+        )
         if on_phase_end is not None:
             on_phase_end(plan.phase, _last_metrics(state, plan.phase))
         best_weights = None

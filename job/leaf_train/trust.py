@@ -42,7 +42,9 @@ FEATURE_LAYER = "dense"  # the penultimate Dense(256) of model.build_model
 BASE_LAYERS = ("block2_pool", "block3_pool")  # VGG16 layers whose spatial means join the OOD score
 OOD_FIT_RATE = 0.01  # share of the fit half above the threshold
 OOD_GOAL_RATE = 0.02  # the held-out abstain rate the issue asks for at most
-OOD_TRAIN_IMAGES = 4096  # training images the class means and covariance are fitted on (seeded sample)
+OOD_TRAIN_IMAGES = (
+    4096  # training images the class means and covariance are fitted on (seeded sample)
+)
 SHRINKAGE = 0.1
 RELIABILITY_FILE = "reliability.png"  # the model card's reliability diagram, before and after
 
@@ -79,7 +81,10 @@ class Space:
 
 
 def ood_score(spaces: tuple[Space, ...], features: list[np.ndarray]) -> np.ndarray:
-    return sum(maths.mahalanobis(f, s.means, s.projection) / s.scale for s, f in zip(spaces, features, strict=True))
+    return sum(
+        maths.mahalanobis(f, s.means, s.projection) / s.scale
+        for s, f in zip(spaces, features, strict=True)
+    )
 
 
 @dataclass
@@ -90,16 +95,22 @@ class TrustFit:
     calibration: dict[str, Any]
     ood: dict[str, Any]
     reference: dict[str, Any]
-    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # before/after, report half
+    reliability: dict[str, list[dict[str, float]]] = field(
+        default_factory=dict
+    )  # before/after, report half
 
 
 def feature_model(model: keras.Model) -> keras.Model:
     """Outputs: the spatial mean of each of ``BASE_LAYERS``, then the penultimate Dense (same weights)."""
     base = model.get_layer("vgg16")
-    inner = keras.Model(base.inputs, [base.get_layer(n).output for n in BASE_LAYERS], name="vgg16_taps")
+    inner = keras.Model(
+        base.inputs, [base.get_layer(n).output for n in BASE_LAYERS], name="vgg16_taps"
+    )
     taps = inner(model.get_layer("vgg_preprocess").output, training=False)
     means = [keras.ops.mean(t, axis=(1, 2)) for t in taps]
-    return keras.Model(model.inputs, [*means, model.get_layer(FEATURE_LAYER).output], name="leaf_features")
+    return keras.Model(
+        model.inputs, [*means, model.get_layer(FEATURE_LAYER).output], name="leaf_features"
+    )
 
 
 def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +118,9 @@ def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
 
 
-def features_of(features: keras.Model, images: np.ndarray, slots: np.ndarray, batch: int) -> list[np.ndarray]:
+def features_of(
+    features: keras.Model, images: np.ndarray, slots: np.ndarray, batch: int
+) -> list[np.ndarray]:
     """Each output of ``feature_model`` for ``images[slots]``, as float64."""
     out = [
         features.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
@@ -137,7 +150,11 @@ def halves(keys: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def fit(
-    model: keras.Model, data: PreparedData, batch: int, seed: int, ood_images: np.ndarray | None = None
+    model: keras.Model,
+    data: PreparedData,
+    batch: int,
+    seed: int,
+    ood_images: np.ndarray | None = None,
 ) -> TrustFit:
     """Fit calibration and the OOD detector on ``data``; measure them; ``ood_images`` are not-leaves."""
     features = feature_model(model)
@@ -154,27 +171,42 @@ def fit(
     calibration = {
         "method": "temperature",
         "temperature": temperature,
-        "fitted_on": "validation images whose second key hash is 'fit'" if split else "all validation images",
+        "fitted_on": "validation images whose second key hash is 'fit'"
+        if split
+        else "all validation images",
         "fit_images": len(fit_i),
         "report_images": len(rep_i),
         "bins": maths.ECE_BINS,
-        "before": {"ece": maths.ece(before[rep_i], y[rep_i]), "nll": maths.nll(before[rep_i], y[rep_i])},
-        "after": {"ece": maths.ece(after[rep_i], y[rep_i]), "nll": maths.nll(after[rep_i], y[rep_i])},
+        "before": {
+            "ece": maths.ece(before[rep_i], y[rep_i]),
+            "nll": maths.nll(before[rep_i], y[rep_i]),
+        },
+        "after": {
+            "ece": maths.ece(after[rep_i], y[rep_i]),
+            "nll": maths.nll(after[rep_i], y[rep_i]),
+        },
     }
     reliability = {
         "before": maths.reliability(before[rep_i], y[rep_i]),
         "after": maths.reliability(after[rep_i], y[rep_i]),
     }
 
-    rng = np.random.default_rng(seed)  # which training images fit the detector: repeatable with the run's seed
+    rng = np.random.default_rng(
+        seed
+    )  # which training images fit the detector: repeatable with the run's seed
     chosen = np.sort(rng.permutation(data.train_slots)[:OOD_TRAIN_IMAGES])
-    spaces = fit_spaces(features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes))
+    spaces = fit_spaces(
+        features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes)
+    )
     scores = ood_score(spaces, f_val)
     threshold = maths.threshold_for(scores[fit_i], OOD_FIT_RATE)
     head = TrustHead(temperature, kernel, bias, spaces, threshold)
     ood = {
         "method": "mahalanobis",
-        "features": [*(f"mean of {n}" for n in BASE_LAYERS), f"penultimate Dense({kernel.shape[0]})"],
+        "features": [
+            *(f"mean of {n}" for n in BASE_LAYERS),
+            f"penultimate Dense({kernel.shape[0]})",
+        ],
         "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest class mean "
         f"(shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on training images",
         "threshold": threshold,
@@ -189,7 +221,10 @@ def fit(
     if ood_images is not None and len(ood_images):
         all_slots = np.arange(len(ood_images))
         ood_scores = ood_score(spaces, features_of(features, ood_images, all_slots, batch))
-        ood |= {"ood_set_images": len(ood_images), "ood_set_abstain_rate": float(np.mean(ood_scores > threshold))}
+        ood |= {
+            "ood_set_images": len(ood_images),
+            "ood_set_abstain_rate": float(np.mean(ood_scores > threshold)),
+        }
     reference = held_out_reference(after, scores, len(data.index.classes))
     log.info(
         "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold %.4g, held-out "

@@ -48,7 +48,9 @@ class ModelContract:
     image_size: tuple[int, int]  # (height, width)
     input: TensorSpec
     output: TensorSpec
-    ood_output: TensorSpec | None = None  # the optional ``ood_score`` output; None for older versions
+    ood_output: TensorSpec | None = (
+        None  # the optional ``ood_score`` output; None for older versions
+    )
     resize_method: str = "bilinear"
     input_range: tuple[float, float] = (0.0, 255.0)
     color: str = "RGB"
@@ -94,13 +96,17 @@ class ModelContract:
                     f"received {self.ood_output.name!r} {self.ood_output.shape}"
                 )
             if not isinstance(self.ood.get("threshold"), (int, float)):
-                raise ContractError(f"ood.threshold: expected a number with ood_output; received {self.ood!r:.80}")
+                raise ContractError(
+                    f"ood.threshold: expected a number with ood_output; received {self.ood!r:.80}"
+                )
         if self.num_classes < 2:
             raise ContractError(f"labels: expected at least 2; received {self.labels}")
         if len(set(self.labels)) != len(self.labels):
             raise ContractError("labels: expected unique names; received duplicates")
         if self.schema_version != SCHEMA_VERSION:
-            raise ContractError(f"schema_version: expected {SCHEMA_VERSION}; received {self.schema_version}")
+            raise ContractError(
+                f"schema_version: expected {SCHEMA_VERSION}; received {self.schema_version}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -127,8 +133,14 @@ class ModelContract:
             contract.validate()
         except ContractError:
             raise
-        except (KeyError, TypeError, ValueError) as e:  # a field of the wrong type or shape, e.g. image_size [32]
-            raise ContractError(f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}") from e
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as e:  # a field of the wrong type or shape, e.g. image_size [32]
+            raise ContractError(
+                f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}"
+            ) from e
         return contract
 
     @classmethod
@@ -138,5 +150,7 @@ class ModelContract:
         except json.JSONDecodeError as e:
             raise ContractError(f"{CONTRACT_FILE}: expected JSON; {e}") from e
         if not isinstance(d, dict):
-            raise ContractError(f"{CONTRACT_FILE}: expected a JSON object; received {type(d).__name__}")
+            raise ContractError(
+                f"{CONTRACT_FILE}: expected a JSON object; received {type(d).__name__}"
+            )
         return cls.from_dict(d)

@@ -25,7 +25,10 @@ FIELDS = ("method", "path", "status", "duration", "model", "version", "run_id", 
 _CONTEXT: dict[str, Any] = {}
 # Control characters (C0, DEL, C1) and Unicode's line/paragraph separators written as escapes; newline and
 # tab included on purpose (a log viewer splits lines on any of them).
-_ESCAPES = {c: chr(c).encode("unicode_escape").decode() for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+_ESCAPES = {
+    c: chr(c).encode("unicode_escape").decode()
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
 
 
 def set_context(**fields: Any) -> None:
@@ -86,7 +89,9 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """This module's stderr handler, so configuring again replaces it and leaves a host's handlers alone."""
 
 
-def formatter(log_format: str, *, prefix: str = "", static: Mapping[str, Any] | None = None) -> logging.Formatter:
+def formatter(
+    log_format: str, *, prefix: str = "", static: Mapping[str, Any] | None = None
+) -> logging.Formatter:
     """The formatter for ``log_format`` (``text`` or ``json``).
 
     Args:
@@ -94,7 +99,9 @@ def formatter(log_format: str, *, prefix: str = "", static: Mapping[str, Any] | 
         static: fields every ``json`` line carries (e.g. ``{"worker": 1}``).
     """
     if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format: expected one of {', '.join(LOG_FORMATS)}; received {log_format!r}")
+        raise ValueError(
+            f"log format: expected one of {', '.join(LOG_FORMATS)}; received {log_format!r}"
+        )
     return JsonFormatter(static) if log_format == "json" else TextFormatter(prefix)
 
 

@@ -29,7 +29,9 @@ MANIFEST_SCHEMA_VERSION = 1
 # A model name is one folder under the registry root and a Kubernetes label value (the chart labels the
 # Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or digit.
 MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-MODEL_NAME_RULE = "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
+MODEL_NAME_RULE = (
+    "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
+)
 
 
 def is_model_name(name: str) -> bool:
@@ -125,7 +127,9 @@ def resolve_model(uri: str, *, client: Any | None = None) -> ResolvedModel:
         found = read_pointer(model_store)
         if found is None:
             raise RegistryError(f"{uri}: no pointer; nothing has been promoted yet")
-        return ResolvedModel(model_store.child(f"{VERSIONS_DIR}/{found.version}"), found.version, found.etag)
+        return ResolvedModel(
+            model_store.child(f"{VERSIONS_DIR}/{found.version}"), found.version, found.etag
+        )
     stripped = uri.rstrip("/")
     store = open_store(stripped, client=client)
     version = stripped.rsplit("/", 1)[-1]
@@ -187,9 +191,14 @@ class Manifest:
     def from_json(cls, data: bytes, where: str = MANIFEST_FILE) -> Manifest:
         try:
             d: dict[str, Any] = json.loads(data)
-            files = tuple(ManifestEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in d["files"])
+            files = tuple(
+                ManifestEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in d["files"]
+            )
             return cls(
-                version=str(d["version"]), created_at=str(d["created_at"]), files=files, name=str(d.get("name", ""))
+                version=str(d["version"]),
+                created_at=str(d["created_at"]),
+                files=files,
+                name=str(d.get("name", "")),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise RegistryError(
@@ -214,7 +223,9 @@ class VerifiedVersion:
     files: dict[str, bytes]
 
 
-def read_verified_version(version_store: Store, names: list[str], expected_version: str | None) -> VerifiedVersion:
+def read_verified_version(
+    version_store: Store, names: list[str], expected_version: str | None
+) -> VerifiedVersion:
     """Read ``names`` from a version folder after checking them against its manifest.
 
     The manifest is required (its absence means a publication in progress or one that died), must
@@ -242,7 +253,9 @@ def read_verified_version(version_store: Store, names: list[str], expected_versi
         info = version_store.head(name)
         if info is None or info.size != entry.size:
             found = "no such file" if info is None else f"{info.size} bytes"
-            raise RegistryError(f"{version_store.url(name)}: expected {entry.size} bytes (manifest); found {found}")
+            raise RegistryError(
+                f"{version_store.url(name)}: expected {entry.size} bytes (manifest); found {found}"
+            )
         data = version_store.get(name)
         manifest.check(name, data)
         files[name] = data
@@ -276,7 +289,9 @@ def read_verified_model(version_store: Store, expected_version: str | None) -> V
         ContractError: ``model.json`` is not a valid contract.
         StoreError: the store failed (``StoreUnavailable`` when that may pass).
     """
-    contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
+    contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[
+        CONTRACT_FILE
+    ]
     contract = ModelContract.from_json(contract_bytes)
     verified = read_verified_version(version_store, [contract.model_file], expected_version)
     if contract.version != verified.manifest.version:
@@ -286,5 +301,7 @@ def read_verified_model(version_store: Store, expected_version: str | None) -> V
         )
     model_bytes = verified.files[contract.model_file]
     if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
-        raise RegistryError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
+        raise RegistryError(
+            f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256"
+        )
     return VerifiedModel(contract, model_bytes, verified.manifest)

@@ -54,7 +54,9 @@ class Candidate:
                 name=str(d.get("name", "")),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise RegistryError(f"{where}: expected a JSON object with a 'version' (string or null); {e!r}") from e
+            raise RegistryError(
+                f"{where}: expected a JSON object with a 'version' (string or null); {e!r}"
+            ) from e
 
 
 class CandidateRead(NamedTuple):
@@ -147,7 +149,9 @@ class ShadowStats:
         )
 
     def to_json(self) -> bytes:
-        return json.dumps({"schema_version": SCHEMA_VERSION, **asdict(self)}, indent=2, sort_keys=True).encode()
+        return json.dumps(
+            {"schema_version": SCHEMA_VERSION, **asdict(self)}, indent=2, sort_keys=True
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> ShadowStats:
@@ -158,7 +162,9 @@ class ShadowStats:
             stats.per_class = {str(k): [int(v[0]), int(v[1])] for k, v in stats.per_class.items()}
             return stats
         except (json.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError) as e:
-            raise RegistryError(f"{where}: expected shadow statistics (ShadowStats fields); {e!r}") from e
+            raise RegistryError(
+                f"{where}: expected shadow statistics (ShadowStats fields); {e!r}"
+            ) from e
 
 
 def stats_key(candidate: str, pod: str) -> str:
@@ -222,11 +228,20 @@ def answer_key(candidate: str, capture_id: str) -> str:
     return f"{candidate_dir(candidate)}/answers/{capture_id}.json"
 
 
-def write_answer(model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str) -> None:
+def write_answer(
+    model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str
+) -> None:
     """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written once)."""
-    body = {"schema_version": SCHEMA_VERSION, "id": capture_id, "champion_label": champion_label, "label": label}
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "id": capture_id,
+        "champion_label": champion_label,
+        "label": label,
+    }
     with contextlib.suppress(PreconditionFailed):
-        model_store.put(answer_key(candidate, capture_id), json.dumps(body).encode(), if_none_match=True)
+        model_store.put(
+            answer_key(candidate, capture_id), json.dumps(body).encode(), if_none_match=True
+        )
 
 
 CAPTURE_EXTRA = "shadow_candidate"  # the key a capture record's ``extra`` names the candidate under
@@ -244,5 +259,7 @@ def note_review(model_store: Store, record: Any, label: str) -> bool:
         answer = json.loads(model_store.get(answer_key(candidate, record.id)))
     except (NotFound, json.JSONDecodeError):
         return False  # the candidate was busy or gone when the photo came in: no evidence, nothing lost
-    write_reviewed(model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"])))
+    write_reviewed(
+        model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"]))
+    )
     return True

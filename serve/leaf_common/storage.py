@@ -76,7 +76,9 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         raise StoreError(f"expected an s3://bucket/prefix URI; received {uri!r}")
     bucket, _, prefix = uri[5:].partition("/")
     if len(bucket) < 3:
-        raise StoreError(f"expected a bucket name of at least 3 characters in {uri!r}; received {bucket!r}")
+        raise StoreError(
+            f"expected a bucket name of at least 3 characters in {uri!r}; received {bucket!r}"
+        )
     return bucket, prefix.strip("/")
 
 
@@ -102,7 +104,9 @@ class Store(ABC):
         """Metadata of ``key`` or ``None`` if it does not exist."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         """Write ``key``; returns its new ETag. Raises :class:`PreconditionFailed`."""
 
     @abstractmethod
@@ -193,7 +197,9 @@ class LocalStore(Store):
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         p = self._path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{_LOCAL_PRIVATE}tmp-", dir=p.parent)
@@ -299,7 +305,9 @@ class S3Store(Store):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles
                     modified = obj["LastModified"].timestamp() if "LastModified" in obj else None
-                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified)
+                    yield ObjectInfo(
+                        self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified
+                    )
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         with self._errors(key):
@@ -315,7 +323,9 @@ class S3Store(Store):
         modified = resp["LastModified"].timestamp() if "LastModified" in resp else None
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'), modified)
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"

@@ -36,10 +36,15 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
     """Expected calibration error: |accuracy - confidence| per equal-width confidence bin, weighted by count."""
     rows = reliability(probs, labels, bins)
     n = sum(r["count"] for r in rows)
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]) / max(n, 1))
+    return float(
+        sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"])
+        / max(n, 1)
+    )
 
 
-def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
+def reliability(
+    probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float]]:
     """Per confidence bin: its edges, how many answers fell in it, their mean confidence and accuracy."""
     p = np.asarray(probs, dtype=np.float64)
     conf, hit = p.max(axis=1), (p.argmax(axis=1) == np.asarray(labels))
@@ -61,7 +66,9 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     return rows
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0
+) -> float:
     """The temperature T minimising NLL of softmax(logits / T): golden-section search on log T.
 
     NLL is convex in 1/T, so a 1-D search over a wide bracket finds the optimum without scipy.
@@ -109,10 +116,16 @@ def fit_mahalanobis(
     return means[present], projection
 
 
-def mahalanobis(features: np.ndarray, means_projected: np.ndarray, projection: np.ndarray) -> np.ndarray:
+def mahalanobis(
+    features: np.ndarray, means_projected: np.ndarray, projection: np.ndarray
+) -> np.ndarray:
     """Squared distance to the nearest class mean, as the exported graph computes it."""
     z = np.asarray(features, dtype=np.float64) @ projection
-    d = (z**2).sum(axis=1, keepdims=True) - 2 * z @ means_projected.T + (means_projected**2).sum(axis=1)
+    d = (
+        (z**2).sum(axis=1, keepdims=True)
+        - 2 * z @ means_projected.T
+        + (means_projected**2).sum(axis=1)
+    )
     return np.maximum(d.min(axis=1), 0.0)
 
 

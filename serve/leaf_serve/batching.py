@@ -43,7 +43,9 @@ class Batcher:
         metrics: ServeMetrics | None = None,
     ):
         self._predict = predict
-        self._executor = executor  # one thread: the model runs one batch at a time, ORT uses the cores
+        self._executor = (
+            executor  # one thread: the model runs one batch at a time, ORT uses the cores
+        )
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
         self._max_queue = max_queue_size
@@ -66,7 +68,9 @@ class Batcher:
     def check_capacity(self) -> None:
         """Raise 503 now if the queue is full, before the caller spends time reading or decoding."""
         if len(self._queue) >= self._max_queue:
-            raise Unavailable(f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry later")
+            raise Unavailable(
+                f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry later"
+            )
 
     async def submit(self, batch: np.ndarray) -> np.ndarray:
         """Queue ``batch`` (``[n, ...]``) and return the model's output rows for it.
@@ -118,7 +122,9 @@ class Batcher:
         start = time.perf_counter()
         batch = items[0].batch if len(items) == 1 else np.concatenate([p.batch for p in items])
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, batch)
+            out = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._predict, batch
+            )
         except Exception as e:  # the model failed on well-formed input: every caller gets the error
             error = ServeError(f"inference failed: {type(e).__name__}: {e}", 500)
             error.__cause__ = e

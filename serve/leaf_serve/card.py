@@ -36,7 +36,9 @@ class ModelCard:
     metrics: dict[str, Any] | None = None
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
     missing: tuple[str, ...] = ()  # card files this version was published without
-    problem: str = ""  # why the card files could not be used (verification failed), if they could not
+    problem: str = (
+        ""  # why the card files could not be used (verification failed), if they could not
+    )
 
 
 def fetch_card(store: Store, version: str) -> ModelCard:
@@ -94,7 +96,10 @@ def card_json(
     part that is not a published file.
     """
     published = card.metrics or {}
-    summary = {k: _number(published.get(k, contract.metrics.get(k))) for k in ("accuracy", "top3_accuracy", "macro_f1")}
+    summary = {
+        k: _number(published.get(k, contract.metrics.get(k)))
+        for k in ("accuracy", "top3_accuracy", "macro_f1")
+    }
     per_class = published.get("per_class") if isinstance(published.get("per_class"), dict) else {}
     gate = contract.gate or {}
     dataset = contract.dataset or {}
@@ -103,7 +108,9 @@ def card_json(
         "version": contract.version,
         "trained_at": contract.created_at,
         "served_since": served_since,
-        "classes": [{"label": label, "display": readable_label(label)} for label in contract.labels],
+        "classes": [
+            {"label": label, "display": readable_label(label)} for label in contract.labels
+        ],
         "dataset": {
             "name": dataset_name or None,
             **{k: dataset.get(k) for k in ("images", "train_images", "val_images", "fingerprint")},
@@ -113,25 +120,42 @@ def card_json(
             "num_images": published.get("num_images", contract.metrics.get("num_images")),
             "source": METRICS_FILE if card.metrics else "model.json" if contract.metrics else None,
             "per_class": [
-                {"label": label, "display": readable_label(label), **{k: values.get(k) for k in _PER_CLASS}}
+                {
+                    "label": label,
+                    "display": readable_label(label),
+                    **{k: values.get(k) for k in _PER_CLASS},
+                }
                 for label, values in per_class.items()
                 if isinstance(values, dict)
             ],
         },
         "gate": {k: gate.get(k) for k in _GATE},
-        "figures": {key: f"/model/{name}" if name in card.figures else None for key, name in FIGURES.items()},
+        "figures": {
+            key: f"/model/{name}" if name in card.figures else None for key, name in FIGURES.items()
+        },
         "missing": list(card.missing),
         "problem": card.problem or None,
         "trust": trust_json(contract, card, drift),
     }
 
 
-def trust_json(contract: ModelContract, card: ModelCard, drift: dict[str, Any] | None) -> dict[str, Any]:
+def trust_json(
+    contract: ModelContract, card: ModelCard, drift: dict[str, Any] | None
+) -> dict[str, Any]:
     """Calibration before/after, the OOD operating point (both from model.json) and the drift state."""
     cal, ood = contract.calibration or {}, contract.ood or {}
     return {
         "calibration": {
-            k: cal.get(k) for k in ("method", "temperature", "fit_images", "report_images", "bins", "before", "after")
+            k: cal.get(k)
+            for k in (
+                "method",
+                "temperature",
+                "fit_images",
+                "report_images",
+                "bins",
+                "before",
+                "after",
+            )
         }
         if cal
         else None,  # fmt: skip
@@ -148,7 +172,9 @@ def trust_json(contract: ModelContract, card: ModelCard, drift: dict[str, Any] |
         }
         if ood
         else None,  # fmt: skip
-        "reliability_figure": f"/model/{RELIABILITY_FILE}" if RELIABILITY_FILE in card.figures else None,
+        "reliability_figure": f"/model/{RELIABILITY_FILE}"
+        if RELIABILITY_FILE in card.figures
+        else None,
         "drift": drift,
     }
 

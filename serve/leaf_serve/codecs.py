@@ -63,8 +63,12 @@ class InputTensor:
     shape: list[int]
     datatype: str
     data: Any = None  # the JSON "data" (nested lists of numbers), or
-    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy), or
-    typed: Sequence[Any] | None = None  # gRPC typed contents (fp32_contents...), its length checked by the codec
+    raw: bytes | memoryview | None = (
+        None  # this input's binary tensor data (a view into the body: no copy), or
+    )
+    typed: Sequence[Any] | None = (
+        None  # gRPC typed contents (fp32_contents...), its length checked by the codec
+    )
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype and shape.
@@ -86,7 +90,9 @@ class InferRequest:
 
     inputs: list[InputTensor]
     id: str | None = None
-    outputs: dict[str, bool | None] | None = None  # requested output -> binary? (None: request default)
+    outputs: dict[str, bool | None] | None = (
+        None  # requested output -> binary? (None: request default)
+    )
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 
@@ -110,16 +116,23 @@ def _json_object(data: bytes | memoryview) -> dict[str, Any]:
 def _stdlib_json(data: bytes | memoryview) -> Any:
     try:
         return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
+    except (
+        ValueError,
+        UnicodeDecodeError,
+    ) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
         raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
     except RecursionError as e:  # arrays nested tens of thousands deep
-        raise BadRequest("expected a JSON inference request; received JSON nested too deeply to parse") from e
+        raise BadRequest(
+            "expected a JSON inference request; received JSON nested too deeply to parse"
+        ) from e
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
-        raise BadRequest(f"{where}.parameters: expected an object; received {type(params).__name__}")
+        raise BadRequest(
+            f"{where}.parameters: expected an object; received {type(params).__name__}"
+        )
     return params
 
 
@@ -133,8 +146,12 @@ def _flag(value: Any, where: str) -> bool | None:
 
 
 def parse_shape(raw: Any, where: str) -> list[int]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}")
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise BadRequest(
+            f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}"
+        )
     if len(raw) > _MAX_RANK or math.prod(raw) > _MAX_ELEMENTS:
         raise BadRequest(
             f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; received {raw!r:.80}"
@@ -144,20 +161,28 @@ def parse_shape(raw: Any, where: str) -> list[int]:
 
 def parse_datatype(raw: Any, where: str) -> str:
     if not isinstance(raw, str) or raw not in DATATYPES:
-        raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}")
+        raise BadRequest(
+            f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}"
+        )
     return raw
 
 
-def _from_binary(chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _from_binary(
+    chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str
+) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     if len(chunk) != expected:
-        raise BadRequest(f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}")
+        raise BadRequest(
+            f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}"
+        )
     return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
 def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
     if data is None:
-        raise BadRequest(f"{where}: expected 'data' or parameters.binary_data_size; received neither")
+        raise BadRequest(
+            f"{where}: expected 'data' or parameters.binary_data_size; received neither"
+        )
     try:
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as e:
@@ -165,16 +190,22 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
     except OverflowError as e:  # e.g. -1 or 300 as UINT8, 200 as INT8
         raise BadRequest(f"{where}.data: expected values in the range of {dtype.name}; {e}") from e
     if array.size != math.prod(shape):
-        raise BadRequest(f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}")
+        raise BadRequest(
+            f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}"
+        )
     return array.reshape(shape)
 
 
-def _from_typed(values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _from_typed(
+    values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str
+) -> np.ndarray:
     """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the memory)."""
     try:
         array = np.fromiter(values, dtype=dtype, count=len(values))
     except OverflowError as e:  # 300 in uint_contents for a UINT8 tensor
-        raise BadRequest(f"{where}.contents: expected values in the range of {dtype.name}; {e}") from e
+        raise BadRequest(
+            f"{where}.contents: expected values in the range of {dtype.name}; {e}"
+        ) from e
     return array.reshape(shape)
 
 
@@ -189,20 +220,26 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         BadRequest: malformed JSON, unknown datatype, bad shape or binary sizes that do not add up.
     """
     if header_length is not None and not 0 <= header_length <= len(body):
-        raise BadRequest(f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}")
+        raise BadRequest(
+            f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}"
+        )
     split = len(body) if header_length is None else header_length
     view = memoryview(body)
     obj = _json_object(view[:split])
     binary = view[split:]
     raw_inputs = obj.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest(f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}")
+        raise BadRequest(
+            f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}"
+        )
     inputs, offset = [], 0
     for i, raw in enumerate(raw_inputs):
         tensor, offset = _decode_input(raw, f"inputs[{i}]", binary, offset)
         inputs.append(tensor)
     if offset != len(binary):
-        raise BadRequest(f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}")
+        raise BadRequest(
+            f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}"
+        )
     params = _params(obj, "request")
     request_id = obj.get("id")
     if request_id is not None and not isinstance(request_id, (str, int)):
@@ -211,7 +248,9 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         inputs=inputs,
         id=None if request_id is None else _utf8(str(request_id)[:256]),
         outputs=_decode_outputs(obj.get("outputs")),
-        binary_output=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
+        binary_output=bool(
+            _flag(params.get("binary_data_output"), "parameters.binary_data_output")
+        ),
         parameters=params,
     )
 
@@ -224,24 +263,42 @@ def _utf8(text: str) -> str:
 
 def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise BadRequest(f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}")
-    shape, datatype = parse_shape(raw.get("shape"), where), parse_datatype(raw.get("datatype"), where)
+        raise BadRequest(
+            f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}"
+        )
+    shape, datatype = (
+        parse_shape(raw.get("shape"), where),
+        parse_datatype(raw.get("datatype"), where),
+    )
     size = _params(raw, where).get("binary_data_size")
     if size is None:
         return InputTensor(raw["name"], shape, datatype, data=raw.get("data")), offset
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-        raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}")
-    return InputTensor(raw["name"], shape, datatype, raw=binary[offset : offset + size]), offset + size
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or size < 0
+        or offset + size > len(binary)
+    ):
+        raise BadRequest(
+            f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}"
+        )
+    return InputTensor(
+        raw["name"], shape, datatype, raw=binary[offset : offset + size]
+    ), offset + size
 
 
 def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
     if raw is None:
         return None
-    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+    if not isinstance(raw, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
+    ):
         raise BadRequest(f"outputs: expected a list of objects with a name; received {raw!r:.80}")
     result: dict[str, bool | None] = {}
     for i, o in enumerate(raw):
-        result[o["name"]] = _flag(_params(o, f"outputs[{i}]").get("binary_data"), f"outputs[{i}].binary_data")
+        result[o["name"]] = _flag(
+            _params(o, f"outputs[{i}]").get("binary_data"), f"outputs[{i}].binary_data"
+        )
     return result
 
 
@@ -259,12 +316,20 @@ def encode_response(
     Returns:
         The body and the headers to send (content type, and the header length when binary).
     """
-    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": []}
+    header: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [],
+    }
     if request_id is not None:
         header["id"] = request_id
     blobs: list[bytes] = []
     for name, array, binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
+        entry: dict[str, Any] = {
+            "name": name,
+            "datatype": datatype_of(array.dtype),
+            "shape": list(array.shape),
+        }
         if binary:
             blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}
@@ -277,7 +342,10 @@ def encode_response(
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}
-    return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(head)),
+    }
 
 
 def multipart_file(content_type: str, body: bytes) -> bytes:
@@ -320,12 +388,16 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
         parser.write(body)
         parser.finalize()
     except Exception as e:  # python-multipart raises its own MultipartParseError and ValueErrors
-        raise BadRequest(f"multipart body: expected a form with a file field; could not parse it: {e}") from e
+        raise BadRequest(
+            f"multipart body: expected a form with a file field; could not parse it: {e}"
+        ) from e
     files = {}
     for part in parts[:_MAX_PARTS]:
         _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
         if b"filename" in disposition:
             files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
     if not files:
-        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file")
+        raise BadRequest(
+            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file"
+        )
     return files.get("file", next(iter(files.values())))

@@ -26,7 +26,9 @@ from .metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
 _PARSER_ERROR = (
     b'{"error": "expected a well-formed HTTP/1.1 request; received bytes the HTTP parser rejected '
     b'(request line, header names and values, or body framing)"}'
@@ -49,7 +51,9 @@ class _Deadlines:
     def _start_deadlines(self) -> None:
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for: str | None = None
-        self._arm("headers", self.header_timeout)  # a connection that never sends a request is closed too
+        self._arm(
+            "headers", self.header_timeout
+        )  # a connection that never sends a request is closed too
 
     def _arm(self, what: str, seconds: float) -> None:
         self._disarm()
@@ -66,20 +70,28 @@ class _Deadlines:
         if self.transport.is_closing():
             return
         if what == "body" and self.flow.read_paused:
-            self._arm(what, seconds)  # we stopped reading, not the client: wait for the app to catch up
+            self._arm(
+                what, seconds
+            )  # we stopped reading, not the client: wait for the app to catch up
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
-        log.info("closing connection from %s: no complete request %s within %g s", client, what, seconds)
+        log.info(
+            "closing connection from %s: no complete request %s within %g s", client, what, seconds
+        )
         if self.metrics is not None:
             self.metrics.connections_closed.labels(f"{what}_timeout").inc()
         if what == "headers" and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(_TIMEOUT_RESPONSE)  # nothing was answered on it yet: say why before closing
+            self.transport.write(
+                _TIMEOUT_RESPONSE
+            )  # nothing was answered on it yet: say why before closing
         self.transport.close()  # an app still reading the body sees a disconnect
 
     def send_400_response(self, msg: str) -> None:
         """The HTTP parser refused the bytes (bad header value, broken framing): answer like every refusal, in JSON."""
         client = self.client[0] if self.client else "client"
-        log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))  # msg may quote the bytes
+        log.warning(
+            "HTTP parser refused a request from %s: %s", client, quoted(msg)
+        )  # msg may quote the bytes
         if self.metrics is not None:
             self.metrics.requests.labels("http_parser", "client_error").inc()
         body = _PARSER_ERROR
@@ -103,16 +115,22 @@ def _httptools_protocol() -> type | None:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._waiting_for != "headers":  # the first byte of the next request on a kept-alive connection
+            if (
+                self._waiting_for != "headers"
+            ):  # the first byte of the next request on a kept-alive connection
                 self._arm("headers", self.header_timeout)
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            self._arm("body", self.body_timeout)  # disarmed at once by on_message_complete when there is none
+            self._arm(
+                "body", self.body_timeout
+            )  # disarmed at once by on_message_complete when there is none
 
         def on_body(self, body: bytes) -> None:
             super().on_body(body)
-            self._arm("body", self.body_timeout)  # re-armed on every chunk: a stall, not a slow upload
+            self._arm(
+                "body", self.body_timeout
+            )  # re-armed on every chunk: a stall, not a slow upload
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -152,7 +170,9 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
         if state is h11.SEND_BODY:
             self._arm("body", self.body_timeout)
         elif state is h11.IDLE and self.conn.trailing_data[0]:
-            if self._waiting_for != "headers":  # part of the next request's headers: a total, never extended
+            if (
+                self._waiting_for != "headers"
+            ):  # part of the next request's headers: a total, never extended
                 self._arm("headers", self.header_timeout)
         elif state is h11.IDLE and self._waiting_for == "headers" and self.cycle is None:
             pass  # a new connection that has sent nothing yet keeps its first deadline
@@ -161,7 +181,10 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
 
 
 def protocol_class(
-    header_timeout: float, body_timeout: float, metrics: ServeMetrics | None, implementation: str = "auto"
+    header_timeout: float,
+    body_timeout: float,
+    metrics: ServeMetrics | None,
+    implementation: str = "auto",
 ) -> type[Any]:
     """A protocol class with these deadlines, for ``uvicorn.Config(http=...)``.
 

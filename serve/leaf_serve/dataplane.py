@@ -26,7 +26,13 @@ from .trust import Scores
 class DataPlane:
     """What a request can ask of the server, whichever transport carried it."""
 
-    def __init__(self, repo: ModelRepository, config: ServeConfig, decode_pool: Executor, shadow: Shadow | None = None):
+    def __init__(
+        self,
+        repo: ModelRepository,
+        config: ServeConfig,
+        decode_pool: Executor,
+        shadow: Shadow | None = None,
+    ):
         """``decode_pool``: the threads that parse, convert and decode off the event loop; ``shadow``: the
         candidate a share of answered requests is mirrored to (``--shadow-fraction``), if on."""
         self.repo = repo
@@ -34,9 +40,15 @@ class DataPlane:
         self.config = config
         self.metrics: ServeMetrics = repo.metrics
         self.decode_pool = decode_pool
-        self.active = 0  # requests being answered now, both transports (shadow mirroring waits for a lull)
-        self.draining = False  # set at SIGTERM: readiness fails, REST responses close their connections
-        self.bodies = MemoryBudget(config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight")
+        self.active = (
+            0  # requests being answered now, both transports (shadow mirroring waits for a lull)
+        )
+        self.draining = (
+            False  # set at SIGTERM: readiness fails, REST responses close their connections
+        )
+        self.bodies = MemoryBudget(
+            config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight"
+        )
         self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
         for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
             self.metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
@@ -63,7 +75,11 @@ class DataPlane:
         return served.model.ready and not self.draining
 
     def server_metadata(self) -> dict[str, Any]:
-        return {"name": "leaf-serve", "version": inference.server_version(), "extensions": inference.EXTENSIONS}
+        return {
+            "name": "leaf-serve",
+            "version": inference.server_version(),
+            "extensions": inference.EXTENSIONS,
+        }
 
     def model_metadata(self, served: ServedModel) -> dict[str, Any]:
         return inference.model_metadata(served, self.config.max_batch_size)
@@ -78,7 +94,9 @@ class DataPlane:
 
     async def infer(self, parsed: codecs.InferRequest, served: ServedModel) -> inference.Outputs:
         """Run one parsed v2 request through ``served``'s batcher; the outputs to send."""
-        return await inference.infer(parsed, served, self.config.max_batch_size, self.off_loop, self.answered)
+        return await inference.infer(
+            parsed, served, self.config.max_batch_size, self.off_loop, self.answered
+        )
 
     def answered(self, served: ServedModel, batch: np.ndarray, scores: Scores) -> None:
         """Every answered inference (v2 on both transports, /classify) passes here once its answer is settled."""

@@ -25,7 +25,9 @@ from .metrics import FunctionGauge
 from .trust import Scores, ood_threshold
 
 WINDOW = 300  # answers in the sliding window
-MIN_ANSWERS = 100  # below this the window is too small for a PSI that means anything: the gauge reads 0
+MIN_ANSWERS = (
+    100  # below this the window is too small for a PSI that means anything: the gauge reads 0
+)
 ALERT_PSI = 0.25
 SIGNALS = ("predicted_class", "confidence", "ood_score")
 _CONFIDENCE_BUCKETS = tuple(float(x) for x in maths.CONFIDENCE_EDGES[1:])
@@ -38,7 +40,10 @@ class DriftMetrics:
     def __init__(self, registry: CollectorRegistry, live: CollectorRegistry):
         labels = ["model", "version"]
         self.predictions = Counter(
-            "leaf_serve_predictions", "Answers by predicted (top-1) class", [*labels, "class"], registry=registry
+            "leaf_serve_predictions",
+            "Answers by predicted (top-1) class",
+            [*labels, "class"],
+            registry=registry,
         )
         self.confidence = Histogram(
             "leaf_serve_top1_confidence", "Top-1 probability of each answer", labels,
@@ -49,7 +54,10 @@ class DriftMetrics:
             buckets=_OOD_RATIO_BUCKETS, registry=registry,
         )  # fmt: skip
         self.not_a_leaf = Counter(
-            "leaf_serve_not_a_leaf", "Answers whose photo did not look like a leaf photo", labels, registry=registry
+            "leaf_serve_not_a_leaf",
+            "Answers whose photo did not look like a leaf photo",
+            labels,
+            registry=registry,
         )
         # Read at scrape time from the window (so on the live registry, see metrics.py).
         self.psi = FunctionGauge(
@@ -75,7 +83,9 @@ class DriftMonitor:
         if metrics is not None:
             key = (contract.name, contract.version)
             for signal in (*SIGNALS, "max"):
-                metrics.psi.labels(*key, signal).set_function(lambda s=signal: self.psi().get(s, 0.0))
+                metrics.psi.labels(*key, signal).set_function(
+                    lambda s=signal: self.psi().get(s, 0.0)
+                )
 
     def retire(self) -> None:
         """Drop this version's series once another version is served (/metrics shows the served one)."""
@@ -103,7 +113,9 @@ class DriftMonitor:
             self._record(metrics, top, conf, ood)
         return scores
 
-    def _record(self, m: DriftMetrics, top: np.ndarray, conf: np.ndarray, ood: list[float | None]) -> None:
+    def _record(
+        self, m: DriftMetrics, top: np.ndarray, conf: np.ndarray, ood: list[float | None]
+    ) -> None:
         key, labels = (self.contract.name, self.contract.version), self.contract.labels
         for k, c, o in zip(top.tolist(), conf.tolist(), ood, strict=True):
             m.predictions.labels(*key, labels[k]).inc()
@@ -123,9 +135,12 @@ class DriftMonitor:
         top = np.asarray([w[0] for w in window])
         classes = len(ref["predicted_class_share"])
         out = {
-            "predicted_class": maths.psi(ref["predicted_class_share"], np.bincount(top, minlength=classes) / len(top)),
+            "predicted_class": maths.psi(
+                ref["predicted_class_share"], np.bincount(top, minlength=classes) / len(top)
+            ),
             "confidence": maths.psi(
-                ref["confidence_share"], maths.histogram([w[1] for w in window], ref["confidence_edges"])
+                ref["confidence_share"],
+                maths.histogram([w[1] for w in window], ref["confidence_edges"]),
             ),
         }
         scores = [w[2] for w in window if w[2] is not None]

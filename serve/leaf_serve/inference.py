@@ -33,16 +33,22 @@ OffLoop = Callable[..., Awaitable[Any]]
 Outputs = list[tuple[str, np.ndarray, bool]]
 
 
-def check_input(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int) -> codecs.InputTensor:
+def check_input(
+    parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int
+) -> codecs.InputTensor:
     """The request's one tensor, checked against the contract (name, datatype, shape, batch size); data untouched."""
     c = served.contract
     names = [t.name for t in parsed.inputs]
     if names != [c.input.name]:
-        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}")
+        raise BadRequest(
+            f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}"
+        )
     tensor = parsed.inputs[0]
     datatype = codecs.datatype_of(served.model.input_dtype)
     if tensor.datatype != datatype:
-        raise BadRequest(f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}")
+        raise BadRequest(
+            f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}"
+        )
     h, w = c.image_size
     if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [h, w, 3] or tensor.shape[0] < 1:
         raise BadRequest(
@@ -63,7 +69,9 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
     if array.dtype.kind == "f":
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
-            raise BadRequest(f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite")
+            raise BadRequest(
+                f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite"
+            )
     return array
 
 
@@ -81,7 +89,9 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Sco
         return [(name, scores.probs, parsed.binary_output)]
     unknown = sorted(set(parsed.outputs) - set(arrays))
     if unknown:
-        raise BadRequest(f"outputs: expected some of {sorted(arrays)}; received unknown {unknown!r:.120}")
+        raise BadRequest(
+            f"outputs: expected some of {sorted(arrays)}; received unknown {unknown!r:.120}"
+        )
     return [
         (n, arrays[n], parsed.binary_output if parsed.outputs[n] is None else parsed.outputs[n])
         for n in arrays
@@ -119,11 +129,19 @@ def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
         "versions": [served.version],
         "platform": "onnxruntime_onnx",
         "inputs": [
-            {"name": c.input.name, "datatype": codecs.datatype_of(served.model.input_dtype), "shape": [-1, h, w, 3]}
+            {
+                "name": c.input.name,
+                "datatype": codecs.datatype_of(served.model.input_dtype),
+                "shape": [-1, h, w, 3],
+            }
         ],
         "outputs": [
             {"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]},
-            *([{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}] if c.ood_output else []),
+            *(
+                [{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}]
+                if c.ood_output
+                else []
+            ),
         ],
         "parameters": {
             "execution_provider": served.model.provider,

@@ -13,7 +13,14 @@ import json
 import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -88,18 +95,33 @@ class ServeMetrics:
         self._model_labels: tuple[str, str, str] | None = None
         r = self.registry
         self.requests = Counter(
-            "leaf_serve_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
+            "leaf_serve_requests",
+            "HTTP requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
         )
         self.request_seconds = Histogram(
-            "leaf_serve_request_seconds", "Total request latency", ["endpoint"], buckets=_LATENCY, registry=r
+            "leaf_serve_request_seconds",
+            "Total request latency",
+            ["endpoint"],
+            buckets=_LATENCY,
+            registry=r,
         )
         self.queue_wait_seconds = Histogram(
-            "leaf_serve_queue_wait_seconds", "Time a request waited in the batcher", buckets=_LATENCY, registry=r
+            "leaf_serve_queue_wait_seconds",
+            "Time a request waited in the batcher",
+            buckets=_LATENCY,
+            registry=r,
         )
         self.inference_seconds = Histogram(
-            "leaf_serve_inference_seconds", "Time of one session.run (one batch)", buckets=_LATENCY, registry=r
+            "leaf_serve_inference_seconds",
+            "Time of one session.run (one batch)",
+            buckets=_LATENCY,
+            registry=r,
         )
-        self.batch_size = Histogram("leaf_serve_batch_size", "Images per batch run", buckets=_BATCH, registry=r)
+        self.batch_size = Histogram(
+            "leaf_serve_batch_size", "Images per batch run", buckets=_BATCH, registry=r
+        )
         self.model_info = Gauge(
             "leaf_serve_model_info",
             "The model version being served (value 1)",
@@ -116,7 +138,9 @@ class ServeMetrics:
             registry=r,
             multiprocess_mode="livemin",
         )
-        self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
+        self.reloads = Counter(
+            "leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r
+        )
         self.shadow = Counter(
             "leaf_serve_shadow_requests",
             "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the champion's top-1), "
@@ -125,7 +149,10 @@ class ServeMetrics:
             registry=r,
         )
         self.connections_closed = Counter(
-            "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
+            "leaf_serve_connections_closed",
+            "Connections closed by the server's deadlines",
+            ["reason"],
+            registry=r,
         )
         # Read at scrape time, so on their own registry (see the module's docstring).
         self.live = CollectorRegistry(auto_describe=True)
@@ -157,7 +184,9 @@ class ServeMetrics:
             for value in values:
                 counter.labels(value)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
-            self.live.register(WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE)))
+            self.live.register(
+                WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE))
+            )
 
         from .drift import DriftMetrics  # drift imports FunctionGauge from here
 

@@ -29,7 +29,9 @@ PAD_BATCHES = IO_BINDING
 _NUMPY_DTYPES = {"float32": np.float32, "float16": np.float16, "uint8": np.uint8}
 
 
-def provider_options(name: str, device_id: int, trt_engine_cache_path: str = "", trt_fp16: bool = False) -> dict:
+def provider_options(
+    name: str, device_id: int, trt_engine_cache_path: str = "", trt_fp16: bool = False
+) -> dict:
     """ONNX Runtime options of one GPU execution provider.
 
     Args:
@@ -43,7 +45,9 @@ def provider_options(name: str, device_id: int, trt_engine_cache_path: str = "",
         ModelLoadError: ``name`` is not a GPU provider.
     """
     if name not in GPU_PROVIDERS:
-        raise ModelLoadError(f"provider options: expected one of {', '.join(GPU_PROVIDERS)}; received {name!r}")
+        raise ModelLoadError(
+            f"provider options: expected one of {', '.join(GPU_PROVIDERS)}; received {name!r}"
+        )
     options: dict[str, Any] = {"device_id": device_id}
     if name == TENSORRT:
         if trt_engine_cache_path:
@@ -90,7 +94,9 @@ def resolve_providers(
         elif raw.strip().endswith("ExecutionProvider"):
             names.append(raw.strip())
         else:
-            raise ModelLoadError(f"providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got {raw!r}")
+            raise ModelLoadError(
+                f"providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got {raw!r}"
+            )
     chosen = [n for i, n in enumerate(names) if n in available and n not in names[:i]]
     missing = sorted(set(names) - set(available))
     if missing:
@@ -98,7 +104,9 @@ def resolve_providers(
     if not chosen:
         raise ModelLoadError(f"providers: none of {names} is installed; available: {available}")
     return [
-        (n, provider_options(n, device_id, trt_engine_cache_path, trt_fp16)) if n in GPU_PROVIDERS else n
+        (n, provider_options(n, device_id, trt_engine_cache_path, trt_fp16))
+        if n in GPU_PROVIDERS
+        else n
         for n in chosen
     ]
 
@@ -122,7 +130,9 @@ class RuntimeOptions:
 
     def __post_init__(self) -> None:
         if self.io_binding not in IO_BINDING:
-            raise ModelLoadError(f"io_binding: expected one of {', '.join(IO_BINDING)}; received {self.io_binding!r}")
+            raise ModelLoadError(
+                f"io_binding: expected one of {', '.join(IO_BINDING)}; received {self.io_binding!r}"
+            )
         if self.pad_batches not in PAD_BATCHES:
             raise ModelLoadError(
                 f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received {self.pad_batches!r}"
@@ -162,7 +172,9 @@ class OnnxModel:
         self._session: Any = None
         self.provider = ""  # the execution provider actually in use, reported in metadata
         self.io_binding = False  # whether predict() binds buffers on the device (decided in load())
-        self.pad_to = 0  # rows every run is padded to; 0 = batches run at their own size (decided in load())
+        self.pad_to = (
+            0  # rows every run is padded to; 0 = batches run at their own size (decided in load())
+        )
         self.input_dtype = _NUMPY_DTYPES.get(contract.input.dtype, np.float32)
 
     @property
@@ -184,7 +196,9 @@ class OnnxModel:
         opts = self.options
         options = ort.SessionOptions()
         options.intra_op_num_threads = opts.intra_op_threads or available_cpus()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0")
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0"
+        )
         options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         cache_path = opts.trt_engine_cache_path
@@ -201,9 +215,13 @@ class OnnxModel:
         if cache_path and any(isinstance(p, tuple) and p[0] == TENSORRT for p in providers):
             Path(cache_path).mkdir(parents=True, exist_ok=True)
         try:
-            session = ort.InferenceSession(self._model_bytes, sess_options=options, providers=providers)
+            session = ort.InferenceSession(
+                self._model_bytes, sess_options=options, providers=providers
+            )
         except Exception as e:  # ORT raises its own Fail/InvalidGraph/... types for corrupt models
-            raise ModelLoadError(f"{self.contract.model_file}: ONNX Runtime cannot load it: {e}") from e
+            raise ModelLoadError(
+                f"{self.contract.model_file}: ONNX Runtime cannot load it: {e}"
+            ) from e
         self._check_graph(session)
         self._session = session
         self._model_bytes = None  # the session holds its own copy; do not keep two
@@ -227,17 +245,27 @@ class OnnxModel:
         spec, out = self.contract.input, self.contract.output
         inputs = {i.name: i for i in session.get_inputs()}
         if list(inputs) != [spec.name]:
-            raise ModelLoadError(f"graph inputs: contract expects exactly [{spec.name!r}]; graph has {list(inputs)}")
+            raise ModelLoadError(
+                f"graph inputs: contract expects exactly [{spec.name!r}]; graph has {list(inputs)}"
+            )
         shape = inputs[spec.name].shape
         h, w = self.contract.image_size
-        if len(shape) != 4 or any(isinstance(d, int) and d != e for d, e in zip(shape[1:], (h, w, 3), strict=True)):
-            raise ModelLoadError(f"input {spec.name!r}: contract expects [N, {h}, {w}, 3]; graph has {shape}")
+        if len(shape) != 4 or any(
+            isinstance(d, int) and d != e for d, e in zip(shape[1:], (h, w, 3), strict=True)
+        ):
+            raise ModelLoadError(
+                f"input {spec.name!r}: contract expects [N, {h}, {w}, 3]; graph has {shape}"
+            )
         outputs = [o.name for o in session.get_outputs()]
         if out.name not in outputs:
-            raise ModelLoadError(f"graph outputs: contract expects {out.name!r}; graph has {outputs}")
+            raise ModelLoadError(
+                f"graph outputs: contract expects {out.name!r}; graph has {outputs}"
+            )
         ood = self.contract.ood_output
         if ood is not None and ood.name not in outputs:
-            raise ModelLoadError(f"graph outputs: contract declares {ood.name!r}; graph has {outputs}")
+            raise ModelLoadError(
+                f"graph outputs: contract declares {ood.name!r}; graph has {outputs}"
+            )
 
     @property
     def output_names(self) -> list[str]:
@@ -266,7 +294,9 @@ class OnnxModel:
             chunk = x[i : i + self.pad_to]
             rows = len(chunk)
             if rows < self.pad_to:
-                chunk = np.concatenate([chunk, np.zeros((self.pad_to - rows, *chunk.shape[1:]), chunk.dtype)])
+                chunk = np.concatenate(
+                    [chunk, np.zeros((self.pad_to - rows, *chunk.shape[1:]), chunk.dtype)]
+                )
             out.append([o[:rows] for o in self._run(chunk, names)])
         return [np.concatenate([o[j] for o in out]) for j in range(len(names))]
 
@@ -281,7 +311,9 @@ class OnnxModel:
 
         device, device_id = ("cuda", self.options.device_id) if self.uses_gpu else ("cpu", 0)
         binding = self._session.io_binding()
-        binding.bind_ortvalue_input(self.contract.input.name, ort.OrtValue.ortvalue_from_numpy(x, device, device_id))
+        binding.bind_ortvalue_input(
+            self.contract.input.name, ort.OrtValue.ortvalue_from_numpy(x, device, device_id)
+        )
         for name in names:
             binding.bind_output(name, device, device_id)  # ORT allocates it on the device
         self._session.run_with_iobinding(binding)
@@ -297,6 +329,10 @@ class OnnxModel:
         probs = self.predict(np.full((1, h, w, 3), 127.0, dtype=self.input_dtype))
         expected = (1, self.contract.num_classes)
         if probs.shape != expected:
-            raise ModelLoadError(f"smoke inference: expected output shape {expected}; received {probs.shape}")
+            raise ModelLoadError(
+                f"smoke inference: expected output shape {expected}; received {probs.shape}"
+            )
         if not np.all(np.isfinite(probs)) or abs(float(probs.sum()) - 1.0) > 1e-3:
-            raise ModelLoadError(f"smoke inference: expected probabilities summing to 1; received {probs.tolist()}")
+            raise ModelLoadError(
+                f"smoke inference: expected probabilities summing to 1; received {probs.tolist()}"
+            )

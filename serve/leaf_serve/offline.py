@@ -33,7 +33,12 @@ from .pages import SECURITY_HEADERS, Asset, Handler
 from .repository import ModelRepository, ServedModel
 from .settings import ServeConfig
 
-VENDOR = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "LICENSE")
+VENDOR = (
+    "ort.wasm.min.mjs",
+    "ort-wasm-simd-threaded.mjs",
+    "ort-wasm-simd-threaded.wasm",
+    "LICENSE",
+)
 VENDOR_SCRIPT = "scripts/vendor-ort-web.sh"
 # What the service worker keeps for the page to open with no network (the diagnosis page only:
 # the model card and review need the server anyway).
@@ -75,7 +80,9 @@ def load_vendor() -> dict[str, Asset]:
 
 def gzipped(assets: dict[str, Asset]) -> dict[str, bytes]:
     """The runtime compressed once at start-up: the 14.8 MB .wasm crosses a field network as ~3.8 MB."""
-    return {name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()}
+    return {
+        name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()
+    }
 
 
 def bundle(served: ServedModel, config: ServeConfig) -> dict:
@@ -83,7 +90,9 @@ def bundle(served: ServedModel, config: ServeConfig) -> dict:
     offline = served.offline
     assert offline is not None  # built with offline_page on
     contract = json.loads(served.contract.to_json())
-    ood_output = contract.get("ood_output") or None  # versions trained with the not-a-leaf detector (docs/trust.md)
+    ood_output = (
+        contract.get("ood_output") or None
+    )  # versions trained with the not-a-leaf detector (docs/trust.md)
     threshold = (contract.get("ood") or {}).get("threshold") if ood_output else None
     return {
         "model": served.name,
@@ -96,7 +105,9 @@ def bundle(served: ServedModel, config: ServeConfig) -> dict:
         "input": contract["input"],
         "output": contract["output"],
         "image_size": list(served.contract.image_size),
-        "labels": [{"label": label, "display": readable_label(label)} for label in served.contract.labels],
+        "labels": [
+            {"label": label, "display": readable_label(label)} for label in served.contract.labels
+        ],
         "confidence_threshold": config.confidence_threshold,
         "top_k": config.top_k,
         "ood": {"output": ood_output["name"], "threshold": threshold} if ood_output else None,
@@ -126,7 +137,9 @@ class OfflinePages:
 
     def _worker_script(self, assets: dict[str, Asset]) -> bytes:
         """sw.js with the cache's name and file list on top: new page files, new worker, new cache."""
-        build = sha256_hex("".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode())[:16]
+        build = sha256_hex(
+            "".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode()
+        )[:16]
         head = f"const BUILD = {json.dumps(build)};\nconst SHELL = {json.dumps(list(SHELL))};\n"
         return head.encode() + (files("leaf_serve") / "ui" / "sw.js").read_bytes()
 
@@ -144,9 +157,13 @@ class OfflinePages:
             "display": "standalone",
             "background_color": "#f6f8f4",
             "theme_color": "#1f4d24",
-            "icons": [{"src": "/ui/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
+            "icons": [
+                {"src": "/ui/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}
+            ],
         }
-        return JSONResponse(body, media_type="application/manifest+json", headers={"Cache-Control": "no-cache"})
+        return JSONResponse(
+            body, media_type="application/manifest+json", headers={"Cache-Control": "no-cache"}
+        )
 
     async def bundle(self, request: Request) -> Response:
         served = self.repo.require()
@@ -161,7 +178,9 @@ class OfflinePages:
         served = self.repo.require()
         version = request.path_params["version"]
         if version != served.version or served.offline is None:
-            raise NotFound(f"/offline/model/{version:.60}: expected the served version {served.version}")
+            raise NotFound(
+                f"/offline/model/{version:.60}: expected the served version {served.version}"
+            )
         headers = {"ETag": f'"{served.offline.sha256}"', "Cache-Control": "no-cache"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
@@ -174,7 +193,11 @@ class OfflinePages:
             raise NotFound(f"/ui/vendor/{name:.60}: expected one of {', '.join(VENDOR)}")
         if "gzip" not in request.headers.get("accept-encoding", ""):
             return found.response(request)
-        headers = {"ETag": found.etag[:-1] + '-gz"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        headers = {
+            "ETag": found.etag[:-1] + '-gz"',
+            "Cache-Control": "no-cache",
+            "Vary": "Accept-Encoding",
+        }
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers | SECURITY_HEADERS)
         headers |= {"Content-Encoding": "gzip", **SECURITY_HEADERS}

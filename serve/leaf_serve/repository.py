@@ -48,7 +48,9 @@ def _backoff(attempt: int) -> float:
 
 def _expected_version(resolved: ResolvedModel) -> str | None:
     """The version the registry says this folder holds: the pointer's, or the folder name under versions/."""
-    if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[-2:-1] == [VERSIONS_DIR]:
+    if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[
+        -2:-1
+    ] == [VERSIONS_DIR]:
         return resolved.version
     return None
 
@@ -62,8 +64,12 @@ class ServedModel:
     batcher: Batcher
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
-    card: ModelCard = field(default_factory=ModelCard)  # the version's published metrics and figures
-    offline: OfflineModel | None = None  # what the offline page downloads (only with --offline-page)
+    card: ModelCard = field(
+        default_factory=ModelCard
+    )  # the version's published metrics and figures
+    offline: OfflineModel | None = (
+        None  # what the offline page downloads (only with --offline-page)
+    )
     drift: DriftMonitor | None = None  # what the server has seen of this version (leaf_serve.drift)
 
     @property
@@ -172,12 +178,19 @@ class ModelRepository:
             except StoreUnavailable as e:
                 if attempt == RETRY_ATTEMPTS:
                     raise
-                log.warning("reading %s failed (%s); retrying in %g s", self.config.model, e, _backoff(attempt))
+                log.warning(
+                    "reading %s failed (%s); retrying in %g s",
+                    self.config.model,
+                    e,
+                    _backoff(attempt),
+                )
                 time.sleep(_backoff(attempt))
         self._activate(served)
         return served
 
-    def build(self, resolved: ResolvedModel, executor: Executor | None = None, *, shadow: bool = False) -> ServedModel:
+    def build(
+        self, resolved: ResolvedModel, executor: Executor | None = None, *, shadow: bool = False
+    ) -> ServedModel:
         """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor`` (default: ours).
 
         ``shadow``: a candidate answering mirrored requests; it feeds no drift series (those describe what the
@@ -189,8 +202,14 @@ class ModelRepository:
         """
         contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
         model_file = contract.model_file
-        offline = offline_model(resolved.store, contract, model_bytes) if self.config.offline_page else None
-        preferred = "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
+        offline = (
+            offline_model(resolved.store, contract, model_bytes)
+            if self.config.offline_page
+            else None
+        )
+        preferred = (
+            "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
+        )
         if preferred:
             variant = fetch_variant(resolved.store, contract, preferred)
             if variant is None:
@@ -208,7 +227,9 @@ class ModelRepository:
         # Read with the version, so the card always describes exactly the model being served.
         card = fetch_card(resolved.store, contract.version)
         # Every scored batch, whatever carried it, feeds the version's drift window and series.
-        drift = None if shadow else DriftMonitor(contract, self.metrics.drift if self.metrics else None)
+        drift = (
+            None if shadow else DriftMonitor(contract, self.metrics.drift if self.metrics else None)
+        )
         batcher = Batcher(
             model.score if drift is None else lambda batch: drift.observe(model.score(batch)),
             executor or self._executor,
@@ -220,14 +241,25 @@ class ModelRepository:
         # The manifest's version (checked against the folder when the registry names it): a version folder
         # mounted at /model still reports the version it holds, not "model".
         return ServedModel(
-            model, contract.version, batcher, resolved.pointer_etag, card=card, drift=drift, offline=offline
+            model,
+            contract.version,
+            batcher,
+            resolved.pointer_etag,
+            card=card,
+            drift=drift,
+            offline=offline,
         )
 
     def _activate(self, served: ServedModel) -> None:
-        old, self.current = self.current, served  # one reference assignment: requests see the old or the new model
+        old, self.current = (
+            self.current,
+            served,
+        )  # one reference assignment: requests see the old or the new model
         if old is not None and old.drift is not None and old.version != served.version:
             old.drift.retire()
-        self.metrics.set_model(served.name, served.version, served.model.provider, served.contract.created_at)
+        self.metrics.set_model(
+            served.name, served.version, served.model.provider, served.contract.created_at
+        )
         log.info("serving %s version %s on %s", served.name, served.version, served.model.provider)
 
     def require(self, name: str | None = None, version: str | None = None) -> ServedModel:
@@ -241,7 +273,9 @@ class ModelRepository:
         if name is not None and name != served.name:
             raise ModelNotFound(f"unknown model {name!r:.80}; this server serves {served.name!r}")
         if version and version != served.version:
-            raise ModelNotFound(f"model {served.name!r} has no version {version!r:.80}; serving {served.version!r}")
+            raise ModelNotFound(
+                f"model {served.name!r} has no version {version!r:.80}; serving {served.version!r}"
+            )
         return served
 
     async def poll_forever(self, interval: float) -> None:
@@ -252,18 +286,27 @@ class ModelRepository:
                 await self.check_once()
             except StoreUnavailable as e:  # the old model keeps serving; the next poll tries again
                 log.warning("checking %s for a new version failed: %s", self.config.model, e)
-            except Exception:  # a broken store must not kill the poller; the old model keeps serving
+            except (
+                Exception
+            ):  # a broken store must not kill the poller; the old model keeps serving
                 log.exception("checking %s for a new version failed", self.config.model)
 
     async def check_once(self) -> bool:
         """Load and swap in the version the pointer names, if it changed. Returns True on a swap."""
         current = self.current
         etag = await asyncio.to_thread(self._pointer_etag)
-        if etag is None or current is None or etag == current.pointer_etag or etag in self._rejected_etags:
+        if (
+            etag is None
+            or current is None
+            or etag == current.pointer_etag
+            or etag in self._rejected_etags
+        ):
             return False
         resolved = await asyncio.to_thread(resolve_model, self.config.model, client=self._client)
         if resolved.version == current.version:
-            current.pointer_etag = resolved.pointer_etag  # rewritten pointer, same version: nothing to load
+            current.pointer_etag = (
+                resolved.pointer_etag
+            )  # rewritten pointer, same version: nothing to load
             return False
         return await self._try_swap(resolved)
 
@@ -306,14 +349,23 @@ class ModelRepository:
         """Remember the pointer ETag so the version is not fetched again until the pointer moves; count it."""
         self._rejected_etags.add(resolved.pointer_etag or "")
         self.metrics.reloads.labels("rejected").inc()
-        detail = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
-        log.error("rejected version %s, still serving %s: %s", resolved.version, self.current_version, detail)
+        detail = (
+            str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+        )
+        log.error(
+            "rejected version %s, still serving %s: %s",
+            resolved.version,
+            self.current_version,
+            detail,
+        )
 
     def _check_compatible(self, served: ServedModel) -> None:
         current = self.current
         if current is not None and served.name != current.name:
             # Clients address the model by name in the URL; a rename would break them all at once.
-            raise ModelLoadError(f"contract name: expected {current.name!r}; received {served.name!r}")
+            raise ModelLoadError(
+                f"contract name: expected {current.name!r}; received {served.name!r}"
+            )
 
     @property
     def current_version(self) -> str:

@@ -39,7 +39,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .capture import MAX_CLIENTS, client_key
-from .errors import BadRequest, Conflict, NotFound, ServeError, TooManyRequests, Unauthorized, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServeError,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .pages import SECURITY_HEADERS, Asset
 from .repository import ModelRepository
 from .rest import read_body
@@ -74,7 +82,9 @@ class FailedLogins:
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window = limit, window
         self._clock = clock
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, failures)
+        self._seen: OrderedDict[str, tuple[float, int]] = (
+            OrderedDict()
+        )  # client -> (window start, failures)
 
     def _current(self, client: str) -> tuple[float, int]:
         now = self._clock()
@@ -97,7 +107,9 @@ class FailedLogins:
 
 
 def _quiet(error: ServeError) -> ServeError:
-    error.logged = True  # this module logged it (or chose not to): error_response must not log it again
+    error.logged = (
+        True  # this module logged it (or chose not to): error_response must not log it again
+    )
     return error
 
 
@@ -147,15 +159,21 @@ class ReviewApi:
                 raise Conflict(str(e)) from e
             except StoreUnavailable as e:  # may pass: the reviewer tries again
                 raise ServeError(f"review: the store is unavailable: {e}", 503) from e
-            except StoreError as e:  # e.g. access denied: the deployment's credentials, not the request
+            except (
+                StoreError
+            ) as e:  # e.g. access denied: the deployment's credentials, not the request
                 raise ServeError(f"review: the store refused: {e}", 500) from e
 
         return guarded
 
     def _authorize(self, request: Request) -> None:
         if not self._token:
-            raise NotFound("review is off on this server: expected --review-token-file (a mounted Secret) and --data")
-        client = client_key(request.client.host if request.client else None, request.headers, self._client_header)
+            raise NotFound(
+                "review is off on this server: expected --review-token-file (a mounted Secret) and --data"
+            )
+        client = client_key(
+            request.client.host if request.client else None, request.headers, self._client_header
+        )
         wait = self.logins.retry_after(client)
         if wait:  # refused before the token is even compared: guessing on is pointless
             error = TooManyRequests(
@@ -167,7 +185,9 @@ class ReviewApi:
         given = _token_of(request.headers.get("authorization", ""))
         if given is None:  # a browser's first request, before it asks for the token: nothing to log
             raise _quiet(
-                Unauthorized("review: expected the review token (Authorization: Bearer, or Basic with it as password)")
+                Unauthorized(
+                    "review: expected the review token (Authorization: Bearer, or Basic with it as password)"
+                )
             )
         if not hmac.compare_digest(given, self._token):
             if self.logins.failed(client) == 1:
@@ -197,18 +217,28 @@ class ReviewApi:
     async def photo(self, request: Request) -> Response:
         record, data = await asyncio.to_thread(self.inbox.photo, request.path_params["capture_id"])
         # Served as the stored type with nosniff: the bytes decoded as an image when they were captured.
-        return Response(data, media_type=record.content_type, headers={"Cache-Control": "private", **SECURITY_HEADERS})
+        return Response(
+            data,
+            media_type=record.content_type,
+            headers={"Cache-Control": "private", **SECURITY_HEADERS},
+        )
 
     async def accept(self, request: Request) -> Response:
         body = await _json_action(request)
         label = body.get("label")
         if not isinstance(label, str):
-            raise BadRequest(f"accept: expected a JSON object with a string 'label'; received {body!r:.120}")
+            raise BadRequest(
+                f"accept: expected a JSON object with a string 'label'; received {body!r:.120}"
+            )
         new_class = body.get("new_class", False)
         if not isinstance(new_class, bool):
-            raise BadRequest(f"accept: expected 'new_class' true or false; received {new_class!r:.40}")
+            raise BadRequest(
+                f"accept: expected 'new_class' true or false; received {new_class!r:.40}"
+            )
         capture_id = request.path_params["capture_id"]
-        uri = await asyncio.to_thread(self.inbox.accept, capture_id, label, self.data, new_class=new_class)
+        uri = await asyncio.to_thread(
+            self.inbox.accept, capture_id, label, self.data, new_class=new_class
+        )
         return JSONResponse({"id": capture_id, "accepted": uri})
 
     async def reject(self, request: Request) -> Response:
@@ -222,7 +252,9 @@ async def _json_action(request: Request) -> dict[str, Any]:
     """The JSON object of a review POST (see the module docstring for why nothing else is accepted)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
-        raise UnsupportedMediaType(f"Content-Type: expected application/json; received {media or 'none':.60}")
+        raise UnsupportedMediaType(
+            f"Content-Type: expected application/json; received {media or 'none':.60}"
+        )
     raw = await read_body(request, _MAX_ACTION_BYTES)
     try:
         body = json.loads(raw or b"{}")

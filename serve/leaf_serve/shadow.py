@@ -42,7 +42,9 @@ def process_id() -> str:
 class Shadow:
     """Loads the candidate when ``shadow.json`` names one, mirrors requests to it, keeps its statistics."""
 
-    def __init__(self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None):
+    def __init__(
+        self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None
+    ):
         self.repo = repo
         self.fraction = fraction
         self.max_in_flight = max_in_flight
@@ -58,7 +60,9 @@ class Shadow:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leaf-shadow")
         self._pod = process_id()
         root = pointer_root(repo.config.model)
-        self._store: Store | None = open_store(root, client=repo.s3_client_for(root)) if root else None
+        self._store: Store | None = (
+            open_store(root, client=repo.s3_client_for(root)) if root else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -84,11 +88,17 @@ class Shadow:
         store = self._store.child(f"{VERSIONS_DIR}/{version}")
         try:
             resolved = ResolvedModel(store, version)
-            served = await asyncio.to_thread(functools.partial(self.repo.build, shadow=True), resolved, self._executor)
+            served = await asyncio.to_thread(
+                functools.partial(self.repo.build, shadow=True), resolved, self._executor
+            )
         except StoreUnavailable as e:
-            log.warning("could not read shadow candidate %s (%s); trying again at the next poll", version, e)
+            log.warning(
+                "could not read shadow candidate %s (%s); trying again at the next poll", version, e
+            )
             return False
-        except Exception as e:  # the candidate's fault: refused once per shadow.json, like a bad served version
+        except (
+            Exception
+        ) as e:  # the candidate's fault: refused once per shadow.json, like a bad served version
             self._rejected.add(etag or "")
             self.repo.metrics.reloads.labels("shadow_rejected").inc()
             log.error("rejected shadow candidate %s: %s: %s", version, type(e).__name__, e)
@@ -109,7 +119,9 @@ class Shadow:
         self.candidate, self.stats = None, None
 
     # ---- mirroring ----------------------------------------------------------------------------
-    def mirror(self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0) -> None:
+    def mirror(
+        self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0
+    ) -> None:
         """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in the background.
 
         ``others``: requests the server is answering besides this one; any at all means no spare capacity.
@@ -120,7 +132,9 @@ class Shadow:
         if stats.champion != champion.version or not _same_input(candidate, champion):
             return  # statistics compare with the champion the candidate was proposed against, on its inputs
         if others > 0 or self._in_flight >= self.max_in_flight or champion.batcher.busy:
-            stats.dropped += len(batch)  # the champion's capacity comes first: mirrored work is what gives
+            stats.dropped += len(
+                batch
+            )  # the champion's capacity comes first: mirrored work is what gives
             self.repo.metrics.shadow.labels("dropped").inc(len(batch))
             self._unsaved = True
             return
@@ -130,11 +144,18 @@ class Shadow:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, candidate: ServedModel, stats: ShadowStats, champion: ServedModel, batch: np.ndarray, ours: Scores
+        self,
+        candidate: ServedModel,
+        stats: ShadowStats,
+        champion: ServedModel,
+        batch: np.ndarray,
+        ours: Scores,
     ) -> None:
         try:
             theirs = await candidate.batcher.submit(batch)
-        except Exception as e:  # overloaded or failing candidate: its problem is evidence, never the client's
+        except (
+            Exception
+        ) as e:  # overloaded or failing candidate: its problem is evidence, never the client's
             stats.dropped += len(batch)
             self.repo.metrics.shadow.labels("failed").inc(len(batch))
             log.debug("mirrored request failed on %s: %s", candidate.version, e)
@@ -150,14 +171,18 @@ class Shadow:
                 champion_abstained=self._abstains(champion, ours, row),
                 candidate_abstained=self._abstains(candidate, theirs, row),
             )
-            self.repo.metrics.shadow.labels("agreed" if labels[i] == cand_labels[j] else "disagreed").inc()
+            self.repo.metrics.shadow.labels(
+                "agreed" if labels[i] == cand_labels[j] else "disagreed"
+            ).inc()
         self._unsaved = True
 
     def _abstains(self, served: ServedModel, scores: Scores, row: int) -> bool:
         """Whether this model's answer abstains (not a leaf, or below the server's confidence threshold)."""
         ood = None if scores.ood is None else float(scores.ood[row])
         threshold = trust.ood_threshold(served.contract)
-        return trust.verdict(scores.probs[row], ood, threshold, self.repo.config.confidence_threshold).abstain
+        return trust.verdict(
+            scores.probs[row], ood, threshold, self.repo.config.confidence_threshold
+        ).abstain
 
     def answer_capture(
         self, champion: ServedModel, image: np.ndarray, probs: np.ndarray, capture_id: str
@@ -179,17 +204,23 @@ class Shadow:
         task.add_done_callback(self._tasks.discard)
         return candidate.version
 
-    async def _answer(self, candidate: ServedModel, image: np.ndarray, champion_label: str, capture_id: str) -> None:
+    async def _answer(
+        self, candidate: ServedModel, image: np.ndarray, champion_label: str, capture_id: str
+    ) -> None:
         try:
             theirs = await candidate.batcher.submit(image)
         except Exception as e:
-            log.debug("candidate %s could not answer capture %s: %s", candidate.version, capture_id, e)
+            log.debug(
+                "candidate %s could not answer capture %s: %s", candidate.version, capture_id, e
+            )
             return
         finally:
             self._in_flight -= 1
         label = candidate.contract.labels[int(np.argmax(theirs.probs[0]))]
         try:
-            await asyncio.to_thread(write_answer, self._store, candidate.version, capture_id, champion_label, label)
+            await asyncio.to_thread(
+                write_answer, self._store, candidate.version, capture_id, champion_label, label
+            )
         except Exception as e:  # the review then simply has no candidate answer for this photo
             log.warning("shadow: saving the candidate's answer on %s failed: %s", capture_id, e)
 
@@ -212,7 +243,9 @@ class Shadow:
             await asyncio.to_thread(write_stats, self._store, snapshot)
         except Exception as e:  # kept in memory and written at the next flush
             self._unsaved = True
-            log.warning("shadow: saving statistics of %s failed (%s); will retry", stats.candidate, e)
+            log.warning(
+                "shadow: saving statistics of %s failed (%s); will retry", stats.candidate, e
+            )
 
     async def run_forever(self, poll_interval: float, flush_interval: float) -> None:
         """Follow ``shadow.json`` and save statistics until cancelled; store failures are retried, never fatal."""
@@ -225,7 +258,9 @@ class Shadow:
                     await self.flush()
                     next_flush = loop.time() + flush_interval
             except Exception:
-                log.exception("shadow: checking the candidate or saving its statistics failed; trying again")
+                log.exception(
+                    "shadow: checking the candidate or saving its statistics failed; trying again"
+                )
             await asyncio.sleep(min(poll_interval, flush_interval))
 
     async def close(self) -> None:
@@ -252,4 +287,7 @@ class Shadow:
 
 
 def _same_input(a: ServedModel, b: ServedModel) -> bool:
-    return a.contract.image_size == b.contract.image_size and a.model.input_dtype == b.model.input_dtype
+    return (
+        a.contract.image_size == b.contract.image_size
+        and a.model.input_dtype == b.model.input_dtype
+    )

@@ -106,12 +106,16 @@ class Supervisor:
         self._stopping = False
         self._metrics_dir = tempfile.mkdtemp(prefix="leaf-serve-metrics-")
         self._beats: dict[int, str] = {}  # worker index -> its heartbeat file
-        self._started: dict[int, float] = {}  # worker index -> wall-clock start (heartbeats are mtimes)
+        self._started: dict[
+            int, float
+        ] = {}  # worker index -> wall-clock start (heartbeats are mtimes)
         self._hung: set[int] = set()  # killed for silence: their exit is a hang, not a crash
         self._restart_counts = {"hung": 0, "crashed": 0}
 
     def _start(self, index: int) -> None:
-        beat_file = self._beats.setdefault(index, os.path.join(self._metrics_dir, f"heartbeat-{index}"))
+        beat_file = self._beats.setdefault(
+            index, os.path.join(self._metrics_dir, f"heartbeat-{index}")
+        )
         with open(beat_file, "wb"):
             pass
         os.utime(beat_file, (0, 0))  # no beat yet: the worker is loading its model
@@ -192,8 +196,14 @@ class Supervisor:
         while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
             self._restarts.popleft()
         if (code in FATAL_EXITS and index not in self._hung) or len(self._restarts) >= MAX_RESTARTS:
-            why = "as every worker would" if code in FATAL_EXITS else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
-            log.error("worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why)
+            why = (
+                "as every worker would"
+                if code in FATAL_EXITS
+                else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
+            )
+            log.error(
+                "worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why
+            )
             self._forward(signal.SIGTERM, None)
             return _exit_status(code) or 1
         self._restarts.append(now)
@@ -222,11 +232,24 @@ def _exit_status(code: int) -> int:
 
 
 def supervise(
-    argv: list[str], processes: int, intra_op_threads: int, decode_threads: int, worker_timeout: float = 15.0
+    argv: list[str],
+    processes: int,
+    intra_op_threads: int,
+    decode_threads: int,
+    worker_timeout: float = 15.0,
 ) -> int:
     """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
     # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
-    command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1", "--reuse-port", "true"]
+    command = [
+        sys.executable,
+        "-m",
+        "leaf_serve",
+        *argv,
+        "--processes",
+        "1",
+        "--reuse-port",
+        "true",
+    ]
     # "0 = the CPU quota" is the pod's quota: split between the workers, or N of them oversubscribe it.
     share = str(max(1, available_cpus() // processes))
     if not intra_op_threads:

@@ -46,7 +46,9 @@ def ood_threshold(contract: ModelContract) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def verdict(probs: np.ndarray, ood: float | None, threshold: float | None, confidence_threshold: float) -> Verdict:
+def verdict(
+    probs: np.ndarray, ood: float | None, threshold: float | None, confidence_threshold: float
+) -> Verdict:
     """One photo's verdict: not a leaf first (its probabilities mean nothing then), then low confidence."""
     score = float(ood) if ood is not None and np.isfinite(ood) else None
     if threshold is not None and (score is None or score > threshold):

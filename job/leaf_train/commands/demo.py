@@ -32,12 +32,18 @@ class DemoConfig:
     workdir: str = option("demo-output", "Local folder the published version is copied to")
     per_class: int = option(40, "Synthetic images per class")
     classes: int = option(6, "Synthetic classes")
-    image_size: int = option(64, "Model input size (the product default is 150; smaller keeps the demo short)")
+    image_size: int = option(
+        64, "Model input size (the product default is 150; smaller keeps the demo short)"
+    )
     head_epochs: int = option(6, "Phase 1 epochs")
     finetune_epochs: int = option(4, "Phase 2 epochs")
-    head_lr: float = option(1e-3, "Phase 1 learning rate (random conv weights need more than the book's 2e-5)")
+    head_lr: float = option(
+        1e-3, "Phase 1 learning rate (random conv weights need more than the book's 2e-5)"
+    )
     finetune_lr: float = option(1e-4, "Phase 2 learning rate")
-    weights: str = option("none", "Conv-base weights: none (offline), imagenet (downloads ~60 MB), or a .h5 URI")
+    weights: str = option(
+        "none", "Conv-base weights: none (offline), imagenet (downloads ~60 MB), or a .h5 URI"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
     # Imported when the demo runs, not when the CLI starts: moto, TensorFlow (pipeline), numpy/PIL.
     try:
         from moto.server import ThreadedMotoServer
-    except ImportError as e:  # the GPU job image leaves the demo's S3 out (pyproject's `demo` extra)
+    except (
+        ImportError
+    ) as e:  # the GPU job image leaves the demo's S3 out (pyproject's `demo` extra)
         raise ConfigError(
             "leaf-train demo: expected moto[server] (the demo's embedded S3, the `demo` extra: "
             f"pip install 'leaf-train[demo]', or the CPU image); received ImportError: {e}"

@@ -51,20 +51,29 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``inbox`` and its sub-commands to the ``leaf-train`` parser."""
     common = argparse.ArgumentParser(add_help=False)
     add_arguments(common.add_argument_group("registry"), ModelsConfig, ENV_PREFIX)
-    p = sub.add_parser("inbox", help="review photos the server captured: list, accept into the data, reject")
+    p = sub.add_parser(
+        "inbox", help="review photos the server captured: list, accept into the data, reject"
+    )
     actions = p.add_subparsers(dest="inbox_command", required=True, metavar="ACTION")
 
     a = actions.add_parser("list", parents=[common], help="captured photos, newest first")
     a.add_argument("--limit", type=int, default=0, help="show at most this many (0 = all)")
-    a.add_argument("--format", choices=("text", "json"), default="text", help="text (for people) or json")
+    a.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (for people) or json"
+    )
     a.set_defaults(func=cmd_list)
 
     a = actions.add_parser(
-        "accept", parents=[common], help="copy a photo into <data>/<class>/ (never overwriting), then remove it"
+        "accept",
+        parents=[common],
+        help="copy a photo into <data>/<class>/ (never overwriting), then remove it",
     )
     add_arguments(a.add_argument_group("data"), InboxDataConfig, ENV_PREFIX)
     a.add_argument("id", help="capture id (see `inbox list`)")
-    a.add_argument("label", help="the right class: a class folder name under --data, e.g. Tomato___Early_blight")
+    a.add_argument(
+        "label",
+        help="the right class: a class folder name under --data, e.g. Tomato___Early_blight",
+    )
     a.add_argument(
         "--new-class",
         action="store_true",
@@ -78,10 +87,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inbox(args: argparse.Namespace) -> Inbox:
-    cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
+    cfg = resolve(
+        ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")}
+    )
     model_store = open_store(cfg.output).child(cfg.model_name)
     inbox = Inbox(model_store.child(INBOX_DIR))
-    inbox.on_accept = functools.partial(note_review, model_store)  # a shadow candidate's answer gets its label
+    inbox.on_accept = functools.partial(
+        note_review, model_store
+    )  # a shadow candidate's answer gets its label
     return inbox
 
 
@@ -93,7 +106,8 @@ def format_list(records: list[CaptureRecord]) -> str:
         rows.append((r.id, r.captured_at, r.reason, said, r.version, r.user_label or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows
+        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
     )
 
 

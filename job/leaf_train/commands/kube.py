@@ -37,19 +37,30 @@ MANUAL_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 class SubmitConfig:
     """Options of ``leaf-train submit``."""
 
-    cronjob: str = option("", "CronJob whose jobTemplate the Job copies (the chart's <release>-leaf-train-train)")
+    cronjob: str = option(
+        "", "CronJob whose jobTemplate the Job copies (the chart's <release>-leaf-train-train)"
+    )
     name: str = option("", "Name of the new Job; empty = <cronjob>-manual-<unix time>")
-    namespace: str = option("", "Namespace; empty = the kubeconfig context's (or the service account's)")
-    kubeconfig: str = option("", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace; empty = the kubeconfig context's (or the service account's)"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config"
+    )
     force: bool = option(
-        False, "Train even if the photos, options and code are those of the served version (skip_if_unchanged=off)"
+        False,
+        "Train even if the photos, options and code are those of the served version (skip_if_unchanged=off)",
     )
 
     def validate(self) -> None:
         if not self.cronjob:
-            raise ConfigError("--cronjob is required: expected the name of the training CronJob; received ''")
+            raise ConfigError(
+                "--cronjob is required: expected the name of the training CronJob; received ''"
+            )
         if len(self.name) > 63:
-            raise ConfigError(f"--name: expected at most 63 characters (a label value); received {self.name!r}")
+            raise ConfigError(
+                f"--name: expected at most 63 characters (a label value); received {self.name!r}"
+            )
 
 
 @dataclass
@@ -58,8 +69,12 @@ class StatusConfig:
 
     job: str = option("", "Job to report on; empty = the newest Job of --cronjob")
     cronjob: str = option("", "CronJob whose newest Job is reported when --job is empty")
-    namespace: str = option("", "Namespace; empty = the kubeconfig context's (or the service account's)")
-    kubeconfig: str = option("", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace; empty = the kubeconfig context's (or the service account's)"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config"
+    )
     # Not "output": LEAF_TRAIN_OUTPUT is the registry URI in a training pod.
     format: str = option("text", "Output format", choices=("text", "json"))
 
@@ -165,7 +180,12 @@ def submit(cfg: SubmitConfig) -> dict[str, Any]:
 
     api_client, namespace = _connect(cfg.kubeconfig, cfg.namespace)
     batch = client.BatchV1Api(api_client)
-    cronjob = _api(f"read cronjob {namespace}/{cfg.cronjob}", batch.read_namespaced_cron_job, cfg.cronjob, namespace)
+    cronjob = _api(
+        f"read cronjob {namespace}/{cfg.cronjob}",
+        batch.read_namespaced_cron_job,
+        cfg.cronjob,
+        namespace,
+    )
     # 40 + len("-manual-") + 10 digits stays within the 63-character label limit of job-name.
     name = cfg.name or f"{cfg.cronjob[:40].rstrip('-')}-manual-{int(time.time())}"
     body = client.V1Job.from_dict(job_from_cronjob(cronjob, name, force=cfg.force))
@@ -224,24 +244,37 @@ def status(cfg: StatusConfig) -> dict[str, Any]:
 
 
 def _event_time(ev: Any) -> str:
-    when = ev.event_time or ev.last_timestamp or ev.first_timestamp or ev.metadata.creation_timestamp
+    when = (
+        ev.event_time or ev.last_timestamp or ev.first_timestamp or ev.metadata.creation_timestamp
+    )
     return when.isoformat() if when else ""
 
 
 def _newest_job_of(batch: Any, namespace: str, cronjob_name: str) -> Any:
-    cronjob = _api(f"read cronjob {namespace}/{cronjob_name}", batch.read_namespaced_cron_job, cronjob_name, namespace)
+    cronjob = _api(
+        f"read cronjob {namespace}/{cronjob_name}",
+        batch.read_namespaced_cron_job,
+        cronjob_name,
+        namespace,
+    )
     jobs = _api(f"list jobs in {namespace}", batch.list_namespaced_job, namespace)
     owned = [
-        j for j in jobs.items if any(ref.uid == cronjob.metadata.uid for ref in (j.metadata.owner_references or []))
+        j
+        for j in jobs.items
+        if any(ref.uid == cronjob.metadata.uid for ref in (j.metadata.owner_references or []))
     ]
     if not owned:
-        raise KubeApiError(f"cronjob {namespace}/{cronjob_name}: expected at least one Job it owns; found none")
+        raise KubeApiError(
+            f"cronjob {namespace}/{cronjob_name}: expected at least one Job it owns; found none"
+        )
     return max(owned, key=lambda j: j.metadata.creation_timestamp)
 
 
 def format_status(report: dict[str, Any]) -> str:
     """The text form of :func:`status`."""
-    published = report["published_version"] or ("(none: skipped)" if report.get("skipped") else "(none yet)")
+    published = report["published_version"] or (
+        "(none: skipped)" if report.get("skipped") else "(none yet)"
+    )
     lines = [
         f"job:               {report['namespace']}/{report['job']}",
         f"phase:             {report['phase']}",
@@ -278,6 +311,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("submit", help="start a training Job now from the CronJob's template")
     add_arguments(p, SubmitConfig, ENV_PREFIX)
     p.set_defaults(func=_run_submit)
-    p = subparsers.add_parser("status", help="phase, Events and published version of a training Job")
+    p = subparsers.add_parser(
+        "status", help="phase, Events and published version of a training Job"
+    )
     add_arguments(p, StatusConfig, ENV_PREFIX)
     p.set_defaults(func=_run_status)

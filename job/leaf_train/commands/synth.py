@@ -27,9 +27,13 @@ class SynthConfig:
         if not self.output:
             raise ConfigError("--output is required: expected s3://bucket/prefix or a local folder")
         if not 0 <= self.classes <= max_classes() or self.classes == 1:
-            raise ConfigError(f"--classes: expected 0 or 2..{max_classes()}; received {self.classes}")
+            raise ConfigError(
+                f"--classes: expected 0 or 2..{max_classes()}; received {self.classes}"
+            )
         if self.per_class < 1 or self.size < 32:
-            raise ConfigError(f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}")
+            raise ConfigError(
+                f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}"
+            )
 
 
 def register(sub: argparse._SubParsersAction) -> None:

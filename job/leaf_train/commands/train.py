@@ -57,9 +57,13 @@ def run(args: argparse.Namespace) -> int:
 
         setup_logging(vars(args).get("log_level") or "INFO", vars(args).get("log_format") or "text")
         return verdict_from_args(args, dry_run=False)
-    cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
+    cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (
+        resolve(cls, ENV_PREFIX, args) for _, cls in _components()
+    )
     setup_logging(cfg.log_level, cfg.log_format)
-    set_log_context(run_id=cfg.run_id or None, version=None)  # the version joins once chosen (pipeline._train)
+    set_log_context(
+        run_id=cfg.run_id or None, version=None
+    )  # the version joins once chosen (pipeline._train)
     # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
     from ..pipeline import run as run_pipeline
 
@@ -69,7 +73,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(result: RunResult) -> str:
-    if result.worker is not None:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
+    if (
+        result.worker is not None
+    ):  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
         return f"worker {result.worker}: trained version {result.version} in sync; worker 0 publishes it"
     if result.skipped:  # the retrain policy found nothing new to learn
         return f"served:         {result.version or '-'}\nskipped:        {result.skipped}"

@@ -86,7 +86,9 @@ class Admission:
     def _trim_now(self) -> None:
         self._trim = None
         with contextlib.suppress(RuntimeError):  # the pool is shut down: the server is stopping
-            asyncio.get_running_loop().run_in_executor(self.plane.decode_pool, return_heap_to_the_os)
+            asyncio.get_running_loop().run_in_executor(
+                self.plane.decode_pool, return_heap_to_the_os
+            )
 
 
 class _Receipt:
@@ -116,7 +118,9 @@ class _Receipt:
             self._timer.cancel()
             if self._slow:
                 self._admission.slow_bytes -= self._admission.plane.config.max_body_bytes
-            if self._waited:  # refused or not, grpcio may have buffered much of a message for this call
+            if (
+                self._waited
+            ):  # refused or not, grpcio may have buffered much of a message for this call
                 self._admission.trim_later()
 
     def _reserve(self) -> None:
@@ -128,7 +132,9 @@ class _Receipt:
             return
         self._slow = True
         config = self._admission.plane.config
-        self._timer = self._loop.call_later(max(0.0, config.body_timeout - RESERVE_AFTER), self._stalled)
+        self._timer = self._loop.call_later(
+            max(0.0, config.body_timeout - RESERVE_AFTER), self._stalled
+        )
 
     def _stalled(self) -> None:
         config = self._admission.plane.config

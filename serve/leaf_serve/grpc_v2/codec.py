@@ -72,21 +72,31 @@ def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
             continue
         field = _CONTENTS.get(datatype)
         if field is None:  # FP16 has no typed field in the protocol
-            raise BadRequest(f"{where}: expected raw_input_contents for datatype {datatype}; received typed contents")
+            raise BadRequest(
+                f"{where}: expected raw_input_contents for datatype {datatype}; received typed contents"
+            )
         values = getattr(tensor.contents, field)
         if values and len(values) != math.prod(shape):
             raise BadRequest(
                 f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; received {len(values)}"
             )
-        inputs.append(codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None))
+        inputs.append(
+            codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None)
+        )
     outputs = {o.name: None for o in request.outputs} if request.outputs else None
     return codecs.InferRequest(inputs=inputs, id=request.id[:256] or None, outputs=outputs)
 
 
-def encode_infer_response(name: str, version: str, outputs: inference.Outputs, request_id: str | None) -> Any:
+def encode_infer_response(
+    name: str, version: str, outputs: inference.Outputs, request_id: str | None
+) -> Any:
     """A ``ModelInferResponse`` with every output as raw little-endian bytes (what tritonclient reads fastest)."""
     response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id or "")
     for output_name, array, _ in outputs:
-        response.outputs.add(name=output_name, datatype=codecs.datatype_of(array.dtype), shape=list(array.shape))
-        response.raw_output_contents.append(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+        response.outputs.add(
+            name=output_name, datatype=codecs.datatype_of(array.dtype), shape=list(array.shape)
+        )
+        response.raw_output_contents.append(
+            np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+        )
     return response

@@ -107,10 +107,14 @@ class InferenceService:
 
         return handler
 
-    async def _receive(self, context: grpc.aio.ServicerContext, request_type: Any, allowance: BodyAllowance) -> Any:
+    async def _receive(
+        self, context: grpc.aio.ServicerContext, request_type: Any, allowance: BodyAllowance
+    ) -> Any:
         """The call's one request message, parsed (see :meth:`Admission.receive` for the rules)."""
         raw = await self.admission.receive(context, allowance)
-        if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+        if (
+            raw is grpc.aio.EOF
+        ):  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
             raise BadRequest(
                 f"expected one {request_type.DESCRIPTOR.name} message of at most "
                 f"{self.plane.config.max_body_bytes} bytes (max_body_bytes); received none, or a larger one"
@@ -129,7 +133,9 @@ class InferenceService:
             return 500, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
         status = known.http_status
         code = getattr(known, "grpc_code", None) or GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
-        message = str(known)[:_MAX_MESSAGE]  # gRPC sends it as a header: a client refuses one too large
+        message = str(known)[
+            :_MAX_MESSAGE
+        ]  # gRPC sends it as a header: a client refuses one too large
         log.log(log_level(status), "gRPC %s -> %s: %s", rpc, code.name, message)
         return status, code, message
 
@@ -148,10 +154,14 @@ class InferenceService:
 
     async def _ModelMetadata(self, request: Any, allowance: BodyAllowance) -> Any:
         meta = self.plane.model_metadata(self.plane.served(request.name, request.version or None))
-        response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        response = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
         for kind in ("inputs", "outputs"):
             for t in meta[kind]:
-                getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                getattr(response, kind).add(
+                    name=t["name"], datatype=t["datatype"], shape=t["shape"]
+                )
         return response
 
     async def _ModelInfer(self, request: Any, allowance: BodyAllowance) -> Any:
@@ -166,7 +176,9 @@ class InferenceService:
 def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
     """The service's RPCs under the protocol's wire name; requests arrive as bytes (see ``_receive``)."""
     rpcs = {
-        name: grpc.stream_unary_rpc_method_handler(service.rpcs[name], response_serializer=resp.SerializeToString)
+        name: grpc.stream_unary_rpc_method_handler(
+            service.rpcs[name], response_serializer=resp.SerializeToString
+        )
         for name, (_, resp) in codec.METHODS.items()
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, rpcs)
@@ -212,9 +224,7 @@ class SelfCheck:
         try:
             await self._call(pb.ServerLiveRequest(), timeout=SELF_CHECK_SECONDS)
         except grpc.aio.AioRpcError as e:
-            return (
-                f"gRPC did not answer ServerLive within {SELF_CHECK_SECONDS:g} s: {e.code().name}: {e.details():.200}"
-            )
+            return f"gRPC did not answer ServerLive within {SELF_CHECK_SECONDS:g} s: {e.code().name}: {e.details():.200}"
         return None
 
     async def close(self) -> None:
