@@ -13,7 +13,8 @@ from the same ranges, and the five maps are composed in the layers' order into o
 * translation: tx ~ U(-shift, shift) * width, ty ~ U(-shift, shift) * height;
 * shear: [[1, sx], [sy, 1]] about the top-left pixel, sx, sy ~ U(-shear, shear) (RandomShear's
   matrix entries, not angles; its random sign flip of both leaves that distribution unchanged);
-* zoom: zx, zy ~ U(1 - zoom, 1 + zoom) independently, about the centre (> 1 shows more, i.e. zooms out);
+* zoom: zx, zy ~ U(1 - zoom, 1 + zoom) independently, about the centre (> 1 shows more, i.e. zooms
+  out);
 * flip: x -> (w-1) - x with probability 1/2.
 
 Then one bilinear resampling with source coordinates clamped to the border, which is
@@ -43,7 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def resolve_mode(value: object, gpu_visible: bool) -> str:
-    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else ``host``."""
+    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else
+    ``host``."""
     mode = normalize_augment(value)
     if mode == "auto":
         return "device" if gpu_visible else "host"
@@ -72,7 +74,8 @@ def _uniform(u: tf.Tensor, low: float, high: float) -> tf.Tensor:
 def random_matrices(
     seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams
 ) -> tf.Tensor:
-    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` (shape [2])."""
+    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` (shape
+    [2])."""
     # An XLA-compiled step draws other (equally distributed) numbers than an uncompiled one from the
     # same seed; each is repeatable, which is what a run needs.
     u = tf.random.stateless_uniform(tf.stack([n, 8]), seed=seed, dtype=tf.float32)
@@ -86,7 +89,8 @@ def random_matrices(
 
 
 def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.Tensor:  # noqa: ANN001
-    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in the Sequential's order.
+    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in the Sequential's
+    order.
 
     Each layer maps an output pixel to the pixel it reads, so the last layer's map is applied first.
     """
@@ -111,7 +115,8 @@ def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.
 
 
 def warp(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; borders repeat (nearest fill).
+    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; borders repeat (nearest
+    fill).
 
     Gathers from the flattened batch: XLA and every device support them, and they are deterministic.
     """

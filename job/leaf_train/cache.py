@@ -88,7 +88,8 @@ class PreparedData:
 
     @classmethod
     def of(cls, index: DatasetIndex, decoded: DecodedImages) -> PreparedData:
-        """Labels and splits from ``index``; slots of images not in it keep label 0 and are never read."""
+        """Labels and splits from ``index``; slots of images not in it keep label 0 and are never
+        read."""
         labels = np.zeros(len(decoded.keys), dtype=np.int32)
         labels[decoded.slots_of([it.key for it in index.items])] = [it.label for it in index.items]
         train = decoded.slots_of([it.key for it in index.split(TRAIN)])
@@ -115,8 +116,8 @@ def decode_all(
 ) -> DecodedImages:
     """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries.
 
-    One loop on this thread owns every item from download to result: at most ``limit`` items are
-    in flight (downloading, downloaded and waiting, or decoding), which bounds the bytes held however
+    One loop on this thread owns every item from download to result: at most ``limit`` items are in
+    flight (downloading, downloaded and waiting, or decoding), which bounds the bytes held however
     large the bucket. A finished download is handed to the decode pool by the same loop.
     """
     keys = list(keys)

@@ -34,7 +34,8 @@ from .errors import LeafTrainError, Preempted
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-# Before issue 10 the model and best weights had fixed names; a state without keys still means these.
+# Before issue 10 the model and best weights had fixed names; a state without keys still means
+# these.
 LEGACY_MODEL_FILE = "checkpoint.keras"
 LEGACY_BEST_FILE = "best.npz"
 # The files a checkpoint writes and garbage-collects; nothing else in the run folder is touched.
@@ -79,7 +80,8 @@ class RunCheckpoints:
         try:
             raw = self.store.get(STATE_FILE)
         except NotFound:
-            return None  # a new run; any other storage error propagates rather than restarting from zero
+            # a new run; any other storage error propagates rather than restarting from zero
+            return None
         try:
             return RunState.from_json(raw)
         except (ValueError, TypeError) as e:
@@ -122,12 +124,14 @@ class RunCheckpoints:
             data = self.store.get(key)
         except NotFound as e:
             raise CheckpointError(
-                f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found none "
+                f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found "
+                "none "
                 "(delete the run folder or use a new --run-id)"
             ) from e
         if sha256 and sha256_hex(data) != sha256:
             raise CheckpointError(
-                f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; received "
+                f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; "
+                "received "
                 f"{sha256_hex(data)} ({len(data)} bytes)"
             )
         return data
@@ -140,7 +144,8 @@ class RunCheckpoints:
         return key, digest
 
     def save(self, state: RunState, model: keras.Model) -> None:
-        """Write the model under a new key, then commit ``state`` naming it; then drop what no state names."""
+        """Write the model under a new key, then commit ``state`` naming it; then drop what no state
+        names."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / LEGACY_MODEL_FILE
             model.save(path)
@@ -150,13 +155,15 @@ class RunCheckpoints:
         self.save_state(state)
 
     def save_best(self, state: RunState, weights: list[np.ndarray]) -> None:
-        """Write early stopping's best weights under a new key; the next :meth:`save` commits them."""
+        """Write early stopping's best weights under a new key; the next :meth:`save` commits
+        them."""
         buf = io.BytesIO()
         np.savez(buf, **{f"w{i}": w for i, w in enumerate(weights)})
         state.best_key, state.best_sha256 = self._put_addressed("best", ".npz", buf.getvalue())
 
     def save_state(self, state: RunState) -> None:
-        """Commit ``state`` (one write replaces the old one), then remove checkpoint files it does not name."""
+        """Commit ``state`` (one write replaces the old one), then remove checkpoint files it does
+        not name."""
         self.store.put(STATE_FILE, json.dumps(asdict(state)).encode())
         if not state.model_key:
             return  # a state from before issue 10 still means the fixed-name files: keep them
@@ -167,7 +174,8 @@ class RunCheckpoints:
 
 
 class StopSignal:
-    """Turns SIGTERM into a flag checked at safe points: between batches and between steps of export/publication.
+    """Turns SIGTERM into a flag checked at safe points: between batches and between steps of
+    export/publication.
 
     Installed from training to the end of the run, so a SIGTERM during export or publication stops
     the job at the next step with exit 75 (the retried pod finishes the run) instead of killing it
@@ -185,7 +193,8 @@ class StopSignal:
 
     def _handle(self, signum: int, frame: object) -> None:
         log.warning(
-            "SIGTERM: stopping at the next safe point (a checkpoint, the next export or publication step)"
+            "SIGTERM: stopping at the next safe point (a checkpoint, the next export or "
+            "publication step)"
         )
         self.event.set()
 
@@ -232,7 +241,8 @@ class CheckpointCallback(keras.callbacks.Callback):
         if self.stop.requested:
             self._save()
             raise Preempted(
-                f"SIGTERM in phase {self.state.phase}, epoch {self.state.epochs_done + 1}; checkpoint saved"
+                f"SIGTERM in phase {self.state.phase}, epoch {self.state.epochs_done + 1}; "
+                "checkpoint saved"
             )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:

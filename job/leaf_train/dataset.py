@@ -43,8 +43,8 @@ class DatasetIndex:
     classes: list[str]
     items: list[Item]
     ignored: list[str] = field(default_factory=list)  # non-image or hidden keys
-    # Listed images that could not be decoded: not trained on, but recorded, so that the retrain policy
-    # (freshness.py) sees the same listing next time and not "new" photos.
+    # Listed images that could not be decoded: not trained on, but recorded, so that the retrain
+    # policy (freshness.py) sees the same listing next time and not "new" photos.
     unusable: list[ObjectInfo | Item] = field(default_factory=list)
 
     def split(self, name: str) -> list[Item]:
@@ -62,7 +62,8 @@ class DatasetIndex:
         return h.hexdigest()
 
     def manifest(self) -> bytes:
-        """``dataset.json``: the keys with ETag/size a version was trained on, and the unusable ones it skipped."""
+        """``dataset.json``: the keys with ETag/size a version was trained on, and the unusable ones
+        it skipped."""
         body = {
             "root": self.root,
             "fingerprint": self.fingerprint(),
@@ -75,7 +76,8 @@ class DatasetIndex:
         return json.dumps(body, indent=1).encode()
 
     def usable(self, ok: Sequence[bool], val_fraction: float) -> DatasetIndex:
-        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the others become ``unusable``.
+        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the others become
+        ``unusable``.
 
         Classes are re-derived, so a class whose photos were all corrupt disappears and labels stay
         dense, and the split rule is re-applied, so "every class has validation images" holds for
@@ -121,7 +123,8 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
 def _labelled(
     by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float
 ) -> tuple[list[str], list[Item]]:
-    """Classes in output order, and an :class:`Item` (label, split) for each object of each class."""
+    """Classes in output order, and an :class:`Item` (label, split) for each object of each
+    class."""
     classes = sorted(by_class)
     items: list[Item] = []
     for label, cls in enumerate(classes):
@@ -148,7 +151,8 @@ def check_index(index: DatasetIndex, min_images_per_class: int) -> None:
     for cls, n in index.counts().items():
         if n < min_images_per_class:
             raise DataError(
-                f"class {cls!r} under {index.root} has {n} usable images; expected at least {min_images_per_class}"
+                f"class {cls!r} under {index.root} has {n} usable images; expected at least "
+                f"{min_images_per_class}"
             )
 
 

@@ -60,7 +60,8 @@ class Cluster:
             raise ConfigError(f"a cluster needs at least 2 workers; received {list(self.workers)}")
         if not 0 <= self.index < len(self.workers):
             raise ConfigError(
-                f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} workers; "
+                f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} "
+                "workers; "
                 f"received {self.index}"
             )
 
@@ -82,11 +83,11 @@ def worker_hosts(
     """``host:port`` of every worker, in index order.
 
     Args:
-        workers: number of workers (the Indexed Job's completions).
-        port: port every worker listens on when ``hosts`` does not name one.
-        job_name: the Kubernetes Job; its pods are called ``<job_name>-<index>``.
-        service: the headless Service that is the pods' ``subdomain``.
-        hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback runs.
+        workers: number of workers (the Indexed Job's completions). port: port every worker listens
+        on when ``hosts`` does not name one. job_name: the Kubernetes Job; its pods are called
+        ``<job_name>-<index>``. service: the headless Service that is the pods' ``subdomain``.
+        hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback
+        runs.
 
     Raises:
         ConfigError: explicit hosts that do not match ``workers``, or no way to name the pods.
@@ -94,12 +95,14 @@ def worker_hosts(
     if hosts:
         if len(hosts) != workers:
             raise ConfigError(
-                f"--worker-hosts: expected {workers} hosts (one per worker); received {len(hosts)}: {list(hosts)}"
+                f"--worker-hosts: expected {workers} hosts (one per worker); received "
+                f"{len(hosts)}: {list(hosts)}"
             )
         return tuple(h if ":" in h else f"{h}:{port}" for h in hosts)
     if not job_name or not service:
         raise ConfigError(
-            f"--workers {workers}: expected --worker-hosts, or --job-name and --worker-service to derive the "
+            f"--workers {workers}: expected --worker-hosts, or --job-name and --worker-service to "
+            "derive the "
             f"Indexed Job's pod hostnames; received job name {job_name!r} and service {service!r}"
         )
     return tuple(f"{job_name}-{i}.{service}:{port}" for i in range(workers))
@@ -116,7 +119,8 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
     raw = environ.get(INDEX_ENV)
     if raw is None:
         raise ConfigError(
-            f"several workers: expected {INDEX_ENV} (set on Indexed Job pods) or --worker-index; found neither"
+            f"several workers: expected {INDEX_ENV} (set on Indexed Job pods) or --worker-index; "
+            "found neither"
         )
     try:
         return int(raw)
@@ -125,7 +129,8 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
 
 
 def cluster_from_tf_config(raw: str) -> Cluster | None:
-    """A ``TF_CONFIG`` written by someone else (e.g. Kubeflow's TFJob); ``None`` if it names one worker.
+    """A ``TF_CONFIG`` written by someone else (e.g. Kubeflow's TFJob); ``None`` if it names one
+    worker.
 
     Raises:
         ConfigError: not JSON, or a shape MultiWorkerMirroredStrategy cannot use.
@@ -137,7 +142,8 @@ def cluster_from_tf_config(raw: str) -> Cluster | None:
         task_type, task_index = task.get("type", "worker"), int(task.get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
-            f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., "index": N}}}}; '
+            f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., '
+            f'"index": N}}}}; '
             f"received {raw[:200]!r}"
         ) from e
     if len(workers) < 2:
@@ -177,7 +183,8 @@ class Distribution:
 
     strategy: Any  # tf.distribute.Strategy
     cluster: Cluster | None
-    name: str = "default"  # as the tf.distribute API calls it (MultiWorkerMirroredStrategy's class has another name)
+    # as the tf.distribute API calls it (MultiWorkerMirroredStrategy's class has another name)
+    name: str = "default"
 
     @property
     def is_chief(self) -> bool:
@@ -204,7 +211,8 @@ class Distribution:
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:
-        """Images each replica sees per step; the last replicas get fewer when it does not divide."""
+        """Images each replica sees per step; the last replicas get fewer when it does not
+        divide."""
         if global_batch % self.replicas:
             log.warning(
                 "batch size %d is not a multiple of %d replicas: replicas get uneven shares",
@@ -216,11 +224,11 @@ class Distribution:
     def prepare_model(self, model: Any, element_spec: Any) -> None:
         """Let Keras ``fit``/``evaluate`` run under MultiWorkerMirroredStrategy.
 
-        Keras 3.15's TensorFlow trainer learns the batch's shapes by ``strategy.reduce``-ing the first
-        distributed batch, a nest of ``PerReplica`` values, which MultiWorkerMirroredStrategy's
-        cross-device reduce rejects ("unsupported type PerReplica"; keras-team/keras#20585). Only
-        shapes and dtypes are needed, and the dataset's ``element_spec`` has them: build from it.
-        Other strategies keep Keras's own path.
+        Keras 3.15's TensorFlow trainer learns the batch's shapes by ``strategy.reduce``-ing the
+        first distributed batch, a nest of ``PerReplica`` values, which
+        MultiWorkerMirroredStrategy's cross-device reduce rejects ("unsupported type PerReplica";
+        keras-team/keras#20585). Only shapes and dtypes are needed, and the dataset's
+        ``element_spec`` has them: build from it. Other strategies keep Keras's own path.
         """
         import tensorflow as tf
 
@@ -234,7 +242,8 @@ class Distribution:
         model._maybe_symbolic_build = symbolic_build
 
     def shard(self, ds: Any) -> Any:
-        """``ds`` split by example across the workers: the arrays are in memory, there are no files to split."""
+        """``ds`` split by example across the workers: the arrays are in memory, there are no files
+        to split."""
         if self.workers == 1:
             return ds
         import tensorflow as tf
@@ -248,11 +257,13 @@ class Distribution:
     def checkpoint_writer(
         self, ckpts: RunCheckpoints | None, cache_dir: Path
     ) -> RunCheckpoints | None:
-        """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one elsewhere.
+        """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one
+        elsewhere.
 
-        Only the chief's checkpoint is real (the others would race it on the same keys), yet every worker
-        must save: saving a mirrored model runs collective ops, and a worker that skipped them would
-        pair its next collective with the chief's save and abort both (TensorFlow's multi-worker rule).
+        Only the chief's checkpoint is real (the others would race it on the same keys), yet every
+        worker must save: saving a mirrored model runs collective ops, and a worker that skipped
+        them would pair its next collective with the chief's save and abort both (TensorFlow's
+        multi-worker rule).
         """
         if ckpts is None or self.is_chief:
             return ckpts
@@ -263,13 +274,15 @@ class Distribution:
     def describe(self, global_batch: int) -> str:
         role = "chief" if self.is_chief else "worker"
         return (
-            f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} {self.index}; "
+            f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} "
+            f"{self.index}; "
             f"global batch {global_batch} = {self.per_replica_batch(global_batch)} per replica"
         )
 
 
 def from_config(cfg: TrainConfig, job_name: str) -> Distribution:
-    """The run's strategy from its options (``job_name`` names the worker pods); see :func:`create`."""
+    """The run's strategy from its options (``job_name`` names the worker pods); see
+    :func:`create`."""
     cluster = resolve_cluster(
         cfg.workers,
         cfg.worker_index,
@@ -316,9 +329,9 @@ def create(cluster: Cluster | None) -> Distribution:
 def _fix_keras_multi_worker_step_reduce() -> None:
     """Make Keras 3.15's per-step log reduction work under MultiWorkerMirroredStrategy.
 
-    Keras reduces each step's scalar logs (loss, metrics) with ``strategy.reduce("MEAN", v, axis=0)``
-    when the strategy spans several workers; a scalar has no axis 0, so the first step fails
-    ("Invalid reduction dimension 0 for input with 0 dimensions"; keras-team/keras#20585). The
+    Keras reduces each step's scalar logs (loss, metrics) with ``strategy.reduce("MEAN", v,
+    axis=0)`` when the strategy spans several workers; a scalar has no axis 0, so the first step
+    fails ("Invalid reduction dimension 0 for input with 0 dimensions"; keras-team/keras#20585). The
     mean over all replicas is what was meant: reduce with ``axis=None``. Weights are unaffected
     (gradients are all-reduced by the optimizer) and epoch logs come from the synchronised metric
     variables; this only fixes the step's reduction. Applied once, only in multi-worker processes.

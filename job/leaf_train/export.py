@@ -1,12 +1,11 @@
 """ONNX export through tf2onnx, then a parity check against Keras that the quality gate judges.
 
-``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN');
-converting a ``tf.function`` with a named ``input_signature`` through
-``from_function`` works and matches Keras to ~1e-7 (``check_parity`` measures it on every export). The export is
-built from a float32 copy of the model, so mixed-precision training still ships a
-float32 graph, and it contains no augmentation: host augmentation lives in the input pipeline,
-device augmentation on the trained model object's train step (augment.py), and the copy is a
-freshly built model given only the weights.
+``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN'); converting a
+``tf.function`` with a named ``input_signature`` through ``from_function`` works and matches Keras
+to ~1e-7 (``check_parity`` measures it on every export). The export is built from a float32 copy of
+the model, so mixed-precision training still ships a float32 graph, and it contains no augmentation:
+host augmentation lives in the input pipeline, device augmentation on the trained model object's
+train step (augment.py), and the copy is a freshly built model given only the weights.
 """
 
 from __future__ import annotations
@@ -52,7 +51,8 @@ class Parity:
 
     def to_dict(self) -> dict[str, float | int | bool | None]:
         return {
-            # JSON has no NaN: a model whose outputs are NaN is recorded as null (and fails the gate's rule).
+            # JSON has no NaN: a model whose outputs are NaN is recorded as null (and fails the
+            # gate's rule).
             "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
             "tolerance": self.tolerance,
             "images": self.images,
@@ -82,9 +82,11 @@ def export_all(
     stop: StopSignal,
     trust: TrustFit | None = None,
 ) -> Shipped:
-    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked for.
+    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked
+    for.
 
-    With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity covers both.
+    With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity
+    covers both.
     """
     head = trust.head if trust else None
     onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset, head)
@@ -116,7 +118,8 @@ def build_contract(
     training: dict[str, Any],
     trust: TrustFit | None = None,
 ) -> ModelContract:
-    """``model.json`` of the version: what the server needs to load it and what an operator asks about it."""
+    """``model.json`` of the version: what the server needs to load it and what an operator asks
+    about it."""
     return ModelContract(
         name=cfg.model_name,
         version=version,
@@ -150,8 +153,9 @@ def build_contract(
 def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) -> dict[str, Any]:
     """``{model.fp16.onnx: bytes, "parity": {...}}`` when --export-fp16, else ``{}``.
 
-    The parity record (tolerance, max difference, file, sha256) goes into model.json's ``parity.fp16``,
-    so the server can verify the file and an operator can see how close it is before preferring it.
+    The parity record (tolerance, max difference, file, sha256) goes into model.json's
+    ``parity.fp16``, so the server can verify the file and an operator can see how close it is
+    before preferring it.
     """
     if not cfg.export_fp16:
         return {}
@@ -164,10 +168,11 @@ def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) 
 def int8_export(
     cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event
 ) -> dict[str, Any]:
-    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
+    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity":
+    {...}}`` when refused.
 
-    Calibrated on training images only; judged on every validation image. A refused INT8 model is not
-    published (its record says why) and the FP32 model publishes as usual.
+    Calibrated on training images only; judged on every validation image. A refused INT8 model is
+    not published (its record says why) and the FP32 model publishes as usual.
     """
     if not cfg.export_int8:
         return {}
@@ -187,7 +192,8 @@ def int8_export(
     if not check.passed:
         reason = (
             f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
-            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not published"
+            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not "
+            "published"
         )
         log.warning("%s", reason)
         event("Int8Refused", reason, type="Warning")
@@ -213,10 +219,12 @@ def float32_copy(
 def to_onnx(
     model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None
 ) -> bytes:
-    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
+    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output
+    ``probabilities``.
 
-    With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N] holds
-    the squared Mahalanobis distance to the nearest class mean, the constants baked into the graph.
+    With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N]
+    holds the squared Mahalanobis distance to the nearest class mean, the constants baked into the
+    graph.
     """
     import tf2onnx
 
@@ -225,10 +233,11 @@ def to_onnx(
     expected_out = {OUTPUT_NAME} if head is None else {OUTPUT_NAME, OOD_NAME}
 
     start = time.monotonic()
-    # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the same
-    # value, so one model converts to the same bytes however many conversions this process ran before
-    # (`leaf-train demo` and the tests convert several). The rewriter module takes a name from the counter
-    # when it is first imported, mid-conversion; importing it first keeps that out of the numbering.
+    # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the
+    # same value, so one model converts to the same bytes however many conversions this process ran
+    # before (`leaf-train demo` and the tests convert several). The rewriter module takes a name
+    # from the counter when it is first imported, mid-conversion; importing it first keeps that out
+    # of the numbering.
     import tf2onnx.rewriter.loop_rewriter_base  # noqa: F401
 
     tf2onnx.utils.INTERNAL_NAME = 1
@@ -274,9 +283,9 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
         )
         terms = []
         for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
-            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32. expand_dims and
-            # add_n (not [:, None] and zeros_like) keep the graph simple enough for ORT's shape inference,
-            # which INT8 quantization runs first.
+            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32.
+            # expand_dims and add_n (not [:, None] and zeros_like) keep the graph simple enough for
+            # ORT's shape inference, which INT8 quantization runs first.
             delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(
                 means
             )  # [N, K, F]
@@ -306,7 +315,8 @@ def check_parity(
     batch: int = 16,
     head: TrustHead | None = None,
 ) -> Parity:
-    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged by the gate).
+    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged
+    by the gate).
 
     With ``head`` the Keras side is the features model followed by the calibrated head in numpy.
     """
@@ -330,7 +340,8 @@ def check_ood_parity(
     head: TrustHead,
     batch: int = 16,
 ) -> Parity:
-    """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides abstaining)."""
+    """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides
+    abstaining)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -355,20 +366,23 @@ def _max_abs_diff(
     images: np.ndarray,
     batch: int,
 ) -> float:
-    """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a time."""
+    """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a
+    time."""
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
         diff = np.abs(
             np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32)
         )
-        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to 0.0.
+        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to
+        # 0.0.
         worst = float(np.max([worst, float(np.max(diff))]))
     return worst
 
 
 def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
-    """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not raised.
+    """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not
+    raised.
 
     Failing the job here would make the Job retry into the same deterministic disagreement and
     lose the evidence; as a gate rule the version is kept, rejected, with the numbers that failed.
@@ -412,7 +426,8 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
 def check_fp16_parity(
     fp32_bytes: bytes, fp16_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime (judged by the gate)."""
+    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime (judged by
+    the gate)."""
     import onnxruntime as ort
 
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])

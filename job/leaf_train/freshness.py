@@ -1,4 +1,5 @@
-"""The retrain policy: does this run have anything new to learn? Decided from the listing, before any download.
+"""The retrain policy: does this run have anything new to learn? Decided from the listing, before
+any download.
 
 A scheduled retrain on an unchanged bucket burns a GPU node to publish a near-copy of the served
 model. So, once the photos are listed and before one of them is downloaded, the job compares
@@ -25,8 +26,8 @@ version without these records, an unreadable ``dataset.json``) means: train.
 Whether the check runs at all: ``--skip-if-unchanged on|off``, or ``auto`` = on for runs the
 schedule started. The chart sets ``LEAF_TRAIN_RUN_TRIGGER=scheduled`` on the CronJob's pod template
 (every pod of the Job sees it, no API call needed, and every worker of a multi-worker run decides
-alike); ``leaf-train submit`` sets ``manual`` on the Job it creates, and ``submit --force`` also sets
-``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``. ``kubectl create job --from=cronjob/...`` copies the pod
+alike); ``leaf-train submit`` sets ``manual`` on the Job it creates, and ``submit --force`` also
+sets ``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``. ``kubectl create job --from=cronjob/...`` copies the pod
 template as it is, so such a run counts as scheduled.
 """
 
@@ -55,7 +56,8 @@ DATASET_FILE = "dataset.json"
 SCHEDULED, MANUAL = "scheduled", "manual"
 
 # Training options that shape the weights (data selection and split, architecture, optimisation,
-# augmentation, seed) or the published files (opset, the FP16 and INT8 copies). A change of any one retrains.
+# augmentation, seed) or the published files (opset, the FP16 and INT8 copies). A change of any one
+# retrains.
 SHAPING_OPTIONS = (
     "val_fraction",
     "max_pixels",
@@ -83,8 +85,9 @@ SHAPING_OPTIONS = (
     "int8_max_accuracy_drop",
     "int8_calibration_images",
 )
-# Recorded in model.json for people, not compared: how fast and with which rounding, not what is learned.
-# ``augment_mode`` is where the augmentation runs (host/device/auto); ``augment`` (compared) is whether.
+# Recorded in model.json for people, not compared: how fast and with which rounding, not what is
+# learned. ``augment_mode`` is where the augmentation runs (host/device/auto); ``augment``
+# (compared) is whether.
 RECORDED_ONLY = ("deterministic", "mixed_precision", "jit_compile", "workers", "augment_mode")
 # Differences named in a reason; the count is always complete.
 _MAX_NAMED = 5
@@ -96,13 +99,15 @@ class RetrainConfig:
 
     skip_if_unchanged: str = option(
         "auto",
-        "Skip the run (exit 0, before downloading any photo) when the photos, the training options and the code "
+        "Skip the run (exit 0, before downloading any photo) when the photos, the training "
+        "options and the code "
         "equal the served version's: auto (on for scheduled runs), on, off",
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(
         1,
-        "With the skip on: train only once at least this many photos were added, changed or removed",
+        "With the skip on: train only once at least this many photos were added, changed or "
+        "removed",
     )
     run_trigger: str = option(
         MANUAL,
@@ -116,7 +121,8 @@ class RetrainConfig:
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:
-    """``model.json``'s ``training`` block: the options compared by the retrain policy, then the recorded ones."""
+    """``model.json``'s ``training`` block: the options compared by the retrain policy, then the
+    recorded ones."""
     record = {name: getattr(cfg, name, None) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
     # Host and device augmentation draw the same transforms (augment.py), so moving it is no reason
     # to retrain; a bool also equals what versions before --augment host|device recorded.
@@ -148,7 +154,8 @@ class PhotoChanges:
 
 
 def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoChanges:
-    """The listing against ``dataset.json``: photos added, rewritten (other ETag or size) and removed.
+    """The listing against ``dataset.json``: photos added, rewritten (other ETag or size) and
+    removed.
 
     Raises:
         ValueError: ``dataset`` lacks the image records (key, etag, size) every version writes.
@@ -169,7 +176,8 @@ def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoCha
 
 
 def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[str]:
-    """Shaping options whose value differs from (or is missing in) ``model.json``'s ``training`` block."""
+    """Shaping options whose value differs from (or is missing in) ``model.json``'s ``training``
+    block."""
     recorded, now = contract.get("training") or {}, training_record(cfg)
     diffs = []
     for name in SHAPING_OPTIONS:
@@ -181,7 +189,8 @@ def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[st
 
 
 def code_differences(contract: Mapping[str, Any]) -> list[str]:
-    """The training code's digest and the numeric packages' versions, against ``model.json``'s ``provenance``."""
+    """The training code's digest and the numeric packages' versions, against ``model.json``'s
+    ``provenance``."""
     recorded = contract.get("provenance") or {}
     code = recorded.get("code") or {}
     diffs = []
@@ -213,7 +222,8 @@ def check_enabled(cfg: RetrainConfig) -> tuple[bool, str]:
 
 
 def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[str, Any]] | str:
-    """``(version, model.json, dataset.json)`` of the served version, checked against its manifest; else why not."""
+    """``(version, model.json, dataset.json)`` of the served version, checked against its manifest;
+    else why not."""
     found = registry.pointer()
     if found is None:
         return "nothing is served yet"
@@ -270,7 +280,8 @@ def decide(
         return RetrainDecision(False, f"training: {changes.describe()} since {version}", version)
     if changes.count == 0:
         reason = (
-            f"the {len(listed.items)} photos, the training options and the code are those of the served version "
+            f"the {len(listed.items)} photos, the training options and the code are those of the "
+            "served version "
             f"{version}: nothing new to learn ({why})"
         )
     else:

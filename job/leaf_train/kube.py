@@ -33,9 +33,9 @@ RESTARTED_AT_ANNOTATION = (
     "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
 )
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
-# How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an annotation,
-# so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist) and the chart's
-# LeafTrainRetrainsNotPromoted alert can count the runs since the last promotion.
+# How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an
+# annotation, so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist)
+# and the chart's LeafTrainRetrainsNotPromoted alert can count the runs since the last promotion.
 OUTCOME_LABEL = "leaf-train.io/outcome"
 REPORTING_CONTROLLER = "leaf-train.io/trainer"
 MERGE_PATCH = "application/merge-patch+json"
@@ -52,7 +52,8 @@ class KubeConfig:
 
     kube_integration: str = option(
         "auto",
-        "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig exists), on, off",
+        "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig "
+        "exists), on, off",
         choices=("auto", "on", "off"),
     )
     namespace: str = option(
@@ -74,7 +75,8 @@ class KubeConfig:
             value = getattr(self, name)
             if len(value) > 253 or value != value.strip():
                 raise ConfigError(
-                    f"--{name.replace('_', '-')}: expected a Kubernetes object name; received {value!r}"
+                    f"--{name.replace('_', '-')}: expected a Kubernetes object name; received "
+                    f"{value!r}"
                 )
 
 
@@ -128,7 +130,8 @@ class KubeReporter:
         rollout_deployment: str = "",
         reporting_instance: str = "",
     ) -> None:
-        """Use :meth:`from_config` in the job; this constructor is for tests and callers with a client.
+        """Use :meth:`from_config` in the job; this constructor is for tests and callers with a
+        client.
 
         Args:
             api_client: a ``kubernetes.client.ApiClient``, or ``None`` for a disabled reporter.
@@ -159,7 +162,8 @@ class KubeReporter:
         if loaded is None:
             if cfg.kube_integration == "on":
                 raise ConfigError(
-                    "kube_integration=on: expected an in-cluster service-account token or a kubeconfig; found neither"
+                    "kube_integration=on: expected an in-cluster service-account token or a "
+                    "kubeconfig; found neither"
                 )
             log.info("Kubernetes integration off: no service-account token and no kubeconfig")
             return cls(None)
@@ -191,7 +195,8 @@ class KubeReporter:
         if not self.job_name:
             if not self._warned_no_job:
                 log.info(
-                    "Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or annotations"
+                    "Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or "
+                    "annotations"
                 )
                 self._warned_no_job = True
             return False
@@ -273,17 +278,20 @@ class KubeReporter:
     def annotate_version(
         self, version: str, promoted: bool | None = None, *, candidate: bool = False
     ) -> bool:
-        """Annotate this run's Job with the version it published (``leaf-train.io/published-version``).
+        """Annotate this run's Job with the version it published
+        (``leaf-train.io/published-version``).
 
-        ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when given;
-        ``candidate``: it passed and became the shadow candidate instead (outcome ``candidate``).
+        ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when
+        given; ``candidate``: it passed and became the shadow candidate instead (outcome
+        ``candidate``).
         """
         label = "candidate" if candidate else "promoted" if promoted else "rejected"
         outcome = None if promoted is None and not candidate else {OUTCOME_LABEL: label}
         return self._annotate({VERSION_ANNOTATION: version}, outcome)
 
     def annotate_skipped(self, reason: str) -> bool:
-        """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire, the Job stays."""
+        """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire,
+        the Job stays."""
         return self._annotate({SKIPPED_ANNOTATION: reason}, {OUTCOME_LABEL: "skipped"})
 
     def _annotate(self, annotations: dict[str, str], labels: dict[str, str] | None = None) -> bool:
@@ -309,8 +317,8 @@ class KubeReporter:
         """Restart a Deployment's pods the way ``kubectl rollout restart`` does.
 
         Args:
-            deployment: the Deployment; empty = the configured ``rollout_deployment`` (none = no-op).
-            version: the promoted version, recorded in a pod-template annotation too.
+            deployment: the Deployment; empty = the configured ``rollout_deployment`` (none =
+            no-op). version: the promoted version, recorded in a pod-template annotation too.
         """
         name = deployment or self.rollout_deployment
         if not self.enabled or not name:

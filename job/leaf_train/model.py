@@ -106,7 +106,8 @@ def freeze_for_phase(model: keras.Model, phase: int, fine_tune_from: str = "bloc
     names = [layer.name for layer in base.layers]
     if fine_tune_from not in names:
         raise ConfigError(
-            f"--fine-tune-from: expected a VGG16 layer name ({', '.join(n for n in names if 'conv' in n)}); "
+            "--fine-tune-from: expected a VGG16 layer name "
+            f"({', '.join(n for n in names if 'conv' in n)}); "
             f"received {fine_tune_from!r}"
         )
     if phase == 1:

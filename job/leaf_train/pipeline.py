@@ -106,7 +106,8 @@ def _start(
     cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig
 ) -> _Job:
     """Strategy, Kubernetes reporting, seeds and precision, stores: everything before the data."""
-    # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
+    # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any
+    # other TF op.
     dist = distribute.from_config(cfg, kube_cfg.job_name)
     started = time.monotonic()
     # One Started/Exported/Promoted per run, not one per worker: only the chief talks to Kubernetes.
@@ -151,7 +152,8 @@ def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
 def prepare_data(
     cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex
 ) -> PreparedData:
-    """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
+    """Decode the listing once, drop bad files, and split; classes are re-derived from usable
+    images."""
     decoded = decode_all(
         store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir
     )
@@ -198,7 +200,8 @@ def _build_or_resume(
     state, model, best = restored
     if model.output_shape[-1] != len(data.index.classes):
         raise ConfigError(
-            f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now has "
+            f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now "
+            "has "
             f"{len(data.index.classes)}: use a new run id"
         )
     return model, state, best
@@ -255,13 +258,15 @@ def _phase_done(kube: KubeReporter, phase: int, metrics: dict[str, float]) -> No
 def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     """The chief after training: evaluate, export, gate, report, publish, promote."""
     cfg, state, stop, version = job.cfg, trained.state, trained.stop, trained.state.version
-    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
+    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe
+    # what ships.
     inference = export.float32_copy(
         trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units
     )
     metrics = evaluate.validate(inference, data, cfg.batch_size)
     log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
-    # Calibration and the not-a-leaf detector, fitted on held-out and training images (leaf_train.trust).
+    # Calibration and the not-a-leaf detector, fitted on held-out and training images
+    # (leaf_train.trust).
     ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
     fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
     stop.check("after evaluation, before the ONNX export")
@@ -350,7 +355,8 @@ def _publish(
 
 
 def _finish(job: _Job, version: str) -> bool:
-    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
+    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either
+    way."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
     promoted = finish(
@@ -377,7 +383,8 @@ def _finish_published(job: _Job, version: str) -> RunResult:
 
 
 def _skipped(job: _Job, retrain: freshness.RetrainDecision) -> RunResult:
-    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
+    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit
+    0)."""
     log.info("skipped: %s", retrain.reason)
     job.kube.event("Skipped", retrain.reason)
     job.kube.annotate_skipped(retrain.reason)

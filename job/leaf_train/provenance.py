@@ -1,4 +1,5 @@
-"""What produced a model: seed, determinism, the packages that shape its numbers, and the install lock.
+"""What produced a model: seed, determinism, the packages that shape its numbers, and the install
+lock.
 
 ``model.json`` and ``report.json`` carry this record so an operator can answer "what exactly
 produced the model we serve" (``leaf-train models show``). The install paths (``make``, both
@@ -37,12 +38,14 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", 
 _PROFILE = re.compile(r"^# leaf-train lock, profile '([\w-]+)'", re.M)
 # Shown when a lock lists more mismatches than this; the count is always complete.
 _MAX_LISTED = 20
-# The source that turns photos into a model: the job and what it shares with the server (decoding, storage).
+# The source that turns photos into a model: the job and what it shares with the server (decoding,
+# storage).
 CODE_PACKAGES = ("leaf_train", "leaf_common")
 
 
 def normalize(name: str) -> str:
-    """PEP 503 name: ``Pillow`` and ``pillow``, ``tensorflow_cpu`` and ``tensorflow-cpu`` are one package."""
+    """PEP 503 name: ``Pillow`` and ``pillow``, ``tensorflow_cpu`` and ``tensorflow-cpu`` are one
+    package."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -95,7 +98,8 @@ def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
 
 
 def source_digest(roots: Mapping[str, Path]) -> str:
-    """SHA-256 over the relative path and bytes of every ``.py`` file under each ``name -> folder``."""
+    """SHA-256 over the relative path and bytes of every ``.py`` file under each ``name ->
+    folder``."""
     h = hashlib.sha256()
     for name, root in sorted(roots.items()):
         for path in sorted(root.rglob("*.py")):
@@ -107,10 +111,11 @@ def source_digest(roots: Mapping[str, Path]) -> str:
 
 
 def code_record() -> dict[str, str]:
-    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`, see :func:`source_digest`).
+    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`, see
+    :func:`source_digest`).
 
-    The content, not only ``__version__``: the version string is not bumped with every change, and the
-    retrain policy (``freshness``) must notice any change of the code that trains the model.
+    The content, not only ``__version__``: the version string is not bumped with every change, and
+    the retrain policy (``freshness``) must notice any change of the code that trains the model.
     """
     roots = {}
     for package in CODE_PACKAGES:
@@ -127,7 +132,8 @@ def record(
     weights_sha256: str,
     augment: str | None = None,
 ) -> dict[str, Any]:
-    """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved mode."""
+    """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved
+    mode."""
     return {
         "code": code_record(),
         "seed": seed,

@@ -30,7 +30,8 @@ log = logging.getLogger(__name__)
 
 
 def run_owner(run_id: str) -> str | None:
-    """The claim owner of a run's publication: stable across its retried pods; ``None`` without a run id."""
+    """The claim owner of a run's publication: stable across its retried pods; ``None`` without a
+    run id."""
     return f"run/{run_id}" if run_id else None
 
 
@@ -92,7 +93,8 @@ def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, 
     """Move ``latest.json`` to ``version`` if the gate said so and its champion is still served.
 
     Returns:
-        Whether ``version`` is served now because of this run (also when an earlier attempt promoted it).
+        Whether ``version`` is served now because of this run (also when an earlier attempt promoted
+        it).
     """
     if not verdict.promote:
         return _not_promoted(version, verdict.reason, kube)
@@ -111,7 +113,8 @@ def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, 
     if served != verdict.champion_version:
         return _not_promoted(
             version,
-            f"the gate compared it with {verdict.champion_version or 'no champion'}, but {served} is served now "
+            f"the gate compared it with {verdict.champion_version or 'no champion'}, but {served} "
+            "is served now "
             "(another promotion won meanwhile)",
             kube,
         )
@@ -139,10 +142,12 @@ def finish(
     incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
     rollout: str = "direct",
 ) -> bool:
-    """Promote a published version as its recorded gate decided; after a promotion, prune and restart serving.
+    """Promote a published version as its recorded gate decided; after a promotion, prune and
+    restart serving.
 
-    With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the shadow
-    candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted directly.
+    With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the
+    shadow candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted
+    directly.
 
     Returns:
         Whether ``version`` is served because of this run.

@@ -1,8 +1,10 @@
-"""INT8 for CPU nodes: static quantization of the exported graph, and the check that decides whether it ships.
+"""INT8 for CPU nodes: static quantization of the exported graph, and the check that decides whether
+it ships.
 
-``to_int8`` uses ONNX Runtime's own tools (QDQ format, per-channel weights, MinMax calibration on training
-images); ``check_int8`` runs the float32 and INT8 models side by side on the validation images. The export
-stage (``export.int8_export``) calls both and publishes ``model.int8.onnx`` only when the check passes.
+``to_int8`` uses ONNX Runtime's own tools (QDQ format, per-channel weights, MinMax calibration on
+training images); ``check_int8`` runs the float32 and INT8 models side by side on the validation
+images. The export stage (``export.int8_export``) calls both and publishes ``model.int8.onnx`` only
+when the check passes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ def _probabilities(session: Any, images: np.ndarray) -> np.ndarray:
 
 
 def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """The same graph statically quantized to INT8 (QDQ, per-channel weights), calibrated on ``calibration``.
+    """The same graph statically quantized to INT8 (QDQ, per-channel weights), calibrated on
+    ``calibration``.
 
     ONNX Runtime's own tools: ``quant_pre_process`` (shape inference and graph optimisation, which
     quantization expects), then ``quantize_static`` with MinMax calibration. Inputs and outputs stay
@@ -40,8 +43,8 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     convolutions run as integer dot products: BENCHMARKS.md, "INT8".
 
     Args:
-        onnx_bytes: the float32 model.
-        calibration: uint8 or float32 ``[N, H, W, 3]`` training images (never validation images: those
+        onnx_bytes: the float32 model. calibration: uint8 or float32 ``[N, H, W, 3]`` training
+        images (never validation images: those
             measure the result).
 
     Raises:
@@ -81,8 +84,9 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
                 str(quantized),
                 Batches(),
                 quant_format=QuantFormat.QDQ,
-                # Only where the time goes. Left to itself the quantizer also quantizes the softmax's output
-                # to steps of 1/255: probabilities that no longer sum to 1 (the server's smoke test refuses them).
+                # Only where the time goes. Left to itself the quantizer also quantizes the
+                # softmax's output to steps of 1/255: probabilities that no longer sum to 1 (the
+                # server's smoke test refuses them).
                 op_types_to_quantize=QUANTIZED_OPS,
                 per_channel=True,
                 nodes_to_exclude=_head_matmuls(prepared),
@@ -103,11 +107,12 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
 
 
 def _head_matmuls(model_path: Path) -> list[str]:
-    """The MatMuls export.py adds after the Keras features (logits / T, the OOD distances): kept float32.
+    """The MatMuls export.py adds after the Keras features (logits / T, the OOD distances): kept
+    float32.
 
-    They cost nothing next to the convolutions, and the OOD threshold was fitted on float32 distances.
-    tf2onnx names every node of the Keras model under its scope (``leaf_features_1/...``); the head's
-    nodes are top-level.
+    They cost nothing next to the convolutions, and the OOD threshold was fitted on float32
+    distances. tf2onnx names every node of the Keras model under its scope
+    (``leaf_features_1/...``); the head's nodes are top-level.
     """
     import onnx
 
@@ -117,7 +122,8 @@ def _head_matmuls(model_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Int8Check:
-    """INT8 against FP32 on the validation images: what decides whether model.int8.onnx is published."""
+    """INT8 against FP32 on the validation images: what decides whether model.int8.onnx is
+    published."""
 
     top1_agreement: float  # share of images where both models predict the same class
     accuracy_fp32: float
@@ -154,7 +160,8 @@ def check_int8(
     labels: np.ndarray,
     max_accuracy_drop: float,
 ) -> Int8Check:
-    """Top-1 agreement and accuracy of both models on the same validation images, both run by ONNX Runtime."""
+    """Top-1 agreement and accuracy of both models on the same validation images, both run by ONNX
+    Runtime."""
     import onnxruntime as ort
 
     predictions = []
@@ -179,7 +186,8 @@ def check_int8(
         images=len(images),
     )
     log.info(
-        "int8 check on %d validation images: top-1 agreement %.4f, accuracy %.4f (fp32 %.4f), drop %.4f (max %g)",
+        "int8 check on %d validation images: top-1 agreement %.4f, accuracy %.4f (fp32 %.4f), "
+        "drop %.4f (max %g)",
         check.images,
         check.top1_agreement,
         check.accuracy_int8,

@@ -1,10 +1,12 @@
-"""Shadow rollout: a version that passed the offline gate is promoted only on what it did on live traffic.
+"""Shadow rollout: a version that passed the offline gate is promoted only on what it did on live
+traffic.
 
 With ``--rollout shadow`` the job publishes a passing version as the *candidate* (``shadow.json``,
-:mod:`leaf_common.shadow`) instead of promoting it. Serving mirrors a share of requests to it off the
-response path and writes what it saw; :func:`decide` turns that evidence into promote, reject or wait,
-and :func:`apply` carries the decision out with the registry's compare-and-swap. The decision table has
-the gate's shape (``gate.format_rules``) so ``models show`` and Events print both the same way.
+:mod:`leaf_common.shadow`) instead of promoting it. Serving mirrors a share of requests to it off
+the response path and writes what it saw; :func:`decide` turns that evidence into promote, reject or
+wait, and :func:`apply` carries the decision out with the registry's compare-and-swap. The decision
+table has the gate's shape (``gate.format_rules``) so ``models show`` and Events print both the same
+way.
 """
 
 from __future__ import annotations
@@ -40,13 +42,15 @@ CLASS_RULE = "class agreement"
 class RolloutConfig:
     """How a passing version reaches serving; ``--flag`` or ``LEAF_TRAIN_<FIELD>``.
 
-    ``direct`` is the default: a shadow candidate needs serving with ``--shadow-fraction`` above 0 and live
-    traffic to ever be promoted, which a first install or a cluster without users does not have.
+    ``direct`` is the default: a shadow candidate needs serving with ``--shadow-fraction`` above 0
+    and live traffic to ever be promoted, which a first install or a cluster without users does not
+    have.
     """
 
     rollout: str = option(
         "direct",
-        "direct: a version that passes the gate is served at once; shadow: it becomes the candidate, answers "
+        "direct: a version that passes the gate is served at once; shadow: it becomes the "
+        "candidate, answers "
         "mirrored traffic, and `models verdict` promotes it on that evidence",
         choices=("direct", "shadow"),
     )
@@ -65,11 +69,13 @@ class RolloutConfig:
     )
     shadow_min_reviewed: int = option(
         20,
-        "Shadow verdict: reviewed photos needed before the two models' accuracy on them is compared",
+        "Shadow verdict: reviewed photos needed before the two models' accuracy on them is "
+        "compared",
     )
     shadow_max_review_drop: float = option(
         0.05,
-        "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed against the champion",
+        "Shadow verdict: largest accuracy drop (0-1) on reviewed photos allowed against the "
+        "champion",
     )
     shadow_max_age_hours: float = option(
         168.0,
@@ -150,11 +156,13 @@ def decide(
     reviewed: list[tuple[str, str, str]],
     now: datetime | None = None,
 ) -> ShadowVerdict:
-    """Promote, reject or wait, from the summed statistics and the reviewed photos ``(label, champion, candidate)``.
+    """Promote, reject or wait, from the summed statistics and the reviewed photos ``(label,
+    champion, candidate)``.
 
-    Rules, in order: the champion it was compared with is still served; enough mirrored requests (else wait,
-    until ``shadow_max_age_hours`` rejects it); overall agreement; agreement per champion class with enough
-    requests; with enough reviewed photos, the candidate's accuracy on them within ``shadow_max_review_drop``.
+    Rules, in order: the champion it was compared with is still served; enough mirrored requests
+    (else wait, until ``shadow_max_age_hours`` rejects it); overall agreement; agreement per
+    champion class with enough requests; with enough reviewed photos, the candidate's accuracy on
+    them within ``shadow_max_review_drop``.
     """
     now = now or datetime.now(UTC)
     version, champion = candidate.version or "", candidate.champion
@@ -186,12 +194,14 @@ def decide(
     if not enough:
         if age > cfg.shadow_max_age_hours:
             why = (
-                f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after {age:.1f} h "
+                f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after "
+                f"{age:.1f} h "
                 f"(shadow_max_age_hours={cfg.shadow_max_age_hours:g})"
             )
             return verdict(REJECT, why, rows)
         why = (
-            f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests "
+            f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored "
+            "requests "
             f"({stats.dropped} dropped) after {age:.1f} h of {cfg.shadow_max_age_hours:g}"
         )
         return verdict(WAIT, why, rows)
@@ -202,8 +212,10 @@ def decide(
     agreement = stats.agreed / stats.mirrored
     judged = sum(1 for r in rows if r["rule"] == CLASS_RULE and r["verdict"] == PASS)
     why = (
-        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, and on at least "
-        f"{cfg.shadow_min_class_agreement:.2f} of each of {judged} champion class(es) with enough requests"
+        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, and on "
+        "at least "
+        f"{cfg.shadow_min_class_agreement:.2f} of each of {judged} champion class(es) with enough "
+        "requests"
     )
     return verdict(PROMOTE, why, rows)
 
@@ -211,7 +223,10 @@ def decide(
 def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
     agreement = stats.agreed / stats.mirrored
     failed = agreement < cfg.shadow_min_agreement
-    why = f"top-1 agreement with {stats.champion} is {agreement:.4f}, below {cfg.shadow_min_agreement:.4f}"
+    why = (
+        f"top-1 agreement with {stats.champion} is {agreement:.4f}, below "
+        f"{cfg.shadow_min_agreement:.4f}"
+    )
     rows = [
         _row(
             "agreement",
@@ -239,7 +254,8 @@ def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
             continue
         failed = share < cfg.shadow_min_class_agreement
         why = (
-            f"on the {n} photos {stats.champion} calls {label!r} the candidate agrees {share:.4f}, below "
+            f"on the {n} photos {stats.champion} calls {label!r} the candidate agrees "
+            f"{share:.4f}, below "
             f"{cfg.shadow_min_class_agreement:.4f}"
         )
         threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
@@ -267,7 +283,8 @@ def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> li
     candidate = sum(label == new for label, _, new in reviewed) / n
     failed = candidate < champion - cfg.shadow_max_review_drop
     why = (
-        f"on {n} reviewed photos the candidate is right on {candidate:.4f}, the champion on {champion:.4f}: a drop "
+        f"on {n} reviewed photos the candidate is right on {candidate:.4f}, the champion on "
+        f"{champion:.4f}: a drop "
         f"over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
     )
     threshold = f">= champion - {cfg.shadow_max_review_drop:.4f}"
@@ -302,7 +319,8 @@ def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[
 def evaluate(
     registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None
 ) -> ShadowVerdict | None:
-    """The verdict on the current candidate, from what is in the registry now; ``None`` without a candidate."""
+    """The verdict on the current candidate, from what is in the registry now; ``None`` without a
+    candidate."""
     found = registry.candidate()
     if found is None or not found.candidate.version:
         return None
@@ -317,7 +335,8 @@ def evaluate(
 
 
 def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> ShadowVerdict | None:
-    """Decide on the current candidate and carry the decision out; ``None`` when there is no candidate."""
+    """Decide on the current candidate and carry the decision out; ``None`` when there is no
+    candidate."""
     verdict = evaluate(registry, cfg)
     if verdict is not None:
         apply(registry, verdict, kube)
@@ -325,7 +344,8 @@ def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> Sh
 
 
 def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
-    """Carry out ``verdict``: promote by the pointer swap, or withdraw the candidate; record it once.
+    """Carry out ``verdict``: promote by the pointer swap, or withdraw the candidate; record it
+    once.
 
     Returns:
         Whether the candidate is served now.
@@ -338,7 +358,10 @@ def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
         served = registry.pointer()
         if served is None or served.version != verdict.champion:
             now = served.version if served else "nothing"
-            why = f"not promoted: {now} is served now, not {verdict.champion} that it was compared with"
+            why = (
+                f"not promoted: {now} is served now, not {verdict.champion} that it was "
+                "compared with"
+            )
             verdict = replace(verdict, decision=REJECT, reason=why)
         else:
             try:
@@ -358,7 +381,8 @@ def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
 
 
 def _record(registry: ModelRegistry, verdict: ShadowVerdict) -> None:
-    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable, so the decision lives beside it."""
+    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable, so the decision
+    lives beside it."""
     key = f"{candidate_dir(verdict.candidate)}/{VERDICT_FILE}"
     try:
         registry.store.put(
@@ -377,10 +401,11 @@ def recorded(registry: ModelRegistry, version: str) -> dict[str, Any] | None:
 
 
 def propose(registry: ModelRegistry, version: str, champion_version: str | None, kube: Any) -> bool:
-    """Make a version that passed the gate the candidate, if the champion it was gated against is still served.
+    """Make a version that passed the gate the candidate, if the champion it was gated against is
+    still served.
 
-    Idempotent for a retried run: a version that already is the candidate, or already has a verdict, is left
-    as it is. Returns whether ``version`` is the candidate now.
+    Idempotent for a retried run: a version that already is the candidate, or already has a verdict,
+    is left as it is. Returns whether ``version`` is the candidate now.
     """
     found = registry.candidate()
     if found is not None and found.candidate.version == version:
@@ -395,7 +420,10 @@ def propose(registry: ModelRegistry, version: str, champion_version: str | None,
     served = registry.pointer()
     if served is None or served.version != champion_version:
         now = served.version if served else "nothing"
-        why = f"the gate compared it with {champion_version or 'no champion'}, but {now} is served now"
+        why = (
+            f"the gate compared it with {champion_version or 'no champion'}, but {now} is "
+            "served now"
+        )
         log.warning("version %s kept but NOT proposed: %s", version, why)
         kube.event("NotProposed", f"{version}: {why}", type="Warning")
         return False

@@ -55,7 +55,8 @@ def use_mixed_precision(mode: str) -> bool:
 
 
 def set_precision(mode: str) -> bool:
-    """Set Keras's global dtype policy for ``--mixed-precision``; returns whether it is mixed_float16."""
+    """Set Keras's global dtype policy for ``--mixed-precision``; returns whether it is
+    mixed_float16."""
     mixed = use_mixed_precision(mode)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     log.info("precision policy: %s", keras.mixed_precision.global_policy().name)
@@ -89,7 +90,8 @@ def use_jit_compile(mode: str) -> bool:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """How the phases train, built once from the config: plans with their learning rates, stopping, XLA."""
+    """How the phases train, built once from the config: plans with their learning rates, stopping,
+    XLA."""
 
     plans: tuple[PhasePlan, ...]
     fine_tune_from: str
@@ -103,7 +105,8 @@ class FitOptions:
     def from_config(
         cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float
     ) -> FitOptions:
-        """``scale_lr`` maps a configured learning rate to the one used (``Distribution.learning_rate``)."""
+        """``scale_lr`` maps a configured learning rate to the one used
+        (``Distribution.learning_rate``)."""
         augment = resolve_mode(cfg.augment, gpus_visible())
         return cls(
             plans=(
@@ -120,7 +123,8 @@ class FitOptions:
 
     @property
     def uint8_batches(self) -> bool:
-        """Whether the host sends uint8 batches, cast (and augmented) by the train step on the device."""
+        """Whether the host sends uint8 batches, cast (and augmented) by the train step on the
+        device."""
         return self.augment == "device"
 
 
@@ -136,7 +140,8 @@ def train(
     stop: StopSignal,
     on_phase_end: PhaseEnd | None = None,
 ) -> FitOptions:
-    """Both phases on ``data``'s training images, validated on its validation images; call in ``dist``'s scope."""
+    """Both phases on ``data``'s training images, validated on its validation images; call in
+    ``dist``'s scope."""
     opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
     host_aug = opts.augment == "host"
     aug = (
@@ -155,7 +160,8 @@ def train(
     )
     dist.prepare_model(model, float_spec(train_ds.element_spec))
     log.info(
-        "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s (lr_scaling %s)",
+        "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s "
+        "(lr_scaling %s)",
         opts.augment,
         cfg.augment,
         opts.jit_compile,
@@ -166,7 +172,8 @@ def train(
     if opts.jit_compile and is_op_determinism_enabled():
         # Keras' own rule (trainer.model_supports_jit): with op determinism it compiles without XLA.
         log.warning(
-            "jit_compile=on has no effect: Keras turns XLA off while op determinism is on (--deterministic)"
+            "jit_compile=on has no effect: Keras turns XLA off while op determinism is on "
+            "(--deterministic)"
         )
     run_phases(
         model,
@@ -286,7 +293,8 @@ def _fit_phase(
         epochs=plan.epochs,
         initial_epoch=state.epochs_done,
         callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (reshuffled each epoch); Keras cannot shuffle a Dataset
+        # the tf.data pipeline shuffles (reshuffled each epoch); Keras cannot shuffle a Dataset
+        shuffle=False,
         verbose=2,
     )
     if early is not None and early.best_weights is not None:

@@ -1,24 +1,25 @@
-"""Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf") detector.
+"""Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf")
+detector.
 
 Split. The validation images (a hash of each key, ``dataset.hash_split``) are cut in two by a
 *second* hash of the key: the ``fit`` half fits the temperature and the OOD threshold, the
 ``report`` half is where ECE, NLL and the held-out abstain rate are measured. Both depend on the key
 alone, so an image never changes half as the bucket grows.
 
-Calibration: temperature scaling (Guo et al. 2017), T minimising NLL of softmax(logits / T) on
-the fit half. It never changes the top-1 class, so accuracy and the gate's other rules are untouched.
+Calibration: temperature scaling (Guo et al. 2017), T minimising NLL of softmax(logits / T) on the
+fit half. It never changes the top-1 class, so accuracy and the gate's other rules are untouched.
 
 OOD: the squared Mahalanobis distance to the nearest class mean (Lee et al. 2018), class means and a
 shared shrunk covariance fitted on training images, in three feature spaces summed after dividing
 each by its median on training images: the spatial means of VGG16's ``block2_pool`` and
 ``block3_pool`` (colour and texture: they catch flat colours, gradients and smooth noise that the
-classifier's own features map near a class) and the penultimate Dense (what the classifier sees).
-On the suite's synthetic leaves the penultimate Dense alone let through about a quarter of the
-out-of-distribution set; the three together let none through (BENCHMARKS.md, "Answers people can trust"). The
-threshold is the fit half's (1 - ``OOD_FIT_RATE``) quantile, so about 1 % of held-out leaves
-abstain there and the goal (<= 2 %) has room on the report half. Both the temperature and the
-detector's constants are baked into the exported ONNX (``export.to_onnx``), so serving needs
-nothing but ONNX Runtime and the manifest's digest covers them.
+classifier's own features map near a class) and the penultimate Dense (what the classifier sees). On
+the suite's synthetic leaves the penultimate Dense alone let through about a quarter of the
+out-of-distribution set; the three together let none through (BENCHMARKS.md, "Answers people can
+trust"). The threshold is the fit half's (1 - ``OOD_FIT_RATE``) quantile, so about 1 % of held-out
+leaves abstain there and the goal (<= 2 %) has room on the report half. Both the temperature and the
+detector's constants are baked into the exported ONNX (``export.to_onnx``), so serving needs nothing
+but ONNX Runtime and the manifest's digest covers them.
 """
 
 from __future__ import annotations
@@ -50,14 +51,16 @@ RELIABILITY_FILE = "reliability.png"  # the model card's reliability diagram, be
 
 
 def calibration_side(key: str) -> str:
-    """``fit`` or ``report`` for a validation image: a second hash of its key, independent of the split's."""
+    """``fit`` or ``report`` for a validation image: a second hash of its key, independent of the
+    split's."""
     digest = hashlib.sha256(b"calibration\0" + key.encode()).digest()
     return FIT if digest[0] < 128 else REPORT
 
 
 @dataclass(frozen=True)
 class TrustHead:
-    """What the exported graph computes after the penultimate features, as numpy (the parity reference)."""
+    """What the exported graph computes after the penultimate features, as numpy (the parity
+    reference)."""
 
     temperature: float
     kernel: np.ndarray  # the final Dense's [F, K] weights
@@ -89,7 +92,8 @@ def ood_score(spaces: tuple[Space, ...], features: list[np.ndarray]) -> np.ndarr
 
 @dataclass
 class TrustFit:
-    """The fitted head and the records ``model.json`` keeps (``calibration``, ``ood``, ``reference``)."""
+    """The fitted head and the records ``model.json`` keeps (``calibration``, ``ood``,
+    ``reference``)."""
 
     head: TrustHead
     calibration: dict[str, Any]
@@ -101,7 +105,8 @@ class TrustFit:
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """Outputs: the spatial mean of each of ``BASE_LAYERS``, then the penultimate Dense (same weights)."""
+    """Outputs: the spatial mean of each of ``BASE_LAYERS``, then the penultimate Dense (same
+    weights)."""
     base = model.get_layer("vgg16")
     inner = keras.Model(
         base.inputs, [base.get_layer(n).output for n in BASE_LAYERS], name="vgg16_taps"
@@ -140,7 +145,8 @@ def fit_spaces(train: list[np.ndarray], labels: np.ndarray, num_classes: int) ->
 
 
 def halves(keys: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Indices of the fit and report halves; when one would be empty both are everything (``split`` False)."""
+    """Indices of the fit and report halves; when one would be empty both are everything (``split``
+    False)."""
     sides = np.asarray([calibration_side(k) for k in keys])
     fit, report = np.flatnonzero(sides == FIT), np.flatnonzero(sides == REPORT)
     if len(fit) == 0 or len(report) == 0:
@@ -156,7 +162,8 @@ def fit(
     seed: int,
     ood_images: np.ndarray | None = None,
 ) -> TrustFit:
-    """Fit calibration and the OOD detector on ``data``; measure them; ``ood_images`` are not-leaves."""
+    """Fit calibration and the OOD detector on ``data``; measure them; ``ood_images`` are
+    not-leaves."""
     features = feature_model(model)
     kernel, bias = head_weights(model)
     images, val = data.decoded.images, data.val_slots
@@ -207,7 +214,8 @@ def fit(
             *(f"mean of {n}" for n in BASE_LAYERS),
             f"penultimate Dense({kernel.shape[0]})",
         ],
-        "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest class mean "
+        "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest "
+        "class mean "
         f"(shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on training images",
         "threshold": threshold,
         "abstain_when": "ood_score > threshold",
@@ -227,7 +235,8 @@ def fit(
         }
     reference = held_out_reference(after, scores, len(data.index.classes))
     log.info(
-        "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold %.4g, held-out "
+        "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold "
+        "%.4g, held-out "
         "abstain %.3f, OOD set abstain %s",
         temperature,
         calibration["before"]["ece"],

@@ -18,12 +18,13 @@ SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 CONTRACT_FILE = "model.json"
 POINTER_FILE = "latest.json"
-# The exported graph's tensors: RGB 0-255 in, softmax out. The job names the Keras layers and the ONNX
-# signature with these; the contract records them, so the server reads them from model.json.
+# The exported graph's tensors: RGB 0-255 in, softmax out. The job names the Keras layers and the
+# ONNX signature with these; the contract records them, so the server reads them from model.json.
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-# Optional second output (issue 22): [N] out-of-distribution score; above ``ood["threshold"]`` the photo
-# does not look like the training photos. Versions exported before it have no such output and still serve.
+# Optional second output (issue 22): [N] out-of-distribution score; above ``ood["threshold"]`` the
+# photo does not look like the training photos. Versions exported before it have no such output and
+# still serve.
 OOD_NAME = "ood_score"
 
 
@@ -65,11 +66,13 @@ class ModelContract:
     training: dict[str, Any] = field(default_factory=dict)
     # seed, determinism, package versions and install lock of the run (leaf_train.provenance)
     provenance: dict[str, Any] = field(default_factory=dict)
-    # Calibration fitted by the run (method, temperature, ECE/NLL before and after on held-out images).
+    # Calibration fitted by the run (method, temperature, ECE/NLL before and after on held-out
+    # images).
     calibration: dict[str, Any] = field(default_factory=dict)
     # The OOD detector: method, threshold, held-out and OOD-set abstain rates.
     ood: dict[str, Any] = field(default_factory=dict)
-    # Held-out distributions (predicted classes, top-1 confidence, OOD score) the server's drift gauge compares with.
+    # Held-out distributions (predicted classes, top-1 confidence, OOD score) the server's drift
+    # gauge compares with.
     reference: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     created_at: str = ""

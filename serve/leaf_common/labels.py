@@ -18,7 +18,8 @@ def _words(text: str) -> str:
 
 
 def _lower_word(word: str) -> str:
-    # "Early" and "(Black" -> "early", "(black"; "TYLCV" and "PlantVillage" keep their capitals: names, not prose.
+    # "Early" and "(Black" -> "early", "(black"; "TYLCV" and "PlantVillage" keep their capitals:
+    # names, not prose.
     letters = [c for c in word if c.isalpha()]
     return (
         word.lower()

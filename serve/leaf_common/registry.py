@@ -26,8 +26,9 @@ VERSIONS_DIR = "versions"
 MANIFEST_FILE = "manifest.json"
 POINTER_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
-# A model name is one folder under the registry root and a Kubernetes label value (the chart labels the
-# Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or digit.
+# A model name is one folder under the registry root and a Kubernetes label value (the chart labels
+# the Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or
+# digit.
 MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
 MODEL_NAME_RULE = (
     "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
@@ -44,8 +45,9 @@ class RegistryError(StoreError):
 
 
 class ManifestMissing(RegistryError):
-    """The version folder has no manifest.json: a publication in progress, one that died, or (for a few
-    milliseconds) a version whose manifest retention is putting back after a promotion raced it."""
+    """The version folder has no manifest.json: a publication in progress, one that died, or (for a
+    few milliseconds) a version whose manifest retention is putting back after a promotion raced
+    it."""
 
 
 @dataclass(frozen=True)
@@ -112,7 +114,8 @@ def read_pointer(model_store: Store) -> PointerRead | None:
 
 
 def pointer_root(uri: str) -> str | None:
-    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), else ``None``."""
+    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), else
+    ``None``."""
     stripped = uri.rstrip("/")
     if stripped.endswith("/" + POINTER_FILE) or stripped == POINTER_FILE:
         return stripped.removesuffix(POINTER_FILE).rstrip("/") or "."
@@ -152,7 +155,8 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Contents of ``versions/<v>/manifest.json``, written last: its presence marks a complete version."""
+    """Contents of ``versions/<v>/manifest.json``, written last: its presence marks a complete
+    version."""
 
     version: str
     created_at: str
@@ -202,7 +206,8 @@ class Manifest:
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise RegistryError(
-                f"{where}: expected a JSON object with 'version', 'created_at' and 'files' (name, size, sha256); {e!r}"
+                f"{where}: expected a JSON object with 'version', 'created_at' and 'files' (name, "
+                f"size, sha256); {e!r}"
             ) from e
 
 
@@ -229,9 +234,9 @@ def read_verified_version(
     """Read ``names`` from a version folder after checking them against its manifest.
 
     The manifest is required (its absence means a publication in progress or one that died), must
-    name ``expected_version`` when the caller knows it (the pointer's or the folder's), and must list
-    every file; each file's size is checked with a HEAD before it is downloaded (a 500 MB model that
-    cannot match is not fetched), then its size and SHA-256 after.
+    name ``expected_version`` when the caller knows it (the pointer's or the folder's), and must
+    list every file; each file's size is checked with a HEAD before it is downloaded (a 500 MB model
+    that cannot match is not fetched), then its size and SHA-256 after.
 
     Raises:
         RegistryError: incomplete version, a manifest for another version, or a file that differs.
@@ -245,7 +250,8 @@ def read_verified_version(
         )
     if expected_version is not None and manifest.version != expected_version:
         raise RegistryError(
-            f"{version_store.url(MANIFEST_FILE)}: expected version {expected_version!r}; received {manifest.version!r}"
+            f"{version_store.url(MANIFEST_FILE)}: expected version {expected_version!r}; received "
+            f"{manifest.version!r}"
         )
     files: dict[str, bytes] = {}
     for name in names:
@@ -272,22 +278,23 @@ class VerifiedModel:
 
 
 def read_verified_model(version_store: Store, expected_version: str | None) -> VerifiedModel:
-    """Read a complete version's ``model.json`` and the ONNX file it names, the way every reader must.
+    """Read a complete version's ``model.json`` and the ONNX file it names, the way every reader
+    must.
 
     Both files are checked against the manifest (:func:`read_verified_version`); the contract must
-    name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when it
-    records one. The job's quality gate (the champion) and the server read versions through this.
+    name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when
+    it records one. The job's quality gate (the champion) and the server read versions through this.
 
     Args:
-        version_store: the version folder.
-        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
+        version_store: the version folder. expected_version: the version the pointer (or the
+        registry folder name) says this is; ``None``
             for a folder mounted anywhere, whose manifest then says which version it holds.
 
     Raises:
-        ManifestMissing: no manifest (a publication in progress or one that died).
-        RegistryError: a manifest of another version, a file that differs, a contract of another version.
-        ContractError: ``model.json`` is not a valid contract.
-        StoreError: the store failed (``StoreUnavailable`` when that may pass).
+        ManifestMissing: no manifest (a publication in progress or one that died). RegistryError: a
+        manifest of another version, a file that differs, a contract of another version.
+        ContractError: ``model.json`` is not a valid contract. StoreError: the store failed
+        (``StoreUnavailable`` when that may pass).
     """
     contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[
         CONTRACT_FILE
@@ -296,7 +303,8 @@ def read_verified_model(version_store: Store, expected_version: str | None) -> V
     verified = read_verified_version(version_store, [contract.model_file], expected_version)
     if contract.version != verified.manifest.version:
         raise RegistryError(
-            f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
+            f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} "
+            "(manifest); "
             f"received {contract.version!r}"
         )
     model_bytes = verified.files[contract.model_file]

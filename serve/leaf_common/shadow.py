@@ -2,15 +2,16 @@
 
 Layout under ``<output>/<model-name>/`` (beside ``latest.json``)::
 
-    shadow.json                               the candidate: passed the offline gate, answers mirrored traffic
-    shadow/<candidate>/stats-<pod>.json       one per serving pod, rewritten only by that pod
-    shadow/<candidate>/reviewed/<id>.json     a reviewed photo both models had answered (written once)
-    shadow/<candidate>/verdict.json           the decision (written once)
+    shadow.json                               the candidate: passed the offline gate, answers
+    mirrored traffic shadow/<candidate>/stats-<pod>.json       one per serving pod, rewritten only
+    by that pod shadow/<candidate>/reviewed/<id>.json     a reviewed photo both models had answered
+    (written once) shadow/<candidate>/verdict.json           the decision (written once)
 
-``shadow.json`` moves only by compare-and-swap, like ``latest.json``; withdrawing a candidate writes a
-pointer with no version (a conditional delete does not exist in S3), so a withdrawal that races a newer
-proposal loses instead of deleting it. The server (mirroring, statistics), ``leaf-train models verdict``
-and the inbox's review step all use this module; it needs no TensorFlow and no web framework.
+``shadow.json`` moves only by compare-and-swap, like ``latest.json``; withdrawing a candidate writes
+a pointer with no version (a conditional delete does not exist in S3), so a withdrawal that races a
+newer proposal loses instead of deleting it. The server (mirroring, statistics), ``leaf-train models
+verdict`` and the inbox's review step all use this module; it needs no TensorFlow and no web
+framework.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Candidate:
-    """Contents of ``shadow.json``; ``version`` is ``None`` once the candidate was decided or withdrawn."""
+    """Contents of ``shadow.json``; ``version`` is ``None`` once the candidate was decided or
+    withdrawn."""
 
     version: str | None
     champion: str  # latest.json's version when it was proposed: what its statistics compare with
@@ -67,7 +69,8 @@ class CandidateRead(NamedTuple):
 
 
 def read_candidate(model_store: Store) -> CandidateRead | None:
-    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; ``None`` if there never was one."""
+    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; ``None`` if there never was
+    one."""
     try:
         data, etag = model_store.get_with_etag(CANDIDATE_FILE)
     except NotFound:
@@ -83,9 +86,9 @@ def candidate_dir(version: str) -> str:
 class ShadowStats:
     """What one serving pod saw while it mirrored requests to ``candidate``; pods' files add up.
 
-    ``per_class`` is keyed by the champion's top-1 label: ``[mirrored, agreed]``. Agreement per champion
-    class is what catches a candidate that lost one class (it answers something else for that class's
-    photos) while its overall agreement still looks fine.
+    ``per_class`` is keyed by the champion's top-1 label: ``[mirrored, agreed]``. Agreement per
+    champion class is what catches a candidate that lost one class (it answers something else for
+    that class's photos) while its overall agreement still looks fine.
     """
 
     candidate: str
@@ -109,7 +112,8 @@ class ShadowStats:
         champion_abstained: bool = False,
         candidate_abstained: bool = False,
     ) -> None:
-        """One mirrored request: each model's (top-1 label, its probability) and whether it abstained."""
+        """One mirrored request: each model's (top-1 label, its probability) and whether it
+        abstained."""
         agree = champion[0] == candidate[0]
         self.mirrored += 1
         self.agreed += agree
@@ -125,7 +129,8 @@ class ShadowStats:
         """The sum of two pods' statistics about the same candidate."""
         if (other.candidate, other.champion) != (self.candidate, self.champion):
             raise RegistryError(
-                f"shadow statistics: expected candidate {self.candidate} against champion {self.champion}; "
+                f"shadow statistics: expected candidate {self.candidate} against champion "
+                f"{self.champion}; "
                 f"received {other.candidate} against {other.champion}"
             )
         per_class = {k: list(v) for k, v in self.per_class.items()}
@@ -177,7 +182,8 @@ def write_stats(model_store: Store, stats: ShadowStats) -> None:
 
 
 def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[ShadowStats, list[str]]:
-    """Every pod's statistics about ``candidate`` against ``champion``, summed; and the files skipped, with why."""
+    """Every pod's statistics about ``candidate`` against ``champion``, summed; and the files
+    skipped, with why."""
     total = ShadowStats(candidate, champion)
     skipped: list[str] = []
     for info in model_store.list(candidate_dir(candidate)):
@@ -194,7 +200,8 @@ def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[Shado
 
 @dataclass(frozen=True)
 class ReviewedAnswer:
-    """A photo both models answered that a reviewer then labelled: the evidence closest to the field's truth."""
+    """A photo both models answered that a reviewer then labelled: the evidence closest to the
+    field's truth."""
 
     id: str
     label: str  # what the reviewer said it is
@@ -231,7 +238,8 @@ def answer_key(candidate: str, capture_id: str) -> str:
 def write_answer(
     model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str
 ) -> None:
-    """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written once)."""
+    """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written
+    once)."""
     body = {
         "schema_version": SCHEMA_VERSION,
         "id": capture_id,
@@ -248,7 +256,8 @@ CAPTURE_EXTRA = "shadow_candidate"  # the key a capture record's ``extra`` names
 
 
 def note_review(model_store: Store, record: Any, label: str) -> bool:
-    """A reviewer labelled ``record``'s photo: if the candidate answered it too, keep both answers and the label.
+    """A reviewer labelled ``record``'s photo: if the candidate answered it too, keep both answers
+    and the label.
 
     ``record`` is a :class:`leaf_common.inbox.CaptureRecord`; returns whether evidence was written.
     """
@@ -258,7 +267,8 @@ def note_review(model_store: Store, record: Any, label: str) -> bool:
     try:
         answer = json.loads(model_store.get(answer_key(candidate, record.id)))
     except (NotFound, json.JSONDecodeError):
-        return False  # the candidate was busy or gone when the photo came in: no evidence, nothing lost
+        # the candidate was busy or gone when the photo came in: no evidence, nothing lost
+        return False
     write_reviewed(
         model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"]))
     )

@@ -239,7 +239,8 @@ class LocalStore(Store):
 
 
 def _is_network_error(e: Exception) -> bool:
-    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying cannot fix."""
+    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying
+    cannot fix."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import HTTPClientError, IncompleteReadError
 
@@ -282,7 +283,8 @@ class S3Store(Store):
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return NotFound(f"{self.url(key)} does not exist")
         if _is_network_error(e) or code in _TRANSIENT_CODES or (status or 0) >= 500:
-            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that outlived retries.
+            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that
+            # outlived retries.
             return StoreUnavailable(f"{self.url(key)}: {code or type(e).__name__}: {e}")
         return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
 

@@ -1,4 +1,5 @@
-"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's dynamic batcher, in small).
+"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's dynamic batcher, in
+small).
 
 A batch is sent when it holds ``max_batch_size`` images or when its oldest request has
 waited ``max_queue_delay`` — whichever comes first. While a batch runs, newcomers queue
@@ -61,15 +62,17 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        """A batch is running or waiting. False the moment the last caller's rows are handed over (the worker
-        ends in the same step), so a caller that sees False knows nobody else is waiting for the model."""
+        """A batch is running or waiting. False the moment the last caller's rows are handed over
+        (the worker ends in the same step), so a caller that sees False knows nobody else is waiting
+        for the model."""
         return self._task is not None
 
     def check_capacity(self) -> None:
         """Raise 503 now if the queue is full, before the caller spends time reading or decoding."""
         if len(self._queue) >= self._max_queue:
             raise Unavailable(
-                f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry later"
+                f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry "
+                "later"
             )
 
     async def submit(self, batch: np.ndarray) -> np.ndarray:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.json"
 FIGURES = {"curves": "curves.png", "confusion_matrix": "confusion_matrix.png"}
 CARD_FILES = (METRICS_FILE, *FIGURES.values())
-# Published by versions trained with calibration (issue 22); older versions simply have none, so it is
-# shown when there and never listed as missing.
+# Published by versions trained with calibration (issue 22); older versions simply have none, so it
+# is shown when there and never listed as missing.
 RELIABILITY_FILE = "reliability.png"
 
 
@@ -45,7 +45,8 @@ def fetch_card(store: Store, version: str) -> ModelCard:
     """Read and verify, one by one, the card files the version's manifest lists.
 
     Raises:
-        StoreUnavailable: the store could not be read just now (the caller retries the whole version).
+        StoreUnavailable: the store could not be read just now (the caller retries the whole
+        version).
     """
     manifest = read_manifest(store)
     listed = {e.name for e in manifest.files} if manifest else set()
@@ -88,12 +89,12 @@ def card_json(
 ) -> dict[str, Any]:
     """The card as the page renders it; every number is copied from a published file, never derived.
 
-    Anyone may read it, so it says what a grower needs to trust an answer and nothing an attacker could
-    use: no data URI (it names the bucket), no code version or execution provider (operators read those
-    in ``/v2`` metadata, ``leaf_serve_model_info`` and the logs). The dataset is named by the operator's
-    ``--card-dataset-name`` and identified by its fingerprint, a digest of the file list. ``drift`` is the
-    server's own record of what it has seen since it loaded the version (``DriftMonitor.state``), the one
-    part that is not a published file.
+    Anyone may read it, so it says what a grower needs to trust an answer and nothing an attacker
+    could use: no data URI (it names the bucket), no code version or execution provider (operators
+    read those in ``/v2`` metadata, ``leaf_serve_model_info`` and the logs). The dataset is named by
+    the operator's ``--card-dataset-name`` and identified by its fingerprint, a digest of the file
+    list. ``drift`` is the server's own record of what it has seen since it loaded the version
+    (``DriftMonitor.state``), the one part that is not a published file.
     """
     published = card.metrics or {}
     summary = {
@@ -142,7 +143,8 @@ def card_json(
 def trust_json(
     contract: ModelContract, card: ModelCard, drift: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Calibration before/after, the OOD operating point (both from model.json) and the drift state."""
+    """Calibration before/after, the OOD operating point (both from model.json) and the drift
+    state."""
     cal, ood = contract.calibration or {}, contract.ood or {}
     return {
         "calibration": {
@@ -180,5 +182,13 @@ def trust_json(
 
 
 _PER_CLASS = ("precision", "recall", "f1", "support")
-_GATE = ("promote", "reason", "candidate_accuracy", "champion_accuracy", "champion_version", "min_accuracy",
-         "max_regression", "val_images")  # fmt: skip
+_GATE = (
+    "promote",
+    "reason",
+    "candidate_accuracy",
+    "champion_accuracy",
+    "champion_version",
+    "min_accuracy",
+    "max_regression",
+    "val_images",
+)

@@ -52,11 +52,12 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
 
 @dataclass
 class InputTensor:
-    """One input as the request declared it; :meth:`to_array` converts its data when the caller has checked it.
+    """One input as the request declared it; :meth:`to_array` converts its data when the caller has
+    checked it.
 
-    Name, shape and datatype are checked against the model before any data is converted, so a request
-    that cannot be served costs no conversion (and an INT8 tensor's values are range-checked only when
-    INT8 is what the model takes).
+    Name, shape and datatype are checked against the model before any data is converted, so a
+    request that cannot be served costs no conversion (and an INT8 tensor's values are range-checked
+    only when INT8 is what the model takes).
     """
 
     name: str
@@ -74,7 +75,8 @@ class InputTensor:
         """The tensor as a numpy array of its datatype and shape.
 
         Raises:
-            BadRequest: values that are not numbers, out of the datatype's range, or do not fill the shape.
+            BadRequest: values that are not numbers, out of the datatype's range, or do not fill the
+            shape.
         """
         dtype, where = DATATYPES[self.datatype], f"input {self.name!r}"
         if self.raw is not None:
@@ -98,11 +100,13 @@ class InferRequest:
 
 
 def _json_object(data: bytes | memoryview) -> dict[str, Any]:
-    """The JSON object in ``data``, parsed by orjson (no copy of the body; ~5-10x the standard library's speed).
+    """The JSON object in ``data``, parsed by orjson (no copy of the body; ~5-10x the standard
+    library's speed).
 
-    What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``, which
-    Python clients send by default (the model's input check then refuses them by name), and its errors
-    say more. That costs time only on bodies that were going to be refused or that are not strict JSON.
+    What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``,
+    which Python clients send by default (the model's input check then refuses them by name), and
+    its errors say more. That costs time only on bodies that were going to be refused or that are
+    not strict JSON.
     """
     try:
         body = orjson.loads(data)
@@ -137,7 +141,8 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _flag(value: Any, where: str) -> bool | None:
-    """A boolean parameter: JSON true/false, or the strings "true"/"false" some clients send; else 400."""
+    """A boolean parameter: JSON true/false, or the strings "true"/"false" some clients send; else
+    400."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -154,7 +159,8 @@ def parse_shape(raw: Any, where: str) -> list[int]:
         )
     if len(raw) > _MAX_RANK or math.prod(raw) > _MAX_ELEMENTS:
         raise BadRequest(
-            f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; received {raw!r:.80}"
+            f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; "
+            f"received {raw!r:.80}"
         )
     return raw
 
@@ -199,7 +205,8 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
 def _from_typed(
     values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str
 ) -> np.ndarray:
-    """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the memory)."""
+    """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the
+    memory)."""
     try:
         array = np.fromiter(values, dtype=dtype, count=len(values))
     except OverflowError as e:  # 300 in uint_contents for a UINT8 tensor
@@ -210,7 +217,8 @@ def _from_typed(
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse a v2 inference request (JSON, or JSON header + binary tensors); tensor data stays unconverted.
+    """Parse a v2 inference request (JSON, or JSON header + binary tensors); tensor data stays
+    unconverted.
 
     Args:
         body: the whole HTTP body.
@@ -256,8 +264,8 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
 
 
 def _utf8(text: str) -> str:
-    """``text`` as UTF-8 can carry it: a lone surrogate (``"\\ud800"`` in the request) becomes ``?``, so the id
-    can be echoed in the response (orjson writes only valid UTF-8)."""
+    """``text`` as UTF-8 can carry it: a lone surrogate (``"\\ud800"`` in the request) becomes
+    ``?``, so the id can be echoed in the response (orjson writes only valid UTF-8)."""
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
@@ -280,7 +288,8 @@ def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tupl
         or offset + size > len(binary)
     ):
         raise BadRequest(
-            f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}"
+            f"{where}.binary_data_size: expected at most {len(binary) - offset}; received "
+            f"{size!r:.40}"
         )
     return InputTensor(
         raw["name"], shape, datatype, raw=binary[offset : offset + size]
@@ -335,8 +344,9 @@ def encode_response(
             entry["parameters"] = {"binary_data_size": len(blob)}
             blobs.append(blob)
         else:
-            # orjson writes the array itself (no Python floats in between), and NaN/Infinity as null:
-            # JSON has neither, and a model failing on its input must still produce a valid body.
+            # orjson writes the array itself (no Python floats in between), and NaN/Infinity as
+            # null: JSON has neither, and a model failing on its input must still produce a valid
+            # body.
             entry["data"] = np.ascontiguousarray(array.reshape(-1))
         header["outputs"].append(entry)
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
@@ -398,6 +408,7 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
             files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
     if not files:
         raise BadRequest(
-            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file"
+            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), "
+            "no file"
         )
     return files.get("file", next(iter(files.values())))

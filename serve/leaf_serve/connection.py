@@ -1,4 +1,5 @@
-"""HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a stalled body.
+"""HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a
+stalled body.
 
 uvicorn closes a keep-alive connection that sends nothing, but a client that sends half its
 headers, or 60% of a body and then nothing, keeps its connection (and the partial body) forever.
@@ -36,7 +37,8 @@ _PARSER_ERROR = (
 
 
 class _Deadlines:
-    """The timer shared by both protocol flavours: one deadline at a time, for headers or for the body."""
+    """The timer shared by both protocol flavours: one deadline at a time, for headers or for the
+    body."""
 
     header_timeout = 30.0
     body_timeout = 30.0
@@ -87,7 +89,8 @@ class _Deadlines:
         self.transport.close()  # an app still reading the body sees a disconnect
 
     def send_400_response(self, msg: str) -> None:
-        """The HTTP parser refused the bytes (bad header value, broken framing): answer like every refusal, in JSON."""
+        """The HTTP parser refused the bytes (bad header value, broken framing): answer like every
+        refusal, in JSON."""
         client = self.client[0] if self.client else "client"
         log.warning(
             "HTTP parser refused a request from %s: %s", client, quoted(msg)
@@ -95,7 +98,10 @@ class _Deadlines:
         if self.metrics is not None:
             self.metrics.requests.labels("http_parser", "client_error").inc()
         body = _PARSER_ERROR
-        head = f"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        head = (
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+            f"{len(body)}\r\n"
+        )
         self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
         self.transport.close()
 
@@ -144,7 +150,8 @@ def _httptools_protocol() -> type | None:
 
 
 class DeadlineH11Protocol(_Deadlines, H11Protocol):
-    """h11 exposes where the client is in its request as a state: the deadlines follow that state."""
+    """h11 exposes where the client is in its request as a state: the deadlines follow that
+    state."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -177,7 +184,8 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
         elif state is h11.IDLE and self._waiting_for == "headers" and self.cycle is None:
             pass  # a new connection that has sent nothing yet keeps its first deadline
         else:
-            self._disarm()  # request complete, or idle between requests (uvicorn's keep-alive timeout)
+            # request complete, or idle between requests (uvicorn's keep-alive timeout)
+            self._disarm()
 
 
 def protocol_class(

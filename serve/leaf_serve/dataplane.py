@@ -1,4 +1,5 @@
-"""The data plane both transports call: repository, draining, budgets, the off-loop pool, readiness, inference.
+"""The data plane both transports call: repository, draining, budgets, the off-loop pool, readiness,
+inference.
 
 REST (``rest.Api``) and gRPC (``grpc_v2``) are each only a codec and routes over one
 :class:`DataPlane`, as MLServer's transports are over its ``DataPlane``: what "ready" means, which
@@ -33,8 +34,9 @@ class DataPlane:
         decode_pool: Executor,
         shadow: Shadow | None = None,
     ):
-        """``decode_pool``: the threads that parse, convert and decode off the event loop; ``shadow``: the
-        candidate a share of answered requests is mirrored to (``--shadow-fraction``), if on."""
+        """``decode_pool``: the threads that parse, convert and decode off the event loop;
+        ``shadow``: the candidate a share of answered requests is mirrored to
+        (``--shadow-fraction``), if on."""
         self.repo = repo
         self.shadow = shadow
         self.config = config
@@ -52,11 +54,13 @@ class DataPlane:
         self.decoding = MemoryBudget(config.max_decode_bytes, "image decoding", "max_decode_bytes")
         for name, budget in (("request_bodies", self.bodies), ("image_decoding", self.decoding)):
             self.metrics.memory_in_use.labels(name).set_function(lambda b=budget: b.in_use)
-        # What liveness asks besides "this event loop answers": gRPC adds a call to itself (grpc_v2.service.SelfCheck).
+        # What liveness asks besides "this event loop answers": gRPC adds a call to itself
+        # (grpc_v2.service.SelfCheck).
         self.live_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     async def live(self) -> str | None:
-        """None when the server can take calls on every transport; else what cannot (liveness fails)."""
+        """None when the server can take calls on every transport; else what cannot (liveness
+        fails)."""
         for check in self.live_checks:
             problem = await check()
             if problem is not None:
@@ -85,7 +89,8 @@ class DataPlane:
         return inference.model_metadata(served, self.config.max_batch_size)
 
     def body_allowance(self) -> BodyAllowance:
-        """What one request may take from the shared body budget; release it when the request ends."""
+        """What one request may take from the shared body budget; release it when the request
+        ends."""
         return BodyAllowance(self.bodies)
 
     async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -99,6 +104,7 @@ class DataPlane:
         )
 
     def answered(self, served: ServedModel, batch: np.ndarray, scores: Scores) -> None:
-        """Every answered inference (v2 on both transports, /classify) passes here once its answer is settled."""
+        """Every answered inference (v2 on both transports, /classify) passes here once its answer
+        is settled."""
         if self.shadow is not None:
             self.shadow.mirror(served, batch, scores, others=self.active - 1)

@@ -1,4 +1,5 @@
-"""Drift you can alert on: what the server has seen since it loaded a version, against its training run.
+"""Drift you can alert on: what the server has seen since it loaded a version, against its training
+run.
 
 Every scored batch (REST, gRPC, ``/classify``: the batcher sees them all) updates, per served
 version, Prometheus series for the predicted classes, the top-1 confidence and the OOD score
@@ -50,9 +51,12 @@ class DriftMetrics:
             buckets=_CONFIDENCE_BUCKETS, registry=registry,
         )  # fmt: skip
         self.ood_ratio = Histogram(
-            "leaf_serve_ood_score_ratio", "ood_score / the version's threshold (above 1: not a leaf)", labels,
-            buckets=_OOD_RATIO_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "leaf_serve_ood_score_ratio",
+            "ood_score / the version's threshold (above 1: not a leaf)",
+            labels,
+            buckets=_OOD_RATIO_BUCKETS,
+            registry=registry,
+        )
         self.not_a_leaf = Counter(
             "leaf_serve_not_a_leaf",
             "Answers whose photo did not look like a leaf photo",
@@ -62,7 +66,8 @@ class DriftMetrics:
         # Read at scrape time from the window (so on the live registry, see metrics.py).
         self.psi = FunctionGauge(
             "leaf_serve_drift_psi",
-            f"Population stability index of the last {WINDOW} answers against the version's held-out reference "
+            f"Population stability index of the last {WINDOW} answers against the version's "
+            "held-out reference "
             f"(signal=max is the alertable one; > {ALERT_PSI} is drift)",
             ("model", "version", "signal"),
         )
@@ -88,7 +93,8 @@ class DriftMonitor:
                 )
 
     def retire(self) -> None:
-        """Drop this version's series once another version is served (/metrics shows the served one)."""
+        """Drop this version's series once another version is served (/metrics shows the served
+        one)."""
         m, self._metrics = self._metrics, None  # requests still draining on it record nothing more
         if m is None:
             return
@@ -126,7 +132,8 @@ class DriftMonitor:
                     m.not_a_leaf.labels(*key).inc()
 
     def psi(self) -> dict[str, float]:
-        """PSI per signal and ``max``; empty while the window holds fewer than MIN_ANSWERS or no reference."""
+        """PSI per signal and ``max``; empty while the window holds fewer than MIN_ANSWERS or no
+        reference."""
         ref = self.reference
         with self._lock:
             window = list(self._window)

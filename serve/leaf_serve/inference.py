@@ -1,4 +1,5 @@
-"""What an Open Inference Protocol v2 request does, whatever carried it (REST JSON, REST binary, gRPC).
+"""What an Open Inference Protocol v2 request does, whatever carried it (REST JSON, REST binary,
+gRPC).
 
 The transports (``rest``, ``grpc_v2.service``) turn their bytes into a :class:`codecs.InferRequest`;
 everything from there is here, once: the tensor checked against the contract before any data is
@@ -36,7 +37,8 @@ Outputs = list[tuple[str, np.ndarray, bool]]
 def check_input(
     parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int
 ) -> codecs.InputTensor:
-    """The request's one tensor, checked against the contract (name, datatype, shape, batch size); data untouched."""
+    """The request's one tensor, checked against the contract (name, datatype, shape, batch size);
+    data untouched."""
     c = served.contract
     names = [t.name for t in parsed.inputs]
     if names != [c.input.name]:
@@ -52,12 +54,15 @@ def check_input(
     h, w = c.image_size
     if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [h, w, 3] or tensor.shape[0] < 1:
         raise BadRequest(
-            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received {list(tensor.shape)}"
+            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received "
+            f"{list(tensor.shape)}"
         )
     if tensor.shape[0] > max_batch_size:
-        # Like Triton: one request is at most one batch, so no client can hold the model for everyone else.
+        # Like Triton: one request is at most one batch, so no client can hold the model for
+        # everyone else.
         raise BadRequest(
-            f"input {c.input.name!r}: expected at most {max_batch_size} images per request (max_batch_size); "
+            f"input {c.input.name!r}: expected at most {max_batch_size} images per request "
+            "(max_batch_size); "
             f"received {tensor.shape[0]}"
         )
     return tensor
@@ -70,16 +75,18 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
             raise BadRequest(
-                f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite"
+                f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or "
+                "infinite"
             )
     return array
 
 
 def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Scores) -> Outputs:
-    """``(name, array, binary)`` for each output the request asked for (the probabilities when it named none).
+    """``(name, array, binary)`` for each output the request asked for (the probabilities when it
+    named none).
 
-    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so clients
-    that ignore it see the same response as before.
+    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so
+    clients that ignore it see the same response as before.
     """
     name = served.contract.output.name
     arrays = {name: scores.probs}
@@ -99,7 +106,8 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Sco
     ]
 
 
-# Told of every answered batch (the shadow mirror): must return at once, never raise into the request.
+# Told of every answered batch (the shadow mirror): must return at once, never raise into the
+# request.
 Answered = Callable[[ServedModel, np.ndarray, Any], None]  # (served, batch, its trust.Scores)
 
 

@@ -1,9 +1,10 @@
 """Prometheus metrics on a private registry (no global state shared between app instances or tests).
 
 Under ``--processes N`` (leaf_serve.supervisor) every worker runs with ``PROMETHEUS_MULTIPROC_DIR``
-set: prometheus_client then keeps counters, histograms and gauges in files there, and ``render`` sums
-every worker's, so a scrape of any worker sees the whole pod. Gauges read through a function at scrape
-time (memory budgets, capture queue) cannot live in those files; they report the worker that answered.
+set: prometheus_client then keeps counters, histograms and gauges in files there, and ``render``
+sums every worker's, so a scrape of any worker sees the whole pod. Gauges read through a function at
+scrape time (memory budgets, capture queue) cannot live in those files; they report the worker that
+answered.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ CLOSE_REASONS = ("headers_timeout", "body_timeout")
 
 
 class FunctionGauge(Collector):
-    """A gauge whose value is read from a function at scrape time, kept out of the multiprocess files."""
+    """A gauge whose value is read from a function at scrape time, kept out of the multiprocess
+    files."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()):
         self._name, self._doc, self._labelnames = name, documentation, labelnames
@@ -65,8 +67,9 @@ class FunctionGauge(Collector):
 
 
 class WorkerRestarts(Collector):
-    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1), read
-    from the file it keeps beside the multiprocess metrics (it serves no /metrics of its own)."""
+    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1),
+    read from the file it keeps beside the multiprocess metrics (it serves no /metrics of its
+    own)."""
 
     def __init__(self, path: str):
         self._path = path
@@ -129,9 +132,9 @@ class ServeMetrics:
             registry=r,
             multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
         )
-        # When the served version was trained (its contract's created_at), so an alert can say "the served
-        # model is older than N days" without reading the registry. "livemin": with several workers, the
-        # oldest model any live worker still serves.
+        # When the served version was trained (its contract's created_at), so an alert can say "the
+        # served model is older than N days" without reading the registry. "livemin": with several
+        # workers, the oldest model any live worker still serves.
         self.model_trained = Gauge(
             "leaf_serve_model_trained_timestamp_seconds",
             "When the served model version was trained (Unix time; 0 = its contract does not say)",
@@ -143,7 +146,8 @@ class ServeMetrics:
         )
         self.shadow = Counter(
             "leaf_serve_shadow_requests",
-            "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the champion's top-1), "
+            "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the "
+            "champion's top-1), "
             "dropped (no spare capacity), failed",
             ["outcome"],
             registry=r,
@@ -165,7 +169,8 @@ class ServeMetrics:
 
         self.captures = Counter(
             "leaf_serve_captures",
-            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute limit), "
+            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute "
+            "limit), "
             "dropped_queue (queue full or shutting down)",
             ["outcome"],
             registry=r,
@@ -174,8 +179,9 @@ class ServeMetrics:
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
-        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and dashboard
-        # see the first failure as a change (a series born at 1 is no increase) and the names exist to check.
+        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and
+        # dashboard see the first failure as a change (a series born at 1 is no increase) and the
+        # names exist to check.
         for counter, values in (
             (self.reloads, RELOAD_OUTCOMES),
             (self.captures, CAPTURE_OUTCOMES),
@@ -198,8 +204,8 @@ class ServeMetrics:
         ``trained_at``: the contract's ``created_at`` (ISO 8601), exported as a Unix time.
         """
         self.model_trained.set(_unix_time(trained_at))
-        # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):
-        # the old one is set to 0 instead.
+        # In multiprocess mode a series lives on in its file (prometheus_client cannot clear()
+        # there): the old one is set to 0 instead.
         if self._model_labels:
             self.model_info.labels(*self._model_labels).set(0)
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -228,7 +234,8 @@ def _unix_time(iso: str) -> float:
 
 
 def outcome(status: int) -> str:
-    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the status they carry)."""
+    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the
+    status they carry)."""
     if status < 400:
         return "success"
     if status == 503:

@@ -1,4 +1,5 @@
-"""The model holder: one ONNX Runtime session per served version, ``load()`` / ``predict()`` / ``ready``."""
+"""The model holder: one ONNX Runtime session per served version, ``load()`` / ``predict()`` /
+``ready``."""
 
 from __future__ import annotations
 
@@ -35,11 +36,13 @@ def provider_options(
     """ONNX Runtime options of one GPU execution provider.
 
     Args:
-        name: ``CUDAExecutionProvider`` or ``TensorrtExecutionProvider``.
-        device_id: CUDA device index.
-        trt_engine_cache_path: folder for TensorRT's engine and timing caches; empty = no cache. Building
-            an engine for VGG16 takes minutes, so a cache on a volume makes restarts and reloads fast.
-        trt_fp16: let TensorRT pick FP16 kernels (faster on Tensor Cores, slightly different numbers).
+        name: ``CUDAExecutionProvider`` or ``TensorrtExecutionProvider``. device_id: CUDA device
+        index. trt_engine_cache_path: folder for TensorRT's engine and timing caches; empty = no
+        cache. Building
+            an engine for VGG16 takes minutes, so a cache on a volume makes restarts and reloads
+            fast.
+        trt_fp16: let TensorRT pick FP16 kernels (faster on Tensor Cores, slightly different
+        numbers).
 
     Raises:
         ModelLoadError: ``name`` is not a GPU provider.
@@ -95,7 +98,8 @@ def resolve_providers(
             names.append(raw.strip())
         else:
             raise ModelLoadError(
-                f"providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got {raw!r}"
+                "providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got "
+                f"{raw!r}"
             )
     chosen = [n for i, n in enumerate(names) if n in available and n not in names[:i]]
     missing = sorted(set(names) - set(available))
@@ -113,7 +117,8 @@ def resolve_providers(
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How ONNX Runtime runs every version this server loads; built once from the config (:meth:`from_config`).
+    """How ONNX Runtime runs every version this server loads; built once from the config
+    (:meth:`from_config`).
 
     Each field is the ``ServeConfig`` option of the same name (documented there).
     """
@@ -135,7 +140,8 @@ class RuntimeOptions:
             )
         if self.pad_batches not in PAD_BATCHES:
             raise ModelLoadError(
-                f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received {self.pad_batches!r}"
+                f"pad_batches: expected one of {', '.join(PAD_BATCHES)}; received "
+                f"{self.pad_batches!r}"
             )
 
     @classmethod
@@ -164,7 +170,8 @@ class OnnxModel:
         *,
         model_file: str = "",
     ):
-        """``model_file``: the file the bytes came from (``model.fp16.onnx`` when preferred), for logs."""
+        """``model_file``: the file the bytes came from (``model.fp16.onnx`` when preferred), for
+        logs."""
         self.contract = contract
         self.options = options
         self.model_file = model_file or contract.model_file
@@ -189,7 +196,8 @@ class OnnxModel:
         """Create the session and check the graph against the contract.
 
         Raises:
-            ModelLoadError: the bytes are not a valid ONNX model, or the graph and contract disagree.
+            ModelLoadError: the bytes are not a valid ONNX model, or the graph and contract
+            disagree.
         """
         import onnxruntime as ort
 
@@ -269,17 +277,20 @@ class OnnxModel:
 
     @property
     def output_names(self) -> list[str]:
-        """What one run fetches: the probabilities, and the OOD score when the contract declares it."""
+        """What one run fetches: the probabilities, and the OOD score when the contract declares
+        it."""
         ood = self.contract.ood_output
         return [self.contract.output.name] + ([ood.name] if ood is not None else [])
 
     def score(self, batch: np.ndarray) -> Scores:
-        """Probabilities and (for versions that ship it) the OOD score of an NHWC batch, in one run."""
+        """Probabilities and (for versions that ship it) the OOD score of an NHWC batch, in one
+        run."""
         out = self._outputs(batch, self.output_names)
         return Scores(out[0], out[1] if len(out) > 1 else None)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, num_classes]`` for an NHWC batch in the contract's dtype and range."""
+        """Class probabilities ``[N, num_classes]`` for an NHWC batch in the contract's dtype and
+        range."""
         return self._outputs(batch, [self.contract.output.name])[0]
 
     def _outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
@@ -288,7 +299,8 @@ class OnnxModel:
         x = np.ascontiguousarray(batch, dtype=self.input_dtype)
         if not self.pad_to:
             return self._run(x, names)
-        # Fixed shape: chunks of pad_to rows, the last one padded with zeros and its extra rows dropped.
+        # Fixed shape: chunks of pad_to rows, the last one padded with zeros and its extra rows
+        # dropped.
         out = []
         for i in range(0, len(x), self.pad_to):
             chunk = x[i : i + self.pad_to]
@@ -306,7 +318,8 @@ class OnnxModel:
         return self._session.run(names, {self.contract.input.name: x})
 
     def _run_bound(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """One run with the input copied to the device once and the outputs left there until the copy back."""
+        """One run with the input copied to the device once and the outputs left there until the
+        copy back."""
         import onnxruntime as ort
 
         device, device_id = ("cuda", self.options.device_id) if self.uses_gpu else ("cpu", 0)

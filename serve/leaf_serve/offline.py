@@ -1,15 +1,18 @@
-"""The offline page (``--offline-page``): what a phone needs to keep diagnosing where the network is not.
+"""The offline page (``--offline-page``): what a phone needs to keep diagnosing where the network is
+not.
 
 Routes, only when the option is on:
 
-* ``/sw.js`` - the service worker. Its body starts with a hash of every page file it caches, so a new
-  image (new page files) is a new worker, and the browser replaces the old cache with the new one.
+* ``/sw.js`` - the service worker. Its body starts with a hash of every page file it caches, so a
+  new image (new page files) is a new worker, and the browser replaces the old cache with the new
+  one.
 * ``/manifest.webmanifest`` - the web app manifest (the page installs on a phone's home screen).
 * ``/offline/bundle.json`` - the served version's offline model: its file, variant, size and sha256,
-  labels, the contract (model.json) and the abstain thresholds. Its ETag hashes all of that, so the page
-  learns of a new version with a conditional GET that costs a 304 when nothing changed.
-* ``/offline/model/{version}`` - that file's bytes (the INT8 export when the version has one, else FP32);
-  404 once another version is served, so the page never stores one version's file under another's name.
+  labels, the contract (model.json) and the abstain thresholds. Its ETag hashes all of that, so the
+  page learns of a new version with a conditional GET that costs a 304 when nothing changed.
+* ``/offline/model/{version}`` - that file's bytes (the INT8 export when the version has one, else
+  FP32); 404 once another version is served, so the page never stores one version's file under
+  another's name.
 * ``/ui/vendor/{name}`` - ONNX Runtime Web, vendored at build time (``scripts/vendor-ort-web.sh``).
 
 The page verifies the model's sha256 before it swaps versions and runs it with ONNX Runtime Web
@@ -72,14 +75,17 @@ def load_vendor() -> dict[str, Asset]:
     missing = [name for name in VENDOR if not (folder / name).is_file()]
     if missing:
         raise ConfigError(
-            f"option offline_page: expected ONNX Runtime Web in leaf_serve/ui/vendor/ ({', '.join(VENDOR)}); "
-            f"missing {', '.join(missing)}: run {VENDOR_SCRIPT} before building or installing the package"
+            "option offline_page: expected ONNX Runtime Web in leaf_serve/ui/vendor/ "
+            f"({', '.join(VENDOR)}); "
+            f"missing {', '.join(missing)}: run {VENDOR_SCRIPT} before building or installing the "
+            "package"
         )
     return {name: Asset(f"vendor/{name}") for name in VENDOR}
 
 
 def gzipped(assets: dict[str, Asset]) -> dict[str, bytes]:
-    """The runtime compressed once at start-up: the 14.8 MB .wasm crosses a field network as ~3.8 MB."""
+    """The runtime compressed once at start-up: the 14.8 MB .wasm crosses a field network as ~3.8
+    MB."""
     return {
         name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()
     }
@@ -136,7 +142,8 @@ class OfflinePages:
         ]
 
     def _worker_script(self, assets: dict[str, Asset]) -> bytes:
-        """sw.js with the cache's name and file list on top: new page files, new worker, new cache."""
+        """sw.js with the cache's name and file list on top: new page files, new worker, new
+        cache."""
         build = sha256_hex(
             "".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode()
         )[:16]
@@ -151,7 +158,9 @@ class OfflinePages:
         body = {
             "name": "Leaf diagnosis",
             "short_name": "Leaf",
-            "description": "What is wrong with this leaf? Works without a network once opened here.",
+            "description": (
+                "What is wrong with this leaf? Works without a network once opened here."
+            ),
             "start_url": "/",
             "scope": "/",
             "display": "standalone",

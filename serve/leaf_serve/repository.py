@@ -47,7 +47,8 @@ def _backoff(attempt: int) -> float:
 
 
 def _expected_version(resolved: ResolvedModel) -> str | None:
-    """The version the registry says this folder holds: the pointer's, or the folder name under versions/."""
+    """The version the registry says this folder holds: the pointer's, or the folder name under
+    versions/."""
     if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[
         -2:-1
     ] == [VERSIONS_DIR]:
@@ -85,13 +86,15 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
     """Download a complete version's contract and ONNX bytes, verified against its manifest.
 
     Args:
-        store: the version folder.
-        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
-            for a folder mounted anywhere (``/model``), whose manifest then says which version it holds.
+        store: the version folder. expected_version: the version the pointer (or the registry folder
+        name) says this is; ``None``
+            for a folder mounted anywhere (``/model``), whose manifest then says which version it
+            holds.
 
     Raises:
-        ModelLoadError: no manifest, a manifest or contract of another version, or a file that differs.
-        StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the version).
+        ModelLoadError: no manifest, a manifest or contract of another version, or a file that
+        differs. StoreUnavailable: the store could not be read just now (retry; nothing is wrong
+        with the version).
     """
     try:
         verified = read_verified_model(store, expected_version)
@@ -105,12 +108,14 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
 
 
 def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
-    """The version's checked ``fp16`` or ``int8`` ONNX (job ``--export-fp16`` / ``--export-int8``) as ``(file, bytes)``.
+    """The version's checked ``fp16`` or ``int8`` ONNX (job ``--export-fp16`` / ``--export-int8``)
+    as ``(file, bytes)``.
 
     ``None`` when the version has none (or the job refused it: its record says ``passed: false``).
 
     Raises:
-        ModelLoadError: the contract lists the file but it is missing or differs from its recorded sha256.
+        ModelLoadError: the contract lists the file but it is missing or differs from its recorded
+        sha256.
     """
     record = contract.parity.get(kind) or {}
     name = record.get("file")
@@ -129,7 +134,8 @@ def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """The file the offline page runs in the browser: the version's INT8 export when it has a good one, else FP32."""
+    """The file the offline page runs in the browser: the version's INT8 export when it has a good
+    one, else FP32."""
 
     file: str
     data: bytes
@@ -138,7 +144,8 @@ class OfflineModel:
 
 
 def offline_model(store: Store, contract: ModelContract, fp32: bytes) -> OfflineModel:
-    """The version's INT8 file (smaller to carry to a phone, accuracy-checked by the job), else its FP32 file."""
+    """The version's INT8 file (smaller to carry to a phone, accuracy-checked by the job), else its
+    FP32 file."""
     variant = fetch_variant(store, contract, "int8")
     if variant is None:
         return OfflineModel(contract.model_file, fp32, "fp32", sha256_hex(fp32))
@@ -158,7 +165,8 @@ class ModelRepository:
         self._client: Any = make_s3_client() if config.model.startswith("s3://") else None
 
     def s3_client_for(self, uri: str) -> Any:
-        """The repository's S3 client for another ``s3://`` URI (inbox, data prefix): one connection pool."""
+        """The repository's S3 client for another ``s3://`` URI (inbox, data prefix): one connection
+        pool."""
         if not uri.startswith("s3://"):
             return None
         if self._client is None:
@@ -170,7 +178,8 @@ class ModelRepository:
         return pointer_root(self.config.model) is not None
 
     def load_initial(self) -> ServedModel:
-        """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail loudly)."""
+        """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail
+        loudly)."""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
                 served = self.build(resolve_model(self.config.model, client=self._client))
@@ -191,10 +200,11 @@ class ModelRepository:
     def build(
         self, resolved: ResolvedModel, executor: Executor | None = None, *, shadow: bool = False
     ) -> ServedModel:
-        """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor`` (default: ours).
+        """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor``
+        (default: ours).
 
-        ``shadow``: a candidate answering mirrored requests; it feeds no drift series (those describe what the
-        served version answers).
+        ``shadow``: a candidate answering mirrored requests; it feeds no drift series (those
+        describe what the served version answers).
 
         Raises:
             ModelLoadError: the version cannot be served.
@@ -213,15 +223,21 @@ class ModelRepository:
         if preferred:
             variant = fetch_variant(resolved.store, contract, preferred)
             if variant is None:
-                log.info("prefer_%s: version %s has no %s export; serving %s", preferred, contract.version,
-                         preferred.upper(), model_file)  # fmt: skip
+                log.info(
+                    "prefer_%s: version %s has no %s export; serving %s",
+                    preferred,
+                    contract.version,
+                    preferred.upper(),
+                    model_file,
+                )
             else:
                 model_file, model_bytes = variant
         model = OnnxModel(model_bytes, contract, self.runtime, model_file=model_file)
         model.load()
         if self.config.require_gpu and not model.uses_gpu:
             raise ModelLoadError(
-                f"require_gpu: expected CUDAExecutionProvider or TensorrtExecutionProvider; in use: {model.provider}"
+                "require_gpu: expected CUDAExecutionProvider or TensorrtExecutionProvider; in "
+                f"use: {model.provider}"
             )
         model.smoke_test()
         # Read with the version, so the card always describes exactly the model being served.
@@ -238,8 +254,8 @@ class ModelRepository:
             max_queue_size=self.config.max_queue_size,
             metrics=self.metrics,
         )
-        # The manifest's version (checked against the folder when the registry names it): a version folder
-        # mounted at /model still reports the version it holds, not "model".
+        # The manifest's version (checked against the folder when the registry names it): a version
+        # folder mounted at /model still reports the version it holds, not "model".
         return ServedModel(
             model,
             contract.version,
@@ -265,7 +281,8 @@ class ModelRepository:
     def require(self, name: str | None = None, version: str | None = None) -> ServedModel:
         """The current model, checked against the names in the URL (404) and readiness (503).
 
-        The names come from clients (a gRPC field can be megabytes): messages quote them cut to 80 characters.
+        The names come from clients (a gRPC field can be megabytes): messages quote them cut to 80
+        characters.
         """
         served = self.current
         if served is None:
@@ -313,13 +330,14 @@ class ModelRepository:
     async def _try_swap(self, resolved: ResolvedModel) -> bool:
         """Build ``resolved`` and make it current; a version that cannot be served is rejected once.
 
-        A store error that may pass is retried with backoff and, if it persists, left to the next poll:
-        it says nothing about the version, and rejecting a good version for it would leave this replica
-        on the old one while the others move on. A missing manifest is retried too before it counts: the
-        pointer names only verified versions, so it is retention putting a manifest back after a promotion
-        raced it (milliseconds) or a registry someone broke. Anything else that fails (contract, graph,
-        smoke inference, even an error type nobody foresaw) is the version's fault: it is rejected for
-        this pointer ETag, counted, and not downloaded again until the pointer changes.
+        A store error that may pass is retried with backoff and, if it persists, left to the next
+        poll: it says nothing about the version, and rejecting a good version for it would leave
+        this replica on the old one while the others move on. A missing manifest is retried too
+        before it counts: the pointer names only verified versions, so it is retention putting a
+        manifest back after a promotion raced it (milliseconds) or a registry someone broke.
+        Anything else that fails (contract, graph, smoke inference, even an error type nobody
+        foresaw) is the version's fault: it is rejected for this pointer ETag, counted, and not
+        downloaded again until the pointer changes.
         """
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             last = attempt == RETRY_ATTEMPTS
@@ -330,8 +348,12 @@ class ModelRepository:
             except StoreUnavailable as e:
                 self.metrics.reloads.labels("store_unavailable").inc()
                 if last:
-                    log.warning("could not read version %s (%s); still serving %s", resolved.version, e,
-                                self.current_version)  # fmt: skip
+                    log.warning(
+                        "could not read version %s (%s); still serving %s",
+                        resolved.version,
+                        e,
+                        self.current_version,
+                    )
                     return False
             except VersionIncomplete as e:
                 if last:
@@ -346,7 +368,8 @@ class ModelRepository:
         return True
 
     def _reject(self, resolved: ResolvedModel, error: Exception) -> None:
-        """Remember the pointer ETag so the version is not fetched again until the pointer moves; count it."""
+        """Remember the pointer ETag so the version is not fetched again until the pointer moves;
+        count it."""
         self._rejected_etags.add(resolved.pointer_etag or "")
         self.metrics.reloads.labels("rejected").inc()
         detail = (

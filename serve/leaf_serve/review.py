@@ -12,10 +12,10 @@ preflight, which this server never grants, so a browser holding the token cannot
 review by someone else's page.
 
 Guessing is limited: a client (address, or the trusted proxy header) that sends
-``review_failed_logins`` wrong tokens within ``review_login_window`` seconds gets 429 for the rest of
-that window, its right token included, and its failures are logged once per window, not once each.
-A request without any token (a browser's first visit) is not a failure and is not logged.
-Two decisions about one photo cannot both happen: each claims the item first
+``review_failed_logins`` wrong tokens within ``review_login_window`` seconds gets 429 for the rest
+of that window, its right token included, and its failures are logged once per window, not once
+each. A request without any token (a browser's first visit) is not a failure and is not logged. Two
+decisions about one photo cannot both happen: each claims the item first
 (:meth:`leaf_common.inbox.Inbox.claim`), and the one that loses gets 409.
 """
 
@@ -62,7 +62,8 @@ _MAX_ACTION_BYTES = 4096
 
 
 def _token_of(authorization: str) -> bytes | None:
-    """The token in a Bearer or Basic ``Authorization`` header (Basic: the password), else ``None``."""
+    """The token in a Bearer or Basic ``Authorization`` header (Basic: the password), else
+    ``None``."""
     scheme, _, value = authorization.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:
@@ -77,7 +78,8 @@ def _token_of(authorization: str) -> bytes | None:
 
 
 class FailedLogins:
-    """Wrong tokens per client in fixed windows; a client at ``limit`` is refused until its window ends."""
+    """Wrong tokens per client in fixed windows; a client at ``limit`` is refused until its window
+    ends."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window = limit, window
@@ -114,7 +116,8 @@ def _quiet(error: ServeError) -> ServeError:
 
 
 class ReviewApi:
-    """The review routes over one inbox and one data prefix; without a token every route is a 404 (off)."""
+    """The review routes over one inbox and one data prefix; without a token every route is a 404
+    (off)."""
 
     def __init__(
         self,
@@ -124,7 +127,8 @@ class ReviewApi:
         stores: tuple | None = None,
         config: ServeConfig | None = None,
     ):
-        """``stores``: ``(Inbox, data Store)``, required with a token; ``config``: the login limits."""
+        """``stores``: ``(Inbox, data Store)``, required with a token; ``config``: the login
+        limits."""
         self.repo = repo
         self._token = token.encode()
         defaults = config or ServeConfig()
@@ -153,8 +157,9 @@ class ReviewApi:
             self._authorize(request)
             try:
                 return await fn(request)
-            # InboxError answers with its own status: 404 no such item, 400 a bad name, 409 otherwise (a
-            # conflicting action, or a damaged record the inbox holds that review cannot use).
+            # InboxError answers with its own status: 404 no such item, 400 a bad name, 409
+            # otherwise (a conflicting action, or a damaged record the inbox holds that review
+            # cannot use).
             except PreconditionFailed as e:
                 raise Conflict(str(e)) from e
             except StoreUnavailable as e:  # may pass: the reviewer tries again
@@ -169,7 +174,8 @@ class ReviewApi:
     def _authorize(self, request: Request) -> None:
         if not self._token:
             raise NotFound(
-                "review is off on this server: expected --review-token-file (a mounted Secret) and --data"
+                "review is off on this server: expected --review-token-file (a mounted Secret) "
+                "and --data"
             )
         client = client_key(
             request.client.host if request.client else None, request.headers, self._client_header
@@ -177,7 +183,8 @@ class ReviewApi:
         wait = self.logins.retry_after(client)
         if wait:  # refused before the token is even compared: guessing on is pointless
             error = TooManyRequests(
-                f"review: expected at most {self.logins.limit} wrong tokens in {self.logins.window:g} s from one "
+                f"review: expected at most {self.logins.limit} wrong tokens in "
+                f"{self.logins.window:g} s from one "
                 f"client (review_failed_logins); try again in {wait:.0f} s"
             )
             error.headers = {"Retry-After": str(max(1, round(wait)))}
@@ -186,13 +193,15 @@ class ReviewApi:
         if given is None:  # a browser's first request, before it asks for the token: nothing to log
             raise _quiet(
                 Unauthorized(
-                    "review: expected the review token (Authorization: Bearer, or Basic with it as password)"
+                    "review: expected the review token (Authorization: Bearer, or Basic with it "
+                    "as password)"
                 )
             )
         if not hmac.compare_digest(given, self._token):
             if self.logins.failed(client) == 1:
                 log.warning(
-                    "review: a wrong token from %s; its further failures in the next %g s are counted, not logged "
+                    "review: a wrong token from %s; its further failures in the next %g s are "
+                    "counted, not logged "
                     "(%d get it 429)", client, self.logins.window, self.logins.limit,
                 )  # fmt: skip
             raise _quiet(Unauthorized("review: the token received is not the review token"))
@@ -216,7 +225,8 @@ class ReviewApi:
 
     async def photo(self, request: Request) -> Response:
         record, data = await asyncio.to_thread(self.inbox.photo, request.path_params["capture_id"])
-        # Served as the stored type with nosniff: the bytes decoded as an image when they were captured.
+        # Served as the stored type with nosniff: the bytes decoded as an image when they were
+        # captured.
         return Response(
             data,
             media_type=record.content_type,
@@ -249,7 +259,8 @@ class ReviewApi:
 
 
 async def _json_action(request: Request) -> dict[str, Any]:
-    """The JSON object of a review POST (see the module docstring for why nothing else is accepted)."""
+    """The JSON object of a review POST (see the module docstring for why nothing else is
+    accepted)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType(

@@ -1,12 +1,13 @@
-"""The shadow candidate beside the champion: mirrored requests off the response path, and what they showed.
+"""The shadow candidate beside the champion: mirrored requests off the response path, and what they
+showed.
 
 A share of requests (``--shadow-fraction``) is also run on the candidate that ``shadow.json`` names
-(:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it. The
-candidate has its own inference thread and batcher, and mirrored work only uses spare capacity: it is
-dropped (and counted) whenever the server is answering other requests or ``--shadow-max-in-flight``
-mirrored requests are running, never queued without bound. The statistics are written to the registry every
-``--shadow-flush-interval`` seconds, one file per server process, so they survive restarts and add up
-across replicas; ``leaf-train models verdict`` reads them.
+(:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it.
+The candidate has its own inference thread and batcher, and mirrored work only uses spare capacity:
+it is dropped (and counted) whenever the server is answering other requests or
+``--shadow-max-in-flight`` mirrored requests are running, never queued without bound. The statistics
+are written to the registry every ``--shadow-flush-interval`` seconds, one file per server process,
+so they survive restarts and add up across replicas; ``leaf-train models verdict`` reads them.
 """
 
 from __future__ import annotations
@@ -35,12 +36,14 @@ log = logging.getLogger(__name__)
 
 
 def process_id() -> str:
-    """This process's statistics file name: host (the pod) and pid, unique among live and restarted workers."""
+    """This process's statistics file name: host (the pod) and pid, unique among live and restarted
+    workers."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Shadow:
-    """Loads the candidate when ``shadow.json`` names one, mirrors requests to it, keeps its statistics."""
+    """Loads the candidate when ``shadow.json`` names one, mirrors requests to it, keeps its
+    statistics."""
 
     def __init__(
         self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None
@@ -56,7 +59,8 @@ class Shadow:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsaved = False
         self._rng = random.Random(seed)
-        # Its own thread: a slow candidate never delays a champion batch waiting for the inference thread.
+        # Its own thread: a slow candidate never delays a champion batch waiting for the inference
+        # thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leaf-shadow")
         self._pod = process_id()
         root = pointer_root(repo.config.model)
@@ -70,7 +74,8 @@ class Shadow:
 
     # ---- which candidate ----------------------------------------------------------------------
     async def check_once(self) -> bool:
-        """Load the version ``shadow.json`` names (or drop the candidate it no longer names); True on a change."""
+        """Load the version ``shadow.json`` names (or drop the candidate it no longer names); True
+        on a change."""
         assert self._store is not None
         found = await asyncio.to_thread(read_candidate, self._store)
         etag = found.etag if found else None
@@ -122,15 +127,18 @@ class Shadow:
     def mirror(
         self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0
     ) -> None:
-        """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in the background.
+        """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in
+        the background.
 
-        ``others``: requests the server is answering besides this one; any at all means no spare capacity.
+        ``others``: requests the server is answering besides this one; any at all means no spare
+        capacity.
         """
         candidate, stats = self.candidate, self.stats
         if candidate is None or stats is None or self._rng.random() >= self.fraction:
             return
         if stats.champion != champion.version or not _same_input(candidate, champion):
-            return  # statistics compare with the champion the candidate was proposed against, on its inputs
+            # statistics compare with the champion the candidate was proposed against, on its inputs
+            return
         if others > 0 or self._in_flight >= self.max_in_flight or champion.batcher.busy:
             stats.dropped += len(
                 batch
@@ -177,7 +185,8 @@ class Shadow:
         self._unsaved = True
 
     def _abstains(self, served: ServedModel, scores: Scores, row: int) -> bool:
-        """Whether this model's answer abstains (not a leaf, or below the server's confidence threshold)."""
+        """Whether this model's answer abstains (not a leaf, or below the server's confidence
+        threshold)."""
         ood = None if scores.ood is None else float(scores.ood[row])
         threshold = trust.ood_threshold(served.contract)
         return trust.verdict(
@@ -188,8 +197,9 @@ class Shadow:
         self, champion: ServedModel, image: np.ndarray, probs: np.ndarray, capture_id: str
     ) -> str | None:
         # ``probs``: the champion's probabilities for the one photo.
-        """A photo going to the inbox: run it on the candidate too (whatever the fraction), in the background, so a
-        reviewer's label later scores both models. Returns the candidate version its record should name."""
+        """A photo going to the inbox: run it on the candidate too (whatever the fraction), in the
+        background, so a reviewer's label later scores both models. Returns the candidate version
+        its record should name."""
         candidate, stats = self.candidate, self.stats
         if candidate is None or stats is None or self._store is None:
             return None
@@ -248,7 +258,8 @@ class Shadow:
             )
 
     async def run_forever(self, poll_interval: float, flush_interval: float) -> None:
-        """Follow ``shadow.json`` and save statistics until cancelled; store failures are retried, never fatal."""
+        """Follow ``shadow.json`` and save statistics until cancelled; store failures are retried,
+        never fatal."""
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + flush_interval
         while True:

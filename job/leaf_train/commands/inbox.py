@@ -32,7 +32,8 @@ _TRAIN = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 class ReviewError(LeafTrainError):
-    """A review action was refused: no such capture, a photo that changed, an unconfirmed new class."""
+    """A review action was refused: no such capture, a photo that changed, an unconfirmed new
+    class."""
 
 
 @dataclass
@@ -42,7 +43,8 @@ class InboxDataConfig:
     def validate(self) -> None:
         if not self.data:
             raise ConfigError(
-                "--data is required to accept: expected the training data URI (s3://bucket/prefix or a folder); "
+                "--data is required to accept: expected the training data URI "
+                "(s3://bucket/prefix or a folder); "
                 "received ''"
             )
 
@@ -77,7 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--new-class",
         action="store_true",
-        help="allow a class with no photos yet (the next training needs --min-images-per-class of it)",
+        help=(
+            "allow a class with no photos yet (the next training needs --min-images-per-class "
+            "of it)"
+        ),
     )
     a.set_defaults(func=cmd_accept)
 
@@ -99,7 +104,8 @@ def _inbox(args: argparse.Namespace) -> Inbox:
 
 
 def format_list(records: list[CaptureRecord]) -> str:
-    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (probability), VERSION, what the person said."""
+    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (probability), VERSION, what the
+    person said."""
     rows = [("ID", "CAPTURED", "REASON", "MODEL SAID", "VERSION", "PERSON SAID")]
     for r in records:
         said = f"{readable_label(r.label)} ({r.probability:.0%})"

@@ -49,7 +49,8 @@ class SubmitConfig:
     )
     force: bool = option(
         False,
-        "Train even if the photos, options and code are those of the served version (skip_if_unchanged=off)",
+        "Train even if the photos, options and code are those of the served version "
+        "(skip_if_unchanged=off)",
     )
 
     def validate(self) -> None:
@@ -93,7 +94,8 @@ def _connect(kubeconfig: str, namespace: str) -> tuple[Any, str]:
     loaded = load_client_configuration(KubeConfig(kube_integration="on", kubeconfig=kubeconfig))
     if loaded is None:
         raise ConfigError(
-            "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster service account; "
+            "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster "
+            "service account; "
             "found neither"
         )
     conf, default_namespace = loaded
@@ -116,7 +118,8 @@ def _api(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, Any]:
-    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest, with its pods told so.
+    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest, with its pods
+    told so.
 
     Args:
         cronjob: a ``V1CronJob`` read from the API.
@@ -152,7 +155,8 @@ def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, 
 
 
 def _run_env(force: bool) -> dict[str, str]:
-    """What the pods of a submitted Job are told; env entries win over the chart's ConfigMap (envFrom)."""
+    """What the pods of a submitted Job are told; env entries win over the chart's ConfigMap
+    (envFrom)."""
     env = {f"{ENV_PREFIX}RUN_TRIGGER": "manual"}  # the CronJob's template says "scheduled"
     if force:
         env[f"{ENV_PREFIX}SKIP_IF_UNCHANGED"] = "off"
@@ -160,7 +164,8 @@ def _run_env(force: bool) -> dict[str, str]:
 
 
 def _with_env(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """``spec`` with ``env`` set in every container of its pod template, replacing entries of the same name."""
+    """``spec`` with ``env`` set in every container of its pod template, replacing entries of the
+    same name."""
     for container in spec.get("template", {}).get("spec", {}).get("containers", []):
         kept = [e for e in container.get("env") or [] if e.get("name") not in env]
         container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]

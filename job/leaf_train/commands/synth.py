@@ -32,7 +32,8 @@ class SynthConfig:
             )
         if self.per_class < 1 or self.size < 32:
             raise ConfigError(
-                f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and {self.size}"
+                f"--per-class >= 1 and --size >= 32 expected; received {self.per_class} and "
+                f"{self.size}"
             )
 
 

@@ -1,4 +1,5 @@
-"""The gRPC messages of the Open Inference Protocol v2, to and from the data plane's :class:`codecs.InferRequest`."""
+"""The gRPC messages of the Open Inference Protocol v2, to and from the data plane's
+:class:`codecs.InferRequest`."""
 
 from __future__ import annotations
 
@@ -38,17 +39,20 @@ _CONTENTS = {
 
 
 def parse(request_type: Any, raw: bytes) -> Any:
-    """``raw`` as a ``request_type`` message; a truncated or malformed one is a 400 (INVALID_ARGUMENT)."""
+    """``raw`` as a ``request_type`` message; a truncated or malformed one is a 400
+    (INVALID_ARGUMENT)."""
     try:
         return request_type.FromString(raw)
     except DecodeError as e:
         raise BadRequest(
-            f"expected a {request_type.DESCRIPTOR.name} protobuf message; {len(raw)} bytes did not parse ({e})"
+            f"expected a {request_type.DESCRIPTOR.name} protobuf message; {len(raw)} bytes did "
+            f"not parse ({e})"
         ) from e
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
-    """The transport-neutral request a gRPC ``ModelInferRequest`` carries (tensor data still unconverted).
+    """The transport-neutral request a gRPC ``ModelInferRequest`` carries (tensor data still
+    unconverted).
 
     Typed contents are counted against the declared shape here (``len`` of a repeated field costs
     nothing); converting them is left to :func:`inference.infer`, in the decode pool.
@@ -60,7 +64,8 @@ def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
     raw = request.raw_input_contents
     if raw and len(raw) != len(request.inputs):
         raise BadRequest(
-            f"raw_input_contents: expected one entry per input ({len(request.inputs)}); received {len(raw)}"
+            f"raw_input_contents: expected one entry per input ({len(request.inputs)}); received "
+            f"{len(raw)}"
         )
     inputs = []
     for i, tensor in enumerate(request.inputs):
@@ -73,12 +78,14 @@ def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
         field = _CONTENTS.get(datatype)
         if field is None:  # FP16 has no typed field in the protocol
             raise BadRequest(
-                f"{where}: expected raw_input_contents for datatype {datatype}; received typed contents"
+                f"{where}: expected raw_input_contents for datatype {datatype}; received typed "
+                "contents"
             )
         values = getattr(tensor.contents, field)
         if values and len(values) != math.prod(shape):
             raise BadRequest(
-                f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; received {len(values)}"
+                f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; "
+                f"received {len(values)}"
             )
         inputs.append(
             codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None)
@@ -90,7 +97,8 @@ def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
 def encode_infer_response(
     name: str, version: str, outputs: inference.Outputs, request_id: str | None
 ) -> Any:
-    """A ``ModelInferResponse`` with every output as raw little-endian bytes (what tritonclient reads fastest)."""
+    """A ``ModelInferResponse`` with every output as raw little-endian bytes (what tritonclient
+    reads fastest)."""
     response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id or "")
     for output_name, array, _ in outputs:
         response.outputs.add(
