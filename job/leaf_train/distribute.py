@@ -83,11 +83,12 @@ def worker_hosts(
     """``host:port`` of every worker, in index order.
 
     Args:
-        workers: number of workers (the Indexed Job's completions). port: port every worker listens
-        on when ``hosts`` does not name one. job_name: the Kubernetes Job; its pods are called
-        ``<job_name>-<index>``. service: the headless Service that is the pods' ``subdomain``.
+        workers: number of workers (the Indexed Job's completions).
+        port: port every worker listens on when ``hosts`` does not name one.
+        job_name: the Kubernetes Job; its pods are called ``<job_name>-<index>``.
+        service: the headless Service that is the pods' ``subdomain``.
         hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback
-        runs.
+            runs.
 
     Raises:
         ConfigError: explicit hosts that do not match ``workers``, or no way to name the pods.

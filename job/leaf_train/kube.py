@@ -318,7 +318,8 @@ class KubeReporter:
 
         Args:
             deployment: the Deployment; empty = the configured ``rollout_deployment`` (none =
-            no-op). version: the promoted version, recorded in a pod-template annotation too.
+                no-op).
+            version: the promoted version, recorded in a pod-template annotation too.
         """
         name = deployment or self.rollout_deployment
         if not self.enabled or not name:

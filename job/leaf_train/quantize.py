@@ -43,9 +43,9 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     convolutions run as integer dot products: BENCHMARKS.md, "INT8".
 
     Args:
-        onnx_bytes: the float32 model. calibration: uint8 or float32 ``[N, H, W, 3]`` training
-        images (never validation images: those
-            measure the result).
+        onnx_bytes: the float32 model.
+        calibration: uint8 or float32 ``[N, H, W, 3]`` training images (never validation images:
+            those measure the result).
 
     Raises:
         ExportError: the quantizer failed.

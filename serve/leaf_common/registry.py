@@ -286,15 +286,16 @@ def read_verified_model(version_store: Store, expected_version: str | None) -> V
     it records one. The job's quality gate (the champion) and the server read versions through this.
 
     Args:
-        version_store: the version folder. expected_version: the version the pointer (or the
-        registry folder name) says this is; ``None``
-            for a folder mounted anywhere, whose manifest then says which version it holds.
+        version_store: the version folder.
+        expected_version: the version the pointer (or the registry folder name) says this is;
+            ``None`` for a folder mounted anywhere, whose manifest then says which version it holds.
 
     Raises:
-        ManifestMissing: no manifest (a publication in progress or one that died). RegistryError: a
-        manifest of another version, a file that differs, a contract of another version.
-        ContractError: ``model.json`` is not a valid contract. StoreError: the store failed
-        (``StoreUnavailable`` when that may pass).
+        ManifestMissing: no manifest (a publication in progress or one that died).
+        RegistryError: a manifest of another version, a file that differs, a contract of another
+            version.
+        ContractError: ``model.json`` is not a valid contract.
+        StoreError: the store failed (``StoreUnavailable`` when that may pass).
     """
     contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[
         CONTRACT_FILE

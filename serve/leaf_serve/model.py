@@ -36,13 +36,13 @@ def provider_options(
     """ONNX Runtime options of one GPU execution provider.
 
     Args:
-        name: ``CUDAExecutionProvider`` or ``TensorrtExecutionProvider``. device_id: CUDA device
-        index. trt_engine_cache_path: folder for TensorRT's engine and timing caches; empty = no
-        cache. Building
-            an engine for VGG16 takes minutes, so a cache on a volume makes restarts and reloads
-            fast.
+        name: ``CUDAExecutionProvider`` or ``TensorrtExecutionProvider``.
+        device_id: CUDA device index.
+        trt_engine_cache_path: folder for TensorRT's engine and timing caches; empty = no cache.
+            Building an engine for VGG16 takes minutes, so a cache on a volume makes restarts and
+            reloads fast.
         trt_fp16: let TensorRT pick FP16 kernels (faster on Tensor Cores, slightly different
-        numbers).
+            numbers).
 
     Raises:
         ModelLoadError: ``name`` is not a GPU provider.

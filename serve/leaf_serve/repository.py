@@ -86,15 +86,16 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
     """Download a complete version's contract and ONNX bytes, verified against its manifest.
 
     Args:
-        store: the version folder. expected_version: the version the pointer (or the registry folder
-        name) says this is; ``None``
-            for a folder mounted anywhere (``/model``), whose manifest then says which version it
-            holds.
+        store: the version folder.
+        expected_version: the version the pointer (or the registry folder name) says this is;
+            ``None`` for a folder mounted anywhere (``/model``), whose manifest then says which
+            version it holds.
 
     Raises:
         ModelLoadError: no manifest, a manifest or contract of another version, or a file that
-        differs. StoreUnavailable: the store could not be read just now (retry; nothing is wrong
-        with the version).
+            differs.
+        StoreUnavailable: the store could not be read just now (retry; nothing is wrong with the
+            version).
     """
     try:
         verified = read_verified_model(store, expected_version)
