@@ -50,13 +50,50 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
     Raises:
         ExportError: the quantizer failed.
     """
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        source, prepared, quantized = (
+            Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx")
+        )
+        source.write_bytes(onnx_bytes)
+        # the quantizer raises plain Exceptions and ValueErrors on graphs it cannot handle
+        try:
+            _quantize(source, prepared, quantized, calibration)
+        except Exception as e:
+            raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from e
+        data = quantized.read_bytes()
+    log.info(
+        "quantized ONNX to INT8 (QDQ, %d calibration images) in %.1f s",
+        len(calibration),
+        time.monotonic() - start,
     )
+    return data
+
+
+def _quantize(source: Path, prepared: Path, quantized: Path, calibration: np.ndarray) -> None:
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    quant_pre_process(str(source), str(prepared))
+    quantize_static(
+        str(prepared),
+        str(quantized),
+        _calibration_reader(calibration),
+        quant_format=QuantFormat.QDQ,
+        # Only where the time goes. Left to itself the quantizer also quantizes the softmax's
+        # output to steps of 1/255: probabilities that no longer sum to 1 (the server's smoke test
+        # refuses them).
+        op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True,
+        nodes_to_exclude=_head_matmuls(prepared),
+        activation_type=QuantType.QInt8,
+        weight_type=QuantType.QInt8,
+    )
+
+
+def _calibration_reader(calibration: np.ndarray) -> Any:
+    """``calibration`` in float32 batches, the way ``quantize_static`` reads it."""
+    from onnxruntime.quantization import CalibrationDataReader
 
     class Batches(CalibrationDataReader):
         def __init__(self) -> None:
@@ -71,39 +108,7 @@ def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
             self._next += _CALIBRATION_BATCH
             return {INPUT_NAME: batch}
 
-    start = time.monotonic()
-    with tempfile.TemporaryDirectory() as tmp:
-        source, prepared, quantized = (
-            Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx")
-        )
-        source.write_bytes(onnx_bytes)
-        try:
-            quant_pre_process(str(source), str(prepared))
-            quantize_static(
-                str(prepared),
-                str(quantized),
-                Batches(),
-                quant_format=QuantFormat.QDQ,
-                # Only where the time goes. Left to itself the quantizer also quantizes the
-                # softmax's output to steps of 1/255: probabilities that no longer sum to 1 (the
-                # server's smoke test refuses them).
-                op_types_to_quantize=QUANTIZED_OPS,
-                per_channel=True,
-                nodes_to_exclude=_head_matmuls(prepared),
-                activation_type=QuantType.QInt8,
-                weight_type=QuantType.QInt8,
-            )
-        except (
-            Exception
-        ) as e:  # the quantizer raises plain Exceptions and ValueErrors on graphs it cannot handle
-            raise ExportError(f"INT8 quantization failed: {type(e).__name__}: {e}") from e
-        data = quantized.read_bytes()
-    log.info(
-        "quantized ONNX to INT8 (QDQ, %d calibration images) in %.1f s",
-        len(calibration),
-        time.monotonic() - start,
-    )
-    return data
+    return Batches()
 
 
 def _head_matmuls(model_path: Path) -> list[str]:

@@ -181,43 +181,54 @@ def decide(
             why,
             [_row("champion unchanged", f"served = {champion}", None, None, FAIL, why=why)],
         )
+    decision, why, rows = _judge(cfg, champion, stats, reviewed, age)
+    return verdict(decision, why, rows)
+
+
+def _judge(
+    cfg: RolloutConfig,
+    champion: str,
+    stats: ShadowStats,
+    reviewed: list[tuple[str, str, str]],
+    age: float,
+) -> tuple[str, str, list[dict]]:
+    """The rules after "champion unchanged": decision, reason and the table's rows."""
     enough = stats.mirrored >= cfg.shadow_min_requests
+    verdict = PASS if enough else FAIL
     rows = [
-        _row(
-            "mirrored requests",
-            f">= {cfg.shadow_min_requests}",
-            stats.mirrored,
-            None,
-            PASS if enough else FAIL,
-        ),
+        _row("mirrored requests", f">= {cfg.shadow_min_requests}", stats.mirrored, None, verdict)
     ]
     if not enough:
-        if age > cfg.shadow_max_age_hours:
-            why = (
-                f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after "
-                f"{age:.1f} h "
-                f"(shadow_max_age_hours={cfg.shadow_max_age_hours:g})"
-            )
-            return verdict(REJECT, why, rows)
-        why = (
-            f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored "
-            "requests "
-            f"({stats.dropped} dropped) after {age:.1f} h of {cfg.shadow_max_age_hours:g}"
-        )
-        return verdict(WAIT, why, rows)
+        return _too_few(cfg, stats, age, rows)
     rows += _agreement_rows(cfg, stats) + _review_rows(cfg, reviewed)
     failed = [r["why"] for r in rows if r["verdict"] == FAIL]
     if failed:
-        return verdict(REJECT, "; ".join(failed), rows)
+        return REJECT, "; ".join(failed), rows
     agreement = stats.agreed / stats.mirrored
     judged = sum(1 for r in rows if r["rule"] == CLASS_RULE and r["verdict"] == PASS)
     why = (
-        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, and on "
-        "at least "
-        f"{cfg.shadow_min_class_agreement:.2f} of each of {judged} champion class(es) with enough "
-        "requests"
+        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, "
+        f"and on at least {cfg.shadow_min_class_agreement:.2f} of each of {judged} champion "
+        "class(es) with enough requests"
     )
-    return verdict(PROMOTE, why, rows)
+    return PROMOTE, why, rows
+
+
+def _too_few(
+    cfg: RolloutConfig, stats: ShadowStats, age: float, rows: list[dict]
+) -> tuple[str, str, list[dict]]:
+    """Wait for more mirrored requests, or reject a candidate that waited too long."""
+    if age > cfg.shadow_max_age_hours:
+        why = (
+            f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after "
+            f"{age:.1f} h (shadow_max_age_hours={cfg.shadow_max_age_hours:g})"
+        )
+        return REJECT, why, rows
+    why = (
+        f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests "
+        f"({stats.dropped} dropped) after {age:.1f} h of {cfg.shadow_max_age_hours:g}"
+    )
+    return WAIT, why, rows
 
 
 def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:

@@ -96,12 +96,6 @@ def card_json(
     list. ``drift`` is the server's own record of what it has seen since it loaded the version
     (``DriftMonitor.state``), the one part that is not a published file.
     """
-    published = card.metrics or {}
-    summary = {
-        k: _number(published.get(k, contract.metrics.get(k)))
-        for k in ("accuracy", "top3_accuracy", "macro_f1")
-    }
-    per_class = published.get("per_class") if isinstance(published.get("per_class"), dict) else {}
     gate = contract.gate or {}
     dataset = contract.dataset or {}
     return {
@@ -116,20 +110,7 @@ def card_json(
             "name": dataset_name or None,
             **{k: dataset.get(k) for k in ("images", "train_images", "val_images", "fingerprint")},
         },
-        "metrics": {
-            **summary,
-            "num_images": published.get("num_images", contract.metrics.get("num_images")),
-            "source": METRICS_FILE if card.metrics else "model.json" if contract.metrics else None,
-            "per_class": [
-                {
-                    "label": label,
-                    "display": readable_label(label),
-                    **{k: values.get(k) for k in _PER_CLASS},
-                }
-                for label, values in per_class.items()
-                if isinstance(values, dict)
-            ],
-        },
+        "metrics": _metrics_json(contract, card),
         "gate": {k: gate.get(k) for k in _GATE},
         "figures": {
             key: f"/model/{name}" if name in card.figures else None for key, name in FIGURES.items()
@@ -137,6 +118,30 @@ def card_json(
         "missing": list(card.missing),
         "problem": card.problem or None,
         "trust": trust_json(contract, card, drift),
+    }
+
+
+def _metrics_json(contract: ModelContract, card: ModelCard) -> dict[str, Any]:
+    """metrics.json's numbers when published, else model.json's summary (no per-class rows)."""
+    published = card.metrics or {}
+    summary = {
+        k: _number(published.get(k, contract.metrics.get(k)))
+        for k in ("accuracy", "top3_accuracy", "macro_f1")
+    }
+    per_class = published.get("per_class") if isinstance(published.get("per_class"), dict) else {}
+    return {
+        **summary,
+        "num_images": published.get("num_images", contract.metrics.get("num_images")),
+        "source": METRICS_FILE if card.metrics else "model.json" if contract.metrics else None,
+        "per_class": [
+            {
+                "label": label,
+                "display": readable_label(label),
+                **{k: values.get(k) for k in _PER_CLASS},
+            }
+            for label, values in per_class.items()
+            if isinstance(values, dict)
+        ],
     }
 
 

@@ -95,8 +95,29 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        # Read at scrape time, so on their own registry (see the module's docstring).
+        self.live = CollectorRegistry(auto_describe=True)
         self._model_labels: tuple[str, str, str] | None = None
-        r = self.registry
+        self._declare_request_metrics(self.registry)
+        self._declare_model_metrics(self.registry)
+        self._declare_side_traffic_metrics(self.registry)
+        self._declare_live_metrics()
+        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and
+        # dashboard see the first failure as a change (a series born at 1 is no increase) and the
+        # names exist to check.
+        for counter, values in (
+            (self.reloads, RELOAD_OUTCOMES),
+            (self.captures, CAPTURE_OUTCOMES),
+            (self.connections_closed, CLOSE_REASONS),
+        ):
+            for value in values:
+                counter.labels(value)
+
+        from .drift import DriftMetrics  # drift imports FunctionGauge from here
+
+        self.drift = DriftMetrics(self.registry, self.live)
+
+    def _declare_request_metrics(self, r: CollectorRegistry) -> None:
         self.requests = Counter(
             "leaf_serve_requests",
             "HTTP requests by endpoint and outcome",
@@ -125,6 +146,14 @@ class ServeMetrics:
         self.batch_size = Histogram(
             "leaf_serve_batch_size", "Images per batch run", buckets=_BATCH, registry=r
         )
+        self.connections_closed = Counter(
+            "leaf_serve_connections_closed",
+            "Connections closed by the server's deadlines",
+            ["reason"],
+            registry=r,
+        )
+
+    def _declare_model_metrics(self, r: CollectorRegistry) -> None:
         self.model_info = Gauge(
             "leaf_serve_model_info",
             "The model version being served (value 1)",
@@ -144,59 +173,39 @@ class ServeMetrics:
         self.reloads = Counter(
             "leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r
         )
+
+    def _declare_side_traffic_metrics(self, r: CollectorRegistry) -> None:
+        """What leaves the response path: mirrors to the shadow candidate, photos to the inbox."""
         self.shadow = Counter(
             "leaf_serve_shadow_requests",
             "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the "
-            "champion's top-1), "
-            "dropped (no spare capacity), failed",
+            "champion's top-1), dropped (no spare capacity), failed",
             ["outcome"],
             registry=r,
         )
-        self.connections_closed = Counter(
-            "leaf_serve_connections_closed",
-            "Connections closed by the server's deadlines",
-            ["reason"],
+        self.captures = Counter(
+            "leaf_serve_captures",
+            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute "
+            "limit), dropped_queue (queue full or shutting down)",
+            ["outcome"],
             registry=r,
         )
-        # Read at scrape time, so on their own registry (see the module's docstring).
-        self.live = CollectorRegistry(auto_describe=True)
+
+    def _declare_live_metrics(self) -> None:
         self.memory_in_use = FunctionGauge(
             "leaf_serve_memory_budget_bytes",
             "Bytes held against each memory budget now (request bodies, image decoding)",
             ("budget",),
         )
         self.live.register(self.memory_in_use)
-
-        self.captures = Counter(
-            "leaf_serve_captures",
-            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute "
-            "limit), "
-            "dropped_queue (queue full or shutting down)",
-            ["outcome"],
-            registry=r,
-        )
         self.capture_queue_bytes = FunctionGauge(
             "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
         )
         self.live.register(self.capture_queue_bytes)
-        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and
-        # dashboard see the first failure as a change (a series born at 1 is no increase) and the
-        # names exist to check.
-        for counter, values in (
-            (self.reloads, RELOAD_OUTCOMES),
-            (self.captures, CAPTURE_OUTCOMES),
-            (self.connections_closed, CLOSE_REASONS),
-        ):
-            for value in values:
-                counter.labels(value)
         if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
             self.live.register(
                 WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE))
             )
-
-        from .drift import DriftMetrics  # drift imports FunctionGauge from here
-
-        self.drift = DriftMetrics(r, self.live)
 
     def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
         """Point the info gauge at the version now served (exactly one series at a time).
