@@ -1,32 +1,6 @@
 """The seed's augmentation as one batched affine transform, run inside the compiled train step.
 
-``--augment device`` moves the augmentation of :func:`leaf_train.inputs.augmentation` (Keras layers
-in tf.data on the host) onto the accelerator: the host only gathers uint8 batches from the decoded
-array, and the train step casts, augments and then runs Keras's own step. A GPU at thousands of
-images/s would otherwise wait for a host that augments a few hundred per core.
-
-Same augmentation, not a look-alike: each image draws the parameters the Keras 3.15 layers draw,
-from the same ranges, and the five maps are composed in the layers' order into one 3x3 matrix
-(output pixel -> input pixel, as ``ImageProjectiveTransformV3`` reads it):
-
-* rotation: angle ~ U(-rotation, rotation) degrees about the image centre ((w-1)/2, (h-1)/2);
-* translation: tx ~ U(-shift, shift) * width, ty ~ U(-shift, shift) * height;
-* shear: [[1, sx], [sy, 1]] about the top-left pixel, sx, sy ~ U(-shear, shear) (RandomShear's
-  matrix entries, not angles; its random sign flip of both leaves that distribution unchanged);
-* zoom: zx, zy ~ U(1 - zoom, 1 + zoom) independently, about the centre (> 1 shows more, i.e. zooms
-  out);
-* flip: x -> (w-1) - x with probability 1/2.
-
-Then one bilinear resampling with source coordinates clamped to the border, which is
-``fill_mode="nearest"``. The host path resamples once per layer (four times, clamping in between);
-this resamples once, so it is slightly sharper and its borders differ where an intermediate layer
-clamped; the geometry drawn is the same (``tests/job/test_augment_device.py`` compares it).
-
-Only gathers and arithmetic: XLA compiles them (Keras's geometric layers do not support XLA), and
-stateless random numbers seeded by (seed, phase, step, replica) keep a run repeatable on CPU and
-resumable from a checkpoint (the step is the optimizer's iteration counter, which is checkpointed).
-The step function is set on the model *instance*; the model's graph, its saved file and the ONNX
-export never contain it.
+Design: docs/training.md#augmentation-on-the-device
 """
 
 from __future__ import annotations

@@ -1,25 +1,6 @@
 """Which ``tf.distribute`` strategy a run uses, and the cluster it spans.
 
-- Several workers (a Kubernetes Indexed Job, or ``TF_CONFIG`` set by another operator):
-  ``MultiWorkerMirroredStrategy`` over all of them; each worker also mirrors over its local GPUs.
-- One worker with more than one GPU visible: ``MirroredStrategy`` over those GPUs.
-- Otherwise TensorFlow's default strategy (one device, no coordination).
-
-On an Indexed Job each pod learns its index from ``JOB_COMPLETION_INDEX`` (set by
-Kubernetes) and finds its peers by their stable hostnames ``<job-name>-<index>``, which
-resolve as ``<job-name>-<index>.<headless-service>`` because the pods' ``subdomain`` is
-that Service. ``TF_CONFIG`` is built from those; nothing else coordinates the workers.
-
-Batch size is *global*: each of the ``R`` replicas (all GPUs of all workers) sees
-``batch_size / R`` images per step, so adding GPUs keeps the optimisation the same and
-makes each epoch shorter. ``lr_scaling=linear`` multiplies the learning rates by ``R``
-(Goyal et al., 2017) for users who instead scale the global batch with the replicas.
-
-Worker 0 is the chief: it alone writes checkpoints, evaluates, exports and publishes.
-Every worker reads the same checkpoint at start, so a restarted Job resumes consistently.
-
-TensorFlow, Keras and the checkpoint module are imported inside the functions that use them:
-the cluster helpers are used without them (``tests/charts`` resolves clusters from rendered pods).
+Design: docs/scaling.md#strategies-workers-and-the-global-batch
 """
 
 from __future__ import annotations

@@ -1,34 +1,7 @@
 """The retrain policy: does this run have anything new to learn? Decided from the listing, before
 any download.
 
-A scheduled retrain on an unchanged bucket burns a GPU node to publish a near-copy of the served
-model. So, once the photos are listed and before one of them is downloaded, the job compares
-three things with the **served** version (``latest.json``):
-
-* **photos**: every image's key, ETag and size in the listing against the served version's
-  ``dataset.json`` (the usable photos it trained on and the unusable ones it skipped). Keys carry
-  the class folder, so a photo moved to another class is a change; the dataset URI is not compared
-  (the same keys with the same ETags are the same labelled photos, wherever the bucket lives).
-* **training options** that shape the weights or the published files (:data:`SHAPING_OPTIONS`)
-  against ``model.json``'s ``training`` block. Not compared: ``deterministic``, ``mixed_precision``,
-  ``jit_compile``, ``workers`` and where augmentation runs (speed and rounding of the same
-  optimisation; the batch is global),
-  and the gate's thresholds (they judge a model, they do not shape it: a version they rejected can
-  be promoted by hand).
-* **code**: the SHA-256 of the training code's source and the versions of the packages that
-  shape a model's numbers (``provenance.code`` and ``provenance.packages``). The content, because
-  ``__version__`` is not bumped with every change: a new image retrains once.
-
-The run is skipped only when the options and code are equal and fewer than ``min_new_images``
-photos were added, changed or removed. Anything that cannot be compared (nothing served, a served
-version without these records, an unreadable ``dataset.json``) means: train.
-
-Whether the check runs at all: ``--skip-if-unchanged on|off``, or ``auto`` = on for runs the
-schedule started. The chart sets ``LEAF_TRAIN_RUN_TRIGGER=scheduled`` on the CronJob's pod template
-(every pod of the Job sees it, no API call needed, and every worker of a multi-worker run decides
-alike); ``leaf-train submit`` sets ``manual`` on the Job it creates, and ``submit --force`` also
-sets ``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``. ``kubectl create job --from=cronjob/...`` copies the pod
-template as it is, so such a run counts as scheduled.
+Design: docs/training.md#the-retrain-policy-skip-a-run-with-nothing-new
 """
 
 from __future__ import annotations
@@ -270,6 +243,13 @@ def decide(
             f"training: {len(differences)} option/code difference(s) from {version}: {named}",
             version,
         )
+    return _photo_decision(cfg, listed, dataset, version, why)
+
+
+def _photo_decision(
+    cfg: RetrainConfig, listed: DatasetIndex, dataset: dict[str, Any], version: str, why: str
+) -> RetrainDecision:
+    """Options and code are unchanged: skip unless ``min_new_images`` photos changed."""
     try:
         changes = compare_photos(listed, dataset)
     except ValueError as e:
@@ -281,8 +261,7 @@ def decide(
     if changes.count == 0:
         reason = (
             f"the {len(listed.items)} photos, the training options and the code are those of the "
-            "served version "
-            f"{version}: nothing new to learn ({why})"
+            f"served version {version}: nothing new to learn ({why})"
         )
     else:
         reason = (

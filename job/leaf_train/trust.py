@@ -1,25 +1,7 @@
 """Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf")
 detector.
 
-Split. The validation images (a hash of each key, ``dataset.hash_split``) are cut in two by a
-*second* hash of the key: the ``fit`` half fits the temperature and the OOD threshold, the
-``report`` half is where ECE, NLL and the held-out abstain rate are measured. Both depend on the key
-alone, so an image never changes half as the bucket grows.
-
-Calibration: temperature scaling (Guo et al. 2017), T minimising NLL of softmax(logits / T) on the
-fit half. It never changes the top-1 class, so accuracy and the gate's other rules are untouched.
-
-OOD: the squared Mahalanobis distance to the nearest class mean (Lee et al. 2018), class means and a
-shared shrunk covariance fitted on training images, in three feature spaces summed after dividing
-each by its median on training images: the spatial means of VGG16's ``block2_pool`` and
-``block3_pool`` (colour and texture: they catch flat colours, gradients and smooth noise that the
-classifier's own features map near a class) and the penultimate Dense (what the classifier sees). On
-the suite's synthetic leaves the penultimate Dense alone let through about a quarter of the
-out-of-distribution set; the three together let none through (BENCHMARKS.md, "Answers people can
-trust"). The threshold is the fit half's (1 - ``OOD_FIT_RATE``) quantile, so about 1 % of held-out
-leaves abstain there and the goal (<= 2 %) has room on the report half. Both the temperature and the
-detector's constants are baked into the exported ONNX (``export.to_onnx``), so serving needs nothing
-but ONNX Runtime and the manifest's digest covers them.
+Design: docs/trust.md#how-a-run-fits-them
 """
 
 from __future__ import annotations
@@ -174,6 +156,39 @@ def fit(
     fit_i, rep_i, split = halves(keys)
 
     temperature = maths.fit_temperature(logits[fit_i], y[fit_i])
+    after = maths.softmax(logits, temperature)
+    calibration, reliability = _calibration_report(logits, y, temperature, fit_i, rep_i, split)
+    # which training images fit the detector: repeatable with the run's seed
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(data.train_slots)[:OOD_TRAIN_IMAGES])
+    spaces = fit_spaces(
+        features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes)
+    )
+    scores = ood_score(spaces, f_val)
+    threshold = maths.threshold_for(scores[fit_i], OOD_FIT_RATE)
+    head = TrustHead(temperature, kernel, bias, spaces, threshold)
+    ood = _ood_report(kernel, threshold, scores, len(chosen), fit_i, rep_i)
+    if ood_images is not None and len(ood_images):
+        all_slots = np.arange(len(ood_images))
+        ood_scores = ood_score(spaces, features_of(features, ood_images, all_slots, batch))
+        ood |= {
+            "ood_set_images": len(ood_images),
+            "ood_set_abstain_rate": float(np.mean(ood_scores > threshold)),
+        }
+    reference = held_out_reference(after, scores, len(data.index.classes))
+    _log_fit(calibration, ood)
+    return TrustFit(head, calibration, ood, reference, reliability)
+
+
+def _calibration_report(
+    logits: np.ndarray,
+    y: np.ndarray,
+    temperature: float,
+    fit_i: np.ndarray,
+    rep_i: np.ndarray,
+    split: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """model.json's ``calibration`` and reliability diagram, both measured on the report half."""
     before, after = maths.softmax(logits), maths.softmax(logits, temperature)
     calibration = {
         "method": "temperature",
@@ -197,58 +212,52 @@ def fit(
         "before": maths.reliability(before[rep_i], y[rep_i]),
         "after": maths.reliability(after[rep_i], y[rep_i]),
     }
+    return calibration, reliability
 
-    rng = np.random.default_rng(
-        seed
-    )  # which training images fit the detector: repeatable with the run's seed
-    chosen = np.sort(rng.permutation(data.train_slots)[:OOD_TRAIN_IMAGES])
-    spaces = fit_spaces(
-        features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes)
-    )
-    scores = ood_score(spaces, f_val)
-    threshold = maths.threshold_for(scores[fit_i], OOD_FIT_RATE)
-    head = TrustHead(temperature, kernel, bias, spaces, threshold)
-    ood = {
+
+def _ood_report(
+    kernel: np.ndarray,
+    threshold: float,
+    scores: np.ndarray,
+    train_images: int,
+    fit_i: np.ndarray,
+    rep_i: np.ndarray,
+) -> dict[str, Any]:
+    """model.json's ``ood``: how the detector scores, and how often it abstains on each half."""
+    return {
         "method": "mahalanobis",
         "features": [
             *(f"mean of {n}" for n in BASE_LAYERS),
             f"penultimate Dense({kernel.shape[0]})",
         ],
         "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest "
-        "class mean "
-        f"(shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on training images",
+        f"class mean (shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on "
+        "training images",
         "threshold": threshold,
         "abstain_when": "ood_score > threshold",
-        "train_images": len(chosen),
+        "train_images": train_images,
         "fit_images": len(fit_i),
         "fit_abstain_rate": float(np.mean(scores[fit_i] > threshold)),
         "heldout_images": len(rep_i),
         "heldout_abstain_rate": float(np.mean(scores[rep_i] > threshold)),
         "goal_heldout_abstain_rate": OOD_GOAL_RATE,
     }
-    if ood_images is not None and len(ood_images):
-        all_slots = np.arange(len(ood_images))
-        ood_scores = ood_score(spaces, features_of(features, ood_images, all_slots, batch))
-        ood |= {
-            "ood_set_images": len(ood_images),
-            "ood_set_abstain_rate": float(np.mean(ood_scores > threshold)),
-        }
-    reference = held_out_reference(after, scores, len(data.index.classes))
+
+
+def _log_fit(calibration: dict[str, Any], ood: dict[str, Any]) -> None:
     log.info(
         "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold "
-        "%.4g, held-out "
-        "abstain %.3f, OOD set abstain %s",
-        temperature,
+        "%.4g, held-out abstain %.3f, OOD set abstain %s",
+        calibration["temperature"],
         calibration["before"]["ece"],
         calibration["after"]["ece"],
         calibration["before"]["nll"],
         calibration["after"]["nll"],
-        len(rep_i),
-        threshold,
+        calibration["report_images"],
+        ood["threshold"],
         ood["heldout_abstain_rate"],
         ood.get("ood_set_abstain_rate", "not measured"),
     )
-    return TrustFit(head, calibration, ood, reference, reliability)
 
 
 def held_out_reference(probs: np.ndarray, scores: np.ndarray, num_classes: int) -> dict[str, Any]:

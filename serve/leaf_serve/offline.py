@@ -1,22 +1,7 @@
 """The offline page (``--offline-page``): what a phone needs to keep diagnosing where the network is
 not.
 
-Routes, only when the option is on:
-
-* ``/sw.js`` - the service worker. Its body starts with a hash of every page file it caches, so a
-  new image (new page files) is a new worker, and the browser replaces the old cache with the new
-  one.
-* ``/manifest.webmanifest`` - the web app manifest (the page installs on a phone's home screen).
-* ``/offline/bundle.json`` - the served version's offline model: its file, variant, size and sha256,
-  labels, the contract (model.json) and the abstain thresholds. Its ETag hashes all of that, so the
-  page learns of a new version with a conditional GET that costs a 304 when nothing changed.
-* ``/offline/model/{version}`` - that file's bytes (the INT8 export when the version has one, else
-  FP32); 404 once another version is served, so the page never stores one version's file under
-  another's name.
-* ``/ui/vendor/{name}`` - ONNX Runtime Web, vendored at build time (``scripts/vendor-ort-web.sh``).
-
-The page verifies the model's sha256 before it swaps versions and runs it with ONNX Runtime Web
-(``ui/offline.js``); nothing else changes on the server.
+Design: docs/offline.md#routes-of-the-offline-page
 """
 
 from __future__ import annotations

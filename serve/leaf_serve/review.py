@@ -1,22 +1,6 @@
 """``/review``: the inbox as a grid, and the two decisions a reviewer makes about each photo.
 
-Off unless a review token is configured (``--review-token-file``, a mounted Secret). Every
-request, the page itself included, must carry the token: ``Authorization: Bearer <token>`` from
-scripts, or Basic auth from a browser (any user name, the token as password), which the browser
-asks for once and then sends with the page's own API calls and photos. Anything else is a 401.
-
-Accepting copies the photo into ``<data>/<class>/<id>.<ext>`` with a conditional write and then
-removes it from the inbox; "not a leaf" deletes it (:class:`leaf_common.inbox.Inbox`). Every
-POST must be ``application/json``: a form on another site cannot send that without a CORS
-preflight, which this server never grants, so a browser holding the token cannot be made to
-review by someone else's page.
-
-Guessing is limited: a client (address, or the trusted proxy header) that sends
-``review_failed_logins`` wrong tokens within ``review_login_window`` seconds gets 429 for the rest
-of that window, its right token included, and its failures are logged once per window, not once
-each. A request without any token (a browser's first visit) is not a failure and is not logged. Two
-decisions about one photo cannot both happen: each claims the item first
-(:meth:`leaf_common.inbox.Inbox.claim`), and the one that loses gets 409.
+Design: docs/serving.md#the-review-endpoints
 """
 
 from __future__ import annotations

@@ -1,30 +1,7 @@
 """``--processes N``: N server processes on the same ports, so one node's cores can feed one
 accelerator.
 
-One Python process runs the event loop, the protocol code and the batcher on one core. On a GPU that
-core, not the GPU, is the limit (BENCHMARKS.md, "Serving at the hardware's speed"), so the way to
-use a GPU node is several processes. Each worker is a whole ``leaf-serve`` (its own model session,
-batcher, hot reload; on a GPU, its own CUDA context sharing the device) and binds the REST port with
-``SO_REUSEPORT``, so the kernel spreads new connections over the workers; gRPC's listener sets
-``SO_REUSEPORT`` itself. Nothing is shared between workers but the ports and the metrics files.
-
-This process only supervises: it starts the workers, forwards SIGTERM/SIGINT (each worker drains as
-one server would), restarts a worker that dies of a crash (a signal, an OOM kill) or hangs, and ends
-the whole server when a worker exits with a failure every worker shares (1: the model cannot be
-served, 2: a bad option, 3: a port that cannot be bound) or when workers keep dying
-(``MAX_RESTARTS`` within ``RESTART_WINDOW`` seconds), so Kubernetes restarts the pod rather than a
-loop hiding a fault.
-
-A hang is noticed by a heartbeat: each worker's event loop touches its own file every second
-(``DrainingServer.on_tick``), and a worker whose file has not been touched for ``--worker-timeout``
-seconds (stopped, deadlocked, spinning in code that never yields) is killed with SIGKILL and
-restarted like a crashed one. The clock starts at the first beat, so loading a model (minutes for a
-TensorRT engine) is not a hang. Without this the kernel keeps sending a share of new connections to
-a worker that never answers them, and the kubelet's probe passes whenever it lands on a healthy one.
-
-Metrics: Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder under the
-temporary directory, which the chart mounts as an emptyDir), so ``/metrics`` from any worker sums
-the counters and histograms of all of them; see :class:`leaf_serve.metrics.ServeMetrics`.
+Design: docs/serving.md#several-processes-per-pod
 """
 
 from __future__ import annotations
