@@ -144,8 +144,7 @@ def fit(
     seed: int,
     ood_images: np.ndarray | None = None,
 ) -> TrustFit:
-    """Fit calibration and the OOD detector on ``data``; measure them; ``ood_images`` are
-    not-leaves."""
+    """Fit calibration and the OOD detector on ``data``, measure them; ``ood_images``: no leaf."""
     features = feature_model(model)
     kernel, bias = head_weights(model)
     images, val = data.decoded.images, data.val_slots
@@ -169,8 +168,8 @@ def fit(
     head = TrustHead(temperature, kernel, bias, spaces, threshold)
     ood = _ood_report(kernel, threshold, scores, len(chosen), fit_i, rep_i)
     if ood_images is not None and len(ood_images):
-        all_slots = np.arange(len(ood_images))
-        ood_scores = ood_score(spaces, features_of(features, ood_images, all_slots, batch))
+        ood_f = features_of(features, ood_images, np.arange(len(ood_images)), batch)
+        ood_scores = ood_score(spaces, ood_f)
         ood |= {
             "ood_set_images": len(ood_images),
             "ood_set_abstain_rate": float(np.mean(ood_scores > threshold)),
