@@ -143,10 +143,30 @@ def train(
     """Both phases on ``data``'s training images, validated on its validation images; call in
     ``dist``'s scope."""
     opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
-    host_aug = opts.augment == "host"
+    train_ds, val_ds = _datasets(cfg, data, dist, opts)
+    dist.prepare_model(model, float_spec(train_ds.element_spec))
+    _log_options(cfg, opts)
+    run_phases(
+        model,
+        train_ds,
+        val_ds,
+        opts,
+        checkpoints=checkpoints,
+        state=state,
+        best_weights=best_weights,
+        on_phase_end=on_phase_end,
+        stop=stop,
+    )
+    return opts
+
+
+def _datasets(
+    cfg: TrainConfig, data: PreparedData, dist: Distribution, opts: FitOptions
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training and validation datasets, sharded for ``dist``."""
     aug = (
         augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
-        if host_aug
+        if opts.augment == "host"
         else None
     )
     images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
@@ -154,11 +174,14 @@ def train(
     train_ds = make_dataset(
         images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast
     )
-    train_ds = dist.shard(train_ds)
-    val_ds = dist.shard(
-        make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast)
+    val_ds = make_dataset(
+        images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast
     )
-    dist.prepare_model(model, float_spec(train_ds.element_spec))
+    return dist.shard(train_ds), dist.shard(val_ds)
+
+
+def _log_options(cfg: TrainConfig, opts: FitOptions) -> None:
+    """Log the options as resolved (``auto`` made concrete) beside what was asked for."""
     log.info(
         "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s "
         "(lr_scaling %s)",
@@ -175,18 +198,6 @@ def train(
             "jit_compile=on has no effect: Keras turns XLA off while op determinism is on "
             "(--deterministic)"
         )
-    run_phases(
-        model,
-        train_ds,
-        val_ds,
-        opts,
-        checkpoints=checkpoints,
-        state=state,
-        best_weights=best_weights,
-        on_phase_end=on_phase_end,
-        stop=stop,
-    )
-    return opts
 
 
 def float_spec(spec: tuple) -> tuple:
@@ -237,18 +248,11 @@ def run_phases(
             continue  # finished before the restart
         resuming = plan.phase == state.phase and state.epochs_done > 0
         if not resuming:
-            state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = (
-                plan.phase,
-                0,
-                None,
-                0,
-                0,
-            )
+            _start_phase(state, plan.phase)
             best_weights = None
             compile_for_phase(model, plan, opts.fine_tune_from, opts.jit_compile)
-        if (
-            opts.uint8_batches
-        ):  # per phase (its seed names the phase); a loaded checkpoint is a fresh object
+        if opts.uint8_batches:
+            # Per phase (its seed names the phase); a loaded checkpoint is a fresh object.
             attach(model, opts.device_augment, opts.seed, plan.phase)
         _fit_phase(
             model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop
@@ -260,6 +264,12 @@ def run_phases(
         if checkpoints is not None:
             checkpoints.save(state, model)
     return state
+
+
+def _start_phase(state: RunState, phase: int) -> None:
+    """Reset the per-phase counters (epochs, early stopping) for a phase started afresh."""
+    state.phase, state.epochs_done = phase, 0
+    state.best, state.wait, state.best_epoch = None, 0, 0
 
 
 def _fit_phase(
