@@ -235,7 +235,21 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
     view = memoryview(body)
     obj = _json_object(view[:split])
     binary = view[split:]
-    raw_inputs = obj.get("inputs")
+    inputs = _decode_inputs(obj.get("inputs"), binary)
+    params = _params(obj, "request")
+    return InferRequest(
+        inputs=inputs,
+        id=_request_id(obj.get("id")),
+        outputs=_decode_outputs(obj.get("outputs")),
+        binary_output=bool(
+            _flag(params.get("binary_data_output"), "parameters.binary_data_output")
+        ),
+        parameters=params,
+    )
+
+
+def _decode_inputs(raw_inputs: Any, binary: memoryview) -> list[InputTensor]:
+    """The request's input tensors; their binary parts, in order, must use up ``binary`` exactly."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise BadRequest(
             f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}"
@@ -248,19 +262,16 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         raise BadRequest(
             f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}"
         )
-    params = _params(obj, "request")
-    request_id = obj.get("id")
-    if request_id is not None and not isinstance(request_id, (str, int)):
+    return inputs
+
+
+def _request_id(request_id: Any) -> str | None:
+    """The request's ``id``, cut to 256 characters, as the response can echo it."""
+    if request_id is None:
+        return None
+    if not isinstance(request_id, (str, int)):
         raise BadRequest(f"id: expected a string; received {type(request_id).__name__}")
-    return InferRequest(
-        inputs=inputs,
-        id=None if request_id is None else _utf8(str(request_id)[:256]),
-        outputs=_decode_outputs(obj.get("outputs")),
-        binary_output=bool(
-            _flag(params.get("binary_data_output"), "parameters.binary_data_output")
-        ),
-        parameters=params,
-    )
+    return _utf8(str(request_id)[:256])
 
 
 def _utf8(text: str) -> str:
@@ -334,21 +345,10 @@ def encode_response(
         header["id"] = request_id
     blobs: list[bytes] = []
     for name, array, binary in outputs:
-        entry: dict[str, Any] = {
-            "name": name,
-            "datatype": datatype_of(array.dtype),
-            "shape": list(array.shape),
-        }
-        if binary:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            # orjson writes the array itself (no Python floats in between), and NaN/Infinity as
-            # null: JSON has neither, and a model failing on its input must still produce a valid
-            # body.
-            entry["data"] = np.ascontiguousarray(array.reshape(-1))
+        entry, blob = _output_entry(name, array, binary)
         header["outputs"].append(entry)
+        if blob is not None:
+            blobs.append(blob)
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}
@@ -356,6 +356,25 @@ def encode_response(
         "content-type": "application/octet-stream",
         HEADER_LENGTH: str(len(head)),
     }
+
+
+def _output_entry(
+    name: str, array: np.ndarray, binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    """One output's entry in the JSON header, and its bytes when it travels as binary data."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": datatype_of(array.dtype),
+        "shape": list(array.shape),
+    }
+    if not binary:
+        # orjson writes the array itself (no Python floats in between), and NaN/Infinity as null:
+        # JSON has neither, and a model failing on its input must still produce a valid body.
+        entry["data"] = np.ascontiguousarray(array.reshape(-1))
+        return entry, None
+    blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    entry["parameters"] = {"binary_data_size": len(blob)}
+    return entry, blob
 
 
 def multipart_file(content_type: str, body: bytes) -> bytes:
@@ -368,6 +387,22 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart body: expected a boundary in the Content-Type; received none")
+    parts = _multipart_parts(boundary, body)
+    files = {}
+    for part in parts[:_MAX_PARTS]:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition:
+            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
+    if not files:
+        raise BadRequest(
+            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), "
+            "no file"
+        )
+    return files.get("file", next(iter(files.values())))
+
+
+def _multipart_parts(boundary: bytes, body: bytes) -> list[dict[str, Any]]:
+    """The parts of a multipart ``body``: each one's headers (lower-case names) and data."""
     parts: list[dict[str, Any]] = []
 
     def on_part_begin() -> None:
@@ -401,14 +436,4 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
         raise BadRequest(
             f"multipart body: expected a form with a file field; could not parse it: {e}"
         ) from e
-    files = {}
-    for part in parts[:_MAX_PARTS]:
-        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        if b"filename" in disposition:
-            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
-    if not files:
-        raise BadRequest(
-            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), "
-            "no file"
-        )
-    return files.get("file", next(iter(files.values())))
+    return parts

@@ -85,6 +85,23 @@ def resolve_providers(
     Raises:
         ModelLoadError: an unknown provider name, or nothing usable remains.
     """
+    names = _provider_names(requested)
+    chosen = [n for i, n in enumerate(names) if n in available and n not in names[:i]]
+    missing = sorted(set(names) - set(available))
+    if missing:
+        log.info("execution providers not installed here, skipped: %s", ", ".join(missing))
+    if not chosen:
+        raise ModelLoadError(f"providers: none of {names} is installed; available: {available}")
+    return [
+        (n, provider_options(n, device_id, trt_engine_cache_path, trt_fp16))
+        if n in GPU_PROVIDERS
+        else n
+        for n in chosen
+    ]
+
+
+def _provider_names(requested: list[str]) -> list[str]:
+    """ORT provider names for the config's names, in order (``auto`` and short names expanded)."""
     names: list[str] = []
     for raw in requested:
         low = raw.strip().lower()
@@ -101,18 +118,7 @@ def resolve_providers(
                 "providers: expected auto, tensorrt, cuda, cpu or an ORT provider name; got "
                 f"{raw!r}"
             )
-    chosen = [n for i, n in enumerate(names) if n in available and n not in names[:i]]
-    missing = sorted(set(names) - set(available))
-    if missing:
-        log.info("execution providers not installed here, skipped: %s", ", ".join(missing))
-    if not chosen:
-        raise ModelLoadError(f"providers: none of {names} is installed; available: {available}")
-    return [
-        (n, provider_options(n, device_id, trt_engine_cache_path, trt_fp16))
-        if n in GPU_PROVIDERS
-        else n
-        for n in chosen
-    ]
+    return names
 
 
 @dataclass(frozen=True)
@@ -201,27 +207,8 @@ class OnnxModel:
         """
         import onnxruntime as ort
 
-        opts = self.options
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = opts.intra_op_threads or available_cpus()
-        options.add_session_config_entry(
-            "session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0"
-        )
-        options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        cache_path = opts.trt_engine_cache_path
-        providers = resolve_providers(
-            list(opts.providers),
-            ort.get_available_providers(),
-            opts.device_id,
-            trt_engine_cache_path=cache_path,
-            trt_fp16=opts.trt_fp16,
-        )
-        if any(isinstance(p, tuple) for p in providers) and hasattr(ort, "preload_dlls"):
-            # CUDA/cuDNN come as pip wheels (the serve-gpu extra), outside the loader's search path.
-            ort.preload_dlls()
-        if cache_path and any(isinstance(p, tuple) and p[0] == TENSORRT for p in providers):
-            Path(cache_path).mkdir(parents=True, exist_ok=True)
+        options = _session_options(ort, self.options)
+        providers = self._providers(ort)
         try:
             session = ort.InferenceSession(
                 self._model_bytes, sess_options=options, providers=providers
@@ -232,6 +219,7 @@ class OnnxModel:
             ) from e
         self._check_graph(session)
         self._session = session
+        opts = self.options
         self._model_bytes = None  # the session holds its own copy; do not keep two
         self.provider = session.get_providers()[0]
         # On a GPU, binding keeps the output on the device until one copy back, instead of ORT
@@ -248,6 +236,24 @@ class OnnxModel:
             "on" if self.io_binding else "off",
             self.pad_to or "no fixed size",
         )
+
+    def _providers(self, ort: Any) -> list[Any]:
+        """The provider list for this server's options, with what the GPU providers need ready."""
+        opts = self.options
+        cache_path = opts.trt_engine_cache_path
+        providers = resolve_providers(
+            list(opts.providers),
+            ort.get_available_providers(),
+            opts.device_id,
+            trt_engine_cache_path=cache_path,
+            trt_fp16=opts.trt_fp16,
+        )
+        if any(isinstance(p, tuple) for p in providers) and hasattr(ort, "preload_dlls"):
+            # CUDA/cuDNN come as pip wheels (the serve-gpu extra), outside the loader's search path.
+            ort.preload_dlls()
+        if cache_path and any(isinstance(p, tuple) and p[0] == TENSORRT for p in providers):
+            Path(cache_path).mkdir(parents=True, exist_ok=True)
+        return providers
 
     def _check_graph(self, session: Any) -> None:
         spec, out = self.contract.input, self.contract.output
@@ -349,3 +355,15 @@ class OnnxModel:
             raise ModelLoadError(
                 f"smoke inference: expected probabilities summing to 1; received {probs.tolist()}"
             )
+
+
+def _session_options(ort: Any, opts: RuntimeOptions) -> Any:
+    """ORT session options: threads from ``opts``, one graph at a time, all graph optimisations."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = opts.intra_op_threads or available_cpus()
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if opts.intra_op_spinning else "0"
+    )
+    options.inter_op_num_threads = 1  # one graph at a time; the batcher serialises runs
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return options

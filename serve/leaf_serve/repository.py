@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from typing import Any
@@ -212,17 +213,41 @@ class ModelRepository:
             StoreUnavailable: the store failed for now; the version may be fine.
         """
         contract, model_bytes = fetch_version(resolved.store, _expected_version(resolved))
-        model_file = contract.model_file
         offline = (
             offline_model(resolved.store, contract, model_bytes)
             if self.config.offline_page
             else None
         )
+        model = self._load_model(resolved.store, contract, model_bytes)
+        # Read with the version, so the card always describes exactly the model being served.
+        card = fetch_card(resolved.store, contract.version)
+        # Every scored batch, whatever carried it, feeds the version's drift window and series.
+        drift = (
+            None if shadow else DriftMonitor(contract, self.metrics.drift if self.metrics else None)
+        )
+        score = model.score if drift is None else lambda batch: drift.observe(model.score(batch))
+        batcher = self._batcher(score, executor)
+        # The manifest's version (checked against the folder when the registry names it): a version
+        # folder mounted at /model still reports the version it holds, not "model".
+        return ServedModel(
+            model,
+            contract.version,
+            batcher,
+            resolved.pointer_etag,
+            card=card,
+            drift=drift,
+            offline=offline,
+        )
+
+    def _load_model(self, store: Store, contract: ModelContract, model_bytes: bytes) -> OnnxModel:
+        """The export the options prefer (FP32 when the version has no such variant), loaded,
+        checked against ``require_gpu`` and smoke-tested."""
+        model_file = contract.model_file
         preferred = (
             "int8" if self.config.prefer_int8 else "fp16" if self.config.prefer_fp16 else None
         )
         if preferred:
-            variant = fetch_variant(resolved.store, contract, preferred)
+            variant = fetch_variant(store, contract, preferred)
             if variant is None:
                 log.info(
                     "prefer_%s: version %s has no %s export; serving %s",
@@ -241,37 +266,22 @@ class ModelRepository:
                 f"use: {model.provider}"
             )
         model.smoke_test()
-        # Read with the version, so the card always describes exactly the model being served.
-        card = fetch_card(resolved.store, contract.version)
-        # Every scored batch, whatever carried it, feeds the version's drift window and series.
-        drift = (
-            None if shadow else DriftMonitor(contract, self.metrics.drift if self.metrics else None)
-        )
-        batcher = Batcher(
-            model.score if drift is None else lambda batch: drift.observe(model.score(batch)),
+        return model
+
+    def _batcher(self, score: Callable[[Any], Any], executor: Executor | None) -> Batcher:
+        """A batcher for ``score`` with the configured limits, on ``executor`` (default: ours)."""
+        return Batcher(
+            score,
             executor or self._executor,
             max_batch_size=self.config.max_batch_size,
             max_queue_delay_s=self.config.max_queue_delay_ms / 1000,
             max_queue_size=self.config.max_queue_size,
             metrics=self.metrics,
         )
-        # The manifest's version (checked against the folder when the registry names it): a version
-        # folder mounted at /model still reports the version it holds, not "model".
-        return ServedModel(
-            model,
-            contract.version,
-            batcher,
-            resolved.pointer_etag,
-            card=card,
-            drift=drift,
-            offline=offline,
-        )
 
     def _activate(self, served: ServedModel) -> None:
-        old, self.current = (
-            self.current,
-            served,
-        )  # one reference assignment: requests see the old or the new model
+        # One reference assignment: requests see the old or the new model.
+        old, self.current = self.current, served
         if old is not None and old.drift is not None and old.version != served.version:
             old.drift.retire()
         self.metrics.set_model(
