@@ -125,14 +125,12 @@ class RunCheckpoints:
         except NotFound as e:
             raise CheckpointError(
                 f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found "
-                "none "
-                "(delete the run folder or use a new --run-id)"
+                "none (delete the run folder or use a new --run-id)"
             ) from e
         if sha256 and sha256_hex(data) != sha256:
             raise CheckpointError(
                 f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; "
-                "received "
-                f"{sha256_hex(data)} ({len(data)} bytes)"
+                f"received {sha256_hex(data)} ({len(data)} bytes)"
             )
         return data
 

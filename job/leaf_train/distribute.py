@@ -42,8 +42,7 @@ class Cluster:
         if not 0 <= self.index < len(self.workers):
             raise ConfigError(
                 f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} "
-                "workers; "
-                f"received {self.index}"
+                f"workers; received {self.index}"
             )
 
     @property
@@ -84,8 +83,8 @@ def worker_hosts(
     if not job_name or not service:
         raise ConfigError(
             f"--workers {workers}: expected --worker-hosts, or --job-name and --worker-service to "
-            "derive the "
-            f"Indexed Job's pod hostnames; received job name {job_name!r} and service {service!r}"
+            f"derive the Indexed Job's pod hostnames; received job name {job_name!r} and service "
+            f"{service!r}"
         )
     return tuple(f"{job_name}-{i}.{service}:{port}" for i in range(workers))
 
@@ -125,8 +124,7 @@ def cluster_from_tf_config(raw: str) -> Cluster | None:
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
             f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., '
-            f'"index": N}}}}; '
-            f"received {raw[:200]!r}"
+            f'"index": N}}}}; received {raw[:200]!r}'
         ) from e
     if len(workers) < 2:
         return None
@@ -257,8 +255,8 @@ class Distribution:
         role = "chief" if self.is_chief else "worker"
         return (
             f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} "
-            f"{self.index}; "
-            f"global batch {global_batch} = {self.per_replica_batch(global_batch)} per replica"
+            f"{self.index}; global batch {global_batch} = {self.per_replica_batch(global_batch)} "
+            "per replica"
         )
 
 

@@ -73,8 +73,7 @@ class RetrainConfig:
     skip_if_unchanged: str = option(
         "auto",
         "Skip the run (exit 0, before downloading any photo) when the photos, the training "
-        "options and the code "
-        "equal the served version's: auto (on for scheduled runs), on, off",
+        "options and the code equal the served version's: auto (on for scheduled runs), on, off",
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(

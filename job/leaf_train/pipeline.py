@@ -201,8 +201,7 @@ def _build_or_resume(
     if model.output_shape[-1] != len(data.index.classes):
         raise ConfigError(
             f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now "
-            "has "
-            f"{len(data.index.classes)}: use a new run id"
+            f"has {len(data.index.classes)}: use a new run id"
         )
     return model, state, best
 

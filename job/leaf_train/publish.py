@@ -114,8 +114,7 @@ def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, 
         return _not_promoted(
             version,
             f"the gate compared it with {verdict.champion_version or 'no champion'}, but {served} "
-            "is served now "
-            "(another promotion won meanwhile)",
+            "is served now (another promotion won meanwhile)",
             kube,
         )
     try:

@@ -50,8 +50,7 @@ class RolloutConfig:
     rollout: str = option(
         "direct",
         "direct: a version that passes the gate is served at once; shadow: it becomes the "
-        "candidate, answers "
-        "mirrored traffic, and `models verdict` promotes it on that evidence",
+        "candidate, answers mirrored traffic, and `models verdict` promotes it on that evidence",
         choices=("direct", "shadow"),
     )
     shadow_min_requests: int = option(
@@ -233,56 +232,31 @@ def _too_few(
 
 def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
     agreement = stats.agreed / stats.mirrored
-    failed = agreement < cfg.shadow_min_agreement
+    verdict = FAIL if agreement < cfg.shadow_min_agreement else PASS
     why = (
-        f"top-1 agreement with {stats.champion} is {agreement:.4f}, below "
-        f"{cfg.shadow_min_agreement:.4f}"
+        f"top-1 agreement with {stats.champion} is {agreement:.4f}, "
+        f"below {cfg.shadow_min_agreement:.4f}"
     )
-    rows = [
-        _row(
-            "agreement",
-            f">= {cfg.shadow_min_agreement:.4f}",
-            agreement,
-            None,
-            FAIL if failed else PASS,
-            why=why,
-        )
-    ]
+    threshold = f">= {cfg.shadow_min_agreement:.4f}"
+    rows = [_row("agreement", threshold, agreement, None, verdict, why=why)]
     for label, (n, agreed) in sorted(stats.per_class.items()):
-        share = agreed / n
-        if n < cfg.shadow_min_class_requests:
-            threshold = f"{n} < {cfg.shadow_min_class_requests} requests: not judged"
-            rows.append(
-                _row(
-                    CLASS_RULE,
-                    threshold,
-                    share,
-                    None,
-                    NOT_COMPARED,
-                    **{"class": label, "support": n},
-                )
-            )
-            continue
-        failed = share < cfg.shadow_min_class_agreement
-        why = (
-            f"on the {n} photos {stats.champion} calls {label!r} the candidate agrees "
-            f"{share:.4f}, below "
-            f"{cfg.shadow_min_class_agreement:.4f}"
-        )
-        threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
-        verdict = FAIL if failed else PASS
-        rows.append(
-            _row(
-                CLASS_RULE,
-                threshold,
-                share,
-                None,
-                verdict,
-                why=why,
-                **{"class": label, "support": n},
-            )
-        )
+        rows.append(_class_row(cfg, stats.champion, label, n, agreed / n))
     return rows
+
+
+def _class_row(cfg: RolloutConfig, champion: str, label: str, n: int, share: float) -> dict:
+    """The agreement rule for one class (the photos ``champion`` gives that label)."""
+    extra = {"class": label, "support": n}
+    if n < cfg.shadow_min_class_requests:
+        threshold = f"{n} < {cfg.shadow_min_class_requests} requests: not judged"
+        return _row(CLASS_RULE, threshold, share, None, NOT_COMPARED, **extra)
+    verdict = FAIL if share < cfg.shadow_min_class_agreement else PASS
+    why = (
+        f"on the {n} photos {champion} calls {label!r} the candidate agrees {share:.4f}, "
+        f"below {cfg.shadow_min_class_agreement:.4f}"
+    )
+    threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
+    return _row(CLASS_RULE, threshold, share, None, verdict, why=why, **extra)
 
 
 def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> list[dict]:
@@ -295,8 +269,7 @@ def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> li
     failed = candidate < champion - cfg.shadow_max_review_drop
     why = (
         f"on {n} reviewed photos the candidate is right on {candidate:.4f}, the champion on "
-        f"{champion:.4f}: a drop "
-        f"over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
+        f"{champion:.4f}: a drop over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
     )
     threshold = f">= champion - {cfg.shadow_max_review_drop:.4f}"
     return [

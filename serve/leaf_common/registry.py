@@ -305,8 +305,7 @@ def read_verified_model(version_store: Store, expected_version: str | None) -> V
     if contract.version != verified.manifest.version:
         raise RegistryError(
             f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} "
-            "(manifest); "
-            f"received {contract.version!r}"
+            f"(manifest); received {contract.version!r}"
         )
     model_bytes = verified.files[contract.model_file]
     if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():

@@ -130,8 +130,7 @@ class ShadowStats:
         if (other.candidate, other.champion) != (self.candidate, self.champion):
             raise RegistryError(
                 f"shadow statistics: expected candidate {self.candidate} against champion "
-                f"{self.champion}; "
-                f"received {other.candidate} against {other.champion}"
+                f"{self.champion}; received {other.candidate} against {other.champion}"
             )
         per_class = {k: list(v) for k, v in self.per_class.items()}
         for label, (n, agreed) in other.per_class.items():

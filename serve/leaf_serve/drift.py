@@ -67,8 +67,7 @@ class DriftMetrics:
         self.psi = FunctionGauge(
             "leaf_serve_drift_psi",
             f"Population stability index of the last {WINDOW} answers against the version's "
-            "held-out reference "
-            f"(signal=max is the alertable one; > {ALERT_PSI} is drift)",
+            f"held-out reference (signal=max is the alertable one; > {ALERT_PSI} is drift)",
             ("model", "version", "signal"),
         )
         live.register(self.psi)

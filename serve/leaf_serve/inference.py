@@ -62,8 +62,7 @@ def check_input(
         # everyone else.
         raise BadRequest(
             f"input {c.input.name!r}: expected at most {max_batch_size} images per request "
-            "(max_batch_size); "
-            f"received {tensor.shape[0]}"
+            f"(max_batch_size); received {tensor.shape[0]}"
         )
     return tensor
 

@@ -35,8 +35,7 @@ class MemoryBudget:
         if self._waiters or self.in_use + n > self.capacity:
             raise Unavailable(
                 f"server busy: {self._what} holds {self.in_use} of {self.capacity} bytes "
-                f"({self._option}); "
-                f"a request needing {n} more has to retry"
+                f"({self._option}); a request needing {n} more has to retry"
             )
         self.in_use += n
 

@@ -61,9 +61,8 @@ def load_vendor() -> dict[str, Asset]:
     if missing:
         raise ConfigError(
             "option offline_page: expected ONNX Runtime Web in leaf_serve/ui/vendor/ "
-            f"({', '.join(VENDOR)}); "
-            f"missing {', '.join(missing)}: run {VENDOR_SCRIPT} before building or installing the "
-            "package"
+            f"({', '.join(VENDOR)}); missing {', '.join(missing)}: run {VENDOR_SCRIPT} before "
+            "building or installing the package"
         )
     return {name: Asset(f"vendor/{name}") for name in VENDOR}
 

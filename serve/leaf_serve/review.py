@@ -168,8 +168,8 @@ class ReviewApi:
         if wait:  # refused before the token is even compared: guessing on is pointless
             error = TooManyRequests(
                 f"review: expected at most {self.logins.limit} wrong tokens in "
-                f"{self.logins.window:g} s from one "
-                f"client (review_failed_logins); try again in {wait:.0f} s"
+                f"{self.logins.window:g} s from one client (review_failed_logins); try again in "
+                f"{wait:.0f} s"
             )
             error.headers = {"Retry-After": str(max(1, round(wait)))}
             raise _quiet(error)
@@ -185,9 +185,11 @@ class ReviewApi:
             if self.logins.failed(client) == 1:
                 log.warning(
                     "review: a wrong token from %s; its further failures in the next %g s are "
-                    "counted, not logged "
-                    "(%d get it 429)", client, self.logins.window, self.logins.limit,
-                )  # fmt: skip
+                    "counted, not logged (%d get it 429)",
+                    client,
+                    self.logins.window,
+                    self.logins.limit,
+                )
             raise _quiet(Unauthorized("review: the token received is not the review token"))
 
     async def grid(self, request: Request) -> Response:

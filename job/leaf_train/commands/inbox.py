@@ -43,9 +43,8 @@ class InboxDataConfig:
     def validate(self) -> None:
         if not self.data:
             raise ConfigError(
-                "--data is required to accept: expected the training data URI "
-                "(s3://bucket/prefix or a folder); "
-                "received ''"
+                "--data is required to accept: expected the training data URI (s3://bucket/prefix "
+                "or a folder); received ''"
             )
 
 

@@ -95,8 +95,7 @@ def _connect(kubeconfig: str, namespace: str) -> tuple[Any, str]:
     if loaded is None:
         raise ConfigError(
             "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster "
-            "service account; "
-            "found neither"
+            "service account; found neither"
         )
     conf, default_namespace = loaded
     return client.ApiClient(conf), namespace or default_namespace

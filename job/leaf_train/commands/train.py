@@ -96,8 +96,7 @@ def summary(result: RunResult) -> str:
     if m:
         lines += [
             f"val accuracy:   {m['accuracy']:.4f}  (top-3 {m['top3_accuracy']:.4f}, macro F1 "
-            f"{m['macro_f1']:.4f}, "
-            f"{m['num_images']} images)",
+            f"{m['macro_f1']:.4f}, {m['num_images']} images)",
         ]
     if result.report.get("calibration") or result.report.get("ood"):
         from .models import format_trust

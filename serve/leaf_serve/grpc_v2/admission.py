@@ -80,8 +80,7 @@ class Admission:
         if self.slow_bytes + need > limit:
             raise Unavailable(
                 f"server busy: gRPC messages still arriving hold {self.slow_bytes} of the {limit} "
-                "bytes they may "
-                "(half of max_body_bytes_in_flight); retry this call"
+                "bytes they may (half of max_body_bytes_in_flight); retry this call"
             )
         allowance.take(need)
         self.slow_bytes += need
@@ -151,9 +150,8 @@ class _Receipt:
         self._admission.plane.metrics.connections_closed.labels("grpc_message").inc()
         self._refuse(
             MessageStalled(
-                "request message: expected all of it within body_timeout "
-                f"({config.body_timeout:g} s); "
-                "the call is ended"
+                f"request message: expected all of it within body_timeout ({config.body_timeout:g} "
+                "s); the call is ended"
             )
         )
 
