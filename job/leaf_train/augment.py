@@ -62,7 +62,18 @@ def random_matrices(
     return compose(angle, tx, ty, sx, sy, zx, zy, flip, height, width)
 
 
-def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.Tensor:  # noqa: ANN001
+def compose(
+    angle: tf.Tensor,
+    tx: tf.Tensor,
+    ty: tf.Tensor,
+    sx: tf.Tensor,
+    sy: tf.Tensor,
+    zx: tf.Tensor,
+    zy: tf.Tensor,
+    flip: tf.Tensor,
+    height: int,
+    width: int,
+) -> tf.Tensor:
     """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in the Sequential's
     order.
 

@@ -210,7 +210,7 @@ class KubeReporter:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
         except ApiException as e:
             log.warning("Kubernetes API: %s failed: HTTP %s %s", what, e.status, e.reason)
-        except Exception as e:  # noqa: BLE001 - connection, TLS, timeout, decoding: all must stay harmless
+        except Exception as e:  # noqa: BLE001 - connection, TLS, timeout, decoding: harmless
             log.warning("Kubernetes API: %s failed: %s: %s", what, type(e).__name__, e)
         return None
 
@@ -228,7 +228,8 @@ class KubeReporter:
                 self._job_uid = job.metadata.uid
         return self._job_uid
 
-    def event(self, reason: str, message: str, type: str = "Normal") -> bool:  # noqa: A002 - the API's own word
+    # ``type`` is the Event API's own word for it.
+    def event(self, reason: str, message: str, type: str = "Normal") -> bool:  # noqa: A002
         """Record an events.k8s.io/v1 Event on this run's Job.
 
         Args:
@@ -242,6 +243,15 @@ class KubeReporter:
             return False
         from kubernetes import client
 
+        body = client.EventsV1Event.from_dict(self._event_body(reason, message, type))
+        api = client.EventsV1Api(self.api_client)
+        return (
+            self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body)
+            is not None
+        )
+
+    def _event_body(self, reason: str, message: str, type: str) -> dict[str, Any]:  # noqa: A002
+        """The Event as the API takes it, regarding this run's Job (with its uid when known)."""
         regarding: dict[str, Any] = {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -251,29 +261,22 @@ class KubeReporter:
         uid = self._job_uid_or_none()
         if uid:
             regarding["uid"] = uid
-        body = client.EventsV1Event.from_dict(
-            {
-                "apiVersion": "events.k8s.io/v1",
-                "kind": "Event",
-                "metadata": {
-                    "generateName": f"{self.job_name[:200]}.",
-                    "namespace": self.namespace,
-                },
-                "eventTime": _now(),
-                "reportingController": REPORTING_CONTROLLER,
-                "reportingInstance": self.reporting_instance,
-                "action": "Train",
-                "reason": reason[:_MAX_SHORT],
-                "note": message[:_MAX_NOTE],
-                "type": type,
-                "regarding": regarding,
-            }
-        )
-        api = client.EventsV1Api(self.api_client)
-        return (
-            self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body)
-            is not None
-        )
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{self.job_name[:200]}.",
+                "namespace": self.namespace,
+            },
+            "eventTime": _now(),
+            "reportingController": REPORTING_CONTROLLER,
+            "reportingInstance": self.reporting_instance,
+            "action": "Train",
+            "reason": reason[:_MAX_SHORT],
+            "note": message[:_MAX_NOTE],
+            "type": type,
+            "regarding": regarding,
+        }
 
     def annotate_version(
         self, version: str, promoted: bool | None = None, *, candidate: bool = False

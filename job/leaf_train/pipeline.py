@@ -257,17 +257,7 @@ def _phase_done(kube: KubeReporter, phase: int, metrics: dict[str, float]) -> No
 def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     """The chief after training: evaluate, export, gate, report, publish, promote."""
     cfg, state, stop, version = job.cfg, trained.state, trained.stop, trained.state.version
-    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe
-    # what ships.
-    inference = export.float32_copy(
-        trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units
-    )
-    metrics = evaluate.validate(inference, data, cfg.batch_size)
-    log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
-    # Calibration and the not-a-leaf detector, fitted on held-out and training images
-    # (leaf_train.trust).
-    ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
-    fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
+    inference, metrics, fitted = _evaluate(cfg, data, trained)
     stop.check("after evaluation, before the ONNX export")
     shipped = export.export_all(cfg, inference, data, job.kube.event, stop, fitted)
     decision = _gate(
@@ -288,18 +278,7 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
         trained.weights_sha256,
         augment=trained.augment,
     )
-    report = run_report(data, state.history, job.mixed, job.started) | {
-        "provenance": contract.provenance,
-        "distribution": {
-            "strategy": job.dist.name,
-            "replicas": job.dist.replicas,
-            "workers": job.dist.workers,
-        },
-        "jit_compile": trained.jit_compile,
-        "augment": trained.augment,
-        "calibration": fitted.calibration,
-        "ood": fitted.ood,
-    }
+    report = _report(job, data, trained, contract.provenance, fitted)
     files = (
         artefacts(contract, shipped.onnx, metrics, data.index, state.history, report)
         | shipped.extra_files
@@ -310,6 +289,46 @@ def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     return RunResult(
         version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report
     )
+
+
+def _evaluate(
+    cfg: TrainConfig, data: PreparedData, trained: _Trained
+) -> tuple[keras.Model, dict[str, Any], trust.TrustFit]:
+    """The float32 copy that is exported, its validation metrics, and the trust fit on it."""
+    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe
+    # what ships.
+    inference = export.float32_copy(
+        trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units
+    )
+    metrics = evaluate.validate(inference, data, cfg.batch_size)
+    log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    # Calibration and the not-a-leaf detector, fitted on held-out and training images
+    # (leaf_train.trust).
+    ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
+    fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
+    return inference, metrics, fitted
+
+
+def _report(
+    job: _Job,
+    data: PreparedData,
+    trained: _Trained,
+    provenance_record: dict[str, Any],
+    fitted: trust.TrustFit,
+) -> dict[str, Any]:
+    """The run report (report.json): the run's history, how it ran, and the trust fit."""
+    return run_report(data, trained.state.history, job.mixed, job.started) | {
+        "provenance": provenance_record,
+        "distribution": {
+            "strategy": job.dist.name,
+            "replicas": job.dist.replicas,
+            "workers": job.dist.workers,
+        },
+        "jit_compile": trained.jit_compile,
+        "augment": trained.augment,
+        "calibration": fitted.calibration,
+        "ood": fitted.ood,
+    }
 
 
 def _gate(

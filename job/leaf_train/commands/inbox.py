@@ -116,7 +116,8 @@ def format_list(records: list[CaptureRecord]) -> str:
     )
 
 
-def _run(action):  # noqa: ANN001, ANN202 -- wraps a command: inbox errors become one line and an exit code
+# Wraps a command: inbox errors become one line and an exit code.
+def _run(action):  # noqa: ANN001, ANN202
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return action(args)
