@@ -10,6 +10,8 @@ support it). With ``--augment device`` the batches stay uint8 (``cast=False``) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -59,11 +61,25 @@ def make_dataset(
         raise ValueError(
             "make_dataset: host augmentation works on float32 batches; received cast=False"
         )
-    _, height, width, channels = images.shape
     ds = tf.data.Dataset.from_tensor_slices(slots.astype(np.int64))
     if shuffle:
         ds = ds.shuffle(len(slots), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    ds = ds.map(
+        _loader(images, labels, cast), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    if augment is not None and len(augment.layers):
+        ds = ds.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _loader(
+    images: np.ndarray, labels: np.ndarray, cast: bool
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """The map from a batch of slots to its images and labels, read from the host arrays."""
+    _, height, width, channels = images.shape
 
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(images[idx]), labels[idx]
@@ -74,9 +90,4 @@ def make_dataset(
         y.set_shape([None])
         return (tf.cast(x, tf.float32) if cast else x), y
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment is not None and len(augment.layers):
-        ds = ds.map(
-            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
-        )
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return load

@@ -90,30 +90,40 @@ class Shadow:
         if self.candidate is not None and self.candidate.version == version:
             self._etag = etag
             return False
+        served = await self._load(version, etag)
+        if served is None:
+            return False
+        await self._retire()
+        self.candidate, self._etag = served, etag
+        self.stats = ShadowStats(version, found.candidate.champion, pod=self._pod)
+        log.info(
+            "shadow candidate %s loaded beside %s: mirroring %.0f%% of requests",
+            version,
+            found.candidate.champion,
+            100 * self.fraction,
+        )
+        return True
+
+    async def _load(self, version: str, etag: str | None) -> ServedModel | None:
+        """Build the candidate ``version``; None when it cannot be served (now or at all)."""
+        assert self._store is not None
         store = self._store.child(f"{VERSIONS_DIR}/{version}")
         try:
             resolved = ResolvedModel(store, version)
-            served = await asyncio.to_thread(
+            return await asyncio.to_thread(
                 functools.partial(self.repo.build, shadow=True), resolved, self._executor
             )
         except StoreUnavailable as e:
             log.warning(
                 "could not read shadow candidate %s (%s); trying again at the next poll", version, e
             )
-            return False
-        except (
-            Exception
-        ) as e:  # the candidate's fault: refused once per shadow.json, like a bad served version
+            return None
+        # The candidate's fault: refused once per shadow.json, like a bad served version.
+        except Exception as e:
             self._rejected.add(etag or "")
             self.repo.metrics.reloads.labels("shadow_rejected").inc()
             log.error("rejected shadow candidate %s: %s: %s", version, type(e).__name__, e)
-            return False
-        await self._retire()
-        self.candidate, self._etag = served, etag
-        self.stats = ShadowStats(version, found.candidate.champion, pod=self._pod)
-        log.info("shadow candidate %s loaded beside %s: mirroring %.0f%% of requests", version,
-                 found.candidate.champion, 100 * self.fraction)  # fmt: skip
-        return True
+            return None
 
     async def _retire(self) -> None:
         """Stop mirroring to the current candidate and save what it showed."""

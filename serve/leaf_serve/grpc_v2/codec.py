@@ -75,23 +75,27 @@ def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
         if raw:
             inputs.append(codecs.InputTensor(tensor.name, shape, datatype, raw=raw[i]))
             continue
-        field = _CONTENTS.get(datatype)
-        if field is None:  # FP16 has no typed field in the protocol
-            raise BadRequest(
-                f"{where}: expected raw_input_contents for datatype {datatype}; received typed "
-                "contents"
-            )
-        values = getattr(tensor.contents, field)
-        if values and len(values) != math.prod(shape):
-            raise BadRequest(
-                f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; "
-                f"received {len(values)}"
-            )
-        inputs.append(
-            codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None)
-        )
+        inputs.append(_typed_input(tensor, where, shape, datatype))
     outputs = {o.name: None for o in request.outputs} if request.outputs else None
     return codecs.InferRequest(inputs=inputs, id=request.id[:256] or None, outputs=outputs)
+
+
+def _typed_input(
+    tensor: pb.ModelInferRequest.InferInputTensor, where: str, shape: list[int], datatype: str
+) -> codecs.InputTensor:
+    """An input sent in its typed ``contents`` field; their count must fill ``shape``."""
+    field = _CONTENTS.get(datatype)
+    if field is None:  # FP16 has no typed field in the protocol
+        raise BadRequest(
+            f"{where}: expected raw_input_contents for datatype {datatype}; received typed contents"
+        )
+    values = getattr(tensor.contents, field)
+    if values and len(values) != math.prod(shape):
+        raise BadRequest(
+            f"{where}.contents.{field}: shape {shape} needs {math.prod(shape)} values; "
+            f"received {len(values)}"
+        )
+    return codecs.InputTensor(tensor.name, shape, datatype, typed=values if values else None)
 
 
 def encode_infer_response(
