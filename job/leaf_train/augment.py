@@ -111,9 +111,8 @@ def warp(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
     ys, xs = tf.meshgrid(
         tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij"
     )
-    grid = tf.stack(
-        [tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0
-    )  # (3, h*w)
+    # Shape (3, h*w): the homogeneous coordinates of every output pixel.
+    grid = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0)
     src = tf.einsum("nij,jp->nip", matrices[:, :2, :], grid)  # (n, 2, h*w)
     wmax, hmax = tf.cast(w - 1, tf.float32), tf.cast(h - 1, tf.float32)
     x = tf.clip_by_value(src[:, 0], 0.0, wmax)

@@ -145,9 +145,8 @@ class _DecodeRun:
 
     def run(self) -> list[BadFile]:
         opts, n = self.opts, len(self.keys)
-        decode_workers = (
-            opts.decode_workers or available_cpus()
-        )  # the pod's CPU quota, not the node's
+        # The pod's CPU quota, not the node's.
+        decode_workers = opts.decode_workers or available_cpus()
         # The bound on work in flight, and so on the bytes held, however large the bucket.
         limit = 4 * (opts.download_workers + decode_workers)
         with (

@@ -176,9 +176,8 @@ def int8_export(
     """
     if not cfg.export_int8:
         return {}
-    rng = np.random.default_rng(
-        cfg.seed
-    )  # which training images calibrate: repeatable with the run's seed
+    # Which training images calibrate: repeatable with the run's seed.
+    rng = np.random.default_rng(cfg.seed)
     chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
     images, val = data.decoded.images, data.val_slots
     int8 = to_int8(onnx_bytes, images[chosen])
@@ -286,9 +285,8 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
             # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32.
             # expand_dims and add_n (not [:, None] and zeros_like) keep the graph simple enough for
             # ORT's shape inference, which INT8 quantization runs first.
-            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(
-                means
-            )  # [N, K, F]
+            # Shape [N, K, F]: each image's projected features minus each class's mean.
+            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)
             terms.append(tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale)
         ood = tf.add_n(terms)
         return {OUTPUT_NAME: probs, OOD_NAME: ood}
@@ -413,9 +411,8 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
     start = time.monotonic()
     try:
         half = convert_float_to_float16(onnx.load_from_string(onnx_bytes), keep_io_types=True)
-    except (
-        Exception
-    ) as e:  # the converter raises plain Exceptions/ValueErrors on graphs it cannot handle
+    # The converter raises plain Exceptions/ValueErrors on graphs it cannot handle.
+    except Exception as e:
         raise ExportError(f"float16 conversion failed: {e}") from e
     log.info(
         "converted ONNX to float16 (float32 inputs/outputs) in %.1f s", time.monotonic() - start

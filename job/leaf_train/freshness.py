@@ -107,9 +107,8 @@ class PhotoChanges:
     """How the listing differs from a version's ``dataset.json``; keys sorted."""
 
     added: list[str] = field(default_factory=list)
-    changed: list[str] = field(
-        default_factory=list
-    )  # same key, other ETag or size: the photo was rewritten
+    # Same key, other ETag or size: the photo was rewritten.
+    changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
     @property

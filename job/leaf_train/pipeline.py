@@ -78,14 +78,12 @@ def run(
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     job = _start(cfg, gate_cfg, kube_cfg, rollout_cfg or RolloutConfig())
     if job.dist.is_chief:
-        shadow_verdict(
-            job.registry, job.rollout_cfg, job.kube
-        )  # a waiting candidate is decided first
+        # A waiting candidate is decided first.
+        shadow_verdict(job.registry, job.rollout_cfg, job.kube)
     saved = job.ckpts.load_state() if job.ckpts else None
     if saved is not None and saved.published_version:
-        return _finish_published(
-            job, saved.published_version
-        )  # only promotion may be left: no data, no model
+        # Only promotion may be left: no data, no model.
+        return _finish_published(job, saved.published_version)
     job.kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
     listed = list_photos(cfg, job.data_store)
     retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, job.registry)
@@ -224,9 +222,8 @@ def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -
     with job.dist.strategy.scope():
         model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
     state.version = state.version or cfg.version or default_version(data.index)
-    set_log_context(
-        version=state.version
-    )  # every later line (JSON logs) says which version it is about
+    # Every later line (JSON logs) says which version it is about.
+    set_log_context(version=state.version)
     # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
     stop = StopSignal().install()
     on_exit.callback(stop.uninstall)

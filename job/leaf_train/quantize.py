@@ -142,9 +142,8 @@ class Int8Check:
 
     @property
     def passed(self) -> bool:
-        return (
-            self.accuracy_drop <= self.max_accuracy_drop + 1e-9
-        )  # accuracies are ratios of counts
+        # Accuracies are ratios of counts.
+        return self.accuracy_drop <= self.max_accuracy_drop + 1e-9
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -79,9 +79,8 @@ def render_leaf(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Im
         "RGB", canvas.size, tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour)
     )
     draw = ImageDraw.Draw(body)
-    draw.line(
-        (size, box[1], size, box[3]), fill=tuple(min(255, c + 50) for c in colour), width=3
-    )  # midrib
+    # The midrib.
+    draw.line((size, box[1], size, box[3]), fill=tuple(min(255, c + 50) for c in colour), width=3)
     disease(draw, rng, box)
     canvas.paste(body, (0, 0), leaf)
     angle = float(rng.uniform(0, 360))

@@ -81,9 +81,8 @@ class TrustFit:
     calibration: dict[str, Any]
     ood: dict[str, Any]
     reference: dict[str, Any]
-    reliability: dict[str, list[dict[str, float]]] = field(
-        default_factory=dict
-    )  # before/after, report half
+    # Before/after, report half.
+    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def feature_model(model: keras.Model) -> keras.Model:

@@ -136,11 +136,12 @@ class ModelContract:
             contract.validate()
         except ContractError:
             raise
+        # A field of the wrong type or shape, e.g. image_size [32].
         except (
             KeyError,
             TypeError,
             ValueError,
-        ) as e:  # a field of the wrong type or shape, e.g. image_size [32]
+        ) as e:
             raise ContractError(
                 f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}"
             ) from e

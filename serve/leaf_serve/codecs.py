@@ -120,10 +120,11 @@ def _json_object(data: bytes | memoryview) -> dict[str, Any]:
 def _stdlib_json(data: bytes | memoryview) -> Any:
     try:
         return json.loads(bytes(data))
+    # JSONDecodeError, and ints past Python's 4300-digit limit.
     except (
         ValueError,
         UnicodeDecodeError,
-    ) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
+    ) as e:
         raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
     except RecursionError as e:  # arrays nested tens of thousands deep
         raise BadRequest(

@@ -53,9 +53,8 @@ class _Deadlines:
     def _start_deadlines(self) -> None:
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for: str | None = None
-        self._arm(
-            "headers", self.header_timeout
-        )  # a connection that never sends a request is closed too
+        # A connection that never sends a request is closed too.
+        self._arm("headers", self.header_timeout)
 
     def _arm(self, what: str, seconds: float) -> None:
         self._disarm()
@@ -72,9 +71,8 @@ class _Deadlines:
         if self.transport.is_closing():
             return
         if what == "body" and self.flow.read_paused:
-            self._arm(
-                what, seconds
-            )  # we stopped reading, not the client: wait for the app to catch up
+            # We stopped reading, not the client: wait for the app to catch up.
+            self._arm(what, seconds)
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
         log.info(
@@ -83,18 +81,16 @@ class _Deadlines:
         if self.metrics is not None:
             self.metrics.connections_closed.labels(f"{what}_timeout").inc()
         if what == "headers" and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(
-                _TIMEOUT_RESPONSE
-            )  # nothing was answered on it yet: say why before closing
+            # Nothing was answered on it yet: say why before closing.
+            self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()  # an app still reading the body sees a disconnect
 
     def send_400_response(self, msg: str) -> None:
         """The HTTP parser refused the bytes (bad header value, broken framing): answer like every
         refusal, in JSON."""
         client = self.client[0] if self.client else "client"
-        log.warning(
-            "HTTP parser refused a request from %s: %s", client, quoted(msg)
-        )  # msg may quote the bytes
+        # The parser's message may quote the client's bytes.
+        log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))
         if self.metrics is not None:
             self.metrics.requests.labels("http_parser", "client_error").inc()
         body = _PARSER_ERROR
@@ -121,22 +117,19 @@ def _httptools_protocol() -> type | None:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if (
-                self._waiting_for != "headers"
-            ):  # the first byte of the next request on a kept-alive connection
+            # The first byte of the next request on a kept-alive connection.
+            if self._waiting_for != "headers":
                 self._arm("headers", self.header_timeout)
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            self._arm(
-                "body", self.body_timeout
-            )  # disarmed at once by on_message_complete when there is none
+            # Disarmed at once by on_message_complete when there is none.
+            self._arm("body", self.body_timeout)
 
         def on_body(self, body: bytes) -> None:
             super().on_body(body)
-            self._arm(
-                "body", self.body_timeout
-            )  # re-armed on every chunk: a stall, not a slow upload
+            # Re-armed on every chunk: a stall, not a slow upload.
+            self._arm("body", self.body_timeout)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -177,9 +170,8 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
         if state is h11.SEND_BODY:
             self._arm("body", self.body_timeout)
         elif state is h11.IDLE and self.conn.trailing_data[0]:
-            if (
-                self._waiting_for != "headers"
-            ):  # part of the next request's headers: a total, never extended
+            # Part of the next request's headers: a total, never extended.
+            if self._waiting_for != "headers":
                 self._arm("headers", self.header_timeout)
         elif state is h11.IDLE and self._waiting_for == "headers" and self.cycle is None:
             pass  # a new connection that has sent nothing yet keeps its first deadline

@@ -80,9 +80,8 @@ def bundle(served: ServedModel, config: ServeConfig) -> dict:
     offline = served.offline
     assert offline is not None  # built with offline_page on
     contract = json.loads(served.contract.to_json())
-    ood_output = (
-        contract.get("ood_output") or None
-    )  # versions trained with the not-a-leaf detector (docs/trust.md)
+    # Versions trained with the not-a-leaf detector (docs/trust.md)
+    ood_output = contract.get("ood_output") or None
     threshold = (contract.get("ood") or {}).get("threshold") if ood_output else None
     return {
         "model": served.name,

@@ -66,9 +66,8 @@ class ServedModel:
     batcher: Batcher
     pointer_etag: str | None = None
     loaded_at: float = field(default_factory=time.time)
-    card: ModelCard = field(
-        default_factory=ModelCard
-    )  # the version's published metrics and figures
+    # The version's published metrics and figures.
+    card: ModelCard = field(default_factory=ModelCard)
     offline: OfflineModel | None = (
         None  # what the offline page downloads (only with --offline-page)
     )
@@ -314,9 +313,8 @@ class ModelRepository:
                 await self.check_once()
             except StoreUnavailable as e:  # the old model keeps serving; the next poll tries again
                 log.warning("checking %s for a new version failed: %s", self.config.model, e)
-            except (
-                Exception
-            ):  # a broken store must not kill the poller; the old model keeps serving
+            # A broken store must not kill the poller; the old model keeps serving.
+            except Exception:
                 log.exception("checking %s for a new version failed", self.config.model)
 
     async def check_once(self) -> bool:
@@ -332,9 +330,8 @@ class ModelRepository:
             return False
         resolved = await asyncio.to_thread(resolve_model, self.config.model, client=self._client)
         if resolved.version == current.version:
-            current.pointer_etag = (
-                resolved.pointer_etag
-            )  # rewritten pointer, same version: nothing to load
+            # Rewritten pointer, same version: nothing to load.
+            current.pointer_etag = resolved.pointer_etag
             return False
         return await self._try_swap(resolved)
 

@@ -68,9 +68,8 @@ class FailedLogins:
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window = limit, window
         self._clock = clock
-        self._seen: OrderedDict[str, tuple[float, int]] = (
-            OrderedDict()
-        )  # client -> (window start, failures)
+        # Client -> (window start, failures)
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def _current(self, client: str) -> tuple[float, int]:
         now = self._clock()
@@ -148,9 +147,8 @@ class ReviewApi:
                 raise Conflict(str(e)) from e
             except StoreUnavailable as e:  # may pass: the reviewer tries again
                 raise ServeError(f"review: the store is unavailable: {e}", 503) from e
-            except (
-                StoreError
-            ) as e:  # e.g. access denied: the deployment's credentials, not the request
+            # E.g. access denied: the deployment's credentials, not the request.
+            except StoreError as e:
                 raise ServeError(f"review: the store refused: {e}", 500) from e
 
         return guarded

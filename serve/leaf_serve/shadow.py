@@ -150,9 +150,8 @@ class Shadow:
             # statistics compare with the champion the candidate was proposed against, on its inputs
             return
         if others > 0 or self._in_flight >= self.max_in_flight or champion.batcher.busy:
-            stats.dropped += len(
-                batch
-            )  # the champion's capacity comes first: mirrored work is what gives
+            # The champion's capacity comes first: mirrored work is what gives.
+            stats.dropped += len(batch)
             self.repo.metrics.shadow.labels("dropped").inc(len(batch))
             self._unsaved = True
             return
@@ -171,9 +170,8 @@ class Shadow:
     ) -> None:
         try:
             theirs = await candidate.batcher.submit(batch)
-        except (
-            Exception
-        ) as e:  # overloaded or failing candidate: its problem is evidence, never the client's
+        # Overloaded or failing candidate: its problem is evidence, never the client's.
+        except Exception as e:
             stats.dropped += len(batch)
             self.repo.metrics.shadow.labels("failed").inc(len(batch))
             log.debug("mirrored request failed on %s: %s", candidate.version, e)

@@ -96,9 +96,8 @@ def _inbox(args: argparse.Namespace) -> Inbox:
     )
     model_store = open_store(cfg.output).child(cfg.model_name)
     inbox = Inbox(model_store.child(INBOX_DIR))
-    inbox.on_accept = functools.partial(
-        note_review, model_store
-    )  # a shadow candidate's answer gets its label
+    # A shadow candidate's answer gets its label.
+    inbox.on_accept = functools.partial(note_review, model_store)
     return inbox
 
 

@@ -65,9 +65,8 @@ def run(args: argparse.Namespace) -> int:
         resolve(cls, ENV_PREFIX, args) for _, cls in _components()
     )
     setup_logging(cfg.log_level, cfg.log_format)
-    set_log_context(
-        run_id=cfg.run_id or None, version=None
-    )  # the version joins once chosen (pipeline._train)
+    # The version joins once chosen (pipeline._train)
+    set_log_context(run_id=cfg.run_id or None, version=None)
     # TensorFlow loads with the pipeline: only once the options are known to be valid, never for
     # --help.
     from ..pipeline import run as run_pipeline
@@ -78,9 +77,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(result: RunResult) -> str:
-    if (
-        result.worker is not None
-    ):  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
+    # A non-chief worker of a multi-worker run: it trained, worker 0 publishes.
+    if result.worker is not None:
         return (
             f"worker {result.worker}: trained version {result.version} in sync; worker 0 "
             "publishes it"

@@ -127,9 +127,8 @@ class _Receipt:
             self._timer.cancel()
             if self._slow:
                 self._admission.slow_bytes -= self._admission.plane.config.max_body_bytes
-            if (
-                self._waited
-            ):  # refused or not, grpcio may have buffered much of a message for this call
+            # Refused or not, grpcio may have buffered much of a message for this call.
+            if self._waited:
                 self._admission.trim_later()
 
     def _reserve(self) -> None:

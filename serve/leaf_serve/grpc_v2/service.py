@@ -115,9 +115,8 @@ class InferenceService:
     ) -> Any:
         """The call's one request message, parsed (see :meth:`Admission.receive` for the rules)."""
         raw = await self.admission.receive(context, allowance)
-        if (
-            raw is grpc.aio.EOF
-        ):  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+        # None sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+        if raw is grpc.aio.EOF:
             raise BadRequest(
                 f"expected one {request_type.DESCRIPTOR.name} message of at most "
                 f"{self.plane.config.max_body_bytes} bytes (max_body_bytes); received none, or a "
