@@ -1,6 +1,6 @@
 """The seed's augmentation as one batched affine transform, run inside the compiled train step.
 
-Design: docs/training.md#augmentation-on-the-device
+Design: docs/training.md#augmentation-on-the-device-the-maps
 """
 
 from __future__ import annotations

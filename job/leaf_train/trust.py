@@ -1,7 +1,8 @@
 """Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf")
 detector.
 
-Design: docs/trust.md#how-a-run-fits-them
+Design (which images fit what, the calibration, the detector): docs/trust.md#which-images-fit-what
+and the two sections after it.
 """
 
 from __future__ import annotations
