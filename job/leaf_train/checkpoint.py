@@ -1,14 +1,8 @@
 """Checkpoints after every epoch, and SIGTERM handling, so a preempted run resumes.
 
-Under ``<output>/<model-name>/runs/<run-id>/``: ``checkpoint-<digest>.keras`` (weights, the
-compiled optimizer and its state), ``best-<digest>.npz`` (early stopping's best weights) and
-``state.json`` (phase, epochs done, history, early-stopping counters). The model and best
-weights are written under new keys named by their SHA-256, then ``state.json``, which names
-both keys and digests, replaces the old state in one write: that write commits the checkpoint.
-A kill before it leaves the old state naming the old files, which are still there (files no
-state names are removed only after the commit), and ``load`` checks each digest, so new weights
-are never paired with an old state. The run id defaults to the Kubernetes Job name, so a retried
-pod of the same Job finds and resumes them; a new Job starts fresh.
+Under ``<output>/<model-name>/runs/<run-id>/``: weights and best weights under keys named by their
+SHA-256, then ``state.json``, which names both, in the one write that commits the checkpoint.
+Design: docs/training.md, "Resume after preemption".
 """
 
 from __future__ import annotations

@@ -1,11 +1,8 @@
 """ONNX export through tf2onnx, then a parity check against Keras that the quality gate judges.
 
-``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN'); converting a
-``tf.function`` with a named ``input_signature`` through ``from_function`` works and matches Keras
-to ~1e-7 (``check_parity`` measures it on every export). The export is built from a float32 copy of
-the model, so mixed-precision training still ships a float32 graph, and it contains no augmentation:
-host augmentation lives in the input pipeline, device augmentation on the trained model object's
-train step (augment.py), and the copy is a freshly built model given only the weights.
+The graph is converted from a ``tf.function`` (tf2onnx's ``from_keras`` fails on Keras 3) built on a
+float32 copy of the model, so mixed precision still ships float32 and no augmentation reaches it.
+Design: docs/training.md, "Evaluation and export".
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """tf.data input pipelines over the decoded uint8 array, and the book's augmentation.
 
-Batches are gathered from the (possibly memory-mapped) array by index, so nothing is
-decoded again after the first pass and memory stays bounded. With ``--augment host``
-augmentation runs here, in the input pipeline, not in the model: the export stays
-augmentation-free and the compiled train step keeps XLA (geometric Keras layers do not
-support it). With ``--augment device`` the batches stay uint8 (``cast=False``) and
-``augment.py`` casts and augments inside the train step.
+Batches are gathered from the (possibly memory-mapped) array by index, so nothing is decoded again.
+``--augment host`` augments here, in the input pipeline; with ``--augment device`` the batches stay
+uint8 (``cast=False``) and ``augment.py`` augments in the train step. Design:
+docs/training.md#augmentation
 """
 
 from __future__ import annotations

@@ -1,14 +1,9 @@
 """Kubernetes integration of the training job: Events, the published-version annotation, rollouts.
 
-Inside a cluster the job tells Kubernetes what it is doing, where ``kubectl describe job``
-shows it: Events on its own Job (started, skipped and why, phase done with metrics, exported,
-the gate's decision table, promoted or not and why), annotations with the version it published
-or why it skipped, and optionally a restart of the serving Deployment (for installations that
-turn the server's hot reload off).
-
-All of it is best effort. Outside a cluster (no service-account token, no kubeconfig) the
-reporter is disabled and says so once; an API error is logged and never reaches the
-training run. The chart grants exactly these calls (``charts/leaf-train/templates/rbac.yaml``).
+All of it is best effort: outside a cluster the reporter is disabled and says so once, and an API
+error is logged and never reaches the training run. The chart grants exactly these calls
+(``charts/leaf-train/templates/rbac.yaml``). What an operator sees:
+docs/operations.md#start-a-run-now-and-follow-it
 """
 
 from __future__ import annotations

@@ -2,12 +2,8 @@
 
 config -> storage -> dataset -> decode cache -> model -> train (2 phases) -> evaluate
 -> export + parity -> quality gate -> report -> publish -> promote. Each stage lives in its own
-module; this one only wires them.
-
-From training to the end, SIGTERM stops the run at the next safe point with exit 75 (a checkpoint
-in training; the next step of export or publication), and every step after training can be
-repeated, so the Job's retried pod finishes what a SIGTERM, an OOM kill or a storage error cut
-short (``publish``).
+module; this one only wires them. SIGTERM and retries: docs/training.md, "Interrupted export or
+publication".
 """
 
 from __future__ import annotations

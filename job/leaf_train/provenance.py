@@ -1,11 +1,9 @@
 """What produced a model: seed, determinism, the packages that shape its numbers, and the install
 lock.
 
-``model.json`` and ``report.json`` carry this record so an operator can answer "what exactly
-produced the model we serve" (``leaf-train models show``). The install paths (``make``, both
-Dockerfiles) copy the lock they installed from into the environment as ``leaf-train.lock``;
-the record names its sha256 and says whether the environment still matches it, because a lock
-only proves something if nothing was installed over it afterwards.
+``model.json`` and ``report.json`` carry this record (``leaf-train models show`` prints it); the
+lock is named by its sha256 with whether the environment still matches it. Design:
+docs/reproducibility.md
 """
 
 from __future__ import annotations

@@ -1,15 +1,9 @@
 """Publication: publish a version once, record it in the run, promote it as its gate decided, prune.
 
-Any step may be cut short (SIGTERM at a step boundary, an OOM kill or a storage error anywhere)
-and the retried run finishes it, because every step can be repeated:
-
-1. ``publish_once``: the version is published under the run's claim; what an earlier attempt left
-   incomplete is finished (``ModelRegistry.publish``), a version it completed is verified and kept.
-2. The caller records ``published_version`` in the run state, so a retry skips training, export and
-   publishing and comes straight to 3.
-3. ``finish``: promotion follows the decision recorded in the version's ``model.json`` (the one an
-   operator sees), only while ``latest.json`` still names the champion that decision was made
-   against, and never twice; then retention and the optional rollout restart.
+Any step may be cut short (SIGTERM at a step boundary, an OOM kill or a storage error anywhere) and
+the retried run finishes it, because every step can be repeated: ``publish_once``, then the caller
+records ``published_version`` in the run state, then ``finish`` promotes as ``model.json`` says.
+Design: docs/training.md, "Interrupted export or publication".
 """
 
 from __future__ import annotations

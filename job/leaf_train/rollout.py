@@ -1,12 +1,8 @@
 """Shadow rollout: a version that passed the offline gate is promoted only on what it did on live
 traffic.
 
-With ``--rollout shadow`` the job publishes a passing version as the *candidate* (``shadow.json``,
-:mod:`leaf_common.shadow`) instead of promoting it. Serving mirrors a share of requests to it off
-the response path and writes what it saw; :func:`decide` turns that evidence into promote, reject or
-wait, and :func:`apply` carries the decision out with the registry's compare-and-swap. The decision
-table has the gate's shape (``gate.format_rules``) so ``models show`` and Events print both the same
-way.
+:func:`decide` turns the evidence serving wrote into promote, reject or wait, and :func:`apply`
+carries the decision out with the registry's compare-and-swap. Design: docs/shadow.md#the-verdict
 """
 
 from __future__ import annotations

@@ -1,12 +1,9 @@
 """The one root of the errors this project raises on purpose, with what each entry point does with
 them.
 
-Every error class (``leaf_common``'s, the job's ``LeafTrainError``, the server's ``ServeError``)
-derives from :class:`LeafError` and says, as class attributes, how it ends a process and how it
-answers a request: the job's ``cli.main`` exits with ``exit_code``, the server's REST and gRPC
-handlers answer with ``http_status``. Neither needs a table of classes.
-
-Some errors also keep a builtin base (``ValueError``, ``RuntimeError``) that callers catch them by.
+Each class says how it ends a process (``exit_code``) and how it answers a request
+(``http_status``).
+Design: docs/development.md#errors-one-root-and-what-each-entry-point-does-with-it
 """
 
 from __future__ import annotations

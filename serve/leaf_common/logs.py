@@ -1,15 +1,8 @@
 """Log lines for people (``text``) or for a log pipeline (``json``), shared by ``leaf-train`` and
 ``leaf-serve``.
 
-``json`` writes one object per line with ``time`` (UTC, ISO 8601), ``level``, ``logger`` and
-``message``, plus the fields a record carries in ``extra=`` (a request's ``method``, ``path``,
-``status``, ``duration`` in seconds, ``model``, ``version``) and the fields set for the whole
-process with :func:`set_context` (a training run's ``run_id`` and ``version``). Nothing needs a
-regex to be read.
-
-Client-supplied strings (paths, labels, file names inside messages) stay escaped in both formats:
-JSON escapes control characters itself, and ``text`` writes them as ``\\n``, ``\\x1b`` and so on,
-so a request cannot forge a log line or move a terminal's cursor.
+Client-supplied strings stay escaped in both formats, so a request cannot forge a log line. The
+fields of each format: docs/operations.md#logs---log-format-textjson
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """Read side of the model registry: pointer files and version folders.
 
-Layout under ``<output>/<model-name>/``::
-
-    latest.json                   the pointer: which version is served (moves last)
-    versions/<version>/model.onnx
-    versions/<version>/model.json the contract (leaf_common.contract)
-    versions/<version>/manifest.json  sizes + SHA-256 of every file in the version
-
-The server and the job's registry (``leaf_train.registry``, the write side) both use
-these names; nothing else spells them.
+The server and the job's registry (``leaf_train.registry``, the write side) both use these names;
+nothing else spells them. The layout: docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations

@@ -1,17 +1,8 @@
 """Shadow rollout: the candidate pointer, and what serving records about the candidate.
 
-Layout under ``<output>/<model-name>/`` (beside ``latest.json``)::
-
-    shadow.json                               the candidate: passed the offline gate, answers
-    mirrored traffic shadow/<candidate>/stats-<pod>.json       one per serving pod, rewritten only
-    by that pod shadow/<candidate>/reviewed/<id>.json     a reviewed photo both models had answered
-    (written once) shadow/<candidate>/verdict.json           the decision (written once)
-
-``shadow.json`` moves only by compare-and-swap, like ``latest.json``; withdrawing a candidate writes
-a pointer with no version (a conditional delete does not exist in S3), so a withdrawal that races a
-newer proposal loses instead of deleting it. The server (mirroring, statistics), ``leaf-train models
-verdict`` and the inbox's review step all use this module; it needs no TensorFlow and no web
-framework.
+The server (mirroring, statistics), ``leaf-train models verdict`` and the inbox's review step all
+use this module; it needs no TensorFlow and no web framework. The files and how ``shadow.json``
+moves: docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations

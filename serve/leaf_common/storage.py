@@ -1,13 +1,8 @@
 """Object storage behind one small interface: ``s3://bucket/prefix`` or a local folder.
 
-S3 goes through boto3 with the standard credential chain; ``AWS_ENDPOINT_URL`` (read
-by botocore itself) points it at MinIO or any S3-compatible store. Retries on
-throttling and 5xx come from botocore's retry modes, not a loop of ours.
-
-Conditional writes give the registry its guarantees: ``if_none_match=True`` writes a
-key only if it does not exist (``If-None-Match: *``), ``if_match=etag`` replaces it
-only if nobody changed it since it was read (compare-and-swap). A local folder gets
-the same semantics through hard links, ``os.replace`` and a lock file.
+Conditional writes (``if_none_match``, ``if_match``: compare-and-swap) give the registry its
+guarantees, with the same semantics on a local folder. Design:
+docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations

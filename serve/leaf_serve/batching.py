@@ -1,11 +1,8 @@
 """Dynamic batching: concurrent requests share one ``session.run`` (Triton's dynamic batcher, in
 small).
 
-A batch is sent when it holds ``max_batch_size`` images or when its oldest request has
-waited ``max_queue_delay`` — whichever comes first. While a batch runs, newcomers queue
-up, so under load batches fill without waiting. The queue is bounded: when
-``max_queue_size`` requests are waiting, new ones get 503 at once instead of growing
-memory and latency without limit.
+A batch is sent when full or when its oldest request has waited ``max_queue_delay``; the queue is
+bounded (503 beyond ``max_queue_size``). Design: docs/serving.md (Dynamic batching).
 """
 
 from __future__ import annotations

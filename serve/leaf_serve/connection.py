@@ -1,16 +1,8 @@
 """HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a
 stalled body.
 
-uvicorn closes a keep-alive connection that sends nothing, but a client that sends half its
-headers, or 60% of a body and then nothing, keeps its connection (and the partial body) forever.
-Here the headers of each request must arrive within ``header_timeout`` (a total: one byte every
-few seconds does not extend it), and a body may not go ``body_timeout`` without a byte (a pause,
-not a rate: a slow phone on a rural link still uploads). While uvicorn itself has paused reading
-(the app has not consumed what arrived), the body clock does not run.
-
-Both of uvicorn's HTTP/1.1 implementations get the deadlines: httptools (its C parser, used when
-installed: the serve extras install it, ~2x the requests per second of h11 on the tiny model) and
-h11 (pure Python, the fallback).
+Both of uvicorn's HTTP/1.1 implementations get them (httptools when installed, h11 otherwise).
+Why, and what each deadline counts: docs/serving.md, "The two deadlines uvicorn lacks".
 """
 
 from __future__ import annotations

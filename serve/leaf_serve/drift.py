@@ -1,13 +1,9 @@
 """Drift you can alert on: what the server has seen since it loaded a version, against its training
 run.
 
-Every scored batch (REST, gRPC, ``/classify``: the batcher sees them all) updates, per served
-version, Prometheus series for the predicted classes, the top-1 confidence and the OOD score
-(as a fraction of the version's threshold, so one set of buckets fits every version), and a
-sliding window of the last ``WINDOW`` answers. The drift gauge is the population stability index
-(PSI) of that window against the held-out distributions the training run recorded in
-``model.json`` ``reference`` (same bins, ``leaf_common.trust``), the largest of the three signals.
-PSI above ``ALERT_PSI`` (0.25, the usual "significant shift") is drift.
+Every scored batch updates, per served version, Prometheus series and a sliding window of the last
+``WINDOW`` answers; the drift gauge is the PSI of that window against ``model.json``'s
+``reference``, above ``ALERT_PSI`` it is drift. Design: docs/trust.md#drift
 """
 
 from __future__ import annotations

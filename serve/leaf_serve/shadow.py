@@ -1,13 +1,9 @@
 """The shadow candidate beside the champion: mirrored requests off the response path, and what they
 showed.
 
-A share of requests (``--shadow-fraction``) is also run on the candidate that ``shadow.json`` names
-(:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it.
-The candidate has its own inference thread and batcher, and mirrored work only uses spare capacity:
-it is dropped (and counted) whenever the server is answering other requests or
-``--shadow-max-in-flight`` mirrored requests are running, never queued without bound. The statistics
-are written to the registry every ``--shadow-flush-interval`` seconds, one file per server process,
-so they survive restarts and add up across replicas; ``leaf-train models verdict`` reads them.
+Mirrored work only uses spare capacity (dropped and counted otherwise, never queued without
+bound); the statistics are written to the registry, one file per server process.
+Design: docs/shadow.md#what-the-server-does
 """
 
 from __future__ import annotations

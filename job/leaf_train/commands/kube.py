@@ -1,12 +1,8 @@
 """``leaf-train submit`` and ``leaf-train status``: start a training run now, and see how it went.
 
-``submit`` does what ``kubectl create job --from=cronjob/<name>`` does: it copies the
-CronJob's jobTemplate into a new Job owned by the CronJob and marked as a manual run, so
-the run gets the chart's exact pod spec (GPU, podFailurePolicy, S3 settings). Unlike kubectl
-it also tells the pods they were started by hand (``LEAF_TRAIN_RUN_TRIGGER=manual``: the retrain
-policy's ``auto`` skips only scheduled runs), and ``--force`` turns the skip off altogether.
-``status`` prints a Job's phase, its Events (the job's own and the controller's) and the
-version it published, or why it skipped.
+``submit`` copies the CronJob's jobTemplate into a new Job as ``kubectl create job --from=cronjob``
+does, and marks the run as manual; ``status`` prints a Job's phase, its Events and the version it
+published, or why it skipped. Design: docs/operations.md#start-a-run-now-and-follow-it
 """
 
 from __future__ import annotations

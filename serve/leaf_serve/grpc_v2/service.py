@@ -2,14 +2,7 @@
 
 Messages are converted in ``codec``, what a call may hold before its message is complete is decided
 in ``admission``; what is left here is the RPC table, one error handler, the server's options and
-its liveness check.
-
-REST and gRPC share one :class:`~leaf_serve.dataplane.DataPlane` (repository, batcher, budgets,
-readiness, metrics): a gRPC ``ModelInfer`` is turned into the same :class:`codecs.InferRequest` a
-REST body becomes, and goes through :meth:`DataPlane.infer`. Errors keep the status they carry
-(``LeafError.http_status``): a client's mistake is INVALID_ARGUMENT or NOT_FOUND with the same
-message REST sends, never UNKNOWN or INTERNAL.
-It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thread hop.
+its liveness check. Design: docs/serving.md#the-grpc-port-under-rests-rules
 """
 
 from __future__ import annotations
