@@ -51,12 +51,11 @@ def compute_metrics(
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
     f1s = [c["f1"] for c in per_class.values()]
+    top3 = float((topk == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
     return {
         "num_images": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-        "top3_accuracy": float((topk == y_true[:, None]).any(axis=1).mean())
-        if len(y_true)
-        else 0.0,
+        "top3_accuracy": top3,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

@@ -189,12 +189,13 @@ def _calibration_report(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """model.json's ``calibration`` and reliability diagram, both measured on the report half."""
     before, after = maths.softmax(logits), maths.softmax(logits, temperature)
+    fitted_on = (
+        "validation images whose second key hash is 'fit'" if split else "all validation images"
+    )
     calibration = {
         "method": "temperature",
         "temperature": temperature,
-        "fitted_on": "validation images whose second key hash is 'fit'"
-        if split
-        else "all validation images",
+        "fitted_on": fitted_on,
         "fit_images": len(fit_i),
         "report_images": len(rep_i),
         "bins": maths.ECE_BINS,

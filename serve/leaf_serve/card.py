@@ -151,42 +151,26 @@ def trust_json(
     """Calibration before/after, the OOD operating point (both from model.json) and the drift
     state."""
     cal, ood = contract.calibration or {}, contract.ood or {}
+    figure = f"/model/{RELIABILITY_FILE}" if RELIABILITY_FILE in card.figures else None
     return {
-        "calibration": {
-            k: cal.get(k)
-            for k in (
-                "method",
-                "temperature",
-                "fit_images",
-                "report_images",
-                "bins",
-                "before",
-                "after",
-            )
-        }
-        if cal
-        else None,  # fmt: skip
-        "ood": {
-            k: ood.get(k)
-            for k in (
-                "method",
-                "threshold",
-                "heldout_images",
-                "heldout_abstain_rate",
-                "ood_set_images",
-                "ood_set_abstain_rate",
-            )
-        }
-        if ood
-        else None,  # fmt: skip
-        "reliability_figure": f"/model/{RELIABILITY_FILE}"
-        if RELIABILITY_FILE in card.figures
-        else None,
+        "calibration": {k: cal.get(k) for k in _CALIBRATION} if cal else None,
+        "ood": {k: ood.get(k) for k in _OOD} if ood else None,
+        "reliability_figure": figure,
         "drift": drift,
     }
 
 
 _PER_CLASS = ("precision", "recall", "f1", "support")
+# What the card shows of model.json's calibration and ood records.
+_CALIBRATION = ("method", "temperature", "fit_images", "report_images", "bins", "before", "after")
+_OOD = (
+    "method",
+    "threshold",
+    "heldout_images",
+    "heldout_abstain_rate",
+    "ood_set_images",
+    "ood_set_abstain_rate",
+)
 _GATE = (
     "promote",
     "reason",

@@ -43,9 +43,12 @@ class DriftMetrics:
             registry=registry,
         )
         self.confidence = Histogram(
-            "leaf_serve_top1_confidence", "Top-1 probability of each answer", labels,
-            buckets=_CONFIDENCE_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "leaf_serve_top1_confidence",
+            "Top-1 probability of each answer",
+            labels,
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
         self.ood_ratio = Histogram(
             "leaf_serve_ood_score_ratio",
             "ood_score / the version's threshold (above 1: not a leaf)",
