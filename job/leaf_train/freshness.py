@@ -1,5 +1,4 @@
-"""The retrain policy: does this run have anything new to learn? Decided from the listing, before
-any download.
+"""The retrain policy: anything new to learn? Decided from the listing, before any download.
 
 Design: docs/training.md#the-retrain-policy-skip-a-run-with-nothing-new
 """

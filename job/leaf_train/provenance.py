@@ -1,5 +1,4 @@
-"""What produced a model: seed, determinism, the packages that shape its numbers, and the install
-lock.
+"""What produced a model: seed, determinism, the packages shaping its numbers, the install lock.
 
 ``model.json`` and ``report.json`` carry this record (``leaf-train models show`` prints it); the
 lock is named by its sha256 with whether the environment still matches it. Design:

@@ -1,5 +1,4 @@
-"""INT8 for CPU nodes: static quantization of the exported graph, and the check that decides whether
-it ships.
+"""INT8 for CPU nodes: static quantization of the exported graph, and the check that it may ship.
 
 ``to_int8`` uses ONNX Runtime's own tools (QDQ format, per-channel weights, MinMax calibration on
 training images); ``check_int8`` runs the float32 and INT8 models side by side on the validation

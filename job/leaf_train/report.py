@@ -1,5 +1,4 @@
-"""What a run reports: ``report.json``, the files a version publishes, and the result the CLI
-prints."""
+"""What a run reports: ``report.json``, the files a version publishes, the result the CLI prints."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""Shadow rollout: a version that passed the offline gate is promoted only on what it did on live
-traffic.
+"""Shadow rollout: a version that passed the gate is promoted only on what it did on live traffic.
 
 :func:`decide` turns the evidence serving wrote into promote, reject or wait, and :func:`apply`
 carries the decision out with the registry's compare-and-swap. Design: docs/shadow.md#the-verdict

@@ -1,5 +1,4 @@
-"""Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf")
-detector.
+"""Trust fitted by every run: a calibration temperature and a "not a leaf" (OOD) detector.
 
 Design (which images fit what, the calibration, the detector): docs/trust.md#which-images-fit-what
 and the two sections after it.

@@ -1,5 +1,4 @@
-"""The one root of the errors this project raises on purpose, with what each entry point does with
-them.
+"""The one root of the errors raised on purpose, with what each entry point does with them.
 
 Each class says how it ends a process (``exit_code``) and how it answers a request
 (``http_status``).

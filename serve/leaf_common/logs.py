@@ -1,5 +1,4 @@
-"""Log lines for people (``text``) or for a log pipeline (``json``), shared by ``leaf-train`` and
-``leaf-serve``.
+"""Log lines for people (``text``) or a log pipeline (``json``), for leaf-train and leaf-serve.
 
 Client-supplied strings stay escaped in both formats, so a request cannot forge a log line. The
 fields of each format: docs/operations.md#logs---log-format-textjson

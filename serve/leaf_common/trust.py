@@ -1,5 +1,4 @@
-"""Calibration, out-of-distribution and drift arithmetic that the job and the server share (numpy
-only).
+"""Calibration, out-of-distribution and drift arithmetic the job and server share (numpy only).
 
 The job fits with these functions and records what they return in ``model.json``; the server
 compares what it sees with that record using the same binning, so "held-out" and "served" are

@@ -1,5 +1,4 @@
-"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's dynamic batcher, in
-small).
+"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's, in small).
 
 A batch is sent when full or when its oldest request has waited ``max_queue_delay``; the queue is
 bounded (503 beyond ``max_queue_size``). Design: docs/serving.md (Dynamic batching).

@@ -1,5 +1,4 @@
-"""HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a
-stalled body.
+"""HTTP/1.1 connections with the deadlines uvicorn lacks: a request's headers, a stalled body.
 
 Both of uvicorn's HTTP/1.1 implementations get them (httptools when installed, h11 otherwise).
 Why, and what each deadline counts: docs/serving.md, "The two deadlines uvicorn lacks".

@@ -1,5 +1,4 @@
-"""The data plane both transports call: repository, draining, budgets, the off-loop pool, readiness,
-inference.
+"""The data plane both transports call: repository, draining, budgets, pool, readiness, inference.
 
 REST (``rest.Api``) and gRPC (``grpc_v2``) are each only a codec and routes over one
 :class:`DataPlane`, as MLServer's transports are over its ``DataPlane``: what "ready" means, which

@@ -1,5 +1,4 @@
-"""Drift you can alert on: what the server has seen since it loaded a version, against its training
-run.
+"""Drift you can alert on: what the server saw since it loaded a version, vs. its training run.
 
 Every scored batch updates, per served version, Prometheus series and a sliding window of the last
 ``WINDOW`` answers; the drift gauge is the PSI of that window against ``model.json``'s

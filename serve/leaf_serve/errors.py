@@ -1,5 +1,4 @@
-"""Errors that carry their HTTP status; REST (`rest.py`) and gRPC (`grpc_v2.service`) each have one
-handler.
+"""Errors that carry their HTTP status; REST (`rest.py`) and gRPC (`grpc_v2.service`): one handler.
 
 Every error derives from :class:`leaf_common.errors.LeafError`, whose ``http_status`` the handlers
 answer with: ``leaf_common``'s own errors (an undecodable image, a bad class name) need no

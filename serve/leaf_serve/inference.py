@@ -1,5 +1,4 @@
-"""What an Open Inference Protocol v2 request does, whatever carried it (REST JSON, REST binary,
-gRPC).
+"""What an OIP v2 request does, whatever carried it (REST JSON, REST binary, gRPC).
 
 The transports (``rest``, ``grpc_v2.service``) turn their bytes into a :class:`codecs.InferRequest`;
 everything from there is here, once: the tensor checked against the contract before any data is

@@ -1,5 +1,4 @@
-"""The model holder: one ONNX Runtime session per served version, ``load()`` / ``predict()`` /
-``ready``."""
+"""Model holder: one ONNX Runtime session per version; ``load()``, ``predict()``, ``ready``."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""The offline page (``--offline-page``): what a phone needs to keep diagnosing where the network is
-not.
+"""The offline page (``--offline-page``): what a phone needs to diagnose where there is no network.
 
 Design: docs/offline.md#routes-of-the-offline-page
 """

@@ -1,5 +1,4 @@
-"""The shadow candidate beside the champion: mirrored requests off the response path, and what they
-showed.
+"""The shadow candidate beside the champion: mirrored requests off the response path, their results.
 
 Mirrored work only uses spare capacity (dropped and counted otherwise, never queued without
 bound); the statistics are written to the registry, one file per server process.

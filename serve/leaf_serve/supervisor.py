@@ -1,5 +1,4 @@
-"""``--processes N``: N server processes on the same ports, so one node's cores can feed one
-accelerator.
+"""``--processes N``: N server processes on the same ports, so a node's cores can feed one GPU.
 
 Design: docs/serving.md#several-processes-per-pod
 """

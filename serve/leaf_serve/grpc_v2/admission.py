@@ -1,5 +1,4 @@
-"""What a gRPC call may hold before its message has arrived: REST's rules for a transport that hides
-its bytes.
+"""What a gRPC call may hold before its message arrived: REST's rules, for a transport hiding bytes.
 
 grpcio starts a call when its HEADERS arrive and buffers its message out of the server's sight until
 all of it is there. :class:`Admission` decides, per call, whether it gets a slot
