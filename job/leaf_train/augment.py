@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_mode(value: object, gpu_visible: bool) -> str:
-    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else
-    ``host``."""
+    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else host."""
     mode = normalize_augment(value)
     if mode == "auto":
         return "device" if gpu_visible else "host"
@@ -48,8 +47,7 @@ def _uniform(u: tf.Tensor, low: float, high: float) -> tf.Tensor:
 def random_matrices(
     seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams
 ) -> tf.Tensor:
-    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` (shape
-    [2])."""
+    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` [2]."""
     # An XLA-compiled step draws other (equally distributed) numbers than an uncompiled one from the
     # same seed; each is repeatable, which is what a run needs.
     u = tf.random.stateless_uniform(tf.stack([n, 8]), seed=seed, dtype=tf.float32)
@@ -74,8 +72,7 @@ def compose(
     height: int,
     width: int,
 ) -> tf.Tensor:
-    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in the Sequential's
-    order.
+    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in their order.
 
     Each layer maps an output pixel to the pixel it reads, so the last layer's map is applied first.
     """
@@ -100,8 +97,7 @@ def compose(
 
 
 def warp(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; borders repeat (nearest
-    fill).
+    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; nearest fill.
 
     Gathers from the flattened batch: XLA and every device support them, and they are deterministic.
     """

@@ -88,8 +88,7 @@ class PreparedData:
 
     @classmethod
     def of(cls, index: DatasetIndex, decoded: DecodedImages) -> PreparedData:
-        """Labels and splits from ``index``; slots of images not in it keep label 0 and are never
-        read."""
+        """Labels and splits from ``index``; slots of images not in it keep label 0, never read."""
         labels = np.zeros(len(decoded.keys), dtype=np.int32)
         labels[decoded.slots_of([it.key for it in index.items])] = [it.label for it in index.items]
         train = decoded.slots_of([it.key for it in index.split(TRAIN)])

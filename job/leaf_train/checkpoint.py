@@ -136,8 +136,7 @@ class RunCheckpoints:
         return key, digest
 
     def save(self, state: RunState, model: keras.Model) -> None:
-        """Write the model under a new key, then commit ``state`` naming it; then drop what no state
-        names."""
+        """Write the model under a new key, commit ``state`` naming it, drop what no state names."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / LEGACY_MODEL_FILE
             model.save(path)
@@ -147,15 +146,13 @@ class RunCheckpoints:
         self.save_state(state)
 
     def save_best(self, state: RunState, weights: list[np.ndarray]) -> None:
-        """Write early stopping's best weights under a new key; the next :meth:`save` commits
-        them."""
+        """Write early stopping's best weights under a new key; the next ``save`` commits them."""
         buf = io.BytesIO()
         np.savez(buf, **{f"w{i}": w for i, w in enumerate(weights)})
         state.best_key, state.best_sha256 = self._put_addressed("best", ".npz", buf.getvalue())
 
     def save_state(self, state: RunState) -> None:
-        """Commit ``state`` (one write replaces the old one), then remove checkpoint files it does
-        not name."""
+        """Commit ``state`` (one write), then remove the checkpoint files it does not name."""
         self.store.put(STATE_FILE, json.dumps(asdict(state)).encode())
         if not state.model_key:
             return  # a state from before issue 10 still means the fixed-name files: keep them
@@ -166,8 +163,7 @@ class RunCheckpoints:
 
 
 class StopSignal:
-    """Turns SIGTERM into a flag checked at safe points: between batches and between steps of
-    export/publication.
+    """Turns SIGTERM into a flag checked between batches and between export/publication steps.
 
     Installed from training to the end of the run, so a SIGTERM during export or publication stops
     the job at the next step with exit 75 (the retried pod finishes the run) instead of killing it

@@ -62,8 +62,7 @@ class DatasetIndex:
         return h.hexdigest()
 
     def manifest(self) -> bytes:
-        """``dataset.json``: the keys with ETag/size a version was trained on, and the unusable ones
-        it skipped."""
+        """``dataset.json``: the keys (ETag, size) a version trained on, and the unusable ones."""
         body = {
             "root": self.root,
             "fingerprint": self.fingerprint(),
@@ -76,8 +75,7 @@ class DatasetIndex:
         return json.dumps(body, indent=1).encode()
 
     def usable(self, ok: Sequence[bool], val_fraction: float) -> DatasetIndex:
-        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the others become
-        ``unusable``.
+        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the rest are unusable.
 
         Classes are re-derived, so a class whose photos were all corrupt disappears and labels stay
         dense, and the split rule is re-applied, so "every class has validation images" holds for
@@ -123,8 +121,7 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
 def _labelled(
     by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float
 ) -> tuple[list[str], list[Item]]:
-    """Classes in output order, and an :class:`Item` (label, split) for each object of each
-    class."""
+    """Classes in output order, and an :class:`Item` (label, split) per object of each class."""
     classes = sorted(by_class)
     items: list[Item] = []
     for label, cls in enumerate(classes):

@@ -110,8 +110,7 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
 
 
 def cluster_from_tf_config(raw: str) -> Cluster | None:
-    """A ``TF_CONFIG`` written by someone else (e.g. Kubeflow's TFJob); ``None`` if it names one
-    worker.
+    """A ``TF_CONFIG`` written by others (e.g. Kubeflow's TFJob); ``None`` if it names one worker.
 
     Raises:
         ConfigError: not JSON, or a shape MultiWorkerMirroredStrategy cannot use.
@@ -191,8 +190,7 @@ class Distribution:
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:
-        """Images each replica sees per step; the last replicas get fewer when it does not
-        divide."""
+        """Images each replica sees per step; the last ones get fewer when it does not divide."""
         if global_batch % self.replicas:
             log.warning(
                 "batch size %d is not a multiple of %d replicas: replicas get uneven shares",
@@ -222,8 +220,7 @@ class Distribution:
         model._maybe_symbolic_build = symbolic_build
 
     def shard(self, ds: Any) -> Any:
-        """``ds`` split by example across the workers: the arrays are in memory, there are no files
-        to split."""
+        """``ds`` split by example across workers: the arrays are in memory, no files to split."""
         if self.workers == 1:
             return ds
         import tensorflow as tf
@@ -237,8 +234,7 @@ class Distribution:
     def checkpoint_writer(
         self, ckpts: RunCheckpoints | None, cache_dir: Path
     ) -> RunCheckpoints | None:
-        """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one
-        elsewhere.
+        """Where this worker saves checkpoints: the run's folder on the chief, else a local one.
 
         Only the chief's checkpoint is real (the others would race it on the same keys), yet every
         worker must save: saving a mirrored model runs collective ops, and a worker that skipped
@@ -261,8 +257,7 @@ class Distribution:
 
 
 def from_config(cfg: TrainConfig, job_name: str) -> Distribution:
-    """The run's strategy from its options (``job_name`` names the worker pods); see
-    :func:`create`."""
+    """The run's strategy from its options (``job_name`` names the worker pods); see ``create``."""
     cluster = resolve_cluster(
         cfg.workers,
         cfg.worker_index,

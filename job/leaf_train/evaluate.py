@@ -12,8 +12,7 @@ from .cache import PreparedData
 
 
 def predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> np.ndarray:
-    """Probabilities of ``images[slots]``, ``batch`` at a time (a memmap is read a batch at a time
-    too)."""
+    """Probabilities of ``images[slots]``, ``batch`` at a time (a memmap is read so too)."""
     out = [
         model.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
         for i in range(0, len(slots), batch)

@@ -79,8 +79,7 @@ def export_all(
     stop: StopSignal,
     trust: TrustFit | None = None,
 ) -> Shipped:
-    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked
-    for.
+    """The float32 ONNX export of ``inference``, its parity check, and the variants asked for.
 
     With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity
     covers both.
@@ -115,8 +114,7 @@ def build_contract(
     training: dict[str, Any],
     trust: TrustFit | None = None,
 ) -> ModelContract:
-    """``model.json`` of the version: what the server needs to load it and what an operator asks
-    about it."""
+    """The version's ``model.json``: what the server needs to load it, what an operator asks."""
     return ModelContract(
         name=cfg.model_name,
         version=version,
@@ -215,8 +213,7 @@ def float32_copy(
 def to_onnx(
     model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None
 ) -> bytes:
-    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output
-    ``probabilities``.
+    """Serialized ONNX: input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
 
     With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N]
     holds the squared Mahalanobis distance to the nearest class mean, the constants baked into the
@@ -310,8 +307,7 @@ def check_parity(
     batch: int = 16,
     head: TrustHead | None = None,
 ) -> Parity:
-    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged
-    by the gate).
+    """Max |Keras - ONNX Runtime| of probabilities on the same images (judged by the gate).
 
     With ``head`` the Keras side is the features model followed by the calibrated head in numpy.
     """
@@ -335,8 +331,7 @@ def check_ood_parity(
     head: TrustHead,
     batch: int = 16,
 ) -> Parity:
-    """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides
-    abstaining)."""
+    """Max |ORT - Keras/numpy| of ``ood_score`` over the threshold (the scale that abstains)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
@@ -361,8 +356,7 @@ def _max_abs_diff(
     images: np.ndarray,
     batch: int,
 ) -> float:
-    """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a
-    time."""
+    """Largest |reference - candidate| over the probabilities of ``images``, ``batch`` at a time."""
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
@@ -376,8 +370,7 @@ def _max_abs_diff(
 
 
 def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
-    """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not
-    raised.
+    """The measured parity; a failure is logged and left to the gate (rule ``parity``).
 
     Failing the job here would make the Job retry into the same deterministic disagreement and
     lose the evidence; as a gate rule the version is kept, rejected, with the numbers that failed.
@@ -420,8 +413,7 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
 def check_fp16_parity(
     fp32_bytes: bytes, fp16_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime (judged by
-    the gate)."""
+    """Max |FP16 - FP32| of probabilities on the same images, both in ONNX Runtime (gate-judged)."""
     import onnxruntime as ort
 
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])

@@ -92,8 +92,7 @@ class RetrainConfig:
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:
-    """``model.json``'s ``training`` block: the options compared by the retrain policy, then the
-    recorded ones."""
+    """``model.json``'s ``training`` block: the options the retrain policy compares, then more."""
     record = {name: getattr(cfg, name, None) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
     # Host and device augmentation draw the same transforms (augment.py), so moving it is no reason
     # to retrain; a bool also equals what versions before --augment host|device recorded.
@@ -124,8 +123,7 @@ class PhotoChanges:
 
 
 def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoChanges:
-    """The listing against ``dataset.json``: photos added, rewritten (other ETag or size) and
-    removed.
+    """The listing against ``dataset.json``: photos added, rewritten (ETag or size) and removed.
 
     Raises:
         ValueError: ``dataset`` lacks the image records (key, etag, size) every version writes.
@@ -146,8 +144,7 @@ def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoCha
 
 
 def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[str]:
-    """Shaping options whose value differs from (or is missing in) ``model.json``'s ``training``
-    block."""
+    """Shaping options that differ from (or are missing in) ``model.json``'s ``training`` block."""
     recorded, now = contract.get("training") or {}, training_record(cfg)
     diffs = []
     for name in SHAPING_OPTIONS:
@@ -159,8 +156,7 @@ def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[st
 
 
 def code_differences(contract: Mapping[str, Any]) -> list[str]:
-    """The training code's digest and the numeric packages' versions, against ``model.json``'s
-    ``provenance``."""
+    """The training code's digest and numeric packages' versions against ``model.json``."""
     recorded = contract.get("provenance") or {}
     code = recorded.get("code") or {}
     diffs = []
@@ -192,8 +188,7 @@ def check_enabled(cfg: RetrainConfig) -> tuple[bool, str]:
 
 
 def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[str, Any]] | str:
-    """``(version, model.json, dataset.json)`` of the served version, checked against its manifest;
-    else why not."""
+    """``(version, model.json, dataset.json)`` of the served version, verified; else why not."""
     found = registry.pointer()
     if found is None:
         return "nothing is served yet"

@@ -125,8 +125,7 @@ class KubeReporter:
         rollout_deployment: str = "",
         reporting_instance: str = "",
     ) -> None:
-        """Use :meth:`from_config` in the job; this constructor is for tests and callers with a
-        client.
+        """Use :meth:`from_config` in the job; this constructor is for tests and given clients.
 
         Args:
             api_client: a ``kubernetes.client.ApiClient``, or ``None`` for a disabled reporter.
@@ -288,8 +287,7 @@ class KubeReporter:
         return self._annotate({VERSION_ANNOTATION: version}, outcome)
 
     def annotate_skipped(self, reason: str) -> bool:
-        """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire,
-        the Job stays."""
+        """Annotate the Job with why it skipped (``leaf-train.io/skipped``): Events expire."""
         return self._annotate({SKIPPED_ANNOTATION: reason}, {OUTCOME_LABEL: "skipped"})
 
     def _annotate(self, annotations: dict[str, str], labels: dict[str, str] | None = None) -> bool:

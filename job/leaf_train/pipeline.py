@@ -146,8 +146,7 @@ def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
 def prepare_data(
     cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex
 ) -> PreparedData:
-    """Decode the listing once, drop bad files, and split; classes are re-derived from usable
-    images."""
+    """Decode the listing once, drop bad files, split; classes re-derived from usable images."""
     decoded = decode_all(
         store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir
     )
@@ -366,8 +365,7 @@ def _publish(
 
 
 def _finish(job: _Job, version: str) -> bool:
-    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either
-    way."""
+    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
     promoted = finish(
@@ -394,8 +392,7 @@ def _finish_published(job: _Job, version: str) -> RunResult:
 
 
 def _skipped(job: _Job, retrain: freshness.RetrainDecision) -> RunResult:
-    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit
-    0)."""
+    """Nothing new to learn: say why (log, Event, the Job's annotation) and end with exit 0."""
     log.info("skipped: %s", retrain.reason)
     job.kube.event("Skipped", retrain.reason)
     job.kube.annotate_skipped(retrain.reason)

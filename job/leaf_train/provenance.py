@@ -41,8 +41,7 @@ CODE_PACKAGES = ("leaf_train", "leaf_common")
 
 
 def normalize(name: str) -> str:
-    """PEP 503 name: ``Pillow`` and ``pillow``, ``tensorflow_cpu`` and ``tensorflow-cpu`` are one
-    package."""
+    """PEP 503 name: ``Pillow``/``pillow``, ``tensorflow_cpu``/``tensorflow-cpu`` are one."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -95,8 +94,7 @@ def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
 
 
 def source_digest(roots: Mapping[str, Path]) -> str:
-    """SHA-256 over the relative path and bytes of every ``.py`` file under each ``name ->
-    folder``."""
+    """SHA-256 over the relative path and bytes of every ``.py`` file under each folder."""
     h = hashlib.sha256()
     for name, root in sorted(roots.items()):
         for path in sorted(root.rglob("*.py")):
@@ -108,8 +106,7 @@ def source_digest(roots: Mapping[str, Path]) -> str:
 
 
 def code_record() -> dict[str, str]:
-    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`, see
-    :func:`source_digest`).
+    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`).
 
     The content, not only ``__version__``: the version string is not bumped with every change, and
     the retrain policy (``freshness``) must notice any change of the code that trains the model.
@@ -129,8 +126,7 @@ def record(
     weights_sha256: str,
     augment: str | None = None,
 ) -> dict[str, Any]:
-    """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved
-    mode."""
+    """The provenance block of ``model.json`` and ``report.json``; ``augment``: resolved mode."""
     return {
         "code": code_record(),
         "seed": seed,

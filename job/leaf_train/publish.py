@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 
 
 def run_owner(run_id: str) -> str | None:
-    """The claim owner of a run's publication: stable across its retried pods; ``None`` without a
-    run id."""
+    """The claim owner of a run's publication, stable across retried pods; None without run id."""
     return f"run/{run_id}" if run_id else None
 
 
@@ -135,8 +134,7 @@ def finish(
     incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
     rollout: str = "direct",
 ) -> bool:
-    """Promote a published version as its recorded gate decided; after a promotion, prune and
-    restart serving.
+    """Promote a version as its recorded gate decided; after a promotion, prune and restart serving.
 
     With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the
     shadow candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted

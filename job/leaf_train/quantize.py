@@ -33,8 +33,7 @@ def _probabilities(session: Any, images: np.ndarray) -> np.ndarray:
 
 
 def to_int8(onnx_bytes: bytes, calibration: np.ndarray) -> bytes:
-    """The same graph statically quantized to INT8 (QDQ, per-channel weights), calibrated on
-    ``calibration``.
+    """The same graph quantized to INT8 (static, QDQ, per-channel), calibrated on ``calibration``.
 
     ONNX Runtime's own tools: ``quant_pre_process`` (shape inference and graph optimisation, which
     quantization expects), then ``quantize_static`` with MinMax calibration. Inputs and outputs stay
@@ -111,8 +110,7 @@ def _calibration_reader(calibration: np.ndarray) -> Any:
 
 
 def _head_matmuls(model_path: Path) -> list[str]:
-    """The MatMuls export.py adds after the Keras features (logits / T, the OOD distances): kept
-    float32.
+    """The MatMuls export.py adds after the features (logits / T, OOD distances): kept float32.
 
     They cost nothing next to the convolutions, and the OOD threshold was fitted on float32
     distances. tf2onnx names every node of the Keras model under its scope
@@ -126,8 +124,7 @@ def _head_matmuls(model_path: Path) -> list[str]:
 
 @dataclass(frozen=True)
 class Int8Check:
-    """INT8 against FP32 on the validation images: what decides whether model.int8.onnx is
-    published."""
+    """INT8 against FP32 on the validation images: decides whether model.int8.onnx is published."""
 
     top1_agreement: float  # share of images where both models predict the same class
     accuracy_fp32: float
@@ -175,8 +172,7 @@ def check_int8(
     labels: np.ndarray,
     max_accuracy_drop: float,
 ) -> Int8Check:
-    """Top-1 agreement and accuracy of both models on the same validation images, both run by ONNX
-    Runtime."""
+    """Top-1 agreement and accuracy of both models on the same images, in ONNX Runtime."""
     import onnxruntime as ort
 
     fp32, int8 = (_top1(ort, model, images) for model in (fp32_bytes, int8_bytes))

@@ -40,8 +40,7 @@ class RunResult:
 def run_report(
     data: PreparedData, history: dict[str, list[float]], mixed: bool, started: float
 ) -> dict[str, Any]:
-    """``report.json`` without the parts only the end of the run knows (provenance, distribution,
-    jit)."""
+    """``report.json`` without what only the run's end knows (provenance, distribution, jit)."""
     return {
         "classes": data.index.counts(),
         "train_counts": data.index.counts(TRAIN),
@@ -60,8 +59,7 @@ def run_report(
 
 
 def from_review(index: DatasetIndex) -> dict[str, Any]:
-    """How many training photos came back through review (``leaf-train inbox accept`` or
-    ``/review``).
+    """How many training photos came back through review (``inbox accept`` or ``/review``).
 
     Review names every photo it adds ``<class>/capture-<time>-<hex>.<ext>``, so the listing the
     job already made says which they are (:func:`leaf_common.inbox.is_review_key`).
@@ -84,8 +82,7 @@ def artefacts(
     history: dict[str, list[float]],
     report: dict[str, Any],
 ) -> dict[str, bytes]:
-    """The files of a version, by name: model, contract, metrics, report, dataset manifest,
-    plots."""
+    """A version's files by name: model, contract, metrics, report, dataset manifest, plots."""
     return {
         MODEL_FILE: onnx_bytes,
         CONTRACT_FILE: contract.to_json(),

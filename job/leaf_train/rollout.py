@@ -298,8 +298,7 @@ def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[
 def evaluate(
     registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None
 ) -> ShadowVerdict | None:
-    """The verdict on the current candidate, from what is in the registry now; ``None`` without a
-    candidate."""
+    """The verdict on the current candidate from the registry now; ``None`` without a candidate."""
     found = registry.candidate()
     if found is None or not found.candidate.version:
         return None
@@ -314,8 +313,7 @@ def evaluate(
 
 
 def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> ShadowVerdict | None:
-    """Decide on the current candidate and carry the decision out; ``None`` when there is no
-    candidate."""
+    """Decide on the current candidate and carry it out; ``None`` when there is no candidate."""
     verdict = evaluate(registry, cfg)
     if verdict is not None:
         apply(registry, verdict, kube)
@@ -323,8 +321,7 @@ def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> Sh
 
 
 def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
-    """Carry out ``verdict``: promote by the pointer swap, or withdraw the candidate; record it
-    once.
+    """Carry out ``verdict``: promote by the pointer swap or withdraw the candidate; record it once.
 
     Returns:
         Whether the candidate is served now.
@@ -360,8 +357,7 @@ def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
 
 
 def _record(registry: ModelRegistry, verdict: ShadowVerdict) -> None:
-    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable, so the decision
-    lives beside it."""
+    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable."""
     key = f"{candidate_dir(verdict.candidate)}/{VERDICT_FILE}"
     try:
         registry.store.put(

@@ -32,8 +32,7 @@ _TRAIN = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 class ReviewError(LeafTrainError):
-    """A review action was refused: no such capture, a photo that changed, an unconfirmed new
-    class."""
+    """A review action was refused: no such capture, a changed photo, an unconfirmed new class."""
 
 
 @dataclass
@@ -102,8 +101,7 @@ def _inbox(args: argparse.Namespace) -> Inbox:
 
 
 def format_list(records: list[CaptureRecord]) -> str:
-    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (probability), VERSION, what the
-    person said."""
+    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (p), VERSION, what the person said."""
     rows = [("ID", "CAPTURED", "REASON", "MODEL SAID", "VERSION", "PERSON SAID")]
     for r in records:
         said = f"{readable_label(r.label)} ({r.probability:.0%})"

@@ -113,8 +113,7 @@ def _api(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, Any]:
-    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest, with its pods
-    told so.
+    """The Job ``kubectl create job --from=cronjob/...`` would make, with its pods told so.
 
     Args:
         cronjob: a ``V1CronJob`` read from the API.
@@ -150,8 +149,7 @@ def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, 
 
 
 def _run_env(force: bool) -> dict[str, str]:
-    """What the pods of a submitted Job are told; env entries win over the chart's ConfigMap
-    (envFrom)."""
+    """What a submitted Job's pods are told; env entries win over the chart's ConfigMap."""
     env = {f"{ENV_PREFIX}RUN_TRIGGER": "manual"}  # the CronJob's template says "scheduled"
     if force:
         env[f"{ENV_PREFIX}SKIP_IF_UNCHANGED"] = "off"
@@ -159,8 +157,7 @@ def _run_env(force: bool) -> dict[str, str]:
 
 
 def _with_env(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """``spec`` with ``env`` set in every container of its pod template, replacing entries of the
-    same name."""
+    """``spec`` with ``env`` set in every container of its pod template (same names replaced)."""
     for container in spec.get("template", {}).get("spec", {}).get("containers", []):
         kept = [e for e in container.get("env") or [] if e.get("name") not in env]
         container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
