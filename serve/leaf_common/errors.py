@@ -13,8 +13,7 @@ EXIT_CONFIG = 2
 
 
 class LeafError(Exception):
-    """Base class: ``exit_code`` for a command line, ``http_status`` for a server answering a
-    request."""
+    """Base class: ``exit_code`` for a command line, ``http_status`` for a server's answer."""
 
     exit_code = EXIT_FAILURE
     http_status = 500

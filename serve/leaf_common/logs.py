@@ -26,8 +26,7 @@ _ESCAPES = {
 
 
 def set_context(**fields: Any) -> None:
-    """Fields every later line of this process carries (``None`` removes one), e.g. a run's
-    ``run_id``."""
+    """Fields every later line of this process carries (``None`` removes one), e.g. ``run_id``."""
     for key, value in fields.items():
         if value is None:
             _CONTEXT.pop(key, None)
@@ -82,8 +81,7 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """This module's stderr handler, so configuring again replaces it and leaves a host's handlers
-    alone."""
+    """This module's stderr handler: configuring again replaces it, a host's handlers stay."""
 
 
 def formatter(
@@ -110,8 +108,7 @@ def configure(
     static: Mapping[str, Any] | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Send every logger's records to stderr (or ``stream``) in ``log_format``, at ``level`` and
-    above."""
+    """Send every logger's records to stderr (or ``stream``) in ``log_format``, from ``level``."""
     root = logging.getLogger()
     for h in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(h)

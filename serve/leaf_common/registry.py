@@ -107,8 +107,7 @@ def read_pointer(model_store: Store) -> PointerRead | None:
 
 
 def pointer_root(uri: str) -> str | None:
-    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), else
-    ``None``."""
+    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), or None."""
     stripped = uri.rstrip("/")
     if stripped.endswith("/" + POINTER_FILE) or stripped == POINTER_FILE:
         return stripped.removesuffix(POINTER_FILE).rstrip("/") or "."
@@ -148,8 +147,7 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Contents of ``versions/<v>/manifest.json``, written last: its presence marks a complete
-    version."""
+    """``versions/<v>/manifest.json``, written last: its presence marks a complete version."""
 
     version: str
     created_at: str
@@ -271,8 +269,7 @@ class VerifiedModel:
 
 
 def read_verified_model(version_store: Store, expected_version: str | None) -> VerifiedModel:
-    """Read a complete version's ``model.json`` and the ONNX file it names, the way every reader
-    must.
+    """Read a complete version's ``model.json`` and its ONNX file, the way every reader must.
 
     Both files are checked against the manifest (:func:`read_verified_version`); the contract must
     name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when

@@ -12,8 +12,7 @@ from pathlib import Path
 
 
 def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
-    """CPUs allowed by the container's cgroup CPU quota (v2 ``cpu.max`` or v1 CFS), or ``None`` if
-    unlimited."""
+    """CPUs the container's cgroup quota allows (v2 ``cpu.max`` or v1 CFS); None if unlimited."""
     base = Path(root)
     try:
         quota, period = (base / "cpu.max").read_text().split()[:2]

@@ -23,8 +23,7 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Candidate:
-    """Contents of ``shadow.json``; ``version`` is ``None`` once the candidate was decided or
-    withdrawn."""
+    """``shadow.json``; ``version`` is ``None`` once the candidate was decided or withdrawn."""
 
     version: str | None
     champion: str  # latest.json's version when it was proposed: what its statistics compare with
@@ -60,8 +59,7 @@ class CandidateRead(NamedTuple):
 
 
 def read_candidate(model_store: Store) -> CandidateRead | None:
-    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; ``None`` if there never was
-    one."""
+    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; None if there never was one."""
     try:
         data, etag = model_store.get_with_etag(CANDIDATE_FILE)
     except NotFound:
@@ -103,8 +101,7 @@ class ShadowStats:
         champion_abstained: bool = False,
         candidate_abstained: bool = False,
     ) -> None:
-        """One mirrored request: each model's (top-1 label, its probability) and whether it
-        abstained."""
+        """One mirrored request: each model's (top-1 label, probability), whether it abstained."""
         agree = champion[0] == candidate[0]
         self.mirrored += 1
         self.agreed += agree
@@ -172,8 +169,7 @@ def write_stats(model_store: Store, stats: ShadowStats) -> None:
 
 
 def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[ShadowStats, list[str]]:
-    """Every pod's statistics about ``candidate`` against ``champion``, summed; and the files
-    skipped, with why."""
+    """All pods' statistics on ``candidate`` against ``champion``, summed; skipped files, why."""
     total = ShadowStats(candidate, champion)
     skipped: list[str] = []
     for info in model_store.list(candidate_dir(candidate)):
@@ -190,8 +186,7 @@ def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[Shado
 
 @dataclass(frozen=True)
 class ReviewedAnswer:
-    """A photo both models answered that a reviewer then labelled: the evidence closest to the
-    field's truth."""
+    """A photo both models answered and a reviewer labelled: the evidence closest to the truth."""
 
     id: str
     label: str  # what the reviewer said it is
@@ -228,8 +223,7 @@ def answer_key(candidate: str, capture_id: str) -> str:
 def write_answer(
     model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str
 ) -> None:
-    """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written
-    once)."""
+    """The candidate's answer on a captured photo, kept (once) until a reviewer labels it."""
     body = {
         "schema_version": SCHEMA_VERSION,
         "id": capture_id,
@@ -246,8 +240,7 @@ CAPTURE_EXTRA = "shadow_candidate"  # the key a capture record's ``extra`` names
 
 
 def note_review(model_store: Store, record: Any, label: str) -> bool:
-    """A reviewer labelled ``record``'s photo: if the candidate answered it too, keep both answers
-    and the label.
+    """A reviewer labelled ``record``'s photo: if the candidate answered it, keep both answers.
 
     ``record`` is a :class:`leaf_common.inbox.CaptureRecord`; returns whether evidence was written.
     """

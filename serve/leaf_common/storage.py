@@ -234,8 +234,7 @@ class LocalStore(Store):
 
 
 def _is_network_error(e: Exception) -> bool:
-    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying
-    cannot fix."""
+    """Connection and read failures; not the BotoCoreErrors that retrying cannot fix."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import HTTPClientError, IncompleteReadError
 

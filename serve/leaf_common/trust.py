@@ -33,8 +33,7 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: |accuracy - confidence| per equal-width confidence bin, weighted
-    by count."""
+    """Expected calibration error: |accuracy - confidence| per confidence bin, count-weighted."""
     rows = reliability(probs, labels, bins)
     n = sum(r["count"] for r in rows)
     return float(
@@ -46,8 +45,7 @@ def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
 def reliability(
     probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
 ) -> list[dict[str, float]]:
-    """Per confidence bin: its edges, how many answers fell in it, their mean confidence and
-    accuracy."""
+    """Per confidence bin: its edges, its answers, their mean confidence and accuracy."""
     p = np.asarray(probs, dtype=np.float64)
     conf, hit = p.max(axis=1), (p.argmax(axis=1) == np.asarray(labels))
     # Bin i holds (lo, hi]; a confidence of exactly 0 joins the first bin.
@@ -95,8 +93,7 @@ def fit_temperature(
 def fit_mahalanobis(
     features: np.ndarray, labels: np.ndarray, num_classes: int, shrinkage: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class means and a projection ``L`` with ``L Lᵀ`` = the inverse of the shared (shrunk)
-    covariance.
+    """Class means and ``L`` with ``L Lᵀ`` = the inverse of the shared (shrunk) covariance.
 
     The distance of ``f`` to class ``k`` is then ``|f L - mean_k L|²``: two matrix products, which
     is what the exported graph computes. Shrinkage towards a scaled identity keeps the covariance
@@ -140,8 +137,7 @@ def threshold_for(scores: np.ndarray, max_rate: float) -> float:
 
 
 def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> list[float]:
-    """Share of ``values`` in each bin of ``edges``; values outside fall into the first or last
-    bin."""
+    """Share of ``values`` in each bin of ``edges``; values outside go to the first or last bin."""
     v = np.asarray(values, dtype=np.float64)
     inner = np.asarray(edges[1:-1], dtype=np.float64)
     counts = np.bincount(np.searchsorted(inner, v, side="right"), minlength=len(edges) - 1)

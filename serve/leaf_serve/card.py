@@ -148,8 +148,7 @@ def _metrics_json(contract: ModelContract, card: ModelCard) -> dict[str, Any]:
 def trust_json(
     contract: ModelContract, card: ModelCard, drift: dict[str, Any] | None
 ) -> dict[str, Any]:
-    """Calibration before/after, the OOD operating point (both from model.json) and the drift
-    state."""
+    """Calibration before/after, the OOD operating point (model.json), and the drift state."""
     cal, ood = contract.calibration or {}, contract.ood or {}
     figure = f"/model/{RELIABILITY_FILE}" if RELIABILITY_FILE in card.figures else None
     return {

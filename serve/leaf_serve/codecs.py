@@ -52,8 +52,7 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
 
 @dataclass
 class InputTensor:
-    """One input as the request declared it; :meth:`to_array` converts its data when the caller has
-    checked it.
+    """One input as the request declared it; :meth:`to_array` converts it once checked.
 
     Name, shape and datatype are checked against the model before any data is converted, so a
     request that cannot be served costs no conversion (and an INT8 tensor's values are range-checked
@@ -100,8 +99,7 @@ class InferRequest:
 
 
 def _json_object(data: bytes | memoryview) -> dict[str, Any]:
-    """The JSON object in ``data``, parsed by orjson (no copy of the body; ~5-10x the standard
-    library's speed).
+    """The JSON object in ``data``, parsed by orjson (no copy; ~5-10x the standard library).
 
     What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``,
     which Python clients send by default (the model's input check then refuses them by name), and
@@ -142,8 +140,7 @@ def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
 
 
 def _flag(value: Any, where: str) -> bool | None:
-    """A boolean parameter: JSON true/false, or the strings "true"/"false" some clients send; else
-    400."""
+    """A boolean parameter: JSON true/false or the strings "true"/"false"; else 400."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -206,8 +203,7 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
 def _from_typed(
     values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str
 ) -> np.ndarray:
-    """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the
-    memory)."""
+    """Straight into the tensor's dtype: ``np.asarray`` would make a float64 copy (2x memory)."""
     try:
         array = np.fromiter(values, dtype=dtype, count=len(values))
     except OverflowError as e:  # 300 in uint_contents for a UINT8 tensor
@@ -218,8 +214,7 @@ def _from_typed(
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse a v2 inference request (JSON, or JSON header + binary tensors); tensor data stays
-    unconverted.
+    """Parse a v2 request (JSON, or JSON header + binary tensors); tensor data unconverted.
 
     Args:
         body: the whole HTTP body.

@@ -28,8 +28,7 @@ _PARSER_ERROR = (
 
 
 class _Deadlines:
-    """The timer shared by both protocol flavours: one deadline at a time, for headers or for the
-    body."""
+    """The timer both protocol flavours share: one deadline at a time, headers or body."""
 
     header_timeout = 30.0
     body_timeout = 30.0
@@ -77,8 +76,7 @@ class _Deadlines:
         self.transport.close()  # an app still reading the body sees a disconnect
 
     def send_400_response(self, msg: str) -> None:
-        """The HTTP parser refused the bytes (bad header value, broken framing): answer like every
-        refusal, in JSON."""
+        """The parser refused the bytes (bad header, framing): answer in JSON, like any refusal."""
         client = self.client[0] if self.client else "client"
         # The parser's message may quote the client's bytes.
         log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))
@@ -134,8 +132,7 @@ def _httptools_protocol() -> type | None:
 
 
 class DeadlineH11Protocol(_Deadlines, H11Protocol):
-    """h11 exposes where the client is in its request as a state: the deadlines follow that
-    state."""
+    """h11 exposes where the client is in its request as a state: the deadlines follow it."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

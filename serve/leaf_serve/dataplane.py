@@ -58,8 +58,7 @@ class DataPlane:
         self.live_checks: list[Callable[[], Awaitable[str | None]]] = []
 
     async def live(self) -> str | None:
-        """None when the server can take calls on every transport; else what cannot (liveness
-        fails)."""
+        """None when the server can take calls on every transport; else what cannot (not live)."""
         for check in self.live_checks:
             problem = await check()
             if problem is not None:
@@ -88,8 +87,7 @@ class DataPlane:
         return inference.model_metadata(served, self.config.max_batch_size)
 
     def body_allowance(self) -> BodyAllowance:
-        """What one request may take from the shared body budget; release it when the request
-        ends."""
+        """What one request may take from the shared body budget; released when it ends."""
         return BodyAllowance(self.bodies)
 
     async def off_loop(self, fn: Callable[..., Any], *args: Any) -> Any:
@@ -103,7 +101,6 @@ class DataPlane:
         )
 
     def answered(self, served: ServedModel, batch: np.ndarray, scores: Scores) -> None:
-        """Every answered inference (v2 on both transports, /classify) passes here once its answer
-        is settled."""
+        """Every answered inference (v2 on both transports, /classify) passes here once settled."""
         if self.shadow is not None:
             self.shadow.mirror(served, batch, scores, others=self.active - 1)

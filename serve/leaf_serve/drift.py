@@ -90,8 +90,7 @@ class DriftMonitor:
                 )
 
     def retire(self) -> None:
-        """Drop this version's series once another version is served (/metrics shows the served
-        one)."""
+        """Drop this version's series once another is served (/metrics shows the served one)."""
         m, self._metrics = self._metrics, None  # requests still draining on it record nothing more
         if m is None:
             return
@@ -129,8 +128,7 @@ class DriftMonitor:
                     m.not_a_leaf.labels(*key).inc()
 
     def psi(self) -> dict[str, float]:
-        """PSI per signal and ``max``; empty while the window holds fewer than MIN_ANSWERS or no
-        reference."""
+        """PSI per signal and ``max``; empty below MIN_ANSWERS answers or without a reference."""
         ref = self.reference
         with self._lock:
             window = list(self._window)

@@ -42,8 +42,7 @@ class Unauthorized(ServeError):
 
 
 class NotFound(ServeError):
-    """Nothing at this URL: a feature that is off, a capture already reviewed, a file not
-    published."""
+    """Nothing at this URL: a feature that is off, a capture reviewed, a file not published."""
 
     http_status = 404
 
@@ -85,8 +84,7 @@ class Unavailable(ServeError):
 
 
 class ClientGone(ServeError):
-    """The client closed the connection (or stalled and was cut off) before its request was
-    complete.
+    """The client closed (or stalled and was cut off) before its request was complete.
 
     Nobody is left to answer; 499 is nginx's convention for it, used here only in logs and metrics.
     """
@@ -95,20 +93,17 @@ class ClientGone(ServeError):
 
 
 class ModelLoadError(ServeError):
-    """A model version cannot be served: missing or corrupt file, contract mismatch, failed smoke
-    test."""
+    """A version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
 
     http_status = 500
 
 
 class VersionIncomplete(ModelLoadError):
-    """The version has no manifest (yet): worth a few retries when the pointer names it, then a
-    rejection."""
+    """No manifest (yet): a few retries when the pointer names the version, then a rejection."""
 
 
 def answered(exc: BaseException) -> LeafError | None:
-    """``exc`` if a handler answers it with its own status and message, else ``None`` (an internal
-    error).
+    """``exc`` if a handler answers it with its own status and message, else None (internal).
 
     The server's own errors are answered as they are; an error from elsewhere (``leaf_common``) only
     when it names a client's mistake (4xx, e.g. an undecodable image): a 500 from a store or a
@@ -123,8 +118,7 @@ LOGGED_CHARS = 200  # of one client-supplied value in a log line
 
 
 def quoted(value: object, limit: int = LOGGED_CHARS) -> str:
-    """A client-supplied value as a log line may hold it: cut to ``limit`` characters, then
-    ``repr``.
+    """A client-supplied value as a log line may hold it: cut to ``limit``, then ``repr``.
 
     ``repr`` escapes CR, LF and every other control character, so a path like ``/ui/x%0a2026-...
     ERROR`` stays inside the one line it was logged in and cannot pass for a line of its own.

@@ -36,8 +36,7 @@ Outputs = list[tuple[str, np.ndarray, bool]]
 def check_input(
     parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int
 ) -> codecs.InputTensor:
-    """The request's one tensor, checked against the contract (name, datatype, shape, batch size);
-    data untouched."""
+    """The request's one tensor checked against the contract (name, dtype, shape, batch size)."""
     c = served.contract
     names = [t.name for t in parsed.inputs]
     if names != [c.input.name]:
@@ -80,8 +79,7 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
 
 
 def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Scores) -> Outputs:
-    """``(name, array, binary)`` for each output the request asked for (the probabilities when it
-    named none).
+    """``(name, array, binary)`` per output the request asked for (probabilities if none).
 
     The ``ood_score`` output of versions that ship it is sent only when asked for by name, so
     clients that ignore it see the same response as before.

@@ -23,8 +23,7 @@ class MemoryBudget:
     """A weighted semaphore over bytes, for coroutines on one event loop."""
 
     def __init__(self, capacity: int, what: str, option: str):
-        """Args: capacity in bytes; ``what`` and ``option`` name it in errors ("image decoding",
-        "max_decode_bytes")."""
+        """Args: capacity in bytes; ``what`` and ``option`` name it in errors."""
         self.capacity = capacity
         self.in_use = 0
         self._what, self._option = what, option
@@ -88,8 +87,7 @@ class MemoryBudget:
 
 
 class BodyAllowance:
-    """The body bytes one request holds against the shared budget; returned when the request
-    ends."""
+    """The body bytes one request holds against the shared budget, returned when it ends."""
 
     def __init__(self, budget: MemoryBudget):
         self._budget = budget
@@ -105,8 +103,7 @@ class BodyAllowance:
             self.held = 0
 
     def settle(self, n: int) -> None:
-        """Hold exactly ``n`` bytes: give back a worst-case reservation once the real size is
-        known."""
+        """Hold exactly ``n`` bytes: give back a worst-case reservation once the size is known."""
         if n <= self.held:
             self._budget.give_back(self.held - n)
             self.held = n

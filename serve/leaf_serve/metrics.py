@@ -39,8 +39,7 @@ CLOSE_REASONS = ("headers_timeout", "body_timeout")
 
 
 class FunctionGauge(Collector):
-    """A gauge whose value is read from a function at scrape time, kept out of the multiprocess
-    files."""
+    """A gauge read from a function at scrape time, kept out of the multiprocess files."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()):
         self._name, self._doc, self._labelnames = name, documentation, labelnames
@@ -243,8 +242,7 @@ def _unix_time(iso: str) -> float:
 
 
 def outcome(status: int) -> str:
-    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the
-    status they carry)."""
+    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC: its own)."""
     if status < 400:
         return "success"
     if status == 503:

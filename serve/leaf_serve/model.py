@@ -122,8 +122,7 @@ def _provider_names(requested: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class RuntimeOptions:
-    """How ONNX Runtime runs every version this server loads; built once from the config
-    (:meth:`from_config`).
+    """How ONNX Runtime runs every version this server loads; see :meth:`from_config`.
 
     Each field is the ``ServeConfig`` option of the same name (documented there).
     """
@@ -175,8 +174,7 @@ class OnnxModel:
         *,
         model_file: str = "",
     ):
-        """``model_file``: the file the bytes came from (``model.fp16.onnx`` when preferred), for
-        logs."""
+        """``model_file``: the file the bytes came from (e.g. ``model.fp16.onnx``), for logs."""
         self.contract = contract
         self.options = options
         self.model_file = model_file or contract.model_file
@@ -282,20 +280,17 @@ class OnnxModel:
 
     @property
     def output_names(self) -> list[str]:
-        """What one run fetches: the probabilities, and the OOD score when the contract declares
-        it."""
+        """What one run fetches: the probabilities, and the OOD score the contract declares."""
         ood = self.contract.ood_output
         return [self.contract.output.name] + ([ood.name] if ood is not None else [])
 
     def score(self, batch: np.ndarray) -> Scores:
-        """Probabilities and (for versions that ship it) the OOD score of an NHWC batch, in one
-        run."""
+        """Probabilities and (where shipped) the OOD score of an NHWC batch, in one run."""
         out = self._outputs(batch, self.output_names)
         return Scores(out[0], out[1] if len(out) > 1 else None)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities ``[N, num_classes]`` for an NHWC batch in the contract's dtype and
-        range."""
+        """Class probabilities ``[N, num_classes]`` of an NHWC batch in the contract's dtype."""
         return self._outputs(batch, [self.contract.output.name])[0]
 
     def _outputs(self, batch: np.ndarray, names: list[str]) -> list[np.ndarray]:
@@ -323,8 +318,7 @@ class OnnxModel:
         return self._session.run(names, {self.contract.input.name: x})
 
     def _run_bound(self, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
-        """One run with the input copied to the device once and the outputs left there until the
-        copy back."""
+        """One run: the input copied to the device once, the outputs kept there until the end."""
         import onnxruntime as ort
 
         device, device_id = ("cuda", self.options.device_id) if self.uses_gpu else ("cpu", 0)

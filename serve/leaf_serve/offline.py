@@ -67,8 +67,7 @@ def load_vendor() -> dict[str, Asset]:
 
 
 def gzipped(assets: dict[str, Asset]) -> dict[str, bytes]:
-    """The runtime compressed once at start-up: the 14.8 MB .wasm crosses a field network as ~3.8
-    MB."""
+    """The runtime compressed once at start-up: the 14.8 MB .wasm travels as ~3.8 MB."""
     return {
         name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()
     }
@@ -124,8 +123,7 @@ class OfflinePages:
         ]
 
     def _worker_script(self, assets: dict[str, Asset]) -> bytes:
-        """sw.js with the cache's name and file list on top: new page files, new worker, new
-        cache."""
+        """sw.js with the cache's name and file list on top: new files, new worker, new cache."""
         build = sha256_hex(
             "".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode()
         )[:16]

@@ -48,8 +48,7 @@ def _backoff(attempt: int) -> float:
 
 
 def _expected_version(resolved: ResolvedModel) -> str | None:
-    """The version the registry says this folder holds: the pointer's, or the folder name under
-    versions/."""
+    """The version the registry says this folder holds: the pointer's, or its folder name."""
     if resolved.pointer_etag is not None or resolved.store.uri.rstrip("/").rsplit("/", 2)[
         -2:-1
     ] == [VERSIONS_DIR]:
@@ -109,8 +108,7 @@ def fetch_version(store: Store, expected_version: str | None = None) -> tuple[Mo
 
 
 def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str, bytes] | None:
-    """The version's checked ``fp16`` or ``int8`` ONNX (job ``--export-fp16`` / ``--export-int8``)
-    as ``(file, bytes)``.
+    """The version's checked ``fp16`` or ``int8`` ONNX (``--export-...``) as ``(file, bytes)``.
 
     ``None`` when the version has none (or the job refused it: its record says ``passed: false``).
 
@@ -135,8 +133,7 @@ def fetch_variant(store: Store, contract: ModelContract, kind: str) -> tuple[str
 
 @dataclass(frozen=True)
 class OfflineModel:
-    """The file the offline page runs in the browser: the version's INT8 export when it has a good
-    one, else FP32."""
+    """What the offline page runs: the version's INT8 export when it has a good one, else FP32."""
 
     file: str
     data: bytes
@@ -145,8 +142,7 @@ class OfflineModel:
 
 
 def offline_model(store: Store, contract: ModelContract, fp32: bytes) -> OfflineModel:
-    """The version's INT8 file (smaller to carry to a phone, accuracy-checked by the job), else its
-    FP32 file."""
+    """The INT8 file (smaller for a phone, accuracy-checked by the job), else the FP32 one."""
     variant = fetch_variant(store, contract, "int8")
     if variant is None:
         return OfflineModel(contract.model_file, fp32, "fp32", sha256_hex(fp32))
@@ -166,8 +162,7 @@ class ModelRepository:
         self._client: Any = make_s3_client() if config.model.startswith("s3://") else None
 
     def s3_client_for(self, uri: str) -> Any:
-        """The repository's S3 client for another ``s3://`` URI (inbox, data prefix): one connection
-        pool."""
+        """Our S3 client for another ``s3://`` URI (inbox, data prefix): one connection pool."""
         if not uri.startswith("s3://"):
             return None
         if self._client is None:
@@ -179,8 +174,7 @@ class ModelRepository:
         return pointer_root(self.config.model) is not None
 
     def load_initial(self) -> ServedModel:
-        """Resolve the URI and load it (start-up: retry a store that is briefly away, else fail
-        loudly)."""
+        """Resolve the URI and load it (retrying a store briefly away, else failing loudly)."""
         for attempt in range(1, RETRY_ATTEMPTS + 1):
             try:
                 served = self.build(resolve_model(self.config.model, client=self._client))
@@ -201,8 +195,7 @@ class ModelRepository:
     def build(
         self, resolved: ResolvedModel, executor: Executor | None = None, *, shadow: bool = False
     ) -> ServedModel:
-        """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor``
-        (default: ours).
+        """Fetch, verify, load and smoke-test one version; its batcher runs on ``executor``.
 
         ``shadow``: a candidate answering mirrored requests; it feeds no drift series (those
         describe what the served version answers).
@@ -376,8 +369,7 @@ class ModelRepository:
         return True
 
     def _reject(self, resolved: ResolvedModel, error: Exception) -> None:
-        """Remember the pointer ETag so the version is not fetched again until the pointer moves;
-        count it."""
+        """Skip this version until the pointer moves (remember its ETag); count the rejection."""
         self._rejected_etags.add(resolved.pointer_etag or "")
         self.metrics.reloads.labels("rejected").inc()
         detail = (

@@ -46,8 +46,7 @@ _MAX_ACTION_BYTES = 4096
 
 
 def _token_of(authorization: str) -> bytes | None:
-    """The token in a Bearer or Basic ``Authorization`` header (Basic: the password), else
-    ``None``."""
+    """The token of a Bearer or Basic ``Authorization`` header (Basic: the password), or None."""
     scheme, _, value = authorization.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:
@@ -62,8 +61,7 @@ def _token_of(authorization: str) -> bytes | None:
 
 
 class FailedLogins:
-    """Wrong tokens per client in fixed windows; a client at ``limit`` is refused until its window
-    ends."""
+    """Wrong tokens per client in fixed windows; at ``limit`` a client waits out its window."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window = limit, window
@@ -99,8 +97,7 @@ def _quiet(error: ServeError) -> ServeError:
 
 
 class ReviewApi:
-    """The review routes over one inbox and one data prefix; without a token every route is a 404
-    (off)."""
+    """The review routes over one inbox and data prefix; without a token all are 404 (off)."""
 
     def __init__(
         self,
@@ -110,8 +107,7 @@ class ReviewApi:
         stores: tuple | None = None,
         config: ServeConfig | None = None,
     ):
-        """``stores``: ``(Inbox, data Store)``, required with a token; ``config``: the login
-        limits."""
+        """``stores``: ``(Inbox, data Store)``, needed with a token; ``config``: login limits."""
         self.repo = repo
         self._token = token.encode()
         defaults = config or ServeConfig()
@@ -243,8 +239,7 @@ class ReviewApi:
 
 
 async def _json_action(request: Request) -> dict[str, Any]:
-    """The JSON object of a review POST (see the module docstring for why nothing else is
-    accepted)."""
+    """The JSON object of a review POST (why only JSON: docs/serving.md#the-review-endpoints)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
         raise UnsupportedMediaType(

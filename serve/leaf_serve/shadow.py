@@ -31,14 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def process_id() -> str:
-    """This process's statistics file name: host (the pod) and pid, unique among live and restarted
-    workers."""
+    """This process's statistics file name: host (pod) and pid, unique across restarts."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Shadow:
-    """Loads the candidate when ``shadow.json`` names one, mirrors requests to it, keeps its
-    statistics."""
+    """Loads the candidate ``shadow.json`` names, mirrors requests to it, keeps statistics."""
 
     def __init__(
         self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None
@@ -69,8 +67,7 @@ class Shadow:
 
     # ---- which candidate ----------------------------------------------------------------------
     async def check_once(self) -> bool:
-        """Load the version ``shadow.json`` names (or drop the candidate it no longer names); True
-        on a change."""
+        """Load the candidate ``shadow.json`` names (or drop one no longer named); True if new."""
         assert self._store is not None
         found = await asyncio.to_thread(read_candidate, self._store)
         etag = found.etag if found else None
@@ -132,8 +129,7 @@ class Shadow:
     def mirror(
         self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0
     ) -> None:
-        """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in
-        the background.
+        """After the champion answered ``batch``: maybe run it on the candidate, in the background.
 
         ``others``: requests the server is answering besides this one; any at all means no spare
         capacity.
@@ -188,8 +184,7 @@ class Shadow:
         self._unsaved = True
 
     def _abstains(self, served: ServedModel, scores: Scores, row: int) -> bool:
-        """Whether this model's answer abstains (not a leaf, or below the server's confidence
-        threshold)."""
+        """Whether this model's answer abstains (not a leaf, or under the confidence threshold)."""
         ood = None if scores.ood is None else float(scores.ood[row])
         threshold = trust.ood_threshold(served.contract)
         return trust.verdict(
@@ -261,8 +256,7 @@ class Shadow:
             )
 
     async def run_forever(self, poll_interval: float, flush_interval: float) -> None:
-        """Follow ``shadow.json`` and save statistics until cancelled; store failures are retried,
-        never fatal."""
+        """Follow ``shadow.json``, save statistics until cancelled; store failures are retried."""
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + flush_interval
         while True:

@@ -66,8 +66,7 @@ def worker_count() -> int:
 
 
 def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A bound (not yet listening) TCP socket that other workers can bind too; uvicorn calls
-    listen()."""
+    """A bound, not yet listening TCP socket other workers can bind too; uvicorn listens."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,8 +77,7 @@ def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socke
 
 
 class Supervisor:
-    """Starts ``processes`` workers running ``command`` and keeps them running until told to
-    stop."""
+    """Starts ``processes`` workers running ``command`` and keeps them running until stopped."""
 
     def __init__(self, command: list[str], processes: int, worker_timeout: float = 15.0):
         self._command, self._processes, self._timeout = command, processes, worker_timeout
@@ -109,8 +107,7 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, proc.pid)
 
     def _check_heartbeat(self, index: int, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL a worker whose event loop has been silent for worker_timeout (after its first
-        beat)."""
+        """SIGKILL a worker whose loop was silent for worker_timeout (after its first beat)."""
         if index in self._hung or self._stopping:
             return
         try:
@@ -207,8 +204,7 @@ class Supervisor:
 
 
 def _die_with_parent() -> None:
-    """In the worker, before exec: SIGKILL for the supervisor (an OOM kill) is SIGTERM for its
-    workers.
+    """In the worker, before exec: the supervisor's SIGKILL (an OOM kill) is its SIGTERM.
 
     Without it a killed supervisor leaves workers holding the ports, and the restarted container
     cannot serve on them.
@@ -218,8 +214,7 @@ def _die_with_parent() -> None:
 
 
 def _exit_status(code: int) -> int:
-    """A worker's status as the server's: a worker ended by the forwarded SIGTERM stopped
-    cleanly."""
+    """A worker's status as the server's: one ended by the forwarded SIGTERM stopped cleanly."""
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 1)
 
 

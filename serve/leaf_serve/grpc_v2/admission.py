@@ -25,15 +25,13 @@ RESERVE_AFTER = 0.5
 
 
 class CallsExhausted(Unavailable):
-    """Every gRPC call slot (``max_concurrency``) is taken: this call is refused, the others go
-    on."""
+    """Every call slot (``max_concurrency``) is taken: this call is refused, others go on."""
 
     grpc_code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
 class MessageStalled(ClientGone):
-    """The request message did not arrive within ``body_timeout``: the call ends, freeing what it
-    held."""
+    """The message did not arrive within ``body_timeout``: the call ends, freeing what it held."""
 
     grpc_code = grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -48,8 +46,7 @@ class Admission:
         self._trim: asyncio.TimerHandle | None = None
 
     def admit(self) -> None:
-        """Take a call slot or raise :class:`CallsExhausted`; give it back with ``in_flight -=
-        1``."""
+        """Take a call slot or raise :class:`CallsExhausted`; ``in_flight -= 1`` gives it back."""
         cap = self.plane.config.max_concurrency
         if cap and self.in_flight >= cap:
             raise CallsExhausted(
@@ -85,8 +82,7 @@ class Admission:
         self.slow_bytes += need
 
     def trim_later(self) -> None:
-        """Once slow calls have been freed, give grpcio's buffers back to the OS (a second later,
-        once)."""
+        """Once slow calls were freed, give grpcio's buffers back to the OS (a second later)."""
         if self._trim is None:
             self._trim = asyncio.get_running_loop().call_later(1.0, self._trim_now)
 
@@ -99,8 +95,7 @@ class Admission:
 
 
 class _Receipt:
-    """One call's wait for its message, timed by the loop's timers (no task or wait per call: the
-    fast path).
+    """One call's wait for its message, on the loop's timers (no task per call: the fast path).
 
     At ``RESERVE_AFTER`` the message is charged its worst case (:meth:`Admission.reserve_slow`); at
     ``body_timeout`` the wait ends. Either refusal cancels the waiting handler and is raised in it.

@@ -39,8 +39,7 @@ _CONTENTS = {
 
 
 def parse(request_type: Any, raw: bytes) -> Any:
-    """``raw`` as a ``request_type`` message; a truncated or malformed one is a 400
-    (INVALID_ARGUMENT)."""
+    """``raw`` as a ``request_type`` message; a truncated or malformed one is INVALID_ARGUMENT."""
     try:
         return request_type.FromString(raw)
     except DecodeError as e:
@@ -51,8 +50,7 @@ def parse(request_type: Any, raw: bytes) -> Any:
 
 
 def decode_infer_request(request: pb.ModelInferRequest) -> codecs.InferRequest:
-    """The transport-neutral request a gRPC ``ModelInferRequest`` carries (tensor data still
-    unconverted).
+    """The transport-neutral request a ``ModelInferRequest`` carries (tensor data unconverted).
 
     Typed contents are counted against the declared shape here (``len`` of a repeated field costs
     nothing); converting them is left to :func:`inference.infer`, in the decode pool.
@@ -101,8 +99,7 @@ def _typed_input(
 def encode_infer_response(
     name: str, version: str, outputs: inference.Outputs, request_id: str | None
 ) -> Any:
-    """A ``ModelInferResponse`` with every output as raw little-endian bytes (what tritonclient
-    reads fastest)."""
+    """A ``ModelInferResponse``, outputs as raw little-endian bytes (tritonclient's fastest)."""
     response = pb.ModelInferResponse(model_name=name, model_version=version, id=request_id or "")
     for output_name, array, _ in outputs:
         response.outputs.add(

@@ -74,8 +74,7 @@ class InferenceService:
             self.rpcs[rpc] = self._instrument(rpc, endpoint, getattr(self, f"_{rpc}"))
 
     def _instrument(self, rpc: str, endpoint: str, fn: Handler) -> Any:
-        """Admission, the message's arrival, metrics, one log line per refused call, the error's own
-        status."""
+        """Admission, arrival, metrics, a log line per refused call, the error's own status."""
         metrics, request_type = self.plane.metrics, codec.METHODS[rpc][0]
 
         async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -170,8 +169,7 @@ class InferenceService:
 
 
 def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
-    """The service's RPCs under the protocol's wire name; requests arrive as bytes (see
-    ``_receive``)."""
+    """The RPCs under the protocol's wire names; requests arrive as bytes (see ``_receive``)."""
     rpcs = {
         name: grpc.stream_unary_rpc_method_handler(
             service.rpcs[name], response_serializer=resp.SerializeToString
@@ -217,8 +215,7 @@ class SelfCheck:
         )
 
     async def __call__(self) -> str | None:
-        """None when gRPC took and answered a call within SELF_CHECK_SECONDS; else what went
-        wrong."""
+        """None when gRPC answered a call within SELF_CHECK_SECONDS; else what went wrong."""
         try:
             await self._call(pb.ServerLiveRequest(), timeout=SELF_CHECK_SECONDS)
         except grpc.aio.AioRpcError as e:
