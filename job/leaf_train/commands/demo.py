@@ -100,7 +100,7 @@ def _moto_server() -> type:
     """moto's threaded S3 server class, imported when the demo runs, not when the CLI starts."""
     try:
         from moto.server import ThreadedMotoServer
-    # The GPU job image leaves the demo's S3 out (pyproject's `demo` extra)
+    # The GPU job image leaves the demo's S3 out (pyproject's `demo` extra).
     except ImportError as e:
         raise ConfigError(
             "leaf-train demo: expected moto[server] (the demo's embedded S3, the `demo` extra: "
