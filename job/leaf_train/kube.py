@@ -21,12 +21,10 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 VERSION_ANNOTATION = "leaf-train.io/published-version"
-SKIPPED_ANNOTATION = (
-    "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
-)
-RESTARTED_AT_ANNOTATION = (
-    "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
-)
+# Why the retrain policy skipped the run (freshness.py)
+SKIPPED_ANNOTATION = "leaf-train.io/skipped"
+# The key `kubectl rollout restart` sets.
+RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
 # How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an
 # annotation, so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist)

@@ -25,9 +25,8 @@ FEATURE_LAYER = "dense"  # the penultimate Dense(256) of model.build_model
 BASE_LAYERS = ("block2_pool", "block3_pool")  # VGG16 layers whose spatial means join the OOD score
 OOD_FIT_RATE = 0.01  # share of the fit half above the threshold
 OOD_GOAL_RATE = 0.02  # the held-out abstain rate the issue asks for at most
-OOD_TRAIN_IMAGES = (
-    4096  # training images the class means and covariance are fitted on (seeded sample)
-)
+# Training images the class means and covariance are fitted on (seeded sample)
+OOD_TRAIN_IMAGES = 4096
 SHRINKAGE = 0.1
 RELIABILITY_FILE = "reliability.png"  # the model card's reliability diagram, before and after
 

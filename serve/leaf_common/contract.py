@@ -49,9 +49,8 @@ class ModelContract:
     image_size: tuple[int, int]  # (height, width)
     input: TensorSpec
     output: TensorSpec
-    ood_output: TensorSpec | None = (
-        None  # the optional ``ood_score`` output; None for older versions
-    )
+    # The optional ``ood_score`` output; None for older versions.
+    ood_output: TensorSpec | None = None
     resize_method: str = "bilinear"
     input_range: tuple[float, float] = (0.0, 255.0)
     color: str = "RGB"

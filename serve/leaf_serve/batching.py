@@ -40,9 +40,8 @@ class Batcher:
         metrics: ServeMetrics | None = None,
     ):
         self._predict = predict
-        self._executor = (
-            executor  # one thread: the model runs one batch at a time, ORT uses the cores
-        )
+        # One thread: the model runs one batch at a time, ORT uses the cores.
+        self._executor = executor
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
         self._max_queue = max_queue_size

@@ -36,9 +36,8 @@ class ModelCard:
     metrics: dict[str, Any] | None = None
     figures: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
     missing: tuple[str, ...] = ()  # card files this version was published without
-    problem: str = (
-        ""  # why the card files could not be used (verification failed), if they could not
-    )
+    # Why the card files could not be used (verification failed), if they could not.
+    problem: str = ""
 
 
 def fetch_card(store: Store, version: str) -> ModelCard:

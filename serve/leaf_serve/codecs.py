@@ -62,13 +62,12 @@ class InputTensor:
     name: str
     shape: list[int]
     datatype: str
-    data: Any = None  # the JSON "data" (nested lists of numbers), or
-    raw: bytes | memoryview | None = (
-        None  # this input's binary tensor data (a view into the body: no copy), or
-    )
-    typed: Sequence[Any] | None = (
-        None  # gRPC typed contents (fp32_contents...), its length checked by the codec
-    )
+    # The data, in one of three forms: the JSON "data" (nested lists of numbers), the binary tensor
+    # data (a view into the body: no copy), or gRPC typed contents (fp32_contents..., its length
+    # checked by the codec).
+    data: Any = None
+    raw: bytes | memoryview | None = None
+    typed: Sequence[Any] | None = None
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype and shape.
@@ -91,9 +90,8 @@ class InferRequest:
 
     inputs: list[InputTensor]
     id: str | None = None
-    outputs: dict[str, bool | None] | None = (
-        None  # requested output -> binary? (None: request default)
-    )
+    # Requested output -> binary? (None: the request's default).
+    outputs: dict[str, bool | None] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 

@@ -41,12 +41,10 @@ class DataPlane:
         self.config = config
         self.metrics: ServeMetrics = repo.metrics
         self.decode_pool = decode_pool
-        self.active = (
-            0  # requests being answered now, both transports (shadow mirroring waits for a lull)
-        )
-        self.draining = (
-            False  # set at SIGTERM: readiness fails, REST responses close their connections
-        )
+        # Requests being answered now, both transports (shadow mirroring waits for a lull)
+        self.active = 0
+        # Set at SIGTERM: readiness fails, REST responses close their connections.
+        self.draining = False
         self.bodies = MemoryBudget(
             config.max_body_bytes_in_flight, "request bodies", "max_body_bytes_in_flight"
         )

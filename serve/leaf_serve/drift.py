@@ -21,9 +21,8 @@ from .metrics import FunctionGauge
 from .trust import Scores, ood_threshold
 
 WINDOW = 300  # answers in the sliding window
-MIN_ANSWERS = (
-    100  # below this the window is too small for a PSI that means anything: the gauge reads 0
-)
+# Below this the window is too small for a PSI that means anything: the gauge reads 0.
+MIN_ANSWERS = 100
 ALERT_PSI = 0.25
 SIGNALS = ("predicted_class", "confidence", "ood_score")
 _CONFIDENCE_BUCKETS = tuple(float(x) for x in maths.CONFIDENCE_EDGES[1:])

@@ -182,9 +182,8 @@ class OnnxModel:
         self._session: Any = None
         self.provider = ""  # the execution provider actually in use, reported in metadata
         self.io_binding = False  # whether predict() binds buffers on the device (decided in load())
-        self.pad_to = (
-            0  # rows every run is padded to; 0 = batches run at their own size (decided in load())
-        )
+        # Rows every run is padded to; 0 = batches run at their own size (decided in load())
+        self.pad_to = 0
         self.input_dtype = _NUMPY_DTYPES.get(contract.input.dtype, np.float32)
 
     @property

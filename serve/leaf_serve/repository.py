@@ -67,9 +67,8 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     # The version's published metrics and figures.
     card: ModelCard = field(default_factory=ModelCard)
-    offline: OfflineModel | None = (
-        None  # what the offline page downloads (only with --offline-page)
-    )
+    # What the offline page downloads (only with --offline-page)
+    offline: OfflineModel | None = None
     drift: DriftMonitor | None = None  # what the server has seen of this version (leaf_serve.drift)
 
     @property

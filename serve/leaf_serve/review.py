@@ -90,9 +90,8 @@ class FailedLogins:
 
 
 def _quiet(error: ServeError) -> ServeError:
-    error.logged = (
-        True  # this module logged it (or chose not to): error_response must not log it again
-    )
+    # This module logged it (or chose not to): error_response must not log it again.
+    error.logged = True
     return error
 
 
