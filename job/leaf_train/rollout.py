@@ -150,8 +150,9 @@ def decide(
     reviewed: list[tuple[str, str, str]],
     now: datetime | None = None,
 ) -> ShadowVerdict:
-    """Promote, reject or wait, from the summed statistics and the reviewed photos ``(label,
-    champion, candidate)``.
+    """Promote, reject or wait, from the summed statistics and the reviewed photos.
+
+    ``reviewed``: ``(label, champion's answer, candidate's answer)`` per reviewed photo.
 
     Rules, in order: the champion it was compared with is still served; enough mirrored requests
     (else wait, until ``shadow_max_age_hours`` rejects it); overall agreement; agreement per
