@@ -163,7 +163,7 @@ def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) 
 def int8_export(
     cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event
 ) -> dict[str, Any]:
-    """``{model.int8.onnx: bytes, "parity": ...}`` if --export-int8 passes; else ``{"parity"}``.
+    """``{model.int8.onnx: bytes, "parity": ...}`` if --export-int8 passes; only ``parity`` if not.
 
     Calibrated on training images only; judged on every validation image. A refused INT8 model is
     not published (its record says why) and the FP32 model publishes as usual.
