@@ -1,31 +1,6 @@
 """The seed's augmentation as one batched affine transform, run inside the compiled train step.
 
-``--augment device`` moves the augmentation of :func:`leaf_train.inputs.augmentation` (Keras layers
-in tf.data on the host) onto the accelerator: the host only gathers uint8 batches from the decoded
-array, and the train step casts, augments and then runs Keras's own step. A GPU at thousands of
-images/s would otherwise wait for a host that augments a few hundred per core.
-
-Same augmentation, not a look-alike: each image draws the parameters the Keras 3.15 layers draw,
-from the same ranges, and the five maps are composed in the layers' order into one 3x3 matrix
-(output pixel -> input pixel, as ``ImageProjectiveTransformV3`` reads it):
-
-* rotation: angle ~ U(-rotation, rotation) degrees about the image centre ((w-1)/2, (h-1)/2);
-* translation: tx ~ U(-shift, shift) * width, ty ~ U(-shift, shift) * height;
-* shear: [[1, sx], [sy, 1]] about the top-left pixel, sx, sy ~ U(-shear, shear) (RandomShear's
-  matrix entries, not angles; its random sign flip of both leaves that distribution unchanged);
-* zoom: zx, zy ~ U(1 - zoom, 1 + zoom) independently, about the centre (> 1 shows more, i.e. zooms out);
-* flip: x -> (w-1) - x with probability 1/2.
-
-Then one bilinear resampling with source coordinates clamped to the border, which is
-``fill_mode="nearest"``. The host path resamples once per layer (four times, clamping in between);
-this resamples once, so it is slightly sharper and its borders differ where an intermediate layer
-clamped; the geometry drawn is the same (``tests/job/test_augment_device.py`` compares it).
-
-Only gathers and arithmetic: XLA compiles them (Keras's geometric layers do not support XLA), and
-stateless random numbers seeded by (seed, phase, step, replica) keep a run repeatable on CPU and
-resumable from a checkpoint (the step is the optimizer's iteration counter, which is checkpointed).
-The step function is set on the model *instance*; the model's graph, its saved file and the ONNX
-export never contain it.
+Design: docs/training.md#augmentation-on-the-device-the-maps
 """
 
 from __future__ import annotations
@@ -43,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def resolve_mode(value: object, gpu_visible: bool) -> str:
-    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else ``host``."""
+    """``host``, ``device`` or ``off``: ``auto`` is ``device`` when a GPU is visible, else host."""
     mode = normalize_augment(value)
     if mode == "auto":
         return "device" if gpu_visible else "host"
@@ -69,8 +44,10 @@ def _uniform(u: tf.Tensor, low: float, high: float) -> tf.Tensor:
     return low + (high - low) * u
 
 
-def random_matrices(seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams) -> tf.Tensor:
-    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` (shape [2])."""
+def random_matrices(
+    seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: AugmentParams
+) -> tf.Tensor:
+    """``(n, 3, 3)`` float32 output->input pixel maps, one per image, drawn from ``seed`` [2]."""
     # An XLA-compiled step draws other (equally distributed) numbers than an uncompiled one from the
     # same seed; each is repeatable, which is what a run needs.
     u = tf.random.stateless_uniform(tf.stack([n, 8]), seed=seed, dtype=tf.float32)
@@ -83,8 +60,19 @@ def random_matrices(seed: tf.Tensor, n: tf.Tensor, height: int, width: int, p: A
     return compose(angle, tx, ty, sx, sy, zx, zy, flip, height, width)
 
 
-def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.Tensor:  # noqa: ANN001
-    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in the Sequential's order.
+def compose(
+    angle: tf.Tensor,
+    tx: tf.Tensor,
+    ty: tf.Tensor,
+    sx: tf.Tensor,
+    sy: tf.Tensor,
+    zx: tf.Tensor,
+    zy: tf.Tensor,
+    flip: tf.Tensor,
+    height: int,
+    width: int,
+) -> tf.Tensor:
+    """rotation @ translation @ shear @ zoom @ flip: the Keras layers' maps in their order.
 
     Each layer maps an output pixel to the pixel it reads, so the last layer's map is applied first.
     """
@@ -95,7 +83,11 @@ def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.
         return tf.stack([tf.stack(list(r), axis=-1) for r in rows], axis=-2)
 
     cos, sin = tf.cos(angle), tf.sin(angle)
-    rot = mat((cos, -sin, cx - cx * cos + cy * sin), (sin, cos, cy - cx * sin - cy * cos), (zero, zero, one))
+    rot = mat(
+        (cos, -sin, cx - cx * cos + cy * sin),
+        (sin, cos, cy - cx * sin - cy * cos),
+        (zero, zero, one),
+    )
     shift = mat((one, zero, -tx), (zero, one, -ty), (zero, zero, one))
     shear = mat((one, sx, zero), (sy, one, zero), (zero, zero, one))
     zoom = mat((zx, zero, cx * (1 - zx)), (zero, zy, cy * (1 - zy)), (zero, zero, one))
@@ -105,15 +97,18 @@ def compose(angle, tx, ty, sx, sy, zx, zy, flip, height: int, width: int) -> tf.
 
 
 def warp(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; borders repeat (nearest fill).
+    """Bilinear resampling of ``images`` (n, h, w, c) through ``matrices``; nearest fill.
 
     Gathers from the flattened batch: XLA and every device support them, and they are deterministic.
     """
     images = tf.cast(images, tf.float32)
     shape = tf.shape(images)
     n, h, w, c = shape[0], shape[1], shape[2], shape[3]
-    ys, xs = tf.meshgrid(tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij")
-    grid = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0)  # (3, h*w)
+    ys, xs = tf.meshgrid(
+        tf.range(h, dtype=tf.float32), tf.range(w, dtype=tf.float32), indexing="ij"
+    )
+    # Shape (3, h*w): the homogeneous coordinates of every output pixel.
+    grid = tf.stack([tf.reshape(xs, [-1]), tf.reshape(ys, [-1]), tf.ones([h * w])], axis=0)
     src = tf.einsum("nij,jp->nip", matrices[:, :2, :], grid)  # (n, 2, h*w)
     wmax, hmax = tf.cast(w - 1, tf.float32), tf.cast(h - 1, tf.float32)
     x = tf.clip_by_value(src[:, 0], 0.0, wmax)
@@ -137,7 +132,9 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, p: AugmentParams) -> tf.Te
     """``images`` (uint8 or float, n x h x w x c) augmented as float32 RGB 0-255."""
     height, width = images.shape[1], images.shape[2]
     if height is None or width is None:
-        raise ValueError(f"device augmentation needs a static image size; received shape {images.shape}")
+        raise ValueError(
+            f"device augmentation needs a static image size; received shape {images.shape}"
+        )
     matrices = random_matrices(seed, tf.shape(images)[0], int(height), int(width), p)
     return warp(images, matrices)
 

@@ -88,7 +88,7 @@ class PreparedData:
 
     @classmethod
     def of(cls, index: DatasetIndex, decoded: DecodedImages) -> PreparedData:
-        """Labels and splits from ``index``; slots of images not in it keep label 0 and are never read."""
+        """Labels and splits from ``index``; slots of images not in it keep label 0, never read."""
         labels = np.zeros(len(decoded.keys), dtype=np.int32)
         labels[decoded.slots_of([it.key for it in index.items])] = [it.label for it in index.items]
         train = decoded.slots_of([it.key for it in index.split(TRAIN)])
@@ -96,7 +96,9 @@ class PreparedData:
         return cls(index, decoded, labels, train, val)
 
 
-def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tuple[np.ndarray, bool]:
+def allocate(
+    n: int, image_size: int, budget_bytes: int, cache_dir: Path
+) -> tuple[np.ndarray, bool]:
     """RAM array when it fits the budget, else a memory-mapped file in ``cache_dir``."""
     shape = (n, image_size, image_size, 3)
     nbytes = int(np.prod(shape))
@@ -108,59 +110,78 @@ def allocate(n: int, image_size: int, budget_bytes: int, cache_dir: Path) -> tup
     return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape), True
 
 
-def decode_all(store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path) -> DecodedImages:
+def decode_all(
+    store: Store, keys: Sequence[str], opts: DecodeOptions, *, cache_dir: Path
+) -> DecodedImages:
     """Download and decode ``keys`` in parallel; failures become :class:`BadFile` entries.
 
-    One loop on this thread owns every item from download to result: at most ``limit`` items are
-    in flight (downloading, downloaded and waiting, or decoding), which bounds the bytes held however
+    One loop on this thread owns every item from download to result: at most ``limit`` items are in
+    flight (downloading, downloaded and waiting, or decoding), which bounds the bytes held however
     large the bucket. A finished download is handed to the decode pool by the same loop.
     """
     keys = list(keys)
     images, on_disk = allocate(len(keys), opts.image_size, opts.memory_budget_mb * 2**20, cache_dir)
     ok = np.zeros(len(keys), dtype=bool)
-    bad: list[BadFile] = []
-    decode_workers = opts.decode_workers or available_cpus()  # the pod's CPU quota, not the node's cores
-    limit = 4 * (opts.download_workers + decode_workers)
-    with (
-        progress("download", len(keys), opts.progress, position=0) as fetch_bar,
-        progress("decode", len(keys), opts.progress, position=1) as decode_bar,
-        ThreadPoolExecutor(opts.download_workers, thread_name_prefix="fetch") as fetch_pool,
-        ThreadPoolExecutor(decode_workers, thread_name_prefix="decode") as decode_pool,
-    ):
-        stage: dict[Future, tuple[str, int]] = {}  # every item in flight: which stage, which slot
-
-        def settle(fut: Future, kind: str, slot: int) -> None:
-            if kind == "fetch":
-                fetch_bar.update(1)
-                data, reason = _outcome(fut, "download failed: ")
-                if reason is None:
-                    stage[decode_pool.submit(_decode, data, opts)] = ("decode", slot)
-                    return
-            else:
-                pixels, reason = _outcome(fut, "")
-                if reason is None:
-                    images[slot], ok[slot] = pixels, True
-            if reason is not None:
-                bad.append(BadFile(keys[slot], reason))
-            decode_bar.update(1)  # counts every item done with, decoded or skipped
-
-        def step() -> None:
-            done, _ = wait(stage, return_when=FIRST_COMPLETED)
-            for fut in done:
-                settle(fut, *stage.pop(fut))
-
-        for slot, key in enumerate(keys):
-            while len(stage) >= limit:
-                step()
-            stage[fetch_pool.submit(store.get, key)] = ("fetch", slot)
-        while stage:
-            step()
-
+    bad = _DecodeRun(store, keys, opts, images, ok).run()
     bad.sort(key=lambda b: b.key)
     for b in bad:
         log.warning("skipped %s: %s", b.key, b.reason)
     log.info("decoded %d images, skipped %d", int(ok.sum()), len(bad))
     return DecodedImages(keys, images, ok, bad, on_disk)
+
+
+class _DecodeRun:
+    """One :func:`decode_all`: fills ``images``/``ok`` in place, collects the failures."""
+
+    def __init__(
+        self, store: Store, keys: list[str], opts: DecodeOptions, images: np.ndarray, ok: np.ndarray
+    ) -> None:
+        self.store, self.keys, self.opts, self.images, self.ok = store, keys, opts, images, ok
+        self.bad: list[BadFile] = []
+        self.stage: dict[
+            Future, tuple[str, int]
+        ] = {}  # every item in flight: which stage, which slot
+
+    def run(self) -> list[BadFile]:
+        opts, n = self.opts, len(self.keys)
+        # The pod's CPU quota, not the node's.
+        decode_workers = opts.decode_workers or available_cpus()
+        # The bound on work in flight, and so on the bytes held, however large the bucket.
+        limit = 4 * (opts.download_workers + decode_workers)
+        with (
+            progress("download", n, opts.progress, position=0) as self.fetch_bar,
+            progress("decode", n, opts.progress, position=1) as self.decode_bar,
+            ThreadPoolExecutor(opts.download_workers, thread_name_prefix="fetch") as fetch_pool,
+            ThreadPoolExecutor(decode_workers, thread_name_prefix="decode") as self.decode_pool,
+        ):
+            for slot, key in enumerate(self.keys):
+                while len(self.stage) >= limit:
+                    self._step()
+                self.stage[fetch_pool.submit(self.store.get, key)] = ("fetch", slot)
+            while self.stage:
+                self._step()
+        return self.bad
+
+    def _step(self) -> None:
+        done, _ = wait(self.stage, return_when=FIRST_COMPLETED)
+        for fut in done:
+            self._settle(fut, *self.stage.pop(fut))
+
+    def _settle(self, fut: Future, kind: str, slot: int) -> None:
+        """A finished download goes on to the decode pool, still in flight; a decode ends it."""
+        if kind == "fetch":
+            self.fetch_bar.update(1)
+            data, reason = _outcome(fut, "download failed: ")
+            if reason is None:
+                self.stage[self.decode_pool.submit(_decode, data, self.opts)] = ("decode", slot)
+                return
+        else:
+            pixels, reason = _outcome(fut, "")
+            if reason is None:
+                self.images[slot], self.ok[slot] = pixels, True
+        if reason is not None:
+            self.bad.append(BadFile(self.keys[slot], reason))
+        self.decode_bar.update(1)  # counts every item done with, decoded or skipped
 
 
 def _decode(data: bytes, opts: DecodeOptions) -> np.ndarray:

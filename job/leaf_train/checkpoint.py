@@ -1,14 +1,8 @@
 """Checkpoints after every epoch, and SIGTERM handling, so a preempted run resumes.
 
-Under ``<output>/<model-name>/runs/<run-id>/``: ``checkpoint-<digest>.keras`` (weights, the
-compiled optimizer and its state), ``best-<digest>.npz`` (early stopping's best weights) and
-``state.json`` (phase, epochs done, history, early-stopping counters). The model and best
-weights are written under new keys named by their SHA-256, then ``state.json``, which names
-both keys and digests, replaces the old state in one write: that write commits the checkpoint.
-A kill before it leaves the old state naming the old files, which are still there (files no
-state names are removed only after the commit), and ``load`` checks each digest, so new weights
-are never paired with an old state. The run id defaults to the Kubernetes Job name, so a retried
-pod of the same Job finds and resumes them; a new Job starts fresh.
+Under ``<output>/<model-name>/runs/<run-id>/``: weights and best weights under keys named by their
+SHA-256, then ``state.json``, which names both, in the one write that commits the checkpoint.
+Design: docs/training.md, "Resume after preemption".
 """
 
 from __future__ import annotations
@@ -34,7 +28,8 @@ from .errors import LeafTrainError, Preempted
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.json"
-# Before issue 10 the model and best weights had fixed names; a state without keys still means these.
+# Before issue 10 the model and best weights had fixed names; a state without keys still means
+# these.
 LEGACY_MODEL_FILE = "checkpoint.keras"
 LEGACY_BEST_FILE = "best.npz"
 # The files a checkpoint writes and garbage-collects; nothing else in the run folder is touched.
@@ -79,7 +74,8 @@ class RunCheckpoints:
         try:
             raw = self.store.get(STATE_FILE)
         except NotFound:
-            return None  # a new run; any other storage error propagates rather than restarting from zero
+            # a new run; any other storage error propagates rather than restarting from zero
+            return None
         try:
             return RunState.from_json(raw)
         except (ValueError, TypeError) as e:
@@ -109,7 +105,12 @@ class RunCheckpoints:
         if best_key:
             with np.load(io.BytesIO(self._read(best_key, state.best_sha256))) as npz:
                 best = [npz[f"w{i}"] for i in range(len(npz.files))]
-        log.info("resuming run %s at phase %d after %d epochs", self.store.uri, state.phase, state.epochs_done)
+        log.info(
+            "resuming run %s at phase %d after %d epochs",
+            self.store.uri,
+            state.phase,
+            state.epochs_done,
+        )
         return state, model, best
 
     def _read(self, key: str, sha256: str) -> bytes:
@@ -117,13 +118,13 @@ class RunCheckpoints:
             data = self.store.get(key)
         except NotFound as e:
             raise CheckpointError(
-                f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found none "
-                "(delete the run folder or use a new --run-id)"
+                f"{self.store.url(STATE_FILE)} names {key}; expected it in the run folder, found "
+                "none (delete the run folder or use a new --run-id)"
             ) from e
         if sha256 and sha256_hex(data) != sha256:
             raise CheckpointError(
-                f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; received "
-                f"{sha256_hex(data)} ({len(data)} bytes)"
+                f"{self.store.url(key)}: expected sha256 {sha256} as {STATE_FILE} records; "
+                f"received {sha256_hex(data)} ({len(data)} bytes)"
             )
         return data
 
@@ -135,21 +136,23 @@ class RunCheckpoints:
         return key, digest
 
     def save(self, state: RunState, model: keras.Model) -> None:
-        """Write the model under a new key, then commit ``state`` naming it; then drop what no state names."""
+        """Write the model under a new key, commit ``state`` naming it, drop what no state names."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / LEGACY_MODEL_FILE
             model.save(path)
-            state.model_key, state.model_sha256 = self._put_addressed("checkpoint", ".keras", path.read_bytes())
+            state.model_key, state.model_sha256 = self._put_addressed(
+                "checkpoint", ".keras", path.read_bytes()
+            )
         self.save_state(state)
 
     def save_best(self, state: RunState, weights: list[np.ndarray]) -> None:
-        """Write early stopping's best weights under a new key; the next :meth:`save` commits them."""
+        """Write early stopping's best weights under a new key; the next ``save`` commits them."""
         buf = io.BytesIO()
         np.savez(buf, **{f"w{i}": w for i, w in enumerate(weights)})
         state.best_key, state.best_sha256 = self._put_addressed("best", ".npz", buf.getvalue())
 
     def save_state(self, state: RunState) -> None:
-        """Commit ``state`` (one write replaces the old one), then remove checkpoint files it does not name."""
+        """Commit ``state`` (one write), then remove the checkpoint files it does not name."""
         self.store.put(STATE_FILE, json.dumps(asdict(state)).encode())
         if not state.model_key:
             return  # a state from before issue 10 still means the fixed-name files: keep them
@@ -160,7 +163,7 @@ class RunCheckpoints:
 
 
 class StopSignal:
-    """Turns SIGTERM into a flag checked at safe points: between batches and between steps of export/publication.
+    """Turns SIGTERM into a flag checked between batches and between export/publication steps.
 
     Installed from training to the end of the run, so a SIGTERM during export or publication stops
     the job at the next step with exit 75 (the retried pod finishes the run) instead of killing it
@@ -177,7 +180,10 @@ class StopSignal:
         return self
 
     def _handle(self, signum: int, frame: object) -> None:
-        log.warning("SIGTERM: stopping at the next safe point (a checkpoint, the next export or publication step)")
+        log.warning(
+            "SIGTERM: stopping at the next safe point (a checkpoint, the next export or "
+            "publication step)"
+        )
         self.event.set()
 
     def uninstall(self) -> None:
@@ -192,7 +198,9 @@ class StopSignal:
     def check(self, where: str) -> None:
         """Raise :class:`Preempted` if SIGTERM arrived; ``where`` says what was not started yet."""
         if self.requested:
-            raise Preempted(f"SIGTERM: stopped {where}; a retry of the run resumes from its last checkpoint")
+            raise Preempted(
+                f"SIGTERM: stopped {where}; a retry of the run resumes from its last checkpoint"
+            )
 
 
 class CheckpointCallback(keras.callbacks.Callback):
@@ -210,13 +218,19 @@ class CheckpointCallback(keras.callbacks.Callback):
         early_stopping: ResumableEarlyStopping | None,
     ):
         super().__init__()
-        self.checkpoints, self.state, self.stop, self.early = checkpoints, state, stop, early_stopping
+        self.checkpoints, self.state, self.stop, self.early = (
+            checkpoints,
+            state,
+            stop,
+            early_stopping,
+        )
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
         if self.stop.requested:
             self._save()
             raise Preempted(
-                f"SIGTERM in phase {self.state.phase}, epoch {self.state.epochs_done + 1}; checkpoint saved"
+                f"SIGTERM in phase {self.state.phase}, epoch {self.state.epochs_done + 1}; "
+                "checkpoint saved"
             )
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -235,7 +249,9 @@ class CheckpointCallback(keras.callbacks.Callback):
                 self.checkpoints.save_best(self.state, self.early.best_weights)
         self._save()
         if self.stop.requested:
-            raise Preempted(f"SIGTERM after phase {self.state.phase}, epoch {epoch + 1}; checkpoint saved")
+            raise Preempted(
+                f"SIGTERM after phase {self.state.phase}, epoch {epoch + 1}; checkpoint saved"
+            )
 
     def _save(self) -> None:
         if self.checkpoints is not None:
@@ -253,12 +269,21 @@ def _float_or_none(x: Any) -> float | None:
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
     """EarlyStopping whose counters and best weights survive a restart."""
 
-    def __init__(self, resume: RunState | None = None, best_weights: list[np.ndarray] | None = None, **kw: Any):
+    def __init__(
+        self,
+        resume: RunState | None = None,
+        best_weights: list[np.ndarray] | None = None,
+        **kw: Any,
+    ):
         super().__init__(**kw)
         self._resume, self._resume_weights = resume, best_weights
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         super().on_train_begin(logs)
         if self._resume is not None and self._resume.best is not None:
-            self.best, self.wait, self.best_epoch = self._resume.best, self._resume.wait, self._resume.best_epoch
+            self.best, self.wait, self.best_epoch = (
+                self._resume.best,
+                self._resume.wait,
+                self._resume.best_epoch,
+            )
             self.best_weights = self._resume_weights

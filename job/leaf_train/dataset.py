@@ -43,8 +43,8 @@ class DatasetIndex:
     classes: list[str]
     items: list[Item]
     ignored: list[str] = field(default_factory=list)  # non-image or hidden keys
-    # Listed images that could not be decoded: not trained on, but recorded, so that the retrain policy
-    # (freshness.py) sees the same listing next time and not "new" photos.
+    # Listed images that could not be decoded: not trained on, but recorded, so that the retrain
+    # policy (freshness.py) sees the same listing next time and not "new" photos.
     unusable: list[ObjectInfo | Item] = field(default_factory=list)
 
     def split(self, name: str) -> list[Item]:
@@ -62,18 +62,20 @@ class DatasetIndex:
         return h.hexdigest()
 
     def manifest(self) -> bytes:
-        """``dataset.json``: the keys with ETag/size a version was trained on, and the unusable ones it skipped."""
+        """``dataset.json``: the keys (ETag, size) a version trained on, and the unusable ones."""
         body = {
             "root": self.root,
             "fingerprint": self.fingerprint(),
             "classes": self.classes,
-            "images": [{"key": i.key, "etag": i.etag, "size": i.size, "split": i.split} for i in self.items],
+            "images": [
+                {"key": i.key, "etag": i.etag, "size": i.size, "split": i.split} for i in self.items
+            ],
             "unusable": [{"key": o.key, "etag": o.etag, "size": o.size} for o in self.unusable],
         }
         return json.dumps(body, indent=1).encode()
 
     def usable(self, ok: Sequence[bool], val_fraction: float) -> DatasetIndex:
-        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the others become ``unusable``.
+        """The index of the items that decoded (``ok[i]`` for ``items[i]``); the rest are unusable.
 
         Classes are re-derived, so a class whose photos were all corrupt disappears and labels stay
         dense, and the split rule is re-applied, so "every class has validation images" holds for
@@ -116,8 +118,10 @@ def build_index(objects: Iterable[ObjectInfo], root: str, val_fraction: float) -
     return DatasetIndex(root, classes, items, ignored)
 
 
-def _labelled(by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float) -> tuple[list[str], list[Item]]:
-    """Classes in output order, and an :class:`Item` (label, split) for each object of each class."""
+def _labelled(
+    by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction: float
+) -> tuple[list[str], list[Item]]:
+    """Classes in output order, and an :class:`Item` (label, split) per object of each class."""
     classes = sorted(by_class)
     items: list[Item] = []
     for label, cls in enumerate(classes):
@@ -126,7 +130,9 @@ def _labelled(by_class: Mapping[str, Sequence[ObjectInfo | Item]], val_fraction:
         if VAL not in splits and len(objs) > 1:
             # Tiny classes can hash entirely to train; hold out the key that hashes lowest,
             # which is still a pure function of the class's keys.
-            lowest = min(range(len(objs)), key=lambda i: hashlib.sha256(objs[i].key.encode()).digest())
+            lowest = min(
+                range(len(objs)), key=lambda i: hashlib.sha256(objs[i].key.encode()).digest()
+            )
             splits[lowest] = VAL
         items += [Item(o.key, label, o.size, o.etag, s) for o, s in zip(objs, splits, strict=True)]
     return classes, items
@@ -142,7 +148,8 @@ def check_index(index: DatasetIndex, min_images_per_class: int) -> None:
     for cls, n in index.counts().items():
         if n < min_images_per_class:
             raise DataError(
-                f"class {cls!r} under {index.root} has {n} usable images; expected at least {min_images_per_class}"
+                f"class {cls!r} under {index.root} has {n} usable images; expected at least "
+                f"{min_images_per_class}"
             )
 
 

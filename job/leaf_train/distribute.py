@@ -1,25 +1,6 @@
 """Which ``tf.distribute`` strategy a run uses, and the cluster it spans.
 
-- Several workers (a Kubernetes Indexed Job, or ``TF_CONFIG`` set by another operator):
-  ``MultiWorkerMirroredStrategy`` over all of them; each worker also mirrors over its local GPUs.
-- One worker with more than one GPU visible: ``MirroredStrategy`` over those GPUs.
-- Otherwise TensorFlow's default strategy (one device, no coordination).
-
-On an Indexed Job each pod learns its index from ``JOB_COMPLETION_INDEX`` (set by
-Kubernetes) and finds its peers by their stable hostnames ``<job-name>-<index>``, which
-resolve as ``<job-name>-<index>.<headless-service>`` because the pods' ``subdomain`` is
-that Service. ``TF_CONFIG`` is built from those; nothing else coordinates the workers.
-
-Batch size is *global*: each of the ``R`` replicas (all GPUs of all workers) sees
-``batch_size / R`` images per step, so adding GPUs keeps the optimisation the same and
-makes each epoch shorter. ``lr_scaling=linear`` multiplies the learning rates by ``R``
-(Goyal et al., 2017) for users who instead scale the global batch with the replicas.
-
-Worker 0 is the chief: it alone writes checkpoints, evaluates, exports and publishes.
-Every worker reads the same checkpoint at start, so a restarted Job resumes consistently.
-
-TensorFlow, Keras and the checkpoint module are imported inside the functions that use them:
-the cluster helpers are used without them (``tests/charts`` resolves clusters from rendered pods).
+Design: docs/scaling.md#strategies-workers-and-the-global-batch
 """
 
 from __future__ import annotations
@@ -61,8 +42,8 @@ class Cluster:
             raise ConfigError(f"a cluster needs at least 2 workers; received {list(self.workers)}")
         if not 0 <= self.index < len(self.workers):
             raise ConfigError(
-                f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} workers; "
-                f"received {self.index}"
+                f"worker index: expected 0..{len(self.workers) - 1} for {len(self.workers)} "
+                f"workers; received {self.index}"
             )
 
     @property
@@ -71,10 +52,15 @@ class Cluster:
 
     def tf_config(self) -> dict[str, Any]:
         """The ``TF_CONFIG`` document TensorFlow's cluster resolvers read."""
-        return {"cluster": {"worker": list(self.workers)}, "task": {"type": "worker", "index": self.index}}
+        return {
+            "cluster": {"worker": list(self.workers)},
+            "task": {"type": "worker", "index": self.index},
+        }
 
 
-def worker_hosts(workers: int, port: int, job_name: str, service: str, hosts: Sequence[str] = ()) -> tuple[str, ...]:
+def worker_hosts(
+    workers: int, port: int, job_name: str, service: str, hosts: Sequence[str] = ()
+) -> tuple[str, ...]:
     """``host:port`` of every worker, in index order.
 
     Args:
@@ -82,7 +68,8 @@ def worker_hosts(workers: int, port: int, job_name: str, service: str, hosts: Se
         port: port every worker listens on when ``hosts`` does not name one.
         job_name: the Kubernetes Job; its pods are called ``<job_name>-<index>``.
         service: the headless Service that is the pods' ``subdomain``.
-        hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback runs.
+        hosts: explicit hosts (or ``host:port``) instead of the Kubernetes names, e.g. for loopback
+            runs.
 
     Raises:
         ConfigError: explicit hosts that do not match ``workers``, or no way to name the pods.
@@ -121,7 +108,7 @@ def worker_index(configured: int, environ: Mapping[str, str]) -> int:
 
 
 def cluster_from_tf_config(raw: str) -> Cluster | None:
-    """A ``TF_CONFIG`` written by someone else (e.g. Kubeflow's TFJob); ``None`` if it names one worker.
+    """A ``TF_CONFIG`` written by others (e.g. Kubeflow's TFJob); ``None`` if it names one worker.
 
     Raises:
         ConfigError: not JSON, or a shape MultiWorkerMirroredStrategy cannot use.
@@ -133,8 +120,8 @@ def cluster_from_tf_config(raw: str) -> Cluster | None:
         task_type, task_index = task.get("type", "worker"), int(task.get("index", 0))
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ConfigError(
-            f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., "index": N}}}}; '
-            f"received {raw[:200]!r}"
+            f'{TF_CONFIG_ENV}: expected {{"cluster": {{"worker": [...]}}, "task": {{"type": ..., '
+            f'"index": N}}}}; received {raw[:200]!r}'
         ) from e
     if len(workers) < 2:
         return None
@@ -173,7 +160,8 @@ class Distribution:
 
     strategy: Any  # tf.distribute.Strategy
     cluster: Cluster | None
-    name: str = "default"  # as the tf.distribute API calls it (MultiWorkerMirroredStrategy's class has another name)
+    # as the tf.distribute API calls it (MultiWorkerMirroredStrategy's class has another name)
+    name: str = "default"
 
     @property
     def is_chief(self) -> bool:
@@ -198,7 +186,7 @@ class Distribution:
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:
-        """Images each replica sees per step; the last replicas get fewer when it does not divide."""
+        """Images each replica sees per step; the last ones get fewer when it does not divide."""
         if global_batch % self.replicas:
             log.warning(
                 "batch size %d is not a multiple of %d replicas: replicas get uneven shares",
@@ -210,11 +198,11 @@ class Distribution:
     def prepare_model(self, model: Any, element_spec: Any) -> None:
         """Let Keras ``fit``/``evaluate`` run under MultiWorkerMirroredStrategy.
 
-        Keras 3.15's TensorFlow trainer learns the batch's shapes by ``strategy.reduce``-ing the first
-        distributed batch, a nest of ``PerReplica`` values, which MultiWorkerMirroredStrategy's
-        cross-device reduce rejects ("unsupported type PerReplica"; keras-team/keras#20585). Only
-        shapes and dtypes are needed, and the dataset's ``element_spec`` has them: build from it.
-        Other strategies keep Keras's own path.
+        Keras 3.15's TensorFlow trainer learns the batch's shapes by ``strategy.reduce``-ing the
+        first distributed batch, a nest of ``PerReplica`` values, which
+        MultiWorkerMirroredStrategy's cross-device reduce rejects ("unsupported type PerReplica";
+        keras-team/keras#20585). Only shapes and dtypes are needed, and the dataset's
+        ``element_spec`` has them: build from it. Other strategies keep Keras's own path.
         """
         import tensorflow as tf
 
@@ -228,21 +216,26 @@ class Distribution:
         model._maybe_symbolic_build = symbolic_build
 
     def shard(self, ds: Any) -> Any:
-        """``ds`` split by example across the workers: the arrays are in memory, there are no files to split."""
+        """``ds`` split by example across workers: the arrays are in memory, no files to split."""
         if self.workers == 1:
             return ds
         import tensorflow as tf
 
         options = tf.data.Options()
-        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        options.experimental_distribute.auto_shard_policy = (
+            tf.data.experimental.AutoShardPolicy.DATA
+        )
         return ds.with_options(options)
 
-    def checkpoint_writer(self, ckpts: RunCheckpoints | None, cache_dir: Path) -> RunCheckpoints | None:
-        """Where this worker saves checkpoints: the run's folder on the chief, a discarded local one elsewhere.
+    def checkpoint_writer(
+        self, ckpts: RunCheckpoints | None, cache_dir: Path
+    ) -> RunCheckpoints | None:
+        """Where this worker saves checkpoints: the run's folder on the chief, else a local one.
 
-        Only the chief's checkpoint is real (the others would race it on the same keys), yet every worker
-        must save: saving a mirrored model runs collective ops, and a worker that skipped them would
-        pair its next collective with the chief's save and abort both (TensorFlow's multi-worker rule).
+        Only the chief's checkpoint is real (the others would race it on the same keys), yet every
+        worker must save: saving a mirrored model runs collective ops, and a worker that skipped
+        them would pair its next collective with the chief's save and abort both (TensorFlow's
+        multi-worker rule).
         """
         if ckpts is None or self.is_chief:
             return ckpts
@@ -253,15 +246,21 @@ class Distribution:
     def describe(self, global_batch: int) -> str:
         role = "chief" if self.is_chief else "worker"
         return (
-            f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} {self.index}; "
-            f"global batch {global_batch} = {self.per_replica_batch(global_batch)} per replica"
+            f"{self.name}: {self.replicas} replica(s) on {self.workers} worker(s), this is {role} "
+            f"{self.index}; global batch {global_batch} = {self.per_replica_batch(global_batch)} "
+            "per replica"
         )
 
 
 def from_config(cfg: TrainConfig, job_name: str) -> Distribution:
-    """The run's strategy from its options (``job_name`` names the worker pods); see :func:`create`."""
+    """The run's strategy from its options (``job_name`` names the worker pods); see ``create``."""
     cluster = resolve_cluster(
-        cfg.workers, cfg.worker_index, cfg.worker_port, job_name, cfg.worker_service, cfg.worker_hosts
+        cfg.workers,
+        cfg.worker_index,
+        cfg.worker_port,
+        job_name,
+        cfg.worker_service,
+        cfg.worker_hosts,
     )
     return create(cluster)
 
@@ -287,7 +286,9 @@ def create(cluster: Cluster | None) -> Distribution:
         try:
             strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
-            raise ConfigError(f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}") from e
+            raise ConfigError(
+                f"MultiWorkerMirroredStrategy over {list(cluster.workers)}: {e}"
+            ) from e
         _fix_keras_multi_worker_step_reduce()
         return Distribution(strategy, cluster, "MultiWorkerMirroredStrategy")
     gpus = tf.config.list_physical_devices("GPU")
@@ -299,9 +300,9 @@ def create(cluster: Cluster | None) -> Distribution:
 def _fix_keras_multi_worker_step_reduce() -> None:
     """Make Keras 3.15's per-step log reduction work under MultiWorkerMirroredStrategy.
 
-    Keras reduces each step's scalar logs (loss, metrics) with ``strategy.reduce("MEAN", v, axis=0)``
-    when the strategy spans several workers; a scalar has no axis 0, so the first step fails
-    ("Invalid reduction dimension 0 for input with 0 dimensions"; keras-team/keras#20585). The
+    Keras reduces each step's scalar logs (loss, metrics) with ``strategy.reduce("MEAN", v,
+    axis=0)`` when the strategy spans several workers; a scalar has no axis 0, so the first step
+    fails ("Invalid reduction dimension 0 for input with 0 dimensions"; keras-team/keras#20585). The
     mean over all replicas is what was meant: reduce with ``axis=None``. Weights are unaffected
     (gradients are all-reduced by the optimizer) and epoch logs come from the synchronised metric
     variables; this only fixes the step's reduction. Applied once, only in multi-worker processes.

@@ -9,8 +9,9 @@ preempted run that saved its checkpoint is retried without counting against ``ba
 
 from __future__ import annotations
 
-from leaf_common.config import ConfigError as ConfigError  # re-exported: the job's stages raise it from here
-from leaf_common.errors import EXIT_CONFIG as EXIT_CONFIG  # re-exported: the chart keys on the codes here
+# Re-exported: the job's stages raise ConfigError from here; the chart keys on the exit codes.
+from leaf_common.config import ConfigError as ConfigError
+from leaf_common.errors import EXIT_CONFIG as EXIT_CONFIG
 from leaf_common.errors import EXIT_FAILURE as EXIT_FAILURE
 from leaf_common.errors import LeafError
 

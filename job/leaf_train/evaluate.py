@@ -12,7 +12,7 @@ from .cache import PreparedData
 
 
 def predict(model: Any, images: np.ndarray, slots: np.ndarray, batch: int) -> np.ndarray:
-    """Probabilities of ``images[slots]``, ``batch`` at a time (a memmap is read a batch at a time too)."""
+    """Probabilities of ``images[slots]``, ``batch`` at a time (a memmap is read so too)."""
     out = [
         model.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
         for i in range(0, len(slots), batch)
@@ -32,7 +32,9 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -
     return cm
 
 
-def compute_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
+def compute_metrics(
+    probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy, top-3 accuracy, per-class precision/recall/F1 and the confusion matrix."""
     n = len(classes)
     y_pred = probs.argmax(axis=1)
@@ -48,10 +50,11 @@ def compute_metrics(probs: np.ndarray, y_true: np.ndarray, classes: Sequence[str
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
         per_class[name] = {"precision": precision, "recall": recall, "f1": f1, "support": actual}
     f1s = [c["f1"] for c in per_class.values()]
+    top3 = float((topk == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0
     return {
         "num_images": int(len(y_true)),
         "accuracy": float((y_pred == y_true).mean()) if len(y_true) else 0.0,
-        "top3_accuracy": float((topk == y_true[:, None]).any(axis=1).mean()) if len(y_true) else 0.0,
+        "top3_accuracy": top3,
         "macro_f1": float(np.mean(f1s)) if f1s else 0.0,
         "per_class": per_class,
         "confusion_matrix": cm.tolist(),

@@ -1,12 +1,8 @@
 """ONNX export through tf2onnx, then a parity check against Keras that the quality gate judges.
 
-``tf2onnx.convert.from_keras`` fails on Keras 3 models (KeyError 'keras_tensor_NN');
-converting a ``tf.function`` with a named ``input_signature`` through
-``from_function`` works and matches Keras to ~1e-7 (``check_parity`` measures it on every export). The export is
-built from a float32 copy of the model, so mixed-precision training still ships a
-float32 graph, and it contains no augmentation: host augmentation lives in the input pipeline,
-device augmentation on the trained model object's train step (augment.py), and the copy is a
-freshly built model given only the weights.
+The graph is converted from a ``tf.function`` (tf2onnx's ``from_keras`` fails on Keras 3) built on a
+float32 copy of the model, so mixed precision still ships float32 and no augmentation reaches it.
+Design: docs/training.md, "Evaluation and export".
 """
 
 from __future__ import annotations
@@ -52,7 +48,8 @@ class Parity:
 
     def to_dict(self) -> dict[str, float | int | bool | None]:
         return {
-            # JSON has no NaN: a model whose outputs are NaN is recorded as null (and fails the gate's rule).
+            # JSON has no NaN: a model whose outputs are NaN is recorded as null (and fails the
+            # gate's rule).
             "max_abs_diff": self.max_abs_diff if math.isfinite(self.max_abs_diff) else None,
             "tolerance": self.tolerance,
             "images": self.images,
@@ -68,7 +65,9 @@ class Shipped:
     """What export produced: the ONNX that ships, its parity record, and the optional variants."""
 
     onnx: bytes
-    parity: dict[str, Any]  # model.json's parity record (with ``fp16``/``int8`` when exported); the gate judges it
+    parity: dict[
+        str, Any
+    ]  # model.json's parity record (with ``fp16``/``int8`` when exported); the gate judges it
     extra_files: dict[str, bytes]  # model.fp16.onnx / model.int8.onnx when exported and passed
 
 
@@ -80,9 +79,10 @@ def export_all(
     stop: StopSignal,
     trust: TrustFit | None = None,
 ) -> Shipped:
-    """The float32 ONNX export of ``inference``, its parity check, and the FP16/INT8 variants asked for.
+    """The float32 ONNX export of ``inference``, its parity check, and the variants asked for.
 
-    With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity covers both.
+    With ``trust`` the graph outputs calibrated probabilities and an ``ood_score``, and parity
+    covers both.
     """
     head = trust.head if trust else None
     onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset, head)
@@ -92,7 +92,9 @@ def export_all(
     event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
     record, extra = parity.to_dict(), fp16_export(cfg, onnx_bytes, parity_images)
     if head is not None:
-        record["ood"] = check_ood_parity(inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head).to_dict()
+        record["ood"] = check_ood_parity(
+            inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head
+        ).to_dict()
         record["ood"]["relative_to"] = "threshold"
     if extra:
         record["fp16"] = extra.pop("parity")
@@ -112,7 +114,7 @@ def build_contract(
     training: dict[str, Any],
     trust: TrustFit | None = None,
 ) -> ModelContract:
-    """``model.json`` of the version: what the server needs to load it and what an operator asks about it."""
+    """The version's ``model.json``: what the server needs to load it, what an operator asks."""
     return ModelContract(
         name=cfg.model_name,
         version=version,
@@ -146,8 +148,9 @@ def build_contract(
 def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) -> dict[str, Any]:
     """``{model.fp16.onnx: bytes, "parity": {...}}`` when --export-fp16, else ``{}``.
 
-    The parity record (tolerance, max difference, file, sha256) goes into model.json's ``parity.fp16``,
-    so the server can verify the file and an operator can see how close it is before preferring it.
+    The parity record (tolerance, max difference, file, sha256) goes into model.json's
+    ``parity.fp16``, so the server can verify the file and an operator can see how close it is
+    before preferring it.
     """
     if not cfg.export_fp16:
         return {}
@@ -157,24 +160,33 @@ def fp16_export(cfg: TrainConfig, onnx_bytes: bytes, parity_images: np.ndarray) 
     return {FP16_FILE: fp16, "parity": record}
 
 
-def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event) -> dict[str, Any]:
-    """``{model.int8.onnx: bytes, "parity": {...}}`` when --export-int8 passes, ``{"parity": {...}}`` when refused.
+def int8_export(
+    cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: Event
+) -> dict[str, Any]:
+    """``{model.int8.onnx: bytes, "parity": ...}`` if --export-int8 passes; only ``parity`` if not.
 
-    Calibrated on training images only; judged on every validation image. A refused INT8 model is not
-    published (its record says why) and the FP32 model publishes as usual.
+    Calibrated on training images only; judged on every validation image. A refused INT8 model is
+    not published (its record says why) and the FP32 model publishes as usual.
     """
     if not cfg.export_int8:
         return {}
-    rng = np.random.default_rng(cfg.seed)  # which training images calibrate: repeatable with the run's seed
+    # Which training images calibrate: repeatable with the run's seed.
+    rng = np.random.default_rng(cfg.seed)
     chosen = np.sort(rng.permutation(data.train_slots)[: cfg.int8_calibration_images])
     images, val = data.decoded.images, data.val_slots
     int8 = to_int8(onnx_bytes, images[chosen])
     check = check_int8(onnx_bytes, int8, images[val], data.labels[val], cfg.int8_max_accuracy_drop)
-    record = {**check.to_dict(), "file": INT8_FILE, "format": "QDQ", "calibration_images": len(chosen)}
+    record = {
+        **check.to_dict(),
+        "file": INT8_FILE,
+        "format": "QDQ",
+        "calibration_images": len(chosen),
+    }
     if not check.passed:
         reason = (
             f"INT8 accuracy {check.accuracy_int8:.4f} is {check.accuracy_drop:.4f} below FP32 "
-            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not published"
+            f"{check.accuracy_fp32:.4f} (max {cfg.int8_max_accuracy_drop:g}): model.int8.onnx not "
+            "published"
         )
         log.warning("%s", reason)
         event("Int8Refused", reason, type="Warning")
@@ -183,7 +195,9 @@ def int8_export(cfg: TrainConfig, data: PreparedData, onnx_bytes: bytes, event: 
     return {INT8_FILE: int8, "parity": record}
 
 
-def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_units: int) -> keras.Model:
+def float32_copy(
+    model: keras.Model, num_classes: int, image_size: int, dense_units: int
+) -> keras.Model:
     """Same architecture and weights, built under the float32 policy."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("float32")
@@ -195,11 +209,14 @@ def float32_copy(model: keras.Model, num_classes: int, image_size: int, dense_un
     return clone
 
 
-def to_onnx(model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None) -> bytes:
-    """Serialized ONNX: one input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
+def to_onnx(
+    model: keras.Model, image_size: int, opset: int, head: TrustHead | None = None
+) -> bytes:
+    """Serialized ONNX: input ``image`` [N, H, W, 3] float32 RGB 0-255, output ``probabilities``.
 
-    With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N] holds
-    the squared Mahalanobis distance to the nearest class mean, the constants baked into the graph.
+    With ``head`` the probabilities are softmax(logits / T) and a second output ``ood_score`` [N]
+    holds the squared Mahalanobis distance to the nearest class mean, the constants baked into the
+    graph.
     """
     import tf2onnx
 
@@ -208,10 +225,11 @@ def to_onnx(model: keras.Model, image_size: int, opset: int, head: TrustHead | N
     expected_out = {OUTPUT_NAME} if head is None else {OUTPUT_NAME, OOD_NAME}
 
     start = time.monotonic()
-    # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the same
-    # value, so one model converts to the same bytes however many conversions this process ran before
-    # (`leaf-train demo` and the tests convert several). The rewriter module takes a name from the counter
-    # when it is first imported, mid-conversion; importing it first keeps that out of the numbering.
+    # tf2onnx names the nodes it inserts from a process-wide counter: start every conversion at the
+    # same value, so one model converts to the same bytes however many conversions this process ran
+    # before (`leaf-train demo` and the tests convert several). The rewriter module takes a name
+    # from the counter when it is first imported, mid-conversion; importing it first keeps that out
+    # of the numbering.
     import tf2onnx.rewriter.loop_rewriter_base  # noqa: F401
 
     tf2onnx.utils.INTERNAL_NAME = 1
@@ -243,20 +261,25 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
     features = feature_model(model)
     f32 = lambda a: np.asarray(a, np.float32)  # noqa: E731
     kernel, bias, inv_t = f32(head.kernel), f32(head.bias), np.float32(1.0 / head.temperature)
-    spaces = [(f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces]
+    spaces = [
+        (f32(s.projection), f32(s.means[None]), np.float32(1.0 / s.scale)) for s in head.spaces
+    ]
 
     @tf.function(input_signature=spec)
     def serve(image: tf.Tensor) -> dict[str, tf.Tensor]:
         # Constants made inside the function become graph constants; tensors made outside would be
         # captured as extra graph inputs that ONNX Runtime then demands.
         fs = features(image, training=False)
-        probs = tf.nn.softmax((tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1)
+        probs = tf.nn.softmax(
+            (tf.matmul(fs[-1], tf.constant(kernel)) + tf.constant(bias)) * inv_t, axis=-1
+        )
         terms = []
         for f, (projection, means, inv_scale) in zip(fs, spaces, strict=True):
-            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32. expand_dims and
-            # add_n (not [:, None] and zeros_like) keep the graph simple enough for ORT's shape inference,
-            # which INT8 quantization runs first.
-            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)  # [N, K, F]
+            # Differences, not |z|^2 - 2 z.m + |m|^2: that expansion cancels badly in float32.
+            # expand_dims and add_n (not [:, None] and zeros_like) keep the graph simple enough for
+            # ORT's shape inference, which INT8 quantization runs first.
+            # Shape [N, K, F]: each image's projected features minus each class's mean.
+            delta = tf.expand_dims(tf.matmul(f, tf.constant(projection)), 1) - tf.constant(means)
             terms.append(tf.reduce_min(tf.reduce_sum(delta * delta, axis=-1), axis=-1) * inv_scale)
         ood = tf.add_n(terms)
         return {OUTPUT_NAME: probs, OOD_NAME: ood}
@@ -267,7 +290,9 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
 OOD_PARITY_TOLERANCE = 1e-3  # max |ORT - numpy| of ood_score, as a fraction of the threshold
 
 
-def _trusted_reference(model: keras.Model, head: TrustHead) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+def _trusted_reference(
+    model: keras.Model, head: TrustHead
+) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """What the exported graph must compute: Keras features, then the head in float64 numpy."""
     features = feature_model(model)
     return lambda x: head.apply(features.predict_on_batch(x))
@@ -281,29 +306,41 @@ def check_parity(
     batch: int = 16,
     head: TrustHead | None = None,
 ) -> Parity:
-    """Run the same images through Keras and ONNX Runtime; max |difference| of probabilities (judged by the gate).
+    """Max |Keras - ONNX Runtime| of probabilities on the same images (judged by the gate).
 
     With ``head`` the Keras side is the features model followed by the calibrated head in numpy.
     """
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    reference = model.predict_on_batch if head is None else (lambda x, r=_trusted_reference(model, head): r(x)[0])
+    reference = (
+        model.predict_on_batch
+        if head is None
+        else (lambda x, r=_trusted_reference(model, head): r(x)[0])
+    )
     worst = _max_abs_diff(reference, _runner(session), images, batch)
     return _measured("parity: max |ORT - Keras|", worst, tolerance, len(images))
 
 
 def check_ood_parity(
-    model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, head: TrustHead, batch: int = 16
+    model: keras.Model,
+    onnx_bytes: bytes,
+    images: np.ndarray,
+    tolerance: float,
+    head: TrustHead,
+    batch: int = 16,
 ) -> Parity:
-    """Max |ORT - Keras/numpy| of ``ood_score`` divided by the threshold (the scale that decides abstaining)."""
+    """Max |ORT - Keras/numpy| of ``ood_score`` over the threshold (the scale that abstains)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
     scale = max(head.threshold, 1e-6)
     reference = _trusted_reference(model, head)
     worst = _max_abs_diff(
-        lambda x: reference(x)[1] / scale, lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale, images, batch
+        lambda x: reference(x)[1] / scale,
+        lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale,
+        images,
+        batch,
     )
     return _measured("ood parity: max |ORT - Keras| / threshold", worst, tolerance, len(images))
 
@@ -313,20 +350,26 @@ def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def _max_abs_diff(
-    reference: Callable[[np.ndarray], Any], candidate: Callable[[np.ndarray], Any], images: np.ndarray, batch: int
+    reference: Callable[[np.ndarray], Any],
+    candidate: Callable[[np.ndarray], Any],
+    images: np.ndarray,
+    batch: int,
 ) -> float:
-    """Largest |reference - candidate| over the probabilities of ``images``, run ``batch`` at a time."""
+    """Largest |reference - candidate| over the probabilities of ``images``, ``batch`` at a time."""
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
-        diff = np.abs(np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32))
-        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to 0.0.
+        diff = np.abs(
+            np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32)
+        )
+        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to
+        # 0.0.
         worst = float(np.max([worst, float(np.max(diff))]))
     return worst
 
 
 def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
-    """The measured parity; a failure is logged and left to the quality gate (rule ``parity``), not raised.
+    """The measured parity; a failure is logged and left to the gate (rule ``parity``).
 
     Failing the job here would make the Job retry into the same deterministic disagreement and
     lose the evidence; as a gate rule the version is kept, rejected, with the numbers that failed.
@@ -335,7 +378,13 @@ def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:
     if parity.passed:
         log.info("%s = %.3g on %d images (tolerance %g)", what, worst, n, tolerance)
     else:
-        log.warning("%s = %.3g on %d images: exceeds the tolerance %g; the gate will reject", what, worst, n, tolerance)
+        log.warning(
+            "%s = %.3g on %d images: exceeds the tolerance %g; the gate will reject",
+            what,
+            worst,
+            n,
+            tolerance,
+        )
     return parity
 
 
@@ -351,16 +400,19 @@ def to_fp16(onnx_bytes: bytes) -> bytes:
     start = time.monotonic()
     try:
         half = convert_float_to_float16(onnx.load_from_string(onnx_bytes), keep_io_types=True)
-    except Exception as e:  # the converter raises plain Exceptions/ValueErrors on graphs it cannot handle
+    # The converter raises plain Exceptions/ValueErrors on graphs it cannot handle.
+    except Exception as e:
         raise ExportError(f"float16 conversion failed: {e}") from e
-    log.info("converted ONNX to float16 (float32 inputs/outputs) in %.1f s", time.monotonic() - start)
+    log.info(
+        "converted ONNX to float16 (float32 inputs/outputs) in %.1f s", time.monotonic() - start
+    )
     return half.SerializeToString()
 
 
 def check_fp16_parity(
     fp32_bytes: bytes, fp16_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Max |FP16 - FP32| of probabilities on the same images, both run by ONNX Runtime (judged by the gate)."""
+    """Max |FP16 - FP32| of probabilities on the same images, both in ONNX Runtime (gate-judged)."""
     import onnxruntime as ort
 
     full = ort.InferenceSession(fp32_bytes, providers=["CPUExecutionProvider"])

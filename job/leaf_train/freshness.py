@@ -1,33 +1,6 @@
-"""The retrain policy: does this run have anything new to learn? Decided from the listing, before any download.
+"""The retrain policy: anything new to learn? Decided from the listing, before any download.
 
-A scheduled retrain on an unchanged bucket burns a GPU node to publish a near-copy of the served
-model. So, once the photos are listed and before one of them is downloaded, the job compares
-three things with the **served** version (``latest.json``):
-
-* **photos**: every image's key, ETag and size in the listing against the served version's
-  ``dataset.json`` (the usable photos it trained on and the unusable ones it skipped). Keys carry
-  the class folder, so a photo moved to another class is a change; the dataset URI is not compared
-  (the same keys with the same ETags are the same labelled photos, wherever the bucket lives).
-* **training options** that shape the weights or the published files (:data:`SHAPING_OPTIONS`)
-  against ``model.json``'s ``training`` block. Not compared: ``deterministic``, ``mixed_precision``,
-  ``jit_compile``, ``workers`` and where augmentation runs (speed and rounding of the same
-  optimisation; the batch is global),
-  and the gate's thresholds (they judge a model, they do not shape it: a version they rejected can
-  be promoted by hand).
-* **code**: the SHA-256 of the training code's source and the versions of the packages that
-  shape a model's numbers (``provenance.code`` and ``provenance.packages``). The content, because
-  ``__version__`` is not bumped with every change: a new image retrains once.
-
-The run is skipped only when the options and code are equal and fewer than ``min_new_images``
-photos were added, changed or removed. Anything that cannot be compared (nothing served, a served
-version without these records, an unreadable ``dataset.json``) means: train.
-
-Whether the check runs at all: ``--skip-if-unchanged on|off``, or ``auto`` = on for runs the
-schedule started. The chart sets ``LEAF_TRAIN_RUN_TRIGGER=scheduled`` on the CronJob's pod template
-(every pod of the Job sees it, no API call needed, and every worker of a multi-worker run decides
-alike); ``leaf-train submit`` sets ``manual`` on the Job it creates, and ``submit --force`` also sets
-``LEAF_TRAIN_SKIP_IF_UNCHANGED=off``. ``kubectl create job --from=cronjob/...`` copies the pod
-template as it is, so such a run counts as scheduled.
+Design: docs/training.md#the-retrain-policy-skip-a-run-with-nothing-new
 """
 
 from __future__ import annotations
@@ -54,7 +27,8 @@ DATASET_FILE = "dataset.json"
 SCHEDULED, MANUAL = "scheduled", "manual"
 
 # Training options that shape the weights (data selection and split, architecture, optimisation,
-# augmentation, seed) or the published files (opset, the FP16 and INT8 copies). A change of any one retrains.
+# augmentation, seed) or the published files (opset, the FP16 and INT8 copies). A change of any one
+# retrains.
 SHAPING_OPTIONS = (
     "val_fraction",
     "max_pixels",
@@ -82,8 +56,9 @@ SHAPING_OPTIONS = (
     "int8_max_accuracy_drop",
     "int8_calibration_images",
 )
-# Recorded in model.json for people, not compared: how fast and with which rounding, not what is learned.
-# ``augment_mode`` is where the augmentation runs (host/device/auto); ``augment`` (compared) is whether.
+# Recorded in model.json for people, not compared: how fast and with which rounding, not what is
+# learned. ``augment_mode`` is where the augmentation runs (host/device/auto); ``augment``
+# (compared) is whether.
 RECORDED_ONLY = ("deterministic", "mixed_precision", "jit_compile", "workers", "augment_mode")
 # Differences named in a reason; the count is always complete.
 _MAX_NAMED = 5
@@ -95,8 +70,8 @@ class RetrainConfig:
 
     skip_if_unchanged: str = option(
         "auto",
-        "Skip the run (exit 0, before downloading any photo) when the photos, the training options and the code "
-        "equal the served version's: auto (on for scheduled runs), on, off",
+        "Skip the run (exit 0, before downloading any photo) when the photos, the training "
+        "options and the code equal the served version's: auto (on for scheduled runs), on, off",
         choices=("auto", "on", "off"),
     )
     min_new_images: int = option(
@@ -112,7 +87,7 @@ class RetrainConfig:
 
 
 def training_record(cfg: TrainConfig) -> dict[str, Any]:
-    """``model.json``'s ``training`` block: the options compared by the retrain policy, then the recorded ones."""
+    """``model.json``'s ``training`` block: the options the retrain policy compares, then more."""
     record = {name: getattr(cfg, name, None) for name in (*SHAPING_OPTIONS, *RECORDED_ONLY)}
     # Host and device augmentation draw the same transforms (augment.py), so moving it is no reason
     # to retrain; a bool also equals what versions before --augment host|device recorded.
@@ -125,7 +100,8 @@ class PhotoChanges:
     """How the listing differs from a version's ``dataset.json``; keys sorted."""
 
     added: list[str] = field(default_factory=list)
-    changed: list[str] = field(default_factory=list)  # same key, other ETag or size: the photo was rewritten
+    # Same key, other ETag or size: the photo was rewritten.
+    changed: list[str] = field(default_factory=list)
     removed: list[str] = field(default_factory=list)
 
     @property
@@ -142,7 +118,7 @@ class PhotoChanges:
 
 
 def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoChanges:
-    """The listing against ``dataset.json``: photos added, rewritten (other ETag or size) and removed.
+    """The listing against ``dataset.json``: photos added, rewritten (ETag or size) and removed.
 
     Raises:
         ValueError: ``dataset`` lacks the image records (key, etag, size) every version writes.
@@ -151,7 +127,9 @@ def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoCha
         records = [*dataset["images"], *dataset.get("unusable", [])]
         before = {str(r["key"]): (str(r["etag"]), int(r["size"])) for r in records}
     except (KeyError, TypeError) as e:
-        raise ValueError(f"{DATASET_FILE}: expected images with key, etag and size ({type(e).__name__}: {e})") from e
+        raise ValueError(
+            f"{DATASET_FILE}: expected images with key, etag and size ({type(e).__name__}: {e})"
+        ) from e
     now = {it.key: (it.etag, it.size) for it in listed.items}
     return PhotoChanges(
         added=sorted(now.keys() - before.keys()),
@@ -161,7 +139,7 @@ def compare_photos(listed: DatasetIndex, dataset: Mapping[str, Any]) -> PhotoCha
 
 
 def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[str]:
-    """Shaping options whose value differs from (or is missing in) ``model.json``'s ``training`` block."""
+    """Shaping options that differ from (or are missing in) ``model.json``'s ``training`` block."""
     recorded, now = contract.get("training") or {}, training_record(cfg)
     diffs = []
     for name in SHAPING_OPTIONS:
@@ -173,7 +151,7 @@ def option_differences(cfg: TrainConfig, contract: Mapping[str, Any]) -> list[st
 
 
 def code_differences(contract: Mapping[str, Any]) -> list[str]:
-    """The training code's digest and the numeric packages' versions, against ``model.json``'s ``provenance``."""
+    """The training code's digest and numeric packages' versions against ``model.json``."""
     recorded = contract.get("provenance") or {}
     code = recorded.get("code") or {}
     diffs = []
@@ -205,7 +183,7 @@ def check_enabled(cfg: RetrainConfig) -> tuple[bool, str]:
 
 
 def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[str, Any]] | str:
-    """``(version, model.json, dataset.json)`` of the served version, checked against its manifest; else why not."""
+    """``(version, model.json, dataset.json)`` of the served version, verified; else why not."""
     found = registry.pointer()
     if found is None:
         return "nothing is served yet"
@@ -218,7 +196,9 @@ def _served_records(registry: ModelRegistry) -> tuple[str, dict[str, Any], dict[
         return f"the served version {version} cannot be compared: {e}"
     contract, dataset = parsed
     if not isinstance(contract, dict) or not isinstance(dataset, dict):
-        return f"the served version {version} cannot be compared: expected JSON objects in its records"
+        return (
+            f"the served version {version} cannot be compared: expected JSON objects in its records"
+        )
     return version, contract, dataset
 
 
@@ -242,20 +222,33 @@ def decide(
     version, contract, dataset = served
     differences = option_differences(train_cfg, contract) + code_differences(contract)
     if differences:
-        named = ", ".join(differences[:_MAX_NAMED]) + (" ..." if len(differences) > _MAX_NAMED else "")
-        return RetrainDecision(
-            False, f"training: {len(differences)} option/code difference(s) from {version}: {named}", version
+        named = ", ".join(differences[:_MAX_NAMED]) + (
+            " ..." if len(differences) > _MAX_NAMED else ""
         )
+        return RetrainDecision(
+            False,
+            f"training: {len(differences)} option/code difference(s) from {version}: {named}",
+            version,
+        )
+    return _photo_decision(cfg, listed, dataset, version, why)
+
+
+def _photo_decision(
+    cfg: RetrainConfig, listed: DatasetIndex, dataset: dict[str, Any], version: str, why: str
+) -> RetrainDecision:
+    """Options and code are unchanged: skip unless ``min_new_images`` photos changed."""
     try:
         changes = compare_photos(listed, dataset)
     except ValueError as e:
-        return RetrainDecision(False, f"training: the served version {version} cannot be compared: {e}", version)
+        return RetrainDecision(
+            False, f"training: the served version {version} cannot be compared: {e}", version
+        )
     if changes.count >= cfg.min_new_images:
         return RetrainDecision(False, f"training: {changes.describe()} since {version}", version)
     if changes.count == 0:
         reason = (
-            f"the {len(listed.items)} photos, the training options and the code are those of the served version "
-            f"{version}: nothing new to learn ({why})"
+            f"the {len(listed.items)} photos, the training options and the code are those of the "
+            f"served version {version}: nothing new to learn ({why})"
         )
     else:
         reason = (

@@ -1,14 +1,14 @@
 """tf.data input pipelines over the decoded uint8 array, and the book's augmentation.
 
-Batches are gathered from the (possibly memory-mapped) array by index, so nothing is
-decoded again after the first pass and memory stays bounded. With ``--augment host``
-augmentation runs here, in the input pipeline, not in the model: the export stays
-augmentation-free and the compiled train step keeps XLA (geometric Keras layers do not
-support it). With ``--augment device`` the batches stay uint8 (``cast=False``) and
-``augment.py`` casts and augments inside the train step.
+Batches are gathered from the (possibly memory-mapped) array by index, so nothing is decoded again.
+``--augment host`` augments here, in the input pipeline; with ``--augment device`` the batches stay
+uint8 (``cast=False``) and ``augment.py`` augments in the train step. Design:
+docs/training.md#augmentation
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import keras
 import numpy as np
@@ -16,7 +16,9 @@ import tensorflow as tf
 from keras import layers
 
 
-def augmentation(rotation: float, shift: float, shear: float, zoom: float, flip: bool, seed: int) -> keras.Sequential:
+def augmentation(
+    rotation: float, shift: float, shear: float, zoom: float, flip: bool, seed: int
+) -> keras.Sequential:
     """The recipe of Chollet's §5.3 (``ImageDataGenerator`` in the book), as Keras 3 layers.
 
     ``fill_mode="nearest"`` is ImageDataGenerator's default, so borders look the same.
@@ -27,7 +29,9 @@ def augmentation(rotation: float, shift: float, shear: float, zoom: float, flip:
     if shift:
         aug.append(layers.RandomTranslation(shift, shift, fill_mode="nearest", seed=seed + 1))
     if shear:
-        aug.append(layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode="nearest", seed=seed + 2))
+        aug.append(
+            layers.RandomShear(x_factor=shear, y_factor=shear, fill_mode="nearest", seed=seed + 2)
+        )
     if zoom:
         aug.append(layers.RandomZoom(zoom, zoom, fill_mode="nearest", seed=seed + 3))
     if flip:
@@ -52,12 +56,28 @@ def make_dataset(
     train step that casts on the device; ``augment`` then must be ``None``.
     """
     if not cast and augment is not None:
-        raise ValueError("make_dataset: host augmentation works on float32 batches; received cast=False")
-    _, height, width, channels = images.shape
+        raise ValueError(
+            "make_dataset: host augmentation works on float32 batches; received cast=False"
+        )
     ds = tf.data.Dataset.from_tensor_slices(slots.astype(np.int64))
     if shuffle:
         ds = ds.shuffle(len(slots), seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
+    ds = ds.map(
+        _loader(images, labels, cast), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    if augment is not None and len(augment.layers):
+        ds = ds.map(
+            lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE
+        )
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _loader(
+    images: np.ndarray, labels: np.ndarray, cast: bool
+) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+    """The map from a batch of slots to its images and labels, read from the host arrays."""
+    _, height, width, channels = images.shape
 
     def gather(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.asarray(images[idx]), labels[idx]
@@ -68,7 +88,4 @@ def make_dataset(
         y.set_shape([None])
         return (tf.cast(x, tf.float32) if cast else x), y
 
-    ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    if augment is not None and len(augment.layers):
-        ds = ds.map(lambda x, y: (augment(x, training=True), y), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return load

@@ -1,14 +1,9 @@
 """Kubernetes integration of the training job: Events, the published-version annotation, rollouts.
 
-Inside a cluster the job tells Kubernetes what it is doing, where ``kubectl describe job``
-shows it: Events on its own Job (started, skipped and why, phase done with metrics, exported,
-the gate's decision table, promoted or not and why), annotations with the version it published
-or why it skipped, and optionally a restart of the serving Deployment (for installations that
-turn the server's hot reload off).
-
-All of it is best effort. Outside a cluster (no service-account token, no kubeconfig) the
-reporter is disabled and says so once; an API error is logged and never reaches the
-training run. The chart grants exactly these calls (``charts/leaf-train/templates/rbac.yaml``).
+All of it is best effort: outside a cluster the reporter is disabled and says so once, and an API
+error is logged and never reaches the training run. The chart grants exactly these calls
+(``charts/leaf-train/templates/rbac.yaml``). What an operator sees:
+docs/operations.md#start-a-run-now-and-follow-it
 """
 
 from __future__ import annotations
@@ -26,12 +21,14 @@ from .config import ENV_PREFIX
 log = logging.getLogger(__name__)
 
 VERSION_ANNOTATION = "leaf-train.io/published-version"
-SKIPPED_ANNOTATION = "leaf-train.io/skipped"  # why the retrain policy skipped the run (freshness.py)
-RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"  # the key `kubectl rollout restart` sets
+# Why the retrain policy skipped the run (freshness.py)
+SKIPPED_ANNOTATION = "leaf-train.io/skipped"
+# The key `kubectl rollout restart` sets.
+RESTARTED_AT_ANNOTATION = "kubectl.kubernetes.io/restartedAt"
 MODEL_VERSION_ANNOTATION = "leaf-train.io/model-version"
-# How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an annotation,
-# so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist) and the chart's
-# LeafTrainRetrainsNotPromoted alert can count the runs since the last promotion.
+# How the run ended: promoted, rejected (by the gate) or skipped (retrain policy). A label, not an
+# annotation, so kube-state-metrics can export it (kube_job_labels, with --metric-labels-allowlist)
+# and the chart's LeafTrainRetrainsNotPromoted alert can count the runs since the last promotion.
 OUTCOME_LABEL = "leaf-train.io/outcome"
 REPORTING_CONTROLLER = "leaf-train.io/trainer"
 MERGE_PATCH = "application/merge-patch+json"
@@ -48,13 +45,22 @@ class KubeConfig:
 
     kube_integration: str = option(
         "auto",
-        "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig exists), on, off",
+        "Kubernetes Events/annotations: auto (when a service-account token or kubeconfig "
+        "exists), on, off",
         choices=("auto", "on", "off"),
     )
-    namespace: str = option("", "Namespace of the Job; empty = the service account's or the kubeconfig context's")
-    job_name: str = option("", "This run's Job (the chart sets it via the downward API); empty = no Job to report on")
-    rollout_deployment: str = option("", "Deployment to restart after a promotion; empty = no rollout")
-    kubeconfig: str = option("", "kubeconfig file used outside a cluster; empty = KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace of the Job; empty = the service account's or the kubeconfig context's"
+    )
+    job_name: str = option(
+        "", "This run's Job (the chart sets it via the downward API); empty = no Job to report on"
+    )
+    rollout_deployment: str = option(
+        "", "Deployment to restart after a promotion; empty = no rollout"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file used outside a cluster; empty = KUBECONFIG or ~/.kube/config"
+    )
 
     def validate(self) -> None:
         """Reject names the API would refuse, naming what was received."""
@@ -114,7 +120,7 @@ class KubeReporter:
         rollout_deployment: str = "",
         reporting_instance: str = "",
     ) -> None:
-        """Use :meth:`from_config` in the job; this constructor is for tests and callers with a client.
+        """Use :meth:`from_config` in the job; this constructor is for tests and given clients.
 
         Args:
             api_client: a ``kubernetes.client.ApiClient``, or ``None`` for a disabled reporter.
@@ -179,7 +185,10 @@ class KubeReporter:
             return False
         if not self.job_name:
             if not self._warned_no_job:
-                log.info("Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or annotations")
+                log.info(
+                    "Kubernetes integration: no job name (LEAF_TRAIN_JOB_NAME), so no Events or "
+                    "annotations"
+                )
                 self._warned_no_job = True
             return False
         return True
@@ -192,7 +201,7 @@ class KubeReporter:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT_S, **kwargs)
         except ApiException as e:
             log.warning("Kubernetes API: %s failed: HTTP %s %s", what, e.status, e.reason)
-        except Exception as e:  # noqa: BLE001 - connection, TLS, timeout, decoding: all must stay harmless
+        except Exception as e:  # noqa: BLE001 - connection, TLS, timeout, decoding: harmless
             log.warning("Kubernetes API: %s failed: %s: %s", what, type(e).__name__, e)
         return None
 
@@ -210,7 +219,8 @@ class KubeReporter:
                 self._job_uid = job.metadata.uid
         return self._job_uid
 
-    def event(self, reason: str, message: str, type: str = "Normal") -> bool:  # noqa: A002 - the API's own word
+    # ``type`` is the Event API's own word for it.
+    def event(self, reason: str, message: str, type: str = "Normal") -> bool:  # noqa: A002
         """Record an events.k8s.io/v1 Event on this run's Job.
 
         Args:
@@ -224,6 +234,15 @@ class KubeReporter:
             return False
         from kubernetes import client
 
+        body = client.EventsV1Event.from_dict(self._event_body(reason, message, type))
+        api = client.EventsV1Api(self.api_client)
+        return (
+            self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body)
+            is not None
+        )
+
+    def _event_body(self, reason: str, message: str, type: str) -> dict[str, Any]:  # noqa: A002
+        """The Event as the API takes it, regarding this run's Job (with its uid when known)."""
         regarding: dict[str, Any] = {
             "apiVersion": "batch/v1",
             "kind": "Job",
@@ -233,36 +252,39 @@ class KubeReporter:
         uid = self._job_uid_or_none()
         if uid:
             regarding["uid"] = uid
-        body = client.EventsV1Event.from_dict(
-            {
-                "apiVersion": "events.k8s.io/v1",
-                "kind": "Event",
-                "metadata": {"generateName": f"{self.job_name[:200]}.", "namespace": self.namespace},
-                "eventTime": _now(),
-                "reportingController": REPORTING_CONTROLLER,
-                "reportingInstance": self.reporting_instance,
-                "action": "Train",
-                "reason": reason[:_MAX_SHORT],
-                "note": message[:_MAX_NOTE],
-                "type": type,
-                "regarding": regarding,
-            }
-        )
-        api = client.EventsV1Api(self.api_client)
-        return self._call(f"event {reason}", api.create_namespaced_event, self.namespace, body) is not None
+        return {
+            "apiVersion": "events.k8s.io/v1",
+            "kind": "Event",
+            "metadata": {
+                "generateName": f"{self.job_name[:200]}.",
+                "namespace": self.namespace,
+            },
+            "eventTime": _now(),
+            "reportingController": REPORTING_CONTROLLER,
+            "reportingInstance": self.reporting_instance,
+            "action": "Train",
+            "reason": reason[:_MAX_SHORT],
+            "note": message[:_MAX_NOTE],
+            "type": type,
+            "regarding": regarding,
+        }
 
-    def annotate_version(self, version: str, promoted: bool | None = None, *, candidate: bool = False) -> bool:
-        """Annotate this run's Job with the version it published (``leaf-train.io/published-version``).
+    def annotate_version(
+        self, version: str, promoted: bool | None = None, *, candidate: bool = False
+    ) -> bool:
+        """Annotate this run's Job with the version it published
+        (``leaf-train.io/published-version``).
 
-        ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when given;
-        ``candidate``: it passed and became the shadow candidate instead (outcome ``candidate``).
+        ``promoted``: the gate's decision, also set as the ``leaf-train.io/outcome`` label when
+        given; ``candidate``: it passed and became the shadow candidate instead (outcome
+        ``candidate``).
         """
         label = "candidate" if candidate else "promoted" if promoted else "rejected"
         outcome = None if promoted is None and not candidate else {OUTCOME_LABEL: label}
         return self._annotate({VERSION_ANNOTATION: version}, outcome)
 
     def annotate_skipped(self, reason: str) -> bool:
-        """Annotate this run's Job with why it skipped (``leaf-train.io/skipped``): Events expire, the Job stays."""
+        """Annotate the Job with why it skipped (``leaf-train.io/skipped``): Events expire."""
         return self._annotate({SKIPPED_ANNOTATION: reason}, {OUTCOME_LABEL: "skipped"})
 
     def _annotate(self, annotations: dict[str, str], labels: dict[str, str] | None = None) -> bool:
@@ -288,7 +310,8 @@ class KubeReporter:
         """Restart a Deployment's pods the way ``kubectl rollout restart`` does.
 
         Args:
-            deployment: the Deployment; empty = the configured ``rollout_deployment`` (none = no-op).
+            deployment: the Deployment; empty = the configured ``rollout_deployment`` (none =
+                no-op).
             version: the promoted version, recorded in a pod-template annotation too.
         """
         name = deployment or self.rollout_deployment

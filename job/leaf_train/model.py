@@ -1,11 +1,9 @@
-"""The classifier of Chollet's *Deep Learning with Python* §5.3.
+"""The classifier of Chollet's *Deep Learning with Python* §5.3: VGG16 conv base -> Flatten ->
+Dense(256, relu) -> Dense(classes, softmax).
 
-VGG16 conv base -> Flatten -> Dense(256, relu) -> Dense(classes, softmax).
-
-Raw RGB in [0, 255] goes in; VGG16's caffe-style preprocessing is the first layer, so
-the exported ONNX needs nothing but decode and resize in front of it. With 40 classes
-at 150x150 it has 16,822,376 parameters, 9,187,112 trainable once everything before
-``block5_conv1`` is frozen (the book's ``model.summary()``).
+Raw RGB in [0, 255] goes in; VGG16's caffe-style preprocessing is the first layer, so the exported
+ONNX needs nothing but decode and resize in front of it. With 40 classes at 150x150 it has
+16,822,376 parameters, 9,187,112 trainable once everything before ``block5_conv1`` is frozen.
 """
 
 from __future__ import annotations

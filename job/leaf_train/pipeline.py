@@ -2,12 +2,8 @@
 
 config -> storage -> dataset -> decode cache -> model -> train (2 phases) -> evaluate
 -> export + parity -> quality gate -> report -> publish -> promote. Each stage lives in its own
-module; this one only wires them.
-
-From training to the end, SIGTERM stops the run at the next safe point with exit 75 (a checkpoint
-in training; the next step of export or publication), and every step after training can be
-repeated, so the Job's retried pod finishes what a SIGTERM, an OOM kill or a storage error cut
-short (``publish``).
+module; this one only wires them. SIGTERM and retries: docs/training.md, "Interrupted export or
+publication".
 """
 
 from __future__ import annotations
@@ -79,10 +75,12 @@ def run(
     """The whole job. Raises ``LeafTrainError`` subclasses on failure."""
     job = _start(cfg, gate_cfg, kube_cfg, rollout_cfg or RolloutConfig())
     if job.dist.is_chief:
-        shadow_verdict(job.registry, job.rollout_cfg, job.kube)  # a waiting candidate is decided first
+        # A waiting candidate is decided first.
+        shadow_verdict(job.registry, job.rollout_cfg, job.kube)
     saved = job.ckpts.load_state() if job.ckpts else None
     if saved is not None and saved.published_version:
-        return _finish_published(job, saved.published_version)  # only promotion may be left: no data, no model
+        # Only promotion may be left: no data, no model.
+        return _finish_published(job, saved.published_version)
     job.kube.event("Started", f"training {cfg.model_name} from {cfg.data}")
     listed = list_photos(cfg, job.data_store)
     retrain = freshness.decide(retrain_cfg or freshness.RetrainConfig(), cfg, listed, job.registry)
@@ -99,23 +97,46 @@ def run(
         return _ship(job, data, trained)
 
 
-def _start(cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig) -> _Job:
+def _start(
+    cfg: TrainConfig, gate_cfg: GateConfig, kube_cfg: KubeConfig, rollout_cfg: RolloutConfig
+) -> _Job:
     """Strategy, Kubernetes reporting, seeds and precision, stores: everything before the data."""
-    # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any other TF op.
+    # First of all: MultiWorkerMirroredStrategy sets up collective ops and must exist before any
+    # other TF op.
     dist = distribute.from_config(cfg, kube_cfg.job_name)
     started = time.monotonic()
     # One Started/Exported/Promoted per run, not one per worker: only the chief talks to Kubernetes.
-    kube = KubeReporter.from_config(kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off"))
+    kube = KubeReporter.from_config(
+        kube_cfg if dist.is_chief else replace(kube_cfg, kube_integration="off")
+    )
     log.info("distribution: %s", dist.describe(cfg.batch_size))
     deterministic = use_determinism(cfg.deterministic)
     set_determinism(cfg.seed, deterministic)
-    log.info("seed %d, deterministic ops %s (option %s)", cfg.seed, deterministic, cfg.deterministic)
+    log.info(
+        "seed %d, deterministic ops %s (option %s)", cfg.seed, deterministic, cfg.deterministic
+    )
     mixed = set_precision(cfg.mixed_precision)
     data_store = open_store(cfg.data, max_pool_connections=max(10, cfg.download_workers))
     out_store = open_store(cfg.output)
-    ckpts = RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}")) if cfg.run_id else None
+    ckpts = (
+        RunCheckpoints(out_store.child(f"{cfg.model_name}/{RUNS_DIR}/{cfg.run_id}"))
+        if cfg.run_id
+        else None
+    )
     registry = ModelRegistry(out_store, cfg.model_name)
-    return _Job(cfg, gate_cfg, rollout_cfg, dist, kube, data_store, registry, ckpts, deterministic, mixed, started)
+    return _Job(
+        cfg,
+        gate_cfg,
+        rollout_cfg,
+        dist,
+        kube,
+        data_store,
+        registry,
+        ckpts,
+        deterministic,
+        mixed,
+        started,
+    )
 
 
 def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
@@ -123,14 +144,20 @@ def list_photos(cfg: TrainConfig, store: Store) -> DatasetIndex:
         return discover(store, cfg.val_fraction, bar)
 
 
-def prepare_data(cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex) -> PreparedData:
-    """Decode the listing once, drop bad files, and split; classes are re-derived from usable images."""
-    decoded = decode_all(store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir)
+def prepare_data(
+    cfg: TrainConfig, store: Store, cache_dir: Path, listed: DatasetIndex
+) -> PreparedData:
+    """Decode the listing once, drop bad files, split; classes re-derived from usable images."""
+    decoded = decode_all(
+        store, [it.key for it in listed.items], DecodeOptions.from_config(cfg), cache_dir=cache_dir
+    )
     index = listed.usable(decoded.ok, cfg.val_fraction)
     check_index(index, cfg.min_images_per_class)
     data = PreparedData.of(index, decoded)
     train_n, val_n = len(data.train_slots), len(data.val_slots)
-    log.info("split: %d train, %d validation images in %d classes", train_n, val_n, len(index.classes))
+    log.info(
+        "split: %d train, %d validation images in %d classes", train_n, val_n, len(index.classes)
+    )
     reviewed = sum(is_review_key(it.key) for it in index.items)
     if reviewed:
         log.info("%d of the images came back through review (report.json: from_review)", reviewed)
@@ -159,12 +186,16 @@ def _build_or_resume(
     restored = ckpts.load() if ckpts else None
     if restored is None:
         weights = weights_source(cfg.weights, cache_dir)
-        return build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units), RunState(), None
+        return (
+            build_model(len(data.index.classes), cfg.image_size, weights, cfg.dense_units),
+            RunState(),
+            None,
+        )
     state, model, best = restored
     if model.output_shape[-1] != len(data.index.classes):
         raise ConfigError(
-            f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now has "
-            f"{len(data.index.classes)}: use a new run id"
+            f"checkpoint of run {cfg.run_id!r} has {model.output_shape[-1]} classes; the data now "
+            f"has {len(data.index.classes)}: use a new run id"
         )
     return model, state, best
 
@@ -187,7 +218,8 @@ def _train(job: _Job, data: PreparedData, cache_dir: Path, on_exit: ExitStack) -
     with job.dist.strategy.scope():
         model, state, best = _build_or_resume(cfg, data, cache_dir, job.ckpts)
     state.version = state.version or cfg.version or default_version(data.index)
-    set_log_context(version=state.version)  # every later line (JSON logs) says which version it is about
+    # Every later line (JSON logs) says which version it is about.
+    set_log_context(version=state.version)
     # From here to the end SIGTERM is a flag checked at safe points (exit 75), not an instant death.
     stop = StopSignal().install()
     on_exit.callback(stop.uninstall)
@@ -218,36 +250,78 @@ def _phase_done(kube: KubeReporter, phase: int, metrics: dict[str, float]) -> No
 def _ship(job: _Job, data: PreparedData, trained: _Trained) -> RunResult:
     """The chief after training: evaluate, export, gate, report, publish, promote."""
     cfg, state, stop, version = job.cfg, trained.state, trained.stop, trained.state.version
-    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe what ships.
-    inference = export.float32_copy(trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units)
-    metrics = evaluate.validate(inference, data, cfg.batch_size)
-    log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
-    # Calibration and the not-a-leaf detector, fitted on held-out and training images (leaf_train.trust).
-    ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
-    fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
+    inference, metrics, fitted = _evaluate(cfg, data, trained)
     stop.check("after evaluation, before the ONNX export")
     shipped = export.export_all(cfg, inference, data, job.kube.event, stop, fitted)
-    decision = _gate(job.gate_cfg, data, metrics, shipped.parity, job.registry.champion(), fitted.calibration)
+    decision = _gate(
+        job.gate_cfg, data, metrics, shipped.parity, job.registry.champion(), fitted.calibration
+    )
     training = freshness.training_record(cfg)
     contract = export.build_contract(cfg, version, data, shipped, metrics, training, fitted)
     contract.gate = decision.to_dict()
-    job.kube.event("GateDecision", event_note(contract.gate, version), type="Normal" if decision.promote else "Warning")
-    contract.provenance = provenance.record(
-        cfg.seed, job.deterministic, cfg.deterministic, trained.weights_sha256, augment=trained.augment
+    job.kube.event(
+        "GateDecision",
+        event_note(contract.gate, version),
+        type="Normal" if decision.promote else "Warning",
     )
-    report = run_report(data, state.history, job.mixed, job.started) | {
-        "provenance": contract.provenance,
-        "distribution": {"strategy": job.dist.name, "replicas": job.dist.replicas, "workers": job.dist.workers},
+    contract.provenance = provenance.record(
+        cfg.seed,
+        job.deterministic,
+        cfg.deterministic,
+        trained.weights_sha256,
+        augment=trained.augment,
+    )
+    report = _report(job, data, trained, contract.provenance, fitted)
+    files = (
+        artefacts(contract, shipped.onnx, metrics, data.index, state.history, report)
+        | shipped.extra_files
+    )
+    files[trust.RELIABILITY_FILE] = trust.plot_reliability(fitted.reliability)
+    _publish(job, version, files, state, stop)
+    promoted = _finish(job, version)
+    return RunResult(
+        version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report
+    )
+
+
+def _evaluate(
+    cfg: TrainConfig, data: PreparedData, trained: _Trained
+) -> tuple[keras.Model, dict[str, Any], trust.TrustFit]:
+    """The float32 copy that is exported, its validation metrics, and the trust fit on it."""
+    # Evaluate the float32 copy that is exported: outside the strategy, and the numbers describe
+    # what ships.
+    inference = export.float32_copy(
+        trained.model, len(data.index.classes), cfg.image_size, cfg.dense_units
+    )
+    metrics = evaluate.validate(inference, data, cfg.batch_size)
+    log.info("validation: accuracy %.4f, top-3 %.4f", metrics["accuracy"], metrics["top3_accuracy"])
+    # Calibration and the not-a-leaf detector, fitted on held-out and training images
+    # (leaf_train.trust).
+    ood_images, _ = oodset.ood_set(cfg.image_size, seed=cfg.seed)
+    fitted = trust.fit(inference, data, cfg.batch_size, cfg.seed, ood_images)
+    return inference, metrics, fitted
+
+
+def _report(
+    job: _Job,
+    data: PreparedData,
+    trained: _Trained,
+    provenance_record: dict[str, Any],
+    fitted: trust.TrustFit,
+) -> dict[str, Any]:
+    """The run report (report.json): the run's history, how it ran, and the trust fit."""
+    return run_report(data, trained.state.history, job.mixed, job.started) | {
+        "provenance": provenance_record,
+        "distribution": {
+            "strategy": job.dist.name,
+            "replicas": job.dist.replicas,
+            "workers": job.dist.workers,
+        },
         "jit_compile": trained.jit_compile,
         "augment": trained.augment,
         "calibration": fitted.calibration,
         "ood": fitted.ood,
     }
-    files = artefacts(contract, shipped.onnx, metrics, data.index, state.history, report) | shipped.extra_files
-    files[trust.RELIABILITY_FILE] = trust.plot_reliability(fitted.reliability)
-    _publish(job, version, files, state, stop)
-    promoted = _finish(job, version)
-    return RunResult(version, job.registry.uri(version), promoted, metrics, decision.to_dict(), report)
 
 
 def _gate(
@@ -272,11 +346,19 @@ def _gate(
     )
 
 
-def _publish(job: _Job, version: str, files: dict[str, bytes], state: RunState, stop: StopSignal) -> None:
+def _publish(
+    job: _Job, version: str, files: dict[str, bytes], state: RunState, stop: StopSignal
+) -> None:
     """Publish once under the run's claim, then record it in the run so a retry only promotes."""
     stop.check(f"before publishing {version}")
     owner, where = run_owner(job.cfg.run_id), f"while publishing {version}, before writing"
-    publish_once(job.registry, version, files, owner=owner, on_step=lambda name: stop.check(f"{where} {name}"))
+    publish_once(
+        job.registry,
+        version,
+        files,
+        owner=owner,
+        on_step=lambda name: stop.check(f"{where} {name}"),
+    )
     if job.ckpts is not None:
         state.published_version = version
         job.ckpts.save_state(state)
@@ -284,12 +366,16 @@ def _publish(job: _Job, version: str, files: dict[str, bytes], state: RunState, 
 
 
 def _finish(job: _Job, version: str) -> bool:
-    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job either way."""
+    """Promote as the recorded gate decision says, prune, restart serving; annotate the Job."""
     grace_s = job.gate_cfg.incomplete_grace_hours * 3600
     keep, rollout = job.gate_cfg.keep_versions, job.rollout_cfg.rollout
-    promoted = finish(job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout)
+    promoted = finish(
+        job.registry, version, job.kube, keep=keep, incomplete_grace_s=grace_s, rollout=rollout
+    )
     shadow = job.registry.candidate() if rollout == "shadow" and not promoted else None
-    job.kube.annotate_version(version, promoted, candidate=shadow is not None and shadow.candidate.version == version)
+    job.kube.annotate_version(
+        version, promoted, candidate=shadow is not None and shadow.candidate.version == version
+    )
     return promoted
 
 
@@ -307,7 +393,7 @@ def _finish_published(job: _Job, version: str) -> RunResult:
 
 
 def _skipped(job: _Job, retrain: freshness.RetrainDecision) -> RunResult:
-    """Nothing new to learn: say why in the log, an Event and the Job's annotation, and end (exit 0)."""
+    """Nothing new to learn: say why (log, Event, the Job's annotation) and end with exit 0."""
     log.info("skipped: %s", retrain.reason)
     job.kube.event("Skipped", retrain.reason)
     job.kube.annotate_skipped(retrain.reason)

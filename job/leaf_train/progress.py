@@ -43,7 +43,8 @@ class LogProgress:
 def progress(desc: str, total: int | None = None, mode: str = "auto", position: int = 0) -> Any:
     """A progress counter with ``update(n)`` and context-manager support.
 
-    ``position`` stacks concurrent bars (download and decode run at the same time) on their own lines.
+    ``position`` stacks concurrent bars (download and decode run at the same time) on their own
+    lines.
     """
     on_tty = sys.stderr.isatty()
     if mode == "on" or (mode == "auto" and on_tty):

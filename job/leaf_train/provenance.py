@@ -1,10 +1,8 @@
-"""What produced a model: seed, determinism, the packages that shape its numbers, and the install lock.
+"""What produced a model: seed, determinism, the packages shaping its numbers, the install lock.
 
-``model.json`` and ``report.json`` carry this record so an operator can answer "what exactly
-produced the model we serve" (``leaf-train models show``). The install paths (``make``, both
-Dockerfiles) copy the lock they installed from into the environment as ``leaf-train.lock``;
-the record names its sha256 and says whether the environment still matches it, because a lock
-only proves something if nothing was installed over it afterwards.
+``model.json`` and ``report.json`` carry this record (``leaf-train models show`` prints it); the
+lock is named by its sha256 with whether the environment still matches it. Design:
+docs/reproducibility.md
 """
 
 from __future__ import annotations
@@ -37,12 +35,13 @@ _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", 
 _PROFILE = re.compile(r"^# leaf-train lock, profile '([\w-]+)'", re.M)
 # Shown when a lock lists more mismatches than this; the count is always complete.
 _MAX_LISTED = 20
-# The source that turns photos into a model: the job and what it shares with the server (decoding, storage).
+# The source that turns photos into a model: the job and what it shares with the server (decoding,
+# storage).
 CODE_PACKAGES = ("leaf_train", "leaf_common")
 
 
 def normalize(name: str) -> str:
-    """PEP 503 name: ``Pillow`` and ``pillow``, ``tensorflow_cpu`` and ``tensorflow-cpu`` are one package."""
+    """PEP 503 name: ``Pillow``/``pillow``, ``tensorflow_cpu``/``tensorflow-cpu`` are one."""
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
@@ -95,20 +94,22 @@ def lock_record(prefix: str | Path = sys.prefix) -> dict[str, Any] | None:
 
 
 def source_digest(roots: Mapping[str, Path]) -> str:
-    """SHA-256 over the relative path and bytes of every ``.py`` file under each ``name -> folder``."""
+    """SHA-256 over the relative path and bytes of every ``.py`` file under each folder."""
     h = hashlib.sha256()
     for name, root in sorted(roots.items()):
         for path in sorted(root.rglob("*.py")):
-            h.update(f"{name}/{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode())
+            h.update(
+                f"{name}/{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0".encode()
+            )
             h.update(path.read_bytes())
     return h.hexdigest()
 
 
 def code_record() -> dict[str, str]:
-    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`, see :func:`source_digest`).
+    """``{"version", "sha256"}`` of the training code (:data:`CODE_PACKAGES`).
 
-    The content, not only ``__version__``: the version string is not bumped with every change, and the
-    retrain policy (``freshness``) must notice any change of the code that trains the model.
+    The content, not only ``__version__``: the version string is not bumped with every change, and
+    the retrain policy (``freshness``) must notice any change of the code that trains the model.
     """
     roots = {}
     for package in CODE_PACKAGES:
@@ -119,9 +120,13 @@ def code_record() -> dict[str, str]:
 
 
 def record(
-    seed: int, deterministic: bool, determinism_option: str, weights_sha256: str, augment: str | None = None
+    seed: int,
+    deterministic: bool,
+    determinism_option: str,
+    weights_sha256: str,
+    augment: str | None = None,
 ) -> dict[str, Any]:
-    """The provenance block of ``model.json`` and ``report.json``; ``augment`` is the resolved mode."""
+    """The provenance block of ``model.json`` and ``report.json``; ``augment``: resolved mode."""
     return {
         "code": code_record(),
         "seed": seed,

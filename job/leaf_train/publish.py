@@ -1,15 +1,9 @@
 """Publication: publish a version once, record it in the run, promote it as its gate decided, prune.
 
-Any step may be cut short (SIGTERM at a step boundary, an OOM kill or a storage error anywhere)
-and the retried run finishes it, because every step can be repeated:
-
-1. ``publish_once``: the version is published under the run's claim; what an earlier attempt left
-   incomplete is finished (``ModelRegistry.publish``), a version it completed is verified and kept.
-2. The caller records ``published_version`` in the run state, so a retry skips training, export and
-   publishing and comes straight to 3.
-3. ``finish``: promotion follows the decision recorded in the version's ``model.json`` (the one an
-   operator sees), only while ``latest.json`` still names the champion that decision was made
-   against, and never twice; then retention and the optional rollout restart.
+Any step may be cut short (SIGTERM at a step boundary, an OOM kill or a storage error anywhere) and
+the retried run finishes it, because every step can be repeated: ``publish_once``, then the caller
+records ``published_version`` in the run state, then ``finish`` promotes as ``model.json`` says.
+Design: docs/training.md, "Interrupted export or publication".
 """
 
 from __future__ import annotations
@@ -19,13 +13,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .registry import DEFAULT_INCOMPLETE_GRACE_S, ModelRegistry, PromotionConflict, VersionExistsError
+from .registry import (
+    DEFAULT_INCOMPLETE_GRACE_S,
+    ModelRegistry,
+    PromotionConflict,
+    VersionExistsError,
+)
 
 log = logging.getLogger(__name__)
 
 
 def run_owner(run_id: str) -> str | None:
-    """The claim owner of a run's publication: stable across its retried pods; ``None`` without a run id."""
+    """The claim owner of a run's publication, stable across retried pods; None without run id."""
     return f"run/{run_id}" if run_id else None
 
 
@@ -70,16 +69,25 @@ class Verdict:
         """The decision in ``model.json`` of ``version``; a version without one is not promoted."""
         gate: Any = (registry.contract_dict(version) or {}).get("gate")
         if not isinstance(gate, dict) or "promote" not in gate:
-            return cls(False, f"{version} records no gate decision in model.json; promote it by hand if wanted", None)
+            return cls(
+                False,
+                f"{version} records no gate decision in model.json; promote it by hand if wanted",
+                None,
+            )
         champion = gate.get("champion_version")
-        return cls(bool(gate["promote"]), str(gate.get("reason", "")), champion if isinstance(champion, str) else None)
+        return cls(
+            bool(gate["promote"]),
+            str(gate.get("reason", "")),
+            champion if isinstance(champion, str) else None,
+        )
 
 
 def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, kube: Any) -> bool:
     """Move ``latest.json`` to ``version`` if the gate said so and its champion is still served.
 
     Returns:
-        Whether ``version`` is served now because of this run (also when an earlier attempt promoted it).
+        Whether ``version`` is served now because of this run (also when an earlier attempt promoted
+        it).
     """
     if not verdict.promote:
         return _not_promoted(version, verdict.reason, kube)
@@ -90,12 +98,16 @@ def promote_as_decided(registry: ModelRegistry, version: str, verdict: Verdict, 
         return True
     served = current.version if current else None
     if current is not None and version in current.history:
-        return _not_promoted(version, f"it was promoted before and {served} has replaced it since; left as it is", kube)
+        return _not_promoted(
+            version,
+            f"it was promoted before and {served} has replaced it since; left as it is",
+            kube,
+        )
     if served != verdict.champion_version:
         return _not_promoted(
             version,
-            f"the gate compared it with {verdict.champion_version or 'no champion'}, but {served} is served now "
-            "(another promotion won meanwhile)",
+            f"the gate compared it with {verdict.champion_version or 'no champion'}, but {served} "
+            "is served now (another promotion won meanwhile)",
             kube,
         )
     try:
@@ -122,10 +134,11 @@ def finish(
     incomplete_grace_s: float = DEFAULT_INCOMPLETE_GRACE_S,
     rollout: str = "direct",
 ) -> bool:
-    """Promote a published version as its recorded gate decided; after a promotion, prune and restart serving.
+    """Promote a version as its recorded gate decided; after a promotion, prune and restart serving.
 
-    With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the shadow
-    candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted directly.
+    With ``rollout="shadow"`` a version that passed the gate against a served champion becomes the
+    shadow candidate instead (:mod:`rollout`); a first version, with nothing to shadow, is promoted
+    directly.
 
     Returns:
         Whether ``version`` is served because of this run.

@@ -1,4 +1,4 @@
-"""What a run reports: ``report.json``, the files a version publishes, and the result the CLI prints."""
+"""What a run reports: ``report.json``, the files a version publishes, the result the CLI prints."""
 
 from __future__ import annotations
 
@@ -37,8 +37,10 @@ class RunResult:
     skipped: str = ""  # why nothing was trained
 
 
-def run_report(data: PreparedData, history: dict[str, list[float]], mixed: bool, started: float) -> dict[str, Any]:
-    """``report.json`` without the parts only the end of the run knows (provenance, distribution, jit)."""
+def run_report(
+    data: PreparedData, history: dict[str, list[float]], mixed: bool, started: float
+) -> dict[str, Any]:
+    """``report.json`` without what only the run's end knows (provenance, distribution, jit)."""
     return {
         "classes": data.index.counts(),
         "train_counts": data.index.counts(TRAIN),
@@ -57,7 +59,7 @@ def run_report(data: PreparedData, history: dict[str, list[float]], mixed: bool,
 
 
 def from_review(index: DatasetIndex) -> dict[str, Any]:
-    """How many training photos came back through review (``leaf-train inbox accept`` or ``/review``).
+    """How many training photos came back through review (``inbox accept`` or ``/review``).
 
     Review names every photo it adds ``<class>/capture-<time>-<hex>.<ext>``, so the listing the
     job already made says which they are (:func:`leaf_common.inbox.is_review_key`).
@@ -80,7 +82,7 @@ def artefacts(
     history: dict[str, list[float]],
     report: dict[str, Any],
 ) -> dict[str, bytes]:
-    """The files of a version, by name: model, contract, metrics, report, dataset manifest, plots."""
+    """A version's files by name: model, contract, metrics, report, dataset manifest, plots."""
     return {
         MODEL_FILE: onnx_bytes,
         CONTRACT_FILE: contract.to_json(),

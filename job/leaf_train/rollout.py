@@ -1,10 +1,7 @@
-"""Shadow rollout: a version that passed the offline gate is promoted only on what it did on live traffic.
+"""Shadow rollout: a version that passed the gate is promoted only on what it did on live traffic.
 
-With ``--rollout shadow`` the job publishes a passing version as the *candidate* (``shadow.json``,
-:mod:`leaf_common.shadow`) instead of promoting it. Serving mirrors a share of requests to it off the
-response path and writes what it saw; :func:`decide` turns that evidence into promote, reject or wait,
-and :func:`apply` carries the decision out with the registry's compare-and-swap. The decision table has
-the gate's shape (``views.format_rules``) so ``models show`` and Events print both the same way.
+:func:`decide` turns the evidence serving wrote into promote, reject or wait, and :func:`apply`
+carries the decision out with the registry's compare-and-swap. Design: docs/shadow.md#the-verdict
 """
 
 from __future__ import annotations
@@ -16,7 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from leaf_common.config import option
-from leaf_common.shadow import VERDICT_FILE, Candidate, ShadowStats, candidate_dir, read_reviewed, read_stats
+from leaf_common.shadow import (
+    VERDICT_FILE,
+    Candidate,
+    ShadowStats,
+    candidate_dir,
+    read_reviewed,
+    read_stats,
+)
 from leaf_common.storage import NotFound, PreconditionFailed
 
 from .registry import ModelRegistry, PromotionConflict, utc_now
@@ -32,14 +36,15 @@ CLASS_RULE = "class agreement"
 class RolloutConfig:
     """How a passing version reaches serving; ``--flag`` or ``LEAF_TRAIN_<FIELD>``.
 
-    ``direct`` is the default: a shadow candidate needs serving with ``--shadow-fraction`` above 0 and live
-    traffic to ever be promoted, which a first install or a cluster without users does not have.
+    ``direct`` is the default: a shadow candidate needs serving with ``--shadow-fraction`` above 0
+    and live traffic to ever be promoted, which a first install or a cluster without users does not
+    have.
     """
 
     rollout: str = option(
         "direct",
-        "direct: a version that passes the gate is served at once; shadow: it becomes the candidate, answers "
-        "mirrored traffic, and `models verdict` promotes it on that evidence",
+        "direct: a version that passes the gate is served at once; shadow: it becomes the "
+        "candidate, answers mirrored traffic, and `models verdict` promotes it on that evidence",
         choices=("direct", "shadow"),
     )
     shadow_min_requests: int = option(
@@ -105,8 +110,17 @@ class ShadowVerdict:
         }
 
 
-def _row(rule: str, threshold: str, new: float | None, old: float | None, verdict: str, **extra: Any) -> dict:
-    return {"rule": rule, "threshold": threshold, "new": new, "champion": old, "verdict": verdict, **extra}
+def _row(
+    rule: str, threshold: str, new: float | None, old: float | None, verdict: str, **extra: Any
+) -> dict:
+    return {
+        "rule": rule,
+        "threshold": threshold,
+        "new": new,
+        "champion": old,
+        "verdict": verdict,
+        **extra,
+    }
 
 
 def _age_hours(proposed_at: str, now: datetime) -> float:
@@ -125,11 +139,14 @@ def decide(
     reviewed: list[tuple[str, str, str]],
     now: datetime | None = None,
 ) -> ShadowVerdict:
-    """Promote, reject or wait, from the summed statistics and the reviewed photos ``(label, champion, candidate)``.
+    """Promote, reject or wait, from the summed statistics and the reviewed photos.
 
-    Rules, in order: the champion it was compared with is still served; enough mirrored requests (else wait,
-    until ``shadow_max_age_hours`` rejects it); overall agreement; agreement per champion class with enough
-    requests; with enough reviewed photos, the candidate's accuracy on them within ``shadow_max_review_drop``.
+    ``reviewed``: ``(label, champion's answer, candidate's answer)`` per reviewed photo.
+
+    Rules, in order: the champion it was compared with is still served; enough mirrored requests
+    (else wait, until ``shadow_max_age_hours`` rejects it); overall agreement; agreement per
+    champion class with enough requests; with enough reviewed photos, the candidate's accuracy on
+    them within ``shadow_max_review_drop``.
     """
     now = now or datetime.now(UTC)
     version, champion = candidate.version or "", candidate.champion
@@ -137,60 +154,94 @@ def decide(
     age = _age_hours(candidate.proposed_at, now)
 
     def verdict(decision: str, reason: str, rules: list[dict]) -> ShadowVerdict:
-        return ShadowVerdict(decision, version, champion, reason, rules, evidence | {"age_hours": round(age, 2)})
+        return ShadowVerdict(
+            decision, version, champion, reason, rules, evidence | {"age_hours": round(age, 2)}
+        )
 
     if served != champion:
         why = f"the statistics compare with {champion}, but {served or 'nothing'} is served now"
-        return verdict(REJECT, why, [_row("champion unchanged", f"served = {champion}", None, None, FAIL, why=why)])
+        return verdict(
+            REJECT,
+            why,
+            [_row("champion unchanged", f"served = {champion}", None, None, FAIL, why=why)],
+        )
+    decision, why, rows = _judge(cfg, champion, stats, reviewed, age)
+    return verdict(decision, why, rows)
+
+
+def _judge(
+    cfg: RolloutConfig,
+    champion: str,
+    stats: ShadowStats,
+    reviewed: list[tuple[str, str, str]],
+    age: float,
+) -> tuple[str, str, list[dict]]:
+    """The rules after "champion unchanged": decision, reason and the table's rows."""
     enough = stats.mirrored >= cfg.shadow_min_requests
+    verdict = PASS if enough else FAIL
     rows = [
-        _row("mirrored requests", f">= {cfg.shadow_min_requests}", stats.mirrored, None, PASS if enough else FAIL),
+        _row("mirrored requests", f">= {cfg.shadow_min_requests}", stats.mirrored, None, verdict)
     ]
     if not enough:
-        if age > cfg.shadow_max_age_hours:
-            why = (
-                f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after {age:.1f} h "
-                f"(shadow_max_age_hours={cfg.shadow_max_age_hours:g})"
-            )
-            return verdict(REJECT, why, rows)
-        why = (
-            f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests "
-            f"({stats.dropped} dropped) after {age:.1f} h of {cfg.shadow_max_age_hours:g}"
-        )
-        return verdict(WAIT, why, rows)
+        return _too_few(cfg, stats, age, rows)
     rows += _agreement_rows(cfg, stats) + _review_rows(cfg, reviewed)
     failed = [r["why"] for r in rows if r["verdict"] == FAIL]
     if failed:
-        return verdict(REJECT, "; ".join(failed), rows)
+        return REJECT, "; ".join(failed), rows
     agreement = stats.agreed / stats.mirrored
     judged = sum(1 for r in rows if r["rule"] == CLASS_RULE and r["verdict"] == PASS)
     why = (
-        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, and on at least "
-        f"{cfg.shadow_min_class_agreement:.2f} of each of {judged} champion class(es) with enough requests"
+        f"agrees with {champion} on {agreement:.4f} of {stats.mirrored} mirrored requests, "
+        f"and on at least {cfg.shadow_min_class_agreement:.2f} of each of {judged} champion "
+        "class(es) with enough requests"
     )
-    return verdict(PROMOTE, why, rows)
+    return PROMOTE, why, rows
+
+
+def _too_few(
+    cfg: RolloutConfig, stats: ShadowStats, age: float, rows: list[dict]
+) -> tuple[str, str, list[dict]]:
+    """Wait for more mirrored requests, or reject a candidate that waited too long."""
+    if age > cfg.shadow_max_age_hours:
+        why = (
+            f"expired: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests after "
+            f"{age:.1f} h (shadow_max_age_hours={cfg.shadow_max_age_hours:g})"
+        )
+        return REJECT, why, rows
+    why = (
+        f"waiting for evidence: {stats.mirrored} of {cfg.shadow_min_requests} mirrored requests "
+        f"({stats.dropped} dropped) after {age:.1f} h of {cfg.shadow_max_age_hours:g}"
+    )
+    return WAIT, why, rows
 
 
 def _agreement_rows(cfg: RolloutConfig, stats: ShadowStats) -> list[dict]:
     agreement = stats.agreed / stats.mirrored
-    failed = agreement < cfg.shadow_min_agreement
-    why = f"top-1 agreement with {stats.champion} is {agreement:.4f}, below {cfg.shadow_min_agreement:.4f}"
-    rows = [_row("agreement", f">= {cfg.shadow_min_agreement:.4f}", agreement, None, FAIL if failed else PASS, why=why)]
+    verdict = FAIL if agreement < cfg.shadow_min_agreement else PASS
+    why = (
+        f"top-1 agreement with {stats.champion} is {agreement:.4f}, "
+        f"below {cfg.shadow_min_agreement:.4f}"
+    )
+    threshold = f">= {cfg.shadow_min_agreement:.4f}"
+    rows = [_row("agreement", threshold, agreement, None, verdict, why=why)]
     for label, (n, agreed) in sorted(stats.per_class.items()):
-        share = agreed / n
-        if n < cfg.shadow_min_class_requests:
-            threshold = f"{n} < {cfg.shadow_min_class_requests} requests: not judged"
-            rows.append(_row(CLASS_RULE, threshold, share, None, NOT_COMPARED, **{"class": label, "support": n}))
-            continue
-        failed = share < cfg.shadow_min_class_agreement
-        why = (
-            f"on the {n} photos {stats.champion} calls {label!r} the candidate agrees {share:.4f}, below "
-            f"{cfg.shadow_min_class_agreement:.4f}"
-        )
-        threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
-        verdict = FAIL if failed else PASS
-        rows.append(_row(CLASS_RULE, threshold, share, None, verdict, why=why, **{"class": label, "support": n}))
+        rows.append(_class_row(cfg, stats.champion, label, n, agreed / n))
     return rows
+
+
+def _class_row(cfg: RolloutConfig, champion: str, label: str, n: int, share: float) -> dict:
+    """The agreement rule for one class (the photos ``champion`` gives that label)."""
+    extra = {"class": label, "support": n}
+    if n < cfg.shadow_min_class_requests:
+        threshold = f"{n} < {cfg.shadow_min_class_requests} requests: not judged"
+        return _row(CLASS_RULE, threshold, share, None, NOT_COMPARED, **extra)
+    verdict = FAIL if share < cfg.shadow_min_class_agreement else PASS
+    why = (
+        f"on the {n} photos {champion} calls {label!r} the candidate agrees {share:.4f}, "
+        f"below {cfg.shadow_min_class_agreement:.4f}"
+    )
+    threshold = f">= {cfg.shadow_min_class_agreement:.4f}"
+    return _row(CLASS_RULE, threshold, share, None, verdict, why=why, **extra)
 
 
 def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> list[dict]:
@@ -202,11 +253,21 @@ def _review_rows(cfg: RolloutConfig, reviewed: list[tuple[str, str, str]]) -> li
     candidate = sum(label == new for label, _, new in reviewed) / n
     failed = candidate < champion - cfg.shadow_max_review_drop
     why = (
-        f"on {n} reviewed photos the candidate is right on {candidate:.4f}, the champion on {champion:.4f}: a drop "
-        f"over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
+        f"on {n} reviewed photos the candidate is right on {candidate:.4f}, the champion on "
+        f"{champion:.4f}: a drop over shadow_max_review_drop={cfg.shadow_max_review_drop:.4f}"
     )
     threshold = f">= champion - {cfg.shadow_max_review_drop:.4f}"
-    return [_row("reviewed accuracy", threshold, candidate, champion, FAIL if failed else PASS, why=why, support=n)]
+    return [
+        _row(
+            "reviewed accuracy",
+            threshold,
+            candidate,
+            champion,
+            FAIL if failed else PASS,
+            why=why,
+            support=n,
+        )
+    ]
 
 
 def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[str, Any]:
@@ -224,8 +285,10 @@ def _evidence(stats: ShadowStats, reviewed: list[tuple[str, str, str]]) -> dict[
     }
 
 
-def evaluate(registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None) -> ShadowVerdict | None:
-    """The verdict on the current candidate, from what is in the registry now; ``None`` without a candidate."""
+def evaluate(
+    registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None = None
+) -> ShadowVerdict | None:
+    """The verdict on the current candidate from the registry now; ``None`` without a candidate."""
     found = registry.candidate()
     if found is None or not found.candidate.version:
         return None
@@ -240,7 +303,7 @@ def evaluate(registry: ModelRegistry, cfg: RolloutConfig, now: datetime | None =
 
 
 def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> ShadowVerdict | None:
-    """Decide on the current candidate and carry the decision out; ``None`` when there is no candidate."""
+    """Decide on the current candidate and carry it out; ``None`` when there is no candidate."""
     verdict = evaluate(registry, cfg)
     if verdict is not None:
         apply(registry, verdict, kube)
@@ -248,7 +311,7 @@ def shadow_verdict(registry: ModelRegistry, cfg: RolloutConfig, kube: Any) -> Sh
 
 
 def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
-    """Carry out ``verdict``: promote by the pointer swap, or withdraw the candidate; record it once.
+    """Carry out ``verdict``: promote by the pointer swap or withdraw the candidate; record it once.
 
     Returns:
         Whether the candidate is served now.
@@ -261,7 +324,10 @@ def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
         served = registry.pointer()
         if served is None or served.version != verdict.champion:
             now = served.version if served else "nothing"
-            why = f"not promoted: {now} is served now, not {verdict.champion} that it was compared with"
+            why = (
+                f"not promoted: {now} is served now, not {verdict.champion} that it was "
+                "compared with"
+            )
             verdict = replace(verdict, decision=REJECT, reason=why)
         else:
             try:
@@ -281,10 +347,12 @@ def apply(registry: ModelRegistry, verdict: ShadowVerdict, kube: Any) -> bool:
 
 
 def _record(registry: ModelRegistry, verdict: ShadowVerdict) -> None:
-    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable, so the decision lives beside it."""
+    """``shadow/<candidate>/verdict.json``, written once: model.json is immutable."""
     key = f"{candidate_dir(verdict.candidate)}/{VERDICT_FILE}"
     try:
-        registry.store.put(key, json.dumps(verdict.to_dict(), indent=2).encode(), if_none_match=True)
+        registry.store.put(
+            key, json.dumps(verdict.to_dict(), indent=2).encode(), if_none_match=True
+        )
     except PreconditionFailed:
         log.info("a verdict on %s was already recorded; kept", verdict.candidate)
 
@@ -298,14 +366,18 @@ def recorded(registry: ModelRegistry, version: str) -> dict[str, Any] | None:
 
 
 def propose(registry: ModelRegistry, version: str, champion_version: str | None, kube: Any) -> bool:
-    """Make a version that passed the gate the candidate, if the champion it was gated against is still served.
+    """Make a version that passed the gate the candidate, if the champion it was gated against is
+    still served.
 
-    Idempotent for a retried run: a version that already is the candidate, or already has a verdict, is left
-    as it is. Returns whether ``version`` is the candidate now.
+    Idempotent for a retried run: a version that already is the candidate, or already has a verdict,
+    is left as it is. Returns whether ``version`` is the candidate now.
     """
     found = registry.candidate()
     if found is not None and found.candidate.version == version:
-        log.info("%s is already the shadow candidate (proposed by an earlier attempt of this run)", version)
+        log.info(
+            "%s is already the shadow candidate (proposed by an earlier attempt of this run)",
+            version,
+        )
         return True
     if recorded(registry, version) is not None:
         log.info("%s was a shadow candidate and has a verdict already; left as it is", version)
@@ -313,7 +385,10 @@ def propose(registry: ModelRegistry, version: str, champion_version: str | None,
     served = registry.pointer()
     if served is None or served.version != champion_version:
         now = served.version if served else "nothing"
-        why = f"the gate compared it with {champion_version or 'no champion'}, but {now} is served now"
+        why = (
+            f"the gate compared it with {champion_version or 'no champion'}, but {now} is "
+            "served now"
+        )
         log.warning("version %s kept but NOT proposed: %s", version, why)
         kube.event("NotProposed", f"{version}: {why}", type="Warning")
         return False

@@ -19,18 +19,25 @@ Painter = Callable[[ImageDraw.ImageDraw, np.random.Generator, tuple[int, int, in
 
 
 def _spots(colour: tuple[int, int, int], count: int, radius: tuple[int, int]) -> Painter:
-    def paint(draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+    def paint(
+        draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]
+    ) -> None:
         x0, y0, x1, y1 = box
         for _ in range(count):
             r = int(rng.integers(*radius))
-            cx, cy = rng.integers(x0 + r, max(x0 + r + 1, x1 - r)), rng.integers(y0 + r, max(y0 + r + 1, y1 - r))
+            cx, cy = (
+                rng.integers(x0 + r, max(x0 + r + 1, x1 - r)),
+                rng.integers(y0 + r, max(y0 + r + 1, y1 - r)),
+            )
             draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=colour)
 
     return paint
 
 
 def _stripes(colour: tuple[int, int, int]) -> Painter:
-    def paint(draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+    def paint(
+        draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]
+    ) -> None:
         x0, y0, x1, y1 = box
         step = int(rng.integers(9, 14))
         for x in range(x0, x1, step):
@@ -39,7 +46,9 @@ def _stripes(colour: tuple[int, int, int]) -> Painter:
     return paint
 
 
-def _none(draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+def _none(
+    draw: ImageDraw.ImageDraw, rng: np.random.Generator, box: tuple[int, int, int, int]
+) -> None:
     return None
 
 
@@ -66,9 +75,12 @@ def render_leaf(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Im
     w, h = int(size * rng.uniform(0.55, 0.8)), int(size * rng.uniform(1.1, 1.5))
     box = (size - w // 2, size - h // 2, size + w // 2, size + h // 2)
     mask_draw.ellipse(box, fill=255)
-    body = Image.new("RGB", canvas.size, tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour))
+    body = Image.new(
+        "RGB", canvas.size, tuple(int(np.clip(c + rng.integers(-15, 16), 0, 255)) for c in colour)
+    )
     draw = ImageDraw.Draw(body)
-    draw.line((size, box[1], size, box[3]), fill=tuple(min(255, c + 50) for c in colour), width=3)  # midrib
+    # The midrib.
+    draw.line((size, box[1], size, box[3]), fill=tuple(min(255, c + 50) for c in colour), width=3)
     disease(draw, rng, box)
     canvas.paste(body, (0, 0), leaf)
     angle = float(rng.uniform(0, 360))
@@ -77,10 +89,14 @@ def render_leaf(cls: str, rng: np.random.Generator, size: int = 128) -> Image.Im
     left, top = size // 2 + int(shift[0]), size // 2 + int(shift[1])
     photo = canvas.crop((left, top, left + size, top + size)).filter(ImageFilter.GaussianBlur(0.6))
     noise = rng.normal(0, 6, (size, size, 3))
-    return Image.fromarray(np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8))
+    return Image.fromarray(
+        np.clip(np.asarray(photo, dtype=np.float32) + noise, 0, 255).astype(np.uint8)
+    )
 
 
-def generate(per_class: int, classes: int | None = None, size: int = 128, seed: int = 0) -> Iterator[tuple[str, bytes]]:
+def generate(
+    per_class: int, classes: int | None = None, size: int = 128, seed: int = 0
+) -> Iterator[tuple[str, bytes]]:
     """``(key, jpeg bytes)`` pairs in PlantVillage layout: ``<class>/<class>_<n>.jpg``."""
     names = sorted(CLASSES)[: classes or len(CLASSES)]
     rng = np.random.default_rng(seed)
@@ -91,7 +107,9 @@ def generate(per_class: int, classes: int | None = None, size: int = 128, seed: 
             yield f"{cls}/{cls.replace(' ', '_')}_{i:05d}.jpg", buf.getvalue()
 
 
-def write(store: Store, per_class: int, classes: int | None = None, size: int = 128, seed: int = 0) -> int:
+def write(
+    store: Store, per_class: int, classes: int | None = None, size: int = 128, seed: int = 0
+) -> int:
     """Write a synthetic dataset to ``store``; returns the number of images."""
     n = 0
     for key, data in generate(per_class, classes, size, seed):

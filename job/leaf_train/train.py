@@ -20,7 +20,13 @@ from tensorflow.python.framework.config import is_op_determinism_enabled  # what
 
 from .augment import AugmentParams, attach, resolve_mode
 from .cache import PreparedData
-from .checkpoint import CheckpointCallback, ResumableEarlyStopping, RunCheckpoints, RunState, StopSignal
+from .checkpoint import (
+    CheckpointCallback,
+    ResumableEarlyStopping,
+    RunCheckpoints,
+    RunState,
+    StopSignal,
+)
 from .config import TrainConfig
 from .distribute import Distribution
 from .inputs import augmentation, make_dataset
@@ -49,7 +55,8 @@ def use_mixed_precision(mode: str) -> bool:
 
 
 def set_precision(mode: str) -> bool:
-    """Set Keras's global dtype policy for ``--mixed-precision``; returns whether it is mixed_float16."""
+    """Set Keras's global dtype policy for ``--mixed-precision``; returns whether it is
+    mixed_float16."""
     mixed = use_mixed_precision(mode)
     keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     log.info("precision policy: %s", keras.mixed_precision.global_policy().name)
@@ -83,7 +90,8 @@ def use_jit_compile(mode: str) -> bool:
 
 @dataclass(frozen=True)
 class FitOptions:
-    """How the phases train, built once from the config: plans with their learning rates, stopping, XLA."""
+    """How the phases train, built once from the config: plans with their learning rates, stopping,
+    XLA."""
 
     plans: tuple[PhasePlan, ...]
     fine_tune_from: str
@@ -94,8 +102,11 @@ class FitOptions:
     seed: int = 0  # the device augmentation's stateless seed
 
     @classmethod
-    def from_config(cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float) -> FitOptions:
-        """``scale_lr`` maps a configured learning rate to the one used (``Distribution.learning_rate``)."""
+    def from_config(
+        cls, cfg: TrainConfig, scale_lr: Callable[[float], float] = float
+    ) -> FitOptions:
+        """``scale_lr`` maps a configured learning rate to the one used
+        (``Distribution.learning_rate``)."""
         augment = resolve_mode(cfg.augment, gpus_visible())
         return cls(
             plans=(
@@ -112,7 +123,8 @@ class FitOptions:
 
     @property
     def uint8_batches(self) -> bool:
-        """Whether the host sends uint8 batches, cast (and augmented) by the train step on the device."""
+        """Whether the host sends uint8 batches, cast (and augmented) by the train step on the
+        device."""
         return self.augment == "device"
 
 
@@ -128,28 +140,12 @@ def train(
     stop: StopSignal,
     on_phase_end: PhaseEnd | None = None,
 ) -> FitOptions:
-    """Both phases on ``data``'s training images, validated on its validation images; call in ``dist``'s scope."""
+    """Both phases on ``data``'s training images, validated on its validation images; call in
+    ``dist``'s scope."""
     opts = FitOptions.from_config(cfg, lambda lr: dist.learning_rate(lr, cfg.lr_scaling))
-    host_aug = opts.augment == "host"
-    aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed) if host_aug else None
-    images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
-    cast = not opts.uint8_batches  # device augmentation: uint8 to the device, cast there
-    train_ds = make_dataset(images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast)
-    train_ds = dist.shard(train_ds)
-    val_ds = dist.shard(make_dataset(images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast))
+    train_ds, val_ds = _datasets(cfg, data, dist, opts)
     dist.prepare_model(model, float_spec(train_ds.element_spec))
-    log.info(
-        "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s (lr_scaling %s)",
-        opts.augment,
-        cfg.augment,
-        opts.jit_compile,
-        cfg.jit_compile,
-        " / ".join(f"{p.learning_rate:g}" for p in opts.plans),
-        cfg.lr_scaling,
-    )
-    if opts.jit_compile and is_op_determinism_enabled():
-        # Keras' own rule (trainer.model_supports_jit): with op determinism it compiles without XLA.
-        log.warning("jit_compile=on has no effect: Keras turns XLA off while op determinism is on (--deterministic)")
+    _log_options(cfg, opts)
     run_phases(
         model,
         train_ds,
@@ -162,6 +158,46 @@ def train(
         stop=stop,
     )
     return opts
+
+
+def _datasets(
+    cfg: TrainConfig, data: PreparedData, dist: Distribution, opts: FitOptions
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
+    """The training and validation datasets, sharded for ``dist``."""
+    aug = (
+        augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
+        if opts.augment == "host"
+        else None
+    )
+    images, labels, batch, seed = data.decoded.images, data.labels, cfg.batch_size, cfg.seed
+    cast = not opts.uint8_batches  # device augmentation: uint8 to the device, cast there
+    train_ds = make_dataset(
+        images, labels, data.train_slots, batch, shuffle=True, seed=seed, augment=aug, cast=cast
+    )
+    val_ds = make_dataset(
+        images, labels, data.val_slots, batch, shuffle=False, seed=seed, cast=cast
+    )
+    return dist.shard(train_ds), dist.shard(val_ds)
+
+
+def _log_options(cfg: TrainConfig, opts: FitOptions) -> None:
+    """Log the options as resolved (``auto`` made concrete) beside what was asked for."""
+    log.info(
+        "augmentation %s (option %s); XLA jit_compile=%s (option %s); learning rates %s "
+        "(lr_scaling %s)",
+        opts.augment,
+        cfg.augment,
+        opts.jit_compile,
+        cfg.jit_compile,
+        " / ".join(f"{p.learning_rate:g}" for p in opts.plans),
+        cfg.lr_scaling,
+    )
+    if opts.jit_compile and is_op_determinism_enabled():
+        # Keras' own rule (trainer.model_supports_jit): with op determinism it compiles without XLA.
+        log.warning(
+            "jit_compile=on has no effect: Keras turns XLA off while op determinism is on "
+            "(--deterministic)"
+        )
 
 
 def float_spec(spec: tuple) -> tuple:
@@ -212,12 +248,15 @@ def run_phases(
             continue  # finished before the restart
         resuming = plan.phase == state.phase and state.epochs_done > 0
         if not resuming:
-            state.phase, state.epochs_done, state.best, state.wait, state.best_epoch = plan.phase, 0, None, 0, 0
+            _start_phase(state, plan.phase)
             best_weights = None
             compile_for_phase(model, plan, opts.fine_tune_from, opts.jit_compile)
-        if opts.uint8_batches:  # per phase (its seed names the phase); a loaded checkpoint is a fresh object
+        if opts.uint8_batches:
+            # Per phase (its seed names the phase); a loaded checkpoint is a fresh object.
             attach(model, opts.device_augment, opts.seed, plan.phase)
-        _fit_phase(model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop)
+        _fit_phase(
+            model, train_ds, val_ds, plan, opts.patience, checkpoints, state, best_weights, stop
+        )
         if on_phase_end is not None:
             on_phase_end(plan.phase, _last_metrics(state, plan.phase))
         best_weights = None
@@ -225,6 +264,12 @@ def run_phases(
         if checkpoints is not None:
             checkpoints.save(state, model)
     return state
+
+
+def _start_phase(state: RunState, phase: int) -> None:
+    """Reset the per-phase counters (epochs, early stopping) for a phase started afresh."""
+    state.phase, state.epochs_done = phase, 0
+    state.best, state.wait, state.best_epoch = None, 0, 0
 
 
 def _fit_phase(
@@ -258,7 +303,8 @@ def _fit_phase(
         epochs=plan.epochs,
         initial_epoch=state.epochs_done,
         callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (reshuffled each epoch); Keras cannot shuffle a Dataset
+        # the tf.data pipeline shuffles (reshuffled each epoch); Keras cannot shuffle a Dataset
+        shuffle=False,
         verbose=2,
     )
     if early is not None and early.best_weights is not None:

@@ -1,24 +1,7 @@
-"""Trust fitted by every run: a calibration temperature and an out-of-distribution ("not a leaf") detector.
+"""Trust fitted by every run: a calibration temperature and a "not a leaf" (OOD) detector.
 
-Split. The validation images (a hash of each key, ``dataset.hash_split``) are cut in two by a
-*second* hash of the key: the ``fit`` half fits the temperature and the OOD threshold, the
-``report`` half is where ECE, NLL and the held-out abstain rate are measured. Both depend on the key
-alone, so an image never changes half as the bucket grows.
-
-Calibration: temperature scaling (Guo et al. 2017), T minimising NLL of softmax(logits / T) on
-the fit half. It never changes the top-1 class, so accuracy and the gate's other rules are untouched.
-
-OOD: the squared Mahalanobis distance to the nearest class mean (Lee et al. 2018), class means and a
-shared shrunk covariance fitted on training images, in three feature spaces summed after dividing
-each by its median on training images: the spatial means of VGG16's ``block2_pool`` and
-``block3_pool`` (colour and texture: they catch flat colours, gradients and smooth noise that the
-classifier's own features map near a class) and the penultimate Dense (what the classifier sees).
-On the suite's synthetic leaves the penultimate Dense alone let through about a quarter of the
-out-of-distribution set; the three together let none through (BENCHMARKS.md, "Answers people can trust"). The
-threshold is the fit half's (1 - ``OOD_FIT_RATE``) quantile, so about 1 % of held-out leaves
-abstain there and the goal (<= 2 %) has room on the report half. Both the temperature and the
-detector's constants are baked into the exported ONNX (``export.to_onnx``), so serving needs
-nothing but ONNX Runtime and the manifest's digest covers them.
+Design (which images fit what, the calibration, the detector): docs/trust.md#which-images-fit-what
+and the two sections after it.
 """
 
 from __future__ import annotations
@@ -42,20 +25,23 @@ FEATURE_LAYER = "dense"  # the penultimate Dense(256) of model.build_model
 BASE_LAYERS = ("block2_pool", "block3_pool")  # VGG16 layers whose spatial means join the OOD score
 OOD_FIT_RATE = 0.01  # share of the fit half above the threshold
 OOD_GOAL_RATE = 0.02  # the held-out abstain rate the issue asks for at most
-OOD_TRAIN_IMAGES = 4096  # training images the class means and covariance are fitted on (seeded sample)
+# Training images the class means and covariance are fitted on (seeded sample)
+OOD_TRAIN_IMAGES = 4096
 SHRINKAGE = 0.1
 RELIABILITY_FILE = "reliability.png"  # the model card's reliability diagram, before and after
 
 
 def calibration_side(key: str) -> str:
-    """``fit`` or ``report`` for a validation image: a second hash of its key, independent of the split's."""
+    """``fit`` or ``report`` for a validation image: a second hash of its key, independent of the
+    split's."""
     digest = hashlib.sha256(b"calibration\0" + key.encode()).digest()
     return FIT if digest[0] < 128 else REPORT
 
 
 @dataclass(frozen=True)
 class TrustHead:
-    """What the exported graph computes after the penultimate features, as numpy (the parity reference)."""
+    """What the exported graph computes after the penultimate features, as numpy (the parity
+    reference)."""
 
     temperature: float
     kernel: np.ndarray  # the final Dense's [F, K] weights
@@ -79,27 +65,37 @@ class Space:
 
 
 def ood_score(spaces: tuple[Space, ...], features: list[np.ndarray]) -> np.ndarray:
-    return sum(maths.mahalanobis(f, s.means, s.projection) / s.scale for s, f in zip(spaces, features, strict=True))
+    return sum(
+        maths.mahalanobis(f, s.means, s.projection) / s.scale
+        for s, f in zip(spaces, features, strict=True)
+    )
 
 
 @dataclass
 class TrustFit:
-    """The fitted head and the records ``model.json`` keeps (``calibration``, ``ood``, ``reference``)."""
+    """The fitted head and the records ``model.json`` keeps (``calibration``, ``ood``,
+    ``reference``)."""
 
     head: TrustHead
     calibration: dict[str, Any]
     ood: dict[str, Any]
     reference: dict[str, Any]
-    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)  # before/after, report half
+    # Before/after, report half.
+    reliability: dict[str, list[dict[str, float]]] = field(default_factory=dict)
 
 
 def feature_model(model: keras.Model) -> keras.Model:
-    """Outputs: the spatial mean of each of ``BASE_LAYERS``, then the penultimate Dense (same weights)."""
+    """Outputs: the spatial mean of each of ``BASE_LAYERS``, then the penultimate Dense (same
+    weights)."""
     base = model.get_layer("vgg16")
-    inner = keras.Model(base.inputs, [base.get_layer(n).output for n in BASE_LAYERS], name="vgg16_taps")
+    inner = keras.Model(
+        base.inputs, [base.get_layer(n).output for n in BASE_LAYERS], name="vgg16_taps"
+    )
     taps = inner(model.get_layer("vgg_preprocess").output, training=False)
     means = [keras.ops.mean(t, axis=(1, 2)) for t in taps]
-    return keras.Model(model.inputs, [*means, model.get_layer(FEATURE_LAYER).output], name="leaf_features")
+    return keras.Model(
+        model.inputs, [*means, model.get_layer(FEATURE_LAYER).output], name="leaf_features"
+    )
 
 
 def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
@@ -107,7 +103,9 @@ def head_weights(model: keras.Model) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(kernel, np.float64), np.asarray(bias, np.float64)
 
 
-def features_of(features: keras.Model, images: np.ndarray, slots: np.ndarray, batch: int) -> list[np.ndarray]:
+def features_of(
+    features: keras.Model, images: np.ndarray, slots: np.ndarray, batch: int
+) -> list[np.ndarray]:
     """Each output of ``feature_model`` for ``images[slots]``, as float64."""
     out = [
         features.predict_on_batch(np.asarray(images[slots[i : i + batch]], dtype=np.float32))
@@ -127,7 +125,8 @@ def fit_spaces(train: list[np.ndarray], labels: np.ndarray, num_classes: int) ->
 
 
 def halves(keys: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Indices of the fit and report halves; when one would be empty both are everything (``split`` False)."""
+    """Indices of the fit and report halves; when one would be empty both are everything (``split``
+    False)."""
     sides = np.asarray([calibration_side(k) for k in keys])
     fit, report = np.flatnonzero(sides == FIT), np.flatnonzero(sides == REPORT)
     if len(fit) == 0 or len(report) == 0:
@@ -137,9 +136,13 @@ def halves(keys: list[str]) -> tuple[np.ndarray, np.ndarray, bool]:
 
 
 def fit(
-    model: keras.Model, data: PreparedData, batch: int, seed: int, ood_images: np.ndarray | None = None
+    model: keras.Model,
+    data: PreparedData,
+    batch: int,
+    seed: int,
+    ood_images: np.ndarray | None = None,
 ) -> TrustFit:
-    """Fit calibration and the OOD detector on ``data``; measure them; ``ood_images`` are not-leaves."""
+    """Fit calibration and the OOD detector on ``data``, measure them; ``ood_images``: no leaf."""
     features = feature_model(model)
     kernel, bias = head_weights(model)
     images, val = data.decoded.images, data.val_slots
@@ -150,61 +153,109 @@ def fit(
     fit_i, rep_i, split = halves(keys)
 
     temperature = maths.fit_temperature(logits[fit_i], y[fit_i])
+    after = maths.softmax(logits, temperature)
+    calibration, reliability = _calibration_report(logits, y, temperature, fit_i, rep_i, split)
+    # which training images fit the detector: repeatable with the run's seed
+    rng = np.random.default_rng(seed)
+    chosen = np.sort(rng.permutation(data.train_slots)[:OOD_TRAIN_IMAGES])
+    spaces = fit_spaces(
+        features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes)
+    )
+    scores = ood_score(spaces, f_val)
+    threshold = maths.threshold_for(scores[fit_i], OOD_FIT_RATE)
+    head = TrustHead(temperature, kernel, bias, spaces, threshold)
+    ood = _ood_report(kernel, threshold, scores, len(chosen), fit_i, rep_i)
+    if ood_images is not None and len(ood_images):
+        ood_f = features_of(features, ood_images, np.arange(len(ood_images)), batch)
+        ood_scores = ood_score(spaces, ood_f)
+        ood |= {
+            "ood_set_images": len(ood_images),
+            "ood_set_abstain_rate": float(np.mean(ood_scores > threshold)),
+        }
+    reference = held_out_reference(after, scores, len(data.index.classes))
+    _log_fit(calibration, ood)
+    return TrustFit(head, calibration, ood, reference, reliability)
+
+
+def _calibration_report(
+    logits: np.ndarray,
+    y: np.ndarray,
+    temperature: float,
+    fit_i: np.ndarray,
+    rep_i: np.ndarray,
+    split: bool,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """model.json's ``calibration`` and reliability diagram, both measured on the report half."""
     before, after = maths.softmax(logits), maths.softmax(logits, temperature)
+    fitted_on = (
+        "validation images whose second key hash is 'fit'" if split else "all validation images"
+    )
     calibration = {
         "method": "temperature",
         "temperature": temperature,
-        "fitted_on": "validation images whose second key hash is 'fit'" if split else "all validation images",
+        "fitted_on": fitted_on,
         "fit_images": len(fit_i),
         "report_images": len(rep_i),
         "bins": maths.ECE_BINS,
-        "before": {"ece": maths.ece(before[rep_i], y[rep_i]), "nll": maths.nll(before[rep_i], y[rep_i])},
-        "after": {"ece": maths.ece(after[rep_i], y[rep_i]), "nll": maths.nll(after[rep_i], y[rep_i])},
+        "before": {
+            "ece": maths.ece(before[rep_i], y[rep_i]),
+            "nll": maths.nll(before[rep_i], y[rep_i]),
+        },
+        "after": {
+            "ece": maths.ece(after[rep_i], y[rep_i]),
+            "nll": maths.nll(after[rep_i], y[rep_i]),
+        },
     }
     reliability = {
         "before": maths.reliability(before[rep_i], y[rep_i]),
         "after": maths.reliability(after[rep_i], y[rep_i]),
     }
+    return calibration, reliability
 
-    rng = np.random.default_rng(seed)  # which training images fit the detector: repeatable with the run's seed
-    chosen = np.sort(rng.permutation(data.train_slots)[:OOD_TRAIN_IMAGES])
-    spaces = fit_spaces(features_of(features, images, chosen, batch), data.labels[chosen], len(data.index.classes))
-    scores = ood_score(spaces, f_val)
-    threshold = maths.threshold_for(scores[fit_i], OOD_FIT_RATE)
-    head = TrustHead(temperature, kernel, bias, spaces, threshold)
-    ood = {
+
+def _ood_report(
+    kernel: np.ndarray,
+    threshold: float,
+    scores: np.ndarray,
+    train_images: int,
+    fit_i: np.ndarray,
+    rep_i: np.ndarray,
+) -> dict[str, Any]:
+    """model.json's ``ood``: how the detector scores, and how often it abstains on each half."""
+    return {
         "method": "mahalanobis",
-        "features": [*(f"mean of {n}" for n in BASE_LAYERS), f"penultimate Dense({kernel.shape[0]})"],
-        "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest class mean "
-        f"(shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on training images",
+        "features": [
+            *(f"mean of {n}" for n in BASE_LAYERS),
+            f"penultimate Dense({kernel.shape[0]})",
+        ],
+        "score": "sum over the feature spaces of the squared Mahalanobis distance to the nearest "
+        f"class mean (shared covariance, shrinkage {SHRINKAGE:g}) divided by its median on "
+        "training images",
         "threshold": threshold,
         "abstain_when": "ood_score > threshold",
-        "train_images": len(chosen),
+        "train_images": train_images,
         "fit_images": len(fit_i),
         "fit_abstain_rate": float(np.mean(scores[fit_i] > threshold)),
         "heldout_images": len(rep_i),
         "heldout_abstain_rate": float(np.mean(scores[rep_i] > threshold)),
         "goal_heldout_abstain_rate": OOD_GOAL_RATE,
     }
-    if ood_images is not None and len(ood_images):
-        all_slots = np.arange(len(ood_images))
-        ood_scores = ood_score(spaces, features_of(features, ood_images, all_slots, batch))
-        ood |= {"ood_set_images": len(ood_images), "ood_set_abstain_rate": float(np.mean(ood_scores > threshold))}
-    reference = held_out_reference(after, scores, len(data.index.classes))
+
+
+def _log_fit(calibration: dict[str, Any], ood: dict[str, Any]) -> None:
     log.info(
-        "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold %.4g, held-out "
-        "abstain %.3f, OOD set abstain %s",
-        temperature,
+        "calibration: T=%.3f, ECE %.4f -> %.4f, NLL %.4f -> %.4f on %d images; OOD threshold "
+        "%.4g, held-out abstain %.3f, OOD set abstain %s",
+        calibration["temperature"],
         calibration["before"]["ece"],
         calibration["after"]["ece"],
         calibration["before"]["nll"],
         calibration["after"]["nll"],
-        len(rep_i),
-        threshold,
+        calibration["report_images"],
+        ood["threshold"],
         ood["heldout_abstain_rate"],
         ood.get("ood_set_abstain_rate", "not measured"),
     )
-    return TrustFit(head, calibration, ood, reference, reliability)
 
 
 def held_out_reference(probs: np.ndarray, scores: np.ndarray, num_classes: int) -> dict[str, Any]:

@@ -18,12 +18,13 @@ SCHEMA_VERSION = 1
 MODEL_FILE = "model.onnx"
 CONTRACT_FILE = "model.json"
 POINTER_FILE = "latest.json"
-# The exported graph's tensors: RGB 0-255 in, softmax out. The job names the Keras layers and the ONNX
-# signature with these; the contract records them, so the server reads them from model.json.
+# The exported graph's tensors: RGB 0-255 in, softmax out. The job names the Keras layers and the
+# ONNX signature with these; the contract records them, so the server reads them from model.json.
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
-# Optional second output (issue 22): [N] out-of-distribution score; above ``ood["threshold"]`` the photo
-# does not look like the training photos. Versions exported before it have no such output and still serve.
+# Optional second output (issue 22): [N] out-of-distribution score; above ``ood["threshold"]`` the
+# photo does not look like the training photos. Versions exported before it have no such output and
+# still serve.
 OOD_NAME = "ood_score"
 
 
@@ -48,7 +49,8 @@ class ModelContract:
     image_size: tuple[int, int]  # (height, width)
     input: TensorSpec
     output: TensorSpec
-    ood_output: TensorSpec | None = None  # the optional ``ood_score`` output; None for older versions
+    # The optional ``ood_score`` output; None for older versions.
+    ood_output: TensorSpec | None = None
     resize_method: str = "bilinear"
     input_range: tuple[float, float] = (0.0, 255.0)
     color: str = "RGB"
@@ -63,11 +65,13 @@ class ModelContract:
     training: dict[str, Any] = field(default_factory=dict)
     # seed, determinism, package versions and install lock of the run (leaf_train.provenance)
     provenance: dict[str, Any] = field(default_factory=dict)
-    # Calibration fitted by the run (method, temperature, ECE/NLL before and after on held-out images).
+    # Calibration fitted by the run (method, temperature, ECE/NLL before and after on held-out
+    # images).
     calibration: dict[str, Any] = field(default_factory=dict)
     # The OOD detector: method, threshold, held-out and OOD-set abstain rates.
     ood: dict[str, Any] = field(default_factory=dict)
-    # Held-out distributions (predicted classes, top-1 confidence, OOD score) the server's drift gauge compares with.
+    # Held-out distributions (predicted classes, top-1 confidence, OOD score) the server's drift
+    # gauge compares with.
     reference: dict[str, Any] = field(default_factory=dict)
     code_version: str = ""
     created_at: str = ""
@@ -94,13 +98,17 @@ class ModelContract:
                     f"received {self.ood_output.name!r} {self.ood_output.shape}"
                 )
             if not isinstance(self.ood.get("threshold"), (int, float)):
-                raise ContractError(f"ood.threshold: expected a number with ood_output; received {self.ood!r:.80}")
+                raise ContractError(
+                    f"ood.threshold: expected a number with ood_output; received {self.ood!r:.80}"
+                )
         if self.num_classes < 2:
             raise ContractError(f"labels: expected at least 2; received {self.labels}")
         if len(set(self.labels)) != len(self.labels):
             raise ContractError("labels: expected unique names; received duplicates")
         if self.schema_version != SCHEMA_VERSION:
-            raise ContractError(f"schema_version: expected {SCHEMA_VERSION}; received {self.schema_version}")
+            raise ContractError(
+                f"schema_version: expected {SCHEMA_VERSION}; received {self.schema_version}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
@@ -127,8 +135,15 @@ class ModelContract:
             contract.validate()
         except ContractError:
             raise
-        except (KeyError, TypeError, ValueError) as e:  # a field of the wrong type or shape, e.g. image_size [32]
-            raise ContractError(f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}") from e
+        # A field of the wrong type or shape, e.g. image_size [32].
+        except (
+            KeyError,
+            TypeError,
+            ValueError,
+        ) as e:
+            raise ContractError(
+                f"{CONTRACT_FILE}: expected the leaf-train contract fields; {e!r}"
+            ) from e
         return contract
 
     @classmethod
@@ -138,5 +153,7 @@ class ModelContract:
         except json.JSONDecodeError as e:
             raise ContractError(f"{CONTRACT_FILE}: expected JSON; {e}") from e
         if not isinstance(d, dict):
-            raise ContractError(f"{CONTRACT_FILE}: expected a JSON object; received {type(d).__name__}")
+            raise ContractError(
+                f"{CONTRACT_FILE}: expected a JSON object; received {type(d).__name__}"
+            )
         return cls.from_dict(d)

@@ -18,9 +18,14 @@ def _words(text: str) -> str:
 
 
 def _lower_word(word: str) -> str:
-    # "Early" and "(Black" -> "early", "(black"; "TYLCV" and "PlantVillage" keep their capitals: names, not prose.
+    # "Early" and "(Black" -> "early", "(black"; "TYLCV" and "PlantVillage" keep their capitals:
+    # names, not prose.
     letters = [c for c in word if c.isalpha()]
-    return word.lower() if letters and letters[0].isupper() and all(c.islower() for c in letters[1:]) else word
+    return (
+        word.lower()
+        if letters and letters[0].isupper() and all(c.islower() for c in letters[1:])
+        else word
+    )
 
 
 def readable_label(label: str) -> str:

@@ -1,13 +1,7 @@
-"""Log lines for people (``text``) or for a log pipeline (``json``), shared by ``leaf-train`` and ``leaf-serve``.
+"""Log lines for people (``text``) or a log pipeline (``json``), for leaf-train and leaf-serve.
 
-``json`` writes one object per line with ``time`` (UTC, ISO 8601), ``level``, ``logger`` and
-``message``, plus the fields a record carries in ``extra=`` (a request's ``method``, ``path``,
-``status``, ``duration`` in seconds, ``model``, ``version``) and the fields set for the whole process
-with :func:`set_context` (a training run's ``run_id`` and ``version``). Nothing needs a regex to be read.
-
-Client-supplied strings (paths, labels, file names inside messages) stay escaped in both formats:
-JSON escapes control characters itself, and ``text`` writes them as ``\\n``, ``\\x1b`` and so on,
-so a request cannot forge a log line or move a terminal's cursor.
+Client-supplied strings stay escaped in both formats, so a request cannot forge a log line. The
+fields of each format: docs/operations.md#logs---log-format-textjson
 """
 
 from __future__ import annotations
@@ -23,13 +17,16 @@ LOG_FORMATS = ("text", "json")
 # Keys a record may carry in ``extra=`` that JSON lines show as fields of their own.
 FIELDS = ("method", "path", "status", "duration", "model", "version", "run_id", "worker", "client")
 _CONTEXT: dict[str, Any] = {}
-# Control characters (C0, DEL, C1) and Unicode's line/paragraph separators written as escapes; newline and
-# tab included on purpose (a log viewer splits lines on any of them).
-_ESCAPES = {c: chr(c).encode("unicode_escape").decode() for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)}
+# Control characters (C0, DEL, C1) and Unicode's line/paragraph separators written as escapes;
+# newline and tab included on purpose (a log viewer splits lines on any of them).
+_ESCAPES = {
+    c: chr(c).encode("unicode_escape").decode()
+    for c in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
 
 
 def set_context(**fields: Any) -> None:
-    """Fields every later line of this process carries (``None`` removes one), e.g. a run's ``run_id``."""
+    """Fields every later line of this process carries (``None`` removes one), e.g. ``run_id``."""
     for key, value in fields.items():
         if value is None:
             _CONTEXT.pop(key, None)
@@ -78,15 +75,18 @@ class JsonFormatter(logging.Formatter):
             line["exception"] = self.formatException(record.exc_info)
         elif record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
-        # default=str: a field that is not JSON (a Path, an exception) is written as its text, never lost.
+        # default=str: a field that is not JSON (a Path, an exception) is written as its text, never
+        # lost.
         return json.dumps(line, default=str)  # ensure_ascii: C1 controls and U+2028 escaped too
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """This module's stderr handler, so configuring again replaces it and leaves a host's handlers alone."""
+    """This module's stderr handler: configuring again replaces it, a host's handlers stay."""
 
 
-def formatter(log_format: str, *, prefix: str = "", static: Mapping[str, Any] | None = None) -> logging.Formatter:
+def formatter(
+    log_format: str, *, prefix: str = "", static: Mapping[str, Any] | None = None
+) -> logging.Formatter:
     """The formatter for ``log_format`` (``text`` or ``json``).
 
     Args:
@@ -94,7 +94,9 @@ def formatter(log_format: str, *, prefix: str = "", static: Mapping[str, Any] | 
         static: fields every ``json`` line carries (e.g. ``{"worker": 1}``).
     """
     if log_format not in LOG_FORMATS:
-        raise ValueError(f"log format: expected one of {', '.join(LOG_FORMATS)}; received {log_format!r}")
+        raise ValueError(
+            f"log format: expected one of {', '.join(LOG_FORMATS)}; received {log_format!r}"
+        )
     return JsonFormatter(static) if log_format == "json" else TextFormatter(prefix)
 
 
@@ -106,7 +108,7 @@ def configure(
     static: Mapping[str, Any] | None = None,
     stream: TextIO | None = None,
 ) -> None:
-    """Send every logger's records to stderr (or ``stream``) in ``log_format``, at ``level`` and above."""
+    """Send every logger's records to stderr (or ``stream``) in ``log_format``, from ``level``."""
     root = logging.getLogger()
     for h in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(h)

@@ -1,14 +1,7 @@
 """Read side of the model registry: pointer files and version folders.
 
-Layout under ``<output>/<model-name>/``::
-
-    latest.json                   the pointer: which version is served (moves last)
-    versions/<version>/model.onnx
-    versions/<version>/model.json the contract (leaf_common.contract)
-    versions/<version>/manifest.json  sizes + SHA-256 of every file in the version
-
-The server and the job's registry (``leaf_train.registry``, the write side) both use
-these names; nothing else spells them.
+The server and the job's registry (``leaf_train.registry``, the write side) both use these names;
+nothing else spells them. The layout: docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations
@@ -26,10 +19,13 @@ VERSIONS_DIR = "versions"
 MANIFEST_FILE = "manifest.json"
 POINTER_SCHEMA_VERSION = 1
 MANIFEST_SCHEMA_VERSION = 1
-# A model name is one folder under the registry root and a Kubernetes label value (the chart labels the
-# Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or digit.
+# A model name is one folder under the registry root and a Kubernetes label value (the chart labels
+# the Job and Deployment with it): 1-63 characters, lowercase, starting and ending with a letter or
+# digit.
 MODEL_NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,61}[a-z0-9])?$")
-MODEL_NAME_RULE = "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
+MODEL_NAME_RULE = (
+    "lowercase letters, digits, '.', '_' or '-' (1-63, starting and ending with a letter or digit)"
+)
 
 
 def is_model_name(name: str) -> bool:
@@ -42,8 +38,9 @@ class RegistryError(StoreError):
 
 
 class ManifestMissing(RegistryError):
-    """The version folder has no manifest.json: a publication in progress, one that died, or (for a few
-    milliseconds) a version whose manifest retention is putting back after a promotion raced it."""
+    """The version folder has no manifest.json: a publication in progress, one that died, or (for a
+    few milliseconds) a version whose manifest retention is putting back after a promotion raced
+    it."""
 
 
 @dataclass(frozen=True)
@@ -110,7 +107,7 @@ def read_pointer(model_store: Store) -> PointerRead | None:
 
 
 def pointer_root(uri: str) -> str | None:
-    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), else ``None``."""
+    """The model folder of a pointer URI (``…/<model>/latest.json`` -> ``…/<model>``), or None."""
     stripped = uri.rstrip("/")
     if stripped.endswith("/" + POINTER_FILE) or stripped == POINTER_FILE:
         return stripped.removesuffix(POINTER_FILE).rstrip("/") or "."
@@ -125,7 +122,9 @@ def resolve_model(uri: str, *, client: Any | None = None) -> ResolvedModel:
         found = read_pointer(model_store)
         if found is None:
             raise RegistryError(f"{uri}: no pointer; nothing has been promoted yet")
-        return ResolvedModel(model_store.child(f"{VERSIONS_DIR}/{found.version}"), found.version, found.etag)
+        return ResolvedModel(
+            model_store.child(f"{VERSIONS_DIR}/{found.version}"), found.version, found.etag
+        )
     stripped = uri.rstrip("/")
     store = open_store(stripped, client=client)
     version = stripped.rsplit("/", 1)[-1]
@@ -148,7 +147,7 @@ class ManifestEntry:
 
 @dataclass(frozen=True)
 class Manifest:
-    """Contents of ``versions/<v>/manifest.json``, written last: its presence marks a complete version."""
+    """``versions/<v>/manifest.json``, written last: its presence marks a complete version."""
 
     version: str
     created_at: str
@@ -187,13 +186,19 @@ class Manifest:
     def from_json(cls, data: bytes, where: str = MANIFEST_FILE) -> Manifest:
         try:
             d: dict[str, Any] = json.loads(data)
-            files = tuple(ManifestEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in d["files"])
+            files = tuple(
+                ManifestEntry(str(f["name"]), int(f["size"]), str(f["sha256"])) for f in d["files"]
+            )
             return cls(
-                version=str(d["version"]), created_at=str(d["created_at"]), files=files, name=str(d.get("name", ""))
+                version=str(d["version"]),
+                created_at=str(d["created_at"]),
+                files=files,
+                name=str(d.get("name", "")),
             )
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
             raise RegistryError(
-                f"{where}: expected a JSON object with 'version', 'created_at' and 'files' (name, size, sha256); {e!r}"
+                f"{where}: expected a JSON object with 'version', 'created_at' and 'files' (name, "
+                f"size, sha256); {e!r}"
             ) from e
 
 
@@ -214,13 +219,15 @@ class VerifiedVersion:
     files: dict[str, bytes]
 
 
-def read_verified_version(version_store: Store, names: list[str], expected_version: str | None) -> VerifiedVersion:
+def read_verified_version(
+    version_store: Store, names: list[str], expected_version: str | None
+) -> VerifiedVersion:
     """Read ``names`` from a version folder after checking them against its manifest.
 
     The manifest is required (its absence means a publication in progress or one that died), must
-    name ``expected_version`` when the caller knows it (the pointer's or the folder's), and must list
-    every file; each file's size is checked with a HEAD before it is downloaded (a 500 MB model that
-    cannot match is not fetched), then its size and SHA-256 after.
+    name ``expected_version`` when the caller knows it (the pointer's or the folder's), and must
+    list every file; each file's size is checked with a HEAD before it is downloaded (a 500 MB model
+    that cannot match is not fetched), then its size and SHA-256 after.
 
     Raises:
         RegistryError: incomplete version, a manifest for another version, or a file that differs.
@@ -234,7 +241,8 @@ def read_verified_version(version_store: Store, names: list[str], expected_versi
         )
     if expected_version is not None and manifest.version != expected_version:
         raise RegistryError(
-            f"{version_store.url(MANIFEST_FILE)}: expected version {expected_version!r}; received {manifest.version!r}"
+            f"{version_store.url(MANIFEST_FILE)}: expected version {expected_version!r}; received "
+            f"{manifest.version!r}"
         )
     files: dict[str, bytes] = {}
     for name in names:
@@ -242,7 +250,9 @@ def read_verified_version(version_store: Store, names: list[str], expected_versi
         info = version_store.head(name)
         if info is None or info.size != entry.size:
             found = "no such file" if info is None else f"{info.size} bytes"
-            raise RegistryError(f"{version_store.url(name)}: expected {entry.size} bytes (manifest); found {found}")
+            raise RegistryError(
+                f"{version_store.url(name)}: expected {entry.size} bytes (manifest); found {found}"
+            )
         data = version_store.get(name)
         manifest.check(name, data)
         files[name] = data
@@ -259,32 +269,37 @@ class VerifiedModel:
 
 
 def read_verified_model(version_store: Store, expected_version: str | None) -> VerifiedModel:
-    """Read a complete version's ``model.json`` and the ONNX file it names, the way every reader must.
+    """Read a complete version's ``model.json`` and its ONNX file, the way every reader must.
 
     Both files are checked against the manifest (:func:`read_verified_version`); the contract must
-    name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when it
-    records one. The job's quality gate (the champion) and the server read versions through this.
+    name the manifest's version, and the ONNX bytes must have the contract's ``model_sha256`` when
+    it records one. The job's quality gate (the champion) and the server read versions through this.
 
     Args:
         version_store: the version folder.
-        expected_version: the version the pointer (or the registry folder name) says this is; ``None``
-            for a folder mounted anywhere, whose manifest then says which version it holds.
+        expected_version: the version the pointer (or the registry folder name) says this is;
+            ``None`` for a folder mounted anywhere, whose manifest then says which version it holds.
 
     Raises:
         ManifestMissing: no manifest (a publication in progress or one that died).
-        RegistryError: a manifest of another version, a file that differs, a contract of another version.
+        RegistryError: a manifest of another version, a file that differs, a contract of another
+            version.
         ContractError: ``model.json`` is not a valid contract.
         StoreError: the store failed (``StoreUnavailable`` when that may pass).
     """
-    contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[CONTRACT_FILE]
+    contract_bytes = read_verified_version(version_store, [CONTRACT_FILE], expected_version).files[
+        CONTRACT_FILE
+    ]
     contract = ModelContract.from_json(contract_bytes)
     verified = read_verified_version(version_store, [contract.model_file], expected_version)
     if contract.version != verified.manifest.version:
         raise RegistryError(
-            f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} (manifest); "
-            f"received {contract.version!r}"
+            f"{version_store.url(CONTRACT_FILE)}: expected version {verified.manifest.version!r} "
+            f"(manifest); received {contract.version!r}"
         )
     model_bytes = verified.files[contract.model_file]
     if contract.model_sha256 and sha256_hex(model_bytes) != contract.model_sha256.lower():
-        raise RegistryError(f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256")
+        raise RegistryError(
+            f"{contract.model_file}: sha256 differs from {CONTRACT_FILE}'s model_sha256"
+        )
     return VerifiedModel(contract, model_bytes, verified.manifest)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 
 def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> int | None:
-    """CPUs allowed by the container's cgroup CPU quota (v2 ``cpu.max`` or v1 CFS), or ``None`` if unlimited."""
+    """CPUs the container's cgroup quota allows (v2 ``cpu.max`` or v1 CFS); None if unlimited."""
     base = Path(root)
     try:
         quota, period = (base / "cpu.max").read_text().split()[:2]
@@ -35,6 +35,8 @@ def available_cpus() -> int:
     ``os.cpu_count()`` reports the host's cores; a pod limited to 2 CPUs on a 64-core node
     that starts 64 threads spends its quota in a few milliseconds and is throttled.
     """
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    affinity = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     quota = cgroup_cpu_limit()
     return min(affinity, quota) if quota else affinity

@@ -1,16 +1,8 @@
 """Shadow rollout: the candidate pointer, and what serving records about the candidate.
 
-Layout under ``<output>/<model-name>/`` (beside ``latest.json``)::
-
-    shadow.json                               the candidate: passed the offline gate, answers mirrored traffic
-    shadow/<candidate>/stats-<pod>.json       one per serving pod, rewritten only by that pod
-    shadow/<candidate>/reviewed/<id>.json     a reviewed photo both models had answered (written once)
-    shadow/<candidate>/verdict.json           the decision (written once)
-
-``shadow.json`` moves only by compare-and-swap, like ``latest.json``; withdrawing a candidate writes a
-pointer with no version (a conditional delete does not exist in S3), so a withdrawal that races a newer
-proposal loses instead of deleting it. The server (mirroring, statistics), ``leaf-train models verdict``
-and the inbox's review step all use this module; it needs no TensorFlow and no web framework.
+The server (mirroring, statistics), ``leaf-train models verdict`` and the inbox's review step all
+use this module; it needs no TensorFlow and no web framework. The files and how ``shadow.json``
+moves: docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations
@@ -31,7 +23,7 @@ SCHEMA_VERSION = 1
 
 @dataclass(frozen=True)
 class Candidate:
-    """Contents of ``shadow.json``; ``version`` is ``None`` once the candidate was decided or withdrawn."""
+    """``shadow.json``; ``version`` is ``None`` once the candidate was decided or withdrawn."""
 
     version: str | None
     champion: str  # latest.json's version when it was proposed: what its statistics compare with
@@ -54,7 +46,9 @@ class Candidate:
                 name=str(d.get("name", "")),
             )
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise RegistryError(f"{where}: expected a JSON object with a 'version' (string or null); {e!r}") from e
+            raise RegistryError(
+                f"{where}: expected a JSON object with a 'version' (string or null); {e!r}"
+            ) from e
 
 
 class CandidateRead(NamedTuple):
@@ -65,7 +59,7 @@ class CandidateRead(NamedTuple):
 
 
 def read_candidate(model_store: Store) -> CandidateRead | None:
-    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; ``None`` if there never was one."""
+    """``shadow.json`` of ``<output>/<model-name>/`` and its ETag; None if there never was one."""
     try:
         data, etag = model_store.get_with_etag(CANDIDATE_FILE)
     except NotFound:
@@ -81,9 +75,9 @@ def candidate_dir(version: str) -> str:
 class ShadowStats:
     """What one serving pod saw while it mirrored requests to ``candidate``; pods' files add up.
 
-    ``per_class`` is keyed by the champion's top-1 label: ``[mirrored, agreed]``. Agreement per champion
-    class is what catches a candidate that lost one class (it answers something else for that class's
-    photos) while its overall agreement still looks fine.
+    ``per_class`` is keyed by the champion's top-1 label: ``[mirrored, agreed]``. Agreement per
+    champion class is what catches a candidate that lost one class (it answers something else for
+    that class's photos) while its overall agreement still looks fine.
     """
 
     candidate: str
@@ -107,7 +101,7 @@ class ShadowStats:
         champion_abstained: bool = False,
         candidate_abstained: bool = False,
     ) -> None:
-        """One mirrored request: each model's (top-1 label, its probability) and whether it abstained."""
+        """One mirrored request: each model's (top-1 label, probability), whether it abstained."""
         agree = champion[0] == candidate[0]
         self.mirrored += 1
         self.agreed += agree
@@ -123,8 +117,8 @@ class ShadowStats:
         """The sum of two pods' statistics about the same candidate."""
         if (other.candidate, other.champion) != (self.candidate, self.champion):
             raise RegistryError(
-                f"shadow statistics: expected candidate {self.candidate} against champion {self.champion}; "
-                f"received {other.candidate} against {other.champion}"
+                f"shadow statistics: expected candidate {self.candidate} against champion "
+                f"{self.champion}; received {other.candidate} against {other.champion}"
             )
         per_class = {k: list(v) for k, v in self.per_class.items()}
         for label, (n, agreed) in other.per_class.items():
@@ -147,7 +141,9 @@ class ShadowStats:
         )
 
     def to_json(self) -> bytes:
-        return json.dumps({"schema_version": SCHEMA_VERSION, **asdict(self)}, indent=2, sort_keys=True).encode()
+        return json.dumps(
+            {"schema_version": SCHEMA_VERSION, **asdict(self)}, indent=2, sort_keys=True
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes, where: str) -> ShadowStats:
@@ -158,7 +154,9 @@ class ShadowStats:
             stats.per_class = {str(k): [int(v[0]), int(v[1])] for k, v in stats.per_class.items()}
             return stats
         except (json.JSONDecodeError, TypeError, ValueError, IndexError, AttributeError) as e:
-            raise RegistryError(f"{where}: expected shadow statistics (ShadowStats fields); {e!r}") from e
+            raise RegistryError(
+                f"{where}: expected shadow statistics (ShadowStats fields); {e!r}"
+            ) from e
 
 
 def stats_key(candidate: str, pod: str) -> str:
@@ -171,7 +169,7 @@ def write_stats(model_store: Store, stats: ShadowStats) -> None:
 
 
 def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[ShadowStats, list[str]]:
-    """Every pod's statistics about ``candidate`` against ``champion``, summed; and the files skipped, with why."""
+    """All pods' statistics on ``candidate`` against ``champion``, summed; skipped files, why."""
     total = ShadowStats(candidate, champion)
     skipped: list[str] = []
     for info in model_store.list(candidate_dir(candidate)):
@@ -188,7 +186,7 @@ def read_stats(model_store: Store, candidate: str, champion: str) -> tuple[Shado
 
 @dataclass(frozen=True)
 class ReviewedAnswer:
-    """A photo both models answered that a reviewer then labelled: the evidence closest to the field's truth."""
+    """A photo both models answered and a reviewer labelled: the evidence closest to the truth."""
 
     id: str
     label: str  # what the reviewer said it is
@@ -222,18 +220,27 @@ def answer_key(candidate: str, capture_id: str) -> str:
     return f"{candidate_dir(candidate)}/answers/{capture_id}.json"
 
 
-def write_answer(model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str) -> None:
-    """The candidate's answer on a captured photo, kept until a reviewer labels the photo (written once)."""
-    body = {"schema_version": SCHEMA_VERSION, "id": capture_id, "champion_label": champion_label, "label": label}
+def write_answer(
+    model_store: Store, candidate: str, capture_id: str, champion_label: str, label: str
+) -> None:
+    """The candidate's answer on a captured photo, kept (once) until a reviewer labels it."""
+    body = {
+        "schema_version": SCHEMA_VERSION,
+        "id": capture_id,
+        "champion_label": champion_label,
+        "label": label,
+    }
     with contextlib.suppress(PreconditionFailed):
-        model_store.put(answer_key(candidate, capture_id), json.dumps(body).encode(), if_none_match=True)
+        model_store.put(
+            answer_key(candidate, capture_id), json.dumps(body).encode(), if_none_match=True
+        )
 
 
 CAPTURE_EXTRA = "shadow_candidate"  # the key a capture record's ``extra`` names the candidate under
 
 
 def note_review(model_store: Store, record: Any, label: str) -> bool:
-    """A reviewer labelled ``record``'s photo: if the candidate answered it too, keep both answers and the label.
+    """A reviewer labelled ``record``'s photo: if the candidate answered it, keep both answers.
 
     ``record`` is a :class:`leaf_common.inbox.CaptureRecord`; returns whether evidence was written.
     """
@@ -243,6 +250,9 @@ def note_review(model_store: Store, record: Any, label: str) -> bool:
     try:
         answer = json.loads(model_store.get(answer_key(candidate, record.id)))
     except (NotFound, json.JSONDecodeError):
-        return False  # the candidate was busy or gone when the photo came in: no evidence, nothing lost
-    write_reviewed(model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"])))
+        # the candidate was busy or gone when the photo came in: no evidence, nothing lost
+        return False
+    write_reviewed(
+        model_store, candidate, ReviewedAnswer(record.id, label, record.label, str(answer["label"]))
+    )
     return True

@@ -1,13 +1,8 @@
 """Object storage behind one small interface: ``s3://bucket/prefix`` or a local folder.
 
-S3 goes through boto3 with the standard credential chain; ``AWS_ENDPOINT_URL`` (read
-by botocore itself) points it at MinIO or any S3-compatible store. Retries on
-throttling and 5xx come from botocore's retry modes, not a loop of ours.
-
-Conditional writes give the registry its guarantees: ``if_none_match=True`` writes a
-key only if it does not exist (``If-None-Match: *``), ``if_match=etag`` replaces it
-only if nobody changed it since it was read (compare-and-swap). A local folder gets
-the same semantics through hard links, ``os.replace`` and a lock file.
+Conditional writes (``if_none_match``, ``if_match``: compare-and-swap) give the registry its
+guarantees, with the same semantics on a local folder. Design:
+docs/operations.md#the-registrys-files
 """
 
 from __future__ import annotations
@@ -76,7 +71,9 @@ def split_s3_uri(uri: str) -> tuple[str, str]:
         raise StoreError(f"expected an s3://bucket/prefix URI; received {uri!r}")
     bucket, _, prefix = uri[5:].partition("/")
     if len(bucket) < 3:
-        raise StoreError(f"expected a bucket name of at least 3 characters in {uri!r}; received {bucket!r}")
+        raise StoreError(
+            f"expected a bucket name of at least 3 characters in {uri!r}; received {bucket!r}"
+        )
     return bucket, prefix.strip("/")
 
 
@@ -102,7 +99,9 @@ class Store(ABC):
         """Metadata of ``key`` or ``None`` if it does not exist."""
 
     @abstractmethod
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         """Write ``key``; returns its new ETag. Raises :class:`PreconditionFailed`."""
 
     @abstractmethod
@@ -193,7 +192,9 @@ class LocalStore(Store):
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         p = self._path(key)
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{_LOCAL_PRIVATE}tmp-", dir=p.parent)
@@ -233,7 +234,7 @@ class LocalStore(Store):
 
 
 def _is_network_error(e: Exception) -> bool:
-    """Connection and read failures; not NoCredentialsError and other BotoCoreErrors that retrying cannot fix."""
+    """Connection and read failures; not the BotoCoreErrors that retrying cannot fix."""
     from botocore.exceptions import ConnectionError as BotoConnectionError
     from botocore.exceptions import HTTPClientError, IncompleteReadError
 
@@ -276,7 +277,8 @@ class S3Store(Store):
         if code in ("NoSuchKey", "404", "NotFound") or status == 404:
             return NotFound(f"{self.url(key)} does not exist")
         if _is_network_error(e) or code in _TRANSIENT_CODES or (status or 0) >= 500:
-            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that outlived retries.
+            # No answer (connection refused, timeout, reset mid-body) or a 5xx/throttle that
+            # outlived retries.
             return StoreUnavailable(f"{self.url(key)}: {code or type(e).__name__}: {e}")
         return StoreError(f"{self.url(key)}: {code or type(e).__name__}: {e}")
 
@@ -299,7 +301,9 @@ class S3Store(Store):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles
                     modified = obj["LastModified"].timestamp() if "LastModified" in obj else None
-                    yield ObjectInfo(self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified)
+                    yield ObjectInfo(
+                        self._rel(obj["Key"]), int(obj["Size"]), obj["ETag"].strip('"'), modified
+                    )
 
     def get_with_etag(self, key: str) -> tuple[bytes, str]:
         with self._errors(key):
@@ -315,7 +319,9 @@ class S3Store(Store):
         modified = resp["LastModified"].timestamp() if "LastModified" in resp else None
         return ObjectInfo(key, int(resp["ContentLength"]), resp["ETag"].strip('"'), modified)
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._key(key), "Body": data}
         if if_none_match:
             kwargs["IfNoneMatch"] = "*"

@@ -1,4 +1,4 @@
-"""Calibration, out-of-distribution and drift arithmetic that the job and the server share (numpy only).
+"""Calibration, out-of-distribution and drift arithmetic the job and server share (numpy only).
 
 The job fits with these functions and records what they return in ``model.json``; the server
 compares what it sees with that record using the same binning, so "held-out" and "served" are
@@ -33,14 +33,19 @@ def nll(probs: np.ndarray, labels: np.ndarray) -> float:
 
 
 def ece(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> float:
-    """Expected calibration error: |accuracy - confidence| per equal-width confidence bin, weighted by count."""
+    """Expected calibration error: |accuracy - confidence| per confidence bin, count-weighted."""
     rows = reliability(probs, labels, bins)
     n = sum(r["count"] for r in rows)
-    return float(sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"]) / max(n, 1))
+    return float(
+        sum(r["count"] * abs(r["accuracy"] - r["confidence"]) for r in rows if r["count"])
+        / max(n, 1)
+    )
 
 
-def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> list[dict[str, float]]:
-    """Per confidence bin: its edges, how many answers fell in it, their mean confidence and accuracy."""
+def reliability(
+    probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS
+) -> list[dict[str, float]]:
+    """Per confidence bin: its edges, its answers, their mean confidence and accuracy."""
     p = np.asarray(probs, dtype=np.float64)
     conf, hit = p.max(axis=1), (p.argmax(axis=1) == np.asarray(labels))
     # Bin i holds (lo, hi]; a confidence of exactly 0 joins the first bin.
@@ -61,7 +66,9 @@ def reliability(probs: np.ndarray, labels: np.ndarray, bins: int = ECE_BINS) -> 
     return rows
 
 
-def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0) -> float:
+def fit_temperature(
+    logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi: float = 20.0
+) -> float:
     """The temperature T minimising NLL of softmax(logits / T): golden-section search on log T.
 
     NLL is convex in 1/T, so a 1-D search over a wide bracket finds the optimum without scipy.
@@ -86,7 +93,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, lo: float = 0.05, hi
 def fit_mahalanobis(
     features: np.ndarray, labels: np.ndarray, num_classes: int, shrinkage: float = 0.1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Class means and a projection ``L`` with ``L Lᵀ`` = the inverse of the shared (shrunk) covariance.
+    """Class means and ``L`` with ``L Lᵀ`` = the inverse of the shared (shrunk) covariance.
 
     The distance of ``f`` to class ``k`` is then ``|f L - mean_k L|²``: two matrix products, which
     is what the exported graph computes. Shrinkage towards a scaled identity keeps the covariance
@@ -109,10 +116,16 @@ def fit_mahalanobis(
     return means[present], projection
 
 
-def mahalanobis(features: np.ndarray, means_projected: np.ndarray, projection: np.ndarray) -> np.ndarray:
+def mahalanobis(
+    features: np.ndarray, means_projected: np.ndarray, projection: np.ndarray
+) -> np.ndarray:
     """Squared distance to the nearest class mean, as the exported graph computes it."""
     z = np.asarray(features, dtype=np.float64) @ projection
-    d = (z**2).sum(axis=1, keepdims=True) - 2 * z @ means_projected.T + (means_projected**2).sum(axis=1)
+    d = (
+        (z**2).sum(axis=1, keepdims=True)
+        - 2 * z @ means_projected.T
+        + (means_projected**2).sum(axis=1)
+    )
     return np.maximum(d.min(axis=1), 0.0)
 
 
@@ -124,7 +137,7 @@ def threshold_for(scores: np.ndarray, max_rate: float) -> float:
 
 
 def histogram(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> list[float]:
-    """Share of ``values`` in each bin of ``edges``; values outside fall into the first or last bin."""
+    """Share of ``values`` in each bin of ``edges``; values outside go to the first or last bin."""
     v = np.asarray(values, dtype=np.float64)
     inner = np.asarray(edges[1:-1], dtype=np.float64)
     counts = np.bincount(np.searchsorted(inner, v, side="right"), minlength=len(edges) - 1)

@@ -24,9 +24,18 @@ class AdminPortOnly:
         self.app, self.admin_port = app, admin_port
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and _is_admin(scope.get("path", "")) and _local_port(scope) != self.admin_port:
-            body = json.dumps({"error": "not found: this route is served on the admin port only (admin_port)"}).encode()
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+        if (
+            scope["type"] == "http"
+            and _is_admin(scope.get("path", ""))
+            and _local_port(scope) != self.admin_port
+        ):
+            body = json.dumps(
+                {"error": "not found: this route is served on the admin port only (admin_port)"}
+            ).encode()
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
             await send({"type": "http.response.start", "status": 404, "headers": headers})
             await send({"type": "http.response.body", "body": body})
             return

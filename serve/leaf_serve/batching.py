@@ -1,10 +1,7 @@
-"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's dynamic batcher, in small).
+"""Dynamic batching: concurrent requests share one ``session.run`` (Triton's, in small).
 
-A batch is sent when it holds ``max_batch_size`` images or when its oldest request has
-waited ``max_queue_delay`` — whichever comes first. While a batch runs, newcomers queue
-up, so under load batches fill without waiting. The queue is bounded: when
-``max_queue_size`` requests are waiting, new ones get 503 at once instead of growing
-memory and latency without limit.
+A batch is sent when full or when its oldest request has waited ``max_queue_delay``; the queue is
+bounded (503 beyond ``max_queue_size``). Design: docs/serving.md (Dynamic batching).
 """
 
 from __future__ import annotations
@@ -43,7 +40,8 @@ class Batcher:
         metrics: ServeMetrics | None = None,
     ):
         self._predict = predict
-        self._executor = executor  # one thread: the model runs one batch at a time, ORT uses the cores
+        # One thread: the model runs one batch at a time, ORT uses the cores.
+        self._executor = executor
         self._max_batch = max_batch_size
         self._delay = max_queue_delay_s
         self._max_queue = max_queue_size
@@ -59,14 +57,18 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        """A batch is running or waiting. False the moment the last caller's rows are handed over (the worker
-        ends in the same step), so a caller that sees False knows nobody else is waiting for the model."""
+        """A batch is running or waiting. False the moment the last caller's rows are handed over
+        (the worker ends in the same step), so a caller that sees False knows nobody else is waiting
+        for the model."""
         return self._task is not None
 
     def check_capacity(self) -> None:
         """Raise 503 now if the queue is full, before the caller spends time reading or decoding."""
         if len(self._queue) >= self._max_queue:
-            raise Unavailable(f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry later")
+            raise Unavailable(
+                f"server overloaded: {len(self._queue)} requests queued (max_queue_size); retry "
+                "later"
+            )
 
     async def submit(self, batch: np.ndarray) -> np.ndarray:
         """Queue ``batch`` (``[n, ...]``) and return the model's output rows for it.
@@ -118,7 +120,9 @@ class Batcher:
         start = time.perf_counter()
         batch = items[0].batch if len(items) == 1 else np.concatenate([p.batch for p in items])
         try:
-            out = await asyncio.get_running_loop().run_in_executor(self._executor, self._predict, batch)
+            out = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._predict, batch
+            )
         except Exception as e:  # the model failed on well-formed input: every caller gets the error
             error = ServeError(f"inference failed: {type(e).__name__}: {e}", 500)
             error.__cause__ = e

@@ -52,25 +52,29 @@ def datatype_of(dtype: np.dtype[Any] | type) -> str:
 
 @dataclass
 class InputTensor:
-    """One input as the request declared it; :meth:`to_array` converts its data when the caller has checked it.
+    """One input as the request declared it; :meth:`to_array` converts it once checked.
 
-    Name, shape and datatype are checked against the model before any data is converted, so a request
-    that cannot be served costs no conversion (and an INT8 tensor's values are range-checked only when
-    INT8 is what the model takes).
+    Name, shape and datatype are checked against the model before any data is converted, so a
+    request that cannot be served costs no conversion (and an INT8 tensor's values are range-checked
+    only when INT8 is what the model takes).
     """
 
     name: str
     shape: list[int]
     datatype: str
-    data: Any = None  # the JSON "data" (nested lists of numbers), or
-    raw: bytes | memoryview | None = None  # this input's binary tensor data (a view into the body: no copy), or
-    typed: Sequence[Any] | None = None  # gRPC typed contents (fp32_contents...), its length checked by the codec
+    # The data, in one of three forms: the JSON "data" (nested lists of numbers), the binary tensor
+    # data (a view into the body: no copy), or gRPC typed contents (fp32_contents..., its length
+    # checked by the codec).
+    data: Any = None
+    raw: bytes | memoryview | None = None
+    typed: Sequence[Any] | None = None
 
     def to_array(self) -> np.ndarray:
         """The tensor as a numpy array of its datatype and shape.
 
         Raises:
-            BadRequest: values that are not numbers, out of the datatype's range, or do not fill the shape.
+            BadRequest: values that are not numbers, out of the datatype's range, or do not fill the
+            shape.
         """
         dtype, where = DATATYPES[self.datatype], f"input {self.name!r}"
         if self.raw is not None:
@@ -86,17 +90,19 @@ class InferRequest:
 
     inputs: list[InputTensor]
     id: str | None = None
-    outputs: dict[str, bool | None] | None = None  # requested output -> binary? (None: request default)
+    # Requested output -> binary? (None: the request's default).
+    outputs: dict[str, bool | None] | None = None
     binary_output: bool = False
     parameters: dict[str, Any] = field(default_factory=dict)
 
 
 def _json_object(data: bytes | memoryview) -> dict[str, Any]:
-    """The JSON object in ``data``, parsed by orjson (no copy of the body; ~5-10x the standard library's speed).
+    """The JSON object in ``data``, parsed by orjson (no copy; ~5-10x the standard library).
 
-    What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``, which
-    Python clients send by default (the model's input check then refuses them by name), and its errors
-    say more. That costs time only on bodies that were going to be refused or that are not strict JSON.
+    What orjson refuses goes to the standard library once more: it accepts ``NaN`` and ``Infinity``,
+    which Python clients send by default (the model's input check then refuses them by name), and
+    its errors say more. That costs time only on bodies that were going to be refused or that are
+    not strict JSON.
     """
     try:
         body = orjson.loads(data)
@@ -110,21 +116,29 @@ def _json_object(data: bytes | memoryview) -> dict[str, Any]:
 def _stdlib_json(data: bytes | memoryview) -> Any:
     try:
         return json.loads(bytes(data))
-    except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError, and ints past Python's 4300-digit limit
+    # JSONDecodeError, and ints past Python's 4300-digit limit.
+    except (
+        ValueError,
+        UnicodeDecodeError,
+    ) as e:
         raise BadRequest(f"expected a JSON inference request; could not parse it: {e}") from e
     except RecursionError as e:  # arrays nested tens of thousands deep
-        raise BadRequest("expected a JSON inference request; received JSON nested too deeply to parse") from e
+        raise BadRequest(
+            "expected a JSON inference request; received JSON nested too deeply to parse"
+        ) from e
 
 
 def _params(obj: dict[str, Any], where: str) -> dict[str, Any]:
     params = obj.get("parameters") or {}
     if not isinstance(params, dict):
-        raise BadRequest(f"{where}.parameters: expected an object; received {type(params).__name__}")
+        raise BadRequest(
+            f"{where}.parameters: expected an object; received {type(params).__name__}"
+        )
     return params
 
 
 def _flag(value: Any, where: str) -> bool | None:
-    """A boolean parameter: JSON true/false, or the strings "true"/"false" some clients send; else 400."""
+    """A boolean parameter: JSON true/false or the strings "true"/"false"; else 400."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
@@ -133,31 +147,44 @@ def _flag(value: Any, where: str) -> bool | None:
 
 
 def parse_shape(raw: Any, where: str) -> list[int]:
-    if not isinstance(raw, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw):
-        raise BadRequest(f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}")
+    if not isinstance(raw, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in raw
+    ):
+        raise BadRequest(
+            f"{where}.shape: expected a list of non-negative integers; received {raw!r:.80}"
+        )
     if len(raw) > _MAX_RANK or math.prod(raw) > _MAX_ELEMENTS:
         raise BadRequest(
-            f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; received {raw!r:.80}"
+            f"{where}.shape: expected at most {_MAX_RANK} dimensions and {_MAX_ELEMENTS} values; "
+            f"received {raw!r:.80}"
         )
     return raw
 
 
 def parse_datatype(raw: Any, where: str) -> str:
     if not isinstance(raw, str) or raw not in DATATYPES:
-        raise BadRequest(f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}")
+        raise BadRequest(
+            f"{where}.datatype: expected one of {', '.join(DATATYPES)}; received {raw!r:.40}"
+        )
     return raw
 
 
-def _from_binary(chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
+def _from_binary(
+    chunk: bytes | memoryview, shape: list[int], dtype: np.dtype[Any], where: str
+) -> np.ndarray:
     expected = math.prod(shape) * dtype.itemsize
     if len(chunk) != expected:
-        raise BadRequest(f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}")
+        raise BadRequest(
+            f"{where}: shape {shape} of {dtype.name} needs {expected} bytes; received {len(chunk)}"
+        )
     return np.frombuffer(chunk, dtype=dtype).reshape(shape)
 
 
 def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
     if data is None:
-        raise BadRequest(f"{where}: expected 'data' or parameters.binary_data_size; received neither")
+        raise BadRequest(
+            f"{where}: expected 'data' or parameters.binary_data_size; received neither"
+        )
     try:
         array = np.asarray(data, dtype=dtype)
     except (ValueError, TypeError) as e:
@@ -165,21 +192,27 @@ def _from_json(data: Any, shape: list[int], dtype: np.dtype[Any], where: str) ->
     except OverflowError as e:  # e.g. -1 or 300 as UINT8, 200 as INT8
         raise BadRequest(f"{where}.data: expected values in the range of {dtype.name}; {e}") from e
     if array.size != math.prod(shape):
-        raise BadRequest(f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}")
+        raise BadRequest(
+            f"{where}.data: shape {shape} needs {math.prod(shape)} values; received {array.size}"
+        )
     return array.reshape(shape)
 
 
-def _from_typed(values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str) -> np.ndarray:
-    """Straight into the tensor's own dtype: ``np.asarray`` would build a float64 copy first (2x the memory)."""
+def _from_typed(
+    values: Sequence[Any], shape: list[int], dtype: np.dtype[Any], where: str
+) -> np.ndarray:
+    """Straight into the tensor's dtype: ``np.asarray`` would make a float64 copy (2x memory)."""
     try:
         array = np.fromiter(values, dtype=dtype, count=len(values))
     except OverflowError as e:  # 300 in uint_contents for a UINT8 tensor
-        raise BadRequest(f"{where}.contents: expected values in the range of {dtype.name}; {e}") from e
+        raise BadRequest(
+            f"{where}.contents: expected values in the range of {dtype.name}; {e}"
+        ) from e
     return array.reshape(shape)
 
 
 def decode_request(body: bytes, header_length: int | None = None) -> InferRequest:
-    """Parse a v2 inference request (JSON, or JSON header + binary tensors); tensor data stays unconverted.
+    """Parse a v2 request (JSON, or JSON header + binary tensors); tensor data unconverted.
 
     Args:
         body: the whole HTTP body.
@@ -189,59 +222,97 @@ def decode_request(body: bytes, header_length: int | None = None) -> InferReques
         BadRequest: malformed JSON, unknown datatype, bad shape or binary sizes that do not add up.
     """
     if header_length is not None and not 0 <= header_length <= len(body):
-        raise BadRequest(f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}")
+        raise BadRequest(
+            f"{HEADER_LENGTH}: expected 0..{len(body)} (the body size); received {header_length}"
+        )
     split = len(body) if header_length is None else header_length
     view = memoryview(body)
     obj = _json_object(view[:split])
     binary = view[split:]
-    raw_inputs = obj.get("inputs")
+    inputs = _decode_inputs(obj.get("inputs"), binary)
+    params = _params(obj, "request")
+    return InferRequest(
+        inputs=inputs,
+        id=_request_id(obj.get("id")),
+        outputs=_decode_outputs(obj.get("outputs")),
+        binary_output=bool(
+            _flag(params.get("binary_data_output"), "parameters.binary_data_output")
+        ),
+        parameters=params,
+    )
+
+
+def _decode_inputs(raw_inputs: Any, binary: memoryview) -> list[InputTensor]:
+    """The request's input tensors; their binary parts, in order, must use up ``binary`` exactly."""
     if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise BadRequest(f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}")
+        raise BadRequest(
+            f"inputs: expected a non-empty list of tensors; received {raw_inputs!r:.80}"
+        )
     inputs, offset = [], 0
     for i, raw in enumerate(raw_inputs):
         tensor, offset = _decode_input(raw, f"inputs[{i}]", binary, offset)
         inputs.append(tensor)
     if offset != len(binary):
-        raise BadRequest(f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}")
-    params = _params(obj, "request")
-    request_id = obj.get("id")
-    if request_id is not None and not isinstance(request_id, (str, int)):
+        raise BadRequest(
+            f"binary data: inputs declare {offset} bytes; the body carries {len(binary)}"
+        )
+    return inputs
+
+
+def _request_id(request_id: Any) -> str | None:
+    """The request's ``id``, cut to 256 characters, as the response can echo it."""
+    if request_id is None:
+        return None
+    if not isinstance(request_id, (str, int)):
         raise BadRequest(f"id: expected a string; received {type(request_id).__name__}")
-    return InferRequest(
-        inputs=inputs,
-        id=None if request_id is None else _utf8(str(request_id)[:256]),
-        outputs=_decode_outputs(obj.get("outputs")),
-        binary_output=bool(_flag(params.get("binary_data_output"), "parameters.binary_data_output")),
-        parameters=params,
-    )
+    return _utf8(str(request_id)[:256])
 
 
 def _utf8(text: str) -> str:
-    """``text`` as UTF-8 can carry it: a lone surrogate (``"\\ud800"`` in the request) becomes ``?``, so the id
-    can be echoed in the response (orjson writes only valid UTF-8)."""
+    """``text`` as UTF-8 can carry it: a lone surrogate (``"\\ud800"`` in the request) becomes
+    ``?``, so the id can be echoed in the response (orjson writes only valid UTF-8)."""
     return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _decode_input(raw: Any, where: str, binary: memoryview, offset: int) -> tuple[InputTensor, int]:
     if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-        raise BadRequest(f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}")
-    shape, datatype = parse_shape(raw.get("shape"), where), parse_datatype(raw.get("datatype"), where)
+        raise BadRequest(
+            f"{where}: expected an object with name, shape, datatype; received {raw!r:.80}"
+        )
+    shape, datatype = (
+        parse_shape(raw.get("shape"), where),
+        parse_datatype(raw.get("datatype"), where),
+    )
     size = _params(raw, where).get("binary_data_size")
     if size is None:
         return InputTensor(raw["name"], shape, datatype, data=raw.get("data")), offset
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0 or offset + size > len(binary):
-        raise BadRequest(f"{where}.binary_data_size: expected at most {len(binary) - offset}; received {size!r:.40}")
-    return InputTensor(raw["name"], shape, datatype, raw=binary[offset : offset + size]), offset + size
+    if (
+        not isinstance(size, int)
+        or isinstance(size, bool)
+        or size < 0
+        or offset + size > len(binary)
+    ):
+        raise BadRequest(
+            f"{where}.binary_data_size: expected at most {len(binary) - offset}; received "
+            f"{size!r:.40}"
+        )
+    return InputTensor(
+        raw["name"], shape, datatype, raw=binary[offset : offset + size]
+    ), offset + size
 
 
 def _decode_outputs(raw: Any) -> dict[str, bool | None] | None:
     if raw is None:
         return None
-    if not isinstance(raw, list) or not all(isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw):
+    if not isinstance(raw, list) or not all(
+        isinstance(o, dict) and isinstance(o.get("name"), str) for o in raw
+    ):
         raise BadRequest(f"outputs: expected a list of objects with a name; received {raw!r:.80}")
     result: dict[str, bool | None] = {}
     for i, o in enumerate(raw):
-        result[o["name"]] = _flag(_params(o, f"outputs[{i}]").get("binary_data"), f"outputs[{i}].binary_data")
+        result[o["name"]] = _flag(
+            _params(o, f"outputs[{i}]").get("binary_data"), f"outputs[{i}].binary_data"
+        )
     return result
 
 
@@ -259,25 +330,45 @@ def encode_response(
     Returns:
         The body and the headers to send (content type, and the header length when binary).
     """
-    header: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": []}
+    header: dict[str, Any] = {
+        "model_name": model_name,
+        "model_version": model_version,
+        "outputs": [],
+    }
     if request_id is not None:
         header["id"] = request_id
     blobs: list[bytes] = []
     for name, array, binary in outputs:
-        entry: dict[str, Any] = {"name": name, "datatype": datatype_of(array.dtype), "shape": list(array.shape)}
-        if binary:
-            blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
-            entry["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            # orjson writes the array itself (no Python floats in between), and NaN/Infinity as null:
-            # JSON has neither, and a model failing on its input must still produce a valid body.
-            entry["data"] = np.ascontiguousarray(array.reshape(-1))
+        entry, blob = _output_entry(name, array, binary)
         header["outputs"].append(entry)
+        if blob is not None:
+            blobs.append(blob)
     head = orjson.dumps(header, option=orjson.OPT_SERIALIZE_NUMPY)
     if not blobs:
         return head, {"content-type": "application/json"}
-    return head + b"".join(blobs), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(head))}
+    return head + b"".join(blobs), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(head)),
+    }
+
+
+def _output_entry(
+    name: str, array: np.ndarray, binary: bool
+) -> tuple[dict[str, Any], bytes | None]:
+    """One output's entry in the JSON header, and its bytes when it travels as binary data."""
+    entry: dict[str, Any] = {
+        "name": name,
+        "datatype": datatype_of(array.dtype),
+        "shape": list(array.shape),
+    }
+    if not binary:
+        # orjson writes the array itself (no Python floats in between), and NaN/Infinity as null:
+        # JSON has neither, and a model failing on its input must still produce a valid body.
+        entry["data"] = np.ascontiguousarray(array.reshape(-1))
+        return entry, None
+    blob = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
+    entry["parameters"] = {"binary_data_size": len(blob)}
+    return entry, blob
 
 
 def multipart_file(content_type: str, body: bytes) -> bytes:
@@ -290,6 +381,22 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
     boundary = options.get(b"boundary")
     if not boundary:
         raise BadRequest("multipart body: expected a boundary in the Content-Type; received none")
+    parts = _multipart_parts(boundary, body)
+    files = {}
+    for part in parts[:_MAX_PARTS]:
+        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
+        if b"filename" in disposition:
+            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
+    if not files:
+        raise BadRequest(
+            f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), "
+            "no file"
+        )
+    return files.get("file", next(iter(files.values())))
+
+
+def _multipart_parts(boundary: bytes, body: bytes) -> list[dict[str, Any]]:
+    """The parts of a multipart ``body``: each one's headers (lower-case names) and data."""
     parts: list[dict[str, Any]] = []
 
     def on_part_begin() -> None:
@@ -320,12 +427,7 @@ def multipart_file(content_type: str, body: bytes) -> bytes:
         parser.write(body)
         parser.finalize()
     except Exception as e:  # python-multipart raises its own MultipartParseError and ValueErrors
-        raise BadRequest(f"multipart body: expected a form with a file field; could not parse it: {e}") from e
-    files = {}
-    for part in parts[:_MAX_PARTS]:
-        _, disposition = parse_options_header(part["headers"].get(b"content-disposition", b""))
-        if b"filename" in disposition:
-            files.setdefault(disposition.get(b"name", b"").decode("latin-1"), bytes(part["data"]))
-    if not files:
-        raise BadRequest(f"multipart body: expected a file field (e.g. 'file'); received {len(parts)} part(s), no file")
-    return files.get("file", next(iter(files.values())))
+        raise BadRequest(
+            f"multipart body: expected a form with a file field; could not parse it: {e}"
+        ) from e
+    return parts

@@ -1,15 +1,7 @@
-"""HTTP/1.1 connections with the two deadlines uvicorn lacks: for a request's headers and for a stalled body.
+"""HTTP/1.1 connections with the deadlines uvicorn lacks: a request's headers, a stalled body.
 
-uvicorn closes a keep-alive connection that sends nothing, but a client that sends half its
-headers, or 60% of a body and then nothing, keeps its connection (and the partial body) forever.
-Here the headers of each request must arrive within ``header_timeout`` (a total: one byte every
-few seconds does not extend it), and a body may not go ``body_timeout`` without a byte (a pause,
-not a rate: a slow phone on a rural link still uploads). While uvicorn itself has paused reading
-(the app has not consumed what arrived), the body clock does not run.
-
-Both of uvicorn's HTTP/1.1 implementations get the deadlines: httptools (its C parser, used when
-installed: the serve extras install it, ~2x the requests per second of h11 on the tiny model) and
-h11 (pure Python, the fallback).
+Both of uvicorn's HTTP/1.1 implementations get them (httptools when installed, h11 otherwise).
+Why, and what each deadline counts: docs/serving.md, "The two deadlines uvicorn lacks".
 """
 
 from __future__ import annotations
@@ -26,7 +18,9 @@ from .metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
 
-_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_TIMEOUT_RESPONSE = (
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+)
 _PARSER_ERROR = (
     b'{"error": "expected a well-formed HTTP/1.1 request; received bytes the HTTP parser rejected '
     b'(request line, header names and values, or body framing)"}'
@@ -34,7 +28,7 @@ _PARSER_ERROR = (
 
 
 class _Deadlines:
-    """The timer shared by both protocol flavours: one deadline at a time, for headers or for the body."""
+    """The timer both protocol flavours share: one deadline at a time, headers or body."""
 
     header_timeout = 30.0
     body_timeout = 30.0
@@ -49,7 +43,8 @@ class _Deadlines:
     def _start_deadlines(self) -> None:
         self._timer: asyncio.TimerHandle | None = None
         self._waiting_for: str | None = None
-        self._arm("headers", self.header_timeout)  # a connection that never sends a request is closed too
+        # A connection that never sends a request is closed too.
+        self._arm("headers", self.header_timeout)
 
     def _arm(self, what: str, seconds: float) -> None:
         self._disarm()
@@ -66,24 +61,32 @@ class _Deadlines:
         if self.transport.is_closing():
             return
         if what == "body" and self.flow.read_paused:
-            self._arm(what, seconds)  # we stopped reading, not the client: wait for the app to catch up
+            # We stopped reading, not the client: wait for the app to catch up.
+            self._arm(what, seconds)
             return
         client = f"{self.client[0]}:{self.client[1]}" if self.client else "client"
-        log.info("closing connection from %s: no complete request %s within %g s", client, what, seconds)
+        log.info(
+            "closing connection from %s: no complete request %s within %g s", client, what, seconds
+        )
         if self.metrics is not None:
             self.metrics.connections_closed.labels(f"{what}_timeout").inc()
         if what == "headers" and (self.cycle is None or self.cycle.response_complete):
-            self.transport.write(_TIMEOUT_RESPONSE)  # nothing was answered on it yet: say why before closing
+            # Nothing was answered on it yet: say why before closing.
+            self.transport.write(_TIMEOUT_RESPONSE)
         self.transport.close()  # an app still reading the body sees a disconnect
 
     def send_400_response(self, msg: str) -> None:
-        """The HTTP parser refused the bytes (bad header value, broken framing): answer like every refusal, in JSON."""
+        """The parser refused the bytes (bad header, framing): answer in JSON, like any refusal."""
         client = self.client[0] if self.client else "client"
-        log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))  # msg may quote the bytes
+        # The parser's message may quote the client's bytes.
+        log.warning("HTTP parser refused a request from %s: %s", client, quoted(msg))
         if self.metrics is not None:
             self.metrics.requests.labels("http_parser", "client_error").inc()
         body = _PARSER_ERROR
-        head = f"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        head = (
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: "
+            f"{len(body)}\r\n"
+        )
         self.transport.write(head.encode() + b"connection: close\r\n\r\n" + body)
         self.transport.close()
 
@@ -103,16 +106,19 @@ def _httptools_protocol() -> type | None:
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            if self._waiting_for != "headers":  # the first byte of the next request on a kept-alive connection
+            # The first byte of the next request on a kept-alive connection.
+            if self._waiting_for != "headers":
                 self._arm("headers", self.header_timeout)
 
         def on_headers_complete(self) -> None:
             super().on_headers_complete()
-            self._arm("body", self.body_timeout)  # disarmed at once by on_message_complete when there is none
+            # Disarmed at once by on_message_complete when there is none.
+            self._arm("body", self.body_timeout)
 
         def on_body(self, body: bytes) -> None:
             super().on_body(body)
-            self._arm("body", self.body_timeout)  # re-armed on every chunk: a stall, not a slow upload
+            # Re-armed on every chunk: a stall, not a slow upload.
+            self._arm("body", self.body_timeout)
 
         def on_message_complete(self) -> None:
             super().on_message_complete()
@@ -126,7 +132,7 @@ def _httptools_protocol() -> type | None:
 
 
 class DeadlineH11Protocol(_Deadlines, H11Protocol):
-    """h11 exposes where the client is in its request as a state: the deadlines follow that state."""
+    """h11 exposes where the client is in its request as a state: the deadlines follow it."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -152,16 +158,21 @@ class DeadlineH11Protocol(_Deadlines, H11Protocol):
         if state is h11.SEND_BODY:
             self._arm("body", self.body_timeout)
         elif state is h11.IDLE and self.conn.trailing_data[0]:
-            if self._waiting_for != "headers":  # part of the next request's headers: a total, never extended
+            # Part of the next request's headers: a total, never extended.
+            if self._waiting_for != "headers":
                 self._arm("headers", self.header_timeout)
         elif state is h11.IDLE and self._waiting_for == "headers" and self.cycle is None:
             pass  # a new connection that has sent nothing yet keeps its first deadline
         else:
-            self._disarm()  # request complete, or idle between requests (uvicorn's keep-alive timeout)
+            # request complete, or idle between requests (uvicorn's keep-alive timeout)
+            self._disarm()
 
 
 def protocol_class(
-    header_timeout: float, body_timeout: float, metrics: ServeMetrics | None, implementation: str = "auto"
+    header_timeout: float,
+    body_timeout: float,
+    metrics: ServeMetrics | None,
+    implementation: str = "auto",
 ) -> type[Any]:
     """A protocol class with these deadlines, for ``uvicorn.Config(http=...)``.
 

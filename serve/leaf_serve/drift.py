@@ -1,12 +1,8 @@
-"""Drift you can alert on: what the server has seen since it loaded a version, against its training run.
+"""Drift you can alert on: what the server saw since it loaded a version, vs. its training run.
 
-Every scored batch (REST, gRPC, ``/classify``: the batcher sees them all) updates, per served
-version, Prometheus series for the predicted classes, the top-1 confidence and the OOD score
-(as a fraction of the version's threshold, so one set of buckets fits every version), and a
-sliding window of the last ``WINDOW`` answers. The drift gauge is the population stability index
-(PSI) of that window against the held-out distributions the training run recorded in
-``model.json`` ``reference`` (same bins, ``leaf_common.trust``), the largest of the three signals.
-PSI above ``ALERT_PSI`` (0.25, the usual "significant shift") is drift.
+Every scored batch updates, per served version, Prometheus series and a sliding window of the last
+``WINDOW`` answers; the drift gauge is the PSI of that window against ``model.json``'s
+``reference``, above ``ALERT_PSI`` it is drift. Design: docs/trust.md#drift
 """
 
 from __future__ import annotations
@@ -25,7 +21,8 @@ from .metrics import FunctionGauge
 from .trust import Scores, ood_threshold
 
 WINDOW = 300  # answers in the sliding window
-MIN_ANSWERS = 100  # below this the window is too small for a PSI that means anything: the gauge reads 0
+# Below this the window is too small for a PSI that means anything: the gauge reads 0.
+MIN_ANSWERS = 100
 ALERT_PSI = 0.25
 SIGNALS = ("predicted_class", "confidence", "ood_score")
 _CONFIDENCE_BUCKETS = tuple(float(x) for x in maths.CONFIDENCE_EDGES[1:])
@@ -38,24 +35,36 @@ class DriftMetrics:
     def __init__(self, registry: CollectorRegistry, live: CollectorRegistry):
         labels = ["model", "version"]
         self.predictions = Counter(
-            "leaf_serve_predictions", "Answers by predicted (top-1) class", [*labels, "class"], registry=registry
+            "leaf_serve_predictions",
+            "Answers by predicted (top-1) class",
+            [*labels, "class"],
+            registry=registry,
         )
         self.confidence = Histogram(
-            "leaf_serve_top1_confidence", "Top-1 probability of each answer", labels,
-            buckets=_CONFIDENCE_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "leaf_serve_top1_confidence",
+            "Top-1 probability of each answer",
+            labels,
+            buckets=_CONFIDENCE_BUCKETS,
+            registry=registry,
+        )
         self.ood_ratio = Histogram(
-            "leaf_serve_ood_score_ratio", "ood_score / the version's threshold (above 1: not a leaf)", labels,
-            buckets=_OOD_RATIO_BUCKETS, registry=registry,
-        )  # fmt: skip
+            "leaf_serve_ood_score_ratio",
+            "ood_score / the version's threshold (above 1: not a leaf)",
+            labels,
+            buckets=_OOD_RATIO_BUCKETS,
+            registry=registry,
+        )
         self.not_a_leaf = Counter(
-            "leaf_serve_not_a_leaf", "Answers whose photo did not look like a leaf photo", labels, registry=registry
+            "leaf_serve_not_a_leaf",
+            "Answers whose photo did not look like a leaf photo",
+            labels,
+            registry=registry,
         )
         # Read at scrape time from the window (so on the live registry, see metrics.py).
         self.psi = FunctionGauge(
             "leaf_serve_drift_psi",
-            f"Population stability index of the last {WINDOW} answers against the version's held-out reference "
-            f"(signal=max is the alertable one; > {ALERT_PSI} is drift)",
+            f"Population stability index of the last {WINDOW} answers against the version's "
+            f"held-out reference (signal=max is the alertable one; > {ALERT_PSI} is drift)",
             ("model", "version", "signal"),
         )
         live.register(self.psi)
@@ -75,10 +84,12 @@ class DriftMonitor:
         if metrics is not None:
             key = (contract.name, contract.version)
             for signal in (*SIGNALS, "max"):
-                metrics.psi.labels(*key, signal).set_function(lambda s=signal: self.psi().get(s, 0.0))
+                metrics.psi.labels(*key, signal).set_function(
+                    lambda s=signal: self.psi().get(s, 0.0)
+                )
 
     def retire(self) -> None:
-        """Drop this version's series once another version is served (/metrics shows the served one)."""
+        """Drop this version's series once another is served (/metrics shows the served one)."""
         m, self._metrics = self._metrics, None  # requests still draining on it record nothing more
         if m is None:
             return
@@ -103,7 +114,9 @@ class DriftMonitor:
             self._record(metrics, top, conf, ood)
         return scores
 
-    def _record(self, m: DriftMetrics, top: np.ndarray, conf: np.ndarray, ood: list[float | None]) -> None:
+    def _record(
+        self, m: DriftMetrics, top: np.ndarray, conf: np.ndarray, ood: list[float | None]
+    ) -> None:
         key, labels = (self.contract.name, self.contract.version), self.contract.labels
         for k, c, o in zip(top.tolist(), conf.tolist(), ood, strict=True):
             m.predictions.labels(*key, labels[k]).inc()
@@ -114,7 +127,7 @@ class DriftMonitor:
                     m.not_a_leaf.labels(*key).inc()
 
     def psi(self) -> dict[str, float]:
-        """PSI per signal and ``max``; empty while the window holds fewer than MIN_ANSWERS or no reference."""
+        """PSI per signal and ``max``; empty below MIN_ANSWERS answers or without a reference."""
         ref = self.reference
         with self._lock:
             window = list(self._window)
@@ -123,9 +136,12 @@ class DriftMonitor:
         top = np.asarray([w[0] for w in window])
         classes = len(ref["predicted_class_share"])
         out = {
-            "predicted_class": maths.psi(ref["predicted_class_share"], np.bincount(top, minlength=classes) / len(top)),
+            "predicted_class": maths.psi(
+                ref["predicted_class_share"], np.bincount(top, minlength=classes) / len(top)
+            ),
             "confidence": maths.psi(
-                ref["confidence_share"], maths.histogram([w[1] for w in window], ref["confidence_edges"])
+                ref["confidence_share"],
+                maths.histogram([w[1] for w in window], ref["confidence_edges"]),
             ),
         }
         scores = [w[2] for w in window if w[2] is not None]

@@ -1,4 +1,4 @@
-"""Errors that carry their HTTP status; REST (`rest.py`) and gRPC (`grpc_v2.service`) each have one handler.
+"""Errors that carry their HTTP status; REST (`rest.py`) and gRPC (`grpc_v2.service`): one handler.
 
 Every error derives from :class:`leaf_common.errors.LeafError`, whose ``http_status`` the handlers
 answer with: ``leaf_common``'s own errors (an undecodable image, a bad class name) need no
@@ -16,7 +16,8 @@ class ServeError(LeafError):
     """Base error of the server: a message for the client and the HTTP status to answer with."""
 
     headers: dict[str, str] = {}  # sent with the error response (e.g. WWW-Authenticate)
-    logged = False  # True when the code that raised it logged it already (or chose not to, e.g. per window)
+    # True when the code that raised it logged it already (or chose not to, e.g. per window)
+    logged = False
 
     def __init__(self, message: str, http_status: int | None = None):
         super().__init__(message)
@@ -41,7 +42,7 @@ class Unauthorized(ServeError):
 
 
 class NotFound(ServeError):
-    """Nothing at this URL: a feature that is off, a capture already reviewed, a file not published."""
+    """Nothing at this URL: a feature that is off, a capture reviewed, a file not published."""
 
     http_status = 404
 
@@ -83,7 +84,7 @@ class Unavailable(ServeError):
 
 
 class ClientGone(ServeError):
-    """The client closed the connection (or stalled and was cut off) before its request was complete.
+    """The client closed (or stalled and was cut off) before its request was complete.
 
     Nobody is left to answer; 499 is nginx's convention for it, used here only in logs and metrics.
     """
@@ -92,17 +93,17 @@ class ClientGone(ServeError):
 
 
 class ModelLoadError(ServeError):
-    """A model version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
+    """A version cannot be served: missing or corrupt file, contract mismatch, failed smoke test."""
 
     http_status = 500
 
 
 class VersionIncomplete(ModelLoadError):
-    """The version has no manifest (yet): worth a few retries when the pointer names it, then a rejection."""
+    """No manifest (yet): a few retries when the pointer names the version, then a rejection."""
 
 
 def answered(exc: BaseException) -> LeafError | None:
-    """``exc`` if a handler answers it with its own status and message, else ``None`` (an internal error).
+    """``exc`` if a handler answers it with its own status and message, else None (internal).
 
     The server's own errors are answered as they are; an error from elsewhere (``leaf_common``) only
     when it names a client's mistake (4xx, e.g. an undecodable image): a 500 from a store or a
@@ -117,10 +118,10 @@ LOGGED_CHARS = 200  # of one client-supplied value in a log line
 
 
 def quoted(value: object, limit: int = LOGGED_CHARS) -> str:
-    """A client-supplied value as a log line may hold it: cut to ``limit`` characters, then ``repr``.
+    """A client-supplied value as a log line may hold it: cut to ``limit``, then ``repr``.
 
-    ``repr`` escapes CR, LF and every other control character, so a path like ``/ui/x%0a2026-... ERROR``
-    stays inside the one line it was logged in and cannot pass for a line of its own.
+    ``repr`` escapes CR, LF and every other control character, so a path like ``/ui/x%0a2026-...
+    ERROR`` stays inside the one line it was logged in and cannot pass for a line of its own.
     """
     text = str(value)
     return repr(text[:limit] + ("..." if len(text) > limit else ""))
@@ -128,7 +129,8 @@ def quoted(value: object, limit: int = LOGGED_CHARS) -> str:
 
 def log_level(status: int) -> int:
     """How loudly a refused request is logged: a client's mistake is one WARNING line (no traceback,
-    nothing is wrong with the server); overload and departed clients are INFO; a server failure is ERROR."""
+    nothing is wrong with the server); overload and departed clients are INFO; a server failure is
+    ERROR."""
     if status in (Unavailable.http_status, ClientGone.http_status):
         return logging.INFO
     return logging.WARNING if status < 500 else logging.ERROR

@@ -1,4 +1,4 @@
-"""What an Open Inference Protocol v2 request does, whatever carried it (REST JSON, REST binary, gRPC).
+"""What an OIP v2 request does, whatever carried it (REST JSON, REST binary, gRPC).
 
 The transports (``rest``, ``grpc_v2.service``) turn their bytes into a :class:`codecs.InferRequest`;
 everything from there is here, once: the tensor checked against the contract before any data is
@@ -33,26 +33,34 @@ OffLoop = Callable[..., Awaitable[Any]]
 Outputs = list[tuple[str, np.ndarray, bool]]
 
 
-def check_input(parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int) -> codecs.InputTensor:
-    """The request's one tensor, checked against the contract (name, datatype, shape, batch size); data untouched."""
+def check_input(
+    parsed: codecs.InferRequest, served: ServedModel, max_batch_size: int
+) -> codecs.InputTensor:
+    """The request's one tensor checked against the contract (name, dtype, shape, batch size)."""
     c = served.contract
     names = [t.name for t in parsed.inputs]
     if names != [c.input.name]:
-        raise BadRequest(f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}")
+        raise BadRequest(
+            f"inputs: expected exactly one tensor named {c.input.name!r}; received {names!r:.120}"
+        )
     tensor = parsed.inputs[0]
     datatype = codecs.datatype_of(served.model.input_dtype)
     if tensor.datatype != datatype:
-        raise BadRequest(f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}")
+        raise BadRequest(
+            f"input {c.input.name!r}: expected datatype {datatype}; received {tensor.datatype}"
+        )
     h, w = c.image_size
     if len(tensor.shape) != 4 or list(tensor.shape[1:]) != [h, w, 3] or tensor.shape[0] < 1:
         raise BadRequest(
-            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received {list(tensor.shape)}"
+            f"input {c.input.name!r}: expected shape [N, {h}, {w}, 3] with N >= 1; received "
+            f"{list(tensor.shape)}"
         )
     if tensor.shape[0] > max_batch_size:
-        # Like Triton: one request is at most one batch, so no client can hold the model for everyone else.
+        # Like Triton: one request is at most one batch, so no client can hold the model for
+        # everyone else.
         raise BadRequest(
-            f"input {c.input.name!r}: expected at most {max_batch_size} images per request (max_batch_size); "
-            f"received {tensor.shape[0]}"
+            f"input {c.input.name!r}: expected at most {max_batch_size} images per request "
+            f"(max_batch_size); received {tensor.shape[0]}"
         )
     return tensor
 
@@ -63,15 +71,18 @@ def materialize(tensor: codecs.InputTensor) -> np.ndarray:
     if array.dtype.kind == "f":
         bad = int(array.size - np.count_nonzero(np.isfinite(array)))
         if bad:
-            raise BadRequest(f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or infinite")
+            raise BadRequest(
+                f"input {tensor.name!r}: expected finite pixel values; received {bad} NaN or "
+                "infinite"
+            )
     return array
 
 
 def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Scores) -> Outputs:
-    """``(name, array, binary)`` for each output the request asked for (the probabilities when it named none).
+    """``(name, array, binary)`` per output the request asked for (probabilities if none).
 
-    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so clients
-    that ignore it see the same response as before.
+    The ``ood_score`` output of versions that ship it is sent only when asked for by name, so
+    clients that ignore it see the same response as before.
     """
     name = served.contract.output.name
     arrays = {name: scores.probs}
@@ -81,7 +92,9 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Sco
         return [(name, scores.probs, parsed.binary_output)]
     unknown = sorted(set(parsed.outputs) - set(arrays))
     if unknown:
-        raise BadRequest(f"outputs: expected some of {sorted(arrays)}; received unknown {unknown!r:.120}")
+        raise BadRequest(
+            f"outputs: expected some of {sorted(arrays)}; received unknown {unknown!r:.120}"
+        )
     return [
         (n, arrays[n], parsed.binary_output if parsed.outputs[n] is None else parsed.outputs[n])
         for n in arrays
@@ -89,7 +102,8 @@ def select_outputs(parsed: codecs.InferRequest, served: ServedModel, scores: Sco
     ]
 
 
-# Told of every answered batch (the shadow mirror): must return at once, never raise into the request.
+# Told of every answered batch (the shadow mirror): must return at once, never raise into the
+# request.
 Answered = Callable[[ServedModel, np.ndarray, Any], None]  # (served, batch, its trust.Scores)
 
 
@@ -119,11 +133,19 @@ def model_metadata(served: ServedModel, max_batch_size: int) -> dict[str, Any]:
         "versions": [served.version],
         "platform": "onnxruntime_onnx",
         "inputs": [
-            {"name": c.input.name, "datatype": codecs.datatype_of(served.model.input_dtype), "shape": [-1, h, w, 3]}
+            {
+                "name": c.input.name,
+                "datatype": codecs.datatype_of(served.model.input_dtype),
+                "shape": [-1, h, w, 3],
+            }
         ],
         "outputs": [
             {"name": c.output.name, "datatype": "FP32", "shape": [-1, c.num_classes]},
-            *([{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}] if c.ood_output else []),
+            *(
+                [{"name": c.ood_output.name, "datatype": "FP32", "shape": [-1]}]
+                if c.ood_output
+                else []
+            ),
         ],
         "parameters": {
             "execution_provider": served.model.provider,

@@ -23,7 +23,7 @@ class MemoryBudget:
     """A weighted semaphore over bytes, for coroutines on one event loop."""
 
     def __init__(self, capacity: int, what: str, option: str):
-        """Args: capacity in bytes; ``what`` and ``option`` name it in errors ("image decoding", "max_decode_bytes")."""
+        """Args: capacity in bytes; ``what`` and ``option`` name it in errors."""
         self.capacity = capacity
         self.in_use = 0
         self._what, self._option = what, option
@@ -33,8 +33,8 @@ class MemoryBudget:
         """Take ``n`` bytes now or raise 503 (the caller must :meth:`give_back` them)."""
         if self._waiters or self.in_use + n > self.capacity:
             raise Unavailable(
-                f"server busy: {self._what} holds {self.in_use} of {self.capacity} bytes ({self._option}); "
-                f"a request needing {n} more has to retry"
+                f"server busy: {self._what} holds {self.in_use} of {self.capacity} bytes "
+                f"({self._option}); a request needing {n} more has to retry"
             )
         self.in_use += n
 
@@ -46,7 +46,8 @@ class MemoryBudget:
         """
         if n > self.capacity:
             raise PayloadTooLarge(
-                f"{self._what}: this request needs {n} bytes; the server allows {self.capacity} ({self._option})"
+                f"{self._what}: this request needs {n} bytes; the server allows {self.capacity} "
+                f"({self._option})"
             )
         if not self._waiters and self.in_use + n <= self.capacity:
             self.in_use += n
@@ -86,7 +87,7 @@ class MemoryBudget:
 
 
 class BodyAllowance:
-    """The body bytes one request holds against the shared budget; returned when the request ends."""
+    """The body bytes one request holds against the shared budget, returned when it ends."""
 
     def __init__(self, budget: MemoryBudget):
         self._budget = budget
@@ -102,7 +103,7 @@ class BodyAllowance:
             self.held = 0
 
     def settle(self, n: int) -> None:
-        """Hold exactly ``n`` bytes: give back a worst-case reservation once the real size is known."""
+        """Hold exactly ``n`` bytes: give back a worst-case reservation once the size is known."""
         if n <= self.held:
             self._budget.give_back(self.held - n)
             self.held = n

@@ -1,9 +1,10 @@
 """Prometheus metrics on a private registry (no global state shared between app instances or tests).
 
 Under ``--processes N`` (leaf_serve.supervisor) every worker runs with ``PROMETHEUS_MULTIPROC_DIR``
-set: prometheus_client then keeps counters, histograms and gauges in files there, and ``render`` sums
-every worker's, so a scrape of any worker sees the whole pod. Gauges read through a function at scrape
-time (memory budgets, capture queue) cannot live in those files; they report the worker that answered.
+set: prometheus_client then keeps counters, histograms and gauges in files there, and ``render``
+sums every worker's, so a scrape of any worker sees the whole pod. Gauges read through a function at
+scrape time (memory budgets, capture queue) cannot live in those files; they report the worker that
+answered.
 """
 
 from __future__ import annotations
@@ -13,7 +14,14 @@ import json
 import os
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -31,7 +39,7 @@ CLOSE_REASONS = ("headers_timeout", "body_timeout")
 
 
 class FunctionGauge(Collector):
-    """A gauge whose value is read from a function at scrape time, kept out of the multiprocess files."""
+    """A gauge read from a function at scrape time, kept out of the multiprocess files."""
 
     def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()):
         self._name, self._doc, self._labelnames = name, documentation, labelnames
@@ -58,8 +66,9 @@ class FunctionGauge(Collector):
 
 
 class WorkerRestarts(Collector):
-    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1), read
-    from the file it keeps beside the multiprocess metrics (it serves no /metrics of its own)."""
+    """``leaf_serve_worker_restarts_total{reason}``: the supervisor's counts (``--processes`` > 1),
+    read from the file it keeps beside the multiprocess metrics (it serves no /metrics of its
+    own)."""
 
     def __init__(self, path: str):
         self._path = path
@@ -85,70 +94,16 @@ class ServeMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._model_labels: tuple[str, str, str] | None = None
-        r = self.registry
-        self.requests = Counter(
-            "leaf_serve_requests", "HTTP requests by endpoint and outcome", ["endpoint", "outcome"], registry=r
-        )
-        self.request_seconds = Histogram(
-            "leaf_serve_request_seconds", "Total request latency", ["endpoint"], buckets=_LATENCY, registry=r
-        )
-        self.queue_wait_seconds = Histogram(
-            "leaf_serve_queue_wait_seconds", "Time a request waited in the batcher", buckets=_LATENCY, registry=r
-        )
-        self.inference_seconds = Histogram(
-            "leaf_serve_inference_seconds", "Time of one session.run (one batch)", buckets=_LATENCY, registry=r
-        )
-        self.batch_size = Histogram("leaf_serve_batch_size", "Images per batch run", buckets=_BATCH, registry=r)
-        self.model_info = Gauge(
-            "leaf_serve_model_info",
-            "The model version being served (value 1)",
-            ["model", "version", "provider"],
-            registry=r,
-            multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
-        )
-        # When the served version was trained (its contract's created_at), so an alert can say "the served
-        # model is older than N days" without reading the registry. "livemin": with several workers, the
-        # oldest model any live worker still serves.
-        self.model_trained = Gauge(
-            "leaf_serve_model_trained_timestamp_seconds",
-            "When the served model version was trained (Unix time; 0 = its contract does not say)",
-            registry=r,
-            multiprocess_mode="livemin",
-        )
-        self.reloads = Counter("leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r)
-        self.shadow = Counter(
-            "leaf_serve_shadow_requests",
-            "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the champion's top-1), "
-            "dropped (no spare capacity), failed",
-            ["outcome"],
-            registry=r,
-        )
-        self.connections_closed = Counter(
-            "leaf_serve_connections_closed", "Connections closed by the server's deadlines", ["reason"], registry=r
-        )
         # Read at scrape time, so on their own registry (see the module's docstring).
         self.live = CollectorRegistry(auto_describe=True)
-        self.memory_in_use = FunctionGauge(
-            "leaf_serve_memory_budget_bytes",
-            "Bytes held against each memory budget now (request bodies, image decoding)",
-            ("budget",),
-        )
-        self.live.register(self.memory_in_use)
-
-        self.captures = Counter(
-            "leaf_serve_captures",
-            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute limit), "
-            "dropped_queue (queue full or shutting down)",
-            ["outcome"],
-            registry=r,
-        )
-        self.capture_queue_bytes = FunctionGauge(
-            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
-        )
-        self.live.register(self.capture_queue_bytes)
-        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and dashboard
-        # see the first failure as a change (a series born at 1 is no increase) and the names exist to check.
+        self._model_labels: tuple[str, str, str] | None = None
+        self._declare_request_metrics(self.registry)
+        self._declare_model_metrics(self.registry)
+        self._declare_side_traffic_metrics(self.registry)
+        self._declare_live_metrics()
+        # Every outcome exported from the start at 0, so rate()/increase() in the chart's alerts and
+        # dashboard see the first failure as a change (a series born at 1 is no increase) and the
+        # names exist to check.
         for counter, values in (
             (self.reloads, RELOAD_OUTCOMES),
             (self.captures, CAPTURE_OUTCOMES),
@@ -156,12 +111,100 @@ class ServeMetrics:
         ):
             for value in values:
                 counter.labels(value)
-        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
-            self.live.register(WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE)))
 
         from .drift import DriftMetrics  # drift imports FunctionGauge from here
 
-        self.drift = DriftMetrics(r, self.live)
+        self.drift = DriftMetrics(self.registry, self.live)
+
+    def _declare_request_metrics(self, r: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "leaf_serve_requests",
+            "HTTP requests by endpoint and outcome",
+            ["endpoint", "outcome"],
+            registry=r,
+        )
+        self.request_seconds = Histogram(
+            "leaf_serve_request_seconds",
+            "Total request latency",
+            ["endpoint"],
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.queue_wait_seconds = Histogram(
+            "leaf_serve_queue_wait_seconds",
+            "Time a request waited in the batcher",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "leaf_serve_inference_seconds",
+            "Time of one session.run (one batch)",
+            buckets=_LATENCY,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "leaf_serve_batch_size", "Images per batch run", buckets=_BATCH, registry=r
+        )
+        self.connections_closed = Counter(
+            "leaf_serve_connections_closed",
+            "Connections closed by the server's deadlines",
+            ["reason"],
+            registry=r,
+        )
+
+    def _declare_model_metrics(self, r: CollectorRegistry) -> None:
+        self.model_info = Gauge(
+            "leaf_serve_model_info",
+            "The model version being served (value 1)",
+            ["model", "version", "provider"],
+            registry=r,
+            multiprocess_mode="liveall",  # one series per live worker: workers reload on their own
+        )
+        # When the served version was trained (its contract's created_at), so an alert can say "the
+        # served model is older than N days" without reading the registry. "livemin": with several
+        # workers, the oldest model any live worker still serves.
+        self.model_trained = Gauge(
+            "leaf_serve_model_trained_timestamp_seconds",
+            "When the served model version was trained (Unix time; 0 = its contract does not say)",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.reloads = Counter(
+            "leaf_serve_reloads", "Hot reload attempts by outcome", ["outcome"], registry=r
+        )
+
+    def _declare_side_traffic_metrics(self, r: CollectorRegistry) -> None:
+        """What leaves the response path: mirrors to the shadow candidate, photos to the inbox."""
+        self.shadow = Counter(
+            "leaf_serve_shadow_requests",
+            "Images mirrored to the shadow candidate by outcome: agreed, disagreed (with the "
+            "champion's top-1), dropped (no spare capacity), failed",
+            ["outcome"],
+            registry=r,
+        )
+        self.captures = Counter(
+            "leaf_serve_captures",
+            "Photos offered to the inbox by outcome: written, failed, dropped_rate (per-minute "
+            "limit), dropped_queue (queue full or shutting down)",
+            ["outcome"],
+            registry=r,
+        )
+
+    def _declare_live_metrics(self) -> None:
+        self.memory_in_use = FunctionGauge(
+            "leaf_serve_memory_budget_bytes",
+            "Bytes held against each memory budget now (request bodies, image decoding)",
+            ("budget",),
+        )
+        self.live.register(self.memory_in_use)
+        self.capture_queue_bytes = FunctionGauge(
+            "leaf_serve_capture_queue_bytes", "Bytes of photos waiting to be written to the inbox"
+        )
+        self.live.register(self.capture_queue_bytes)
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # a supervised worker
+            self.live.register(
+                WorkerRestarts(os.path.join(os.environ["PROMETHEUS_MULTIPROC_DIR"], RESTARTS_FILE))
+            )
 
     def set_model(self, name: str, version: str, provider: str, trained_at: str = "") -> None:
         """Point the info gauge at the version now served (exactly one series at a time).
@@ -169,8 +212,8 @@ class ServeMetrics:
         ``trained_at``: the contract's ``created_at`` (ISO 8601), exported as a Unix time.
         """
         self.model_trained.set(_unix_time(trained_at))
-        # In multiprocess mode a series lives on in its file (prometheus_client cannot clear() there):
-        # the old one is set to 0 instead.
+        # In multiprocess mode a series lives on in its file (prometheus_client cannot clear()
+        # there): the old one is set to 0 instead.
         if self._model_labels:
             self.model_info.labels(*self._model_labels).set(0)
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -199,7 +242,7 @@ def _unix_time(iso: str) -> float:
 
 
 def outcome(status: int) -> str:
-    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC calls use the status they carry)."""
+    """The ``outcome`` label of ``leaf_serve_requests`` for an HTTP status (gRPC: its own)."""
     if status < 400:
         return "success"
     if status == 503:

@@ -1,19 +1,6 @@
-"""The offline page (``--offline-page``): what a phone needs to keep diagnosing where the network is not.
+"""The offline page (``--offline-page``): what a phone needs to diagnose where there is no network.
 
-Routes, only when the option is on:
-
-* ``/sw.js`` - the service worker. Its body starts with a hash of every page file it caches, so a new
-  image (new page files) is a new worker, and the browser replaces the old cache with the new one.
-* ``/manifest.webmanifest`` - the web app manifest (the page installs on a phone's home screen).
-* ``/offline/bundle.json`` - the served version's offline model: its file, variant, size and sha256,
-  labels, the contract (model.json) and the abstain thresholds. Its ETag hashes all of that, so the page
-  learns of a new version with a conditional GET that costs a 304 when nothing changed.
-* ``/offline/model/{version}`` - that file's bytes (the INT8 export when the version has one, else FP32);
-  404 once another version is served, so the page never stores one version's file under another's name.
-* ``/ui/vendor/{name}`` - ONNX Runtime Web, vendored at build time (``scripts/vendor-ort-web.sh``).
-
-The page verifies the model's sha256 before it swaps versions and runs it with ONNX Runtime Web
-(``ui/offline.js``); nothing else changes on the server.
+Design: docs/offline.md#routes-of-the-offline-page
 """
 
 from __future__ import annotations
@@ -33,7 +20,12 @@ from .pages import SECURITY_HEADERS, Asset, Handler
 from .repository import ModelRepository, ServedModel
 from .settings import ENV_PREFIX, ServeConfig
 
-VENDOR = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm", "LICENSE")
+VENDOR = (
+    "ort.wasm.min.mjs",
+    "ort-wasm-simd-threaded.mjs",
+    "ort-wasm-simd-threaded.wasm",
+    "LICENSE",
+)
 VENDOR_SCRIPT = "scripts/vendor-ort-web.sh"
 # What the service worker keeps for the page to open with no network (the diagnosis page only:
 # the model card and review need the server anyway).
@@ -77,8 +69,10 @@ def load_vendor() -> dict[str, Asset]:
 
 
 def gzipped(assets: dict[str, Asset]) -> dict[str, bytes]:
-    """The runtime compressed once at start-up: the 14.8 MB .wasm crosses a field network as ~3.8 MB."""
-    return {name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()}
+    """The runtime compressed once at start-up: the 14.8 MB .wasm travels as ~3.8 MB."""
+    return {
+        name: gzip.compress(asset.body, compresslevel=9, mtime=0) for name, asset in assets.items()
+    }
 
 
 def bundle(served: ServedModel, config: ServeConfig) -> dict:
@@ -86,7 +80,8 @@ def bundle(served: ServedModel, config: ServeConfig) -> dict:
     offline = served.offline
     assert offline is not None  # built with offline_page on
     contract = json.loads(served.contract.to_json())
-    ood_output = contract.get("ood_output") or None  # versions trained with the not-a-leaf detector (docs/trust.md)
+    # Versions trained with the not-a-leaf detector (docs/trust.md)
+    ood_output = contract.get("ood_output") or None
     threshold = (contract.get("ood") or {}).get("threshold") if ood_output else None
     return {
         "model": served.name,
@@ -99,7 +94,9 @@ def bundle(served: ServedModel, config: ServeConfig) -> dict:
         "input": contract["input"],
         "output": contract["output"],
         "image_size": list(served.contract.image_size),
-        "labels": [{"label": label, "display": readable_label(label)} for label in served.contract.labels],
+        "labels": [
+            {"label": label, "display": readable_label(label)} for label in served.contract.labels
+        ],
         "confidence_threshold": config.confidence_threshold,
         "top_k": config.top_k,
         "ood": {"output": ood_output["name"], "threshold": threshold} if ood_output else None,
@@ -128,8 +125,10 @@ class OfflinePages:
         ]
 
     def _worker_script(self, assets: dict[str, Asset]) -> bytes:
-        """sw.js with the cache's name and file list on top: new page files, new worker, new cache."""
-        build = sha256_hex("".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode())[:16]
+        """sw.js with the cache's name and file list on top: new files, new worker, new cache."""
+        build = sha256_hex(
+            "".join(a.etag for a in [*assets.values(), *self.vendor.values()]).encode()
+        )[:16]
         head = f"const BUILD = {json.dumps(build)};\nconst SHELL = {json.dumps(list(SHELL))};\n"
         return head.encode() + (files("leaf_serve") / "ui" / "sw.js").read_bytes()
 
@@ -141,15 +140,21 @@ class OfflinePages:
         body = {
             "name": "Leaf diagnosis",
             "short_name": "Leaf",
-            "description": "What is wrong with this leaf? Works without a network once opened here.",
+            "description": (
+                "What is wrong with this leaf? Works without a network once opened here."
+            ),
             "start_url": "/",
             "scope": "/",
             "display": "standalone",
             "background_color": "#f6f8f4",
             "theme_color": "#1f4d24",
-            "icons": [{"src": "/ui/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}],
+            "icons": [
+                {"src": "/ui/icon.svg", "sizes": "any", "type": "image/svg+xml", "purpose": "any"}
+            ],
         }
-        return JSONResponse(body, media_type="application/manifest+json", headers={"Cache-Control": "no-cache"})
+        return JSONResponse(
+            body, media_type="application/manifest+json", headers={"Cache-Control": "no-cache"}
+        )
 
     async def bundle(self, request: Request) -> Response:
         served = self.repo.require()
@@ -164,7 +169,9 @@ class OfflinePages:
         served = self.repo.require()
         version = request.path_params["version"]
         if version != served.version or served.offline is None:
-            raise NotFound(f"/offline/model/{version:.60}: expected the served version {served.version}")
+            raise NotFound(
+                f"/offline/model/{version:.60}: expected the served version {served.version}"
+            )
         headers = {"ETag": f'"{served.offline.sha256}"', "Cache-Control": "no-cache"}
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers)
@@ -177,7 +184,11 @@ class OfflinePages:
             raise NotFound(f"/ui/vendor/{name:.60}: expected one of {', '.join(VENDOR)}")
         if "gzip" not in request.headers.get("accept-encoding", ""):
             return found.response(request)
-        headers = {"ETag": found.etag[:-1] + '-gz"', "Cache-Control": "no-cache", "Vary": "Accept-Encoding"}
+        headers = {
+            "ETag": found.etag[:-1] + '-gz"',
+            "Cache-Control": "no-cache",
+            "Vary": "Accept-Encoding",
+        }
         if request.headers.get("if-none-match") == headers["ETag"]:
             return Response(status_code=304, headers=headers | SECURITY_HEADERS)
         headers |= {"Content-Encoding": "gzip", **SECURITY_HEADERS}

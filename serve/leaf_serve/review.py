@@ -1,22 +1,6 @@
 """``/review``: the inbox as a grid, and the two decisions a reviewer makes about each photo.
 
-Off unless a review token is configured (``--review-token-file``, a mounted Secret). Every
-request, the page itself included, must carry the token: ``Authorization: Bearer <token>`` from
-scripts, or Basic auth from a browser (any user name, the token as password), which the browser
-asks for once and then sends with the page's own API calls and photos. Anything else is a 401.
-
-Accepting copies the photo into ``<data>/<class>/<id>.<ext>`` with a conditional write and then
-removes it from the inbox; "not a leaf" deletes it (:class:`leaf_common.inbox.Inbox`). Every
-POST must be ``application/json``: a form on another site cannot send that without a CORS
-preflight, which this server never grants, so a browser holding the token cannot be made to
-review by someone else's page.
-
-Guessing is limited: a client (address, or the trusted proxy header) that sends
-``review_failed_logins`` wrong tokens within ``review_login_window`` seconds gets 429 for the rest of
-that window, its right token included, and its failures are logged once per window, not once each.
-A request without any token (a browser's first visit) is not a failure and is not logged.
-Two decisions about one photo cannot both happen: each claims the item first
-(:meth:`leaf_common.inbox.Inbox.claim`), and the one that loses gets 409.
+Design: docs/serving.md#the-review-endpoints
 """
 
 from __future__ import annotations
@@ -39,7 +23,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from .capture import MAX_CLIENTS, client_key
-from .errors import BadRequest, Conflict, NotFound, ServeError, TooManyRequests, Unauthorized, UnsupportedMediaType
+from .errors import (
+    BadRequest,
+    Conflict,
+    NotFound,
+    ServeError,
+    TooManyRequests,
+    Unauthorized,
+    UnsupportedMediaType,
+)
 from .pages import SECURITY_HEADERS, Asset
 from .repository import ModelRepository
 from .rest import read_body
@@ -54,7 +46,7 @@ _MAX_ACTION_BYTES = 4096
 
 
 def _token_of(authorization: str) -> bytes | None:
-    """The token in a Bearer or Basic ``Authorization`` header (Basic: the password), else ``None``."""
+    """The token of a Bearer or Basic ``Authorization`` header (Basic: the password), or None."""
     scheme, _, value = authorization.partition(" ")
     scheme, value = scheme.lower(), value.strip()
     if scheme == "bearer" and value:
@@ -69,12 +61,13 @@ def _token_of(authorization: str) -> bytes | None:
 
 
 class FailedLogins:
-    """Wrong tokens per client in fixed windows; a client at ``limit`` is refused until its window ends."""
+    """Wrong tokens per client in fixed windows; at ``limit`` a client waits out its window."""
 
     def __init__(self, limit: int, window: float, clock: Callable[[], float] = time.monotonic):
         self.limit, self.window = limit, window
         self._clock = clock
-        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()  # client -> (window start, failures)
+        # Client -> (window start, failures)
+        self._seen: OrderedDict[str, tuple[float, int]] = OrderedDict()
 
     def _current(self, client: str) -> tuple[float, int]:
         now = self._clock()
@@ -97,12 +90,13 @@ class FailedLogins:
 
 
 def _quiet(error: ServeError) -> ServeError:
-    error.logged = True  # this module logged it (or chose not to): error_response must not log it again
+    # This module logged it (or chose not to): error_response must not log it again.
+    error.logged = True
     return error
 
 
 class ReviewApi:
-    """The review routes over one inbox and one data prefix; without a token every route is a 404 (off)."""
+    """The review routes over one inbox and data prefix; without a token all are 404 (off)."""
 
     def __init__(
         self,
@@ -112,7 +106,7 @@ class ReviewApi:
         stores: tuple | None = None,
         config: ServeConfig | None = None,
     ):
-        """``stores``: ``(Inbox, data Store)``, required with a token; ``config``: the login limits."""
+        """``stores``: ``(Inbox, data Store)``, needed with a token; ``config``: login limits."""
         self.repo = repo
         self._token = token.encode()
         defaults = config or ServeConfig()
@@ -141,40 +135,54 @@ class ReviewApi:
             self._authorize(request)
             try:
                 return await fn(request)
-            # InboxError answers with its own status: 404 no such item, 400 a bad name, 409 otherwise (a
-            # conflicting action, or a damaged record the inbox holds that review cannot use).
+            # InboxError answers with its own status: 404 no such item, 400 a bad name, 409
+            # otherwise (a conflicting action, or a damaged record the inbox holds that review
+            # cannot use).
             except PreconditionFailed as e:
                 raise Conflict(str(e)) from e
             except StoreUnavailable as e:  # may pass: the reviewer tries again
                 raise ServeError(f"review: the store is unavailable: {e}", 503) from e
-            except StoreError as e:  # e.g. access denied: the deployment's credentials, not the request
+            # E.g. access denied: the deployment's credentials, not the request.
+            except StoreError as e:
                 raise ServeError(f"review: the store refused: {e}", 500) from e
 
         return guarded
 
     def _authorize(self, request: Request) -> None:
         if not self._token:
-            raise NotFound("review is off on this server: expected --review-token-file (a mounted Secret) and --data")
-        client = client_key(request.client.host if request.client else None, request.headers, self._client_header)
+            raise NotFound(
+                "review is off on this server: expected --review-token-file (a mounted Secret) "
+                "and --data"
+            )
+        client = client_key(
+            request.client.host if request.client else None, request.headers, self._client_header
+        )
         wait = self.logins.retry_after(client)
         if wait:  # refused before the token is even compared: guessing on is pointless
             error = TooManyRequests(
-                f"review: expected at most {self.logins.limit} wrong tokens in {self.logins.window:g} s from one "
-                f"client (review_failed_logins); try again in {wait:.0f} s"
+                f"review: expected at most {self.logins.limit} wrong tokens in "
+                f"{self.logins.window:g} s from one client (review_failed_logins); try again in "
+                f"{wait:.0f} s"
             )
             error.headers = {"Retry-After": str(max(1, round(wait)))}
             raise _quiet(error)
         given = _token_of(request.headers.get("authorization", ""))
         if given is None:  # a browser's first request, before it asks for the token: nothing to log
             raise _quiet(
-                Unauthorized("review: expected the review token (Authorization: Bearer, or Basic with it as password)")
+                Unauthorized(
+                    "review: expected the review token (Authorization: Bearer, or Basic with it "
+                    "as password)"
+                )
             )
         if not hmac.compare_digest(given, self._token):
             if self.logins.failed(client) == 1:
                 log.warning(
-                    "review: a wrong token from %s; its further failures in the next %g s are counted, not logged "
-                    "(%d get it 429)", client, self.logins.window, self.logins.limit,
-                )  # fmt: skip
+                    "review: a wrong token from %s; its further failures in the next %g s are "
+                    "counted, not logged (%d get it 429)",
+                    client,
+                    self.logins.window,
+                    self.logins.limit,
+                )
             raise _quiet(Unauthorized("review: the token received is not the review token"))
 
     async def grid(self, request: Request) -> Response:
@@ -196,19 +204,30 @@ class ReviewApi:
 
     async def photo(self, request: Request) -> Response:
         record, data = await asyncio.to_thread(self.inbox.photo, request.path_params["capture_id"])
-        # Served as the stored type with nosniff: the bytes decoded as an image when they were captured.
-        return Response(data, media_type=record.content_type, headers={"Cache-Control": "private", **SECURITY_HEADERS})
+        # Served as the stored type with nosniff: the bytes decoded as an image when they were
+        # captured.
+        return Response(
+            data,
+            media_type=record.content_type,
+            headers={"Cache-Control": "private", **SECURITY_HEADERS},
+        )
 
     async def accept(self, request: Request) -> Response:
         body = await _json_action(request)
         label = body.get("label")
         if not isinstance(label, str):
-            raise BadRequest(f"accept: expected a JSON object with a string 'label'; received {body!r:.120}")
+            raise BadRequest(
+                f"accept: expected a JSON object with a string 'label'; received {body!r:.120}"
+            )
         new_class = body.get("new_class", False)
         if not isinstance(new_class, bool):
-            raise BadRequest(f"accept: expected 'new_class' true or false; received {new_class!r:.40}")
+            raise BadRequest(
+                f"accept: expected 'new_class' true or false; received {new_class!r:.40}"
+            )
         capture_id = request.path_params["capture_id"]
-        uri = await asyncio.to_thread(self.inbox.accept, capture_id, label, self.data, new_class=new_class)
+        uri = await asyncio.to_thread(
+            self.inbox.accept, capture_id, label, self.data, new_class=new_class
+        )
         return JSONResponse({"id": capture_id, "accepted": uri})
 
     async def reject(self, request: Request) -> Response:
@@ -219,10 +238,12 @@ class ReviewApi:
 
 
 async def _json_action(request: Request) -> dict[str, Any]:
-    """The JSON object of a review POST (see the module docstring for why nothing else is accepted)."""
+    """The JSON object of a review POST (why only JSON: docs/serving.md#the-review-endpoints)."""
     media = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if media != "application/json":
-        raise UnsupportedMediaType(f"Content-Type: expected application/json; received {media or 'none':.60}")
+        raise UnsupportedMediaType(
+            f"Content-Type: expected application/json; received {media or 'none':.60}"
+        )
     raw = await read_body(request, _MAX_ACTION_BYTES)
     try:
         body = json.loads(raw or b"{}")

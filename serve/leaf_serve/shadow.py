@@ -1,12 +1,8 @@
-"""The shadow candidate beside the champion: mirrored requests off the response path, and what they showed.
+"""The shadow candidate beside the champion: mirrored requests off the response path, their results.
 
-A share of requests (``--shadow-fraction``) is also run on the candidate that ``shadow.json`` names
-(:mod:`leaf_common.shadow`) after the client's answer is settled: the response never waits for it. The
-candidate has its own inference thread and batcher, and mirrored work only uses spare capacity: it is
-dropped (and counted) whenever the server is answering other requests or ``--shadow-max-in-flight``
-mirrored requests are running, never queued without bound. The statistics are written to the registry every
-``--shadow-flush-interval`` seconds, one file per server process, so they survive restarts and add up
-across replicas; ``leaf-train models verdict`` reads them.
+Mirrored work only uses spare capacity (dropped and counted otherwise, never queued without
+bound); the statistics are written to the registry, one file per server process.
+Design: docs/shadow.md#what-the-server-does
 """
 
 from __future__ import annotations
@@ -35,14 +31,16 @@ log = logging.getLogger(__name__)
 
 
 def process_id() -> str:
-    """This process's statistics file name: host (the pod) and pid, unique among live and restarted workers."""
+    """This process's statistics file name: host (pod) and pid, unique across restarts."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
 class Shadow:
-    """Loads the candidate when ``shadow.json`` names one, mirrors requests to it, keeps its statistics."""
+    """Loads the candidate ``shadow.json`` names, mirrors requests to it, keeps statistics."""
 
-    def __init__(self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None):
+    def __init__(
+        self, repo: ModelRepository, fraction: float, max_in_flight: int, *, seed: int | None = None
+    ):
         self.repo = repo
         self.fraction = fraction
         self.max_in_flight = max_in_flight
@@ -54,11 +52,14 @@ class Shadow:
         self._tasks: set[asyncio.Task[None]] = set()
         self._unsaved = False
         self._rng = random.Random(seed)
-        # Its own thread: a slow candidate never delays a champion batch waiting for the inference thread.
+        # Its own thread: a slow candidate never delays a champion batch waiting for the inference
+        # thread.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leaf-shadow")
         self._pod = process_id()
         root = pointer_root(repo.config.model)
-        self._store: Store | None = open_store(root, client=repo.s3_client_for(root)) if root else None
+        self._store: Store | None = (
+            open_store(root, client=repo.s3_client_for(root)) if root else None
+        )
 
     @property
     def enabled(self) -> bool:
@@ -66,7 +67,7 @@ class Shadow:
 
     # ---- which candidate ----------------------------------------------------------------------
     async def check_once(self) -> bool:
-        """Load the version ``shadow.json`` names (or drop the candidate it no longer names); True on a change."""
+        """Load the candidate ``shadow.json`` names (or drop one no longer named); True if new."""
         assert self._store is not None
         found = await asyncio.to_thread(read_candidate, self._store)
         etag = found.etag if found else None
@@ -81,24 +82,40 @@ class Shadow:
         if self.candidate is not None and self.candidate.version == version:
             self._etag = etag
             return False
-        store = self._store.child(f"{VERSIONS_DIR}/{version}")
-        try:
-            resolved = ResolvedModel(store, version)
-            served = await asyncio.to_thread(functools.partial(self.repo.build, shadow=True), resolved, self._executor)
-        except StoreUnavailable as e:
-            log.warning("could not read shadow candidate %s (%s); trying again at the next poll", version, e)
-            return False
-        except Exception as e:  # the candidate's fault: refused once per shadow.json, like a bad served version
-            self._rejected.add(etag or "")
-            self.repo.metrics.reloads.labels("shadow_rejected").inc()
-            log.error("rejected shadow candidate %s: %s: %s", version, type(e).__name__, e)
+        served = await self._load(version, etag)
+        if served is None:
             return False
         await self._retire()
         self.candidate, self._etag = served, etag
         self.stats = ShadowStats(version, found.candidate.champion, pod=self._pod)
-        log.info("shadow candidate %s loaded beside %s: mirroring %.0f%% of requests", version,
-                 found.candidate.champion, 100 * self.fraction)  # fmt: skip
+        log.info(
+            "shadow candidate %s loaded beside %s: mirroring %.0f%% of requests",
+            version,
+            found.candidate.champion,
+            100 * self.fraction,
+        )
         return True
+
+    async def _load(self, version: str, etag: str | None) -> ServedModel | None:
+        """Build the candidate ``version``; None when it cannot be served (now or at all)."""
+        assert self._store is not None
+        store = self._store.child(f"{VERSIONS_DIR}/{version}")
+        try:
+            resolved = ResolvedModel(store, version)
+            return await asyncio.to_thread(
+                functools.partial(self.repo.build, shadow=True), resolved, self._executor
+            )
+        except StoreUnavailable as e:
+            log.warning(
+                "could not read shadow candidate %s (%s); trying again at the next poll", version, e
+            )
+            return None
+        # The candidate's fault: refused once per shadow.json, like a bad served version.
+        except Exception as e:
+            self._rejected.add(etag or "")
+            self.repo.metrics.reloads.labels("shadow_rejected").inc()
+            log.error("rejected shadow candidate %s: %s: %s", version, type(e).__name__, e)
+            return None
 
     async def _retire(self) -> None:
         """Stop mirroring to the current candidate and save what it showed."""
@@ -109,18 +126,23 @@ class Shadow:
         self.candidate, self.stats = None, None
 
     # ---- mirroring ----------------------------------------------------------------------------
-    def mirror(self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0) -> None:
-        """After the champion answered ``batch`` with ``scores``: maybe run it on the candidate, in the background.
+    def mirror(
+        self, champion: ServedModel, batch: np.ndarray, scores: Scores, others: int = 0
+    ) -> None:
+        """After the champion answered ``batch``: maybe run it on the candidate, in the background.
 
-        ``others``: requests the server is answering besides this one; any at all means no spare capacity.
+        ``others``: requests the server is answering besides this one; any at all means no spare
+        capacity.
         """
         candidate, stats = self.candidate, self.stats
         if candidate is None or stats is None or self._rng.random() >= self.fraction:
             return
         if stats.champion != champion.version or not _same_input(candidate, champion):
-            return  # statistics compare with the champion the candidate was proposed against, on its inputs
+            # statistics compare with the champion the candidate was proposed against, on its inputs
+            return
         if others > 0 or self._in_flight >= self.max_in_flight or champion.batcher.busy:
-            stats.dropped += len(batch)  # the champion's capacity comes first: mirrored work is what gives
+            # The champion's capacity comes first: mirrored work is what gives.
+            stats.dropped += len(batch)
             self.repo.metrics.shadow.labels("dropped").inc(len(batch))
             self._unsaved = True
             return
@@ -130,11 +152,17 @@ class Shadow:
         task.add_done_callback(self._tasks.discard)
 
     async def _run(
-        self, candidate: ServedModel, stats: ShadowStats, champion: ServedModel, batch: np.ndarray, ours: Scores
+        self,
+        candidate: ServedModel,
+        stats: ShadowStats,
+        champion: ServedModel,
+        batch: np.ndarray,
+        ours: Scores,
     ) -> None:
         try:
             theirs = await candidate.batcher.submit(batch)
-        except Exception as e:  # overloaded or failing candidate: its problem is evidence, never the client's
+        # Overloaded or failing candidate: its problem is evidence, never the client's.
+        except Exception as e:
             stats.dropped += len(batch)
             self.repo.metrics.shadow.labels("failed").inc(len(batch))
             log.debug("mirrored request failed on %s: %s", candidate.version, e)
@@ -150,21 +178,26 @@ class Shadow:
                 champion_abstained=self._abstains(champion, ours, row),
                 candidate_abstained=self._abstains(candidate, theirs, row),
             )
-            self.repo.metrics.shadow.labels("agreed" if labels[i] == cand_labels[j] else "disagreed").inc()
+            self.repo.metrics.shadow.labels(
+                "agreed" if labels[i] == cand_labels[j] else "disagreed"
+            ).inc()
         self._unsaved = True
 
     def _abstains(self, served: ServedModel, scores: Scores, row: int) -> bool:
-        """Whether this model's answer abstains (not a leaf, or below the server's confidence threshold)."""
+        """Whether this model's answer abstains (not a leaf, or under the confidence threshold)."""
         ood = None if scores.ood is None else float(scores.ood[row])
         threshold = trust.ood_threshold(served.contract)
-        return trust.verdict(scores.probs[row], ood, threshold, self.repo.config.confidence_threshold).abstain
+        return trust.verdict(
+            scores.probs[row], ood, threshold, self.repo.config.confidence_threshold
+        ).abstain
 
     def answer_capture(
         self, champion: ServedModel, image: np.ndarray, probs: np.ndarray, capture_id: str
     ) -> str | None:
         # ``probs``: the champion's probabilities for the one photo.
-        """A photo going to the inbox: run it on the candidate too (whatever the fraction), in the background, so a
-        reviewer's label later scores both models. Returns the candidate version its record should name."""
+        """A photo going to the inbox: run it on the candidate too (whatever the fraction), in the
+        background, so a reviewer's label later scores both models. Returns the candidate version
+        its record should name."""
         candidate, stats = self.candidate, self.stats
         if candidate is None or stats is None or self._store is None:
             return None
@@ -179,17 +212,23 @@ class Shadow:
         task.add_done_callback(self._tasks.discard)
         return candidate.version
 
-    async def _answer(self, candidate: ServedModel, image: np.ndarray, champion_label: str, capture_id: str) -> None:
+    async def _answer(
+        self, candidate: ServedModel, image: np.ndarray, champion_label: str, capture_id: str
+    ) -> None:
         try:
             theirs = await candidate.batcher.submit(image)
         except Exception as e:
-            log.debug("candidate %s could not answer capture %s: %s", candidate.version, capture_id, e)
+            log.debug(
+                "candidate %s could not answer capture %s: %s", candidate.version, capture_id, e
+            )
             return
         finally:
             self._in_flight -= 1
         label = candidate.contract.labels[int(np.argmax(theirs.probs[0]))]
         try:
-            await asyncio.to_thread(write_answer, self._store, candidate.version, capture_id, champion_label, label)
+            await asyncio.to_thread(
+                write_answer, self._store, candidate.version, capture_id, champion_label, label
+            )
         except Exception as e:  # the review then simply has no candidate answer for this photo
             log.warning("shadow: saving the candidate's answer on %s failed: %s", capture_id, e)
 
@@ -212,10 +251,12 @@ class Shadow:
             await asyncio.to_thread(write_stats, self._store, snapshot)
         except Exception as e:  # kept in memory and written at the next flush
             self._unsaved = True
-            log.warning("shadow: saving statistics of %s failed (%s); will retry", stats.candidate, e)
+            log.warning(
+                "shadow: saving statistics of %s failed (%s); will retry", stats.candidate, e
+            )
 
     async def run_forever(self, poll_interval: float, flush_interval: float) -> None:
-        """Follow ``shadow.json`` and save statistics until cancelled; store failures are retried, never fatal."""
+        """Follow ``shadow.json``, save statistics until cancelled; store failures are retried."""
         loop = asyncio.get_running_loop()
         next_flush = loop.time() + flush_interval
         while True:
@@ -225,7 +266,9 @@ class Shadow:
                     await self.flush()
                     next_flush = loop.time() + flush_interval
             except Exception:
-                log.exception("shadow: checking the candidate or saving its statistics failed; trying again")
+                log.exception(
+                    "shadow: checking the candidate or saving its statistics failed; trying again"
+                )
             await asyncio.sleep(min(poll_interval, flush_interval))
 
     async def close(self) -> None:
@@ -252,4 +295,7 @@ class Shadow:
 
 
 def _same_input(a: ServedModel, b: ServedModel) -> bool:
-    return a.contract.image_size == b.contract.image_size and a.model.input_dtype == b.model.input_dtype
+    return (
+        a.contract.image_size == b.contract.image_size
+        and a.model.input_dtype == b.model.input_dtype
+    )

@@ -1,28 +1,6 @@
-"""``--processes N``: N server processes on the same ports, so one node's cores can feed one accelerator.
+"""``--processes N``: N server processes on the same ports, so a node's cores can feed one GPU.
 
-One Python process runs the event loop, the protocol code and the batcher on one core. On a GPU that
-core, not the GPU, is the limit (BENCHMARKS.md, "Serving at the hardware's speed"), so the way to use a
-GPU node is several processes. Each worker is a whole ``leaf-serve`` (its own model session, batcher,
-hot reload; on a GPU, its own CUDA context sharing the device) and binds the REST port with
-``SO_REUSEPORT``, so the kernel spreads new connections over the workers; gRPC's listener sets
-``SO_REUSEPORT`` itself. Nothing is shared between workers but the ports and the metrics files.
-
-This process only supervises: it starts the workers, forwards SIGTERM/SIGINT (each worker drains as
-one server would), restarts a worker that dies of a crash (a signal, an OOM kill) or hangs, and ends the
-whole server when a worker exits with a failure every worker shares (1: the model cannot be served,
-2: a bad option, 3: a port that cannot be bound) or when workers keep dying (``MAX_RESTARTS`` within
-``RESTART_WINDOW`` seconds), so Kubernetes restarts the pod rather than a loop hiding a fault.
-
-A hang is noticed by a heartbeat: each worker's event loop touches its own file every second
-(``DrainingServer.on_tick``), and a worker whose file has not been touched for ``--worker-timeout``
-seconds (stopped, deadlocked, spinning in code that never yields) is killed with SIGKILL and restarted
-like a crashed one. The clock starts at the first beat, so loading a model (minutes for a TensorRT
-engine) is not a hang. Without this the kernel keeps sending a share of new connections to a worker
-that never answers them, and the kubelet's probe passes whenever it lands on a healthy one.
-
-Metrics: Prometheus' multiprocess mode (``PROMETHEUS_MULTIPROC_DIR``, a fresh folder under the
-temporary directory, which the chart mounts as an emptyDir), so ``/metrics`` from any worker sums the
-counters and histograms of all of them; see :class:`leaf_serve.metrics.ServeMetrics`.
+Design: docs/serving.md#several-processes-per-pod
 """
 
 from __future__ import annotations
@@ -46,7 +24,8 @@ from leaf_common.resources import available_cpus
 
 log = logging.getLogger("leaf_serve.supervisor")
 
-# Set in a worker's environment by the supervisor: names the worker in its log lines (it gets --reuse-port too).
+# Set in a worker's environment by the supervisor: names the worker in its log lines (it gets
+# --reuse-port too).
 WORKER_ENV = "LEAF_SERVE_WORKER_INDEX"
 # How many workers share the replica: per-replica limits (capture rates) are divided by it.
 WORKER_COUNT_ENV = "LEAF_SERVE_WORKER_COUNT"
@@ -54,8 +33,9 @@ WORKER_COUNT_ENV = "LEAF_SERVE_WORKER_COUNT"
 HEARTBEAT_ENV = "LEAF_SERVE_HEARTBEAT_FILE"
 # Restarts by reason, written by the supervisor beside the metrics files; every worker exports them.
 RESTARTS_FILE = "worker_restarts.json"
-# Exit statuses that mean "every worker would fail the same way": 1 the model cannot be served, 2 a bad
-# option (leaf_serve.__main__.main), 3 uvicorn's start-up failure (a port it cannot bind, a failed startup).
+# Exit statuses that mean "every worker would fail the same way": 1 the model cannot be served, 2 a
+# bad option (leaf_serve.__main__.main), 3 uvicorn's start-up failure (a port it cannot bind, a
+# failed startup).
 FATAL_EXITS = {1, 2, 3}
 MAX_RESTARTS = 5
 RESTART_WINDOW = 60.0
@@ -86,7 +66,7 @@ def worker_count() -> int:
 
 
 def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socket.socket:
-    """A bound (not yet listening) TCP socket that other workers can bind too; uvicorn calls listen()."""
+    """A bound, not yet listening TCP socket other workers can bind too; uvicorn listens."""
     family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -97,7 +77,7 @@ def reuse_port_socket(host: str, port: int, *, reuse_port: bool = True) -> socke
 
 
 class Supervisor:
-    """Starts ``processes`` workers running ``command`` and keeps them running until told to stop."""
+    """Starts ``processes`` workers running ``command`` and keeps them running until stopped."""
 
     def __init__(self, command: list[str], processes: int, worker_timeout: float = 15.0):
         self._command, self._processes, self._timeout = command, processes, worker_timeout
@@ -106,12 +86,16 @@ class Supervisor:
         self._stopping = False
         self._metrics_dir = tempfile.mkdtemp(prefix="leaf-serve-metrics-")
         self._beats: dict[int, str] = {}  # worker index -> its heartbeat file
-        self._started: dict[int, float] = {}  # worker index -> wall-clock start (heartbeats are mtimes)
+        self._started: dict[
+            int, float
+        ] = {}  # worker index -> wall-clock start (heartbeats are mtimes)
         self._hung: set[int] = set()  # killed for silence: their exit is a hang, not a crash
         self._restart_counts = {"hung": 0, "crashed": 0}
 
     def _start(self, index: int) -> None:
-        beat_file = self._beats.setdefault(index, os.path.join(self._metrics_dir, f"heartbeat-{index}"))
+        beat_file = self._beats.setdefault(
+            index, os.path.join(self._metrics_dir, f"heartbeat-{index}")
+        )
         with open(beat_file, "wb"):
             pass
         os.utime(beat_file, (0, 0))  # no beat yet: the worker is loading its model
@@ -123,7 +107,7 @@ class Supervisor:
         log.info("worker %d started (pid %d)", index, proc.pid)
 
     def _check_heartbeat(self, index: int, proc: subprocess.Popen[bytes]) -> None:
-        """SIGKILL a worker whose event loop has been silent for worker_timeout (after its first beat)."""
+        """SIGKILL a worker whose loop was silent for worker_timeout (after its first beat)."""
         if index in self._hung or self._stopping:
             return
         try:
@@ -134,13 +118,20 @@ class Supervisor:
             return  # still loading: the clock starts at the first beat
         silent = time.time() - last
         if silent > self._timeout:
-            log.error("worker %d (pid %d) silent for %.1f s (worker_timeout %g s): killing it (SIGKILL) to restart it",
-                      index, proc.pid, silent, self._timeout)  # fmt: skip
+            log.error(
+                "worker %d (pid %d) silent for %.1f s (worker_timeout %g s): killing it "
+                "(SIGKILL) to restart it",
+                index,
+                proc.pid,
+                silent,
+                self._timeout,
+            )
             self._hung.add(index)
             proc.kill()  # SIGKILL ends a stopped (SIGSTOP) or deadlocked process too
 
     def _count_restart(self, reason: str) -> None:
-        """Add one to the restart counts the workers export (``leaf_serve_worker_restarts_total``)."""
+        """Add one to the restart counts the workers export
+        (``leaf_serve_worker_restarts_total``)."""
         self._restart_counts[reason] += 1
         path = os.path.join(self._metrics_dir, RESTARTS_FILE)
         with open(path + ".tmp", "w") as f:
@@ -192,8 +183,14 @@ class Supervisor:
         while self._restarts and now - self._restarts[0] > RESTART_WINDOW:
             self._restarts.popleft()
         if (code in FATAL_EXITS and index not in self._hung) or len(self._restarts) >= MAX_RESTARTS:
-            why = "as every worker would" if code in FATAL_EXITS else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
-            log.error("worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why)
+            why = (
+                "as every worker would"
+                if code in FATAL_EXITS
+                else f"{MAX_RESTARTS} restarts in {RESTART_WINDOW:g} s"
+            )
+            log.error(
+                "worker %d (pid %d) exited with %d: %s; stopping the server", index, pid, code, why
+            )
             self._forward(signal.SIGTERM, None)
             return _exit_status(code) or 1
         self._restarts.append(now)
@@ -207,7 +204,7 @@ class Supervisor:
 
 
 def _die_with_parent() -> None:
-    """In the worker, before exec: SIGKILL for the supervisor (an OOM kill) is SIGTERM for its workers.
+    """In the worker, before exec: the supervisor's SIGKILL (an OOM kill) is its SIGTERM.
 
     Without it a killed supervisor leaves workers holding the ports, and the restarted container
     cannot serve on them.
@@ -217,17 +214,31 @@ def _die_with_parent() -> None:
 
 
 def _exit_status(code: int) -> int:
-    """A worker's status as the server's: a worker ended by the forwarded SIGTERM stopped cleanly."""
+    """A worker's status as the server's: one ended by the forwarded SIGTERM stopped cleanly."""
     return 0 if code in (0, -signal.SIGTERM, -signal.SIGINT) else (code if code > 0 else 1)
 
 
 def supervise(
-    argv: list[str], processes: int, intra_op_threads: int, decode_threads: int, worker_timeout: float = 15.0
+    argv: list[str],
+    processes: int,
+    intra_op_threads: int,
+    decode_threads: int,
+    worker_timeout: float = 15.0,
 ) -> int:
     """Run ``leaf-serve`` with ``argv`` as ``processes`` workers; see the module's docstring."""
     # The workers' own option wins over LEAF_SERVE_PROCESSES: a flag beats the environment.
-    command = [sys.executable, "-m", "leaf_serve", *argv, "--processes", "1", "--reuse-port", "true"]
-    # "0 = the CPU quota" is the pod's quota: split between the workers, or N of them oversubscribe it.
+    command = [
+        sys.executable,
+        "-m",
+        "leaf_serve",
+        *argv,
+        "--processes",
+        "1",
+        "--reuse-port",
+        "true",
+    ]
+    # "0 = the CPU quota" is the pod's quota: split between the workers, or N of them oversubscribe
+    # it.
     share = str(max(1, available_cpus() // processes))
     if not intra_op_threads:
         command += ["--intra-op-threads", share]

@@ -19,7 +19,7 @@ NOT_A_LEAF, LOW_CONFIDENCE = "not_a_leaf", "low_confidence"
 
 @dataclass(frozen=True)
 class Scores:
-    """Rows of the model's outputs; slicing slices both, so the batcher hands each caller its rows."""
+    """Rows of the model's outputs; slicing slices both, so each caller gets its rows."""
 
     probs: np.ndarray  # [N, classes]
     ood: np.ndarray | None  # [N]; None for a version without the ood_score output
@@ -46,8 +46,10 @@ def ood_threshold(contract: ModelContract) -> float | None:
     return float(value) if isinstance(value, (int, float)) else None
 
 
-def verdict(probs: np.ndarray, ood: float | None, threshold: float | None, confidence_threshold: float) -> Verdict:
-    """One photo's verdict: not a leaf first (its probabilities mean nothing then), then low confidence."""
+def verdict(
+    probs: np.ndarray, ood: float | None, threshold: float | None, confidence_threshold: float
+) -> Verdict:
+    """One photo's verdict: not a leaf first (then probabilities mean nothing), low confidence."""
     score = float(ood) if ood is not None and np.isfinite(ood) else None
     if threshold is not None and (score is None or score > threshold):
         return Verdict(True, NOT_A_LEAF, score)  # a NaN score cannot vouch for the photo

@@ -32,7 +32,7 @@ _TRAIN = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 class ReviewError(LeafTrainError):
-    """A review action was refused: no such capture, a photo that changed, an unconfirmed new class."""
+    """A review action was refused: no such capture, a changed photo, an unconfirmed new class."""
 
 
 @dataclass
@@ -49,24 +49,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     """Add ``inbox`` and its sub-commands to the ``leaf-train`` parser."""
     common = argparse.ArgumentParser(add_help=False)
     add_arguments(common.add_argument_group("registry"), ModelsConfig, ENV_PREFIX)
-    p = sub.add_parser("inbox", help="review photos the server captured: list, accept into the data, reject")
+    p = sub.add_parser(
+        "inbox", help="review photos the server captured: list, accept into the data, reject"
+    )
     actions = p.add_subparsers(dest="inbox_command", required=True, metavar="ACTION")
 
     a = actions.add_parser("list", parents=[common], help="captured photos, newest first")
     a.add_argument("--limit", type=int, default=0, help="show at most this many (0 = all)")
-    a.add_argument("--format", choices=("text", "json"), default="text", help="text (for people) or json")
+    a.add_argument(
+        "--format", choices=("text", "json"), default="text", help="text (for people) or json"
+    )
     a.set_defaults(func=cmd_list)
 
     a = actions.add_parser(
-        "accept", parents=[common], help="copy a photo into <data>/<class>/ (never overwriting), then remove it"
+        "accept",
+        parents=[common],
+        help="copy a photo into <data>/<class>/ (never overwriting), then remove it",
     )
     add_arguments(a.add_argument_group("data"), InboxDataConfig, ENV_PREFIX)
     a.add_argument("id", help="capture id (see `inbox list`)")
-    a.add_argument("label", help="the right class: a class folder name under --data, e.g. Tomato___Early_blight")
+    a.add_argument(
+        "label",
+        help="the right class: a class folder name under --data, e.g. Tomato___Early_blight",
+    )
     a.add_argument(
         "--new-class",
         action="store_true",
-        help="allow a class with no photos yet (the next training needs --min-images-per-class of it)",
+        help=(
+            "allow a class with no photos yet (the next training needs --min-images-per-class "
+            "of it)"
+        ),
     )
     a.set_defaults(func=cmd_accept)
 
@@ -76,26 +88,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _inbox(args: argparse.Namespace) -> Inbox:
-    cfg = resolve(ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")})
+    cfg = resolve(
+        ModelsConfig, ENV_PREFIX, {k: getattr(args, k, None) for k in ("output", "model_name")}
+    )
     model_store = open_store(cfg.output).child(cfg.model_name)
     inbox = Inbox(model_store.child(INBOX_DIR))
-    inbox.on_accept = functools.partial(note_review, model_store)  # a shadow candidate's answer gets its label
+    # A shadow candidate's answer gets its label.
+    inbox.on_accept = functools.partial(note_review, model_store)
     return inbox
 
 
 def format_list(records: list[CaptureRecord]) -> str:
-    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (probability), VERSION, what the person said."""
+    """One line per capture: ID, CAPTURED, REASON, MODEL SAID (p), VERSION, what the person said."""
     rows = [("ID", "CAPTURED", "REASON", "MODEL SAID", "VERSION", "PERSON SAID")]
     for r in records:
         said = f"{readable_label(r.label)} ({r.probability:.0%})"
         rows.append((r.id, r.captured_at, r.reason, said, r.version, r.user_label or "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     return "\n".join(
-        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1] for row in rows
+        "  ".join(c.ljust(w) for c, w in zip(row[:-1], widths, strict=True)) + "  " + row[-1]
+        for row in rows
     )
 
 
-def _run(action):  # noqa: ANN001, ANN202 -- wraps a command: inbox errors become one line and an exit code
+# Wraps a command: inbox errors become one line and an exit code.
+def _run(action):  # noqa: ANN001, ANN202
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return action(args)

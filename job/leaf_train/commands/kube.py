@@ -1,12 +1,8 @@
 """``leaf-train submit`` and ``leaf-train status``: start a training run now, and see how it went.
 
-``submit`` does what ``kubectl create job --from=cronjob/<name>`` does: it copies the
-CronJob's jobTemplate into a new Job owned by the CronJob and marked as a manual run, so
-the run gets the chart's exact pod spec (GPU, podFailurePolicy, S3 settings). Unlike kubectl
-it also tells the pods they were started by hand (``LEAF_TRAIN_RUN_TRIGGER=manual``: the retrain
-policy's ``auto`` skips only scheduled runs), and ``--force`` turns the skip off altogether.
-``status`` prints a Job's phase, its Events (the job's own and the controller's) and the
-version it published, or why it skipped.
+``submit`` copies the CronJob's jobTemplate into a new Job as ``kubectl create job --from=cronjob``
+does, and marks the run as manual; ``status`` prints a Job's phase, its Events and the version it
+published, or why it skipped. Design: docs/operations.md#start-a-run-now-and-follow-it
 """
 
 from __future__ import annotations
@@ -37,12 +33,20 @@ MANUAL_ANNOTATION = "cronjob.kubernetes.io/instantiate"
 class SubmitConfig:
     """Options of ``leaf-train submit``."""
 
-    cronjob: str = option("", "CronJob whose jobTemplate the Job copies (the chart's <release>-leaf-train-train)")
+    cronjob: str = option(
+        "", "CronJob whose jobTemplate the Job copies (the chart's <release>-leaf-train-train)"
+    )
     name: str = option("", "Name of the new Job; empty = <cronjob>-manual-<unix time>")
-    namespace: str = option("", "Namespace; empty = the kubeconfig context's (or the service account's)")
-    kubeconfig: str = option("", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace; empty = the kubeconfig context's (or the service account's)"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config"
+    )
     force: bool = option(
-        False, "Train even if the photos, options and code are those of the served version (skip_if_unchanged=off)"
+        False,
+        "Train even if the photos, options and code are those of the served version "
+        "(skip_if_unchanged=off)",
     )
 
     def validate(self) -> None:
@@ -59,8 +63,12 @@ class StatusConfig:
 
     job: str = option("", "Job to report on; empty = the newest Job of --cronjob")
     cronjob: str = option("", "CronJob whose newest Job is reported when --job is empty")
-    namespace: str = option("", "Namespace; empty = the kubeconfig context's (or the service account's)")
-    kubeconfig: str = option("", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config")
+    namespace: str = option(
+        "", "Namespace; empty = the kubeconfig context's (or the service account's)"
+    )
+    kubeconfig: str = option(
+        "", "kubeconfig file; empty = in-cluster, then KUBECONFIG or ~/.kube/config"
+    )
     # Not "output": LEAF_TRAIN_OUTPUT is the registry URI in a training pod.
     format: str = option("text", "Output format", choices=("text", "json"))
 
@@ -79,8 +87,8 @@ def _connect(kubeconfig: str, namespace: str) -> tuple[Any, str]:
     loaded = load_client_configuration(KubeConfig(kube_integration="on", kubeconfig=kubeconfig))
     if loaded is None:
         raise ConfigError(
-            "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster service account; "
-            "found neither"
+            "expected a kubeconfig (--kubeconfig, KUBECONFIG or ~/.kube/config) or an in-cluster "
+            "service account; found neither"
         )
     conf, default_namespace = loaded
     return client.ApiClient(conf), namespace or default_namespace
@@ -102,7 +110,7 @@ def _api(what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 
 def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, Any]:
-    """The Job ``kubectl create job --from=cronjob/...`` would create, as a manifest, with its pods told so.
+    """The Job ``kubectl create job --from=cronjob/...`` would make, with its pods told so.
 
     Args:
         cronjob: a ``V1CronJob`` read from the API.
@@ -138,7 +146,7 @@ def job_from_cronjob(cronjob: Any, name: str, force: bool = False) -> dict[str, 
 
 
 def _run_env(force: bool) -> dict[str, str]:
-    """What the pods of a submitted Job are told; env entries win over the chart's ConfigMap (envFrom)."""
+    """What a submitted Job's pods are told; env entries win over the chart's ConfigMap."""
     env = {f"{ENV_PREFIX}RUN_TRIGGER": "manual"}  # the CronJob's template says "scheduled"
     if force:
         env[f"{ENV_PREFIX}SKIP_IF_UNCHANGED"] = "off"
@@ -146,7 +154,7 @@ def _run_env(force: bool) -> dict[str, str]:
 
 
 def _with_env(spec: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:
-    """``spec`` with ``env`` set in every container of its pod template, replacing entries of the same name."""
+    """``spec`` with ``env`` set in every container of its pod template (same names replaced)."""
     for container in spec.get("template", {}).get("spec", {}).get("containers", []):
         kept = [e for e in container.get("env") or [] if e.get("name") not in env]
         container["env"] = kept + [{"name": k, "value": v} for k, v in env.items()]
@@ -166,7 +174,12 @@ def submit(cfg: SubmitConfig) -> dict[str, Any]:
 
     api_client, namespace = _connect(cfg.kubeconfig, cfg.namespace)
     batch = client.BatchV1Api(api_client)
-    cronjob = _api(f"read cronjob {namespace}/{cfg.cronjob}", batch.read_namespaced_cron_job, cfg.cronjob, namespace)
+    cronjob = _api(
+        f"read cronjob {namespace}/{cfg.cronjob}",
+        batch.read_namespaced_cron_job,
+        cfg.cronjob,
+        namespace,
+    )
     # 40 + len("-manual-") + 10 digits stays within the 63-character label limit of job-name.
     name = cfg.name or f"{cfg.cronjob[:40].rstrip('-')}-manual-{int(time.time())}"
     body = client.V1Job.from_dict(job_from_cronjob(cronjob, name, force=cfg.force))
@@ -225,24 +238,37 @@ def status(cfg: StatusConfig) -> dict[str, Any]:
 
 
 def _event_time(ev: Any) -> str:
-    when = ev.event_time or ev.last_timestamp or ev.first_timestamp or ev.metadata.creation_timestamp
+    when = (
+        ev.event_time or ev.last_timestamp or ev.first_timestamp or ev.metadata.creation_timestamp
+    )
     return when.isoformat() if when else ""
 
 
 def _newest_job_of(batch: Any, namespace: str, cronjob_name: str) -> Any:
-    cronjob = _api(f"read cronjob {namespace}/{cronjob_name}", batch.read_namespaced_cron_job, cronjob_name, namespace)
+    cronjob = _api(
+        f"read cronjob {namespace}/{cronjob_name}",
+        batch.read_namespaced_cron_job,
+        cronjob_name,
+        namespace,
+    )
     jobs = _api(f"list jobs in {namespace}", batch.list_namespaced_job, namespace)
     owned = [
-        j for j in jobs.items if any(ref.uid == cronjob.metadata.uid for ref in (j.metadata.owner_references or []))
+        j
+        for j in jobs.items
+        if any(ref.uid == cronjob.metadata.uid for ref in (j.metadata.owner_references or []))
     ]
     if not owned:
-        raise KubeApiError(f"cronjob {namespace}/{cronjob_name}: expected at least one Job it owns; found none")
+        raise KubeApiError(
+            f"cronjob {namespace}/{cronjob_name}: expected at least one Job it owns; found none"
+        )
     return max(owned, key=lambda j: j.metadata.creation_timestamp)
 
 
 def format_status(report: dict[str, Any]) -> str:
     """The text form of :func:`status`."""
-    published = report["published_version"] or ("(none: skipped)" if report.get("skipped") else "(none yet)")
+    published = report["published_version"] or (
+        "(none: skipped)" if report.get("skipped") else "(none yet)"
+    )
     lines = [
         f"job:               {report['namespace']}/{report['job']}",
         f"phase:             {report['phase']}",
@@ -279,6 +305,8 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("submit", help="start a training Job now from the CronJob's template")
     add_arguments(p, SubmitConfig, ENV_PREFIX)
     p.set_defaults(func=_run_submit)
-    p = subparsers.add_parser("status", help="phase, Events and published version of a training Job")
+    p = subparsers.add_parser(
+        "status", help="phase, Events and published version of a training Job"
+    )
     add_arguments(p, StatusConfig, ENV_PREFIX)
     p.set_defaults(func=_run_status)

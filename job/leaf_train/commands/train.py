@@ -45,22 +45,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--verdict-only",
         action="store_true",
-        help="only decide on the shadow candidate (promote, reject or wait), then exit; trains nothing",
+        help=(
+            "only decide on the shadow candidate (promote, reject or wait), then exit; trains "
+            "nothing"
+        ),
     )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "verdict_only", False):
-        # Needs the registry, not the data: only the options that locate it are resolved (and checked).
+        # Needs the registry, not the data: only the options that locate it are resolved (and
+        # checked).
         from .models import verdict_from_args
 
         setup_logging(vars(args).get("log_level") or "INFO", vars(args).get("log_format") or "text")
         return verdict_from_args(args, dry_run=False)
-    cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (resolve(cls, ENV_PREFIX, args) for _, cls in _components())
+    cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg = (
+        resolve(cls, ENV_PREFIX, args) for _, cls in _components()
+    )
     setup_logging(cfg.log_level, cfg.log_format)
-    set_log_context(run_id=cfg.run_id or None, version=None)  # the version joins once chosen (pipeline._train)
-    # TensorFlow loads with the pipeline: only once the options are known to be valid, never for --help.
+    # The version joins once chosen (pipeline._train)
+    set_log_context(run_id=cfg.run_id or None, version=None)
+    # TensorFlow loads with the pipeline: only once the options are known to be valid, never for
+    # --help.
     from ..pipeline import run as run_pipeline
 
     result = run_pipeline(cfg, gate_cfg, kube_cfg, retrain_cfg, rollout_cfg)
@@ -69,8 +77,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(result: RunResult) -> str:
-    if result.worker is not None:  # a non-chief worker of a multi-worker run: it trained, worker 0 publishes
-        return f"worker {result.worker}: trained version {result.version} in sync; worker 0 publishes it"
+    # A non-chief worker of a multi-worker run: it trained, worker 0 publishes.
+    if result.worker is not None:
+        return (
+            f"worker {result.worker}: trained version {result.version} in sync; worker 0 "
+            "publishes it"
+        )
     if result.skipped:  # the retrain policy found nothing new to learn
         return f"served:         {result.version or '-'}\nskipped:        {result.skipped}"
     m = result.metrics
@@ -81,8 +93,8 @@ def summary(result: RunResult) -> str:
     ]
     if m:
         lines += [
-            f"val accuracy:   {m['accuracy']:.4f}  (top-3 {m['top3_accuracy']:.4f}, macro F1 {m['macro_f1']:.4f}, "
-            f"{m['num_images']} images)",
+            f"val accuracy:   {m['accuracy']:.4f}  (top-3 {m['top3_accuracy']:.4f}, macro F1 "
+            f"{m['macro_f1']:.4f}, {m['num_images']} images)",
         ]
     if result.report.get("calibration") or result.report.get("ood"):
         from .models import format_trust

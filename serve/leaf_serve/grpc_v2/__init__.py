@@ -1,1 +1,1 @@
-"""Open Inference Protocol v2 over gRPC: the proto, protoc's output, and leaf-serve's service on it."""
+"""Open Inference Protocol v2 over gRPC: the proto, protoc's output, and leaf-serve's service."""

@@ -1,15 +1,8 @@
 """The OIP v2 gRPC service (``inference.GRPCInferenceService``): routes over the data plane.
 
-Messages are converted in ``codec``, what a call may hold before its message is complete is decided in
-``admission``; what is left here is the RPC table, one error handler, the server's options and its
-liveness check.
-
-REST and gRPC share one :class:`~leaf_serve.dataplane.DataPlane` (repository, batcher, budgets,
-readiness, metrics): a gRPC ``ModelInfer`` is turned into the same :class:`codecs.InferRequest` a
-REST body becomes, and goes through :meth:`DataPlane.infer`. Errors keep the status they carry
-(``LeafError.http_status``): a client's mistake is INVALID_ARGUMENT or NOT_FOUND with the same
-message REST sends, never UNKNOWN or INTERNAL.
-It runs on uvicorn's event loop (grpc.aio), so the batcher's futures need no thread hop.
+Messages are converted in ``codec``, what a call may hold before its message is complete is decided
+in ``admission``; what is left here is the RPC table, one error handler, the server's options and
+its liveness check. Design: docs/serving.md#the-grpc-port-under-rests-rules
 """
 
 from __future__ import annotations
@@ -45,11 +38,13 @@ GRPC_CODES = {
     ClientGone.http_status: grpc.StatusCode.CANCELLED,
     503: grpc.StatusCode.UNAVAILABLE,
 }
-# Messages from this size on are parsed in the decode pool (5 M fp32_contents: ~40 ms of the loop's time).
+# Messages from this size on are parsed in the decode pool (5 M fp32_contents: ~40 ms of the loop's
+# time).
 _PARSE_ON_LOOP = 64 * 1024
 # A gRPC status message travels as a header; clients refuse headers over ~8-16 KiB.
 _MAX_MESSAGE = 2000
-# How long /v2/health/live waits for gRPC to answer its own ServerLive (the chart's probe allows 3 s).
+# How long /v2/health/live waits for gRPC to answer its own ServerLive (the chart's probe allows 3
+# s).
 SELF_CHECK_SECONDS = 2.0
 
 
@@ -79,7 +74,7 @@ class InferenceService:
             self.rpcs[rpc] = self._instrument(rpc, endpoint, getattr(self, f"_{rpc}"))
 
     def _instrument(self, rpc: str, endpoint: str, fn: Handler) -> Any:
-        """Admission, the message's arrival, metrics, one log line per refused call, the error's own status."""
+        """Admission, arrival, metrics, a log line per refused call, the error's own status."""
         metrics, request_type = self.plane.metrics, codec.METHODS[rpc][0]
 
         async def handler(request_iterator: Any, context: grpc.aio.ServicerContext) -> Any:
@@ -107,13 +102,17 @@ class InferenceService:
 
         return handler
 
-    async def _receive(self, context: grpc.aio.ServicerContext, request_type: Any, allowance: BodyAllowance) -> Any:
+    async def _receive(
+        self, context: grpc.aio.ServicerContext, request_type: Any, allowance: BodyAllowance
+    ) -> Any:
         """The call's one request message, parsed (see :meth:`Admission.receive` for the rules)."""
         raw = await self.admission.receive(context, allowance)
-        if raw is grpc.aio.EOF:  # none sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+        # None sent, or one over the receive limit (grpcio answered RESOURCE_EXHAUSTED)
+        if raw is grpc.aio.EOF:
             raise BadRequest(
                 f"expected one {request_type.DESCRIPTOR.name} message of at most "
-                f"{self.plane.config.max_body_bytes} bytes (max_body_bytes); received none, or a larger one"
+                f"{self.plane.config.max_body_bytes} bytes (max_body_bytes); received none, or a "
+                "larger one"
             )
         allowance.settle(len(raw))
         # A large message (typed contents) is parsed in the decode pool, like a REST JSON body.
@@ -129,7 +128,9 @@ class InferenceService:
             return 500, grpc.StatusCode.INTERNAL, f"internal error: {type(e).__name__}"
         status = known.http_status
         code = getattr(known, "grpc_code", None) or GRPC_CODES.get(status, grpc.StatusCode.INTERNAL)
-        message = str(known)[:_MAX_MESSAGE]  # gRPC sends it as a header: a client refuses one too large
+        message = str(known)[
+            :_MAX_MESSAGE
+        ]  # gRPC sends it as a header: a client refuses one too large
         log.log(log_level(status), "gRPC %s -> %s: %s", rpc, code.name, message)
         return status, code, message
 
@@ -148,10 +149,14 @@ class InferenceService:
 
     async def _ModelMetadata(self, request: Any, allowance: BodyAllowance) -> Any:
         meta = self.plane.model_metadata(self.plane.served(request.name, request.version or None))
-        response = pb.ModelMetadataResponse(name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+        response = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
         for kind in ("inputs", "outputs"):
             for t in meta[kind]:
-                getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+                getattr(response, kind).add(
+                    name=t["name"], datatype=t["datatype"], shape=t["shape"]
+                )
         return response
 
     async def _ModelInfer(self, request: Any, allowance: BodyAllowance) -> Any:
@@ -164,9 +169,11 @@ class InferenceService:
 
 
 def handlers(service: InferenceService) -> grpc.GenericRpcHandler:
-    """The service's RPCs under the protocol's wire name; requests arrive as bytes (see ``_receive``)."""
+    """The RPCs under the protocol's wire names; requests arrive as bytes (see ``_receive``)."""
     rpcs = {
-        name: grpc.stream_unary_rpc_method_handler(service.rpcs[name], response_serializer=resp.SerializeToString)
+        name: grpc.stream_unary_rpc_method_handler(
+            service.rpcs[name], response_serializer=resp.SerializeToString
+        )
         for name, (_, resp) in codec.METHODS.items()
     }
     return grpc.method_handlers_generic_handler(SERVICE_NAME, rpcs)
@@ -177,8 +184,8 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
     options = [
         ("grpc.max_receive_message_length", config.max_body_bytes),
         ("grpc.max_send_message_length", 64 * 1024 * 1024),
-        # A second server on the same port must fail, not share it silently; the workers of --processes
-        # share it on purpose (leaf_serve.supervisor), as they share the REST port.
+        # A second server on the same port must fail, not share it silently; the workers of
+        # --processes share it on purpose (leaf_serve.supervisor), as they share the REST port.
         ("grpc.so_reuseport", int(config.reuse_port)),
         ("grpc.max_concurrent_streams", config.grpc_max_streams),
         ("grpc.keepalive_time_ms", int(config.grpc_keepalive * 1000)),
@@ -195,8 +202,8 @@ def server_options(config: ServeConfig) -> list[tuple[str, int]]:
 class SelfCheck:
     """``ServerLive`` over the server's private socket: what /v2/health/live asks when gRPC is on.
 
-    The socket (abstract, Linux) belongs to this process, so under --processes each worker checks its
-    own gRPC server, not whichever worker the shared port would pick.
+    The socket (abstract, Linux) belongs to this process, so under --processes each worker checks
+    its own gRPC server, not whichever worker the shared port would pick.
     """
 
     def __init__(self, address: str):
@@ -208,12 +215,13 @@ class SelfCheck:
         )
 
     async def __call__(self) -> str | None:
-        """None when gRPC took and answered a call within SELF_CHECK_SECONDS; else what went wrong."""
+        """None when gRPC answered a call within SELF_CHECK_SECONDS; else what went wrong."""
         try:
             await self._call(pb.ServerLiveRequest(), timeout=SELF_CHECK_SECONDS)
         except grpc.aio.AioRpcError as e:
             return (
-                f"gRPC did not answer ServerLive within {SELF_CHECK_SECONDS:g} s: {e.code().name}: {e.details():.200}"
+                f"gRPC did not answer ServerLive within {SELF_CHECK_SECONDS:g} s: "
+                f"{e.code().name}: {e.details():.200}"
             )
         return None
 
@@ -224,7 +232,8 @@ class SelfCheck:
 async def start(plane: DataPlane) -> tuple[grpc.aio.Server, SelfCheck]:
     """A started gRPC server on the configured host and ``grpc_port``, and its liveness check.
 
-    Stop it with ``await server.stop(grace)``; the data plane asks the check on every liveness probe.
+    Stop it with ``await server.stop(grace)``; the data plane asks the check on every liveness
+    probe.
     """
     config = plane.config
     server = grpc.aio.server(options=server_options(config))
