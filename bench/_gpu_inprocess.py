@@ -21,7 +21,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _gpu_load import GpuSampler  # noqa: E402
 
-ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 
 
 def contract_for(size: tuple[int, int], classes: int):  # noqa: ANN201
@@ -48,14 +52,19 @@ def provider_share(model_bytes: bytes, provider: str, image: np.ndarray) -> dict
     with tempfile.TemporaryDirectory() as d:
         options.profile_file_prefix = str(Path(d) / "ort")
         fallback = [ORT_NAMES["cpu"]] if provider != ORT_NAMES["cpu"] else []
-        session = ort.InferenceSession(model_bytes, sess_options=options, providers=[provider, *fallback])
+        session = ort.InferenceSession(
+            model_bytes, sess_options=options, providers=[provider, *fallback]
+        )
         session.run(None, {"image": image})
         events = json.loads(Path(session.end_profiling()).read_text())
     counts: dict[str, int] = {}
     heavy_elsewhere = set()
     for e in (e for e in events if e.get("cat") == "Node" and "provider" in e.get("args", {})):
         counts[e["args"]["provider"]] = counts.get(e["args"]["provider"], 0) + 1
-        if e["args"].get("op_name") in ("Conv", "MatMul", "Gemm") and e["args"]["provider"] != provider:
+        if (
+            e["args"].get("op_name") in ("Conv", "MatMul", "Gemm")
+            and e["args"]["provider"] != provider
+        ):
             heavy_elsewhere.add(e["args"]["op_name"])
     return {
         "session_providers": session.get_providers(),
@@ -98,7 +107,10 @@ def tensorrt_session(model_bytes: bytes, size, batches, cache: str):  # noqa: AN
     h, w = size
     shape = lambda b: f"image:{b}x{h}x{w}x3"  # noqa: E731
     options = {"device_id": 0, "trt_engine_cache_enable": True, "trt_engine_cache_path": cache}
-    options |= {"trt_profile_min_shapes": shape(min(batches)), "trt_profile_max_shapes": shape(max(batches))}
+    options |= {
+        "trt_profile_min_shapes": shape(min(batches)),
+        "trt_profile_max_shapes": shape(max(batches)),
+    }
     options |= {"trt_profile_opt_shapes": shape(max(batches))}
     if hasattr(ort, "preload_dlls"):
         ort.preload_dlls()
@@ -131,7 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 session = tensorrt_session(model_bytes, size, batches, cache)
             except Exception as e:  # noqa: BLE001  (ORT raises its own types; TensorRT is optional here)
-                print(json.dumps({"skipped": f"TensorRT session failed: {type(e).__name__}: {str(e)[:300]}"}))
+                print(
+                    json.dumps(
+                        {"skipped": f"TensorRT session failed: {type(e).__name__}: {str(e)[:300]}"}
+                    )
+                )
                 return 0
             if session.get_providers()[0] != provider:
                 reason = f"ONNX Runtime fell back to {session.get_providers()} (TensorRT's libnvinfer not loadable?)"

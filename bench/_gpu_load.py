@@ -17,8 +17,12 @@ from collections.abc import Callable
 
 SMI_FIELDS = "utilization.gpu,memory.used"
 GRPC_METHOD = "/inference.GRPCInferenceService/ModelInfer"
-MIN_GAIN = 1.05  # a level whose throughput is under 1.05x the best before it: saturated, stop rising
-MAX_ERROR_SHARE = 0.01  # more failed requests than this at a level: past what the server takes, stop rising
+MIN_GAIN = (
+    1.05  # a level whose throughput is under 1.05x the best before it: saturated, stop rising
+)
+MAX_ERROR_SHARE = (
+    0.01  # more failed requests than this at a level: past what the server takes, stop rising
+)
 
 
 def loadgen_threads(cpus: int) -> int:
@@ -37,7 +41,9 @@ def choose_processes(cpus: int) -> int:
     return max(1, min(8, (cpus - loadgen_threads(cpus)) // 2))
 
 
-PROCESSES_RULE = "max(1, min(8, (cores - loadgen threads) // 2)), loadgen threads = max(1, cores // 4)"
+PROCESSES_RULE = (
+    "max(1, min(8, (cores - loadgen threads) // 2)), loadgen threads = max(1, cores // 4)"
+)
 
 
 class GpuSampler:
@@ -55,7 +61,12 @@ class GpuSampler:
         self.error = "" if shutil.which("nvidia-smi") else "nvidia-smi not on PATH"
 
     def _query(self) -> None:
-        cmd = ["nvidia-smi", f"--id={self.device}", f"--query-gpu={SMI_FIELDS}", "--format=csv,noheader,nounits"]
+        cmd = [
+            "nvidia-smi",
+            f"--id={self.device}",
+            f"--query-gpu={SMI_FIELDS}",
+            "--format=csv,noheader,nounits",
+        ]
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, timeout=5)
             util, memory = (float(v) for v in out.stdout.strip().splitlines()[0].split(","))
@@ -125,7 +136,9 @@ async def _drive(call: Callable, connections: int, seconds: float) -> dict:
     return point_stats(latencies, counts["ok"], counts["failed"], time.perf_counter() - t0)
 
 
-def python_rest(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float) -> dict:
+def python_rest(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float
+) -> dict:
     """httpx (asyncio) posting ``body`` over ``connections`` keep-alive connections for ``seconds``."""
     import httpx
 
@@ -135,7 +148,9 @@ def python_rest(url: str, body: bytes, headers: dict[str, str], connections: int
 
             async def call(_: int) -> bool:
                 try:
-                    return (await client.post(url, content=body, headers=headers)).status_code == 200
+                    return (
+                        await client.post(url, content=body, headers=headers)
+                    ).status_code == 200
                 except httpx.HTTPError:
                     return False
 
@@ -152,7 +167,9 @@ def python_grpc(address: str, payload: bytes, connections: int, seconds: float) 
         # A local subchannel pool per channel: otherwise grpc shares one connection among all of them.
         options = [("grpc.use_local_subchannel_pool", 1)]
         channels = [grpc.aio.insecure_channel(address, options=options) for _ in range(connections)]
-        stubs = [ch.unary_unary(GRPC_METHOD) for ch in channels]  # bytes in, bytes out: no serializers
+        stubs = [
+            ch.unary_unary(GRPC_METHOD) for ch in channels
+        ]  # bytes in, bytes out: no serializers
 
         async def call(i: int) -> bool:
             try:
@@ -170,7 +187,9 @@ def python_grpc(address: str, payload: bytes, connections: int, seconds: float) 
     return asyncio.run(run())
 
 
-def ramp(run_point: Callable[[int], dict], levels: list[int], time_left: Callable[[], float]) -> dict:
+def ramp(
+    run_point: Callable[[int], dict], levels: list[int], time_left: Callable[[], float]
+) -> dict:
     """Run points at rising concurrency until throughput stops growing; the saturation point is the best.
 
     Stops at the first level whose req/s is under ``MIN_GAIN`` x the best of the levels before it, whose
@@ -185,7 +204,9 @@ def ramp(run_point: Callable[[int], dict], levels: list[int], time_left: Callabl
         best_before = max((p["req_per_s"] for p in points), default=0.0)
         t = time.perf_counter()
         point = {"concurrency": c, **run_point(c)}
-        point["wall_s"] = round(time.perf_counter() - t, 2)  # warm-up and load generator start included
+        point["wall_s"] = round(
+            time.perf_counter() - t, 2
+        )  # warm-up and load generator start included
         points.append(point)
         total = point["requests"] + point["failed"]
         if total and point["failed"] / total > MAX_ERROR_SHARE:

@@ -26,19 +26,27 @@ NUM_CLASSES = 40
 MODES = ("host", "device")
 
 
-def _datasets(decoded: object, labels: np.ndarray, slots: np.ndarray, batch: int, cfg: object) -> dict:
+def _datasets(
+    decoded: object, labels: np.ndarray, slots: np.ndarray, batch: int, cfg: object
+) -> dict:
     """Each mode's training dataset exactly as ``train.train`` builds it."""
     from leaf_train.inputs import augmentation, make_dataset
 
     aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
     images = decoded.images
     return {
-        "host": make_dataset(images, labels, slots, batch, shuffle=True, seed=cfg.seed, augment=aug),
-        "device": make_dataset(images, labels, slots, batch, shuffle=True, seed=cfg.seed, cast=False),
+        "host": make_dataset(
+            images, labels, slots, batch, shuffle=True, seed=cfg.seed, augment=aug
+        ),
+        "device": make_dataset(
+            images, labels, slots, batch, shuffle=True, seed=cfg.seed, cast=False
+        ),
     }
 
 
-def feed(decoded: object, labels: np.ndarray, slots: np.ndarray, batch: int, repeats: int, cfg: object) -> dict:
+def feed(
+    decoded: object, labels: np.ndarray, slots: np.ndarray, batch: int, repeats: int, cfg: object
+) -> dict:
     """Host CPU seconds per image of each mode's pipeline alone (no model), alternating modes."""
     datasets = _datasets(decoded, labels, slots, batch, cfg)
     for ds in datasets.values():  # start tf.data's threads and let its autotuner settle
@@ -65,9 +73,13 @@ def feed(decoded: object, labels: np.ndarray, slots: np.ndarray, batch: int, rep
             "images_per_s_per_core": round(1 / per_image, 1),
             "images_per_s_wall": round(n / statistics.median(wall[mode]), 1),
         }
-    out["host_over_device_cpu"] = round(out["host"]["cpu_ms_per_image"] / out["device"]["cpu_ms_per_image"], 1)
+    out["host_over_device_cpu"] = round(
+        out["host"]["cpu_ms_per_image"] / out["device"]["cpu_ms_per_image"], 1
+    )
     out["cores_needed"] = {
-        f"gpu_{rate}_images_per_s": {m: round(rate / out[m]["images_per_s_per_core"], 2) for m in MODES}
+        f"gpu_{rate}_images_per_s": {
+            m: round(rate / out[m]["images_per_s_per_core"], 2) for m in MODES
+        }
         for rate in (1000, 3000, 10000)
     }
     return out
@@ -85,7 +97,9 @@ def step_on_cpu(
     datasets = _datasets(decoded, labels, slots, cfg.batch_size, cfg)
     keras.utils.set_random_seed(cfg.seed)
     models = {}
-    for mode in MODES:  # one model each: attach changes the step, and both start from the same weights
+    for (
+        mode
+    ) in MODES:  # one model each: attach changes the step, and both start from the same weights
         keras.utils.set_random_seed(cfg.seed)
         models[mode] = build_model(NUM_CLASSES, decoded.images.shape[1], None, cfg.dense_units)
         compile_for_phase(models[mode], PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from)
@@ -103,7 +117,10 @@ def step_on_cpu(
             wall[mode].append(time.perf_counter() - t)
             cpu[mode].append(time.process_time() - c)
             steps[mode].append(np.diff(timer.marks))
-            print(f"  epoch {mode}: {wall[mode][-1]:.2f} s wall, {cpu[mode][-1]:.2f} s CPU", flush=True)
+            print(
+                f"  epoch {mode}: {wall[mode][-1]:.2f} s wall, {cpu[mode][-1]:.2f} s CPU",
+                flush=True,
+            )
     result = {m: summarise(wall[m], cpu[m], steps[m], batches) for m in MODES}
     dev, host = result["device"], result["host"]
     paired = [d / h for d, h in zip(wall["device"], wall["host"], strict=True)]
@@ -128,8 +145,12 @@ def measure(
 
     cfg = TrainConfig()
     n = max(feed_images, batches * cfg.batch_size)
-    keys = [leaf_files[i % len(leaf_files)][0] for i in range(n)]  # repeated keys: each slot decoded anew
-    decoded = decode_all(LocalStore(leaves), keys, DecodeOptions(image_size, progress="off"), cache_dir=cache)
+    keys = [
+        leaf_files[i % len(leaf_files)][0] for i in range(n)
+    ]  # repeated keys: each slot decoded anew
+    decoded = decode_all(
+        LocalStore(leaves), keys, DecodeOptions(image_size, progress="off"), cache_dir=cache
+    )
     if not decoded.ok.all():
         raise RuntimeError(f"expected every image to decode; skipped {decoded.bad[:3]}")
     classes = sorted(CLASSES)
@@ -137,7 +158,11 @@ def measure(
     slots = np.arange(n)
     out: dict = {"feed": {}}
     for batch in feed_batches:
-        out["feed"][f"batch_{batch}"] = feed(decoded, labels, slots[:feed_images], batch, repeats, cfg)
+        out["feed"][f"batch_{batch}"] = feed(
+            decoded, labels, slots[:feed_images], batch, repeats, cfg
+        )
         print(f"augment feed batch {batch}: {out['feed'][f'batch_{batch}']}", flush=True)
-    out["step_on_cpu"] = step_on_cpu(decoded, labels, slots[: batches * cfg.batch_size], batches, repeats, cfg)
+    out["step_on_cpu"] = step_on_cpu(
+        decoded, labels, slots[: batches * cfg.batch_size], batches, repeats, cfg
+    )
     return out

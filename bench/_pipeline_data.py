@@ -44,7 +44,9 @@ def phone_jpegs(n: int, seed: int = 1) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         cls = names[i % len(names)]
-        big = np.asarray(render_leaf(cls, rng, LEAF_SIZE).resize((width, height), Image.Resampling.BILINEAR))
+        big = np.asarray(
+            render_leaf(cls, rng, LEAF_SIZE).resize((width, height), Image.Resampling.BILINEAR)
+        )
         noise = rng.integers(-10, 11, big.shape, dtype=np.int16)
         photo = np.clip(big.astype(np.int16) + noise, 0, 255).astype(np.uint8)
         out.append((f"{cls}/phone_{i:05d}.jpg", _jpeg(Image.fromarray(photo))))

@@ -72,7 +72,9 @@ def summarise(wall: list[float], cpu: list[float], steps: list[np.ndarray], batc
     }
 
 
-def measure(leaves: Path, leaf_files: list, image_size: int, batches: int, repeats: int, cache: Path) -> dict:
+def measure(
+    leaves: Path, leaf_files: list, image_size: int, batches: int, repeats: int, cache: Path
+) -> dict:
     import keras
     import tensorflow as tf
     from leaf_common.storage import LocalStore
@@ -84,13 +86,21 @@ def measure(leaves: Path, leaf_files: list, image_size: int, batches: int, repea
 
     cfg = TrainConfig()
     n = batches * cfg.batch_size
-    decoded = decode_all(LocalStore(leaves), items_for(leaf_files, n), image_size, cache_dir=cache, progress_mode="off")
+    decoded = decode_all(
+        LocalStore(leaves),
+        items_for(leaf_files, n),
+        image_size,
+        cache_dir=cache,
+        progress_mode="off",
+    )
     labels, slots = decoded.labels(), decoded.slots()
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(NUM_CLASSES, image_size, None, cfg.dense_units)
     compile_for_phase(model, PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from)
     aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
-    pipeline = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
+    pipeline = make_dataset(
+        decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed, augment=aug
+    )
 
     # The baseline gets one augmented epoch materialised up front: same batch count, shapes, dtypes,
     # so both variants run the same train steps and differ only in where the batches come from.
@@ -99,7 +109,10 @@ def measure(leaves: Path, leaf_files: list, image_size: int, batches: int, repea
     # The pipeline's own epoch with no model competing for the cores, with and without augmentation:
     # what it could deliver to a faster device, and how much of that is augmentation.
     plain = make_dataset(decoded.images, labels, slots, cfg.batch_size, shuffle=True, seed=cfg.seed)
-    alone = {name: epoch_seconds(ds) for name, ds in (("augmented", pipeline), ("no_augmentation", plain))}
+    alone = {
+        name: epoch_seconds(ds)
+        for name, ds in (("augmented", pipeline), ("no_augmentation", plain))
+    }
 
     for ds in (pipeline, in_memory):  # trace each signature and let tf.data's autotuner settle
         model.fit(ds, epochs=1, steps_per_epoch=2, verbose=0)
@@ -115,7 +128,10 @@ def measure(leaves: Path, leaf_files: list, image_size: int, batches: int, repea
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)  # all threads of this process
             steps[name].append(np.diff(timer.marks))
-            print(f"  epoch {name}: {wall[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU", flush=True)
+            print(
+                f"  epoch {name}: {wall[name][-1]:.2f} s wall, {cpu[name][-1]:.2f} s CPU",
+                flush=True,
+            )
     result = {k: summarise(wall[k], cpu[k], steps[k], batches) for k in datasets}
     pipe, mem = result["pipeline"], result["in_memory"]
     paired = [p / m for p, m in zip(wall["pipeline"], wall["in_memory"], strict=True)]

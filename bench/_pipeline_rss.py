@@ -50,7 +50,12 @@ class PeakSampler(threading.Thread):
 
 
 def main() -> None:
-    folder, n, budget_mb, cache_dir = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+    folder, n, budget_mb, cache_dir = (
+        Path(sys.argv[1]),
+        int(sys.argv[2]),
+        int(sys.argv[3]),
+        Path(sys.argv[4]),
+    )
     logging.basicConfig(level=logging.WARNING)
     from leaf_common.storage import LocalStore
     from leaf_train.cache import decode_all
@@ -59,12 +64,17 @@ def main() -> None:
     store = LocalStore(folder)
     listed = sorted(store.list(), key=lambda o: o.key)
     # Keys repeat when N exceeds the folder: every slot is still read and decoded on its own.
-    items = [Item(listed[i % len(listed)].key, 0, listed[i % len(listed)].size, "", "train") for i in range(n)]
+    items = [
+        Item(listed[i % len(listed)].key, 0, listed[i % len(listed)].size, "", "train")
+        for i in range(n)
+    ]
     before = status_kib()
     sampler = PeakSampler()
     sampler.start()
     t = time.perf_counter()
-    decoded = decode_all(store, items, 150, cache_dir=cache_dir, memory_budget_mb=budget_mb, progress_mode="off")
+    decoded = decode_all(
+        store, items, 150, cache_dir=cache_dir, memory_budget_mb=budget_mb, progress_mode="off"
+    )
     seconds = time.perf_counter() - t
     peak = sampler.stop()
     after = status_kib()

@@ -63,7 +63,9 @@ def tiny_onnx(image_size: tuple[int, int] = (32, 32), classes: int = 3) -> bytes
     return model.SerializeToString()
 
 
-def publish(root: Path, name: str, onnx_bytes: bytes, image_size: tuple[int, int], classes: int) -> str:
+def publish(
+    root: Path, name: str, onnx_bytes: bytes, image_size: tuple[int, int], classes: int
+) -> str:
     """Write ``<root>/<name>/versions/v1`` + pointer; returns the pointer URI."""
     h, w = image_size
     contract = ModelContract(

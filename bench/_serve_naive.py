@@ -21,7 +21,9 @@ from starlette.routing import Route
 def main(model_path: str, port: int, threads: int) -> None:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model_path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
 
     async def infer(request: Request) -> Response:
         body = await request.body()
@@ -35,7 +37,10 @@ def main(model_path: str, port: int, threads: int) -> None:
         return Response(b'{"ready": true}')
 
     app = Starlette(
-        routes=[Route("/v2/models/{name}/infer", infer, methods=["POST"]), Route("/v2/health/ready", ready)]
+        routes=[
+            Route("/v2/models/{name}/infer", infer, methods=["POST"]),
+            Route("/v2/health/ready", ready),
+        ]
     )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 

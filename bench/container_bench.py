@@ -59,7 +59,11 @@ def sizes() -> dict[str, object]:
     listed = podman("images", "--format", "{{.Repository}}:{{.Tag}} {{.Size}}").stdout.splitlines()
     for line in listed:
         ref = line.split()[0]
-        if any(f"/{name}:" in ref for name in IMAGES) or "leaf-train-python" in ref or "library/python" in ref:
+        if (
+            any(f"/{name}:" in ref for name in IMAGES)
+            or "leaf-train-python" in ref
+            or "library/python" in ref
+        ):
             size = int(podman("image", "inspect", "--format", "{{.Size}}", ref).stdout)
             out[ref] = {"bytes": size, "MB": round(size / 1e6, 1)}
     serve = f"localhost/leaf-serve:{version()}-cpu"
@@ -67,7 +71,9 @@ def sizes() -> dict[str, object]:
     du = podman("run", "--rm", "--entrypoint", "sh", serve, "-c", script).stdout.split("\n")
     out["serve_cpu_venv_kB"] = dict(reversed(line.split("\t")) for line in du if "\t" in line)
     pyc = "find /opt/venv -name __pycache__ -type d -prune -exec du -sk {} + | awk '{s+=$1} END {print s}'"
-    out["serve_cpu_pycache_kB"] = int(podman("run", "--rm", "--entrypoint", "sh", serve, "-c", pyc).stdout)
+    out["serve_cpu_pycache_kB"] = int(
+        podman("run", "--rm", "--entrypoint", "sh", serve, "-c", pyc).stdout
+    )
     return out
 
 
@@ -88,15 +94,23 @@ def cold_builds() -> dict[str, float]:
              "--no-cache"],
             check=True, capture_output=True, text=True,
         )  # fmt: skip
-        took[f"build {name} cpu"] = float(re.search(r"built \S+ in (\d+) s", result.stderr).group(1))
+        took[f"build {name} cpu"] = float(
+            re.search(r"built \S+ in (\d+) s", result.stderr).group(1)
+        )
     return took
 
 
 def used_bytes() -> int:
-    return shutil.disk_usage("/var/lib/containers").used  # one filesystem here: / (checked in gpu_builds)
+    return shutil.disk_usage(
+        "/var/lib/containers"
+    ).used  # one filesystem here: / (checked in gpu_builds)
 
 
-OWN = ("/var/lib/containers/storage", "/var/tmp", str(ROOT / ".cache" / "images"))  # what a build writes
+OWN = (
+    "/var/lib/containers/storage",
+    "/var/tmp",
+    str(ROOT / ".cache" / "images"),
+)  # what a build writes
 
 
 def own_bytes() -> int:
@@ -128,7 +142,9 @@ def build_sampled(*args: str) -> dict[str, object]:
     for sampler in samplers:
         sampler.start()
     try:
-        subprocess.run([sys.executable, str(ROOT / "scripts" / "images.py"), "build", *args], check=True)
+        subprocess.run(
+            [sys.executable, str(ROOT / "scripts" / "images.py"), "build", *args], check=True
+        )
     finally:
         stop.set()
         for sampler in samplers:
@@ -154,7 +170,9 @@ def build_sampled(*args: str) -> dict[str, object]:
 def gpu_builds() -> dict[str, object]:
     """Cold then cached ``images.py build --flavour gpu`` with their disk, and the images' sizes."""
     devices = {Path(p).stat().st_dev for p in ("/var/lib/containers", "/var/tmp", ROOT)}
-    assert len(devices) == 1, "podman's storage, /var/tmp and the repository must share one filesystem here"
+    assert len(devices) == 1, (
+        "podman's storage, /var/tmp and the repository must share one filesystem here"
+    )
     refs = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "images.py"), "refs", "--flavour", "gpu"],
         check=True, capture_output=True, text=True,
@@ -178,7 +196,9 @@ def gpu_builds() -> dict[str, object]:
     out["images"] = images
     out["images_total_GB"] = round(sum(i["GB"] for i in images.values()), 2)
     for key in ("peak_extra_GB", "du_peak_extra_GB"):
-        out[f"{key} / largest image"] = round(out["cold"][key] / max(i["GB"] for i in images.values()), 2)
+        out[f"{key} / largest image"] = round(
+            out["cold"][key] / max(i["GB"] for i in images.values()), 2
+        )
         out[f"{key} / both images"] = round(out["cold"][key] / out["images_total_GB"], 2)
     return out
 
@@ -205,7 +225,9 @@ def start_to_ready(image: str, folder: Path, extra_env: dict[str, str]) -> float
         "--env", "LEAF_SERVE_MODEL=/model", "--env", "LEAF_SERVE_HOST=0.0.0.0", *env, image,
     ).stdout.strip()  # fmt: skip
     try:
-        ip = podman("inspect", "--format", "{{.NetworkSettings.Networks.podman.IPAddress}}", cid).stdout.strip()
+        ip = podman(
+            "inspect", "--format", "{{.NetworkSettings.Networks.podman.IPAddress}}", cid
+        ).stdout.strip()
         while True:
             try:
                 if httpx.get(f"http://{ip}:8080/v2/health/ready", timeout=1).status_code == 200:
@@ -214,10 +236,16 @@ def start_to_ready(image: str, folder: Path, extra_env: dict[str, str]) -> float
             except httpx.TransportError:
                 pass
             if time.monotonic() - start > 120:
-                raise RuntimeError(f"not ready in 120 s: {podman('logs', cid, check=False).stderr[-2000:]}")
+                raise RuntimeError(
+                    f"not ready in 120 s: {podman('logs', cid, check=False).stderr[-2000:]}"
+                )
             time.sleep(0.02)
-        version = httpx.get(f"http://{ip}:8080/v2/models/{folder.parts[-3]}", timeout=5).json()["versions"]
-        assert version == ["v1"], version  # the folder is mounted as /model; model.json names the version
+        version = httpx.get(f"http://{ip}:8080/v2/models/{folder.parts[-3]}", timeout=5).json()[
+            "versions"
+        ]
+        assert version == ["v1"], (
+            version
+        )  # the folder is mounted as /model; model.json names the version
         return took
     finally:
         podman("stop", "--time", "30", cid, check=False)
@@ -232,7 +260,10 @@ def readiness(repeats: int) -> dict[str, object]:
         for f in Path(tmp).rglob("*"):
             f.chmod(0o755 if f.is_dir() else 0o644)  # readable by uid 10001
         for name, folder in folders.items():
-            for label, env in (("pyc", {}), ("no-pyc", {"PYTHONPYCACHEPREFIX": "/tmp/no-bytecode"})):
+            for label, env in (
+                ("pyc", {}),
+                ("no-pyc", {"PYTHONPYCACHEPREFIX": "/tmp/no-bytecode"}),
+            ):
                 runs = [start_to_ready(image, folder, env) for _ in range(repeats)]
                 out[f"{name} {label}"] = {
                     "median_s": round(statistics.median(runs), 2),
@@ -242,10 +273,18 @@ def readiness(repeats: int) -> dict[str, object]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--cold-build", action="store_true", help="also time builds without layer cache (~8 min)")
-    parser.add_argument("--gpu-build", action="store_true", help="only the GPU images: cold + cached, disk (~20 min)")
+    parser.add_argument(
+        "--cold-build", action="store_true", help="also time builds without layer cache (~8 min)"
+    )
+    parser.add_argument(
+        "--gpu-build",
+        action="store_true",
+        help="only the GPU images: cold + cached, disk (~20 min)",
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     result: dict[str, object] = {"when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

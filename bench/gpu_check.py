@@ -48,7 +48,11 @@ from _gpu_load import (  # noqa: E402
 )
 from leaf_common.errors import LeafError  # noqa: E402
 
-ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+}
 BATCHES = (1, 8, 32, 64)
 RESERVE_S = 15.0  # kept back from the budget for writing the report and stopping the server
 # import name -> what pip installs it from; the server's own needs (pyproject [serve-gpu]) and the check's.
@@ -65,7 +69,10 @@ REQUIRED = {
     "PIL": "pillow",
     "httpx": "httpx",
 }
-RECOMMENDED = {"httptools": "httptools", "uvloop": "uvloop"}  # without them uvicorn falls back to h11/asyncio
+RECOMMENDED = {
+    "httptools": "httptools",
+    "uvloop": "uvloop",
+}  # without them uvicorn falls back to h11/asyncio
 
 
 class CheckError(LeafError):
@@ -107,7 +114,10 @@ def check_packages() -> dict:
         if importlib.util.find_spec(module) is None:
             absent_optional.append(pip_name)
     if not missing:
-        for module in ("leaf_serve.app", "leaf_serve.grpc_v2.service"):  # version clashes show up here
+        for module in (
+            "leaf_serve.app",
+            "leaf_serve.grpc_v2.service",
+        ):  # version clashes show up here
             try:
                 importlib.import_module(module)
             except Exception as e:  # noqa: BLE001
@@ -118,11 +128,17 @@ def check_packages() -> dict:
 def gpu_info() -> dict:
     if not shutil.which("nvidia-smi"):
         return {"skipped": "nvidia-smi not on PATH"}
-    query = ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader,nounits"]
+    query = [
+        "nvidia-smi",
+        "--query-gpu=name,driver_version,memory.total",
+        "--format=csv,noheader,nounits",
+    ]
     out = subprocess.run(query, capture_output=True, text=True, timeout=30)
     lines = [line for line in out.stdout.splitlines() if line.strip()]
     if out.returncode or not lines:
-        return {"skipped": f"nvidia-smi lists no GPU (exit {out.returncode}): {out.stderr.strip()[-300:]}"}
+        return {
+            "skipped": f"nvidia-smi lists no GPU (exit {out.returncode}): {out.stderr.strip()[-300:]}"
+        }
     name, driver, memory = (v.strip() for v in lines[0].split(","))
     return {"name": name, "driver": driver, "memory_mib": memory, "count": len(lines)}
 
@@ -132,7 +148,12 @@ def build_model(kind: str, tmp: Path) -> tuple[Path, tuple[int, int], int, str]:
     if kind == "tiny":
         from _serve_models import tiny_onnx
 
-        data, size, classes, what = tiny_onnx((32, 32)), (32, 32), 3, "tiny (mean colour, MatMul, Softmax)"
+        data, size, classes, what = (
+            tiny_onnx((32, 32)),
+            (32, 32),
+            3,
+            "tiny (mean colour, MatMul, Softmax)",
+        )
     elif kind == "seed-vgg16":
         import seed_onnx
 
@@ -166,14 +187,32 @@ class Budget:
         return self.seconds - RESERVE_S - self.elapsed()
 
 
-def in_process(args: argparse.Namespace, provider: str, model: Path, batches: list[int], budget: Budget) -> dict:
+def in_process(
+    args: argparse.Namespace, provider: str, model: Path, batches: list[int], budget: Budget
+) -> dict:
     """One provider's figures from bench/_gpu_inprocess.py in a child process, bounded by the budget."""
-    cmd = [sys.executable, str(HERE / "_gpu_inprocess.py"), "--model", str(model), "--provider", provider]
-    cmd += ["--batches", ",".join(map(str, batches)), "--seconds", str(args.seconds), "--runs", str(args.runs)]
+    cmd = [
+        sys.executable,
+        str(HERE / "_gpu_inprocess.py"),
+        "--model",
+        str(model),
+        "--provider",
+        provider,
+    ]
+    cmd += [
+        "--batches",
+        ",".join(map(str, batches)),
+        "--seconds",
+        str(args.seconds),
+        "--runs",
+        str(args.runs),
+    ]
     cmd += ["--fp16"] if args.fp16 and provider != "tensorrt" else []
     timeout = max(1.0, budget.left())
     try:
-        out = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, timeout=timeout)
+        out = subprocess.run(
+            cmd, stdout=subprocess.PIPE, stderr=sys.stderr, text=True, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return {"skipped": f"did not finish within the {timeout:.0f} s left of the budget"}
     if out.returncode:
@@ -188,14 +227,20 @@ def grpc_check(address: str, payload: bytes, classes: int) -> None:
     from leaf_serve.grpc_v2 import inference_pb2 as pb
 
     with grpc.insecure_channel(address) as channel:
-        call = channel.unary_unary(GRPC_METHOD, response_deserializer=pb.ModelInferResponse.FromString)
+        call = channel.unary_unary(
+            GRPC_METHOD, response_deserializer=pb.ModelInferResponse.FromString
+        )
         answer = call(payload, timeout=120)
     shape = list(answer.outputs[0].shape)
     if shape != [1, classes]:
-        raise CheckError(f"gRPC check: expected an output of shape [1, {classes}]; received {shape}")
+        raise CheckError(
+            f"gRPC check: expected an output of shape [1, {classes}]; received {shape}"
+        )
 
 
-def native_point(tool: str, url: str, spec: dict, c: int, args: argparse.Namespace, tmp: Path, threads: int) -> dict:
+def native_point(
+    tool: str, url: str, spec: dict, c: int, args: argparse.Namespace, tmp: Path, threads: int
+) -> dict:
     """One wrk or h2load point (warm-up first), in the same shape as the Python load loops'."""
     import speed_bench
 
@@ -205,7 +250,11 @@ def native_point(tool: str, url: str, spec: dict, c: int, args: argparse.Namespa
             r = speed_bench.wrk(url, spec, c, args.seconds, threads)
         ok = r["requests"] - r["non_2xx"]
         stats = {"requests": ok, "failed": r["non_2xx"] + r["socket_errors"]}
-        stats |= {"req_per_s": round(ok / r["duration_s"], 1), "p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]}
+        stats |= {
+            "req_per_s": round(ok / r["duration_s"], 1),
+            "p50_ms": r["p50_ms"],
+            "p99_ms": r["p99_ms"],
+        }
     else:
         speed_bench.h2load(url, spec, c, args.warmup, tmp, threads)
         with GpuSampler() as gpu:
@@ -239,13 +288,19 @@ def loadgens(choice: str) -> dict[str, str]:
         elif shutil.which(tool):
             chosen[kind] = tool
         elif choice == "native":
-            raise CheckError(f"--loadgen native: expected {tool} on PATH (scripts/get-loadgen.sh); found none")
+            raise CheckError(
+                f"--loadgen native: expected {tool} on PATH (scripts/get-loadgen.sh); found none"
+            )
         else:
-            chosen[kind] = f"python ({tool} not on PATH: a Python client on the same cores caps the figures)"
+            chosen[kind] = (
+                f"python ({tool} not on PATH: a Python client on the same cores caps the figures)"
+            )
     return chosen
 
 
-def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget, tmp: Path) -> dict:  # noqa: ANN001
+def serving(
+    args, model: Path, size, classes: int, in_proc: dict, budget: Budget, tmp: Path
+) -> dict:  # noqa: ANN001
     """leaf-serve over binary REST and gRPC at rising concurrency; saturation over in-process images/s."""
     import speed_bench
     from _serve_models import publish
@@ -257,13 +312,18 @@ def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget
     intra = max(1, (cpus - threads) // processes)
     pointer = publish(tmp / "models", "leaf", model.read_bytes(), size, classes)
     specs = speed_bench.bodies(tmp, "leaf", size, photo=False)
-    options = {"providers": args.providers, "processes": str(processes), "max_batch_size": str(args.max_batch_size)}
+    options = {
+        "providers": args.providers,
+        "processes": str(processes),
+        "max_batch_size": str(args.max_batch_size),
+    }
     options["pad_batches"] = args.pad_batches
     options["require_gpu"] = "true" if args.providers != "cpu" else "false"
     chosen = loadgens(args.loadgen)
     result = {
         "processes": processes,
-        "processes_rule": PROCESSES_RULE + ("" if not args.processes else " (overridden: --processes)"),
+        "processes_rule": PROCESSES_RULE
+        + ("" if not args.processes else " (overridden: --processes)"),
         "intra_op_threads_per_process": intra,
         "loadgen_threads": threads,
         "max_batch_size": args.max_batch_size,
@@ -283,7 +343,12 @@ def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget
         grpc_url = f"http://{grpc_address}/inference.GRPCInferenceService/ModelInfer"
         for kind, spec, target, native in (
             ("rest", specs["binary_rest"], rest_url, "wrk"),
-            ("grpc", specs["grpc"], grpc_url if chosen["grpc"] == "h2load" else grpc_address, "h2load"),
+            (
+                "grpc",
+                specs["grpc"],
+                grpc_url if chosen["grpc"] == "h2load" else grpc_address,
+                "h2load",
+            ),
         ):
             log(f"serving over {kind} ({chosen[kind].split(' ')[0]}), levels up to {levels[-1]}")
 
@@ -297,10 +362,15 @@ def serving(args, model: Path, size, classes: int, in_proc: dict, budget: Budget
 
             section = ramp(point, levels, budget.left)
             saturation = section["saturation"]["req_per_s"]
-            section |= {"in_process_batch": args.max_batch_size, "in_process_images_per_s": in_batch}
+            section |= {
+                "in_process_batch": args.max_batch_size,
+                "in_process_images_per_s": in_batch,
+            }
             section["ratio_to_in_process"] = round(saturation / in_batch, 3)
             section |= {"best_in_process_batch": int(best_batch)}
-            section["ratio_to_best_in_process"] = round(saturation / in_proc["batches"][best_batch]["images_per_s"], 3)
+            section["ratio_to_best_in_process"] = round(
+                saturation / in_proc["batches"][best_batch]["images_per_s"], 3
+            )
             result[kind] = section
     finally:
         server.stop()
@@ -328,7 +398,9 @@ def training(args: argparse.Namespace, budget: Budget) -> dict:
             continue
         tail = (out.stderr.strip().splitlines() or [""])[-1][-300:]
         if out.returncode == 3:  # the script's own word: TensorFlow does not import here
-            return {"skipped": f"TensorFlow is not importable here ({script.name} exited 3: {tail})"}
+            return {
+                "skipped": f"TensorFlow is not importable here ({script.name} exited 3: {tail})"
+            }
         if out.returncode:
             result[augment] = {"error": f"exit {out.returncode}: {tail}"}
             continue
@@ -344,37 +416,96 @@ def training(args: argparse.Namespace, budget: Budget) -> dict:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--providers", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the script")
-    p.add_argument("--cpu-dry-run", action="store_true", help="the same as --providers cpu --model tiny")
-    p.add_argument("--model", default="seed-vgg16", help="seed-vgg16 (default), tiny, or a path to a model.onnx")
+    p.add_argument(
+        "--providers", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the script"
+    )
+    p.add_argument(
+        "--cpu-dry-run", action="store_true", help="the same as --providers cpu --model tiny"
+    )
+    p.add_argument(
+        "--model",
+        default="seed-vgg16",
+        help="seed-vgg16 (default), tiny, or a path to a model.onnx",
+    )
     p.add_argument("--batches", default=",".join(map(str, BATCHES)), help="in-process batch sizes")
-    p.add_argument("--seconds", type=int, default=4, help="measured seconds per point (in process and served)")
+    p.add_argument(
+        "--seconds", type=int, default=4, help="measured seconds per point (in process and served)"
+    )
     p.add_argument("--warmup", type=int, default=1, help="seconds of load before each served point")
-    p.add_argument("--runs", type=int, default=10, help="at least this many timed runs per in-process batch")
-    p.add_argument("--scale", type=float, default=1.0, help="multiply --seconds (earlier versions' flag)")
-    p.add_argument("--max-concurrency", type=int, default=256, help="highest connection count of the ramp")
-    p.add_argument("--processes", type=int, default=0, help="leaf-serve --processes; 0 = the rule for this node")
-    p.add_argument("--max-batch-size", type=int, default=8, help="leaf-serve --max-batch-size (its default: 8)")
-    p.add_argument("--pad-batches", choices=("auto", "on", "off"), default="auto", help="leaf-serve --pad-batches")
-    p.add_argument("--loadgen", choices=("auto", "native", "python"), default="auto", help="auto: wrk/h2load if there")
-    p.add_argument("--fp16", action="store_true", help="also the FP16 conversion in process on CUDA")
-    p.add_argument("--tensorrt", choices=("auto", "off"), default="auto", help="auto: when its provider loads")
-    p.add_argument("--training", choices=("auto", "off"), default="auto", help="auto: when train_step_bench runs")
-    p.add_argument("--train-script", default=str(HERE / "train_step_bench.py"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--runs", type=int, default=10, help="at least this many timed runs per in-process batch"
+    )
+    p.add_argument(
+        "--scale", type=float, default=1.0, help="multiply --seconds (earlier versions' flag)"
+    )
+    p.add_argument(
+        "--max-concurrency", type=int, default=256, help="highest connection count of the ramp"
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=0,
+        help="leaf-serve --processes; 0 = the rule for this node",
+    )
+    p.add_argument(
+        "--max-batch-size", type=int, default=8, help="leaf-serve --max-batch-size (its default: 8)"
+    )
+    p.add_argument(
+        "--pad-batches",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="leaf-serve --pad-batches",
+    )
+    p.add_argument(
+        "--loadgen",
+        choices=("auto", "native", "python"),
+        default="auto",
+        help="auto: wrk/h2load if there",
+    )
+    p.add_argument(
+        "--fp16", action="store_true", help="also the FP16 conversion in process on CUDA"
+    )
+    p.add_argument(
+        "--tensorrt", choices=("auto", "off"), default="auto", help="auto: when its provider loads"
+    )
+    p.add_argument(
+        "--training",
+        choices=("auto", "off"),
+        default="auto",
+        help="auto: when train_step_bench runs",
+    )
+    p.add_argument(
+        "--train-script", default=str(HERE / "train_step_bench.py"), help=argparse.SUPPRESS
+    )
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--train-batch-size", type=int, default=32)
-    p.add_argument("--train-timeout", type=float, default=150, help="seconds per augmentation mode at most")
-    p.add_argument("--budget-s", type=float, default=480, help="wall-clock budget from --started-at (8 min)")
-    p.add_argument("--started-at", type=float, default=0.0, help="epoch seconds gpu_check.sh started (default now)")
-    p.add_argument("--out", default="", help="also write gpu_check.json and gpu_check.md into this folder")
-    p.add_argument("--setup", default="", help="JSON from gpu_check.sh: wheelhouse and load generator set-up")
+    p.add_argument(
+        "--train-timeout", type=float, default=150, help="seconds per augmentation mode at most"
+    )
+    p.add_argument(
+        "--budget-s", type=float, default=480, help="wall-clock budget from --started-at (8 min)"
+    )
+    p.add_argument(
+        "--started-at",
+        type=float,
+        default=0.0,
+        help="epoch seconds gpu_check.sh started (default now)",
+    )
+    p.add_argument(
+        "--out", default="", help="also write gpu_check.json and gpu_check.md into this folder"
+    )
+    p.add_argument(
+        "--setup", default="", help="JSON from gpu_check.sh: wheelhouse and load generator set-up"
+    )
     args = p.parse_args(argv)
     if args.cpu_dry_run:
         args.providers, args.model = "cpu", "tiny" if args.model == "seed-vgg16" else args.model
     args.seconds = max(1, round(args.seconds * args.scale))
     batches = sorted({int(b) for b in args.batches.split(",")} | {args.max_batch_size})
     if min(batches) < 1 or args.max_concurrency < 1 or args.processes < 0:
-        p.error(f"expected positive batches and concurrency; received {batches}, {args.max_concurrency}")
+        p.error(
+            f"expected positive batches and concurrency; received {batches}, {args.max_concurrency}"
+        )
     args.batches = batches
     args.started_at = args.started_at or time.time()
     return args
@@ -385,10 +516,15 @@ def run_check(args: argparse.Namespace, report: dict, budget: Budget, tmp: Path)
     report["setup"]["packages"] = packages
     if packages["missing"]:
         names = ", ".join(packages["missing"])
-        raise MissingPackages(f"missing or broken: {names} (gpu_check.sh --wheelhouse DIR carries them in)")
+        raise MissingPackages(
+            f"missing or broken: {names} (gpu_check.sh --wheelhouse DIR carries them in)"
+        )
     import onnxruntime as ort
 
-    report["machine"] |= {"onnxruntime": ort.__version__, "available_providers": ort.get_available_providers()}
+    report["machine"] |= {
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+    }
     if args.providers == "cuda":
         if "skipped" in report["machine"]["gpu"]:
             raise NoGpu(f"--providers cuda: {report['machine']['gpu']['skipped']}")
@@ -398,7 +534,12 @@ def run_check(args: argparse.Namespace, report: dict, budget: Budget, tmp: Path)
                 f"available: {ort.get_available_providers()}"
             )
     model, size, classes, what = build_model(args.model, tmp)
-    report["model"] = {"what": what, "image_size": list(size), "classes": classes, "bytes": model.stat().st_size}
+    report["model"] = {
+        "what": what,
+        "image_size": list(size),
+        "classes": classes,
+        "bytes": model.stat().st_size,
+    }
     log(f"in process on {args.providers}: {what}, batches {args.batches}")
     t = time.perf_counter()
     in_proc = in_process(args, args.providers, model, args.batches, budget)
@@ -406,8 +547,13 @@ def run_check(args: argparse.Namespace, report: dict, budget: Budget, tmp: Path)
     if "skipped" in in_proc:
         raise CheckError(f"in process on {args.providers}: {in_proc['skipped']}")
     profile = in_proc["profile"]
-    if profile["session_providers"][0] != ORT_NAMES[args.providers] or profile["heavy_ops_not_on_provider"]:
-        raise NotOnProvider(f"{ORT_NAMES[args.providers]} is not running the model's heavy ops: {profile}")
+    if (
+        profile["session_providers"][0] != ORT_NAMES[args.providers]
+        or profile["heavy_ops_not_on_provider"]
+    ):
+        raise NotOnProvider(
+            f"{ORT_NAMES[args.providers]} is not running the model's heavy ops: {profile}"
+        )
     t = time.perf_counter()
     report["serving"] = serving(args, model, size, classes, in_proc, budget, tmp)
     report["serving"]["wall_s"] = round(time.perf_counter() - t, 1)
@@ -417,7 +563,9 @@ def run_check(args: argparse.Namespace, report: dict, budget: Budget, tmp: Path)
     elif args.tensorrt == "off":
         report["tensorrt"] = {"skipped": "asked: --tensorrt off"}
     elif ORT_NAMES["tensorrt"] not in ort.get_available_providers():
-        report["tensorrt"] = {"skipped": f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider"}
+        report["tensorrt"] = {
+            "skipped": f"onnxruntime {ort.__version__} has no TensorrtExecutionProvider"
+        }
     else:  # last: its engine build may take what is left of the budget; optional, so it fails nothing
         try:
             report["tensorrt"] = in_process(args, "tensorrt", model, args.batches, budget)
@@ -466,7 +614,10 @@ def new_report(args: argparse.Namespace) -> dict:
 
 def markdown(r: dict) -> str:
     gpu = r["machine"]["gpu"]
-    lines = [f"# gpu_check {r['started']}: {gpu.get('name', gpu.get('skipped'))}, status {r['status']}", ""]
+    lines = [
+        f"# gpu_check {r['started']}: {gpu.get('name', gpu.get('skipped'))}, status {r['status']}",
+        "",
+    ]
     if r.get("error"):
         lines += [f"**{r['failure']}** (exit {r['exit_code']}): {r['error']}", ""]
     for key in ("in_process", "tensorrt"):
@@ -483,10 +634,13 @@ def markdown(r: dict) -> str:
     for kind in ("rest", "grpc"):
         s = r.get("serving", {}).get(kind)
         if s:
-            lines += [f"| {kind} ({r['serving']['loadgen'][kind].split(' ')[0]}) | c | req/s | p50 ms | p99 ms |"]
+            lines += [
+                f"| {kind} ({r['serving']['loadgen'][kind].split(' ')[0]}) | c | req/s | p50 ms | p99 ms |"
+            ]
             lines += ["|---|---|---|---|---|"]
             lines += [
-                f"| | {p['concurrency']} | {p['req_per_s']} | {p['p50_ms']} | {p['p99_ms']} |" for p in s["points"]
+                f"| | {p['concurrency']} | {p['req_per_s']} | {p['p50_ms']} | {p['p99_ms']} |"
+                for p in s["points"]
             ]
             lines += ["", f"{kind}: saturation {s['saturation']}, ratio to in process at batch "]
             lines[-1] += f"{s['in_process_batch']}: **{s['ratio_to_in_process']}** ({s['stopped']})"
@@ -513,8 +667,15 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # argparse's exit 2 (its message is on stderr): still one JSON document
         if e.code in (0, None):
             raise
-        doc = {"check": "leaf-train bench/gpu_check.sh", "status": "failed", "exit_code": 2, "failure": "bad_options"}
-        print(json.dumps(doc | {"error": "bad options (argparse's message is on stderr)"}, indent=1))
+        doc = {
+            "check": "leaf-train bench/gpu_check.sh",
+            "status": "failed",
+            "exit_code": 2,
+            "failure": "bad_options",
+        }
+        print(
+            json.dumps(doc | {"error": "bad options (argparse's message is on stderr)"}, indent=1)
+        )
         return 2
     report = new_report(args)
     budget = Budget(args.budget_s, args.started_at)
@@ -524,13 +685,22 @@ def main(argv: list[str] | None = None) -> int:
             report |= {"status": "ok", "exit_code": 0}
         except LeafError as e:
             code = e.exit_code if isinstance(e, CheckError) else 1
-            report |= {"status": "failed", "exit_code": code, "failure": getattr(e, "failure", "measurement")}
+            report |= {
+                "status": "failed",
+                "exit_code": code,
+                "failure": getattr(e, "failure", "measurement"),
+            }
             report["error"] = str(e)
         except Exception as e:  # noqa: BLE001  (one JSON document whatever broke; the traceback on stderr)
             import traceback
 
             traceback.print_exc()
-            report |= {"status": "failed", "exit_code": 1, "failure": "measurement", "error": f"{e!r}"}
+            report |= {
+                "status": "failed",
+                "exit_code": 1,
+                "failure": "measurement",
+                "error": f"{e!r}",
+            }
         log_file = Path(d) / "server.log"
         server_log = log_file.read_bytes()[-1_000_000:] if log_file.exists() else b""
     report["machine"]["load_after"] = [round(v, 2) for v in os.getloadavg()]

@@ -74,7 +74,9 @@ GRPC_LIVE = "/inference.GRPCInferenceService/ServerLive"
 
 def png(mode: str, side: int) -> bytes:
     buf = io.BytesIO()
-    Image.new(mode, (side, side), (40, 160, 40, 255)[: len(mode)] if mode != "L" else 120).save(buf, format="PNG")
+    Image.new(mode, (side, side), (40, 160, 40, 255)[: len(mode)] if mode != "L" else 120).save(
+        buf, format="PNG"
+    )
     return buf.getvalue()
 
 
@@ -100,11 +102,15 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
         env.update(PYTHONPATH=f"{source / 'serve'}:{source / 'job'}", LEAF_SERVE_MODEL=model)
-        env.update(LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu")
+        env.update(
+            LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu"
+        )
         env.update(LEAF_SERVE_POLL_INTERVAL="0", LEAF_SERVE_GRPC_PORT=str(self.grpc_port))
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the server; read by output()
-        self.proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "leaf_serve"], env=env, stdout=self.log, stderr=self.log
+        )
         deadline = time.monotonic() + 60
         while True:
             if self.proc.poll() is not None:
@@ -121,7 +127,9 @@ class Server:
             [sys.executable, "-c", "import leaf_serve; print(leaf_serve.__file__)"],
             env=env, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        assert imported.startswith(str(source)), f"expected leaf_serve from {source}; Python imports {imported}"
+        assert imported.startswith(str(source)), (
+            f"expected leaf_serve from {source}; Python imports {imported}"
+        )
 
     def output(self) -> str:
         self.log.seek(0)
@@ -150,7 +158,12 @@ def memory_scenario(server: Server, send) -> dict:  # noqa: ANN001 - a callable 
     peak = status(server.proc.pid, "VmHWM")
     time.sleep(2)
     after = status(server.proc.pid, "VmRSS")
-    return {"status": statuses, "rss_mib": base, "peak_growth_mib": peak - base, "after_growth_mib": after - base}
+    return {
+        "status": statuses,
+        "rss_mib": base,
+        "peak_growth_mib": peak - base,
+        "after_growth_mib": after - base,
+    }
 
 
 def concurrent(url: str, body: bytes, n: int = 2) -> list[int]:
@@ -177,8 +190,15 @@ def many_images(url: str) -> list[int]:
         "parameters": {"binary_data_size": len(blob)},
     }
     header = json.dumps({"inputs": [tensor]}).encode()
-    headers = {"Inference-Header-Content-Length": str(len(header)), "Content-Type": "application/octet-stream"}
-    return [httpx.post(url + "/v2/models/tiny/infer", content=header + blob, headers=headers, timeout=120).status_code]
+    headers = {
+        "Inference-Header-Content-Length": str(len(header)),
+        "Content-Type": "application/octet-stream",
+    }
+    return [
+        httpx.post(
+            url + "/v2/models/tiny/infer", content=header + blob, headers=headers, timeout=120
+        ).status_code
+    ]
 
 
 def stalled(server: Server) -> dict:
@@ -189,8 +209,12 @@ def stalled(server: Server) -> dict:
     server.reset_peak()
     for _ in range(30):
         s = socket.create_connection(("127.0.0.1", server.port))
-        s.sendall(f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n".encode())
-        with contextlib.suppress(OSError):  # refused mid-body (503) and closed: counted as closed below
+        s.sendall(
+            f"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Length: {body_len}\r\n\r\n".encode()
+        )
+        with contextlib.suppress(
+            OSError
+        ):  # refused mid-body (503) and closed: counted as closed below
             s.sendall(b"\0" * int(body_len * 0.6))
         socks.append(("body", s, time.monotonic()))
     for _ in range(5):
@@ -222,7 +246,10 @@ def stalled(server: Server) -> dict:
     peak = status(server.proc.pid, "VmHWM")
     return {
         "body_closed_s": {"max": max(closed["body"]), "median": float(np.median(closed["body"]))},
-        "headers_closed_s": {"max": max(closed["headers"]), "median": float(np.median(closed["headers"]))},
+        "headers_closed_s": {
+            "max": max(closed["headers"]),
+            "median": float(np.median(closed["headers"])),
+        },
         "still_open_at_cap": len(pending),
         "peak_growth_mib": peak - base,
     }
@@ -294,7 +321,10 @@ def grpc_partial(server: Server) -> dict:
     streams = [attacker.open(GRPC_INFER) for _ in range(8)]
     payload = grpc_message(b"\0" * 18_000_000, declared=20_000_000)
     sent: list[int] = []
-    senders = [threading.Thread(target=lambda s=s: sent.append(attacker.send(s, payload, timeout=20))) for s in streams]
+    senders = [
+        threading.Thread(target=lambda s=s: sent.append(attacker.send(s, payload, timeout=20)))
+        for s in streams
+    ]
     start = time.monotonic()
     for t in senders:
         t.start()
@@ -321,9 +351,13 @@ def grpc_partial(server: Server) -> dict:
 
 
 def typed_request(model: str, values: int, side: int) -> bytes:
-    from leaf_serve.grpc_v2 import inference_pb2 as pb  # either tree's copy: the messages are the same
+    from leaf_serve.grpc_v2 import (
+        inference_pb2 as pb,
+    )  # either tree's copy: the messages are the same
 
-    tensor = pb.ModelInferRequest.InferInputTensor(name="image", datatype="FP32", shape=[1, side, side, 3])
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name="image", datatype="FP32", shape=[1, side, side, 3]
+    )
     tensor.contents.fp32_contents.extend(np.zeros(values, np.float32))
     return pb.ModelInferRequest(model_name=model, inputs=[tensor]).SerializeToString()
 
@@ -370,11 +404,26 @@ def grpc_typed(server: Server) -> dict:
 
 def fuzz(server: Server) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as report:
-        env = {**os.environ, "LEAF_FUZZ_URL": server.url, "LEAF_FUZZ_REPORT": report.name, "LEAF_FUZZ_COUNT_ONLY": "1"}
+        env = {
+            **os.environ,
+            "LEAF_FUZZ_URL": server.url,
+            "LEAF_FUZZ_REPORT": report.name,
+            "LEAF_FUZZ_COUNT_ONLY": "1",
+        }
         if server.grpc_port:
             env["LEAF_FUZZ_GRPC"] = f"127.0.0.1:{server.grpc_port}"
         test = str(ROOT / "tests/serve/test_serve_fuzz.py")
-        cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "not finds_a_5xx"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            test,
+            "-k",
+            "not finds_a_5xx",
+        ]
         subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=1800)
         rows = json.loads(Path(report.name).read_text() or "[]")
     log = server.output()
@@ -388,7 +437,9 @@ def fuzz(server: Server) -> dict:
         "5xx_by_kind": {r["kind"]: r["count"] for r in rows if r["status"] >= 500},
         # gRPC cases record the status code's number: 2 UNKNOWN and 13 INTERNAL are the server's failures
         "grpc_cases": sum(r["count"] for r in rows if r["kind"] == "grpc"),
-        "grpc_unknown_or_internal": sum(r["count"] for r in rows if r["kind"] == "grpc" and r["status"] in (2, 13)),
+        "grpc_unknown_or_internal": sum(
+            r["count"] for r in rows if r["kind"] == "grpc" and r["status"] in (2, 13)
+        ),
         "tracebacks_logged": log.count("Traceback (most recent call last)"),
         "error_lines_logged": sum(" ERROR " in line for line in log.splitlines()),
     }
@@ -408,11 +459,17 @@ def live_round(url: str, n: int = 10) -> int:
 def hung_worker(server: Server) -> dict:
     def workers() -> list[int]:
         return sorted(
-            int(p) for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children").read_text().split()
+            int(p)
+            for p in Path(f"/proc/{server.proc.pid}/task/{server.proc.pid}/children")
+            .read_text()
+            .split()
         )
 
     deadline = time.monotonic() + 60
-    while not (len(workers()) == 2 and all(f'pid="{w}"' in httpx.get(server.url + "/metrics").text for w in workers())):
+    while not (
+        len(workers()) == 2
+        and all(f'pid="{w}"' in httpx.get(server.url + "/metrics").text for w in workers())
+    ):
         if time.monotonic() > deadline:
             raise RuntimeError("two workers with their models not within 60 s")
         time.sleep(0.2)
@@ -432,7 +489,9 @@ def hung_worker(server: Server) -> dict:
             time.sleep(0.5)
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(victim, signal.SIGKILL)  # a stopped process ignores SIGTERM: it would outlive the server
+            os.kill(
+                victim, signal.SIGKILL
+            )  # a stopped process ignores SIGTERM: it would outlive the server
     recovered = full_since is not None and len(rounds) > 1 and rounds[-2:] == [10, 10]
     return {
         "recovered_after_s": round(full_since - start, 1) if recovered else None,
@@ -443,7 +502,11 @@ def hung_worker(server: Server) -> dict:
 
 
 def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> dict:
-    images = {"png_rgba": png("RGBA", 6300), "png_rgb": png("RGB", 6300), "png_rgba_accepted": png("RGBA", 3800)}
+    images = {
+        "png_rgba": png("RGBA", 6300),
+        "png_rgb": png("RGB", 6300),
+        "png_rgba_accepted": png("RGBA", 3800),
+    }
     results: dict[str, dict] = {}
     for name in scenarios:
         options = {"processes": "2"} if name == "hung_worker" else {}
@@ -474,10 +537,18 @@ def run_all(source: Path, model: str, fuzz_model: str, scenarios: list[str]) -> 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", default="cf8bcd5", help="commit to compare with (main before issue #10)")
-    parser.add_argument("--baseline-source", default="", help="a folder with serve/ and job/ to compare with instead")
     parser.add_argument(
-        "--scenarios", default="png_rgba,png_rgb,png_rgba_accepted,many_images,stalled,fuzz", help="comma-separated"
+        "--baseline", default="cf8bcd5", help="commit to compare with (main before issue #10)"
+    )
+    parser.add_argument(
+        "--baseline-source",
+        default="",
+        help="a folder with serve/ and job/ to compare with instead",
+    )
+    parser.add_argument(
+        "--scenarios",
+        default="png_rgba,png_rgb,png_rgba_accepted,many_images,stalled,fuzz",
+        help="comma-separated",
     )
     parser.add_argument("--out", default="", help="write the results as JSON here too")
     args = parser.parse_args()
@@ -496,7 +567,9 @@ def main() -> None:
             after = run_all(ROOT, model, fuzz_model, scenarios)
         finally:
             if not args.baseline_source:
-                subprocess.run(["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False)
+                subprocess.run(
+                    ["git", "worktree", "remove", "--force", str(baseline)], cwd=ROOT, check=False
+                )
     result = {"baseline": args.baseline_source or args.baseline, "before": before, "after": after}
     print(json.dumps(result, indent=1))
     if args.out:

@@ -68,7 +68,9 @@ def leaf_photos(n: int) -> list[bytes]:
     out = []
     for i in range(n):
         buf = io.BytesIO()
-        render_leaf(["Tomato___Early_blight", "Tomato___healthy"][i % 2], rng, 256).save(buf, "JPEG", quality=90)
+        render_leaf(["Tomato___Early_blight", "Tomato___healthy"][i % 2], rng, 256).save(
+            buf, "JPEG", quality=90
+        )
         out.append(buf.getvalue())
     return out
 
@@ -126,7 +128,12 @@ def wait(condition, what: str, timeout: float = 600) -> None:  # noqa: ANN001
 
 def network(driver, online: bool) -> None:  # noqa: ANN001
     driver.execute_cdp_cmd("Network.enable", {})
-    conditions = {"offline": not online, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    conditions = {
+        "offline": not online,
+        "latency": 0,
+        "downloadThroughput": -1,
+        "uploadThroughput": -1,
+    }
     driver.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
 
 
@@ -156,8 +163,17 @@ def one_round(pointer: str, variant: str, photos: list[bytes], tmp: Path, k: int
         sizes = install_bytes(running.url)
         t0 = time.monotonic()
         driver.get(running.url + "/")
-        wait(lambda: driver.execute_script("return document.documentElement.dataset.offlineVersion") == "v1", "stored")
-        wait(lambda: driver.execute_script("return !!navigator.serviceWorker.controller"), "the service worker")
+        wait(
+            lambda: (
+                driver.execute_script("return document.documentElement.dataset.offlineVersion")
+                == "v1"
+            ),
+            "stored",
+        )
+        wait(
+            lambda: driver.execute_script("return !!navigator.serviceWorker.controller"),
+            "the service worker",
+        )
         install_s = time.monotonic() - t0
         network(driver, online=False)
         running.stop()
@@ -165,14 +181,19 @@ def one_round(pointer: str, variant: str, photos: list[bytes], tmp: Path, k: int
         photo.write_bytes(photos[0])
         t0 = time.monotonic()
         driver.refresh()
-        wait(lambda: driver.execute_script("return document.readyState") == "complete", "the page from its cache")
+        wait(
+            lambda: driver.execute_script("return document.readyState") == "complete",
+            "the page from its cache",
+        )
         driver.find_element("id", "photo").send_keys(str(photo))
         shown = ("result", "error")
         wait(lambda: any(driver.find_element("id", e).is_displayed() for e in shown), "an answer")
         first_s = time.monotonic() - t0
         line = driver.find_element("id", "model-line").text
         if "on this device" not in line:
-            raise SystemExit(f"offline-bench: expected a diagnosis on the device; the page says {line!r}")
+            raise SystemExit(
+                f"offline-bench: expected a diagnosis on the device; the page says {line!r}"
+            )
         ms = driver.execute_async_script(JS_TIMED, [base64.b64encode(p).decode() for p in photos])
         if isinstance(ms, str):
             raise SystemExit(f"offline-bench: {ms}")
@@ -201,7 +222,10 @@ def main() -> None:
         rng = np.random.default_rng(0)
         calibration = rng.integers(0, 256, (16, *VGG_SIZE, 3), dtype=np.uint8)
         int8 = to_int8(fp32, calibration)
-        pointers = {"fp32": publish(tmp / "fp32", fp32, None), "int8": publish(tmp / "int8", fp32, int8)}
+        pointers = {
+            "fp32": publish(tmp / "fp32", fp32, None),
+            "int8": publish(tmp / "int8", fp32, int8),
+        }
         photos = leaf_photos(args.photos)
         results = []
         for k in range(args.rounds):

@@ -41,7 +41,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 import _pipeline_augment  # noqa: E402
 import _pipeline_overhead  # noqa: E402
-from _pipeline_data import items_for, leaf_jpegs, mean_size_kib, phone_jpegs, write_folder, write_store  # noqa: E402
+from _pipeline_data import (
+    items_for,
+    leaf_jpegs,
+    mean_size_kib,
+    phone_jpegs,
+    write_folder,
+    write_store,
+)  # noqa: E402
 
 HERE = Path(__file__).parent
 BUCKET = "bench-leaves"
@@ -59,7 +66,9 @@ QUICK = {
 FEED_BATCHES = (20, 128)  # the seed's batch, and one a GPU would run
 
 
-def decode_rate(store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int) -> dict:
+def decode_rate(
+    store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int
+) -> dict:
     """Median images/s of ``decode_all`` over ``repeats`` passes (files already in the page cache)."""
     from leaf_train.cache import decode_all
 
@@ -70,20 +79,31 @@ def decode_rate(store: object, items: list, image_size: int, cache: Path, repeat
         seconds.append(time.perf_counter() - t)
         if not decoded.ok.all():
             raise RuntimeError(f"expected every image to decode; skipped {decoded.bad[:3]}")
-    return {"images": len(items), "seconds": [round(s, 2) for s in seconds], "images_per_s": _rate(items, seconds)}
+    return {
+        "images": len(items),
+        "seconds": [round(s, 2) for s in seconds],
+        "images_per_s": _rate(items, seconds),
+    }
 
 
 def _rate(items: list, seconds: list[float]) -> float:
     return round(len(items) / statistics.median(seconds), 1)
 
 
-def bench_decode(leaves: Path, phones: Path, leaf_files: list, phone_files: list, args: argparse.Namespace) -> dict:
+def bench_decode(
+    leaves: Path, phones: Path, leaf_files: list, phone_files: list, args: argparse.Namespace
+) -> dict:
     from leaf_common.storage import LocalStore
 
     out = {}
-    for name, folder, files in (("leaf_256", leaves, leaf_files), ("phone_2000x1500", phones, phone_files)):
+    for name, folder, files in (
+        ("leaf_256", leaves, leaf_files),
+        ("phone_2000x1500", phones, phone_files),
+    ):
         out[name] = {"mean_kib": mean_size_kib(files)}
-        out[name] |= decode_rate(LocalStore(folder), items_for(files), args.image_size, args.tmp / "c", args.repeats)
+        out[name] |= decode_rate(
+            LocalStore(folder), items_for(files), args.image_size, args.tmp / "c", args.repeats
+        )
         print(f"decode {name}: {out[name]}", flush=True)
     return out
 
@@ -146,7 +166,9 @@ def compare_workers(store: object, items: list, files: list, args: argparse.Name
     runs: dict[int, list[float]] = {16: [], 1: []}
     for r in range(args.repeats):
         for workers in (16, 1) if r % 2 == 0 else (1, 16):
-            rate = decode_rate(store, items, args.image_size, args.tmp / "c", 1, download_workers=workers)
+            rate = decode_rate(
+                store, items, args.image_size, args.tmp / "c", 1, download_workers=workers
+            )
             runs[workers] += rate["seconds"]
     out = {"images": len(items), "mean_kib": mean_size_kib(files)}
     for workers, seconds in runs.items():
@@ -174,7 +196,10 @@ def bench_s3(leaf_files: list, phone_files: list, args: argparse.Namespace) -> d
         few = leaf_files[: min(args.s3, max(20, args.s3 // 3))]
         delayed = LatencyStore(root.child("leaf_256"), LATENCY_S)
         out["leaf_256_plus_20ms"] = compare_workers(delayed, items_for(few), few, args)
-        print(f"s3 leaf_256 + {LATENCY_S * 1000:.0f} ms per GET: {out['leaf_256_plus_20ms']}", flush=True)
+        print(
+            f"s3 leaf_256 + {LATENCY_S * 1000:.0f} ms per GET: {out['leaf_256_plus_20ms']}",
+            flush=True,
+        )
         return out
     finally:
         proc.stdin.close()
@@ -185,7 +210,14 @@ def bench_rss(leaves: Path, args: argparse.Namespace) -> list[dict]:
     out = []
     for n in (int(s) for s in args.rss.split(",")):
         cache = args.tmp / f"rss-{n}"
-        cmd = [sys.executable, str(HERE / "_pipeline_rss.py"), str(leaves), str(n), str(args.budget), str(cache)]
+        cmd = [
+            sys.executable,
+            str(HERE / "_pipeline_rss.py"),
+            str(leaves),
+            str(n),
+            str(args.budget),
+            str(cache),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"RSS child for N={n} failed: {done.stderr[-2000:]}")
@@ -205,7 +237,9 @@ def cpu_model() -> str:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smaller settings (under 2 minutes on 2 cores)")
+    parser.add_argument(
+        "--quick", action="store_true", help="smaller settings (under 2 minutes on 2 cores)"
+    )
     parser.add_argument("--batches", type=int, help="batches of 20 per timed epoch")
     parser.add_argument("--repeats", type=int, help="timed epochs (and decode passes) per variant")
     parser.add_argument("--leaf", type=int, help="synthetic 256x256 leaf photos")
@@ -213,15 +247,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--s3", type=int, help="leaf photos fetched through S3")
     parser.add_argument("--rss", help="comma-separated dataset sizes for the peak-memory children")
     parser.add_argument("--budget", type=int, help="memory_budget_mb of the peak-memory children")
-    parser.add_argument("--feed-images", type=int, help="images per epoch of the augmentation feed part")
+    parser.add_argument(
+        "--feed-images", type=int, help="images per epoch of the augmentation feed part"
+    )
     parser.add_argument("--image-size", type=int, default=150)
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {','.join(PARTS)}"
+    )
     parser.add_argument("--out", default="", help="write the results as JSON here")
     args = parser.parse_args()
     args.parts = [p.strip() for p in args.parts.split(",") if p.strip()]
     unknown = sorted(set(args.parts) - set(PARTS))
     if unknown:
-        parser.error(f"--parts: expected a subset of {','.join(PARTS)}; received {','.join(unknown)}")
+        parser.error(
+            f"--parts: expected a subset of {','.join(PARTS)}; received {','.join(unknown)}"
+        )
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -233,7 +273,11 @@ def main() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING)
     started = time.perf_counter()
-    results: dict = {"cpus": len(os.sched_getaffinity(0)), "cpu_model": cpu_model(), "load_avg_start": os.getloadavg()}
+    results: dict = {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": cpu_model(),
+        "load_avg_start": os.getloadavg(),
+    }
     results["settings"] = {k: v for k, v in vars(args).items() if k not in ("out",)}
     with tempfile.TemporaryDirectory() as d:
         args.tmp = Path(d)
@@ -260,7 +304,9 @@ def main() -> None:
     if "decode" in results and "overhead" in results:
         # Decoding happens once per job, before training; this says how far it is from ever mattering.
         model_rate = results["overhead"]["model_images_per_s"]
-        results["decode_vs_model"] = {k: round(v["images_per_s"] / model_rate, 1) for k, v in results["decode"].items()}
+        results["decode_vs_model"] = {
+            k: round(v["images_per_s"] / model_rate, 1) for k, v in results["decode"].items()
+        }
     results["load_avg_end"] = os.getloadavg()
     results["total_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(results, indent=2))

@@ -44,25 +44,37 @@ def build(classes: int = 40, size: int = 150, dense: int = 256, seed: int = 0) -
         for r in range(1, reps + 1):
             name = f"block{b}_conv{r}"
             # He-scaled; the first layer also divides out the ~128 pixel scale so softmax does not saturate.
-            w = rng.normal(0, np.sqrt(2.0 / (9 * cin)) / (128.0 if cin == 3 else 1.0), (cout, cin, 3, 3))
+            w = rng.normal(
+                0, np.sqrt(2.0 / (9 * cin)) / (128.0 if cin == 3 else 1.0), (cout, cin, 3, 3)
+            )
             nodes.append(
                 helper.make_node("Conv", [x, const(f"{name}_w", w), const(f"{name}_b", np.zeros(cout))], [name],
                                  pads=[1, 1, 1, 1])
             )  # fmt: skip
             nodes.append(helper.make_node("Relu", [name], [f"{name}_relu"]))
             x, cin = f"{name}_relu", cout
-        nodes.append(helper.make_node("MaxPool", [x], [f"block{b}_pool"], kernel_shape=[2, 2], strides=[2, 2]))
+        nodes.append(
+            helper.make_node(
+                "MaxPool", [x], [f"block{b}_pool"], kernel_shape=[2, 2], strides=[2, 2]
+            )
+        )
         x, side = f"block{b}_pool", side // 2
     # Keras flattens NHWC: transpose back so the Dense weights see the same order.
     nodes.append(helper.make_node("Transpose", [x], ["nhwc"], perm=[0, 2, 3, 1]))
     nodes.append(helper.make_node("Flatten", ["nhwc"], ["flat"], axis=1))
     features = side * side * 512
     w1 = rng.normal(0, np.sqrt(2.0 / features), (features, dense))
-    nodes.append(helper.make_node("Gemm", ["flat", const("dense_w", w1), const("dense_b", np.zeros(dense))], ["d1"]))
+    nodes.append(
+        helper.make_node(
+            "Gemm", ["flat", const("dense_w", w1), const("dense_b", np.zeros(dense))], ["d1"]
+        )
+    )
     nodes.append(helper.make_node("Relu", ["d1"], ["d1_relu"]))
     w2 = rng.normal(0, np.sqrt(1.0 / dense), (dense, classes))
     nodes.append(
-        helper.make_node("Gemm", ["d1_relu", const("out_w", w2), const("out_b", np.zeros(classes))], ["logits"])
+        helper.make_node(
+            "Gemm", ["d1_relu", const("out_w", w2), const("out_b", np.zeros(classes))], ["logits"]
+        )
     )
     nodes.append(helper.make_node("Softmax", ["logits"], ["probabilities"], axis=-1))
     graph = helper.make_graph(
@@ -95,7 +107,9 @@ def contract_json(onnx_bytes: bytes, classes: int, size: int) -> bytes:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("out", type=Path)
     p.add_argument("--classes", type=int, default=40)
     p.add_argument("--image-size", type=int, default=150)

@@ -43,7 +43,10 @@ def binary_body(batch: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
     ms = np.asarray(latencies) * 1000
-    return {"p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+    return {
+        "p50_ms": round(float(np.percentile(ms, 50)), 2),
+        "p99_ms": round(float(np.percentile(ms, 99)), 2),
+    }
 
 
 def in_process(model_path: str, threads: int, runs_b1: int) -> dict:
@@ -51,7 +54,9 @@ def in_process(model_path: str, threads: int, runs_b1: int) -> dict:
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(model_path, sess_options=options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        model_path, sess_options=options, providers=["CPUExecutionProvider"]
+    )
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, (1, *VGG_SIZE, 3)).astype(np.float32)
     session.run(None, {"image": image})
@@ -88,7 +93,9 @@ def start(cmd: list[str], env: dict[str, str], url: str) -> tuple[subprocess.Pop
         time.sleep(0.02)
 
 
-async def load(url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int) -> dict:
+async def load(
+    url: str, body: bytes, headers: dict[str, str], concurrency: int, total: int
+) -> dict:
     latencies: list[float] = []
     remaining = [total]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -120,13 +127,24 @@ def rss_kib(pid: int) -> int:
 
 def serve_env(model: str, port: int, threads: int, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env.update(LEAF_SERVE_MODEL=model, LEAF_SERVE_PORT=str(port), LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_GRPC_PORT="0")
-    env.update(LEAF_SERVE_PROVIDERS="cpu", LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
+    env.update(
+        LEAF_SERVE_MODEL=model,
+        LEAF_SERVE_PORT=str(port),
+        LEAF_SERVE_HOST="127.0.0.1",
+        LEAF_SERVE_GRPC_PORT="0",
+    )
+    env.update(
+        LEAF_SERVE_PROVIDERS="cpu",
+        LEAF_SERVE_INTRA_OP_THREADS=str(threads),
+        LEAF_SERVE_LOG_LEVEL="warning",
+    )
     env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in extra.items()})
     return env
 
 
-def run_server_loads(name: str, cmd: list[str], env: dict, port: int, body: bytes, headers: dict, n: dict) -> dict:
+def run_server_loads(
+    name: str, cmd: list[str], env: dict, port: int, body: bytes, headers: dict, n: dict
+) -> dict:
     url = f"http://127.0.0.1:{port}"
     proc, ready_s = start(cmd, env, url)
     try:
@@ -144,7 +162,9 @@ def memory_run(tmp: Path, threads: int, requests: int) -> dict:
     pointer = publish(tmp / "tiny", "leaf", tiny_onnx(), (32, 32), 3)
     port = 18000 + os.getpid() % 1000
     url = f"http://127.0.0.1:{port}"
-    proc, ready_s = start([sys.executable, "-m", "leaf_serve"], serve_env(pointer, port, threads), url)
+    proc, ready_s = start(
+        [sys.executable, "-m", "leaf_serve"], serve_env(pointer, port, threads), url
+    )
     try:
         body, headers = binary_body(np.full((1, 32, 32, 3), 100.0, np.float32))
         asyncio.run(load(url, body, headers, 16, 500))
@@ -192,7 +212,9 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply request counts")
     parser.add_argument("--memory-requests", type=int, default=10_000)
     parser.add_argument("--out", default="", help="write the results as JSON here")
-    parser.add_argument("--overhead-only", action="store_true", help="only the tiny-model c=1 overhead run")
+    parser.add_argument(
+        "--overhead-only", action="store_true", help="only the tiny-model c=1 overhead run"
+    )
     args = parser.parse_args()
     from leaf_common.resources import available_cpus
 
@@ -224,8 +246,16 @@ def main() -> None:
             headers,
             n,
         )
-        naive = [sys.executable, str(HERE / "_serve_naive.py"), model_path, str(port + 1), str(threads)]
-        results["naive"] = run_server_loads("naive", naive, dict(os.environ), port + 1, body, headers, n)
+        naive = [
+            sys.executable,
+            str(HERE / "_serve_naive.py"),
+            model_path,
+            str(port + 1),
+            str(threads),
+        ]
+        results["naive"] = run_server_loads(
+            "naive", naive, dict(os.environ), port + 1, body, headers, n
+        )
         results["memory"] = memory_run(tmp, threads, args.memory_requests)
         print("memory:", results["memory"], flush=True)
     print(json.dumps(results, indent=2))

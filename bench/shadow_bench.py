@@ -40,14 +40,18 @@ def registry(tmp: Path) -> str:
     reg = ModelRegistry(open_store(str(tmp / "models")), NAME)
     v1 = reg.store.child("versions/v1")
     contract = json.loads(v1.get(CONTRACT_FILE)) | {"version": "v2"}
-    reg.publish("v2", {MODEL_FILE: v1.get(MODEL_FILE), CONTRACT_FILE: json.dumps(contract).encode()})
+    reg.publish(
+        "v2", {MODEL_FILE: v1.get(MODEL_FILE), CONTRACT_FILE: json.dumps(contract).encode()}
+    )
     reg.propose("v2")
     return pointer
 
 
 def shadow_counts(server: Server) -> dict[str, float]:
     text = httpx.get(server.url + "/metrics", timeout=5).text
-    found = re.findall(r'^leaf_serve_shadow_requests_total\{outcome="(\w+)"\} ([0-9.e+]+)$', text, re.M)
+    found = re.findall(
+        r'^leaf_serve_shadow_requests_total\{outcome="(\w+)"\} ([0-9.e+]+)$', text, re.M
+    )
     return {k: float(v) for k, v in found}
 
 
@@ -57,7 +61,9 @@ def run(pointer: str, fraction: float, spec: dict, seconds: int, tmp: Path) -> d
         url = f"{server.url}/v2/models/{NAME}/infer"
         if fraction:
             deadline = time.monotonic() + 60
-            while not shadow_counts(server):  # the candidate is loaded once a mirrored answer is counted
+            while not shadow_counts(
+                server
+            ):  # the candidate is loaded once a mirrored answer is counted
                 httpx.post(url, content=spec["body"].read_bytes(), headers={"Content-Type": spec["type"],
                            "Inference-Header-Content-Length": spec["hlen"]}, timeout=5)  # fmt: skip
                 if time.monotonic() > deadline:
@@ -91,15 +97,23 @@ def main() -> None:
                 rows[mode].append(run(pointer, fraction, spec, args.seconds, tmp))
                 print(f"round {i + 1} shadow {mode}: {json.dumps(rows[mode][-1])}", flush=True)
     median = {
-        m: {k: statistics.median(r[k] for r in rs) for k in ("p50_ms_c1", "req_per_s_c16")} for m, rs in rows.items()
+        m: {k: statistics.median(r[k] for r in rs) for k in ("p50_ms_c1", "req_per_s_c16")}
+        for m, rs in rows.items()
     }
     result = {
         "rounds": rows,
         "median": median,
-        "throughput_ratio_on_vs_off": round(median["on"]["req_per_s_c16"] / median["off"]["req_per_s_c16"], 3),
+        "throughput_ratio_on_vs_off": round(
+            median["on"]["req_per_s_c16"] / median["off"]["req_per_s_c16"], 3
+        ),
         "p50_c1_delta_ms": round(median["on"]["p50_ms_c1"] - median["off"]["p50_ms_c1"], 3),
     }
-    print(json.dumps({k: result[k] for k in ("median", "throughput_ratio_on_vs_off", "p50_c1_delta_ms")}, indent=2))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("median", "throughput_ratio_on_vs_off", "p50_c1_delta_ms")},
+            indent=2,
+        )
+    )
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

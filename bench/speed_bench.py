@@ -78,8 +78,14 @@ class Server:
         self.port, self.grpc_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEAF_SERVE_")}
-        env.update(LEAF_SERVE_MODEL=model, LEAF_SERVE_PORT=str(self.port), LEAF_SERVE_GRPC_PORT=str(self.grpc_port))
-        env.update(LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu", LEAF_SERVE_POLL_INTERVAL="0")
+        env.update(
+            LEAF_SERVE_MODEL=model,
+            LEAF_SERVE_PORT=str(self.port),
+            LEAF_SERVE_GRPC_PORT=str(self.grpc_port),
+        )
+        env.update(
+            LEAF_SERVE_HOST="127.0.0.1", LEAF_SERVE_PROVIDERS="cpu", LEAF_SERVE_POLL_INTERVAL="0"
+        )
         # options (e.g. providers="cuda", processes="4") override the defaults above
         env.update(LEAF_SERVE_INTRA_OP_THREADS=str(threads), LEAF_SERVE_LOG_LEVEL="warning")
         env.update({f"LEAF_SERVE_{k.upper()}": v for k, v in options.items()})
@@ -92,9 +98,14 @@ class Server:
         deadline = time.monotonic() + 120
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError((log.read_bytes() if log else self.proc.stderr.read()).decode()[-2000:])
+                raise RuntimeError(
+                    (log.read_bytes() if log else self.proc.stderr.read()).decode()[-2000:]
+                )
             try:
-                if httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200 and self._all_loaded():
+                if (
+                    httpx.get(self.url + "/v2/health/ready", timeout=1).status_code == 200
+                    and self._all_loaded()
+                ):
                     return
             except httpx.TransportError:
                 pass
@@ -128,15 +139,25 @@ def bodies(tmp: Path, name: str, size: tuple[int, int], photo: bool = True) -> d
     batch = np.random.default_rng(0).uniform(0, 255, (1, h, w, 3)).astype("<f4")
     blob = batch.tobytes()
     tensor = {"name": "image", "shape": [1, h, w, 3], "datatype": "FP32"}
-    header = json.dumps({"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}]}).encode()
+    header = json.dumps(
+        {"inputs": [{**tensor, "parameters": {"binary_data_size": len(blob)}}]}
+    ).encode()
     (tmp / "binary.bin").write_bytes(header + blob)
-    (tmp / "json.json").write_text(json.dumps({"inputs": [{**tensor, "data": batch.ravel().round(2).tolist()}]}))
+    (tmp / "json.json").write_text(
+        json.dumps({"inputs": [{**tensor, "data": batch.ravel().round(2).tolist()}]})
+    )
     message = pb.ModelInferRequest(model_name=name, raw_input_contents=[blob])
     message.inputs.add(name="image", datatype="FP32", shape=[1, h, w, 3])
     payload = message.SerializeToString()
-    (tmp / "grpc.bin").write_bytes(struct.pack(">?I", False, len(payload)) + payload)  # gRPC's message frame
+    (tmp / "grpc.bin").write_bytes(
+        struct.pack(">?I", False, len(payload)) + payload
+    )  # gRPC's message frame
     specs = {
-        "binary_rest": {"body": tmp / "binary.bin", "type": "application/octet-stream", "hlen": str(len(header))},
+        "binary_rest": {
+            "body": tmp / "binary.bin",
+            "type": "application/octet-stream",
+            "hlen": str(len(header)),
+        },
         "json_rest": {"body": tmp / "json.json", "type": "application/json"},
         "classify": {"body": tmp / "photo.jpg", "type": "image/jpeg"},
         "grpc": {"body": tmp / "grpc.bin"},
@@ -146,7 +167,9 @@ def bodies(tmp: Path, name: str, size: tuple[int, int], photo: bool = True) -> d
         return specs
     # A phone-sized photo: 8 MP of smooth gradients and texture, about what a leaf photo compresses to.
     yy, xx = np.mgrid[0:2448, 0:3264]
-    rgb = np.stack([(xx // 13) % 256, (yy // 9) % 256, ((xx + yy) // 17) % 256], axis=-1).astype(np.uint8)
+    rgb = np.stack([(xx // 13) % 256, (yy // 9) % 256, ((xx + yy) // 17) % 256], axis=-1).astype(
+        np.uint8
+    )
     noise = np.random.default_rng(1).integers(0, 40, rgb.shape, dtype=np.uint8)
     buf = io.BytesIO()
     Image.fromarray(rgb // 2 + noise).save(buf, format="JPEG", quality=88)
@@ -155,7 +178,12 @@ def bodies(tmp: Path, name: str, size: tuple[int, int], photo: bool = True) -> d
 
 
 def wrk(url: str, spec: dict, connections: int, seconds: int, threads: int = 1) -> dict:
-    env = {**os.environ, "BODY": str(spec["body"]), "CONTENT_TYPE": spec["type"], "HEADER_LENGTH": spec.get("hlen", "")}
+    env = {
+        **os.environ,
+        "BODY": str(spec["body"]),
+        "CONTENT_TYPE": spec["type"],
+        "HEADER_LENGTH": spec.get("hlen", ""),
+    }
     cmd = [
         "wrk",
         f"-t{min(threads, connections)}",
@@ -174,7 +202,9 @@ def wrk(url: str, spec: dict, connections: int, seconds: int, threads: int = 1) 
     return result
 
 
-def h2load(url: str, spec: dict, connections: int, seconds: int, tmp: Path, threads: int = 1) -> dict:
+def h2load(
+    url: str, spec: dict, connections: int, seconds: int, tmp: Path, threads: int = 1
+) -> dict:
     log = tmp / "h2load.log"
     log.unlink(missing_ok=True)
     # One stream per connection at a time (-m1), like a unary client per connection: comparable with wrk's -c.
@@ -205,18 +235,24 @@ def check_grpc(address: str, name: str, size: tuple[int, int]) -> None:
     client.close()
 
 
-def measure(server: Server, name: str, size, transports: dict, levels: list[int], seconds: int, tmp: Path) -> dict:
+def measure(
+    server: Server, name: str, size, transports: dict, levels: list[int], seconds: int, tmp: Path
+) -> dict:
     check_grpc(f"127.0.0.1:{server.grpc_port}", name, size)
     results: dict[str, dict] = {}
     for transport, spec in transports.items():
         for c in levels:
             if transport == "grpc":
-                url = f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+                url = (
+                    f"http://127.0.0.1:{server.grpc_port}/inference.GRPCInferenceService/ModelInfer"
+                )
                 h2load(url, spec, c, 3, tmp)  # warm-up
                 before = tree_cpu_seconds(server.proc.pid)
                 r = h2load(url, spec, c, seconds, tmp)
             else:
-                url = server.url + ("/classify" if transport == "classify" else f"/v2/models/{name}/infer")
+                url = server.url + (
+                    "/classify" if transport == "classify" else f"/v2/models/{name}/infer"
+                )
                 wrk(url, spec, c, 3)
                 before = tree_cpu_seconds(server.proc.pid)
                 r = wrk(url, spec, c, seconds)
@@ -228,11 +264,19 @@ def measure(server: Server, name: str, size, transports: dict, levels: list[int]
     return results
 
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"]}
+PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+}
 
 
 def in_process(
-    model_path: str, size, threads: int, batches: list[int], seconds: float = 5.0, providers: str = "cpu"
+    model_path: str,
+    size,
+    threads: int,
+    batches: list[int],
+    seconds: float = 5.0,
+    providers: str = "cpu",
 ) -> dict:
     import onnxruntime as ort
 
@@ -265,7 +309,22 @@ def int8_run(tmp: Path, threads: int) -> dict:
     from leaf_train.cli import main as leaf_train
 
     photos, models = tmp / "photos", tmp / "int8-models"
-    assert leaf_train(["synth", "--output", str(photos), "--per-class", "40", "--classes", "6", "--size", "200"]) == 0
+    assert (
+        leaf_train(
+            [
+                "synth",
+                "--output",
+                str(photos),
+                "--per-class",
+                "40",
+                "--classes",
+                "6",
+                "--size",
+                "200",
+            ]
+        )
+        == 0
+    )
     args = ["--image-size", "150", "--weights", "none", "--batch-size", "16", "--head-epochs", "3",
             "--finetune-epochs", "2", "--head-lr", "1e-3", "--finetune-lr", "2e-5", "--augment", "false",
             "--early-stopping-patience", "0", "--kube-integration", "off", "--progress", "off",
@@ -280,8 +339,13 @@ def int8_run(tmp: Path, threads: int) -> dict:
     speed = {}
     for rnd in range(2):  # interleaved, twice: both see the same machine
         for label, path in (("fp32", fp32_path), ("int8", int8_path)):
-            speed[f"{label}_round{rnd}"] = in_process(str(path), (150, 150), threads, [1, 8], seconds=8)
-    best = {k: max(speed[f"{k}_round{r}"]["batch8"]["images_per_s"] for r in range(2)) for k in ("fp32", "int8")}
+            speed[f"{label}_round{rnd}"] = in_process(
+                str(path), (150, 150), threads, [1, 8], seconds=8
+            )
+    best = {
+        k: max(speed[f"{k}_round{r}"]["batch8"]["images_per_s"] for r in range(2))
+        for k in ("fp32", "int8")
+    }
     return {
         "train_export_seconds": round(time.monotonic() - t0, 1),
         "check": record,
@@ -306,7 +370,9 @@ def processes_run(tmp: Path, processes: int, threads: int, seconds: int) -> dict
         for n in (1, processes):
             server = Server(pointer, max(1, threads // n), processes=str(n))
             try:
-                results[f"processes{n}_round{rnd}"] = measure(server, "tiny", size, transports, [16], seconds, tmp)
+                results[f"processes{n}_round{rnd}"] = measure(
+                    server, "tiny", size, transports, [16], seconds, tmp
+                )
             finally:
                 server.stop()
     return results
@@ -326,13 +392,20 @@ def json_codecs_run(tmp: Path, threads: int, seconds: int) -> dict:
         for codec, command in commands.items():
             server = Server(pointer, threads, command=command)
             try:
-                results[f"{codec}_round{rnd}"] = measure(server, "tiny", size, transports, [1, 16], seconds, tmp)
+                results[f"{codec}_round{rnd}"] = measure(
+                    server, "tiny", size, transports, [1, 16], seconds, tmp
+                )
             finally:
                 server.stop()
     for c in (1, 16):
         key = f"json_rest@c{c}"
-        best = {k: max(results[f"{k}_round{r}"][key]["req_per_s"] for r in range(2)) for k in commands}
-        cpu = {k: min(results[f"{k}_round{r}"][key]["server_cpu_ms_per_req"] for r in range(2)) for k in commands}
+        best = {
+            k: max(results[f"{k}_round{r}"][key]["req_per_s"] for r in range(2)) for k in commands
+        }
+        cpu = {
+            k: min(results[f"{k}_round{r}"][key]["server_cpu_ms_per_req"] for r in range(2))
+            for k in commands
+        }
         results[f"summary_c{c}"] = {
             "req_per_s": best,
             "server_cpu_ms_per_req": cpu,
@@ -345,31 +418,56 @@ def json_codecs_run(tmp: Path, threads: int, seconds: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the tiny model only")
-    parser.add_argument("--int8", action="store_true", help="also train VGG16 at 150 and compare INT8 with FP32")
+    parser.add_argument(
+        "--int8", action="store_true", help="also train VGG16 at 150 and compare INT8 with FP32"
+    )
     parser.add_argument("--seconds", type=int, default=10, help="measured seconds per point")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads (server and in-process)")
     parser.add_argument(
-        "--processes", type=int, default=0, help="only: the tiny model with --processes 1 and N side by side"
+        "--threads",
+        type=int,
+        default=2,
+        help="ONNX Runtime intra-op threads (server and in-process)",
     )
     parser.add_argument(
-        "--providers", choices=sorted(PROVIDERS), default="cpu", help="cuda: the GPU path (onnxruntime-gpu)"
+        "--processes",
+        type=int,
+        default=0,
+        help="only: the tiny model with --processes 1 and N side by side",
     )
-    parser.add_argument("--levels", default="", help="connections per point, comma-separated (default per model)")
-    parser.add_argument("--server-processes", type=int, default=1, help="leaf-serve --processes for the main run")
     parser.add_argument(
-        "--json-codecs", action="store_true", help="only: JSON REST with the stdlib codec and with orjson side by side"
+        "--providers",
+        choices=sorted(PROVIDERS),
+        default="cpu",
+        help="cuda: the GPU path (onnxruntime-gpu)",
+    )
+    parser.add_argument(
+        "--levels", default="", help="connections per point, comma-separated (default per model)"
+    )
+    parser.add_argument(
+        "--server-processes", type=int, default=1, help="leaf-serve --processes for the main run"
+    )
+    parser.add_argument(
+        "--json-codecs",
+        action="store_true",
+        help="only: JSON REST with the stdlib codec and with orjson side by side",
     )
     parser.add_argument("--out", default="")
     args = parser.parse_args()
     for tool in ("wrk", "h2load"):
         if not shutil.which(tool):
-            sys.exit(f"speed_bench: expected {tool} on PATH (apt-get install wrk nghttp2-client); found none")
-    results: dict = {"machine": {"cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()}}
+            sys.exit(
+                f"speed_bench: expected {tool} on PATH (apt-get install wrk nghttp2-client); found none"
+            )
+    results: dict = {
+        "machine": {"cpus": len(os.sched_getaffinity(0)), "load_before": os.getloadavg()}
+    }
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         if args.processes or args.json_codecs:
             if args.processes:
-                results["processes"] = processes_run(tmp, args.processes, args.threads, args.seconds)
+                results["processes"] = processes_run(
+                    tmp, args.processes, args.threads, args.seconds
+                )
             if args.json_codecs:
                 results["json_codecs"] = json_codecs_run(tmp, args.threads, args.seconds)
             print(json.dumps(results, indent=1))
@@ -387,16 +485,23 @@ def main() -> None:
             batches = [1] if name == "tiny" else [1, 8] + ([32] if args.providers == "cuda" else [])
             levels = [int(c) for c in args.levels.split(",")] if args.levels else levels
             # In process before and after the server: on a shared machine the load can change in between.
-            before = in_process(str(model_path), size, args.threads, batches, providers=args.providers)
+            before = in_process(
+                str(model_path), size, args.threads, batches, providers=args.providers
+            )
             options = {"providers": args.providers, "processes": str(args.server_processes)}
             server = Server(pointer, args.threads, **options)
             try:
                 served = measure(server, name, size, transports, levels, args.seconds, tmp)
             finally:
                 server.stop()
-            after = in_process(str(model_path), size, args.threads, batches, providers=args.providers)
+            after = in_process(
+                str(model_path), size, args.threads, batches, providers=args.providers
+            )
             results[name] = {"server": served, "in_process": before, "in_process_after": after}
-            print(f"  {name} in process before/after: {json.dumps(before)} {json.dumps(after)}", flush=True)
+            print(
+                f"  {name} in process before/after: {json.dumps(before)} {json.dumps(after)}",
+                flush=True,
+            )
         if args.int8:
             results["int8"] = int8_run(tmp, args.threads)
             print(f"  int8: {json.dumps(results['int8'])}", flush=True)

@@ -31,18 +31,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--augment", choices=("host", "device"), required=True)
     parser.add_argument("--batch-size", type=int, default=20)
     parser.add_argument("--steps", type=int, default=20, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (tracing, XLA, autotune)")
+    parser.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (tracing, XLA, autotune)"
+    )
     parser.add_argument("--mixed-precision", choices=("auto", "on", "off"), default="auto")
     parser.add_argument("--jit-compile", choices=("auto", "on", "off"), default="auto")
-    parser.add_argument("--image-size", type=int, default=150, help="the seed's 150; smaller only for tests")
-    parser.add_argument("--json", action="store_true", help="print only the JSON object (no progress lines)")
+    parser.add_argument(
+        "--image-size", type=int, default=150, help="the seed's 150; smaller only for tests"
+    )
+    parser.add_argument(
+        "--json", action="store_true", help="print only the JSON object (no progress lines)"
+    )
     args = parser.parse_args(argv)
     for name, least in (("batch_size", 1), ("steps", 1), ("warmup", 0)):
         if getattr(args, name) < least:
             flag = "--" + name.replace("_", "-")
             parser.error(f"{flag}: expected >= {least}; received {getattr(args, name)}")
     if args.image_size < 32:
-        parser.error(f"--image-size: expected >= 32 (VGG16 pools 5 times); received {args.image_size}")
+        parser.error(
+            f"--image-size: expected >= 32 (VGG16 pools 5 times); received {args.image_size}"
+        )
     return args
 
 
@@ -52,7 +60,9 @@ def device_name(tf: object) -> tuple[str, str]:
     if gpus:
         details = tf.config.experimental.get_device_details(gpus[0])
         return "GPU", str(details.get("device_name", gpus[0].name))
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+    for line in (
+        Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    ):
         if line.startswith("model name"):
             return "CPU", line.split(":", 1)[1].strip()
     return "CPU", platform.processor() or "unknown"
@@ -80,11 +90,18 @@ def build(args: argparse.Namespace) -> tuple[object, object, dict]:
     compile_for_phase(model, PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from, xla)
     if args.augment == "host":
         aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, cfg.seed)
-        ds = make_dataset(images, labels, slots, args.batch_size, shuffle=True, seed=cfg.seed, augment=aug)
+        ds = make_dataset(
+            images, labels, slots, args.batch_size, shuffle=True, seed=cfg.seed, augment=aug
+        )
     else:
-        ds = make_dataset(images, labels, slots, args.batch_size, shuffle=True, seed=cfg.seed, cast=False)
+        ds = make_dataset(
+            images, labels, slots, args.batch_size, shuffle=True, seed=cfg.seed, cast=False
+        )
         attach(model, AugmentParams.from_config(cfg), cfg.seed, phase=2)
-    info = {"mixed_precision": mixed, "precision_policy": keras.mixed_precision.global_policy().name}
+    info = {
+        "mixed_precision": mixed,
+        "precision_policy": keras.mixed_precision.global_policy().name,
+    }
     return model, ds.repeat(), info | {"xla": bool(model.jit_compile)}
 
 
@@ -117,7 +134,9 @@ def run(args: argparse.Namespace) -> dict:
         "xla": info["xla"],
         "tf_version": tf.__version__,
         "keras_version": keras.__version__,
-        "host_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "host_cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
     }
 
 
@@ -127,11 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import tensorflow  # noqa: F401
     except ImportError as e:
-        print(f"train_step_bench: TensorFlow is not importable here ({e}); nothing to time", file=sys.stderr)
+        print(
+            f"train_step_bench: TensorFlow is not importable here ({e}); nothing to time",
+            file=sys.stderr,
+        )
         return EXIT_NO_TENSORFLOW
     result = run(args)
     if not args.json:
-        print(f"{result['images_per_s']} images/s on {result['device']} ({result['augment']} augmentation)")
+        print(
+            f"{result['images_per_s']} images/s on {result['device']} ({result['augment']} augmentation)"
+        )
     print(json.dumps(result))
     return 0
 

@@ -82,7 +82,10 @@ def per_space_rates(model, fit, data, ood_images: np.ndarray) -> dict[str, dict[
     ood = trust.features_of(features, ood_images, np.arange(len(ood_images)), 16)
     names = [*trust.BASE_LAYERS, trust.FEATURE_LAYER]
     out = {}
-    for label, chosen in [*((n, [i]) for i, n in enumerate(names)), ("all (shipped)", list(range(len(names))))]:
+    for label, chosen in [
+        *((n, [i]) for i, n in enumerate(names)),
+        ("all (shipped)", list(range(len(names)))),
+    ]:
         spaces = tuple(fit.head.spaces[i] for i in chosen)
         v = trust.ood_score(spaces, [val[i] for i in chosen])
         o = trust.ood_score(spaces, [ood[i] for i in chosen])
@@ -140,7 +143,9 @@ def main() -> None:
     streams = {
         "held-out leaves (new photos)": leaves,
         "darker (x0.45)": (leaves * 0.45).astype(np.uint8),
-        "blurred (radius 3)": np.stack([np.asarray(Image.fromarray(x).filter(blur)) for x in leaves]),
+        "blurred (radius 3)": np.stack(
+            [np.asarray(Image.fromarray(x).filter(blur)) for x in leaves]
+        ),
         "another background (dark soil)": other_background(leaves, 3),
         "one class only": leaves[labels == 0].repeat(6, axis=0)[: len(leaves)],
     }
@@ -160,17 +165,28 @@ def main() -> None:
             "train_images": len(data.train_slots),
             "val_images": len(data.val_slots),
         },
-        "model": {"parameters": total, "onnx_bytes": len(onnx_bytes), "base": "VGG16 weights=none, frozen"},
-        "accuracy_report_half": float(np.mean(probs.argmax(axis=1) == data.labels[data.val_slots[report]])),
+        "model": {
+            "parameters": total,
+            "onnx_bytes": len(onnx_bytes),
+            "base": "VGG16 weights=none, frozen",
+        },
+        "accuracy_report_half": float(
+            np.mean(probs.argmax(axis=1) == data.labels[data.val_slots[report]])
+        ),
         "calibration": fit.calibration,
         "served_ece_report_half": maths.ece(probs, data.labels[data.val_slots[report]]),
         "ood": {
             "threshold": threshold,
-            "heldout_report_half": {"images": len(scores), "abstain_rate": float(np.mean(scores > threshold))},
+            "heldout_report_half": {
+                "images": len(scores),
+                "abstain_rate": float(np.mean(scores > threshold)),
+            },
             "generated": {
                 "images": len(gen_scores),
                 "abstain_rate": float(np.mean(gen_scores > threshold)),
-                "missed_kinds": sorted({k for k, s in zip(kinds, gen_scores, strict=True) if s <= threshold}),
+                "missed_kinds": sorted(
+                    {k for k, s in zip(kinds, gen_scores, strict=True) if s <= threshold}
+                ),
             },
             "skimage_photos": {
                 "images": len(names),
@@ -181,7 +197,12 @@ def main() -> None:
             else "scikit-image not installed",
         },
         "ablation": ablation,
-        "drift": {"window": WINDOW, "min_answers": MIN_ANSWERS, "alert_psi": ALERT_PSI, "streams": drift},
+        "drift": {
+            "window": WINDOW,
+            "min_answers": MIN_ANSWERS,
+            "alert_psi": ALERT_PSI,
+            "streams": drift,
+        },
         "seconds": round(time.monotonic() - started, 1),
     }
     text = json.dumps(result, indent=2)

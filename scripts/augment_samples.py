@@ -25,7 +25,10 @@ def grid_image(size: int = SIZE) -> np.ndarray:
         draw.line((i, 0, i, size), fill=(90, 90, 90))
         draw.line((0, i, size, i), fill=(90, 90, 90))
     draw.rectangle((0, 0, 29, 29), fill=(210, 40, 40))  # top-left corner: shows flips and rotation
-    draw.polygon([(45, 70), (100, 70), (100, 58), (125, 75), (100, 92), (100, 80), (45, 80)], fill=(40, 70, 200))
+    draw.polygon(
+        [(45, 70), (100, 70), (100, 58), (125, 75), (100, 92), (100, 80), (45, 80)],
+        fill=(40, 70, 200),
+    )
     draw.rectangle((60, 105, 68, 140), fill=(20, 130, 40))  # an "F": asymmetric both ways
     draw.rectangle((60, 105, 90, 112), fill=(20, 130, 40))
     draw.rectangle((60, 120, 82, 126), fill=(20, 130, 40))
@@ -39,7 +42,9 @@ def host_batch(image: np.ndarray, n: int, seed: int) -> np.ndarray:
     cfg = TrainConfig()
     aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, seed)
     images = np.repeat(image[None], n, axis=0)
-    ds = make_dataset(images, np.zeros(n, np.int32), np.arange(n), n, shuffle=False, seed=0, augment=aug)
+    ds = make_dataset(
+        images, np.zeros(n, np.int32), np.arange(n), n, shuffle=False, seed=0, augment=aug
+    )
     return next(iter(ds))[0].numpy()
 
 
@@ -71,8 +76,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     image = grid_image()
-    left = mosaic(host_batch(image, 16, args.seed), "host: Keras layers in tf.data (--augment host)")
-    right = mosaic(device_batch(image, 16, args.seed), "device: one affine in the train step (--augment device)")
+    left = mosaic(
+        host_batch(image, 16, args.seed), "host: Keras layers in tf.data (--augment host)"
+    )
+    right = mosaic(
+        device_batch(image, 16, args.seed),
+        "device: one affine in the train step (--augment device)",
+    )
     out = Image.new("RGB", (left.width + right.width + 20, max(left.height, right.height)), "white")
     out.paste(left, (0, 0))
     out.paste(right, (left.width + 20, 0))

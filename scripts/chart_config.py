@@ -80,7 +80,9 @@ class Component:
     chart: dict[str, Pin] = field(default_factory=dict)
     # JSON Schema keywords per option that its option(...) cannot say; never one it declares.
     schema: dict[str, dict[str, Any]] = field(default_factory=dict)
-    notes: dict[str, str] = field(default_factory=dict)  # chart-specific words after the option's help
+    notes: dict[str, str] = field(
+        default_factory=dict
+    )  # chart-specific words after the option's help
 
 
 def _train_classes() -> list[type]:
@@ -130,7 +132,10 @@ TRAINING = Component(
         "mixed_precision": Pin("auto"),
         "early_stopping_patience": Pin(10),
         "log_level": Pin("INFO"),
-        "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
+        "log_format": Pin(
+            "json",
+            "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read",
+        ),
     },
     schema={
         "weights": {"minLength": 1},
@@ -184,7 +189,10 @@ SERVING = Component(
             "and 5 + 25 does not; raise both together",
         ),
         "log_level": Pin("info"),
-        "log_format": Pin("json", "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read"),
+        "log_format": Pin(
+            "json",
+            "a cluster's log pipeline reads JSON lines; on a terminal text is easier to read",
+        ),
     },
     schema={
         "trt_engine_cache_path": {"pattern": "^(/.*)?$"},
@@ -310,10 +318,17 @@ def schema_of(option: Option, extra: dict[str, Any]) -> dict[str, Any]:
 
 def _check_tables(component: Component, opts: list[Option]) -> None:
     names = {o.name for o in opts}
-    named = component.set_by.keys() | component.chart.keys() | component.schema.keys() | component.notes.keys()
+    named = (
+        component.set_by.keys()
+        | component.chart.keys()
+        | component.schema.keys()
+        | component.notes.keys()
+    )
     stale = sorted(named - names)
     if stale:
-        raise ConfigTableError(f"{component.path}: no option of `{component.command}` is named {', '.join(stale)}")
+        raise ConfigTableError(
+            f"{component.path}: no option of `{component.command}` is named {', '.join(stale)}"
+        )
     for o in opts:
         copied = sorted(set(component.schema.get(o.name, {})) & set(DECLARED_KEYWORDS))
         if copied and (o.bounds or o.choices):
@@ -323,7 +338,9 @@ def _check_tables(component: Component, opts: list[Option]) -> None:
             )
     both = sorted(component.set_by.keys() & component.chart.keys())
     if both:
-        raise ConfigTableError(f"{component.path}: {', '.join(both)}: set by the chart and a config key at once")
+        raise ConfigTableError(
+            f"{component.path}: {', '.join(both)}: set by the chart and a config key at once"
+        )
     for o in opts:
         pin = component.chart.get(o.name)
         if pin and pin.value is not None and pin.value != o.default and not pin.why:
@@ -372,7 +389,9 @@ def _shared(schema: dict[str, Any], defs: dict[str, str]) -> dict[str, Any]:
     return {"$def": name, **schema}
 
 
-def block(component: Component, indent: str = "    ", defs: dict[str, str] | None = None) -> list[str]:
+def block(
+    component: Component, indent: str = "    ", defs: dict[str, str] | None = None
+) -> list[str]:
     """The generated lines (without the markers) of ``component.path``; ``defs`` carries shared choice lists."""
     lines, defs = [], {} if defs is None else defs
     for o in chart_keys(component):
@@ -396,7 +415,9 @@ def regenerate(text: str) -> str:
         starts = [i for i, line in enumerate(lines) if line.strip() == begin]
         ends = [i for i, line in enumerate(lines) if line.strip() == end]
         if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
-            raise ConfigTableError(f"values.yaml: expected one {begin!r} line and one {end!r} line after it")
+            raise ConfigTableError(
+                f"values.yaml: expected one {begin!r} line and one {end!r} line after it"
+            )
         indent = lines[starts[0]][: len(lines[starts[0]]) - len(lines[starts[0]].lstrip())]
         lines[starts[0] + 1 : ends[0]] = block(component, indent, defs)
     return "\n".join(lines) + "\n"
@@ -405,7 +426,9 @@ def regenerate(text: str) -> str:
 def _cell(text: str) -> str:
     """Markdown table cell: a | ends the cell, a <word> would be read as an HTML tag."""
     parts = text.replace("|", "\\|").split("`")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))  # not inside `code`
+    return "`".join(
+        p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts)
+    )  # not inside `code`
 
 
 def reference() -> str:
@@ -457,7 +480,11 @@ def reference() -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if values.yaml or the doc differ, write nothing")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 1 if values.yaml or the doc differ, write nothing",
+    )
     args = parser.parse_args()
     try:
         wanted = {VALUES: regenerate(VALUES.read_text()), DOC: reference()}

@@ -44,7 +44,14 @@ GENERATED = "Generated from values.yaml by scripts/chart_schema.py (make chart-s
 _PARAM = re.compile(r"^\s*## @param (?P<path>\S+)(?: (?P<text>.*))?$")
 _SCHEMA = re.compile(r"^\s*## @schema (?P<path>\S+) (?P<body>.+)$")
 _MORE = re.compile(r"^\s*##(?: (?P<text>(?!@).*))?$")
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array", dict: "object"}
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+}
 
 
 class SchemaError(Exception):
@@ -77,7 +84,9 @@ def read_annotations(text: str) -> Annotations:
             path = "" if m["path"] == "." else m["path"]
             body = yaml.safe_load(m["body"])
             if not isinstance(body, dict):
-                raise SchemaError(f"@schema {m['path']}: expected a YAML flow mapping; received {m['body']!r}")
+                raise SchemaError(
+                    f"@schema {m['path']}: expected a YAML flow mapping; received {m['body']!r}"
+                )
             if path in notes.schemas:
                 raise SchemaError(f"@schema {m['path']}: expected once; found twice")
             notes.schemas[path] = body
@@ -115,7 +124,9 @@ class _Builder:
     def __init__(self, notes: Annotations) -> None:
         self.notes = notes
         self.defs: dict[str, dict[str, Any]] = {}
-        self.refs: list[tuple[str, dict[str, Any], Any]] = []  # (path, schema, default): checked once all defs exist
+        self.refs: list[
+            tuple[str, dict[str, Any], Any]
+        ] = []  # (path, schema, default): checked once all defs exist
         self.seen: set[str] = set()
 
     def node(self, path: str, value: Any, under_ref: bool = False) -> dict[str, Any]:
@@ -124,7 +135,9 @@ class _Builder:
         where = path or "."
         note = dict(self.notes.schemas.get(path, {}))
         if under_ref and note:
-            raise SchemaError(f"@schema {where}: inside a $ref block; put its keywords on the block's $def")
+            raise SchemaError(
+                f"@schema {where}: inside a $ref block; put its keywords on the block's $def"
+            )
         documented = path in self.notes.params
         block = isinstance(value, dict) and bool(value) and not documented
         if path and not block and not documented:
@@ -135,15 +148,22 @@ class _Builder:
         schema: dict[str, Any] = {"$ref": f"#/$defs/{ref}"} if ref else {}
         if not ref and "type" not in note:
             if value is None:
-                raise SchemaError(f"{where}: the default is null; expected a type in its @schema line")
+                raise SchemaError(
+                    f"{where}: the default is null; expected a type in its @schema line"
+                )
             schema["type"] = json_type(value)
         if documented:
             schema["description"] = self.notes.params[path]
         schema.update(_with_refs(note))
         if block:
-            children = {k: self.node(f"{path}.{k}" if path else k, v, under_ref or bool(ref)) for k, v in value.items()}
+            children = {
+                k: self.node(f"{path}.{k}" if path else k, v, under_ref or bool(ref))
+                for k, v in value.items()
+            }
             if ref:
-                schema["properties"] = {k: d for k, c in children.items() if (d := _descriptions(c))}
+                schema["properties"] = {
+                    k: d for k, c in children.items() if (d := _descriptions(c))
+                }
             else:
                 schema.setdefault("additionalProperties", False)
                 schema["properties"] = children
@@ -167,10 +187,14 @@ def _check_default(where: str, value: Any, schema: dict[str, Any]) -> None:
     if types is None:
         return
     if not _fits(value, types):
-        raise SchemaError(f"{where}: the default {value!r} is {json_type(value)}; the @schema type is {types}")
+        raise SchemaError(
+            f"{where}: the default {value!r} is {json_type(value)}; the @schema type is {types}"
+        )
     for member in schema.get("enum", []):
         if not _fits(member, types):  # YAML reads on/off/yes/no as booleans: quote them
-            raise SchemaError(f"{where}: enum member {member!r} is {json_type(member)}, not {types} (quote it?)")
+            raise SchemaError(
+                f"{where}: enum member {member!r} is {json_type(member)}, not {types} (quote it?)"
+            )
 
 
 def _descriptions(schema: dict[str, Any]) -> dict[str, Any]:
@@ -191,7 +215,9 @@ def _without_descriptions(schema: dict[str, Any]) -> dict[str, Any]:
 
 def _conforms(value: Any, schema: dict[str, Any], defs: dict[str, dict[str, Any]]) -> list[str]:
     """Type and key mismatches of ``value`` against ``schema`` (enough to check a default against a $def)."""
-    while "$ref" in schema:  # keywords beside a $ref narrow the definition (only `type` does so here)
+    while (
+        "$ref" in schema
+    ):  # keywords beside a $ref narrow the definition (only `type` does so here)
         extra = {k: v for k, v in schema.items() if k not in ("$ref", "properties")}
         schema = {**defs[schema["$ref"].removeprefix("#/$defs/")], **extra}
     problems = []
@@ -202,7 +228,9 @@ def _conforms(value: Any, schema: dict[str, Any], defs: dict[str, dict[str, Any]
     if isinstance(value, dict):
         for k, v in value.items():
             sub = schema.get("properties", {}).get(k)
-            sub = sub or next((s for p, s in schema.get("patternProperties", {}).items() if re.search(p, k)), None)
+            sub = sub or next(
+                (s for p, s in schema.get("patternProperties", {}).items() if re.search(p, k)), None
+            )
             if sub is None and schema.get("additionalProperties") is False:
                 problems.append(f"unknown key {k}")
             problems += [f"{k}: {p}" for p in _conforms(v, sub, defs)] if sub else []
@@ -217,13 +245,17 @@ def build(values_text: str) -> dict[str, Any]:
     root = builder.node("", values)
     unknown = sorted((notes.params.keys() | notes.schemas.keys()) - builder.seen)
     if unknown:
-        raise SchemaError(f"@param/@schema lines name no value of values.yaml: {', '.join(unknown)}")
+        raise SchemaError(
+            f"@param/@schema lines name no value of values.yaml: {', '.join(unknown)}"
+        )
     for path, schema, default in builder.refs:
         name = schema["$ref"].removeprefix("#/$defs/")
         if name not in builder.defs:
             raise SchemaError(f"{path}: $ref {name}: no value has $def {name}")
         if problems := _conforms(default, schema, builder.defs):
-            raise SchemaError(f"{path}: the default does not fit $def {name}: {'; '.join(problems)}")
+            raise SchemaError(
+                f"{path}: the default does not fit $def {name}: {'; '.join(problems)}"
+            )
     root.pop("description", None)
     return {
         "$schema": DIALECT,
@@ -247,9 +279,16 @@ def dumps(schema: dict[str, Any]) -> str:
         inner = indent + "  "
         if isinstance(node, dict):
             items = [f"{inner}{json.dumps(k)}: " for k in node]
-            items = [head + emit(v, inner, len(head) + 1) for head, v in zip(items, node.values(), strict=True)]
+            items = [
+                head + emit(v, inner, len(head) + 1)
+                for head, v in zip(items, node.values(), strict=True)
+            ]
             return "{\n" + ",\n".join(items) + f"\n{indent}}}"
-        return "[\n" + ",\n".join(inner + emit(v, inner, len(inner) + 1) for v in node) + f"\n{indent}]"
+        return (
+            "[\n"
+            + ",\n".join(inner + emit(v, inner, len(inner) + 1) for v in node)
+            + f"\n{indent}]"
+        )
 
     return emit(schema, "", 0) + "\n"
 
@@ -260,7 +299,9 @@ def generate(values_path: Path = VALUES) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if values.schema.json differs, write nothing")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if values.schema.json differs, write nothing"
+    )
     args = parser.parse_args()
     try:
         wanted = generate()

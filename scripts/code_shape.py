@@ -36,17 +36,32 @@ INVARIANTS: dict[str, tuple[str, str]] = {
         "places that cut latest.json off a URI",
         r"\[:\s*-len\(POINTER_FILE\)\]|removesuffix\(POINTER",
     ),
-    "tensor names": ("string literals naming the model's tensors", r"[\"'](image|probabilities)[\"']"),
-    "model-name rule": ("regular expressions that define a valid model name", r"re\.compile\(r?\"\^\[a-z0-9\]"),
-    "sha256 outside sha256_hex": ("direct hashlib.sha256(...).hexdigest() of artefact bytes", r"hashlib\.sha256\("),
+    "tensor names": (
+        "string literals naming the model's tensors",
+        r"[\"'](image|probabilities)[\"']",
+    ),
+    "model-name rule": (
+        "regular expressions that define a valid model name",
+        r"re\.compile\(r?\"\^\[a-z0-9\]",
+    ),
+    "sha256 outside sha256_hex": (
+        "direct hashlib.sha256(...).hexdigest() of artefact bytes",
+        r"hashlib\.sha256\(",
+    ),
     "read_pointer unpacking": ("call sites of read_pointer", r"\bread_pointer\("),
     "download implementations": ("definitions of a store's download()", r"def download\("),
-    "botocore try/except": ("except clauses for botocore errors", r"except \(ClientError, BotoCoreError\)"),
+    "botocore try/except": (
+        "except clauses for botocore errors",
+        r"except \(ClientError, BotoCoreError\)",
+    ),
     "error roots": (
         "exception classes deriving directly from a builtin exception",
         r"^class \w+\((Exception|RuntimeError|ValueError)\):",
     ),
-    "config error classes": ("classes for a bad option", r"^class (ConfigError|ConfigurationError)\b"),
+    "config error classes": (
+        "classes for a bad option",
+        r"^class (ConfigError|ConfigurationError)\b",
+    ),
     "MODEL_FILE definitions": ("module constants named MODEL_FILE", r"^MODEL_FILE\s*="),
     "ENV_PREFIX definitions": ("module constants named ENV_PREFIX", r"^ENV_PREFIX\s*="),
     "_verdict definitions": ("functions named _verdict", r"def _verdict\("),
@@ -85,7 +100,9 @@ def docstring_lines(tree: Path) -> tuple[int, int, str]:
     for path in sources(tree):
         module = ast.parse(path.read_text())
         for node in ast.walk(module):
-            if not isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            if not isinstance(
+                node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+            ):
                 continue
             first = node.body[0] if node.body else None
             value = getattr(first, "value", None) if isinstance(first, ast.Expr) else None
@@ -125,7 +142,9 @@ def duplicate_rows(tree: Path, command: str) -> str:
 
 def report(tree: Path, command: str) -> str:
     files = sources(tree)
-    sizes = sorted(((len(p.read_text().splitlines()), str(p.relative_to(tree))) for p in files), reverse=True)
+    sizes = sorted(
+        ((len(p.read_text().splitlines()), str(p.relative_to(tree))) for p in files), reverse=True
+    )
     longest = functions(tree)
     text = "\n".join(p.read_text() for p in files)
     lines = [f"### {tree}", "", "Longest functions (lines):", ""]
@@ -139,10 +158,21 @@ def report(tree: Path, command: str) -> str:
     places = format_places(tree)
     lines += ["", f"Docstring lines: {doc} of {len(all_lines)} ({100 * doc / len(all_lines):.1f} %); longest module "
               f"docstring: {doc_longest} lines ({doc_where})"]  # fmt: skip
-    lines += [f"Lines over {LONG_LINE} characters: {long_lines} ({100 * long_lines / len(all_lines):.1f} %)"]
-    lines += [f"Functions over {LONG_FUNCTION} lines: {sum(1 for n, _ in longest if n > LONG_FUNCTION)}"]
-    lines += [f"Lines naming an image format: {len(places)} in {len({p.split(':')[0] for p in places})} files"]
-    lines += ["", f"`duplicates` rows (job/ and serve/): {duplicate_rows(tree, command)}", "", "| invariant | places |"]
+    lines += [
+        f"Lines over {LONG_LINE} characters: {long_lines} ({100 * long_lines / len(all_lines):.1f} %)"
+    ]
+    lines += [
+        f"Functions over {LONG_FUNCTION} lines: {sum(1 for n, _ in longest if n > LONG_FUNCTION)}"
+    ]
+    lines += [
+        f"Lines naming an image format: {len(places)} in {len({p.split(':')[0] for p in places})} files"
+    ]
+    lines += [
+        "",
+        f"`duplicates` rows (job/ and serve/): {duplicate_rows(tree, command)}",
+        "",
+        "| invariant | places |",
+    ]
     lines += ["|---|---|"]
     for name, (_, pattern) in INVARIANTS.items():
         lines.append(f"| {name} | {len(re.findall(pattern, text, re.M))} |")

@@ -48,8 +48,17 @@ def register(version_dir: Path, root: Path) -> tuple[str, str, list[str]]:
 
 
 def serve(pointer: str, port: int) -> subprocess.Popen:
-    env = {**os.environ, "LEAF_SERVE_MODEL": pointer, "LEAF_SERVE_PORT": str(port), "LEAF_SERVE_HOST": "127.0.0.1"}
-    env |= {"LEAF_SERVE_GRPC_PORT": "0", "LEAF_SERVE_POLL_INTERVAL": "0", "LEAF_SERVE_LOG_LEVEL": "warning"}
+    env = {
+        **os.environ,
+        "LEAF_SERVE_MODEL": pointer,
+        "LEAF_SERVE_PORT": str(port),
+        "LEAF_SERVE_HOST": "127.0.0.1",
+    }
+    env |= {
+        "LEAF_SERVE_GRPC_PORT": "0",
+        "LEAF_SERVE_POLL_INTERVAL": "0",
+        "LEAF_SERVE_LOG_LEVEL": "warning",
+    }
     proc = subprocess.Popen([sys.executable, "-m", "leaf_serve"], env=env)
     import httpx
 
@@ -119,17 +128,23 @@ def cup_photo(tmp: Path) -> Path:
 
     spec = importlib.util.find_spec("skimage")
     if spec is None or spec.origin is None:
-        raise RuntimeError("expected scikit-image (locks/dev.txt) for its bundled sample photos; it is not installed")
+        raise RuntimeError(
+            "expected scikit-image (locks/dev.txt) for its bundled sample photos; it is not installed"
+        )
     from PIL import Image
 
     path = tmp / "coffee.jpg"
-    Image.open(Path(spec.origin).parent / "data" / "coffee.png").convert("RGB").save(path, format="JPEG")
+    Image.open(Path(spec.origin).parent / "data" / "coffee.png").convert("RGB").save(
+        path, format="JPEG"
+    )
     return path
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("version_dir", nargs="?", type=Path, help="default: the newest folder under demo-output/")
+    parser.add_argument(
+        "version_dir", nargs="?", type=Path, help="default: the newest folder under demo-output/"
+    )
     args = parser.parse_args()
     found = sorted((ROOT / "demo-output").glob("*/model.json"), key=lambda p: p.stat().st_mtime)
     version_dir = args.version_dir or (found[-1].parent if found else None)

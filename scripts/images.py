@@ -45,7 +45,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CACHE = ROOT / ".cache" / "images"  # gitignored; .dockerignore lets only wheels/ into the build context
+CACHE = (
+    ROOT / ".cache" / "images"
+)  # gitignored; .dockerignore lets only wheels/ into the build context
 CONTAINERS_CONF = ROOT / "scripts" / "containers.conf"
 OFFICIAL_BASE = "docker.io/library/python:3.11-slim-bookworm"
 # The local stand-in for the official image: Debian bookworm's own Python 3.11 (/usr/bin/python3.11)
@@ -103,7 +105,10 @@ class Engine:
 
     def __init__(self, name: str):
         self.name = name
-        self.env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
+        self.env = {
+            **os.environ,
+            "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
+        }
 
     @classmethod
     def find(cls) -> Engine:
@@ -112,8 +117,13 @@ class Engine:
         Raises:
             SystemExit: none works and none can be installed (get-podman.sh's message says why).
         """
-        env = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF))}
-        found = subprocess.run([str(ROOT / "scripts" / "get-podman.sh")], env=env, capture_output=True, text=True)
+        env = {
+            **os.environ,
+            "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)),
+        }
+        found = subprocess.run(
+            [str(ROOT / "scripts" / "get-podman.sh")], env=env, capture_output=True, text=True
+        )
         if found.returncode != 0:
             sys.stderr.write(found.stderr)
             raise SystemExit(found.returncode)
@@ -124,7 +134,16 @@ class Engine:
 
     def inspect(self, ref: str, template: str) -> str | None:
         """``image inspect --format template`` of ``ref``, or None when there is no such image."""
-        result = self("image", "inspect", "--format", template, ref, check=False, capture_output=True, text=True)
+        result = self(
+            "image",
+            "inspect",
+            "--format",
+            template,
+            ref,
+            check=False,
+            capture_output=True,
+            text=True,
+        )
         return result.stdout.strip() if result.returncode == 0 else None
 
     def base_image(self) -> str:
@@ -135,12 +154,16 @@ class Engine:
         if self.inspect(OFFICIAL_BASE, "{{.Id}}"):
             return OFFICIAL_BASE
         try:
-            pulled = self("pull", "--quiet", OFFICIAL_BASE, check=False, capture_output=True, timeout=120).returncode
+            pulled = self(
+                "pull", "--quiet", OFFICIAL_BASE, check=False, capture_output=True, timeout=120
+            ).returncode
         except subprocess.TimeoutExpired:
             pulled = -1
         if pulled == 0:
             return OFFICIAL_BASE
-        log(f"cannot pull {OFFICIAL_BASE} (no registry reachable?): using a Debian base built with mmdebstrap")
+        log(
+            f"cannot pull {OFFICIAL_BASE} (no registry reachable?): using a Debian base built with mmdebstrap"
+        )
         return self.local_base()
 
     def local_base(self) -> str:
@@ -157,24 +180,50 @@ class Engine:
                     "(apt-get install mmdebstrap), or PYTHON_IMAGE=<an image with python3.11>; found none"
                 )
             CACHE.mkdir(parents=True, exist_ok=True)
-            partial = tarball.with_suffix(".partial.tar")  # mmdebstrap picks its output format by the suffix
-            log(f"building the base with mmdebstrap into {tarball.relative_to(ROOT)} (about a minute)")
-            subprocess.run(["mmdebstrap", "--quiet", *BASE_RECIPE, str(partial), DEBIAN_MIRROR], check=True)
+            partial = tarball.with_suffix(
+                ".partial.tar"
+            )  # mmdebstrap picks its output format by the suffix
+            log(
+                f"building the base with mmdebstrap into {tarball.relative_to(ROOT)} (about a minute)"
+            )
+            subprocess.run(
+                ["mmdebstrap", "--quiet", *BASE_RECIPE, str(partial), DEBIAN_MIRROR], check=True
+            )
             partial.rename(tarball)
         self("import", "--change", 'CMD ["python3"]', str(tarball), ref, capture_output=True)
         return ref
 
-    def build(self, image: Image, flavour: str, python_image: str, offline: bool, no_cache: bool = False) -> float:
+    def build(
+        self, image: Image, flavour: str, python_image: str, offline: bool, no_cache: bool = False
+    ) -> float:
         """Build one image unless its tag was built from the same inputs; returns the seconds it took."""
         lock = image.locks[flavour]
         wheels = wheelhouse(lock).relative_to(ROOT).as_posix() if offline else ""
-        args = {"PYTHON_IMAGE": python_image, "LOCK": lock, "VERSION": version(), "WHEELHOUSE": wheels}
-        digest = inputs_digest(image, {**args, "PYTHON_IMAGE_ID": self.inspect(python_image, "{{.Id}}") or ""})
+        args = {
+            "PYTHON_IMAGE": python_image,
+            "LOCK": lock,
+            "VERSION": version(),
+            "WHEELHOUSE": wheels,
+        }
+        digest = inputs_digest(
+            image, {**args, "PYTHON_IMAGE_ID": self.inspect(python_image, "{{.Id}}") or ""}
+        )
         ref = tag(image, flavour)
-        if not no_cache and self.inspect(ref, f'{{{{index .Config.Labels "{INPUTS_LABEL}"}}}}') == digest:
+        if (
+            not no_cache
+            and self.inspect(ref, f'{{{{index .Config.Labels "{INPUTS_LABEL}"}}}}') == digest
+        ):
             log(f"{ref} is up to date (build inputs sha256 {digest[:12]})")
             return 0.0
-        cmd = ["build", "--file", image.dockerfile, "--tag", ref, "--label", f"{INPUTS_LABEL}={digest}"]
+        cmd = [
+            "build",
+            "--file",
+            image.dockerfile,
+            "--tag",
+            ref,
+            "--label",
+            f"{INPUTS_LABEL}={digest}",
+        ]
         cmd += ["--no-cache"] if no_cache else []
         for key, value in args.items():
             cmd += ["--build-arg", f"{key}={value}"]
@@ -182,7 +231,12 @@ class Engine:
         log(f"building {ref} with {self.name} (lock {lock}, base {python_image}, {mode})")
         replaced = self.inspect(ref, "{{.Id}}")
         start = time.monotonic()
-        self(*cmd, ".", cwd=ROOT, stdout=sys.stderr if os.environ.get("IMAGES_VERBOSE") else subprocess.DEVNULL)
+        self(
+            *cmd,
+            ".",
+            cwd=ROOT,
+            stdout=sys.stderr if os.environ.get("IMAGES_VERBOSE") else subprocess.DEVNULL,
+        )
         took = time.monotonic() - start
         log(f"built {ref} in {took:.0f} s")
         if replaced and replaced != self.inspect(ref, "{{.Id}}"):
@@ -206,7 +260,9 @@ def inputs_digest(image: Image, args: dict[str, str]) -> str:
     for name in COPIED:
         found = ROOT / name
         if found.is_dir():  # as the context has it: .dockerignore leaves out __pycache__ and *.pyc
-            paths += sorted(f for f in found.rglob("*") if f.is_file() and "__pycache__" not in f.parts)
+            paths += sorted(
+                f for f in found.rglob("*") if f.is_file() and "__pycache__" not in f.parts
+            )
         else:
             paths.append(found)
     for path in paths:
@@ -226,7 +282,9 @@ def wheelhouse(lock: str) -> Path:
         return folder
     here = f"{platform.python_implementation()} {sys.version_info.major}.{sys.version_info.minor} {platform.machine()}"
     if here != "CPython 3.11 x86_64":
-        raise SystemExit(f"images: the wheelhouse needs a CPython 3.11 x86_64 interpreter; received {here}")
+        raise SystemExit(
+            f"images: the wheelhouse needs a CPython 3.11 x86_64 interpreter; received {here}"
+        )
     folder.parent.mkdir(parents=True, exist_ok=True)
     log(f"downloading locks/{lock}.txt into {folder.relative_to(ROOT)}")
     partial = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{lock}-"))
@@ -250,12 +308,23 @@ def wheelhouse(lock: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["build", "refs"])
     parser.add_argument("--flavour", choices=[*FLAVOURS, "all"], default="all")
-    parser.add_argument("--image", choices=[i.name for i in IMAGES], action="append", help="only this one (repeatable)")
-    parser.add_argument("--online", action="store_true", help="install from the package index inside the build")
-    parser.add_argument("--no-cache", action="store_true", help="rebuild every layer (for timing a cold build)")
+    parser.add_argument(
+        "--image",
+        choices=[i.name for i in IMAGES],
+        action="append",
+        help="only this one (repeatable)",
+    )
+    parser.add_argument(
+        "--online", action="store_true", help="install from the package index inside the build"
+    )
+    parser.add_argument(
+        "--no-cache", action="store_true", help="rebuild every layer (for timing a cold build)"
+    )
     args = parser.parse_args(argv)
     flavours = FLAVOURS if args.flavour == "all" else (args.flavour,)
     images = [i for i in IMAGES if not args.image or i.name in args.image]
@@ -265,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         python_image = engine.base_image()
         for flavour in flavours:
             for image in images:
-                engine.build(image, flavour, python_image, offline=not args.online, no_cache=args.no_cache)
+                engine.build(
+                    image, flavour, python_image, offline=not args.online, no_cache=args.no_cache
+                )
     print("\n".join(refs))
     return 0
 

@@ -59,7 +59,11 @@ def profile_requirements(pyproject: dict, profile: str) -> list[str]:
         out: list[str] = []
         for req in extras[extra]:
             m = _SELF.match(req.replace(" ", ""))
-            out += [r for sub in m.group(1).split(",") for r in expand(sub, seen | {extra})] if m else [req]
+            out += (
+                [r for sub in m.group(1).split(",") for r in expand(sub, seen | {extra})]
+                if m
+                else [req]
+            )
         return out
 
     reqs = list(project.get("dependencies", []))
@@ -70,7 +74,11 @@ def profile_requirements(pyproject: dict, profile: str) -> list[str]:
 
 def read_in(path: Path) -> list[str]:
     """Requirement lines of a .in file (comments and blank lines dropped)."""
-    return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def inputs_digest(pyproject: dict, profile: str) -> str:
@@ -113,8 +121,21 @@ def compile_profile(uv: str, profile: str, upgrade: bool = False) -> None:
         if lock_path(profile).exists() and not upgrade:
             # uv prefers the versions already in its output file: adding a dependency moves nothing else.
             out.write_text(lock_path(profile).read_text())
-        inputs = [str(TOOLS[profile].relative_to(ROOT))] if profile in TOOLS else ["pyproject.toml", "locks/build.in"]
-        cmd = [uv, "pip", "compile", *inputs, "--python-version", PYTHON_VERSION, "--python-platform", PLATFORM]
+        inputs = (
+            [str(TOOLS[profile].relative_to(ROOT))]
+            if profile in TOOLS
+            else ["pyproject.toml", "locks/build.in"]
+        )
+        cmd = [
+            uv,
+            "pip",
+            "compile",
+            *inputs,
+            "--python-version",
+            PYTHON_VERSION,
+            "--python-platform",
+            PLATFORM,
+        ]
         cmd += ["--generate-hashes", "--quiet", "--custom-compile-command", "make lock"]
         cmd += ["--upgrade"] if upgrade else []
         for extra in PROFILES.get(profile, ()):
@@ -126,13 +147,21 @@ def compile_profile(uv: str, profile: str, upgrade: bool = False) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--uv", required=True, help="the uv executable (make lock installs a pinned one)")
-    parser.add_argument("profiles", nargs="*", help=f"default: all of {', '.join([*PROFILES, *TOOLS])}")
-    parser.add_argument("--upgrade", action="store_true", help="newest versions the ranges allow (default: keep)")
+    parser.add_argument(
+        "--uv", required=True, help="the uv executable (make lock installs a pinned one)"
+    )
+    parser.add_argument(
+        "profiles", nargs="*", help=f"default: all of {', '.join([*PROFILES, *TOOLS])}"
+    )
+    parser.add_argument(
+        "--upgrade", action="store_true", help="newest versions the ranges allow (default: keep)"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.profiles) - {*PROFILES, *TOOLS})
     if unknown:
-        parser.error(f"expected profiles among {', '.join([*PROFILES, *TOOLS])}; received {', '.join(unknown)}")
+        parser.error(
+            f"expected profiles among {', '.join([*PROFILES, *TOOLS])}; received {', '.join(unknown)}"
+        )
     for profile in args.profiles or [*PROFILES, *TOOLS]:
         compile_profile(args.uv, profile, args.upgrade)
     return 0

@@ -62,7 +62,9 @@ def render(helm: str) -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--helm", required=True)
-    parser.add_argument("--check", action="store_true", help="exit 1 if k8s/ differs from a fresh render")
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 if k8s/ differs from a fresh render"
+    )
     args = parser.parse_args()
     wanted = render(args.helm)
     present = {p.name: p.read_text() for p in OUT.glob("*.yaml")} if OUT.exists() else {}

@@ -74,6 +74,10 @@ def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoin
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if not item.get_closest_marker("xdist_group"):
-            group = "containers" if item.get_closest_marker("container") else item.nodeid.split("::")[0]
+            group = (
+                "containers" if item.get_closest_marker("container") else item.nodeid.split("::")[0]
+            )
             item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(key=lambda item: item.get_closest_marker("container") is None)  # stable: the rest keep order
+    items.sort(
+        key=lambda item: item.get_closest_marker("container") is None
+    )  # stable: the rest keep order

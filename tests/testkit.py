@@ -14,7 +14,9 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def wait_for(condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05) -> T:
+def wait_for(
+    condition: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.05
+) -> T:
     """Poll ``condition()`` until it returns something truthy and return that value.
 
     Fails naming ``what`` once ``timeout`` seconds have passed; the condition is always tried

@@ -1,11 +1,8 @@
 """``leaf-train``: the job's command line.
 
-Each sub-command lives in its own module exposing ``register(subparsers)``; the
-module sets ``func`` on its parser. Heavy imports (TensorFlow) happen inside the
-command functions so ``--help`` and the light commands start fast.
-
-This is the one place that turns exceptions into a one-line reason and an exit code
-(each error's ``exit_code``, see ``errors``), so a Kubernetes Job's status and Events say why it failed.
+Each sub-command's module exposes ``register(subparsers)`` and imports TensorFlow only inside its
+command, so ``--help`` and the light commands start fast. This is the one place that turns an
+exception into a one-line reason and its ``exit_code``, so a Job's status and Events say why.
 """
 
 from __future__ import annotations
@@ -36,7 +33,8 @@ COMMAND_MODULES = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="leaf-train",
-        description="Fine-tune VGG16 on leaf photos from S3, export to ONNX, publish a versioned model.",
+        description="Fine-tune VGG16 on leaf photos from S3, export to ONNX, publish a versioned "
+        "model.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -45,7 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def setup_logging(level: str = "INFO", log_format: str = "text") -> None:
-    """One line per record on stderr (``text`` or ``json``, see ``leaf_common.logs``); a host's handlers stay."""
+    """One line per record on stderr (``text`` or ``json``, see ``leaf_common.logs``); a host's
+    handlers stay."""
     logs.configure(level, log_format)
 
 
@@ -57,7 +56,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     try:
         return int(args.func(args) or 0)
-    except LeafError as e:  # every error raised on purpose carries its exit code (leaf_common.errors)
+    except (
+        LeafError
+    ) as e:  # every error raised on purpose carries its exit code (leaf_common.errors)
         log.error("%s: %s", type(e).__name__, e)
         return e.exit_code
     except KeyboardInterrupt:

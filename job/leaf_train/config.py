@@ -45,19 +45,29 @@ _AUTO_ON_OFF = ("auto", "on", "off")
 @dataclass
 class TrainConfig:
     # --- where ---
-    data: str = option("", "Dataset URI: s3://bucket/prefix or a local folder, one sub-folder per class")
-    output: str = option("", "Registry URI (s3:// or local); the model lands in <output>/<model-name>/")
+    data: str = option(
+        "", "Dataset URI: s3://bucket/prefix or a local folder, one sub-folder per class"
+    )
+    output: str = option(
+        "", "Registry URI (s3:// or local); the model lands in <output>/<model-name>/"
+    )
     model_name: str = option("leaf-classifier", "Model name: the folder under --output")
     version: str = option("", "Version id to publish; empty = UTC timestamp + dataset fingerprint")
     run_id: str = option(
         "",
         "Run id for checkpoints; the chart sets the Kubernetes Job name so a retried pod resumes",
     )
-    cache_dir: str = option("", "Local scratch folder for downloads, decoded images, checkpoints (default: temp)")
+    cache_dir: str = option(
+        "", "Local scratch folder for downloads, decoded images, checkpoints (default: temp)"
+    )
 
     # --- data ---
-    image_size: int = option(150, "Height and width of the model input, pixels", at_least=32, why="VGG16 pools 5 times")
-    val_fraction: float = option(0.2, "Share of each class held out for validation (hash-stable)", above=0, below=1)
+    image_size: int = option(
+        150, "Height and width of the model input, pixels", at_least=32, why="VGG16 pools 5 times"
+    )
+    val_fraction: float = option(
+        0.2, "Share of each class held out for validation (hash-stable)", above=0, below=1
+    )
     min_images_per_class: int = option(
         4,
         "Stop if any class has fewer usable images than this",
@@ -68,21 +78,29 @@ class TrainConfig:
         2048, "Decoded images above this size live in a memory-mapped file on disk", at_least=0
     )
     download_workers: int = option(16, "Parallel S3 downloads", at_least=1)
-    decode_workers: int = option(0, "Parallel decoders; 0 = the container's CPUs (cgroup quota)", at_least=0)
-    max_pixels: int = option(64_000_000, "Skip photos with more pixels than this (decompression bombs)", at_least=1)
+    decode_workers: int = option(
+        0, "Parallel decoders; 0 = the container's CPUs (cgroup quota)", at_least=0
+    )
+    max_pixels: int = option(
+        64_000_000, "Skip photos with more pixels than this (decompression bombs)", at_least=1
+    )
 
     # --- model ---
     weights: str = option(
         "imagenet",
         "Initial conv-base weights: imagenet (download), none (random), or a URI of a no-top .h5",
     )
-    fine_tune_from: str = option("block5_conv1", "First VGG16 layer unfrozen in phase 2; all before stay frozen")
+    fine_tune_from: str = option(
+        "block5_conv1", "First VGG16 layer unfrozen in phase 2; all before stay frozen"
+    )
     dense_units: int = option(256, "Units of the hidden Dense layer of the head", at_least=1)
 
     # --- training ---
     batch_size: int = option(20, "Batch size (global across GPUs)", at_least=1)
     head_epochs: int = option(30, "Phase 1 epochs: conv base frozen, head trained", at_least=0)
-    finetune_epochs: int = option(100, "Phase 2 epochs: block5 and head trained at the low learning rate", at_least=0)
+    finetune_epochs: int = option(
+        100, "Phase 2 epochs: block5 and head trained at the low learning rate", at_least=0
+    )
     head_lr: float = option(2e-5, "Phase 1 RMSprop learning rate", at_least=0)
     finetune_lr: float = option(1e-5, "Phase 2 RMSprop learning rate", at_least=0)
     early_stopping_patience: int = option(
@@ -115,7 +133,8 @@ class TrainConfig:
     )
     # Same seed + same lock + deterministic ops = the same weights, bit for bit
     # (tests/job/test_reproducible.py). On GPUs deterministic kernels are slower (cuDNN picks no
-    # autotuned algorithm, some ops fall back), so auto leaves it off there; on CPU it costs nothing.
+    # autotuned algorithm, some ops fall back), so auto leaves it off there; on CPU it costs
+    # nothing.
     deterministic: str = option(
         "auto",
         "TensorFlow op determinism: auto (on when no GPU is visible), on, off",
@@ -133,8 +152,12 @@ class TrainConfig:
         "Training workers (pods of the Indexed Job); >1 = MultiWorkerMirroredStrategy",
         at_least=1,
     )
-    worker_index: int = option(-1, "This worker's index; -1 = JOB_COMPLETION_INDEX (set by Kubernetes)")
-    worker_service: str = option("", "Headless Service that is the worker pods' subdomain (the chart sets it)")
+    worker_index: int = option(
+        -1, "This worker's index; -1 = JOB_COMPLETION_INDEX (set by Kubernetes)"
+    )
+    worker_service: str = option(
+        "", "Headless Service that is the worker pods' subdomain (the chart sets it)"
+    )
     worker_port: int = option(
         2222,
         "Port the workers' collective-ops gRPC server listens on",
@@ -159,16 +182,22 @@ class TrainConfig:
         at_least=0,
     )
     parity_images: int = option(64, "Validation images used for the parity check", at_least=1)
-    export_fp16: bool = option(False, "Also publish model.fp16.onnx (float16 weights, float32 inputs/outputs)")
-    fp16_tolerance: float = option(1e-2, "Fail if max |FP16 - FP32| ONNX probabilities exceeds this", above=0)
+    export_fp16: bool = option(
+        False, "Also publish model.fp16.onnx (float16 weights, float32 inputs/outputs)"
+    )
+    fp16_tolerance: float = option(
+        1e-2, "Fail if max |FP16 - FP32| ONNX probabilities exceeds this", above=0
+    )
     # For CPU nodes: ~2.5x the images/s of FP32 VGG16 on AVX-512 VNNI (BENCHMARKS.md, "INT8").
     export_int8: bool = option(
         False,
-        "Also publish model.int8.onnx (static INT8, QDQ, calibrated on training images) when it passes",
+        "Also publish model.int8.onnx (static INT8, QDQ, calibrated on training images) when it "
+        "passes",
     )
     int8_max_accuracy_drop: float = option(
         0.01,
-        "Publish model.int8.onnx only if its validation accuracy is at most this much below FP32's (0-1)",
+        "Publish model.int8.onnx only if its validation accuracy is at most this much below "
+        "FP32's (0-1)",
         at_least=0,
         at_most=1,
     )
@@ -177,10 +206,14 @@ class TrainConfig:
     )
 
     # --- runtime ---
-    progress: str = option("auto", "Progress bars: auto (on a terminal), on, off", choices=_AUTO_ON_OFF)
+    progress: str = option(
+        "auto", "Progress bars: auto (on a terminal), on, off", choices=_AUTO_ON_OFF
+    )
     log_level: str = option("INFO", "Logging level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # json for log pipelines (the chart's default): one object per line with the run id and version.
-    log_format: str = option("text", "Log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
+    log_format: str = option(
+        "text", "Log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS
+    )
 
     def validate(self) -> None:
         """Reject values that cannot work: the declared choices and bounds, then the rest.

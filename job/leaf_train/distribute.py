@@ -83,7 +83,8 @@ def worker_hosts(
         raise option_error(
             ENV_PREFIX,
             ("job_name", "worker_service"),
-            f"both set, to derive the Indexed Job's pod hostnames for --workers {workers} (or --worker-hosts)",
+            f"both set, to derive the Indexed Job's pod hostnames for --workers {workers} (or "
+            "--worker-hosts)",
             f"{job_name!r} and {service!r}",
         )
     return tuple(f"{job_name}-{i}.{service}:{port}" for i in range(workers))
@@ -182,7 +183,9 @@ class Distribution:
     def learning_rate(self, base: float, scaling: str) -> float:
         """``base`` as configured, or ``base * replicas`` with ``linear`` scaling."""
         if scaling not in LR_SCALING:
-            raise option_error(ENV_PREFIX, "lr_scaling", f"one of {', '.join(LR_SCALING)}", repr(scaling))
+            raise option_error(
+                ENV_PREFIX, "lr_scaling", f"one of {', '.join(LR_SCALING)}", repr(scaling)
+            )
         return base * self.replicas if scaling == "linear" else base
 
     def per_replica_batch(self, global_batch: int) -> int:

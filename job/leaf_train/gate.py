@@ -33,7 +33,8 @@ class GateConfig(RetentionConfig):
 
     min_accuracy: float = option(
         0.0,
-        "Quality gate: lowest validation accuracy (0-1) a new version needs to be promoted; 0 = no floor",
+        "Quality gate: lowest validation accuracy (0-1) a new version needs to be promoted; 0 = "
+        "no floor",
         at_least=0,
         at_most=1,
     )

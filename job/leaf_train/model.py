@@ -54,7 +54,9 @@ def weights_source(choice: str, cache_dir: Path) -> str | Path | None:
     if choice.lower() == "imagenet":
         return "imagenet"
     if not choice.endswith(".h5"):
-        raise option_error(ENV_PREFIX, "weights", "imagenet, none, or a URI of a .h5 file", repr(choice))
+        raise option_error(
+            ENV_PREFIX, "weights", "imagenet, none, or a URI of a .h5 file", repr(choice)
+        )
     parent, _, name = choice.rpartition("/")
     local = cache_dir / name
     open_store(parent or ".").download(name, local)

@@ -16,7 +16,15 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 KINDS = ("flat", "noise", "text", "gradient", "shapes", "stripes", "checker", "smooth_noise")
-_WORDS = ("INVOICE 2026", "hello world", "leaf-train", "TOTAL 42.00", "Lorem ipsum", "QR 7781", "EXIT")
+_WORDS = (
+    "INVOICE 2026",
+    "hello world",
+    "leaf-train",
+    "TOTAL 42.00",
+    "Lorem ipsum",
+    "QR 7781",
+    "EXIT",
+)
 
 
 def _flat(rng: np.random.Generator, size: int) -> Image.Image:
@@ -36,13 +44,21 @@ def _text(rng: np.random.Generator, size: int) -> Image.Image:
     draw = ImageDraw.Draw(img)
     for row in range(0, size, max(8, size // 8)):
         word = _WORDS[int(rng.integers(len(_WORDS)))]
-        draw.text((int(rng.integers(0, size // 4)), row), word, fill=tuple(int(c) for c in rng.integers(0, 90, 3)))
+        draw.text(
+            (int(rng.integers(0, size // 4)), row),
+            word,
+            fill=tuple(int(c) for c in rng.integers(0, 90, 3)),
+        )
     return img
 
 
 def _gradient(rng: np.random.Generator, size: int) -> Image.Image:
     a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
-    t = np.linspace(0, 1, size)[None, :, None] if rng.random() < 0.5 else np.linspace(0, 1, size)[:, None, None]
+    t = (
+        np.linspace(0, 1, size)[None, :, None]
+        if rng.random() < 0.5
+        else np.linspace(0, 1, size)[:, None, None]
+    )
     arr = np.broadcast_to(a + (b - a) * t, (size, size, 3))
     return Image.fromarray(arr.astype(np.uint8))
 
@@ -90,7 +106,8 @@ _MAKERS = {
 
 
 def generated(per_kind: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[str]]:
-    """``per_kind`` images of each kind in :data:`KINDS` as uint8 ``[N, size, size, 3]``, and their kinds."""
+    """``per_kind`` images of each kind in :data:`KINDS` as uint8 ``[N, size, size, 3]``, and their
+    kinds."""
     rng = np.random.default_rng(seed)
     images, kinds = [], []
     for kind in KINDS:
@@ -101,7 +118,8 @@ def generated(per_kind: int, size: int, seed: int = 0) -> tuple[np.ndarray, list
 
 
 def packaged_photos_dir() -> Path | None:
-    """``skimage/data`` of an installed scikit-image, found without importing it; None when absent."""
+    """``skimage/data`` of an installed scikit-image, found without importing it; None when
+    absent."""
     spec = importlib.util.find_spec("skimage")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -110,7 +128,8 @@ def packaged_photos_dir() -> Path | None:
 
 
 def packaged_photos(size: int) -> tuple[np.ndarray, list[str]]:
-    """scikit-image's bundled photos in an accepted format, resized like served photos; empty if absent."""
+    """scikit-image's bundled photos in an accepted format, resized like served photos; empty if
+    absent."""
     from leaf_common.imaging import decode_image, is_image_key
 
     folder = packaged_photos_dir()
@@ -120,7 +139,8 @@ def packaged_photos(size: int) -> tuple[np.ndarray, list[str]]:
             continue
         try:
             images.append(decode_image(path.read_bytes(), (size, size)))
-        except Exception:  # noqa: BLE001 - a sample that is not a photo (a label map, 16-bit data) is skipped
+        # A sample that is not a photo (a label map, 16-bit data) is skipped.
+        except Exception:  # noqa: BLE001
             continue
         names.append(path.name)
     if not images:

@@ -257,7 +257,8 @@ class ModelRegistry:
         # re-run), so start over; the claim stays, so the version stays ours throughout.
         leftovers = [k for k in existing if k != CLAIM_FILE]
         log.warning(
-            "%s: finishing the publication an earlier attempt of %s left incomplete (removing its %d files)",
+            "%s: finishing the publication an earlier attempt of %s left incomplete (removing "
+            "its %d files)",
             self.uri(version),
             owner,
             len(leftovers),

@@ -92,7 +92,9 @@ def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
 
-def option_error(prefix: str, names: str | Sequence[str], expected: str, received: object) -> ConfigError:
+def option_error(
+    prefix: str, names: str | Sequence[str], expected: str, received: object
+) -> ConfigError:
     """The one message for a bad option: ``--flag (ENV): expected ..., received ...``.
 
     ``names`` are field names (several when options conflict). ``received`` is shown with
@@ -134,7 +136,9 @@ def _type_words(tp: Any) -> str:
     base = _base_type(tp)
     if typing.get_origin(base) is list:
         (item,) = typing.get_args(base) or (str,)
-        return f"a comma-separated list of {_type_words(item).removeprefix('a ').removeprefix('an ')}s"
+        return (
+            f"a comma-separated list of {_type_words(item).removeprefix('a ').removeprefix('an ')}s"
+        )
     words = {bool: "true or false (or 1/0, yes/no, on/off)", int: "an integer", float: "a number"}
     if base is tuple or typing.get_origin(base) is tuple:
         return "integers separated by commas or x"
@@ -184,13 +188,17 @@ def add_arguments(parser: argparse.ArgumentParser, cls: type, prefix: str) -> No
         if not f.init or f.name.startswith("_"):
             continue
         tp = hints[f.name]
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        factory = f.default_factory  # type: ignore[misc]
+        default = f.default if f.default is not dataclasses.MISSING else factory()
         shown = ",".join(map(str, default)) if isinstance(default, (list, tuple)) else default
-        help_text = f"{f.metadata.get('help', '')} [env {env_name(prefix, f.name)}; default: {shown}]"
+        help_text = (
+            f"{f.metadata.get('help', '')} [env {env_name(prefix, f.name)}; default: {shown}]"
+        )
         choices = f.metadata.get("choices")
         if choices and not help_names_choices(f.metadata.get("help", ""), choices):
             help_text += f" (one of: {', '.join(choices)})"
-        # A bare boolean flag means true (`leaf-train submit --force`); `--flag false` still reads a value.
+        # A bare boolean flag means true (`leaf-train submit --force`); `--flag false` still reads a
+        # value.
         switch = {"nargs": "?", "const": "true"} if _base_type(tp) is bool else {}
         parser.add_argument(
             flag_name(f.name),

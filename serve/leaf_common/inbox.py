@@ -1,22 +1,7 @@
 """The inbox: photos the served model found hard, on their way back into the training data.
 
-Layout under ``<output>/<model-name>/inbox/``::
-
-    <YYYY-MM-DD>/<id>.<jpg|png>   the photo's pixels, re-encoded by the server (no EXIF, GPS, ICC, ...)
-    <YYYY-MM-DD>/<id>.json        what the model said about it (:class:`CaptureRecord`)
-    <YYYY-MM-DD>/<id>.claim       present only while a review action on it runs (:meth:`Inbox.claim`)
-
-The photo is written first and the JSON last, both with conditional writes, so a record's
-presence marks a complete capture and nothing is ever overwritten. Review moves a photo to
-``<data>/<class>/<id>.<ext>``, where the next training run finds it like any other photo.
-
-Ids look like ``capture-20260514T101502123Z-3f9a1c2b7d`` (UTC to the millisecond): they sort by time (newest first is a
-reverse sort), carry the date folder, and mark a photo in the data prefix as one that came
-through review. The job counts those by key name (:func:`is_review_key`) because a listing
-already returns every key, while S3 object metadata would cost one HEAD request per photo.
-
-The server (capture, ``/review``) and ``leaf-train inbox`` both use this module; it needs no
-TensorFlow and no web framework.
+The server (capture, ``/review``) and ``leaf-train inbox`` both use it; no TensorFlow, no web
+framework. Layout, ids and write order: docs/operations.md#the-inboxs-files
 """
 
 from __future__ import annotations
@@ -46,8 +31,9 @@ REASONS = ("low_confidence", "marked_wrong")
 _ID_PREFIX = "capture-"
 _ID = re.compile(r"capture-(\d{8})T\d{9}Z-[0-9a-f]{10}")
 # A class folder the job's dataset listing accepts: one path segment, not hidden. PlantVillage's own
-# names need letters, digits, '_', ',', '(', ')' and spaces ("Pepper,_bell___healthy", "Corn_(maize)___...").
-# A claim older than this is left over from a process that died mid-action: the next action takes it over.
+# names need letters, digits, '_', ',', '(', ')' and spaces ("Pepper,_bell___healthy",
+# "Corn_(maize)___..."). A claim older than this is left over from a process that died mid-action:
+# the next action takes it over.
 CLAIM_SECONDS = 300.0
 _CLASS = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _(),.+'-]{0,99}")
 
@@ -71,16 +57,19 @@ class ItemNotFound(InboxError):
 
 
 class ReviewConflict(InboxError):
-    """The action would overwrite or contradict what is there (a different photo, an unconfirmed new class)."""
+    """The action would overwrite or contradict what is there (a different photo, an unconfirmed new
+    class)."""
 
 
 class ItemBusy(ReviewConflict):
-    """Another review action holds the capture right now (two reviewers, two clicks): this one lost."""
+    """Another review action holds the capture right now (two reviewers, two clicks): this one
+    lost."""
 
 
 @dataclass(frozen=True)
 class InboxUsage:
-    """What the inbox holds: per capture id (oldest first) the bytes of its files, and the totals."""
+    """What the inbox holds: per capture id (oldest first) the bytes of its files, and the
+    totals."""
 
     sizes: dict[str, int]  # capture id -> bytes of its photo, record (and claim), oldest id first
 
@@ -103,7 +92,10 @@ def new_capture_id(now: datetime) -> str:
 def check_capture_id(raw: str) -> str:
     """``raw`` if it is a capture id; :class:`InvalidName` otherwise (ids become storage keys)."""
     if not _ID.fullmatch(raw):
-        raise InvalidName(f"capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received {raw!r:.80}")
+        raise InvalidName(
+            "capture id: expected capture-YYYYMMDDTHHMMSSmmmZ-<10 hex digits>; received "
+            f"{raw!r:.80}"
+        )
     return raw
 
 
@@ -117,20 +109,24 @@ def check_class_name(raw: str) -> str:
     name = raw.strip()
     if not _CLASS.fullmatch(name):
         raise InvalidName(
-            "class name: expected 1-100 characters, starting with a letter or digit, of letters, digits, spaces "
-            f"and _ ( ) , . + ' - (one folder name, e.g. Tomato___Early_blight); received {raw!r:.80}"
+            "class name: expected 1-100 characters, starting with a letter or digit, of letters, "
+            "digits, spaces "
+            "and _ ( ) , . + ' - (one folder name, e.g. Tomato___Early_blight); received "
+            f"{raw!r:.80}"
         )
     return name
 
 
 def is_review_key(key: str) -> bool:
-    """Whether a dataset key (``<class>/<file>``) is a photo that came into the data through review."""
+    """Whether a dataset key (``<class>/<file>``) is a photo that came into the data through
+    review."""
     stem, _, ext = key.rsplit("/", 1)[-1].rpartition(".")
     return bool(_ID.fullmatch(stem)) and formats.kept(ext) is not None
 
 
 def inbox_uri_for(model_uri: str) -> str | None:
-    """``<output>/<model>/inbox`` for a registry model URI (its pointer or a version folder), else ``None``."""
+    """``<output>/<model>/inbox`` for a registry model URI (its pointer or a version folder), else
+    ``None``."""
     parts = model_uri.rstrip("/").split("/")
     if parts[-1] == POINTER_FILE and len(parts) >= 2:
         return "/".join([*parts[:-1], INBOX_DIR])
@@ -141,7 +137,8 @@ def inbox_uri_for(model_uri: str) -> str | None:
 
 @dataclass(frozen=True)
 class CaptureRecord:
-    """The JSON beside a captured photo: what was served, what it said, and why the photo was kept."""
+    """The JSON beside a captured photo: what was served, what it said, and why the photo was
+    kept."""
 
     id: str
     ext: str  # names the kept photo: its format's ImageFormat.ext (leaf_common.formats)
@@ -156,8 +153,8 @@ class CaptureRecord:
     sha256: str  # of the photo bytes, checked again when the photo is reviewed
     size: int
     user_label: str | None = None  # what the person who marked it wrong said it is, if anything
-    # The answer's abstain reason ("not_a_leaf" or "low_confidence"; None: it answered), so reviewers can
-    # sort photos that are no leaf at all from leaves the model was unsure about.
+    # The answer's abstain reason ("not_a_leaf" or "low_confidence"; None: it answered), so
+    # reviewers can sort photos that are no leaf at all from leaves the model was unsure about.
     abstain_reason: str | None = None
     schema_version: int = RECORD_SCHEMA_VERSION
     extra: dict[str, Any] = field(default_factory=dict)
@@ -187,7 +184,9 @@ class CaptureRecord:
             if formats.kept(record.ext) is None:
                 raise ValueError(f"ext {record.ext!r}")
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError) as e:
-            raise InboxError(f"{where}: expected a capture record (id, ext, reason, label, ...); {e}") from e
+            raise InboxError(
+                f"{where}: expected a capture record (id, ext, reason, label, ...); {e}"
+            ) from e
         return record
 
 
@@ -215,7 +214,8 @@ def make_record(
     best = max(range(len(labels)), key=lambda i: probabilities[i])
     return CaptureRecord(
         id=new_capture_id(when),
-        ext=formats.by_pillow(photo_format).ext,  # type: ignore[union-attr]  # the decoder accepted it
+        # The decoder accepted the photo, so its format is in the table.
+        ext=formats.by_pillow(photo_format).ext,  # type: ignore[union-attr]
         captured_at=when.astimezone(UTC).isoformat(timespec="milliseconds"),
         reason=reason,
         model=model,
@@ -256,9 +256,9 @@ class Inbox:
     @contextlib.contextmanager
     def claim(self, capture_id: str, action: str) -> Iterator[None]:
         """Hold ``capture_id`` for one action: of two actions at once exactly one gets it, the other
-        :class:`ItemBusy` (409). The claim is a conditional write (S3 ``If-None-Match: *``, a hard link
-        locally), so it holds across threads, processes and replicas; it is removed when the action
-        ends, and one older than :data:`CLAIM_SECONDS` (its holder died) is taken over."""
+        :class:`ItemBusy` (409). The claim is a conditional write (S3 ``If-None-Match: *``, a hard
+        link locally), so it holds across threads, processes and replicas; it is removed when the
+        action ends, and one older than :data:`CLAIM_SECONDS` (its holder died) is taken over."""
         key = self._claim_key(check_capture_id(capture_id))
         body = json.dumps({"action": action, "at": time.time()}).encode()
         try:
@@ -271,11 +271,15 @@ class Inbox:
             self.store.delete(key)
 
     def _take_over_stale(self, key: str, body: bytes, capture_id: str) -> None:
-        busy = ItemBusy(f"capture {capture_id}: expected no other review action on it; another one is running")
+        busy = ItemBusy(
+            f"capture {capture_id}: expected no other review action on it; another one is running"
+        )
         try:
             held, etag = self.store.get_with_etag(key)
             since = float(json.loads(held).get("at", 0))
-        except NotFound:  # released meanwhile: the other action finished, which this one would contradict
+        except (
+            NotFound
+        ):  # released meanwhile: the other action finished, which this one would contradict
             raise busy from None
         except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError, ValueError):
             since = 0.0  # an unreadable claim is as good as a stale one
@@ -285,10 +289,13 @@ class Inbox:
             self.store.put(key, body, if_match=etag)  # one of several takers wins this too
         except PreconditionFailed:
             raise busy from None
-        log.warning("inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since)
+        log.warning(
+            "inbox: took over a claim on %s left %.0f s ago", capture_id, time.time() - since
+        )
 
     def usage(self) -> InboxUsage:
-        """Bytes per capture (complete or not), oldest first; other keys in the inbox are not counted."""
+        """Bytes per capture (complete or not), oldest first; other keys in the inbox are not
+        counted."""
         sizes: dict[str, int] = {}
         for o in self.store.list():
             name = o.key.rsplit("/", 1)[-1]
@@ -298,11 +305,14 @@ class Inbox:
         return InboxUsage(dict(sorted(sizes.items())))
 
     def evict(self, capture_id: str) -> bool:
-        """Remove an unreviewed capture to make room (the cap); ``False`` when a review action holds it."""
+        """Remove an unreviewed capture to make room (the cap); ``False`` when a review action holds
+        it."""
         try:
             with self.claim(capture_id, "evict"):
                 date = _date_folder(capture_id)
-                self.store.delete(self._record_key(capture_id))  # first: a listing never shows half of it
+                self.store.delete(
+                    self._record_key(capture_id)
+                )  # first: a listing never shows half of it
                 for ext in formats.kept_extensions():
                     self.store.delete(f"{date}/{capture_id}.{ext}")
         except ItemBusy:
@@ -310,9 +320,11 @@ class Inbox:
         return True
 
     def write(self, photo: bytes, record: CaptureRecord) -> CaptureRecord:
-        """Store the photo, then its record (stamped with the photo's sha256 and size); returns that record.
+        """Store the photo, then its record (stamped with the photo's sha256 and size); returns that
+        record.
 
-        Neither may exist already (``PreconditionFailed``): nothing in the inbox is ever overwritten.
+        Neither may exist already (``PreconditionFailed``): nothing in the inbox is ever
+        overwritten.
         """
         record = replace(record, sha256=sha256_hex(photo), size=len(photo))
         self.store.put(self._photo_key(record), photo, if_none_match=True)
@@ -325,7 +337,8 @@ class Inbox:
             {
                 o.key.rsplit("/", 1)[-1].removesuffix(".json")
                 for o in self.store.list()
-                if o.key.endswith(".json") and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
+                if o.key.endswith(".json")
+                and _ID.fullmatch(o.key.rsplit("/", 1)[-1].removesuffix(".json"))
             },
             reverse=True,
         )
@@ -342,10 +355,14 @@ class Inbox:
         try:
             data = self.store.get(key)
         except NotFound as e:
-            raise ItemNotFound(f"capture {capture_id}: expected it in {self.uri}; it is not there") from e
+            raise ItemNotFound(
+                f"capture {capture_id}: expected it in {self.uri}; it is not there"
+            ) from e
         record = CaptureRecord.from_json(data, self.store.url(key))
         if record.id != capture_id:
-            raise InboxError(f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}")
+            raise InboxError(
+                f"{self.store.url(key)}: expected the record of {capture_id}; received {record.id}"
+            )
         return record
 
     def photo(self, capture_id: str) -> tuple[CaptureRecord, bytes]:
@@ -354,23 +371,28 @@ class Inbox:
         try:
             data = self.store.get(self._photo_key(record))
         except NotFound as e:
-            raise ItemNotFound(f"capture {capture_id}: its record is there but {record.photo_name} is not") from e
+            raise ItemNotFound(
+                f"capture {capture_id}: its record is there but {record.photo_name} is not"
+            ) from e
         digest = sha256_hex(data)
         if digest != record.sha256:
             raise ReviewConflict(
-                f"{record.photo_name}: expected sha256 {record.sha256} (its record); received {digest}"
+                f"{record.photo_name}: expected sha256 {record.sha256} (its record); received "
+                f"{digest}"
             )
         return record, data
 
     def accept(self, capture_id: str, label: str, data: Store, *, new_class: bool = False) -> str:
-        """Copy the photo to ``<data>/<label>/<id>.<ext>`` (never overwriting), then remove it from the inbox.
+        """Copy the photo to ``<data>/<label>/<id>.<ext>`` (never overwriting), then remove it from
+        the inbox.
 
         Args:
             capture_id: the capture.
             label: the right class: a folder name under the data prefix.
             data: the training data prefix.
-            new_class: allow a class with no photos under ``data`` yet; without it a typo would start a
-                one-photo class, which stops the next training run (``--min-images-per-class``).
+            new_class: allow a class with no photos under ``data`` yet; without it a typo would
+                start a one-photo class, which stops the next training run
+                (``--min-images-per-class``).
 
         Returns:
             The URI the photo now has in the data prefix.
@@ -383,16 +405,20 @@ class Inbox:
         record, photo = self.photo(capture_id)
         if not new_class and next(iter(data.list(label)), None) is None:
             raise ReviewConflict(
-                f"class {label!r}: expected an existing class folder under {data.uri} or new_class confirmed; "
+                f"class {label!r}: expected an existing class folder under {data.uri} or "
+                "new_class confirmed; "
                 "it has no photos yet"
             )
         key = f"{label}/{record.photo_name}"
         try:
             data.put(key, photo, if_none_match=True)
         except PreconditionFailed:
-            # Accepted before and then interrupted before the inbox copy was removed: same bytes, finish the job.
+            # Accepted before and then interrupted before the inbox copy was removed: same bytes,
+            # finish the job.
             if data.get(key) != photo:
-                raise ReviewConflict(f"{data.url(key)}: exists with other bytes; expected to add a new photo") from None
+                raise ReviewConflict(
+                    f"{data.url(key)}: exists with other bytes; expected to add a new photo"
+                ) from None
         self._remove(record)
         log.info("inbox: accepted %s as %s -> %s", capture_id, label, data.url(key))
         if self.on_accept is not None:
@@ -400,7 +426,8 @@ class Inbox:
         return data.url(key)
 
     def reject(self, capture_id: str) -> None:
-        """Delete the capture ("not a leaf"); its record goes first, so a listing never shows half of it."""
+        """Delete the capture ("not a leaf"); its record goes first, so a listing never shows half
+        of it."""
         with self.claim(capture_id, "reject"):
             self._remove(self.get(capture_id))
         log.info("inbox: rejected %s", capture_id)

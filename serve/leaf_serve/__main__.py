@@ -1,4 +1,5 @@
-"""``leaf-serve``: parse options, load the model, serve until SIGTERM, then drain (see ``DrainingServer``)."""
+"""``leaf-serve``: parse options, load the model, serve until SIGTERM, then drain (see
+``DrainingServer``)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,9 @@ from .supervisor import beat, heartbeat_file, reuse_port_socket, supervise, work
 
 log = logging.getLogger("leaf_serve")
 
-_MMAP_THRESHOLD = 1 << 20  # allocations of 1 MiB and more (decoded images, batches) get their own mapping
+_MMAP_THRESHOLD = (
+    1 << 20
+)  # allocations of 1 MiB and more (decoded images, batches) get their own mapping
 
 
 def parse_config(argv: list[str] | None = None) -> ServeConfig:
@@ -77,7 +80,9 @@ class DrainingServer(uvicorn.Server):
 def build_server(config: ServeConfig, app: Any) -> DrainingServer:
     """The uvicorn server for ``app``: connection deadlines, concurrency limit, drain on SIGTERM."""
     plane = app.state.plane
-    protocol = protocol_class(config.header_timeout, config.body_timeout, plane.metrics, config.http)
+    protocol = protocol_class(
+        config.header_timeout, config.body_timeout, plane.metrics, config.http
+    )
     uv_config = uvicorn.Config(
         app,
         host=config.host,
@@ -85,12 +90,14 @@ def build_server(config: ServeConfig, app: Any) -> DrainingServer:
         http=protocol,
         log_level=config.log_level,
         log_config=None,  # uvicorn's lines go through the root handler: the same format as ours
-        access_log=False,  # the request lines of leaf_serve.rest (DEBUG) carry more: duration, model, version
+        # the request lines of leaf_serve.rest (DEBUG) carry more: duration, model, version
+        access_log=False,
         timeout_graceful_shutdown=config.grace_period,
         limit_concurrency=config.max_concurrency or None,
         lifespan="on",
-        # uvicorn would take X-Forwarded-For from any peer on 127.0.0.1 (a sidecar, or anyone beside it) as the
-        # client's address; per-client limits trust only the header the operator names (client_address_header).
+        # uvicorn would take X-Forwarded-For from any peer on 127.0.0.1 (a sidecar, or anyone beside
+        # it) as the client's address; per-client limits trust only the header the operator names
+        # (client_address_header).
         proxy_headers=False,
     )
     return DrainingServer(uv_config, plane, config.drain_delay)
@@ -121,10 +128,11 @@ def serve(config: ServeConfig) -> None:
 
 
 def listening_sockets(config: ServeConfig) -> list[Any] | None:
-    """The HTTP port (and the admin port) bound for uvicorn, or None to let uvicorn bind the one port.
+    """The HTTP port (and the admin port) bound for uvicorn, or None to let uvicorn bind the one
+    port.
 
-    A supervised worker shares its ports with its siblings (SO_REUSEPORT); the admin port is the same
-    app on a second socket (leaf_serve.admin), which uvicorn does not bind by itself.
+    A supervised worker shares its ports with its siblings (SO_REUSEPORT); the admin port is the
+    same app on a second socket (leaf_serve.admin), which uvicorn does not bind by itself.
     """
     supervised = worker_index() is not None
     if not supervised and not config.admin_port:
@@ -134,7 +142,8 @@ def listening_sockets(config: ServeConfig) -> list[Any] | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the exit status: the error's ``exit_code`` (2: bad option, 1: model cannot be served)."""
+    """Entry point; returns the exit status: the error's ``exit_code`` (2: bad option, 1: model
+    cannot be served)."""
     try:
         config = parse_config(argv)
     except ConfigError as e:  # before logging is set up: the option's name and value on stderr
@@ -159,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     try:
         serve(config)
-    except LeafError as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)
+    except (
+        LeafError
+    ) as e:  # a model that cannot be served (ModelLoadError, ContractError, StoreError, ...)
         log.error("cannot serve %s: %s", config.model, e)
         return e.exit_code
     return 0

@@ -1,10 +1,7 @@
-"""The OpenAPI 3.1 document of every HTTP route, served at ``/openapi.json``: the one place they are described.
+"""The OpenAPI 3.1 document of every HTTP route, served at ``/openapi.json``.
 
-REST clients (and KServe/BentoML users, who expect one) generate code from it or read it. Each route
-the server registers has an entry in :data:`OPERATIONS` keyed by (path, verb), and the tests check that
-the two sets are equal both ways, so a new route without a description, or a description of a route
-that is gone, fails the build. Response schemas are JSON Schema 2020-12 (OpenAPI 3.1's dialect); the
-tests validate real responses against them.
+Each route the server registers has an entry in :data:`OPERATIONS` keyed by (path, verb); the tests
+check both sets are equal and validate real responses against the schemas (JSON Schema 2020-12).
 """
 
 from __future__ import annotations
@@ -37,7 +34,13 @@ def _op(summary: str, tag: str, responses: dict[str, Any], **more: Any) -> dict[
     return {"summary": summary, "tags": [tag], "responses": responses, **more}
 
 
-_NAME = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}, "description": "model name"}
+_NAME = {
+    "name": "name",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": "model name",
+}
 _VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
 _TOP_K = {
     "name": "top_k",
@@ -46,13 +49,17 @@ _TOP_K = {
     "schema": {"type": "integer", "minimum": 1},
     "description": "labels to return (default: the server's --top-k)",
 }
-# The image endpoints' body: a marker, filled in from leaf_common.formats when the document is built.
+# The image endpoints' body: a marker, filled in from leaf_common.formats when the document is
+# built.
 _IMAGE_BODY: dict[str, Any] = {}
 
 
 def _image_body() -> dict[str, Any]:
     raw = (*formats.mime_types(), "application/octet-stream")
-    form = {"type": "object", "properties": {"file": {"type": "string", "contentMediaType": raw[-1]}}}
+    form = {
+        "type": "object",
+        "properties": {"file": {"type": "string", "contentMediaType": raw[-1]}},
+    }
     return {
         "required": True,
         "description": f"one {formats.names()} photo, raw or as the file field of a form",
@@ -67,7 +74,8 @@ _INFER_BODY = {
     "required": True,
     "description": (
         "A v2 inference request: JSON, or (binary tensor data extension) a JSON header of "
-        f"{codecs.HEADER_LENGTH} bytes followed by the raw little-endian tensors, each input saying its "
+        f"{codecs.HEADER_LENGTH} bytes followed by the raw little-endian tensors, each input "
+        "saying its "
         "size in parameters.binary_data_size"
     ),
     "content": {
@@ -76,7 +84,9 @@ _INFER_BODY = {
             "schema": {
                 "type": "string",
                 "contentMediaType": "application/octet-stream",
-                "description": f"JSON header ({codecs.HEADER_LENGTH} bytes, an InferRequest) + binary tensors",
+                "description": (
+                    f"JSON header ({codecs.HEADER_LENGTH} bytes, an InferRequest) + binary tensors"
+                ),
             },
         },
     },
@@ -89,7 +99,8 @@ _HEADER_LENGTH = {
     "description": "length of the JSON header when the body carries binary tensors",
 }
 _INFER_OK = {
-    "description": "outputs as JSON, or a JSON header followed by binary outputs (binary_data requested)",
+    "description": "outputs as JSON, or a JSON header followed by binary outputs "
+    "(binary_data requested)",
     "headers": {
         codecs.HEADER_LENGTH: {
             "schema": {"type": "integer"},
@@ -98,7 +109,9 @@ _INFER_OK = {
     },
     "content": {
         _JSON: {"schema": _ref("InferResponse")},
-        "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"}},
+        "application/octet-stream": {
+            "schema": {"type": "string", "contentMediaType": "application/octet-stream"}
+        },
     },
 }
 _SHED = _error("not ready, draining, or load shed (queue full, memory budget spent)")
@@ -109,17 +122,23 @@ _REFUSED = {
     "415": _error("unsupported Content-Type"),
     "503": _SHED,
 }
-_PAGE = {"200": {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+_PAGE = {
+    "200": {"description": "an HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+}
 
 # (path, verb) -> the OpenAPI operation. Paths are written exactly as the routes are registered.
 OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
-    ("/v2/health/live", "GET"): _op("Liveness", "v2 health", {"200": _json(_ref("Live"), "the process is up")}),
+    ("/v2/health/live", "GET"): _op(
+        "Liveness", "v2 health", {"200": _json(_ref("Live"), "the process is up")}
+    ),
     ("/v2/health/ready", "GET"): _op(
         "Readiness: a model is loaded and the server is not draining",
         "v2 health",
         {"200": _json(_ref("Ready"), "ready"), "503": _json(_ref("Ready"), "not ready")},
     ),
-    ("/v2", "GET"): _op("Server metadata", "v2 metadata", {"200": _json(_ref("ServerMetadata"), "server metadata")}),
+    ("/v2", "GET"): _op(
+        "Server metadata", "v2 metadata", {"200": _json(_ref("ServerMetadata"), "server metadata")}
+    ),
     ("/v2/models/{name}", "GET"): _op(
         "Model metadata: inputs, outputs, labels",
         "v2 metadata",
@@ -129,7 +148,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/v2/models/{name}/versions/{version}", "GET"): _op(
         "Metadata of one model version (the one served)",
         "v2 metadata",
-        {"200": _json(_ref("ModelMetadata"), "model metadata"), "404": _error("unknown model or version")},
+        {
+            "200": _json(_ref("ModelMetadata"), "model metadata"),
+            "404": _error("unknown model or version"),
+        },
         parameters=[_NAME, _VERSION],
     ),
     ("/v2/models/{name}/ready", "GET"): _op(
@@ -166,10 +188,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         requestBody=_IMAGE_BODY,
     ),
     ("/feedback", "POST"): _op(
-        "Report a wrong diagnosis: the photo is classified again and kept for review (needs --capture)",
+        "Report a wrong diagnosis: the photo is classified again and kept for review (needs "
+        "--capture)",
         "images",
         {
-            "200": _json(_ref("Classified"), "classified and kept; captured holds the capture's id"),
+            "200": _json(
+                _ref("Classified"), "classified and kept; captured holds the capture's id"
+            ),
             "429": _error("over capture_per_minute: not kept"),
             **_REFUSED,
             "404": _error("capture is off on this server"),
@@ -189,9 +214,16 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/metrics", "GET"): _op(
         "Prometheus metrics (text exposition format)",
         "operations",
-        {"200": {"description": "metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}},
+        {
+            "200": {
+                "description": "metrics",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
     ),
-    (OPENAPI_PATH, "GET"): _op("This document", "operations", {"200": _json({"type": "object"}, "OpenAPI 3.1")}),
+    (OPENAPI_PATH, "GET"): _op(
+        "This document", "operations", {"200": _json({"type": "object"}, "OpenAPI 3.1")}
+    ),
     ("/", "GET"): _op("The diagnosis page", "pages", _PAGE),
     ("/ui/settings.json", "GET"): _op(
         "What the page needs to know: model, version, threshold, labels",
@@ -201,7 +233,11 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
     ("/ui/{name}", "GET"): _op(
         "A static file of the pages (scripts, style, icon)",
         "pages",
-        {"200": {"description": "the file"}, "304": {"description": "unchanged (ETag)"}, "404": _error("no such")},
+        {
+            "200": {"description": "the file"},
+            "304": {"description": "unchanged (ETag)"},
+            "404": _error("no such"),
+        },
         parameters=[{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
     ),
     ("/model", "GET"): _op("The model card page", "model card", _PAGE),
@@ -214,12 +250,19 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "A figure of the model card (PNG)",
         "model card",
         {
-            "200": {"description": "the figure", "content": {formats.PNG.mime: {"schema": {"type": "string"}}}},
+            "200": {
+                "description": "the figure",
+                "content": {formats.PNG.mime: {"schema": {"type": "string"}}},
+            },
             "404": _error("the version published no such figure"),
         },
-        parameters=[{"name": "figure", "in": "path", "required": True, "schema": {"type": "string"}}],
+        parameters=[
+            {"name": "figure", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
     ),
-    ("/review", "GET"): _op("The review page (needs the review token)", "review", {**_PAGE, "401": _error("no token")}),
+    ("/review", "GET"): _op(
+        "The review page (needs the review token)", "review", {**_PAGE, "401": _error("no token")}
+    ),
     ("/review/items", "GET"): _op(
         "Captured photos waiting for review",
         "review",
@@ -229,13 +272,17 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "A captured photo",
         "review",
         {"200": {"description": "the photo as captured"}, "404": _error("no such capture")},
-        parameters=[{"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        parameters=[
+            {"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
     ),
     ("/review/items/{capture_id}/accept", "POST"): _op(
         "Move a captured photo into the training data under a label",
         "review",
         {"200": _json({"type": "object"}, "accepted"), "409": _error("already handled")},
-        parameters=[{"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        parameters=[
+            {"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
         requestBody={
             "required": True,
             "content": {
@@ -243,7 +290,10 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "schema": {
                         "type": "object",
                         "required": ["label"],
-                        "properties": {"label": {"type": "string"}, "new_class": {"type": "boolean"}},
+                        "properties": {
+                            "label": {"type": "string"},
+                            "new_class": {"type": "boolean"},
+                        },
                     }
                 }
             },
@@ -253,15 +303,25 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "Discard a captured photo",
         "review",
         {"200": _json({"type": "object"}, "rejected"), "409": _error("already handled")},
-        parameters=[{"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+        parameters=[
+            {"name": "capture_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
         requestBody={"required": True, "content": {_JSON: {"schema": {"type": "object"}}}},
     ),
 }
 
-_STR, _INT, _NUM, _BOOL = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+_STR, _INT, _NUM, _BOOL = (
+    {"type": "string"},
+    {"type": "integer"},
+    {"type": "number"},
+    {"type": "boolean"},
+)
 _SHAPE = {"type": "array", "items": {"type": "integer"}}
 _DATATYPE = {"type": "string", "enum": list(codecs.DATATYPES)}
-_PARAMS = {"type": "object", "description": "v2 parameters (e.g. binary_data_size, binary_data_output)"}
+_PARAMS = {
+    "type": "object",
+    "description": "v2 parameters (e.g. binary_data_size, binary_data_output)",
+}
 _TENSOR_META = {
     "type": "object",
     "required": ["name", "datatype", "shape"],
@@ -278,11 +338,19 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     "Error": {"type": "object", "required": ["error"], "properties": {"error": _STR}},
     "Live": {"type": "object", "required": ["live"], "properties": {"live": _BOOL}},
     "Ready": {"type": "object", "required": ["ready"], "properties": {"ready": _BOOL}},
-    "ModelReady": {"type": "object", "required": ["name", "ready"], "properties": {"name": _STR, "ready": _BOOL}},
+    "ModelReady": {
+        "type": "object",
+        "required": ["name", "ready"],
+        "properties": {"name": _STR, "ready": _BOOL},
+    },
     "ServerMetadata": {
         "type": "object",
         "required": ["name", "version", "extensions"],
-        "properties": {"name": _STR, "version": _STR, "extensions": {"type": "array", "items": _STR}},
+        "properties": {
+            "name": _STR,
+            "version": _STR,
+            "extensions": {"type": "array", "items": _STR},
+        },
     },
     "ModelMetadata": {
         "type": "object",
@@ -313,13 +381,20 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                         "shape": _SHAPE,
                         "datatype": _DATATYPE,
                         "parameters": _PARAMS,
-                        "data": {"type": "array", "description": "values, flat or nested, row-major"},
+                        "data": {
+                            "type": "array",
+                            "description": "values, flat or nested, row-major",
+                        },
                     },
                 },
             },
             "outputs": {
                 "type": "array",
-                "items": {"type": "object", "required": ["name"], "properties": {"name": _STR, "parameters": _PARAMS}},
+                "items": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": _STR, "parameters": _PARAMS},
+                },
             },
         },
     },
@@ -337,7 +412,11 @@ SCHEMAS: dict[str, dict[str, Any]] = {
                     "properties": {
                         **_TENSOR_META["properties"],
                         "parameters": _PARAMS,
-                        "data": {"type": "array", "items": _MAYBE_NUM, "description": "flat; null = not finite"},
+                        "data": {
+                            "type": "array",
+                            "items": _MAYBE_NUM,
+                            "description": "flat; null = not finite",
+                        },
                     },
                 },
             },
@@ -345,7 +424,14 @@ SCHEMAS: dict[str, dict[str, Any]] = {
     },
     "Classified": {
         "type": "object",
-        "required": ["model", "version", "predictions", "confidence_threshold", "confident", "captured"],
+        "required": [
+            "model",
+            "version",
+            "predictions",
+            "confidence_threshold",
+            "confident",
+            "captured",
+        ],
         "properties": {
             "model": _STR,
             "version": _STR,
@@ -359,7 +445,10 @@ SCHEMAS: dict[str, dict[str, Any]] = {
             },
             "confidence_threshold": _NUM,
             "confident": _BOOL,
-            "captured": {"type": ["string", "null"], "description": "the capture's id when the photo was kept"},
+            "captured": {
+                "type": ["string", "null"],
+                "description": "the capture's id when the photo was kept",
+            },
         },
     },
     "PageSettings": {
@@ -426,7 +515,8 @@ def document(server_version: str) -> dict[str, Any]:
 
 
 class OpenApiSection:
-    """The ``/openapi.json`` route, built once (the document does not change while the server runs)."""
+    """The ``/openapi.json`` route, built once (the document does not change while the server
+    runs)."""
 
     def __init__(self, server_version: str):
         self._body = JSONResponse(document(server_version)).body

@@ -25,7 +25,9 @@ from .model import (
 ENV_PREFIX = "LEAF_SERVE_"
 # A token anyone could guess would make /review a public write endpoint.
 MIN_REVIEW_TOKEN = 16  # characters
-MIN_REVIEW_TOKEN_BITS = 64  # estimated by token_bits: 16 random hex digits are 64 bits; "aaaa..." is 0
+MIN_REVIEW_TOKEN_BITS = (
+    64  # estimated by token_bits: 16 random hex digits are 64 bits; "aaaa..." is 0
+)
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # The chart (and Python's logging) spell levels in capitals: LEAF_SERVE_LOG_LEVEL=INFO must start
 # the server. Parsing lowers them (uvicorn wants lower case).
@@ -51,7 +53,9 @@ def read_review_token(path: str) -> str:
     try:
         token = Path(path).read_text().strip()
     except OSError as e:
-        raise option_error(ENV_PREFIX, "review_token_file", "a readable file", f"{path!r} ({e})") from e
+        raise option_error(
+            ENV_PREFIX, "review_token_file", "a readable file", f"{path!r} ({e})"
+        ) from e
     if len(token) < MIN_REVIEW_TOKEN or not token.isprintable():
         raise option_error(
             ENV_PREFIX,
@@ -64,37 +68,49 @@ def read_review_token(path: str) -> str:
         raise option_error(
             ENV_PREFIX,
             "review_token_file",
-            f"a random token (about {MIN_REVIEW_TOKEN_BITS} bits or more, e.g. `openssl rand -hex 32`) in {path}",
-            f"{len(token)} characters estimated at {bits:.0f} bits (repeated or few distinct characters)",
+            f"a random token (about {MIN_REVIEW_TOKEN_BITS} bits or more, e.g. `openssl rand -hex "
+            f"32`) in {path}",
+            f"{len(token)} characters estimated at {bits:.0f} bits (repeated or few distinct "
+            "characters)",
         )
     return token
 
 
 @dataclass
 class ServeConfig:
-    """Every option of ``leaf-serve``; the Helm chart sets the same names as environment variables."""
+    """Every option of ``leaf-serve``; the Helm chart sets the same names as environment
+    variables."""
 
     # Where the model comes from: a registry pointer (hot reload) or one fixed version folder.
-    model: str = option("", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)")
+    model: str = option(
+        "", "model URI: <output>/<model-name>/latest.json or a version folder (s3:// or local path)"
+    )
     host: str = option("0.0.0.0", "address to listen on")
-    port: int = option(8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)", **_PORT)
+    port: int = option(
+        8080, "TCP port to listen on (HTTP: REST, /classify, health, metrics)", **_PORT
+    )
     # NetworkPolicy sees ports, not paths: a port of their own lets the chart keep these to named
     # namespaces.
     admin_port: int = option(
         0,
-        "TCP port serving /metrics and /review only (they are then refused on --port); 0 = all on --port",
+        "TCP port serving /metrics and /review only (they are then refused on --port); 0 = all "
+        "on --port",
         **_PORT_OR_OFF,
     )
     # KServe's convention (HTTP 8080, gRPC 8081); Triton uses 8000/8001.
-    grpc_port: int = option(8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off", **_PORT_OR_OFF)
-    # --processes N passes it to its workers (leaf_serve.supervisor): the kernel spreads connections.
+    grpc_port: int = option(
+        8081, "TCP port of the Open Inference Protocol v2 gRPC service; 0 = off", **_PORT_OR_OFF
+    )
+    # --processes N passes it to its workers (leaf_serve.supervisor): the kernel spreads
+    # connections.
     reuse_port: bool = option(
         False, "bind the HTTP and gRPC ports with SO_REUSEPORT, so several processes can share them"
     )
     # One process's event loop and protocol code run on one core; a GPU outruns that.
     processes: int = option(
         1,
-        "server processes sharing the ports (SO_REUSEPORT), each with its own model session; 1 = this process",
+        "server processes sharing the ports (SO_REUSEPORT), each with its own model session; 1 = "
+        "this process",
         at_least=1,
     )
     # "auto" prefers CUDA and falls back to CPU only where the GPU provider is not installed.
@@ -102,7 +118,9 @@ class ServeConfig:
         ["auto"],
         "ONNX Runtime execution providers in order: auto, tensorrt, cuda, cpu or full ORT names",
     )
-    require_gpu: bool = option(False, "fail at start-up unless CUDA or TensorRT is the provider in use")
+    require_gpu: bool = option(
+        False, "fail at start-up unless CUDA or TensorRT is the provider in use"
+    )
     device_id: int = option(0, "CUDA device index for the CUDA/TensorRT providers", at_least=0)
     io_binding: str = option(
         "auto",
@@ -114,38 +132,50 @@ class ServeConfig:
     # shape), so on a GPU every batch is padded to max_batch_size: one shape, one set-up at load.
     pad_batches: str = option(
         "auto",
-        "pad every batch to max_batch_size so the model sees one shape: auto (on with CUDA/TensorRT), on, off",
+        "pad every batch to max_batch_size so the model sees one shape: auto (on with "
+        "CUDA/TensorRT), on, off",
         choices=PAD_BATCHES,
     )
     # TensorRT builds an engine per model and shape range (minutes for VGG16): cache it on a volume.
-    trt_engine_cache_path: str = option("", "folder for TensorRT engine/timing caches (a volume); empty = no cache")
+    trt_engine_cache_path: str = option(
+        "", "folder for TensorRT engine/timing caches (a volume); empty = no cache"
+    )
     trt_fp16: bool = option(False, "let TensorRT build FP16 engines")
     prefer_fp16: bool = option(
         False,
-        "serve model.fp16.onnx when the version has one (job --export-fp16, parity-checked); else model.onnx",
+        "serve model.fp16.onnx when the version has one (job --export-fp16, parity-checked); "
+        "else model.onnx",
     )
     # For CPU nodes: statically quantized VGG16 ran ~2.5x the images/s of FP32 here (BENCHMARKS.md).
     prefer_int8: bool = option(
         False,
-        "serve model.int8.onnx when the version has one (job --export-int8, accuracy-checked); else model.onnx",
+        "serve model.int8.onnx when the version has one (job --export-int8, accuracy-checked); "
+        "else model.onnx",
     )
     intra_op_threads: int = option(
         0, "ONNX Runtime intra-op threads; 0 = the container's CPU quota (cgroup)", at_least=0
     )
     # ORT's worker threads busy-wait after each run by default; in a server that CPU is what the
-    # event loop needs to parse the next requests (BENCHMARKS.md, "Serving at the hardware's speed").
+    # event loop needs to parse the next requests (BENCHMARKS.md, "Serving at the hardware's
+    # speed").
     intra_op_spinning: bool = option(False, "let ONNX Runtime's intra-op threads spin between runs")
     poll_interval: float = option(
         30.0, "seconds between checks of the registry pointer; 0 turns hot reload off", at_least=0
     )
-    max_batch_size: int = option(8, "largest batch (in images) the dynamic batcher sends to the model", at_least=1)
+    max_batch_size: int = option(
+        8, "largest batch (in images) the dynamic batcher sends to the model", at_least=1
+    )
     # 0 like Triton's default: a lone request runs at once, and under load batches still fill with
     # the requests that arrive while the previous batch runs (measured: 2 ms here cost ~2-3 ms p50).
     max_queue_delay_ms: float = option(
         0.0, "longest a request waits for others to fill a batch (milliseconds)", at_least=0
     )
-    max_queue_size: int = option(64, "requests waiting for the model before new ones get 503", at_least=1)
-    max_body_bytes: int = option(20 * 1024 * 1024, "largest request body accepted (413 above)", at_least=1)
+    max_queue_size: int = option(
+        64, "requests waiting for the model before new ones get 503", at_least=1
+    )
+    max_body_bytes: int = option(
+        20 * 1024 * 1024, "largest request body accepted (413 above)", at_least=1
+    )
     # Bodies are held in memory until decoded: this bounds what many slow or large uploads can pin.
     max_body_bytes_in_flight: int = option(
         128 * 1024 * 1024,
@@ -173,18 +203,25 @@ class ServeConfig:
         normalize=str.lower,
     )
     # json for log pipelines (the chart's default): one object per line, request fields as keys.
-    log_format: str = option("text", "log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS)
-    grace_period: float = option(25.0, "seconds to drain in-flight requests after SIGTERM before exiting", at_least=0)
+    log_format: str = option(
+        "text", "log lines: text (for people) or json (one object per line)", choices=LOG_FORMATS
+    )
+    grace_period: float = option(
+        25.0, "seconds to drain in-flight requests after SIGTERM before exiting", at_least=0
+    )
     # Kubernetes sends SIGTERM while the endpoints controller is still removing the pod from
     # Services: for this long readiness fails but every request, old or new, is still served; then
     # the listener closes.
     drain_delay: float = option(
         5.0,
-        "seconds after SIGTERM during which readiness fails but requests are still served (then drain)",
+        "seconds after SIGTERM during which readiness fails but requests are still served (then "
+        "drain)",
         at_least=0,
     )
     # Requests on connections beyond this get 503 from uvicorn itself, before any body is read.
-    max_concurrency: int = option(256, "open connections/requests before 503; 0 = unlimited", at_least=0)
+    max_concurrency: int = option(
+        256, "open connections/requests before 503; 0 = unlimited", at_least=0
+    )
     # A client that stops sending holds a connection and its partial body: close it (slowloris).
     # At least 1 s: one lost segment stalls a healthy client for a retransmission timeout (RFC
     # 6298's minimum is 1 s, Linux's 200 ms, doubling on a lossy phone link); and on gRPC a
@@ -219,7 +256,8 @@ class ServeConfig:
     )
     grpc_max_age: float = option(
         1800.0,
-        "seconds before a gRPC connection is asked to reconnect (spreads clients over replicas); 0 = never",
+        "seconds before a gRPC connection is asked to reconnect (spreads clients over replicas); "
+        "0 = never",
         at_least=0,
     )
     http: str = option(
@@ -227,12 +265,15 @@ class ServeConfig:
         "HTTP/1.1 parser: auto (httptools when installed), httptools, h11",
         choices=("auto", "httptools", "h11"),
     )
-    decode_threads: int = option(0, "threads decoding images off the event loop; 0 = CPU quota", at_least=0)
+    decode_threads: int = option(
+        0, "threads decoding images off the event loop; 0 = CPU quota", at_least=0
+    )
     # Below this the page says "not sure" instead of naming a disease, and capture keeps the photo:
     # with less than even odds on its best guess the model is more likely wrong than right.
     confidence_threshold: float = option(
         0.5,
-        "top probability under which a diagnosis is 'not sure' (the page) and the photo is captured",
+        "top probability under which a diagnosis is 'not sure' (the page) and the photo is "
+        "captured",
         at_least=0,
         at_most=1,
     )
@@ -243,7 +284,8 @@ class ServeConfig:
     )
     inbox: str = option(
         "",
-        "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version folder)",
+        "inbox URI; empty = <output>/<model>/inbox derived from --model (a pointer or a version "
+        "folder)",
     )
     # Per replica: under --processes N each worker takes 1/N of both rates (CaptureLimits).
     capture_per_minute: int = option(
@@ -252,7 +294,8 @@ class ServeConfig:
     # A share per client so that one client's burst cannot spend the replica's rate for all.
     capture_per_client_per_minute: int = option(
         6,
-        "captures per minute one client (address, IPv6 /64) may cause, per replica; /feedback past it gets 429",
+        "captures per minute one client (address, IPv6 /64) may cause, per replica; /feedback "
+        "past it gets 429",
         at_least=1,
     )
     # Only a header that the proxy in front sets itself can be trusted: any client can send one.
@@ -287,17 +330,23 @@ class ServeConfig:
     # A wrong token costs a guess; past this many in a window the client gets 429 and is logged.
     review_failed_logins: int = option(
         10,
-        "wrong review tokens one client may send per review_login_window before /review answers it 429",
+        "wrong review tokens one client may send per review_login_window before /review answers "
+        "it 429",
         at_least=1,
     )
-    review_login_window: float = option(60.0, "seconds over which review_failed_logins are counted", at_least=1)
+    review_login_window: float = option(
+        60.0, "seconds over which review_failed_logins are counted", at_least=1
+    )
     # What the anonymous card calls the training data instead of its URI (which names the bucket).
-    card_dataset_name: str = option("", "dataset name the public model card shows; empty = only its fingerprint")
+    card_dataset_name: str = option(
+        "", "dataset name the public model card shows; empty = only its fingerprint"
+    )
     # The supervisor (--processes > 1) kills a worker whose event loop has not ticked for this long.
     # The loop never waits for a batch (inference runs on its own thread): such silence is a hang.
     worker_timeout: float = option(
         15.0,
-        "seconds a worker may stop answering its supervisor's heartbeat before it is killed and restarted",
+        "seconds a worker may stop answering its supervisor's heartbeat before it is killed and "
+        "restarted",
         at_least=1,
     )
     shadow_fraction: float = option(
@@ -307,7 +356,9 @@ class ServeConfig:
         at_least=0,
         at_most=1,
     )
-    shadow_max_in_flight: int = option(4, "mirrored requests running at once; more are dropped and counted", at_least=1)
+    shadow_max_in_flight: int = option(
+        4, "mirrored requests running at once; more are dropped and counted", at_least=1
+    )
     shadow_flush_interval: float = option(
         30.0,
         "seconds between writes of this process's shadow statistics to the registry",
@@ -316,7 +367,8 @@ class ServeConfig:
     # Off by default: the page then hands the served version's model file (INT8 or FP32) to anyone.
     offline_page: bool = option(
         False,
-        "the page installs as a web app and diagnoses offline in the browser (gives the model file away)",
+        "the page installs as a web app and diagnoses offline in the browser (gives the model "
+        "file away)",
     )
 
     def validate(self) -> None:
@@ -335,14 +387,16 @@ class ServeConfig:
             raise option_error(
                 ENV_PREFIX,
                 "shadow_fraction",
-                "0 unless --model is a registry pointer (<output>/<model>/latest.json), where shadow.json lives",
+                "0 unless --model is a registry pointer (<output>/<model>/latest.json), where "
+                "shadow.json lives",
                 f"{self.shadow_fraction} with --model {self.model!r}",
             )
         if self.max_body_bytes_in_flight < self.max_body_bytes:
             raise option_error(
                 ENV_PREFIX,
                 "max_body_bytes_in_flight",
-                f"at least --max-body-bytes ({self.max_body_bytes}), or no request that size could ever be read",
+                f"at least --max-body-bytes ({self.max_body_bytes}), or no request that size "
+                "could ever be read",
                 self.max_body_bytes_in_flight,
             )
         self._validate_loop()
@@ -392,7 +446,8 @@ class ServeConfig:
 
     @property
     def inbox_uri(self) -> str:
-        """--inbox; else, with capture or review on, ``<output>/<model>/inbox`` from --model; or ''."""
+        """--inbox; else, with capture or review on, ``<output>/<model>/inbox`` from --model; or
+        ''."""
         if self.inbox or not (self.capture or self.review):
             return self.inbox
         return inbox_uri_for(self.model) or ""

@@ -44,9 +44,20 @@ def run_script(args: list[str], tmp: Path, *, smi: bool, **env: str) -> subproce
         path = f"{tmp / 'bin'}:{path}"
     elif shutil.which("nvidia-smi"):
         pytest.skip("a real nvidia-smi is on PATH: this case needs a machine without one")
-    full_env = {**os.environ, "PATH": path, "PYTHON": sys.executable, "GPU_CHECK_HOME": str(tmp / "home"), **env}
+    full_env = {
+        **os.environ,
+        "PATH": path,
+        "PYTHON": sys.executable,
+        "GPU_CHECK_HOME": str(tmp / "home"),
+        **env,
+    }
     return subprocess.run(
-        ["bash", str(SCRIPT), *args], capture_output=True, text=True, env=full_env, timeout=300, cwd=tmp
+        ["bash", str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=300,
+        cwd=tmp,
     )
 
 
@@ -54,7 +65,9 @@ def run_script(args: list[str], tmp: Path, *, smi: bool, **env: str) -> subproce
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     tmp = tmp_path_factory.mktemp("gpu-check")
     t = time.monotonic()
-    proc = run_script(["--providers", "cpu", "--model", "tiny", *SMALL], tmp, smi=True, OUT=str(tmp / "out"))
+    proc = run_script(
+        ["--providers", "cpu", "--model", "tiny", *SMALL], tmp, smi=True, OUT=str(tmp / "out")
+    )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     wall = time.monotonic() - t
     return SimpleNamespace(report=json.loads(proc.stdout), out=tmp / "out", wall=wall)
@@ -63,11 +76,24 @@ def dry_run(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
 def test_one_json_document_with_every_section(dry_run: SimpleNamespace) -> None:
     r = dry_run.report
     assert (r["status"], r["exit_code"], r["dry_run"], r["providers"]) == ("ok", 0, True, "cpu")
-    for section in ("machine", "setup", "model", "in_process", "serving", "training", "tensorrt", "goals"):
+    for section in (
+        "machine",
+        "setup",
+        "model",
+        "in_process",
+        "serving",
+        "training",
+        "tensorrt",
+        "goals",
+    ):
         assert section in r, section
-    assert json.loads((dry_run.out / "gpu_check.json").read_text()) == r  # $OUT holds the same document
+    assert (
+        json.loads((dry_run.out / "gpu_check.json").read_text()) == r
+    )  # $OUT holds the same document
     assert "| in_process (CPUExecutionProvider)" in (dry_run.out / "gpu_check.md").read_text()
-    assert "gpu_check: serving over rest" in (dry_run.out / "gpu_check.log").read_text()  # stderr kept too
+    assert (
+        "gpu_check: serving over rest" in (dry_run.out / "gpu_check.log").read_text()
+    )  # stderr kept too
     assert r["setup"]["packages"] == {"missing": {}, "recommended_missing": []}
     assert r["tensorrt"] == {"skipped": "--providers cpu"}
     assert 0 < r["wall_s"] <= dry_run.wall + 0.1 < r["budget_s"]
@@ -95,7 +121,10 @@ def test_serving_ramp_and_ratio_from_their_parts(dry_run: SimpleNamespace, kind:
     for p in section["points"]:
         assert p["req_per_s"] > 0 and p["requests"] > 0 and p["failed"] == 0
     best = max(section["points"], key=lambda p: p["req_per_s"])
-    assert section["saturation"] == {"concurrency": best["concurrency"], "req_per_s": best["req_per_s"]}
+    assert section["saturation"] == {
+        "concurrency": best["concurrency"],
+        "req_per_s": best["req_per_s"],
+    }
     assert section["stopped"]
     in_batch = r["in_process"]["batches"]["8"]["images_per_s"]
     assert section["in_process_images_per_s"] == in_batch
@@ -127,7 +156,9 @@ def test_training_section_runs_the_real_trainer() -> None:
     """The real bench/train_step_bench.py, as the check calls it: a changed CLI shows as an "error"."""
     import gpu_check
 
-    args = gpu_check.parse_args(["--train-steps", "1", "--train-batch-size", "2", "--train-timeout", "300"])
+    args = gpu_check.parse_args(
+        ["--train-steps", "1", "--train-batch-size", "2", "--train-timeout", "300"]
+    )
     training = gpu_check.training(args, gpu_check.Budget(600, time.time()))
     assert training["script"] == "bench/train_step_bench.py", training
     for augment in ("device", "host"):
@@ -152,7 +183,9 @@ def test_each_failure_class_has_its_exit_code_and_one_json(
     (tmp_path / "empty").mkdir()
     proc = run_script(args, tmp_path, smi=smi, OUT=str(tmp_path / "out"))
     report = json.loads(proc.stdout)
-    assert (proc.returncode, report["exit_code"], report["failure"]) == (code, code, failure), proc.stderr[-2000:]
+    assert (proc.returncode, report["exit_code"], report["failure"]) == (code, code, failure), (
+        proc.stderr[-2000:]
+    )
     assert report["status"] == "failed" and report["error"]
 
 
@@ -169,8 +202,15 @@ def test_without_cuda_provider_exit_3(tmp_path: Path) -> None:
 
 def test_missing_packages_are_named(tmp_path: Path) -> None:
     """A Python without the server's packages (a bare venv): exit 4 naming each one."""
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True)
-    proc = run_script(["--providers", "cpu"], tmp_path, smi=False, PYTHON=str(tmp_path / "bare" / "bin" / "python"))
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "bare")], check=True
+    )
+    proc = run_script(
+        ["--providers", "cpu"],
+        tmp_path,
+        smi=False,
+        PYTHON=str(tmp_path / "bare" / "bin" / "python"),
+    )
     report = json.loads(proc.stdout)
     assert (proc.returncode, report["failure"]) == (4, "missing_packages")
     for name in ("numpy", "onnxruntime-gpu", "starlette", "uvicorn", "grpcio", "protobuf"):
@@ -196,7 +236,9 @@ BEHAVIOUR
     [
         (
             'print("TensorFlow is not importable", file=sys.stderr); sys.exit(3)',
-            {"skipped": "TensorFlow is not importable here (trainer.py exited 3: TensorFlow is not importable)"},
+            {
+                "skipped": "TensorFlow is not importable here (trainer.py exited 3: TensorFlow is not importable)"
+            },
         ),
         (
             'print("log line"); print(json.dumps({"augment": a.augment, "images_per_s": '
@@ -211,19 +253,27 @@ BEHAVIOUR
         (
             'print("device OOM", file=sys.stderr) if a.augment == "device" else None\n'
             'sys.exit(1) if a.augment == "device" else print(json.dumps({"images_per_s": 10.0}))',
-            {"script": "SCRIPT", "device": {"error": "exit 1: device OOM"}, "host": {"images_per_s": 10.0}},
+            {
+                "script": "SCRIPT",
+                "device": {"error": "exit 1: device OOM"},
+                "host": {"images_per_s": 10.0},
+            },
         ),
     ],
     ids=["no-tensorflow", "figures", "one-mode-fails"],
 )
-def test_training_section_keeps_the_trainers_contract(tmp_path: Path, behaviour: str, expected: dict) -> None:
+def test_training_section_keeps_the_trainers_contract(
+    tmp_path: Path, behaviour: str, expected: dict
+) -> None:
     import gpu_check
 
     trainer = tmp_path / "trainer.py"
     trainer.write_text(STAND_IN_TRAINER.replace("BEHAVIOUR", behaviour))
     args = gpu_check.parse_args(["--train-script", str(trainer), "--train-batch-size", "2"])
     result = gpu_check.training(args, gpu_check.Budget(480, time.time()))
-    shown = os.path.relpath(trainer, gpu_check.HERE.parent)  # the report names the script from the tree's root
+    shown = os.path.relpath(
+        trainer, gpu_check.HERE.parent
+    )  # the report names the script from the tree's root
     assert result == json.loads(json.dumps(expected).replace("SCRIPT", shown))
 
 
@@ -231,4 +281,6 @@ def test_training_section_without_the_script(tmp_path: Path) -> None:
     import gpu_check
 
     args = gpu_check.parse_args(["--train-script", str(tmp_path / "absent.py")])
-    assert gpu_check.training(args, gpu_check.Budget(480, time.time()))["skipped"].endswith("is not in this tree")
+    assert gpu_check.training(args, gpu_check.Budget(480, time.time()))["skipped"].endswith(
+        "is not in this tree"
+    )

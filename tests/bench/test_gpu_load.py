@@ -45,7 +45,9 @@ def test_ramp_stops_when_throughput_stops_growing(
 
 
 def test_ramp_stops_when_the_budget_is_spent() -> None:
-    left = itertools.chain([60.0], itertools.repeat(-1.0))  # time left before level 2, none before level 4
+    left = itertools.chain(
+        [60.0], itertools.repeat(-1.0)
+    )  # time left before level 2, none before level 4
     result = ramp(lambda c: point(100.0 * c), [1, 2, 4], lambda: next(left))
     assert [p["concurrency"] for p in result["points"]] == [1, 2]
     assert result["stopped"] == "time budget spent before concurrency 4"

@@ -20,14 +20,21 @@ TINY = ["--batch-size", "4", "--steps", "2", "--warmup", "1", "--image-size", "3
 
 def bench(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300, env=env, check=False
+        [sys.executable, str(SCRIPT), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+        check=False,
     )
 
 
 @pytest.mark.slow  # ~25 s each on 2 shared cores: TensorFlow start-up, VGG16 build, tracing
 @pytest.mark.parametrize(("augment", "jit"), [("host", "off"), ("device", "off"), ("device", "on")])
 def test_prints_one_json_object_describing_the_timed_step(augment, jit):
-    done = bench("--augment", augment, "--jit-compile", jit, "--mixed-precision", "off", *TINY, "--json")
+    done = bench(
+        "--augment", augment, "--jit-compile", jit, "--mixed-precision", "off", *TINY, "--json"
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     (line,) = done.stdout.strip().splitlines()  # nothing else on stdout: the GPU check parses it
     result = json.loads(line)

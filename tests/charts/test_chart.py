@@ -24,7 +24,9 @@ CHART = ROOT / "charts" / "leaf-train"
 VALUE_SETS = sorted(p.name for p in (CHART / "ci").glob("*.yaml"))
 NAMESPACE = "leaf-train"
 KUBE_VERSIONS = ("1.31", "1.35")  # the chart's kubeVersion floor and a current release
-OPERATOR_API = "monitoring.coreos.com/"  # the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule)
+OPERATOR_API = (
+    "monitoring.coreos.com/"  # the Prometheus Operator's CRDs (ServiceMonitor, PrometheusRule)
+)
 CHECKOV = ROOT / ".tools" / "checkov" / "bin" / "checkov"
 JOB_EXIT_CODES = {"config": 2, "data": 3, "preempted": 75}  # leaf_train/errors.py
 # The chart has no default image repositories (users push what `make images` builds): every render sets them.
@@ -38,12 +40,16 @@ def helm_binary() -> str:
     path = ROOT / ".tools" / "bin" / "helm"
     found = str(path) if path.exists() else shutil.which("helm")
     if not found:
-        pytest.fail("expected helm in .tools/bin (run scripts/get-helm.sh or make test) or on PATH; found none")
+        pytest.fail(
+            "expected helm in .tools/bin (run scripts/get-helm.sh or make test) or on PATH; found none"
+        )
     return found
 
 
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([helm_binary(), *args], capture_output=True, text=True, check=check, timeout=120)
+    return subprocess.run(
+        [helm_binary(), *args], capture_output=True, text=True, check=check, timeout=120
+    )
 
 
 def render(*args: str) -> list[dict[str, Any]]:
@@ -62,7 +68,8 @@ def one(objs: list[dict[str, Any]], kind: str, component: str | None = None) -> 
     found = [
         o
         for o in by_kind(objs, kind)
-        if component is None or o["metadata"]["labels"].get("app.kubernetes.io/component") == component
+        if component is None
+        or o["metadata"]["labels"].get("app.kubernetes.io/component") == component
     ]
     assert len(found) == 1, f"expected one {kind} ({component}); found {len(found)}"
     return found[0]
@@ -106,7 +113,15 @@ def test_value_sets_cover_the_required_scenarios():
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_helm_lint_strict(values):
     result = helm(
-        "lint", str(CHART), "--strict", "--namespace", NAMESPACE, "-f", str(CHART / "ci" / values), *IMAGES, check=False
+        "lint",
+        str(CHART),
+        "--strict",
+        "--namespace",
+        NAMESPACE,
+        "-f",
+        str(CHART / "ci" / values),
+        *IMAGES,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -117,7 +132,9 @@ def test_every_object_matches_the_kubernetes_openapi_schema(renders, values, kub
     objs = renders[values]
     assert objs, "nothing rendered"
     for obj in objs:
-        if obj["apiVersion"].startswith(OPERATOR_API):  # no offline schema: tests/charts/test_monitoring.py checks them
+        if obj["apiVersion"].startswith(
+            OPERATOR_API
+        ):  # no offline schema: tests/charts/test_monitoring.py checks them
             continue
         try:
             kubernetes_validate.validate(obj, kube_version, strict=True)
@@ -154,12 +171,29 @@ def test_schema_rejects_unknown_keys_and_wrong_types(args, error):
         ([], "training.image.repository and serving.image.repository"),
         (["--set", "training.image.repository=leaf-train-job"], "serving.image.repository"),
         (["--set", "serving.image.repository=leaf-serve"], "training.image.repository"),
-        (["--set", "serving.image.repository=leaf-serve", "--set", "training.cronJob.enabled=false"], None),
+        (
+            [
+                "--set",
+                "serving.image.repository=leaf-serve",
+                "--set",
+                "training.cronJob.enabled=false",
+            ],
+            None,
+        ),
     ],
 )
 def test_install_without_image_repositories_fails_with_one_line_naming_them(args, missing):
     """No ImagePullBackOff from placeholder images: the install stops and says which values to set."""
-    result = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *args, check=False)
+    result = helm(
+        "install",
+        "leaf",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        NAMESPACE,
+        *args,
+        check=False,
+    )
     if missing is None:  # no CronJob and no install-time Job: the training image is not needed
         assert result.returncode == 0, result.stderr
         return
@@ -171,7 +205,12 @@ def test_install_without_image_repositories_fails_with_one_line_naming_them(args
 def test_image_reference_with_and_without_registry():
     pod = one(render(), "Deployment")["spec"]["template"]["spec"]
     assert pod["containers"][0]["image"] == "registry.example.com/leaf-serve:0.1.0"
-    objs = render("--set", "serving.image.registry=", "--set", "serving.image.repository=ghcr.io/me/leaf-serve")
+    objs = render(
+        "--set",
+        "serving.image.registry=",
+        "--set",
+        "serving.image.repository=ghcr.io/me/leaf-serve",
+    )
     (container,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "ghcr.io/me/leaf-serve:0.1.0"
 
@@ -190,8 +229,13 @@ def test_training_cronjob(renders):
 
 
 def test_pod_failure_policy_follows_the_job_exit_codes(renders):
-    rules = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["podFailurePolicy"]["rules"]
-    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    rules = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"][
+        "podFailurePolicy"
+    ]["rules"]
+    assert {
+        "action": "Ignore",
+        "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}],
+    } in rules
     by_action = {r["action"]: r["onExitCodes"] for r in rules if "onExitCodes" in r}
     assert by_action["FailJob"] == {
         "containerName": "train",
@@ -201,22 +245,32 @@ def test_pod_failure_policy_follows_the_job_exit_codes(renders):
     assert by_action["Ignore"]["values"] == [JOB_EXIT_CODES["preempted"]]
     from leaf_train import errors
 
-    assert tuple(JOB_EXIT_CODES.values()) == (errors.EXIT_CONFIG, errors.EXIT_DATA, errors.EXIT_PREEMPTED)
+    assert tuple(JOB_EXIT_CODES.values()) == (
+        errors.EXIT_CONFIG,
+        errors.EXIT_DATA,
+        errors.EXIT_PREEMPTED,
+    )
 
 
 def test_training_pod_gpu_placement_and_run_id(renders):
-    pod = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    pod = one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"][
+        "spec"
+    ]
     (c,) = pod["containers"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert c["resources"]["requests"]["nvidia.com/gpu"] == "1"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod[
+        "tolerations"
+    ]
     env = env_of(c)
     job_name = {"fieldRef": {"fieldPath": "metadata.labels['batch.kubernetes.io/job-name']"}}
     assert env["LEAF_TRAIN_RUN_ID"] == job_name and env["LEAF_TRAIN_JOB_NAME"] == job_name
     assert env["LEAF_TRAIN_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     # The schedule's runs are told so (the retrain policy's auto skips only those); see test_kube_commands for submit.
     assert env["LEAF_TRAIN_RUN_TRIGGER"] == "scheduled"
-    cpu = one(renders["cpu-only-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    cpu = one(renders["cpu-only-values.yaml"], "CronJob")["spec"]["jobTemplate"]["spec"][
+        "template"
+    ]["spec"]
     assert "nvidia.com/gpu" not in json.dumps(cpu["containers"][0]["resources"])
 
 
@@ -226,16 +280,31 @@ def test_training_config_reaches_the_job_as_leaf_train_env(renders):
     assert cm["LEAF_TRAIN_OUTPUT"] == "s3://leaf-models/registry"
     assert cm["LEAF_TRAIN_IMAGE_SIZE"] == "150" and cm["LEAF_TRAIN_FINETUNE_EPOCHS"] == "100"
     assert "LEAF_TRAIN_MIN_ACCURACY" not in cm  # null = the job's own default
-    assert "LEAF_TRAIN_SKIP_IF_UNCHANGED" not in cm  # null = auto: scheduled runs skip when nothing changed
+    assert (
+        "LEAF_TRAIN_SKIP_IF_UNCHANGED" not in cm
+    )  # null = auto: scheduled runs skip when nothing changed
     objs = render(
         *("--set", "training.config.minAccuracy=0.85", "--set", "training.config.keepVersions=5"),
-        *("--set", "training.config.maxClassRegression=0.1", "--set", "training.config.gateMinClassSupport=30"),
-        *("--set", "training.config.skipIfUnchanged=on", "--set", "training.config.minNewImages=50"),
+        *(
+            "--set",
+            "training.config.maxClassRegression=0.1",
+            "--set",
+            "training.config.gateMinClassSupport=30",
+        ),
+        *(
+            "--set",
+            "training.config.skipIfUnchanged=on",
+            "--set",
+            "training.config.minNewImages=50",
+        ),
         *("--set", "training.config.incompleteGraceHours=36"),
     )
     cm = one(objs, "ConfigMap", "training")["data"]
     assert (cm["LEAF_TRAIN_MIN_ACCURACY"], cm["LEAF_TRAIN_KEEP_VERSIONS"]) == ("0.85", "5")
-    assert (cm["LEAF_TRAIN_MAX_CLASS_REGRESSION"], cm["LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT"]) == ("0.1", "30")
+    assert (cm["LEAF_TRAIN_MAX_CLASS_REGRESSION"], cm["LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT"]) == (
+        "0.1",
+        "30",
+    )
     assert (cm["LEAF_TRAIN_SKIP_IF_UNCHANGED"], cm["LEAF_TRAIN_MIN_NEW_IMAGES"]) == ("on", "50")
     assert cm["LEAF_TRAIN_INCOMPLETE_GRACE_HOURS"] == "36"
     # Every LEAF_TRAIN_* key must be an option of `leaf-train train` (a typo would be silently ignored).
@@ -282,7 +351,10 @@ def test_serving_deployment(renders):
     # gRPC off: no container port, no Service port, the server told so.
     off = render("--set", "serving.service.grpcPort=0", "--set", "serving.service.adminPort=0")
     assert [p["name"] for p in one(off, "Service")["spec"]["ports"]] == ["http"]
-    assert [p["name"] for p in one(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]] == ["http"]
+    assert [
+        p["name"]
+        for p in one(off, "Deployment")["spec"]["template"]["spec"]["containers"][0]["ports"]
+    ] == ["http"]
     assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_GRPC_PORT"] == "0"
     assert one(off, "ConfigMap", "serving")["data"]["LEAF_SERVE_ADMIN_PORT"] == "0"
     assert one(objs, "PodDisruptionBudget")["spec"]["selector"] == dep["spec"]["selector"]
@@ -293,7 +365,9 @@ def test_serving_limits_reach_the_server_and_every_key_is_an_option(renders):
     cm = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
     # On by default (issue #10): connections bounded, a drain window at SIGTERM.
     assert (cm["LEAF_SERVE_MAX_CONCURRENCY"], cm["LEAF_SERVE_DRAIN_DELAY"]) == ("256", "5")
-    assert "LEAF_SERVE_PROCESSES" not in cm  # one process unless asked (each worker holds its own model)
+    assert (
+        "LEAF_SERVE_PROCESSES" not in cm
+    )  # one process unless asked (each worker holds its own model)
     objs = render(
         "--set", "serving.config.headerTimeout=10", "--set", "serving.config.maxDecodeBytes=1000000",
         "--set", "serving.config.processes=4",
@@ -321,10 +395,20 @@ def test_serving_limits_reach_the_server_and_every_key_is_an_option(renders):
 )
 def test_termination_grace_must_cover_the_drain_window_and_grace_period(args, total):
     result = helm(
-        "template", "leaf", str(CHART), *IMAGES, "-f", str(CHART / "ci" / "default-values.yaml"), *args, check=False
+        "template",
+        "leaf",
+        str(CHART),
+        *IMAGES,
+        "-f",
+        str(CHART / "ci" / "default-values.yaml"),
+        *args,
+        check=False,
     )
     assert result.returncode != 0
-    assert "must exceed serving.config.drainDelay + serving.config.gracePeriod " + total in result.stderr
+    assert (
+        "must exceed serving.config.drainDelay + serving.config.gracePeriod " + total
+        in result.stderr
+    )
 
 
 def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, tmp_path):
@@ -332,7 +416,10 @@ def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, t
     cm = one(objs, "ConfigMap", "serving")["data"]
     assert (cm["LEAF_SERVE_CAPTURE"], cm["LEAF_SERVE_CAPTURE_PER_MINUTE"]) == ("true", "20")
     assert "LEAF_SERVE_CAPTURE_QUEUE_BYTES" not in cm  # null: the server's default
-    assert (cm["LEAF_SERVE_CONFIDENCE_THRESHOLD"], cm["LEAF_SERVE_DATA"]) == ("0.6", "s3://leaf-data/leaves")
+    assert (cm["LEAF_SERVE_CONFIDENCE_THRESHOLD"], cm["LEAF_SERVE_DATA"]) == (
+        "0.6",
+        "s3://leaf-data/leaves",
+    )
     spec = one(objs, "Deployment")["spec"]["template"]["spec"]
     (volume,) = [v for v in spec["volumes"] if v["name"] == "review-token"]
     assert volume["secret"] == {
@@ -342,23 +429,39 @@ def test_capture_and_review_reach_the_server_with_the_token_as_a_file(renders, t
     }
     (c,) = spec["containers"]
     (mount,) = [m for m in c["volumeMounts"] if m["name"] == "review-token"]
-    assert mount["readOnly"] is True and cm["LEAF_SERVE_REVIEW_TOKEN_FILE"] == mount["mountPath"] + "/token"
-    assert [e["name"] for e in c["env"] if "TOKEN" in e["name"]] == []  # a file, never an environment variable
+    assert (
+        mount["readOnly"] is True
+        and cm["LEAF_SERVE_REVIEW_TOKEN_FILE"] == mount["mountPath"] + "/token"
+    )
+    assert [
+        e["name"] for e in c["env"] if "TOKEN" in e["name"]
+    ] == []  # a file, never an environment variable
     assert by_kind(objs, "Secret") == []  # referenced, never created with a value
     # The server starts with what the chart renders (the Secret's file stands in at a temporary path).
     from leaf_common.config import resolve
     from leaf_serve.settings import ENV_PREFIX, ServeConfig
 
-    (tmp_path / "token").write_text("3f9a1c2b7d5e8f0146ab" * 2)  # random enough: the server refuses "t" * 32
+    (tmp_path / "token").write_text(
+        "3f9a1c2b7d5e8f0146ab" * 2
+    )  # random enough: the server refuses "t" * 32
     config = resolve(
-        ServeConfig, ENV_PREFIX, {}, environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")}
+        ServeConfig,
+        ENV_PREFIX,
+        {},
+        environ={**cm, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(tmp_path / "token")},
     )
     assert config.capture and config.inbox_uri == "s3://leaf-models/registry/leaf-classifier/inbox"
-    assert (config.capture_per_client_per_minute, config.inbox_max_files, config.review_failed_logins) == (4, 1000, 5)
+    assert (
+        config.capture_per_client_per_minute,
+        config.inbox_max_files,
+        config.review_failed_logins,
+    ) == (4, 1000, 5)
     assert (config.client_address_header, config.admin_port) == ("X-Forwarded-For", 8082)
     assert config.card_dataset_name == "PlantVillage tomato 2026"
     default = one(renders["default-values.yaml"], "ConfigMap", "serving")["data"]
-    assert [k for k in default if "CAPTURE" in k or "REVIEW" in k or k == "LEAF_SERVE_DATA"] == []  # off by default
+    assert [
+        k for k in default if "CAPTURE" in k or "REVIEW" in k or k == "LEAF_SERVE_DATA"
+    ] == []  # off by default
 
 
 def test_admin_port_and_storage_egress_narrow_to_what_the_user_names(renders):
@@ -367,14 +470,18 @@ def test_admin_port_and_storage_egress_narrow_to_what_the_user_names(renders):
         {"podSelector": {}},
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}},
     ]
-    assert egress_ports(serving)[443] == [{"ipBlock": {"cidr": "52.216.0.0/15"}}]  # not 443 to anywhere
+    assert egress_ports(serving)[443] == [
+        {"ipBlock": {"cidr": "52.216.0.0/15"}}
+    ]  # not 443 to anywhere
     dns = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
     narrowed = render("--set-json", "networkPolicy.dnsTo=" + json.dumps(dns))
     assert egress_ports(one(narrowed, "NetworkPolicy", "serving"))[53] == dns
 
 
 def test_review_needs_an_existing_secret():
-    result = helm("template", "leaf", str(CHART), *IMAGES, "--set", "serving.review.enabled=true", check=False)
+    result = helm(
+        "template", "leaf", str(CHART), *IMAGES, "--set", "serving.review.enabled=true", check=False
+    )
     assert result.returncode != 0
     assert "serving.review.enabled needs serving.review.existingSecret" in result.stderr
 
@@ -411,17 +518,25 @@ def test_writable_paths_are_emptydir_mounts(renders, values):
     for name, spec in pod_specs(renders[values]):
         volumes = {v["name"]: v for v in spec.get("volumes", [])}
         for c in spec["containers"]:
-            mounts = {m["mountPath"]: volumes[m["name"]] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
+            mounts = {
+                m["mountPath"]: volumes[m["name"]]
+                for m in c.get("volumeMounts", [])
+                if not m.get("readOnly")
+            }
             assert all("emptyDir" in v for v in mounts.values()), name
             read_only = [volumes[m["name"]] for m in c.get("volumeMounts", []) if m.get("readOnly")]
             assert all("secret" in v for v in read_only), name  # the review token, and nothing else
             env = env_of(c)
-            writable = [env[k] for k in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR") if k in env]
+            writable = [
+                env[k] for k in ("HOME", "TMPDIR", "KERAS_HOME", "MPLCONFIGDIR") if k in env
+            ]
             if c["name"] == "train":
                 writable.append("/scratch/cache")  # LEAF_TRAIN_CACHE_DIR
                 assert len(writable) == 5, name
             for path in writable:
-                assert any(path == m or path.startswith(m + "/") for m in mounts), f"{name}: {path} not writable"
+                assert any(path == m or path.startswith(m + "/") for m in mounts), (
+                    f"{name}: {path} not writable"
+                )
 
 
 def test_s3_credentials_only_by_reference_and_each_component_its_own(renders):
@@ -434,21 +549,36 @@ def test_s3_credentials_only_by_reference_and_each_component_its_own(renders):
             assert "AWS_ACCESS_KEY_ID" not in env  # the helm test pod only calls the Service
             continue
         secret = secret_of[name.split("/")[0]]
-        assert env["AWS_ACCESS_KEY_ID"] == {"secretKeyRef": {"name": secret, "key": "access-key-id"}}, name
-        assert env["AWS_SECRET_ACCESS_KEY"] == {"secretKeyRef": {"name": secret, "key": "secret-access-key"}}, name
+        assert env["AWS_ACCESS_KEY_ID"] == {
+            "secretKeyRef": {"name": secret, "key": "access-key-id"}
+        }, name
+        assert env["AWS_SECRET_ACCESS_KEY"] == {
+            "secretKeyRef": {"name": secret, "key": "secret-access-key"}
+        }, name
         assert env["AWS_DEFAULT_REGION"] == "eu-west-1"
-    default_env = env_of(one(renders["default-values.yaml"], "Deployment")["spec"]["template"]["spec"]["containers"][0])
+    default_env = env_of(
+        one(renders["default-values.yaml"], "Deployment")["spec"]["template"]["spec"]["containers"][
+            0
+        ]
+    )
     assert "AWS_ACCESS_KEY_ID" not in default_env
 
 
 @pytest.mark.parametrize("values", VALUE_SETS)
 def test_serving_runs_under_its_own_service_account_never_trainings(renders, values):
     objs = renders[values]
-    accounts = {sa["metadata"]["labels"]["app.kubernetes.io/component"]: sa for sa in by_kind(objs, "ServiceAccount")}
+    accounts = {
+        sa["metadata"]["labels"]["app.kubernetes.io/component"]: sa
+        for sa in by_kind(objs, "ServiceAccount")
+    }
     assert set(accounts) == {"training", "serving"}
     assert all(sa["automountServiceAccountToken"] is False for sa in accounts.values())
     dep = one(objs, "Deployment")["spec"]["template"]["spec"]
-    assert dep["serviceAccountName"] == accounts["serving"]["metadata"]["name"] == "leaf-leaf-train-serve"
+    assert (
+        dep["serviceAccountName"]
+        == accounts["serving"]["metadata"]["name"]
+        == "leaf-leaf-train-serve"
+    )
     for name, spec in pod_specs(objs):
         if name.startswith(("CronJob/", "Job/")):
             assert spec["serviceAccountName"] == accounts["training"]["metadata"]["name"], name
@@ -469,7 +599,10 @@ def test_serving_runs_under_its_own_service_account_never_trainings(renders, val
             "serving.s3.existingSecret: expected a Secret other than training's s3.existingSecret; received the same",
         ),
         (
-            ["--set", "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/train"],
+            [
+                "--set",
+                "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/train",
+            ],
             "serving.serviceAccount.annotations: expected eks.amazonaws.com/role-arn naming the server's read-only "
             "role, because training's ServiceAccount has one; received none",
         ),
@@ -481,7 +614,9 @@ def test_serving_runs_under_its_own_service_account_never_trainings(renders, val
     ],
 )
 def test_render_refuses_settings_that_would_weaken_isolation_or_retention(args, error):
-    result = helm("template", "leaf", str(CHART), *IMAGES, "--namespace", NAMESPACE, *args, check=False)
+    result = helm(
+        "template", "leaf", str(CHART), *IMAGES, "--namespace", NAMESPACE, *args, check=False
+    )
     assert result.returncode != 0
     assert error in result.stderr, result.stderr
 
@@ -495,15 +630,23 @@ def test_minio_endpoint_network_policy_and_rollout(renders):
     objs = renders["minio-values.yaml"]
     for name, spec in pod_specs(objs):
         if not name.startswith("Pod/"):
-            assert env_of(spec["containers"][0])["AWS_ENDPOINT_URL"] == "http://minio.minio.svc.cluster.local:9000"
-    policies = {p["metadata"]["labels"]["app.kubernetes.io/component"]: p for p in by_kind(objs, "NetworkPolicy")}
+            assert (
+                env_of(spec["containers"][0])["AWS_ENDPOINT_URL"]
+                == "http://minio.minio.svc.cluster.local:9000"
+            )
+    policies = {
+        p["metadata"]["labels"]["app.kubernetes.io/component"]: p
+        for p in by_kind(objs, "NetworkPolicy")
+    }
     assert set(policies) == {"serving", "training"}
     assert "ingress" not in policies["training"]["spec"]  # nothing may call the training pod
     assert policies["serving"]["spec"]["ingress"][0]["ports"] == [
         {"port": "http", "protocol": "TCP"},
         {"port": "grpc", "protocol": "TCP"},
     ]
-    egress_ports = {p["port"] for rule in policies["training"]["spec"]["egress"] for p in rule["ports"]}
+    egress_ports = {
+        p["port"] for rule in policies["training"]["spec"]["egress"] for p in rule["ports"]
+    }
     assert {53, 443, 9000} <= egress_ports
     dep_name = one(objs, "Deployment")["metadata"]["name"]
     assert one(objs, "ConfigMap", "training")["data"]["LEAF_TRAIN_ROLLOUT_DEPLOYMENT"] == dep_name
@@ -524,7 +667,9 @@ def test_rbac_grants_exactly_what_the_integration_uses(renders):
     ]
     binding = one(objs, "RoleBinding")
     sa = one(objs, "ServiceAccount", "training")
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": NAMESPACE}
+    ]
     cron_pod = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert cron_pod["serviceAccountName"] == sa["metadata"]["name"]
     assert cron_pod["automountServiceAccountToken"] is True
@@ -534,17 +679,24 @@ def test_irsa_annotations_pass_through_one_role_per_component(renders):
     objs = renders["irsa-values.yaml"]
     for component, role in (("training", "leaf-train"), ("serving", "leaf-serve")):
         sa = one(objs, "ServiceAccount", component)
-        assert sa["metadata"]["annotations"] == {"eks.amazonaws.com/role-arn": f"arn:aws:iam::123456789012:role/{role}"}
+        assert sa["metadata"]["annotations"] == {
+            "eks.amazonaws.com/role-arn": f"arn:aws:iam::123456789012:role/{role}"
+        }
 
 
 def egress_ports(policy: dict[str, Any]) -> dict[int | str, list[dict[str, Any]]]:
     """Port -> the ``to`` peers of the rule that opens it (empty = anywhere)."""
-    return {p["port"]: rule.get("to", []) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    return {
+        p["port"]: rule.get("to", []) for rule in policy["spec"]["egress"] for p in rule["ports"]
+    }
 
 
 def test_network_policies_are_on_by_default_and_least_privilege(renders):
     objs = renders["default-values.yaml"]
-    serving, training = one(objs, "NetworkPolicy", "serving"), one(objs, "NetworkPolicy", "training")
+    serving, training = (
+        one(objs, "NetworkPolicy", "serving"),
+        one(objs, "NetworkPolicy", "training"),
+    )
     assert serving["spec"]["podSelector"] == one(objs, "Deployment")["spec"]["selector"]
     # Only the server's ports: HTTP and gRPC from anywhere; /metrics and /review (the admin port) from the
     # release's own namespace only (issue 20: any pod could reach them).
@@ -553,7 +705,10 @@ def test_network_policies_are_on_by_default_and_least_privilege(renders):
         {"ports": [{"port": "admin", "protocol": "TCP"}], "from": [{"podSelector": {}}]},
     ]
     assert egress_ports(serving) == {53: [], 443: []}  # DNS and S3; no API server
-    assert "ingress" not in training["spec"] and training["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert "ingress" not in training["spec"] and training["spec"]["policyTypes"] == [
+        "Ingress",
+        "Egress",
+    ]
     assert egress_ports(training) == {53: [], 443: [], 6443: []}  # DNS, S3 and the API server
     quiet = render("--set", "training.kubeIntegration=off")
     assert egress_ports(one(quiet, "NetworkPolicy", "training")) == {53: [], 443: []}
@@ -583,7 +738,10 @@ def test_minio_narrows_storage_egress_and_lets_helm_test_in(renders):
     peers = one(objs, "NetworkPolicy", "serving")["spec"]["ingress"][0]["from"]
     test_pod = one(objs, "Pod")["metadata"]["labels"]
     assert any(
-        all(test_pod.get(k) == v for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items())
+        all(
+            test_pod.get(k) == v
+            for k, v in peer.get("podSelector", {}).get("matchLabels", {}).items()
+        )
         and peer.get("podSelector")
         for peer in peers
     )
@@ -591,20 +749,34 @@ def test_minio_narrows_storage_egress_and_lets_helm_test_in(renders):
 
 def test_rollout_permission_is_limited_to_the_restart_annotations(renders):
     objs = renders["minio-values.yaml"]  # rolloutServing on
-    policy, binding = one(objs, "ValidatingAdmissionPolicy"), one(objs, "ValidatingAdmissionPolicyBinding")
+    policy, binding = (
+        one(objs, "ValidatingAdmissionPolicy"),
+        one(objs, "ValidatingAdmissionPolicyBinding"),
+    )
     dep_name = one(objs, "Deployment")["metadata"]["name"]
     sa = one(objs, "ServiceAccount", "training")["metadata"]["name"]
     assert policy["spec"]["failurePolicy"] == "Fail"
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
-    assert (rule["resources"], rule["resourceNames"], rule["operations"]) == (["deployments"], [dep_name], ["UPDATE"])
+    assert (rule["resources"], rule["resourceNames"], rule["operations"]) == (
+        ["deployments"],
+        [dep_name],
+        ["UPDATE"],
+    )
     (condition,) = policy["spec"]["matchConditions"]
-    assert condition["expression"] == f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{sa}'"
+    assert (
+        condition["expression"]
+        == f"request.userInfo.username == 'system:serviceaccount:{NAMESPACE}:{sa}'"
+    )
     checked = " ".join(v["expression"] for v in policy["spec"]["validations"])
     assert "object.spec.template.spec == oldObject.spec.template.spec" in checked
     from leaf_train.kube import MODEL_VERSION_ANNOTATION, RESTARTED_AT_ANNOTATION
 
-    allowed = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}["restartAnnotations"]
-    assert allowed == f"['{RESTARTED_AT_ANNOTATION}', '{MODEL_VERSION_ANNOTATION}']"  # what kube.rollout patches
+    allowed = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}[
+        "restartAnnotations"
+    ]
+    assert (
+        allowed == f"['{RESTARTED_AT_ANNOTATION}', '{MODEL_VERSION_ANNOTATION}']"
+    )  # what kube.rollout patches
     assert binding["spec"]["policyName"] == policy["metadata"]["name"]
     assert binding["spec"]["validationActions"] == ["Deny"]
     assert binding["spec"]["matchResources"]["namespaceSelector"] == {
@@ -612,7 +784,9 @@ def test_rollout_permission_is_limited_to_the_restart_annotations(renders):
     }
     # No rollout, no policy; and an operator without cluster-scope rights can switch it off.
     assert by_kind(renders["default-values.yaml"], "ValidatingAdmissionPolicy") == []
-    unrestricted = render("-f", str(CHART / "ci" / "minio-values.yaml"), "--set", "rbac.restrictRollout=false")
+    unrestricted = render(
+        "-f", str(CHART / "ci" / "minio-values.yaml"), "--set", "rbac.restrictRollout=false"
+    )
     assert by_kind(unrestricted, "ValidatingAdmissionPolicy") == []
 
 
@@ -631,7 +805,12 @@ def test_no_cronjob_value_set_runs_once_at_install(renders):
 def test_kueue_queue_and_priority_label_every_training_job(renders):
     assert "kueue.x-k8s.io/queue-name" not in one(renders["default-values.yaml"], "CronJob")["spec"]["jobTemplate"][
         "metadata"]["labels"]  # fmt: skip
-    args = ["--set", "training.kueue.queueName=gpu-training", "--set", "training.kueue.priorityClass=nightly"]
+    args = [
+        "--set",
+        "training.kueue.queueName=gpu-training",
+        "--set",
+        "training.kueue.priorityClass=nightly",
+    ]
     objs = render("--set", "training.runOnInstall=true", *args)
     templated = one(objs, "CronJob")["spec"]["jobTemplate"]["metadata"]["labels"]
     initial = one(objs, "Job")["metadata"]["labels"]
@@ -649,15 +828,30 @@ def test_kueue_queue_and_priority_label_every_training_job(renders):
 
     cronjob = client.ApiClient()._ApiClient__deserialize(one(objs, "CronJob"), "V1CronJob")
     cronjob.metadata.uid, cronjob.metadata.namespace = "uid-1", NAMESPACE
-    assert job_from_cronjob(cronjob, "manual-1")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-training"
-    bad = helm("template", "leaf", str(CHART), *IMAGES, "--set", "training.kueue.queueName=Not_A_Name", check=False)
+    assert (
+        job_from_cronjob(cronjob, "manual-1")["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+        == "gpu-training"
+    )
+    bad = helm(
+        "template",
+        "leaf",
+        str(CHART),
+        *IMAGES,
+        "--set",
+        "training.kueue.queueName=Not_A_Name",
+        check=False,
+    )
     assert bad.returncode != 0 and "queueName" in bad.stderr
 
 
 def test_config_change_rolls_pods_via_checksum(renders):
     def checksums(objs):
-        dep = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"]["checksum/config"]
-        cron = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"]
+        dep = one(objs, "Deployment")["spec"]["template"]["metadata"]["annotations"][
+            "checksum/config"
+        ]
+        cron = one(objs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["metadata"][
+            "annotations"
+        ]
         return dep, cron["checksum/config"]
 
     base = checksums(renders["default-values.yaml"])
@@ -692,20 +886,30 @@ def test_labels_follow_the_recommended_set(renders):
 
 
 def test_notes_say_how_to_start_follow_and_call():
-    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *IMAGES).stdout
+    out = helm(
+        "install", "leaf", str(CHART), "--dry-run=client", "--namespace", NAMESPACE, *IMAGES
+    ).stdout
     notes = out[out.index("NOTES:") :]
     assert "kubectl create job --namespace leaf-train --from=cronjob/leaf-leaf-train-train" in notes
     assert "leaf-train status --namespace leaf-train --job" in notes
     assert "leaf-train submit --namespace leaf-train --cronjob leaf-leaf-train-train" in notes
-    assert "it skips like a scheduled run when nothing changed" in notes  # kubectl --from copies the marking
-    assert "kubectl logs" in notes and "/classify" in notes and "/v2/models/leaf-classifier/infer" in notes
+    assert (
+        "it skips like a scheduled run when nothing changed" in notes
+    )  # kubectl --from copies the marking
+    assert (
+        "kubectl logs" in notes
+        and "/classify" in notes
+        and "/v2/models/leaf-classifier/infer" in notes
+    )
 
 
 @pytest.fixture(scope="session")
 def checkov_report(renders, tmp_path_factory) -> dict[str, Any]:
     """One checkov run over every render (it is the slow part: about 8 s)."""
     if not CHECKOV.exists():
-        pytest.fail(f"expected checkov at {CHECKOV.relative_to(ROOT)} (make test installs it); found none")
+        pytest.fail(
+            f"expected checkov at {CHECKOV.relative_to(ROOT)} (make test installs it); found none"
+        )
     folder = tmp_path_factory.mktemp("renders")
     for name in VALUE_SETS:
         out = helm(
@@ -722,7 +926,16 @@ def checkov_report(renders, tmp_path_factory) -> dict[str, Any]:
         ).stdout
         (folder / name).write_text(out)
     result = subprocess.run(
-        [str(CHECKOV), "-d", str(folder), "--framework", "kubernetes", "--skip-download", "--output", "json"],
+        [
+            str(CHECKOV),
+            "-d",
+            str(folder),
+            "--framework",
+            "kubernetes",
+            "--skip-download",
+            "--output",
+            "json",
+        ],
         capture_output=True,
         text=True,
         timeout=300,
@@ -745,7 +958,9 @@ def test_every_checkov_skip_carries_a_written_reason(checkov_report):
     assert skipped, "expected the documented skips to show up"
     for check in skipped:
         reason = (check.get("check_result") or {}).get("suppress_comment", "")
-        assert len(reason.split()) >= 5, f"{check['check_id']} on {check['resource']}: reason {reason!r}"
+        assert len(reason.split()) >= 5, (
+            f"{check['check_id']} on {check['resource']}: reason {reason!r}"
+        )
 
 
 def test_documented_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
@@ -753,21 +968,34 @@ def test_documented_iam_policies_parse_and_the_kind_workflow_uses_the_servers():
     doc = (ROOT / "docs" / "kubernetes.md").read_text()
     section = doc[doc.index("### Credentials and IAM policies") : doc.index("**Network policies**")]
     blocks = re.findall(r"```json\n(.*?)```", section, re.S)
-    training, serving, capture = (json.loads(b) for b in blocks)  # capture: the one optional statement
-    assert {s["Sid"] for s in training["Statement"]} == {"ListPhotos", "ReadPhotos", "ListModel", "WriteModel"}
+    training, serving, capture = (
+        json.loads(b) for b in blocks
+    )  # capture: the one optional statement
+    assert {s["Sid"] for s in training["Statement"]} == {
+        "ListPhotos",
+        "ReadPhotos",
+        "ListModel",
+        "WriteModel",
+    }
     actions = {s["Action"] for s in serving["Statement"]}
     assert actions == {"s3:ListBucket", "s3:GetObject"}  # read-only
     assert capture["Action"] == "s3:PutObject" and capture["Resource"].endswith("/inbox/*")
 
     workflow = (ROOT / ".github" / "workflows" / "kind.yaml").read_text()
-    minio = json.loads(re.search(r"cat > /tmp/leaf-serve-policy.json <<'JSON'\n(.*?)\n\s*JSON", workflow, re.S)[1])
+    minio = json.loads(
+        re.search(r"cat > /tmp/leaf-serve-policy.json <<'JSON'\n(.*?)\n\s*JSON", workflow, re.S)[1]
+    )
 
     def grants(policy: dict) -> list[tuple]:
         def as_list(v):
             return sorted([v] if isinstance(v, str) else v)
 
         return sorted(
-            (tuple(as_list(s["Action"])), tuple(as_list(s["Resource"])), json.dumps(s.get("Condition"), sort_keys=True))
+            (
+                tuple(as_list(s["Action"])),
+                tuple(as_list(s["Resource"])),
+                json.dumps(s.get("Condition"), sort_keys=True),
+            )
             for s in policy["Statement"]
         )
 

@@ -48,7 +48,9 @@ def key_schema(path: str, key: str) -> dict[str, Any]:
 def test_values_yaml_and_the_reference_are_what_the_script_writes():
     text = (CHART / "values.yaml").read_text()
     assert chart_config.regenerate(text) == text, "values.yaml is stale: run make chart-schema"
-    assert chart_config.reference() == chart_config.DOC.read_text(), "docs/configuration.md is stale"
+    assert chart_config.reference() == chart_config.DOC.read_text(), (
+        "docs/configuration.md is stale"
+    )
 
 
 @pytest.mark.parametrize("path", sorted(COMPONENTS))
@@ -65,12 +67,24 @@ def test_every_option_is_a_config_key_or_set_by_the_chart(path):
 
 # What a render needs so that every option the chart sets from another value shows up.
 EVERYTHING_ON = (
-    *("--set", "training.workers=2", "--set", "training.rolloutServing=true", "--set", "serving.gpu.enabled=true"),
+    *(
+        "--set",
+        "training.workers=2",
+        "--set",
+        "training.rolloutServing=true",
+        "--set",
+        "serving.gpu.enabled=true",
+    ),
     *("--set", "serving.capture.enabled=true", "--set", "serving.capture.perMinute=20"),
     *("--set", "serving.capture.queueBytes=1000000", "--set", "serving.review.enabled=true"),
     *("--set", "serving.review.existingSecret=leaf-review"),
     *("--set", "training.runOnInstall=true", "--set", "s3.endpoint=http://minio:9000"),
-    *("--set", "serving.capture.perClientPerMinute=6", "--set", "serving.capture.inboxMaxFiles=100"),
+    *(
+        "--set",
+        "serving.capture.perClientPerMinute=6",
+        "--set",
+        "serving.capture.inboxMaxFiles=100",
+    ),
     *("--set", "serving.capture.inboxMaxBytes=1000000", "--set", "serving.review.failedLogins=5"),
     *("--set", "serving.review.loginWindow=30"),
 )
@@ -94,7 +108,9 @@ def test_every_option_the_chart_sets_reaches_the_program():
     for path, component in COMPONENTS.items():
         env = _environment(objs, path.split(".")[0])
         for name in component.set_by.keys() - NOT_AN_ENV:
-            assert component.prefix + name.upper() in env, f"{path}: the chart sets {name}, but no variable has it"
+            assert component.prefix + name.upper() in env, (
+                f"{path}: the chart sets {name}, but no variable has it"
+            )
 
 
 def _typed(option, schema: dict[str, Any]) -> str:
@@ -103,7 +119,9 @@ def _typed(option, schema: dict[str, Any]) -> str:
         return str(max(option.default, schema.get("minimum", 0)) + 1)
     if min(schema.get("maximum", 2), schema.get("exclusiveMaximum", 2)) <= 1:
         return "0.7"
-    return "36.5" if option.name == "incomplete_grace_hours" else "1.5"  # above the Job's 24 h deadline
+    return (
+        "36.5" if option.name == "incomplete_grace_hours" else "1.5"
+    )  # above the Job's 24 h deadline
 
 
 NUMERIC = [

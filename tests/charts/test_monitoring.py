@@ -31,14 +31,18 @@ import pytest
 import yaml
 from test_chart import CHART, NAMESPACE, ROOT, by_kind, one, render
 
-sys.path.insert(0, str(ROOT / "tests" / "serve"))  # the serving tests' model builders and server launcher
+sys.path.insert(
+    0, str(ROOT / "tests" / "serve")
+)  # the serving tests' model builders and server launcher
 from servekit import V1, Registry, free_port, wait_for  # noqa: E402
 from test_serve_cli import leaf_serve  # noqa: E402
 from test_serve_processes import BODY  # noqa: E402
 
 SWITCHES = ("serviceMonitor", "prometheusRule", "dashboard")
 ALL_ON = [a for s in SWITCHES for a in ("--set", f"monitoring.{s}.enabled=true")]
-SERVER_JOB = "leaf-leaf-train-serve"  # the serving Service's name: the job label the ServiceMonitor gives
+SERVER_JOB = (
+    "leaf-leaf-train-serve"  # the serving Service's name: the job label the ServiceMonitor gives
+)
 CRONJOB = "leaf-leaf-train-train"
 # The thresholds the unit tests are written against (not the defaults, so a default can change freely).
 THRESHOLDS = {
@@ -66,7 +70,9 @@ KUBE_STATE_METRICS = {
 def prometheus_binary(name: str) -> str:
     found = shutil.which(name)
     if not found:
-        pytest.fail(f"expected {name} (Debian's prometheus package) on PATH: run scripts/get-prometheus.sh")
+        pytest.fail(
+            f"expected {name} (Debian's prometheus package) on PATH: run scripts/get-prometheus.sh"
+        )
     return found
 
 
@@ -106,7 +112,11 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
 
 
 def test_monitoring_is_off_by_default_and_each_switch_adds_its_object():
-    kinds = {"serviceMonitor": "ServiceMonitor", "prometheusRule": "PrometheusRule", "dashboard": "ConfigMap"}
+    kinds = {
+        "serviceMonitor": "ServiceMonitor",
+        "prometheusRule": "PrometheusRule",
+        "dashboard": "ConfigMap",
+    }
     default = render()
     assert not by_kind(default, "ServiceMonitor") and not by_kind(default, "PrometheusRule")
     for switch, kind in kinds.items():
@@ -120,7 +130,9 @@ def test_kube_prometheus_stack_finds_every_object_by_its_labels(monitoring):
     for kind in ("ServiceMonitor", "PrometheusRule"):
         assert one(monitoring, kind)["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     (cm,) = [o for o in by_kind(monitoring, "ConfigMap") if "leaf-train.json" in o.get("data", {})]
-    assert cm["metadata"]["labels"]["grafana_dashboard"] == "1"  # the Grafana sidecar's default label
+    assert (
+        cm["metadata"]["labels"]["grafana_dashboard"] == "1"
+    )  # the Grafana sidecar's default label
     relabelled = render(*ALL_ON, "--set", "monitoring.labels.release=prom")
     assert one(relabelled, "ServiceMonitor")["metadata"]["labels"]["release"] == "prom"
 
@@ -131,7 +143,9 @@ def test_service_monitor_scrapes_the_serving_service_metrics_port(monitoring):
     assert monitor["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
     assert monitor["namespaceSelector"] == {"matchNames": [NAMESPACE]}
     (endpoint,) = monitor["endpoints"]
-    assert endpoint["path"] == "/metrics" and endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+    assert endpoint["path"] == "/metrics" and endpoint["port"] in {
+        p["name"] for p in service["spec"]["ports"]
+    }
     assert service["metadata"]["name"] == SERVER_JOB
 
 
@@ -139,10 +153,16 @@ def test_a_narrowed_network_policy_lets_prometheus_scrape():
     objs = render("-f", str(CHART / "ci" / "monitoring-values.yaml"))
     policy = one(objs, "NetworkPolicy", "serving")
     # /metrics is on the admin port (serving.service.adminPort): Prometheus is let in there, not to HTTP.
-    (admin,) = [r for r in policy["spec"]["ingress"] if [p["port"] for p in r["ports"]] == ["admin"]]
-    prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    (admin,) = [
+        r for r in policy["spec"]["ingress"] if [p["port"] for p in r["ports"]] == ["admin"]
+    ]
+    prometheus = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    }
     assert prometheus in admin["from"]
-    assert all(prometheus not in r.get("from", []) for r in policy["spec"]["ingress"] if r is not admin)
+    assert all(
+        prometheus not in r.get("from", []) for r in policy["spec"]["ingress"] if r is not admin
+    )
     monitor = one(objs, "ServiceMonitor", "serving")
     assert monitor["spec"]["endpoints"][0]["port"] == "admin"
 
@@ -150,7 +170,8 @@ def test_a_narrowed_network_policy_lets_prometheus_scrape():
 def test_every_alert_has_a_summary_description_and_a_runbook_section(rules):
     runbooks = (ROOT / "docs" / "runbooks.md").read_text()
     anchors = {
-        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-")) for h in re.findall(r"^## (.+)$", runbooks, re.M)
+        re.sub(r"[^a-z0-9-]", "", h.strip().lower().replace(" ", "-"))
+        for h in re.findall(r"^## (.+)$", runbooks, re.M)
     }
     alerts = alerts_of(rules)
     assert len(alerts) == 9
@@ -158,9 +179,13 @@ def test_every_alert_has_a_summary_description_and_a_runbook_section(rules):
         notes = rule["annotations"]
         assert len(notes["summary"]) > 10 and len(notes["description"]) > 40, name
         url, anchor = notes["runbook_url"].split("#")
-        assert url.endswith("/docs/runbooks.md") and anchor == name.lower() and anchor in anchors, name
+        assert url.endswith("/docs/runbooks.md") and anchor == name.lower() and anchor in anchors, (
+            name
+        )
         section = runbooks.split(f"## {name}\n", 1)[1].split("\n## ", 1)[0]
-        assert "look" in section.lower() and "do" in section.lower() and len(section.split()) > 60, name
+        assert (
+            "look" in section.lower() and "do" in section.lower() and len(section.split()) > 60
+        ), name
 
 
 # -- promtool ------------------------------------------------------------------------------------------------
@@ -188,18 +213,27 @@ CASES: dict[str, tuple[list[dict[str, str]], str, dict[str, str], list[dict[str,
         {"namespace": NAMESPACE, "job_name": f"{CRONJOB}-29"},
         [
             {"series": f'kube_job_failed{{{JOB}-29", condition="false"}}', "values": "1x10"},
-            {"series": f'kube_job_failed{{{NS}, job_name="other-train-1", condition="true"}}', "values": "1x10"},
+            {
+                "series": f'kube_job_failed{{{NS}, job_name="other-train-1", condition="true"}}',
+                "values": "1x10",
+            },
         ],
         "5m",
     ),
     "LeafTrainRetrainMissing": (
         [
-            {"series": f'kube_cronjob_status_last_successful_time{{{NS}, cronjob="{CRONJOB}"}}', "values": "0x30"},
+            {
+                "series": f'kube_cronjob_status_last_successful_time{{{NS}, cronjob="{CRONJOB}"}}',
+                "values": "0x30",
+            },
         ],
         "25h",
         {"namespace": NAMESPACE, "cronjob": CRONJOB},
         [
-            {"series": f'kube_cronjob_status_last_successful_time{{{NS}, cronjob="{CRONJOB}"}}', "values": "72000x30"},
+            {
+                "series": f'kube_cronjob_status_last_successful_time{{{NS}, cronjob="{CRONJOB}"}}',
+                "values": "72000x30",
+            },
             {"series": f'kube_cronjob_created{{{NS}, cronjob="{CRONJOB}"}}', "values": "0x30"},
         ],
         "25h",
@@ -212,12 +246,23 @@ CASES: dict[str, tuple[list[dict[str, str]], str, dict[str, str], list[dict[str,
         "30m",
     ),
     "LeafServeModelStale": (
-        [{"series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p1"}}', "values": "1x900"}],
+        [
+            {
+                "series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p1"}}',
+                "values": "1x900",
+            }
+        ],
         "14h",
         {"namespace": NAMESPACE, "job": SERVER_JOB},
         [
-            {"series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p1"}}', "values": "36000x900"},
-            {"series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p2"}}', "values": "0x900"},
+            {
+                "series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p1"}}',
+                "values": "36000x900",
+            },
+            {
+                "series": f'leaf_serve_model_trained_timestamp_seconds{{{SERVER}, pod="p2"}}',
+                "values": "0x900",
+            },
         ],
         "14h",
     ),
@@ -281,7 +326,10 @@ CASES: dict[str, tuple[list[dict[str, str]], str, dict[str, str], list[dict[str,
                 "values": "0+100x30",
             },
             # A slow page download is not what the alert is about.
-            {"series": f'leaf_serve_request_seconds_bucket{{{SERVER}, endpoint="page", le="2.5"}}', "values": "0x30"},
+            {
+                "series": f'leaf_serve_request_seconds_bucket{{{SERVER}, endpoint="page", le="2.5"}}',
+                "values": "0x30",
+            },
             {
                 "series": f'leaf_serve_request_seconds_bucket{{{SERVER}, endpoint="page", le="+Inf"}}',
                 "values": "0+100x30",
@@ -315,22 +363,44 @@ CASES: dict[str, tuple[list[dict[str, str]], str, dict[str, str], list[dict[str,
         "30m",
     ),
     "LeafServeCaptureDropping": (
-        [{"series": f'leaf_serve_captures_total{{{SERVER}, outcome="dropped_queue"}}', "values": "0+1x90"}],
+        [
+            {
+                "series": f'leaf_serve_captures_total{{{SERVER}, outcome="dropped_queue"}}',
+                "values": "0+1x90",
+            }
+        ],
         "70m",
         {"namespace": NAMESPACE, "job": SERVER_JOB, "outcome": "dropped_queue"},
         [
-            {"series": f'leaf_serve_captures_total{{{SERVER}, outcome="written"}}', "values": "0+10x90"},
-            {"series": f'leaf_serve_captures_total{{{SERVER}, outcome="failed"}}', "values": "0+0.05x90"},
+            {
+                "series": f'leaf_serve_captures_total{{{SERVER}, outcome="written"}}',
+                "values": "0+10x90",
+            },
+            {
+                "series": f'leaf_serve_captures_total{{{SERVER}, outcome="failed"}}',
+                "values": "0+0.05x90",
+            },
         ],
         "70m",
     ),
     "LeafServeReloadFailing": (
-        [{"series": f'leaf_serve_reloads_total{{{SERVER}, outcome="rejected"}}', "values": "0 0 0 1x30"}],
+        [
+            {
+                "series": f'leaf_serve_reloads_total{{{SERVER}, outcome="rejected"}}',
+                "values": "0 0 0 1x30",
+            }
+        ],
         "20m",
         {"namespace": NAMESPACE, "job": SERVER_JOB, "outcome": "rejected"},
         [
-            {"series": f'leaf_serve_reloads_total{{{SERVER}, outcome="success"}}', "values": "0 0 0 1x30"},
-            {"series": f'leaf_serve_reloads_total{{{SERVER}, outcome="rejected"}}', "values": "0x30"},
+            {
+                "series": f'leaf_serve_reloads_total{{{SERVER}, outcome="success"}}',
+                "values": "0 0 0 1x30",
+            },
+            {
+                "series": f'leaf_serve_reloads_total{{{SERVER}, outcome="rejected"}}',
+                "values": "0x30",
+            },
         ],
         "20m",
     ),
@@ -376,7 +446,9 @@ def unit_tests(alerts: dict[str, dict[str, Any]], names: list[str] | None = None
 
 
 def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([prometheus_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [prometheus_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
 
 
 def test_promtool_accepts_the_rendered_rules(rules, tmp_path):
@@ -399,13 +471,18 @@ def test_every_alert_fires_when_it_should_and_stays_silent_when_not(rules, tmp_p
 def test_the_unit_tests_can_fail(rules, tmp_path):
     """A threshold moved past a firing case turns promtool red: the cases above really exercise the rules."""
     looser = one(
-        render("--set", "monitoring.prometheusRule.enabled=true", *rule_values(errorRatio=0.5)), "PrometheusRule"
+        render("--set", "monitoring.prometheusRule.enabled=true", *rule_values(errorRatio=0.5)),
+        "PrometheusRule",
     )
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(looser["spec"]))
-    (tmp_path / "tests.yaml").write_text(yaml.safe_dump(unit_tests(alerts_of(looser["spec"]), ["LeafServeErrors"])))
+    (tmp_path / "tests.yaml").write_text(
+        yaml.safe_dump(unit_tests(alerts_of(looser["spec"]), ["LeafServeErrors"]))
+    )
     result = promtool("test", "rules", "tests.yaml", cwd=tmp_path)
     out = result.stdout + result.stderr
-    assert result.returncode != 0 and "LeafServeErrors" in out and "got: nil" in out  # the firing case failed
+    assert (
+        result.returncode != 0 and "LeafServeErrors" in out and "got: nil" in out
+    )  # the firing case failed
 
 
 # -- metric names: a real Prometheus scraping a real leaf-serve ---------------------------------------------
@@ -413,7 +490,19 @@ def test_the_unit_tests_can_fail(rules, tmp_path):
 _STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _GROUPING = re.compile(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)")
 _IDENT = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_KEYWORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool", "offset"}
+_KEYWORDS = {
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "and",
+    "or",
+    "unless",
+    "bool",
+    "offset",
+}
 
 
 def metric_names(expr: str) -> set[str]:
@@ -440,7 +529,10 @@ def metric_names(expr: str) -> set[str]:
     [
         ('sum by (endpoint, le) (rate(a_bucket{x="y{z}"}[$__rate_interval]))', {"a_bucket"}),
         ("time() - min(b > 0) > 2.5e+06 or on (namespace) c unless d", {"b", "c", "d"}),
-        ("histogram_quantile(0.99, sum without (pod) (rate(e[5m]))) * on (job) group_left (version) f", {"e", "f"}),
+        (
+            "histogram_quantile(0.99, sum without (pod) (rate(e[5m]))) * on (job) group_left (version) f",
+            {"e", "f"},
+        ),
     ],
 )
 def test_metric_names_reads_promql(expr, names):
@@ -449,7 +541,10 @@ def test_metric_names_reads_promql(expr, names):
 
 def exprs_in_use(objs: list[dict[str, Any]]) -> dict[str, str]:
     """Every expression of the rules and the dashboard, by where it is."""
-    found = {f"rule {name}": r["expr"] for name, r in alerts_of(one(objs, "PrometheusRule")["spec"]).items()}
+    found = {
+        f"rule {name}": r["expr"]
+        for name, r in alerts_of(one(objs, "PrometheusRule")["spec"]).items()
+    }
     for panel in dashboard_of(objs)["panels"]:
         for target in panel["targets"]:
             found[f"panel {panel['title']!r} {target['refId']}"] = target["expr"]
@@ -517,23 +612,33 @@ def _ready(url: str) -> bool:
 def query(prom: str, expr: str) -> dict[str, Any]:
     response = httpx.get(prom + "/api/v1/query", params={"query": expr}, timeout=10)
     body = response.json()
-    assert response.status_code == 200 and body["status"] == "success", f"{expr}: {body.get('error')}"
+    assert response.status_code == 200 and body["status"] == "success", (
+        f"{expr}: {body.get('error')}"
+    )
     return body["data"]
 
 
 def grafana_to_promql(expr: str) -> str:
     """A dashboard expression as Grafana sends it, with its variables set to this test's server."""
-    return expr.replace("$__rate_interval", "1m").replace("$namespace", NAMESPACE).replace("$job", SERVER_JOB)
+    return (
+        expr.replace("$__rate_interval", "1m")
+        .replace("$namespace", NAMESPACE)
+        .replace("$job", SERVER_JOB)
+    )
 
 
 @pytest.mark.parametrize("processes", [1, 2])
-def test_a_real_prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(tmp_path, prometheus, processes):
+def test_a_real_prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
+    tmp_path, prometheus, processes
+):
     local_registry = Registry(str(tmp_path / "models"))
     local_registry.publish("v1", V1)
     local_registry.promote("v1")
     objs = render(*ALL_ON)
     in_use = exprs_in_use(objs)
-    with leaf_serve(model=local_registry.pointer_uri, processes=processes, drain_delay=0, capture="true") as (_, url):
+    with leaf_serve(
+        model=local_registry.pointer_uri, processes=processes, drain_delay=0, capture="true"
+    ) as (_, url):
         prom = prometheus(url.removeprefix("http://"))
         with httpx.Client() as client:
             for _ in range(20):
@@ -543,15 +648,21 @@ def test_a_real_prometheus_scrapes_every_metric_the_rules_and_the_dashboard_use(
         wait_for(lambda: query(prom, scraped_up)["result"], "a successful scrape", timeout=60)
         # After the traffic: a scrape that has the infer requests counted.
         counted = f'leaf_serve_requests_total{{job="{SERVER_JOB}", endpoint="infer"}} >= 20'
-        wait_for(lambda: query(prom, counted)["result"], "the requests counted in Prometheus", timeout=60)
+        wait_for(
+            lambda: query(prom, counted)["result"], "the requests counted in Prometheus", timeout=60
+        )
         names = set(httpx.get(prom + "/api/v1/label/__name__/values", timeout=10).json()["data"])
         for where, expr in in_use.items():
             missing = metric_names(expr) - names - KUBE_STATE_METRICS
-            assert not missing, f"{where} uses {sorted(missing)}, which leaf-serve does not export: {expr}"
+            assert not missing, (
+                f"{where} uses {sorted(missing)}, which leaf-serve does not export: {expr}"
+            )
             query(prom, grafana_to_promql(expr))  # parses and evaluates in the real Prometheus
         # The dashboard's panels show this server's data (its variables select it).
         model = query(
             prom,
-            grafana_to_promql('count by (version) (leaf_serve_model_info{namespace="$namespace", job="$job"} == 1)'),
+            grafana_to_promql(
+                'count by (version) (leaf_serve_model_info{namespace="$namespace", job="$job"} == 1)'
+            ),
         )
         assert [r["metric"]["version"] for r in model["result"]] == ["v1"]

@@ -33,12 +33,20 @@ def multi() -> list[dict[str, Any]]:
 def test_one_worker_keeps_the_plain_job_and_no_service():
     objs = render()
     spec = job_spec(objs)
-    for field in ("completionMode", "completions", "parallelism", "backoffLimitPerIndex", "podReplacementPolicy"):
+    for field in (
+        "completionMode",
+        "completions",
+        "parallelism",
+        "backoffLimitPerIndex",
+        "podReplacementPolicy",
+    ):
         assert field not in spec, field
     pod = spec["template"]["spec"]
     assert "subdomain" not in pod and "ports" not in pod["containers"][0]
     assert not [e for e in env_of(pod["containers"][0]) if "WORKER" in e]
-    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == ["leaf-leaf-train-serve"]
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "Service"] == [
+        "leaf-leaf-train-serve"
+    ]
 
 
 def test_several_workers_make_an_indexed_job(multi):
@@ -61,7 +69,9 @@ def test_workers_find_each_other_through_a_headless_service(multi):
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
     (container,) = pod["spec"]["containers"]
     assert container["ports"] == [{"name": "collective", "containerPort": 2222, "protocol": "TCP"}]
-    assert svc["spec"]["ports"] == [{"name": "collective", "port": 2222, "targetPort": "collective", "protocol": "TCP"}]
+    assert svc["spec"]["ports"] == [
+        {"name": "collective", "port": 2222, "targetPort": "collective", "protocol": "TCP"}
+    ]
 
 
 def test_the_job_builds_tf_config_from_what_the_chart_sets(multi):
@@ -70,7 +80,12 @@ def test_the_job_builds_tf_config_from_what_the_chart_sets(multi):
     configmap = one(multi, "ConfigMap", "training")["data"]
     env = {k: v for k, v in env_of(container).items() if isinstance(v, str)}
     # What Kubernetes adds: the Job name (downward API label) and the index (Indexed Job).
-    environ = {**configmap, **env, "LEAF_TRAIN_JOB_NAME": "leaf-leaf-train-train-29390160", "JOB_COMPLETION_INDEX": "1"}
+    environ = {
+        **configmap,
+        **env,
+        "LEAF_TRAIN_JOB_NAME": "leaf-leaf-train-train-29390160",
+        "JOB_COMPLETION_INDEX": "1",
+    }
     cfg = resolve(TrainConfig, ENV_PREFIX, {}, environ)
     assert (cfg.workers, cfg.lr_scaling, cfg.export_fp16, cfg.batch_size) == (2, "linear", True, 64)
     cluster = resolve_cluster(
@@ -95,14 +110,18 @@ def test_network_policy_lets_only_workers_reach_the_worker_port(multi):
     assert workers["ingress"] == [
         {"from": [{"podSelector": training_pods}], "ports": [{"port": 2222, "protocol": "TCP"}]}
     ]
-    assert workers["egress"] == [{"to": [{"podSelector": training_pods}], "ports": [{"port": 2222, "protocol": "TCP"}]}]
+    assert workers["egress"] == [
+        {"to": [{"podSelector": training_pods}], "ports": [{"port": 2222, "protocol": "TCP"}]}
+    ]
 
 
 @pytest.mark.parametrize("kube_version", KUBE_VERSIONS)
 def test_one_off_job_at_install_is_indexed_too_and_valid(kube_version):
     objs = render(*MULTI, "--set", "training.runOnInstall=true")
     (job,) = [o for o in objs if o["kind"] == "Job" and o["metadata"]["name"].endswith("-initial")]
-    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["template"]["spec"]["subdomain"]
+    assert (
+        job["spec"]["completionMode"] == "Indexed" and job["spec"]["template"]["spec"]["subdomain"]
+    )
     for obj in objs:
         kubernetes_validate.validate(obj, kube_version, strict=True)
 
@@ -126,19 +145,32 @@ def test_schema_rejects_impossible_multi_worker_values(args, error):
 
 
 def test_notes_say_where_the_chief_logs(multi):
-    out = helm("install", "leaf", str(CHART), "--dry-run=client", "--namespace", "leaf-train", *IMAGES, *MULTI).stdout
+    out = helm(
+        "install",
+        "leaf",
+        str(CHART),
+        "--dry-run=client",
+        "--namespace",
+        "leaf-train",
+        *IMAGES,
+        *MULTI,
+    ).stdout
     notes = out[out.index("NOTES:") :]
     assert "Indexed Job of 2 workers" in notes
     assert "batch.kubernetes.io/job-completion-index=0" in notes
 
 
-@pytest.mark.parametrize(("value", "expected"), [(None, "auto"), ("device", "device"), ("off", "off")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, "auto"), ("device", "device"), ("off", "off")]
+)
 def test_augment_value_reaches_the_job_config(value, expected):
     """null leaves the job's default (auto: device with a GPU); a set value is the job's --augment."""
     args = ["--set", f"training.config.augment={value}"] if value else []
     configmap = one(render(*args), "ConfigMap", "training")["data"]
     assert configmap.get("LEAF_TRAIN_AUGMENT") == value
-    cfg = resolve(TrainConfig, ENV_PREFIX, {}, {**configmap, "LEAF_TRAIN_DATA": "d", "LEAF_TRAIN_OUTPUT": "o"})
+    cfg = resolve(
+        TrainConfig, ENV_PREFIX, {}, {**configmap, "LEAF_TRAIN_DATA": "d", "LEAF_TRAIN_OUTPUT": "o"}
+    )
     assert cfg.augment == expected
 
 
@@ -154,7 +186,11 @@ def test_gpu_serving_options_reach_the_server_config():
     data = one(objs, "ConfigMap", "serving")["data"]
     cfg = resolve(ServeConfig, SERVE_PREFIX, {}, data)
     assert cfg.providers == ["tensorrt"] and cfg.io_binding == "auto"
-    assert (cfg.prefer_fp16, cfg.trt_fp16, cfg.trt_engine_cache_path) == (True, True, "/tmp/trt-cache")
+    assert (cfg.prefer_fp16, cfg.trt_fp16, cfg.trt_engine_cache_path) == (
+        True,
+        True,
+        "/tmp/trt-cache",
+    )
     pod = one(objs, "Deployment")["spec"]["template"]["spec"]
     mounts = {m["mountPath"] for m in pod["containers"][0]["volumeMounts"]}
     assert "/tmp" in mounts  # the cache folder is on a writable emptyDir under a read-only root

@@ -24,7 +24,15 @@ def test_the_production_sets_are_there():
 @pytest.mark.parametrize("name", PRODUCTION)
 def test_lint_strict_and_openapi(name):
     result = helm(
-        "lint", str(CHART), "--strict", "-n", NAMESPACE, "-f", str(CHART / "values" / name), *IMAGES, check=False
+        "lint",
+        str(CHART),
+        "--strict",
+        "-n",
+        NAMESPACE,
+        "-f",
+        str(CHART / "values" / name),
+        *IMAGES,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     for obj in rendered(name):
@@ -64,5 +72,7 @@ def test_gpu_production_asks_for_gpus_on_both_sides():
         assert container["image"].endswith(f":{APP_VERSION}")
         assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     serving = one(objs, "ConfigMap", "serving")["data"]
-    assert serving["LEAF_SERVE_REQUIRE_GPU"] == "true" and serving["LEAF_SERVE_PROVIDERS"].startswith("CUDA")
+    assert serving["LEAF_SERVE_REQUIRE_GPU"] == "true" and serving[
+        "LEAF_SERVE_PROVIDERS"
+    ].startswith("CUDA")
     assert "LEAF_TRAIN_RUN_TRIGGER" in env_of(_containers(objs, "training")[0])

@@ -59,7 +59,11 @@ def params() -> dict[str, str]:
 def value_paths(node: Any, documented: set[str], prefix: str = "") -> list[str]:
     """Dotted paths of the values: a mapping with a ``@param`` is one value, any other non-empty one a block."""
     if isinstance(node, dict) and node and prefix not in documented:
-        return [p for k, v in node.items() for p in value_paths(v, documented, f"{prefix}.{k}" if prefix else k)]
+        return [
+            p
+            for k, v in node.items()
+            for p in value_paths(v, documented, f"{prefix}.{k}" if prefix else k)
+        ]
     return [prefix]
 
 
@@ -94,7 +98,9 @@ def test_the_defaults_fit_the_schema():
     """Keys and types agree, checked by a validator of the schema's own dialect (helm lint checks the ci sets)."""
     validator = jsonschema.Draft202012Validator(committed_schema())
     values = yaml.safe_load((CHART / "values.yaml").read_text())
-    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)]
+    errors = [
+        f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(values)
+    ]
     assert errors == []
 
 
@@ -108,7 +114,9 @@ def test_shared_blocks_are_written_once():
 
     def walk(node: dict[str, Any], path: str) -> None:
         bare = {k: v for k, v in node.items() if k not in ("description", "properties")}
-        block = any(k in bare for k in ("items", "enum", "patternProperties")) or "properties" in node
+        block = (
+            any(k in bare for k in ("items", "enum", "patternProperties")) or "properties" in node
+        )
         if block and "$ref" not in node:  # a $ref with its descriptions is the way to share
             key = json.dumps([bare, sorted(node.get("properties", {}))], sort_keys=True)
             seen.setdefault(key, []).append(path)
@@ -129,7 +137,10 @@ def test_shared_blocks_are_written_once():
         ("## @param a A\na: null\n", "a: the default is null; expected a type"),
         ("## @param a A\na: 1\nb: 2\n", "b: expected a ## @param line"),
         ("## @param a A\n## @param c C\na: 1\n", "name no value of values.yaml: c"),
-        ("## @param a A\n## @schema a {enum: [auto, on]}\na: auto\n", "enum member True is boolean"),
+        (
+            "## @param a A\n## @schema a {enum: [auto, on]}\na: auto\n",
+            "enum member True is boolean",
+        ),
         ("## @param a A\n## @schema a {type: integer}\na: x\n", "the default 'x' is string"),
         ("## @param a A\n## @schema a {$ref: nothing}\na: 1\n", "no value has $def nothing"),
         (
@@ -151,13 +162,18 @@ def test_the_script_refuses_values_it_cannot_describe(values_yaml, error):
 
 def test_check_mode_reports_an_edited_schema(tmp_path):
     """``--check`` passes on the repository and fails, naming the fix, once the schema is edited by hand."""
-    assert subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True).returncode == 0
+    assert (
+        subprocess.run([sys.executable, str(SCRIPT), "--check"], capture_output=True).returncode
+        == 0
+    )
     for part in ("charts", "scripts"):
         shutil.copytree(ROOT / part, tmp_path / part)
     copy = tmp_path / "charts" / "leaf-train" / "values.schema.json"
     copy.write_text(copy.read_text().replace('"minimum": 1024', '"minimum": 1'))
     result = subprocess.run(
-        [sys.executable, str(tmp_path / "scripts" / "chart_schema.py"), "--check"], capture_output=True, text=True
+        [sys.executable, str(tmp_path / "scripts" / "chart_schema.py"), "--check"],
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 1
     assert "values.schema.json is stale: run make chart-schema" in result.stderr

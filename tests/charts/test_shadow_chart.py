@@ -13,8 +13,12 @@ def env_of(configmap: dict, key: str) -> str | None:
 
 def test_direct_rollout_renders_no_verdict_schedule() -> None:
     objs = render()
-    assert [o["metadata"]["name"] for o in objs if o["kind"] == "CronJob"] == ["leaf-leaf-train-train"]
-    assert env_of(one(objs, "ConfigMap", "training"), "LEAF_TRAIN_ROLLOUT") is None  # the job's default: direct
+    assert [o["metadata"]["name"] for o in objs if o["kind"] == "CronJob"] == [
+        "leaf-leaf-train-train"
+    ]
+    assert (
+        env_of(one(objs, "ConfigMap", "training"), "LEAF_TRAIN_ROLLOUT") is None
+    )  # the job's default: direct
 
 
 def test_shadow_rollout_schedules_the_verdict_and_mirrors() -> None:

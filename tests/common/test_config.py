@@ -38,13 +38,23 @@ def test_defaults():
 def test_env_then_flag_precedence():
     env = {"T_COUNT": "7", "T_NAME": "from-env", "T_FLAG": "yes", "T_ITEMS": "x, y", "T_LIMIT": "9"}
     cfg = parse(["--name", "from-flag"], env)
-    assert (cfg.name, cfg.count, cfg.flag, cfg.items, cfg.limit) == ("from-flag", 7, True, ["x", "y"], 9)
+    assert (cfg.name, cfg.count, cfg.flag, cfg.items, cfg.limit) == (
+        "from-flag",
+        7,
+        True,
+        ["x", "y"],
+        9,
+    )
 
 
 @pytest.mark.parametrize(
     ("argv", "env", "flag"),
     [
-        (["--flag"], {"T_FLAG": "false"}, True),  # a bare switch means true, and beats the environment
+        (
+            ["--flag"],
+            {"T_FLAG": "false"},
+            True,
+        ),  # a bare switch means true, and beats the environment
         (["--flag", "false"], {}, False),
         (["--flag", "no", "--count", "2"], {}, False),
         ([], {"T_FLAG": "on"}, True),
@@ -84,7 +94,9 @@ def serve(environ: dict[str, str]) -> ServeConfig:
 def train(argv: list[str]) -> TrainConfig:
     p = argparse.ArgumentParser()
     add_arguments(p, TrainConfig, TRAIN_PREFIX)
-    return resolve(TrainConfig, TRAIN_PREFIX, p.parse_args(["--data", "d", "--output", "o", *argv]), {})
+    return resolve(
+        TrainConfig, TRAIN_PREFIX, p.parse_args(["--data", "d", "--output", "o", *argv]), {}
+    )
 
 
 @pytest.mark.parametrize(
@@ -127,7 +139,13 @@ def test_parsing_normalizes_so_validate_changes_nothing():
 def test_derived_values_are_computed_by_derive_not_validate(tmp_path):
     token = tmp_path / "token"
     model = "s3://b/r/leaf/latest.json"
-    cfg = serve({"LEAF_SERVE_MODEL": model, "LEAF_SERVE_REVIEW_TOKEN_FILE": str(token), "LEAF_SERVE_DATA": "/d"})
+    cfg = serve(
+        {
+            "LEAF_SERVE_MODEL": model,
+            "LEAF_SERVE_REVIEW_TOKEN_FILE": str(token),
+            "LEAF_SERVE_DATA": "/d",
+        }
+    )
     # validate() passed without the token file: reading it is derive()'s job.
     assert cfg.inbox == "" and cfg.inbox_uri == "s3://b/r/leaf/inbox"
     with pytest.raises(ConfigError, match=r"--review-token-file \(LEAF_SERVE_REVIEW_TOKEN_FILE\)"):

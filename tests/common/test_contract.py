@@ -32,7 +32,10 @@ def test_round_trip():
     "change, match",
     [
         ({"output": TensorSpec("probabilities", [None, 4])}, r"expected \[None, 3\] for 3 labels"),
-        ({"input": TensorSpec("image", [None, 64, 64, 3])}, r"input shape: expected \[None, 150, 150, 3\]"),
+        (
+            {"input": TensorSpec("image", [None, 64, 64, 3])},
+            r"input shape: expected \[None, 150, 150, 3\]",
+        ),
         ({"labels": ["a"], "output": TensorSpec("probabilities", [None, 1])}, "at least 2"),
         ({"schema_version": 99}, "schema_version: expected 1; received 99"),
     ],
@@ -66,9 +69,18 @@ def test_the_optional_ood_output_round_trips_and_older_files_load_without_it():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"ood_output": TensorSpec("probabilities", [None]), "ood": {"threshold": 1.0}}, "named apart from"),
-        ({"ood_output": TensorSpec("ood_score", [None, 3]), "ood": {"threshold": 1.0}}, r"\[None, 3\]"),
-        ({"ood_output": TensorSpec("ood_score", [None]), "ood": {}}, "ood.threshold: expected a number"),
+        (
+            {"ood_output": TensorSpec("probabilities", [None]), "ood": {"threshold": 1.0}},
+            "named apart from",
+        ),
+        (
+            {"ood_output": TensorSpec("ood_score", [None, 3]), "ood": {"threshold": 1.0}},
+            r"\[None, 3\]",
+        ),
+        (
+            {"ood_output": TensorSpec("ood_score", [None]), "ood": {}},
+            "ood.threshold: expected a number",
+        ),
     ],
 )
 def test_an_inconsistent_ood_output_is_rejected(change, match):

@@ -34,7 +34,9 @@ def encode(fmt: str, img: Image.Image | None = None, **kw) -> bytes:
 @pytest.fixture
 def webp(monkeypatch: pytest.MonkeyPatch) -> formats.ImageFormat:
     if not features.check("webp"):
-        pytest.fail("this Pillow has no WebP codec; the table test needs one (pillow wheels ship it)")
+        pytest.fail(
+            "this Pillow has no WebP codec; the table test needs one (pillow wheels ship it)"
+        )
     monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, WEBP))
     return WEBP
 
@@ -70,7 +72,9 @@ def test_one_row_more_is_decoded_like_the_others(webp: formats.ImageFormat) -> N
     data = encode("WEBP", lossless=True)
     assert formats.names() == "JPEG, PNG or WebP"
     assert formats.sniff(data) is webp
-    np.testing.assert_array_equal(decode_image(data, (24, 32)), decode_image(encode("PNG"), (24, 32)))
+    np.testing.assert_array_equal(
+        decode_image(data, (24, 32)), decode_image(encode("PNG"), (24, 32))
+    )
     assert is_image_key("Tomato___healthy/leaf.WEBP")
 
 

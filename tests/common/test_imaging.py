@@ -73,7 +73,9 @@ def test_pixel_limit_guards_against_bombs():
 
 def exif_with(tag: int, typ: int, count: int, value: int) -> bytes:
     """A big-endian EXIF block: orientation 6 plus one more entry, exactly as given (possibly nonsense)."""
-    entries = struct.pack(">HHII", 0x0112, 3, 1, 6 << 16) + struct.pack(">HHII", tag, typ, count, value)
+    entries = struct.pack(">HHII", 0x0112, 3, 1, 6 << 16) + struct.pack(
+        ">HHII", tag, typ, count, value
+    )
     return b"Exif\x00\x00MM\x00*" + struct.pack(">IH", 8, 2) + entries + b"\x00\x00\x00\x00"
 
 
@@ -83,12 +85,17 @@ def exif_with(tag: int, typ: int, count: int, value: int) -> bytes:
         ((0x011A, 9, 1, 2834795361), "struct.error: argument out of range"),  # SLONG out of range
         ((0x011A, 2, 2, 3391405645), "TypeError"),  # a RATIONAL tag holding ASCII
         ((0x0110, 11, 1, 4040422406), "AttributeError"),  # Model as FLOAT
-        ((0x8769, 8, 1, 2910446806), "ValueError: negative seek"),  # Exif IFD pointer far out of range
+        (
+            (0x8769, 8, 1, 2910446806),
+            "ValueError: negative seek",
+        ),  # Exif IFD pointer far out of range
     ],
 )
 def test_a_damaged_exif_block_does_not_lose_the_photo(entry, raised_before):
     """Found by fuzzing the old decode, which raised these from ImageOps.exif_transpose (outside its try)."""
-    stored = np.zeros((10, 20, 3), dtype=np.uint8)  # 20 wide, 10 high: left half red, right half blue
+    stored = np.zeros(
+        (10, 20, 3), dtype=np.uint8
+    )  # 20 wide, 10 high: left half red, right half blue
     stored[:, :10, 0], stored[:, 10:, 2] = 255, 255
     data = encode(Image.fromarray(stored), "JPEG", quality=95, exif=exif_with(*entry))
     with warnings.catch_warnings():
@@ -109,11 +116,17 @@ def test_probe_prices_the_decode_from_the_header(mode, fmt, pixel_bytes):
 
     data = encode(Image.new("RGB", (1200, 900), (40, 160, 40)).convert(mode), fmt)
     found = probe(data, (150, 150))
-    assert (found.format, found.size, found.mode) == (fmt, (1200, 900), "RGB" if fmt == "JPEG" else mode)
+    assert (found.format, found.size, found.mode) == (
+        fmt,
+        (1200, 900),
+        "RGB" if fmt == "JPEG" else mode,
+    )
     if fmt == "JPEG":  # DCT scaling: decoded at 1/4, still >= 150 on both sides
         assert found.decoded_size == (300, 225)
     full = found.decoded_size[0] * found.decoded_size[1]
-    extra = 0 if mode in ("L", "RGB") else 2 * full * 4  # converted + premultiplied/flattened copies
+    extra = (
+        0 if mode in ("L", "RGB") else 2 * full * 4
+    )  # converted + premultiplied/flattened copies
     factor = min(found.decoded_size[0] // 150, found.decoded_size[1] // 150)
     assert found.decode_bytes == full * pixel_bytes + extra + full * 4 // factor**2
 
@@ -122,10 +135,14 @@ def test_probe_prices_the_decode_from_the_header(mode, fmt, pixel_bytes):
 def test_large_images_are_reduced_before_the_resize_and_stay_close_to_a_direct_resize(mode):
     """The reduce step changes how, not what: within a few levels of one bilinear resize of the original."""
     rng = np.random.default_rng(1)
-    base = np.kron(rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((100, 100, 1), dtype=np.uint8))
+    base = np.kron(
+        rng.integers(0, 256, (12, 16, 3), dtype=np.uint8), np.ones((100, 100, 1), dtype=np.uint8)
+    )
     img = Image.fromarray(base).convert(mode)  # 1600 x 1200, blocks of 100 px
     out = decode_image(encode(img, "PNG"), (150, 200))
-    direct = np.asarray(img.convert("RGBA").convert("RGB").resize((200, 150), Image.Resampling.BILINEAR))
+    direct = np.asarray(
+        img.convert("RGBA").convert("RGB").resize((200, 150), Image.Resampling.BILINEAR)
+    )
     if mode in ("RGBA", "LA"):  # opaque alpha: flattening onto white changes nothing
         direct = np.asarray(img.convert("RGB").resize((200, 150), Image.Resampling.BILINEAR))
     assert out.shape == (150, 200, 3)
@@ -145,9 +162,18 @@ def _photo(mode: str, fmt: str) -> bytes:
 
 @pytest.mark.parametrize(
     ("mode", "fmt", "tolerance"),
-    [("RGB", "PNG", 0), ("L", "PNG", 0), ("P", "PNG", 0), ("RGBA", "PNG", 0), ("RGB", "JPEG", 2), ("CMYK", "JPEG", 3)],
+    [
+        ("RGB", "PNG", 0),
+        ("L", "PNG", 0),
+        ("P", "PNG", 0),
+        ("RGBA", "PNG", 0),
+        ("RGB", "JPEG", 2),
+        ("CMYK", "JPEG", 3),
+    ],
 )
-def test_a_re_encoded_photo_is_the_picture_the_model_sees(mode: str, fmt: str, tolerance: float) -> None:
+def test_a_re_encoded_photo_is_the_picture_the_model_sees(
+    mode: str, fmt: str, tolerance: float
+) -> None:
     from leaf_common.imaging import reencode_cost, reencode_photo
 
     data = _photo(mode, fmt)

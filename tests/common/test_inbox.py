@@ -40,7 +40,13 @@ def roots(request, tmp_path) -> tuple[str, str]:
     return "s3://models/registry/leaf", "s3://photos/pv"
 
 
-def capture(inbox: Inbox, when: datetime, reason: str = "low_confidence", photo: bytes = PHOTO, fmt: str = "JPEG"):
+def capture(
+    inbox: Inbox,
+    when: datetime,
+    reason: str = "low_confidence",
+    photo: bytes = PHOTO,
+    fmt: str = "JPEG",
+):
     record = make_record(
         fmt,
         reason=reason,
@@ -67,7 +73,11 @@ def test_capture_layout_record_and_photo_as_uploaded(roots) -> None:
     stored = json.loads(open_store(model).get(f"inbox/2026-05-14/{record.id}.json"))
     assert stored["label"] == "Tomato___healthy" and stored["probability"] == 0.7
     assert stored["probabilities"] == {"Tomato___Early_blight": 0.3, "Tomato___healthy": 0.7}
-    assert (stored["model"], stored["version"], stored["reason"]) == ("leaf", "v1", "low_confidence")
+    assert (stored["model"], stored["version"], stored["reason"]) == (
+        "leaf",
+        "v1",
+        "low_confidence",
+    )
     assert stored["captured_at"] == "2026-05-14T10:15:02.000+00:00" and stored["size"] == len(PHOTO)
     with pytest.raises(PreconditionFailed):  # never overwritten
         inbox.write(b"other", record)
@@ -79,7 +89,9 @@ def test_list_is_newest_first_and_skips_half_written_captures(roots) -> None:
     inbox = Inbox(open_store(model).child("inbox"))
     old = capture(inbox, datetime(2026, 5, 1, 8, 0, 0, tzinfo=UTC))
     new = capture(inbox, datetime(2026, 5, 14, 9, 0, 0, tzinfo=UTC), "marked_wrong")
-    mid = capture(inbox, datetime(2026, 5, 14, 8, 0, 0, tzinfo=UTC), photo=b"\x89PNG\r\n", fmt="PNG")
+    mid = capture(
+        inbox, datetime(2026, 5, 14, 8, 0, 0, tzinfo=UTC), photo=b"\x89PNG\r\n", fmt="PNG"
+    )
     # A photo whose record is not there yet (the writer is between its two writes) is not listed.
     inbox.store.put("2026-05-15/capture-20260515T000000000Z-0000000000.jpg", PHOTO)
     assert [r.id for r in inbox.list()] == [new.id, mid.id, old.id]
@@ -110,7 +122,9 @@ def test_accept_refuses_an_unconfirmed_new_class_and_other_bytes(roots) -> None:
     data.put(f"Tomato___Leaf_Mold/{record.id}.jpg", b"someone else's photo")
     with pytest.raises(ReviewConflict, match="exists with other bytes"):
         inbox.accept(record.id, "Tomato___Leaf_Mold", data, new_class=True)
-    assert data.get(f"Tomato___Leaf_Mold/{record.id}.jpg") == b"someone else's photo"  # not overwritten
+    assert (
+        data.get(f"Tomato___Leaf_Mold/{record.id}.jpg") == b"someone else's photo"
+    )  # not overwritten
     assert inbox.get(record.id) == record  # still in the inbox
 
 
@@ -146,7 +160,13 @@ def test_reject_deletes_record_and_photo(roots) -> None:
 
 @pytest.mark.parametrize(
     "raw",
-    ["", "../etc", "capture-20260514T101502000Z-xyz", "capture-20260514T101502000Z-3f9a1c2b7d/../x", "2026-05-14"],
+    [
+        "",
+        "../etc",
+        "capture-20260514T101502000Z-xyz",
+        "capture-20260514T101502000Z-3f9a1c2b7d/../x",
+        "2026-05-14",
+    ],
 )
 def test_capture_ids_are_checked_before_they_become_keys(raw: str) -> None:
     with pytest.raises(InvalidName, match="expected capture-YYYYMMDDTHHMMSSmmmZ"):
@@ -155,7 +175,9 @@ def test_capture_ids_are_checked_before_they_become_keys(raw: str) -> None:
 
 def test_new_ids_are_valid_and_sort_by_time() -> None:
     a = new_capture_id(datetime(2026, 1, 2, 3, 4, 5, 4_000, tzinfo=UTC))
-    b = new_capture_id(datetime(2026, 1, 2, 3, 4, 5, 20_000, tzinfo=UTC))  # same second, 16 ms later
+    b = new_capture_id(
+        datetime(2026, 1, 2, 3, 4, 5, 20_000, tzinfo=UTC)
+    )  # same second, 16 ms later
     assert a.startswith("capture-20260102T030405004Z-") and check_capture_id(a) == a and a < b
 
 
@@ -217,7 +239,10 @@ def test_inbox_uri_follows_the_registry_layout(model_uri: str, inbox: str | None
         ("Pepper,_bell___Bacterial_spot", "Pepper, bell — bacterial spot"),
         ("Grape___Esca (Black Measles)", "Grape — esca (black measles)"),
         ("Tomato___Tomato_Yellow_Leaf_Curl_Virus", "Tomato — tomato yellow leaf curl virus"),
-        ("Tomato___Spider_mites Two-spotted_spider_mite", "Tomato — spider mites two-spotted spider mite"),
+        (
+            "Tomato___Spider_mites Two-spotted_spider_mite",
+            "Tomato — spider mites two-spotted spider mite",
+        ),
         ("Apple___TYLCV", "Apple — TYLCV"),
         ("healthy", "Healthy"),
         ("leaf_spot", "Leaf spot"),
@@ -278,7 +303,9 @@ def test_a_held_claim_is_a_409_and_a_stale_one_is_taken_over(roots) -> None:
         inbox.reject(record.id)
     assert busy.value.http_status == 409 and inbox.get(record.id).id == record.id
     # The holder died CLAIM_SECONDS ago: the next decision takes its claim over and goes through.
-    inbox.store.put(claim, json.dumps({"action": "accept", "at": time.time() - CLAIM_SECONDS - 1}).encode())
+    inbox.store.put(
+        claim, json.dumps({"action": "accept", "at": time.time() - CLAIM_SECONDS - 1}).encode()
+    )
     inbox.accept(record.id, "Tomato___healthy", data)
     assert data.exists(f"Tomato___healthy/{record.id}.jpg") and list(inbox.store.list()) == []
 

@@ -29,7 +29,9 @@ def captured():
 def test_json_line_has_the_base_fields_and_the_request_fields(captured):
     out = captured("json")
     extra = {"method": "POST", "path": "/classify", "status": 200, "duration": 0.0123}
-    logging.getLogger("leaf_serve.rest").info("POST /classify -> 200", extra=extra | {"model": "m", "version": "v1"})
+    logging.getLogger("leaf_serve.rest").info(
+        "POST /classify -> 200", extra=extra | {"model": "m", "version": "v1"}
+    )
     (line,) = out.getvalue().splitlines()
     record = json.loads(line)
     assert record["time"].endswith("Z") and record["time"][10] == "T"
@@ -50,7 +52,11 @@ def test_process_context_joins_every_json_line_and_can_be_removed(captured):
     logs.set_context(version=None)
     logging.getLogger("leaf_train.pipeline").info("next")
     first, second = (json.loads(line) for line in out.getvalue().splitlines())
-    assert (first["run_id"], first["version"], first["worker"]) == ("leaf-train-train-29", "20260101T000000Z-abc", 1)
+    assert (first["run_id"], first["version"], first["worker"]) == (
+        "leaf-train-train-29",
+        "20260101T000000Z-abc",
+        1,
+    )
     assert second["run_id"] == "leaf-train-train-29" and "version" not in second
 
 
@@ -65,7 +71,9 @@ def test_client_strings_cannot_forge_a_line_or_reach_the_terminal(captured, log_
     assert text.count("\n") == 1 and "\x1b" not in text and "\u2028" not in text
     if log_format == "json":
         record = json.loads(text)
-        assert record["path"] == HOSTILE and record["message"] == f"GET {HOSTILE} -> 404"  # escaped, not lost
+        assert (
+            record["path"] == HOSTILE and record["message"] == f"GET {HOSTILE} -> 404"
+        )  # escaped, not lost
     else:
         assert "x\\n2026-01-01" in text and "\\x1b[2J" in text
 

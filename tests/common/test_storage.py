@@ -6,7 +6,14 @@ import threading
 import time
 
 import pytest
-from leaf_common.storage import LocalStore, NotFound, PreconditionFailed, S3Store, StoreError, open_store
+from leaf_common.storage import (
+    LocalStore,
+    NotFound,
+    PreconditionFailed,
+    S3Store,
+    StoreError,
+    open_store,
+)
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -7,7 +7,9 @@ import pytest
 from leaf_common import trust as maths
 
 
-def sampled(temperature: float, n: int = 4000, classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def sampled(
+    temperature: float, n: int = 4000, classes: int = 5, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits, and labels drawn from softmax(logits / temperature): perfectly calibrated at that temperature."""
     rng = np.random.default_rng(seed)
     logits = rng.normal(0, 3, (n, classes))
@@ -46,7 +48,9 @@ def test_mahalanobis_matches_the_direct_formula():
     inverse = projection @ projection.T
     x = rng.normal(size=(5, 6))
     direct = np.min([[(v - m) @ inverse @ (v - m) for m in means] for v in x], axis=1)
-    np.testing.assert_allclose(maths.mahalanobis(x, means @ projection, projection), direct, rtol=1e-8)
+    np.testing.assert_allclose(
+        maths.mahalanobis(x, means @ projection, projection), direct, rtol=1e-8
+    )
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.01, 0.02, 0.5])
@@ -54,16 +58,23 @@ def test_threshold_keeps_at_most_the_rate_above_it(rate):
     scores = np.random.default_rng(2).exponential(size=333)
     threshold = maths.threshold_for(scores, rate)
     assert np.mean(scores > threshold) <= rate
-    assert np.mean(scores > np.nextafter(threshold, -np.inf)) > rate - 1e-12  # and no lower threshold does
+    assert (
+        np.mean(scores > np.nextafter(threshold, -np.inf)) > rate - 1e-12
+    )  # and no lower threshold does
 
 
 def test_psi_is_zero_for_the_same_shares_and_grows_with_the_shift():
     ref = maths.histogram(np.random.default_rng(3).uniform(size=1000), list(np.linspace(0, 1, 11)))
     assert maths.psi(ref, ref) == 0.0
     near = maths.histogram(np.random.default_rng(4).uniform(size=1000), list(np.linspace(0, 1, 11)))
-    far = maths.histogram(np.random.default_rng(4).uniform(size=1000) ** 3, list(np.linspace(0, 1, 11)))
+    far = maths.histogram(
+        np.random.default_rng(4).uniform(size=1000) ** 3, list(np.linspace(0, 1, 11))
+    )
     assert maths.psi(ref, near) < 0.05 < 0.25 < maths.psi(ref, far)
 
 
 def test_histogram_puts_out_of_range_values_in_the_end_bins():
-    assert maths.histogram([-5.0, 0.5, 99.0], [0.0, 1.0, 2.0]) == [pytest.approx(2 / 3), pytest.approx(1 / 3)]
+    assert maths.histogram([-5.0, 0.5, 99.0], [0.0, 1.0, 2.0]) == [
+        pytest.approx(2 / 3),
+        pytest.approx(1 / 3),
+    ]

@@ -63,7 +63,9 @@ def build_images(flavour: str, timeout: float) -> Images:
         timeout=timeout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    refs = {ref.split(":")[0]: f"localhost/{ref}" for ref in result.stdout.split()}  # podman's local names
+    refs = {
+        ref.split(":")[0]: f"localhost/{ref}" for ref in result.stdout.split()
+    }  # podman's local names
     return Images(job=refs["leaf-train-job"], serve=refs["leaf-serve"])
 
 
@@ -92,9 +94,25 @@ def bridge_s3(images: Images) -> Iterator[BridgeS3]:
     gateway = network["subnets"][0]["gateway"]
     anchor = "leaf-test-bridge-anchor"
     podman("rm", "--force", "--ignore", "--time", "0", anchor)
-    podman("run", "--detach", "--name", anchor, "--network", NETWORK, "--entrypoint", "sleep", images.serve, "infinity")
+    podman(
+        "run",
+        "--detach",
+        "--name",
+        anchor,
+        "--network",
+        NETWORK,
+        "--entrypoint",
+        "sleep",
+        images.serve,
+        "infinity",
+    )
     # The address exists once the anchor runs; bind it only then.
-    wait_for(lambda: bindable(gateway), f"the bridge address {gateway} on this host", timeout=30, interval=0.2)
+    wait_for(
+        lambda: bindable(gateway),
+        f"the bridge address {gateway} on this host",
+        timeout=30,
+        interval=0.2,
+    )
     port = free_port(gateway)
     pod_url = f"http://host.containers.internal:{port}"
     # moto takes the first label of a dotted Host header for a bucket (virtual-hosted style) unless the
@@ -124,9 +142,13 @@ def bridge_s3(images: Images) -> Iterator[BridgeS3]:
 
 
 @pytest.fixture(scope="session")
-def training(bridge_s3: BridgeS3, images: Images, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainingPods]:
+def training(
+    bridge_s3: BridgeS3, images: Images, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TrainingPods]:
     """The synthetic photos in S3 (written on the host) and a player for training pods; pods removed after."""
-    bridge_s3.host_cli("synth", "--output", DATA, "--classes", "2", "--per-class", "10", "--size", "48")
+    bridge_s3.host_cli(
+        "synth", "--output", DATA, "--classes", "2", "--per-class", "10", "--size", "48"
+    )
     pods = TrainingPods(bridge_s3, images, tmp_path_factory.mktemp("training-pods"))
     yield pods
     for pod in pods.played:
@@ -151,7 +173,9 @@ def unchanged_run(training: TrainingPods, first_run: FirstRun) -> tuple[PodRun, 
 
 
 @pytest.fixture(scope="session")
-def preemption(training: TrainingPods, first_run: FirstRun, unchanged_run: tuple[PodRun, list[str]]) -> Preemption:
+def preemption(
+    training: TrainingPods, first_run: FirstRun, unchanged_run: tuple[PodRun, list[str]]
+) -> Preemption:
     """Job leaf-train-scheduled-2, after new photos arrived: its pod is stopped (podman stop = the kubelet's
     SIGTERM, SIGKILL after the rendered grace period) once phase 2 has a checkpoint; a second pod of the
     same Job then runs. (Unchanged photos would have skipped it, as unchanged_run shows.)"""
@@ -165,7 +189,12 @@ def preemption(training: TrainingPods, first_run: FirstRun, unchanged_run: tuple
     started = time.monotonic()
     container = training.start(job, f"{job}-aaaaa")
     seen = wait_for(
-        lambda: (s := training.state(job)) and s.get("phase") == 2 and s.get("epochs_done", 0) >= 1 and s,
+        lambda: (
+            (s := training.state(job))
+            and s.get("phase") == 2
+            and s.get("epochs_done", 0) >= 1
+            and s
+        ),
         f"a phase-2 checkpoint of {job}",
         timeout=600,
         interval=0.2,

@@ -31,26 +31,54 @@ HELM = ROOT / ".tools" / "bin" / "helm"
 CHART = ROOT / "charts" / "leaf-train"
 RELEASE = "leaf"
 NAMESPACE = "leaf-train"
-NETWORK = "podman"  # the default bridge: pods reach the host at its gateway, host.containers.internal
+NETWORK = (
+    "podman"  # the default bridge: pods reach the host at its gateway, host.containers.internal
+)
 ANNOTATION_VALUE_MAX = 63  # podman < 5.0's (wrong) limit, containers/podman#21663
-PODMAN_ENV = {**os.environ, "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(ROOT / "scripts/containers.conf"))}
+PODMAN_ENV = {
+    **os.environ,
+    "CONTAINERS_CONF": os.environ.get("CONTAINERS_CONF", str(ROOT / "scripts/containers.conf")),
+}
 
 
-def podman(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def podman(
+    *args: str, check: bool = True, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run podman with the project's containers.conf; raises with podman's stderr on failure."""
-    result = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout, env=PODMAN_ENV)
+    result = subprocess.run(
+        ["podman", *args], capture_output=True, text=True, timeout=timeout, env=PODMAN_ENV
+    )
     if check and result.returncode != 0:
-        raise AssertionError(f"podman {' '.join(args)}: exit {result.returncode}\n{result.stdout}{result.stderr}")
+        raise AssertionError(
+            f"podman {' '.join(args)}: exit {result.returncode}\n{result.stdout}{result.stderr}"
+        )
     return result
 
 
 # As the chart runs a container: read-only root, no capabilities, no privilege escalation, /tmp writable.
-LOCKED_DOWN = ("--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL", "--security-opt", "no-new-privileges")
+LOCKED_DOWN = (
+    "--read-only",
+    "--tmpfs",
+    "/tmp",
+    "--cap-drop",
+    "ALL",
+    "--security-opt",
+    "no-new-privileges",
+)
 
 
-def run_locked_down(image: str, *args: str, entrypoint: str | None = None, timeout: float = 120) -> str:
+def run_locked_down(
+    image: str, *args: str, entrypoint: str | None = None, timeout: float = 120
+) -> str:
     """stdout of ``podman run`` of ``image`` as the chart runs it (``LOCKED_DOWN``), removed afterwards."""
-    cmd = ["run", "--rm", *LOCKED_DOWN, *(["--entrypoint", entrypoint] if entrypoint else []), image, *args]
+    cmd = [
+        "run",
+        "--rm",
+        *LOCKED_DOWN,
+        *(["--entrypoint", entrypoint] if entrypoint else []),
+        image,
+        *args,
+    ]
     return podman(*cmd, timeout=timeout).stdout
 
 
@@ -72,7 +100,16 @@ def venv_facts(image: str) -> dict[str, Any]:
 
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     """``helm template`` of the chart with ``values`` (dotted keys, as --set-json) -> its objects."""
-    args = [str(HELM), "template", RELEASE, str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0"]
+    args = [
+        str(HELM),
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        NAMESPACE,
+        "--kube-version",
+        "1.31.0",
+    ]
     for key, value in values.items():
         args += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
@@ -84,7 +121,10 @@ def one(objs: Iterable[dict[str, Any]], kind: str, component: str | None = None)
         o
         for o in objs
         if o["kind"] == kind
-        and (component is None or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component)
+        and (
+            component is None
+            or o["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        )
     ]
     assert len(found) == 1, f"expected one {kind} ({component}); found {len(found)}"
     return found[0]
@@ -95,7 +135,11 @@ def job_pod(cronjob: dict[str, Any], job_name: str, pod_name: str) -> dict[str, 
     plus the labels the controller adds (the training pod reads its run id from ``batch.kubernetes.io/job-name``)."""
     template = copy.deepcopy(cronjob["spec"]["jobTemplate"]["spec"]["template"])
     metadata = template["metadata"]
-    metadata["labels"] = {**metadata.get("labels", {}), "batch.kubernetes.io/job-name": job_name, "job-name": job_name}
+    metadata["labels"] = {
+        **metadata.get("labels", {}),
+        "batch.kubernetes.io/job-name": job_name,
+        "job-name": job_name,
+    }
     metadata.update(name=pod_name, namespace=cronjob["metadata"]["namespace"])
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": template["spec"]}
 
@@ -128,7 +172,9 @@ def for_podman(obj: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
 def create_secret(secret: dict[str, Any]) -> None:
     """A Kubernetes Secret as the podman secret that ``secretKeyRef`` reads (replacing one of that name)."""
     data = dict(secret.get("data", {}))
-    data.update({k: base64.b64encode(v.encode()).decode() for k, v in secret.get("stringData", {}).items()})
+    data.update(
+        {k: base64.b64encode(v.encode()).decode() for k, v in secret.get("stringData", {}).items()}
+    )
     name = secret["metadata"]["name"]
     podman("secret", "rm", name, check=False)
     subprocess.run(

@@ -30,7 +30,9 @@ from containerkit import (
 )
 
 SECRET_NAME = "leaf-s3"  # training's keys (s3.existingSecret)
-SERVING_SECRET_NAME = "leaf-s3-read"  # the server's own, read-only in a real store (serving.s3.existingSecret)
+SERVING_SECRET_NAME = (
+    "leaf-s3-read"  # the server's own, read-only in a real store (serving.s3.existingSecret)
+)
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
 DATA, OUTPUT, MODEL = "s3://leaf-data/leaves", "s3://leaf-models/registry", "leaf-classifier"
 
@@ -51,13 +53,22 @@ class BridgeS3:
 
     def env(self) -> dict[str, str]:
         """Environment for leaf-train commands run on the host against this endpoint."""
-        return {**os.environ, "AWS_ENDPOINT_URL": self.host_url, "AWS_DEFAULT_REGION": "us-east-1", **CREDENTIALS}
+        return {
+            **os.environ,
+            "AWS_ENDPOINT_URL": self.host_url,
+            "AWS_DEFAULT_REGION": "us-east-1",
+            **CREDENTIALS,
+        }
 
     def host_cli(self, *args: str, timeout: float = 300) -> str:
         """``leaf-train ARGS`` on the host (an operator's command); its stdout."""
         cmd = [sys.executable, "-m", "leaf_train.cli", *args]
-        result = subprocess.run(cmd, env=self.env(), capture_output=True, text=True, timeout=timeout)
-        assert result.returncode == 0, f"leaf-train {' '.join(args)}: exit {result.returncode}\n{result.stderr}"
+        result = subprocess.run(
+            cmd, env=self.env(), capture_output=True, text=True, timeout=timeout
+        )
+        assert result.returncode == 0, (
+            f"leaf-train {' '.join(args)}: exit {result.returncode}\n{result.stderr}"
+        )
         return result.stdout
 
     def json(self, uri: str) -> dict[str, Any] | None:
@@ -148,7 +159,9 @@ class TrainingPods:
     s3: BridgeS3
     images: Images
     folder: Path
-    changes: list[list[str]] = field(default_factory=list)  # for_podman's report of every pod played
+    changes: list[list[str]] = field(
+        default_factory=list
+    )  # for_podman's report of every pod played
     played: list[str] = field(default_factory=list)
 
     def render(self, **extra: Any) -> list[dict[str, Any]]:
@@ -168,7 +181,14 @@ class TrainingPods:
 
     def finish(self, pod_name: str, container: str, started: float, timeout: float = 900) -> PodRun:
         code = wait_exit(container, timeout)
-        return PodRun(pod_name, container, code, logs(container), inspect(container), time.monotonic() - started)
+        return PodRun(
+            pod_name,
+            container,
+            code,
+            logs(container),
+            inspect(container),
+            time.monotonic() - started,
+        )
 
     def run(self, job_name: str, pod_name: str, timeout: float = 900, **extra: Any) -> PodRun:
         started = time.monotonic()
@@ -179,8 +199,14 @@ class TrainingPods:
 
     def versions(self) -> list[str]:
         bucket, _, prefix = f"{OUTPUT}/{MODEL}/versions/".removeprefix("s3://").partition("/")
-        pages = self.s3.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/")
-        return sorted(p["Prefix"][len(prefix) :].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
+        pages = self.s3.client.get_paginator("list_objects_v2").paginate(
+            Bucket=bucket, Prefix=prefix, Delimiter="/"
+        )
+        return sorted(
+            p["Prefix"][len(prefix) :].rstrip("/")
+            for page in pages
+            for p in page.get("CommonPrefixes", [])
+        )
 
 
 @dataclass

@@ -35,8 +35,12 @@ def pins(lock: str) -> dict[str, str]:
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_runs_as_uid_10001_on_a_read_only_root(gpu_images: Images, name: str):
     image = getattr(gpu_images, name)
-    assert json.loads(podman("image", "inspect", image).stdout)[0]["Config"]["User"] == "10001:10001"
-    out = run(image, "-c", "id -u; id -g; touch /opt/venv/probe 2>&1; echo rc=$?", entrypoint="sh").splitlines()
+    assert (
+        json.loads(podman("image", "inspect", image).stdout)[0]["Config"]["User"] == "10001:10001"
+    )
+    out = run(
+        image, "-c", "id -u; id -g; touch /opt/venv/probe 2>&1; echo rc=$?", entrypoint="sh"
+    ).splitlines()
     assert out[:2] == ["10001", "10001"]
     assert "Read-only file system" in out[2] and out[3] == "rc=1"
 
@@ -52,7 +56,10 @@ def test_the_venv_is_its_lock_and_the_project(gpu_images: Images, name: str):
     """Exactly the lock (hash-checked at build time) plus leaf-train: so nothing left out crept back in."""
     lock = IMAGES[name][1]
     facts = venv_facts(getattr(gpu_images, name))
-    assert facts["lock_sha256"] == hashlib.sha256((ROOT / "locks" / f"{lock}.txt").read_bytes()).hexdigest()
+    assert (
+        facts["lock_sha256"]
+        == hashlib.sha256((ROOT / "locks" / f"{lock}.txt").read_bytes()).hexdigest()
+    )
     expected = {f"{n}=={v}" for n, v in pins(lock).items()} | {f"leaf-train=={version()}"}
     assert set(facts["installed"]) == expected
 
@@ -82,12 +89,24 @@ def test_training_image_expects_the_cuda_it_carries(gpu_images: Images):
                    "libcusolver.so.11", "libcusparse.so." + major, "libcudnn.so." + facts["cudnn"].split(".")[0],
                    "libnccl.so.2"):  # fmt: skip
         assert soname in facts["libs"], soname
-    assert facts["headers"] is False  # tensorflow/include (0.4 GB, for compiling custom ops) is left out
+    assert (
+        facts["headers"] is False
+    )  # tensorflow/include (0.4 GB, for compiling custom ops) is left out
 
 
 def test_demo_is_left_out_of_the_gpu_training_image(gpu_images: Images):
     """The demo's embedded S3 (moto, ~40 packages) is not in the image: `leaf-train demo` says so and exits 2."""
-    result = podman("run", "--rm", "--read-only", "--tmpfs", "/tmp", gpu_images.job, "demo", check=False, timeout=300)
+    result = podman(
+        "run",
+        "--rm",
+        "--read-only",
+        "--tmpfs",
+        "/tmp",
+        gpu_images.job,
+        "demo",
+        check=False,
+        timeout=300,
+    )
     assert result.returncode == 2, result.stdout + result.stderr
     assert re.search(r"expected moto\[server\].*leaf-train\[demo\]", result.stderr)
 

@@ -25,8 +25,12 @@ def version() -> str:
 @pytest.mark.parametrize("name", sorted(IMAGES))
 def test_runs_as_uid_10001_on_a_read_only_root(images: Images, name: str):
     image = getattr(images, name)
-    assert json.loads(podman("image", "inspect", image).stdout)[0]["Config"]["User"] == "10001:10001"
-    out = run(image, "-c", "id -u; id -g; touch /opt/venv/probe 2>&1; echo rc=$?", entrypoint="sh").splitlines()
+    assert (
+        json.loads(podman("image", "inspect", image).stdout)[0]["Config"]["User"] == "10001:10001"
+    )
+    out = run(
+        image, "-c", "id -u; id -g; touch /opt/venv/probe 2>&1; echo rc=$?", entrypoint="sh"
+    ).splitlines()
     assert out[:2] == ["10001", "10001"]
     assert "Read-only file system" in out[2] and out[3] == "rc=1"
 
@@ -46,7 +50,10 @@ def test_no_tensorflow_in_the_serving_image(images: Images):
         "print(u.find_spec('tensorflow') is not None, ml)"
     )
     assert run(images.serve, "-c", probe, entrypoint="python").strip() == "False []"
-    assert run(images.job, "-c", probe, entrypoint="python").strip() == "True ['keras', 'tensorflow-cpu', 'tf2onnx']"
+    assert (
+        run(images.job, "-c", probe, entrypoint="python").strip()
+        == "True ['keras', 'tensorflow-cpu', 'tf2onnx']"
+    )
 
 
 @pytest.mark.parametrize(("name", "lock"), [("job", "train-cpu"), ("serve", "serve")])

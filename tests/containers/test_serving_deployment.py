@@ -76,7 +76,10 @@ def ready(url: str) -> bool:
 def jpeg(size: int = 256) -> bytes:
     """A real photo-like JPEG: a smooth gradient (decoding it is real work at large sizes)."""
     ramp = np.linspace(0, 255, size, dtype=np.float32)
-    rgb = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.full((size, size), 60.0)], axis=-1)
+    rgb = np.stack(
+        [np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.full((size, size), 60.0)],
+        axis=-1,
+    )
     buf = io.BytesIO()
     Image.fromarray(rgb.astype(np.uint8)).save(buf, format="JPEG", quality=92)
     return buf.getvalue()
@@ -84,10 +87,16 @@ def jpeg(size: int = 256) -> bytes:
 
 @pytest.fixture(scope="module")
 def serving(
-    bridge_s3: BridgeS3, images: Images, first_run: FirstRun, preemption: Preemption, tmp_path_factory
+    bridge_s3: BridgeS3,
+    images: Images,
+    first_run: FirstRun,
+    preemption: Preemption,
+    tmp_path_factory,
 ) -> Iterator[ServingPod]:
     first, second = first_run.published, preemption.state_after.get("published_version")
-    assert first and second and first != second, f"expected two versions from the training pods; got {first}, {second}"
+    assert first and second and first != second, (
+        f"expected two versions from the training pods; got {first}, {second}"
+    )
     promote(bridge_s3, first)
     values = {
         **chart_values(bridge_s3, images),
@@ -99,18 +108,24 @@ def serving(
     assert "annotation checksum/config dropped" in changes
     assert all(c.startswith("annotation ") and c.endswith(" dropped") for c in changes), changes
     config, _ = for_podman(one(objs, "ConfigMap", "serving"))
-    pod = f"{deployment['metadata']['name']}-pod-0"  # kube play's name for a Deployment's one replica
+    pod = (
+        f"{deployment['metadata']['name']}-pod-0"  # kube play's name for a Deployment's one replica
+    )
     remove_pod(pod)
     create_secret(secret(SERVING_SECRET_NAME))
     started = time.monotonic()
     play([config, deployment], tmp_path_factory.mktemp("serving-pod"), "serving")
     try:
         container = container_of(pod, "serve")
-        infra = inspect(podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip())
+        infra = inspect(
+            podman("pod", "inspect", pod, "--format", "{{.InfraContainerID}}").stdout.strip()
+        )
         address = infra["NetworkSettings"]["Networks"]["podman"]["IPAddress"]
         url = f"http://{address}:8080"
         wait_for(lambda: ready(url), f"readiness of {url} ({container})", timeout=120, interval=0.1)
-        yield ServingPod(pod, container, url, deployment, time.monotonic() - started, first, second, bridge_s3)
+        yield ServingPod(
+            pod, container, url, deployment, time.monotonic() - started, first, second, bridge_s3
+        )
     finally:
         remove_pod(pod)
 
@@ -122,7 +137,12 @@ def served_version(url: str) -> str:
 def test_served_as_rendered_ready_and_answers_with_the_pointers_version(serving: ServingPod):
     import tritonclient.http as triton
 
-    body = httpx.post(f"{serving.url}/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30)
+    body = httpx.post(
+        f"{serving.url}/classify",
+        content=jpeg(),
+        headers={"content-type": "image/jpeg"},
+        timeout=30,
+    )
     assert body.status_code == 200, body.text
     assert body.json()["version"] == serving.first_version
 
@@ -142,7 +162,9 @@ def test_served_as_rendered_ready_and_answers_with_the_pointers_version(serving:
         client.close()
 
     facts = inspect(serving.container)
-    assert facts["Config"]["User"] == "10001:10001" and facts["HostConfig"]["ReadonlyRootfs"] is True
+    assert (
+        facts["Config"]["User"] == "10001:10001" and facts["HostConfig"]["ReadonlyRootfs"] is True
+    )
 
 
 def test_promoting_a_second_version_is_picked_up_by_hot_reload(serving: ServingPod):
@@ -153,7 +175,12 @@ def test_promoting_a_second_version_is_picked_up_by_hot_reload(serving: ServingP
         timeout=20 * POLL_INTERVAL,
         interval=0.2,
     )
-    body = httpx.post(f"{serving.url}/classify", content=jpeg(), headers={"content-type": "image/jpeg"}, timeout=30)
+    body = httpx.post(
+        f"{serving.url}/classify",
+        content=jpeg(),
+        headers={"content-type": "image/jpeg"},
+        timeout=30,
+    )
     assert body.json()["version"] == serving.second_version
 
 
@@ -196,8 +223,13 @@ def test_stopping_the_pod_drains_within_the_grace_period(serving: ServingPod):
     for t in threads:
         t.join(timeout=60)
     assert [status for _, status in answers] == [200, 200, 200], answers
-    assert all(at > stop_sent + 1.0 for at, _ in answers), (stop_sent, answers)  # finished well after SIGTERM
+    assert all(at > stop_sent + 1.0 for at, _ in answers), (
+        stop_sent,
+        answers,
+    )  # finished well after SIGTERM
     code = wait_exit(serving.container, 30)
-    assert code == 0, logs(serving.container)[-3000:]  # 137 would mean SIGKILL after the grace period
+    assert code == 0, logs(serving.container)[
+        -3000:
+    ]  # 137 would mean SIGKILL after the grace period
     assert stopped_after < grace
     assert "stopped" in logs(serving.container)

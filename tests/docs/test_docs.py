@@ -65,13 +65,38 @@ REUSED = (
         "--set",
         "training.image.repository=leaf/leaf-train-job",
     ),
-    *("--set", "serving.image.registry=registry.example.com", "--set", "serving.image.repository=leaf/leaf-serve"),
+    *(
+        "--set",
+        "serving.image.registry=registry.example.com",
+        "--set",
+        "serving.image.repository=leaf/leaf-serve",
+    ),
     *("--set", f"s3.data={PLACEHOLDERS['DATA']}", "--set", f"s3.output={PLACEHOLDERS['MODELS']}"),
 )
-HELM_VALUE_FLAGS = {"-n", "--namespace", "-f", "--values", "--set", "--set-string", "--set-json", "--set-file"}
+HELM_VALUE_FLAGS = {
+    "-n",
+    "--namespace",
+    "-f",
+    "--values",
+    "--set",
+    "--set-string",
+    "--set-json",
+    "--set-file",
+}
 HELM_VALUE_FLAGS |= {"--version", "--kube-version"}
-HELM_DROPPED_VALUE_FLAGS = {"--timeout", "--history-max", "--description"}  # upgrade-only, nothing to render
-HELM_DROPPED_SWITCHES = {"--install", "--create-namespace", "--wait", "--wait-for-jobs", "--atomic", "--reuse-values"}
+HELM_DROPPED_VALUE_FLAGS = {
+    "--timeout",
+    "--history-max",
+    "--description",
+}  # upgrade-only, nothing to render
+HELM_DROPPED_SWITCHES = {
+    "--install",
+    "--create-namespace",
+    "--wait",
+    "--wait-for-jobs",
+    "--atomic",
+    "--reuse-values",
+}
 HELM_DROPPED_SWITCHES |= {"--reset-values", "--cleanup-on-fail", "--force", "--dry-run", "--debug"}
 SHELLS = {"bash", "sh", "shell"}
 KEYWORDS = {"do", "then", "else", "done", "fi", "{", "}"}
@@ -152,7 +177,9 @@ def expand(command: Command) -> list[str]:
     for word in command.argv:
         for name in re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", word):
             if name not in PLACEHOLDERS:
-                raise AssertionError(f"${name} is not a placeholder of the docs test ({', '.join(PLACEHOLDERS)})")
+                raise AssertionError(
+                    f"${name} is not a placeholder of the docs test ({', '.join(PLACEHOLDERS)})"
+                )
         out.append(re.sub(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?", lambda m: PLACEHOLDERS[m[1]], word))
     return out
 
@@ -171,7 +198,11 @@ def check_helm(argv: list[str]) -> str | None:
     helm = str(HELM) if HELM.exists() else "helm"
     sub, rest = argv[1] if len(argv) > 1 else "", argv[2:]
     if sub in ("template", "lint"):
-        extra = ["--kube-version", "1.31.0"] if sub == "template" and "--kube-version" not in rest else []
+        extra = (
+            ["--kube-version", "1.31.0"]
+            if sub == "template" and "--kube-version" not in rest
+            else []
+        )
         return _run([helm, sub, *rest, *extra])
     if sub not in ("install", "upgrade"):
         return None  # helm test, status, uninstall: need a cluster
@@ -201,13 +232,18 @@ def check_helm(argv: list[str]) -> str | None:
     failed = _run([helm, "template", *positional, "--kube-version", "1.31.0", *given]) or _run(
         [helm, "lint", positional[1], "--strict", *given]
     )
-    if failed and not reuse:  # the mistake issue 26 found: a feature block written as a fresh install
+    if (
+        failed and not reuse
+    ):  # the mistake issue 26 found: a feature block written as a fresh install
         failed += "\n       (a fresh install sets its images itself; on an installed release add --reuse-values)"
     return failed
 
 
 def _parse(
-    parser: argparse.ArgumentParser, args: list[str], configs: tuple[type, ...] = (), prefix: str = ""
+    parser: argparse.ArgumentParser,
+    args: list[str],
+    configs: tuple[type, ...] = (),
+    prefix: str = "",
 ) -> str | None:
     """argparse's verdict on the words; then, for `train` and leaf-serve, the options' own checks (types, choices)."""
     out, err = io.StringIO(), io.StringIO()
@@ -218,14 +254,18 @@ def _parse(
         return None if e.code == 0 else err.getvalue().strip().splitlines()[-1]
     try:
         for cls in configs:
-            resolve(cls, prefix, parsed, environ={})  # what the program does first, and nothing after
+            resolve(
+                cls, prefix, parsed, environ={}
+            )  # what the program does first, and nothing after
     except LeafError as e:
         return str(e)
     return None
 
 
 def serve_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="leaf-serve")  # as leaf_serve.__main__.parse_config builds it
+    parser = argparse.ArgumentParser(
+        prog="leaf-serve"
+    )  # as leaf_serve.__main__.parse_config builds it
     add_arguments(parser, ServeConfig, SERVE_PREFIX)
     return parser
 
@@ -236,12 +276,18 @@ def makefile_targets() -> set[str]:
 
 
 def check_make(argv: list[str]) -> str | None:
-    missing = [w for w in argv[1:] if "=" not in w and not w.startswith("-") and w not in makefile_targets()]
+    missing = [
+        w
+        for w in argv[1:]
+        if "=" not in w and not w.startswith("-") and w not in makefile_targets()
+    ]
     return f"no Makefile target {', '.join(missing)}" if missing else None
 
 
 def check_pip(argv: list[str]) -> str | None:
-    extras = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    extras = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    )
     for word in argv[2:]:
         if m := re.fullmatch(r"\.\[([\w,-]+)\]", word):
             unknown = set(m[1].split(",")) - extras
@@ -304,7 +350,11 @@ def top_level() -> set[str]:
 
 def path_mentions(text: str) -> Iterator[tuple[int, str]]:
     tops = sorted(top_level(), key=len, reverse=True)
-    word = re.compile(r"(?<![\w./:@-])(" + "|".join(re.escape(t) for t in tops) + r")(?=[/\s`'\"),:;]|$)([\w./*-]*)")
+    word = re.compile(
+        r"(?<![\w./:@-])("
+        + "|".join(re.escape(t) for t in tops)
+        + r")(?=[/\s`'\"),:;]|$)([\w./*-]*)"
+    )
     for n, line in enumerate(text.splitlines(), 1):
         for m in word.finditer(line):
             yield n, (m[1] + m[2]).rstrip(".,:;")
@@ -342,7 +392,10 @@ def exposed_series() -> set[str]:
             if family.type == "counter":
                 names |= {family.name + "_total", family.name + "_created"}
             elif family.type == "histogram":
-                names |= {family.name, *(family.name + s for s in ("_bucket", "_sum", "_count", "_created"))}
+                names |= {
+                    family.name,
+                    *(family.name + s for s in ("_bucket", "_sum", "_count", "_created")),
+                }
             else:
                 names.add(family.name)
     return names
@@ -355,7 +408,9 @@ IDS = [relative(p) for p in PAGES]
 
 @pytest.mark.parametrize("page", PAGES, ids=IDS)
 def test_every_shell_command_runs_or_parses(page: Path):
-    failures = [f"{c}\n    -> {reason}" for c in commands(page, page.read_text()) if (reason := check(c))]
+    failures = [
+        f"{c}\n    -> {reason}" for c in commands(page, page.read_text()) if (reason := check(c))
+    ]
     assert failures == [], "\n".join(failures)
 
 
@@ -368,6 +423,25 @@ def test_every_repository_path_and_link_exists(page: Path):
         if not (list(ROOT.glob(path)) if "*" in path else (ROOT / path).exists())
     ]
     failures += list(link_problems(page, text))
+    assert failures == [], "\n".join(failures)
+
+
+def test_every_docs_pointer_in_the_code_resolves():
+    """Module docstrings are short and point to docs/ (``docs/serving.md#limits``) for the long
+    explanations: a renamed heading or page would leave the code pointing nowhere."""
+    sources = [*(ROOT / "job").rglob("*.py"), *(ROOT / "serve").rglob("*.py")]
+    pointers = [
+        (src, n, m[1], m[2])
+        for src in sources
+        for n, line in enumerate(src.read_text().splitlines(), 1)
+        for m in re.finditer(r"\b(docs/[\w.-]+\.md)(?:#([\w-]+))?", line)
+    ]
+    assert len(pointers) > 10, "the code points to docs/ in fewer places than expected"
+    failures = [
+        f"{relative(src)}:{n}: {page}" + (f"#{anchor}" if anchor else "")
+        for src, n, page, anchor in pointers
+        if not (ROOT / page).exists() or (anchor and anchor not in anchors(ROOT / page))
+    ]
     assert failures == [], "\n".join(failures)
 
 
@@ -398,15 +472,26 @@ def test_every_capture_id_is_valid(page: Path):
 def test_the_shell_commands_are_found():
     """The extraction itself: README's install and first-retrain commands are among those checked."""
     found = {c.argv[:2] for page in PAGES for c in commands(page, page.read_text())}
-    assert {("helm", "install"), ("leaf-train", "submit"), ("make", "demo"), ("make", "test")} <= found
+    assert {
+        ("helm", "install"),
+        ("leaf-train", "submit"),
+        ("make", "demo"),
+        ("make", "test"),
+    } <= found
 
 
 def test_the_readme_is_a_front_door_and_ci_runs_its_test_command():
     readme = (ROOT / "README.md").read_text()
-    assert len(readme.splitlines()) <= 200, "README.md is the front door: reference belongs in docs/"
+    assert len(readme.splitlines()) <= 200, (
+        "README.md is the front door: reference belongs in docs/"
+    )
     opening = [c.argv for c in commands(ROOT / "README.md", readme)][:2]
     assert opening == [("make", "demo"), ("make", "test")], "the README opens with the two commands"
-    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    ci = [
+        line
+        for line in (ROOT / ".ci" / "run").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert ci[-1] == "make test", ".ci/run runs exactly the README's test command"
 
 
@@ -416,13 +501,22 @@ MISTAKES = [
     ("leaf-train fly", "invalid choice: 'fly'"),
     ("leaf-serve --model m --port-number 1", "unrecognized arguments: --port-number"),
     ("leaf-serve --model m --max-batch-size many", "expected an integer, received 'many'"),
-    ("leaf-train train --data d --output o --mixed-precision fast", "expected one of auto, on, off"),
+    (
+        "leaf-train train --data d --output o --mixed-precision fast",
+        "expected one of auto, on, off",
+    ),
     ("make no-such-target", "no Makefile target no-such-target"),
     ("pip install '.[gui]'", "no extra gui"),
     ("python3 scripts/no_such.py", "scripts/no_such.py does not exist"),
     ("helm install leaf ./charts/leaf-train --set s3.data=$DATA", "set training.image.repository"),
-    ("helm upgrade leaf ./charts/leaf-train --reuse-values --set training.config.headLr=fast", "headLr"),
-    ("helm upgrade leaf ./charts/leaf-train --reuse-values --set s3.existingSecret=keys", "serving.s3.existingSecret"),
+    (
+        "helm upgrade leaf ./charts/leaf-train --reuse-values --set training.config.headLr=fast",
+        "headLr",
+    ),
+    (
+        "helm upgrade leaf ./charts/leaf-train --reuse-values --set s3.existingSecret=keys",
+        "serving.s3.existingSecret",
+    ),
     ("helm upgrade leaf ./charts/leaf-train --reuse-values --set-literal a=b", "does not know it"),
     ("leaf-train models list --output $BUCKET", "$BUCKET is not a placeholder"),
     ("$ make no-such-target", "no Makefile target no-such-target"),
@@ -449,7 +543,9 @@ def test_a_wrong_command_fails_naming_its_line(tmp_path: Path, line: str, reason
 def test_a_wrong_path_or_link_is_named(text: str, found: str):
     page = ROOT / "docs" / "page.md"  # not written: only its folder matters for relative links
     failures = [p for _, p in path_mentions(text) if not (ROOT / p).exists()]
-    failures = [f"{p} does not exist" for p in failures] + [why for why in link_problems(page, text)]
+    failures = [f"{p} does not exist" for p in failures] + [
+        why for why in link_problems(page, text)
+    ]
     assert any(found in f for f in failures), failures
 
 
@@ -461,6 +557,8 @@ def test_a_counter_without_total_is_not_a_series():
 
 def test_here_documents_are_data(tmp_path: Path):
     page = tmp_path / "page.md"
-    page.write_text("```bash\ncat > values.yaml <<'EOF'\nmake no-such-target\nEOF\nmake no-such-either\n```\n")
+    page.write_text(
+        "```bash\ncat > values.yaml <<'EOF'\nmake no-such-target\nEOF\nmake no-such-either\n```\n"
+    )
     failures = [(c.line, why) for c in commands(page, page.read_text()) if (why := check(c))]
     assert failures == [(5, "no Makefile target no-such-either")]

@@ -37,7 +37,9 @@ class Plan:
     actions: dict[int, Callable[[str], None]] = field(default_factory=dict)
     # (glob, action): runs once, before the first call whose "op url" matches the glob ("put */latest.json").
     on_call: list[tuple[str, Callable[[str], None]]] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)  # "op url", in order, for naming the step in failures
+    calls: list[str] = field(
+        default_factory=list
+    )  # "op url", in order, for naming the step in failures
     dead: bool = False
 
     def before(self, op: str, url: str) -> None:
@@ -79,7 +81,9 @@ class FaultyStore(Store):
         self.plan.before("head", self.inner.url(key))
         return self.inner.head(key)
 
-    def put(self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None) -> str:
+    def put(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
         self.plan.before("put", self.inner.url(key))
         return self.inner.put(key, data, if_none_match=if_none_match, if_match=if_match)
 

@@ -19,8 +19,23 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from affine_probe import STATS, coordinate_image, fit_affine, geometries, geometry, ks_critical, ks_statistic
-from leaf_train.augment import AugmentParams, attach, augment_batch, random_matrices, resolve_mode, warp
+from affine_probe import (
+    STATS,
+    coordinate_image,
+    fit_affine,
+    geometries,
+    geometry,
+    ks_critical,
+    ks_statistic,
+)
+from leaf_train.augment import (
+    AugmentParams,
+    attach,
+    augment_batch,
+    random_matrices,
+    resolve_mode,
+    warp,
+)
 from leaf_train.config import TrainConfig, normalize_augment
 from leaf_train.errors import ConfigError
 from leaf_train.inputs import augmentation, make_dataset
@@ -32,7 +47,14 @@ SEED = 11
 
 @pytest.mark.parametrize(
     ("given", "expected"),
-    [("auto", "auto"), ("HOST", "host"), ("device", "device"), ("off", "off"), ("true", "auto"), ("1", "auto")]
+    [
+        ("auto", "auto"),
+        ("HOST", "host"),
+        ("device", "device"),
+        ("off", "off"),
+        ("true", "auto"),
+        ("1", "auto"),
+    ]
     + [("false", "off"), ("no", "off"), (True, "auto"), (False, "off")],
 )
 def test_augment_option_takes_the_modes_and_the_older_booleans(given, expected):
@@ -42,14 +64,20 @@ def test_augment_option_takes_the_modes_and_the_older_booleans(given, expected):
 @pytest.mark.parametrize("given", ["gpu", "", "maybe"])
 def test_unknown_augment_value_names_the_expected_ones(given):
     with pytest.raises(
-        ConfigError, match=rf"\(LEAF_TRAIN_AUGMENT\): expected one of auto, host, device, off .*'{given}'"
+        ConfigError,
+        match=rf"\(LEAF_TRAIN_AUGMENT\): expected one of auto, host, device, off .*'{given}'",
     ):
         TrainConfig(data="d", output="o", augment=given).validate()
 
 
 @pytest.mark.parametrize(
     ("option", "gpu", "mode"),
-    [("auto", True, "device"), ("auto", False, "host"), ("host", True, "host"), ("device", False, "device")]
+    [
+        ("auto", True, "device"),
+        ("auto", False, "host"),
+        ("host", True, "host"),
+        ("device", False, "device"),
+    ]
     + [("off", True, "off"), ("true", False, "host")],
 )
 def test_auto_is_device_with_a_gpu_and_host_without(option, gpu, mode):
@@ -59,7 +87,9 @@ def test_auto_is_device_with_a_gpu_and_host_without(option, gpu, mode):
 def test_warp_is_tensorflows_bilinear_projective_transform_with_nearest_fill():
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (6, 40, 30, 3)).astype(np.uint8)
-    matrices = random_matrices(tf.constant([1, 2], tf.int64), tf.constant(6), 40, 30, AugmentParams())
+    matrices = random_matrices(
+        tf.constant([1, 2], tf.int64), tf.constant(6), 40, 30, AugmentParams()
+    )
     ours = warp(images, matrices).numpy()
     reference = tf.raw_ops.ImageProjectiveTransformV3(
         images=tf.cast(images, tf.float32),
@@ -76,7 +106,9 @@ def test_the_probe_recovers_each_samples_affine():
     """Without this the distribution test could compare two equally wrong measurements."""
     image = np.repeat(coordinate_image()[None], 50, axis=0)
     seed = tf.constant([3, 4], tf.int64)
-    truth = random_matrices(seed, tf.constant(50), image.shape[1], image.shape[2], AugmentParams()).numpy()
+    truth = random_matrices(
+        seed, tf.constant(50), image.shape[1], image.shape[2], AugmentParams()
+    ).numpy()
     augmented = augment_batch(tf.constant(image), seed, AugmentParams()).numpy()
     for m, img in zip(truth, augmented, strict=True):
         fitted, share = fit_affine(img)
@@ -90,14 +122,24 @@ def host_samples(n: int, seed: int) -> np.ndarray:
     cfg = TrainConfig()
     images = np.repeat(coordinate_image()[None], BATCH, axis=0)
     aug = augmentation(cfg.rotation, cfg.shift, cfg.shear, cfg.zoom, cfg.flip, seed)
-    ds = make_dataset(images, np.zeros(BATCH, np.int32), np.arange(BATCH), BATCH, shuffle=False, seed=0, augment=aug)
+    ds = make_dataset(
+        images,
+        np.zeros(BATCH, np.int32),
+        np.arange(BATCH),
+        BATCH,
+        shuffle=False,
+        seed=0,
+        augment=aug,
+    )
     out = [x.numpy() for _ in range(n // BATCH) for x, _ in ds]
     return np.concatenate(out)
 
 
 def device_samples(n: int, seed: int, params: AugmentParams) -> np.ndarray:
     images = tf.constant(np.repeat(coordinate_image()[None], BATCH, axis=0))
-    batches = [augment_batch(images, tf.constant([seed, i], tf.int64), params) for i in range(n // BATCH)]
+    batches = [
+        augment_batch(images, tf.constant([seed, i], tf.int64), params) for i in range(n // BATCH)
+    ]
     return np.concatenate([b.numpy() for b in batches])
 
 
@@ -114,7 +156,10 @@ def test_device_draws_the_host_augmentations_distribution(host_geometry):
     device, _ = geometries(device_samples(N, SEED, AugmentParams.from_config(cfg)))
     critical = ks_critical(N, N)
     distances = {k: ks_statistic(host_geometry[k], device[k]) for k in STATS}
-    print(f"KS D per statistic (critical {critical:.3f}):", {k: round(d, 3) for k, d in distances.items()})
+    print(
+        f"KS D per statistic (critical {critical:.3f}):",
+        {k: round(d, 3) for k, d in distances.items()},
+    )
     assert all(d < critical for d in distances.values()), (distances, critical)
     assert 0.45 < (host_geometry["flip_sign"] < 0).mean() < 0.55
 
@@ -130,7 +175,12 @@ def test_a_wrong_range_is_noticed(host_geometry, change, stat):
     params = dataclasses.replace(AugmentParams.from_config(TrainConfig()), **change)
     size = coordinate_image().shape[0]
     matrices = np.concatenate(
-        [random_matrices(tf.constant([SEED, i], tf.int64), tf.constant(BATCH), size, size, params) for i in range(20)]
+        [
+            random_matrices(
+                tf.constant([SEED, i], tf.int64), tf.constant(BATCH), size, size, params
+            )
+            for i in range(20)
+        ]
     )
     wrong = np.array([geometry(m[:2])[stat] for m in matrices])
     assert ks_statistic(host_geometry[stat], wrong) > ks_critical(N, len(wrong))
@@ -155,10 +205,15 @@ def tiny_model(jit: bool) -> keras.Model:
     return model
 
 
-def fit_tiny(jit: bool, seed: int, params: AugmentParams | None) -> tuple[keras.Model, list[np.ndarray]]:
+def fit_tiny(
+    jit: bool, seed: int, params: AugmentParams | None
+) -> tuple[keras.Model, list[np.ndarray]]:
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
-    images, labels = rng.integers(0, 256, (24, 16, 16, 3)).astype(np.uint8), np.arange(24, dtype=np.int32) % 3
+    images, labels = (
+        rng.integers(0, 256, (24, 16, 16, 3)).astype(np.uint8),
+        np.arange(24, dtype=np.int32) % 3,
+    )
     ds = make_dataset(images, labels, np.arange(24), 8, shuffle=False, seed=0, cast=False)
     assert ds.element_spec[0].dtype == tf.uint8  # the host sends uint8; the step casts
     model = tiny_model(jit)
@@ -179,7 +234,9 @@ def test_the_train_step_augments_uint8_batches_repeatably(jit):
     assert not all(np.array_equal(a, b) for a, b in zip(weights, other_seed, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(weights, plain, strict=True))
     # The augmentation lives on the instance's step, not in the graph that is saved and exported.
-    assert [type(a).__name__ for a in model.layers] == [type(b).__name__ for b in tiny_model(jit).layers]
+    assert [type(a).__name__ for a in model.layers] == [
+        type(b).__name__ for b in tiny_model(jit).layers
+    ]
     assert "train_step" not in type(model).__dict__
 
 
@@ -211,6 +268,8 @@ _MIRRORED = textwrap.dedent(
 
 @pytest.mark.slow  # a TensorFlow process of its own (two logical CPUs must be set before TF starts)
 def test_device_augmentation_trains_under_a_mirrored_strategy():
-    done = subprocess.run([sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", _MIRRORED], capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("ok")

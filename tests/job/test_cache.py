@@ -59,7 +59,9 @@ def test_download_and_decode_progress_reach_the_total_in_a_pod_log(photos, tmp_p
     index = build_index(list(store.list()), store.uri, 0.25)
     with caplog.at_level("INFO", logger="leaf_train.progress"):
         keys = [it.key for it in index.items]
-        decode_all(store, keys, DecodeOptions(16, progress="off"), cache_dir=tmp_path)  # no terminal: log lines
+        decode_all(
+            store, keys, DecodeOptions(16, progress="off"), cache_dir=tmp_path
+        )  # no terminal: log lines
     n = len(good) + len(bad)
     assert f"download: {n}/{n}" in caplog.text and f"decode: {n}/{n}" in caplog.text
 
@@ -71,11 +73,19 @@ def test_prepared_data_labels_slots_by_the_usable_index_not_the_listing():
     keys = ["a/1.jpg", "a/2.jpg", "b/1.jpg", "b/2.jpg", "c/1.jpg", "c/2.jpg", "c/3.jpg"]
     listed = build_index([ObjectInfo(k, 1, "e") for k in keys], "x", 0.3)
     ok = np.array([not k.startswith("b/") for k in keys])
-    decoded = DecodedImages(keys, np.zeros((len(keys), 2, 2, 3), np.uint8), ok, [BadFile("b/1.jpg", "bad")])
+    decoded = DecodedImages(
+        keys, np.zeros((len(keys), 2, 2, 3), np.uint8), ok, [BadFile("b/1.jpg", "bad")]
+    )
 
     data = PreparedData.of(listed.usable(ok, 0.3), decoded)
 
     assert data.index.classes == ["a", "c"]
     used = sorted([*data.train_slots, *data.val_slots])
     assert used == [0, 1, 4, 5, 6]  # every usable slot once, no slot of b
-    assert [int(data.labels[s]) for s in used] == [0, 0, 1, 1, 1]  # c is class 1 now, not the listing's 2
+    assert [int(data.labels[s]) for s in used] == [
+        0,
+        0,
+        1,
+        1,
+        1,
+    ]  # c is class 1 now, not the listing's 2

@@ -38,7 +38,9 @@ def test_save_then_load_restores_state_model_and_best_weights(tmp_path):
     model.compile(optimizer=keras.optimizers.RMSprop(1e-3), loss="sparse_categorical_crossentropy")
     model.fit(np.zeros((4, 32, 32, 3), "float32"), np.array([0, 1, 0, 1]), epochs=1, verbose=0)
     ckpts = RunCheckpoints(open_store(str(tmp_path)))
-    state = RunState(phase=2, epochs_done=3, history={"loss": [1.0, 0.5]}, best=0.4, wait=1, version="v1")
+    state = RunState(
+        phase=2, epochs_done=3, history={"loss": [1.0, 0.5]}, best=0.4, wait=1, version="v1"
+    )
     ckpts.save_best(state, model.get_weights())
     ckpts.save(state, model)
 
@@ -47,7 +49,11 @@ def test_save_then_load_restores_state_model_and_best_weights(tmp_path):
     for a, b in zip(model.get_weights(), loaded_model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     assert len(best) == len(model.get_weights())
-    assert int(loaded_model.optimizer.iterations.numpy()) == int(model.optimizer.iterations.numpy()) == 1
+    assert (
+        int(loaded_model.optimizer.iterations.numpy())
+        == int(model.optimizer.iterations.numpy())
+        == 1
+    )
 
 
 def tiny_model(seed: int) -> keras.Model:
@@ -59,7 +65,9 @@ def tiny_model(seed: int) -> keras.Model:
     return model
 
 
-def epoch_end(ckpts: RunCheckpoints, state: RunState, model: keras.Model, best: list[np.ndarray]) -> None:
+def epoch_end(
+    ckpts: RunCheckpoints, state: RunState, model: keras.Model, best: list[np.ndarray]
+) -> None:
     """What ``CheckpointCallback.on_epoch_end`` does when the epoch improved: best weights, then the checkpoint."""
     ckpts.save_best(state, best)
     ckpts.save(state, model)
@@ -70,10 +78,15 @@ def same(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 @pytest.mark.parametrize("fault", [kill, fail], ids=["killed", "store-failed"])
-def test_a_save_cut_short_at_any_step_leaves_the_previous_checkpoint_whole(store: Store, fault) -> None:
+def test_a_save_cut_short_at_any_step_leaves_the_previous_checkpoint_whole(
+    store: Store, fault
+) -> None:
     """Epoch 2's save dies at each of its store calls in turn; load then gives epoch 1 or epoch 2, never a mix."""
     model1, model2 = tiny_model(1), tiny_model(2)
-    best1, best2 = [w * 0 + 1 for w in model1.get_weights()], [w * 0 + 2 for w in model2.get_weights()]
+    best1, best2 = (
+        [w * 0 + 1 for w in model1.get_weights()],
+        [w * 0 + 2 for w in model2.get_weights()],
+    )
     epoch1 = (RunState(phase=2, epochs_done=1, best=0.5), model1.get_weights(), best1)
     epoch2 = (RunState(phase=2, epochs_done=2, best=0.25), model2.get_weights(), best2)
 
@@ -87,13 +100,20 @@ def test_a_save_cut_short_at_any_step_leaves_the_previous_checkpoint_whole(store
         run = store.child(f"case-{n}")
         epoch_end(RunCheckpoints(run), RunState(**vars(epoch1[0])), model1, best1)
         with pytest.raises((Killed, StoreError)):
-            epoch_end(RunCheckpoints(FaultyStore(run, Plan({n: fault}))), RunState(**vars(epoch2[0])), model2, best2)
+            epoch_end(
+                RunCheckpoints(FaultyStore(run, Plan({n: fault}))),
+                RunState(**vars(epoch2[0])),
+                model2,
+                best2,
+            )
 
         state, model, best = RunCheckpoints(run).load()
         for expected_state, weights, expected_best in (epoch1, epoch2):
             if state.epochs_done == expected_state.epochs_done:
                 assert state.best == expected_state.best, step
-                assert same(model.get_weights(), weights), f"fault at {step}: weights of another epoch"
+                assert same(model.get_weights(), weights), (
+                    f"fault at {step}: weights of another epoch"
+                )
                 assert same(best, expected_best), f"fault at {step}: best weights of another epoch"
                 break
         else:
@@ -102,7 +122,9 @@ def test_a_save_cut_short_at_any_step_leaves_the_previous_checkpoint_whole(store
         # The retried epoch saves cleanly; files no state names (the dead save's) are gone.
         epoch_end(RunCheckpoints(run), RunState(**vars(epoch2[0])), model2, best2)
         saved = json.loads(run.get(STATE_FILE))
-        assert {o.key for o in run.list()} == {STATE_FILE, saved["model_key"], saved["best_key"]}, step
+        assert {o.key for o in run.list()} == {STATE_FILE, saved["model_key"], saved["best_key"]}, (
+            step
+        )
 
 
 def test_a_checkpoint_file_that_does_not_match_its_state_is_refused(store: Store) -> None:
@@ -110,10 +132,14 @@ def test_a_checkpoint_file_that_does_not_match_its_state_is_refused(store: Store
     state = RunState(epochs_done=1)
     ckpts.save(state, tiny_model(1))
     store.put(state.model_key, b"PK\x03\x04 something else")  # replaced behind the state's back
-    with pytest.raises(CheckpointError, match=rf"expected sha256 {state.model_sha256} as state.json records"):
+    with pytest.raises(
+        CheckpointError, match=rf"expected sha256 {state.model_sha256} as state.json records"
+    ):
         ckpts.load()
     store.delete(state.model_key)
-    with pytest.raises(CheckpointError, match=rf"names {state.model_key}; expected it in the run folder"):
+    with pytest.raises(
+        CheckpointError, match=rf"names {state.model_key}; expected it in the run folder"
+    ):
         ckpts.load()
 
 
@@ -123,7 +149,10 @@ def test_a_state_from_before_digests_still_loads_its_fixed_name_files(tmp_path) 
     path = tmp_path / "m.keras"
     model.save(path)
     store.put("checkpoint.keras", path.read_bytes())
-    store.put(STATE_FILE, json.dumps({"phase": 2, "epochs_done": 4, "history": {}, "version": "v7"}).encode())
+    store.put(
+        STATE_FILE,
+        json.dumps({"phase": 2, "epochs_done": 4, "history": {}, "version": "v7"}).encode(),
+    )
     state, loaded, best = RunCheckpoints(store).load()
     assert (state.epochs_done, state.version, best) == (4, "v7", None)
     assert same(loaded.get_weights(), model.get_weights())

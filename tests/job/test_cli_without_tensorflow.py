@@ -29,7 +29,9 @@ HEAVY = ("tensorflow", "keras", "tf2onnx", "onnxruntime", "onnx", "matplotlib")
 
 def cli_requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    return [Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["cli"]]
+    return [
+        Requirement(r) for r in project["dependencies"] + project["optional-dependencies"]["cli"]
+    ]
 
 
 def closure(roots: list[Requirement]) -> set[str]:
@@ -70,7 +72,12 @@ def run(python: Path, *argv: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": f"{ROOT / 'job'}{os.pathsep}{ROOT / 'serve'}"}
     code = "import sys; from leaf_train.cli import main; sys.exit(main(sys.argv[1:]))"
     return subprocess.run(
-        [str(python), "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120, cwd=ROOT
+        [str(python), "-c", code, *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        cwd=ROOT,
     )
 
 
@@ -115,6 +122,8 @@ def test_models_and_inbox_against_s3(cli_python: Path, s3):
     row = next(line.split() for line in listed.stdout.splitlines() if line.startswith("v1"))
     assert row[2:5] == ["0.9100", "pass", "served"]
     shown = run(cli_python, "models", "show", "v1", "--output", output)
-    assert shown.returncode == 0 and shown.stdout.startswith("version:     v1 (served)"), shown.stderr
+    assert shown.returncode == 0 and shown.stdout.startswith("version:     v1 (served)"), (
+        shown.stderr
+    )
     inbox = run(cli_python, "inbox", "list", "--output", output)
     assert inbox.returncode == 0 and "the inbox is empty" in inbox.stdout, inbox.stderr

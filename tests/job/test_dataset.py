@@ -9,7 +9,11 @@ from leaf_common.storage import ObjectInfo, open_store
 from leaf_train.dataset import TRAIN, VAL, build_index, check_index, discover, hash_split
 from leaf_train.errors import DataError
 
-ODD = ["Corn_(maize)___Common_rust_", "Grape___Esca (Black Measles)", "Pepper,_bell___Bacterial_spot"]
+ODD = [
+    "Corn_(maize)___Common_rust_",
+    "Grape___Esca (Black Measles)",
+    "Pepper,_bell___Bacterial_spot",
+]
 
 
 def objs(keys):
@@ -44,7 +48,9 @@ def test_classes_are_sorted_folders_and_junk_is_ignored():
 
 def test_split_is_stable_as_the_dataset_grows():
     before = [f"c{c}/img{i}.jpg" for c in range(3) for i in range(50)]
-    after = before[::2] + [f"c{c}/new{i}.jpg" for c in range(4) for i in range(80)]  # removals + additions
+    after = before[::2] + [
+        f"c{c}/new{i}.jpg" for c in range(4) for i in range(80)
+    ]  # removals + additions
     side_before = {it.key: it.split for it in build_index(objs(before), "x", 0.2).items}
     side_after = {it.key: it.split for it in build_index(objs(after), "x", 0.2).items}
     common = side_before.keys() & side_after.keys()
@@ -64,13 +70,19 @@ def test_every_class_gets_validation_images():
     index = build_index(objs(keys), "x", 0.05)
     for cls in index.classes:
         assert index.counts(VAL)[cls] >= 1 and index.counts(TRAIN)[cls] >= 1
-    assert [it.split for it in build_index(objs(keys), "x", 0.05).items] == [it.split for it in index.items]
+    assert [it.split for it in build_index(objs(keys), "x", 0.05).items] == [
+        it.split for it in index.items
+    ]
 
 
 @pytest.mark.parametrize(
     "keys, minimum, match",
     [
-        ([f"only/img{i}.jpg" for i in range(9)], 2, r"expected at least 2 class folders with images under s3://b/p"),
+        (
+            [f"only/img{i}.jpg" for i in range(9)],
+            2,
+            r"expected at least 2 class folders with images under s3://b/p",
+        ),
         ([], 2, r"found 0"),
         (
             [f"a/{i}.jpg" for i in range(9)] + ["Tomato___Early blight (x)/1.jpg"],
@@ -87,7 +99,9 @@ def test_unusable_datasets_stop_with_one_clear_line(keys, minimum, match):
 def test_discover_lists_s3_over_http_with_pagination(s3):
     s3.make_bucket("photos")
     store = open_store("s3://photos/plantvillage")
-    keys = [f"plantvillage/{c}/{i}.jpg" for c in ODD for i in range(334)]  # > 1000: two ListObjectsV2 pages
+    keys = [
+        f"plantvillage/{c}/{i}.jpg" for c in ODD for i in range(334)
+    ]  # > 1000: two ListObjectsV2 pages
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: s3.client.put_object(Bucket="photos", Key=k, Body=b"x"), keys))
     s3.client.put_object(Bucket="photos", Key="plantvillage/.ipynb_checkpoints/a.jpg", Body=b"x")
@@ -99,7 +113,9 @@ def test_discover_lists_s3_over_http_with_pagination(s3):
 
 def test_fingerprint_changes_with_content():
     a = build_index(objs(["a/1.jpg", "b/1.jpg"]), "x", 0.5)
-    b = build_index([ObjectInfo("a/1.jpg", 10, "other"), ObjectInfo("b/1.jpg", 10, "etag-b/1.jpg")], "x", 0.5)
+    b = build_index(
+        [ObjectInfo("a/1.jpg", 10, "other"), ObjectInfo("b/1.jpg", 10, "etag-b/1.jpg")], "x", 0.5
+    )
     assert a.fingerprint() != b.fingerprint()
     assert a.fingerprint() == build_index(objs(["b/1.jpg", "a/1.jpg"]), "x", 0.5).fingerprint()
 
@@ -121,5 +137,8 @@ def test_usable_index_rederives_classes_labels_and_splits_from_what_decoded():
     fresh = build_index(objs([it.key for it in usable.items]), "s3://b/p", 0.2)
     assert usable.items == fresh.items
     assert {it.label for it in usable.split(VAL)} == {0, 1}  # every remaining class validates
-    assert sorted(o.key for o in usable.unusable) == [*[f"bean/{i}.jpg" for i in range(6)], "corn/0.jpg"]
+    assert sorted(o.key for o in usable.unusable) == [
+        *[f"bean/{i}.jpg" for i in range(6)],
+        "corn/0.jpg",
+    ]
     assert usable.ignored == ["notes.txt"] and usable.root == listed.root

@@ -31,13 +31,21 @@ def test_indexed_job_pods_are_named_job_index_dot_service():
 
 
 def test_explicit_hosts_get_the_port_unless_they_name_one():
-    assert worker_hosts(2, 2222, "", "", ["10.0.0.1", "10.0.0.2:3333"]) == ("10.0.0.1:2222", "10.0.0.2:3333")
+    assert worker_hosts(2, 2222, "", "", ["10.0.0.1", "10.0.0.2:3333"]) == (
+        "10.0.0.1:2222",
+        "10.0.0.2:3333",
+    )
 
 
 @pytest.mark.parametrize(
     ("job", "service", "hosts", "message"),
     [
-        ("", "svc", (), "--job-name (LEAF_TRAIN_JOB_NAME) and --worker-service (LEAF_TRAIN_WORKER_SERVICE)"),
+        (
+            "",
+            "svc",
+            (),
+            "--job-name (LEAF_TRAIN_JOB_NAME) and --worker-service (LEAF_TRAIN_WORKER_SERVICE)",
+        ),
         ("job", "", (), "received 'job' and ''"),
         ("job", "svc", ("a", "b", "c"), "expected 2 hosts (one per worker), received 3"),
     ],
@@ -72,16 +80,37 @@ def test_indexed_job_pod_gets_its_tf_config():
 
 
 def test_one_worker_and_no_tf_config_is_a_single_worker_run():
-    assert resolve_cluster(1, -1, 2222, "train-abc", "workers", environ={"JOB_COMPLETION_INDEX": "0"}) is None
+    assert (
+        resolve_cluster(1, -1, 2222, "train-abc", "workers", environ={"JOB_COMPLETION_INDEX": "0"})
+        is None
+    )
 
 
 @pytest.mark.parametrize(
     ("tf_config", "workers", "index"),
     [
-        ({"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}, ["a:1", "b:1"], 1),
+        (
+            {"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}},
+            ["a:1", "b:1"],
+            1,
+        ),
         # An operator's chief task comes first: it is our worker 0, and its workers follow.
-        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}, ["c:1", "a:1"], 1),
-        ({"cluster": {"chief": ["c:1"], "worker": ["a:1"]}, "task": {"type": "chief", "index": 0}}, ["c:1", "a:1"], 0),
+        (
+            {
+                "cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+                "task": {"type": "worker", "index": 0},
+            },
+            ["c:1", "a:1"],
+            1,
+        ),
+        (
+            {
+                "cluster": {"chief": ["c:1"], "worker": ["a:1"]},
+                "task": {"type": "chief", "index": 0},
+            },
+            ["c:1", "a:1"],
+            0,
+        ),
     ],
 )
 def test_a_tf_config_set_by_another_operator_is_honoured(tf_config, workers, index):
@@ -91,7 +120,9 @@ def test_a_tf_config_set_by_another_operator_is_honoured(tf_config, workers, ind
 
 def test_a_tf_config_with_one_worker_is_a_single_worker_run():
     tf_config = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
-    assert resolve_cluster(1, -1, 2222, "", "", environ={"TF_CONFIG": json.dumps(tf_config)}) is None
+    assert (
+        resolve_cluster(1, -1, 2222, "", "", environ={"TF_CONFIG": json.dumps(tf_config)}) is None
+    )
 
 
 @pytest.mark.parametrize("raw", ["not json", '{"task": {}}', '{"cluster": [1, 2]}'])
@@ -102,7 +133,10 @@ def test_an_unusable_tf_config_is_refused(raw):
 
 @pytest.mark.parametrize(
     ("workers", "index", "message"),
-    [(("a:1",), 0, "at least 2 workers"), (("a:1", "b:1"), 2, "expected 0..1 for 2 workers; received 2")],
+    [
+        (("a:1",), 0, "at least 2 workers"),
+        (("a:1", "b:1"), 2, "expected 0..1 for 2 workers; received 2"),
+    ],
 )
 def test_impossible_clusters_are_refused(workers, index, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -122,7 +156,9 @@ def test_without_a_cluster_or_several_gpus_the_default_strategy_is_used():
     ("replicas", "scaling", "global_batch", "lr", "per_replica"),
     [(4, "none", 32, 1e-3, 8), (4, "linear", 32, 4e-3, 8), (8, "linear", 20, 8e-3, 2)],
 )
-def test_batch_is_global_and_lr_scales_linearly_only_when_asked(replicas, scaling, global_batch, lr, per_replica):
+def test_batch_is_global_and_lr_scales_linearly_only_when_asked(
+    replicas, scaling, global_batch, lr, per_replica
+):
     dist = Distribution(SimpleNamespace(num_replicas_in_sync=replicas), None, "MirroredStrategy")
     assert dist.learning_rate(1e-3, scaling) == pytest.approx(lr)
     assert dist.per_replica_batch(global_batch) == per_replica
@@ -150,7 +186,11 @@ def test_weights_digest_sees_values_shapes_and_dtypes():
     [
         ("workers", 0, "--workers (LEAF_TRAIN_WORKERS): expected an integer >= 1, received 0"),
         ("worker_port", 70000, "PORT): expected an integer from 1 to 65535, received 70000"),
-        ("fp16_tolerance", 0.0, "--fp16-tolerance (LEAF_TRAIN_FP16_TOLERANCE): expected a number > 0, received 0.0"),
+        (
+            "fp16_tolerance",
+            0.0,
+            "--fp16-tolerance (LEAF_TRAIN_FP16_TOLERANCE): expected a number > 0, received 0.0",
+        ),
     ],
 )
 def test_config_refuses_impossible_distribution_values(field, value, message):
@@ -169,7 +209,9 @@ def test_jit_compile_auto_follows_the_visible_gpus(monkeypatch, mode, gpus, expe
     from leaf_train.train import gpus_visible, use_jit_compile
 
     # What TensorFlow lists, not what this machine has: the same answers with and without a GPU here.
-    monkeypatch.setattr(tf.config, "list_physical_devices", lambda kind=None: list(gpus) if kind == "GPU" else [])
+    monkeypatch.setattr(
+        tf.config, "list_physical_devices", lambda kind=None: list(gpus) if kind == "GPU" else []
+    )
     assert gpus_visible() is bool(gpus)
     assert use_jit_compile(mode) is expected
 

@@ -65,11 +65,17 @@ def launch(data: Path, out: Path, *extra: str) -> list[subprocess.Popen]:
             "LEAF_TRAIN_WORKER_HOSTS": hosts,
             "JOB_COMPLETION_INDEX": str(index),
         }
-        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        procs.append(
+            subprocess.Popen(
+                args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )
+        )
     return procs
 
 
-def finish(procs: list[subprocess.Popen], expected: tuple[int, int] = (0, 0), timeout: float = 300) -> list[str]:
+def finish(
+    procs: list[subprocess.Popen], expected: tuple[int, int] = (0, 0), timeout: float = 300
+) -> list[str]:
     logs = []
     try:
         for p in procs:
@@ -80,7 +86,9 @@ def finish(procs: list[subprocess.Popen], expected: tuple[int, int] = (0, 0), ti
                 p.kill()
                 p.communicate()
     for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == expected[i], f"worker {i} exited {p.returncode}, expected {expected[i]}:\n{log[-6000:]}"
+        assert p.returncode == expected[i], (
+            f"worker {i} exited {p.returncode}, expected {expected[i]}:\n{log[-6000:]}"
+        )
     return logs
 
 
@@ -90,7 +98,9 @@ def digests(*logs: str) -> dict[int, str]:
     return found
 
 
-def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_the_chief_publishes(tmp_path):
+def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_the_chief_publishes(
+    tmp_path,
+):
     data, out = tmp_path / "photos", tmp_path / "registry"
     write(open_store(str(data)), per_class=8, classes=2, size=48)
     model_dir = out / "leaf-classifier"
@@ -100,21 +110,30 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     # (exit 1). A parity failure no longer fails the job (the gate rejects it). The other worker's part ends
     # with training.
     model_dir.mkdir(parents=True)
-    (model_dir / "latest.json").write_bytes(Pointer(version="gone", name="leaf-classifier").to_json())
+    (model_dir / "latest.json").write_bytes(
+        Pointer(version="gone", name="leaf-classifier").to_json()
+    )
     chief, worker = finish(launch(data, out, *DEVICE), expected=(1, 0))
     for index, log in enumerate((chief, worker)):
-        assert f'"task": {{"type": "worker", "index": {index}}}' in log  # TF_CONFIG built from JOB_COMPLETION_INDEX
+        assert (
+            f'"task": {{"type": "worker", "index": {index}}}' in log
+        )  # TF_CONFIG built from JOB_COMPLETION_INDEX
         assert "MultiWorkerMirroredStrategy: 2 replica(s) on 2 worker(s)" in log
         assert "global batch 8 = 4 per replica" in log
         assert "learning rates 0.002 / 2e-05 (lr_scaling linear)" in log  # x2 replicas
         assert "augmentation device (option device)" in log
     trained = digests(chief, worker)
     assert trained[0] == trained[1]  # all-reduced gradients kept both replicas' weights identical
-    assert "IncompleteVersionError: served version" in chief and "versions/gone is unusable" in chief
+    assert (
+        "IncompleteVersionError: served version" in chief and "versions/gone is unusable" in chief
+    )
     assert "worker 1: trained version" in worker
     assert not (model_dir / "versions").exists()
     state = json.loads((model_dir / "runs" / RUN_ID / "state.json").read_text())
-    assert (state["phase"], state["published_version"]) == (3, "")  # the chief's checkpoint: training done
+    assert (state["phase"], state["published_version"]) == (
+        3,
+        "",
+    )  # the chief's checkpoint: training done
 
     # Attempt 2 (the Job's retry): every worker loads the chief's checkpoint, so both hold exactly the
     # weights attempt 1 trained, train nothing more, and only the chief exports and publishes.
@@ -128,17 +147,27 @@ def test_two_workers_train_in_sync_resume_from_the_chiefs_checkpoint_and_only_th
     assert len(versions) == 1
     assert "promoted:       yes" in chief
     assert "worker 1: trained version" in worker
-    assert "exported ONNX" not in worker and "leaf_train.registry" not in worker and "promoted" not in worker
+    assert (
+        "exported ONNX" not in worker
+        and "leaf_train.registry" not in worker
+        and "promoted" not in worker
+    )
 
     report = json.loads((versions[0] / "report.json").read_text())
-    assert report["distribution"] == {"strategy": "MultiWorkerMirroredStrategy", "replicas": 2, "workers": 2}
+    assert report["distribution"] == {
+        "strategy": "MultiWorkerMirroredStrategy",
+        "replicas": 2,
+        "workers": 2,
+    }
     assert report["history"]["phase"] == [1.0, 2.0]
     assert report["augment"] == "device"
     assert report["jit_compile"] is False  # auto: XLA only with a GPU
     contract = json.loads((versions[0] / "model.json").read_text())
     fp16 = contract["parity"]["fp16"]
     assert fp16["passed"] and fp16["tolerance"] == 1e-2 and fp16["file"] == "model.fp16.onnx"
-    assert fp16["sha256"] == hashlib.sha256((versions[0] / "model.fp16.onnx").read_bytes()).hexdigest()
+    assert (
+        fp16["sha256"] == hashlib.sha256((versions[0] / "model.fp16.onnx").read_bytes()).hexdigest()
+    )
     assert contract["training"]["workers"] == 2 and contract["training"]["lr_scaling"] == "linear"
     manifest = json.loads((versions[0] / "manifest.json").read_text())
     assert "model.fp16.onnx" in json.dumps(manifest["files"])

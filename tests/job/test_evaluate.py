@@ -57,7 +57,9 @@ MIXED = [
         ),
     ],
 )
-def test_compute_metrics_matches_hand_computed_values(rows, classes, accuracy, top3, per_class, confusion):
+def test_compute_metrics_matches_hand_computed_values(
+    rows, classes, accuracy, top3, per_class, confusion
+):
     y_true = np.array([t for t, _ in rows])
     probs = np.array([p for _, p in rows], dtype=np.float32)
 
@@ -69,7 +71,9 @@ def test_compute_metrics_matches_hand_computed_values(rows, classes, accuracy, t
     assert m["confusion_matrix"] == confusion
     for name, (precision, recall, f1, support) in per_class.items():
         got = m["per_class"][name]
-        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx((precision, recall, f1)), name
+        assert (got["precision"], got["recall"], got["f1"]) == pytest.approx(
+            (precision, recall, f1)
+        ), name
         assert got["support"] == support
     assert m["macro_f1"] == pytest.approx(np.mean([f1 for _, _, f1, _ in per_class.values()]))
 

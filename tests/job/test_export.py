@@ -38,7 +38,9 @@ def test_graph_has_one_named_input_and_dynamic_batch(exported):
 def test_onnx_matches_keras_on_raw_rgb(exported, batch):
     model, data = exported
     x = np.random.default_rng(batch).uniform(0, 255, (batch, SIZE, SIZE, 3)).astype(np.float32)
-    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[0]
+    got = ort.InferenceSession(data, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: x})[
+        0
+    ]
     np.testing.assert_allclose(got, model.predict_on_batch(x), atol=1e-5)
     parity = check_parity(model, data, x.astype(np.uint8), tolerance=1e-4)
     assert parity.passed and parity.images == batch
@@ -62,7 +64,9 @@ def test_mixed_precision_model_exports_float32():
         mp = build_model(CLASSES, SIZE, weights=None, dense_units=16)
     finally:
         keras.mixed_precision.set_global_policy("float32")
-    assert mp.get_layer("probabilities").dtype_policy.compute_dtype == "float32"  # softmax kept in float32
+    assert (
+        mp.get_layer("probabilities").dtype_policy.compute_dtype == "float32"
+    )  # softmax kept in float32
     clone = float32_copy(mp, CLASSES, SIZE, 16)
     assert all(w.dtype == "float32" for w in clone.weights)
     assert clone.get_layer("dense").dtype_policy.compute_dtype == "float32"

@@ -20,7 +20,9 @@ SIZE = 8
 def classifier(seed: int = 0, classes: int = 3) -> bytes:
     """image [N, 8, 8, 3] float32 -> flatten -> dense -> softmax -> probabilities [N, classes]."""
     rng = np.random.default_rng(seed)
-    weights = numpy_helper.from_array((rng.normal(0, 0.02, (SIZE * SIZE * 3, classes))).astype(np.float32), "w")
+    weights = numpy_helper.from_array(
+        (rng.normal(0, 0.02, (SIZE * SIZE * 3, classes))).astype(np.float32), "w"
+    )
     bias = numpy_helper.from_array(rng.normal(0, 0.1, classes).astype(np.float32), "b")
     shape = numpy_helper.from_array(np.array([-1, SIZE * SIZE * 3], np.int64), "shape")
     graph = helper.make_graph(
@@ -50,10 +52,17 @@ def test_fp16_keeps_float32_inputs_and_outputs_and_stores_float16_weights():
     fp16 = to_fp16(fp32)
     proto = onnx.load_from_string(fp16)
     io = [(v.name, v.type.tensor_type.elem_type) for v in (*proto.graph.input, *proto.graph.output)]
-    assert io == [(INPUT_NAME, TensorProto.FLOAT), (OUTPUT_NAME, TensorProto.FLOAT)]  # the contract is unchanged
+    assert io == [
+        (INPUT_NAME, TensorProto.FLOAT),
+        (OUTPUT_NAME, TensorProto.FLOAT),
+    ]  # the contract is unchanged
     weights = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
-    assert weights["w"].dtype == np.float16 and weights["w"].nbytes == SIZE * SIZE * 3 * 3 * 2  # half of float32
-    probs = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(None, {INPUT_NAME: images()})[0]
+    assert (
+        weights["w"].dtype == np.float16 and weights["w"].nbytes == SIZE * SIZE * 3 * 3 * 2
+    )  # half of float32
+    probs = ort.InferenceSession(fp16, providers=["CPUExecutionProvider"]).run(
+        None, {INPUT_NAME: images()}
+    )[0]
     assert probs.dtype == np.float32 and np.allclose(probs.sum(axis=1), 1.0, atol=1e-3)
 
 
@@ -61,7 +70,12 @@ def test_fp16_parity_within_tolerance_is_recorded():
     fp32 = classifier()
     parity = check_fp16_parity(fp32, to_fp16(fp32), images(), tolerance=1e-2, batch=4)
     assert parity.passed and parity.images == 6 and 0 < parity.max_abs_diff < 1e-2
-    assert parity.to_dict() == {"max_abs_diff": parity.max_abs_diff, "tolerance": 1e-2, "images": 6, "passed": True}
+    assert parity.to_dict() == {
+        "max_abs_diff": parity.max_abs_diff,
+        "tolerance": 1e-2,
+        "images": 6,
+        "passed": True,
+    }
 
 
 def test_fp16_parity_beyond_tolerance_is_a_failed_measurement_for_the_gate():
@@ -83,7 +97,9 @@ def test_max_abs_diff_propagates_nan(outputs, worst):
     from leaf_train.export import Parity, _max_abs_diff
 
     batches = iter(outputs[1:])
-    got = _max_abs_diff(lambda x: outputs[0], lambda x: next(batches), np.zeros((2, SIZE, SIZE, 3)), batch=2)
+    got = _max_abs_diff(
+        lambda x: outputs[0], lambda x: next(batches), np.zeros((2, SIZE, SIZE, 3)), batch=2
+    )
     if worst == "nan":
         assert np.isnan(got)
         parity = Parity(got, 1e-2, 2)

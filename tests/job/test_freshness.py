@@ -29,7 +29,9 @@ from leaf_train.registry import ModelRegistry
 TRAIN = TrainConfig(data="s3://photos/pv", output="s3://models/reg")
 SCHEDULED = RetrainConfig(run_trigger="scheduled")
 PHOTOS = [
-    ObjectInfo(f"{cls}/{cls}_{i}.jpg", 1000 + i, f"etag-{cls}-{i}") for cls in ("rust", "healthy") for i in range(6)
+    ObjectInfo(f"{cls}/{cls}_{i}.jpg", 1000 + i, f"etag-{cls}-{i}")
+    for cls in ("rust", "healthy")
+    for i in range(6)
 ]
 
 
@@ -73,7 +75,9 @@ def test_config_from_environment_and_validation() -> None:
     cfg = resolve(RetrainConfig, "LEAF_TRAIN_", environ=env)
     assert (cfg.skip_if_unchanged, cfg.min_new_images, cfg.run_trigger) == ("on", 25, "scheduled")
     assert resolve(RetrainConfig, "LEAF_TRAIN_", environ={}) == RetrainConfig("auto", 1, "manual")
-    with pytest.raises(ConfigError, match=r"\(LEAF_TRAIN_MIN_NEW_IMAGES\): expected an integer >= 1, received 0"):
+    with pytest.raises(
+        ConfigError, match=r"\(LEAF_TRAIN_MIN_NEW_IMAGES\): expected an integer >= 1, received 0"
+    ):
         resolve(RetrainConfig, "LEAF_TRAIN_", environ={"LEAF_TRAIN_MIN_NEW_IMAGES": "0"})
 
 
@@ -109,14 +113,21 @@ def test_unusable_photos_the_served_version_skipped_are_not_new() -> None:
 
 
 def test_a_dataset_record_without_images_cannot_be_compared() -> None:
-    with pytest.raises(ValueError, match=r"dataset.json: expected images with key, etag and size \(KeyError"):
+    with pytest.raises(
+        ValueError, match=r"dataset.json: expected images with key, etag and size \(KeyError"
+    ):
         compare_photos(listing(PHOTOS), {"root": "x"})
 
 
 @pytest.mark.parametrize("name", [n for n in SHAPING_OPTIONS if n != "augment"])  # augment: below
 def test_every_shaping_option_is_compared(name: str) -> None:
     value = getattr(TRAIN, name)
-    changed = {bool: lambda v: not v, int: lambda v: v + 1, float: lambda v: v * 2, str: lambda v: v + "x"}
+    changed = {
+        bool: lambda v: not v,
+        int: lambda v: v + 1,
+        float: lambda v: v * 2,
+        str: lambda v: v + "x",
+    }
     other = dataclasses.replace(TRAIN, **{name: changed[type(value)](value)})
     (diff,) = option_differences(other, served_contract(TRAIN))
     assert diff.startswith(f"{name} {value!r} -> ")
@@ -127,10 +138,15 @@ def test_every_shaping_option_is_compared(name: str) -> None:
     [("auto", "off", ["augment True -> False"]), ("off", "host", ["augment False -> True"])]
     + [("host", "device", []), ("auto", "host", []), ("device", "true", [])],
 )
-def test_augmentation_on_or_off_is_compared_not_where_it_runs(served: str, now: str, difference: list[str]) -> None:
+def test_augmentation_on_or_off_is_compared_not_where_it_runs(
+    served: str, now: str, difference: list[str]
+) -> None:
     """Host and device draw the same transforms (test_augment_device), so moving them is no reason to retrain."""
     other = dataclasses.replace(TRAIN, augment=now)
-    assert option_differences(other, served_contract(dataclasses.replace(TRAIN, augment=served))) == difference
+    assert (
+        option_differences(other, served_contract(dataclasses.replace(TRAIN, augment=served)))
+        == difference
+    )
     assert training_record(other)["augment_mode"] == {"true": "auto"}.get(now, now)
 
 
@@ -141,10 +157,14 @@ def test_a_version_from_before_the_augment_modes_compares_equal() -> None:
     assert option_differences(dataclasses.replace(TRAIN, augment="device"), contract) == []
 
 
-@pytest.mark.parametrize("name", [n for n in RECORDED_ONLY if n != "augment_mode"])  # augment_mode: above
+@pytest.mark.parametrize(
+    "name", [n for n in RECORDED_ONLY if n != "augment_mode"]
+)  # augment_mode: above
 def test_speed_and_rounding_options_are_recorded_not_compared(name: str) -> None:
     value = getattr(TRAIN, name)
-    other = dataclasses.replace(TRAIN, **{name: 4 if name == "workers" else "on" if value != "on" else "off"})
+    other = dataclasses.replace(
+        TRAIN, **{name: 4 if name == "workers" else "on" if value != "on" else "off"}
+    )
     assert training_record(other)[name] != value
     assert option_differences(other, served_contract(TRAIN)) == []
 
@@ -152,7 +172,9 @@ def test_speed_and_rounding_options_are_recorded_not_compared(name: str) -> None
 def test_options_a_served_version_did_not_record_count_as_different() -> None:
     contract = served_contract()
     del contract["training"]["dense_units"]
-    assert option_differences(TRAIN, contract) == ["dense_units (not recorded by the served version)"]
+    assert option_differences(TRAIN, contract) == [
+        "dense_units (not recorded by the served version)"
+    ]
 
 
 def test_code_and_package_versions_are_compared() -> None:
@@ -163,7 +185,10 @@ def test_code_and_package_versions_are_compared() -> None:
     diffs = code_differences(contract)
     assert diffs[0].startswith("training code sha256 000000000000 -> ")
     assert diffs[1].startswith("tensorflow 2.0.0 -> ") and len(diffs) == 2
-    assert code_differences({})[0] == f"training code sha256 not recorded -> {provenance.code_record()['sha256'][:12]}"
+    assert (
+        code_differences({})[0]
+        == f"training code sha256 not recorded -> {provenance.code_record()['sha256'][:12]}"
+    )
 
 
 def test_code_record_is_stable_and_names_the_version() -> None:
@@ -180,7 +205,9 @@ def test_code_record_is_stable_and_names_the_version() -> None:
         lambda root: (root / "model.py").write_text("x = 2\n"),  # one byte of code
         lambda root: (root / "extra.py").write_text(""),  # a new module
         lambda root: (root / "model.py").rename(root / "layers.py"),  # same bytes, another module
-        lambda root: (root / "sub").mkdir() or (root / "sub" / "a.py").write_text(""),  # a subpackage
+        lambda root: (
+            (root / "sub").mkdir() or (root / "sub" / "a.py").write_text("")
+        ),  # a subpackage
     ],
 )
 def test_source_digest_changes_with_any_change_of_the_code(tmp_path, change) -> None:
@@ -213,10 +240,38 @@ def serve(registry: ModelRegistry, version: str, contract: dict, dataset: dict) 
 @pytest.mark.parametrize(
     ("case", "cfg", "train", "photos", "skip", "reason"),
     [
-        ("unchanged", SCHEDULED, TRAIN, PHOTOS, True, "the 12 photos, the training options and the code are those of"),
-        ("manual-run", RetrainConfig(), TRAIN, PHOTOS, False, "skip_if_unchanged=auto and a manual run"),
-        ("forced", RetrainConfig("off", 1, "scheduled"), TRAIN, PHOTOS, False, "skip_if_unchanged=off"),
-        ("one-new", SCHEDULED, TRAIN, [*PHOTOS, ObjectInfo("rust/x.jpg", 1, "e")], False, "1 added photo(s)"),
+        (
+            "unchanged",
+            SCHEDULED,
+            TRAIN,
+            PHOTOS,
+            True,
+            "the 12 photos, the training options and the code are those of",
+        ),
+        (
+            "manual-run",
+            RetrainConfig(),
+            TRAIN,
+            PHOTOS,
+            False,
+            "skip_if_unchanged=auto and a manual run",
+        ),
+        (
+            "forced",
+            RetrainConfig("off", 1, "scheduled"),
+            TRAIN,
+            PHOTOS,
+            False,
+            "skip_if_unchanged=off",
+        ),
+        (
+            "one-new",
+            SCHEDULED,
+            TRAIN,
+            [*PHOTOS, ObjectInfo("rust/x.jpg", 1, "e")],
+            False,
+            "1 added photo(s)",
+        ),
         (
             "below-min-new-images",
             RetrainConfig("auto", 3, "scheduled"),

@@ -44,7 +44,14 @@ def tiny_onnx(weights: np.ndarray, size: int) -> bytes:
         "tiny",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", size, size, 3])],
         [helper.make_tensor_value_info("probs", TensorProto.FLOAT, ["N", classes])],
-        [helper.make_tensor("weights", TensorProto.FLOAT, list(weights.shape), weights.astype(np.float32).ravel())],
+        [
+            helper.make_tensor(
+                "weights",
+                TensorProto.FLOAT,
+                list(weights.shape),
+                weights.astype(np.float32).ravel(),
+            )
+        ],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     onnx.checker.check_model(model)
@@ -58,10 +65,18 @@ def contract_for(labels: list[str], size: int, version: str = "champ") -> ModelC
 def make_champion(kind: str, size: int = 8) -> Champion:
     weights, labels = {
         "perfect": (np.eye(3), RGB),
-        "hopeless": (np.eye(3)[:, [1, 2, 0]], RGB),  # says green for red, blue for green, red for blue
-        "knows-red-green": (np.eye(3)[:, :2], ["red", "green"]),  # a champion from before "blue" was added
+        "hopeless": (
+            np.eye(3)[:, [1, 2, 0]],
+            RGB,
+        ),  # says green for red, blue for green, red for blue
+        "knows-red-green": (
+            np.eye(3)[:, :2],
+            ["red", "green"],
+        ),  # a champion from before "blue" was added
     }[kind]
-    return Champion(kind, contract_for(labels, size, kind), tiny_onnx(weights, size), pointer_etag="etag-1")
+    return Champion(
+        kind, contract_for(labels, size, kind), tiny_onnx(weights, size), pointer_etag="etag-1"
+    )
 
 
 def val_set(counts: dict[str, int], size: int = 8) -> tuple[np.ndarray, list[str]]:
@@ -141,7 +156,13 @@ def test_gate_decisions(
 @pytest.mark.parametrize(
     ("case", "parity", "promote", "rows", "reason"),
     [
-        ("both-pass", {**PARITY_OK, "fp16": {**PARITY_OK, "max_abs_diff": 4e-3, "tolerance": 1e-2}}, True, 2, ""),
+        (
+            "both-pass",
+            {**PARITY_OK, "fp16": {**PARITY_OK, "max_abs_diff": 4e-3, "tolerance": 1e-2}},
+            True,
+            2,
+            "",
+        ),
         ("fp32-fails", PARITY_FAILED, False, 1, "ONNX parity check failed"),
         (
             "fp16-fails",
@@ -152,18 +173,34 @@ def test_gate_decisions(
             "0.2 > tolerance 0.01",
         ),
         # A model whose outputs are NaN is recorded with max_abs_diff null: that fails, it never passes as 0.
-        ("nan-is-a-failure", {**PARITY_OK, "max_abs_diff": None}, False, 1, "max |difference| nan > tolerance"),
-        ("passed-flag-is-not-trusted-alone", {**PARITY_OK, "max_abs_diff": float("nan")}, False, 1, "nan"),
+        (
+            "nan-is-a-failure",
+            {**PARITY_OK, "max_abs_diff": None},
+            False,
+            1,
+            "max |difference| nan > tolerance",
+        ),
+        (
+            "passed-flag-is-not-trusted-alone",
+            {**PARITY_OK, "max_abs_diff": float("nan")},
+            False,
+            1,
+            "nan",
+        ),
     ],
 )
-def test_parity_is_a_gate_rule(case: str, parity: dict, promote: bool, rows: int, reason: str) -> None:
+def test_parity_is_a_gate_rule(
+    case: str, parity: dict, promote: bool, rows: int, reason: str
+) -> None:
     decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 1.0, parity=parity)
     assert decision.promote is promote, decision.reason
     assert reason in decision.reason
     parity_rows = [r for r in decision.to_dict()["rules"] if r["rule"].startswith("parity")]
     assert len(parity_rows) == rows
     assert decision.parity_passed is promote
-    json.dumps(decision.to_dict(), allow_nan=False)  # what model.json gets is plain JSON: NaN is recorded as null
+    json.dumps(
+        decision.to_dict(), allow_nan=False
+    )  # what model.json gets is plain JSON: NaN is recorded as null
 
 
 # Perfect champion: recall 1.0 on every class. Red has 4 validation images, green and blue 3 (min support 3).
@@ -171,7 +208,14 @@ def test_parity_is_a_gate_rule(case: str, parity: dict, promote: bool, rows: int
     ("case", "champion", "recall", "cfg", "promote", "reason"),
     [
         ("within", "perfect", {"red": 0.96, "green": 1.0, "blue": 1.0}, CFG, True, "no regression"),
-        ("at-the-edge", "perfect", {"red": 0.95, "green": 1.0, "blue": 1.0}, CFG, True, "on 3 class(es)"),
+        (
+            "at-the-edge",
+            "perfect",
+            {"red": 0.95, "green": 1.0, "blue": 1.0},
+            CFG,
+            True,
+            "on 3 class(es)",
+        ),
         (
             "one-class-drops",
             "perfect",
@@ -201,11 +245,23 @@ def test_parity_is_a_gate_rule(case: str, parity: dict, promote: bool, rows: int
             "looser-threshold",
             "perfect",
             {"red": 0.75, "green": 1.0, "blue": 1.0},
-            GateConfig(min_accuracy=0.5, max_regression=0.02, max_class_regression=0.3, gate_min_class_support=3),
+            GateConfig(
+                min_accuracy=0.5,
+                max_regression=0.02,
+                max_class_regression=0.3,
+                gate_min_class_support=3,
+            ),
             True,
             "max_class_regression=0.3000",
         ),
-        ("weak-champion-nothing-to-lose", "hopeless", {"red": 0.0, "green": 0.0, "blue": 1.0}, CFG, True, ""),
+        (
+            "weak-champion-nothing-to-lose",
+            "hopeless",
+            {"red": 0.0, "green": 0.0, "blue": 1.0},
+            CFG,
+            True,
+            "",
+        ),
         (
             "new-class-reported-not-compared",
             "knows-red-green",
@@ -216,7 +272,9 @@ def test_parity_is_a_gate_rule(case: str, parity: dict, promote: bool, rows: int
         ),
     ],
 )
-def test_per_class_recall_rule(case: str, champion: str, recall: dict, cfg: GateConfig, promote: bool, reason: str):
+def test_per_class_recall_rule(
+    case: str, champion: str, recall: dict, cfg: GateConfig, promote: bool, reason: str
+):
     # The overall accuracy passes every case, so only the per-class rule decides.
     decision = judge(champion, {"red": 4, "green": 3, "blue": 3}, 0.99, recall=recall, cfg=cfg)
     assert decision.promote is promote, decision.reason
@@ -225,16 +283,25 @@ def test_per_class_recall_rule(case: str, champion: str, recall: dict, cfg: Gate
     rows = {r["class"]: r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"}
     assert set(rows) == {"red", "green", "blue"}  # every class of the validation set is listed
     for cls, row in rows.items():
-        assert row["new"] == recall[cls] and row["support"] == {"red": 4, "green": 3, "blue": 3}[cls]
+        assert (
+            row["new"] == recall[cls] and row["support"] == {"red": 4, "green": 3, "blue": 3}[cls]
+        )
     if case == "two-classes-drop-both-named":
-        assert "recall of class 'blue' fell from 1.0000 (champion perfect) to 0.0000" in decision.reason
+        assert (
+            "recall of class 'blue' fell from 1.0000 (champion perfect) to 0.0000"
+            in decision.reason
+        )
         assert [rows[c]["verdict"] for c in ("red", "green", "blue")] == ["pass", "fail", "fail"]
     if case == "new-class-reported-not-compared":
         assert decision.new_classes == ("blue",)
         assert (rows["blue"]["champion"], rows["blue"]["verdict"]) == (None, "not compared")
         assert rows["red"]["verdict"] == "pass"
     if case == "too-few-images-not-compared":
-        assert [rows[c]["verdict"] for c in ("red", "green", "blue")] == ["pass", "not compared", "not compared"]
+        assert [rows[c]["verdict"] for c in ("red", "green", "blue")] == [
+            "pass",
+            "not compared",
+            "not compared",
+        ]
         assert rows["green"]["threshold"] == "3 < 4 images: not compared"
 
 
@@ -242,17 +309,35 @@ def test_champion_recall_is_measured_per_class_on_the_same_images() -> None:
     # The champion that says green for red, blue for green, red for blue: recall 0 on every class.
     decision = judge("hopeless", {"red": 4, "green": 3, "blue": 3}, 0.9)
     rows = [r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"]
-    assert [(r["class"], r["champion"]) for r in rows] == [("blue", 0.0), ("green", 0.0), ("red", 0.0)]
+    assert [(r["class"], r["champion"]) for r in rows] == [
+        ("blue", 0.0),
+        ("green", 0.0),
+        ("red", 0.0),
+    ]
     decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.9)
     rows = [r for r in decision.to_dict()["rules"] if r["rule"] == "class recall"]
-    assert [(r["class"], r["champion"]) for r in rows] == [("blue", 1.0), ("green", 1.0), ("red", 1.0)]
+    assert [(r["class"], r["champion"]) for r in rows] == [
+        ("blue", 1.0),
+        ("green", 1.0),
+        ("red", 1.0),
+    ]
 
 
 def test_decision_table_lists_rule_threshold_new_champion_verdict() -> None:
-    decision = judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.99, recall={"red": 0.75, "green": 1, "blue": 1})
+    decision = judge(
+        "perfect",
+        {"red": 4, "green": 3, "blue": 3},
+        0.99,
+        recall={"red": 0.75, "green": 1, "blue": 1},
+    )
     lines = format_rules(decision.to_dict()["rules"])
     assert lines[0].split() == ["RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT"]
-    assert [line.split()[0] for line in lines[1:]] == ["parity", "min_accuracy", "max_regression", *["recall"] * 3]
+    assert [line.split()[0] for line in lines[1:]] == [
+        "parity",
+        "min_accuracy",
+        "max_regression",
+        *["recall"] * 3,
+    ]
     red = next(line for line in lines if line.startswith("recall red"))
     assert red.split()[-3:] == ["0.7500", "1.0000", "FAIL"]
     assert "recall >= champion - 0.0500" in red
@@ -261,7 +346,9 @@ def test_decision_table_lists_rule_threshold_new_champion_verdict() -> None:
 
 def test_event_note_fits_the_api_limit_and_keeps_the_failures() -> None:
     counts = {"red": 40, "green": 40, "blue": 40}
-    decision = judge("perfect", counts, 0.99, recall={"red": 1.0, "green": 1.0, "blue": 0.5}).to_dict()
+    decision = judge(
+        "perfect", counts, 0.99, recall={"red": 1.0, "green": 1.0, "blue": 0.5}
+    ).to_dict()
     # Forty more passing classes than fit: the note keeps the general rows and the failed class first.
     decision["rules"] += [
         {"rule": "class recall", "class": f"Class_{i:02d}_with_a_long_PlantVillage_name", "support": 30,
@@ -273,7 +360,9 @@ def test_event_note_fits_the_api_limit_and_keeps_the_failures() -> None:
     lines = note.splitlines()
     assert lines[0] == "v7: REJECTED by the gate"
     assert lines[2].startswith("parity") and lines[5].startswith("recall blue (n=40)")
-    assert lines[-1].startswith("... ") and lines[-1].endswith("more class row(s): leaf-train models show v7")
+    assert lines[-1].startswith("... ") and lines[-1].endswith(
+        "more class row(s): leaf-train models show v7"
+    )
     shown = len(lines) - 3  # verdict line, header, tail
     assert int(lines[-1].split()[1]) == len(decision["rules"]) - shown
     small = event_note(judge("perfect", {"red": 4, "green": 3, "blue": 3}, 0.99).to_dict(), "v8")
@@ -282,9 +371,14 @@ def test_event_note_fits_the_api_limit_and_keeps_the_failures() -> None:
 
 def test_classes_the_champion_lacks_count_as_its_misses_and_the_reason_says_so() -> None:
     decision = judge(
-        "knows-red-green", {"red": 4, "green": 4, "blue": 2}, 0.79, recall={"red": 1, "green": 1, "blue": 0}
+        "knows-red-green",
+        {"red": 4, "green": 4, "blue": 2},
+        0.79,
+        recall={"red": 1, "green": 1, "blue": 0},
     )
-    assert decision.champion_accuracy == pytest.approx(0.8)  # all 8 red/green right, both blue missed
+    assert decision.champion_accuracy == pytest.approx(
+        0.8
+    )  # all 8 red/green right, both blue missed
     assert decision.unknown_to_champion == 2
     assert "2 images of classes the champion does not know count as its misses" in decision.reason
     assert decision.promote  # 0.79 >= 0.80 - 0.02
@@ -335,10 +429,28 @@ def test_a_champion_that_cannot_be_scored_fails_loudly() -> None:
 @pytest.mark.parametrize(
     ("images", "labels", "candidate", "recall", "match"),
     [
-        (np.zeros((2, 8, 8, 3), np.float32), ["red", "red"], 0.5, {"red": 0.5}, "expected a uint8 array"),
-        (np.zeros((2, 8, 8), np.uint8), ["red", "red"], 0.5, {"red": 0.5}, "expected a uint8 array"),
+        (
+            np.zeros((2, 8, 8, 3), np.float32),
+            ["red", "red"],
+            0.5,
+            {"red": 0.5},
+            "expected a uint8 array",
+        ),
+        (
+            np.zeros((2, 8, 8), np.uint8),
+            ["red", "red"],
+            0.5,
+            {"red": 0.5},
+            "expected a uint8 array",
+        ),
         (np.zeros((0, 8, 8, 3), np.uint8), [], 0.5, {}, r"expected shape \[N>0"),
-        (np.zeros((2, 8, 8, 3), np.uint8), ["red"], 0.5, {"red": 0.5}, r"one class name per image \(2\); received 1"),
+        (
+            np.zeros((2, 8, 8, 3), np.uint8),
+            ["red"],
+            0.5,
+            {"red": 0.5},
+            r"one class name per image \(2\); received 1",
+        ),
         (
             np.zeros((2, 8, 8, 3), np.uint8),
             ["red", "red"],
@@ -362,7 +474,9 @@ def test_a_champion_that_cannot_be_scored_fails_loudly() -> None:
         ),
     ],
 )
-def test_bad_gate_inputs_name_what_was_expected(images, labels, candidate: float, recall: dict, match: str) -> None:
+def test_bad_gate_inputs_name_what_was_expected(
+    images, labels, candidate: float, recall: dict, match: str
+) -> None:
     with pytest.raises(GateError, match=match):
         decide(
             CFG,
@@ -387,9 +501,16 @@ def test_gate_config_from_environment_and_validation() -> None:
     )
     assert (cfg.min_accuracy, cfg.max_regression, cfg.keep_versions) == (0.6, 0.05, 4)
     defaults = resolve(GateConfig, "LEAF_TRAIN_", environ={})
-    assert (defaults.min_accuracy, defaults.max_regression, defaults.keep_versions) == (0.0, 0.02, 10)
+    assert (defaults.min_accuracy, defaults.max_regression, defaults.keep_versions) == (
+        0.0,
+        0.02,
+        10,
+    )
     assert (defaults.max_class_regression, defaults.gate_min_class_support) == (0.05, 20)
-    per_class = {"LEAF_TRAIN_MAX_CLASS_REGRESSION": "0.1", "LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "50"}
+    per_class = {
+        "LEAF_TRAIN_MAX_CLASS_REGRESSION": "0.1",
+        "LEAF_TRAIN_GATE_MIN_CLASS_SUPPORT": "50",
+    }
     cfg = resolve(GateConfig, "LEAF_TRAIN_", environ=per_class)
     assert (cfg.max_class_regression, cfg.gate_min_class_support) == (0.1, 50)
 
@@ -434,10 +555,14 @@ def store(output: str) -> Store:
     return open_store(output)
 
 
-def publish_tiny(registry: ModelRegistry, version: str, weights: np.ndarray, gate: dict | None = None) -> None:
+def publish_tiny(
+    registry: ModelRegistry, version: str, weights: np.ndarray, gate: dict | None = None
+) -> None:
     contract = contract_for(RGB, 8, version)
     contract.gate = gate or {}
-    registry.publish(version, {MODEL_FILE: tiny_onnx(weights, 8), CONTRACT_FILE: contract.to_json()})
+    registry.publish(
+        version, {MODEL_FILE: tiny_onnx(weights, 8), CONTRACT_FILE: contract.to_json()}
+    )
 
 
 def test_retrain_lifecycle_gate_then_cas_promotion(store: Store) -> None:
@@ -465,13 +590,22 @@ def test_retrain_lifecycle_gate_then_cas_promotion(store: Store) -> None:
             registry.promote(version, expected_etag=champion.pointer_etag)
 
     rows = {r.info.version: r for r in list_rows(registry)}  # what `leaf-train models list` shows
-    assert rows["v2"].info.complete and rows["v2"].gate_promote is False and not rows["v2"].info.promoted
+    assert (
+        rows["v2"].info.complete
+        and rows["v2"].gate_promote is False
+        and not rows["v2"].info.promoted
+    )
     assert "regression" in rows["v2"].gate_reason
     assert rows["v3"].info.served and rows["v1"].info.promoted and not rows["v1"].info.served
 
 
 def _calibration(before: float | None, after: float | None) -> dict:
-    return {"method": "temperature", "report_images": 40, "before": {"ece": before}, "after": {"ece": after}}
+    return {
+        "method": "temperature",
+        "report_images": 40,
+        "before": {"ece": before},
+        "after": {"ece": after},
+    }
 
 
 @pytest.mark.parametrize(
@@ -490,7 +624,9 @@ def _calibration(before: float | None, after: float | None) -> dict:
         ("ood-parity-fails", None, False, "ood_score parity check failed"),
     ],
 )
-def test_calibration_and_ood_parity_are_gate_rules(case: str, calibration: dict | None, promote: bool, reason: str):
+def test_calibration_and_ood_parity_are_gate_rules(
+    case: str, calibration: dict | None, promote: bool, reason: str
+):
     images, labels = val_set({"red": 4, "green": 3, "blue": 3})
     parity = {**PARITY_OK, "ood": {**PARITY_OK, "passed": calibration is not None}}
     if calibration is None:
@@ -513,13 +649,19 @@ def test_calibration_and_ood_parity_are_gate_rules(case: str, calibration: dict 
 def test_calibration_on_too_few_report_images_is_shown_not_judged():
     from leaf_train.gate import CALIBRATION_MIN_IMAGES, _calibration_row
 
-    few = {"method": "temperature", "report_images": CALIBRATION_MIN_IMAGES - 1, "before": {"ece": 0.1}}
+    few = {
+        "method": "temperature",
+        "report_images": CALIBRATION_MIN_IMAGES - 1,
+        "before": {"ece": 0.1},
+    }
     row = _calibration_row(few | {"after": {"ece": 0.2}})
     assert (row.verdict, row.threshold) == (
         "not compared",
         f"{CALIBRATION_MIN_IMAGES - 1} < 30 report images: not compared",
     )
-    enough = _calibration_row(few | {"report_images": CALIBRATION_MIN_IMAGES, "after": {"ece": 0.2}})
+    enough = _calibration_row(
+        few | {"report_images": CALIBRATION_MIN_IMAGES, "after": {"ece": 0.2}}
+    )
     assert enough.verdict == "fail"
 
 
@@ -534,7 +676,9 @@ def _gate_rules_script():
 def test_the_docs_table_of_rules_is_generated_from_the_rules():
     script = _gate_rules_script()
     text = script.DOC.read_text()
-    assert script.regenerate(text) == text, "docs/training.md's gate rules are stale: run scripts/gate_rules.py"
+    assert script.regenerate(text) == text, (
+        "docs/training.md's gate rules are stale: run scripts/gate_rules.py"
+    )
     # A row edited by hand is what the comparison catches.
     edited = text.replace("| `min_accuracy` | validation accuracy", "| `min_accuracy` | accuracy")
     assert edited != text and script.regenerate(edited) == text
@@ -580,4 +724,6 @@ def test_the_readme_states_the_gate_thresholds_the_code_has():
     assert named, "README's gate summary names no rule option with its value"
     for key, value in named:
         default = defaults[camel[key]]
-        assert float(value) == default, f"README says {key}={value}, GateConfig's default is {default}"
+        assert float(value) == default, (
+            f"README says {key}={value}, GateConfig's default is {default}"
+        )

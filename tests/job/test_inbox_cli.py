@@ -52,14 +52,34 @@ def test_list_accept_reject(where, capsys) -> None:
     output, data = where
     o = ["--output", output]
     rc, out = run(capsys, "list", *o)
-    assert (rc, out) == (0, f"the inbox is empty: {open_store(output).child(MODEL + '/inbox').uri}\n")
+    assert (rc, out) == (
+        0,
+        f"the inbox is empty: {open_store(output).child(MODEL + '/inbox').uri}\n",
+    )
 
     first, second = captured(output, 8), captured(output, 9, "marked_wrong")
     rc, out = run(capsys, "list", *o)
     lines = out.splitlines()
-    assert rc == 0 and lines[0].split() == ["ID", "CAPTURED", "REASON", "MODEL", "SAID", "VERSION", "PERSON", "SAID"]
-    assert lines[1].startswith(second) and "marked_wrong" in lines[1] and lines[1].endswith("Tomato___Early_blight")
-    assert "Tomato — healthy (59%)" in lines[1] and lines[2].startswith(first) and lines[2].endswith("-")
+    assert rc == 0 and lines[0].split() == [
+        "ID",
+        "CAPTURED",
+        "REASON",
+        "MODEL",
+        "SAID",
+        "VERSION",
+        "PERSON",
+        "SAID",
+    ]
+    assert (
+        lines[1].startswith(second)
+        and "marked_wrong" in lines[1]
+        and lines[1].endswith("Tomato___Early_blight")
+    )
+    assert (
+        "Tomato — healthy (59%)" in lines[1]
+        and lines[2].startswith(first)
+        and lines[2].endswith("-")
+    )
     rc, out = run(capsys, "list", *o, "--format", "json", "--limit", "1")
     assert [r["id"] for r in json.loads(out)] == [second]
 
@@ -80,7 +100,11 @@ def test_list_accept_reject(where, capsys) -> None:
     [
         (["accept", "{id}", "Tomato___Leaf_Mold"], 1, "expected an existing class folder"),
         (["accept", "{id}", "../up"], 2, "class name: expected 1-100 characters"),
-        (["accept", "capture-x", "Tomato___healthy"], 2, "capture id: expected capture-YYYYMMDDTHHMMSSmmmZ"),
+        (
+            ["accept", "capture-x", "Tomato___healthy"],
+            2,
+            "capture id: expected capture-YYYYMMDDTHHMMSSmmmZ",
+        ),
         (["reject", "capture-20260101T000000000Z-0000000000"], 1, "it is not there"),
         (["list", "--limit", "-1"], 2, "--limit: expected 0 (all) or a positive number"),
     ],
@@ -92,7 +116,9 @@ def test_refusals_are_one_line_and_an_exit_code(where, caplog, argv, code, messa
     extra = ["--data", data] if argv[0] == "accept" else []
     assert main(["inbox", argv[0], "--output", output, *extra, *argv[1:]]) == code
     assert message in caplog.text
-    assert Inbox(open_store(output).child(f"{MODEL}/inbox")).get(capture_id).id == capture_id  # untouched
+    assert (
+        Inbox(open_store(output).child(f"{MODEL}/inbox")).get(capture_id).id == capture_id
+    )  # untouched
 
 
 def test_accept_needs_data(where, caplog) -> None:

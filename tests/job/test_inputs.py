@@ -8,7 +8,9 @@ from leaf_train.inputs import augmentation, make_dataset
 
 def data(n=10, size=24):
     rng = np.random.default_rng(0)
-    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(n, dtype=np.int32) % 3
+    return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), np.arange(
+        n, dtype=np.int32
+    ) % 3
 
 
 def test_validation_batches_are_the_decoded_images_unchanged():
@@ -44,7 +46,9 @@ def test_augmentation_changes_training_batches_only():
         "RandomZoom",
         "RandomFlip",
     ]
-    train = next(iter(make_dataset(images, labels, slots, 10, shuffle=False, seed=0, augment=aug)))[0].numpy()
+    train = next(iter(make_dataset(images, labels, slots, 10, shuffle=False, seed=0, augment=aug)))[
+        0
+    ].numpy()
     assert train.shape == (10, 24, 24, 3)
     assert not np.allclose(train, images.astype(np.float32))
     assert train.min() >= 0 and train.max() <= 255
@@ -52,7 +56,9 @@ def test_augmentation_changes_training_batches_only():
 
 def test_memmapped_images_feed_the_pipeline(tmp_path):
     images, labels = data()
-    mm = np.lib.format.open_memmap(tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=images.shape)
+    mm = np.lib.format.open_memmap(
+        tmp_path / "x.npy", mode="w+", dtype=np.uint8, shape=images.shape
+    )
     mm[:] = images
     x, _ = next(iter(make_dataset(mm, labels, np.arange(10), 10, shuffle=False, seed=0)))
     np.testing.assert_array_equal(x.numpy(), images.astype(np.float32))

@@ -37,7 +37,7 @@ def deployment_object(name: str = "leaf-train-serve", ns: str = "ml") -> dict:
 
 
 @pytest.fixture
-def reporter(apiserver: FakeApiServer) -> KubeReporter:  # noqa: F811
+def reporter(apiserver: FakeApiServer) -> KubeReporter:
     apiserver.add(job_object())
     apiserver.add(deployment_object())
     return KubeReporter(
@@ -56,7 +56,9 @@ def no_cluster(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     # The kubernetes library reads KUBECONFIG (default ~/.kube/config) once, at import: patch both.
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "absent-kubeconfig"))
-    monkeypatch.setattr("kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "absent"))
+    monkeypatch.setattr(
+        "kubernetes.config.kube_config.KUBE_CONFIG_DEFAULT_LOCATION", str(tmp_path / "absent")
+    )
     monkeypatch.setenv("HOME", str(tmp_path))
 
 
@@ -69,7 +71,7 @@ def no_cluster(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
         ("Exported", "x" * 5000, "Normal"),  # longer than the API's 1 kB: truncated, not rejected
     ],
 )
-def test_event_is_recorded_on_the_job(apiserver, reporter, reason, message, type_):  # noqa: F811
+def test_event_is_recorded_on_the_job(apiserver, reporter, reason, message, type_):
     assert reporter.event(reason, message, type_) is True
     (event,) = apiserver.of("events")
     job = apiserver.get("jobs", "ml", "leaf-train-train-1")
@@ -92,19 +94,23 @@ def test_event_rejects_an_unknown_type(reporter):
         reporter.event("Started", "x", "Info")
 
 
-def test_job_uid_is_read_once_for_many_events(apiserver, reporter):  # noqa: F811
+def test_job_uid_is_read_once_for_many_events(apiserver, reporter):
     for i in range(3):
         assert reporter.event("Epoch", f"epoch {i}")
-    reads = [r for r in apiserver.requests if r[0] == "GET" and r[1].endswith("/jobs/leaf-train-train-1")]
+    reads = [
+        r for r in apiserver.requests if r[0] == "GET" and r[1].endswith("/jobs/leaf-train-train-1")
+    ]
     assert len(reads) == 1
     assert len(apiserver.of("events")) == 3
 
 
-def test_annotate_version_patches_the_job(apiserver, reporter):  # noqa: F811
+def test_annotate_version_patches_the_job(apiserver, reporter):
     assert reporter.annotate_version("20260101T000000Z-abc123") is True
     job = apiserver.get("jobs", "ml", "leaf-train-train-1")
     assert job["metadata"]["annotations"] == {VERSION_ANNOTATION: "20260101T000000Z-abc123"}
-    assert job["metadata"]["labels"] == {"app.kubernetes.io/component": "training"}  # merge, not replace
+    assert job["metadata"]["labels"] == {
+        "app.kubernetes.io/component": "training"
+    }  # merge, not replace
 
 
 @pytest.mark.parametrize(
@@ -116,13 +122,15 @@ def test_annotate_version_patches_the_job(apiserver, reporter):  # noqa: F811
         (lambda r: r.annotate_skipped("nothing new"), "skipped"),
     ],
 )
-def test_the_run_outcome_is_a_label_kube_state_metrics_can_export(apiserver, reporter, call, outcome):  # noqa: F811
+def test_the_run_outcome_is_a_label_kube_state_metrics_can_export(
+    apiserver, reporter, call, outcome
+):
     assert call(reporter) is True
     labels = apiserver.get("jobs", "ml", "leaf-train-train-1")["metadata"]["labels"]
     assert labels == {"app.kubernetes.io/component": "training", OUTCOME_LABEL: outcome}
 
 
-def test_rollout_patches_the_pod_template_like_kubectl_rollout_restart(apiserver, reporter):  # noqa: F811
+def test_rollout_patches_the_pod_template_like_kubectl_rollout_restart(apiserver, reporter):
     before = apiserver.get("deployments", "ml", "leaf-train-serve")["spec"]["template"]
     assert reporter.rollout(version="v7") is True
     after = apiserver.get("deployments", "ml", "leaf-train-serve")["spec"]["template"]
@@ -134,7 +142,7 @@ def test_rollout_patches_the_pod_template_like_kubectl_rollout_restart(apiserver
     assert patch[1] == "/apis/apps/v1/namespaces/ml/deployments/leaf-train-serve"
 
 
-def test_rollout_without_a_deployment_does_nothing(apiserver):  # noqa: F811
+def test_rollout_without_a_deployment_does_nothing(apiserver):
     reporter = KubeReporter(apiserver.client(), namespace="ml", job_name="j")
     assert reporter.rollout() is False
     assert apiserver.requests == []
@@ -148,14 +156,14 @@ def test_rollout_without_a_deployment_does_nothing(apiserver):  # noqa: F811
         (("PATCH", "deployments"), lambda r: r.rollout()),
     ],
 )
-def test_api_errors_are_logged_never_raised(apiserver, reporter, caplog, forbidden, call):  # noqa: F811
+def test_api_errors_are_logged_never_raised(apiserver, reporter, caplog, forbidden, call):
     apiserver.forbidden.add(forbidden)
     with caplog.at_level(logging.WARNING, logger="leaf_train.kube"):
         assert call(reporter) is False
     assert "HTTP 403 Forbidden" in caplog.text
 
 
-def test_event_without_job_uid_still_recorded_when_job_read_is_forbidden(apiserver, reporter):  # noqa: F811
+def test_event_without_job_uid_still_recorded_when_job_read_is_forbidden(apiserver, reporter):
     apiserver.forbidden.add(("GET", "jobs"))
     assert reporter.event("Started", "x") is True
     (event,) = apiserver.of("events")
@@ -170,7 +178,9 @@ def test_unreachable_api_server_never_raises(caplog):
         port = s.getsockname()[1]
     conf = client.Configuration(host=f"http://127.0.0.1:{port}")
     conf.retries = 0
-    reporter = KubeReporter(client.ApiClient(conf), namespace="ml", job_name="j", rollout_deployment="d")
+    reporter = KubeReporter(
+        client.ApiClient(conf), namespace="ml", job_name="j", rollout_deployment="d"
+    )
     with caplog.at_level(logging.WARNING, logger="leaf_train.kube"):
         assert reporter.event("Started", "x") is False
         assert reporter.annotate_version("v1") is False
@@ -183,7 +193,11 @@ def test_disabled_outside_a_cluster_logs_once(caplog):
     with caplog.at_level(logging.INFO, logger="leaf_train.kube"):
         reporter = KubeReporter.from_config(KubeConfig(job_name="j", rollout_deployment="d"))
         assert reporter.enabled is False
-        assert (reporter.event("Started", "x"), reporter.annotate_version("v"), reporter.rollout()) == (
+        assert (
+            reporter.event("Started", "x"),
+            reporter.annotate_version("v"),
+            reporter.rollout(),
+        ) == (
             False,
             False,
             False,
@@ -195,19 +209,24 @@ def test_disabled_outside_a_cluster_logs_once(caplog):
 
 @pytest.mark.usefixtures("no_cluster")
 def test_required_integration_without_credentials_is_a_configuration_error():
-    with pytest.raises(ConfigError, match=r"--kube-integration \(LEAF_TRAIN_KUBE_INTEGRATION\): expected auto or off"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--kube-integration \(LEAF_TRAIN_KUBE_INTEGRATION\): expected auto or off",
+    ):
         KubeReporter.from_config(KubeConfig(kube_integration="on"))
 
 
-def test_off_means_no_api_calls_even_with_a_kubeconfig(apiserver, tmp_path):  # noqa: F811
+def test_off_means_no_api_calls_even_with_a_kubeconfig(apiserver, tmp_path):
     path = apiserver.kubeconfig(tmp_path / "config")
-    reporter = KubeReporter.from_config(KubeConfig(kube_integration="off", kubeconfig=path, job_name="j"))
+    reporter = KubeReporter.from_config(
+        KubeConfig(kube_integration="off", kubeconfig=path, job_name="j")
+    )
     assert reporter.enabled is False
     assert reporter.event("Started", "x") is False
     assert apiserver.requests == []
 
 
-def test_from_config_uses_the_kubeconfig_and_its_namespace(apiserver, tmp_path, monkeypatch):  # noqa: F811
+def test_from_config_uses_the_kubeconfig_and_its_namespace(apiserver, tmp_path, monkeypatch):
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     apiserver.add(job_object(ns="team-a"))
     env = {
@@ -222,7 +241,7 @@ def test_from_config_uses_the_kubeconfig_and_its_namespace(apiserver, tmp_path, 
     assert job["metadata"]["annotations"][VERSION_ANNOTATION] == "v2"
 
 
-def test_no_job_name_skips_job_calls_and_says_so_once(apiserver, caplog):  # noqa: F811
+def test_no_job_name_skips_job_calls_and_says_so_once(apiserver, caplog):
     reporter = KubeReporter(apiserver.client(), namespace="ml", job_name="")
     with caplog.at_level(logging.INFO, logger="leaf_train.kube"):
         assert reporter.event("Started", "x") is False
@@ -231,7 +250,9 @@ def test_no_job_name_skips_job_calls_and_says_so_once(apiserver, caplog):  # noq
     assert apiserver.requests == []
 
 
-@pytest.mark.parametrize(("value", "message"), [("maybe", "expected one of auto, on, off, received 'maybe'")])
+@pytest.mark.parametrize(
+    ("value", "message"), [("maybe", "expected one of auto, on, off, received 'maybe'")]
+)
 def test_config_rejects_bad_values(value, message):
     from leaf_common.config import ConfigError
 

@@ -42,11 +42,27 @@ ROUTES: list[tuple[str, re.Pattern[str], tuple[str, str, str, str]]] = [
         ("GET", f"/apis/batch/v1{_NS}/jobs", ("jobs", "batch/v1", "Job", "list")),
         ("POST", f"/apis/batch/v1{_NS}/jobs", ("jobs", "batch/v1", "Job", "create")),
         ("GET", f"/apis/batch/v1{_NS}/cronjobs{_NAME}", ("cronjobs", "batch/v1", "CronJob", "get")),
-        ("POST", f"/apis/events.k8s.io/v1{_NS}/events", ("events", "events.k8s.io/v1", "Event", "create")),
-        ("GET", f"/apis/events.k8s.io/v1{_NS}/events", ("events", "events.k8s.io/v1", "Event", "list")),
+        (
+            "POST",
+            f"/apis/events.k8s.io/v1{_NS}/events",
+            ("events", "events.k8s.io/v1", "Event", "create"),
+        ),
+        (
+            "GET",
+            f"/apis/events.k8s.io/v1{_NS}/events",
+            ("events", "events.k8s.io/v1", "Event", "list"),
+        ),
         ("GET", f"/api/v1{_NS}/events", ("events", "v1", "Event", "list-core")),
-        ("GET", f"/apis/apps/v1{_NS}/deployments{_NAME}", ("deployments", "apps/v1", "Deployment", "get")),
-        ("PATCH", f"/apis/apps/v1{_NS}/deployments{_NAME}", ("deployments", "apps/v1", "Deployment", "patch")),
+        (
+            "GET",
+            f"/apis/apps/v1{_NS}/deployments{_NAME}",
+            ("deployments", "apps/v1", "Deployment", "get"),
+        ),
+        (
+            "PATCH",
+            f"/apis/apps/v1{_NS}/deployments{_NAME}",
+            ("deployments", "apps/v1", "Deployment", "patch"),
+        ),
     ]
 ]
 PATCH_TYPES = ("application/merge-patch+json", "application/strategic-merge-patch+json")
@@ -99,7 +115,15 @@ def event_errors(ev: dict[str, Any]) -> list[str]:
     """What the API server's events.k8s.io/v1 validation adds to the schema."""
     errors = [
         f"Event: {f} is required"
-        for f in ("eventTime", "reportingController", "reportingInstance", "action", "reason", "type", "regarding")
+        for f in (
+            "eventTime",
+            "reportingController",
+            "reportingInstance",
+            "action",
+            "reason",
+            "type",
+            "regarding",
+        )
         if not ev.get(f)
     ]
     if ev.get("type") not in ("Normal", "Warning"):
@@ -143,7 +167,9 @@ class FakeApiServer:
         return [o for (r, _, _), o in self.objects.items() if r == resource]
 
     # --- HTTP ---
-    def handle(self, verb: str, raw_path: str, headers: Any, body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(
+        self, verb: str, raw_path: str, headers: Any, body: bytes
+    ) -> tuple[int, dict[str, Any]]:
         url = urlsplit(raw_path)
         query = {k: v[-1] for k, v in parse_qs(url.query).items()}
         if headers.get("Authorization") != f"Bearer {TOKEN}":
@@ -152,13 +178,17 @@ class FakeApiServer:
         route = _route(verb, url.path)
         if route is None:
             self.errors.append(f"{verb} {url.path}: not a Kubernetes API route leaf-train may use")
-            return 404, status(404, "NotFound", f"the server could not find the requested resource ({url.path})")
+            return 404, status(
+                404, "NotFound", f"the server could not find the requested resource ({url.path})"
+            )
         m, (resource, api_version, kind, action) = route
         payload = json.loads(body) if body else None
         with self.lock:
             self.requests.append((verb, url.path, payload))
             if (verb, resource) in self.forbidden:
-                return 403, status(403, "Forbidden", f"{resource} is forbidden: User cannot {action} {resource}")
+                return 403, status(
+                    403, "Forbidden", f"{resource} is forbidden: User cannot {action} {resource}"
+                )
             ns, name = m.group("ns"), m.groupdict().get("name")
             handler = getattr(self, "_" + action.replace("-", "_"))
             return handler(resource, api_version, kind, ns, name, payload, headers, query)
@@ -171,13 +201,22 @@ class FakeApiServer:
 
     def _list(self, resource, api_version, kind, ns, name, payload, headers, query):
         items = [o for (r, n, _), o in self.objects.items() if r == resource and n == ns]
-        return 200, {"apiVersion": api_version, "kind": f"{kind}List", "metadata": {}, "items": items}
+        return 200, {
+            "apiVersion": api_version,
+            "kind": f"{kind}List",
+            "metadata": {},
+            "items": items,
+        }
 
     def _list_core(self, resource, api_version, kind, ns, name, payload, headers, query):
         """core/v1 view of events.k8s.io/v1 Events (one storage, two APIs), with field selectors."""
         wanted = dict(p.split("=", 1) for p in query.get("fieldSelector", "").split(",") if p)
         for key in wanted:
-            if key not in ("involvedObject.kind", "involvedObject.name", "involvedObject.namespace"):
+            if key not in (
+                "involvedObject.kind",
+                "involvedObject.name",
+                "involvedObject.namespace",
+            ):
                 self.errors.append(f"events fieldSelector {key!r} is not a supported field")
         items = []
         for (r, n, _), ev in self.objects.items():
@@ -209,11 +248,15 @@ class FakeApiServer:
             return 400, status(400, "BadRequest", "body must be an object")
         obj = copy.deepcopy(payload)
         if obj.get("apiVersion", api_version) != api_version or obj.get("kind", kind) != kind:
-            self.errors.append(f"create {resource}: body is {obj.get('apiVersion')}/{obj.get('kind')}")
+            self.errors.append(
+                f"create {resource}: body is {obj.get('apiVersion')}/{obj.get('kind')}"
+            )
         obj["apiVersion"], obj["kind"] = api_version, kind
         meta = obj.setdefault("metadata", {})
         if meta.get("namespace", ns) != ns:
-            self.errors.append(f"create {resource}: namespace {meta['namespace']!r} differs from the path's {ns!r}")
+            self.errors.append(
+                f"create {resource}: namespace {meta['namespace']!r} differs from the path's {ns!r}"
+            )
         meta["namespace"] = ns
         if not meta.get("name"):
             if not meta.get("generateName"):
@@ -234,9 +277,13 @@ class FakeApiServer:
     def _patch(self, resource, api_version, kind, ns, name, payload, headers, query):
         ctype = headers.get("Content-Type", "")
         if ctype not in PATCH_TYPES:
-            self.errors.append(f"patch {resource}/{name}: content type {ctype!r}, expected one of {PATCH_TYPES}")
+            self.errors.append(
+                f"patch {resource}/{name}: content type {ctype!r}, expected one of {PATCH_TYPES}"
+            )
             return 415, status(
-                415, "UnsupportedMediaType", f"the body of the request was in an unknown format: {ctype}"
+                415,
+                "UnsupportedMediaType",
+                f"the body of the request was in an unknown format: {ctype}",
             )
         obj = self.objects.get((resource, ns, name))
         if obj is None:
@@ -258,7 +305,9 @@ class FakeApiServer:
         class Handler(BaseHTTPRequestHandler):
             def _serve(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
-                code, body = server.handle(self.command, self.path, self.headers, self.rfile.read(length))
+                code, body = server.handle(
+                    self.command, self.path, self.headers, self.rfile.read(length)
+                )
                 data = json.dumps(body).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
@@ -285,7 +334,9 @@ class FakeApiServer:
         from kubernetes import client
 
         conf = client.Configuration(
-            host=self.url, api_key={"authorization": TOKEN}, api_key_prefix={"authorization": "Bearer"}
+            host=self.url,
+            api_key={"authorization": TOKEN},
+            api_key_prefix={"authorization": "Bearer"},
         )
         return client.ApiClient(conf)
 
@@ -297,7 +348,12 @@ class FakeApiServer:
             "current-context": "test",
             "clusters": [{"name": "fake", "cluster": {"server": self.url}}],
             "users": [{"name": "u", "user": {"token": TOKEN}}],
-            "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "u", "namespace": namespace}}],
+            "contexts": [
+                {
+                    "name": "test",
+                    "context": {"cluster": "fake", "user": "u", "namespace": namespace},
+                }
+            ],
         }
         path.write_text(json.dumps(doc))
         return str(path)
@@ -324,12 +380,18 @@ def job_object(name: str = "leaf-train-train-1", ns: str = "ml") -> dict[str, An
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": name, "namespace": ns, "labels": {"app.kubernetes.io/component": "training"}},
+        "metadata": {
+            "name": name,
+            "namespace": ns,
+            "labels": {"app.kubernetes.io/component": "training"},
+        },
         "spec": {
             "template": {
                 "spec": {
                     "restartPolicy": "Never",
-                    "containers": [{"name": "train", "image": "ghcr.io/x/job:1", "args": ["train"]}],
+                    "containers": [
+                        {"name": "train", "image": "ghcr.io/x/job:1", "args": ["train"]}
+                    ],
                 }
             }
         },
@@ -339,17 +401,35 @@ def job_object(name: str = "leaf-train-train-1", ns: str = "ml") -> dict[str, An
 # --- the checker must be able to fail: each of these is a request the real API server refuses ---
 
 
-def _raw(server: FakeApiServer, verb: str, path: str, body: Any = None, ctype: str = "application/json") -> int:
+def _raw(
+    server: FakeApiServer, verb: str, path: str, body: Any = None, ctype: str = "application/json"
+) -> int:
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": ctype}
     data = None if body is None else json.dumps(body)
-    return requests.request(verb, server.url + path, data=data, headers=headers, timeout=10).status_code
+    return requests.request(
+        verb, server.url + path, data=data, headers=headers, timeout=10
+    ).status_code
 
 
 @pytest.mark.parametrize(
     ("verb", "path", "body", "ctype", "code", "error"),
     [
-        ("DELETE", "/apis/batch/v1/namespaces/ml/jobs/j", None, "application/json", 404, "not a Kubernetes API route"),
-        ("GET", "/apis/batch/v2/namespaces/ml/jobs/j", None, "application/json", 404, "not a Kubernetes API route"),
+        (
+            "DELETE",
+            "/apis/batch/v1/namespaces/ml/jobs/j",
+            None,
+            "application/json",
+            404,
+            "not a Kubernetes API route",
+        ),
+        (
+            "GET",
+            "/apis/batch/v2/namespaces/ml/jobs/j",
+            None,
+            "application/json",
+            404,
+            "not a Kubernetes API route",
+        ),
         (
             "POST",
             "/apis/batch/v1/namespaces/ml/jobs",
@@ -401,6 +481,8 @@ def test_checker_requires_the_bearer_token():
     try:
         r = requests.get(server.url + "/apis/batch/v1/namespaces/ml/jobs", timeout=10)
         assert r.status_code == 401
-        assert server.errors == ["GET /apis/batch/v1/namespaces/ml/jobs: missing or wrong bearer token"]
+        assert server.errors == [
+            "GET /apis/batch/v1/namespaces/ml/jobs: missing or wrong bearer token"
+        ]
     finally:
         server.stop()

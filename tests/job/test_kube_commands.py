@@ -48,7 +48,9 @@ def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, 
 def cluster(apiserver: FakeApiServer, tmp_path, monkeypatch) -> FakeApiServer:  # noqa: F811
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     # LEAF_TRAIN_KUBECONFIG, not KUBECONFIG: the kubernetes library reads KUBECONFIG once, at import.
-    monkeypatch.setenv("LEAF_TRAIN_KUBECONFIG", apiserver.kubeconfig(tmp_path / "config", namespace=NS))
+    monkeypatch.setenv(
+        "LEAF_TRAIN_KUBECONFIG", apiserver.kubeconfig(tmp_path / "config", namespace=NS)
+    )
     apiserver.add(chart_cronjob())
     return apiserver
 
@@ -104,11 +106,17 @@ def test_submit_tells_the_pods_how_the_run_was_started(cluster, capsys, argv, ex
     code, _, error = run(["submit", "--cronjob", CRONJOB, "--name", "now", *argv], capsys)
     assert code == 0, error
     env = train_env(cluster.get("jobs", NS, "now")["spec"])
-    assert {k: v for k, v in env.items() if k in ("LEAF_TRAIN_RUN_TRIGGER", "LEAF_TRAIN_SKIP_IF_UNCHANGED")} == expected
+    assert {
+        k: v
+        for k, v in env.items()
+        if k in ("LEAF_TRAIN_RUN_TRIGGER", "LEAF_TRAIN_SKIP_IF_UNCHANGED")
+    } == expected
     # The job reads them as the retrain policy: a forced run never skips, a manual one skips only with "on".
     from leaf_train.freshness import RetrainConfig, check_enabled
 
-    policy = resolve(RetrainConfig, ENV_PREFIX, environ={k: v for k, v in env.items() if isinstance(v, str)})
+    policy = resolve(
+        RetrainConfig, ENV_PREFIX, environ={k: v for k, v in env.items() if isinstance(v, str)}
+    )
     assert check_enabled(policy)[0] is False
 
 
@@ -128,10 +136,26 @@ def test_submit_names_the_job_after_the_cronjob_by_default(cluster, capsys):
             EXIT_FAILURE,
             'read cronjob leaf-train/absent: HTTP 404: cronjobs "absent"',
         ),
-        (["submit"], EXIT_CONFIG, "(LEAF_TRAIN_CRONJOB): expected the name of the training CronJob, received nothing"),
-        (["submit", "--cronjob", CRONJOB, "--name", "x" * 64], EXIT_CONFIG, "expected at most 63 characters"),
-        (["status"], EXIT_CONFIG, "and --cronjob (LEAF_TRAIN_CRONJOB): expected one of them, received neither"),
-        (["status", "--job", "absent"], EXIT_FAILURE, 'read job leaf-train/absent: HTTP 404: jobs "absent" not found'),
+        (
+            ["submit"],
+            EXIT_CONFIG,
+            "(LEAF_TRAIN_CRONJOB): expected the name of the training CronJob, received nothing",
+        ),
+        (
+            ["submit", "--cronjob", CRONJOB, "--name", "x" * 64],
+            EXIT_CONFIG,
+            "expected at most 63 characters",
+        ),
+        (
+            ["status"],
+            EXIT_CONFIG,
+            "and --cronjob (LEAF_TRAIN_CRONJOB): expected one of them, received neither",
+        ),
+        (
+            ["status", "--job", "absent"],
+            EXIT_FAILURE,
+            'read job leaf-train/absent: HTTP 404: jobs "absent" not found',
+        ),
         (
             ["status", "--job", "j", "--format", "xml"],
             EXIT_CONFIG,
@@ -148,13 +172,17 @@ def test_errors_name_what_failed(cluster, capsys, argv, code, message):
 
 def test_submit_forbidden_is_reported_with_the_servers_message(cluster):
     cluster.forbidden.add(("POST", "jobs"))
-    with pytest.raises(kube_cmd.KubeApiError, match=r"create job leaf-train/x: HTTP 403: jobs is forbidden"):
+    with pytest.raises(
+        kube_cmd.KubeApiError, match=r"create job leaf-train/x: HTTP 403: jobs is forbidden"
+    ):
         kube_cmd.submit(resolve(kube_cmd.SubmitConfig, ENV_PREFIX, dict(cronjob=CRONJOB, name="x")))
 
 
 def test_status_shows_phase_events_and_published_version(cluster, capsys):
     assert run(["submit", "--cronjob", CRONJOB, "--name", "run-1"], capsys)[0] == 0
-    reporter = KubeReporter(cluster.client(), namespace=NS, job_name="run-1", reporting_instance="run-1-pod")
+    reporter = KubeReporter(
+        cluster.client(), namespace=NS, job_name="run-1", reporting_instance="run-1-pod"
+    )
     assert reporter.event("Started", "training started: 3 classes")
     assert reporter.event("NotPromoted", "val_accuracy 0.70 below 0.80", "Warning")
     assert reporter.annotate_version("20260101T000000Z-abc")
@@ -198,7 +226,9 @@ def test_job_phase(job_status, phase):
 
 
 def test_status_of_a_cronjob_without_jobs_says_so(cluster):
-    with pytest.raises(kube_cmd.KubeApiError, match="expected at least one Job it owns; found none"):
+    with pytest.raises(
+        kube_cmd.KubeApiError, match="expected at least one Job it owns; found none"
+    ):
         kube_cmd.status(resolve(kube_cmd.StatusConfig, ENV_PREFIX, dict(cronjob=CRONJOB)))
 
 
@@ -207,12 +237,16 @@ def test_status_without_version_says_none_yet(cluster):
     report = kube_cmd.status(resolve(kube_cmd.StatusConfig, ENV_PREFIX, dict(job="run-2")))
     assert report["published_version"] == "" and report["events"] == []
     assert "published version: (none yet)" in kube_cmd.format_status(report)
-    assert VERSION_ANNOTATION not in (cluster.get("jobs", NS, "run-2")["metadata"].get("annotations") or {})
+    assert VERSION_ANNOTATION not in (
+        cluster.get("jobs", NS, "run-2")["metadata"].get("annotations") or {}
+    )
 
 
 def test_status_shows_why_a_run_skipped_and_the_gate_table_under_its_event(cluster, capsys):
     assert run(["submit", "--cronjob", CRONJOB, "--name", "run-3"], capsys)[0] == 0
-    reporter = KubeReporter(cluster.client(), namespace=NS, job_name="run-3", reporting_instance="run-3-pod")
+    reporter = KubeReporter(
+        cluster.client(), namespace=NS, job_name="run-3", reporting_instance="run-3-pod"
+    )
     assert reporter.event("GateDecision", "v1: passes the gate\nRULE  VERDICT\nparity  pass")
     reason = "the 120 photos, the training options and the code are those of the served version v1"
     assert reporter.event("Skipped", reason) and reporter.annotate_skipped(reason)
@@ -225,6 +259,9 @@ def test_status_shows_why_a_run_skipped_and_the_gate_table_under_its_event(clust
     lines = out.splitlines()
     gate = next(i for i, line in enumerate(lines) if "GateDecision" in line)
     assert lines[gate].endswith("v1: passes the gate")
-    assert lines[gate + 1 : gate + 3] == ["    RULE  VERDICT", "    parity  pass"]  # the table stays readable
+    assert lines[gate + 1 : gate + 3] == [
+        "    RULE  VERDICT",
+        "    parity  pass",
+    ]  # the table stays readable
     report = kube_cmd.status(resolve(kube_cmd.StatusConfig, ENV_PREFIX, dict(job="run-3")))
     assert report["skipped"] == reason

@@ -65,4 +65,6 @@ def test_phase1_trains_only_the_head_and_phase2_adds_block5():
     assert any(k.startswith("vgg16/block5") or "block5" in k for k in changed2), changed2
     assert any(k.startswith(("dense", "probabilities")) for k in changed2)
     frozen = [k for k in before if any(f"block{b}_" in k for b in (1, 2, 3, 4))]
-    assert frozen and all(np.array_equal(before[k], after2[k]) for k in frozen)  # blocks 1-4 bit-identical
+    assert frozen and all(
+        np.array_equal(before[k], after2[k]) for k in frozen
+    )  # blocks 1-4 bit-identical

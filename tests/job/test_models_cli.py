@@ -34,12 +34,17 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
 
 def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> None:
     o = ["--output", output]
-    assert run(capsys, "list", *o)[:2] == (0, f"no versions under {open_store(output).child(MODEL).uri}\n")
+    assert run(capsys, "list", *o)[:2] == (
+        0,
+        f"no versions under {open_store(output).child(MODEL).uri}\n",
+    )
 
     publish(output, "v1", accuracy=0.91, promote=True, reason="first model")
     publish(output, "v2", accuracy=0.62, promote=False, reason="regression against the champion")
     publish(output, "v3", accuracy=0.93, promote=True, reason="no regression")
-    open_store(output).put(f"{MODEL}/versions/v4/{MODEL_FILE}", b"half", if_none_match=True)  # crashed upload
+    open_store(output).put(
+        f"{MODEL}/versions/v4/{MODEL_FILE}", b"half", if_none_match=True
+    )  # crashed upload
 
     rc, out, _ = run(capsys, "promote", "v1", *o)
     assert (rc, out) == (0, "promoted v1 (was nothing)\n")
@@ -49,7 +54,14 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
 
     rc, out, _ = run(capsys, "list", *o)
     table = {line.split()[0]: line.split() for line in out.splitlines()}
-    assert rc == 0 and out.splitlines()[0].split() == ["VERSION", "CREATED", "ACCURACY", "GATE", "STATE", "REASON"]
+    assert rc == 0 and out.splitlines()[0].split() == [
+        "VERSION",
+        "CREATED",
+        "ACCURACY",
+        "GATE",
+        "STATE",
+        "REASON",
+    ]
     assert table["v1"][2:5] == ["0.9100", "pass", "promoted-before"]
     assert table["v2"][2:5] == ["0.6200", "FAIL", "served"]
     assert table["v3"][2:5] == ["0.9300", "pass", "-"]
@@ -71,9 +83,13 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "rollback", *o)[:2] == (0, "rolled back to v1 (was v2)\n")
 
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", "--dry-run", *o)
-    kept = "keeping the newest 1 complete version(s) and incomplete ones written to in the last 24 h"
+    kept = (
+        "keeping the newest 1 complete version(s) and incomplete ones written to in the last 24 h"
+    )
     assert (rc, out) == (0, f"would delete 1 version(s), {kept}: v2\n")
-    assert json.loads(run(capsys, "show", "v2", "--format", "json", *o)[1])["complete"]  # a dry run deletes nothing
+    assert json.loads(run(capsys, "show", "v2", "--format", "json", *o)[1])[
+        "complete"
+    ]  # a dry run deletes nothing
     rc, out, _ = run(capsys, "prune", "--keep-versions", "1", *o)
     assert (rc, out) == (0, f"deleted 1 version(s), {kept}: v2\n")
     remaining = {line.split()[0] for line in run(capsys, "list", *o)[1].splitlines()[1:]}
@@ -92,13 +108,21 @@ def test_operator_workflow(output: str, capsys: pytest.CaptureFixture[str]) -> N
             2,
             "--keep-versions (LEAF_TRAIN_KEEP_VERSIONS): expected an integer >= 1, received 0",
         ),
-        (["prune", "--keep-versions", "many"], 2, "VERSIONS): expected an integer, received 'many'"),
+        (
+            ["prune", "--keep-versions", "many"],
+            2,
+            "VERSIONS): expected an integer, received 'many'",
+        ),
         (
             ["prune", "--incomplete-grace-hours", "0"],
             2,
             "--incomplete-grace-hours (LEAF_TRAIN_INCOMPLETE_GRACE_HOURS): expected a number > 0, received 0.0",
         ),
-        (["list", "--model-name", "Bad Name"], 2, "--model-name (LEAF_TRAIN_MODEL_NAME): expected lowercase letters"),
+        (
+            ["list", "--model-name", "Bad Name"],
+            2,
+            "--model-name (LEAF_TRAIN_MODEL_NAME): expected lowercase letters",
+        ),
     ],
 )
 def test_errors_exit_non_zero_with_one_clear_line(
@@ -111,12 +135,15 @@ def test_errors_exit_non_zero_with_one_clear_line(
     assert message in err and out == ""
 
 
-def test_output_is_required(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_output_is_required(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LEAF_TRAIN_OUTPUT", raising=False)
     rc, _, err = run(capsys, "list")
     assert (
         rc == 2
-        and "--output (LEAF_TRAIN_OUTPUT): expected s3://bucket/prefix or a local folder, received nothing" in err
+        and "--output (LEAF_TRAIN_OUTPUT): expected s3://bucket/prefix or a local folder, received nothing"
+        in err
     )
 
 
@@ -125,12 +152,16 @@ def test_installed_command_reads_its_options_from_the_environment(output: str) -
     publish(output, "v1", accuracy=0.9, promote=True, reason="first model")
     env = {**os.environ, "LEAF_TRAIN_OUTPUT": output, "LEAF_TRAIN_MODEL_NAME": MODEL}
     cmd = [sys.executable, "-m", "leaf_train.cli", "models"]
-    promoted = subprocess.run([*cmd, "promote", "v1"], env=env, capture_output=True, text=True, timeout=120)
+    promoted = subprocess.run(
+        [*cmd, "promote", "v1"], env=env, capture_output=True, text=True, timeout=120
+    )
     assert promoted.returncode == 0, promoted.stderr
     assert promoted.stdout == "promoted v1 (was nothing)\n"
     listed = subprocess.run([*cmd, "list"], env=env, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stderr
-    assert listed.stdout.splitlines()[1].split()[:1] + listed.stdout.splitlines()[1].split()[2:5] == [
+    assert listed.stdout.splitlines()[1].split()[:1] + listed.stdout.splitlines()[1].split()[
+        2:5
+    ] == [
         "v1",
         "0.9000",
         "pass",
@@ -138,7 +169,9 @@ def test_installed_command_reads_its_options_from_the_environment(output: str) -
     ]
 
 
-def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_show_prints_the_gate_decision_table(
+    output: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     from leaf_train.gate import GateConfig, decide
     from test_gate_decide import PARITY_OK, make_champion, val_set
 
@@ -154,23 +187,38 @@ def test_show_prints_the_gate_decision_table(output: str, capsys: pytest.Capture
         val_labels=labels,
     )
     contract = make_contract("v5", ["blue", "green", "red"], name=MODEL, gate=decision.to_dict())
-    ModelRegistry(open_store(output), MODEL).publish("v5", {MODEL_FILE: b"onnx", CONTRACT_FILE: contract.to_json()})
+    ModelRegistry(open_store(output), MODEL).publish(
+        "v5", {MODEL_FILE: b"onnx", CONTRACT_FILE: contract.to_json()}
+    )
 
     rc, out, _ = run(capsys, "show", "v5", "--output", output)
     assert rc == 0
     lines = out.splitlines()
     gate = lines.index(next(line for line in lines if line.startswith("gate:")))
-    assert lines[gate].startswith("gate:        FAIL: regression against the champion")  # 0.9 < 1.0 - 0.02
+    assert lines[gate].startswith(
+        "gate:        FAIL: regression against the champion"
+    )  # 0.9 < 1.0 - 0.02
     assert "recall of class 'red' fell from 1.0000 (champion perfect) to 0.7500" in lines[gate]
     table = [line.split() for line in lines[gate + 1 : gate + 8]]
     assert table[0] == ["RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT"]
-    assert [row[0] for row in table[1:]] == ["parity", "min_accuracy", "max_regression", "recall", "recall", "recall"]
+    assert [row[0] for row in table[1:]] == [
+        "parity",
+        "min_accuracy",
+        "max_regression",
+        "recall",
+        "recall",
+        "recall",
+    ]
     assert table[3][-3:] == ["0.9000", "1.0000", "FAIL"]
     by_class = {row[1]: row for row in table[4:]}
     assert by_class["red"][-3:] == ["0.7500", "1.0000", "FAIL"]
-    assert " ".join(by_class["green"]).endswith("3 < 4 images: not compared 1.0000 1.0000 not compared")
+    assert " ".join(by_class["green"]).endswith(
+        "3 < 4 images: not compared 1.0000 1.0000 not compared"
+    )
     # Under the table, what each failed rule needs and the options that set it (gate.RULES).
-    assert lines[gate + 8].strip().startswith("max_regression passes when accuracy ≥ the champion's")
+    assert (
+        lines[gate + 8].strip().startswith("max_regression passes when accuracy ≥ the champion's")
+    )
     assert lines[gate + 8].endswith("(--max-regression)")
     assert lines[gate + 9].endswith("(--max-class-regression, --gate-min-class-support)")
     assert lines[gate + 10].startswith("provenance:")
@@ -186,8 +234,18 @@ def test_list_rows_and_describe_read_the_gate_and_the_pointer_roles(output: str)
     rows = {r.info.version: r for r in list_rows(registry)}
     assert [r.info.version for r in list_rows(registry)] == ["v1", "v2"]
     v1, v2 = rows["v1"], rows["v2"]
-    assert (v1.info.served, v1.info.promoted, v1.gate_promote, v1.accuracy) == (True, True, True, 0.8)
-    assert (v2.info.served, v2.info.promoted, v2.gate_promote, v2.gate_reason) == (False, False, False, "regression")
+    assert (v1.info.served, v1.info.promoted, v1.gate_promote, v1.accuracy) == (
+        True,
+        True,
+        True,
+        0.8,
+    )
+    assert (v2.info.served, v2.info.promoted, v2.gate_promote, v2.gate_reason) == (
+        False,
+        False,
+        False,
+        "regression",
+    )
 
     shown = describe(registry, "v2")
     assert shown["complete"] and shown["verified"] and not shown["served"]

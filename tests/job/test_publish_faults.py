@@ -100,7 +100,10 @@ def assert_finished(store: Store, attempts: list[dict[str, bytes]], step: str) -
     assert {v for v, r in rows.items() if not r.complete} == set(), step
     manifest = registry.verify(VERSION)
     vstore = store.child(f"{MODEL}/versions/{VERSION}")
-    assert {o.key for o in vstore.list()} == {e.name for e in manifest.files} | {MANIFEST_FILE, CLAIM_FILE}, step
+    assert {o.key for o in vstore.list()} == {e.name for e in manifest.files} | {
+        MANIFEST_FILE,
+        CLAIM_FILE,
+    }, step
     served = {e.name: vstore.get(e.name) for e in manifest.files}
     assert served in attempts, f"{step}: the version mixes files of different attempts"
     pointer, _ = registry.pointer()
@@ -117,7 +120,9 @@ def assert_finished(store: Store, attempts: list[dict[str, bytes]], step: str) -
     [pytest.param("s3", kill, marks=pytest.mark.slow), ("local", kill), ("local", fail)],
     ids=["s3-killed", "local-killed", "local-store-failed"],
 )
-def test_publication_cut_short_at_any_step_is_finished_by_the_retry(request, tmp_path, backend, fault) -> None:
+def test_publication_cut_short_at_any_step_is_finished_by_the_retry(
+    request, tmp_path, backend, fault
+) -> None:
     store = registry_store(request, tmp_path, backend)
     steps = calls_of_a_clean_attempt(tmp_path)
     assert any(MANIFEST_FILE in s and s.startswith("put") for s in steps)  # the dry run did publish

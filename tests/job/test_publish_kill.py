@@ -67,12 +67,23 @@ def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp
     assert second.returncode == -signal.SIGKILL, second.stderr[-3000:]
     assert "resuming run" in second.stderr and "at phase 3" in second.stderr  # no retraining
     left = {o.key for o in open_store(str(versions / version)).list()}
-    assert CLAIM_FILE in left and "model.json" in left and "model.onnx" not in left and MANIFEST_FILE not in left
+    assert (
+        CLAIM_FILE in left
+        and "model.json" in left
+        and "model.onnx" not in left
+        and MANIFEST_FILE not in left
+    )
 
     third = train(data, out, "--term-at", "put */versions/*/report.json")
     assert third.returncode == EXIT_PREEMPTED, third.stderr[-3000:]
-    assert "finishing the publication an earlier attempt of run/nightly-42 left incomplete" in third.stderr
-    assert f"SIGTERM: stopped while publishing {version}, before writing {MANIFEST_FILE}" in third.stderr
+    assert (
+        "finishing the publication an earlier attempt of run/nightly-42 left incomplete"
+        in third.stderr
+    )
+    assert (
+        f"SIGTERM: stopped while publishing {version}, before writing {MANIFEST_FILE}"
+        in third.stderr
+    )
     assert not (versions / version / MANIFEST_FILE).exists()
 
     assert main(train_argv(data, out)) == 0, caplog.text[-3000:]  # the fourth pod
@@ -88,4 +99,6 @@ def test_signals_during_export_and_publication_then_the_retry_publishes_once(tmp
     caplog.clear()
     assert main(train_argv(data, out)) == 0, caplog.text[-3000:]
     assert f"this run already published {version}" in caplog.text
-    assert [p.name for p in versions.iterdir()] == [version] and registry.pointer()[0].version == version
+    assert [p.name for p in versions.iterdir()] == [version] and registry.pointer()[
+        0
+    ].version == version

@@ -41,7 +41,9 @@ def store(request: pytest.FixtureRequest, tmp_path) -> Store:
 
 
 def contract_json(version: str, accuracy: float = 0.9, gate: dict | None = None) -> bytes:
-    return make_contract(version, name=MODEL, metrics={"val_accuracy": accuracy}, gate=gate or {}).to_json()
+    return make_contract(
+        version, name=MODEL, metrics={"val_accuracy": accuracy}, gate=gate or {}
+    ).to_json()
 
 
 def files_for(version: str, size: int = 64, **contract_kw) -> dict[str, bytes]:
@@ -99,7 +101,9 @@ def test_a_partial_version_is_never_complete_promotable_or_republishable(store: 
 
 def test_promote_refuses_a_version_whose_file_changed_after_publication(store: Store) -> None:
     registry = published(ModelRegistry(store, MODEL), "v1")
-    store.put(f"{MODEL}/versions/v1/{MODEL_FILE}", b"tampered")  # unconditional: simulates outside damage
+    store.put(
+        f"{MODEL}/versions/v1/{MODEL_FILE}", b"tampered"
+    )  # unconditional: simulates outside damage
 
     with pytest.raises(IncompleteVersionError, match="sha256"):
         registry.promote("v1")
@@ -118,7 +122,9 @@ def test_promote_refuses_a_version_whose_file_changed_after_publication(store: S
         ("v1", {MODEL_FILE: "not bytes"}, "expected bytes"),
     ],
 )
-def test_publish_rejects_bad_input_naming_what_it_expected(tmp_path, version: str, files: dict, match: str) -> None:
+def test_publish_rejects_bad_input_naming_what_it_expected(
+    tmp_path, version: str, files: dict, match: str
+) -> None:
     registry = ModelRegistry(open_store(str(tmp_path)), MODEL)
     with pytest.raises((ModelRegistryError, PublishError), match=match):
         registry.publish(version, files)
@@ -150,7 +156,9 @@ def race(n: int, action: Callable[[int], object]) -> tuple[list[int], list[BaseE
     return winners, errors
 
 
-@pytest.mark.parametrize("existing_pointer", [False, True], ids=["first-promotion", "replacing-a-champion"])
+@pytest.mark.parametrize(
+    "existing_pointer", [False, True], ids=["first-promotion", "replacing-a-champion"]
+)
 def test_concurrent_promotions_exactly_one_wins(store: Store, existing_pointer: bool) -> None:
     n = 6
     registry = published(ModelRegistry(store, MODEL), "base", *(f"c{i}" for i in range(n)))
@@ -160,7 +168,9 @@ def test_concurrent_promotions_exactly_one_wins(store: Store, existing_pointer: 
     seen_etag = found[1] if found else None
 
     # Each racer is a separate retrain job that read the same pointer and decided to promote.
-    winners, errors = race(n, lambda i: ModelRegistry(store, MODEL).promote(f"c{i}", expected_etag=seen_etag))
+    winners, errors = race(
+        n, lambda i: ModelRegistry(store, MODEL).promote(f"c{i}", expected_etag=seen_etag)
+    )
 
     assert len(winners) == 1, errors
     assert len(errors) == n - 1 and all(isinstance(e, PromotionConflict) for e in errors), errors
@@ -233,7 +243,9 @@ def test_a_reader_polling_during_publication_only_sees_complete_versions(store: 
         thread.join(timeout=60)
 
     assert not problems, problems[:3]
-    assert set(observed) == set(versions)  # the reader saw every promotion, so it ran during each publication
+    assert set(observed) == set(
+        versions
+    )  # the reader saw every promotion, so it ran during each publication
     assert observed == sorted(observed)  # the pointer only moved forward
     assert registry.pointer()[0].version == versions[-1]
 
@@ -282,7 +294,9 @@ def test_retention_keeps_newest_and_never_the_served_version(
     store: Store, promotions: list[str], keep: int, deleted: list[str]
 ) -> None:
     registry = published(ModelRegistry(store, MODEL), "v1", "v2", "v3", "v4", "v5")
-    store.put(f"{MODEL}/versions/v0-partial/{MODEL_FILE}", b"upload in progress", if_none_match=True)
+    store.put(
+        f"{MODEL}/versions/v0-partial/{MODEL_FILE}", b"upload in progress", if_none_match=True
+    )
     for v in promotions:
         registry.promote(v)
 
@@ -338,7 +352,9 @@ def test_the_owner_finishes_its_own_unfinished_publication_nobody_else_does(stor
     registry = ModelRegistry(store, MODEL)
     registry.publish("v1", files_for("v1"), owner="run/a")
     with pytest.raises(VersionExistsError, match="complete"):
-        registry.publish("v1", files_for("v1", size=99), owner="run/a")  # complete: immutable, even for its owner
+        registry.publish(
+            "v1", files_for("v1", size=99), owner="run/a"
+        )  # complete: immutable, even for its owner
 
     dies = FaultyStore(store, Plan(on_call=[("put */versions/v2/model.onnx", kill)]))
     with pytest.raises(Killed):
@@ -349,11 +365,15 @@ def test_the_owner_finishes_its_own_unfinished_publication_nobody_else_does(stor
 
     manifest = registry.publish("v2", files_for("v2", size=64), owner="run/a")
     assert registry.verify("v2") == manifest
-    assert {e.size for e in manifest.files if e.name == MODEL_FILE} == {64}  # the retry's files, not the dead one's
+    assert {e.size for e in manifest.files if e.name == MODEL_FILE} == {
+        64
+    }  # the retry's files, not the dead one's
 
 
 def test_a_partial_version_without_a_claim_is_nobodys_to_finish(store: Store) -> None:
-    store.put(f"{MODEL}/versions/v2/{MODEL_FILE}", b"half", if_none_match=True)  # written before claims existed
+    store.put(
+        f"{MODEL}/versions/v2/{MODEL_FILE}", b"half", if_none_match=True
+    )  # written before claims existed
     with pytest.raises(VersionExistsError, match="with no claim"):
         ModelRegistry(store, MODEL).publish("v2", files_for("v2"), owner="run/a")
 
@@ -361,16 +381,18 @@ def test_a_partial_version_without_a_claim_is_nobodys_to_finish(store: Store) ->
 @pytest.mark.parametrize("name", [CLAIM_FILE, DELETING_FILE])
 def test_publish_refuses_the_registrys_own_file_names(tmp_path, name: str) -> None:
     with pytest.raises(PublishError, match="file name: expected a plain name other than"):
-        ModelRegistry(open_store(str(tmp_path)), MODEL).publish("v1", {MODEL_FILE: b"x", name: b"{}"})
+        ModelRegistry(open_store(str(tmp_path)), MODEL).publish(
+            "v1", {MODEL_FILE: b"x", name: b"{}"}
+        )
 
 
 def test_retention_removes_incomplete_versions_only_after_the_grace_period(store: Store) -> None:
     registry = published(ModelRegistry(store, MODEL), "v1", "v2")
     registry.promote("v2")
     with pytest.raises(Killed):  # a publication that died after its claim and one file
-        ModelRegistry(FaultyStore(store, Plan(on_call=[("put */versions/v3/model.onnx", kill)])), MODEL).publish(
-            "v3", files_for("v3"), owner="run/dead"
-        )
+        ModelRegistry(
+            FaultyStore(store, Plan(on_call=[("put */versions/v3/model.onnx", kill)])), MODEL
+        ).publish("v3", files_for("v3"), owner="run/dead")
     last_write = {r.version: r.last_write for r in registry.list_versions()}["v3"]
     assert last_write is not None
 
@@ -388,7 +410,9 @@ def test_a_deletion_cut_short_is_finished_by_the_next_retention_at_once(store: S
     registry = published(ModelRegistry(store, MODEL), "v1", "v2", "v3")
     registry.promote("v2")
     registry.promote("v3")
-    dies = ModelRegistry(FaultyStore(store, Plan(on_call=[("delete */versions/v1/model.json", kill)])), MODEL)
+    dies = ModelRegistry(
+        FaultyStore(store, Plan(on_call=[("delete */versions/v1/model.json", kill)])), MODEL
+    )
     with pytest.raises(Killed):
         dies.apply_retention(1)
     row = {r.version: r for r in registry.list_versions()}["v1"]
@@ -424,7 +448,11 @@ def test_a_promotion_after_retention_planned_keeps_the_version(store: Store) -> 
     registry = _race_setup(store)
     operator = ModelRegistry(store, MODEL)
     retention = ModelRegistry(
-        FaultyStore(store, Plan(on_call=[("put */versions/v1/deleting.json", lambda _: operator.promote("v1"))])), MODEL
+        FaultyStore(
+            store,
+            Plan(on_call=[("put */versions/v1/deleting.json", lambda _: operator.promote("v1"))]),
+        ),
+        MODEL,
     )
     assert retention.apply_retention(1) == ["v2"]  # v1 became the served version mid-way: kept
     assert _assert_pointer_verifies(registry) == "v1"
@@ -453,7 +481,9 @@ def test_a_promotion_verified_before_retention_but_swapped_after_it_is_undone(st
     retention = ModelRegistry(store, MODEL)
     swap = Plan(on_call=[(f"put */{POINTER_FILE}", lambda _: retention.apply_retention(1))])
     operator = ModelRegistry(FaultyStore(store, swap), MODEL)
-    with pytest.raises(IncompleteVersionError, match=r"lost its manifest.json while being promoted.*names v4 again"):
+    with pytest.raises(
+        IncompleteVersionError, match=r"lost its manifest.json while being promoted.*names v4 again"
+    ):
         operator.promote("v1")
     assert _assert_pointer_verifies(registry) == "v4"
     assert [r.version for r in registry.list_versions()] == ["v3", "v4"]

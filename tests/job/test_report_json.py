@@ -20,7 +20,10 @@ def strict_loads(data: bytes):
 
 def test_non_finite_floats_become_null_at_any_depth():
     report = {
-        "history": {"loss": [0.9, float("nan"), float("inf")], "val_loss": [np.float32("nan"), np.float64(0.5)]},
+        "history": {
+            "loss": [0.9, float("nan"), float("inf")],
+            "val_loss": [np.float32("nan"), np.float64(0.5)],
+        },
         "best": -float("inf"),
         "counts": {"healthy": np.int64(3)},
         "matrix": np.array([[1.0, np.nan], [0.0, 2.0]]),

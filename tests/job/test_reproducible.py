@@ -47,7 +47,12 @@ ARGS = [
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> str:
     root = tmp_path_factory.mktemp("photos")
-    assert main(["synth", "--output", str(root), "--per-class", "10", "--classes", "3", "--size", "64"]) == 0
+    assert (
+        main(
+            ["synth", "--output", str(root), "--per-class", "10", "--classes", "3", "--size", "64"]
+        )
+        == 0
+    )
     return str(root)
 
 
@@ -56,7 +61,23 @@ Run = tuple[ModelContract, dict, bytes]
 
 def train(photos: str, out: str, seed: int) -> Run:
     """One run; returns the published contract, report.json and model.onnx."""
-    assert main(["train", "--data", photos, "--output", out, "--seed", str(seed), "--version", "v1", *ARGS]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                photos,
+                "--output",
+                out,
+                "--seed",
+                str(seed),
+                "--version",
+                "v1",
+                *ARGS,
+            ]
+        )
+        == 0
+    )
     version = open_store(out).child("leaf-classifier/versions/v1")
     contract = ModelContract.from_json(version.get("model.json"))
     return contract, json.loads(version.get("report.json")), version.get("model.onnx")
@@ -88,7 +109,11 @@ def test_same_seed_same_weights_and_onnx_bytes_different_seed_differs(runs) -> N
     _, first, second, other = runs
 
     prov = [c.provenance for c, _, _ in (first, second, other)]
-    assert prov[0]["seed"] == 7 and prov[0]["deterministic"] is True and prov[0]["deterministic_option"] == "on"
+    assert (
+        prov[0]["seed"] == 7
+        and prov[0]["deterministic"] is True
+        and prov[0]["deterministic_option"] == "on"
+    )
     assert first[1]["provenance"] == prov[0]  # report.json carries the same record
     assert prov[0]["weights_sha256"] == prov[1]["weights_sha256"]
     assert first[1]["history"] == second[1]["history"]  # every epoch's loss and accuracy, exactly
@@ -103,11 +128,24 @@ def test_same_seed_same_weights_and_onnx_bytes_different_seed_differs(runs) -> N
 def test_provenance_names_the_packages_and_the_lock(runs, capsys) -> None:
     out, (contract, _, _), _, _ = runs
     prov = contract.provenance
-    assert set(prov["packages"]) == {"tensorflow", "keras", "numpy", "pillow", "tf2onnx", "onnx", "onnxruntime"}
-    assert prov["packages"]["tensorflow"] == version("tensorflow-cpu") and prov["packages"]["keras"] == version("keras")
+    assert set(prov["packages"]) == {
+        "tensorflow",
+        "keras",
+        "numpy",
+        "pillow",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+    }
+    assert prov["packages"]["tensorflow"] == version("tensorflow-cpu") and prov["packages"][
+        "keras"
+    ] == version("keras")
     lock = prov["lock"]  # make test installs from locks/dev.txt and copies it into the venv
     assert lock is not None and lock["profile"] == "dev"
-    assert lock["sha256"] == hashlib.sha256((Path(sys.prefix) / "leaf-train.lock").read_bytes()).hexdigest()
+    assert (
+        lock["sha256"]
+        == hashlib.sha256((Path(sys.prefix) / "leaf-train.lock").read_bytes()).hexdigest()
+    )
     assert lock["environment_matches"] is True, lock["mismatches"]
 
     # What an operator sees: "what exactly produced the model we serve".
@@ -123,4 +161,7 @@ def test_provenance_names_the_packages_and_the_lock(runs, capsys) -> None:
     from leaf_train import provenance
 
     code = provenance.code_record()  # what the retrain policy compares with the next run's code
-    assert prov["code"] == code and f"code:      leaf-train {code['version']} sha256 {code['sha256']}" in shown
+    assert (
+        prov["code"] == code
+        and f"code:      leaf-train {code['version']} sha256 {code['sha256']}" in shown
+    )

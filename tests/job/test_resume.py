@@ -60,15 +60,23 @@ def test_sigterm_in_phase2_then_resume_completes_and_publishes_once(tmp_path, au
     run_dir = out / "leaf-classifier" / "runs" / "nightly-123"
 
     cmd = [sys.executable, "-m", "leaf_train.cli", *train_argv(data, out, augment)]
-    first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    first = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     seen = wait_for_phase2_epoch(run_dir / "state.json", first)
     first.send_signal(signal.SIGTERM)
     log1, _ = first.communicate(timeout=120)
     assert first.returncode == EXIT_PREEMPTED, log1
     assert "checkpoint saved" in log1
     saved = json.loads((run_dir / "state.json").read_text())
-    assert saved["phase"] == 2 and saved["epochs_done"] >= seen["epochs_done"] and not saved["published_version"]
-    assert not (out / "leaf-classifier" / "versions").exists()  # nothing published by the preempted pod
+    assert (
+        saved["phase"] == 2
+        and saved["epochs_done"] >= seen["epochs_done"]
+        and not saved["published_version"]
+    )
+    assert not (
+        out / "leaf-classifier" / "versions"
+    ).exists()  # nothing published by the preempted pod
 
     caplog.clear()
     assert main(train_argv(data, out, augment)) == 0, caplog.text[-3000:]

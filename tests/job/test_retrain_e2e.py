@@ -47,7 +47,9 @@ UNTRAINED = [
 def cluster(apiserver: FakeApiServer, tmp_path, monkeypatch) -> FakeApiServer:  # noqa: F811
     """The Kubernetes API as a training pod sees it: a kubeconfig, and its Job created by the CronJob."""
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    monkeypatch.setenv("LEAF_TRAIN_KUBECONFIG", apiserver.kubeconfig(tmp_path / "config", namespace=NS))
+    monkeypatch.setenv(
+        "LEAF_TRAIN_KUBECONFIG", apiserver.kubeconfig(tmp_path / "config", namespace=NS)
+    )
     return apiserver
 
 
@@ -62,7 +64,9 @@ def events(cluster: FakeApiServer, job: str) -> dict[str, dict]:
 
 
 def versions() -> list[str]:
-    return sorted(r.version for r in ModelRegistry(open_store("s3://models/reg"), MODEL).list_versions())
+    return sorted(
+        r.version for r in ModelRegistry(open_store("s3://models/reg"), MODEL).list_versions()
+    )
 
 
 def put_photos(s3, start: int, count: int) -> None:
@@ -72,11 +76,15 @@ def put_photos(s3, start: int, count: int) -> None:
             s3.client.put_object(Bucket="photos", Key=f"pv/{key}", Body=data)
 
 
-def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3, cluster, monkeypatch, caplog, capsys):
+def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(
+    s3, cluster, monkeypatch, caplog, capsys
+):
     s3.make_bucket("photos")
     s3.make_bucket("models")
     put_photos(s3, 0, 8)  # 8 per class
-    monkeypatch.setenv("LEAF_TRAIN_RUN_TRIGGER", "scheduled")  # what the chart sets on the CronJob's pods
+    monkeypatch.setenv(
+        "LEAF_TRAIN_RUN_TRIGGER", "scheduled"
+    )  # what the chart sets on the CronJob's pods
     data = ["--data", "s3://photos/pv"]
 
     capsys.readouterr()
@@ -84,10 +92,18 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     assert train(cluster, "nightly-1", *data, "--log-format", "json", "--run-id", "nightly-1") == 0
     (first,) = versions()
     assert "training: nothing is served yet" in caplog.text
-    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith('{"time"')]
+    logged = [
+        json.loads(line)
+        for line in capsys.readouterr().err.splitlines()
+        if line.startswith('{"time"')
+    ]
     assert any(r["logger"].startswith("leaf_train") for r in logged)
-    assert all(r["run_id"] == "nightly-1" for r in logged)  # every library's lines too (botocore, ...)
-    assert any(r.get("version") == first and "exported" in r["message"] for r in logged), logged[-5:]
+    assert all(
+        r["run_id"] == "nightly-1" for r in logged
+    )  # every library's lines too (botocore, ...)
+    assert any(r.get("version") == first and "exported" in r["message"] for r in logged), logged[
+        -5:
+    ]
     assert cluster.get("jobs", NS, "nightly-1")["metadata"]["labels"][OUTCOME_LABEL] == "promoted"
     caplog.clear()
     capsys.readouterr()
@@ -96,10 +112,15 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     assert train(cluster, "nightly-2", *data) == 0
     out = capsys.readouterr().out
     assert f"served:         {first}" in out
-    assert "skipped:        the 16 photos, the training options and the code are those of the served version" in out
+    assert (
+        "skipped:        the 16 photos, the training options and the code are those of the served version"
+        in out
+    )
     assert "skipped: the 16 photos" in caplog.text  # the log line
     assert versions() == [first]
-    assert not [r for r in caplog.records if r.name == "leaf_train.cache"], "a skipped run decoded photos"
+    assert not [r for r in caplog.records if r.name == "leaf_train.cache"], (
+        "a skipped run decoded photos"
+    )
     skipped = events(cluster, "nightly-2")["Skipped"]
     assert (
         skipped["type"] == "Normal"
@@ -108,7 +129,9 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     assert "to train anyway: leaf-train submit --force" in skipped["note"]
     job = cluster.get("jobs", NS, "nightly-2")
     assert job["metadata"]["annotations"][SKIPPED_ANNOTATION] == skipped["note"]
-    assert job["metadata"]["labels"][OUTCOME_LABEL] == "skipped"  # what LeafTrainRetrainsNotPromoted counts
+    assert (
+        job["metadata"]["labels"][OUTCOME_LABEL] == "skipped"
+    )  # what LeafTrainRetrainsNotPromoted counts
     # `leaf-train status` says so, from the annotation (Events expire after an hour, the Job stays).
     code = main(["status", "--job", "nightly-2", "--namespace", NS])
     status = capsys.readouterr().out
@@ -126,10 +149,19 @@ def test_scheduled_runs_skip_unchanged_photos_then_train_once_enough_are_new(s3,
     caplog.clear()
     put_photos(s3, 9, 1)
     assert train(cluster, "nightly-4", *data, "--min-new-images", "3") == 0
-    assert "training: 4 added photo(s) (e.g. added: " in caplog.text and f"since {first}" in caplog.text
+    assert (
+        "training: 4 added photo(s) (e.g. added: " in caplog.text
+        and f"since {first}" in caplog.text
+    )
     assert len(versions()) == 2
     gate = events(cluster, "nightly-4")["GateDecision"]
-    assert gate["note"].splitlines()[1].split() == ["RULE", "THRESHOLD", "NEW", "CHAMPION", "VERDICT"]
+    assert gate["note"].splitlines()[1].split() == [
+        "RULE",
+        "THRESHOLD",
+        "NEW",
+        "CHAMPION",
+        "VERDICT",
+    ]
     assert "max_regression" in gate["note"]  # a champion existed, so it was compared
 
 
@@ -137,7 +169,9 @@ def solid_png(rgb: tuple[int, int, int], noise_seed: int) -> bytes:
     # Solid colour with a little noise (every photo distinct, the class mean unchanged): the channel-mean
     # champion classifies every one of them right.
     rng = np.random.default_rng(noise_seed)
-    pixels = np.clip(np.full((40, 40, 3), rgb, dtype=np.int16) + rng.integers(-3, 4, (40, 40, 3)), 0, 255)
+    pixels = np.clip(
+        np.full((40, 40, 3), rgb, dtype=np.int16) + rng.integers(-3, 4, (40, 40, 3)), 0, 255
+    )
     buf = io.BytesIO()
     Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
@@ -151,7 +185,9 @@ def test_a_candidate_that_loses_a_class_is_rejected_and_the_reason_names_it(s3, 
     s3.make_bucket("models")
     for cls, rgb in COLOURS.items():
         for i in range(12):
-            s3.client.put_object(Bucket="photos", Key=f"colours/{cls}/{i}.png", Body=solid_png(rgb, i))
+            s3.client.put_object(
+                Bucket="photos", Key=f"colours/{cls}/{i}.png", Body=solid_png(rgb, i)
+            )
     # The champion: the channel means through the identity, perfect on red/green/blue; it knows no "white".
     registry = ModelRegistry(open_store("s3://models/reg"), MODEL)
     champion = contract_for(["red", "green", "blue"], 8, "v1")
@@ -159,18 +195,32 @@ def test_a_candidate_that_loses_a_class_is_rejected_and_the_reason_names_it(s3, 
     registry.promote("v1")
 
     # An untrained candidate; the average rule is off (--max-regression 1) so only the per-class rule decides.
-    args = ["--data", "s3://photos/colours", "--max-regression", "1", "--gate-min-class-support", "1"]
+    args = [
+        "--data",
+        "s3://photos/colours",
+        "--max-regression",
+        "1",
+        "--gate-min-class-support",
+        "1",
+    ]
     assert train(cluster, "nightly-1", *args, "--version", "v2") == 0
     assert "promoted:       no" in capsys.readouterr().out
 
     version = registry.store.child("versions/v2")
     gate = json.loads(version.get(CONTRACT_FILE))["gate"]
-    recall = {c: m["recall"] for c, m in json.loads(version.get("metrics.json"))["per_class"].items()}
+    recall = {
+        c: m["recall"] for c, m in json.loads(version.get("metrics.json"))["per_class"].items()
+    }
     lost = sorted(c for c in ("red", "green", "blue") if recall[c] < 0.95)
-    assert lost, f"precondition: an untrained candidate is worse than the perfect champion somewhere; got {recall}"
+    assert lost, (
+        f"precondition: an untrained candidate is worse than the perfect champion somewhere; got {recall}"
+    )
     assert gate["promote"] is False and "regression against the champion" not in gate["reason"]
     for cls in lost:
-        assert f"recall of class {cls!r} fell from 1.0000 (champion v1) to {recall[cls]:.4f}" in gate["reason"]
+        assert (
+            f"recall of class {cls!r} fell from 1.0000 (champion v1) to {recall[cls]:.4f}"
+            in gate["reason"]
+        )
     rows = {r["class"]: r for r in gate["rules"] if r["rule"] == "class recall"}
     assert set(rows) == set(COLOURS)  # every class listed, each compared one with both recalls
     assert {c for c, r in rows.items() if r["verdict"] == "fail"} == set(lost)
@@ -202,7 +252,10 @@ def test_a_parity_failure_is_a_rejected_version_and_exit_0(s3, cluster, capsys, 
     contract = json.loads(registry.store.get("versions/v1/model.json"))
     assert contract["parity"]["passed"] is False and contract["parity"]["max_abs_diff"] > 1e-30
     assert contract["gate"]["parity_passed"] is False
-    assert "ONNX parity check failed: the exported model disagrees with the trained one" in contract["gate"]["reason"]
+    assert (
+        "ONNX parity check failed: the exported model disagrees with the trained one"
+        in contract["gate"]["reason"]
+    )
 
     assert main(["models", "show", "v1", "--output", "s3://models/reg"]) == 0
     shown = capsys.readouterr().out

@@ -12,7 +12,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from contractkit import contract as make_contract
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
-from leaf_common.shadow import CANDIDATE_FILE, Candidate, ReviewedAnswer, ShadowStats, write_reviewed, write_stats
+from leaf_common.shadow import (
+    CANDIDATE_FILE,
+    Candidate,
+    ReviewedAnswer,
+    ShadowStats,
+    write_reviewed,
+    write_stats,
+)
 from leaf_common.storage import open_store
 from leaf_train.cli import main
 from leaf_train.publish import finish
@@ -36,13 +43,19 @@ class Kube:
         return False
 
 
-def publish(registry: ModelRegistry, version: str, *, champion: str | None, promote: bool = True) -> None:
+def publish(
+    registry: ModelRegistry, version: str, *, champion: str | None, promote: bool = True
+) -> None:
     gate = {"promote": promote, "reason": "test", "champion_version": champion}
     contract = make_contract(version, LABELS, name=MODEL, metrics={"accuracy": 0.9}, gate=gate)
-    registry.publish(version, {MODEL_FILE: f"onnx-{version}".encode(), CONTRACT_FILE: contract.to_json()})
+    registry.publish(
+        version, {MODEL_FILE: f"onnx-{version}".encode(), CONTRACT_FILE: contract.to_json()}
+    )
 
 
-def traffic(candidate: str, champion: str, per_class: dict[str, tuple[int, int]], pod: str = "a") -> ShadowStats:
+def traffic(
+    candidate: str, champion: str, per_class: dict[str, tuple[int, int]], pod: str = "a"
+) -> ShadowStats:
     """Statistics of ``n`` mirrored requests per champion class, ``agreed`` of which the candidate agreed on."""
     stats = ShadowStats(candidate, champion, pod=pod)
     for label, (n, agreed) in per_class.items():
@@ -64,15 +77,67 @@ EQUAL = {"healthy": (400, 392), "rust": (100, 97), "blight": (90, 87)}
 @pytest.mark.parametrize(
     ("served", "per_class", "reviewed", "hours_ago", "decision", "failed_rule", "why"),
     [
-        pytest.param("v1", EQUAL, [], 1, PROMOTE, None, "agrees with v1 on 0.9763", id="equal-quality-promotes"),
+        pytest.param(
+            "v1",
+            EQUAL,
+            [],
+            1,
+            PROMOTE,
+            None,
+            "agrees with v1 on 0.9763",
+            id="equal-quality-promotes",
+        ),
         # One class lost: 'blight' photos get another answer 40 % of the time; overall agreement stays 0.9271.
         pytest.param(
-            "v1", EQUAL | {"blight": (90, 54)}, [], 1, REJECT, "class agreement", "v1 calls 'blight'", id="lost-class"
+            "v1",
+            EQUAL | {"blight": (90, 54)},
+            [],
+            1,
+            REJECT,
+            "class agreement",
+            "v1 calls 'blight'",
+            id="lost-class",
         ),
-        pytest.param("v1", {"healthy": (400, 340)}, [], 1, REJECT, "agreement", "0.8500, below", id="disagreement"),
-        pytest.param("v1", {"healthy": (50, 50)}, [], 1, WAIT, None, "50 of 300 mirrored", id="too-little-waits"),
-        pytest.param("v1", {"healthy": (50, 50)}, [], 49, REJECT, "mirrored requests", "expired", id="expired"),
-        pytest.param("v0", EQUAL, [], 1, REJECT, "champion unchanged", "v0 is served now", id="champion-changed"),
+        pytest.param(
+            "v1",
+            {"healthy": (400, 340)},
+            [],
+            1,
+            REJECT,
+            "agreement",
+            "0.8500, below",
+            id="disagreement",
+        ),
+        pytest.param(
+            "v1",
+            {"healthy": (50, 50)},
+            [],
+            1,
+            WAIT,
+            None,
+            "50 of 300 mirrored",
+            id="too-little-waits",
+        ),
+        pytest.param(
+            "v1",
+            {"healthy": (50, 50)},
+            [],
+            49,
+            REJECT,
+            "mirrored requests",
+            "expired",
+            id="expired",
+        ),
+        pytest.param(
+            "v0",
+            EQUAL,
+            [],
+            1,
+            REJECT,
+            "champion unchanged",
+            "v0 is served now",
+            id="champion-changed",
+        ),
         pytest.param(
             "v1",
             EQUAL,
@@ -84,7 +149,14 @@ EQUAL = {"healthy": (400, 392), "rust": (100, 97), "blight": (90, 87)}
             id="worse-on-reviewed-photos",
         ),  # fmt: skip
         pytest.param(
-            "v1", EQUAL, [("rust", "rust", "healthy")] * 5, 1, PROMOTE, None, "agrees", id="too-few-reviews-ignored"
+            "v1",
+            EQUAL,
+            [("rust", "rust", "healthy")] * 5,
+            1,
+            PROMOTE,
+            None,
+            "agrees",
+            id="too-few-reviews-ignored",
         ),
     ],
 )
@@ -108,7 +180,11 @@ def test_stats_from_several_pods_add_up() -> None:
     a = traffic("v2", "v1", {"healthy": (10, 9)}, pod="a")
     b = traffic("v2", "v1", {"healthy": (5, 5), "rust": (4, 0)}, pod="b")
     total = a.merge(b)
-    assert (total.mirrored, total.agreed, total.per_class) == (19, 14, {"healthy": [15, 14], "rust": [4, 0]})
+    assert (total.mirrored, total.agreed, total.per_class) == (
+        19,
+        14,
+        {"healthy": [15, 14], "rust": [4, 0]},
+    )
     with pytest.raises(Exception, match="expected candidate v2 against champion v1"):
         a.merge(traffic("v3", "v1", {}))
 
@@ -132,7 +208,9 @@ def test_candidate_pointer_moves_by_compare_and_swap(output: str) -> None:
         registry._swap_candidate(Candidate(None, "v1", "now"), stale.etag)  # a stale writer loses
     rows = {r.version: r for r in registry.list_versions()}
     assert (rows["v3"].candidate, rows["v2"].candidate, rows["v1"].served) == (True, False, True)
-    assert registry.retention_plan(1) == ["v2"]  # the candidate is protected like the served version
+    assert registry.retention_plan(1) == [
+        "v2"
+    ]  # the candidate is protected like the served version
     assert registry.withdraw("v3") is True
     assert registry.candidate().candidate.version is None
     assert json.loads(open_store(output).get(f"{MODEL}/{CANDIDATE_FILE}"))["version"] is None
@@ -141,14 +219,20 @@ def test_candidate_pointer_moves_by_compare_and_swap(output: str) -> None:
 def test_shadow_rollout_proposes_instead_of_promoting(output: str) -> None:
     registry, kube = ModelRegistry(open_store(output), MODEL), Kube()
     publish(registry, "v1", champion=None)
-    assert finish(registry, "v1", kube, keep=5, rollout="shadow") is True  # nothing to shadow: served directly
+    assert (
+        finish(registry, "v1", kube, keep=5, rollout="shadow") is True
+    )  # nothing to shadow: served directly
     publish(registry, "v2", champion="v1")
     assert finish(registry, "v2", kube, keep=5, rollout="shadow") is False
     assert registry.pointer().version == "v1" and registry.candidate().candidate.version == "v2"
-    assert finish(registry, "v2", kube, keep=5, rollout="shadow") is False  # a retried run changes nothing
+    assert (
+        finish(registry, "v2", kube, keep=5, rollout="shadow") is False
+    )  # a retried run changes nothing
     assert [r for r, _ in kube.events].count("ShadowCandidate") == 1
     publish(registry, "v3", champion="v1", promote=False)
-    assert finish(registry, "v3", kube, keep=5, rollout="shadow") is False  # refused by the gate: not proposed
+    assert (
+        finish(registry, "v3", kube, keep=5, rollout="shadow") is False
+    )  # refused by the gate: not proposed
     assert registry.candidate().candidate.version == "v2"
 
 
@@ -180,7 +264,9 @@ def test_verdict_command_promotes_on_evidence(output: str, capsys, entry) -> Non
     assert rc == 0 and out.startswith("v2 against v1: WAIT") and "100 of 300 mirrored" in out
     assert registry.pointer().version == "v1" and registry.candidate().candidate.version == "v2"
 
-    write_stats(model_store, traffic("v2", "v1", {"rust": (120, 118), "blight": (100, 97)}, pod="pod-b"))
+    write_stats(
+        model_store, traffic("v2", "v1", {"rust": (120, 118), "blight": (100, 97)}, pod="pod-b")
+    )
     write_reviewed(model_store, "v2", ReviewedAnswer("capture-x", "rust", "rust", "rust"))
     rc, out = run_cli(capsys, "models", "verdict", "--dry-run", *o)
     assert rc == 0 and out.startswith("v2 against v1: PROMOTE (dry run: nothing changed)")

@@ -51,7 +51,10 @@ def test_graph_outputs_calibrated_probabilities_and_ood_score(fitted):
     # Calibrated: the graph's probabilities are softmax(logits / T), not the Keras model's softmax(logits),
     # unless T happens to be 1 (it is far from 1 for this model, so the parity check above can tell).
     assert abs(fit.calibration["temperature"] - 1.0) > 0.05
-    assert np.abs(run(onnx_bytes, images)[0] - model.predict_on_batch(images.astype(np.float32))).max() > 1e-3
+    assert (
+        np.abs(run(onnx_bytes, images)[0] - model.predict_on_batch(images.astype(np.float32))).max()
+        > 1e-3
+    )
 
 
 def test_calibration_lowers_heldout_ece_and_is_recorded(fitted):
@@ -76,7 +79,9 @@ def test_heldout_leaves_pass_and_generated_not_leaves_abstain(fitted):
     _, leaf_scores = run(onnx_bytes, data.decoded.images[data.val_slots[report]])
     threshold = fit.ood["threshold"]
     assert np.mean(leaf_scores > threshold) <= 0.02
-    generated, kinds = oodset.generated(12, SIZE, seed=5)  # another draw than the one the job measured
+    generated, kinds = oodset.generated(
+        12, SIZE, seed=5
+    )  # another draw than the one the job measured
     _, scores = run(onnx_bytes, generated)
     missed = sorted({k for k, s in zip(kinds, scores, strict=True) if s <= threshold})
     assert np.mean(scores > threshold) >= 0.95, missed
@@ -85,7 +90,9 @@ def test_heldout_leaves_pass_and_generated_not_leaves_abstain(fitted):
 def test_packaged_photos_abstain(fitted):
     photos, names = oodset.packaged_photos(SIZE)
     # scikit-image is in locks/dev.txt: a suite without its bundled photos has lost the real-photo OOD set.
-    assert names, "expected scikit-image's bundled photos (skimage/data, locks/dev.txt); found none: run make test"
+    assert names, (
+        "expected scikit-image's bundled photos (skimage/data, locks/dev.txt); found none: run make test"
+    )
     _, _, fit, onnx_bytes, _, _ = fitted
     _, scores = run(onnx_bytes, photos)
     missed = [n for n, s in zip(names, scores, strict=True) if s <= fit.ood["threshold"]]
@@ -124,7 +131,9 @@ def _replay(fit, onnx_bytes: bytes, images: np.ndarray) -> list[float]:
 
 
 def _fresh_leaves(n_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    other = leaf_data(n_per_class, SIZE, classes=6, seed=seed)  # new photos: none was trained or fitted on
+    other = leaf_data(
+        n_per_class, SIZE, classes=6, seed=seed
+    )  # new photos: none was trained or fitted on
     return other.decoded.images, other.labels
 
 
@@ -139,7 +148,10 @@ def test_drift_stays_quiet_on_leaves_and_fires_on_a_shifted_stream(fitted):
     shifts = {
         "darker": (images[order] * 0.45).astype(np.uint8),
         "blurred": np.stack(
-            [np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(3))) for x in images[order]]
+            [
+                np.asarray(Image.fromarray(x).filter(ImageFilter.GaussianBlur(3)))
+                for x in images[order]
+            ]
         ),
         "one class only": images[np.flatnonzero(labels == 0)].repeat(6, axis=0)[:600],
     }

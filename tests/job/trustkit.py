@@ -19,7 +19,9 @@ from leaf_train.model import build_model, freeze_for_phase
 from leaf_train.synth import generate
 
 
-def leaf_data(per_class: int, size: int, classes: int = 6, seed: int = 0, val_fraction: float = 0.4) -> PreparedData:
+def leaf_data(
+    per_class: int, size: int, classes: int = 6, seed: int = 0, val_fraction: float = 0.4
+) -> PreparedData:
     """Synthetic leaves (``leaf-train synth``), decoded at ``size`` and split by the job's hash rule."""
     pairs = list(generate(per_class, classes, size=128, seed=seed))
     objects = [ObjectInfo(key, len(data), f"etag-{i}") for i, (key, data) in enumerate(pairs)]
@@ -29,14 +31,20 @@ def leaf_data(per_class: int, size: int, classes: int = 6, seed: int = 0, val_fr
     return PreparedData.of(index, decoded)
 
 
-def train_small(data: PreparedData, size: int, epochs: int = 8, seed: int = 1, dense_units: int = 256) -> keras.Model:
+def train_small(
+    data: PreparedData, size: int, epochs: int = 8, seed: int = 1, dense_units: int = 256
+) -> keras.Model:
     """Phase 1 of the job: the conv base frozen (random weights), the head trained with Adam."""
     keras.utils.set_random_seed(seed)
     model = build_model(len(data.index.classes), size, weights=None, dense_units=dense_units)
     freeze_for_phase(model, 1)
-    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.compile(
+        keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
+    )
     x = data.decoded.images[data.train_slots].astype(np.float32)
-    model.fit(x, data.labels[data.train_slots], batch_size=16, epochs=epochs, verbose=0, shuffle=True)
+    model.fit(
+        x, data.labels[data.train_slots], batch_size=16, epochs=epochs, verbose=0, shuffle=True
+    )
     return model
 
 

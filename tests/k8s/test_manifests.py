@@ -16,11 +16,18 @@ SCRIPT = ROOT / "scripts" / "render-k8s.sh"
 
 def helm_available() -> None:
     if not (ROOT / ".tools" / "bin" / "helm").exists() and not shutil.which("helm"):
-        pytest.fail("expected helm in .tools/bin (run scripts/get-helm.sh or make test) or on PATH; found none")
+        pytest.fail(
+            "expected helm in .tools/bin (run scripts/get-helm.sh or make test) or on PATH; found none"
+        )
 
 
 def manifests() -> list[dict]:
-    return [d for p in sorted((ROOT / "k8s").glob("*.yaml")) for d in yaml.safe_load_all(p.read_text()) if d]
+    return [
+        d
+        for p in sorted((ROOT / "k8s").glob("*.yaml"))
+        for d in yaml.safe_load_all(p.read_text())
+        if d
+    ]
 
 
 def test_k8s_matches_a_fresh_render_of_the_chart():
@@ -36,11 +43,18 @@ def test_drift_is_detected(tmp_path):
         shutil.copytree(ROOT / part, tmp_path / part)
     (tmp_path / ".tools" / "bin").mkdir(parents=True)
     helm = ROOT / ".tools" / "bin" / "helm"
-    (tmp_path / ".tools" / "bin" / "helm").symlink_to(helm if helm.exists() else shutil.which("helm"))
+    (tmp_path / ".tools" / "bin" / "helm").symlink_to(
+        helm if helm.exists() else shutil.which("helm")
+    )
     cronjob = tmp_path / "k8s" / "cronjob.yaml"
-    cronjob.write_text(cronjob.read_text().replace('schedule: "0 3 * * 0"', 'schedule: "0 4 * * 0"'))
+    cronjob.write_text(
+        cronjob.read_text().replace('schedule: "0 3 * * 0"', 'schedule: "0 4 * * 0"')
+    )
     result = subprocess.run(
-        [str(tmp_path / "scripts" / "render-k8s.sh"), "--check"], capture_output=True, text=True, timeout=120
+        [str(tmp_path / "scripts" / "render-k8s.sh"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "k8s/ is stale" in result.stderr and "cronjob.yaml" in result.stderr

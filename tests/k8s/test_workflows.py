@@ -11,7 +11,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def steps(name: str) -> str:
     wf = yaml.safe_load((ROOT / ".github" / "workflows" / name).read_text())
-    return "\n".join(s.get("run", "") + s.get("uses", "") for job in wf["jobs"].values() for s in job["steps"])
+    return "\n".join(
+        s.get("run", "") + s.get("uses", "") for job in wf["jobs"].values() for s in job["steps"]
+    )
 
 
 def test_ci_runs_make_test():

@@ -39,7 +39,9 @@ def requirements_of(profile: str) -> list[Requirement]:
     if profile in lock.TOOLS:
         raw = lock.read_in(lock.TOOLS[profile])
     else:
-        raw = lock.profile_requirements(lock.load_pyproject(), profile) + lock.read_in(lock.BUILD_IN)
+        raw = lock.profile_requirements(lock.load_pyproject(), profile) + lock.read_in(
+            lock.BUILD_IN
+        )
     reqs = [Requirement(r) for r in raw]
     return [r for r in reqs if r.marker is None or r.marker.evaluate(TARGET)]
 
@@ -73,7 +75,9 @@ def test_lock_satisfies_every_requirement_with_hashes(profile: str) -> None:
     assert unsatisfied(profile, pins) == []
     # Hash-checking mode (pip --require-hashes) needs a hash on every pin.
     entries = [e for e in text.split("\n") if "==" in e and not e.startswith("#")]
-    assert entries and all(e.rstrip().endswith("\\") for e in entries), "every pin is followed by its hashes"
+    assert entries and all(e.rstrip().endswith("\\") for e in entries), (
+        "every pin is followed by its hashes"
+    )
     assert text.count("--hash=sha256:") >= len(pins)
 
 
@@ -86,7 +90,11 @@ def test_profiles_install_what_their_images_need() -> None:
     assert "tensorflow" not in pins["serve"] and "tensorflow" not in pins["serve-gpu"]
     assert "tensorflow-cpu" not in pins["serve"] and "tensorflow-cpu" not in pins["serve-gpu"]
     assert "onnxruntime-gpu" in pins["serve-gpu"] and "onnxruntime" not in pins["serve-gpu"]
-    assert "tensorflow" in pins["train"] and "tensorflow-cpu" in pins["train-cpu"] and "tensorflow-cpu" in pins["dev"]
+    assert (
+        "tensorflow" in pins["train"]
+        and "tensorflow-cpu" in pins["train-cpu"]
+        and "tensorflow-cpu" in pins["dev"]
+    )
     assert {"pytest", "ruff", "setuptools", "pip"} <= set(pins["dev"])
 
 
@@ -108,6 +116,10 @@ def test_this_environment_is_exactly_the_dev_lock() -> None:
     pins = _pins(lock.lock_path("dev").read_text())
     installed = {normalize(d.metadata["Name"]): d.version for d in distributions()}
     installed.pop("leaf-train", None)  # the project itself, installed --no-deps from the work tree
-    differs = {name: (pins.get(name), have) for name, have in installed.items() if pins.get(name) != have}
+    differs = {
+        name: (pins.get(name), have) for name, have in installed.items() if pins.get(name) != have
+    }
     missing = sorted(set(pins) - set(installed))
-    assert differs == {} and missing == [], "the test environment drifted from locks/dev.txt: rerun `make test`"
+    assert differs == {} and missing == [], (
+        "the test environment drifted from locks/dev.txt: rerun `make test`"
+    )

@@ -28,7 +28,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     reg = Registry(str(tmp_path_factory.mktemp("models")))
     reg.publish("v1", V1)
     reg.promote("v1")
-    running = start_server(reg.pointer_uri, max_body_bytes=256 * 1024, poll_interval=0, max_queue_delay_ms=1.0)
+    running = start_server(
+        reg.pointer_uri, max_body_bytes=256 * 1024, poll_interval=0, max_queue_delay_ms=1.0
+    )
     yield running
     running.stop()
 
@@ -39,5 +41,7 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AppClient]:
     reg = Registry(str(tmp_path_factory.mktemp("models")))
     reg.publish("v1", V1)
     reg.promote("v1")
-    with in_process(reg.pointer_uri, max_body_bytes=256 * 1024, poll_interval=0, max_queue_delay_ms=1.0) as c:
+    with in_process(
+        reg.pointer_uri, max_body_bytes=256 * 1024, poll_interval=0, max_queue_delay_ms=1.0
+    ) as c:
         yield c

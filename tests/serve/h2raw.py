@@ -21,7 +21,9 @@ FRAME = 16_384  # the smallest SETTINGS_MAX_FRAME_SIZE: every server takes it
 
 
 def frame(kind: int, flags: int, stream: int, payload: bytes = b"") -> bytes:
-    return len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    return (
+        len(payload).to_bytes(3, "big") + bytes([kind, flags]) + stream.to_bytes(4, "big") + payload
+    )
 
 
 def _int(value: int, prefix_bits: int) -> bytes:
@@ -85,12 +87,17 @@ class RawH2:
         self._send(frame(HEADERS, END_HEADERS | (END_STREAM if end_stream else 0), stream, block))
         return stream
 
-    def send(self, stream: int, data: bytes, *, end_stream: bool = False, timeout: float = 30.0) -> int:
+    def send(
+        self, stream: int, data: bytes, *, end_stream: bool = False, timeout: float = 30.0
+    ) -> int:
         """Send ``data`` as the flow-control windows allow; returns the bytes sent before ``timeout``."""
         sent, deadline = 0, time.monotonic() + timeout
         while sent < len(data):
             with self._cond:
-                while min(self._conn_window, self._windows.get(stream, 0)) <= 0 and stream not in self.ended:
+                while (
+                    min(self._conn_window, self._windows.get(stream, 0)) <= 0
+                    and stream not in self.ended
+                ):
                     if self.eof or not self._cond.wait(max(0.0, deadline - time.monotonic())):
                         return sent
                 if stream in self.ended:
@@ -157,22 +164,31 @@ class RawH2:
                     self.eof = True
                     self._cond.notify_all()
                     return
-                self._on_frame(head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload)
+                self._on_frame(
+                    head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
+                )
                 self._cond.notify_all()
 
     def _on_frame(self, kind: int, flags: int, stream: int, payload: bytes) -> None:
         if kind == SETTINGS and not flags & ACK:
             for i in range(0, len(payload), 6):
-                key, value = int.from_bytes(payload[i : i + 2], "big"), int.from_bytes(payload[i + 2 : i + 6], "big")
+                key, value = (
+                    int.from_bytes(payload[i : i + 2], "big"),
+                    int.from_bytes(payload[i + 2 : i + 6], "big"),
+                )
                 if key == INITIAL_WINDOW_SIZE:
                     for s in self._windows:
                         self._windows[s] += value - self._initial
                     self._initial = value
                 self.settings[key] = value
             self.settings.setdefault(0, 0)  # an empty SETTINGS still counts as received
-            threading.Thread(target=self._send, args=(frame(SETTINGS, ACK, 0),), daemon=True).start()
+            threading.Thread(
+                target=self._send, args=(frame(SETTINGS, ACK, 0),), daemon=True
+            ).start()
         elif kind == PING and not flags & ACK:
-            threading.Thread(target=self._send, args=(frame(PING, ACK, 0, payload),), daemon=True).start()
+            threading.Thread(
+                target=self._send, args=(frame(PING, ACK, 0, payload),), daemon=True
+            ).start()
         elif kind == WINDOW_UPDATE:
             increment = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
             if stream == 0:

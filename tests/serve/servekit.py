@@ -21,7 +21,14 @@ from pathlib import Path
 import numpy as np
 from contractkit import contract
 from leaf_common.contract import CONTRACT_FILE, INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelContract
-from leaf_common.registry import MANIFEST_FILE, VERSIONS_DIR, Manifest, ManifestEntry, Pointer, sha256_hex
+from leaf_common.registry import (
+    MANIFEST_FILE,
+    VERSIONS_DIR,
+    Manifest,
+    ManifestEntry,
+    Pointer,
+    sha256_hex,
+)
 from leaf_common.storage import Store, open_store
 from PIL import Image
 
@@ -42,10 +49,15 @@ MODEL_NAME = "leaf"
 
 # v1: red -> class 0, green -> 1, blue -> 2.  v2: the other way round, with other labels.
 V1 = {"labels": ["healthy", "rust", "blight"], "weights": np.eye(3, dtype=np.float32) * 8}
-V2 = {"labels": ["healthy", "rust", "blight", "mildew"], "weights": np.eye(3, 4, dtype=np.float32)[::-1] * 8}
+V2 = {
+    "labels": ["healthy", "rust", "blight", "mildew"],
+    "weights": np.eye(3, 4, dtype=np.float32)[::-1] * 8,
+}
 
 
-def onnx_model(weights: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE, input_name: str = INPUT_NAME) -> bytes:
+def onnx_model(
+    weights: np.ndarray, image_size: tuple[int, int] = IMAGE_SIZE, input_name: str = INPUT_NAME
+) -> bytes:
     """A tiny classifier graph taking NHWC float32 RGB 0..255, returning softmax probabilities."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -84,14 +96,18 @@ def expected_probs(batch: np.ndarray, spec: dict) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def contract_for(spec: dict, version: str, image_size: tuple[int, int] = IMAGE_SIZE) -> ModelContract:
+def contract_for(
+    spec: dict, version: str, image_size: tuple[int, int] = IMAGE_SIZE
+) -> ModelContract:
     return contract(version, spec["labels"], name=MODEL_NAME, size=image_size)
 
 
 def manifest(files: dict[str, bytes], version: str = "v1") -> bytes:
     """The registry's manifest for ``files``, exactly as the job's registry writes it."""
     entries = tuple(ManifestEntry(n, len(d), sha256_hex(d)) for n, d in files.items())
-    return Manifest(version=version, created_at="2026-01-01T00:00:00Z", files=entries, name=MODEL_NAME).to_json()
+    return Manifest(
+        version=version, created_at="2026-01-01T00:00:00Z", files=entries, name=MODEL_NAME
+    ).to_json()
 
 
 @dataclass
@@ -101,7 +117,9 @@ class Registry:
     root: str
 
     @functools.cached_property
-    def store(self) -> Store:  # one client for the registry's life: an S3 client takes up to a second to build
+    def store(
+        self,
+    ) -> Store:  # one client for the registry's life: an S3 client takes up to a second to build
         return open_store(f"{self.root}/{MODEL_NAME}")
 
     @property
@@ -124,7 +142,10 @@ class Registry:
         """Write a version folder; ``extra`` adds files (metrics.json, PNGs) to it and its manifest;
         ``tamper`` may corrupt files after the manifest was computed."""
         contract = contract or contract_for(spec, version)
-        files = {MODEL_FILE: model_bytes or onnx_model(spec["weights"]), CONTRACT_FILE: contract.to_json()}
+        files = {
+            MODEL_FILE: model_bytes or onnx_model(spec["weights"]),
+            CONTRACT_FILE: contract.to_json(),
+        }
         files |= extra or {}
         files[MANIFEST_FILE] = manifest(files, version)
         if tamper is not None:
@@ -142,7 +163,9 @@ def colour_image(rgb: tuple[int, int, int], size: tuple[int, int] = IMAGE_SIZE) 
     return np.broadcast_to(np.array(rgb, dtype=np.float32), (1, *size, 3)).copy()
 
 
-def encode_image(rgb: tuple[int, ...], fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (64, 48)) -> bytes:
+def encode_image(
+    rgb: tuple[int, ...], fmt: str = "PNG", mode: str = "RGB", size: tuple[int, int] = (64, 48)
+) -> bytes:
     """Real JPEG/PNG bytes of a solid colour, in the given PIL mode (RGB, L, P, RGBA, LA)."""
     img = Image.new("RGB", size, rgb[:3])
     if mode == "RGBA":
@@ -194,7 +217,12 @@ def build_app(model_uri: str, **overrides: object) -> tuple[object, object]:
 
     # gRPC off unless a test asks for it (grpc_port=free_port()): the default port would clash between tests.
     config = ServeConfig(
-        model=model_uri, host="127.0.0.1", port=free_port(), providers=["cpu"], intra_op_threads=1, grpc_port=0
+        model=model_uri,
+        host="127.0.0.1",
+        port=free_port(),
+        providers=["cpu"],
+        intra_op_threads=1,
+        grpc_port=0,
     )
     config = replace(config, **overrides)
     config.validate()
@@ -208,10 +236,16 @@ def start_server(model_uri: str, **overrides: object) -> RunningServer:
     from leaf_serve.__main__ import build_server
 
     config, app = build_app(model_uri, **overrides)
-    server = build_server(replace(config, log_level="warning"), app)  # the production server: deadlines, limits
+    server = build_server(
+        replace(config, log_level="warning"), app
+    )  # the production server: deadlines, limits
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    wait_for(lambda: server.started or not thread.is_alive(), "uvicorn accepting connections", interval=0.01)
+    wait_for(
+        lambda: server.started or not thread.is_alive(),
+        "uvicorn accepting connections",
+        interval=0.01,
+    )
     if not server.started:
         raise RuntimeError("test server did not start (its thread ended: see the log above)")
     return RunningServer(f"http://127.0.0.1:{config.port}", app, server, thread, config)
@@ -252,7 +286,12 @@ def card_metrics(labels: list[str], accuracy: float = 0.9167) -> dict:
     """A metrics.json as the job writes it (leaf_train.evaluate.compute_metrics), with made-up numbers."""
     n = len(labels)
     per_class = {
-        label: {"precision": 0.9 - 0.1 * i, "recall": 0.8 + 0.05 * i, "f1": 0.85 - 0.02 * i, "support": 10 + i}
+        label: {
+            "precision": 0.9 - 0.1 * i,
+            "recall": 0.8 + 0.05 * i,
+            "f1": 0.85 - 0.02 * i,
+            "support": 10 + i,
+        }
         for i, label in enumerate(labels)
     }
     matrix = [[10 + i if i == j else 1 for j in range(n)] for i in range(n)]
@@ -261,7 +300,12 @@ def card_metrics(labels: list[str], accuracy: float = 0.9167) -> dict:
 
 
 def publish_with_card(
-    reg: Registry, version: str, spec: dict, *, figures: dict[str, bytes] | None = None, **kwargs: object
+    reg: Registry,
+    version: str,
+    spec: dict,
+    *,
+    figures: dict[str, bytes] | None = None,
+    **kwargs: object,
 ) -> dict:
     """Publish ``version`` with the job's card artefacts (metrics.json, the two PNGs, gate and dataset in
     model.json); returns the metrics written. ``figures`` replaces the default tiny PNGs."""
@@ -269,13 +313,24 @@ def publish_with_card(
 
     contract = contract_for(spec, version)
     metrics = card_metrics(contract.labels)
-    contract.metrics = {k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")}
+    contract.metrics = {
+        k: metrics[k] for k in ("accuracy", "top3_accuracy", "macro_f1", "num_images")
+    }
     contract.created_at = "2026-05-10T03:12:44+00:00"
     contract.code_version = "leaf-train 0.1.0"
-    contract.dataset = {"images": 180, "train_images": 144, "val_images": 36, "fingerprint": "ab" * 32, "uri": "s3://p"}
+    contract.dataset = {
+        "images": 180,
+        "train_images": 144,
+        "val_images": 36,
+        "fingerprint": "ab" * 32,
+        "uri": "s3://p",
+    }
     contract.gate = {"promote": True, "reason": "accuracy 0.9167 >= champion 0.9000 - 0.02 on the same 36 images",
                      "candidate_accuracy": 0.9167, "champion_accuracy": 0.9, "champion_version": "v0"}  # fmt: skip
     extra = {"metrics.json": json.dumps(metrics).encode()}
-    extra |= figures or {"curves.png": png((10, 120, 10)), "confusion_matrix.png": png((200, 200, 60))}
+    extra |= figures or {
+        "curves.png": png((10, 120, 10)),
+        "confusion_matrix.png": png((200, 200, 60)),
+    }
     reg.publish(version, spec, contract=contract, extra=extra, **kwargs)  # type: ignore[arg-type]
     return metrics

@@ -15,8 +15,14 @@ def body(*inputs: dict, **extra: object) -> bytes:
     return json.dumps({"inputs": list(inputs), **extra}).encode()
 
 
-def tensor(data: object = None, shape: object = (2,), datatype: str = "FP32", **extra: object) -> dict:
-    t = {"name": "image", "shape": list(shape) if isinstance(shape, tuple) else shape, "datatype": datatype}
+def tensor(
+    data: object = None, shape: object = (2,), datatype: str = "FP32", **extra: object
+) -> dict:
+    t = {
+        "name": "image",
+        "shape": list(shape) if isinstance(shape, tuple) else shape,
+        "datatype": datatype,
+    }
     if data is not None:
         t["data"] = data
     return {**t, **extra}
@@ -27,7 +33,9 @@ def multipart(fields: list[tuple[str, str | None, bytes]]) -> tuple[str, bytes]:
     out = b""
     for name, filename, data in fields:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
-        out += f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+        out += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+        )
     return f"multipart/form-data; boundary={boundary}", out + f"--{boundary}--\r\n".encode()
 
 
@@ -62,8 +70,14 @@ def test_each_datatype_names_one_little_endian_dtype_and_back(datatype, dtype):
     ("given", "expected"),
     [
         (tensor([1.5, -2.0]), np.array([1.5, -2.0], np.float32)),
-        (tensor([[1, 2], [3, 4]], shape=(2, 2), datatype="INT32"), np.array([[1, 2], [3, 4]], np.int32)),
-        (tensor([1, 2, 3, 4], shape=(2, 2), datatype="UINT8"), np.array([[1, 2], [3, 4]], np.uint8)),  # flat data
+        (
+            tensor([[1, 2], [3, 4]], shape=(2, 2), datatype="INT32"),
+            np.array([[1, 2], [3, 4]], np.int32),
+        ),
+        (
+            tensor([1, 2, 3, 4], shape=(2, 2), datatype="UINT8"),
+            np.array([[1, 2], [3, 4]], np.uint8),
+        ),  # flat data
         (tensor([True, False], datatype="BOOL"), np.array([True, False])),
         (tensor([0.5, 1.0], datatype="FP16"), np.array([0.5, 1.0], np.float16)),
         (tensor([], shape=(0, 3)), np.zeros((0, 3), np.float32)),
@@ -86,7 +100,9 @@ def test_json_data_decodes_to_the_declared_dtype_and_shape(given, expected):
 )
 def test_binary_data_is_read_as_little_endian_bytes_after_the_header(array, datatype):
     blob = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    head = body(tensor(shape=array.shape, datatype=datatype, parameters={"binary_data_size": len(blob)}))
+    head = body(
+        tensor(shape=array.shape, datatype=datatype, parameters={"binary_data_size": len(blob)})
+    )
     got = decoded(head + blob, len(head))
     assert got.dtype == codecs.DATATYPES[datatype] and got.shape == array.shape
     np.testing.assert_array_equal(got, array)
@@ -96,11 +112,23 @@ def test_binary_data_is_read_as_little_endian_bytes_after_the_header(array, data
     ("given", "message"),
     [
         (tensor([1.0, 2.0, 3.0]), "input 'image'.data: shape [2] needs 2 values; received 3"),
-        (tensor([1.0], shape=(1, 2)), "input 'image'.data: shape [1, 2] needs 2 values; received 1"),
-        (tensor(), "input 'image': expected 'data' or parameters.binary_data_size; received neither"),
+        (
+            tensor([1.0], shape=(1, 2)),
+            "input 'image'.data: shape [1, 2] needs 2 values; received 1",
+        ),
+        (
+            tensor(),
+            "input 'image': expected 'data' or parameters.binary_data_size; received neither",
+        ),
         (tensor(["a", "b"]), "input 'image'.data: expected numbers of type float32"),
-        (tensor([300, 1], datatype="UINT8"), "input 'image'.data: expected values in the range of uint8"),
-        (tensor([-1, 1], datatype="UINT8"), "input 'image'.data: expected values in the range of uint8"),
+        (
+            tensor([300, 1], datatype="UINT8"),
+            "input 'image'.data: expected values in the range of uint8",
+        ),
+        (
+            tensor([-1, 1], datatype="UINT8"),
+            "input 'image'.data: expected values in the range of uint8",
+        ),
     ],
 )
 def test_json_data_that_cannot_fill_the_tensor_is_a_bad_request(given, message):
@@ -112,9 +140,21 @@ def test_json_data_that_cannot_fill_the_tensor_is_a_bad_request(given, message):
 @pytest.mark.parametrize(
     ("raw", "header_length", "message"),
     [
-        (body(tensor(shape=(2,), parameters={"binary_data_size": 4})) + b"\0" * 4, "with header", "needs 8 bytes"),
-        (body(tensor(shape=(1,), parameters={"binary_data_size": 8})) + b"\0" * 4, "with header", "expected at most 4"),
-        (body(tensor(shape=(1,), parameters={"binary_data_size": 4})) + b"\0" * 8, "with header", "declare 4 bytes"),
+        (
+            body(tensor(shape=(2,), parameters={"binary_data_size": 4})) + b"\0" * 4,
+            "with header",
+            "needs 8 bytes",
+        ),
+        (
+            body(tensor(shape=(1,), parameters={"binary_data_size": 8})) + b"\0" * 4,
+            "with header",
+            "expected at most 4",
+        ),
+        (
+            body(tensor(shape=(1,), parameters={"binary_data_size": 4})) + b"\0" * 8,
+            "with header",
+            "declare 4 bytes",
+        ),
         (body(tensor([1.0, 2.0])), 10_000, "Inference-Header-Content-Length: expected 0..\\d+"),
     ],
 )
@@ -131,12 +171,27 @@ def test_binary_sizes_that_do_not_add_up_are_bad_requests(raw, header_length, me
         (b"{not json", "expected a JSON inference request; could not parse it"),
         (b"[1, 2]", "expected a JSON object; received list"),
         (json.dumps({"inputs": []}).encode(), "inputs: expected a non-empty list of tensors"),
-        (body(tensor([1.0, 2.0], shape=[-1])), r"inputs\[0\].shape: expected a list of non-negative integers"),
-        (body(tensor([1.0, 2.0], shape=[True, 2])), r"inputs\[0\].shape: expected a list of non-negative integers"),
+        (
+            body(tensor([1.0, 2.0], shape=[-1])),
+            r"inputs\[0\].shape: expected a list of non-negative integers",
+        ),
+        (
+            body(tensor([1.0, 2.0], shape=[True, 2])),
+            r"inputs\[0\].shape: expected a list of non-negative integers",
+        ),
         (body(tensor([1.0], shape=[1] * 9)), r"inputs\[0\].shape: expected at most 8 dimensions"),
-        (body(tensor([1.0], shape=[2**31, 2])), r"inputs\[0\].shape: expected at most 8 dimensions and 2147483648"),
-        (body(tensor([1.0, 2.0], datatype="FP8")), r"inputs\[0\].datatype: expected one of BOOL, UINT8"),
-        (body({"shape": [1], "datatype": "FP32"}), r"inputs\[0\]: expected an object with name, shape, datatype"),
+        (
+            body(tensor([1.0], shape=[2**31, 2])),
+            r"inputs\[0\].shape: expected at most 8 dimensions and 2147483648",
+        ),
+        (
+            body(tensor([1.0, 2.0], datatype="FP8")),
+            r"inputs\[0\].datatype: expected one of BOOL, UINT8",
+        ),
+        (
+            body({"shape": [1], "datatype": "FP32"}),
+            r"inputs\[0\]: expected an object with name, shape, datatype",
+        ),
         (body(tensor([1.0, 2.0]), id=[1]), "id: expected a string; received list"),
     ],
 )
@@ -147,11 +202,20 @@ def test_malformed_requests_say_what_was_expected(raw, message):
 
 @pytest.mark.parametrize(
     ("value", "expected"),
-    [(None, None), (True, True), (False, False), ("true", True), (" FALSE ", False), ("True", True)],
+    [
+        (None, None),
+        (True, True),
+        (False, False),
+        ("true", True),
+        (" FALSE ", False),
+        ("True", True),
+    ],
 )
 def test_strict_flags_accept_booleans_and_their_spelling_as_strings(value, expected):
     params = {} if value is None else {"binary_data": value}
-    request = codecs.decode_request(body(tensor([1.0, 2.0]), outputs=[{"name": "probabilities", "parameters": params}]))
+    request = codecs.decode_request(
+        body(tensor([1.0, 2.0]), outputs=[{"name": "probabilities", "parameters": params}])
+    )
     assert request.outputs == {"probabilities": expected}
 
 
@@ -159,7 +223,10 @@ def test_strict_flags_accept_booleans_and_their_spelling_as_strings(value, expec
 def test_strict_flags_refuse_anything_else(value):
     with pytest.raises(BadRequest, match=r"outputs\[0\].binary_data: expected true or false"):
         codecs.decode_request(
-            body(tensor([1.0, 2.0]), outputs=[{"name": "probabilities", "parameters": {"binary_data": value}}])
+            body(
+                tensor([1.0, 2.0]),
+                outputs=[{"name": "probabilities", "parameters": {"binary_data": value}}],
+            )
         )
     with pytest.raises(BadRequest, match="parameters.binary_data_output: expected true or false"):
         codecs.decode_request(body(tensor([1.0, 2.0]), parameters={"binary_data_output": value}))
@@ -170,12 +237,30 @@ def test_strict_flags_refuse_anything_else(value):
     [
         (
             [("probabilities", np.array([[0.25, 0.75]], np.float32), False)],
-            {"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [0.25, 0.75]}]},
+            {
+                "outputs": [
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP32",
+                        "shape": [1, 2],
+                        "data": [0.25, 0.75],
+                    }
+                ]
+            },
             b"",
         ),
         (
             [("probabilities", np.array([[np.nan, np.inf]], np.float32), False)],
-            {"outputs": [{"name": "probabilities", "datatype": "FP32", "shape": [1, 2], "data": [None, None]}]},
+            {
+                "outputs": [
+                    {
+                        "name": "probabilities",
+                        "datatype": "FP32",
+                        "shape": [1, 2],
+                        "data": [None, None],
+                    }
+                ]
+            },
             b"",
         ),
         (
@@ -197,9 +282,16 @@ def test_strict_flags_refuse_anything_else(value):
 def test_responses_encode_json_data_or_binary_tails(outputs, expected_header, expected_tail):
     raw, headers = codecs.encode_response("leaf", "v1", outputs, request_id="r1")
     length = int(headers.get(codecs.HEADER_LENGTH, len(raw)))
-    assert json.loads(raw[:length]) == {"model_name": "leaf", "model_version": "v1", "id": "r1", **expected_header}
+    assert json.loads(raw[:length]) == {
+        "model_name": "leaf",
+        "model_version": "v1",
+        "id": "r1",
+        **expected_header,
+    }
     assert raw[length:] == expected_tail
-    assert headers["content-type"] == ("application/octet-stream" if expected_tail else "application/json")
+    assert headers["content-type"] == (
+        "application/octet-stream" if expected_tail else "application/json"
+    )
 
 
 @pytest.mark.parametrize("datatype", list(codecs.DATATYPES))
@@ -226,7 +318,9 @@ def test_what_orjson_refuses_is_parsed_like_before_or_refused_with_the_same_mess
     request = codecs.decode_request(
         b'{"id": "a\\ud800", "inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}'
     )
-    raw, _ = codecs.encode_response("leaf", "v1", [("out", np.ones(1, np.float32), False)], request.id)
+    raw, _ = codecs.encode_response(
+        "leaf", "v1", [("out", np.ones(1, np.float32), False)], request.id
+    )
     assert json.loads(raw)["id"] == "a?"
 
 
@@ -234,7 +328,10 @@ def test_what_orjson_refuses_is_parsed_like_before_or_refused_with_the_same_mess
     ("form", "expected"),
     [
         ([("file", "a.jpg", b"JPEGDATA")], b"JPEGDATA"),
-        ([("note", None, b"hello"), ("photo", "p.png", b"PNGDATA")], b"PNGDATA"),  # first file when none is 'file'
+        (
+            [("note", None, b"hello"), ("photo", "p.png", b"PNGDATA")],
+            b"PNGDATA",
+        ),  # first file when none is 'file'
         ([("photo", "p.png", b"OTHER"), ("file", "a.jpg", b"MINE")], b"MINE"),  # 'file' wins
     ],
 )

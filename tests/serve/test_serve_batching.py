@@ -26,7 +26,14 @@ INFER = f"/v2/models/{MODEL_NAME}/infer"
 
 def request_for(batch: np.ndarray) -> dict:
     return {
-        "inputs": [{"name": INPUT_NAME, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}]
+        "inputs": [
+            {
+                "name": INPUT_NAME,
+                "shape": list(batch.shape),
+                "datatype": "FP32",
+                "data": batch.ravel().tolist(),
+            }
+        ]
     }
 
 
@@ -39,7 +46,9 @@ def metric(text: str, name: str) -> float:
 @pytest.fixture
 def batching_server(local_registry: Registry) -> Iterator[RunningServer]:
     # A long queue delay makes concurrent requests meet in one batch even on a busy 2-core machine.
-    running = start_server(local_registry.pointer_uri, max_batch_size=8, max_queue_delay_ms=300, poll_interval=0)
+    running = start_server(
+        local_registry.pointer_uri, max_batch_size=8, max_queue_delay_ms=300, poll_interval=0
+    )
     yield running
     running.stop()
 
@@ -49,9 +58,13 @@ async def _concurrent(url: str, batches: list[np.ndarray]) -> list[httpx.Respons
         return await asyncio.gather(*(client.post(INFER, json=request_for(b)) for b in batches))
 
 
-def test_concurrent_requests_are_batched_with_identical_results(batching_server: RunningServer) -> None:
+def test_concurrent_requests_are_batched_with_identical_results(
+    batching_server: RunningServer,
+) -> None:
     rng = np.random.default_rng(0)
-    batches = [rng.uniform(0, 255, size=(1 + i % 2, 32, 32, 3)).astype(np.float32) for i in range(6)]
+    batches = [
+        rng.uniform(0, 255, size=(1 + i % 2, 32, 32, 3)).astype(np.float32) for i in range(6)
+    ]
     unbatched = [
         np.reshape(r.json()["outputs"][0]["data"], (len(b), 3))
         for b, r in zip(batches, _serial(batching_server, batches), strict=True)
@@ -63,7 +76,9 @@ def test_concurrent_requests_are_batched_with_identical_results(batching_server:
         together = np.reshape(r.json()["outputs"][0]["data"], (len(batch), 3))
         np.testing.assert_allclose(together, alone, rtol=0, atol=1e-6)
         np.testing.assert_allclose(together, expected_probs(batch, V1), atol=1e-5)
-    runs = metric(after, "leaf_serve_batch_size_count") - metric(before, "leaf_serve_batch_size_count")
+    runs = metric(after, "leaf_serve_batch_size_count") - metric(
+        before, "leaf_serve_batch_size_count"
+    )
     rows = metric(after, "leaf_serve_batch_size_sum") - metric(before, "leaf_serve_batch_size_sum")
     assert rows == sum(len(b) for b in batches)  # 9 images
     assert runs < len(batches)  # fewer session runs than requests: they were grouped
@@ -76,7 +91,11 @@ def _serial(server: RunningServer, batches: list[np.ndarray]) -> list[httpx.Resp
 def test_overload_gets_503_at_once_while_queued_requests_finish(local_registry: Registry) -> None:
     # The batch waits 1.5 s for company, so two requests fill the queue deterministically.
     running = start_server(
-        local_registry.pointer_uri, max_batch_size=64, max_queue_delay_ms=1500, max_queue_size=2, poll_interval=0
+        local_registry.pointer_uri,
+        max_batch_size=64,
+        max_queue_delay_ms=1500,
+        max_queue_size=2,
+        poll_interval=0,
     )
     try:
         statuses = asyncio.run(_overload(running.url))
@@ -113,4 +132,9 @@ def test_metrics_count_requests_latency_and_model(client: AppClient) -> None:
     assert metric(text, 'leaf_serve_request_seconds_count{endpoint="infer"}') >= 2
     assert metric(text, "leaf_serve_queue_wait_seconds_count") >= 1
     assert metric(text, "leaf_serve_inference_seconds_count") >= 1
-    assert metric(text, 'leaf_serve_model_info{model="leaf",provider="CPUExecutionProvider",version="v1"}') == 1
+    assert (
+        metric(
+            text, 'leaf_serve_model_info{model="leaf",provider="CPUExecutionProvider",version="v1"}'
+        )
+        == 1
+    )

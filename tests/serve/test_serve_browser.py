@@ -59,7 +59,10 @@ def figures() -> dict[str, bytes]:
                "loss": [1.1, 0.8, 0.6, 0.45, 0.33, 0.28], "val_loss": [1.0, 0.82, 0.63, 0.5, 0.4, 0.31],
                "phase": [1, 1, 1, 1, 2, 2]}  # fmt: skip
     matrix = [[11, 1, 0], [0, 12, 1], [1, 0, 10]]
-    return {"curves.png": plot_curves(history), "confusion_matrix.png": plot_confusion(matrix, TOMATO["labels"])}
+    return {
+        "curves.png": plot_curves(history),
+        "confusion_matrix.png": plot_confusion(matrix, TOMATO["labels"]),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +83,9 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
                 f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):  # fmt: skip
         options.add_argument(arg)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("SE_OFFLINE", "true")  # belt and braces: Selenium Manager may not reach the network
+        mp.setenv(
+            "SE_OFFLINE", "true"
+        )  # belt and braces: Selenium Manager may not reach the network
         driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
     driver.set_page_load_timeout(WAIT)
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -122,26 +127,41 @@ def carded(tmp_path) -> Iterator[RunningServer]:
     running.stop()
 
 
-def upload(driver, server: RunningServer, photo: bytes, tmp_path: Path, name: str = "leaf.jpg") -> None:  # noqa: ANN001
+def upload(
+    driver, server: RunningServer, photo: bytes, tmp_path: Path, name: str = "leaf.jpg"
+) -> None:  # noqa: ANN001
     driver.set_window_size(1100, 900)
     driver.get(server.url + "/")
     wait_for(lambda: driver.execute_script("return document.readyState") == "complete", "the page")
     path = tmp_path / name
     path.write_bytes(photo)
     by_id(driver, "photo").send_keys(str(path))  # what choosing a file does
-    wait_for(lambda: by_id(driver, "result").is_displayed() or by_id(driver, "error").is_displayed(), "a result")
+    wait_for(
+        lambda: by_id(driver, "result").is_displayed() or by_id(driver, "error").is_displayed(),
+        "a result",
+    )
     assert not by_id(driver, "error").is_displayed(), by_id(driver, "error").text
 
 
-def test_a_synthetic_leaf_gets_a_diagnosis_and_the_version(browser, carded: RunningServer, tmp_path) -> None:
+def test_a_synthetic_leaf_gets_a_diagnosis_and_the_version(
+    browser, carded: RunningServer, tmp_path
+) -> None:
     upload(browser, carded, synthetic_leaf(), tmp_path)
     assert by_id(browser, "verdict").text.startswith("Most likely: Tomato — early blight (")
     assert not by_id(browser, "unsure").is_displayed()
-    items = [li.text.split("\n") for li in by_id(browser, "predictions").find_elements("tag name", "li")]
-    assert [name for name, _ in items] == ["Tomato — early blight", "Tomato — healthy", "Tomato — late blight"]
+    items = [
+        li.text.split("\n") for li in by_id(browser, "predictions").find_elements("tag name", "li")
+    ]
+    assert [name for name, _ in items] == [
+        "Tomato — early blight",
+        "Tomato — healthy",
+        "Tomato — late blight",
+    ]
     assert all(pct.endswith("%") for _, pct in items)
     assert by_id(browser, "model-line").text == "Model leaf, version v1."
-    assert browser.execute_script("return document.activeElement.id") == "result-title"  # focus follows the answer
+    assert (
+        browser.execute_script("return document.activeElement.id") == "result-title"
+    )  # focus follows the answer
     assert by_id(browser, "status").text == "Diagnosis ready: Tomato — early blight."
     assert by_id(browser, "preview").get_attribute("naturalWidth") == "256"
     assert by_id(browser, "feedback").is_displayed() and by_id(browser, "privacy").is_displayed()
@@ -149,25 +169,36 @@ def test_a_synthetic_leaf_gets_a_diagnosis_and_the_version(browser, carded: Runn
 
 
 def test_a_photo_of_nothing_is_not_sure(browser, carded: RunningServer, tmp_path) -> None:
-    upload(browser, carded, encode_image((128, 128, 128), "PNG", size=(300, 200)), tmp_path, "wall.png")
+    upload(
+        browser, carded, encode_image((128, 128, 128), "PNG", size=(300, 200)), tmp_path, "wall.png"
+    )
     assert by_id(browser, "unsure").is_displayed()
     assert by_id(browser, "unsure").text.startswith("? Not sure\nThe best guess, ")
-    assert "only 3" in by_id(browser, "unsure-text").text  # about a third each: three classes, no idea
+    assert (
+        "only 3" in by_id(browser, "unsure-text").text
+    )  # about a third each: three classes, no idea
     assert by_id(browser, "verdict").text == ""
     assert by_id(browser, "status").text == "Not sure. See the diagnosis below."
-    assert by_id(browser, "feedback-status").text.startswith("Because the model was not sure, this photo was kept")
+    assert by_id(browser, "feedback-status").text.startswith(
+        "Because the model was not sure, this photo was kept"
+    )
     assert not by_id(browser, "feedback").is_displayed()  # already kept: nothing to send
     screenshot(browser, "not-sure.png")
 
 
-def test_the_page_is_usable_by_keyboard_labelled_and_fits_a_phone(browser, carded: RunningServer, tmp_path) -> None:
+def test_the_page_is_usable_by_keyboard_labelled_and_fits_a_phone(
+    browser, carded: RunningServer, tmp_path
+) -> None:
     from selenium.webdriver.common.keys import Keys
 
     browser.set_window_size(390, 844)
     browser.get(carded.url + "/")
     wait_for(lambda: browser.execute_script("return document.readyState") == "complete", "the page")
     photo = by_id(browser, "photo")
-    assert photo.get_attribute("capture") == "environment" and photo.get_attribute("accept") == "image/jpeg,image/png"
+    assert (
+        photo.get_attribute("capture") == "environment"
+        and photo.get_attribute("accept") == "image/jpeg,image/png"
+    )
     unlabelled = browser.execute_script(
         "return [...document.querySelectorAll('input, select, button')]"
         ".filter(e => !(e.labels && e.labels.length) && !e.getAttribute('aria-label') && !e.textContent.trim())"
@@ -177,14 +208,22 @@ def test_the_page_is_usable_by_keyboard_labelled_and_fits_a_phone(browser, carde
     body = browser.find_element("tag name", "body")
     order = []
     for _ in range(3):
-        body.send_keys(Keys.TAB) if not order else browser.switch_to.active_element.send_keys(Keys.TAB)
-        order.append(browser.execute_script("const e = document.activeElement; return e.id || e.textContent.trim()"))
+        body.send_keys(Keys.TAB) if not order else browser.switch_to.active_element.send_keys(
+            Keys.TAB
+        )
+        order.append(
+            browser.execute_script(
+                "const e = document.activeElement; return e.id || e.textContent.trim()"
+            )
+        )
     assert order == ["Skip to the diagnosis", "About this model", "photo"]
     path = tmp_path / "leaf.jpg"
     path.write_bytes(synthetic_leaf())
     photo.send_keys(str(path))
     wait_for(lambda: by_id(browser, "result").is_displayed(), "a result")
-    overflow = browser.execute_script("return document.documentElement.scrollWidth - window.innerWidth")
+    overflow = browser.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth"
+    )
     assert overflow <= 0, f"the page is {overflow} px wider than a 390 px phone"
     screenshot(browser, "diagnosis-phone.png", width=390)
 
@@ -208,8 +247,14 @@ def test_the_model_card_shows_the_versions_own_numbers(browser, carded: RunningS
     rows = [r.text for r in by_id(browser, "class-rows").find_elements("tag name", "tr")]
     assert rows[0] == "Tomato — early blight 90% 80% 0.85 10"
     for img in ("curves-img", "matrix-img"):
-        wait_for(lambda img=img: int(by_id(browser, img).get_attribute("naturalWidth") or 0) > 100, f"{img} loaded")
-    assert browser.find_element("link text", "Diagnose a leaf").get_attribute("href") == carded.url + "/"
+        wait_for(
+            lambda img=img: int(by_id(browser, img).get_attribute("naturalWidth") or 0) > 100,
+            f"{img} loaded",
+        )
+    assert (
+        browser.find_element("link text", "Diagnose a leaf").get_attribute("href")
+        == carded.url + "/"
+    )
     screenshot(browser, "model-card.png")
 
 
@@ -221,21 +266,31 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
     reg.promote("v1")
     data = open_store("s3://photos/pv")
     for label in TOMATO["labels"]:
-        data.put(f"{label}/seed.jpg", b"a photo already in the class")  # the classes exist before review
+        data.put(
+            f"{label}/seed.jpg", b"a photo already in the class"
+        )  # the classes exist before review
     token_file = tmp_path / "token"
     token_file.write_text(TOKEN)
     running = start_server(
-        reg.pointer_uri, poll_interval=0, capture=True, review_token_file=str(token_file), data="s3://photos/pv"
+        reg.pointer_uri,
+        poll_interval=0,
+        capture=True,
+        review_token_file=str(token_file),
+        data="s3://photos/pv",
     )
     try:
         leaf = synthetic_leaf()
         upload(browser, running, leaf, tmp_path)
-        assert by_id(browser, "privacy").is_displayed()  # capture is on: the page says photos may be kept
+        assert by_id(
+            browser, "privacy"
+        ).is_displayed()  # capture is on: the page says photos may be kept
         from selenium.webdriver.support.ui import Select
 
         Select(by_id(browser, "actual")).select_by_visible_text("Tomato — late blight")
         by_id(browser, "wrong").click()
-        wait_for(lambda: by_id(browser, "feedback-status").text.startswith("Thank you."), "the feedback")
+        wait_for(
+            lambda: by_id(browser, "feedback-status").text.startswith("Thank you."), "the feedback"
+        )
         assert running.app.state.capture.join(10)
         inbox = open_store("s3://models/registry/leaf/inbox")
         (photo_key,) = [o.key for o in inbox.list() if o.key.endswith(".jpg")]
@@ -245,8 +300,13 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         # Without the token: the page and its API are 401.
         assert httpx.get(running.url + "/review").status_code == 401
         assert httpx.get(running.url + "/review/items").status_code == 401
-        browser.get(running.url + "/review")  # headless Chromium cancels the login prompt: nothing of the page
-        assert browser.find_elements("id", "grid") == [] and "Review the inbox" not in browser.page_source
+        browser.get(
+            running.url + "/review"
+        )  # headless Chromium cancels the login prompt: nothing of the page
+        assert (
+            browser.find_elements("id", "grid") == []
+            and "Review the inbox" not in browser.page_source
+        )
 
         # With it (what the browser's Basic prompt does): the grid, preselected with the model's answer; what
         # the person said (anyone can send /feedback?label=) is shown and used only when the reviewer asks.
@@ -261,12 +321,19 @@ def test_marked_wrong_then_reviewed_into_the_data_prefix(browser, s3, tmp_path) 
         item.find_element("css selector", "button.use-suggestion").click()
         assert pick.first_selected_option.text == "Tomato — late blight"
         wait_for(
-            lambda: int(item.find_element("css selector", "img").get_attribute("naturalWidth") or 0) == 256, "photo"
+            lambda: (
+                int(item.find_element("css selector", "img").get_attribute("naturalWidth") or 0)
+                == 256
+            ),
+            "photo",
         )
         screenshot(browser, "review.png")
         capture_id = photo_key.rsplit("/", 1)[-1].removesuffix(".jpg")
         item.find_element("css selector", "button.accept").click()
-        wait_for(lambda: by_id(browser, "status").text.startswith("Added to the training data"), "the accept")
+        wait_for(
+            lambda: by_id(browser, "status").text.startswith("Added to the training data"),
+            "the accept",
+        )
         assert by_id(browser, "status").text == (
             f"Added to the training data: s3://photos/pv/Tomato___Late_blight/{capture_id}.jpg The inbox is empty."
         )

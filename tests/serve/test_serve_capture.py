@@ -48,7 +48,9 @@ def registry(request, tmp_path) -> Registry:
 
 @pytest.fixture
 def capturing(registry: Registry) -> Iterator[AppClient]:
-    with in_process(registry.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5) as running:
+    with in_process(
+        registry.pointer_uri, poll_interval=0, capture=True, confidence_threshold=0.5
+    ) as running:
         yield running
 
 
@@ -75,12 +77,20 @@ def test_a_photo_the_model_is_not_sure_about_is_kept(capturing: AppClient, regis
     inbox_of(capturing)
     (photo_key,) = [o.key for o in store.list() if o.key.endswith(".jpg")]
     assert photo_key.endswith(f"/{capture_id}.jpg")
-    assert same_pixels(store.get(photo_key), GREY, tolerance=2)  # re-encoded (JPEG q95): the same picture
+    assert same_pixels(
+        store.get(photo_key), GREY, tolerance=2
+    )  # re-encoded (JPEG q95): the same picture
     record = json.loads(store.get(photo_key.replace(".jpg", ".json")))
-    assert record["reason"] == "low_confidence" and record["version"] == "v1" and record["model"] == "leaf"
+    assert (
+        record["reason"] == "low_confidence"
+        and record["version"] == "v1"
+        and record["model"] == "leaf"
+    )
     assert record["label"] == body["predictions"][0]["label"]
     assert record["probability"] == pytest.approx(body["predictions"][0]["probability"])
-    assert set(record["probabilities"]) == set(V1["labels"]) and record["captured_at"].endswith("+00:00")
+    assert set(record["probabilities"]) == set(V1["labels"]) and record["captured_at"].endswith(
+        "+00:00"
+    )
 
 
 def test_a_confident_answer_is_not_kept(capturing: AppClient, registry) -> None:
@@ -90,11 +100,15 @@ def test_a_confident_answer_is_not_kept(capturing: AppClient, registry) -> None:
     assert list(open_store(f"{registry.root}/leaf/inbox").list()) == []
 
 
-def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(capturing: AppClient) -> None:
+def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(
+    capturing: AppClient,
+) -> None:
     files = {"file": ("leaf.png", RED, "image/png")}
     r = capturing.post("/feedback", params={"label": "rust"}, files=files)
     assert r.status_code == 200, r.text
-    assert r.json()["predictions"][0]["label"] == "healthy"  # the server's own answer, computed again
+    assert (
+        r.json()["predictions"][0]["label"] == "healthy"
+    )  # the server's own answer, computed again
     record, photo = inbox_of(capturing).photo(r.json()["captured"])
     assert same_pixels(photo, RED) and record.ext == "png"  # PNG: lossless, the very same pixels
     assert (record.reason, record.label, record.user_label) == ("marked_wrong", "healthy", "rust")
@@ -107,8 +121,12 @@ def test_marked_wrong_keeps_the_uploaded_file_part_and_what_the_person_said(capt
         ({}, "text/plain", 415, "Content-Type: expected image/jpeg"),
     ],
 )
-def test_bad_feedback_is_4xx_and_keeps_nothing(capturing, params, content_type, status, fragment) -> None:
-    r = capturing.post("/feedback", params=params, content=RED, headers={"Content-Type": content_type})
+def test_bad_feedback_is_4xx_and_keeps_nothing(
+    capturing, params, content_type, status, fragment
+) -> None:
+    r = capturing.post(
+        "/feedback", params=params, content=RED, headers={"Content-Type": content_type}
+    )
     assert r.status_code == status and fragment in r.json()["error"]
     assert metric(capturing, "written") == 0
 
@@ -119,8 +137,12 @@ def test_feedback_is_a_404_when_capture_is_off(client: AppClient) -> None:
     assert "expected --capture (LEAF_SERVE_CAPTURE=true)" in r.json()["error"]
 
 
-def test_the_rate_limit_drops_and_counts_captures_never_inferences(local_registry: Registry) -> None:
-    with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_minute=2) as running:
+def test_the_rate_limit_drops_and_counts_captures_never_inferences(
+    local_registry: Registry,
+) -> None:
+    with in_process(
+        local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_minute=2
+    ) as running:
         answers = [running.post("/classify", content=GREY) for _ in range(4)]
         assert [a.status_code for a in answers] == [200] * 4
         assert [a.json()["captured"] is not None for a in answers] == [True, True, False, False]
@@ -142,9 +164,13 @@ def test_a_stuck_store_never_delays_an_inference(local_registry: Registry, monke
 
     monkeypatch.setattr(Inbox, "write", stuck)
     # Room for three photos: the one the writer holds (counted until written) and two waiting.
-    running = start_server(local_registry.pointer_uri, poll_interval=0, capture=True, capture_queue_bytes=len(GREY) * 3)
+    running = start_server(
+        local_registry.pointer_uri, poll_interval=0, capture=True, capture_queue_bytes=len(GREY) * 3
+    )
     try:
-        with httpx.Client(timeout=10) as client:  # a request waiting on the store would time out here
+        with httpx.Client(
+            timeout=10
+        ) as client:  # a request waiting on the store would time out here
             first = client.post(running.url + "/classify", content=GREY)
             assert entered.wait(10)
             later = [client.post(running.url + "/classify", content=GREY) for _ in range(5)]
@@ -160,7 +186,10 @@ def test_a_stuck_store_never_delays_an_inference(local_registry: Registry, monke
 
 def test_a_failing_store_never_fails_an_inference(local_registry: Registry, s3, caplog) -> None:
     with in_process(
-        local_registry.pointer_uri, poll_interval=0, capture=True, inbox="s3://no-such-bucket/leaf/inbox"
+        local_registry.pointer_uri,
+        poll_interval=0,
+        capture=True,
+        inbox="s3://no-such-bucket/leaf/inbox",
     ) as running:
         r = running.post("/classify", content=GREY)
         assert r.status_code == 200 and r.json()["captured"] is not None
@@ -205,13 +234,24 @@ def test_only_pixels_are_kept(capturing: AppClient) -> None:
     r = capturing.post("/feedback", content=upload, headers={"Content-Type": "image/jpeg"})
     assert r.status_code == 200, r.text
     kept = kept_photo(capturing, r.json()["captured"])
-    for trace in (b"Exif", b"Pixel 9 Pro", b"ICCFAKEPROFILE", b"<script>", b"http://ns.adobe.com/xap"):
+    for trace in (
+        b"Exif",
+        b"Pixel 9 Pro",
+        b"ICCFAKEPROFILE",
+        b"<script>",
+        b"http://ns.adobe.com/xap",
+    ):
         assert trace not in kept, trace
     assert kept.endswith(b"\xff\xd9")  # the JPEG ends where its image ends: nothing after it
     with Image.open(io.BytesIO(kept)) as img:
-        assert img.size == (64, 48)  # the orientation was applied to the pixels, so the tag is not needed
+        assert img.size == (
+            64,
+            48,
+        )  # the orientation was applied to the pixels, so the tag is not needed
         assert not img.getexif() and "icc_profile" not in img.info
-        band = np.asarray(img.convert("RGB"))[:, -8:]  # the top band, rotated clockwise, is now on the right
+        band = np.asarray(img.convert("RGB"))[
+            :, -8:
+        ]  # the top band, rotated clockwise, is now on the right
         assert band[..., 2].mean() > 200 and band[..., 0].mean() < 60
     assert same_pixels(kept, upload, tolerance=2)  # what the model saw (decode applies the tag too)
 
@@ -232,7 +272,11 @@ def test_the_kept_picture_is_the_one_the_model_saw(capturing: AppClient) -> None
     kept = kept_photo(capturing, r.json()["captured"])
     assert b"acTL" not in kept and b"fdAT" not in kept  # no animation left for a browser to show
     with Image.open(io.BytesIO(kept)) as img:
-        assert getattr(img, "n_frames", 1) == 1 and img.convert("RGB").getpixel((0, 0)) == (230, 20, 20)
+        assert getattr(img, "n_frames", 1) == 1 and img.convert("RGB").getpixel((0, 0)) == (
+            230,
+            20,
+            20,
+        )
 
 
 def inbox_ids(server: AppClient) -> list[str]:
@@ -243,7 +287,9 @@ def inbox_ids(server: AppClient) -> list[str]:
 def test_the_inbox_is_capped_and_the_oldest_go_first(local_registry: Registry, cap: dict) -> None:
     with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, **cap) as running:
         ids = []
-        for _ in range(5):  # one at a time: each written before the next, so "oldest" is well defined
+        for _ in range(
+            5
+        ):  # one at a time: each written before the next, so "oldest" is well defined
             ids.append(running.post("/classify", content=GREY).json()["captured"])
             inbox_of(running)
         assert None not in ids
@@ -269,12 +315,16 @@ def test_one_client_cannot_spend_everybody_s_captures(local_registry: Registry) 
         assert metric(running, "dropped_client") == 9 and metric(running, "dropped_rate") == 0
 
 
-def test_a_forwarded_header_counts_only_when_the_operator_trusts_it(local_registry: Registry) -> None:
+def test_a_forwarded_header_counts_only_when_the_operator_trusts_it(
+    local_registry: Registry,
+) -> None:
     with in_process(
         local_registry.pointer_uri, poll_interval=0, capture=True, capture_per_client_per_minute=2
     ) as running:
         codes = [
-            running.post("/feedback", content=GREY, headers={"X-Forwarded-For": f"10.0.0.{i}"}).status_code
+            running.post(
+                "/feedback", content=GREY, headers={"X-Forwarded-For": f"10.0.0.{i}"}
+            ).status_code
             for i in range(4)
         ]
         assert codes == [200, 200, 429, 429]  # all from 127.0.0.1, whatever they claim
@@ -287,7 +337,12 @@ def test_a_forwarded_header_counts_only_when_the_operator_trusts_it(local_regist
         ("127.0.0.1", {"x-forwarded-for": "1.2.3.4"}, "", "127.0.0.1"),
         ("127.0.0.1", {"x-forwarded-for": "9.9.9.9, 1.2.3.4"}, "x-forwarded-for", "1.2.3.4"),
         ("127.0.0.1", {}, "x-forwarded-for", "127.0.0.1"),  # header missing: the peer
-        ("2001:db8:1:2:aaaa::1", {}, "", "2001:db8:1:2::/64"),  # one subscriber's block, not one address
+        (
+            "2001:db8:1:2:aaaa::1",
+            {},
+            "",
+            "2001:db8:1:2::/64",
+        ),  # one subscriber's block, not one address
         ("::ffff:10.1.2.3", {}, "", "10.1.2.3"),
         (None, {"x-real-ip": "not-an-address\nforged"}, "x-real-ip", "not-an-address\nforged"),
     ],
@@ -303,7 +358,9 @@ def test_per_client_buckets_are_separate_and_bounded() -> None:
     assert rates.allow("b") is True
 
 
-@pytest.mark.parametrize(("processes", "per_minute", "per_client"), [(1, 30, 6), (2, 15, 3), (4, 7, 1), (64, 1, 1)])
+@pytest.mark.parametrize(
+    ("processes", "per_minute", "per_client"), [(1, 30, 6), (2, 15, 3), (4, 7, 1), (64, 1, 1)]
+)
 def test_a_replica_s_rates_are_shared_by_its_processes(processes, per_minute, per_client) -> None:
     limits = CaptureLimits(30, 6, 1 << 20, 100, 1 << 30).share(processes)
     assert (limits.per_minute, limits.per_client_per_minute) == (per_minute, per_client)
@@ -312,12 +369,22 @@ def test_a_replica_s_rates_are_shared_by_its_processes(processes, per_minute, pe
 def test_re_encoding_waits_for_the_decode_budget(local_registry: Registry) -> None:
     """Keeping a photo decodes it again, near full size: that memory is held against max_decode_bytes like a
     request's decode, so a photo the request could decode shrunk (JPEG draft) but the writer cannot is not kept."""
-    big = encode_image((128, 128, 128), "JPEG", size=(3000, 3000))  # ~86 MB to re-encode, ~1 MB to classify
-    with in_process(local_registry.pointer_uri, poll_interval=0, capture=True, max_decode_bytes=40_000_000) as running:
+    big = encode_image(
+        (128, 128, 128), "JPEG", size=(3000, 3000)
+    )  # ~86 MB to re-encode, ~1 MB to classify
+    with in_process(
+        local_registry.pointer_uri, poll_interval=0, capture=True, max_decode_bytes=40_000_000
+    ) as running:
         r = running.post("/classify", content=big)
-        assert r.status_code == 200 and r.json()["captured"] is not None  # the answer never waits for the writer
+        assert (
+            r.status_code == 200 and r.json()["captured"] is not None
+        )  # the answer never waits for the writer
         inbox_of(running)
         assert (metric(running, "failed"), metric(running, "written")) == (1, 0)
         ok = running.post("/classify", content=GREY)  # a photo that fits is kept as ever
-        assert ok.json()["captured"] is not None and inbox_of(running) and metric(running, "written") == 1
+        assert (
+            ok.json()["captured"] is not None
+            and inbox_of(running)
+            and metric(running, "written") == 1
+        )
         assert running.app.state.plane.decoding.in_use == 0  # given back

@@ -25,14 +25,20 @@ RED, GREEN, BLUE = (230, 20, 20), (20, 230, 20), (20, 20, 230)
         ((200, 200, 200), "JPEG", "L", None),  # grayscale: converted, any label
     ],
 )
-def test_raw_body_gives_top_k_with_version(client: AppClient, rgb: tuple, fmt: str, mode: str, label: str) -> None:
+def test_raw_body_gives_top_k_with_version(
+    client: AppClient, rgb: tuple, fmt: str, mode: str, label: str
+) -> None:
     content_type = "image/jpeg" if fmt == "JPEG" else "image/png"
-    r = client.post("/classify", content=encode_image(rgb, fmt, mode), headers={"Content-Type": content_type})
+    r = client.post(
+        "/classify", content=encode_image(rgb, fmt, mode), headers={"Content-Type": content_type}
+    )
     assert r.status_code == 200, r.text
     body = r.json()
     assert (body["model"], body["version"]) == (MODEL_NAME, "v1")
     predictions = body["predictions"]
-    assert [p["label"] for p in predictions] != [] and {p["label"] for p in predictions} == set(V1["labels"])
+    assert [p["label"] for p in predictions] != [] and {p["label"] for p in predictions} == set(
+        V1["labels"]
+    )
     probs = [p["probability"] for p in predictions]
     assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-5
     if label is not None:
@@ -53,7 +59,9 @@ def test_multipart_form(client: AppClient, field: str) -> None:
     assert r.json()["predictions"][0]["label"] == "rust"
 
 
-@pytest.mark.parametrize(("query", "count"), [("?top_k=1", 1), ("?top_k=2", 2), ("?top_k=50", 3), ("", 3)])
+@pytest.mark.parametrize(
+    ("query", "count"), [("?top_k=1", 1), ("?top_k=2", 2), ("?top_k=50", 3), ("", 3)]
+)
 def test_top_k_query(client: AppClient, query: str, count: int) -> None:
     r = client.post("/classify" + query, content=encode_image(RED, "PNG"))
     assert len(r.json()["predictions"]) == count
@@ -69,18 +77,54 @@ def _bomb(mode: str = "L", size: tuple[int, int] = (9000, 8000)) -> bytes:
     ("content", "headers", "query", "status", "fragment"),
     [
         (b"", {"Content-Type": "image/png"}, "", 400, "received an empty body"),
-        (b"definitely not an image", {"Content-Type": "image/jpeg"}, "", 400, "expected a readable JPEG or PNG"),
+        (
+            b"definitely not an image",
+            {"Content-Type": "image/jpeg"},
+            "",
+            400,
+            "expected a readable JPEG or PNG",
+        ),
         (encode_image(RED, "PNG")[:60], {"Content-Type": "image/png"}, "", 400, "could not decode"),
         (encode_image(RED, "GIF"), {"Content-Type": "image/png"}, "", 400, "received GIF data"),
         (_bomb(), {"Content-Type": "image/png"}, "", 400, "expected at most 64000000 pixels"),
         # 20 MP of RGBA is under the pixel cap, but decoding it needs 240 MB: more than the whole decode budget.
-        (_bomb("RGBA", (5000, 4000)), {"Content-Type": "image/png"}, "", 413, "the server allows 201326592"),
+        (
+            _bomb("RGBA", (5000, 4000)),
+            {"Content-Type": "image/png"},
+            "",
+            413,
+            "the server allows 201326592",
+        ),
         (b"{}", {"Content-Type": "application/json"}, "", 415, "received application/json"),
         (b"a=b", {"Content-Type": "text/plain"}, "", 415, "Content-Type: expected image/jpeg"),
-        (b"--x--", {"Content-Type": "multipart/form-data; boundary=x"}, "", 400, "expected a file field"),
-        (b"x" * (300 * 1024), {"Content-Type": "image/png"}, "", 413, "expected at most 262144 bytes"),
-        (encode_image(RED, "PNG"), {"Content-Type": "image/png"}, "?top_k=0", 400, "top_k: expected a positive"),
-        (encode_image(RED, "PNG"), {"Content-Type": "image/png"}, "?top_k=x", 400, "top_k: expected a positive"),
+        (
+            b"--x--",
+            {"Content-Type": "multipart/form-data; boundary=x"},
+            "",
+            400,
+            "expected a file field",
+        ),
+        (
+            b"x" * (300 * 1024),
+            {"Content-Type": "image/png"},
+            "",
+            413,
+            "expected at most 262144 bytes",
+        ),
+        (
+            encode_image(RED, "PNG"),
+            {"Content-Type": "image/png"},
+            "?top_k=0",
+            400,
+            "top_k: expected a positive",
+        ),
+        (
+            encode_image(RED, "PNG"),
+            {"Content-Type": "image/png"},
+            "?top_k=x",
+            400,
+            "top_k: expected a positive",
+        ),
     ],
 )
 def test_bad_images_are_4xx(

@@ -29,7 +29,11 @@ def deadline_server(
     reg.publish("v1", V1)
     reg.promote("v1")
     running = start_server(
-        reg.pointer_uri, header_timeout=TIMEOUT, body_timeout=TIMEOUT, poll_interval=0, http=request.param
+        reg.pointer_uri,
+        header_timeout=TIMEOUT,
+        body_timeout=TIMEOUT,
+        poll_interval=0,
+        http=request.param,
     )
     yield running
     running.stop()
@@ -69,7 +73,9 @@ def test_half_sent_headers_are_closed_with_408(deadline_server: RunningServer) -
     assert closed(deadline_server, "headers_timeout") == before + 1
 
 
-def test_headers_trickled_a_byte_at_a_time_do_not_extend_the_deadline(deadline_server: RunningServer) -> None:
+def test_headers_trickled_a_byte_at_a_time_do_not_extend_the_deadline(
+    deadline_server: RunningServer,
+) -> None:
     sock = connect(deadline_server)
     start = time.monotonic()
     request = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Padding: " + b"a" * 100
@@ -91,13 +97,19 @@ def test_a_connection_that_never_sends_is_closed(deadline_server: RunningServer)
 def test_a_stalled_body_is_closed(deadline_server: RunningServer) -> None:
     before = closed(deadline_server, "body_timeout")
     sock = connect(deadline_server)
-    sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+    sock.sendall(
+        b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+    )
     sock.sendall(b"\0" * 60_000)  # 60% of the body, then nothing
     waited, _ = closed_after(sock)
     assert waited < TIMEOUT + 1.0
     assert closed(deadline_server, "body_timeout") == before + 1
     plane = deadline_server.app.state.plane
-    wait_for(lambda: not plane.bodies.in_use, "the handler to see the disconnect and give its bytes back", 5)
+    wait_for(
+        lambda: not plane.bodies.in_use,
+        "the handler to see the disconnect and give its bytes back",
+        5,
+    )
 
 
 def test_a_slow_upload_that_keeps_moving_is_served(deadline_server: RunningServer) -> None:
@@ -106,7 +118,9 @@ def test_a_slow_upload_that_keeps_moving_is_served(deadline_server: RunningServe
     sock = connect(deadline_server)
     sock.sendall(head.encode())
     pieces = [body[i : i + len(body) // 6 + 1] for i in range(0, len(body), len(body) // 6 + 1)]
-    for piece in pieces:  # ~2 s in total, twice the body timeout, never more than 0.35 s without a byte
+    for (
+        piece
+    ) in pieces:  # ~2 s in total, twice the body timeout, never more than 0.35 s without a byte
         time.sleep(0.35)
         sock.sendall(piece)
     _, received = closed_after_response(sock)
@@ -121,16 +135,24 @@ def closed_after_response(sock: socket.socket) -> tuple[float, bytes]:
         received += sock.recv(4096)
     head, _, rest = received.partition(b"\r\n\r\n")
     length = int(
-        next(v for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n")) if k.lower() == b"content-length")
+        next(
+            v
+            for k, _, v in (h.partition(b": ") for h in head.split(b"\r\n"))
+            if k.lower() == b"content-length"
+        )
     )
     while len(rest) < length:
         rest += sock.recv(4096)
     return time.monotonic() - start, head + b"\r\n\r\n" + rest
 
 
-def test_keep_alive_connections_get_a_fresh_header_deadline_per_request(deadline_server: RunningServer) -> None:
+def test_keep_alive_connections_get_a_fresh_header_deadline_per_request(
+    deadline_server: RunningServer,
+) -> None:
     sock = connect(deadline_server)
-    for _ in range(3):  # three requests on one connection, 0.6 s apart: 1.8 s in all, each inside the deadline
+    for _ in range(
+        3
+    ):  # three requests on one connection, 0.6 s apart: 1.8 s in all, each inside the deadline
         time.sleep(0.6)
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
         _, received = closed_after_response(sock)

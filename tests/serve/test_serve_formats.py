@@ -57,17 +57,31 @@ def without(tmp_path: Path) -> Iterator[RunningServer]:
 def test_without_the_row_webp_is_refused(without: RunningServer) -> None:
     webp = encode("WEBP", lossless=True)
     r = httpx.post(without.url + "/classify", content=webp, headers={"Content-Type": "image/webp"})
-    assert r.status_code == 415 and "expected image/jpeg, image/png, application/octet-stream" in r.json()["error"]
-    r = httpx.post(without.url + "/classify", content=webp, headers={"Content-Type": "application/octet-stream"})
-    assert r.status_code == 400 and r.json()["error"] == "expected a JPEG or PNG image; received WEBP data"
+    assert (
+        r.status_code == 415
+        and "expected image/jpeg, image/png, application/octet-stream" in r.json()["error"]
+    )
+    r = httpx.post(
+        without.url + "/classify",
+        content=webp,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+    assert (
+        r.status_code == 400
+        and r.json()["error"] == "expected a JPEG or PNG image; received WEBP data"
+    )
     assert 'accept="image/jpeg,image/png"' in httpx.get(without.url + "/").text
 
 
 def test_one_row_more_reaches_every_route(with_webp: RunningServer) -> None:
     url, webp = with_webp.url, encode("WEBP", lossless=True)
-    png = httpx.post(url + "/classify", content=encode("PNG"), headers={"Content-Type": "image/png"}).json()
+    png = httpx.post(
+        url + "/classify", content=encode("PNG"), headers={"Content-Type": "image/png"}
+    ).json()
     r = httpx.post(url + "/classify", content=webp, headers={"Content-Type": "image/webp"})
-    assert r.status_code == 200 and r.json()["predictions"] == png["predictions"]  # lossless: the same pixels
+    assert (
+        r.status_code == 200 and r.json()["predictions"] == png["predictions"]
+    )  # lossless: the same pixels
     r = httpx.post(url + "/feedback", files={"file": ("leaf.webp", webp, "image/webp")})
     assert r.status_code == 200, r.text
     inbox = with_webp.app.state.capture
@@ -76,8 +90,14 @@ def test_one_row_more_reaches_every_route(with_webp: RunningServer) -> None:
     assert record.photo_name.endswith(".webp") and record.content_type == "image/webp"
     assert WEBP.matches(inbox.inbox.photo(record.id)[1])
     r = httpx.post(url + "/classify", content=b"x", headers={"Content-Type": "text/plain"})
-    assert "expected image/jpeg, image/png, image/webp, application/octet-stream" in r.json()["error"]
+    assert (
+        "expected image/jpeg, image/png, image/webp, application/octet-stream" in r.json()["error"]
+    )
     page = httpx.get(url + "/").text
-    assert 'accept="image/jpeg,image/png,image/webp"' in page and ">JPEG, PNG or WebP</span>" in page
+    assert (
+        'accept="image/jpeg,image/png,image/webp"' in page and ">JPEG, PNG or WebP</span>" in page
+    )
     body = httpx.get(url + "/openapi.json").json()["paths"]["/classify"]["post"]["requestBody"]
-    assert "image/webp" in body["content"] and body["description"].startswith("one JPEG, PNG or WebP photo")
+    assert "image/webp" in body["content"] and body["description"].startswith(
+        "one JPEG, PNG or WebP photo"
+    )

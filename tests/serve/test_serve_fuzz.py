@@ -31,21 +31,40 @@ import pytest
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 from PIL import Image
-from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, free_port, in_process, start_server
-from tritonclient.grpc import service_pb2 as pb  # the client's copy of the messages, not the server's
+from servekit import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    MODEL_NAME,
+    V1,
+    Registry,
+    free_port,
+    in_process,
+    start_server,
+)
+from tritonclient.grpc import (
+    service_pb2 as pb,
+)  # the client's copy of the messages, not the server's
 
 H, W = IMAGE_SIZE
 INFER = f"/v2/models/{MODEL_NAME}/infer"
-EXAMPLES = int(os.environ.get("LEAF_FUZZ_EXAMPLES", "600"))  # per kind: six kinds, so 3,600 cases per run
+EXAMPLES = int(
+    os.environ.get("LEAF_FUZZ_EXAMPLES", "600")
+)  # per kind: six kinds, so 3,600 cases per run
 OUTCOMES: Counter[tuple[str, int]] = Counter()
-COUNT_ONLY = bool(os.environ.get("LEAF_FUZZ_COUNT_ONLY"))  # record every answer, assert nothing (the bench)
+COUNT_ONLY = bool(
+    os.environ.get("LEAF_FUZZ_COUNT_ONLY")
+)  # record every answer, assert nothing (the bench)
 
 FUZZ = settings(
     max_examples=EXAMPLES,
     deadline=None,
     derandomize=True,
     database=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+    ],
 )
 
 # --- strategies -----------------------------------------------------------------------------------
@@ -58,18 +77,31 @@ json_values = st.recursive(
 
 
 def valid_tensor(n: int = 1) -> dict:
-    return {"name": INPUT_NAME, "shape": [n, H, W, 3], "datatype": "FP32", "data": [0.5] * (n * H * W * 3)}
+    return {
+        "name": INPUT_NAME,
+        "shape": [n, H, W, 3],
+        "datatype": "FP32",
+        "data": [0.5] * (n * H * W * 3),
+    }
 
 
 @st.composite
 def near_valid_v2(draw: st.DrawFn) -> dict:
     """A valid request with one or two fields (anywhere in it) replaced by an arbitrary JSON value."""
-    body = {"id": "x", "inputs": [valid_tensor()], "outputs": [{"name": "probabilities"}], "parameters": {}}
+    body = {
+        "id": "x",
+        "inputs": [valid_tensor()],
+        "outputs": [{"name": "probabilities"}],
+        "parameters": {},
+    }
     for _ in range(draw(st.integers(1, 2))):
         where = draw(st.sampled_from(["top", "tensor", "tensor-params", "output", "params"]))
         key = draw(st.sampled_from(["id", "inputs", "outputs", "parameters", "name", "shape", "datatype", "data",
                                     "binary_data_size", "binary_data", "binary_data_output"]))  # fmt: skip
-        value = draw(json_values | st.sampled_from([2**70, -1, [1, 2**40, 1, 3], "INT8", "UINT8", [300], [-1]]))
+        value = draw(
+            json_values
+            | st.sampled_from([2**70, -1, [1, 2**40, 1, 3], "INT8", "UINT8", [300], [-1]])
+        )
         target = {
             "top": body,
             "tensor": body["inputs"][0] if isinstance(body.get("inputs"), list) and body["inputs"] else body,
@@ -88,11 +120,18 @@ def binary_requests(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     blob = draw(st.binary(max_size=H * W * 3 * 4 + 8))
     tensor = valid_tensor()
     del tensor["data"]
-    tensor["parameters"] = {"binary_data_size": draw(st.integers(-5, len(blob) + 5) | st.just(len(blob)))}
-    header = json.dumps({"inputs": [tensor], "parameters": {"binary_data_output": draw(json_scalars)}}).encode()
+    tensor["parameters"] = {
+        "binary_data_size": draw(st.integers(-5, len(blob) + 5) | st.just(len(blob)))
+    }
+    header = json.dumps(
+        {"inputs": [tensor], "parameters": {"binary_data_output": draw(json_scalars)}}
+    ).encode()
     length = draw(st.sampled_from([str(len(header)), str(len(header) + 1), "-1", "0", "٣", "²", "1e3", " 12 ",
                                    "9" * 40, "9" * 5000]) | st.text(max_size=6))  # fmt: skip
-    return header + blob, {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": legal(length)}
+    return header + blob, {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": legal(length),
+    }
 
 
 def _encoded(rgb: tuple[int, int, int], fmt: str, mode: str, size: tuple[int, int]) -> bytes:
@@ -109,7 +148,9 @@ def image_bytes(draw: st.DrawFn) -> bytes:
     size = (draw(st.integers(1, 96)), draw(st.integers(1, 96)))
     rgb = (draw(st.integers(0, 255)), draw(st.integers(0, 255)), draw(st.integers(0, 255)))
     data = bytearray(_encoded(rgb, fmt, mode, size))
-    for _ in range(draw(st.integers(0, 4))):  # bit flips anywhere: headers, chunk lengths, CRCs, pixels
+    for _ in range(
+        draw(st.integers(0, 4))
+    ):  # bit flips anywhere: headers, chunk lengths, CRCs, pixels
         i = draw(st.integers(0, len(data) - 1))
         data[i] ^= 1 << draw(st.integers(0, 7))
     cut = draw(st.integers(0, len(data)))
@@ -123,11 +164,15 @@ def multipart_forms(draw: st.DrawFn) -> tuple[bytes, dict[str, str]]:
     parts = []
     for _ in range(draw(st.integers(0, 3))):
         name = draw(st.sampled_from(["file", "image", "x", ""]))
-        filename = draw(st.sampled_from(['; filename="leaf.png"', "", '; filename=""', "; filename"]))
+        filename = draw(
+            st.sampled_from(['; filename="leaf.png"', "", '; filename=""', "; filename"])
+        )
         payload = draw(image_bytes() | st.binary(max_size=64))
         parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"{filename}\r\n\r\n'.encode()
                      + payload + b"\r\n")  # fmt: skip
-    body = b"".join(parts) + (f"--{boundary}--\r\n".encode() if draw(st.booleans()) else draw(st.binary(max_size=8)))
+    body = b"".join(parts) + (
+        f"--{boundary}--\r\n".encode() if draw(st.booleans()) else draw(st.binary(max_size=8))
+    )
     declared = draw(st.sampled_from([boundary, boundary + "x", ""]))
     return body, {"Content-Type": f"multipart/form-data; boundary={declared}"}
 
@@ -160,12 +205,15 @@ names = st.sampled_from([MODEL_NAME, "", "v1", "x" * 300, "\x00", "\u202e"]) | s
 def infer_messages(draw: st.DrawFn) -> pb.ModelInferRequest:
     """A ModelInferRequest near a valid one: any field may be off, typed contents of any length."""
     message = pb.ModelInferRequest(
-        model_name=draw(st.just(MODEL_NAME) | names), model_version=draw(st.sampled_from(["", "v1"]) | names)
+        model_name=draw(st.just(MODEL_NAME) | names),
+        model_version=draw(st.sampled_from(["", "v1"]) | names),
     )
     message.id = draw(st.text(max_size=8))
     for _ in range(draw(st.integers(0, 2))):
         tensor = message.inputs.add(name=draw(st.sampled_from([INPUT_NAME]) | names))
-        tensor.datatype = draw(st.sampled_from(["FP32", "UINT8", "INT8", "FP16", "BOOL", "INT64", "BYTES", "fp32", ""]))
+        tensor.datatype = draw(
+            st.sampled_from(["FP32", "UINT8", "INT8", "FP16", "BOOL", "INT64", "BYTES", "fp32", ""])
+        )
         tensor.shape.extend(draw(st.sampled_from([[1, H, W, 3], [2, H, W, 3], [1, 3]]) | st.lists(
             st.integers(-2, 2**40), max_size=5)))  # fmt: skip
         field = draw(st.sampled_from(sorted(_TYPED)))
@@ -180,7 +228,9 @@ def infer_messages(draw: st.DrawFn) -> pb.ModelInferRequest:
 @st.composite
 def grpc_requests(draw: st.DrawFn) -> tuple[str, bytes]:
     """(RPC, the bytes of its request message): arbitrary, structured, or structured then damaged."""
-    rpc = draw(st.sampled_from(["ModelInfer", "ModelInfer", "ModelMetadata", "ModelReady", "ServerLive"]))
+    rpc = draw(
+        st.sampled_from(["ModelInfer", "ModelInfer", "ModelMetadata", "ModelReady", "ServerLive"])
+    )
     if draw(st.integers(0, 3)) == 0:
         return rpc, draw(st.binary(max_size=200))
     if rpc == "ModelInfer":
@@ -210,7 +260,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str
     reg.publish("v1", V1)
     reg.promote("v1")
     port = free_port()
-    running = start_server(reg.pointer_uri, poll_interval=0, max_body_bytes=1024 * 1024, grpc_port=port)
+    running = start_server(
+        reg.pointer_uri, poll_interval=0, max_body_bytes=1024 * 1024, grpc_port=port
+    )
     yield running.url, f"127.0.0.1:{port}"
     running.stop()
 
@@ -263,7 +315,9 @@ def send(client: httpx.Client, url: str, kind: str, method: str, path: str, **kw
 GRPC_ANSWERS = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND}
 
 
-def send_grpc(channel: grpc.Channel, client: httpx.Client, url: str, rpc: str, payload: bytes) -> None:
+def send_grpc(
+    channel: grpc.Channel, client: httpx.Client, url: str, rpc: str, payload: bytes
+) -> None:
     code = grpc.StatusCode.OK
     try:
         channel.unary_unary(f"/inference.GRPCInferenceService/{rpc}")(payload, timeout=30)
@@ -304,7 +358,9 @@ def errors_logged() -> Iterator[list[logging.LogRecord]]:
 
 # Texts no generator stumbles on by chance: each broke a JSON parser or a converter somewhere.
 RAW_JSON = [
-    b'{"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": [' + b"9" * 5000 + b"]}]}",
+    b'{"inputs": [{"name": "image", "shape": [1], "datatype": "FP32", "data": ['
+    + b"9" * 5000
+    + b"]}]}",
     b'{"inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
     b'{"inputs": [{"name": "image", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": [NaN]}]}',
     b'{"inputs": [{"name": "image", "shape": [1], "datatype": "INT8", "data": [300]}]}',
@@ -317,55 +373,103 @@ RAW_JSON = [
 
 @FUZZ
 @given(body=json_values | near_valid_v2(), raw=st.none() | st.sampled_from(RAW_JSON))
-def test_json_bodies(target: str, client: httpx.Client, errors_logged: list, body: object, raw: bytes | None) -> None:
-    send(client, target, "json", "POST", INFER, content=raw if raw is not None else json.dumps(body).encode())
+def test_json_bodies(
+    target: str, client: httpx.Client, errors_logged: list, body: object, raw: bytes | None
+) -> None:
+    send(
+        client,
+        target,
+        "json",
+        "POST",
+        INFER,
+        content=raw if raw is not None else json.dumps(body).encode(),
+    )
 
 
 @FUZZ
 @given(request=binary_requests())
-def test_binary_bodies(target: str, client: httpx.Client, errors_logged: list, request: tuple) -> None:
+def test_binary_bodies(
+    target: str, client: httpx.Client, errors_logged: list, request: tuple
+) -> None:
     content, headers = request
     send(client, target, "binary", "POST", INFER, content=content, headers=headers)
 
 
 @FUZZ
-@given(data=image_bytes(), content_type=st.sampled_from(["image/png", "image/jpeg", "application/octet-stream"]))
-def test_image_bytes(target: str, client: httpx.Client, errors_logged: list, data: bytes, content_type: str) -> None:
-    send(client, target, "image", "POST", "/classify", content=data, headers={"Content-Type": content_type})
+@given(
+    data=image_bytes(),
+    content_type=st.sampled_from(["image/png", "image/jpeg", "application/octet-stream"]),
+)
+def test_image_bytes(
+    target: str, client: httpx.Client, errors_logged: list, data: bytes, content_type: str
+) -> None:
+    send(
+        client,
+        target,
+        "image",
+        "POST",
+        "/classify",
+        content=data,
+        headers={"Content-Type": content_type},
+    )
 
 
 @FUZZ
 @given(form=multipart_forms())
-def test_multipart_forms(target: str, client: httpx.Client, errors_logged: list, form: tuple) -> None:
+def test_multipart_forms(
+    target: str, client: httpx.Client, errors_logged: list, form: tuple
+) -> None:
     content, headers = form
     send(client, target, "multipart", "POST", "/classify", content=content, headers=headers)
 
 
 @FUZZ
 @given(
-    top_k=st.text(max_size=8) | st.integers(-5, 10**30).map(str) | st.sampled_from(["²", "٣", "9" * 5000, " 1", "1_0"]),
+    top_k=st.text(max_size=8)
+    | st.integers(-5, 10**30).map(str)
+    | st.sampled_from(["²", "٣", "9" * 5000, " 1", "1_0"]),
     content_type=content_types,
     header_length=st.none() | header_values,
     endpoint=st.sampled_from(["/classify", INFER, f"/v2/models/{MODEL_NAME}/versions/v1/infer"]),
 )
 def test_headers_and_query_strings(
-    target: str, client: httpx.Client, errors_logged: list, top_k: str, content_type: str, header_length, endpoint
+    target: str,
+    client: httpx.Client,
+    errors_logged: list,
+    top_k: str,
+    content_type: str,
+    header_length,
+    endpoint,
 ) -> None:
     headers = {"Content-Type": legal(content_type)}
     if header_length is not None:
         headers["Inference-Header-Content-Length"] = legal(header_length)
     body = _encoded((10, 200, 10), "PNG", "RGB", (16, 16)) if endpoint == "/classify" else json.dumps(
         {"inputs": [valid_tensor()]}).encode()  # fmt: skip
-    send(client, target, "headers", "POST", endpoint, params={"top_k": top_k}, content=body, headers=headers)
+    send(
+        client,
+        target,
+        "headers",
+        "POST",
+        endpoint,
+        params={"top_k": top_k},
+        content=body,
+        headers=headers,
+    )
 
 
 @FUZZ
 @given(
     method=st.sampled_from(["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"]),
-    path=st.sampled_from(["/v2/models/", "/v2/models/{}/ready", "/v2/models/{}/versions/{}", "/classify", "/{}"]),
+    path=st.sampled_from(
+        ["/v2/models/", "/v2/models/{}/ready", "/v2/models/{}/versions/{}", "/classify", "/{}"]
+    ),
     name=st.text(
         alphabet=st.characters(
-            min_codepoint=33, max_codepoint=0x2FF, exclude_categories=("Cc",), exclude_characters="/?#%"
+            min_codepoint=33,
+            max_codepoint=0x2FF,
+            exclude_categories=("Cc",),
+            exclude_characters="/?#%",
         ),
         max_size=12,
     ),
@@ -379,7 +483,11 @@ def test_paths_and_methods(
 @FUZZ
 @given(request=grpc_requests())
 def test_grpc_messages(
-    target: str, client: httpx.Client, grpc_channel: grpc.Channel, errors_logged: list, request: tuple
+    target: str,
+    client: httpx.Client,
+    grpc_channel: grpc.Channel,
+    errors_logged: list,
+    request: tuple,
 ) -> None:
     send_grpc(grpc_channel, client, target, *request)
 
@@ -396,5 +504,8 @@ def test_the_fuzzer_finds_a_5xx_when_there_is_one(tmp_path, monkeypatch) -> None
         raise RuntimeError("decoder crashed")
 
     monkeypatch.setattr(classify.ClassifyApi, "_probe", crashing)
-    with in_process(reg.pointer_uri, poll_interval=0) as c, pytest.raises(AssertionError, match="-> 500"):
+    with (
+        in_process(reg.pointer_uri, poll_interval=0) as c,
+        pytest.raises(AssertionError, match="-> 500"),
+    ):
         send(c, "", "selftest", "POST", "/classify", content=bytes(np.arange(64, dtype=np.uint8)))

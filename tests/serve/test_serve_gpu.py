@@ -19,7 +19,15 @@ import onnxruntime as ort
 import pytest
 from leaf_common.contract import CONTRACT_FILE, MODEL_FILE
 from leaf_serve.errors import ModelLoadError
-from leaf_serve.model import CPU, CUDA, TENSORRT, OnnxModel, RuntimeOptions, provider_options, resolve_providers
+from leaf_serve.model import (
+    CPU,
+    CUDA,
+    TENSORRT,
+    OnnxModel,
+    RuntimeOptions,
+    provider_options,
+    resolve_providers,
+)
 from leaf_serve.settings import ServeConfig
 from servekit import (
     INPUT_NAME,
@@ -61,13 +69,21 @@ def test_provider_options_follow_the_config(name, cache, fp16, expected):
 
 
 def test_provider_options_are_only_for_gpu_providers():
-    with pytest.raises(ModelLoadError, match="expected one of CUDAExecutionProvider, TensorrtExecutionProvider"):
+    with pytest.raises(
+        ModelLoadError, match="expected one of CUDAExecutionProvider, TensorrtExecutionProvider"
+    ):
         provider_options(CPU, 0)
 
 
 def test_tensorrt_first_then_cuda_then_cpu_with_their_options():
-    providers = resolve_providers(["tensorrt", "cpu"], GPU_HOST, 1, trt_engine_cache_path=CACHE, trt_fp16=True)
-    assert providers == [(TENSORRT, TRT_CACHED | {"trt_fp16_enable": True}), (CUDA, {"device_id": 1}), CPU]
+    providers = resolve_providers(
+        ["tensorrt", "cpu"], GPU_HOST, 1, trt_engine_cache_path=CACHE, trt_fp16=True
+    )
+    assert providers == [
+        (TENSORRT, TRT_CACHED | {"trt_fp16_enable": True}),
+        (CUDA, {"device_id": 1}),
+        CPU,
+    ]
 
 
 def loaded(io_binding: str, **kw) -> OnnxModel:
@@ -77,13 +93,17 @@ def loaded(io_binding: str, **kw) -> OnnxModel:
     return model
 
 
-@pytest.mark.parametrize(("mode", "bound"), [("on", True), ("off", False), ("auto", False)])  # auto: GPU only
+@pytest.mark.parametrize(
+    ("mode", "bound"), [("on", True), ("off", False), ("auto", False)]
+)  # auto: GPU only
 def test_io_binding_is_chosen_by_config(mode, bound):
     assert loaded(mode).io_binding is bound
 
 
 def test_io_binding_path_gives_the_same_probabilities_on_cpu():
-    batch = np.concatenate([colour_image((200, 10, 10)), colour_image((10, 200, 10)), colour_image((10, 10, 200))])
+    batch = np.concatenate(
+        [colour_image((200, 10, 10)), colour_image((10, 200, 10)), colour_image((10, 10, 200))]
+    )
     bound, plain = loaded("on"), loaded("off")
     got = bound.predict(batch)
     assert got.dtype == np.float32 and got.shape == (3, 3)
@@ -93,20 +113,26 @@ def test_io_binding_path_gives_the_same_probabilities_on_cpu():
 
 
 def test_unknown_io_binding_mode_is_refused():
-    with pytest.raises(ModelLoadError, match="io_binding: expected one of auto, on, off; received 'always'"):
+    with pytest.raises(
+        ModelLoadError, match="io_binding: expected one of auto, on, off; received 'always'"
+    ):
         RuntimeOptions(io_binding="always")
 
 
 def test_tensorrt_cache_folder_is_not_made_without_tensorrt(tmp_path):
     loaded("auto", trt_engine_cache_path=str(tmp_path / "trt"))
-    assert not (tmp_path / "trt").exists()  # CPU-only host: TensorRT not installed, nothing to cache
+    assert not (
+        tmp_path / "trt"
+    ).exists()  # CPU-only host: TensorRT not installed, nothing to cache
 
 
 def half(model: bytes) -> bytes:
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    return convert_float_to_float16(onnx.load_from_string(model), keep_io_types=True).SerializeToString()
+    return convert_float_to_float16(
+        onnx.load_from_string(model), keep_io_types=True
+    ).SerializeToString()
 
 
 def publish_with_fp16(registry: Registry, version: str, *, corrupt: bool = False) -> None:
@@ -116,7 +142,12 @@ def publish_with_fp16(registry: Registry, version: str, *, corrupt: bool = False
     contract.parity = {
         "max_abs_diff": 0.0,
         "passed": True,
-        "fp16": {"passed": True, "tolerance": 1e-2, "file": FP16_FILE, "sha256": hashlib.sha256(fp16).hexdigest()},
+        "fp16": {
+            "passed": True,
+            "tolerance": 1e-2,
+            "file": FP16_FILE,
+            "sha256": hashlib.sha256(fp16).hexdigest(),
+        },
     }
     files = {MODEL_FILE: fp32, CONTRACT_FILE: contract.to_json(), FP16_FILE: fp16}
     files["manifest.json"] = manifest(files, version)
@@ -165,9 +196,16 @@ def test_a_corrupt_fp16_export_is_refused_not_served(tmp_path: Path):
 
 
 def test_settings_reach_the_model_options():
-    config = ServeConfig(model="x", io_binding="on", trt_engine_cache_path=CACHE, trt_fp16=True, prefer_fp16=True)
+    config = ServeConfig(
+        model="x", io_binding="on", trt_engine_cache_path=CACHE, trt_fp16=True, prefer_fp16=True
+    )
     config.validate()
-    assert (config.io_binding, config.trt_engine_cache_path, config.trt_fp16, config.prefer_fp16) == (
+    assert (
+        config.io_binding,
+        config.trt_engine_cache_path,
+        config.trt_fp16,
+        config.prefer_fp16,
+    ) == (
         "on",
         CACHE,
         True,
@@ -178,8 +216,12 @@ def test_settings_reach_the_model_options():
 @pytest.mark.gpu
 def test_cuda_provider_with_io_binding_on_a_gpu():
     if CUDA not in ort.get_available_providers():
-        pytest.skip("no GPU visible: CUDAExecutionProvider is not available (CPU onnxruntime or no NVIDIA device)")
-    model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), RuntimeOptions(providers=("cuda",)))
+        pytest.skip(
+            "no GPU visible: CUDAExecutionProvider is not available (CPU onnxruntime or no NVIDIA device)"
+        )
+    model = OnnxModel(
+        onnx_model(V1["weights"]), contract_for(V1, "v1"), RuntimeOptions(providers=("cuda",))
+    )
     model.load()
     assert model.provider == CUDA and model.uses_gpu and model.io_binding
     batch = colour_image((10, 200, 10))

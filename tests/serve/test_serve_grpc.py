@@ -29,7 +29,9 @@ from servekit import (
     free_port,
     start_server,
 )
-from tritonclient.grpc import service_pb2 as pb  # the client's own copy of the messages: an independent check
+from tritonclient.grpc import (
+    service_pb2 as pb,
+)  # the client's own copy of the messages: an independent check
 from tritonclient.grpc import service_pb2_grpc as pb_grpc
 from tritonclient.utils import InferenceServerException
 
@@ -43,7 +45,9 @@ def grpc_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Runn
     reg.publish("v1", V1)
     reg.promote("v1")
     port = free_port()
-    running = start_server(reg.pointer_uri, poll_interval=0, grpc_port=port, max_body_bytes=512 * 1024)
+    running = start_server(
+        reg.pointer_uri, poll_interval=0, grpc_port=port, max_body_bytes=512 * 1024
+    )
     yield running, f"127.0.0.1:{port}"
     running.stop()
 
@@ -62,7 +66,11 @@ def test_standard_triton_grpc_client_works_unchanged(grpc_server) -> None:
     running, address = grpc_server
     client = grpcclient.InferenceServerClient(address)
     try:
-        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+        assert (
+            client.is_server_live()
+            and client.is_server_ready()
+            and client.is_model_ready(MODEL_NAME)
+        )
         assert client.get_server_metadata().name == "leaf-serve"
         meta = client.get_model_metadata(MODEL_NAME)
         assert (
@@ -74,9 +82,14 @@ def test_standard_triton_grpc_client_works_unchanged(grpc_server) -> None:
         inputs = [grpcclient.InferInput(INPUT_NAME, list(batch.shape), "FP32")]
         inputs[0].set_data_from_numpy(batch)
         result = client.infer(
-            MODEL_NAME, inputs, outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)], request_id="r7"
+            MODEL_NAME,
+            inputs,
+            outputs=[grpcclient.InferRequestedOutput(OUTPUT_NAME)],
+            request_id="r7",
         )
-        np.testing.assert_allclose(result.as_numpy(OUTPUT_NAME), expected_probs(batch, V1), atol=1e-5)
+        np.testing.assert_allclose(
+            result.as_numpy(OUTPUT_NAME), expected_probs(batch, V1), atol=1e-5
+        )
         response = result.get_response()
         assert (response.model_version, response.id) == ("v1", "r7")
     finally:
@@ -88,7 +101,9 @@ def test_standard_triton_grpc_client_works_unchanged(grpc_server) -> None:
 
 def test_typed_contents_are_accepted_like_json_data(stub) -> None:
     batch = colour_image((10, 250, 10))
-    tensor = pb.ModelInferRequest.InferInputTensor(name=INPUT_NAME, datatype="FP32", shape=list(batch.shape))
+    tensor = pb.ModelInferRequest.InferInputTensor(
+        name=INPUT_NAME, datatype="FP32", shape=list(batch.shape)
+    )
     tensor.contents.fp32_contents.extend(batch.ravel().tolist())
     response = stub.ModelInfer(pb.ModelInferRequest(model_name=MODEL_NAME, inputs=[tensor]))
     probs = np.frombuffer(response.raw_output_contents[0], dtype="<f4").reshape(1, 3)
@@ -97,11 +112,16 @@ def test_typed_contents_are_accepted_like_json_data(stub) -> None:
 
 def _raw_request(batch: np.ndarray, **changes) -> pb.ModelInferRequest:
     tensor = pb.ModelInferRequest.InferInputTensor(
-        name=changes.pop("name", INPUT_NAME), datatype=changes.pop("datatype", "FP32"), shape=list(batch.shape)
+        name=changes.pop("name", INPUT_NAME),
+        datatype=changes.pop("datatype", "FP32"),
+        shape=list(batch.shape),
     )
     raw = changes.pop("raw", batch.astype("<f4").tobytes())
     return pb.ModelInferRequest(
-        model_name=changes.pop("model_name", MODEL_NAME), inputs=[tensor], raw_input_contents=[raw], **changes
+        model_name=changes.pop("model_name", MODEL_NAME),
+        inputs=[tensor],
+        raw_input_contents=[raw],
+        **changes,
     )
 
 
@@ -134,8 +154,12 @@ BAD = [
 ]  # fmt: skip
 
 
-@pytest.mark.parametrize(("request_message", "code", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])
-def test_bad_requests_get_the_right_status_never_unknown_or_internal(stub, request_message, code, fragment) -> None:
+@pytest.mark.parametrize(
+    ("request_message", "code", "fragment"), [b[1:] for b in BAD], ids=[b[0] for b in BAD]
+)
+def test_bad_requests_get_the_right_status_never_unknown_or_internal(
+    stub, request_message, code, fragment
+) -> None:
     with pytest.raises(grpc.RpcError) as caught:
         stub.ModelInfer(request_message)
     assert caught.value.code() == code, caught.value.details()
@@ -148,7 +172,9 @@ def test_triton_client_sees_the_error_message(grpc_server) -> None:
         with pytest.raises(InferenceServerException, match="unknown model 'nope'"):
             client.get_model_metadata("nope")
         # NOT_FOUND, as REST's /v2/models/leaf/versions/v9/ready answers 404 (and KServe's gRPC server does).
-        with pytest.raises(InferenceServerException, match=r"\[StatusCode.NOT_FOUND\] model 'leaf' has no version"):
+        with pytest.raises(
+            InferenceServerException, match=r"\[StatusCode.NOT_FOUND\] model 'leaf' has no version"
+        ):
             client.is_model_ready(MODEL_NAME, model_version="v9")
     finally:
         client.close()
@@ -170,13 +196,21 @@ def test_grpc_port_must_differ_from_the_http_port() -> None:
     from leaf_serve.settings import ServeConfig
 
     with pytest.raises(
-        ConfigError, match=r"PORT\): expected 0 \(off\) or a port other than --port 8080, received 8080"
+        ConfigError,
+        match=r"PORT\): expected 0 \(off\) or a port other than --port 8080, received 8080",
     ):
         ServeConfig(model="x", grpc_port=8080).validate()
 
 
 def test_the_committed_generated_code_is_current(tmp_path) -> None:
-    subprocess.run([str(ROOT / "scripts" / "gen-grpc.sh"), str(tmp_path)], check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [str(ROOT / "scripts" / "gen-grpc.sh"), str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     package = ROOT / "serve" / "leaf_serve" / "grpc_v2"
     name = "inference_pb2.py"
-    assert (tmp_path / name).read_bytes() == (package / name).read_bytes(), f"{name}: run scripts/gen-grpc.sh"
+    assert (tmp_path / name).read_bytes() == (package / name).read_bytes(), (
+        f"{name}: run scripts/gen-grpc.sh"
+    )

@@ -19,7 +19,17 @@ import httpx
 import numpy as np
 import pytest
 from h2raw import MAX_CONCURRENT_STREAMS, RawH2, grpc_message
-from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, RunningServer, free_port, start_server, wait_for
+from servekit import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    MODEL_NAME,
+    V1,
+    Registry,
+    RunningServer,
+    free_port,
+    start_server,
+    wait_for,
+)
 from tritonclient.grpc import service_pb2 as pb  # the client's own copy of the messages
 
 H, W = IMAGE_SIZE
@@ -41,7 +51,9 @@ def serve(registry: Registry, **overrides: object) -> tuple[RunningServer, int]:
 
 
 @pytest.fixture
-def server(registry: Registry, request: pytest.FixtureRequest) -> Iterator[tuple[RunningServer, int]]:
+def server(
+    registry: Registry, request: pytest.FixtureRequest
+) -> Iterator[tuple[RunningServer, int]]:
     running, port = serve(registry, **getattr(request, "param", {}))
     yield running, port
     running.stop()
@@ -49,7 +61,9 @@ def server(registry: Registry, request: pytest.FixtureRequest) -> Iterator[tuple
 
 def call(port: int, path: str, payload: bytes, timeout: float = 5.0) -> tuple[grpc.StatusCode, str]:
     """One unary call with raw bytes, on a connection of its own: (code, details)."""
-    with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
+    with grpc.insecure_channel(
+        f"127.0.0.1:{port}", options=[("grpc.max_receive_message_length", -1)]
+    ) as ch:
         method = ch.unary_unary(path)  # no serializers: bytes in, bytes out
         try:
             method(payload, timeout=timeout)
@@ -69,12 +83,22 @@ def counted(running: RunningServer, endpoint: str, outcome: str) -> float:
 
 
 def valid_tensor() -> dict:
-    return {"name": INPUT_NAME, "shape": [1, H, W, 3], "datatype": "FP32", "data": [0.5] * (H * W * 3)}
+    return {
+        "name": INPUT_NAME,
+        "shape": [1, H, W, 3],
+        "datatype": "FP32",
+        "data": [0.5] * (H * W * 3),
+    }
 
 
 # max_body_bytes small enough that every stalled call's reservation fits the default body budget: these
 # tests are about call slots; the budget has its own test below.
-LIMITS = {"grpc_max_streams": 8, "max_concurrency": 12, "body_timeout": 3.0, "max_body_bytes": 1_000_000}
+LIMITS = {
+    "grpc_max_streams": 8,
+    "max_concurrency": 12,
+    "body_timeout": 3.0,
+    "max_body_bytes": 1_000_000,
+}
 
 
 @pytest.mark.parametrize("server", [LIMITS], indirect=True)
@@ -95,8 +119,13 @@ def test_one_connections_stalled_streams_shut_out_nobody_and_end_at_body_timeout
         start = time.monotonic()
         assert all(attacker.wait_ended(s, 10) for s in held)
         assert time.monotonic() - start < 3.0 + 2.0
-    wait_for(lambda: counted(running, "grpc_infer", "client_gone") >= 8, "8 stalled calls counted as client_gone")
-    assert re.search(r'leaf_serve_connections_closed_total\{reason="grpc_message"\} 8\.0', metrics(running))
+    wait_for(
+        lambda: counted(running, "grpc_infer", "client_gone") >= 8,
+        "8 stalled calls counted as client_gone",
+    )
+    assert re.search(
+        r'leaf_serve_connections_closed_total\{reason="grpc_message"\} 8\.0', metrics(running)
+    )
 
 
 @pytest.mark.parametrize("server", [LIMITS], indirect=True)
@@ -108,25 +137,40 @@ def test_calls_past_the_total_cap_are_shed_one_by_one_and_liveness_tells(server,
         for conn in (a, b):
             for _ in range(6):
                 conn.open(INFER)
-        wait_for(lambda: httpx.get(running.url + "/v2/health/live").status_code == 503, "liveness failing")
+        wait_for(
+            lambda: httpx.get(running.url + "/v2/health/live").status_code == 503,
+            "liveness failing",
+        )
         body = httpx.get(running.url + "/v2/health/live").json()
         assert body["live"] is False and "RESOURCE_EXHAUSTED" in body["error"]
         code, details = call(port, LIVE, b"")
         assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "12 gRPC calls in flight (max_concurrency 12)" in details
     # The stalled calls end at body_timeout; the server takes calls again and liveness recovers.
-    wait_for(lambda: call(port, LIVE, b"")[0] == grpc.StatusCode.OK, "gRPC taking calls again", timeout=10)
+    wait_for(
+        lambda: call(port, LIVE, b"")[0] == grpc.StatusCode.OK,
+        "gRPC taking calls again",
+        timeout=10,
+    )
     assert httpx.get(running.url + "/v2/health/live").status_code == 200
     assert counted(running, "grpc_health", "unavailable") >= 1
-    shed = [r for r in caplog.records if "RESOURCE_EXHAUSTED" in r.getMessage() and r.name.endswith("service")]
-    assert shed and all(r.levelno == logging.INFO for r in shed)  # overload is INFO, as REST logs a 503
+    shed = [
+        r
+        for r in caplog.records
+        if "RESOURCE_EXHAUSTED" in r.getMessage() and r.name.endswith("service")
+    ]
+    assert shed and all(
+        r.levelno == logging.INFO for r in shed
+    )  # overload is INFO, as REST logs a 503
 
 
 BUDGET = {"max_body_bytes": 1_000_000, "max_body_bytes_in_flight": 4_000_000, "body_timeout": 4.0}
 
 
 @pytest.mark.parametrize("server", [BUDGET], indirect=True)
-def test_partial_messages_are_charged_to_the_body_budget_and_dropped_at_body_timeout(server) -> None:
+def test_partial_messages_are_charged_to_the_body_budget_and_dropped_at_body_timeout(
+    server,
+) -> None:
     """Item 2: 4 streams each declaring a 990 kB message, sending 900 kB and stopping."""
     running, port = server
     plane = running.app.state.plane
@@ -140,12 +184,23 @@ def test_partial_messages_are_charged_to_the_body_budget_and_dropped_at_body_tim
             t.join(10)
         # Past RESERVE_AFTER a stalled call holds max_body_bytes, and such calls together at most half the
         # budget: two are charged 1 MB each, the other two refused.
-        wait_for(lambda: plane.bodies.in_use == 2_000_000, "the budget charged for the stalled messages")
-        wait_for(lambda: sum(attacker.ended.get(s) is not None for s in streams) == 2, "two calls refused")
-        gauge = re.search(r'^leaf_serve_memory_budget_bytes\{budget="request_bodies"\} (\S+)$', metrics(running), re.M)
+        wait_for(
+            lambda: plane.bodies.in_use == 2_000_000, "the budget charged for the stalled messages"
+        )
+        wait_for(
+            lambda: sum(attacker.ended.get(s) is not None for s in streams) == 2,
+            "two calls refused",
+        )
+        gauge = re.search(
+            r'^leaf_serve_memory_budget_bytes\{budget="request_bodies"\} (\S+)$',
+            metrics(running),
+            re.M,
+        )
         assert gauge and float(gauge.group(1)) == 2_000_000  # the operator sees it
         # The other half stays for REST bodies, which arrive and are charged as they do.
-        r = httpx.post(running.url + f"/v2/models/{MODEL_NAME}/infer", json={"inputs": [valid_tensor()]})
+        r = httpx.post(
+            running.url + f"/v2/models/{MODEL_NAME}/infer", json={"inputs": [valid_tensor()]}
+        )
         assert r.status_code == 200, r.text
         start = time.monotonic()
         assert all(attacker.wait_ended(s, 10) for s in streams)
@@ -162,14 +217,19 @@ def typed_request(values: int, shape: list[int], model_name: str = MODEL_NAME) -
 
 
 @pytest.mark.parametrize(
-    "server", [{"max_body_bytes": 24_000_000, "max_body_bytes_in_flight": 160_000_000}], indirect=True
+    "server",
+    [{"max_body_bytes": 24_000_000, "max_body_bytes_in_flight": 160_000_000}],
+    indirect=True,
 )
 def test_typed_contents_are_counted_against_the_shape_before_any_conversion(server) -> None:
     """Item 3: 5 M fp32_contents for a [1, 32, 32, 3] tensor, six calls at once, liveness asked meanwhile."""
     running, port = server
     huge = typed_request(5_000_000, [1, H, W, 3])
     results: list[tuple[grpc.StatusCode, str]] = []
-    callers = [threading.Thread(target=lambda: results.append(call(port, INFER, huge, 30))) for _ in range(6)]
+    callers = [
+        threading.Thread(target=lambda: results.append(call(port, INFER, huge, 30)))
+        for _ in range(6)
+    ]
     for t in callers:
         t.start()
     slowest = 0.0
@@ -177,7 +237,9 @@ def test_typed_contents_are_counted_against_the_shape_before_any_conversion(serv
         start = time.monotonic()
         assert httpx.get(running.url + "/v2/health/live", timeout=3).status_code == 200
         slowest = max(slowest, time.monotonic() - start)
-    assert slowest < 3.0  # before: one liveness request of 3 s failed (the loop converted 5 M floats)
+    assert (
+        slowest < 3.0
+    )  # before: one liveness request of 3 s failed (the loop converted 5 M floats)
     assert len(results) == 6
     for code, details in results:
         assert code == grpc.StatusCode.INVALID_ARGUMENT
@@ -190,7 +252,9 @@ def test_typed_contents_convert_in_the_tensors_own_dtype() -> None:
 
     message = pb.ModelInferRequest.FromString(typed_request(3 * 4, [1, 2, 2, 3]))
     tensor = codec.decode_infer_request(message).inputs[0]
-    assert tensor.typed is not None and tensor.to_array().dtype == np.float32  # not a float64 copy first
+    assert (
+        tensor.typed is not None and tensor.to_array().dtype == np.float32
+    )  # not a float64 copy first
     with pytest.raises(BadRequest, match="expected values in the range of uint8"):
         InputTensor("image", [1], "UINT8", typed=[300]).to_array()
 
@@ -213,9 +277,13 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize(
-    ("path", "payload", "code", "fragment"), [m[1:] for m in MALFORMED], ids=[m[0] for m in MALFORMED]
+    ("path", "payload", "code", "fragment"),
+    [m[1:] for m in MALFORMED],
+    ids=[m[0] for m in MALFORMED],
 )
-def test_malformed_calls_are_invalid_argument_counted_and_logged_once(plain, caplog, path, payload, code, fragment):
+def test_malformed_calls_are_invalid_argument_counted_and_logged_once(
+    plain, caplog, path, payload, code, fragment
+):
     """Items 9 and 10: never UNKNOWN, no traceback, one bounded WARNING line, counted."""
     running, port = plain
     endpoint = "grpc_infer" if path == INFER else "grpc_health"
@@ -224,7 +292,9 @@ def test_malformed_calls_are_invalid_argument_counted_and_logged_once(plain, cap
     got, details = call(port, path, payload)
     assert got == code, details
     assert fragment in details and len(details) < 400
-    wait_for(lambda: counted(running, endpoint, "client_error") == before + 1, "the refusal counted")
+    wait_for(
+        lambda: counted(running, endpoint, "client_error") == before + 1, "the refusal counted"
+    )
     lines = [r for r in caplog.records if r.name.startswith("leaf_serve")]
     assert [r.levelno for r in lines] == [logging.WARNING]
     assert lines[0].exc_info is None and len(lines[0].getMessage()) < 400
@@ -236,8 +306,13 @@ def test_an_idle_connection_is_closed_and_the_options_reach_grpc(registry: Regis
     from leaf_serve.settings import ServeConfig
 
     options = dict(server_options(ServeConfig(model="x", grpc_max_age=60, grace_period=5)))
-    assert options["grpc.max_connection_age_ms"] == 60_000 and options["grpc.max_connection_age_grace_ms"] == 5_000
-    assert options["grpc.keepalive_time_ms"] == 60_000 and options["grpc.max_concurrent_streams"] == 32
+    assert (
+        options["grpc.max_connection_age_ms"] == 60_000
+        and options["grpc.max_connection_age_grace_ms"] == 5_000
+    )
+    assert (
+        options["grpc.keepalive_time_ms"] == 60_000 and options["grpc.max_concurrent_streams"] == 32
+    )
     running, port = serve(registry, grpc_max_idle=1.0)
     try:
         with RawH2("127.0.0.1", port) as idle:
@@ -250,5 +325,9 @@ def test_a_call_without_a_message_is_invalid_argument_and_counted(plain) -> None
     running, port = plain
     before = counted(running, "grpc_health", "client_error")
     with RawH2("127.0.0.1", port) as client:
-        assert client.wait_ended(client.open(LIVE, end_stream=True), 5) == "ended"  # trailers, not a reset
-    wait_for(lambda: counted(running, "grpc_health", "client_error") == before + 1, "the refusal counted")
+        assert (
+            client.wait_ended(client.open(LIVE, end_stream=True), 5) == "ended"
+        )  # trailers, not a reset
+    wait_for(
+        lambda: counted(running, "grpc_health", "client_error") == before + 1, "the refusal counted"
+    )

@@ -17,7 +17,16 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from servekit import IMAGE_SIZE, INPUT_NAME, MODEL_NAME, V1, Registry, RunningServer, colour_image, start_server
+from servekit import (
+    IMAGE_SIZE,
+    INPUT_NAME,
+    MODEL_NAME,
+    V1,
+    Registry,
+    RunningServer,
+    colour_image,
+    start_server,
+)
 from testkit import wait_for
 
 H, W = IMAGE_SIZE
@@ -31,16 +40,16 @@ def nested(depth: int) -> bytes:
 
 def tensor_json(data_text: str, datatype: str = "FP32", shape: list[int] | None = None) -> bytes:
     shape = shape or [1, H, W, 3]
-    return (
-        f'{{"inputs": [{{"name": "image", "shape": {shape}, "datatype": "{datatype}", "data": {data_text}}}]}}'.encode()
-    )
+    return f'{{"inputs": [{{"name": "image", "shape": {shape}, "datatype": "{datatype}", "data": {data_text}}}]}}'.encode()
 
 
 def jpeg_with_bad_exif() -> bytes:
     """A JPEG whose EXIF IFD holds an SLONG out of range: Pillow's EXIF writer raised struct.error on it."""
     import struct
 
-    entries = struct.pack(">HHII", 0x0112, 3, 1, 6 << 16) + struct.pack(">HHII", 0x011A, 9, 1, 2834795361)
+    entries = struct.pack(">HHII", 0x0112, 3, 1, 6 << 16) + struct.pack(
+        ">HHII", 0x011A, 9, 1, 2834795361
+    )
     exif = b"Exif\x00\x00MM\x00*" + struct.pack(">IH", 8, 2) + entries + b"\x00\x00\x00\x00"
     buf = io.BytesIO()
     Image.new("RGB", (40, 20), (220, 30, 30)).save(buf, format="JPEG", exif=exif)
@@ -96,7 +105,13 @@ def hostile_server(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize(("path", "content", "headers", "status", "fragment"), [c[1:] for c in CASES],
                          ids=[c[0] for c in CASES])  # fmt: skip
 def test_malformed_requests_are_4xx_with_one_warning_line(
-    hostile_server: RunningServer, caplog, path: str, content: bytes, headers: dict, status: int, fragment: str
+    hostile_server: RunningServer,
+    caplog,
+    path: str,
+    content: bytes,
+    headers: dict,
+    status: int,
+    fragment: str,
 ) -> None:
     caplog.set_level(logging.INFO)
     r = httpx.post(hostile_server.url + path, content=content, headers=headers, timeout=60)
@@ -104,20 +119,28 @@ def test_malformed_requests_are_4xx_with_one_warning_line(
     assert fragment in r.json()["error"]
     ours = [rec for rec in caplog.records if rec.name.startswith("leaf_serve")]
     assert [rec.levelname for rec in ours] == ["WARNING"]
-    assert not any(rec.exc_info for rec in caplog.records) and not any(r.levelno >= logging.ERROR for r in ours)
+    assert not any(rec.exc_info for rec in caplog.records) and not any(
+        r.levelno >= logging.ERROR for r in ours
+    )
     assert httpx.get(hostile_server.url + "/v2/health/live").status_code == 200
 
 
 def test_a_jpeg_with_a_malformed_exif_block_is_classified(hostile_server: RunningServer) -> None:
     r = httpx.post(
-        hostile_server.url + "/classify", content=jpeg_with_bad_exif(), headers={"Content-Type": "image/jpeg"}
+        hostile_server.url + "/classify",
+        content=jpeg_with_bad_exif(),
+        headers={"Content-Type": "image/jpeg"},
     )
     assert r.status_code == 200, r.text
     assert r.json()["predictions"][0]["label"] == "healthy"  # red -> class 0 for v1
 
 
-@pytest.mark.parametrize(("value", "binary"), [("false", False), ("true", True), (False, False), ("TRUE", True)])
-def test_binary_data_output_strings_mean_what_they_say(hostile_server: RunningServer, value, binary: bool) -> None:
+@pytest.mark.parametrize(
+    ("value", "binary"), [("false", False), ("true", True), (False, False), ("TRUE", True)]
+)
+def test_binary_data_output_strings_mean_what_they_say(
+    hostile_server: RunningServer, value, binary: bool
+) -> None:
     body = json.loads(tensor_json(json.dumps([1.0] * VALUES)))
     body["parameters"] = {"binary_data_output": value}
     r = httpx.post(hostile_server.url + INFER, json=body)
@@ -125,7 +148,9 @@ def test_binary_data_output_strings_mean_what_they_say(hostile_server: RunningSe
     assert ("inference-header-content-length" in r.headers) is binary
 
 
-def test_more_images_than_one_batch_is_400_naming_both_numbers(hostile_server: RunningServer) -> None:
+def test_more_images_than_one_batch_is_400_naming_both_numbers(
+    hostile_server: RunningServer,
+) -> None:
     batch = np.zeros((9, H, W, 3), dtype="<f4")
     blob = batch.tobytes()
     header = json.dumps(
@@ -135,8 +160,14 @@ def test_more_images_than_one_batch_is_400_naming_both_numbers(hostile_server: R
     headers = {**BINARY_HEADER, "Inference-Header-Content-Length": str(len(header))}
     r = httpx.post(hostile_server.url + INFER, content=header + blob, headers=headers)
     assert r.status_code == 400
-    assert r.json()["error"] == ("input 'image': expected at most 8 images per request (max_batch_size); received 9")
-    ok = httpx.post(hostile_server.url + INFER, content=_binary(colour_image((1, 2, 3))), headers=_binary_headers())
+    assert r.json()["error"] == (
+        "input 'image': expected at most 8 images per request (max_batch_size); received 9"
+    )
+    ok = httpx.post(
+        hostile_server.url + INFER,
+        content=_binary(colour_image((1, 2, 3))),
+        headers=_binary_headers(),
+    )
     assert ok.status_code == 200
 
 
@@ -153,18 +184,29 @@ def _binary_header(shape, size: int) -> bytes:
 
 
 def _binary_headers() -> dict:
-    return {**BINARY_HEADER, "Inference-Header-Content-Length": str(len(_binary_header((1, H, W, 3), VALUES * 4)))}
+    return {
+        **BINARY_HEADER,
+        "Inference-Header-Content-Length": str(len(_binary_header((1, H, W, 3), VALUES * 4))),
+    }
 
 
-def test_a_client_that_disconnects_mid_upload_is_info_not_error(hostile_server: RunningServer, caplog) -> None:
+def test_a_client_that_disconnects_mid_upload_is_info_not_error(
+    hostile_server: RunningServer, caplog
+) -> None:
     caplog.set_level(logging.INFO)
     before = _outcome(hostile_server, "classify", "client_gone")
     host, port = hostile_server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as sock:
-        sock.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n")
+        sock.sendall(
+            b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
+        )
         sock.sendall(b"\x89PNG" + b"\0" * 20_000)
         time.sleep(0.3)  # the handler is reading the body now
-    wait_for(lambda: _outcome(hostile_server, "classify", "client_gone") != before, "the disconnect recorded", 10)
+    wait_for(
+        lambda: _outcome(hostile_server, "classify", "client_gone") != before,
+        "the disconnect recorded",
+        10,
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
     assert any("client closed the connection mid-request" in r.getMessage() for r in caplog.records)
     assert _outcome(hostile_server, "classify", "server_error") == 0
@@ -176,7 +218,9 @@ def _outcome(server: RunningServer, endpoint: str, outcome: str) -> float:
 
 def test_request_bodies_in_flight_are_bounded(local_registry: Registry) -> None:
     """Slow uploads hold their partial bodies; past the budget the next one gets 503 at once, then recovers."""
-    running = start_server(local_registry.pointer_uri, max_body_bytes=300_000, max_body_bytes_in_flight=400_000)
+    running = start_server(
+        local_registry.pointer_uri, max_body_bytes=300_000, max_body_bytes_in_flight=400_000
+    )
     host, port = running.url.removeprefix("http://").split(":")
     socks = []
     try:
@@ -189,13 +233,24 @@ def test_request_bodies_in_flight_are_bounded(local_registry: Registry) -> None:
             socks.append(sock)
         bodies = running.app.state.plane.bodies
         wait_for(lambda: bodies.in_use >= 400_000, "400 KB of partial bodies held", 10)
-        r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
+        r = httpx.post(
+            running.url + "/classify",
+            content=_png((10, 200, 10)),
+            headers={"Content-Type": "image/png"},
+        )
         assert r.status_code == 503
-        assert "request bodies holds 400000 of 400000 bytes (max_body_bytes_in_flight)" in r.json()["error"]
+        assert (
+            "request bodies holds 400000 of 400000 bytes (max_body_bytes_in_flight)"
+            in r.json()["error"]
+        )
         for sock in socks:
             sock.close()
         wait_for(lambda: not bodies.in_use, "the departed uploads' bytes given back", 10)
-        r = httpx.post(running.url + "/classify", content=_png((10, 200, 10)), headers={"Content-Type": "image/png"})
+        r = httpx.post(
+            running.url + "/classify",
+            content=_png((10, 200, 10)),
+            headers={"Content-Type": "image/png"},
+        )
         assert r.status_code == 200
     finally:
         for sock in socks:
@@ -215,7 +270,9 @@ def test_concurrent_decodes_share_one_memory_budget(local_registry: Registry) ->
     from leaf_common.imaging import probe
 
     cost = probe(big, IMAGE_SIZE).decode_bytes
-    running = start_server(local_registry.pointer_uri, max_decode_bytes=cost + cost // 2, decode_threads=2)
+    running = start_server(
+        local_registry.pointer_uri, max_decode_bytes=cost + cost // 2, decode_threads=2
+    )
     budget = running.app.state.plane.decoding
     peak = []
     stop = threading.Event()
@@ -231,7 +288,9 @@ def test_concurrent_decodes_share_one_memory_budget(local_registry: Registry) ->
         results = []
         senders = [
             threading.Thread(
-                target=lambda: results.append(httpx.post(running.url + "/classify", content=big, timeout=60))
+                target=lambda: results.append(
+                    httpx.post(running.url + "/classify", content=big, timeout=60)
+                )
             )
             for _ in range(3)
         ]
@@ -244,7 +303,11 @@ def test_concurrent_decodes_share_one_memory_budget(local_registry: Registry) ->
         too_big = running.app.state.plane.decoding.capacity + 1
         assert too_big > cost  # and an image that can never fit is refused, not queued forever:
         r = httpx.post(running.url + "/classify", content=_png((1, 2, 3), (4000, 3000)), timeout=60)
-        assert r.status_code == 413 and "needs" in r.json()["error"] and "max_decode_bytes" in r.json()["error"]
+        assert (
+            r.status_code == 413
+            and "needs" in r.json()["error"]
+            and "max_decode_bytes" in r.json()["error"]
+        )
     finally:
         stop.set()
         watcher.join()

@@ -18,7 +18,9 @@ def lines_of(proc) -> list[dict]:
 
 
 def test_json_logs_from_start_to_stop_with_request_fields(local_registry):
-    with leaf_serve(model=local_registry.pointer_uri, log_format="json", log_level="debug", drain_delay=0) as (
+    with leaf_serve(
+        model=local_registry.pointer_uri, log_format="json", log_level="debug", drain_delay=0
+    ) as (
         proc,
         url,
     ):
@@ -28,13 +30,23 @@ def test_json_logs_from_start_to_stop_with_request_fields(local_registry):
         records = lines_of(proc)
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     loggers = {r["logger"] for r in records}
-    assert "uvicorn.error" in loggers and "leaf_serve.repository" in loggers  # uvicorn's own lines too
+    assert (
+        "uvicorn.error" in loggers and "leaf_serve.repository" in loggers
+    )  # uvicorn's own lines too
     by_path = {r["path"]: r for r in records if "path" in r}
     ok = by_path["/v2/models/leaf/infer"]
-    assert (ok["method"], ok["status"], ok["model"], ok["version"], ok["level"]) == ("POST", 200, "leaf", "v1", "DEBUG")
+    assert (ok["method"], ok["status"], ok["model"], ok["version"], ok["level"]) == (
+        "POST",
+        200,
+        "leaf",
+        "v1",
+        "DEBUG",
+    )
     assert 0 < ok["duration"] < 10
     refused = by_path["/v2/models/no\nsuch\x1b[2J/ready"]
-    assert (refused["status"], refused["level"]) == (404, "WARNING") and "unknown model" in refused["message"]
+    assert (refused["status"], refused["level"]) == (404, "WARNING") and "unknown model" in refused[
+        "message"
+    ]
 
 
 def test_text_logs_escape_client_strings(local_registry):
@@ -48,10 +60,21 @@ def test_text_logs_escape_client_strings(local_registry):
 
 
 def test_each_worker_says_which_it_is(local_registry):
-    with leaf_serve(model=local_registry.pointer_uri, log_format="json", processes=2, drain_delay=0) as (proc, url):
+    with leaf_serve(
+        model=local_registry.pointer_uri, log_format="json", processes=2, drain_delay=0
+    ) as (proc, url):
         # Both workers have their model (one info series each), not only the one that answered the probe.
-        wait_for(lambda: httpx.get(url + "/metrics").text.count("leaf_serve_model_info{") == 2, "both models")
+        wait_for(
+            lambda: httpx.get(url + "/metrics").text.count("leaf_serve_model_info{") == 2,
+            "both models",
+        )
         records = lines_of(proc)
-    serving = [r for r in records if r["logger"] == "leaf_serve.repository" and r["message"].startswith("serving")]
+    serving = [
+        r
+        for r in records
+        if r["logger"] == "leaf_serve.repository" and r["message"].startswith("serving")
+    ]
     assert sorted(r["worker"] for r in serving) == [0, 1]
-    assert any(r["logger"] == "leaf_serve.supervisor" and "worker" not in r for r in records)  # the supervisor's own
+    assert any(
+        r["logger"] == "leaf_serve.supervisor" and "worker" not in r for r in records
+    )  # the supervisor's own

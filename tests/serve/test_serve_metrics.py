@@ -30,8 +30,13 @@ def test_trained_at_is_the_contracts_created_at_as_unix_time(created_at, expecte
     metrics.set_model("leaf", "v1", "CPUExecutionProvider", created_at)
     text = metrics.render()[0].decode()
     assert sample(text, "leaf_serve_model_trained_timestamp_seconds") == expected
-    metrics.set_model("leaf", "v2", "CPUExecutionProvider", "2026-02-01T00:00:00Z")  # a hot reload moves it
-    assert sample(metrics.render()[0].decode(), "leaf_serve_model_trained_timestamp_seconds") == 1769904000.0
+    metrics.set_model(
+        "leaf", "v2", "CPUExecutionProvider", "2026-02-01T00:00:00Z"
+    )  # a hot reload moves it
+    assert (
+        sample(metrics.render()[0].decode(), "leaf_serve_model_trained_timestamp_seconds")
+        == 1769904000.0
+    )
 
 
 def test_every_outcome_the_alerts_count_exists_at_zero_before_it_happens():

@@ -52,7 +52,9 @@ ALPHA_MEAN_TOLERANCE = 1.0
 def vendored() -> None:
     missing = [n for n in VENDOR if not (VENDOR_DIR / n).is_file()]
     if missing:
-        pytest.fail(f"expected ONNX Runtime Web in {VENDOR_DIR} (missing {missing}): run scripts/vendor-ort-web.sh")
+        pytest.fail(
+            f"expected ONNX Runtime Web in {VENDOR_DIR} (missing {missing}): run scripts/vendor-ort-web.sh"
+        )
 
 
 def quantized(model: bytes) -> bytes:
@@ -69,7 +71,12 @@ def publish(reg: Registry, version: str, spec: dict, *, int8: bool = False) -> N
     if int8:
         q = quantized(fp32)
         files["model.int8.onnx"] = q
-        record = {"passed": True, "file": "model.int8.onnx", "sha256": hashlib.sha256(q).hexdigest(), "format": "QDQ"}
+        record = {
+            "passed": True,
+            "file": "model.int8.onnx",
+            "sha256": hashlib.sha256(q).hexdigest(),
+            "format": "QDQ",
+        }
         contract.parity = {"max_abs_diff": 0.0, "passed": True, "int8": record}
     files[CONTRACT_FILE] = contract.to_json()
     files["manifest.json"] = manifest(files, version)
@@ -91,7 +98,11 @@ def field_photo(rng: np.random.Generator, size: tuple[int, int]) -> Image.Image:
     t = np.linspace(0, 1, w)[None, :, None]
     img = a * (1 - t) + b * t + np.zeros((h, 1, 1))
     yy, xx = np.mgrid[0:h, 0:w]
-    cx, cy, r = rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h, rng.uniform(0.1, 0.4) * min(w, h)
+    cx, cy, r = (
+        rng.uniform(0.2, 0.8) * w,
+        rng.uniform(0.2, 0.8) * h,
+        rng.uniform(0.1, 0.4) * min(w, h),
+    )
     img[(xx - cx) ** 2 + (yy - cy) ** 2 < r * r] = c
     img += rng.normal(0, 12, img.shape)
     return Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
@@ -105,7 +116,11 @@ def held_out_photos(n: int, seed: int = 25) -> list[tuple[str, bytes]]:
     out = []
     for i in range(n):
         img = field_photo(rng, sizes[i % len(sizes)])
-        out.append(("image/png", encode(img, "PNG")) if i % 3 == 0 else ("image/jpeg", encode(img, "JPEG", quality=88)))
+        out.append(
+            ("image/png", encode(img, "PNG"))
+            if i % 3 == 0
+            else ("image/jpeg", encode(img, "JPEG", quality=88))
+        )
     return out
 
 
@@ -121,7 +136,9 @@ def tensor_cases() -> list[tuple[str, str, bytes]]:
     for orientation in (3, 6, 8):
         exif = Image.Exif()
         exif[0x0112] = orientation
-        cases.append((f"jpeg exif {orientation}", "image/jpeg", encode(photo, "JPEG", quality=90, exif=exif)))
+        cases.append(
+            (f"jpeg exif {orientation}", "image/jpeg", encode(photo, "JPEG", quality=90, exif=exif))
+        )
     cases.append(("jpeg grey", "image/jpeg", encode(photo.convert("L"), "JPEG", quality=90)))
     rgba = photo.convert("RGBA")
     rgba.putalpha(Image.fromarray(rng.integers(0, 256, (300, 400), dtype=np.uint8)))
@@ -180,7 +197,10 @@ def open_page(driver, server) -> None:  # noqa: ANN001
 
 def installed(driver, version: str) -> None:  # noqa: ANN001
     """Wait until the service worker controls the page (its cache is complete) and ``version`` is stored."""
-    wait_for(lambda: driver.execute_script("return !!navigator.serviceWorker.controller"), "the service worker")
+    wait_for(
+        lambda: driver.execute_script("return !!navigator.serviceWorker.controller"),
+        "the service worker",
+    )
     wait_for(lambda: driver.execute_script("return document.documentElement.dataset.offlineVersion") == version,
              f"version {version} stored on the device")  # fmt: skip
 
@@ -188,12 +208,19 @@ def installed(driver, version: str) -> None:  # noqa: ANN001
 def forget(driver, server) -> None:  # noqa: ANN001
     """A clean device: no service worker, caches or IndexedDB from an earlier test."""
     open_page(driver, server)
-    driver.execute_cdp_cmd("Storage.clearDataForOrigin", {"origin": server.url, "storageTypes": "all"})
+    driver.execute_cdp_cmd(
+        "Storage.clearDataForOrigin", {"origin": server.url, "storageTypes": "all"}
+    )
 
 
 def network(driver, online: bool) -> None:  # noqa: ANN001
     driver.execute_cdp_cmd("Network.enable", {})
-    conditions = {"offline": not online, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1}
+    conditions = {
+        "offline": not online,
+        "latency": 0,
+        "downloadThroughput": -1,
+        "uploadThroughput": -1,
+    }
     driver.execute_cdp_cmd("Network.emulateNetworkConditions", conditions)
 
 
@@ -209,14 +236,24 @@ def test_offline_is_off_by_default(registry: Registry) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0)
     try:
         assert httpx.get(running.url + "/ui/settings.json").json()["offline_page"] is False
-        for path in ("/sw.js", "/offline/bundle.json", "/offline/model/v1", "/ui/vendor/ort.wasm.min.mjs"):
+        for path in (
+            "/sw.js",
+            "/offline/bundle.json",
+            "/offline/model/v1",
+            "/ui/vendor/ort.wasm.min.mjs",
+        ):
             assert httpx.get(running.url + path).status_code == 404, path
-        assert "wasm-unsafe-eval" not in httpx.get(running.url + "/").headers["Content-Security-Policy"]
+        assert (
+            "wasm-unsafe-eval"
+            not in httpx.get(running.url + "/").headers["Content-Security-Policy"]
+        )
     finally:
         running.stop()
 
 
-def test_a_package_built_without_the_runtime_refuses_to_start(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_package_built_without_the_runtime_refuses_to_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import leaf_serve.offline as offline
     from leaf_common.config import ConfigError
 
@@ -239,16 +276,26 @@ def test_the_bundle_names_the_int8_file_and_its_sha256(tmp_path) -> None:
         model = httpx.get(running.url + body["url"]).content
         assert hashlib.sha256(model).hexdigest() == body["sha256"] and len(model) == body["bytes"]
         assert (
-            httpx.get(running.url + "/offline/bundle.json", headers={"If-None-Match": r.headers["etag"]}).status_code
+            httpx.get(
+                running.url + "/offline/bundle.json", headers={"If-None-Match": r.headers["etag"]}
+            ).status_code
             == 304
         )
         assert httpx.get(running.url + "/offline/model/v0").status_code == 404
-        assert "'wasm-unsafe-eval'" in httpx.get(running.url + "/").headers["Content-Security-Policy"]
-        wasm = httpx.get(running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm")  # httpx asks for gzip
+        assert (
+            "'wasm-unsafe-eval'" in httpx.get(running.url + "/").headers["Content-Security-Policy"]
+        )
+        wasm = httpx.get(
+            running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm"
+        )  # httpx asks for gzip
         assert wasm.headers["content-type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
-        assert wasm.headers["content-encoding"] == "gzip" and wasm.num_bytes_downloaded < len(wasm.content) / 2
+        assert (
+            wasm.headers["content-encoding"] == "gzip"
+            and wasm.num_bytes_downloaded < len(wasm.content) / 2
+        )
         plain = httpx.get(
-            running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm", headers={"Accept-Encoding": "identity"}
+            running.url + "/ui/vendor/ort-wasm-simd-threaded.wasm",
+            headers={"Accept-Encoding": "identity"},
         )
         assert "content-encoding" not in plain.headers and plain.content == wasm.content
         assert "MIT License" in httpx.get(running.url + "/ui/vendor/LICENSE").text
@@ -256,7 +303,7 @@ def test_the_bundle_names_the_int8_file_and_its_sha256(tmp_path) -> None:
         running.stop()
 
 
-def test_the_browser_makes_the_servers_input_array(browser, registry: Registry) -> None:  # noqa: F811
+def test_the_browser_makes_the_servers_input_array(browser, registry: Registry) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0)
     try:
         open_page(browser, running)
@@ -268,13 +315,19 @@ def test_the_browser_makes_the_servers_input_array(browser, registry: Registry) 
                 diff = np.abs(mine - decode_image(data, size).astype(int))
                 if case == "png alpha":  # a canvas keeps premultiplied pixels: faint ones lose bits
                     print(f"{case} at {size}: mean |diff| {diff.mean():.2f}, max {diff.max()}")
-                    assert diff.mean() <= ALPHA_MEAN_TOLERANCE, f"{case} at {size}: mean |diff| {diff.mean()}"
+                    assert diff.mean() <= ALPHA_MEAN_TOLERANCE, (
+                        f"{case} at {size}: mean |diff| {diff.mean()}"
+                    )
                 elif case.startswith("png"):
                     assert diff.max() == 0, f"{case} at {size}: max |diff| {diff.max()}"
                 else:
                     mean, p99 = diff.mean(), np.percentile(diff, 99)
-                    print(f"{case} at {size}: mean |diff| {mean:.2f}, 99th percentile {p99:.0f}, max {diff.max()}")
-                    assert mean <= JPEG_MEAN_TOLERANCE and p99 <= JPEG_P99_TOLERANCE, f"{case} {size}: {mean} {p99}"
+                    print(
+                        f"{case} at {size}: mean |diff| {mean:.2f}, 99th percentile {p99:.0f}, max {diff.max()}"
+                    )
+                    assert mean <= JPEG_MEAN_TOLERANCE and p99 <= JPEG_P99_TOLERANCE, (
+                        f"{case} {size}: {mean} {p99}"
+                    )
     finally:
         running.stop()
 
@@ -287,15 +340,27 @@ VERDICTS = [
     ([0.4, 0.35, 0.25], None, None, 0.5, "low_confidence"),
     ([0.5, 0.5], None, None, 0.5, None),  # at the threshold is sure, as the server's >=
     ([0.9, 0.1], 12.0, 9.91, 0.5, "not_a_leaf"),
-    ([0.9, 0.1], 9.91, 9.91, 0.5, None),  # at the threshold is still a leaf (score > threshold abstains)
+    (
+        [0.9, 0.1],
+        9.91,
+        9.91,
+        0.5,
+        None,
+    ),  # at the threshold is still a leaf (score > threshold abstains)
     ([0.4, 0.6], 3.0, 9.91, 0.7, "low_confidence"),
-    ([0.9, 0.1], None, 9.91, 0.5, "not_a_leaf"),  # a version with the detector but no score: cannot vouch
+    (
+        [0.9, 0.1],
+        None,
+        9.91,
+        0.5,
+        "not_a_leaf",
+    ),  # a version with the detector but no score: cannot vouch
     ([0.9, 0.1], float("nan"), 9.91, 0.5, "not_a_leaf"),
     ([float("nan"), 0.1], None, None, 0.5, "low_confidence"),
 ]
 
 
-def test_the_abstain_rule_is_the_servers(browser, registry: Registry) -> None:  # noqa: F811
+def test_the_abstain_rule_is_the_servers(browser, registry: Registry) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0)
     try:
         open_page(browser, running)
@@ -313,7 +378,7 @@ def test_the_abstain_rule_is_the_servers(browser, registry: Registry) -> None:  
 
 
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
-def test_top1_agrees_with_the_server(browser, tmp_path, int8: bool) -> None:  # noqa: F811
+def test_top1_agrees_with_the_server(browser, tmp_path, int8: bool) -> None:
     reg = Registry(str(tmp_path / "models"))
     publish(reg, "v1", TOMATO, int8=int8)
     reg.promote("v1")
@@ -324,20 +389,32 @@ def test_top1_agrees_with_the_server(browser, tmp_path, int8: bool) -> None:  # 
         installed(browser, "v1")
         photos = held_out_photos(240)
         here = run_js(browser, JS_DIAGNOSE, [[t, b64(d)] for t, d in photos])
-        with httpx.Client(base_url=running.url) as client:  # one client: building one costs more than a request
+        with httpx.Client(
+            base_url=running.url
+        ) as client:  # one client: building one costs more than a request
             server = [client.post("/classify", content=d).json()["predictions"] for _, d in photos]
-        agree = sum(h[0][0] == s[0]["label"] for h, s in zip(here, server, strict=True)) / len(photos)
+        agree = sum(h[0][0] == s[0]["label"] for h, s in zip(here, server, strict=True)) / len(
+            photos
+        )
         assert agree >= AGREEMENT, f"top-1 agreement {agree:.3f} < {AGREEMENT}"
         gaps = [
-            abs(h[0][1] - s[0]["probability"]) for h, s in zip(here, server, strict=True) if h[0][0] == s[0]["label"]
+            abs(h[0][1] - s[0]["probability"])
+            for h, s in zip(here, server, strict=True)
+            if h[0][0] == s[0]["label"]
         ]
-        print(f"{'int8' if int8 else 'fp32'}: agreement {agree:.4f}, max |p_top diff| {max(gaps):.2e}")
-        assert len({s[0]["label"] for s in server}) == 3  # the photos reach every class, not one easy answer
+        print(
+            f"{'int8' if int8 else 'fp32'}: agreement {agree:.4f}, max |p_top diff| {max(gaps):.2e}"
+        )
+        assert (
+            len({s[0]["label"] for s in server}) == 3
+        )  # the photos reach every class, not one easy answer
     finally:
         running.stop()
 
 
-def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Registry, tmp_path) -> None:  # noqa: F811
+def test_offline_diagnosis_and_the_queue_reach_the_inbox(
+    browser, registry: Registry, tmp_path
+) -> None:
     from selenium.webdriver.support.ui import Select
 
     running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True)
@@ -352,32 +429,59 @@ def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Regi
         leaf = synthetic_leaf()
         photo = tmp_path / "leaf.jpg"
         photo.write_bytes(leaf)
-        by_id(browser, "photo").send_keys(str(photo))  # online: the server answers, and the page says so
+        by_id(browser, "photo").send_keys(
+            str(photo)
+        )  # online: the server answers, and the page says so
         wait_for(lambda: by_id(browser, "model-line").text, "a result")
-        assert by_id(browser, "model-line").text == "Model leaf, version v1. Diagnosed on the server."
+        assert (
+            by_id(browser, "model-line").text == "Model leaf, version v1. Diagnosed on the server."
+        )
 
         # No network: the browser cannot reach anything, and there is nothing to reach.
         network(browser, online=False)
         running.stop()
         browser.refresh()
-        wait_for(lambda: browser.execute_script("return document.readyState") == "complete", "the page from its cache")
+        wait_for(
+            lambda: browser.execute_script("return document.readyState") == "complete",
+            "the page from its cache",
+        )
         wait_for(lambda: by_id(browser, "offline").is_displayed(), "the offline panel")
         by_id(browser, "photo").send_keys(str(photo))
-        wait_for(lambda: by_id(browser, "result").is_displayed() or by_id(browser, "error").is_displayed(), "a result")
+        wait_for(
+            lambda: (
+                by_id(browser, "result").is_displayed() or by_id(browser, "error").is_displayed()
+            ),
+            "a result",
+        )
         assert not by_id(browser, "error").is_displayed(), by_id(browser, "error").text
         assert by_id(browser, "verdict").text.startswith("Most likely: Tomato — early blight (")
-        assert by_id(browser, "model-line").text == "Model leaf, version v1. Diagnosed on this device (no network)."
+        assert (
+            by_id(browser, "model-line").text
+            == "Model leaf, version v1. Diagnosed on this device (no network)."
+        )
         Select(by_id(browser, "actual")).select_by_visible_text("Tomato — late blight")
         by_id(browser, "wrong").click()
-        wait_for(lambda: "kept on this device" in by_id(browser, "feedback-status").text, "the photo kept")
-        assert by_id(browser, "offline-queue").text.startswith("1 photo marked wrong without a network")
-        screenshot(browser, "offline-diagnosis.png")  # out/screenshots/; docs/offline.md shows copies
+        wait_for(
+            lambda: "kept on this device" in by_id(browser, "feedback-status").text,
+            "the photo kept",
+        )
+        assert by_id(browser, "offline-queue").text.startswith(
+            "1 photo marked wrong without a network"
+        )
+        screenshot(
+            browser, "offline-diagnosis.png"
+        )  # out/screenshots/; docs/offline.md shows copies
         screenshot(browser, "offline-phone.png", width=390)
 
         # The network is back: the server first (same port), then the browser's network.
-        running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True, port=port)
+        running = start_server(
+            registry.pointer_uri, poll_interval=0, capture=True, offline_page=True, port=port
+        )
         network(browser, online=True)
-        wait_for(lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0", "the send")
+        wait_for(
+            lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0",
+            "the send",
+        )
         assert by_id(browser, "offline-queue-status").text == "Sent 1 waiting photo(s) for review."
         assert running.app.state.capture.join(10)
         inbox = open_store(f"{registry.root}/leaf/inbox")
@@ -392,7 +496,9 @@ def test_offline_diagnosis_and_the_queue_reach_the_inbox(browser, registry: Regi
         running.stop()
 
 
-def test_a_new_version_is_fetched_and_a_broken_download_never_used(browser, registry: Registry) -> None:  # noqa: F811
+def test_a_new_version_is_fetched_and_a_broken_download_never_used(
+    browser, registry: Registry
+) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0.2, offline_page=True)  # hot reload
     try:
         forget(browser, running)
@@ -403,10 +509,21 @@ def test_a_new_version_is_fetched_and_a_broken_download_never_used(browser, regi
         wait_for(lambda: running.repo.current.version == "v2", "the server to serve v2")
         served = running.repo.current
         good = served.offline
-        served.offline = replace(good, data=good.data[: len(good.data) // 2])  # half a file, the full file's sha256
-        browser.execute_script("window.dispatchEvent(new Event('online'))")  # what a phone does on reconnecting
-        wait_for(lambda: "download of version v2 was incomplete" in by_id(browser, "offline-status").text, "refusal")
-        assert browser.execute_script("return document.documentElement.dataset.offlineVersion") == "v1"
+        served.offline = replace(
+            good, data=good.data[: len(good.data) // 2]
+        )  # half a file, the full file's sha256
+        browser.execute_script(
+            "window.dispatchEvent(new Event('online'))"
+        )  # what a phone does on reconnecting
+        wait_for(
+            lambda: (
+                "download of version v2 was incomplete" in by_id(browser, "offline-status").text
+            ),
+            "refusal",
+        )
+        assert (
+            browser.execute_script("return document.documentElement.dataset.offlineVersion") == "v1"
+        )
         served.offline = good
         browser.execute_script("window.dispatchEvent(new Event('online'))")
         installed(browser, "v2")
@@ -415,7 +532,7 @@ def test_a_new_version_is_fetched_and_a_broken_download_never_used(browser, regi
         running.stop()
 
 
-def test_the_queue_is_bounded_and_the_user_can_clear_it(browser, registry: Registry) -> None:  # noqa: F811
+def test_the_queue_is_bounded_and_the_user_can_clear_it(browser, registry: Registry) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True)
     try:
         forget(browser, running)
@@ -436,17 +553,30 @@ def test_the_queue_is_bounded_and_the_user_can_clear_it(browser, registry: Regis
         """
         out = run_js(browser, script)
         assert out[:20] == [None] * 20  # kept
-        assert out[20] == "there is no network and 20 photos already wait on this device; send or clear them first"
-        assert by_id(browser, "offline-queue").text.startswith("20 photos marked wrong without a network")
+        assert (
+            out[20]
+            == "there is no network and 20 photos already wait on this device; send or clear them first"
+        )
+        assert by_id(browser, "offline-queue").text.startswith(
+            "20 photos marked wrong without a network"
+        )
         by_id(browser, "offline-clear").click()
-        wait_for(lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0", "cleared")
-        assert by_id(browser, "offline-queue-status").text == "The waiting photos were deleted from this device."
+        wait_for(
+            lambda: browser.execute_script("return document.documentElement.dataset.queued") == "0",
+            "cleared",
+        )
+        assert (
+            by_id(browser, "offline-queue-status").text
+            == "The waiting photos were deleted from this device."
+        )
         assert not by_id(browser, "offline-queue-actions").is_displayed()
     finally:
         running.stop()
 
 
-def test_a_waiting_photo_the_server_refuses_does_not_block_the_others(browser, registry: Registry) -> None:  # noqa: F811
+def test_a_waiting_photo_the_server_refuses_does_not_block_the_others(
+    browser, registry: Registry
+) -> None:
     running = start_server(registry.pointer_uri, poll_interval=0, capture=True, offline_page=True)
     try:
         forget(browser, running)
@@ -464,7 +594,9 @@ def test_a_waiting_photo_the_server_refuses_does_not_block_the_others(browser, r
         });
         """
         status = run_js(browser, script, b64(synthetic_leaf()))
-        assert status.startswith("Sent 1 waiting photo(s) for review. The server refused 1: broken.jpg: expected")
+        assert status.startswith(
+            "Sent 1 waiting photo(s) for review. The server refused 1: broken.jpg: expected"
+        )
         assert browser.execute_script("return document.documentElement.dataset.queued") == "0"
         assert running.app.state.capture.join(10)
         inbox = open_store(f"{registry.root}/leaf/inbox")

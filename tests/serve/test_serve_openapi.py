@@ -17,7 +17,14 @@ from servekit import colour_image, png
 
 GREEN = colour_image((20, 230, 20))
 JSON_INFER = {
-    "inputs": [{"name": "image", "shape": [1, 32, 32, 3], "datatype": "FP32", "data": GREEN.ravel().tolist()}]
+    "inputs": [
+        {
+            "name": "image",
+            "shape": [1, 32, 32, 3],
+            "datatype": "FP32",
+            "data": GREEN.ravel().tolist(),
+        }
+    ]
 }
 
 
@@ -45,11 +52,20 @@ def test_every_registered_route_is_described_and_every_description_is_a_route(cl
     described = {(path, verb.upper()) for path, ops in doc["paths"].items() for verb in ops}
     assert registered - described == set(), "routes without a description in leaf_serve/openapi.py"
     assert described - registered == set(), "descriptions of routes the server does not have"
-    expected = {"/v2/health/ready", "/v2", "/v2/models/{name}/infer", "/classify", "/feedback", "/model/card.json"}
+    expected = {
+        "/v2/health/ready",
+        "/v2",
+        "/v2/models/{name}/infer",
+        "/classify",
+        "/feedback",
+        "/model/card.json",
+    }
     assert expected <= {path for path, _ in registered}
 
 
-def schema_of(doc: dict, path: str, verb: str, status: int, media: str = "application/json") -> dict:
+def schema_of(
+    doc: dict, path: str, verb: str, status: int, media: str = "application/json"
+) -> dict:
     """The response schema, made standalone ($refs resolve against the document's components)."""
     response = doc["paths"][path][verb]["responses"][str(status)]
     return {**response["content"][media]["schema"], "components": doc["components"]}
@@ -65,7 +81,13 @@ CASES = [
     ("/v2/models/leaf/ready", "get", {}, "/v2/models/{name}/ready", 200),
     ("/v2/models/leaf/infer", "post", {"json": JSON_INFER}, "/v2/models/{name}/infer", 200),
     ("/v2/models/leaf/infer", "post", {"content": b"{"}, "/v2/models/{name}/infer", 400),
-    ("/classify", "post", {"content": png((20, 230, 20)), "headers": {"content-type": "image/png"}}, "/classify", 200),
+    (
+        "/classify",
+        "post",
+        {"content": png((20, 230, 20)), "headers": {"content-type": "image/png"}},
+        "/classify",
+        200,
+    ),
     ("/feedback", "post", {"content": png((20, 230, 20))}, "/feedback", 404),  # capture is off here
     ("/ui/settings.json", "get", {}, "/ui/settings.json", 200),
     ("/model/card.json", "get", {}, "/model/card.json", 200),
@@ -100,7 +122,10 @@ def test_binary_infer_response_header_matches_the_documented_schema(client, doc)
         headers={"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))},
     )
     assert response.status_code == 200, response.text
-    assert "application/octet-stream" in doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    assert (
+        "application/octet-stream"
+        in doc["paths"]["/v2/models/{name}/infer"]["post"]["requestBody"]["content"]
+    )
     split = int(response.headers[HEADER_LENGTH])
     OAS31Validator(schema_of(doc, "/v2/models/{name}/infer", "post", 200)).validate(
         json.loads(response.content[:split])

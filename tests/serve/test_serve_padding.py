@@ -12,11 +12,21 @@ import numpy as np
 import pytest
 from leaf_serve.errors import ModelLoadError
 from leaf_serve.model import OnnxModel, RuntimeOptions
-from servekit import V1, Registry, contract_for, encode_image, expected_probs, onnx_model, start_server
+from servekit import (
+    V1,
+    Registry,
+    contract_for,
+    encode_image,
+    expected_probs,
+    onnx_model,
+    start_server,
+)
 
 
 def holder(pad: str, max_batch: int = 4) -> OnnxModel:
-    options = RuntimeOptions(providers=("cpu",), intra_op_threads=1, pad_batches=pad, max_batch_size=max_batch)
+    options = RuntimeOptions(
+        providers=("cpu",), intra_op_threads=1, pad_batches=pad, max_batch_size=max_batch
+    )
     model = OnnxModel(onnx_model(V1["weights"]), contract_for(V1, "v1"), options)
     model.load()
     return model
@@ -34,7 +44,9 @@ def test_padded_runs_answer_like_unpadded_ones(rows: int) -> None:
     assert got.shape == (rows, 3)
     np.testing.assert_allclose(got, plain.predict(batch), rtol=0, atol=1e-6)
     np.testing.assert_allclose(got, expected_probs(batch, V1), atol=1e-5)
-    assert set(shapes) == {4} and len(shapes) == -(-rows // 4)  # one shape only, ceil(rows / 4) runs
+    assert set(shapes) == {4} and len(shapes) == -(
+        -rows // 4
+    )  # one shape only, ceil(rows / 4) runs
 
 
 def test_auto_pads_only_on_a_gpu_provider() -> None:
@@ -42,7 +54,9 @@ def test_auto_pads_only_on_a_gpu_provider() -> None:
 
 
 def test_bad_mode_is_refused() -> None:
-    with pytest.raises(ModelLoadError, match="pad_batches: expected one of auto, on, off; received 'always'"):
+    with pytest.raises(
+        ModelLoadError, match="pad_batches: expected one of auto, on, off; received 'always'"
+    ):
         RuntimeOptions(pad_batches="always")
 
 
@@ -54,7 +68,9 @@ def test_server_reports_and_uses_the_padded_shape(tmp_path) -> None:
     try:
         meta = httpx.get(f"{server.url}/v2/models/leaf").json()
         r = httpx.post(
-            f"{server.url}/classify", content=encode_image((250, 10, 10)), headers={"content-type": "image/png"}
+            f"{server.url}/classify",
+            content=encode_image((250, 10, 10)),
+            headers={"content-type": "image/png"},
         )
     finally:
         server.stop()

@@ -25,17 +25,25 @@ def carded(tmp_path) -> Registry:
 @pytest.mark.parametrize(
     ("path", "content_type", "fragment"),
     [
-        ("/", "text/html", '<input id="photo" name="file" type="file" accept="image/jpeg,image/png" capture='),
+        (
+            "/",
+            "text/html",
+            '<input id="photo" name="file" type="file" accept="image/jpeg,image/png" capture=',
+        ),
         ("/model", "text/html", "About this model"),
         ("/ui/app.js", "text/javascript", 'fetch(url("/classify")'),
         ("/ui/style.css", "text/css", "@media (min-width"),
     ],
 )
-def test_pages_are_served_from_the_package_with_a_strict_policy(client: AppClient, path, content_type, fragment):
+def test_pages_are_served_from_the_package_with_a_strict_policy(
+    client: AppClient, path, content_type, fragment
+):
     r = client.get(path)
     assert r.status_code == 200
     assert r.headers["content-type"].startswith(content_type) and fragment in r.text
-    assert "script-src" not in r.headers["content-security-policy"]  # default-src 'self': no inline, no CDN
+    assert (
+        "script-src" not in r.headers["content-security-policy"]
+    )  # default-src 'self': no inline, no CDN
     assert r.headers["content-security-policy"].startswith("default-src 'self'")
     assert r.headers["x-content-type-options"] == "nosniff"
     again = client.get(path, headers={"If-None-Match": r.headers["etag"]})
@@ -45,11 +53,17 @@ def test_pages_are_served_from_the_package_with_a_strict_policy(client: AppClien
 def test_the_pages_load_nothing_from_elsewhere() -> None:
     ui = ROOT / "serve" / "leaf_serve" / "ui"
     for f in ui.iterdir():
-        if f.is_dir():  # vendor/: ONNX Runtime Web as published on npm (scripts/vendor-ort-web.sh), not ours
+        if (
+            f.is_dir()
+        ):  # vendor/: ONNX Runtime Web as published on npm (scripts/vendor-ort-web.sh), not ours
             continue
-        text = f.read_text().replace('xmlns="http://www.w3.org/2000/svg"', "")  # a name, not a URL to fetch
+        text = f.read_text().replace(
+            'xmlns="http://www.w3.org/2000/svg"', ""
+        )  # a name, not a URL to fetch
         assert "http://" not in text and "https://" not in text and "//cdn" not in text, f.name
-        assert "innerHTML" not in text, f"{f.name}: text from the server is shown with textContent only"
+        assert "innerHTML" not in text, (
+            f"{f.name}: text from the server is shown with textContent only"
+        )
 
 
 @pytest.mark.parametrize("name", ["index.html", "nope.js", "app.py", "settings.json.bak"])
@@ -60,7 +74,9 @@ def test_unknown_ui_files_are_404(client: AppClient, name: str) -> None:
 
 def test_page_settings(client: AppClient) -> None:
     body = client.get("/ui/settings.json").json()
-    assert body["confidence_threshold"] == 0.5 and body["capture"] is False and body["version"] == "v1"
+    assert (
+        body["confidence_threshold"] == 0.5 and body["capture"] is False and body["version"] == "v1"
+    )
     assert body["labels"][1] == {"label": "rust", "display": "Rust"}
 
 
@@ -81,14 +97,22 @@ def test_the_card_is_copied_from_the_published_files(carded: Registry) -> None:
         published = json.loads(carded.store.get("versions/v1/metrics.json"))
         assert card["version"] == "v1" and card["trained_at"] == "2026-05-10T03:12:44+00:00"
         assert card["metrics"]["accuracy"] == published["accuracy"] == 0.9167
-        assert card["metrics"]["top3_accuracy"] == 0.9812 and card["metrics"]["source"] == "metrics.json"
+        assert (
+            card["metrics"]["top3_accuracy"] == 0.9812
+            and card["metrics"]["source"] == "metrics.json"
+        )
         assert [c["label"] for c in card["metrics"]["per_class"]] == V1["labels"]
         assert card["metrics"]["per_class"][2] == {
             "label": "blight", "display": "Blight", **published["per_class"]["blight"]
         }  # fmt: skip
         assert card["dataset"]["images"] == 180 and len(card["classes"]) == 3
-        assert card["gate"]["promote"] is True and card["gate"]["reason"].startswith("accuracy 0.9167")
-        assert card["figures"] == {"curves": "/model/curves.png", "confusion_matrix": "/model/confusion_matrix.png"}
+        assert card["gate"]["promote"] is True and card["gate"]["reason"].startswith(
+            "accuracy 0.9167"
+        )
+        assert card["figures"] == {
+            "curves": "/model/curves.png",
+            "confusion_matrix": "/model/confusion_matrix.png",
+        }
         assert card["missing"] == [] and card["problem"] is None
         figure = running.get("/model/curves.png")
         assert figure.content == carded.store.get("versions/v1/curves.png")
@@ -119,14 +143,18 @@ def test_a_card_file_that_fails_verification_is_not_shown(tmp_path) -> None:
     reg = Registry(str(tmp_path / "models"))
 
     def tamper(files: dict[str, bytes]) -> None:
-        files["metrics.json"] = files["metrics.json"].replace(b'"accuracy": 0.9167', b'"accuracy": 0.9999')
+        files["metrics.json"] = files["metrics.json"].replace(
+            b'"accuracy": 0.9167', b'"accuracy": 0.9999'
+        )
 
     publish_with_card(reg, "v1", V1, tamper=tamper)
     reg.promote("v1")
     with in_process(reg.pointer_uri, poll_interval=0) as running:
         card = running.get("/model/card.json").json()
         assert "metrics.json: expected" in card["problem"]
-        assert card["metrics"]["accuracy"] == 0.9167  # model.json's summary (verified with the model), not 0.9999
+        assert (
+            card["metrics"]["accuracy"] == 0.9167
+        )  # model.json's summary (verified with the model), not 0.9999
         assert card["metrics"]["per_class"] == []
         assert card["figures"]["curves"] == "/model/curves.png"  # verified on its own, still shown
 
@@ -161,12 +189,20 @@ def test_wheels_carry_the_pages(tmp_path) -> None:
 
 def test_the_public_card_says_nothing_only_operators_need(tmp_path) -> None:
     reg = Registry(str(tmp_path / "models"))
-    publish_with_card(reg, "v1", V1)  # its model.json names the data "s3://p" and the code "leaf-train 0.1.0"
+    publish_with_card(
+        reg, "v1", V1
+    )  # its model.json names the data "s3://p" and the code "leaf-train 0.1.0"
     reg.promote("v1")
-    with in_process(reg.pointer_uri, poll_interval=0, card_dataset_name="PlantVillage tomato, 2026") as running:
+    with in_process(
+        reg.pointer_uri, poll_interval=0, card_dataset_name="PlantVillage tomato, 2026"
+    ) as running:
         r = running.get("/model/card.json")
         card = r.json()
-        assert "s3://" not in r.text and "leaf-train 0.1.0" not in r.text and "ExecutionProvider" not in r.text
+        assert (
+            "s3://" not in r.text
+            and "leaf-train 0.1.0" not in r.text
+            and "ExecutionProvider" not in r.text
+        )
         assert not {"code_version", "provider"} & set(card) and "uri" not in card["dataset"]
         assert card["dataset"] == {
             "name": "PlantVillage tomato, 2026", "images": 180, "train_images": 144, "val_images": 36,
@@ -193,7 +229,9 @@ def test_a_client_cannot_forge_a_log_line(client: AppClient, path: str) -> None:
 
     out = io.StringIO()
     handler = logging.StreamHandler(out)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))  # the server's
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    )  # the server's
     logger = logging.getLogger("leaf_serve")
     logger.addHandler(handler)
     level = logger.level

@@ -29,7 +29,9 @@ def photo() -> bytes:
     """A real, odd-sized JPEG whose resize is not trivial."""
     rng = np.random.default_rng(7)
     buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (67, 91, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=85)
+    Image.fromarray(rng.integers(0, 256, (67, 91, 3), dtype=np.uint8)).save(
+        buf, format="JPEG", quality=85
+    )
     return buf.getvalue()
 
 
@@ -85,7 +87,9 @@ def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_
     photos.put("a/leaf.jpg", data)
     photos.put("b/other.jpg", data)
     index = build_index(list(photos.list()), photos.uri, 0.5)
-    decoded = decode_all(photos, [it.key for it in index.items], DecodeOptions(SIZE), cache_dir=tmp_path / "cache")
+    decoded = decode_all(
+        photos, [it.key for it in index.items], DecodeOptions(SIZE), cache_dir=tmp_path / "cache"
+    )
     prepared = PreparedData.of(index, decoded)
     batch = make_dataset(decoded.images, prepared.labels, np.array([0]), 1, shuffle=False, seed=0)
     training_input = next(iter(batch))[0].numpy()[0]
@@ -95,7 +99,10 @@ def test_one_jpeg_gives_identical_model_input_on_training_and_serving_paths(tmp_
     server = start_server(publish(tmp_path / "reg", "v1", echo_onnx(SIZE), contract))
     try:
         r = httpx.post(
-            f"{server.url}/classify", params={"top_k": n + 1}, content=data, headers={"content-type": "image/jpeg"}
+            f"{server.url}/classify",
+            params={"top_k": n + 1},
+            content=data,
+            headers={"content-type": "image/jpeg"},
         )
     finally:
         server.stop()
@@ -121,7 +128,9 @@ def test_server_answers_like_keras_on_a_real_export(tmp_path):
     server = start_server(publish(tmp_path, "real", onnx_bytes, contract))
     try:
         data = photo()
-        r = httpx.post(f"{server.url}/classify", content=data, headers={"content-type": "image/jpeg"})
+        r = httpx.post(
+            f"{server.url}/classify", content=data, headers={"content-type": "image/jpeg"}
+        )
         meta = httpx.get(f"{server.url}/v2/models/leaf-classifier").json()
     finally:
         server.stop()

@@ -70,9 +70,14 @@ def test_new_version_is_swapped_in(polling_server: AppClient, s3_registry: Regis
     assert meta["parameters"]["labels"] == V2["labels"] and meta["outputs"][0]["shape"] == [-1, 4]
     assert reloads(polling_server, "success") == 1
     # The old model object still answers (requests that started before the swap finish on it).
-    assert held.version == "v1" and held.model.predict(np.zeros((1, 32, 32, 3), np.float32)).shape == (1, 3)
+    assert held.version == "v1" and held.model.predict(
+        np.zeros((1, 32, 32, 3), np.float32)
+    ).shape == (1, 3)
     metrics = polling_server.get("/metrics").text
-    assert 'leaf_serve_model_info{model="leaf",provider="CPUExecutionProvider",version="v2"} 1.0' in metrics
+    assert (
+        'leaf_serve_model_info{model="leaf",provider="CPUExecutionProvider",version="v2"} 1.0'
+        in metrics
+    )
     assert 'version="v1"' not in metrics
 
 
@@ -90,7 +95,9 @@ def _manifest_of_another_version(files: dict[str, bytes]) -> None:
 
 def _image_size_of_one_number(files: dict[str, bytes]) -> None:
     body = json.loads(files[CONTRACT_FILE])
-    body["image_size"] = [32]  # a field of the wrong shape: unpacking it raised ValueError, which was retried forever
+    body["image_size"] = [
+        32
+    ]  # a field of the wrong shape: unpacking it raised ValueError, which was retried forever
     files[CONTRACT_FILE] = json.dumps(body).encode()
     files[MANIFEST_FILE] = manifest({k: v for k, v in files.items() if k != MANIFEST_FILE}, "bad")
 
@@ -111,7 +118,9 @@ def graph_that_fails_when_run() -> bytes:
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 32, 32, 3])],
         [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 3])],
         initializer=[
-            numpy_helper.from_array(np.array([-1, 7], dtype=np.int64), "odd"),  # 3072 values are not rows of 7
+            numpy_helper.from_array(
+                np.array([-1, 7], dtype=np.int64), "odd"
+            ),  # 3072 values are not rows of 7
             numpy_helper.from_array(np.array([1, 3], dtype=np.int64), "reps"),
         ],
     )
@@ -128,10 +137,16 @@ BAD_VERSIONS: dict[str, dict] = {
     "manifest mismatch": {"tamper": _corrupt_model},
     "not an ONNX graph": {"model_bytes": b"not onnx at all"},
     "contract names another input": {"model_bytes": onnx_model(V1["weights"], input_name="pixels")},
-    "contract image size differs from graph": {"contract": contract_for(V1, "bad", image_size=(64, 64))},
-    "labels disagree with outputs": {"contract": contract_for(V2, "bad")},  # 4 labels, 3-class graph
+    "contract image size differs from graph": {
+        "contract": contract_for(V1, "bad", image_size=(64, 64))
+    },
+    "labels disagree with outputs": {
+        "contract": contract_for(V2, "bad")
+    },  # 4 labels, 3-class graph
     "model renamed": {
-        "contract": contract_for(V1, "bad").__class__(**{**contract_for(V1, "bad").__dict__, "name": "x"})
+        "contract": contract_for(V1, "bad").__class__(
+            **{**contract_for(V1, "bad").__dict__, "name": "x"}
+        )
     },
 }
 
@@ -217,7 +232,9 @@ def test_a_store_that_fails_for_a_while_never_rejects_a_good_version(
             assert asyncio.run(repo._try_swap(resolved)) is True and repo.current.version == "v2"
 
 
-def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registry: Registry, tmp_path) -> None:
+def test_a_version_folder_mounted_anywhere_reports_its_own_version(
+    local_registry: Registry, tmp_path
+) -> None:
     """A version copied to /model (a volume) is served as the version its manifest names, not as "model"."""
     import shutil
 
@@ -227,7 +244,9 @@ def test_a_version_folder_mounted_anywhere_reports_its_own_version(local_registr
         assert served_version(running) == "v1" and top_label(running) == ("v1", "healthy")
 
 
-def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registry: Registry) -> None:
+def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(
+    local_registry: Registry,
+) -> None:
     """Retention restores a manifest when a promotion raced it: a reload in that window retries, then loads."""
     import asyncio
     import threading
@@ -238,7 +257,9 @@ def test_a_manifest_put_back_within_the_retries_is_not_a_rejection(local_registr
         local_registry.publish("v2", V2)
         version = local_registry.store.child("versions/v2")
         manifest_bytes = version.get(MANIFEST_FILE)
-        version.delete(MANIFEST_FILE)  # the window: pointer names v2, its manifest is away for ~0.3 s
+        version.delete(
+            MANIFEST_FILE
+        )  # the window: pointer names v2, its manifest is away for ~0.3 s
         threading.Timer(0.3, version.put, (MANIFEST_FILE, manifest_bytes)).start()
         resolved = ResolvedModel(version, "v2", pointer_etag="etag-of-v2")
         assert asyncio.run(running.repo._try_swap(resolved)) is True

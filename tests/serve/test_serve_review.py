@@ -25,7 +25,9 @@ from servekit import V1, AppClient, Registry, encode_image, in_process
 TOKEN = "review-token-0123456789abcdef"
 GREY = encode_image((128, 128, 128), "JPEG")
 BEARER = {"Authorization": f"Bearer {TOKEN}"}
-BASIC = {"Authorization": "Basic " + base64.b64encode(f"reviewer:{TOKEN}".encode()).decode()}  # what a browser sends
+BASIC = {
+    "Authorization": "Basic " + base64.b64encode(f"reviewer:{TOKEN}".encode()).decode()
+}  # what a browser sends
 
 
 @dataclass
@@ -56,7 +58,12 @@ def review_loop(models: str, data_uri: str, token_dir: Path, **overrides: object
     token_file = token_dir / "token"
     token_file.write_text(TOKEN + "\n")  # a Secret's file may end in a newline
     with in_process(
-        reg.pointer_uri, poll_interval=0, capture=True, review_token_file=str(token_file), data=data_uri, **overrides
+        reg.pointer_uri,
+        poll_interval=0,
+        capture=True,
+        review_token_file=str(token_file),
+        data=data_uri,
+        **overrides,
     ) as running:
         yield Loop(running, data, open_store(f"{models}/leaf/inbox"))
 
@@ -75,7 +82,11 @@ def local_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     """The loop in local folders, one per module: for requests refused before they change anything,
     with room for every capture and wrong token the module sends (the limits have their own tests)."""
     root = tmp_path_factory.mktemp("loop")
-    roomy = {"review_failed_logins": 1000, "capture_per_minute": 1000, "capture_per_client_per_minute": 1000}
+    roomy = {
+        "review_failed_logins": 1000,
+        "capture_per_minute": 1000,
+        "capture_per_client_per_minute": 1000,
+    }
     with review_loop(str(root / "models"), str(root / "pv"), root, **roomy) as made:
         yield made
 
@@ -95,13 +106,20 @@ def local_loop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Loop]:
     [
         ({}, "expected the review token"),
         ({"Authorization": "Bearer wrong-token-0123456789"}, "is not the review token"),
-        ({"Authorization": "Basic bm90LWJhc2U2NA=="}, "expected the review token"),  # "not-base64", no colon
+        (
+            {"Authorization": "Basic bm90LWJhc2U2NA=="},
+            "expected the review token",
+        ),  # "not-base64", no colon
         ({"Authorization": "Basic dXNlcjp3cm9uZw=="}, "is not the review token"),  # user:wrong
         ({"Authorization": TOKEN}, "expected the review token"),  # no scheme
     ],
 )
-def test_every_review_request_without_the_token_is_401(local_loop: Loop, method, path, headers, fragment) -> None:
-    r = local_loop.server.request(method, path, headers={**headers, "Content-Type": "application/json"})
+def test_every_review_request_without_the_token_is_401(
+    local_loop: Loop, method, path, headers, fragment
+) -> None:
+    r = local_loop.server.request(
+        method, path, headers={**headers, "Content-Type": "application/json"}
+    )
     assert r.status_code == 401, r.text
     assert fragment in r.json()["error"]
     assert r.headers["www-authenticate"].startswith('Basic realm="leaf-serve review"')
@@ -119,18 +137,25 @@ def test_the_token_opens_the_page_and_the_grid(loop: Loop, auth) -> None:
     assert body["labels"][0] == {"label": "healthy", "display": "Healthy"}
     assert (body["inbox"], body["data"]) == ("s3://models/registry/leaf/inbox", "s3://photos/pv")
     photo = loop.server.get(body["items"][0]["photo"], headers=auth)
-    assert photo.content == loop.kept(body["items"][0]["id"]) and photo.headers["content-type"] == "image/jpeg"
+    assert (
+        photo.content == loop.kept(body["items"][0]["id"])
+        and photo.headers["content-type"] == "image/jpeg"
+    )
 
 
 def test_accept_moves_the_photo_into_the_data_prefix(loop: Loop) -> None:
     capture_id = loop.capture()
     kept = loop.kept(capture_id)
-    r = loop.server.post(f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    r = loop.server.post(
+        f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["accepted"] == f"s3://photos/pv/rust/{capture_id}.jpg"
     assert loop.data.get(f"rust/{capture_id}.jpg") == kept
     assert list(loop.inbox.list()) == []
-    again = loop.server.post(f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    again = loop.server.post(
+        f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"}
+    )
     assert again.status_code == 404 and "it is not there" in again.json()["error"]
 
 
@@ -140,7 +165,9 @@ def test_a_new_class_needs_confirming(loop: Loop) -> None:
     url = f"/review/items/{capture_id}/accept"
     r = loop.server.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold"})
     assert r.status_code == 409 and "expected an existing class folder" in r.json()["error"]
-    r = loop.server.post(url, headers=BEARER, json={"label": "Tomato___Leaf_Mold", "new_class": True})
+    r = loop.server.post(
+        url, headers=BEARER, json={"label": "Tomato___Leaf_Mold", "new_class": True}
+    )
     assert r.status_code == 200
     assert loop.data.get(f"Tomato___Leaf_Mold/{capture_id}.jpg") == kept
 
@@ -148,7 +175,9 @@ def test_a_new_class_needs_confirming(loop: Loop) -> None:
 def test_accept_never_overwrites_the_data(loop: Loop) -> None:
     capture_id = loop.capture()
     loop.data.put(f"rust/{capture_id}.jpg", b"another photo")
-    r = loop.server.post(f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"})
+    r = loop.server.post(
+        f"/review/items/{capture_id}/accept", headers=BEARER, json={"label": "rust"}
+    )
     assert r.status_code == 409 and "exists with other bytes" in r.json()["error"]
     assert loop.data.get(f"rust/{capture_id}.jpg") == b"another photo"
 
@@ -185,7 +214,12 @@ def test_bad_review_requests_are_4xx(local_loop: Loop, path, kwargs, status, fra
 
 
 @pytest.mark.parametrize(
-    "capture_id", ["capture-x", "capture-20260514T101502000Z-3F9A1C2B7D", "capture-20260514T101502000Z-3f9a1c2b7d.jpg"]
+    "capture_id",
+    [
+        "capture-x",
+        "capture-20260514T101502000Z-3F9A1C2B7D",
+        "capture-20260514T101502000Z-3f9a1c2b7d.jpg",
+    ],
 )
 def test_bad_ids_are_400(local_loop: Loop, capture_id: str) -> None:
     r = local_loop.server.get(f"/review/items/{capture_id}/photo", headers=BEARER)
@@ -200,14 +234,32 @@ def test_review_is_a_404_without_a_token(client: AppClient) -> None:
 @pytest.mark.parametrize(
     ("overrides", "fragment"),
     [
-        ({"review_token_file": "TOKEN", "data": ""}, "--data (LEAF_SERVE_DATA): expected the training data URI"),
-        ({"review_token_file": "/nonexistent/token", "data": "/d"}, "TOKEN_FILE): expected a readable file"),
-        ({"review_token_file": "SHORT", "data": "/d"}, "expected a token of at least 16 printable characters"),
-        ({"review_token_file": "SAME", "data": "/d"}, "expected a random token (about 64 bits or more"),
-        ({"review_token_file": "CYCLE", "data": "/d"}, "received 24 characters estimated at 48 bits"),
+        (
+            {"review_token_file": "TOKEN", "data": ""},
+            "--data (LEAF_SERVE_DATA): expected the training data URI",
+        ),
+        (
+            {"review_token_file": "/nonexistent/token", "data": "/d"},
+            "TOKEN_FILE): expected a readable file",
+        ),
+        (
+            {"review_token_file": "SHORT", "data": "/d"},
+            "expected a token of at least 16 printable characters",
+        ),
+        (
+            {"review_token_file": "SAME", "data": "/d"},
+            "expected a random token (about 64 bits or more",
+        ),
+        (
+            {"review_token_file": "CYCLE", "data": "/d"},
+            "received 24 characters estimated at 48 bits",
+        ),
         ({"capture": True, "model": "/model"}, "--inbox (LEAF_SERVE_INBOX): expected a URI"),
         ({"confidence_threshold": 1.5}, "THRESHOLD): expected a number from 0 to 1, received 1.5"),
-        ({"capture_per_minute": 0}, "(LEAF_SERVE_CAPTURE_PER_MINUTE): expected an integer >= 1, received 0"),
+        (
+            {"capture_per_minute": 0},
+            "(LEAF_SERVE_CAPTURE_PER_MINUTE): expected an integer >= 1, received 0",
+        ),
     ],
 )
 def test_loop_options_are_checked_at_start(tmp_path, overrides: dict, fragment: str) -> None:
@@ -249,15 +301,24 @@ def test_two_concurrent_decisions_one_wins_the_other_gets_409(loop: Loop, rival:
     for _ in range(4):  # issue 20: 4 of 4 tries put the photo in both classes, both answered 200
         capture_id = loop.capture()
         item = f"/review/items/{capture_id}"
-        second = (f"{item}/accept", {"label": "healthy"}) if rival == "accept" else (f"{item}/reject", {})
+        second = (
+            (f"{item}/accept", {"label": "healthy"})
+            if rival == "accept"
+            else (f"{item}/reject", {})
+        )
         answers = post_at_once(loop.server, [(f"{item}/accept", {"label": "rust"}), second])
         codes = sorted(a.status_code for a in answers)
         assert codes[0] == 200 and codes[1] in (404, 409), [a.text for a in answers]
         if codes[1] == 409:
-            assert "another one is running" in next(a for a in answers if a.status_code == 409).json()["error"]
+            assert (
+                "another one is running"
+                in next(a for a in answers if a.status_code == 409).json()["error"]
+            )
         copies = [o.key for o in loop.data.list() if capture_id in o.key]
         assert len(copies) <= 1, copies  # never in two classes
-        assert not [o.key for o in loop.inbox.list() if capture_id in o.key]  # record, photo and claim gone
+        assert not [
+            o.key for o in loop.inbox.list() if capture_id in o.key
+        ]  # record, photo and claim gone
 
 
 def test_wrong_tokens_are_limited_per_client_and_logged_once(s3, tmp_path, caplog) -> None:

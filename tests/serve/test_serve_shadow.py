@@ -34,8 +34,18 @@ from servekit import (
 )
 
 COLOURS = {"healthy": (230, 20, 20), "rust": (20, 230, 20), "blight": (20, 20, 230)}
-LOST_BLIGHT = {"labels": V1["labels"], "weights": np.array([[8, 0, 0], [0, 8, 0], [0, 8, 0]], dtype=np.float32)}
-VERDICT_ARGS = ["--shadow-min-requests", "60", "--shadow-min-class-requests", "15", "--kube-integration", "off"]
+LOST_BLIGHT = {
+    "labels": V1["labels"],
+    "weights": np.array([[8, 0, 0], [0, 8, 0], [0, 8, 0]], dtype=np.float32),
+}
+VERDICT_ARGS = [
+    "--shadow-min-requests",
+    "60",
+    "--shadow-min-class-requests",
+    "15",
+    "--kube-integration",
+    "off",
+]
 
 
 @pytest.fixture
@@ -56,7 +66,11 @@ def serve(registry: Registry) -> Iterator:
     with contextlib.ExitStack() as stack:
 
         def start(socket: bool = False, **overrides: object) -> AppClient | RunningServer:
-            options = {"poll_interval": 0.1, "shadow_fraction": 1.0, "shadow_flush_interval": 1.0} | overrides
+            options = {
+                "poll_interval": 0.1,
+                "shadow_fraction": 1.0,
+                "shadow_flush_interval": 1.0,
+            } | overrides
             if not socket:
                 return stack.enter_context(in_process(registry.pointer_uri, **options))
             running = start_server(registry.pointer_uri, **options)
@@ -85,7 +99,9 @@ def leaf_train(*argv: str) -> subprocess.CompletedProcess[str]:
 
 
 def verdict(reg: Registry, *extra: str) -> tuple[int, str]:
-    done = leaf_train("models", "verdict", "--output", reg.root, "--model-name", MODEL_NAME, *VERDICT_ARGS, *extra)
+    done = leaf_train(
+        "models", "verdict", "--output", reg.root, "--model-name", MODEL_NAME, *VERDICT_ARGS, *extra
+    )
     return done.returncode, done.stdout + done.stderr
 
 
@@ -97,9 +113,14 @@ def propose(reg: Registry, version: str, spec: dict) -> None:
 def test_equal_candidate_is_promoted_after_the_minimum(registry: Registry, serve) -> None:
     server = serve()
     propose(registry, "v2", V1)
-    wait_for(lambda: server.app.state.api.plane.shadow.candidate is not None, "the server loads the candidate")
+    wait_for(
+        lambda: server.app.state.api.plane.shadow.candidate is not None,
+        "the server loads the candidate",
+    )
     classify_each(server, 10)  # 30 requests: not enough yet
-    wait_for(lambda: saved_mirrored(registry, "v2") == 30, "30 mirrored requests saved to the registry")
+    wait_for(
+        lambda: saved_mirrored(registry, "v2") == 30, "30 mirrored requests saved to the registry"
+    )
     rc, out = verdict(registry)
     assert rc == 0 and "v2 against v1: WAIT" in out and "30 of 60 mirrored" in out, out
 
@@ -116,18 +137,30 @@ def test_equal_candidate_is_promoted_after_the_minimum(registry: Registry, serve
     assert server.repo.metrics.shadow.labels("agreed")._value.get() == 60
 
 
-def test_candidate_that_lost_a_class_is_rejected_and_the_champion_keeps_serving(registry: Registry, serve) -> None:
+def test_candidate_that_lost_a_class_is_rejected_and_the_champion_keeps_serving(
+    registry: Registry, serve
+) -> None:
     server = serve()
     propose(registry, "v2", LOST_BLIGHT)
-    wait_for(lambda: server.app.state.api.plane.shadow.candidate is not None, "the server loads the candidate")
+    wait_for(
+        lambda: server.app.state.api.plane.shadow.candidate is not None,
+        "the server loads the candidate",
+    )
     classify_each(server, 30)  # 90 requests; agreement 60/90 overall, 0 on blight
     wait_for(lambda: saved_mirrored(registry, "v2") == 90, "90 mirrored requests saved")
     # Overall agreement alone would pass a lenient bound; the per-class rule is what rejects it.
     rc, out = verdict(registry, "--shadow-min-agreement", "0.5")
-    assert rc == 0 and "v2 against v1: REJECT" in out and "v1 calls 'blight' the candidate agrees 0.0000" in out, out
+    assert (
+        rc == 0
+        and "v2 against v1: REJECT" in out
+        and "v1 calls 'blight' the candidate agrees 0.0000" in out
+    ), out
     assert job_registry(registry).pointer().version == "v1"
     assert json.loads(registry.store.get("shadow/v2/verdict.json"))["decision"] == "reject"
-    wait_for(lambda: server.app.state.api.plane.shadow.candidate is None, "the rejected candidate is unloaded")
+    wait_for(
+        lambda: server.app.state.api.plane.shadow.candidate is None,
+        "the rejected candidate is unloaded",
+    )
     r = server.post("/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
     assert (r["version"], r["predictions"][0]["label"]) == ("v1", "blight")
 
@@ -135,7 +168,10 @@ def test_candidate_that_lost_a_class_is_rejected_and_the_champion_keeps_serving(
 def test_too_little_traffic_waits_then_expires(registry: Registry, serve) -> None:
     server = serve()
     propose(registry, "v2", V1)
-    wait_for(lambda: server.app.state.api.plane.shadow.candidate is not None, "the server loads the candidate")
+    wait_for(
+        lambda: server.app.state.api.plane.shadow.candidate is not None,
+        "the server loads the candidate",
+    )
     classify_each(server, 2)
     wait_for(lambda: saved_mirrored(registry, "v2") == 6, "6 mirrored requests saved")
     rc, out = verdict(registry)
@@ -148,7 +184,9 @@ def test_too_little_traffic_waits_then_expires(registry: Registry, serve) -> Non
     )
 
 
-def test_mirrored_work_is_dropped_not_queued_and_clients_never_see_it(registry: Registry, serve) -> None:
+def test_mirrored_work_is_dropped_not_queued_and_clients_never_see_it(
+    registry: Registry, serve
+) -> None:
     server = serve(socket=True, shadow_max_in_flight=1)  # 40 clients at once
     propose(registry, "v2", V1)
     shadow = server.app.state.api.plane.shadow
@@ -159,13 +197,18 @@ def test_mirrored_work_is_dropped_not_queued_and_clients_never_see_it(registry: 
 
         async with httpx.AsyncClient(base_url=server.url, timeout=10) as client:
             body = encode_image(COLOURS["rust"], "PNG")
-            responses = await asyncio.gather(*(client.post("/classify", content=body) for _ in range(40)))
+            responses = await asyncio.gather(
+                *(client.post("/classify", content=body) for _ in range(40))
+            )
         return [r.status_code for r in responses]
 
     import asyncio
 
     assert asyncio.run(burst()) == [200] * 40
-    wait_for(lambda: shadow.stats.mirrored + shadow.stats.dropped == 40, "every request mirrored or dropped")
+    wait_for(
+        lambda: shadow.stats.mirrored + shadow.stats.dropped == 40,
+        "every request mirrored or dropped",
+    )
     assert shadow.stats.dropped > 0 and shadow.stats.mirrored > 0
     assert server.repo.metrics.shadow.labels("dropped")._value.get() == shadow.stats.dropped
 
@@ -182,20 +225,40 @@ def test_reviewed_photo_scores_both_models(registry: Registry, serve, tmp_path) 
     data = tmp_path / "data"
     (data / "blight").mkdir(parents=True)
     (data / "blight" / "a.png").write_bytes(encode_image(COLOURS["blight"], "PNG"))
-    server = serve(capture=True, confidence_threshold=0.999)  # every answer is "not sure": all captured
+    server = serve(
+        capture=True, confidence_threshold=0.999
+    )  # every answer is "not sure": all captured
     propose(registry, "v2", LOST_BLIGHT)
-    wait_for(lambda: server.app.state.api.plane.shadow.candidate is not None, "the server loads the candidate")
+    wait_for(
+        lambda: server.app.state.api.plane.shadow.candidate is not None,
+        "the server loads the candidate",
+    )
     r = server.post("/classify", content=encode_image(COLOURS["blight"], "PNG")).json()
     capture_id = r["captured"]
     assert capture_id
-    wait_for(lambda: list(registry.store.list("shadow/v2/answers")), "the candidate's answer is kept")
+    wait_for(
+        lambda: list(registry.store.list("shadow/v2/answers")), "the candidate's answer is kept"
+    )
     from leaf_common.inbox import Inbox
 
     inbox = Inbox(registry.store.child("inbox"))
     wait_for(lambda: inbox.list(), "the capture reaches the inbox")
     assert inbox.get(capture_id).extra == {"shadow_candidate": "v2"}
-    accept = ("inbox", "accept", "--output", registry.root, "--model-name", MODEL_NAME, "--data", str(data))
+    accept = (
+        "inbox",
+        "accept",
+        "--output",
+        registry.root,
+        "--model-name",
+        MODEL_NAME,
+        "--data",
+        str(data),
+    )
     done = leaf_train(*accept, capture_id, "blight")
     assert done.returncode == 0, done.stderr
     reviewed = json.loads(registry.store.get(f"shadow/v2/reviewed/{capture_id}.json"))
-    assert (reviewed["label"], reviewed["champion_label"], reviewed["candidate_label"]) == ("blight", "blight", "rust")
+    assert (reviewed["label"], reviewed["champion_label"], reviewed["candidate_label"]) == (
+        "blight",
+        "blight",
+        "rust",
+    )

@@ -17,7 +17,16 @@ from leaf_common import trust as maths
 from leaf_common.contract import OOD_NAME, OUTPUT_NAME, TensorSpec
 from leaf_common.storage import open_store
 from leaf_serve.drift import ALERT_PSI, MIN_ANSWERS
-from servekit import IMAGE_SIZE, V1, AppClient, Registry, contract_for, encode_image, in_process, start_server
+from servekit import (
+    IMAGE_SIZE,
+    V1,
+    AppClient,
+    Registry,
+    contract_for,
+    encode_image,
+    in_process,
+    start_server,
+)
 
 WHITE = encode_image((255, 255, 255), "PNG")
 RED = encode_image((230, 20, 20), "PNG")
@@ -99,7 +108,9 @@ def test_classify_says_whether_it_abstains_and_why(trusted, photo, abstain, reas
     body = classify(trusted[0], photo)
     assert body["abstain"] is abstain and body["abstain_reason"] == reason
     assert body["ood_score"] == pytest.approx(score, abs=0.01)
-    assert len(body["predictions"]) == 3  # the fields are added; nothing a client read before is gone
+    assert (
+        len(body["predictions"]) == 3
+    )  # the fields are added; nothing a client read before is gone
 
 
 def test_capture_records_the_abstain_reason(trusted) -> None:
@@ -120,14 +131,23 @@ def _infer(server: AppClient, body: dict) -> httpx.Response:
 
 def _tensor(value: float) -> dict:
     h, w = IMAGE_SIZE
-    return {"name": "image", "datatype": "FP32", "shape": [1, h, w, 3], "data": [value] * (h * w * 3)}
+    return {
+        "name": "image",
+        "datatype": "FP32",
+        "shape": [1, h, w, 3],
+        "data": [value] * (h * w * 3),
+    }
 
 
 def test_oip_clients_get_ood_score_only_when_they_ask(trusted) -> None:
     server = trusted[0]
     plain = _infer(server, {"inputs": [_tensor(255.0)]}).json()
-    assert [o["name"] for o in plain["outputs"]] == [OUTPUT_NAME]  # unchanged for clients that ignore it
-    asked = _infer(server, {"inputs": [_tensor(255.0)], "outputs": [{"name": OOD_NAME}, {"name": OUTPUT_NAME}]})
+    assert [o["name"] for o in plain["outputs"]] == [
+        OUTPUT_NAME
+    ]  # unchanged for clients that ignore it
+    asked = _infer(
+        server, {"inputs": [_tensor(255.0)], "outputs": [{"name": OOD_NAME}, {"name": OUTPUT_NAME}]}
+    )
     outputs = {o["name"]: o for o in asked.json()["outputs"]}
     assert outputs[OOD_NAME]["shape"] == [1] and outputs[OOD_NAME]["data"] == [pytest.approx(1.0)]
     assert outputs[OUTPUT_NAME]["shape"] == [1, 3]
@@ -139,7 +159,9 @@ def test_oip_clients_get_ood_score_only_when_they_ask(trusted) -> None:
 
 def _psi_max(metrics_text: str) -> float:
     line = next(
-        ln for ln in metrics_text.splitlines() if ln.startswith("leaf_serve_drift_psi{") and 'signal="max"' in ln
+        ln
+        for ln in metrics_text.splitlines()
+        if ln.startswith("leaf_serve_drift_psi{") and 'signal="max"' in ln
     )
     return float(line.rsplit(" ", 1)[1])
 
@@ -150,10 +172,15 @@ def test_a_shifted_stream_shows_as_drift_in_metrics_and_on_the_card(trusted) -> 
         classify(server, RED)  # one class only, confident, dim: far from the reference's class mix
     text = server.get("/metrics").text
     assert 'leaf_serve_predictions_total{class="healthy",model="leaf",version="v1"}' in text
-    assert "leaf_serve_top1_confidence_bucket" in text and "leaf_serve_ood_score_ratio_bucket" in text
+    assert (
+        "leaf_serve_top1_confidence_bucket" in text and "leaf_serve_ood_score_ratio_bucket" in text
+    )
     assert _psi_max(text) > ALERT_PSI
     card = server.get("/model/card.json").json()
-    assert card["trust"]["drift"]["status"] == "DRIFT" and card["trust"]["drift"]["answers_seen"] >= MIN_ANSWERS
+    assert (
+        card["trust"]["drift"]["status"] == "DRIFT"
+        and card["trust"]["drift"]["answers_seen"] >= MIN_ANSWERS
+    )
     assert card["trust"]["ood"]["threshold"] == THRESHOLD and card["trust"]["calibration"] is None
 
 
@@ -186,7 +213,10 @@ def test_grpc_clients_can_ask_for_ood_score(tmp_path) -> None:
         batch = np.stack([np.full((*IMAGE_SIZE, 3), v, np.float32) for v in (255.0, 30.0)])
         inputs = [grpcclient.InferInput("image", list(batch.shape), "FP32")]
         inputs[0].set_data_from_numpy(batch)
-        asked = [grpcclient.InferRequestedOutput(OOD_NAME), grpcclient.InferRequestedOutput(OUTPUT_NAME)]
+        asked = [
+            grpcclient.InferRequestedOutput(OOD_NAME),
+            grpcclient.InferRequestedOutput(OUTPUT_NAME),
+        ]
         result = client.infer("leaf", inputs, outputs=asked)
         np.testing.assert_allclose(result.as_numpy(OOD_NAME), [1.0, 30 / 255], atol=1e-6)
         assert result.as_numpy(OUTPUT_NAME).shape == (2, 3)

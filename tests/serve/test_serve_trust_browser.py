@@ -37,7 +37,13 @@ def trusted(tmp_path) -> Iterator[RunningServer]:
 
 
 def test_a_photo_that_is_no_leaf_gets_no_disease(browser, trusted: RunningServer, tmp_path) -> None:  # noqa: F811
-    upload(browser, trusted, encode_image((255, 255, 255), "PNG", size=(300, 200)), tmp_path, "paper.png")
+    upload(
+        browser,
+        trusted,
+        encode_image((255, 255, 255), "PNG", size=(300, 200)),
+        tmp_path,
+        "paper.png",
+    )
     assert by_id(browser, "unsure").is_displayed()
     assert by_id(browser, "unsure-text").text.startswith("This does not look like a leaf photo.")
     assert not by_id(browser, "predictions").is_displayed() and by_id(browser, "verdict").text == ""
@@ -48,7 +54,11 @@ def test_a_photo_that_is_no_leaf_gets_no_disease(browser, trusted: RunningServer
 def test_the_model_card_shows_calibration_ood_and_drift(browser, trusted: RunningServer) -> None:  # noqa: F811
     browser.get(trusted.url + "/model")
     wait_for(lambda: by_id(browser, "trust").is_displayed(), "the trust section")
-    assert by_id(browser, "calibration").text.startswith("temperature (T = 0.060): expected calibration error 62")
-    assert by_id(browser, "ood").text.startswith("0% of 74 held-out leaf photos and 100% of 122 photos that are no")
+    assert by_id(browser, "calibration").text.startswith(
+        "temperature (T = 0.060): expected calibration error 62"
+    )
+    assert by_id(browser, "ood").text.startswith(
+        "0% of 74 held-out leaf photos and 100% of 122 photos that are no"
+    )
     assert by_id(browser, "drift").text.startswith("0 answers; drift collecting")
     screenshot(browser, "model-card-trust.png")

@@ -20,7 +20,11 @@ GPU_HOST = [TENSORRT, CUDA, CPU]
     [
         (["auto"], [CPU], [CPU]),
         (["auto"], GPU_HOST, [(CUDA, {"device_id": 1}), CPU]),
-        (["tensorrt", "cpu"], GPU_HOST, [(TENSORRT, {"device_id": 1}), (CUDA, {"device_id": 1}), CPU]),
+        (
+            ["tensorrt", "cpu"],
+            GPU_HOST,
+            [(TENSORRT, {"device_id": 1}), (CUDA, {"device_id": 1}), CPU],
+        ),
         (["cuda", "CPUExecutionProvider"], [CPU], [CPU]),
     ],
 )
@@ -29,7 +33,8 @@ def test_resolve_providers(requested: list[str], available: list[str], expected:
 
 
 @pytest.mark.parametrize(
-    ("requested", "message"), [(["quantum"], "expected auto, tensorrt, cuda, cpu"), (["cuda"], "none of")]
+    ("requested", "message"),
+    [(["quantum"], "expected auto, tensorrt, cuda, cpu"), (["cuda"], "none of")],
 )
 def test_resolve_providers_errors(requested: list[str], message: str) -> None:
     with pytest.raises(ModelLoadError, match=message):
@@ -51,12 +56,16 @@ def test_fetch_version_checks_files_against_the_registry_manifest(tmp_path: Path
     with pytest.raises(ModelLoadError, match="model.onnx: expected .* bytes with sha256"):
         fetch_version(store)
     store.put(MANIFEST_FILE, b'{"entries": []}')
-    with pytest.raises(ModelLoadError, match="expected a JSON object with 'version', 'created_at' and 'files'"):
+    with pytest.raises(
+        ModelLoadError, match="expected a JSON object with 'version', 'created_at' and 'files'"
+    ):
         fetch_version(store)
 
 
 def test_config_requires_a_model() -> None:
-    with pytest.raises(ConfigError, match=r"--model \(LEAF_SERVE_MODEL\): expected a model URI, received nothing"):
+    with pytest.raises(
+        ConfigError, match=r"--model \(LEAF_SERVE_MODEL\): expected a model URI, received nothing"
+    ):
         ServeConfig().validate()
 
 
@@ -84,7 +93,9 @@ def test_cuda_provider_in_use_when_a_gpu_is_visible(local_registry: Registry) ->
         pytest.skip("no GPU visible: onnxruntime has no CUDAExecutionProvider here")
     from servekit import start_server
 
-    running = start_server(local_registry.pointer_uri, providers=["auto"], require_gpu=True, poll_interval=0)
+    running = start_server(
+        local_registry.pointer_uri, providers=["auto"], require_gpu=True, poll_interval=0
+    )
     try:
         meta = httpx.get(running.url + "/v2/models/leaf").json()
         assert meta["parameters"]["execution_provider"] == CUDA

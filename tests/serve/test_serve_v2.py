@@ -27,7 +27,12 @@ INFER = f"/v2/models/{MODEL_NAME}/infer"
 
 
 def json_request(batch: np.ndarray, **extra: object) -> dict:
-    tensor = {"name": INPUT_NAME, "shape": list(batch.shape), "datatype": "FP32", "data": batch.ravel().tolist()}
+    tensor = {
+        "name": INPUT_NAME,
+        "shape": list(batch.shape),
+        "datatype": "FP32",
+        "data": batch.ravel().tolist(),
+    }
     return {"inputs": [tensor], **extra}
 
 
@@ -43,7 +48,9 @@ def binary_request(batch: np.ndarray, **params: object) -> tuple[bytes, dict[str
 
 
 def mixed_batch() -> np.ndarray:
-    return np.concatenate([colour_image(c) for c in [(250, 10, 10), (10, 250, 10), (10, 10, 250), (90, 120, 30)]])
+    return np.concatenate(
+        [colour_image(c) for c in [(250, 10, 10), (10, 250, 10), (10, 10, 250), (90, 120, 30)]]
+    )
 
 
 @pytest.mark.parametrize(
@@ -53,7 +60,11 @@ def mixed_batch() -> np.ndarray:
         ("/v2/health/ready", 200, {"ready": True}),
         (f"/v2/models/{MODEL_NAME}/ready", 200, {"name": MODEL_NAME, "ready": True}),
         (f"/v2/models/{MODEL_NAME}/versions/v1/ready", 200, {"name": MODEL_NAME, "ready": True}),
-        ("/v2/models/other/ready", 404, {"error": "unknown model 'other'; this server serves 'leaf'"}),
+        (
+            "/v2/models/other/ready",
+            404,
+            {"error": "unknown model 'other'; this server serves 'leaf'"},
+        ),
     ],
 )
 def test_health(client: AppClient, path: str, status: int, body: dict) -> None:
@@ -67,7 +78,9 @@ def test_server_metadata_advertises_binary_extension(client: AppClient) -> None:
     assert "binary_tensor_data" in body["extensions"]
 
 
-@pytest.mark.parametrize("path", [f"/v2/models/{MODEL_NAME}", f"/v2/models/{MODEL_NAME}/versions/v1"])
+@pytest.mark.parametrize(
+    "path", [f"/v2/models/{MODEL_NAME}", f"/v2/models/{MODEL_NAME}/versions/v1"]
+)
 def test_model_metadata_comes_from_the_contract(client: AppClient, path: str) -> None:
     body = client.get(path).json()
     assert body["name"] == MODEL_NAME and body["versions"] == ["v1"]
@@ -85,7 +98,9 @@ def test_json_infer_matches_the_model_and_echoes_id(client: AppClient) -> None:
     assert (body["id"], body["model_name"], body["model_version"]) == ("req-42", MODEL_NAME, "v1")
     (out,) = body["outputs"]
     assert (out["name"], out["datatype"], out["shape"]) == (OUTPUT_NAME, "FP32", [4, 3])
-    np.testing.assert_allclose(np.reshape(out["data"], (4, 3)), expected_probs(batch, V1), atol=1e-5)
+    np.testing.assert_allclose(
+        np.reshape(out["data"], (4, 3)), expected_probs(batch, V1), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("binary_output", [True, False])
@@ -120,7 +135,11 @@ def test_standard_triton_client_works_unchanged(server: RunningServer) -> None:
 
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
     try:
-        assert client.is_server_live() and client.is_server_ready() and client.is_model_ready(MODEL_NAME)
+        assert (
+            client.is_server_live()
+            and client.is_server_ready()
+            and client.is_model_ready(MODEL_NAME)
+        )
         meta = client.get_model_metadata(MODEL_NAME)
         assert meta["inputs"][0]["name"] == INPUT_NAME
         batch = mixed_batch()
@@ -130,13 +149,20 @@ def test_standard_triton_client_works_unchanged(server: RunningServer) -> None:
             wanted = triton.InferRequestedOutput(OUTPUT_NAME, binary_data=binary)
             result = client.infer(MODEL_NAME, [tensor], outputs=[wanted], request_id="t-1")
             assert result.get_response()["id"] == "t-1"
-            np.testing.assert_allclose(result.as_numpy(OUTPUT_NAME), expected_probs(batch, V1), atol=1e-5)
+            np.testing.assert_allclose(
+                result.as_numpy(OUTPUT_NAME), expected_probs(batch, V1), atol=1e-5
+            )
     finally:
         client.close()
 
 
 def _tensor(**changes: object) -> dict:
-    base = {"name": INPUT_NAME, "shape": [1, H, W, 3], "datatype": "FP32", "data": [0.0] * (H * W * 3)}
+    base = {
+        "name": INPUT_NAME,
+        "shape": [1, H, W, 3],
+        "datatype": "FP32",
+        "data": [0.0] * (H * W * 3),
+    }
     return {**base, **changes}
 
 
@@ -145,10 +171,19 @@ def _tensor(**changes: object) -> dict:
     [
         ({"inputs": [_tensor(name="pixels")]}, "expected exactly one tensor named 'image'"),
         ({"inputs": [_tensor(), _tensor()]}, "expected exactly one tensor named 'image'"),
-        ({"inputs": [_tensor(datatype="INT32", data=[0] * (H * W * 3))]}, "expected datatype FP32; received INT32"),
+        (
+            {"inputs": [_tensor(datatype="INT32", data=[0] * (H * W * 3))]},
+            "expected datatype FP32; received INT32",
+        ),
         ({"inputs": [_tensor(datatype="FP128")]}, "datatype: expected one of"),
-        ({"inputs": [_tensor(shape=[1, H, W, 1], data=[0.0] * (H * W))]}, f"expected shape [N, {H}, {W}, 3]"),
-        ({"inputs": [_tensor(shape=[1, 8, 8, 3], data=[0.0] * 192)]}, f"expected shape [N, {H}, {W}, 3]"),
+        (
+            {"inputs": [_tensor(shape=[1, H, W, 1], data=[0.0] * (H * W))]},
+            f"expected shape [N, {H}, {W}, 3]",
+        ),
+        (
+            {"inputs": [_tensor(shape=[1, 8, 8, 3], data=[0.0] * 192)]},
+            f"expected shape [N, {H}, {W}, 3]",
+        ),
         ({"inputs": [_tensor(data=[0.0] * 5)]}, "needs 3072 values; received 5"),
         ({"inputs": [_tensor(data=["a"] * (H * W * 3))]}, "expected numbers"),
         ({"inputs": [_tensor(shape="1x32")]}, "shape: expected a list of non-negative integers"),
@@ -168,12 +203,24 @@ def test_bad_tensors_are_400(client: AppClient, request_body: object, fragment: 
     [
         (b"{not json", {}, 400, "expected a JSON inference request"),
         (b"{}", {"Inference-Header-Content-Length": "99"}, 400, "expected 0..2"),
-        (b'{"inputs": []}', {"Inference-Header-Content-Length": "abc"}, 400, "expected a byte count"),
-        (b"\xff\xd8\xff", {"Content-Type": "image/jpeg"}, 415, "Content-Type: expected application/json"),
+        (
+            b'{"inputs": []}',
+            {"Inference-Header-Content-Length": "abc"},
+            400,
+            "expected a byte count",
+        ),
+        (
+            b"\xff\xd8\xff",
+            {"Content-Type": "image/jpeg"},
+            415,
+            "Content-Type: expected application/json",
+        ),
         (b"x" * (300 * 1024), {}, 413, "expected at most 262144 bytes"),
     ],
 )
-def test_malformed_infer_bodies(client: AppClient, content: bytes, headers: dict, status: int, fragment: str) -> None:
+def test_malformed_infer_bodies(
+    client: AppClient, content: bytes, headers: dict, status: int, fragment: str
+) -> None:
     r = client.post(INFER, content=content, headers=headers)
     assert r.status_code == status, r.text
     assert fragment in r.json()["error"]

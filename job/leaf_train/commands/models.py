@@ -41,7 +41,9 @@ class ModelsConfig:
 
     def validate(self) -> None:
         if not self.output:
-            raise option_error(ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing")
+            raise option_error(
+                ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing"
+            )
         if not is_model_name(self.model_name):
             raise option_error(ENV_PREFIX, "model_name", MODEL_NAME_RULE, repr(self.model_name))
 

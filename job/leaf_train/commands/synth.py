@@ -23,7 +23,9 @@ class SynthConfig:
         from ..synth import max_classes  # numpy/PIL: loaded by this command only, not at CLI start
 
         if not self.output:
-            raise option_error(ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing")
+            raise option_error(
+                ENV_PREFIX, "output", "s3://bucket/prefix or a local folder", "nothing"
+            )
         if not 0 <= self.classes <= max_classes() or self.classes == 1:
             raise option_error(ENV_PREFIX, "classes", f"0 or 2..{max_classes()}", self.classes)
 
