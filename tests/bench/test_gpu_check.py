@@ -35,6 +35,10 @@ esac
 """
 
 
+# The whole check, server under load included, on the CPU: ~100 s on 2 cores.
+pytestmark = pytest.mark.slow
+
+
 def run_script(args: list[str], tmp: Path, *, smi: bool, **env: str) -> subprocess.CompletedProcess:
     path = os.environ["PATH"]
     if smi:

@@ -41,19 +41,20 @@ from servekit import (
     in_process,
     start_server,
 )
-from tritonclient.grpc import (
-    service_pb2 as pb,
-)  # the client's copy of the messages, not the server's
+
+# the client's copy of the messages, not the server's
+from tritonclient.grpc import service_pb2 as pb
+
+# Thousands of generated requests (~70 s on 2 cores): `slow`, so the fast subset stays quick.
+pytestmark = pytest.mark.slow
 
 H, W = IMAGE_SIZE
 INFER = f"/v2/models/{MODEL_NAME}/infer"
-EXAMPLES = int(
-    os.environ.get("LEAF_FUZZ_EXAMPLES", "600")
-)  # per kind: six kinds, so 3,600 cases per run
+# per kind: six kinds, so 3,600 cases per run
+EXAMPLES = int(os.environ.get("LEAF_FUZZ_EXAMPLES", "600"))
 OUTCOMES: Counter[tuple[str, int]] = Counter()
-COUNT_ONLY = bool(
-    os.environ.get("LEAF_FUZZ_COUNT_ONLY")
-)  # record every answer, assert nothing (the bench)
+# record every answer, assert nothing (the bench)
+COUNT_ONLY = bool(os.environ.get("LEAF_FUZZ_COUNT_ONLY"))
 
 FUZZ = settings(
     max_examples=EXAMPLES,

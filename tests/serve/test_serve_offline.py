@@ -377,6 +377,7 @@ def test_the_abstain_rule_is_the_servers(browser, registry: Registry) -> None:
         running.stop()
 
 
+@pytest.mark.slow  # 240 photos through the browser's decode and model
 @pytest.mark.parametrize("int8", [False, True], ids=["fp32", "int8"])
 def test_top1_agrees_with_the_server(browser, tmp_path, int8: bool) -> None:
     reg = Registry(str(tmp_path / "models"))
