@@ -62,7 +62,7 @@ ort-web:
 # keep both cores of a CI machine busy; TEST_WORKERS=0 runs in one process (tests/conftest.py: the groups).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts

@@ -67,17 +67,39 @@ def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoin
     yield S3Endpoint(_moto_server, client)
 
 
-# `make test` runs the suite on two worker processes (pytest-xdist, `--dist loadgroup`). A module's tests
-# stay on one worker, so a module-scoped fixture (a server, a trained model) is built once, not once per
-# worker; the container tests are one group, since their session fixtures build and play the images, and
-# they go first: they are the longest group, and starting them last would leave the other worker idle.
+# `make test` runs the suite on two worker processes (pytest-xdist, `--dist loadscope`), handed out by
+# the scheduler below: a module's tests stay on one worker, so a module-scoped fixture (a server, a
+# trained model) is built once, not once per worker. Some modules share more than that and are one
+# unit: every container test (their session fixtures build and play the images and hold podman names),
+# and the modules reading one session-scoped VGG16 export (tests/job/conftest.py's vgg32_onnx).
+# xdist's own `loadgroup` marks would say the same, but xdist 3.8 renames the node ids they rely on
+# through an attribute pytest 9 no longer reads, so the units are named here.
+SHARED_UNITS = {
+    "tests/job/test_export.py": "vgg32",
+    "tests/job/test_quantize.py": "vgg32",
+}
+
+
+def unit_of(nodeid: str) -> str:
+    """The unit of work a test belongs to: its module, or the unit it shares (``SHARED_UNITS``)."""
+    module = nodeid.split("::", 1)[0]
+    if module.startswith("tests/containers/"):
+        return "containers"
+    return SHARED_UNITS.get(module, module)
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | None:
+    if config.getvalue("dist") != "loadscope":
+        return None  # xdist's own choice
+    from xdist.scheduler import LoadScopeScheduling
+
+    class UnitScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return UnitScheduling(config, log)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if not item.get_closest_marker("xdist_group"):
-            group = (
-                "containers" if item.get_closest_marker("container") else item.nodeid.split("::")[0]
-            )
-            item.add_marker(pytest.mark.xdist_group(group))
-    items.sort(
-        key=lambda item: item.get_closest_marker("container") is None
-    )  # stable: the rest keep order
+    # The container unit is the longest: first, so the other worker is not left idle at the end.
+    items.sort(key=lambda item: unit_of(item.nodeid) != "containers")  # stable: the rest keep order

@@ -2,7 +2,7 @@
 
 Converting VGG16 with tf2onnx costs seconds on 2 cores (most of it tf2onnx's optimizer copying the
 base's 58 MB of constants), so the modules that only read a converted random-weight model share one
-(they are one xdist group, ``vgg32``, so two workers do not both convert it).
+(one unit of work for the parallel run, tests/conftest.py SHARED_UNITS, so one worker converts it).
 """
 
 from __future__ import annotations

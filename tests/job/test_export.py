@@ -13,7 +13,7 @@ import pytest
 from leaf_train.export import INPUT_NAME, OUTPUT_NAME, check_parity, float32_copy
 from leaf_train.model import build_model
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vgg32")]  # share vgg32_onnx (conftest)
+pytestmark = pytest.mark.slow
 
 SIZE, CLASSES = 32, 3
 

@@ -21,7 +21,7 @@ from leaf_train.cli import main
 from leaf_train.quantize import INT8_FILE, Int8Check, check_int8, to_int8
 from test_export_fp16 import classifier
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("vgg32")]  # share vgg32_onnx (conftest)
+pytestmark = pytest.mark.slow
 
 
 def test_quantizes_the_seed_network_to_qdq_int8_close_to_fp32(vgg32_onnx):
