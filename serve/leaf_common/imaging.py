@@ -1,15 +1,8 @@
-"""Image decode + resize: the one function training and serving both call.
+"""Image decode + resize: the one function training and serving both call (no train/serve skew).
 
-Training decodes every photo with :func:`decode_image` once per job and the server
-decodes every request with the same function, so the model sees identical arrays on
-both paths (no train/serve skew). The model itself does VGG16's preprocessing;
-this only turns bytes into RGB uint8 ``(height, width, 3)``.
-
-Memory is decided from the header, before any pixel is decoded (:func:`probe`): a
-200 KB PNG of one colour can hold 40 million RGBA pixels, 160 MB once decoded. JPEGs
-are decoded already shrunk (DCT scaling through ``draft``); other formats are decoded
-once at full size and immediately reduced by an integer factor, so EXIF rotation and
-alpha flattening copy a small image, never the full-size one.
+Bytes become RGB uint8 ``(height, width, 3)``; the model does VGG16's preprocessing itself.
+Memory is priced from the header before any pixel is decoded:
+docs/serving.md#decoding-priced-from-the-header
 """
 
 from __future__ import annotations
