@@ -59,7 +59,7 @@ ort-web:
 	scripts/vendor-ort-web.sh
 
 # Two worker processes (pytest-xdist) by default: most tests wait on sockets, subprocesses or podman, so two
-# keep both cores of a CI machine busy; TEST_WORKERS=0 runs in one process (tests/conftest.py: the groups).
+# keep both cores of a CI machine busy; TEST_WORKERS=0 runs in one process (tests/conftest.py: the scheduler).
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
 	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
