@@ -80,6 +80,13 @@ def test_a_crashed_worker_is_restarted_and_service_goes_on(local_registry: Regis
         workers = wait_for(
             lambda: len(children(proc.pid)) == 2 and children(proc.pid), "two workers"
         )
+        # Both serving before one is killed: a worker still loading its model is not yet listening,
+        # and killing the only one that is would refuse the next connections (a loaded machine
+        # made that race visible).
+        wait_for(
+            lambda: all(f'pid="{w}"' in httpx.get(url + "/metrics").text for w in workers),
+            "both workers' models",
+        )
         os.kill(workers[0], signal.SIGKILL)
         # Connections queued at the killed worker are reset, as at any crashed server; once it is gone
         # the kernel sends every new connection to the live one, before the replacement is up.
