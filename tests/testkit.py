@@ -1,4 +1,4 @@
-"""Helpers for every test folder: polling for a condition, and a free loopback port.
+"""Helpers for every test folder: polling for a condition, a free loopback port, a WebP row.
 
 ``tests/`` is on ``sys.path`` in every run (pytest's default import mode puts the folder of
 ``tests/conftest.py`` there), so any test module imports these as ``from testkit import wait_for``.
@@ -38,3 +38,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def accept_webp(monkeypatch) -> object:  # noqa: ANN001 - pytest.MonkeyPatch
+    """What "accept WebP" would add to the table of formats, added for one test (lossless, so its
+    pixels equal the PNG's). Every reader of ``leaf_common.formats`` must follow."""
+    from leaf_common import formats
+    from PIL import features
+
+    assert features.check("webp"), "this Pillow has no WebP codec (pillow's wheels ship one)"
+    webp = formats.ImageFormat(
+        name="WebP",
+        pillow=("WEBP",),
+        magic=((0, b"RIFF"), (8, b"WEBP")),
+        mime="image/webp",
+        extensions=(".webp",),
+        alpha=True,
+        save={"lossless": True},
+    )
+    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, webp))
+    return webp

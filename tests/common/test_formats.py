@@ -10,18 +10,9 @@ import pytest
 from leaf_common import formats
 from leaf_common.imaging import ImageDecodeError, decode_image, is_image_key, probe, reencode_photo
 from leaf_common.inbox import CaptureRecord, is_review_key, make_record
-from PIL import Image, features
+from PIL import Image
+from testkit import accept_webp
 
-# What "accept WebP" would add to the table (lossless, so its pixels equal the PNG's).
-WEBP = formats.ImageFormat(
-    name="WebP",
-    pillow=("WEBP",),
-    magic=((0, b"RIFF"), (8, b"WEBP")),
-    mime="image/webp",
-    extensions=(".webp",),
-    alpha=True,
-    save={"lossless": True},
-)
 PIXELS = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
 
 
@@ -33,12 +24,7 @@ def encode(fmt: str, img: Image.Image | None = None, **kw) -> bytes:
 
 @pytest.fixture
 def webp(monkeypatch: pytest.MonkeyPatch) -> formats.ImageFormat:
-    if not features.check("webp"):
-        pytest.fail(
-            "this Pillow has no WebP codec; the table test needs one (pillow wheels ship it)"
-        )
-    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, WEBP))
-    return WEBP
+    return accept_webp(monkeypatch)
 
 
 @pytest.mark.parametrize("row", formats.FORMATS, ids=lambda f: f.name)

@@ -9,19 +9,10 @@ from pathlib import Path
 import httpx
 import pytest
 from leaf_common import formats
-from PIL import Image, features
+from PIL import Image
 from servekit import V1, Registry, RunningServer, start_server
+from testkit import accept_webp
 
-# What "accept WebP" adds to the table (as in tests/common/test_formats.py; lossless: the PNG's pixels).
-WEBP = formats.ImageFormat(
-    name="WebP",
-    pillow=("WEBP",),
-    magic=((0, b"RIFF"), (8, b"WEBP")),
-    mime="image/webp",
-    extensions=(".webp",),
-    alpha=True,
-    save={"lossless": True},
-)
 PHOTO = Image.new("RGB", (64, 48), (230, 20, 20))  # ~0.997 "healthy" for the tiny model
 
 
@@ -40,8 +31,7 @@ def serve(tmp_path: Path) -> RunningServer:
 
 @pytest.fixture
 def with_webp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[RunningServer]:
-    assert features.check("webp"), "this Pillow has no WebP codec"
-    monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, WEBP))  # before the app reads it
+    accept_webp(monkeypatch)  # before the app reads the table
     running = serve(tmp_path)
     yield running
     running.stop()
@@ -88,7 +78,7 @@ def test_one_row_more_reaches_every_route(with_webp: RunningServer) -> None:
     assert inbox.join(10)
     record = inbox.inbox.get(r.json()["captured"])
     assert record.photo_name.endswith(".webp") and record.content_type == "image/webp"
-    assert WEBP.matches(inbox.inbox.photo(record.id)[1])
+    assert formats.FORMATS[-1].matches(inbox.inbox.photo(record.id)[1])  # the WebP row
     r = httpx.post(url + "/classify", content=b"x", headers={"Content-Type": "text/plain"})
     assert (
         "expected image/jpeg, image/png, image/webp, application/octet-stream" in r.json()["error"]
