@@ -53,8 +53,8 @@ def _moto_server() -> Iterator[str]:
 @pytest.fixture
 def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoint]:
     """An S3 endpoint on loopback, with the environment pointing boto3 at it."""
-    import boto3
     import requests
+    from leaf_common.storage import make_s3_client
 
     requests.post(f"{_moto_server}/moto-api/reset", timeout=10)  # a clean slate per test
     monkeypatch.setenv("AWS_ENDPOINT_URL", _moto_server)
@@ -63,7 +63,7 @@ def s3(_moto_server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[S3Endpoin
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN"):
         monkeypatch.delenv(var, raising=False)
-    client = boto3.session.Session().client("s3")
+    client = make_s3_client()  # the product's own client, with its shared boto3 Session
     yield S3Endpoint(_moto_server, client)
 
 

@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import tempfile
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -241,6 +242,14 @@ def _is_network_error(e: Exception) -> bool:
     return isinstance(e, (BotoConnectionError, HTTPClientError, IncompleteReadError))
 
 
+# One boto3 Session per AWS environment, per process. A new Session re-reads botocore's JSON service
+# models (0.1-0.3 s a client); clients of a shared one take milliseconds. Sessions are not
+# thread-safe, so clients are made under the lock; the clients themselves are. Keyed by every AWS_*
+# variable, so a changed endpoint, region or credential gets a Session of its own.
+_SESSIONS: dict[frozenset[tuple[str, str]], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+
+
 def make_s3_client(max_pool_connections: int = 32) -> Any:
     """A boto3 S3 client: standard credential chain, endpoint from ``AWS_ENDPOINT_URL``."""
     import boto3
@@ -252,11 +261,18 @@ def make_s3_client(max_pool_connections: int = 32) -> Any:
         connect_timeout=10,
         read_timeout=60,
     )
-    return boto3.session.Session().client("s3", config=config)
+    environment = frozenset((k, v) for k, v in os.environ.items() if k.startswith("AWS_"))
+    with _SESSIONS_LOCK:
+        session = _SESSIONS.get(environment)
+        if session is None:
+            session = _SESSIONS[environment] = boto3.session.Session()
+        return session.client("s3", config=config)
 
 
 class S3Store(Store):
     """A prefix in an S3 bucket."""
+
+    page_size = 1000  # keys per ListObjectsV2 page: S3's maximum (tests lower it to page sooner)
 
     def __init__(self, uri: str, client: Any | None = None, max_pool_connections: int = 32):
         self.bucket, self.prefix = split_s3_uri(uri)
@@ -296,7 +312,11 @@ class S3Store(Store):
         full = self._key(prefix)
         paginator = self.client.get_paginator("list_objects_v2")
         with self._errors(prefix):
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{full}/" if full else ""):
+            for page in paginator.paginate(
+                Bucket=self.bucket,
+                Prefix=f"{full}/" if full else "",
+                PaginationConfig={"PageSize": self.page_size},
+            ):
                 for obj in page.get("Contents", []):
                     if obj["Key"].endswith("/"):
                         continue  # folder markers made by consoles

@@ -12,6 +12,7 @@ from leaf_common.storage import (
     PreconditionFailed,
     S3Store,
     StoreError,
+    make_s3_client,
     open_store,
 )
 
@@ -128,3 +129,29 @@ def test_listing_and_head_say_when_an_object_was_last_written(store):
     # moto stamps LastModified to the second: allow that much rounding on either side.
     assert listed.modified is not None and before - 2 <= listed.modified <= time.time() + 2
     assert head is not None and head.modified == pytest.approx(listed.modified, abs=1)
+
+
+def _signed_key_id(client) -> str:
+    """The access key id in the Authorization header of the client's next request."""
+    seen: list[str] = []
+    client.meta.events.register(
+        "before-send.s3", lambda request, **_: seen.append(request.headers["Authorization"])
+    )
+    client.list_buckets()
+    return seen[0].decode() if isinstance(seen[0], bytes) else seen[0]
+
+
+def test_clients_follow_the_environment_they_were_made_in(s3, monkeypatch):
+    """Clients share one boto3 Session per AWS environment; a client made after the endpoint,
+    region or credentials change must use the new ones, and an earlier client keeps its own."""
+    first = make_s3_client()
+    assert first.meta.endpoint_url == s3.url
+    assert "Credential=testing/" in _signed_key_id(first)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    moved = make_s3_client()
+    assert (moved.meta.endpoint_url, moved.meta.region_name) == ("http://127.0.0.1:9", "eu-west-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3.url)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "someone-else")
+    assert "Credential=someone-else/" in _signed_key_id(make_s3_client())
+    assert "Credential=testing/" in _signed_key_id(first)
