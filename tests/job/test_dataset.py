@@ -99,15 +99,20 @@ def test_unusable_datasets_stop_with_one_clear_line(keys, minimum, match):
 def test_discover_lists_s3_over_http_with_pagination(s3):
     s3.make_bucket("photos")
     store = open_store("s3://photos/plantvillage")
-    keys = [
-        f"plantvillage/{c}/{i}.jpg" for c in ODD for i in range(334)
-    ]  # > 1000: two ListObjectsV2 pages
+    store.page_size = 100  # S3 pages at 1,000 keys; 100 shows the same paging with fewer uploads
+    keys = [f"plantvillage/{c}/{i}.jpg" for c in ODD for i in range(34)]  # 102 keys: two pages
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: s3.client.put_object(Bucket="photos", Key=k, Body=b"x"), keys))
     s3.client.put_object(Bucket="photos", Key="plantvillage/.ipynb_checkpoints/a.jpg", Body=b"x")
+    pages: list[int] = []
+    s3.client.meta.events.register(
+        "after-call.s3.ListObjectsV2", lambda parsed, **_: pages.append(parsed.get("KeyCount", 0))
+    )
+    store.client = s3.client  # to count the pages it asks for
     index = discover(store, 0.2)
+    assert pages == [100, 3]
     assert index.classes == sorted(ODD)
-    assert len(index.items) == 1002 and index.ignored == [".ipynb_checkpoints/a.jpg"]
+    assert len(index.items) == 102 and index.ignored == [".ipynb_checkpoints/a.jpg"]
     assert all(it.etag for it in index.items)
 
 
