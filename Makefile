@@ -60,9 +60,11 @@ ort-web:
 
 # Two worker processes (pytest-xdist) by default: most tests wait on sockets, subprocesses or podman, so two
 # keep both cores of a CI machine busy; TEST_WORKERS=0 runs in one process (tests/conftest.py: the scheduler).
+# PYTHONDONTWRITEBYTECODE emptied: where a shell sets it, every worker and every leaf-train or
+# leaf-serve process a test starts compiled the project's modules and the test files again.
 TEST_WORKERS ?= 2
 test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+	PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
