@@ -11,6 +11,7 @@ import io
 
 import keras
 import numpy as np
+from leaf_common.contract import OUTPUT_NAME
 from leaf_common.imaging import decode_image
 from leaf_common.storage import ObjectInfo
 from leaf_train.cache import DecodedImages, PreparedData
@@ -34,17 +35,30 @@ def leaf_data(
 def train_small(
     data: PreparedData, size: int, epochs: int = 8, seed: int = 1, dense_units: int = 256
 ) -> keras.Model:
-    """Phase 1 of the job: the conv base frozen (random weights), the head trained with Adam."""
+    """Phase 1 of the job: the conv base frozen (random weights), the head trained with Adam.
+
+    The base is frozen and nothing is augmented, so every epoch would push the same images through
+    it: its output is computed once and the head's own layers (so the model gets their weights)
+    train on that, as in the seed document's "fast feature extraction".
+    """
     keras.utils.set_random_seed(seed)
     model = build_model(len(data.index.classes), size, weights=None, dense_units=dense_units)
     freeze_for_phase(model, 1)
-    model.compile(
+    x = data.decoded.images[data.train_slots].astype(np.float32)
+    flat = keras.Model(model.inputs, model.get_layer("flatten").output)
+    features = flat.predict(x, batch_size=64, verbose=0)
+    head_input = keras.Input(features.shape[1:])
+    head = keras.Model(
+        head_input, model.get_layer(OUTPUT_NAME)(model.get_layer("dense")(head_input))
+    )
+    head.compile(
         keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
     )
-    x = data.decoded.images[data.train_slots].astype(np.float32)
-    model.fit(
-        x, data.labels[data.train_slots], batch_size=16, epochs=epochs, verbose=0, shuffle=True
-    )
+    head.fit(
+        features, data.labels[data.train_slots], batch_size=16, epochs=epochs, verbose=0,
+        shuffle=True,
+    )  # fmt: skip
+    model.compile(loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     return model
 
 
