@@ -322,7 +322,10 @@ class FakeApiServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self._httpd.server_address[1]}"
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        # shutdown() waits for serve_forever's next poll: the default half second was most of each
+        # test's time.
+        serve = lambda: self._httpd.serve_forever(poll_interval=0.01)  # noqa: E731
+        threading.Thread(target=serve, daemon=True).start()
 
     def stop(self) -> None:
         if self._httpd is not None:
