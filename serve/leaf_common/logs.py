@@ -81,7 +81,24 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """This module's stderr handler: configuring again replaces it, a host's handlers stay."""
+    """This module's stderr handler: configuring again replaces it, a host's handlers stay.
+
+    Given no stream it writes to whatever ``sys.stderr`` is when a record comes, as logging's own
+    last-resort handler does: a stderr replaced later (a redirect, a test's capture) never leaves it
+    writing to a closed file.
+    """
+
+    def __init__(self, stream: TextIO | None = None):
+        self._follows_stderr = stream is None
+        super().__init__(stream)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr if self._follows_stderr else self._stream
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        self._stream = value
 
 
 def formatter(
@@ -112,7 +129,7 @@ def configure(
     root = logging.getLogger()
     for h in [h for h in root.handlers if isinstance(h, _Handler)]:
         root.removeHandler(h)
-    handler = _Handler(stream if stream is not None else sys.stderr)
+    handler = _Handler(stream)
     handler.setFormatter(formatter(log_format, prefix=prefix, static=static))
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

@@ -95,3 +95,23 @@ def test_configuring_again_replaces_the_handler_and_an_unknown_format_is_refused
     assert len(out.getvalue().splitlines()) == 1
     with pytest.raises(ValueError, match="expected one of text, json; received 'xml'"):
         logs.formatter("xml")
+
+
+def test_without_a_stream_lines_go_to_the_stderr_of_the_moment(monkeypatch):
+    """A server thread that logs after stderr was replaced (a redirect, the end of a test's capture)
+    writes to the new stderr, not to the closed one it was configured under."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    first, second = io.StringIO(), io.StringIO()
+    try:
+        monkeypatch.setattr("sys.stderr", first)
+        logs.configure("INFO", "text")
+        logging.getLogger("x").info("one")
+        first.close()
+        monkeypatch.setattr("sys.stderr", second)
+        logging.getLogger("x").info("two")
+    finally:
+        root.handlers[:], root.level = saved
+    written = second.getvalue()
+    assert "Logging error" not in written and written.count("\n") == 1, written
+    assert written.rstrip().endswith("two"), written
