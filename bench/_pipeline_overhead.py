@@ -78,7 +78,7 @@ def measure(
     import keras
     import tensorflow as tf
     from leaf_common.storage import LocalStore
-    from leaf_train.cache import decode_all
+    from leaf_train.cache import DecodeOptions, decode_all
     from leaf_train.config import TrainConfig
     from leaf_train.inputs import augmentation, make_dataset
     from leaf_train.model import build_model
@@ -86,14 +86,15 @@ def measure(
 
     cfg = TrainConfig()
     n = batches * cfg.batch_size
+    items = items_for(leaf_files, n)
     decoded = decode_all(
         LocalStore(leaves),
-        items_for(leaf_files, n),
-        image_size,
+        [it.key for it in items],
+        DecodeOptions(image_size, progress="off"),
         cache_dir=cache,
-        progress_mode="off",
     )
-    labels, slots = decoded.labels(), decoded.slots()
+    labels = np.array([it.label for it in items], dtype=np.int32)
+    slots = np.arange(n)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(NUM_CLASSES, image_size, None, cfg.dense_units)
     compile_for_phase(model, PhasePlan(2, 1, cfg.finetune_lr), cfg.fine_tune_from)

@@ -58,23 +58,18 @@ def main() -> None:
     )
     logging.basicConfig(level=logging.WARNING)
     from leaf_common.storage import LocalStore
-    from leaf_train.cache import decode_all
-    from leaf_train.dataset import Item
+    from leaf_train.cache import DecodeOptions, decode_all
 
     store = LocalStore(folder)
     listed = sorted(store.list(), key=lambda o: o.key)
     # Keys repeat when N exceeds the folder: every slot is still read and decoded on its own.
-    items = [
-        Item(listed[i % len(listed)].key, 0, listed[i % len(listed)].size, "", "train")
-        for i in range(n)
-    ]
+    keys = [listed[i % len(listed)].key for i in range(n)]
     before = status_kib()
     sampler = PeakSampler()
     sampler.start()
     t = time.perf_counter()
-    decoded = decode_all(
-        store, items, 150, cache_dir=cache_dir, memory_budget_mb=budget_mb, progress_mode="off"
-    )
+    opts = DecodeOptions(150, memory_budget_mb=budget_mb, progress="off")
+    decoded = decode_all(store, keys, opts, cache_dir=cache_dir)
     seconds = time.perf_counter() - t
     peak = sampler.stop()
     after = status_kib()

@@ -70,12 +70,13 @@ def decode_rate(
     store: object, items: list, image_size: int, cache: Path, repeats: int, **kw: int
 ) -> dict:
     """Median images/s of ``decode_all`` over ``repeats`` passes (files already in the page cache)."""
-    from leaf_train.cache import decode_all
+    from leaf_train.cache import DecodeOptions, decode_all
 
+    keys, opts = [it.key for it in items], DecodeOptions(image_size, progress="off", **kw)
     seconds = []
     for _ in range(repeats):
         t = time.perf_counter()
-        decoded = decode_all(store, items, image_size, cache_dir=cache, progress_mode="off", **kw)
+        decoded = decode_all(store, keys, opts, cache_dir=cache)
         seconds.append(time.perf_counter() - t)
         if not decoded.ok.all():
             raise RuntimeError(f"expected every image to decode; skipped {decoded.bad[:3]}")
