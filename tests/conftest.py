@@ -37,6 +37,21 @@ def _op_determinism_restored() -> Iterator[None]:
             tf_config.disable_op_determinism()
 
 
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """A program run in the pytest process (``cli.main``, an in-process server) configures the root
+    logger for the whole process: take its handler and level back, so a server thread still running
+    after its test does not write INFO lines into the run's output."""
+    import logging
+
+    from leaf_common import logs
+
+    level = logging.getLogger().level
+    yield
+    logs.unconfigure()
+    logging.getLogger().setLevel(level)
+
+
 @pytest.fixture(scope="session")
 def _moto_server() -> Iterator[str]:
     from moto.server import ThreadedMotoServer

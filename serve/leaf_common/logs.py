@@ -127,9 +127,16 @@ def configure(
 ) -> None:
     """Send every logger's records to stderr (or ``stream``) in ``log_format``, from ``level``."""
     root = logging.getLogger()
-    for h in [h for h in root.handlers if isinstance(h, _Handler)]:
-        root.removeHandler(h)
+    unconfigure()
     handler = _Handler(stream)
     handler.setFormatter(formatter(log_format, prefix=prefix, static=static))
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def unconfigure() -> None:
+    """Remove the handler :func:`configure` added; a host's handlers stay (for a host that ran
+    one of the programs in its own process, and for tests)."""
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(h)
