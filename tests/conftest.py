@@ -116,12 +116,5 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # Longest first, so that no worker is left idle at the end while the other finishes a long unit:
-    # the container unit, then the units holding `slow` tests (trainings, sweeps), then the rest.
-    slow = {unit_of(item.nodeid) for item in items if item.get_closest_marker("slow")}
-
-    def rank(item: pytest.Item) -> int:
-        unit = unit_of(item.nodeid)
-        return 0 if unit == "containers" else 1 if unit in slow else 2
-
-    items.sort(key=rank)  # stable: within a rank, collection order
+    # The container unit is the longest: first, so the other worker is not left idle at the end.
+    items.sort(key=lambda item: unit_of(item.nodeid) != "containers")  # stable: the rest keep order
