@@ -18,6 +18,7 @@ from leaf_train.cache import DecodedImages, PreparedData
 from leaf_train.dataset import build_index
 from leaf_train.model import build_model, freeze_for_phase
 from leaf_train.synth import generate
+from leaf_train.trust import FEATURE_LAYER
 
 
 def leaf_data(
@@ -49,7 +50,7 @@ def train_small(
     features = flat.predict(x, batch_size=64, verbose=0)
     head_input = keras.Input(features.shape[1:])
     head = keras.Model(
-        head_input, model.get_layer(OUTPUT_NAME)(model.get_layer("dense")(head_input))
+        head_input, model.get_layer(OUTPUT_NAME)(model.get_layer(FEATURE_LAYER)(head_input))
     )
     head.compile(
         keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", metrics=["accuracy"]
