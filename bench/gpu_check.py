@@ -389,6 +389,7 @@ def training(args: argparse.Namespace, budget: Budget) -> dict:
     for augment in ("device", "host"):
         cmd = [sys.executable, str(script), "--augment", augment, "--json"]
         cmd += ["--batch-size", str(args.train_batch_size), "--steps", str(args.train_steps)]
+        cmd += ["--image-size", str(args.train_image_size)]
         timeout = min(args.train_timeout, max(1.0, budget.left()))
         log(f"training step, {augment} augmentation (at most {timeout:.0f} s)")
         try:
@@ -479,6 +480,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--train-steps", type=int, default=20)
     p.add_argument("--train-batch-size", type=int, default=32)
+    p.add_argument(
+        "--train-image-size", type=int, default=150, help="the seed's 150; smaller for a quick look"
+    )
     p.add_argument(
         "--train-timeout", type=float, default=150, help="seconds per augmentation mode at most"
     )

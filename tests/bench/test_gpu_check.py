@@ -155,20 +155,20 @@ def test_training_off_is_reported_as_asked(dry_run: SimpleNamespace) -> None:
     assert dry_run.report["training"] == {"skipped": "asked: --training off"}
 
 
-@pytest.mark.slow  # two TensorFlow processes, each building VGG16 at 150 px and timing a step
+@pytest.mark.slow  # two TensorFlow processes, each building VGG16 and timing a step
 def test_training_section_runs_the_real_trainer() -> None:
     """The real bench/train_step_bench.py, as the check calls it: a changed CLI shows as an "error"."""
     import gpu_check
+    from test_train_step_bench import check_record
 
     args = gpu_check.parse_args(
-        ["--train-steps", "1", "--train-batch-size", "2", "--train-timeout", "300"]
-    )
+        ["--train-steps", "1", "--train-batch-size", "2", "--train-image-size", "32",
+         "--train-timeout", "300"]
+    )  # fmt: skip
     training = gpu_check.training(args, gpu_check.Budget(600, time.time()))
     assert training["script"] == "bench/train_step_bench.py", training
-    for augment in ("device", "host"):
-        entry = training[augment]
-        assert (entry["augment"], entry["steps"], entry["batch_size"]) == (augment, 1, 2), entry
-        assert entry["images_per_s"] > 0
+    for augment in ("device", "host"):  # XLA and mixed precision stay off on a CPU (auto)
+        check_record(training[augment], augment, xla=False, steps=1, batch=2, size=32)
     assert training["device_over_host"] > 0
 
 
@@ -222,13 +222,15 @@ def test_missing_packages_are_named(tmp_path: Path) -> None:
 
 
 # The training section calls bench/train_step_bench.py by its documented contract (--augment host|device
-# --batch-size N --steps N --json; one JSON object on stdout; exit 3 when TensorFlow is not importable).
+# --batch-size N --steps N --image-size N --json; one JSON object on stdout; exit 3 when TensorFlow is not
+# importable).
 # Stand-ins that keep that contract check the calling side whatever the real script's state here.
 STAND_IN_TRAINER = """import argparse, json, sys
 p = argparse.ArgumentParser()
 p.add_argument("--augment", choices=["host", "device"], required=True)
 p.add_argument("--batch-size", type=int, required=True)
 p.add_argument("--steps", type=int, required=True)
+p.add_argument("--image-size", type=int, required=True)
 p.add_argument("--json", action="store_true", required=True)
 a = p.parse_args()
 BEHAVIOUR
