@@ -1,4 +1,4 @@
-"""Helpers for every test folder: polling for a condition, a free loopback port, a WebP row.
+"""Helpers for every test folder: polling for a condition, a free loopback port, a WebP row, YAML manifests.
 
 ``tests/`` is on ``sys.path`` in every run (pytest's default import mode puts the folder of
 ``tests/conftest.py`` there), so any test module imports these as ``from testkit import wait_for``.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -58,3 +58,15 @@ def accept_webp(monkeypatch) -> object:  # noqa: ANN001 - pytest.MonkeyPatch
     )
     monkeypatch.setattr(formats, "FORMATS", (*formats.FORMATS, webp))
     return webp
+
+
+def load_manifests(text: str) -> list[dict[str, Any]]:
+    """The objects of a multi-document YAML stream (``helm template``'s output), read by libyaml.
+
+    PyYAML's pure-Python parser took two thirds of a chart test's time; the C one applies the same
+    SafeLoader rules. PyYAML's wheels carry libyaml; the fallback is for a build without it.
+    """
+    import yaml
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [d for d in yaml.load_all(text, Loader=loader) if d]

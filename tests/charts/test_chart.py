@@ -17,7 +17,7 @@ from typing import Any
 
 import kubernetes_validate
 import pytest
-import yaml
+from testkit import load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "leaf-train"
@@ -57,7 +57,7 @@ def render(*args: str) -> list[dict[str, Any]]:
     out = helm(
         "template", "leaf", str(CHART), "--namespace", NAMESPACE, "--kube-version", "1.31.0", *IMAGES, *args
     ).stdout  # fmt: skip
-    return [d for d in yaml.safe_load_all(out) if d]
+    return load_manifests(out)
 
 
 def by_kind(objs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from testkit import load_manifests
 
 ROOT = Path(__file__).resolve().parents[2]
 HELM = ROOT / ".tools" / "bin" / "helm"
@@ -113,7 +114,7 @@ def render(values: dict[str, Any]) -> list[dict[str, Any]]:
     for key, value in values.items():
         args += ["--set-json", f"{key}={json.dumps(value)}"]
     out = subprocess.run(args, capture_output=True, text=True, check=True, timeout=120).stdout
-    return [d for d in yaml.safe_load_all(out) if d]
+    return load_manifests(out)
 
 
 def one(objs: Iterable[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
