@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-from testkit import free_port
+from testkit import free_port, moto_s3_server
 
 
 @dataclass
@@ -54,15 +54,8 @@ def _logging_restored() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def _moto_server() -> Iterator[str]:
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with moto_s3_server("127.0.0.1", free_port()) as url:
+        yield url
 
 
 @pytest.fixture

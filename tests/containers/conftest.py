@@ -31,7 +31,7 @@ from scenario import (
     bindable,
     free_port,
 )
-from testkit import wait_for
+from testkit import moto_s3_server, wait_for
 
 
 @pytest.fixture(scope="session")
@@ -88,7 +88,6 @@ def bridge_s3(images: Images) -> Iterator[BridgeS3]:
     from other machines. netavark creates the bridge for the first container and removes it after the
     last, so a sleeping container holds it up for the session."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
     network = json.loads(podman("network", "inspect", NETWORK).stdout)[0]
     gateway = network["subnets"][0]["gateway"]
@@ -119,18 +118,17 @@ def bridge_s3(images: Images) -> Iterator[BridgeS3]:
     # host is a listed custom endpoint; boto3 sends path-style requests to custom endpoints.
     saved = os.environ.get("MOTO_S3_CUSTOM_ENDPOINTS")
     os.environ["MOTO_S3_CUSTOM_ENDPOINTS"] = pod_url
-    server = ThreadedMotoServer(ip_address=gateway, port=port, verbose=False)
-    server.start()
-    url = f"http://{gateway}:{port}"
-    client = boto3.session.Session(
-        aws_access_key_id="testing", aws_secret_access_key="testing", region_name="us-east-1"
-    ).client("s3", endpoint_url=url)
-    for bucket in ("leaf-data", "leaf-models"):
-        client.create_bucket(Bucket=bucket)
     try:
-        yield BridgeS3(url, pod_url, client)
+        with moto_s3_server(gateway, port) as url:
+            client = boto3.session.Session(
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                region_name="us-east-1",
+            ).client("s3", endpoint_url=url)
+            for bucket in ("leaf-data", "leaf-models"):
+                client.create_bucket(Bucket=bucket)
+            yield BridgeS3(url, pod_url, client)
     finally:
-        server.stop()
         if saved is None:
             os.environ.pop("MOTO_S3_CUSTOM_ENDPOINTS", None)
         else:
