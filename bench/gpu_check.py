@@ -510,6 +510,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(
             f"expected positive batches and concurrency; received {batches}, {args.max_concurrency}"
         )
+    if args.train_image_size < 32:  # said now, not as a training error minutes into the check
+        p.error(
+            f"--train-image-size: expected >= 32 (VGG16 pools 5 times); received {args.train_image_size}"
+        )
     args.batches = batches
     args.started_at = args.started_at or time.time()
     return args

@@ -178,6 +178,7 @@ def test_training_section_runs_the_real_trainer() -> None:
         (["--providers", "cuda"], False, 5, "no_gpu"),
         (["--providers", "cpu", "--max-concurrency", "0"], False, 2, "bad_options"),
         (["--no-such-option"], False, 2, "bad_options"),
+        (["--providers", "cpu", "--train-image-size", "16"], False, 2, "bad_options"),
         (["--wheelhouse", "empty", "--providers", "cpu"], False, 6, "wheelhouse_incomplete"),
     ],
 )
