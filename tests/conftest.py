@@ -101,6 +101,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
         return None  # xdist's own choice
     from xdist.scheduler import LoadScopeScheduling
 
+    # xdist's default re-sorts the units by their number of tests, which puts the one-test modules that
+    # train for a minute last and leaves a worker idle while the other finishes one: keep the order
+    # pytest_collection_modifyitems chose.
+    config.option.loadscopereorder = False
+
     class UnitScheduling(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return unit_of(nodeid)
@@ -109,5 +114,18 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object | 
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    # The container unit is the longest: first, so the other worker is not left idle at the end.
-    items.sort(key=lambda item: unit_of(item.nodeid) != "containers")  # stable: the rest keep order
+    """Longest units first, so that the short ones fill both workers at the end: the container unit
+    (the longest), then units by their share of ``slow`` tests (a minute of training for a module of
+    slow tests, seconds for one of quick ones). Stable: within a rank the collection order is kept."""
+    tests: dict[str, list[int]] = {}
+    for item in items:
+        counts = tests.setdefault(unit_of(item.nodeid), [0, 0])
+        counts[0] += item.get_closest_marker("slow") is not None
+        counts[1] += 1
+
+    def rank(item: pytest.Item) -> tuple[bool, float]:
+        unit = unit_of(item.nodeid)
+        slow, total = tests[unit]
+        return unit != "containers", -slow / total
+
+    items.sort(key=rank)
