@@ -29,9 +29,8 @@ from scenario import (
     Preemption,
     TrainingPods,
     bindable,
-    free_port,
 )
-from testkit import moto_s3_server, wait_for
+from testkit import free_port, moto_s3_server, wait_for
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from containerkit import (
     render,
     wait_exit,
 )
+from testkit import free_port
 
 SECRET_NAME = "leaf-s3"  # training's keys (s3.existingSecret)
 SERVING_SECRET_NAME = (
@@ -77,12 +77,6 @@ class BridgeS3:
             return json.loads(self.client.get_object(Bucket=bucket, Key=key)["Body"].read())
         except self.client.exceptions.NoSuchKey:
             return None
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def bindable(address: str) -> bool:
