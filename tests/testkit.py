@@ -49,7 +49,10 @@ def moto_s3_server(host: str, port: int) -> Iterator[str]:
 
     moto.server.ThreadedMotoServer, but with a dispatcher that knows every request is S3: moto's own
     works out the service per request by listing its ~175 packages on disk, twice, a third of each S3
-    call's time here. The S3 backend, its routes and its responses are moto's, unchanged.
+    call's time here. The S3 backend, its routes and its responses are moto's, unchanged, except that
+    writes take turns: moto checks a condition (``If-None-Match: *``, ``If-Match``) and then writes, so
+    two threads could both pass the check, where S3 and MinIO decide each conditional write atomically
+    (seen: both of two concurrent review decisions claimed the same capture).
     """
     from moto.moto_server.werkzeug_app import (
         DomainDispatcherApplication,
@@ -58,9 +61,17 @@ def moto_s3_server(host: str, port: int) -> Iterator[str]:
     )
     from werkzeug.serving import make_server
 
+    writes = threading.Lock()
+
     class S3Dispatcher(DomainDispatcherApplication):
         def get_backend_for_host(self, host: str | None) -> str:
             return "moto_api" if host == "moto_api" else "s3"
+
+        def __call__(self, environ: dict, start_response: Any) -> Any:
+            if environ.get("REQUEST_METHOD") not in ("PUT", "POST", "DELETE"):
+                return super().__call__(environ, start_response)
+            with writes:  # the response is built inside the call: the write is done when it returns
+                return super().__call__(environ, start_response)
 
     server = make_server(
         host, port, S3Dispatcher(create_backend_app), True, request_handler=MotoRequestHandler
