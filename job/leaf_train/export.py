@@ -90,14 +90,16 @@ def export_all(
     onnx_bytes = to_onnx(inference, cfg.image_size, cfg.opset, head)
     stop.check("after the ONNX export, before its parity check")
     parity_images = data.decoded.images[data.val_slots[: cfg.parity_images]]
-    parity = check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance, head=head)
+    if head is None:
+        parity, ood = check_parity(inference, onnx_bytes, parity_images, cfg.parity_tolerance), None
+    else:
+        parity, ood = check_trusted_parity(
+            inference, onnx_bytes, parity_images, cfg.parity_tolerance, head
+        )
     event("Exported", f"ONNX opset {cfg.opset}, parity max |diff| {parity.max_abs_diff:.2g}")
     record, extra = parity.to_dict(), fp16_export(cfg, onnx_bytes, parity_images)
-    if head is not None:
-        record["ood"] = check_ood_parity(
-            inference, onnx_bytes, parity_images, OOD_PARITY_TOLERANCE, head
-        ).to_dict()
-        record["ood"]["relative_to"] = "threshold"
+    if ood is not None:
+        record["ood"] = ood.to_dict() | {"relative_to": "threshold"}
     if extra:
         record["fp16"] = extra.pop("parity")
     int8 = int8_export(cfg, data, onnx_bytes, event)
@@ -310,59 +312,51 @@ def _trusted_function(model: keras.Model, spec: tuple[tf.TensorSpec, ...], head:
 OOD_PARITY_TOLERANCE = 1e-3  # max |ORT - numpy| of ood_score, as a fraction of the threshold
 
 
-def _trusted_reference(
-    model: keras.Model, head: TrustHead
-) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """What the exported graph must compute: Keras features, then the head in float64 numpy."""
-    features = feature_model(model)
-    return lambda x: head.apply(features.predict_on_batch(x))
-
-
 def check_parity(
-    model: keras.Model,
-    onnx_bytes: bytes,
-    images: np.ndarray,
-    tolerance: float,
-    batch: int = 16,
-    head: TrustHead | None = None,
+    model: keras.Model, onnx_bytes: bytes, images: np.ndarray, tolerance: float, batch: int = 16
 ) -> Parity:
-    """Max |Keras - ONNX Runtime| of probabilities on the same images (judged by the gate).
-
-    With ``head`` the Keras side is the features model followed by the calibrated head in numpy.
-    """
+    """Max |Keras - ONNX Runtime| of probabilities on the same images (judged by the gate)."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    reference = (
-        model.predict_on_batch
-        if head is None
-        else (lambda x, r=_trusted_reference(model, head): r(x)[0])
-    )
-    worst = _max_abs_diff(reference, _runner(session), images, batch)
+    worst = _max_abs_diff(model.predict_on_batch, _runner(session), images, batch)
     return _measured("parity: max |ORT - Keras|", worst, tolerance, len(images))
 
 
-def check_ood_parity(
+def check_trusted_parity(
     model: keras.Model,
     onnx_bytes: bytes,
     images: np.ndarray,
     tolerance: float,
     head: TrustHead,
     batch: int = 16,
-) -> Parity:
-    """Max |ORT - Keras/numpy| of ``ood_score`` over the threshold (the scale that abstains)."""
+) -> tuple[Parity, Parity]:
+    """Both outputs of a graph with ``head`` in one pass over ``images``.
+
+    The reference is the Keras features followed by the calibrated head in float64 numpy. Returns
+    the probabilities' max |ORT - reference| against ``tolerance``, and ``ood_score``'s over the
+    threshold (the scale that abstains) against ``OOD_PARITY_TOLERANCE``.
+    """
     import onnxruntime as ort
 
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    features = feature_model(model)
     scale = max(head.threshold, 1e-6)
-    reference = _trusted_reference(model, head)
-    worst = _max_abs_diff(
-        lambda x: reference(x)[1] / scale,
-        lambda x: session.run([OOD_NAME], {INPUT_NAME: x})[0] / scale,
-        images,
-        batch,
+    worst = [0.0, 0.0]
+    for i in range(0, len(images), batch):
+        x = np.asarray(images[i : i + batch], dtype=np.float32)
+        probs, ood = head.apply(features.predict_on_batch(x))
+        got = session.run([OUTPUT_NAME, OOD_NAME], {INPUT_NAME: x})
+        worst = [_worse(worst[0], probs, got[0]), _worse(worst[1], ood / scale, got[1] / scale)]
+    return (
+        _measured("parity: max |ORT - Keras|", worst[0], tolerance, len(images)),
+        _measured(
+            "ood parity: max |ORT - Keras| / threshold",
+            worst[1],
+            OOD_PARITY_TOLERANCE,
+            len(images),
+        ),
     )
-    return _measured("ood parity: max |ORT - Keras| / threshold", worst, tolerance, len(images))
 
 
 def _runner(session: Any) -> Callable[[np.ndarray], np.ndarray]:
@@ -379,13 +373,15 @@ def _max_abs_diff(
     worst = 0.0
     for i in range(0, len(images), batch):
         x = np.asarray(images[i : i + batch], dtype=np.float32)
-        diff = np.abs(
-            np.asarray(reference(x), dtype=np.float32) - np.asarray(candidate(x), dtype=np.float32)
-        )
-        # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to
-        # 0.0.
-        worst = float(np.max([worst, float(np.max(diff))]))
+        worst = _worse(worst, reference(x), candidate(x))
     return worst
+
+
+def _worse(worst: float, reference: Any, candidate: Any) -> float:
+    """``worst`` or the largest |reference - candidate|, compared in float32."""
+    diff = np.abs(np.asarray(reference, dtype=np.float32) - np.asarray(candidate, dtype=np.float32))
+    # np.max, not max(): a NaN (a diverged model) must propagate and fail parity, not lose to 0.0.
+    return float(np.max([worst, float(np.max(diff))]))
 
 
 def _measured(what: str, worst: float, tolerance: float, n: int) -> Parity:

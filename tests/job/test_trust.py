@@ -7,6 +7,8 @@ the graph, and everything below is measured on what ONNX Runtime computes from t
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -14,7 +16,7 @@ import pytest
 from leaf_common import trust as maths
 from leaf_common.contract import INPUT_NAME, OOD_NAME, OUTPUT_NAME
 from leaf_train import oodset, trust
-from leaf_train.export import OOD_PARITY_TOLERANCE, check_ood_parity, check_parity, to_onnx
+from leaf_train.export import OOD_PARITY_TOLERANCE, check_trusted_parity, to_onnx
 from PIL import Image, ImageFilter
 from trustkit import leaf_data, train_small
 
@@ -45,9 +47,17 @@ def test_graph_outputs_calibrated_probabilities_and_ood_score(fitted):
     proto = onnx.load_from_string(onnx_bytes)
     assert sorted(o.name for o in proto.graph.output) == [OOD_NAME, OUTPUT_NAME]
     images = data.decoded.images[data.val_slots[:24]]
-    parity = check_parity(model, onnx_bytes, images, tolerance=1e-4, head=fit.head)
-    ood_parity = check_ood_parity(model, onnx_bytes, images, OOD_PARITY_TOLERANCE, fit.head)
+    parity, ood_parity = check_trusted_parity(model, onnx_bytes, images, 1e-4, fit.head)
     assert parity.passed and ood_parity.passed, (parity, ood_parity)
+    assert ood_parity.tolerance == OOD_PARITY_TOLERANCE and parity.images == ood_parity.images == 24
+    # Each side can fail: judged against another temperature, or other class means, the graph disagrees.
+    hotter = dataclasses.replace(fit.head, temperature=fit.head.temperature * 2)
+    moved = dataclasses.replace(
+        fit.head, spaces=tuple(dataclasses.replace(s, means=s.means + 1) for s in fit.head.spaces)
+    )
+    for head, fails in ((hotter, (False, True)), (moved, (True, False))):
+        judged = check_trusted_parity(model, onnx_bytes, images, 1e-4, head)
+        assert tuple(p.passed for p in judged) == fails, judged
     # Calibrated: the graph's probabilities are softmax(logits / T), not the Keras model's softmax(logits),
     # unless T happens to be 1 (it is far from 1 for this model, so the parity check above can tell).
     assert abs(fit.calibration["temperature"] - 1.0) > 0.05
