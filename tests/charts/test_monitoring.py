@@ -84,6 +84,13 @@ def rule_values(**overrides: Any) -> list[str]:
     return ["-f", f.name]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _scratch_removed() -> Iterator[None]:
+    """The values files of :func:`rule_values` go when the module's tests are done."""
+    yield
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def monitoring() -> list[dict[str, Any]]:
     return render(*ALL_ON, *rule_values())
