@@ -219,6 +219,10 @@ def compile_for_phase(
             keras.metrics.SparseTopKCategoricalAccuracy(k=3, name="top3_accuracy"),
         ],
     )
+    # Create the optimizer's slots now. Without a distribution strategy Keras leaves that to the
+    # first trace of the train step, and TensorFlow traces a function that created variables a
+    # second time: one more trace of VGG16's forward and backward pass per phase (BENCHMARKS.md).
+    model.optimizer.build(model.trainable_variables)
     log.info(
         "phase %d compiled: %d trainable weights, lr %g, jit_compile=%s",
         plan.phase,
