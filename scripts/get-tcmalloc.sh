@@ -12,7 +12,9 @@ set -euo pipefail
 find_lib() {
   local ldconfig
   ldconfig=$(command -v ldconfig || echo /sbin/ldconfig)
-  "$ldconfig" -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 /{print $NF; exit}'
+  # awk reads to the end: an early `exit` would let ldconfig die of SIGPIPE, which pipefail then
+  # turns into this script failing with 141 whenever ldconfig had not finished writing.
+  "$ldconfig" -p 2>/dev/null | awk '/libtcmalloc_minimal\.so\.4 / && !found {print $NF; found = 1}'
 }
 
 lib=$(find_lib)
