@@ -35,5 +35,5 @@ if pgrep -u prometheus -x prometheus >/dev/null 2>&1; then
   pgrep -a -u prometheus -x prometheus >&2
   exit 1
 fi
-prometheus --version | head -1
-promtool --version | head -1
+prometheus --version | sed -n 1p  # sed reads to the end: no SIGPIPE for pipefail to see
+promtool --version | sed -n 1p
