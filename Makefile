@@ -63,7 +63,7 @@ ort-web:
 # and per conversion, and glibc returns each to the kernel and faults it in again. Side by side: kernel time
 # halved in TensorFlow-heavy modules (125 and 120 s against 171 and 133 s); a whole fresh-clone run 0.97 of
 # the one before (docs/development.md). The script installs Debian's libtcmalloc-minimal4 when it is
-# missing and prints the library's path.
+# missing and prints the library's path; `make test` calls it once and stops if it fails.
 tcmalloc:
 	scripts/get-tcmalloc.sh >/dev/null
 
@@ -72,8 +72,8 @@ tcmalloc:
 # PYTHONDONTWRITEBYTECODE emptied: where a shell sets it, every worker and every leaf-train or
 # leaf-serve process a test starts compiled the project's modules and the test files again.
 TEST_WORKERS ?= 2
-test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web tcmalloc
-	LD_PRELOAD="$$(scripts/get-tcmalloc.sh)" PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+test: $(VENV)/.installed $(HELM) $(CHECKOV) chromium prometheus ort-web
+	lib="$$(scripts/get-tcmalloc.sh)" && LD_PRELOAD="$$lib" PYTHONDONTWRITEBYTECODE= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check job serve tests bench scripts
